@@ -1,0 +1,198 @@
+"""The node's tables. Times are UTC unix seconds (REAL) everywhere.
+
+Unix seconds rather than DATETIME because the roles compare them constantly
+("silent for 180 s?") and plain SQL can do the same with `unixepoch()` or
+`datetime(col, 'unixepoch')`; the README shows both.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class NodeState(Base):
+    """This node's own facts that several roles need: one row, id 1."""
+
+    __tablename__ = "node"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Changes whenever what this node offers changes; peers refetch the catalog then.
+    catalog_version: Mapped[int] = mapped_column(default=0)
+    # The TCP port the server actually bound (P2P_TCP_PORT=0 picks a free one).
+    tcp_port: Mapped[int | None]
+    # The announcer's id for this run; a restart makes a new one.
+    node_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(default=0.0)
+
+
+class Heartbeat(Base):
+    """Each running role refreshes its row every few seconds."""
+
+    __tablename__ = "heartbeats"
+
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    pid: Mapped[int]
+    started_at: Mapped[float]
+    beat_at: Mapped[float]
+    detail: Mapped[str] = mapped_column(default="")
+
+
+class File(Base):
+    """A file's content, known here or on the network, identified by its SHA-256 and chunking."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("sha256", "chunk_size"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    chunk_size: Mapped[int]
+    chunk_count: Mapped[int]
+    first_seen: Mapped[float]
+
+
+class Chunk(Base):
+    """One chunk of a file: bytes [chunk_index * chunk_size, + size)."""
+
+    __tablename__ = "chunks"
+
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(primary_key=True)
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class LocalFile(Base):
+    """A file this node shares: from the share folder or a finished download."""
+
+    __tablename__ = "local_files"
+    __table_args__ = (UniqueConstraint("root", "name"), Index("ix_local_files_file", "file_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # 'share' (P2P_SHARE_DIR) or 'download' (P2P_DOWNLOAD_DIR)
+    root: Mapped[str] = mapped_column(String(16))
+    # Path relative to the root, '/'-separated; the name peers see.
+    name: Mapped[str]
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    size: Mapped[int]
+    mtime_ns: Mapped[int]
+    indexed_at: Mapped[float]
+
+
+class Peer(Base):
+    """Another node heard on the network; deleted with its holdings after P2P_PEER_TTL."""
+
+    __tablename__ = "peers"
+    __table_args__ = (Index("ix_peers_last_seen", "last_seen"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str]
+    address: Mapped[str]
+    tcp_port: Mapped[int]
+    catalog_version: Mapped[int]
+    # The catalog version whose contents are in `holdings`; -1 before the first fetch.
+    catalog_synced: Mapped[int] = mapped_column(default=-1)
+    first_seen: Mapped[float]
+    last_seen: Mapped[float]
+
+
+class Holding(Base):
+    """Which peer holds which chunks of which file, under the name it offers it as."""
+
+    __tablename__ = "holdings"
+    __table_args__ = (
+        UniqueConstraint("peer_id", "file_id", "name"),
+        Index("ix_holdings_file", "file_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id", ondelete="CASCADE"))
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    chunks_held: Mapped[int]
+    # NULL: every chunk. Otherwise bit i (byte i // 8, most significant bit first,
+    # as in BitTorrent) is set when chunk i is held.
+    bitfield: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class BadPeer(Base):
+    """A peer address that sent a chunk failing verification for a file; avoided for it."""
+
+    __tablename__ = "bad_peers"
+    __table_args__ = (UniqueConstraint("address", "tcp_port", "file_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str]
+    tcp_port: Mapped[int]
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    bad_chunks: Mapped[int] = mapped_column(default=1)
+    marked_at: Mapped[float]
+
+
+class Download(Base):
+    """A download request and its whole history; the downloader's queue is its status."""
+
+    __tablename__ = "downloads"
+    __table_args__ = (Index("ix_downloads_status", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    name: Mapped[str]
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    # queued, active, waiting, done, failed, cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None]
+    requested_at: Mapped[float]
+    started_at: Mapped[float | None]
+    finished_at: Mapped[float | None]
+    # Verified bytes on disk, and every byte received including discarded ones.
+    bytes_done: Mapped[int] = mapped_column(default=0)
+    bytes_received: Mapped[int] = mapped_column(default=0)
+    bad_chunks: Mapped[int] = mapped_column(default=0)
+    # Verified, fsynced chunks, same bit order as holdings.bitfield.
+    have: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    temp_path: Mapped[str | None]
+    # Where the finished file was published (may differ from name: "a (1).pdf").
+    saved_as: Mapped[str | None]
+
+
+class DownloadSource(Base):
+    """What each peer contributed to a download."""
+
+    __tablename__ = "download_sources"
+
+    download_id: Mapped[int] = mapped_column(
+        ForeignKey("downloads.id", ondelete="CASCADE"), primary_key=True
+    )
+    address: Mapped[str] = mapped_column(primary_key=True)
+    tcp_port: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(default="")
+    chunks: Mapped[int] = mapped_column(default=0)
+    bytes: Mapped[int] = mapped_column(default=0)
+    bad_chunks: Mapped[int] = mapped_column(default=0)
+
+
+class Upload(Base):
+    """One chunk (or byte range) this node served."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[float]
+    peer_address: Mapped[str]
+    sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str]
+    chunk_index: Mapped[int]
+    offset: Mapped[int]
+    bytes: Mapped[int]
+    seconds: Mapped[float]

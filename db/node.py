@@ -1,0 +1,87 @@
+"""This node's own state: role heartbeats and the single `node` row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from p2pshare.db.models import Heartbeat, NodeState
+
+# A role beats every HEARTBEAT_SECONDS; one missing several beats is not alive.
+HEARTBEAT_SECONDS = 2.0
+ALIVE_WITHIN_SECONDS = 10.0
+ROLES = ("server", "announcer", "listener", "downloader")
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    role: str
+    alive: bool
+    pid: int | None
+    started_at: float | None
+    beat_at: float | None
+    detail: str
+
+
+def node_state(session: Session) -> NodeState:
+    """The single `node` row, created on first use."""
+    state = session.get(NodeState, 1)
+    if state is None:
+        state = NodeState(id=1, catalog_version=0, tcp_port=None, node_id=None, updated_at=0.0)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def bump_catalog_version(session: Session, *, now: float) -> int:
+    """Mark that what this node offers changed; returns the new version."""
+    state = node_state(session)
+    state.catalog_version += 1
+    state.updated_at = now
+    return state.catalog_version
+
+
+def set_tcp_port(session: Session, port: int | None, *, now: float) -> None:
+    state = node_state(session)
+    state.tcp_port = port
+    state.updated_at = now
+
+
+def set_node_id(session: Session, node_id: str | None, *, now: float) -> None:
+    state = node_state(session)
+    state.node_id = node_id
+    state.updated_at = now
+
+
+def record_heartbeat(
+    session: Session, role: str, *, pid: int, started_at: float, now: float, detail: str = ""
+) -> None:
+    """Upsert a role's heartbeat row."""
+    beat = session.get(Heartbeat, role)
+    if beat is None:
+        session.add(Heartbeat(role=role, pid=pid, started_at=started_at, beat_at=now, detail=detail))
+        return
+    beat.pid, beat.started_at, beat.beat_at, beat.detail = pid, started_at, now, detail
+
+
+def clear_heartbeat(session: Session, role: str, *, pid: int) -> None:
+    """Remove a role's heartbeat on a clean exit, unless another process has taken it over."""
+    beat = session.get(Heartbeat, role)
+    if beat is not None and beat.pid == pid:
+        session.delete(beat)
+
+
+def role_statuses(session: Session, *, now: float) -> list[RoleStatus]:
+    """Every known role, alive or not, in ROLES order."""
+    beats = {b.role: b for b in session.scalars(select(Heartbeat))}
+    out = []
+    for role in ROLES:
+        b = beats.get(role)
+        if b is None:
+            out.append(RoleStatus(role, False, None, None, None, ""))
+        else:
+            alive = now - b.beat_at <= ALIVE_WITHIN_SECONDS
+            out.append(RoleStatus(role, alive, b.pid, b.started_at, b.beat_at, b.detail))
+    return out

@@ -1,0 +1,154 @@
+"""Keep `files`, `chunks` and `local_files` in step with the share and download folders.
+
+A cheap periodic scan (scandir + stat) finds added, changed and removed files;
+only files whose size or mtime changed are hashed again, so a restart over many
+unchanged files costs one stat each. A file is hashed only once it has settled:
+unchanged for SETTLE_SECONDS, so a copy in progress is not announced half-done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pshare.db import index as dbindex
+from p2pshare.db.engine import Database
+from p2pshare.db.node import bump_catalog_version
+from p2pshare.services.hashing import FileChanged, hash_file
+from p2pshare.services.scan import FoundFile, scan_tree
+from p2pshare.services.settings import Settings, chunk_size_for
+
+log = logging.getLogger("p2p.index")
+
+SETTLE_SECONDS = 1.0
+# Commit hashed files in batches so a first index of 10,000 files is not 10,000 commits,
+# yet each transaction stays short.
+BATCH_FILES = 200
+BATCH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Root:
+    label: str  # 'share' or 'download'
+    path: Path
+    exclude: tuple[Path, ...]
+
+
+@dataclass
+class IndexStats:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    waiting: int = 0
+
+    @property
+    def touched(self) -> int:
+        return self.added + self.changed + self.removed
+
+
+@dataclass
+class ShareIndexer:
+    database: Database
+    settings: Settings
+    # Paths already reported as skipped, so each gets one log line, not one per scan.
+    _reported: set[str] = field(default_factory=set)
+
+    def roots(self) -> list[Root]:
+        """The folders to index; a folder nested in the other is indexed once, under its own root."""
+        share, download = self.settings.share_dir, self.settings.download_dir
+        private = self.settings.private_paths()
+        if share == download:
+            return [Root("share", share, private)]
+        return [
+            Root("share", share, (*private, download)),
+            Root("download", download, (*private, share)),
+        ]
+
+    def step(self, *, now: float | None = None) -> IndexStats:
+        """Scan every root once and bring the database in step. Returns what changed."""
+        stats = IndexStats()
+        for root in self.roots():
+            self._index_root(root, stats, now=time.time() if now is None else now)
+        if stats.touched:
+            log.info(
+                "index: %d added, %d changed, %d removed, %d unchanged",
+                stats.added, stats.changed, stats.removed, stats.unchanged,
+            )
+        return stats
+
+    def _index_root(self, root: Root, stats: IndexStats, *, now: float) -> None:
+        scan = scan_tree(root.path, exclude=root.exclude)
+        self._report_skips(scan.skipped)
+        with self.database.read() as s:
+            known = dbindex.indexed_stats(s, root.label)
+        gone = [name for name in known if name not in scan.files]
+        if gone:
+            with self.database.write() as s:
+                stats.removed += dbindex.remove_local_files(s, root.label, gone)
+                dbindex.delete_orphan_files(s)
+                bump_catalog_version(s, now=now)
+        todo: list[tuple[str, FoundFile]] = []
+        for name, found in scan.files.items():
+            old = known.get(name)
+            if old is not None and (old.size, old.mtime_ns) == (found.size, found.mtime_ns):
+                stats.unchanged += 1
+            elif now - found.mtime_ns / 1e9 < SETTLE_SECONDS:
+                stats.waiting += 1
+            else:
+                todo.append((name, found))
+        self._hash_and_record(root, todo, known, stats)
+
+    def _hash_and_record(
+        self,
+        root: Root,
+        todo: list[tuple[str, FoundFile]],
+        known: dict[str, dbindex.IndexedStat],
+        stats: IndexStats,
+    ) -> None:
+        batch: list[tuple[str, dbindex.HashedFile]] = []
+        started = time.monotonic()
+        for name, found in sorted(todo):
+            try:
+                hashed = hash_file(
+                    found.path,
+                    chunk_size_for(found.size, self.settings.chunk_size),
+                    expect_size=found.size,
+                    expect_mtime_ns=found.mtime_ns,
+                )
+            except FileChanged:
+                stats.waiting += 1
+                continue
+            except OSError as exc:
+                self._report_skips({str(found.path): f"cannot be read ({exc.strerror})"})
+                continue
+            batch.append((name, hashed))
+            if name in known:
+                stats.changed += 1
+            else:
+                stats.added += 1
+            if len(batch) >= BATCH_FILES or time.monotonic() - started > BATCH_SECONDS:
+                self._flush(root, batch)
+                batch, started = [], time.monotonic()
+        self._flush(root, batch)
+
+    def _flush(self, root: Root, batch: list[tuple[str, dbindex.HashedFile]]) -> None:
+        if not batch:
+            return
+        now = time.time()
+        with self.database.write() as s:
+            for name, hashed in batch:
+                dbindex.record_local_file(s, root.label, name, hashed, now=now)
+            dbindex.delete_orphan_files(s)
+            bump_catalog_version(s, now=now)
+        for name, hashed in batch:
+            log.info("indexed %s/%s (%d bytes, sha256 %s)", root.label, name, hashed.size,
+                     hashed.sha256[:12])
+
+    def _report_skips(self, skipped: dict[str, str]) -> None:
+        for path, reason in skipped.items():
+            if path not in self._reported:
+                self._reported.add(path)
+                log.warning("skipped %s: %s", path, reason)

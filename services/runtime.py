@@ -1,0 +1,117 @@
+"""What every role process shares: start-up, logging, SIGTERM, heartbeats.
+
+A role is a function `body(ctx)` that loops until `ctx.stop` is set. `run_role`
+turns a start-up failure into one sentence and a non-zero exit, and a clean
+SIGTERM into exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from p2pshare.db import node as dbnode
+from p2pshare.db.engine import Database, SchemaError
+from p2pshare.services.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("p2p")
+
+
+class StartupError(Exception):
+    """A role cannot start (port taken, folder unusable); the message is one sentence."""
+
+
+@dataclass
+class RoleContext:
+    role: str
+    settings: Settings
+    database: Database
+    stop: threading.Event
+    started_at: float = field(default_factory=time.time)
+    # What `p2pctl status` shows beside the role, e.g. "tcp 127.0.0.1:40123".
+    detail: str = ""
+
+    def beat(self) -> None:
+        """Write this role's heartbeat now."""
+        with self.database.write() as s:
+            dbnode.record_heartbeat(
+                s, self.role, pid=os.getpid(), started_at=self.started_at,
+                now=time.time(), detail=self.detail,
+            )
+
+
+def setup_logging(role: str) -> None:
+    # Line-buffered stdout: supervisord captures it, one line per event, no delay.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=logging.INFO,
+        format=f"%(asctime)s {role} %(levelname)s %(message)s",
+        force=True,
+    )
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT; loops poll it between short socket timeouts."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+def _heartbeat_loop(ctx: RoleContext) -> None:
+    while not ctx.stop.wait(dbnode.HEARTBEAT_SECONDS):
+        try:
+            ctx.beat()
+        except Exception:  # a failed beat must not kill the role; the next one retries
+            log.exception("heartbeat failed")
+
+
+def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
+    """Start a role and run it until SIGTERM; exits the process with its status."""
+    setup_logging(role)
+    try:
+        settings = load_settings()
+        settings.make_dirs()
+        database = Database.open(settings.db_path)
+    except (SettingsError, SchemaError, StartupError) as exc:
+        print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"p2p-{role}: cannot start: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    ctx = RoleContext(role, settings, database, stop_on_signals())
+    log.info("starting (pid %d, home %s)", os.getpid(), settings.home)
+    try:
+        body(ctx)
+    except StartupError as exc:
+        print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        try:
+            with database.write() as s:
+                dbnode.clear_heartbeat(s, role, pid=os.getpid())
+        except Exception:
+            log.exception("could not clear the heartbeat")
+        database.close()
+    log.info("stopped")
+    sys.exit(0)
+
+
+def start_heartbeat(ctx: RoleContext) -> threading.Thread:
+    """Beat once now (so `p2pctl status` sees the role at once), then every few seconds."""
+    ctx.beat()
+    thread = threading.Thread(target=_heartbeat_loop, args=(ctx,), name="heartbeat", daemon=True)
+    thread.start()
+    return thread

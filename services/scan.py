@@ -1,0 +1,103 @@
+"""Walk a shared folder and list the files that may be offered, and why others are not."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, FoundFile] = field(default_factory=dict)
+    # Absolute path -> one sentence saying why it is not offered.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _bad_name(name: str) -> str | None:
+    """Why a relative name cannot go on the network, or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if any(not ch.isprintable() for ch in name):
+        return "its name contains control characters"
+    return None
+
+
+def scan_tree(root: Path, *, exclude: Collection[Path] = ()) -> ScanResult:
+    """Every regular file under root, recursively, by '/'-separated relative name.
+
+    Skipped (and listed in `skipped`): symlinks leading outside root or to
+    folders, FIFOs, sockets, devices, unreadable folders, names that are not
+    UTF-8. Hidden names (starting with '.') and `exclude` paths are left out
+    silently: editors and copy tools write their temporary files that way.
+    """
+    result = ScanResult()
+    real_root = os.path.realpath(root)
+    excluded = {os.path.abspath(p) for p in exclude}
+    stack = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            if folder == str(root) and isinstance(exc, FileNotFoundError):
+                return result
+            result.skipped[folder] = f"folder cannot be read ({exc.strerror})"
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or os.path.abspath(entry.path) in excluded:
+                continue
+            name = prefix + entry.name
+            reason = _bad_name(name)
+            if reason is None:
+                reason = _visit(entry, name, real_root, stack, result)
+            if reason is not None:
+                result.skipped[entry.path] = reason
+    return result
+
+
+def _visit(
+    entry: os.DirEntry[str],
+    name: str,
+    real_root: str,
+    stack: list[tuple[str, str]],
+    result: ScanResult,
+) -> str | None:
+    """Add one entry to the scan; returns why it is skipped, or None."""
+    try:
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not _is_within(target, real_root):
+                return "symlink leads outside the shared folder"
+            st = os.stat(entry.path)
+            if stat.S_ISDIR(st.st_mode):
+                # Followed folder links can loop or duplicate the tree.
+                return "symlink to a folder is not followed"
+        else:
+            st = entry.stat(follow_symlinks=False)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        stack.append((entry.path, name + "/"))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (FIFO, socket or device)"
+    if not os.access(entry.path, os.R_OK):
+        return "cannot be read (permission denied)"
+    result.files[name] = FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
+    return None

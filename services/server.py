@@ -1,0 +1,77 @@
+"""Server role: indexes the shared folders and serves catalogs and chunks over TCP."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+
+from p2pshare.db import node as dbnode
+from p2pshare.services.indexer import ShareIndexer
+from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
+
+log = logging.getLogger("p2p.server")
+
+SCAN_INTERVAL = 1.0
+ACCEPT_TIMEOUT = 0.5
+
+
+def open_listener(bind: str, port: int) -> socket.socket:
+    """A listening TCP socket. Raises StartupError with one sentence when the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"TCP port {port} on {bind} is already in use (P2P_TCP_PORT)") from None
+        raise StartupError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.settimeout(ACCEPT_TIMEOUT)
+    return sock
+
+
+def index_loop(ctx: RoleContext, indexer: ShareIndexer) -> None:
+    """Rescan every SCAN_INTERVAL until stopped; an error in one scan is logged, not fatal."""
+    while not ctx.stop.is_set():
+        try:
+            indexer.step()
+        except Exception:
+            log.exception("index scan failed; retrying")
+        ctx.stop.wait(SCAN_INTERVAL)
+
+
+def serve(ctx: RoleContext) -> None:
+    listener = open_listener(ctx.settings.bind, ctx.settings.tcp_port)
+    port = listener.getsockname()[1]
+    ctx.detail = f"tcp {ctx.settings.bind}:{port}"
+    with ctx.database.write() as s:
+        dbnode.set_tcp_port(s, port, now=time.time())
+    log.info("listening on %s:%d", ctx.settings.bind, port)
+    start_heartbeat(ctx)
+    indexer = ShareIndexer(ctx.database, ctx.settings)
+    indexing = threading.Thread(target=index_loop, args=(ctx, indexer), name="index", daemon=True)
+    indexing.start()
+    try:
+        while not ctx.stop.is_set():
+            try:
+                conn, addr = listener.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+    finally:
+        listener.close()
+        with ctx.database.write() as s:
+            dbnode.set_tcp_port(s, None, now=time.time())
+        indexing.join(timeout=5)
+
+
+def main() -> None:
+    run_role("server", serve)
+
+
+if __name__ == "__main__":
+    main()

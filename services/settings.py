@@ -1,0 +1,252 @@
+"""Every setting of a node, resolved once, the same way for the roles and p2pctl.
+
+Order: the environment, then an optional TOML config file, then defaults. The
+config file is `$P2P_CONFIG` when set, else `$P2P_HOME/p2p.toml`; it uses the
+same names as the environment (`P2P_SHARE_DIR = "/srv/share"`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_UDP_PORT = 47474
+DEFAULT_ANNOUNCE_INTERVAL = 60.0
+# A peer is forgotten after this many missed announcements.
+TTL_INTERVALS = 3
+MIN_CHUNK_SIZE = 256 * 1024
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+# Chosen so a manifest stays small enough to fetch and keep in memory whole.
+TARGET_MAX_CHUNKS = 2000
+CONFIG_NAME = "p2p.toml"
+
+VARIABLES = (
+    "P2P_HOME",
+    "P2P_SHARE_DIR",
+    "P2P_DOWNLOAD_DIR",
+    "P2P_USERNAME",
+    "P2P_BIND",
+    "P2P_TCP_PORT",
+    "P2P_UDP_PORT",
+    "P2P_BROADCAST",
+    "P2P_ANNOUNCE_INTERVAL",
+    "P2P_PEER_TTL",
+    "P2P_CHUNK_SIZE",
+    "P2P_UPLOAD_LIMIT",
+    "P2P_NETWORK_KEY",
+)
+
+
+class SettingsError(Exception):
+    """A setting whose value we refuse; the message is one sentence naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    share_dir: Path
+    download_dir: Path
+    username: str
+    bind: str
+    tcp_port: int
+    udp_port: int
+    # None means "the broadcast address of every up, non-loopback interface",
+    # recomputed by the announcer because interfaces come and go.
+    broadcast: tuple[str, ...] | None
+    announce_interval: float
+    peer_ttl: float
+    chunk_size: int | None
+    upload_limit: int
+    network_key: str | None
+    config_file: Path | None
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "p2p.db"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.home / "temp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def private_paths(self) -> tuple[Path, ...]:
+        """Paths under the home that must never be indexed, should a share dir contain them."""
+        db = self.db_path
+        return (self.temp_dir, self.log_dir, self.home / "run", db, Path(f"{db}-wal"),
+                Path(f"{db}-shm"), Path(f"{db}-journal"))
+
+    def make_dirs(self) -> None:
+        for path in (self.home, self.share_dir, self.download_dir, self.temp_dir, self.log_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "p2pshare"
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """Load a TOML config file into strings keyed by variable name. Raises SettingsError."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in VARIABLES:
+            raise SettingsError(f"config file {path} sets unknown setting {key!r}")
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        values[key] = str(value)
+    return values
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting. Raises SettingsError naming the first bad variable."""
+    env = os.environ if env is None else env
+    explicit_config = env.get("P2P_CONFIG")
+    home_hint = Path(env["P2P_HOME"]).expanduser() if env.get("P2P_HOME") else default_home(env)
+    config_path = Path(explicit_config).expanduser() if explicit_config else home_hint / CONFIG_NAME
+    if explicit_config and not config_path.is_file():
+        raise SettingsError(f"P2P_CONFIG names {config_path}, which is not a file")
+    file_values = read_config_file(config_path)
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None or value == "":
+            value = file_values.get(name)
+        return value if value not in (None, "") else None
+
+    home = Path(get("P2P_HOME") or home_hint).expanduser().absolute()
+    interval = _positive_float("P2P_ANNOUNCE_INTERVAL", get("P2P_ANNOUNCE_INTERVAL"),
+                               DEFAULT_ANNOUNCE_INTERVAL)
+    return Settings(
+        home=home,
+        share_dir=_dir("P2P_SHARE_DIR", get("P2P_SHARE_DIR"), home / "shared"),
+        download_dir=_dir("P2P_DOWNLOAD_DIR", get("P2P_DOWNLOAD_DIR"), home / "downloads"),
+        username=_username(get("P2P_USERNAME")),
+        bind=_address("P2P_BIND", get("P2P_BIND") or "0.0.0.0"),
+        tcp_port=_port("P2P_TCP_PORT", get("P2P_TCP_PORT"), 0),
+        udp_port=_port("P2P_UDP_PORT", get("P2P_UDP_PORT"), DEFAULT_UDP_PORT, allow_zero=False),
+        broadcast=_targets(get("P2P_BROADCAST")),
+        announce_interval=interval,
+        peer_ttl=_positive_float("P2P_PEER_TTL", get("P2P_PEER_TTL"), TTL_INTERVALS * interval),
+        chunk_size=_chunk_size(get("P2P_CHUNK_SIZE")),
+        upload_limit=_non_negative_int("P2P_UPLOAD_LIMIT", get("P2P_UPLOAD_LIMIT"), 0),
+        network_key=get("P2P_NETWORK_KEY"),
+        config_file=config_path if config_path.is_file() else None,
+    )
+
+
+def chunk_size_for(size: int, override: int | None = None) -> int:
+    """Bytes per chunk for a file of `size` bytes: at most ~2,000 chunks, 256 KiB to 16 MiB."""
+    if override:
+        return override
+    wanted = -(-size // TARGET_MAX_CHUNKS)  # ceiling division
+    chunk = MIN_CHUNK_SIZE
+    while chunk < wanted and chunk < MAX_CHUNK_SIZE:
+        chunk *= 2
+    return chunk
+
+
+def _dir(name: str, raw: str | None, default: Path) -> Path:
+    path = Path(raw).expanduser() if raw else default
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{name} must be a folder, but {path} is a file")
+    return path.absolute()
+
+
+def _username(raw: str | None) -> str:
+    if raw is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "user"
+        raw = f"{user}@{socket.gethostname()}"
+    if len(raw.encode()) > 64 or not raw.isprintable():
+        raise SettingsError("P2P_USERNAME must be printable and at most 64 bytes")
+    return raw
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def _port(name: str, raw: str | None, default: int, *, allow_zero: bool = True) -> int:
+    if raw is None:
+        return default
+    port = _int(name, raw)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise SettingsError(f"{name} must be a port between {low} and 65535, not {port}")
+    return port
+
+
+def _non_negative_int(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    value = _int(name, raw)
+    if value < 0:
+        raise SettingsError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
+def _positive_float(name: str, raw: str | None, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < 10**7:
+        raise SettingsError(f"{name} must be more than 0 seconds, not {raw}")
+    return value
+
+
+def _chunk_size(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    value = _int("P2P_CHUNK_SIZE", raw)
+    # 16 KiB keeps per-chunk overhead sane; 64 MiB keeps a chunk in memory bounds.
+    if not 16 * 1024 <= value <= 64 * 1024 * 1024:
+        raise SettingsError(f"P2P_CHUNK_SIZE must be between 16384 and 67108864 bytes, not {value}")
+    return value
+
+
+def _address(name: str, raw: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(raw.strip()))
+    except ValueError:
+        raise SettingsError(f"{name} must be an IPv4 address, not {raw!r}") from None
+
+
+def _targets(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    targets = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            infos = socket.getaddrinfo(item, None, socket.AF_INET, socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError):
+            raise SettingsError(f"P2P_BROADCAST names {item!r}, which does not resolve") from None
+        targets.append(str(infos[0][4][0]))
+    if not targets:
+        raise SettingsError("P2P_BROADCAST is set but names no address")
+    return tuple(dict.fromkeys(targets))
