@@ -1,0 +1,189 @@
+"""Read-only queries behind p2pctl's reports. Each returns plain dataclasses."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from sqlalchemy import case, distinct, func, select
+from sqlalchemy.orm import Session
+
+from p2pshare.db.models import (
+    BadPeer,
+    Download,
+    DownloadSource,
+    File,
+    Holding,
+    LocalFile,
+    Peer,
+    Upload,
+)
+
+
+@dataclass(frozen=True)
+class Counts:
+    shared_files: int
+    shared_bytes: int
+    network_files: int
+    peers: int
+    downloads_running: int
+    downloads_done: int
+    uploads: int
+    uploaded_bytes: int
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    username: str
+    address: str
+    tcp_port: int
+    files: int
+    last_seen: float
+    bad_files: int
+    node_id: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    name: str
+    size: int
+    chunks: int
+    sha256: str
+    here: bool
+    peers: int
+    complete_peers: int
+
+
+@dataclass(frozen=True)
+class DownloadRow:
+    id: int
+    name: str
+    size: int
+    status: str
+    reason: str | None
+    requested_at: float
+    started_at: float | None
+    finished_at: float | None
+    bytes_done: int
+    bytes_received: int
+    bad_chunks: int
+    saved_as: str | None
+    sha256: str
+    peers: list[str]
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    at: float
+    peer_address: str
+    name: str
+    sha256: str
+    chunk_index: int
+    bytes: int
+    seconds: float
+
+
+RUNNING_STATUSES = ("queued", "active", "waiting")
+
+
+def counts(session: Session) -> Counts:
+    shared = session.execute(select(func.count(), func.coalesce(func.sum(LocalFile.size), 0))).one()
+    network = session.scalar(select(func.count(distinct(Holding.file_id)))) or 0
+    peers = session.scalar(select(func.count()).select_from(Peer)) or 0
+    running = session.scalar(
+        select(func.count()).where(Download.status.in_(RUNNING_STATUSES))
+    ) or 0
+    done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
+    up = session.execute(select(func.count(), func.coalesce(func.sum(Upload.bytes), 0))).one()
+    return Counts(shared[0], shared[1], network, peers, running, done, up[0], up[1])
+
+
+def list_peers(session: Session) -> list[PeerRow]:
+    """Every live peer, most recently heard first."""
+    files = (
+        select(Holding.peer_id, func.count(distinct(Holding.file_id)).label("n"))
+        .group_by(Holding.peer_id)
+        .subquery()
+    )
+    bad = (
+        select(BadPeer.address, BadPeer.tcp_port, func.count().label("n"))
+        .group_by(BadPeer.address, BadPeer.tcp_port)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Peer, func.coalesce(files.c.n, 0), func.coalesce(bad.c.n, 0))
+        .outerjoin(files, files.c.peer_id == Peer.id)
+        .outerjoin(bad, (bad.c.address == Peer.address) & (bad.c.tcp_port == Peer.tcp_port))
+        .order_by(Peer.last_seen.desc())
+    )
+    return [
+        PeerRow(p.username, p.address, p.tcp_port, n, p.last_seen, b, p.node_id)
+        for p, n, b in rows
+    ]
+
+
+def matches(name: str, pattern: str | None) -> bool:
+    """A glob when the pattern has wildcards, else a case-insensitive substring."""
+    if not pattern:
+        return True
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+    return pattern.lower() in name.lower()
+
+
+def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
+    """Files shared here and known on the network, one row per (name, content)."""
+    here = {
+        (name, fid)
+        for name, fid in session.execute(select(LocalFile.name, LocalFile.file_id))
+    }
+    held = session.execute(
+        select(
+            Holding.name,
+            Holding.file_id,
+            func.count(distinct(Holding.peer_id)),
+            func.sum(case((Holding.bitfield.is_(None), 1), else_=0)),
+        ).group_by(Holding.name, Holding.file_id)
+    ).all()
+    network = {(name, fid): (n, complete) for name, fid, n, complete in held}
+    keys = {k for k in here | set(network) if matches(k[0], pattern)}
+    files = {f.id: f for f in session.scalars(select(File).where(File.id.in_({k[1] for k in keys})))}
+    rows = []
+    for name, fid in sorted(keys):
+        f = files[fid]
+        n, complete = network.get((name, fid), (0, 0))
+        rows.append(FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete))
+    return rows
+
+
+def list_downloads(session: Session, limit: int | None = None) -> list[DownloadRow]:
+    """Every download, newest first, with the peers it used."""
+    query = select(Download).order_by(Download.id.desc())
+    if limit:
+        query = query.limit(limit)
+    downloads = list(session.scalars(query))
+    peers: dict[int, list[str]] = {}
+    if downloads:
+        for src in session.scalars(
+            select(DownloadSource)
+            .where(DownloadSource.download_id.in_([d.id for d in downloads]))
+            .order_by(DownloadSource.bytes.desc())
+        ):
+            peers.setdefault(src.download_id, []).append(f"{src.address}:{src.tcp_port}")
+    return [
+        DownloadRow(
+            d.id, d.name, d.size, d.status, d.reason, d.requested_at, d.started_at,
+            d.finished_at, d.bytes_done, d.bytes_received, d.bad_chunks, d.saved_as,
+            d.sha256, peers.get(d.id, []),
+        )
+        for d in downloads
+    ]
+
+
+def list_uploads(session: Session, limit: int = 100) -> list[UploadRow]:
+    """The most recent served chunks, newest first."""
+    rows = session.scalars(select(Upload).order_by(Upload.id.desc()).limit(limit))
+    return [
+        UploadRow(u.at, u.peer_address, u.name, u.sha256, u.chunk_index, u.bytes, u.seconds)
+        for u in rows
+    ]

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Start one p2pshare role under supervisord with the Python that runs supervisord.
+#
+# supervisord.conf cannot know where p2pshare was installed: a virtualenv that is
+# not activated, ~/.local, or the system. The Python that runs supervisord is the
+# one whose pip installed it next to p2pshare, so we take that interpreter from
+# the parent's command line. P2P_PYTHON overrides the choice.
+role="$1"
+case "$role" in
+    server|announcer|listener|downloader) ;;
+    *) echo "run-role.sh: unknown role '$role'" >&2; exit 2 ;;
+esac
+
+usable() { [ -n "$1" ] && "$1" -c 'import p2pshare.services.runtime' >/dev/null 2>&1; }
+
+py="${P2P_PYTHON:-}"
+if [ -z "$py" ] && [ -r "/proc/$PPID/cmdline" ]; then
+    parent=$(tr '\0' '\n' < "/proc/$PPID/cmdline" | head -n 1)
+    usable "$parent" && py="$parent"
+fi
+if [ -z "$py" ]; then
+    for candidate in python3 python; do
+        if usable "$candidate"; then py="$candidate"; break; fi
+    done
+fi
+if [ -z "$py" ]; then
+    echo "p2p-$role: no Python with p2pshare installed was found; run the README's install command or set P2P_PYTHON" >&2
+    exit 2
+fi
+exec "$py" -m "p2pshare.services.$role"
