@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import resource
 import socket
 import threading
 import time
 
 from p2pshare.db import node as dbnode
+from p2pshare.services.chunkserver import ChunkServer
 from p2pshare.services.indexer import ShareIndexer
 from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.server")
 
 SCAN_INTERVAL = 1.0
-ACCEPT_TIMEOUT = 0.5
 
 
 def open_listener(bind: str, port: int) -> socket.socket:
@@ -29,8 +31,7 @@ def open_listener(bind: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"TCP port {port} on {bind} is already in use (P2P_TCP_PORT)") from None
         raise StartupError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    sock.settimeout(ACCEPT_TIMEOUT)
+    sock.listen(512)
     return sock
 
 
@@ -45,6 +46,7 @@ def index_loop(ctx: RoleContext, indexer: ShareIndexer) -> None:
 
 
 def serve(ctx: RoleContext) -> None:
+    raise_fd_limit()
     listener = open_listener(ctx.settings.bind, ctx.settings.tcp_port)
     port = listener.getsockname()[1]
     ctx.detail = f"tcp {ctx.settings.bind}:{port}"
@@ -56,17 +58,31 @@ def serve(ctx: RoleContext) -> None:
     indexing = threading.Thread(target=index_loop, args=(ctx, indexer), name="index", daemon=True)
     indexing.start()
     try:
-        while not ctx.stop.is_set():
-            try:
-                conn, addr = listener.accept()
-            except TimeoutError:
-                continue
-            conn.close()
+        asyncio.run(_serve_tcp(ctx, listener))
     finally:
         listener.close()
         with ctx.database.write() as s:
             dbnode.set_tcp_port(s, None, now=time.time())
         indexing.join(timeout=5)
+
+
+async def _serve_tcp(ctx: RoleContext, listener: socket.socket) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def relay_stop() -> None:
+        ctx.stop.wait()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=relay_stop, name="stop-relay", daemon=True).start()
+    await ChunkServer(ctx.settings, ctx.database, stop).run(listener)
+
+
+def raise_fd_limit() -> None:
+    """Many idle peers cost a descriptor each; take the hard limit we are allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:

@@ -1,0 +1,111 @@
+"""Queries behind the chunk server: what this node offers, and where the bytes are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
+
+# Downloads in these states may hold verified chunks worth offering.
+OFFERING_STATUSES = ("queued", "active", "waiting")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One catalog entry: a file this node holds all or part of."""
+
+    name: str
+    sha256: str
+    chunk_size: int
+    size: int
+    # None: every chunk; else the bitfield of verified chunks (a download in progress).
+    have: bytes | None
+
+
+@dataclass(frozen=True)
+class ByteSource:
+    """A place on disk holding a file's bytes: a shared file or a download's temp file."""
+
+    root: str | None  # 'share' / 'download' for a local file, None for a temp file
+    path: str  # the name under root, or the temp file's absolute path
+    size: int
+    mtime_ns: int | None  # what the index saw; None for temp files
+    have: bytes | None
+    name: str
+
+
+def offers(session: Session) -> list[Offer]:
+    """Everything this node offers: shared files, finished and in-progress downloads."""
+    rows = session.execute(
+        select(LocalFile.name, File.sha256, File.chunk_size, File.size).join(
+            File, File.id == LocalFile.file_id
+        )
+    )
+    out = [Offer(name, sha, cs, size, None) for name, sha, cs, size in rows]
+    partial = session.execute(
+        select(Download.name, File.sha256, File.chunk_size, File.size, Download.have)
+        .join(File, File.id == Download.file_id)
+        .where(Download.status.in_(OFFERING_STATUSES), Download.bytes_done > 0)
+    )
+    out.extend(Offer(name, sha, cs, size, bytes(have)) for name, sha, cs, size, have in partial)
+    return out
+
+
+def byte_sources(session: Session, sha256: str, chunk_size: int) -> list[ByteSource]:
+    """Where this node holds the file's bytes; whole local files first."""
+    file = session.scalar(select(File).where(File.sha256 == sha256, File.chunk_size == chunk_size))
+    if file is None:
+        return []
+    sources = [
+        ByteSource(lf.root, lf.name, lf.size, lf.mtime_ns, None, lf.name)
+        for lf in session.scalars(select(LocalFile).where(LocalFile.file_id == file.id))
+    ]
+    for d in session.scalars(
+        select(Download).where(
+            Download.file_id == file.id,
+            Download.status.in_(OFFERING_STATUSES),
+            Download.bytes_done > 0,
+            Download.temp_path.is_not(None),
+        )
+    ):
+        sources.append(ByteSource(None, str(d.temp_path), file.size, None, bytes(d.have), d.name))
+    return sources
+
+
+def chunk_hashes(session: Session, sha256: str, chunk_size: int) -> list[str] | None:
+    """The chunk hashes of a file this node knows, in order; None if unknown or incomplete."""
+    file = session.scalar(select(File).where(File.sha256 == sha256, File.chunk_size == chunk_size))
+    if file is None:
+        return None
+    hashes = list(
+        session.scalars(
+            select(Chunk.sha256).where(Chunk.file_id == file.id).order_by(Chunk.chunk_index)
+        )
+    )
+    return hashes if len(hashes) == file.chunk_count else None
+
+
+@dataclass(frozen=True)
+class ServedChunk:
+    at: float
+    peer_address: str
+    sha256: str
+    name: str
+    chunk_index: int
+    offset: int
+    bytes: int
+    seconds: float
+
+
+def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
+    session.add_all(
+        Upload(
+            at=s.at, peer_address=s.peer_address, sha256=s.sha256, name=s.name,
+            chunk_index=s.chunk_index, offset=s.offset, bytes=s.bytes, seconds=s.seconds,
+        )
+        for s in served
+    )

@@ -1,0 +1,304 @@
+"""The TCP side of the server role: catalogs, manifests, holdings and chunk bytes.
+
+asyncio, because a node must hold many idle or slow connections cheaply and
+still serve a genuine peer at full speed. Chunk bytes leave with
+`loop.sendfile`, which is `os.sendfile` underneath: Python never touches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pshare.db import node as dbnode
+from p2pshare.db import serving as dbserving
+from p2pshare.db.engine import Database
+from p2pshare.services import protocol
+from p2pshare.services.protocol import FileKey
+from p2pshare.services.ratelimit import RateLimiter
+from p2pshare.services.settings import Settings
+
+log = logging.getLogger("p2p.server")
+
+MAX_CONNECTIONS = 1024
+# A client must say something soon after connecting, and finish a frame it started.
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0
+FRAME_TIMEOUT = 10.0
+# A peer that reads nothing of a slice for this long is dropped.
+STALL_TIMEOUT = 30.0
+SEND_SLICE = 4 * 1024 * 1024
+SOURCE_CACHE_SECONDS = 1.0
+UPLOAD_FLUSH_SECONDS = 0.5
+
+
+class Refusal(Exception):
+    """A well-formed request we answer with an error reply; the connection stays open."""
+
+
+@dataclass
+class ConnStats:
+    peer: str
+    opened: float = field(default_factory=time.monotonic)
+    chunks: int = 0
+    bytes: int = 0
+
+
+class ChunkServer:
+    def __init__(self, settings: Settings, database: Database, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.database = database
+        self.stop = stop
+        self.key = settings.network_key
+        self.limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.served: list[dbserving.ServedChunk] = []
+        self._catalog: tuple[int, bytes] | None = None
+        self._sources: dict[FileKey, tuple[float, list[dbserving.ByteSource]]] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        server = await asyncio.start_server(self._handle, sock=listener, limit=protocol.MAX_FRAME)
+        flusher = asyncio.create_task(self._flush_uploads_forever())
+        try:
+            await self.stop.wait()
+        finally:
+            server.close()
+            for writer in list(self.writers):
+                writer.close()
+            await asyncio.sleep(0.1)
+            flusher.cancel()
+            await self._flush_uploads()
+
+    async def _flush_uploads_forever(self) -> None:
+        while True:
+            await asyncio.sleep(UPLOAD_FLUSH_SECONDS)
+            try:
+                await self._flush_uploads()
+            except Exception:  # keep serving; the rows are retried next time
+                log.exception("could not record uploads")
+
+    async def _flush_uploads(self) -> None:
+        if not self.served:
+            return
+        batch, self.served = self.served, []
+
+        def write() -> None:
+            with self.database.write() as s:
+                dbserving.record_uploads(s, batch)
+
+        try:
+            await asyncio.to_thread(write)
+        except BaseException:
+            self.served[:0] = batch
+            raise
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername", ("?", 0))[0])
+        if len(self.writers) >= MAX_CONNECTIONS:
+            log.warning("refused connection from %s: %d connections open", peer, MAX_CONNECTIONS)
+            writer.write(protocol.encode_error("server busy"))
+            writer.close()
+            return
+        self.writers.add(writer)
+        stats = ConnStats(peer)
+        try:
+            await self._session(reader, writer, stats)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the peer closed; nothing to answer
+        except TimeoutError:
+            log.info("closed idle or stalled connection from %s", peer)
+        except protocol.ProtocolError as exc:
+            log.warning("dropped connection from %s: %s", peer, exc)
+            self._try_write(writer, protocol.encode_error(str(exc)))
+        except Exception:
+            log.exception("connection from %s failed", peer)
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+            if stats.chunks:
+                took = time.monotonic() - stats.opened
+                log.info("served %d chunks (%d bytes) to %s in %.1f s",
+                         stats.chunks, stats.bytes, peer, took)
+
+    @staticmethod
+    def _try_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+        try:
+            writer.write(data)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def _read_frame(self, reader: asyncio.StreamReader, idle: float) -> bytes:
+        header = await asyncio.wait_for(reader.readexactly(4), idle)
+        length = protocol.frame_length(header)
+        return await asyncio.wait_for(reader.readexactly(length), FRAME_TIMEOUT)
+
+    async def _session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ConnStats
+    ) -> None:
+        nonce = secrets.token_hex(protocol.NONCE_HEX // 2)
+        writer.write(protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None)))
+        authed = self.key is None
+        timeout = HANDSHAKE_TIMEOUT
+        while not self.stop.is_set():
+            req = protocol.decode_request(await self._read_frame(reader, timeout))
+            timeout = IDLE_TIMEOUT
+            if isinstance(req, protocol.AuthRequest):
+                if self.key is not None:
+                    protocol.check_auth(req, key=self.key, nonce=nonce)
+                authed = True
+                writer.write(protocol.encode_ok())
+                continue
+            if not authed:
+                raise protocol.WrongNetworkKey("this node requires the network key")
+            try:
+                await self._dispatch(req, writer, stats)
+            except Refusal as exc:
+                log.info("refused %s from %s: %s", type(req).__name__, stats.peer, exc)
+                writer.write(protocol.encode_error(str(exc)))
+            await asyncio.wait_for(writer.drain(), STALL_TIMEOUT)
+
+    async def _dispatch(
+        self, req: protocol.Request, writer: asyncio.StreamWriter, stats: ConnStats
+    ) -> None:
+        if isinstance(req, protocol.ChunkRequest):
+            await self._send_chunk(req, writer, stats)
+        elif isinstance(req, protocol.HaveRequest):
+            writer.write(self._have(req.file))
+        elif isinstance(req, protocol.CatalogRequest):
+            payload = await self._catalog_payload()
+            writer.write(protocol.encode_ok(len=len(payload)))
+            writer.write(payload)
+        elif isinstance(req, protocol.ManifestRequest):
+            payload = await asyncio.to_thread(self._manifests, req.files)
+            writer.write(protocol.encode_ok(len=len(payload)))
+            writer.write(payload)
+
+    # ------------------------------------------------------------ answers
+
+    async def _catalog_payload(self) -> bytes:
+        def build() -> tuple[int, bytes]:
+            with self.database.read() as s:
+                version = dbnode.node_state(s).catalog_version if s.get(dbnode.NodeState, 1) else 0
+                if self._catalog and self._catalog[0] == version:
+                    return self._catalog
+                offers = dbserving.offers(s)
+            entries = [
+                protocol.CatalogEntry(o.name, FileKey(o.sha256, o.chunk_size), o.size, o.have)
+                for o in offers
+            ]
+            return version, protocol.encode_catalog(entries, version)
+
+        self._catalog = await asyncio.to_thread(build)
+        return self._catalog[1]
+
+    def _manifests(self, keys: tuple[FileKey, ...]) -> bytes:
+        found: dict[FileKey, list[str]] = {}
+        with self.database.read() as s:
+            for key in keys:
+                hashes = dbserving.chunk_hashes(s, key.sha256, key.chunk_size)
+                if hashes is not None:
+                    found[key] = hashes
+        return protocol.encode_manifests(found)
+
+    def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
+        now = time.monotonic()
+        cached = self._sources.get(key)
+        if cached and not fresh and now - cached[0] < SOURCE_CACHE_SECONDS:
+            return cached[1]
+        with self.database.read() as s:
+            sources = dbserving.byte_sources(s, key.sha256, key.chunk_size)
+        if len(self._sources) > 1024:
+            self._sources.clear()
+        self._sources[key] = (now, sources)
+        return sources
+
+    def _have(self, key: FileKey) -> bytes:
+        sources = self._byte_sources(key, fresh=True)
+        if not sources:
+            raise Refusal("this node does not have that file")
+        count = protocol.chunk_count(sources[0].size, key.chunk_size)
+        if any(src.have is None for src in sources):
+            return protocol.encode_have(None, count)
+        bits = bytearray(len(sources[0].have or b""))
+        for src in sources:
+            bits = bytearray(a | b for a, b in zip(bits, src.have or b"", strict=False))
+        return protocol.encode_have(bytes(bits), count)
+
+    def _source_for_chunk(self, key: FileKey, index: int) -> dbserving.ByteSource:
+        for fresh in (False, True):
+            for src in self._byte_sources(key, fresh=fresh):
+                if protocol.bitfield_has(src.have, index):
+                    return src
+        raise Refusal(f"this node does not have chunk {index} of that file")
+
+    def _path(self, src: dbserving.ByteSource) -> Path:
+        if src.root is None:
+            return Path(src.path)
+        base = self.settings.share_dir if src.root == "share" else self.settings.download_dir
+        return base / src.path
+
+    async def _send_chunk(
+        self, req: protocol.ChunkRequest, writer: asyncio.StreamWriter, stats: ConnStats
+    ) -> None:
+        key = req.file
+        src = self._source_for_chunk(key, req.index)
+        count = protocol.chunk_count(src.size, key.chunk_size)
+        if req.index >= count:
+            raise Refusal(f"the file has {count} chunks, there is no chunk {req.index}")
+        chunk_len = protocol.chunk_length(src.size, key.chunk_size, req.index)
+        length = req.length or chunk_len - req.offset
+        if req.offset + length > chunk_len or length <= 0:
+            raise Refusal(f"bytes {req.offset}+{length} lie outside chunk {req.index}")
+        try:
+            fh = open(self._path(src), "rb")  # noqa: SIM115 - closed in finally below
+        except OSError as exc:
+            self._sources.pop(key, None)
+            raise Refusal(f"cannot read the file: {exc.strerror}") from None
+        started = time.monotonic()
+        try:
+            st = os.fstat(fh.fileno())
+            if src.mtime_ns is not None and (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
+                self._sources.pop(key, None)
+                raise Refusal("the file changed since it was indexed")
+            writer.write(protocol.encode_chunk_header(
+                protocol.ChunkHeader(req.index, req.offset, length)))
+            await self._send_bytes(writer, fh, req.index * key.chunk_size + req.offset, length)
+        finally:
+            fh.close()
+        stats.chunks += 1
+        stats.bytes += length
+        self.served.append(dbserving.ServedChunk(
+            time.time(), stats.peer, key.sha256, src.name, req.index, req.offset, length,
+            time.monotonic() - started,
+        ))
+
+    async def _send_bytes(
+        self, writer: asyncio.StreamWriter, fh: object, offset: int, length: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        slice_size = self.limiter.slice_size if self.limiter else SEND_SLICE
+        sent = 0
+        while sent < length:
+            n = min(slice_size, length - sent)
+            if self.limiter:
+                await self.limiter.acquire(n)
+            done = await asyncio.wait_for(
+                loop.sendfile(writer.transport, fh, offset + sent, n),  # type: ignore[arg-type]
+                STALL_TIMEOUT,
+            )
+            if done < n:
+                # The file shrank under us; the reply's length is a promise we cannot
+                # keep, so the connection (not the server) has to go.
+                raise ConnectionError("the file was truncated while being sent")
+            sent += n

@@ -1,0 +1,115 @@
+"""A blocking client for another node's chunk server, used by the listener and the downloader."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from p2pshare.services import protocol
+from p2pshare.services.protocol import FileKey
+
+CONNECT_TIMEOUT = 5.0
+IO_TIMEOUT = 15.0
+READ_BUFFER = 256 * 1024
+
+
+class PeerClient:
+    """One connection to a peer. Raises OSError for network trouble, ProtocolError for lies."""
+
+    def __init__(
+        self, address: str, port: int, *, key: str | None, timeout: float = IO_TIMEOUT
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.key = key
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def __enter__(self) -> PeerClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), timeout=CONNECT_TIMEOUT)
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.rfile = sock.makefile("rb", buffering=READ_BUFFER)
+        try:
+            welcome = protocol.decode_welcome(self._read_frame())
+            if welcome.auth_required and self.key is None:
+                raise protocol.WrongNetworkKey("the peer requires a network key")
+            if self.key is not None:
+                self.send(protocol.AuthRequest(protocol.auth_mac(self.key, welcome.nonce)))
+                protocol.decode_reply(self._read_frame())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.rfile.close()
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    # ------------------------------------------------------------ low level
+
+    def send(self, req: protocol.Request) -> None:
+        assert self.sock is not None
+        self.sock.sendall(protocol.encode_request(req))
+
+    def read_exact_into(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            n = self.rfile.readinto(view[got:])
+            if not n:
+                raise ConnectionError("the peer closed the connection")
+            got += n
+
+    def _read_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        self.read_exact_into(memoryview(buf))
+        return bytes(buf)
+
+    def _read_frame(self) -> bytes:
+        return self._read_exact(protocol.frame_length(self._read_exact(4)))
+
+    def read_reply(self) -> dict[str, Any]:
+        return protocol.decode_reply(self._read_frame())
+
+    def _payload(self, limit: int) -> bytes:
+        reply = self.read_reply()
+        return self._read_exact(protocol.payload_length(reply, limit))
+
+    # ------------------------------------------------------------ requests
+
+    def catalog(self) -> tuple[int, list[protocol.CatalogEntry]]:
+        self.send(protocol.CatalogRequest())
+        return protocol.decode_catalog(self._payload(protocol.MAX_CATALOG_BYTES))
+
+    def manifests(self, sizes: dict[FileKey, int]) -> dict[FileKey, list[str]]:
+        """Chunk hashes for the given files, asked in batches the protocol allows."""
+        keys = list(sizes)
+        out: dict[FileKey, list[str]] = {}
+        step = protocol.MAX_MANIFEST_FILES
+        for start in range(0, len(keys), step):
+            self.send(protocol.ManifestRequest(tuple(keys[start : start + step])))
+        for start in range(0, len(keys), step):
+            batch = {k: sizes[k] for k in keys[start : start + step]}
+            out.update(
+                protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch)
+            )
+        return out
+
+    def have(self, key: FileKey, chunks: int) -> bytes | None:
+        """The peer's bitfield for a file (None: all chunks). Raises RemoteRefused if it has none."""
+        self.send(protocol.HaveRequest(key))
+        return protocol.decode_have(self._read_frame(), chunks=chunks)
+
+    def read_chunk_header(self, req: protocol.ChunkRequest, chunk_len: int) -> protocol.ChunkHeader:
+        return protocol.decode_chunk_header(self._read_frame(), expect=req, chunk_len=chunk_len)
