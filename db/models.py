@@ -27,6 +27,9 @@ class NodeState(Base):
     tcp_port: Mapped[int | None]
     # The announcer's id for this run; a restart makes a new one.
     node_id: Mapped[str | None] = mapped_column(String(64))
+    # Set by the listener when a new peer appears, so the announcer answers at
+    # once and the newcomer need not wait a whole interval to hear of us.
+    announce_wanted_at: Mapped[float] = mapped_column(default=0.0)
     updated_at: Mapped[float] = mapped_column(default=0.0)
 
 
@@ -98,6 +101,9 @@ class Peer(Base):
     address: Mapped[str]
     tcp_port: Mapped[int]
     catalog_version: Mapped[int]
+    # Highest announcement sequence number seen from this node id; anything
+    # not above it is a replay.
+    announce_seq: Mapped[int] = mapped_column(default=0)
     # The catalog version whose contents are in `holdings`; -1 before the first fetch.
     catalog_synced: Mapped[int] = mapped_column(default=-1)
     first_seen: Mapped[float]

@@ -1,14 +1,116 @@
-"""Announcer role."""
+"""Announcer role: tells the network this node exists, on which port, at which catalog version.
+
+Sends at start, within about a second of a catalog change (rate-limited so a
+busy download does not flood the network), when the listener saw a newcomer
+(so it learns of us at once), and every P2P_ANNOUNCE_INTERVAL seconds.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import random
+import secrets
+import socket
+import time
+
+from p2pshare.db import node as dbnode
+from p2pshare.services import protocol
+from p2pshare.services.netif import interface_broadcasts
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
+
+log = logging.getLogger("p2p.announcer")
+
+POLL_SECONDS = 0.2
+# At most one announcement per this many seconds for changes; the interval
+# announcement and the start are not held back.
+MIN_GAP_SECONDS = 1.0
+# Spread answers to a newcomer so many nodes do not answer in the same instant.
+ANSWER_JITTER_SECONDS = 0.3
+
+
+class Announcer:
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.node_id = secrets.token_hex(protocol.NODE_ID_HEX // 2)
+        self.seq = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if self.settings.bind != "0.0.0.0":
+            self.sock.bind((self.settings.bind, 0))
+        self.failing: dict[str, int] = {}  # target -> errno already logged
+        self.last_sent = 0.0
+        self.sent_version: int | None = None
+        self.sent_port: int | None = None
+        self.answered_at = 0.0
+
+    def targets(self) -> list[str]:
+        if self.settings.broadcast is not None:
+            return list(self.settings.broadcast)
+        return interface_broadcasts()
+
+    def send(self, catalog_version: int, tcp_port: int, now: float) -> None:
+        self.seq += 1
+        data = protocol.encode_announce(
+            protocol.Announce(self.node_id, self.settings.username, tcp_port, catalog_version,
+                              self.seq, now),
+            key=self.settings.network_key,
+        )
+        targets = self.targets()
+        if not targets:
+            self._log_once("(none)", errno.ENETUNREACH, "no up, non-loopback IPv4 interface "
+                           "with a broadcast address; set P2P_BROADCAST")
+        for target in targets:
+            try:
+                self.sock.sendto(data, (target, self.settings.udp_port))
+            except OSError as exc:
+                self._log_once(target, exc.errno or 0, exc.strerror or str(exc))
+                continue
+            if self.failing.pop(target, None) is not None:
+                log.info("announcing to %s works again", target)
+        self.last_sent, self.sent_version, self.sent_port = now, catalog_version, tcp_port
+        log.info("announced catalog v%d on tcp %d (%d bytes) to %s", catalog_version, tcp_port,
+                 len(data), ", ".join(targets) or "nobody")
+
+    def _log_once(self, target: str, err: int, message: str) -> None:
+        if self.failing.get(target) != err:
+            self.failing[target] = err
+            log.warning("cannot announce to %s: %s", target, message)
+
+    def step(self) -> None:
+        """Announce if something calls for it now."""
+        now = time.time()
+        with self.ctx.database.read() as s:
+            state = dbnode.node_state(s) if s.get(dbnode.NodeState, 1) else None
+        if state is None or state.tcp_port is None:
+            return  # the server has not bound its port yet; nothing to announce
+        due = now - self.last_sent >= self.settings.announce_interval
+        changed = (state.catalog_version, state.tcp_port) != (self.sent_version, self.sent_port)
+        asked = state.announce_wanted_at > self.answered_at
+        if due or ((changed or asked) and now - self.last_sent >= MIN_GAP_SECONDS):
+            if asked and not (due or changed):
+                time.sleep(random.uniform(0, ANSWER_JITTER_SECONDS))
+            self.answered_at = state.announce_wanted_at
+            self.send(state.catalog_version, state.tcp_port, time.time())
 
 
 def run(ctx: RoleContext) -> None:
+    announcer = Announcer(ctx)
+    with ctx.database.write() as s:
+        dbnode.set_node_id(s, announcer.node_id, now=time.time())
+    ctx.detail = f"node {announcer.node_id[:8]}"
     start_heartbeat(ctx)
-    while not ctx.stop.wait(1.0):
-        pass
+    log.info("node id %s, announcing to %s", announcer.node_id,
+             ", ".join(announcer.targets()) or "no interface yet")
+    try:
+        while not ctx.stop.wait(POLL_SECONDS):
+            try:
+                announcer.step()
+            except Exception:
+                log.exception("announce step failed; retrying")
+    finally:
+        announcer.sock.close()
 
 
 def main() -> None:

@@ -1,14 +1,211 @@
-"""Listener role."""
+"""Listener role: hears announcements, records peers, fetches their catalogs, expires the silent."""
 
 from __future__ import annotations
 
-from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
+import logging
+import queue
+import socket
+import threading
+import time
+
+from p2pshare.db import index as dbindex
+from p2pshare.db import peers as dbpeers
+from p2pshare.services import protocol
+from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
+
+log = logging.getLogger("p2p.listener")
+
+RECV_TIMEOUT = 0.5
+EXPIRE_EVERY = 1.0
+CATALOG_WORKERS = 4
+RETRY_SECONDS = 5.0
+# Dropped datagrams are logged one line each up to this many per second; a
+# flood gets a summary line instead of filling the disk.
+DROP_LOG_PER_SECOND = 10
+
+
+def open_udp(port: int) -> socket.socket:
+    """A UDP socket on `port` that other nodes on this host can share.
+
+    Bound to every address: a socket bound to one unicast address does not
+    receive datagrams sent to a broadcast address.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    try:
+        sock.bind(("", port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on UDP port {port} (P2P_UDP_PORT): "
+                           f"{exc.strerror}") from None
+    sock.settimeout(RECV_TIMEOUT)
+    return sock
+
+
+class DropLog:
+    """One log line per dropped datagram, up to a rate; then a count."""
+
+    def __init__(self) -> None:
+        self.window = 0
+        self.logged = 0
+        self.suppressed = 0
+
+    def drop(self, ip: str, reason: str) -> None:
+        second = int(time.monotonic())
+        if second != self.window:
+            if self.suppressed:
+                log.warning("dropped %d more bad datagrams", self.suppressed)
+            self.window, self.logged, self.suppressed = second, 0, 0
+        if self.logged < DROP_LOG_PER_SECOND:
+            self.logged += 1
+            log.warning("dropped datagram from %s: %s", ip, reason)
+        else:
+            self.suppressed += 1
+
+
+class CatalogFetcher:
+    """Worker threads that fetch peers' catalogs, one fetch per peer at a time."""
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.jobs: queue.Queue[int] = queue.Queue()
+        self.lock = threading.Lock()
+        self.busy: set[int] = set()
+        self.again: set[int] = set()
+        self.failed: dict[int, tuple[float, str]] = {}  # peer -> (retry at, error logged)
+        for n in range(CATALOG_WORKERS):
+            threading.Thread(target=self._work, name=f"catalog-{n}", daemon=True).start()
+
+    def want(self, peer_id: int) -> None:
+        with self.lock:
+            if peer_id in self.busy:
+                self.again.add(peer_id)
+                return
+            self.busy.add(peer_id)
+        self.jobs.put(peer_id)
+
+    def retry_due(self, now: float) -> None:
+        for peer_id, (at, _) in list(self.failed.items()):
+            if at <= now:
+                self.want(peer_id)
+
+    def _work(self) -> None:
+        while True:
+            peer_id = self.jobs.get()
+            try:
+                self._fetch(peer_id)
+                self.failed.pop(peer_id, None)
+            except (OSError, protocol.ProtocolError) as exc:
+                self._failed(peer_id, f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("catalog fetch from peer %d failed", peer_id)
+                self._failed(peer_id, "internal error")
+            with self.lock:
+                self.busy.discard(peer_id)
+                again = peer_id in self.again
+                self.again.discard(peer_id)
+            if again:
+                self.want(peer_id)
+
+    def _failed(self, peer_id: int, error: str) -> None:
+        previous = self.failed.get(peer_id)
+        if previous is None or previous[1] != error:
+            log.warning("cannot fetch the catalog of peer %d: %s", peer_id, error)
+        self.failed[peer_id] = (time.time() + RETRY_SECONDS, error)
+
+    def _fetch(self, peer_id: int) -> None:
+        db = self.ctx.database
+        with db.read() as s:
+            endpoint = dbpeers.peer_endpoint(s, peer_id)
+        if endpoint is None:
+            self.failed.pop(peer_id, None)
+            return  # expired or replaced meanwhile
+        address, port, _ = endpoint
+        started = time.monotonic()
+        with PeerClient(address, port, key=self.ctx.settings.network_key) as client:
+            version, entries = client.catalog()
+            with db.read() as s:
+                known = dbpeers.known_contents(s, (e.file for e in entries))
+            need = {e.file: e.size for e in entries
+                    if e.file not in known or not known[e.file].complete}
+            manifests = client.manifests(need) if need else {}
+        offered = [
+            dbpeers.Offered(e.name, e.file.sha256, e.file.chunk_size, e.size, e.have,
+                            e.chunks if e.have is None else protocol.bitfield_count(e.have))
+            for e in entries
+        ]
+        with db.write() as s:
+            kept = dbpeers.apply_catalog(
+                s, peer_id, version, offered, {tuple(k): v for k, v in manifests.items()},
+                now=time.time(),
+            )
+            if kept is not None:
+                dbindex.delete_orphan_files(s)
+        log.info("catalog v%d of %s:%d: %d files, %d new contents, in %.2f s", version, address,
+                 port, len(entries), len(manifests), time.monotonic() - started)
 
 
 def run(ctx: RoleContext) -> None:
+    settings = ctx.settings
+    sock = open_udp(settings.udp_port)
+    ctx.detail = f"udp *:{settings.udp_port}"
     start_heartbeat(ctx)
-    while not ctx.stop.wait(1.0):
-        pass
+    fetcher = CatalogFetcher(ctx)
+    drops = DropLog()
+    max_age = max(3 * settings.announce_interval, 30.0)
+    next_expiry = 0.0
+    log.info("listening for announcements on UDP port %d", settings.udp_port)
+    try:
+        while not ctx.stop.is_set():
+            now = time.time()
+            if now >= next_expiry:
+                expire(ctx, now)
+                fetcher.retry_due(now)
+                next_expiry = now + EXPIRE_EVERY
+            try:
+                data, (ip, _port) = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            try:
+                ann = protocol.decode_announce(
+                    data, key=settings.network_key, now=time.time(), max_age=max_age)
+            except protocol.ProtocolError as exc:
+                drops.drop(ip, f"{type(exc).__name__}: {exc}")
+                continue
+            handle(ctx, fetcher, ann, ip, drops)
+    finally:
+        sock.close()
+
+
+def handle(
+    ctx: RoleContext, fetcher: CatalogFetcher, ann: protocol.Announce, ip: str, drops: DropLog
+) -> None:
+    heard = dbpeers.Heard(ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version,
+                          ann.seq)
+    with ctx.database.write() as s:
+        outcome = dbpeers.record_announce(s, heard, now=time.time())
+    if outcome.ignored:
+        return
+    if outcome.peer_id is None:
+        drops.drop(ip, f"replayed announcement (seq {ann.seq}) from node {ann.node_id[:8]}")
+        return
+    if outcome.new:
+        log.info("new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port,
+                 ann.node_id[:8])
+    if outcome.needs_catalog:
+        fetcher.want(outcome.peer_id)
+
+
+def expire(ctx: RoleContext, now: float) -> None:
+    with ctx.database.write() as s:
+        gone = dbpeers.expire_peers(s, now=now, ttl=ctx.settings.peer_ttl)
+        if gone:
+            dbindex.delete_orphan_files(s)
+    for name in gone:
+        log.info("peer %s silent for %.0f s: forgotten", name, ctx.settings.peer_ttl)
 
 
 def main() -> None:

@@ -1,0 +1,178 @@
+"""Queries behind discovery: peers, their catalogs and which chunks they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from p2pshare.db.index import HashedFile, ensure_file
+from p2pshare.db.models import Chunk, File, Holding, Peer
+from p2pshare.db.node import node_state
+
+
+@dataclass(frozen=True)
+class Heard:
+    """An announcement as the listener passes it to the database."""
+
+    node_id: str
+    username: str
+    address: str
+    tcp_port: int
+    catalog_version: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class AnnounceOutcome:
+    peer_id: int | None  # None: refused as a replay, or our own
+    new: bool  # a node id we had not heard before
+    needs_catalog: bool
+    ignored: bool = False  # our own announcement, heard back
+
+
+OWN = AnnounceOutcome(None, False, False, ignored=True)
+REPLAY = AnnounceOutcome(None, False, False)
+
+
+@dataclass(frozen=True)
+class Offered:
+    """One entry of a peer's catalog, after validation."""
+
+    name: str
+    sha256: str
+    chunk_size: int
+    size: int
+    have: bytes | None  # None: every chunk
+    chunks_held: int
+
+
+def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOutcome:
+    """Create or refresh the peer; our own, a replayed or an older announcement changes nothing."""
+    if node_state(session).node_id == heard.node_id:
+        return OWN
+    peer = session.scalar(select(Peer).where(Peer.node_id == heard.node_id))
+    if peer is not None:
+        if heard.seq <= peer.announce_seq:
+            return REPLAY
+        peer.username, peer.address, peer.tcp_port = heard.username, heard.address, heard.tcp_port
+        peer.catalog_version, peer.announce_seq, peer.last_seen = (
+            heard.catalog_version, heard.seq, now)
+        return AnnounceOutcome(peer.id, False, peer.catalog_synced != heard.catalog_version)
+    # A node restarted on the same endpoint is the same machine with a new id:
+    # its old self and everything that offered goes now, not after the TTL.
+    session.execute(
+        delete(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
+    )
+    peer = Peer(
+        node_id=heard.node_id, username=heard.username, address=heard.address,
+        tcp_port=heard.tcp_port, catalog_version=heard.catalog_version,
+        announce_seq=heard.seq, catalog_synced=-1, first_seen=now, last_seen=now,
+    )
+    session.add(peer)
+    session.flush()
+    node_state(session).announce_wanted_at = now
+    return AnnounceOutcome(peer.id, True, True)
+
+
+def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
+    """Forget peers silent for `ttl` seconds, with all they offered. Returns their names."""
+    gone = list(session.scalars(select(Peer).where(Peer.last_seen < now - ttl)))
+    for peer in gone:
+        session.delete(peer)
+    return [f"{p.username} ({p.address}:{p.tcp_port})" for p in gone]
+
+
+def peer_endpoint(session: Session, peer_id: int) -> tuple[str, int, int] | None:
+    """(address, tcp_port, announced catalog version) of a live peer, or None."""
+    peer = session.get(Peer, peer_id)
+    return None if peer is None else (peer.address, peer.tcp_port, peer.catalog_version)
+
+
+@dataclass(frozen=True)
+class KnownContent:
+    file_id: int
+    size: int
+    complete: bool  # chunk hashes are here (or the file is empty)
+
+
+def known_contents(
+    session: Session, keys: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], KnownContent]:
+    """What this database already knows of each (sha256, chunk_size)."""
+    keys = set(keys)
+    shas = sorted({sha for sha, _ in keys})
+    out: dict[tuple[str, int], KnownContent] = {}
+    for start in range(0, len(shas), 500):
+        rows = session.execute(
+            select(File.sha256, File.chunk_size, File.id, File.size, File.chunk_count).where(
+                File.sha256.in_(shas[start : start + 500])
+            )
+        ).all()
+        hashed = set(
+            session.scalars(
+                select(Chunk.file_id).where(
+                    Chunk.file_id.in_([r[2] for r in rows]), Chunk.chunk_index == 0
+                )
+            )
+        )
+        for sha, cs, fid, size, count in rows:
+            if (sha, cs) in keys:
+                out[(sha, cs)] = KnownContent(fid, size, count == 0 or fid in hashed)
+    return out
+
+
+def apply_catalog(
+    session: Session,
+    peer_id: int,
+    version: int,
+    offered: Sequence[Offered],
+    manifests: dict[tuple[str, int], list[str]],
+    *,
+    now: float,
+) -> int | None:
+    """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone.
+
+    Entries whose content is new here but came without chunk hashes, or whose
+    size contradicts what we already know of that content, are left out.
+    """
+    peer = session.get(Peer, peer_id)
+    if peer is None:
+        return None
+    existing = {
+        (h.file_id, h.name): h
+        for h in session.scalars(select(Holding).where(Holding.peer_id == peer_id))
+    }
+    known = known_contents(session, ((o.sha256, o.chunk_size) for o in offered))
+    seen: set[tuple[int, str]] = set()
+    for entry in offered:
+        key = (entry.sha256, entry.chunk_size)
+        content = known.get(key)
+        if content is not None and content.size != entry.size:
+            continue  # a lie, or a collision; never let it overwrite what we know
+        if content is None or not content.complete:
+            hashes = manifests.get(key)
+            if hashes is None:
+                continue
+            fid = ensure_file(session, _hashed(entry, hashes), now=now)
+            content = known[key] = KnownContent(fid, entry.size, True)
+        seen.add((content.file_id, entry.name))
+        holding = existing.get((content.file_id, entry.name))
+        if holding is None:
+            holding = Holding(peer_id=peer_id, file_id=content.file_id, name=entry.name,
+                              chunks_held=0)
+            session.add(holding)
+            existing[(content.file_id, entry.name)] = holding
+        holding.chunks_held, holding.bitfield = entry.chunks_held, entry.have
+    for k, holding in existing.items():
+        if k not in seen:
+            session.delete(holding)
+    peer.catalog_synced = version
+    return len(seen)
+
+
+def _hashed(entry: Offered, hashes: list[str]) -> HashedFile:
+    sizes = [min(entry.chunk_size, entry.size - i * entry.chunk_size) for i in range(len(hashes))]
+    return HashedFile(entry.size, 0, entry.sha256, entry.chunk_size, hashes, sizes)

@@ -1,0 +1,32 @@
+"""The broadcast address of every up, non-loopback IPv4 interface (Linux ioctls)."""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+
+SIOCGIFFLAGS = 0x8913
+SIOCGIFBRDADDR = 0x8919
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_LOOPBACK = 0x8
+
+
+def interface_broadcasts() -> list[str]:
+    """Broadcast addresses of the interfaces that can carry announcements; may be empty."""
+    out: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            ifreq = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack("H", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq)[16:18])[0]
+                if not flags & IFF_UP or flags & IFF_LOOPBACK or not flags & IFF_BROADCAST:
+                    continue
+                raw = fcntl.ioctl(sock, SIOCGIFBRDADDR, ifreq)[20:24]
+            except OSError:  # no IPv4 address on this interface
+                continue
+            address = socket.inet_ntoa(raw)
+            if address != "0.0.0.0" and address not in out:
+                out.append(address)
+    return out
