@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from p2pshare.cli import reports
+from p2pshare.cli import download, reports
 from p2pshare.cli.context import Ctl, UserError
 
 
@@ -18,7 +18,10 @@ def cli(ctx: click.Context) -> None:
     ctx.call_on_close(ctl.close)
 
 
-for command in (reports.status, reports.peers, reports.files, reports.history, reports.uploads):
+for command in (
+    reports.status, reports.peers, reports.files, reports.history, reports.uploads,
+    download.download, download.cancel,
+):
     cli.add_command(command)
 
 

@@ -1,14 +1,51 @@
-"""Downloader role."""
+"""Downloader role: runs the downloads p2pctl queued, several at once, resuming any a crash cut."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
+from p2pshare.db import downloads as dbdl
+from p2pshare.services.download_job import DownloadJob
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
+
+log = logging.getLogger("p2p.downloader")
+
+POLL_SECONDS = 0.3
+MAX_ACTIVE = 3
+STOP_GRACE_SECONDS = 6.0
 
 
 def run(ctx: RoleContext) -> None:
     start_heartbeat(ctx)
-    while not ctx.stop.wait(1.0):
-        pass
+    jobs: dict[int, threading.Thread] = {}
+    try:
+        while not ctx.stop.wait(POLL_SECONDS):
+            for download_id, thread in list(jobs.items()):
+                if not thread.is_alive():
+                    del jobs[download_id]
+            if len(jobs) >= MAX_ACTIVE:
+                continue
+            with ctx.database.read() as s:
+                waiting = [d for d in dbdl.unfinished_downloads(s) if d not in jobs]
+            for download_id in waiting[: MAX_ACTIVE - len(jobs)]:
+                jobs[download_id] = start_job(ctx, download_id)
+            ctx.detail = f"{len(jobs)} downloads running"
+    finally:
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for thread in jobs.values():
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def start_job(ctx: RoleContext, download_id: int) -> threading.Thread:
+    with ctx.database.read() as s:
+        spec = dbdl.job_spec(s, download_id)
+    assert spec is not None
+    job = DownloadJob(spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout)
+    thread = threading.Thread(target=job.run, name=f"download-{download_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> None:

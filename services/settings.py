@@ -18,6 +18,7 @@ from pathlib import Path
 
 DEFAULT_UDP_PORT = 47474
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
+DEFAULT_WAIT_TIMEOUT = 600.0
 # A peer is forgotten after this many missed announcements.
 TTL_INTERVALS = 3
 MIN_CHUNK_SIZE = 256 * 1024
@@ -40,6 +41,7 @@ VARIABLES = (
     "P2P_CHUNK_SIZE",
     "P2P_UPLOAD_LIMIT",
     "P2P_NETWORK_KEY",
+    "P2P_WAIT_TIMEOUT",
 )
 
 
@@ -64,6 +66,8 @@ class Settings:
     chunk_size: int | None
     upload_limit: int
     network_key: str | None
+    # How long a download waits for a peer holding its missing chunks before it fails.
+    wait_timeout: float
     config_file: Path | None
 
     @property
@@ -146,6 +150,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_size=_chunk_size(get("P2P_CHUNK_SIZE")),
         upload_limit=_non_negative_int("P2P_UPLOAD_LIMIT", get("P2P_UPLOAD_LIMIT"), 0),
         network_key=get("P2P_NETWORK_KEY"),
+        wait_timeout=_positive_float("P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"),
+                                     DEFAULT_WAIT_TIMEOUT),
         config_file=config_path if config_path.is_file() else None,
     )
 

@@ -1,0 +1,98 @@
+"""Putting a verified file into the download folder: whole, never overwriting, never outside."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+from p2pshare.services.protocol import ProtocolError, check_name
+
+MAX_COPIES = 1000
+
+
+class PublishError(Exception):
+    """The file cannot be published; the message is one sentence."""
+
+
+def safe_destination(download_dir: Path, name: str) -> Path:
+    """download_dir/name, refusing any name that would land outside it. Raises PublishError."""
+    try:
+        check_name(name)
+    except ProtocolError as exc:
+        raise PublishError(f"refusing the name {name!r}: {exc}") from None
+    root = download_dir.resolve()
+    dest = root.joinpath(*PurePosixPath(name).parts)
+    # A folder in the download dir may be a symlink leading out; check the real parent.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    real_parent = dest.parent.resolve()
+    if real_parent != root and root not in real_parent.parents:
+        raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
+    return real_parent / dest.name
+
+
+def numbered(dest: Path) -> Iterator[Path]:
+    """dest, then 'stem (1).ext', 'stem (2).ext', ..."""
+    yield dest
+    suffix = "".join(dest.suffixes[-1:])
+    stem = dest.name[: len(dest.name) - len(suffix)] if suffix else dest.name
+    for n in range(1, MAX_COPIES):
+        yield dest.with_name(f"{stem} ({n}){suffix}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_no_clobber(src: Path, dest: Path, choose: Callable[[Path], None]) -> Path:
+    """Hard-link src at the first free numbered name; `choose` is told each name first."""
+    for candidate in numbered(dest):
+        if candidate.exists() or candidate.is_symlink():
+            continue
+        choose(candidate)
+        try:
+            os.link(src, candidate)  # fails rather than replacing an existing name
+        except FileExistsError:
+            continue
+        return candidate
+    raise PublishError(f"{MAX_COPIES} files named like {dest.name} exist already")
+
+
+def publish(temp: Path, dest: Path, choose: Callable[[Path], None]) -> Path:
+    """Make the fsynced temp file appear at dest (or a numbered name) in one atomic step.
+
+    `choose(path)` is called before the name is taken, so a crash in between can
+    be recognised on restart. Raises PublishError (disk full, bad folder).
+    """
+    try:
+        try:
+            final = _link_no_clobber(temp, dest, choose)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            final = _copy_then_link(temp, dest, choose)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PublishError(f"the download folder is full: {exc.strerror}") from None
+        raise PublishError(f"cannot write into the download folder: {exc.strerror}") from None
+    temp.unlink(missing_ok=True)
+    return final
+
+
+def _copy_then_link(temp: Path, dest: Path, choose: Callable[[Path], None]) -> Path:
+    """For a download folder on another filesystem: copy beside it under a hidden name first."""
+    partial = dest.with_name(f".{dest.name}.p2p-partial")
+    try:
+        shutil.copyfile(temp, partial)
+        with open(partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return _link_no_clobber(partial, dest, choose)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,245 @@
+"""Settings: defaults, environment over config file, refusal of bad values, chunk sizes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from p2pshare.services.settings import (
+    DEFAULT_ANNOUNCE_INTERVAL,
+    DEFAULT_UDP_PORT,
+    SettingsError,
+    chunk_size_for,
+    load_settings,
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    """A loopback-only environment for a node in `home`; never the real environment."""
+    env = {"P2P_HOME": str(home), "P2P_BROADCAST": LOOPBACK_BROADCAST, "P2P_USERNAME": "tester"}
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_home_defaults_to_xdg_data_home(tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    settings = load_settings(env={"XDG_DATA_HOME": str(xdg), "P2P_BROADCAST": LOOPBACK_BROADCAST})
+
+    assert settings.home == xdg / "p2pshare"
+    assert settings.share_dir == xdg / "p2pshare" / "shared"
+    assert settings.download_dir == xdg / "p2pshare" / "downloads"
+    assert settings.db_path == xdg / "p2pshare" / "p2p.db"
+    assert settings.temp_dir == xdg / "p2pshare" / "temp"
+
+
+def test_defaults_of_every_other_setting(tmp_path: Path) -> None:
+    env = {"P2P_HOME": str(tmp_path)}  # no P2P_BROADCAST: means "every interface"
+    settings = load_settings(env=env)
+
+    assert settings.home == tmp_path
+    assert settings.share_dir == tmp_path / "shared"
+    assert settings.download_dir == tmp_path / "downloads"
+    assert settings.bind == "0.0.0.0"
+    assert settings.tcp_port == 0
+    assert settings.udp_port == DEFAULT_UDP_PORT
+    assert settings.broadcast is None
+    assert settings.announce_interval == DEFAULT_ANNOUNCE_INTERVAL == 60
+    assert settings.peer_ttl == 3 * 60
+    assert settings.chunk_size is None
+    assert settings.upload_limit == 0
+    assert settings.network_key is None
+    assert settings.config_file is None
+    user, _, host = settings.username.partition("@")
+    assert user and host == socket.gethostname()
+
+
+def test_peer_ttl_is_three_intervals(tmp_path: Path) -> None:
+    settings = load_settings(env=base_env(tmp_path, P2P_ANNOUNCE_INTERVAL="10"))
+    assert settings.announce_interval == 10
+    assert settings.peer_ttl == 30
+
+
+def test_explicit_peer_ttl_wins_over_the_derived_one(tmp_path: Path) -> None:
+    settings = load_settings(env=base_env(tmp_path, P2P_ANNOUNCE_INTERVAL="10", P2P_PEER_TTL="7"))
+    assert settings.peer_ttl == 7
+
+
+def test_broadcast_list_parses_to_a_tuple(tmp_path: Path) -> None:
+    settings = load_settings(env=base_env(tmp_path, P2P_BROADCAST="127.255.255.255, 127.0.0.1"))
+    assert settings.broadcast == ("127.255.255.255", "127.0.0.1")
+
+
+def test_relative_share_dir_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env=base_env(tmp_path / "home", P2P_SHARE_DIR="pub"))
+    assert settings.share_dir == tmp_path / "pub"
+
+
+# ---------------------------------------------------------------- config file
+
+
+def test_environment_beats_config_file_in_home(tmp_path: Path) -> None:
+    config = tmp_path / "p2p.toml"
+    config.write_text(
+        'P2P_TCP_PORT = 5000\nP2P_USERNAME = "from-file"\nP2P_ANNOUNCE_INTERVAL = 5\n'
+        'P2P_NETWORK_KEY = "file-secret"\n'
+    )
+    env = {"P2P_HOME": str(tmp_path), "P2P_BROADCAST": LOOPBACK_BROADCAST, "P2P_TCP_PORT": "6000"}
+    settings = load_settings(env=env)
+
+    assert settings.config_file == config
+    assert settings.tcp_port == 6000  # environment
+    assert settings.username == "from-file"  # file
+    assert settings.announce_interval == 5
+    assert settings.peer_ttl == 15
+    assert settings.network_key == "file-secret"
+
+
+def test_empty_environment_value_falls_back_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "p2p.toml").write_text("P2P_UDP_PORT = 40001\n")
+    settings = load_settings(env=base_env(tmp_path, P2P_UDP_PORT=""))
+    assert settings.udp_port == 40001
+
+
+def test_p2p_config_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.toml"
+    share = tmp_path / "pub"
+    config.write_text(
+        f'P2P_SHARE_DIR = "{share}"\nP2P_BROADCAST = ["127.255.255.255", "127.0.0.1"]\n'
+        f'P2P_HOME = "{tmp_path / "home-from-file"}"\n'
+    )
+    env = {"P2P_CONFIG": str(config), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    settings = load_settings(env=env)
+
+    assert settings.config_file == config
+    assert settings.share_dir == share
+    assert settings.broadcast == ("127.255.255.255", "127.0.0.1")
+    assert settings.home == tmp_path / "home-from-file"
+
+
+def test_p2p_config_that_is_missing_is_refused(tmp_path: Path) -> None:
+    env = base_env(tmp_path, P2P_CONFIG=str(tmp_path / "nope.toml"))
+    with pytest.raises(SettingsError, match="P2P_CONFIG"):
+        load_settings(env=env)
+
+
+def test_unknown_key_in_config_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p2p.toml").write_text('P2P_TCP_PORT = 5000\nP2P_TPC_PORT = 5001\n')
+    with pytest.raises(SettingsError, match="P2P_TPC_PORT"):
+        load_settings(env=base_env(tmp_path))
+
+
+def test_config_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p2p.toml").write_text("P2P_TCP_PORT = = 5\n")
+    with pytest.raises(SettingsError, match="p2p.toml"):
+        load_settings(env=base_env(tmp_path))
+
+
+def test_bad_value_in_config_file_names_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "p2p.toml").write_text("P2P_TCP_PORT = 70000\n")
+    with pytest.raises(SettingsError, match="P2P_TCP_PORT"):
+        load_settings(env=base_env(tmp_path))
+
+
+# ---------------------------------------------------------------- bad values
+
+BAD_VALUES = [
+    ("P2P_TCP_PORT", "70000"),
+    ("P2P_TCP_PORT", "-1"),
+    ("P2P_TCP_PORT", "eighty"),
+    ("P2P_UDP_PORT", "0"),
+    ("P2P_UDP_PORT", "65536"),
+    ("P2P_CHUNK_SIZE", "0"),
+    ("P2P_CHUNK_SIZE", "16383"),
+    ("P2P_CHUNK_SIZE", str(64 * MIB + 1)),
+    ("P2P_CHUNK_SIZE", "1.5"),
+    ("P2P_ANNOUNCE_INTERVAL", "-1"),
+    ("P2P_ANNOUNCE_INTERVAL", "0"),
+    ("P2P_ANNOUNCE_INTERVAL", "nan"),
+    ("P2P_ANNOUNCE_INTERVAL", "inf"),
+    ("P2P_ANNOUNCE_INTERVAL", "soon"),
+    ("P2P_PEER_TTL", "0"),
+    ("P2P_UPLOAD_LIMIT", "-5"),
+    ("P2P_BROADCAST", "no-such-host.invalid"),
+    ("P2P_BROADCAST", "127.255.255.255,no-such-host.invalid"),
+    ("P2P_BROADCAST", " , "),
+    ("P2P_BIND", "localhost"),
+    ("P2P_BIND", "::1"),
+    ("P2P_BIND", "300.1.1.1"),
+    ("P2P_USERNAME", "line\nbreak"),
+    ("P2P_USERNAME", "x" * 65),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_value_is_refused_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env=base_env(tmp_path, **{name: value}))
+    message = str(info.value)
+    assert name in message
+    assert "\n" not in message
+
+
+def test_share_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(SettingsError, match="P2P_SHARE_DIR"):
+        load_settings(env=base_env(tmp_path, P2P_SHARE_DIR=str(a_file)))
+
+
+def test_good_edge_values_are_accepted(tmp_path: Path) -> None:
+    settings = load_settings(
+        env=base_env(
+            tmp_path,
+            P2P_TCP_PORT="65535",
+            P2P_UDP_PORT="1",
+            P2P_CHUNK_SIZE="16384",
+            P2P_BIND=" 127.0.0.1 ",
+            P2P_UPLOAD_LIMIT="0",
+        )
+    )
+    assert (settings.tcp_port, settings.udp_port) == (65535, 1)
+    assert settings.chunk_size == 16384
+    assert settings.bind == "127.0.0.1"
+
+
+# ---------------------------------------------------------------- chunk sizes
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (0, 256 * KIB),
+        (1, 256 * KIB),
+        (500 * MIB, 256 * KIB),
+        (500 * MIB + 2000, 512 * KIB),
+        (GIB, MIB),
+        (100 * GIB, 16 * MIB),
+        (10_000 * GIB, 16 * MIB),
+    ],
+)
+def test_chunk_size_for(size: int, expected: int) -> None:
+    assert chunk_size_for(size) == expected
+
+
+@pytest.mark.parametrize("size", [1, 10 * MIB, 500 * MIB, GIB, 7 * GIB + 3, 31 * GIB])
+def test_chunk_size_keeps_at_most_2000_chunks_below_the_cap(size: int) -> None:
+    chunk = chunk_size_for(size)
+    assert 256 * KIB <= chunk <= 16 * MIB
+    assert -(-size // chunk) <= 2000
+
+
+def test_chunk_size_override_wins() -> None:
+    assert chunk_size_for(100 * GIB, 16384) == 16384
+    assert chunk_size_for(0, 65536) == 65536
+    assert chunk_size_for(GIB, None) == MIB
