@@ -199,6 +199,6 @@ class Upload(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     name: Mapped[str]
     chunk_index: Mapped[int]
-    offset: Mapped[int]
+    chunk_offset: Mapped[int]  # first byte served, within the chunk
     bytes: Mapped[int]
     seconds: Mapped[float]

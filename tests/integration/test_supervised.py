@@ -82,7 +82,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     for role, pid in pids.items():
         assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"{role} ({pid}) survived"
     supervisord_log = (node.home / "logs" / "supervisord.log").read_text()
-    stopped = dict(re.findall(r"stopped: p2p:(\w+) \((.*?)\)", supervisord_log))
+    stopped = dict(re.findall(r"stopped: (\w+) \((.*?)\)", supervisord_log))
     assert stopped == {r: "exit status 0" for r in ROLES}, supervisord_log[-3000:]
     # Each role cleared its own heartbeat on the way out; the server its port.
     assert node.sql("SELECT role FROM heartbeats") == []
