@@ -12,7 +12,6 @@ from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
 from p2pshare.cli.render import human_bytes
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import node as dbnode
-from p2pshare.db.models import DownloadSource
 
 FOLLOW_POLL_SECONDS = 0.25
 
@@ -58,31 +57,29 @@ def follow(ctl: Ctl, download_id: int, size: int, name: str) -> None:
     try:
         while True:
             with ctl.database.read() as s:
-                d = dbdl.get_download(s, download_id)
-                assert d is not None
-                peers = sum(1 for src in s.query(DownloadSource).filter_by(download_id=download_id)
-                            if src.bytes > 0)
+                state = dbdl.follow_state(s, download_id)
                 roles = {r.role: r for r in dbnode.role_statuses(s, now=time.time())}
-                status, reason, done, saved_as = d.status, d.reason, d.bytes_done, d.saved_as
-            bar.update(done - bar.n)
-            bar.set_postfix_str(f"{peers} peers" + (f", {reason}" if reason else ""),
+            if state is None:
+                raise UserError(f"download {download_id} is gone from the database")
+            status, reason, saved_as = state.status, state.reason, state.saved_as
+            bar.update(state.bytes_done - bar.n)
+            bar.set_postfix_str(f"{state.peers} peers" + (f", {reason}" if reason else ""),
                                 refresh=False)
             if status == "done":
                 bar.close()
                 click.echo(f"saved as {ctl.settings.download_dir / (saved_as or name)}")
                 return
             if status in ("failed", "cancelled"):
-                bar.close()
                 raise UserError(f"download {status}: {reason or 'no reason recorded'}")
             if not roles["downloader"].alive:
-                bar.close()
                 raise NodeNotRunning("the downloader stopped; the download resumes when it "
                                      "runs again (p2pctl history shows it)")
             time.sleep(FOLLOW_POLL_SECONDS)
     except KeyboardInterrupt:
-        bar.close()
         raise Interrupted("stopped following; the download continues in the background "
                           "(p2pctl history shows it, p2pctl cancel stops it)") from None
+    finally:
+        bar.close()
 
 
 @click.command()

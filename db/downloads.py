@@ -283,3 +283,24 @@ def finish_download(
         d.bytes_done = d.size
         record_local_file(session, "download", name, hashed, now=now)
 
+
+
+@dataclass(frozen=True)
+class FollowState:
+    status: str
+    reason: str | None
+    bytes_done: int
+    saved_as: str | None
+    peers: int  # peers that have sent at least one verified chunk
+
+
+def follow_state(session: Session, download_id: int) -> FollowState | None:
+    """What `p2pctl download` shows while it follows a download."""
+    d = session.get(Download, download_id)
+    if d is None:
+        return None
+    peers = session.scalar(
+        select(func.count()).where(DownloadSource.download_id == download_id,
+                                   DownloadSource.chunks > 0)
+    ) or 0
+    return FollowState(d.status, d.reason, d.bytes_done, d.saved_as, peers)
