@@ -19,8 +19,13 @@ def cli(ctx: click.Context) -> None:
 
 
 for command in (
-    reports.status, reports.peers, reports.files, reports.history, reports.uploads,
-    download.download, download.cancel,
+    reports.status,
+    reports.peers,
+    reports.files,
+    reports.history,
+    reports.uploads,
+    download.download,
+    download.cancel,
 ):
     cli.add_command(command)
 

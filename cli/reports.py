@@ -6,10 +6,10 @@ import time
 
 import click
 
-from p2pshare.db import node as dbnode
-from p2pshare.db import reports
 from p2pshare.cli.context import Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
+from p2pshare.db import node as dbnode
+from p2pshare.db import reports
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -34,18 +34,21 @@ def status(ctl: Ctl, as_json: bool) -> None:
         "broadcast": list(settings.broadcast) if settings.broadcast else "interfaces",
         "node_id": state.node_id if state else None,
         "catalog_version": state.catalog_version if state else 0,
-        "roles": {r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at,
-                           "detail": r.detail} for r in roles},
+        "roles": {
+            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
+            for r in roles
+        },
         "counts": counts.__dict__,
     }
     if as_json:
         emit_json(info)
     else:
         click.echo(f"node      {settings.username}  ({settings.home})")
-        click.echo(f"address   {settings.bind}  tcp {info['tcp_port'] or '-'}  "
-                   f"udp {settings.udp_port}")
-        click.echo(f"announce  to {', '.join(settings.broadcast) if settings.broadcast else 'every interface broadcast address'}"
-                   f" every {settings.announce_interval:g} s")
+        click.echo(
+            f"address   {settings.bind}  tcp {info['tcp_port'] or '-'}  udp {settings.udp_port}"
+        )
+        targets = ", ".join(settings.broadcast or ()) or "every interface broadcast address"
+        click.echo(f"announce  to {targets} every {settings.announce_interval:g} s")
         click.echo(f"shared    {counts.shared_files} files, {human_bytes(counts.shared_bytes)}")
         click.echo(f"network   {counts.peers} peers, {counts.network_files} files")
         click.echo(f"downloads {counts.downloads_running} running, {counts.downloads_done} done")
@@ -53,12 +56,22 @@ def status(ctl: Ctl, as_json: bool) -> None:
         click.echo()
         emit_table(
             ["role", "state", "pid", "heartbeat", "detail"],
-            [[r.role, "alive" if r.alive else "DOWN", r.pid or "-", ago(r.beat_at, now=now),
-              r.detail] for r in roles],
+            [
+                [
+                    r.role,
+                    "alive" if r.alive else "DOWN",
+                    r.pid or "-",
+                    ago(r.beat_at, now=now),
+                    r.detail,
+                ]
+                for r in roles
+            ],
             "",
         )
     if not any(r.alive for r in roles):
-        raise NodeNotRunning("no role of this node is running; start it with supervisord -c supervisord.conf")
+        raise NodeNotRunning(
+            "no role of this node is running; start it with supervisord -c supervisord.conf"
+        )
 
 
 @click.command()
@@ -75,8 +88,17 @@ def peers(ctl: Ctl, as_json: bool) -> None:
     now = time.time()
     emit_table(
         ["username", "address", "port", "files", "last seen", "bad"],
-        [[p.username, p.address, p.tcp_port, p.files, ago(p.last_seen, now=now),
-          f"yes ({p.bad_files} files)" if p.bad_files else "no"] for p in rows],
+        [
+            [
+                p.username,
+                p.address,
+                p.tcp_port,
+                p.files,
+                ago(p.last_seen, now=now),
+                f"yes ({p.bad_files} files)" if p.bad_files else "no",
+            ]
+            for p in rows
+        ],
         "No peers heard yet; other nodes appear here once their announcements arrive.",
     )
 
@@ -95,10 +117,20 @@ def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
         return
     emit_table(
         ["name", "size", "chunks", "sha256", "here", "peers"],
-        [[f.name, human_bytes(f.size), f.chunks, f.sha256[:12], "yes" if f.here else "",
-          f"{f.peers} ({f.complete_peers} whole)" if f.peers else "0"] for f in rows],
-        f"No files match {pattern!r}." if pattern else
-        "No files yet: put some in the share folder, or wait for peers to announce theirs.",
+        [
+            [
+                f.name,
+                human_bytes(f.size),
+                f.chunks,
+                f.sha256[:12],
+                "yes" if f.here else "",
+                f"{f.peers} ({f.complete_peers} whole)" if f.peers else "0",
+            ]
+            for f in rows
+        ],
+        f"No files match {pattern!r}."
+        if pattern
+        else "No files yet: put some in the share folder, or wait for peers to announce theirs.",
     )
 
 
@@ -118,9 +150,19 @@ def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
     for d in rows:
         took = (d.finished_at - d.started_at) if d.finished_at and d.started_at else None
         status = d.status if not d.reason else f"{d.status}: {d.reason}"
-        table.append([d.id, d.saved_as or d.name, human_bytes(d.size), status,
-                      when(d.started_at or d.requested_at), duration(took),
-                      rate(d.bytes_done, took), ", ".join(d.peers) or "-", d.bad_chunks])
+        table.append(
+            [
+                d.id,
+                d.saved_as or d.name,
+                human_bytes(d.size),
+                status,
+                when(d.started_at or d.requested_at),
+                duration(took),
+                rate(d.bytes_done, took),
+                ", ".join(d.peers) or "-",
+                d.bad_chunks,
+            ]
+        )
     emit_table(
         ["id", "name", "size", "status", "started (UTC)", "took", "rate", "peers", "bad"],
         table,
@@ -142,7 +184,16 @@ def uploads(ctl: Ctl, limit: int, as_json: bool) -> None:
         return
     emit_table(
         ["at (UTC)", "peer", "name", "chunk", "bytes", "rate"],
-        [[when(u.at), u.peer_address, u.name, u.chunk_index, human_bytes(u.bytes),
-          rate(u.bytes, u.seconds)] for u in rows],
+        [
+            [
+                when(u.at),
+                u.peer_address,
+                u.name,
+                u.chunk_index,
+                human_bytes(u.bytes),
+                rate(u.bytes, u.seconds),
+            ]
+            for u in rows
+        ],
         "Nothing uploaded yet.",
     )

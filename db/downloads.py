@@ -56,7 +56,9 @@ def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
     sha_prefix = sha_prefix.lower()
     rows = session.execute(
-        select(Holding.name, File.id, File.sha256, File.size, func.count(Holding.peer_id.distinct()))
+        select(
+            Holding.name, File.id, File.sha256, File.size, func.count(Holding.peer_id.distinct())
+        )
         .join(File, File.id == Holding.file_id)
         .group_by(Holding.name, File.id)
     ).all()
@@ -66,8 +68,9 @@ def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     by_content: dict[int, Candidate] = {}
     for name, fid, sha, size, peers in sorted(chosen, key=lambda r: (r[0], r[1])):
         prev = by_content.get(fid)
-        by_content[fid] = Candidate(fid, prev.name if prev else name, sha, size,
-                                    peers + (prev.peers if prev else 0))
+        by_content[fid] = Candidate(
+            fid, prev.name if prev else name, sha, size, peers + (prev.peers if prev else 0)
+        )
     return sorted(by_content.values(), key=lambda c: (c.name, c.sha256))
 
 
@@ -77,8 +80,9 @@ def resolve_name(session: Session, pattern: str) -> Candidate:
     if not candidates:
         raise UnknownName(f"no file on the network matches {pattern!r}; see p2pctl files")
     if len(candidates) > 1:
-        raise AmbiguousName(f"{pattern!r} matches {len(candidates)} files; add @SHA to pick one",
-                            candidates)
+        raise AmbiguousName(
+            f"{pattern!r} matches {len(candidates)} files; add @SHA to pick one", candidates
+        )
     return candidates[0]
 
 
@@ -101,9 +105,18 @@ def queue_download(session: Session, candidate: Candidate, *, now: float) -> tup
     file = session.get(File, candidate.file_id)
     assert file is not None
     row = Download(
-        file_id=file.id, name=candidate.name, sha256=file.sha256, size=file.size,
-        status="queued", reason=None, requested_at=now, started_at=None, finished_at=None,
-        have=bytes((file.chunk_count + 7) // 8), temp_path=None, saved_as=None,
+        file_id=file.id,
+        name=candidate.name,
+        sha256=file.sha256,
+        size=file.size,
+        status="queued",
+        reason=None,
+        requested_at=now,
+        started_at=None,
+        finished_at=None,
+        have=bytes((file.chunk_count + 7) // 8),
+        temp_path=None,
+        saved_as=None,
     )
     session.add(row)
     session.flush()
@@ -129,9 +142,11 @@ def get_download(session: Session, download_id: int) -> Download | None:
 
 def unfinished_downloads(session: Session) -> list[int]:
     """Ids of downloads to run, oldest first (queued ones and any a crash interrupted)."""
-    return list(session.scalars(
-        select(Download.id).where(Download.status.in_(UNFINISHED)).order_by(Download.id)
-    ))
+    return list(
+        session.scalars(
+            select(Download.id).where(Download.status.in_(UNFINISHED)).order_by(Download.id)
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -157,10 +172,24 @@ def job_spec(session: Session, download_id: int) -> JobSpec | None:
         return None
     f = session.get(File, d.file_id)
     assert f is not None
-    hashes = list(session.scalars(
-        select(Chunk.sha256).where(Chunk.file_id == f.id).order_by(Chunk.chunk_index)))
-    return JobSpec(d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, hashes, bytes(d.have),
-                   d.temp_path, d.saved_as, d.status)
+    hashes = list(
+        session.scalars(
+            select(Chunk.sha256).where(Chunk.file_id == f.id).order_by(Chunk.chunk_index)
+        )
+    )
+    return JobSpec(
+        d.id,
+        f.id,
+        d.name,
+        f.sha256,
+        f.size,
+        f.chunk_size,
+        hashes,
+        bytes(d.have),
+        d.temp_path,
+        d.saved_as,
+        d.status,
+    )
 
 
 @dataclass(frozen=True)
@@ -173,11 +202,14 @@ class Source:
 
 def sources_for(session: Session, file_id: int) -> list[Source]:
     """Live peers holding any chunk of the file, minus those marked bad for it."""
-    bad = {(b.address, b.tcp_port) for b in session.scalars(
-        select(BadPeer).where(BadPeer.file_id == file_id))}
+    bad = {
+        (b.address, b.tcp_port)
+        for b in session.scalars(select(BadPeer).where(BadPeer.file_id == file_id))
+    }
     out: dict[tuple[str, int], Source] = {}
     for peer, holding in session.execute(
-        select(Peer, Holding).join(Holding, Holding.peer_id == Peer.id)
+        select(Peer, Holding)
+        .join(Holding, Holding.peer_id == Peer.id)
         .where(Holding.file_id == file_id)
     ):
         key = (peer.address, peer.tcp_port)
@@ -236,18 +268,31 @@ def record_progress(session: Session, download_id: int, p: Progress, *, now: flo
     for t in p.tallies:
         src = session.get(DownloadSource, (download_id, t.address, t.tcp_port))
         if src is None:
-            src = DownloadSource(download_id=download_id, address=t.address, tcp_port=t.tcp_port,
-                                 username=t.username, chunks=0, bytes=0, bad_chunks=0)
+            src = DownloadSource(
+                download_id=download_id,
+                address=t.address,
+                tcp_port=t.tcp_port,
+                username=t.username,
+                chunks=0,
+                bytes=0,
+                bad_chunks=0,
+            )
             session.add(src)
         src.chunks += t.chunks
         src.bytes += t.bytes
         src.bad_chunks += t.bad_chunks
     for address, port in p.new_bad_peers:
-        bad = session.scalar(select(BadPeer).where(
-            BadPeer.address == address, BadPeer.tcp_port == port, BadPeer.file_id == d.file_id))
+        bad = session.scalar(
+            select(BadPeer).where(
+                BadPeer.address == address, BadPeer.tcp_port == port, BadPeer.file_id == d.file_id
+            )
+        )
         if bad is None:
-            session.add(BadPeer(address=address, tcp_port=port, file_id=d.file_id, bad_chunks=1,
-                                marked_at=now))
+            session.add(
+                BadPeer(
+                    address=address, tcp_port=port, file_id=d.file_id, bad_chunks=1, marked_at=now
+                )
+            )
         else:
             bad.bad_chunks += 1
             bad.marked_at = now
@@ -270,7 +315,7 @@ def finish_download(
     now: float,
     published: tuple[str, HashedFile] | None = None,
 ) -> None:
-    """End a download: done (and shared, under its name in the download folder), failed or cancelled."""
+    """End a download: done (then shared from the download folder), failed or cancelled."""
     d = session.get(Download, download_id)
     assert d is not None
     if d.status not in UNFINISHED and status != "done":
@@ -282,7 +327,6 @@ def finish_download(
         d.saved_as = name
         d.bytes_done = d.size
         record_local_file(session, "download", name, hashed, now=now)
-
 
 
 @dataclass(frozen=True)
@@ -299,8 +343,12 @@ def follow_state(session: Session, download_id: int) -> FollowState | None:
     d = session.get(Download, download_id)
     if d is None:
         return None
-    peers = session.scalar(
-        select(func.count()).where(DownloadSource.download_id == download_id,
-                                   DownloadSource.chunks > 0)
-    ) or 0
+    peers = (
+        session.scalar(
+            select(func.count()).where(
+                DownloadSource.download_id == download_id, DownloadSource.chunks > 0
+            )
+        )
+        or 0
+    )
     return FollowState(d.status, d.reason, d.bytes_done, d.saved_as, peers)

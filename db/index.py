@@ -64,7 +64,9 @@ def ensure_file(session: Session, hashed: HashedFile, *, now: float) -> int:
         file_id = row.id
     session.add_all(
         Chunk(file_id=file_id, chunk_index=i, size=size, sha256=digest)
-        for i, (size, digest) in enumerate(zip(hashed.chunk_sizes, hashed.chunk_hashes, strict=True))
+        for i, (size, digest) in enumerate(
+            zip(hashed.chunk_sizes, hashed.chunk_hashes, strict=True)
+        )
     )
     return file_id
 

@@ -61,7 +61,9 @@ def record_heartbeat(
     """Upsert a role's heartbeat row."""
     beat = session.get(Heartbeat, role)
     if beat is None:
-        session.add(Heartbeat(role=role, pid=pid, started_at=started_at, beat_at=now, detail=detail))
+        session.add(
+            Heartbeat(role=role, pid=pid, started_at=started_at, beat_at=now, detail=detail)
+        )
         return
     beat.pid, beat.started_at, beat.beat_at, beat.detail = pid, started_at, now, detail
 

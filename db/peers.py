@@ -59,7 +59,10 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
             return REPLAY
         peer.username, peer.address, peer.tcp_port = heard.username, heard.address, heard.tcp_port
         peer.catalog_version, peer.announce_seq, peer.last_seen = (
-            heard.catalog_version, heard.seq, now)
+            heard.catalog_version,
+            heard.seq,
+            now,
+        )
         return AnnounceOutcome(peer.id, False, peer.catalog_synced != heard.catalog_version)
     # A node restarted on the same endpoint is the same machine with a new id:
     # its old self and everything that offered goes now, not after the TTL.
@@ -67,9 +70,15 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
         delete(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
     )
     peer = Peer(
-        node_id=heard.node_id, username=heard.username, address=heard.address,
-        tcp_port=heard.tcp_port, catalog_version=heard.catalog_version,
-        announce_seq=heard.seq, catalog_synced=-1, first_seen=now, last_seen=now,
+        node_id=heard.node_id,
+        username=heard.username,
+        address=heard.address,
+        tcp_port=heard.tcp_port,
+        catalog_version=heard.catalog_version,
+        announce_seq=heard.seq,
+        catalog_synced=-1,
+        first_seen=now,
+        last_seen=now,
     )
     session.add(peer)
     session.flush()
@@ -154,15 +163,16 @@ def apply_catalog(
             continue  # a lie, or a collision; never let it overwrite what we know
         if content is None or not content.complete:
             hashes = manifests.get(key)
-            if hashes is None:
+            if hashes is None or len(hashes) != -(-entry.size // entry.chunk_size):
                 continue
             fid = ensure_file(session, _hashed(entry, hashes), now=now)
             content = known[key] = KnownContent(fid, entry.size, True)
         seen.add((content.file_id, entry.name))
         holding = existing.get((content.file_id, entry.name))
         if holding is None:
-            holding = Holding(peer_id=peer_id, file_id=content.file_id, name=entry.name,
-                              chunks_held=0)
+            holding = Holding(
+                peer_id=peer_id, file_id=content.file_id, name=entry.name, chunks_held=0
+            )
             session.add(holding)
             existing[(content.file_id, entry.name)] = holding
         holding.chunks_held, holding.bitfield = entry.chunks_held, entry.have

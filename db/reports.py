@@ -90,9 +90,7 @@ def counts(session: Session) -> Counts:
     shared = session.execute(select(func.count(), func.coalesce(func.sum(LocalFile.size), 0))).one()
     network = session.scalar(select(func.count(distinct(Holding.file_id)))) or 0
     peers = session.scalar(select(func.count()).select_from(Peer)) or 0
-    running = session.scalar(
-        select(func.count()).where(Download.status.in_(RUNNING_STATUSES))
-    ) or 0
+    running = session.scalar(select(func.count()).where(Download.status.in_(RUNNING_STATUSES))) or 0
     done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
     up = session.execute(select(func.count(), func.coalesce(func.sum(Upload.bytes), 0))).one()
     return Counts(shared[0], shared[1], network, peers, running, done, up[0], up[1])
@@ -117,8 +115,7 @@ def list_peers(session: Session) -> list[PeerRow]:
         .order_by(Peer.last_seen.desc())
     )
     return [
-        PeerRow(p.username, p.address, p.tcp_port, n, p.last_seen, b, p.node_id)
-        for p, n, b in rows
+        PeerRow(p.username, p.address, p.tcp_port, n, p.last_seen, b, p.node_id) for p, n, b in rows
     ]
 
 
@@ -133,10 +130,7 @@ def matches(name: str, pattern: str | None) -> bool:
 
 def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
     """Files shared here and known on the network, one row per (name, content)."""
-    here = {
-        (name, fid)
-        for name, fid in session.execute(select(LocalFile.name, LocalFile.file_id))
-    }
+    here = {(name, fid) for name, fid in session.execute(select(LocalFile.name, LocalFile.file_id))}
     held = session.execute(
         select(
             Holding.name,
@@ -147,12 +141,16 @@ def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
     ).all()
     network = {(name, fid): (n, complete) for name, fid, n, complete in held}
     keys = {k for k in here | set(network) if matches(k[0], pattern)}
-    files = {f.id: f for f in session.scalars(select(File).where(File.id.in_({k[1] for k in keys})))}
+    files = {
+        f.id: f for f in session.scalars(select(File).where(File.id.in_({k[1] for k in keys})))
+    }
     rows = []
     for name, fid in sorted(keys):
         f = files[fid]
         n, complete = network.get((name, fid), (0, 0))
-        rows.append(FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete))
+        rows.append(
+            FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete)
+        )
     return rows
 
 
@@ -172,9 +170,20 @@ def list_downloads(session: Session, limit: int | None = None) -> list[DownloadR
             peers.setdefault(src.download_id, []).append(f"{src.address}:{src.tcp_port}")
     return [
         DownloadRow(
-            d.id, d.name, d.size, d.status, d.reason, d.requested_at, d.started_at,
-            d.finished_at, d.bytes_done, d.bytes_received, d.bad_chunks, d.saved_as,
-            d.sha256, peers.get(d.id, []),
+            d.id,
+            d.name,
+            d.size,
+            d.status,
+            d.reason,
+            d.requested_at,
+            d.started_at,
+            d.finished_at,
+            d.bytes_done,
+            d.bytes_received,
+            d.bad_chunks,
+            d.saved_as,
+            d.sha256,
+            peers.get(d.id, []),
         )
         for d in downloads
     ]

@@ -104,8 +104,14 @@ class ServedChunk:
 def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
     session.add_all(
         Upload(
-            at=s.at, peer_address=s.peer_address, sha256=s.sha256, name=s.name,
-            chunk_index=s.chunk_index, chunk_offset=s.offset, bytes=s.bytes, seconds=s.seconds,
+            at=s.at,
+            peer_address=s.peer_address,
+            sha256=s.sha256,
+            name=s.name,
+            chunk_index=s.chunk_index,
+            chunk_offset=s.offset,
+            bytes=s.bytes,
+            seconds=s.seconds,
         )
         for s in served
     )

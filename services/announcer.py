@@ -53,14 +53,18 @@ class Announcer:
     def send(self, catalog_version: int, tcp_port: int, now: float) -> None:
         self.seq += 1
         data = protocol.encode_announce(
-            protocol.Announce(self.node_id, self.settings.username, tcp_port, catalog_version,
-                              self.seq, now),
+            protocol.Announce(
+                self.node_id, self.settings.username, tcp_port, catalog_version, self.seq, now
+            ),
             key=self.settings.network_key,
         )
         targets = self.targets()
         if not targets:
-            self._log_once("(none)", errno.ENETUNREACH, "no up, non-loopback IPv4 interface "
-                           "with a broadcast address; set P2P_BROADCAST")
+            self._log_once(
+                "(none)",
+                errno.ENETUNREACH,
+                "no up, non-loopback IPv4 interface with a broadcast address; set P2P_BROADCAST",
+            )
         for target in targets:
             try:
                 self.sock.sendto(data, (target, self.settings.udp_port))
@@ -70,8 +74,13 @@ class Announcer:
             if self.failing.pop(target, None) is not None:
                 log.info("announcing to %s works again", target)
         self.last_sent, self.sent_version, self.sent_port = now, catalog_version, tcp_port
-        log.info("announced catalog v%d on tcp %d (%d bytes) to %s", catalog_version, tcp_port,
-                 len(data), ", ".join(targets) or "nobody")
+        log.info(
+            "announced catalog v%d on tcp %d (%d bytes) to %s",
+            catalog_version,
+            tcp_port,
+            len(data),
+            ", ".join(targets) or "nobody",
+        )
 
     def _log_once(self, target: str, err: int, message: str) -> None:
         if self.failing.get(target) != err:
@@ -101,8 +110,11 @@ def run(ctx: RoleContext) -> None:
         dbnode.set_node_id(s, announcer.node_id, now=time.time())
     ctx.detail = f"node {announcer.node_id[:8]}"
     start_heartbeat(ctx)
-    log.info("node id %s, announcing to %s", announcer.node_id,
-             ", ".join(announcer.targets()) or "no interface yet")
+    log.info(
+        "node id %s, announcing to %s",
+        announcer.node_id,
+        ", ".join(announcer.targets()) or "no interface yet",
+    )
     try:
         while not ctx.stop.wait(POLL_SECONDS):
             try:

@@ -23,6 +23,7 @@ from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
+import contextlib
 
 log = logging.getLogger("p2p.server")
 
@@ -128,15 +129,18 @@ class ChunkServer:
             writer.close()
             if stats.chunks:
                 took = time.monotonic() - stats.opened
-                log.info("served %d chunks (%d bytes) to %s in %.1f s",
-                         stats.chunks, stats.bytes, peer, took)
+                log.info(
+                    "served %d chunks (%d bytes) to %s in %.1f s",
+                    stats.chunks,
+                    stats.bytes,
+                    peer,
+                    took,
+                )
 
     @staticmethod
     def _try_write(writer: asyncio.StreamWriter, data: bytes) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(data)
-        except (ConnectionError, RuntimeError):
-            pass
 
     async def _read_frame(self, reader: asyncio.StreamReader, idle: float) -> bytes:
         header = await asyncio.wait_for(reader.readexactly(4), idle)
@@ -268,20 +272,32 @@ class ChunkServer:
         started = time.monotonic()
         try:
             st = os.fstat(fh.fileno())
-            if src.mtime_ns is not None and (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
+            if src.mtime_ns is not None and (st.st_size, st.st_mtime_ns) != (
+                src.size,
+                src.mtime_ns,
+            ):
                 self._sources.pop(key, None)
                 raise Refusal("the file changed since it was indexed")
-            writer.write(protocol.encode_chunk_header(
-                protocol.ChunkHeader(req.index, req.offset, length)))
+            writer.write(
+                protocol.encode_chunk_header(protocol.ChunkHeader(req.index, req.offset, length))
+            )
             await self._send_bytes(writer, fh, req.index * key.chunk_size + req.offset, length)
         finally:
             fh.close()
         stats.chunks += 1
         stats.bytes += length
-        self.served.append(dbserving.ServedChunk(
-            time.time(), stats.peer, key.sha256, src.name, req.index, req.offset, length,
-            time.monotonic() - started,
-        ))
+        self.served.append(
+            dbserving.ServedChunk(
+                time.time(),
+                stats.peer,
+                key.sha256,
+                src.name,
+                req.index,
+                req.offset,
+                length,
+                time.monotonic() - started,
+            )
+        )
 
     async def _send_bytes(
         self, writer: asyncio.StreamWriter, fh: object, offset: int, length: int

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from p2pshare.db import downloads as dbdl
@@ -30,6 +30,7 @@ from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.picker import Picker
 from p2pshare.services.publish import PublishError, publish, safe_destination
 from p2pshare.services.settings import Settings
+import contextlib
 
 log = logging.getLogger("p2p.download")
 
@@ -73,8 +74,14 @@ class SourceState:
 
 
 class DownloadJob:
-    def __init__(self, spec: dbdl.JobSpec, settings: Settings, database: Database,
-                 stop: threading.Event, wait_timeout: float) -> None:
+    def __init__(
+        self,
+        spec: dbdl.JobSpec,
+        settings: Settings,
+        database: Database,
+        stop: threading.Event,
+        wait_timeout: float,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         self.database = database
@@ -85,7 +92,9 @@ class DownloadJob:
         self.count = protocol.chunk_count(spec.size, spec.chunk_size)
         self.lock = threading.Condition()
         have = spec.have if len(spec.have) == (self.count + 7) // 8 else b""
-        self.picker = Picker(self.count, protocol.bitfield_indices(have, self.count) if have else [])
+        self.picker = Picker(
+            self.count, protocol.bitfield_indices(have, self.count) if have else []
+        )
         self.durable = bytearray(have) or protocol.bitfield_empty(self.count)
         self.verified: list[int] = []  # since the last flush, not yet fsynced
         self.tallies: dict[tuple[str, int], Tally] = {}
@@ -108,8 +117,14 @@ class DownloadJob:
             if self._already_published():
                 return
             self._open_temp()
-            log.info("download %d: %s (%d bytes, %d chunks, %d already here)", spec.download_id,
-                     spec.name, spec.size, self.count, self.count - self.picker.remaining)
+            log.info(
+                "download %d: %s (%d bytes, %d chunks, %d already here)",
+                spec.download_id,
+                spec.name,
+                spec.size,
+                self.count,
+                self.count - self.picker.remaining,
+            )
             if not self._transfer():
                 return  # stopped or cancelled
             self._finish()
@@ -133,8 +148,9 @@ class DownloadJob:
         self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o600)
         if fresh and self.picker.remaining != self.count:
             # The temp file is gone or wrong: nothing recorded can be trusted.
-            log.warning("download %d: temp file missing or wrong size; starting over",
-                        self.spec.download_id)
+            log.warning(
+                "download %d: temp file missing or wrong size; starting over", self.spec.download_id
+            )
             self.picker = Picker(self.count)
             self.durable = protocol.bitfield_empty(self.count)
         try:
@@ -143,8 +159,9 @@ class DownloadJob:
                 os.posix_fallocate(self.fd, 0, self.spec.size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise JobFailed(f"not enough disk space for {self.spec.size} bytes in "
-                                f"{self.settings.temp_dir}") from None
+                raise JobFailed(
+                    f"not enough disk space for {self.spec.size} bytes in {self.settings.temp_dir}"
+                ) from None
             raise
         with self.database.write() as s:
             dbdl.start_job(s, self.spec.download_id, str(self.temp), now=time.time())
@@ -161,8 +178,9 @@ class DownloadJob:
                 self._refresh_sources(now)
                 next_refresh = now + SOURCE_REFRESH_SECONDS
             with self.lock:
-                self.lock.wait_for(lambda: self.picker.finished or self.stop.is_set(),
-                                   FLUSH_SECONDS)
+                self.lock.wait_for(
+                    lambda: self.picker.finished or self.stop.is_set(), FLUSH_SECONDS
+                )
             status, grew = self._flush(now)
             if status == "cancelled" or status not in dbdl.UNFINISHED:
                 log.info("download %d cancelled", self.spec.download_id)
@@ -189,8 +207,10 @@ class DownloadJob:
             reason = "no online peer has this file"
         else:
             listed = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-            reason = (f"no online peer holds chunk{'s' if len(missing) > 1 else ''} {listed} "
-                      f"({len(missing)} of {self.count})")
+            reason = (
+                f"no online peer holds chunk{'s' if len(missing) > 1 else ''} {listed} "
+                f"({len(missing)} of {self.count})"
+            )
         if now - self.waiting_since > self.wait_timeout:
             raise JobFailed(f"{reason} for {self.wait_timeout:.0f} s")
         return ("waiting" if self.picker.in_flight() == 0 else "active"), reason
@@ -207,14 +227,22 @@ class DownloadJob:
             for i in batch:
                 protocol.bitfield_set(self.durable, i)
         state, reason = self._state(now)
-        done_bytes = sum(protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
-                         for i in protocol.bitfield_indices(bytes(self.durable), self.count))
+        done_bytes = sum(
+            protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
+            for i in protocol.bitfield_indices(bytes(self.durable), self.count)
+        )
         progress = dbdl.Progress(
-            have=bytes(self.durable), bytes_done=done_bytes, new_bytes_received=received,
+            have=bytes(self.durable),
+            bytes_done=done_bytes,
+            new_bytes_received=received,
             new_bad_chunks=sum(t.bad_chunks for t in tallies.values()),
-            tallies=[dbdl.SourceTally(a, p, self._username(a, p), t.chunks, t.bytes, t.bad_chunks)
-                     for (a, p), t in tallies.items()],
-            new_bad_peers=bad, status=state, reason=reason,
+            tallies=[
+                dbdl.SourceTally(a, p, self._username(a, p), t.chunks, t.bytes, t.bad_chunks)
+                for (a, p), t in tallies.items()
+            ],
+            new_bad_peers=bad,
+            status=state,
+            reason=reason,
         )
         with self.database.write() as s:
             status = dbdl.record_progress(s, self.spec.download_id, progress, now=now)
@@ -272,8 +300,9 @@ class DownloadJob:
             os.pwrite(self.fd, data, offset)
             return True
 
-    def chunk_verified(self, peer: str, key: tuple[str, int], index: int, size: int,
-                       whole: memoryview | None) -> None:
+    def chunk_verified(
+        self, peer: str, key: tuple[str, int], index: int, size: int, whole: memoryview | None
+    ) -> None:
         """A chunk matched its hash; `whole` is its bytes when they were held back (endgame)."""
         with self.lock:
             if self.halt.is_set():
@@ -295,8 +324,12 @@ class DownloadJob:
             self.new_bad.append(key)
             self.bad_sources.add(key)
             self.lock.notify_all()
-        log.warning("download %d: chunk %d from %s failed verification; peer marked bad "
-                    "for this file", self.spec.download_id, index, peer)
+        log.warning(
+            "download %d: chunk %d from %s failed verification; peer marked bad for this file",
+            self.spec.download_id,
+            index,
+            peer,
+        )
 
     def peer_lost(self, peer: str, pending: list[int]) -> None:
         with self.lock:
@@ -321,9 +354,11 @@ class DownloadJob:
         buf = bytearray(min(RECV_BLOCK, max(self.spec.chunk_size, 1)))
         view = memoryview(buf)
         n = 0
-        while (self.prefix_upto < self.count
-               and protocol.bitfield_has(self.durable, self.prefix_upto)
-               and (limit is None or n < limit)):
+        while (
+            self.prefix_upto < self.count
+            and protocol.bitfield_has(self.durable, self.prefix_upto)
+            and (limit is None or n < limit)
+        ):
             i = self.prefix_upto
             offset = i * self.spec.chunk_size
             left = protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
@@ -342,8 +377,10 @@ class DownloadJob:
         self._advance_prefix_hash(limit=None)
         if self.prefix.hexdigest() != self.spec.sha256:
             self._discard_temp()
-            raise JobFailed("the finished file does not match its SHA-256; the chunk list "
-                            "peers gave disagrees with the file's hash")
+            raise JobFailed(
+                "the finished file does not match its SHA-256; the chunk list "
+                "peers gave disagrees with the file's hash"
+            )
         os.fsync(self.fd)
         dest = safe_destination(self.settings.download_dir, self.spec.name)
 
@@ -360,16 +397,34 @@ class DownloadJob:
 
     def _record_done(self, final: Path) -> None:
         st = final.stat()
-        hashed = HashedFile(st.st_size, st.st_mtime_ns, self.spec.sha256, self.spec.chunk_size,
-                            self.spec.chunk_hashes,
-                            [protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
-                             for i in range(self.count)])
+        hashed = HashedFile(
+            st.st_size,
+            st.st_mtime_ns,
+            self.spec.sha256,
+            self.spec.chunk_size,
+            self.spec.chunk_hashes,
+            [
+                protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
+                for i in range(self.count)
+            ],
+        )
         with self.database.write() as s:
-            dbdl.finish_download(s, self.spec.download_id, status="done", reason=None,
-                                 now=time.time(), published=(self._relative(final), hashed))
+            dbdl.finish_download(
+                s,
+                self.spec.download_id,
+                status="done",
+                reason=None,
+                now=time.time(),
+                published=(self._relative(final), hashed),
+            )
             dbnode.bump_catalog_version(s, now=time.time())
-        log.info("download %d done: %s (%d bytes, sha256 %s)", self.spec.download_id, final,
-                 self.spec.size, self.spec.sha256[:12])
+        log.info(
+            "download %d done: %s (%d bytes, sha256 %s)",
+            self.spec.download_id,
+            final,
+            self.spec.size,
+            self.spec.sha256[:12],
+        )
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.settings.download_dir.resolve()).as_posix()
@@ -397,8 +452,9 @@ class DownloadJob:
         log.warning("download %d %s: %s", self.spec.download_id, status, reason)
         self._discard_temp()
         with self.database.write() as s:
-            dbdl.finish_download(s, self.spec.download_id, status=status, reason=reason,
-                                 now=time.time())
+            dbdl.finish_download(
+                s, self.spec.download_id, status=status, reason=reason, now=time.time()
+            )
 
     def _halt_workers(self) -> None:
         self.halt.set()
@@ -435,10 +491,8 @@ class PeerWorker(threading.Thread):
     def interrupt(self) -> None:
         client = self.client
         if client is not None and client.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 client.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def run(self) -> None:
         job, st = self.job, self.state

@@ -57,7 +57,7 @@ class ShareIndexer:
     _reported: set[str] = field(default_factory=set)
 
     def roots(self) -> list[Root]:
-        """The folders to index; a folder nested in the other is indexed once, under its own root."""
+        """The folders to index; one nested in the other is indexed once, under its own root."""
         share, download = self.settings.share_dir, self.settings.download_dir
         private = self.settings.private_paths()
         if share == download:
@@ -75,7 +75,10 @@ class ShareIndexer:
         if stats.touched:
             log.info(
                 "index: %d added, %d changed, %d removed, %d unchanged",
-                stats.added, stats.changed, stats.removed, stats.unchanged,
+                stats.added,
+                stats.changed,
+                stats.removed,
+                stats.unchanged,
             )
         return stats
 
@@ -144,8 +147,13 @@ class ShareIndexer:
             dbindex.delete_orphan_files(s)
             bump_catalog_version(s, now=now)
         for name, hashed in batch:
-            log.info("indexed %s/%s (%d bytes, sha256 %s)", root.label, name, hashed.size,
-                     hashed.sha256[:12])
+            log.info(
+                "indexed %s/%s (%d bytes, sha256 %s)",
+                root.label,
+                name,
+                hashed.size,
+                hashed.sha256[:12],
+            )
 
     def _report_skips(self, skipped: dict[str, str]) -> None:
         for path, reason in skipped.items():

@@ -39,8 +39,9 @@ def open_udp(port: int) -> socket.socket:
         sock.bind(("", port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on UDP port {port} (P2P_UDP_PORT): "
-                           f"{exc.strerror}") from None
+        raise StartupError(
+            f"cannot listen on UDP port {port} (P2P_UDP_PORT): {exc.strerror}"
+        ) from None
     sock.settimeout(RECV_TIMEOUT)
     return sock
 
@@ -129,23 +130,41 @@ class CatalogFetcher:
             version, entries = client.catalog()
             with db.read() as s:
                 known = dbpeers.known_contents(s, (e.file for e in entries))
-            need = {e.file: e.size for e in entries
-                    if e.file not in known or not known[e.file].complete}
+            need = {
+                e.file: e.size for e in entries if e.file not in known or not known[e.file].complete
+            }
             manifests = client.manifests(need) if need else {}
         offered = [
-            dbpeers.Offered(e.name, e.file.sha256, e.file.chunk_size, e.size, e.have,
-                            e.chunks if e.have is None else protocol.bitfield_count(e.have))
+            dbpeers.Offered(
+                e.name,
+                e.file.sha256,
+                e.file.chunk_size,
+                e.size,
+                e.have,
+                e.chunks if e.have is None else protocol.bitfield_count(e.have),
+            )
             for e in entries
         ]
         with db.write() as s:
             kept = dbpeers.apply_catalog(
-                s, peer_id, version, offered, {tuple(k): v for k, v in manifests.items()},
+                s,
+                peer_id,
+                version,
+                offered,
+                {tuple(k): v for k, v in manifests.items()},
                 now=time.time(),
             )
             if kept is not None:
                 dbindex.delete_orphan_files(s)
-        log.info("catalog v%d of %s:%d: %d files, %d new contents, in %.2f s", version, address,
-                 port, len(entries), len(manifests), time.monotonic() - started)
+        log.info(
+            "catalog v%d of %s:%d: %d files, %d new contents, in %.2f s",
+            version,
+            address,
+            port,
+            len(entries),
+            len(manifests),
+            time.monotonic() - started,
+        )
 
 
 def run(ctx: RoleContext) -> None:
@@ -171,7 +190,8 @@ def run(ctx: RoleContext) -> None:
                 continue
             try:
                 ann = protocol.decode_announce(
-                    data, key=settings.network_key, now=time.time(), max_age=max_age)
+                    data, key=settings.network_key, now=time.time(), max_age=max_age
+                )
             except protocol.ProtocolError as exc:
                 drops.drop(ip, f"{type(exc).__name__}: {exc}")
                 continue
@@ -183,8 +203,7 @@ def run(ctx: RoleContext) -> None:
 def handle(
     ctx: RoleContext, fetcher: CatalogFetcher, ann: protocol.Announce, ip: str, drops: DropLog
 ) -> None:
-    heard = dbpeers.Heard(ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version,
-                          ann.seq)
+    heard = dbpeers.Heard(ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version, ann.seq)
     with ctx.database.write() as s:
         outcome = dbpeers.record_announce(s, heard, now=time.time())
     if outcome.ignored:
@@ -193,8 +212,7 @@ def handle(
         drops.drop(ip, f"replayed announcement (seq {ann.seq}) from node {ann.node_id[:8]}")
         return
     if outcome.new:
-        log.info("new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port,
-                 ann.node_id[:8])
+        log.info("new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8])
     if outcome.needs_catalog:
         fetcher.want(outcome.peer_id)
 

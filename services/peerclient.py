@@ -101,13 +101,11 @@ class PeerClient:
             self.send(protocol.ManifestRequest(tuple(keys[start : start + step])))
         for start in range(0, len(keys), step):
             batch = {k: sizes[k] for k in keys[start : start + step]}
-            out.update(
-                protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch)
-            )
+            out.update(protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch))
         return out
 
     def have(self, key: FileKey, chunks: int) -> bytes | None:
-        """The peer's bitfield for a file (None: all chunks). Raises RemoteRefused if it has none."""
+        """The peer's bitfield for a file (None: all of it). Raises RemoteRefused if it has none."""
         self.send(protocol.HaveRequest(key))
         return protocol.decode_have(self._read_frame(), chunks=chunks)
 

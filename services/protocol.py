@@ -44,6 +44,7 @@ NONCE_HEX = 32
 FRAME_HEADER = struct.Struct(">I")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"[0-9a-f]+")
+MANIFEST_LABEL_RE = re.compile(r"([0-9a-f]{64}):([0-9]{1,9})", re.ASCII)
 AUTH_CONTEXT = b"p2pshare-tcp-auth\0"
 
 
@@ -207,7 +208,10 @@ def _mac(key: str, message: bytes) -> str:
 
 
 def _canonical(raw: dict[str, Any]) -> bytes:
-    return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate from JSON escapes
+        raise MalformedMessage("text that is not valid Unicode") from None
 
 
 # ---------------------------------------------------------------- UDP announce
@@ -243,9 +247,7 @@ def encode_announce(ann: Announce, *, key: str | None) -> bytes:
     return data
 
 
-def decode_announce(
-    data: bytes, *, key: str | None, now: float, max_age: float
-) -> Announce:
+def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float) -> Announce:
     """Parse and validate one datagram. Raises ProtocolError, nothing else.
 
     With a key, the datagram must carry a valid HMAC and a timestamp within
@@ -253,12 +255,16 @@ def decode_announce(
     to refuse by `seq`.
     """
     raw = _obj(data, MAX_DATAGRAM)
-    if raw.get("p2p") != PROTOCOL_VERSION or raw.get("t") != "announce":
+    if (
+        type(raw.get("p2p")) is not int
+        or raw.get("p2p") != PROTOCOL_VERSION
+        or raw.get("t") != "announce"
+    ):
         raise WrongVersion(f"not a p2pshare v{PROTOCOL_VERSION} announcement")
     mac = raw.pop("mac", None)
     if key is not None:
-        if not isinstance(mac, str):
-            raise WrongNetworkKey("announcement carries no network key HMAC")
+        if not isinstance(mac, str) or not re.fullmatch(r"[0-9a-f]{64}", mac):
+            raise WrongNetworkKey("announcement carries no valid network key HMAC")
         if not hmac.compare_digest(mac, _mac(key, _canonical(raw))):
             raise WrongNetworkKey("announcement HMAC does not match our network key")
     ann = Announce(
@@ -286,6 +292,8 @@ def frame(raw: dict[str, Any]) -> bytes:
 
 def frame_length(header: bytes) -> int:
     """The body length announced by a 4-byte frame header. Raises ProtocolError."""
+    if len(header) != FRAME_HEADER.size:
+        raise MalformedMessage("frame header is not 4 bytes")
     (length,) = FRAME_HEADER.unpack(header)
     if length > MAX_FRAME:
         raise MessageTooLarge(f"frame of {length} bytes, limit {MAX_FRAME}")
@@ -347,8 +355,14 @@ def encode_request(req: Request) -> bytes:
     elif isinstance(req, HaveRequest):
         raw = {"op": "have", "sha": req.file.sha256, "cs": req.file.chunk_size}
     else:
-        raw = {"op": "get", "sha": req.file.sha256, "cs": req.file.chunk_size,
-               "i": req.index, "off": req.offset, "len": req.length}
+        raw = {
+            "op": "get",
+            "sha": req.file.sha256,
+            "cs": req.file.chunk_size,
+            "i": req.index,
+            "off": req.offset,
+            "len": req.length,
+        }
     return frame(raw)
 
 
@@ -399,8 +413,9 @@ class ChunkHeader:
 
 
 def encode_welcome(w: Welcome) -> bytes:
-    return frame({"p2p": PROTOCOL_VERSION, "op": "welcome", "nonce": w.nonce,
-                  "auth": w.auth_required})
+    return frame(
+        {"p2p": PROTOCOL_VERSION, "op": "welcome", "nonce": w.nonce, "auth": w.auth_required}
+    )
 
 
 def decode_welcome(body: bytes) -> Welcome:
@@ -444,9 +459,12 @@ def encode_chunk_header(h: ChunkHeader) -> bytes:
 def decode_chunk_header(body: bytes, *, expect: ChunkRequest, chunk_len: int) -> ChunkHeader:
     """The header before chunk bytes; must answer exactly what was asked. Raises ProtocolError."""
     raw = decode_reply(body)
-    header = ChunkHeader(_int(raw, "i", 0, MAX_CHUNKS_PER_FILE), _int(raw, "off", 0, MAX_CHUNK),
-                         _int(raw, "len", 0, MAX_CHUNK))
-    want = (expect.length or chunk_len - expect.offset)
+    header = ChunkHeader(
+        _int(raw, "i", 0, MAX_CHUNKS_PER_FILE),
+        _int(raw, "off", 0, MAX_CHUNK),
+        _int(raw, "len", 0, MAX_CHUNK),
+    )
+    want = expect.length or chunk_len - expect.offset
     if (header.index, header.offset, header.length) != (expect.index, expect.offset, want):
         raise MalformedMessage("chunk reply does not match the request")
     return header
@@ -493,12 +511,18 @@ class CatalogEntry:
 
 def encode_catalog(entries: list[CatalogEntry], version: int) -> bytes:
     files = [
-        [e.name, e.file.sha256, e.size, e.file.chunk_size,
-         None if e.have is None else base64.b64encode(e.have).decode()]
+        [
+            e.name,
+            e.file.sha256,
+            e.size,
+            e.file.chunk_size,
+            None if e.have is None else base64.b64encode(e.have).decode(),
+        ]
         for e in entries
     ]
-    body = json.dumps({"cv": version, "files": files}, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    body = json.dumps(
+        {"cv": version, "files": files}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
     return zlib.compress(body, 1)
 
 
@@ -510,6 +534,8 @@ def _inflate(payload: bytes) -> bytes:
             raise MessageTooLarge(f"payload inflates past {MAX_CATALOG_BYTES} bytes")
         if not d.eof:
             raise MalformedMessage("payload is truncated")
+        if d.unused_data:
+            raise MalformedMessage("payload has bytes after its end")
         return body
     except zlib.error as exc:
         raise MalformedMessage(f"payload is not zlib data: {exc}") from None
@@ -523,6 +549,7 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
     if not isinstance(files, list):
         raise MalformedMessage("'files' must be a list")
     entries = []
+    sizes: dict[FileKey, int] = {}
     for item in files:
         if not isinstance(item, list) or len(item) != 5:
             raise MalformedMessage("each catalog entry must have 5 fields")
@@ -533,16 +560,19 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
         count = chunk_count(size, cs)
         if count > MAX_CHUNKS_PER_FILE:
             raise MalformedMessage("file has too many chunks")
-        entries.append(CatalogEntry(check_name(name), FileKey(check_sha(sha), cs), size,
-                                    _bits(have, count)))
+        key = FileKey(check_sha(sha), cs)
+        if sizes.setdefault(key, size) != size:
+            raise MalformedMessage("the catalog gives one file two sizes")
+        entries.append(CatalogEntry(check_name(name), key, size, _bits(have, count)))
     return version, entries
 
 
 def encode_manifests(manifests: dict[FileKey, list[str]]) -> bytes:
     """Chunk hashes per file: raw 32-byte digests concatenated, base64, compressed."""
     body = {
-        f"{k.sha256}:{k.chunk_size}": base64.b64encode(b"".join(bytes.fromhex(h) for h in hashes))
-        .decode()
+        f"{k.sha256}:{k.chunk_size}": base64.b64encode(
+            b"".join(bytes.fromhex(h) for h in hashes)
+        ).decode()
         for k, hashes in manifests.items()
     }
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 1)
@@ -557,9 +587,9 @@ def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> dict[FileKey,
     raw = _obj(_inflate(payload), MAX_CATALOG_BYTES)
     out: dict[FileKey, list[str]] = {}
     for label, value in raw.items():
-        sha, _, cs_text = label.partition(":")
-        key = FileKey(sha, int(cs_text) if cs_text.isdigit() else -1)
-        if key not in sizes or not isinstance(value, str):
+        match = MANIFEST_LABEL_RE.fullmatch(label)
+        key = FileKey(match[1], int(match[2])) if match else None
+        if key is None or key not in sizes or not isinstance(value, str):
             raise MalformedMessage("manifest for a file that was not asked about")
         try:
             digests = base64.b64decode(value, validate=True)

@@ -41,8 +41,12 @@ class RoleContext:
         """Write this role's heartbeat now."""
         with self.database.write() as s:
             dbnode.record_heartbeat(
-                s, self.role, pid=os.getpid(), started_at=self.started_at,
-                now=time.time(), detail=self.detail,
+                s,
+                self.role,
+                pid=os.getpid(),
+                started_at=self.started_at,
+                now=time.time(),
+                detail=self.detail,
             )
 
 

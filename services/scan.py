@@ -8,6 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pshare.services.protocol import ProtocolError, check_name
+
 
 @dataclass(frozen=True)
 class FoundFile:
@@ -28,13 +30,11 @@ def _is_within(path: str, root: str) -> bool:
 
 
 def _bad_name(name: str) -> str | None:
-    """Why a relative name cannot go on the network, or None."""
+    """Why a relative name cannot go on the network (peers would refuse it), or None."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "its name is not valid UTF-8"
-    if any(not ch.isprintable() for ch in name):
-        return "its name contains control characters"
+        check_name(name)
+    except ProtocolError as exc:
+        return f"its name cannot be shared: {exc}"
     return None
 
 

@@ -29,7 +29,9 @@ def open_listener(bind: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"TCP port {port} on {bind} is already in use (P2P_TCP_PORT)") from None
+            raise StartupError(
+                f"TCP port {port} on {bind} is already in use (P2P_TCP_PORT)"
+            ) from None
         raise StartupError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
     sock.listen(512)
     return sock

@@ -85,8 +85,20 @@ class Settings:
     def private_paths(self) -> tuple[Path, ...]:
         """Paths under the home that must never be indexed, should a share dir contain them."""
         db = self.db_path
-        return (self.temp_dir, self.log_dir, self.home / "run", db, Path(f"{db}-wal"),
-                Path(f"{db}-shm"), Path(f"{db}-journal"))
+        paths = [
+            self.temp_dir,
+            self.log_dir,
+            db,
+            Path(f"{db}-wal"),
+            Path(f"{db}-shm"),
+            Path(f"{db}-journal"),
+            self.home / CONFIG_NAME,
+            self.home / "supervisor.sock",
+            self.home / "supervisord.pid",
+        ]
+        if self.config_file is not None:
+            paths.append(self.config_file)
+        return tuple(paths)
 
     def make_dirs(self) -> None:
         for path in (self.home, self.share_dir, self.download_dir, self.temp_dir, self.log_dir):
@@ -134,8 +146,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return value if value not in (None, "") else None
 
     home = Path(get("P2P_HOME") or home_hint).expanduser().absolute()
-    interval = _positive_float("P2P_ANNOUNCE_INTERVAL", get("P2P_ANNOUNCE_INTERVAL"),
-                               DEFAULT_ANNOUNCE_INTERVAL)
+    interval = _positive_float(
+        "P2P_ANNOUNCE_INTERVAL", get("P2P_ANNOUNCE_INTERVAL"), DEFAULT_ANNOUNCE_INTERVAL
+    )
     return Settings(
         home=home,
         share_dir=_dir("P2P_SHARE_DIR", get("P2P_SHARE_DIR"), home / "shared"),
@@ -150,8 +163,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_size=_chunk_size(get("P2P_CHUNK_SIZE")),
         upload_limit=_non_negative_int("P2P_UPLOAD_LIMIT", get("P2P_UPLOAD_LIMIT"), 0),
         network_key=get("P2P_NETWORK_KEY"),
-        wait_timeout=_positive_float("P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"),
-                                     DEFAULT_WAIT_TIMEOUT),
+        wait_timeout=_positive_float(
+            "P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"), DEFAULT_WAIT_TIMEOUT
+        ),
         config_file=config_path if config_path.is_file() else None,
     )
 

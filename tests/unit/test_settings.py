@@ -79,7 +79,9 @@ def test_broadcast_list_parses_to_a_tuple(tmp_path: Path) -> None:
     assert settings.broadcast == ("127.255.255.255", "127.0.0.1")
 
 
-def test_relative_share_dir_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_share_dir_becomes_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings(env=base_env(tmp_path / "home", P2P_SHARE_DIR="pub"))
     assert settings.share_dir == tmp_path / "pub"
@@ -134,7 +136,7 @@ def test_p2p_config_that_is_missing_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_config_file_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "p2p.toml").write_text('P2P_TCP_PORT = 5000\nP2P_TPC_PORT = 5001\n')
+    (tmp_path / "p2p.toml").write_text("P2P_TCP_PORT = 5000\nP2P_TPC_PORT = 5001\n")
     with pytest.raises(SettingsError, match="P2P_TPC_PORT"):
         load_settings(env=base_env(tmp_path))
 

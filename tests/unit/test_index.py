@@ -1,0 +1,340 @@
+"""The share-folder indexer on a real folder and a real temp-file database."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pshare.db.engine import Database
+from p2pshare.services import protocol
+from p2pshare.services.indexer import IndexStats, ShareIndexer
+from p2pshare.services.settings import Settings, load_settings
+
+CS = 16384
+
+
+@dataclass
+class Node:
+    settings: Settings
+    database: Database
+    indexer: ShareIndexer
+
+    @property
+    def share(self) -> Path:
+        return self.settings.share_dir
+
+    def step(self, now: float | None = None) -> IndexStats:
+        """One scan, with `now` well past every file's settling time unless given."""
+        return self.indexer.step(now=time.time() + 5 if now is None else now)
+
+
+def make_node(home: Path, **env: str) -> Node:
+    settings = load_settings(
+        env={
+            "P2P_HOME": str(home),
+            "P2P_BROADCAST": "127.255.255.255",
+            "P2P_USERNAME": "tester",
+            "P2P_CHUNK_SIZE": str(CS),
+            **env,
+        }
+    )
+    settings.make_dirs()
+    database = Database.open(home / "p2p.db")
+    return Node(settings, database, ShareIndexer(database, settings))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = make_node(tmp_path)
+    yield n
+    n.database.close()
+
+
+def sql(node: Node, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(node.settings.db_path)
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+def indexed(node: Node, root: str = "share") -> dict[str, str]:
+    """name -> sha256 of every local file under one root."""
+    return dict(
+        sql(
+            node,
+            "SELECT l.name, f.sha256 FROM local_files l JOIN files f "
+            "ON f.id = l.file_id WHERE l.root = ?",
+            root,
+        )
+    )
+
+
+def chunk_rows(node: Node, sha: str) -> list[tuple[int, int, str]]:
+    return sql(
+        node,
+        "SELECT c.chunk_index, c.size, c.sha256 FROM chunks c JOIN files f "
+        "ON f.id = c.file_id WHERE f.sha256 = ? ORDER BY c.chunk_index",
+        sha,
+    )
+
+
+def catalog_version(node: Node) -> int:
+    rows = sql(node, "SELECT catalog_version FROM node")
+    return int(rows[0][0]) if rows else 0
+
+
+def write(path: Path, data: bytes) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def data_of(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def expected_chunks(data: bytes) -> list[tuple[int, int, str]]:
+    return [
+        (i // CS, len(data[i : i + CS]), hashlib.sha256(data[i : i + CS]).hexdigest())
+        for i in range(0, len(data), CS)
+    ]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- add, change, remove
+
+
+def test_new_files_are_indexed_with_whole_and_chunk_hashes(node: Node) -> None:
+    a = write(node.share / "a.txt", b"hello world\n")
+    b = write(node.share / "b.bin", data_of(1, 3 * CS + 7))
+    before = catalog_version(node)
+
+    stats = node.step()
+
+    assert (stats.added, stats.changed, stats.removed) == (2, 0, 0)
+    assert indexed(node) == {"a.txt": sha(a), "b.bin": sha(b)}
+    assert chunk_rows(node, sha(a)) == expected_chunks(a)
+    assert chunk_rows(node, sha(b)) == expected_chunks(b)
+    assert sql(
+        node, "SELECT size, chunk_size, chunk_count FROM files WHERE sha256 = ?", sha(b)
+    ) == [(3 * CS + 7, CS, 4)]
+    assert catalog_version(node) > before
+
+
+@pytest.mark.parametrize(
+    ("size", "chunks"), [(0, 0), (1, 1), (CS - 1, 1), (CS, 1), (CS + 1, 2), (3 * CS, 3)]
+)
+def test_chunk_boundaries(node: Node, size: int, chunks: int) -> None:
+    data = write(node.share / "f.bin", data_of(size, size))
+    assert node.step().added == 1
+    rows = chunk_rows(node, sha(data))
+    assert len(rows) == chunks
+    assert rows == expected_chunks(data)
+    assert sum(r[1] for r in rows) == size
+    assert sql(node, "SELECT size, chunk_count FROM files") == [(size, chunks)]
+
+
+def test_default_chunk_size_is_chosen_per_file(tmp_path: Path) -> None:
+    n = make_node(tmp_path, P2P_CHUNK_SIZE="")
+    try:
+        data = write(n.share / "f.bin", data_of(2, 300 * 1024))
+        n.step()
+        assert sql(n, "SELECT chunk_size, chunk_count FROM files") == [(256 * 1024, 2)]
+        assert chunk_rows(n, sha(data))[1][1] == 300 * 1024 - 256 * 1024
+    finally:
+        n.database.close()
+
+
+def test_changed_content_is_rehashed_and_the_old_content_forgotten(node: Node) -> None:
+    path = node.share / "doc.txt"
+    old = write(path, data_of(3, CS + 10))
+    node.step()
+    version = catalog_version(node)
+
+    new = write(path, data_of(4, CS + 10))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    stats = node.step()
+
+    assert (stats.added, stats.changed, stats.removed) == (0, 1, 0)
+    assert indexed(node) == {"doc.txt": sha(new)}
+    assert chunk_rows(node, sha(new)) == expected_chunks(new)
+    assert catalog_version(node) > version
+    assert sql(node, "SELECT count(*) FROM files WHERE sha256 = ?", sha(old)) == [(0,)]
+    assert sql(node, "SELECT count(*) FROM chunks") == [(2,)]
+
+
+def test_removed_file_and_its_content_are_forgotten(node: Node) -> None:
+    keep = write(node.share / "keep.txt", b"keep")
+    gone = write(node.share / "gone.txt", data_of(5, 2 * CS))
+    node.step()
+    version = catalog_version(node)
+
+    (node.share / "gone.txt").unlink()
+    stats = node.step()
+
+    assert (stats.added, stats.changed, stats.removed, stats.unchanged) == (0, 0, 1, 1)
+    assert indexed(node) == {"keep.txt": sha(keep)}
+    assert sql(node, "SELECT count(*) FROM files WHERE sha256 = ?", sha(gone)) == [(0,)]
+    assert sql(node, "SELECT count(*) FROM chunks") == [(1,)]
+    assert catalog_version(node) > version
+
+
+def test_content_shared_under_two_names_survives_removing_one(node: Node) -> None:
+    data = write(node.share / "one.txt", b"same bytes")
+    write(node.share / "two.txt", data)
+    node.step()
+    assert sql(node, "SELECT count(*) FROM files") == [(1,)]
+    (node.share / "one.txt").unlink()
+    node.step()
+    assert indexed(node) == {"two.txt": sha(data)}
+    assert chunk_rows(node, sha(data)) == expected_chunks(data)
+
+
+def test_restart_over_unchanged_files_rehashes_nothing(node: Node) -> None:
+    for i in range(3):
+        write(node.share / f"dir{i}" / f"f{i}.bin", data_of(10 + i, CS * i + 1))
+    assert node.step().added == 3
+    version = catalog_version(node)
+    node.database.close()
+
+    again = Database.open(node.settings.db_path)
+    try:
+        stats = ShareIndexer(again, node.settings).step(now=time.time() + 5)
+    finally:
+        again.close()
+    assert (stats.unchanged, stats.added, stats.changed, stats.removed) == (3, 0, 0, 0)
+    assert catalog_version(node) == version
+
+
+def test_nested_names_use_slashes(node: Node) -> None:
+    write(node.share / "a" / "b" / "c.txt", b"c")
+    write(node.share / "x y" / "ü.txt", b"u")
+    node.step()
+    assert set(indexed(node)) == {"a/b/c.txt", "x y/ü.txt"}
+
+
+# ---------------------------------------------------------------- settling
+
+
+def test_file_being_written_waits_until_it_settles(node: Node) -> None:
+    path = node.share / "copying.iso"
+    write(path, data_of(6, 100))
+    mtime = path.stat().st_mtime_ns / 1e9
+
+    stats = node.step(now=mtime + 0.2)
+    assert (stats.added, stats.waiting) == (0, 1)
+    assert indexed(node) == {}
+
+    stats = node.step(now=mtime + 1.5)
+    assert (stats.added, stats.waiting) == (1, 0)
+    assert set(indexed(node)) == {"copying.iso"}
+
+
+# ---------------------------------------------------------------- what is not offered
+
+
+def test_symlink_leading_outside_is_skipped(node: Node, tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "secret.txt"
+    write(secret, b"not for sharing")
+    (node.share / "link.txt").symlink_to(secret)
+    (node.share / "dirlink").symlink_to(secret.parent, target_is_directory=True)
+    node.step()
+    assert indexed(node) == {}
+
+
+def test_symlink_inside_is_indexed_but_folder_links_are_not_followed(node: Node) -> None:
+    data = write(node.share / "real" / "file.txt", b"real")
+    (node.share / "alias.txt").symlink_to(node.share / "real" / "file.txt")
+    (node.share / "again").symlink_to(node.share / "real", target_is_directory=True)
+    node.step()
+    assert indexed(node) == {"real/file.txt": sha(data), "alias.txt": sha(data)}
+
+
+def test_dangling_symlink_is_skipped(node: Node) -> None:
+    (node.share / "dangling").symlink_to(node.share / "nothing-here")
+    write(node.share / "ok.txt", b"ok")
+    node.step()
+    assert set(indexed(node)) == {"ok.txt"}
+
+
+def test_fifo_is_skipped(node: Node) -> None:
+    os.mkfifo(node.share / "pipe")
+    write(node.share / "ok.txt", b"ok")
+    node.step()
+    assert set(indexed(node)) == {"ok.txt"}
+
+
+def test_dotfiles_and_dot_folders_are_skipped(node: Node) -> None:
+    write(node.share / ".hidden", b"h")
+    write(node.share / ".git" / "config", b"g")
+    write(node.share / "dir" / ".file.swp", b"s")
+    write(node.share / "dir" / "visible.txt", b"v")
+    node.step()
+    assert set(indexed(node)) == {"dir/visible.txt"}
+
+
+def test_download_dir_is_indexed_under_its_own_root(node: Node) -> None:
+    shared = write(node.share / "mine.txt", b"mine")
+    got = write(node.settings.download_dir / "got" / "it.bin", b"downloaded")
+    assert node.step().added == 2
+    assert indexed(node, "share") == {"mine.txt": sha(shared)}
+    assert indexed(node, "download") == {"got/it.bin": sha(got)}
+
+
+def test_share_dir_equal_to_home_never_indexes_the_nodes_own_files(tmp_path: Path) -> None:
+    n = make_node(tmp_path, P2P_SHARE_DIR=str(tmp_path))
+    try:
+        doc = write(tmp_path / "doc.txt", b"doc")
+        write(n.settings.temp_dir / "partial.part", b"partial")
+        write(n.settings.log_dir / "server.log", b"log")
+        got = write(n.settings.download_dir / "got.bin", b"got")
+        with n.database.write() as s:  # the WAL file exists while a writer is connected
+            s.connection()
+        assert (tmp_path / "p2p.db").exists() and (tmp_path / "p2p.db-wal").exists()
+
+        n.step()
+
+        assert indexed(n, "share") == {"doc.txt": sha(doc)}
+        assert indexed(n, "download") == {"got.bin": sha(got)}
+    finally:
+        n.database.close()
+
+
+def test_share_dir_equal_to_home_never_offers_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "p2p.toml").write_text('P2P_NETWORK_KEY = "secret"\n')
+    n = make_node(tmp_path, P2P_SHARE_DIR=str(tmp_path))
+    try:
+        assert n.settings.network_key == "secret"
+        n.step()
+        assert "p2p.toml" not in indexed(n)
+    finally:
+        n.database.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["back\\slash.txt", "c:notes.txt", "/".join(["d" * 250] * 5) + "/deep.txt"],
+    ids=["backslash", "drive-like", "over-1024-bytes"],
+)
+def test_every_indexed_name_is_one_the_protocol_accepts(node: Node, name: str) -> None:
+    write(node.share / name, b"x")
+    write(node.share / "good.txt", b"good")
+    node.step()
+    names = set(indexed(node))
+    assert "good.txt" in names
+    for indexed_name in names:
+        protocol.check_name(indexed_name)

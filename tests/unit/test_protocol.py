@@ -1,0 +1,752 @@
+"""Wire format: round trips, a table of bad input and its exceptions, and random bytes."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pshare.services import protocol as p
+from p2pshare.services.protocol import (
+    Announce,
+    AuthRequest,
+    CatalogEntry,
+    CatalogRequest,
+    ChunkHeader,
+    ChunkRequest,
+    FileKey,
+    HaveRequest,
+    MalformedMessage,
+    ManifestRequest,
+    MessageTooLarge,
+    ProtocolError,
+    RemoteRefused,
+    Welcome,
+    WrongNetworkKey,
+    WrongVersion,
+)
+
+NODE = "0123456789abcdef" * 2
+SHA_A = hashlib.sha256(b"a").hexdigest()
+SHA_B = hashlib.sha256(b"b").hexdigest()
+KEY = "correct horse battery staple"
+TS = 1_700_000_000.125
+CS = 16384
+FK = FileKey(SHA_A, CS)
+
+
+def canonical(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def announce_raw(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "p2p": 1,
+        "t": "announce",
+        "node": NODE,
+        "user": "alice",
+        "port": 5000,
+        "cv": 3,
+        "seq": 9,
+        "ts": TS,
+    }
+    raw.update(changes)
+    return {k: v for k, v in raw.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def datagram(**changes: Any) -> bytes:
+    return canonical(announce_raw(**changes))
+
+
+def signed(key: str = KEY, **changes: Any) -> bytes:
+    """A datagram with an HMAC over its canonical JSON, as the spec describes."""
+    raw = announce_raw(**changes)
+    raw["mac"] = hmac.new(key.encode(), canonical(raw), hashlib.sha256).hexdigest()
+    return canonical(raw)
+
+
+def body(raw: Any) -> bytes:
+    return json.dumps(raw).encode()
+
+
+def catalog_payload(files: Any, cv: Any = 1) -> bytes:
+    return zlib.compress(json.dumps({"cv": cv, "files": files}).encode())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# ================================================================ round trips
+
+
+@pytest.mark.parametrize("username", ["alice", "ünïcödé user@host", "x" * 64])
+def test_announce_round_trip_without_key(username: str) -> None:
+    ann = Announce(NODE, username, 5000, 7, 3, TS)
+    data = p.encode_announce(ann, key=None)
+    assert len(data) <= p.MAX_DATAGRAM
+    assert p.decode_announce(data, key=None, now=0.0, max_age=0.0) == ann
+
+
+def test_announce_round_trip_with_key() -> None:
+    ann = Announce(NODE, "alice", 65535, 2**62, 2**62, TS)
+    data = p.encode_announce(ann, key=KEY)
+    assert b'"mac"' in data
+    assert p.decode_announce(data, key=KEY, now=TS + 5, max_age=60) == ann
+
+
+def test_announce_signed_as_spec_describes_is_accepted() -> None:
+    ann = p.decode_announce(signed(), key=KEY, now=TS, max_age=60)
+    assert ann == Announce(NODE, "alice", 5000, 3, 9, TS)
+
+
+def test_announce_timestamp_is_rounded_to_milliseconds() -> None:
+    data = p.encode_announce(Announce(NODE, "a", 1, 0, 0, 1.23456789), key=None)
+    assert p.decode_announce(data, key=None, now=0, max_age=0).sent_at == 1.235
+
+
+def frame_body(frame: bytes) -> bytes:
+    header, rest = frame[:4], frame[4:]
+    assert p.frame_length(header) == len(rest)
+    return rest
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        AuthRequest(p.auth_mac(KEY, "ab" * 16)),
+        CatalogRequest(),
+        ManifestRequest((FK, FileKey(SHA_B, 64 * 1024 * 1024))),
+        ManifestRequest(
+            tuple(
+                FileKey(hashlib.sha256(bytes([i])).hexdigest(), CS)
+                for i in range(p.MAX_MANIFEST_FILES)
+            )
+        ),
+        HaveRequest(FK),
+        ChunkRequest(FK, 3, 100, 0),
+        ChunkRequest(FK, p.MAX_CHUNKS_PER_FILE, p.MAX_CHUNK, p.MAX_CHUNK),
+    ],
+    ids=lambda r: type(r).__name__,
+)
+def test_request_round_trip(request_: p.Request) -> None:
+    assert p.decode_request(frame_body(p.encode_request(request_))) == request_
+
+
+def test_auth_check_accepts_the_key_and_refuses_another() -> None:
+    nonce = "0f" * 16
+    p.check_auth(AuthRequest(p.auth_mac(KEY, nonce)), key=KEY, nonce=nonce)
+    with pytest.raises(WrongNetworkKey):
+        p.check_auth(AuthRequest(p.auth_mac("other", nonce)), key=KEY, nonce=nonce)
+    with pytest.raises(WrongNetworkKey):
+        p.check_auth(AuthRequest(p.auth_mac(KEY, "1f" * 16)), key=KEY, nonce=nonce)
+
+
+@pytest.mark.parametrize("auth", [True, False])
+def test_welcome_round_trip(auth: bool) -> None:
+    w = Welcome("ab" * 16, auth)
+    assert p.decode_welcome(frame_body(p.encode_welcome(w))) == w
+
+
+def test_ok_reply_and_payload_length() -> None:
+    reply = p.decode_reply(frame_body(p.encode_ok(len=5, extra="x")))
+    assert reply["extra"] == "x"
+    assert p.payload_length(reply, 10) == 5
+    with pytest.raises(MalformedMessage):
+        p.payload_length(reply, 4)
+
+
+def test_error_reply_raises_remote_refused_with_its_message() -> None:
+    with pytest.raises(RemoteRefused, match="no such file"):
+        p.decode_reply(frame_body(p.encode_error("no such file")))
+
+
+@pytest.mark.parametrize(
+    ("request_", "chunk_len", "header"),
+    [
+        (ChunkRequest(FK, 2, 0, 0), CS, ChunkHeader(2, 0, CS)),
+        (ChunkRequest(FK, 2, 100, 0), CS, ChunkHeader(2, 100, CS - 100)),
+        (ChunkRequest(FK, 0, 10, 20), CS, ChunkHeader(0, 10, 20)),
+        (ChunkRequest(FK, 5, 0, 0), 7, ChunkHeader(5, 0, 7)),
+    ],
+)
+def test_chunk_header_round_trip(
+    request_: ChunkRequest, chunk_len: int, header: ChunkHeader
+) -> None:
+    data = frame_body(p.encode_chunk_header(header))
+    assert p.decode_chunk_header(data, expect=request_, chunk_len=chunk_len) == header
+
+
+@pytest.mark.parametrize(
+    "header", [ChunkHeader(3, 0, CS), ChunkHeader(2, 1, CS - 1), ChunkHeader(2, 0, CS - 1)]
+)
+def test_chunk_header_answering_something_else_is_refused(header: ChunkHeader) -> None:
+    data = frame_body(p.encode_chunk_header(header))
+    with pytest.raises(MalformedMessage):
+        p.decode_chunk_header(data, expect=ChunkRequest(FK, 2, 0, 0), chunk_len=CS)
+
+
+def test_have_round_trip() -> None:
+    bits = p.bitfield_empty(10)
+    for i in (0, 3, 9):
+        p.bitfield_set(bits, i)
+    assert p.decode_have(frame_body(p.encode_have(bytes(bits), 10)), chunks=10) == bits
+    assert p.decode_have(frame_body(p.encode_have(None, 10)), chunks=10) is None
+    assert p.decode_have(frame_body(p.encode_have(b"", 0)), chunks=0) == b""
+
+
+def test_catalog_round_trip() -> None:
+    bits = p.bitfield_empty(3)
+    p.bitfield_set(bits, 1)
+    entries = [
+        CatalogEntry("a/b c.txt", FK, 40000, None),
+        CatalogEntry("ü.txt", FileKey(SHA_B, 32768), 3 * 32768, bytes(bits)),
+        CatalogEntry("empty", FileKey(hashlib.sha256(b"").hexdigest(), CS), 0, None),
+        # The largest file the protocol allows at the largest chunk size.
+        CatalogEntry(
+            "huge.iso", FileKey(SHA_B, p.MAX_CHUNK), p.MAX_CHUNKS_PER_FILE * p.MAX_CHUNK, None
+        ),
+    ]
+    assert p.decode_catalog(p.encode_catalog(entries, 42)) == (42, entries)
+    assert entries[0].chunks == 3 and entries[2].chunks == 0
+    assert p.decode_catalog(p.encode_catalog([], 0)) == (0, [])
+
+
+def test_manifests_round_trip() -> None:
+    hashes = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+    empty = FileKey(hashlib.sha256(b"").hexdigest(), CS)
+    manifests = {FK: hashes, empty: []}
+    sizes = {FK: 2 * CS + 1, empty: 0, FileKey(SHA_B, CS): 5}  # SHA_B: the peer lacks it
+    assert p.decode_manifests(p.encode_manifests(manifests), sizes) == manifests
+
+
+def test_bitfield_helpers() -> None:
+    bits = p.bitfield_empty(10)
+    assert bits == bytearray(2)
+    for i in (0, 7, 8, 9):
+        p.bitfield_set(bits, i)
+    assert bits == bytearray([0b1000_0001, 0b1100_0000])
+    assert p.bitfield_count(bits) == 4
+    assert p.bitfield_indices(bits, 10) == [0, 7, 8, 9]
+    assert p.bitfield_has(bits, 7) and not p.bitfield_has(bits, 6)
+    assert p.bitfield_has(None, 12345)
+    assert p.bitfield_indices(None, 3) == [0, 1, 2]
+    assert p.bitfield_empty(0) == bytearray() and p.bitfield_empty(8) == bytearray(1)
+
+
+def test_chunk_count_and_length() -> None:
+    assert [p.chunk_count(n, CS) for n in (0, 1, CS - 1, CS, CS + 1)] == [0, 1, 1, 1, 2]
+    assert p.chunk_length(CS + 1, CS, 0) == CS
+    assert p.chunk_length(CS + 1, CS, 1) == 1
+
+
+def test_frames_larger_than_the_limit_are_refused() -> None:
+    with pytest.raises(MessageTooLarge):
+        p.frame({"op": "x" * p.MAX_FRAME})
+    with pytest.raises(MessageTooLarge):
+        p.frame_length((p.MAX_FRAME + 1).to_bytes(4, "big"))
+    assert p.frame_length(p.MAX_FRAME.to_bytes(4, "big")) == p.MAX_FRAME
+
+
+# ================================================================ bad announcements
+
+BAD_ANNOUNCES = [
+    pytest.param(datagram(pad="x" * p.MAX_DATAGRAM), None, MessageTooLarge, id="oversized"),
+    pytest.param(b"[" * 100_000, None, MessageTooLarge, id="huge-nesting"),
+    pytest.param(b"[" * 1300, None, MalformedMessage, id="deep-nesting-within-size"),
+    pytest.param(b"\x8f\x13\x00\xffrandom\x01", None, MalformedMessage, id="random-bytes"),
+    pytest.param(b"", None, MalformedMessage, id="empty"),
+    pytest.param(b'{"p2p": 1, "user": "\xff\xfe"}', None, MalformedMessage, id="not-utf8"),
+    pytest.param(b"[1, 2, 3]", None, MalformedMessage, id="json-array"),
+    pytest.param(b'"announce"', None, MalformedMessage, id="json-string"),
+    pytest.param(datagram(p2p=2), None, WrongVersion, id="wrong-version"),
+    pytest.param(datagram(p2p=DROP), None, WrongVersion, id="no-version"),
+    pytest.param(datagram(t="catalog"), None, WrongVersion, id="wrong-t"),
+    pytest.param(datagram(port=-1), None, MalformedMessage, id="negative-port"),
+    pytest.param(datagram(port=0), None, MalformedMessage, id="port-0"),
+    pytest.param(datagram(port=70000), None, MalformedMessage, id="port-70000"),
+    pytest.param(datagram(port=5000.0), None, MalformedMessage, id="port-float"),
+    pytest.param(datagram(port="5000"), None, MalformedMessage, id="port-string"),
+    pytest.param(datagram(port=True), None, MalformedMessage, id="port-bool"),
+    pytest.param(datagram(node="z" * 32), None, MalformedMessage, id="node-not-hex"),
+    pytest.param(datagram(node=NODE[:-1]), None, MalformedMessage, id="node-short"),
+    pytest.param(datagram(node=NODE + "0"), None, MalformedMessage, id="node-long"),
+    pytest.param(datagram(node=NODE.upper()), None, MalformedMessage, id="node-uppercase"),
+    pytest.param(datagram(node=12345), None, MalformedMessage, id="node-int"),
+    pytest.param(datagram(user="a\x07b"), None, MalformedMessage, id="user-control-char"),
+    pytest.param(datagram(user="a\nb"), None, MalformedMessage, id="user-newline"),
+    pytest.param(datagram(user="x" * 65), None, MessageTooLarge, id="user-too-long"),
+    pytest.param(datagram(user="ü" * 33), None, MessageTooLarge, id="user-too-many-bytes"),
+    pytest.param(datagram(user=None), None, MalformedMessage, id="user-null"),
+    pytest.param(datagram(cv=-1), None, MalformedMessage, id="negative-cv"),
+    pytest.param(datagram(seq=2**63), None, MalformedMessage, id="seq-too-big"),
+    pytest.param(datagram(seq=DROP), None, MalformedMessage, id="seq-missing"),
+    pytest.param(datagram(ts="now"), None, MalformedMessage, id="ts-string"),
+    pytest.param(datagram(ts=True), None, MalformedMessage, id="ts-bool"),
+    pytest.param(datagram(ts=float("nan")), None, MalformedMessage, id="ts-nan"),
+    pytest.param(datagram(ts=float("inf")), None, MalformedMessage, id="ts-inf"),
+    pytest.param(datagram(ts=float("-inf")), None, MalformedMessage, id="ts-minus-inf"),
+    pytest.param(
+        datagram().replace(str(TS).encode(), b"1e400"),
+        None,
+        MalformedMessage,
+        id="ts-overflows-to-inf",
+    ),
+    pytest.param(signed(ts=float("nan")), KEY, MalformedMessage, id="keyed-ts-nan"),
+    pytest.param(datagram(), KEY, WrongNetworkKey, id="missing-mac"),
+    pytest.param(datagram(mac=5), KEY, WrongNetworkKey, id="mac-not-string"),
+    pytest.param(signed("other key"), KEY, WrongNetworkKey, id="wrong-key"),
+    pytest.param(signed(ts=TS - 3600), KEY, WrongNetworkKey, id="stale-ts"),
+    pytest.param(signed(ts=TS + 3600), KEY, WrongNetworkKey, id="future-ts"),
+    pytest.param(
+        signed().replace(b'"port":5000', b'"port":5001'),
+        KEY,
+        WrongNetworkKey,
+        id="tampered-after-signing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "key", "exc"), BAD_ANNOUNCES)
+def test_bad_announcement_is_refused(data: bytes, key: str | None, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        p.decode_announce(data, key=key, now=TS, max_age=60)
+
+
+def test_timestamp_is_not_checked_without_a_key() -> None:
+    ann = p.decode_announce(datagram(ts=1.0), key=None, now=TS, max_age=60)
+    assert ann.sent_at == 1.0
+
+
+def test_keyed_announcement_with_non_ascii_mac_raises_protocol_error() -> None:
+    data = datagram(mac="é" * 64)
+    with pytest.raises(WrongNetworkKey):
+        p.decode_announce(data, key=KEY, now=TS, max_age=60)
+
+
+def test_keyed_announcement_with_lone_surrogate_raises_protocol_error() -> None:
+    data = datagram(mac="0" * 64).replace(b'"alice"', b'"\\ud800"')
+    with pytest.raises(ProtocolError):
+        p.decode_announce(data, key=KEY, now=TS, max_age=60)
+
+
+def test_unkeyed_announcement_with_lone_surrogate_is_malformed() -> None:
+    data = datagram().replace(b'"alice"', b'"\\ud800"')
+    with pytest.raises(MalformedMessage):
+        p.decode_announce(data, key=None, now=TS, max_age=60)
+
+
+# ================================================================ bad TCP messages
+
+GET = {"op": "get", "sha": SHA_A, "cs": CS, "i": 0, "off": 0, "len": 0}
+
+BAD_REQUESTS = [
+    pytest.param(b"x" * (p.MAX_FRAME + 1), MessageTooLarge, id="oversized"),
+    pytest.param(b"[" * 60_000, MalformedMessage, id="deep-nesting"),
+    pytest.param(b"\xff\xfe\xfd", MalformedMessage, id="not-utf8"),
+    pytest.param(b"not json", MalformedMessage, id="not-json"),
+    pytest.param(body([]), MalformedMessage, id="array"),
+    pytest.param(body({}), MalformedMessage, id="no-op"),
+    pytest.param(body({"op": "delete"}), MalformedMessage, id="unknown-op"),
+    pytest.param(body({"op": ["x"] * 1000}), MalformedMessage, id="op-list"),
+    pytest.param(body({**GET, "sha": SHA_A.upper()}), MalformedMessage, id="sha-upper"),
+    pytest.param(body({**GET, "sha": SHA_A[:-1]}), MalformedMessage, id="sha-short"),
+    pytest.param(body({**GET, "cs": 16383}), MalformedMessage, id="cs-too-small"),
+    pytest.param(body({**GET, "cs": p.MAX_CHUNK + 1}), MalformedMessage, id="cs-too-big"),
+    pytest.param(body({**GET, "i": -1}), MalformedMessage, id="index-negative"),
+    pytest.param(body({**GET, "i": True}), MalformedMessage, id="index-bool"),
+    pytest.param(body({**GET, "off": p.MAX_CHUNK + 1}), MalformedMessage, id="offset-too-big"),
+    pytest.param(body({**GET, "len": -1}), MalformedMessage, id="len-negative"),
+    pytest.param(body({"op": "have", "sha": SHA_A}), MalformedMessage, id="have-no-cs"),
+    pytest.param(body({"op": "manifest", "files": []}), MalformedMessage, id="manifest-empty"),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A, CS]] * 257}),
+        MalformedMessage,
+        id="manifest-too-many",
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A]]}), MalformedMessage, id="manifest-item-short"
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [SHA_A]}), MalformedMessage, id="manifest-item-not-list"
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": {"a": 1}}), MalformedMessage, id="manifest-files-dict"
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A, "16384"]]}),
+        MalformedMessage,
+        id="manifest-cs-string",
+    ),
+    pytest.param(body({"op": "auth", "mac": "ab"}), MalformedMessage, id="auth-short-mac"),
+    pytest.param(body({"op": "auth"}), MalformedMessage, id="auth-no-mac"),
+]
+
+
+@pytest.mark.parametrize(("data", "exc"), BAD_REQUESTS)
+def test_bad_request_is_refused(data: bytes, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        p.decode_request(data)
+
+
+WELCOME = {"p2p": 1, "op": "welcome", "nonce": "ab" * 16, "auth": False}
+
+
+@pytest.mark.parametrize(
+    ("raw", "exc"),
+    [
+        ({**WELCOME, "p2p": 2}, WrongVersion),
+        ({**WELCOME, "op": "hello"}, WrongVersion),
+        ({**WELCOME, "auth": "yes"}, MalformedMessage),
+        ({**WELCOME, "auth": 1}, MalformedMessage),
+        ({**WELCOME, "nonce": "ab" * 15}, MalformedMessage),
+        ({**WELCOME, "nonce": "AB" * 16}, MalformedMessage),
+        (["welcome"], MalformedMessage),
+    ],
+)
+def test_bad_welcome_is_refused(raw: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        p.decode_welcome(body(raw))
+
+
+@pytest.mark.parametrize(
+    ("raw", "exc"),
+    [
+        ({"ok": False, "error": "nope"}, RemoteRefused),
+        ({"ok": False, "error": 5}, RemoteRefused),
+        ({"ok": False}, RemoteRefused),
+        ({"ok": "true"}, MalformedMessage),
+        ({"ok": 1}, MalformedMessage),
+        ({}, MalformedMessage),
+        ([True], MalformedMessage),
+    ],
+)
+def test_bad_reply_is_refused(raw: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        p.decode_reply(body(raw))
+
+
+@pytest.mark.parametrize(
+    ("bits", "chunks"),
+    [
+        pytest.param("!!!!", 8, id="not-base64"),
+        pytest.param("ü", 8, id="non-ascii"),
+        pytest.param(5, 8, id="int"),
+        pytest.param(b64(b"\xff"), 9, id="too-short"),
+        pytest.param(b64(b"\xff\x00"), 8, id="too-long"),
+        pytest.param(b64(b"\xff\xc0"), 9, id="spare-bit-set"),
+        pytest.param(b64(b"\x01"), 7, id="last-spare-bit-set"),
+        pytest.param(b64(b"\x00"), 0, id="bits-for-no-chunks"),
+    ],
+)
+def test_bad_have_bitfield_is_refused(bits: Any, chunks: int) -> None:
+    with pytest.raises(MalformedMessage):
+        p.decode_have(body({"ok": True, "n": chunks, "bits": bits}), chunks=chunks)
+
+
+# ================================================================ catalogs that lie
+
+GOOD_ENTRY = ["a.txt", SHA_A, 100, CS, None]
+
+
+def entry(**changes: Any) -> list[Any]:
+    fields = dict(zip(["name", "sha", "size", "cs", "have"], GOOD_ENTRY, strict=True))
+    fields.update(changes)
+    return list(fields.values())
+
+
+def test_good_catalog_entry_helper_is_accepted() -> None:
+    assert p.decode_catalog(catalog_payload([entry()]))[1][0].name == "a.txt"
+
+
+BAD_CATALOGS = [
+    pytest.param(catalog_payload([entry(name="/etc/passwd")]), MalformedMessage, id="absolute"),
+    pytest.param(catalog_payload([entry(name="C:/x.txt")]), MalformedMessage, id="drive"),
+    pytest.param(catalog_payload([entry(name="../up.txt")]), MalformedMessage, id="dotdot-first"),
+    pytest.param(catalog_payload([entry(name="a/../../b")]), MalformedMessage, id="dotdot-inner"),
+    pytest.param(catalog_payload([entry(name="..")]), MalformedMessage, id="dotdot-only"),
+    pytest.param(catalog_payload([entry(name="a/./b")]), MalformedMessage, id="dot-part"),
+    pytest.param(catalog_payload([entry(name="a\x00b")]), MalformedMessage, id="nul"),
+    pytest.param(catalog_payload([entry(name="a\nb")]), MalformedMessage, id="newline"),
+    pytest.param(catalog_payload([entry(name="a\x1b[2Jb")]), MalformedMessage, id="escape"),
+    pytest.param(catalog_payload([entry(name="a\\..\\b")]), MalformedMessage, id="backslash"),
+    pytest.param(catalog_payload([entry(name="a//b")]), MalformedMessage, id="empty-part"),
+    pytest.param(catalog_payload([entry(name="a/")]), MalformedMessage, id="trailing-slash"),
+    pytest.param(catalog_payload([entry(name="")]), MalformedMessage, id="empty-name"),
+    pytest.param(catalog_payload([entry(name=5)]), MalformedMessage, id="name-int"),
+    pytest.param(catalog_payload([entry(name="\ud800")]), MalformedMessage, id="surrogate"),
+    pytest.param(catalog_payload([entry(name="x" * 256)]), MalformedMessage, id="part-256"),
+    pytest.param(
+        catalog_payload([entry(name="a/" * 600 + "b")]), MessageTooLarge, id="name-too-long"
+    ),
+    pytest.param(catalog_payload([entry(size=-1)]), MalformedMessage, id="size-negative"),
+    pytest.param(catalog_payload([entry(size=2**50 + 1)]), MalformedMessage, id="size-huge"),
+    pytest.param(catalog_payload([entry(size="100")]), MalformedMessage, id="size-string"),
+    pytest.param(catalog_payload([entry(size=100.0)]), MalformedMessage, id="size-float"),
+    pytest.param(catalog_payload([entry(cs=16383)]), MalformedMessage, id="cs-small"),
+    pytest.param(catalog_payload([entry(cs=p.MAX_CHUNK + 1)]), MalformedMessage, id="cs-big"),
+    pytest.param(catalog_payload([entry(size=2**40)]), MalformedMessage, id="too-many-chunks"),
+    pytest.param(catalog_payload([entry(sha=SHA_A.upper())]), MalformedMessage, id="sha-upper"),
+    pytest.param(catalog_payload([entry(sha=None)]), MalformedMessage, id="sha-null"),
+    pytest.param(
+        catalog_payload([entry(have=b64(b"\x80\x00"))]), MalformedMessage, id="bitfield-too-long"
+    ),
+    pytest.param(
+        catalog_payload([entry(size=9 * CS, have=b64(b"\xff"))]),
+        MalformedMessage,
+        id="bitfield-too-short",
+    ),
+    pytest.param(
+        catalog_payload([entry(have=b64(b"\x40"))]), MalformedMessage, id="bitfield-spare-bits"
+    ),
+    pytest.param(catalog_payload([entry(have="%%%")]), MalformedMessage, id="bitfield-not-b64"),
+    pytest.param(catalog_payload([entry()[:4]]), MalformedMessage, id="four-fields"),
+    pytest.param(catalog_payload([[*entry(), 0]]), MalformedMessage, id="six-fields"),
+    pytest.param(catalog_payload([{"name": "a.txt"}]), MalformedMessage, id="entry-dict"),
+    pytest.param(catalog_payload({"a.txt": GOOD_ENTRY}), MalformedMessage, id="files-dict"),
+    pytest.param(catalog_payload([entry()], cv=-1), MalformedMessage, id="cv-negative"),
+    pytest.param(catalog_payload([entry()], cv=None), MalformedMessage, id="cv-null"),
+    pytest.param(zlib.compress(b"[]"), MalformedMessage, id="array"),
+    pytest.param(zlib.compress(b"\xff{}"), MalformedMessage, id="not-utf8"),
+    pytest.param(b"not zlib at all", MalformedMessage, id="not-zlib"),
+    pytest.param(catalog_payload([entry()])[:-6], MalformedMessage, id="truncated"),
+    pytest.param(b"", MalformedMessage, id="empty"),
+]
+
+
+@pytest.mark.parametrize(("payload", "exc"), BAD_CATALOGS)
+def test_lying_catalog_is_refused(payload: bytes, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        p.decode_catalog(payload)
+
+
+def test_catalog_that_inflates_past_the_limit_is_refused() -> None:
+    bomb = zlib.compress(b" " * (p.MAX_CATALOG_BYTES + 1), 1)
+    assert len(bomb) < 1024 * 1024
+    with pytest.raises(MessageTooLarge):
+        p.decode_catalog(bomb)
+
+
+@pytest.mark.parametrize(
+    "name", ["a/b c.txt", "ü.txt", "..hidden", "a..b", "dir/.dotfile", "x" * 255, "日本/語.md"]
+)
+def test_check_name_accepts(name: str) -> None:
+    assert p.check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "/abs", "c:x", "..", ".", "a/..", "a\\b", "a//b", "a\tb", "a\x7fb", None, b"bytes"],
+)
+def test_check_name_refuses(name: Any) -> None:
+    with pytest.raises(ProtocolError):
+        p.check_name(name)
+
+
+# ================================================================ manifests that lie
+
+THREE_CHUNKS = 2 * CS + 1
+HASHES = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+ASKED = {FK: THREE_CHUNKS}
+
+
+def manifest_payload(raw: Any) -> bytes:
+    return zlib.compress(json.dumps(raw).encode())
+
+
+def digests(hashes: list[str]) -> str:
+    return b64(b"".join(bytes.fromhex(h) for h in hashes))
+
+
+BAD_MANIFESTS = [
+    pytest.param({f"{SHA_A}:{CS}": digests(HASHES[:2])}, id="too-few-hashes"),
+    pytest.param({f"{SHA_A}:{CS}": digests(HASHES * 2)}, id="too-many-hashes"),
+    pytest.param({f"{SHA_A}:{CS}": b64(b"\x00" * 95)}, id="partial-digest"),
+    pytest.param({f"{SHA_B}:{CS}": digests(HASHES)}, id="file-not-asked"),
+    pytest.param({f"{SHA_A}:32768": digests(HASHES)}, id="chunk-size-not-asked"),
+    pytest.param({SHA_A: digests(HASHES)}, id="label-without-chunk-size"),
+    pytest.param({f"{SHA_A}:-16384": digests(HASHES)}, id="label-negative-chunk-size"),
+    pytest.param({f"{SHA_A}:{CS}": HASHES}, id="value-list"),
+    pytest.param({f"{SHA_A}:{CS}": "!!not base64!!"}, id="value-not-base64"),
+    pytest.param([digests(HASHES)], id="array"),
+]
+
+
+@pytest.mark.parametrize("raw", BAD_MANIFESTS)
+def test_lying_manifest_is_refused(raw: Any) -> None:
+    with pytest.raises(MalformedMessage):
+        p.decode_manifests(manifest_payload(raw), ASKED)
+
+
+def test_manifest_that_is_not_zlib_is_refused() -> None:
+    with pytest.raises(MalformedMessage):
+        p.decode_manifests(b"\x00\x01garbage", ASKED)
+
+
+@pytest.mark.parametrize("cs_text", ["²", "1" * 5000], ids=["superscript-two", "5000-digits"])
+def test_manifest_label_with_odd_digits_raises_protocol_error(cs_text: str) -> None:
+    with pytest.raises(MalformedMessage):
+        p.decode_manifests(manifest_payload({f"{SHA_A}:{cs_text}": digests(HASHES)}), ASKED)
+
+
+# ================================================================ random input
+
+PROPERTY = settings(max_examples=300, deadline=None)
+SHAPED = settings(max_examples=200, deadline=None)
+
+
+def only_protocol_errors(decode: Any, data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000), st.sampled_from([None, KEY]))
+def test_random_bytes_into_decode_announce(data: bytes, key: str | None) -> None:
+    only_protocol_errors(lambda d: p.decode_announce(d, key=key, now=TS, max_age=60), data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000))
+def test_random_bytes_into_decode_request(data: bytes) -> None:
+    only_protocol_errors(p.decode_request, data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000))
+def test_random_bytes_into_decode_welcome(data: bytes) -> None:
+    only_protocol_errors(p.decode_welcome, data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000))
+def test_random_bytes_into_decode_reply(data: bytes) -> None:
+    only_protocol_errors(p.decode_reply, data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000), st.booleans())
+def test_random_bytes_into_decode_catalog(data: bytes, compress: bool) -> None:
+    only_protocol_errors(p.decode_catalog, zlib.compress(data) if compress else data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000), st.booleans())
+def test_random_bytes_into_decode_manifests(data: bytes, compress: bool) -> None:
+    only_protocol_errors(
+        lambda d: p.decode_manifests(d, ASKED), zlib.compress(data) if compress else data
+    )
+
+
+@PROPERTY
+@given(st.binary(max_size=2000), st.integers(0, 64))
+def test_random_bytes_into_decode_have(data: bytes, chunks: int) -> None:
+    only_protocol_errors(lambda d: p.decode_have(d, chunks=chunks), data)
+
+
+@PROPERTY
+@given(st.binary(max_size=2000))
+def test_random_bytes_into_decode_chunk_header(data: bytes) -> None:
+    only_protocol_errors(
+        lambda d: p.decode_chunk_header(d, expect=ChunkRequest(FK, 0, 0, 0), chunk_len=CS), data
+    )
+
+
+# JSON that has the right shape but wrong values reaches the field checks that
+# random bytes never get past.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def maybe(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return good | json_values
+
+
+@SHAPED
+@given(
+    st.fixed_dictionaries(
+        {
+            "p2p": maybe(st.just(1)),
+            "t": maybe(st.just("announce")),
+            "node": maybe(st.just(NODE)),
+            "user": maybe(st.text(max_size=70)),
+            "port": maybe(st.integers(-10, 70000)),
+            "cv": maybe(st.integers()),
+            "seq": maybe(st.integers()),
+            "ts": maybe(st.floats()),
+        }
+    )
+)
+def test_json_shaped_announcements_raise_only_protocol_errors(raw: dict[str, Any]) -> None:
+    only_protocol_errors(
+        lambda d: p.decode_announce(d, key=None, now=TS, max_age=60), json.dumps(raw).encode()
+    )
+
+
+@SHAPED
+@given(
+    st.fixed_dictionaries(
+        {
+            "op": st.sampled_from(["get", "have", "catalog", "auth", "manifest"]) | json_values,
+            "sha": maybe(st.just(SHA_A)),
+            "cs": maybe(st.integers()),
+            "i": maybe(st.integers()),
+            "off": maybe(st.integers()),
+            "len": maybe(st.integers()),
+            "mac": maybe(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+            "files": maybe(
+                st.lists(st.lists(maybe(st.just(SHA_A)) | st.integers(), max_size=3), max_size=4)
+            ),
+        }
+    )
+)
+def test_json_shaped_requests_raise_only_protocol_errors(raw: dict[str, Any]) -> None:
+    only_protocol_errors(p.decode_request, json.dumps(raw).encode())
+
+
+@SHAPED
+@given(
+    maybe(st.integers(-5, 10)),
+    st.lists(
+        st.tuples(
+            maybe(st.text(max_size=30)),
+            maybe(st.just(SHA_A)),
+            maybe(st.integers(-5, 2**51)),
+            maybe(st.integers(0, 2**27)),
+            maybe(st.binary(max_size=4).map(b64)),
+        ).map(list)
+        | json_values,
+        max_size=5,
+    ),
+)
+def test_json_shaped_catalogs_raise_only_protocol_errors(cv: Any, files: list[Any]) -> None:
+    only_protocol_errors(p.decode_catalog, catalog_payload(files, cv))
+
+
+@SHAPED
+@given(
+    st.dictionaries(
+        st.builds(lambda sha, cs: f"{sha}:{cs}", st.sampled_from([SHA_A, SHA_B]), st.integers())
+        | st.text(alphabet=st.characters(blacklist_characters=":"), max_size=10),
+        maybe(st.binary(max_size=200).map(b64)),
+        max_size=4,
+    )
+)
+def test_json_shaped_manifests_raise_only_protocol_errors(raw: dict[str, Any]) -> None:
+    only_protocol_errors(lambda d: p.decode_manifests(d, ASKED), manifest_payload(raw))
