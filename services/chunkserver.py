@@ -8,6 +8,7 @@ still serve a genuine peer at full speed. Chunk bytes leave with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -23,7 +24,6 @@ from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
-import contextlib
 
 log = logging.getLogger("p2p.server")
 

@@ -10,6 +10,7 @@ cut trusts exactly what is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -30,7 +31,6 @@ from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.picker import Picker
 from p2pshare.services.publish import PublishError, publish, safe_destination
 from p2pshare.services.settings import Settings
-import contextlib
 
 log = logging.getLogger("p2p.download")
 

@@ -77,8 +77,10 @@ def wait_until(
             return value
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for "
-                                 f"{what or getattr(pred, '__name__', 'condition')}{detail}")
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for "
+                f"{what or getattr(pred, '__name__', 'condition')}{detail}"
+            )
         time.sleep(interval)
 
 
@@ -139,6 +141,7 @@ class Node:
         self.username = f"{label}-{secrets.token_hex(3)}"
         self.udp_port = udp_port
         (self.home / "logs").mkdir()
+        (self.home / "shared").mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
         env.update(
             P2P_HOME=str(self.home),
@@ -184,8 +187,11 @@ class Node:
             with open(self.home / "logs" / f"{role}.log", "ab") as log:
                 self.procs[role] = subprocess.Popen(
                     [*self.prefix, sys.executable, "-m", f"p2pshare.services.{role}"],
-                    env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.home,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             self.exit_codes.pop(role, None)
         if wait:
@@ -197,15 +203,20 @@ class Node:
         with open(self.home / "logs" / "supervisord.out", "ab") as out:
             self.supervisord = subprocess.Popen(
                 [_supervisor_bin("supervisord"), "-c", str(SUPERVISORD_CONF), "-n"],
-                env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         if wait:
             self.wait_alive()
 
     def heartbeats(self) -> dict[str, tuple[int, float]]:
-        return {role: (pid, beat) for role, pid, beat in
-                self.sql("SELECT role, pid, beat_at FROM heartbeats")}
+        return {
+            role: (pid, beat)
+            for role, pid, beat in self.sql("SELECT role, pid, beat_at FROM heartbeats")
+        }
 
     def wait_alive(self, roles: tuple[str, ...] = ROLES, timeout: float = START_TIMEOUT) -> None:
         """Wait until each role has written a heartbeat (from the process we started)."""
@@ -213,11 +224,13 @@ class Node:
         def alive() -> bool:
             for role, proc in self.procs.items():
                 if role in roles and proc.poll() is not None:
-                    raise AssertionError(f"{self}: {role} exited with {proc.returncode}:\n"
-                                         f"{self.log(role)[-3000:]}")
+                    raise AssertionError(
+                        f"{self}: {role} exited with {proc.returncode}:\n{self.log(role)[-3000:]}"
+                    )
             if self.supervisord is not None and self.supervisord.poll() is not None:
-                raise AssertionError(f"{self}: supervisord exited with "
-                                     f"{self.supervisord.returncode}")
+                raise AssertionError(
+                    f"{self}: supervisord exited with {self.supervisord.returncode}"
+                )
             beats = self.heartbeats()
             return all(
                 role in beats and (role not in self.procs or beats[role][0] == self.procs[role].pid)
@@ -278,7 +291,11 @@ class Node:
         """Run p2pctl with this node's environment, from a folder that is not the home."""
         return subprocess.run(
             [sys.executable, "-m", "p2pshare.cli.main", *args],
-            env=self.env, cwd="/", capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def p2pctl_json(self, *args: str) -> Any:
@@ -289,7 +306,11 @@ class Node:
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [_supervisor_bin("supervisorctl"), "-c", str(SUPERVISORD_CONF), *args],
-            env=self.env, cwd="/", capture_output=True, text=True, timeout=30,
+            env=self.env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     def sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
@@ -314,9 +335,13 @@ class Node:
 
     def peers(self) -> dict[str, tuple[Any, ...]]:
         """username -> (node_id, address, tcp_port, catalog_version, catalog_synced)."""
-        return {row[0]: row[1:] for row in self.sql(
-            "SELECT username, node_id, address, tcp_port, catalog_version, catalog_synced "
-            "FROM peers")}
+        return {
+            row[0]: row[1:]
+            for row in self.sql(
+                "SELECT username, node_id, address, tcp_port, catalog_version, catalog_synced "
+                "FROM peers"
+            )
+        }
 
     def sees(self, *others: Node) -> bool:
         """Every other node is in our peers table, under its current node id."""
@@ -324,9 +349,14 @@ class Node:
         return all(o.username in peers and peers[o.username][0] == o.node_id() for o in others)
 
     def holdings_of(self, peer_username: str) -> int:
-        return int(self.scalar(
-            "SELECT count(*) FROM holdings h JOIN peers p ON p.id = h.peer_id "
-            "WHERE p.username = ?", (peer_username,)) or 0)
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM holdings h JOIN peers p ON p.id = h.peer_id "
+                "WHERE p.username = ?",
+                (peer_username,),
+            )
+            or 0
+        )
 
     def log(self, role: str) -> str:
         path = self.home / "logs" / f"{role}.log"
@@ -334,13 +364,17 @@ class Node:
 
     def logs(self) -> dict[str, str]:
         """Role log text by role (those that exist)."""
-        return {role: self.log(role) for role in ROLES
-                if (self.home / "logs" / f"{role}.log").exists()}
+        return {
+            role: self.log(role) for role in ROLES if (self.home / "logs" / f"{role}.log").exists()
+        }
 
     def log_problems(self) -> list[str]:
-        return [f"{self}: {role}.log contains {bad!r}"
-                for role, text in self.logs().items()
-                for bad in FORBIDDEN_LOG_TEXT if bad in text]
+        return [
+            f"{self}: {role}.log contains {bad!r}"
+            for role, text in self.logs().items()
+            for bad in FORBIDDEN_LOG_TEXT
+            if bad in text
+        ]
 
 
 # ---------------------------------------------------------------- fake peers
@@ -357,9 +391,13 @@ class FakePeer:
 
     catalog: bytes
     manifests: Callable[[protocol.ManifestRequest], bytes] = field(
-        default=lambda req: protocol.encode_manifests({}))
+        default=lambda req: protocol.encode_manifests({})
+    )
     node_id: str = field(default_factory=lambda: secrets.token_hex(16))
     username: str = field(default_factory=lambda: f"fake-{secrets.token_hex(3)}")
+    # A peer that holds a catalog fetch open: "silent" answers nothing after the first
+    # request; "trickle" promises a 1 MB catalog and sends one byte of it per second.
+    stall: str | None = None
     requests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -402,6 +440,16 @@ class FakePeer:
                 if body is None:
                     return
                 req = protocol.decode_request(body)
+                if self.stall:
+                    self.requests.append("stalled")
+                    if self.stall == "trickle":
+                        conn.sendall(protocol.encode_ok(len=1_000_000))
+                    for _ in range(120):  # bounded; the fixture's teardown ends it sooner
+                        if self.stopping.wait(1.0):
+                            return
+                        if self.stall == "trickle":
+                            conn.sendall(b" ")
+                    return
                 if isinstance(req, protocol.CatalogRequest):
                     self.requests.append("catalog")
                     payload = self.catalog
@@ -435,12 +483,20 @@ def send_datagram(data: bytes, port: int, target: str = LOOPBACK_BROADCAST) -> N
 
 
 def announce(
-    port: int, *, node_id: str, username: str, tcp_port: int, catalog_version: int = 1,
-    seq: int = 1, key: str | None = None, target: str = LOOPBACK_BROADCAST,
+    port: int,
+    *,
+    node_id: str,
+    username: str,
+    tcp_port: int,
+    catalog_version: int = 1,
+    seq: int = 1,
+    key: str | None = None,
+    target: str = LOOPBACK_BROADCAST,
 ) -> bytes:
     """Forge one announcement with protocol.encode_announce and send it; returns the bytes."""
     data = protocol.encode_announce(
-        protocol.Announce(node_id, username, tcp_port, catalog_version, seq, time.time()), key=key)
+        protocol.Announce(node_id, username, tcp_port, catalog_version, seq, time.time()), key=key
+    )
     send_datagram(data, port, target)
     return data
 
@@ -507,9 +563,7 @@ def udp_port() -> int:
 
 
 @pytest.fixture
-def make_node(
-    request: pytest.FixtureRequest, udp_port: int
-) -> Iterator[Callable[..., Node]]:
+def make_node(request: pytest.FixtureRequest, udp_port: int) -> Iterator[Callable[..., Node]]:
     """Factory: make_node("a", P2P_PEER_TTL=3) -> a Node (not started) on this test's UDP port.
 
     Teardown stops every node (SIGTERM, exit 0 within 10 s) and checks every role
@@ -529,11 +583,16 @@ def make_node(
     problems: list[str] = []
     for node in nodes:
         codes = node.wait_stopped()
-        problems += [f"{node}: {who} exited with {code} on SIGTERM"
-                     for who, code in codes.items() if code != 0]
+        problems += [
+            f"{node}: {who} exited with {code} on SIGTERM"
+            for who, code in codes.items()
+            if code != 0
+        ]
         problems += node.log_problems()
-    failed = getattr(request.node, "rep_call", None)
-    if problems or (failed is not None and not failed.passed):
+    call = getattr(request.node, "rep_call", None)
+    failed = call is None or call.failed  # an expected failure (xfail) cleans up too
+    keep = os.environ.get("P2P_TEST_KEEP") == "1"  # to read the logs of a passing test
+    if keep or problems or failed:
         for node in nodes:
             print(f"kept {node.home} for inspection")
     else:
@@ -564,20 +623,29 @@ def capture(udp_port: int) -> Iterator[DatagramCapture]:
     cap.close()
 
 
+@pytest.fixture(name="free_tcp_port")
+def free_tcp_port_fixture() -> Callable[[], int]:
+    return free_tcp_port
+
+
 @pytest.fixture(name="wait_until")
 def wait_until_fixture() -> Callable[..., Any]:
     return wait_until
 
 
-def catalog_entry(name: str, content: bytes, chunk_size: int = protocol.MIN_CHUNK
-                  ) -> tuple[protocol.CatalogEntry, list[str]]:
+def catalog_entry(
+    name: str, content: bytes, chunk_size: int = protocol.MIN_CHUNK
+) -> tuple[protocol.CatalogEntry, list[str]]:
     """A true catalog entry for `content` under `name` (not checked), and its chunk hashes."""
     import hashlib
 
-    hashes = [hashlib.sha256(content[i:i + chunk_size]).hexdigest()
-              for i in range(0, len(content), chunk_size)]
+    hashes = [
+        hashlib.sha256(content[i : i + chunk_size]).hexdigest()
+        for i in range(0, len(content), chunk_size)
+    ]
     entry = protocol.CatalogEntry(
-        name, protocol.FileKey(hashlib.sha256(content).hexdigest(), chunk_size), len(content), None)
+        name, protocol.FileKey(hashlib.sha256(content).hexdigest(), chunk_size), len(content), None
+    )
     return entry, hashes
 
 
@@ -594,4 +662,3 @@ def announce_fixture() -> Callable[..., bytes]:
 @pytest.fixture(name="send_datagram")
 def send_datagram_fixture() -> Callable[..., None]:
     return send_datagram
-

@@ -54,22 +54,35 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     expected = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
-    files = wait_until(lambda: (f := shared_files(node)) and set(f) == set(expected) and f,
-                       10, interval=0.2, what="the shared files to be indexed")
+    files = wait_until(
+        lambda: (f := shared_files(node)) and set(f) == set(expected) and f,
+        10,
+        interval=0.2,
+        what="the shared files to be indexed",
+    )
     assert {name: f["sha256"] for name, f in files.items()} == expected
     assert {name: f["size"] for name, f in files.items()} == {
-        name: len(data) for name, data in contents.items()}
+        name: len(data) for name, data in contents.items()
+    }
 
     # A removed file disappears.
     (node.share / "hello.txt").unlink()
-    wait_until(lambda: "hello.txt" not in shared_files(node), 10, interval=0.2,
-               what="hello.txt to leave the catalog")
+    wait_until(
+        lambda: "hello.txt" not in shared_files(node),
+        10,
+        interval=0.2,
+        what="hello.txt to leave the catalog",
+    )
     assert set(shared_files(node)) == set(expected) - {"hello.txt"}
 
     # The documented tables are there for sqlite3 users.
     if shutil.which("sqlite3"):
-        done = subprocess.run(["sqlite3", "-readonly", str(node.db_path), ".tables"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["sqlite3", "-readonly", str(node.db_path), ".tables"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         tables = set(done.stdout.split())
     else:
@@ -87,6 +100,11 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     # Each role cleared its own heartbeat on the way out; the server its port.
     assert node.sql("SELECT role FROM heartbeats") == []
     assert node.tcp_port() is None
+    # p2pctl now says so in one sentence, with a non-zero exit and no traceback.
+    done = node.p2pctl("peers")
+    assert done.returncode != 0
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert "not running" in done.stderr and "Traceback" not in done.stderr
 
 
 def _is_zombie(pid: int) -> bool:
@@ -106,7 +124,11 @@ def test_server_with_taken_tcp_port_says_so_in_one_line(make_node):
         node.env["P2P_TCP_PORT"] = str(port)
         done = subprocess.run(
             [sys.executable, "-m", "p2pshare.services.server"],
-            env=node.env, cwd=node.home, capture_output=True, text=True, timeout=30,
+            env=node.env,
+            cwd=node.home,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
