@@ -145,7 +145,7 @@ def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
 
 def _num(raw: dict[str, Any], key: str) -> float:
     value = raw.get(key)
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise MalformedMessage(f"{key!r} must be a number")
     return float(value)
 
