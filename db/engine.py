@@ -125,6 +125,9 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(p2p_begin="DEFERRED"), expire_on_commit=False
         )
+        # Write transactions begun by this process; the benchmark reads it from the
+        # downloader's heartbeat to show chunk bookkeeping is batched.
+        self.write_count = 0
 
     @classmethod
     def open(cls, path: Path) -> Database:
@@ -152,6 +155,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
+        self.write_count += 1
         with self._writer() as session, session.begin():
             yield session
 

@@ -31,7 +31,7 @@ def run(ctx: RoleContext) -> None:
                 waiting = [d for d in dbdl.unfinished_downloads(s) if d not in jobs]
             for download_id in waiting[: MAX_ACTIVE - len(jobs)]:
                 jobs[download_id] = start_job(ctx, download_id)
-            ctx.detail = f"{len(jobs)} downloads running"
+            ctx.detail = f"{len(jobs)} running, {ctx.database.write_count} db writes"
     finally:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for thread in jobs.values():
