@@ -18,6 +18,7 @@ STOP_GRACE_SECONDS = 6.0
 
 
 def run(ctx: RoleContext) -> None:
+    ctx.detail = "0 running, 0 db writes"
     start_heartbeat(ctx)
     jobs: dict[int, threading.Thread] = {}
     try:

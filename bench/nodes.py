@@ -1,0 +1,147 @@
+"""Real p2pshare nodes under supervisord for the benchmark, on loopback only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "supervisord.conf"
+LOOPBACK = "127.0.0.1"
+LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll until pred() is truthy; raise after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = pred()
+        except (sqlite3.Error, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def supervisord_bin() -> str:
+    beside = Path(sys.executable).with_name("supervisord")
+    return str(beside) if beside.is_file() else (shutil.which("supervisord") or "supervisord")
+
+
+class BenchNode:
+    """A node with its own P2P_HOME, run by its own supervisord in the foreground."""
+
+    def __init__(self, root: Path, label: str, udp_port: int, **settings: object) -> None:
+        self.home = root / label
+        self.label = label
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        (self.home / "shared").mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+        env.update(
+            P2P_HOME=str(self.home),
+            P2P_BIND=LOOPBACK,
+            P2P_BROADCAST=LOOPBACK_BROADCAST,
+            P2P_TCP_PORT="0",
+            P2P_UDP_PORT=str(udp_port),
+            P2P_ANNOUNCE_INTERVAL="5",
+            P2P_USERNAME=label,
+        )
+        env.update({k: str(v) for k, v in settings.items()})
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def share(self) -> Path:
+        return self.home / "shared"
+
+    @property
+    def downloads(self) -> Path:
+        return self.home / "downloads"
+
+    def start(self) -> float:
+        """Start supervisord; returns the wall-clock time it was launched."""
+        started = time.time()
+        self.proc = subprocess.Popen(
+            [supervisord_bin(), "-c", str(CONF), "-n"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return started
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            now = time.time()
+            rows = self.sql("SELECT role FROM heartbeats WHERE beat_at > ?", (now - 5,))
+            port = self.sql("SELECT tcp_port FROM node")
+            return len(rows) == 4 and bool(port) and port[0][0] is not None
+
+        wait_for(ready, timeout, f"{self.label} to start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        db = self.home / "p2p.db"
+        if not db.exists():
+            raise FileNotFoundError(db)
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def scalar(self, query: str, params: tuple[object, ...] = ()) -> Any:
+        rows = self.sql(query, params)
+        return rows[0][0] if rows else None
+
+    def p2pctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "p2pshare.cli.main", *args],
+            env=self.env, capture_output=True, text=True, timeout=600,
+        )
+
+    def role_pid(self, role: str) -> int:
+        return int(self.scalar("SELECT pid FROM heartbeats WHERE role = ?", (role,)))
+
+    def peak_rss_mb(self, role: str) -> float:
+        """VmHWM of a role: the most resident memory it ever had, in MB."""
+        for line in Path(f"/proc/{self.role_pid(role)}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def db_writes(self) -> int:
+        detail = str(self.scalar("SELECT detail FROM heartbeats WHERE role = 'downloader'"))
+        return int(detail.split(",")[-1].split()[0])
+
+    def knows(self, name: str, peers: int = 1) -> bool:
+        n = self.scalar(
+            "SELECT count(DISTINCT peer_id) FROM holdings WHERE name = ? AND bitfield IS NULL",
+            (name,),
+        )
+        return bool(n and n >= peers)
+
+    def forget_download(self, name: str) -> None:
+        """Remove a finished download so the same file can be fetched again."""
+        for path in self.downloads.glob(f"{Path(name).stem}*"):
+            path.unlink()
+        wait_for(
+            lambda: not self.sql("SELECT 1 FROM local_files WHERE root = 'download'"),
+            30, "the indexer to notice the removed download",
+        )
