@@ -119,7 +119,8 @@ class Bench:
         def finished() -> tuple[str, float, float, str] | None:
             row = node.sql(
                 "SELECT status, requested_at, finished_at, reason FROM downloads "
-                "ORDER BY id DESC LIMIT 1")
+                "ORDER BY id DESC LIMIT 1"
+            )
             return row[0] if row and row[0][0] in ("done", "failed") else None
 
         status, requested, done, reason = wait_for(finished, 900, "the download", 0.01)
@@ -158,23 +159,52 @@ class Bench:
         ref = [self._refcopy() for _ in range(self.reps)]
         curl = self._curl()
         one_rate = mbps(self.size, median(one))
-        self.rows.append(Row(
-            f"1 seeder, {self.size // MIB} MiB, verified vs sendfile->recv_into copy",
-            f"{one_rate:.0f} MB/s", f"{mbps(self.size, median(ref)):.0f} MB/s",
-            f"{median(ref) / median(one):.2f}x",
-            f"dl {rss_dl:.0f} MB, srv {rss_srv:.0f} MB", ">= 0.8x; RSS < 100 MB",
-            {"p2pshare_s": one, "reference_s": ref}))
+        self.rows.append(
+            Row(
+                f"1 seeder, {self.size // MIB} MiB, verified vs sendfile->recv_into copy",
+                f"{one_rate:.0f} MB/s",
+                f"{mbps(self.size, median(ref)):.0f} MB/s",
+                f"{median(ref) / median(one):.2f}x",
+                f"dl {rss_dl:.0f} MB, srv {rss_srv:.0f} MB",
+                ">= 0.8x; RSS < 100 MB",
+                {"p2pshare_s": one, "reference_s": ref},
+            )
+        )
         if curl:
-            self.rows.append(Row(
-                f"1 seeder, {self.size // MIB} MiB vs curl from nginx",
-                f"{one_rate:.0f} MB/s", f"{mbps(self.size, median(curl)):.0f} MB/s",
-                f"{median(curl) / median(one):.2f}x", "", ">= 1.0x", {"curl_s": curl}))
+            self.rows.append(
+                Row(
+                    f"1 seeder, {self.size // MIB} MiB vs curl from nginx",
+                    f"{one_rate:.0f} MB/s",
+                    f"{mbps(self.size, median(curl)):.0f} MB/s",
+                    f"{median(curl) / median(one):.2f}x",
+                    "",
+                    ">= 1.0x",
+                    {"curl_s": curl},
+                )
+            )
         else:
-            self.rows.append(Row("1 seeder vs curl from nginx", "-", "skipped", "-", "",
-                                 ">= 1.0x", {"note": "nginx or curl not installed"}))
-        self.rows.append(Row(
-            f"downloader db write transactions per {self.size // MIB} MiB", f"{median(writes):.0f}",
-            "-", "-", "", "a few hundred at most", {"writes": writes}))
+            self.rows.append(
+                Row(
+                    "1 seeder vs curl from nginx",
+                    "-",
+                    "skipped",
+                    "-",
+                    "",
+                    ">= 1.0x",
+                    {"note": "nginx or curl not installed"},
+                )
+            )
+        self.rows.append(
+            Row(
+                f"downloader db write transactions per {self.size // MIB} MiB",
+                f"{median(writes):.0f}",
+                "-",
+                "-",
+                "",
+                "a few hundred at most",
+                {"writes": writes},
+            )
+        )
         self.seed(seeders[1:])
         wait_for(lambda: leech.knows("big.bin", 3), 120, "the leecher to see three seeders")
         three = []
@@ -183,25 +213,50 @@ class Bench:
             self.verify(leech, "big.bin")
             three.append(seconds)
             leech.forget_download("big.bin")
-        self.rows.append(Row(
-            f"3 seeders, {self.size // MIB} MiB vs 1 seeder",
-            f"{mbps(self.size, median(three)):.0f} MB/s", f"{one_rate:.0f} MB/s",
-            f"{median(one) / median(three):.2f}x", "", ">= 1.0x", {"three_s": three}))
+        self.rows.append(
+            Row(
+                f"3 seeders, {self.size // MIB} MiB vs 1 seeder",
+                f"{mbps(self.size, median(three)):.0f} MB/s",
+                f"{one_rate:.0f} MB/s",
+                f"{median(one) / median(three):.2f}x",
+                "",
+                ">= 1.0x",
+                {"three_s": three},
+            )
+        )
         lt3 = self._libtorrent(3, 0)
         if lt3:
-            self.rows.append(Row(
-                f"3 seeders, {self.size // MIB} MiB vs libtorrent 3 seeders",
-                f"{mbps(self.size, median(three)):.0f} MB/s",
-                f"{mbps(self.size, median(lt3)):.0f} MB/s",
-                f"{median(lt3) / median(three):.2f}x", "", ">= 2.0x", {"libtorrent_s": lt3}))
+            self.rows.append(
+                Row(
+                    f"3 seeders, {self.size // MIB} MiB vs libtorrent 3 seeders",
+                    f"{mbps(self.size, median(three)):.0f} MB/s",
+                    f"{mbps(self.size, median(lt3)):.0f} MB/s",
+                    f"{median(lt3) / median(three):.2f}x",
+                    "",
+                    ">= 2.0x",
+                    {"libtorrent_s": lt3},
+                )
+            )
         else:
-            self.rows.append(Row("3 seeders vs libtorrent", "-", "skipped", "-", "", ">= 2.0x",
-                                 {"note": "python libtorrent not installed"}))
+            self.rows.append(
+                Row(
+                    "3 seeders vs libtorrent",
+                    "-",
+                    "skipped",
+                    "-",
+                    "",
+                    ">= 2.0x",
+                    {"note": "python libtorrent not installed"},
+                )
+            )
         self.stop_all()
 
     def _refcopy(self) -> float:
-        server = subprocess.Popen([sys.executable, str(HERE / "refcopy.py"), "serve",
-                                   str(self.big)], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, str(HERE / "refcopy.py"), "serve", str(self.big)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())
@@ -228,17 +283,25 @@ events {{ worker_connections 64; }}
 http {{ access_log off; sendfile on; tcp_nopush on;
   server {{ listen 127.0.0.1:{port}; root {self.big.parent}; }} }}
 """)
-        proc = subprocess.Popen([nginx, "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)],
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [nginx, "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)],
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            wait_for(lambda: socket.create_connection(("127.0.0.1", port)).close() or True, 10,
-                     "nginx", 0.05)
+            wait_for(
+                lambda: socket.create_connection(("127.0.0.1", port)).close() or True,
+                10,
+                "nginx",
+                0.05,
+            )
             times = []
             for _ in range(self.reps):
                 dest = self.root / "curl.out"
                 started = time.perf_counter()
-                subprocess.run([curl, "-sSf", "-o", str(dest),
-                                f"http://127.0.0.1:{port}/{self.big.name}"], check=True)
+                subprocess.run(
+                    [curl, "-sSf", "-o", str(dest), f"http://127.0.0.1:{port}/{self.big.name}"],
+                    check=True,
+                )
                 times.append(time.perf_counter() - started)
                 dest.unlink()
             return times
@@ -254,9 +317,19 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         path = size_file or self.big
         times = []
         for _ in range(self.reps):
-            out = subprocess.run([sys.executable, str(HERE / "lt_swarm.py"), str(path),
-                                  str(seeders), str(limit), str(self.root)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "lt_swarm.py"),
+                    str(path),
+                    str(seeders),
+                    str(limit),
+                    str(self.root),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             times.append(float(out.stdout.strip().splitlines()[-1]))
         return times
 
@@ -286,21 +359,41 @@ http {{ access_log off; sendfile on; tcp_nopush on;
             four.append(self.download(leech, "limited.bin")[0])
             leech.forget_download("limited.bin")
         one_rate = size / median(one)
-        self.rows.append(Row(
-            f"upload limit {RATE_LIMIT // MIB} MiB/s, 1 seeder, {size // MIB} MiB",
-            f"{one_rate / MIB:.1f} MiB/s", f"{RATE_LIMIT / MIB:.1f} MiB/s",
-            f"{one_rate / RATE_LIMIT:.2f}x", "", "within 20 %", {"one_s": one}))
-        self.rows.append(Row(
-            f"4 limited seeders vs 1, {size // MIB} MiB",
-            f"{size / median(four) / MIB:.1f} MiB/s", f"{one_rate / MIB:.1f} MiB/s",
-            f"{median(one) / median(four):.2f}x", "", ">= 3.6x (libtorrent ~2.9x)",
-            {"four_s": four}))
+        self.rows.append(
+            Row(
+                f"upload limit {RATE_LIMIT // MIB} MiB/s, 1 seeder, {size // MIB} MiB",
+                f"{one_rate / MIB:.1f} MiB/s",
+                f"{RATE_LIMIT / MIB:.1f} MiB/s",
+                f"{one_rate / RATE_LIMIT:.2f}x",
+                "",
+                "within 20 %",
+                {"one_s": one},
+            )
+        )
+        self.rows.append(
+            Row(
+                f"4 limited seeders vs 1, {size // MIB} MiB",
+                f"{size / median(four) / MIB:.1f} MiB/s",
+                f"{one_rate / MIB:.1f} MiB/s",
+                f"{median(one) / median(four):.2f}x",
+                "",
+                ">= 3.6x (libtorrent ~2.9x)",
+                {"four_s": four},
+            )
+        )
         lt1, lt4 = self._libtorrent(1, RATE_LIMIT, path), self._libtorrent(4, RATE_LIMIT, path)
         if lt1 and lt4:
-            self.rows.append(Row(
-                "libtorrent: 4 limited seeders vs 1", f"{size / median(lt4) / MIB:.1f} MiB/s",
-                f"{size / median(lt1) / MIB:.1f} MiB/s", f"{median(lt1) / median(lt4):.2f}x",
-                "", "reference", {"lt1_s": lt1, "lt4_s": lt4}))
+            self.rows.append(
+                Row(
+                    "libtorrent: 4 limited seeders vs 1",
+                    f"{size / median(lt4) / MIB:.1f} MiB/s",
+                    f"{size / median(lt1) / MIB:.1f} MiB/s",
+                    f"{median(lt1) / median(lt4):.2f}x",
+                    "",
+                    "reference",
+                    {"lt1_s": lt1, "lt4_s": lt4},
+                )
+            )
         self.stop_all()
 
     def discovery(self) -> None:
@@ -312,8 +405,11 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         for rep in range(self.reps):
             b = self.node(f"disc-b{rep}")
             launched = b.start()
-            wait_for(lambda b=b: a.scalar("SELECT count(*) FROM peers WHERE username = ?",
-                                          (b.label,)), 30, "discovery")
+            wait_for(
+                lambda b=b: a.scalar("SELECT count(*) FROM peers WHERE username = ?", (b.label,)),
+                30,
+                "discovery",
+            )
             starts.append(time.time() - launched)
             b.wait_ready()
             name = f"new-{rep}.txt"
@@ -322,10 +418,28 @@ http {{ access_log off; sendfile on; tcp_nopush on;
             wait_for(lambda name=name: a.knows(name), 30, "the new file")
             files.append(time.time() - dropped)
             b.stop()
-        self.rows.append(Row("discovery: node start -> in a peer's peers table",
-                             f"{median(starts):.2f} s", "-", "-", "", "< 1 s", {"s": starts}))
-        self.rows.append(Row("discovery: new file in share -> known by a peer",
-                             f"{median(files):.2f} s", "-", "-", "", "< 2 s", {"s": files}))
+        self.rows.append(
+            Row(
+                "discovery: node start -> in a peer's peers table",
+                f"{median(starts):.2f} s",
+                "-",
+                "-",
+                "",
+                "< 1 s",
+                {"s": starts},
+            )
+        )
+        self.rows.append(
+            Row(
+                "discovery: new file in share -> known by a peer",
+                f"{median(files):.2f} s",
+                "-",
+                "-",
+                "",
+                "< 2 s",
+                {"s": files},
+            )
+        )
         self.stop_all()
 
     def catalog(self) -> None:
@@ -356,16 +470,46 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         peer.start()
         peer.wait_ready()
         launched = big.start()
-        wait_for(lambda: peer.scalar("SELECT count(*) FROM holdings") == CATALOG_FILES, 120,
-                 "the peer to learn the catalog", 0.05)
+        wait_for(
+            lambda: peer.scalar("SELECT count(*) FROM holdings") == CATALOG_FILES,
+            120,
+            "the peer to learn the catalog",
+            0.05,
+        )
         learned = time.time() - launched
-        self.rows.append(Row(f"catalog {CATALOG_FILES} files: first index", f"{first:.2f} s",
-                             "-", "-", "", "", {"s": first}))
-        self.rows.append(Row(f"catalog {CATALOG_FILES} files: restart, nothing changed",
-                             f"{again:.2f} s", f"{first:.2f} s (first index)",
-                             f"{again / first:.3f}x", "", "< 2 s", {"s": again}))
-        self.rows.append(Row(f"catalog {CATALOG_FILES} files: node start -> peer knows all",
-                             f"{learned:.2f} s", "-", "-", "", "< 5 s", {"s": learned}))
+        self.rows.append(
+            Row(
+                f"catalog {CATALOG_FILES} files: first index",
+                f"{first:.2f} s",
+                "-",
+                "-",
+                "",
+                "",
+                {"s": first},
+            )
+        )
+        self.rows.append(
+            Row(
+                f"catalog {CATALOG_FILES} files: restart, nothing changed",
+                f"{again:.2f} s",
+                f"{first:.2f} s (first index)",
+                f"{again / first:.3f}x",
+                "",
+                "< 2 s",
+                {"s": again},
+            )
+        )
+        self.rows.append(
+            Row(
+                f"catalog {CATALOG_FILES} files: node start -> peer knows all",
+                f"{learned:.2f} s",
+                "-",
+                "-",
+                "",
+                "< 5 s",
+                {"s": learned},
+            )
+        )
         self.stop_all()
 
 
@@ -394,9 +538,12 @@ def main() -> None:
     finally:
         bench.stop_all()
         shutil.rmtree(root, ignore_errors=True)
-    print(tabulate([[r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal]
-                    for r in bench.rows],
-                   headers=["scenario", "p2pshare", "reference", "ratio", "peak RSS", "goal"]))
+    print(
+        tabulate(
+            [[r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal] for r in bench.rows],
+            headers=["scenario", "p2pshare", "reference", "ratio", "peak RSS", "goal"],
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([asdict(r) for r in bench.rows], indent=2))
     print(f"raw figures: {args.out}")

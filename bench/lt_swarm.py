@@ -9,11 +9,10 @@ P2P_UPLOAD_LIMIT. Run as a script so the swarm lives in its own processes:
 
 from __future__ import annotations
 
-import warnings
-
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,9 @@ def run(path: Path, seeders: int, upload_limit: int, dest: Path) -> float:
     for i in range(seeders):
         port = 0
         s = _session(port, upload_limit)
-        s.add_torrent({"ti": info, "save_path": str(path.parent),
-                       "flags": lt.torrent_flags.seed_mode})
+        s.add_torrent(
+            {"ti": info, "save_path": str(path.parent), "flags": lt.torrent_flags.seed_mode}
+        )
         seeds.append(s)
     time.sleep(0.5)
     leech = _session(0)

@@ -113,7 +113,10 @@ class BenchNode:
     def p2pctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "p2pshare.cli.main", *args],
-            env=self.env, capture_output=True, text=True, timeout=600,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
 
     def role_pid(self, role: str) -> int:
@@ -143,5 +146,6 @@ class BenchNode:
             path.unlink()
         wait_for(
             lambda: not self.sql("SELECT 1 FROM local_files WHERE root = 'download'"),
-            30, "the indexer to notice the removed download",
+            30,
+            "the indexer to notice the removed download",
         )

@@ -309,10 +309,15 @@ class ChunkServer:
             n = min(slice_size, length - sent)
             if self.limiter:
                 await self.limiter.acquire(n)
-            done = await asyncio.wait_for(
-                loop.sendfile(writer.transport, fh, offset + sent, n),  # type: ignore[arg-type]
-                STALL_TIMEOUT,
-            )
+            if writer.transport.is_closing():
+                raise ConnectionError("the peer closed the connection")
+            try:
+                done = await asyncio.wait_for(
+                    loop.sendfile(writer.transport, fh, offset + sent, n),  # type: ignore[arg-type]
+                    STALL_TIMEOUT,
+                )
+            except RuntimeError as exc:  # asyncio's word for a transport closed under us
+                raise ConnectionError(str(exc)) from None
             if done < n:
                 # The file shrank under us; the reply's length is a promise we cannot
                 # keep, so the connection (not the server) has to go.

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pshare.db import downloads as dbdl
@@ -41,7 +41,10 @@ HAVE_REFRESH_SECONDS = 2.0
 # previous chunk is hashed and written.
 PIPELINE_BYTES = 8 * 1024 * 1024
 MIN_PIPELINE = 2
+# ...but not so many small chunks that one peer takes the whole file while others wait.
+MAX_PIPELINE = 16
 MAX_SOURCES = 16
+CONNECTIONS_PER_SOURCE = 2
 RECV_BLOCK = 4 * 1024 * 1024
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 10.0
@@ -67,7 +70,11 @@ class Tally:
 @dataclass
 class SourceState:
     source: dbdl.Source
-    worker: PeerWorker | None = None
+    workers: list[PeerWorker] = field(default_factory=list)
+
+    def alive(self) -> list[PeerWorker]:
+        self.workers = [w for w in self.workers if w.is_alive()]
+        return self.workers
     retry_at: float = 0.0
     backoff: float = RETRY_MIN_SECONDS
     last_error: str = ""
@@ -258,7 +265,7 @@ class DownloadJob:
         gone = set(self.sources) - {(src.address, src.tcp_port) for src in listed}
         for key in gone:  # expired peers: what only they held is unavailable now
             st = self.sources[key]
-            if st.worker is None or not st.worker.is_alive():
+            if not st.alive():
                 del self.sources[key]
                 with self.lock:
                     self.picker.drop_peer(self._peer_id(key))
@@ -274,9 +281,14 @@ class DownloadJob:
                 with self.lock:
                     self.picker.set_peer(self._peer_id(key), src.bitfield)
             st.source = src
-            if (st.worker is None or not st.worker.is_alive()) and now >= st.retry_at:
-                st.worker = PeerWorker(self, st)
-                st.worker.start()
+            # Two connections to a peer let one receive while the other hashes and
+            # writes: the heavy calls release the GIL, so they run on two cores.
+            wanted = CONNECTIONS_PER_SOURCE if len(listed) <= 2 else 1
+            if len(st.alive()) < wanted and now >= st.retry_at:
+                for _ in range(wanted - len(st.workers)):
+                    worker = PeerWorker(self, st)
+                    st.workers.append(worker)
+                    worker.start()
 
     @staticmethod
     def _peer_id(key: tuple[str, int]) -> str:
@@ -460,7 +472,7 @@ class DownloadJob:
         self.halt.set()
         with self.lock:
             self.lock.notify_all()
-        workers = [st.worker for st in self.sources.values() if st.worker is not None]
+        workers = [w for st in self.sources.values() for w in st.workers]
         for w in workers:
             w.interrupt()
         for w in workers:
@@ -485,7 +497,8 @@ class PeerWorker(threading.Thread):
         self.client: PeerClient | None = None
         self.pending: deque[tuple[int, bool]] = deque()
         spec = job.spec
-        self.depth = max(MIN_PIPELINE, -(-PIPELINE_BYTES // max(spec.chunk_size, 1)))
+        wanted = -(-PIPELINE_BYTES // max(spec.chunk_size, 1))
+        self.depth = min(MAX_PIPELINE, max(MIN_PIPELINE, wanted))
         self.block = bytearray(min(RECV_BLOCK, max(spec.chunk_size, 1)))
 
     def interrupt(self) -> None:
@@ -527,7 +540,7 @@ class PeerWorker(threading.Thread):
                 return
             job.peer_bits(self.peer, client.have(job.key, job.count))
             last_have = time.monotonic()
-            while not job.halt.is_set():
+            while not job.halt.is_set() and self.key not in job.bad_sources:
                 self._fill_pipeline(client)
                 if self.pending:
                     self._receive(client, *self.pending[0])

@@ -43,6 +43,8 @@ class IndexStats:
     removed: int = 0
     unchanged: int = 0
     waiting: int = 0
+    # Wall-clock time at which the first file still settling will have settled.
+    settles_at: float | None = None
 
     @property
     def touched(self) -> int:
@@ -100,6 +102,8 @@ class ShareIndexer:
                 stats.unchanged += 1
             elif now - found.mtime_ns / 1e9 < SETTLE_SECONDS:
                 stats.waiting += 1
+                settles = found.mtime_ns / 1e9 + SETTLE_SECONDS
+                stats.settles_at = min(stats.settles_at or settles, settles)
             else:
                 todo.append((name, found))
         self._hash_and_record(root, todo, known, stats)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 import time
+from collections import deque
 
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
@@ -18,7 +18,10 @@ log = logging.getLogger("p2p.listener")
 
 RECV_TIMEOUT = 0.5
 EXPIRE_EVERY = 1.0
-CATALOG_WORKERS = 4
+# Catalog fetches at once, and how long one may take in all (10,000 files take
+# well under a second on a LAN).
+MAX_FETCHES = 64
+FETCH_DEADLINE = 30.0
 RETRY_SECONDS = 5.0
 # Dropped datagrams are logged one line each up to this many per second; a
 # flood gets a summary line instead of filling the disk.
@@ -68,48 +71,56 @@ class DropLog:
 
 
 class CatalogFetcher:
-    """Worker threads that fetch peers' catalogs, one fetch per peer at a time."""
+    """Fetches peers' catalogs, each in its own thread, one fetch per peer at a time.
+
+    A thread per fetch (bounded by MAX_FETCHES, the rest queue) so a peer that
+    answers slowly holds up only itself; FETCH_DEADLINE frees its thread.
+    """
 
     def __init__(self, ctx: RoleContext) -> None:
         self.ctx = ctx
-        self.jobs: queue.Queue[int] = queue.Queue()
         self.lock = threading.Lock()
         self.busy: set[int] = set()
         self.again: set[int] = set()
+        self.queued: deque[int] = deque()
         self.failed: dict[int, tuple[float, str]] = {}  # peer -> (retry at, error logged)
-        for n in range(CATALOG_WORKERS):
-            threading.Thread(target=self._work, name=f"catalog-{n}", daemon=True).start()
 
     def want(self, peer_id: int) -> None:
         with self.lock:
             if peer_id in self.busy:
                 self.again.add(peer_id)
                 return
+            if len(self.busy) >= MAX_FETCHES:
+                if peer_id not in self.queued:
+                    self.queued.append(peer_id)
+                return
             self.busy.add(peer_id)
-        self.jobs.put(peer_id)
+        threading.Thread(target=self._work, args=(peer_id,), name=f"catalog-{peer_id}",
+                         daemon=True).start()
 
     def retry_due(self, now: float) -> None:
         for peer_id, (at, _) in list(self.failed.items()):
             if at <= now:
                 self.want(peer_id)
 
-    def _work(self) -> None:
-        while True:
-            peer_id = self.jobs.get()
-            try:
-                self._fetch(peer_id)
-                self.failed.pop(peer_id, None)
-            except (OSError, protocol.ProtocolError) as exc:
-                self._failed(peer_id, f"{type(exc).__name__}: {exc}")
-            except Exception:
-                log.exception("catalog fetch from peer %d failed", peer_id)
-                self._failed(peer_id, "internal error")
-            with self.lock:
-                self.busy.discard(peer_id)
-                again = peer_id in self.again
-                self.again.discard(peer_id)
-            if again:
-                self.want(peer_id)
+    def _work(self, peer_id: int) -> None:
+        try:
+            self._fetch(peer_id)
+            self.failed.pop(peer_id, None)
+        except (OSError, protocol.ProtocolError) as exc:
+            self._failed(peer_id, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("catalog fetch from peer %d failed", peer_id)
+            self._failed(peer_id, "internal error")
+        with self.lock:
+            self.busy.discard(peer_id)
+            again = peer_id in self.again
+            self.again.discard(peer_id)
+            following = self.queued.popleft() if self.queued else None
+        if again:
+            self.want(peer_id)
+        if following is not None:
+            self.want(following)
 
     def _failed(self, peer_id: int, error: str) -> None:
         previous = self.failed.get(peer_id)
@@ -127,6 +138,7 @@ class CatalogFetcher:
         address, port, _ = endpoint
         started = time.monotonic()
         with PeerClient(address, port, key=self.ctx.settings.network_key) as client:
+            client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
             with db.read() as s:
                 known = dbpeers.known_contents(s, (e.file for e in entries))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 from p2pshare.services import protocol
@@ -24,6 +25,9 @@ class PeerClient:
         self.key = key
         self.timeout = timeout
         self.sock: socket.socket | None = None
+        # time.monotonic() by which the whole exchange must be over, or None: a
+        # peer trickling a byte at a time must not hold a caller forever.
+        self.deadline: float | None = None
 
     def __enter__(self) -> PeerClient:
         self.connect()
@@ -66,6 +70,12 @@ class PeerClient:
     def read_exact_into(self, view: memoryview) -> None:
         got = 0
         while got < len(view):
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the peer is too slow to answer")
+                assert self.sock is not None
+                self.sock.settimeout(min(self.timeout, left))
             n = self.rfile.readinto(view[got:])
             if not n:
                 raise ConnectionError("the peer closed the connection")

@@ -262,6 +262,9 @@ def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float)
     ):
         raise WrongVersion(f"not a p2pshare v{PROTOCOL_VERSION} announcement")
     mac = raw.pop("mac", None)
+    if key is None and mac is not None:
+        # A keyed network is not ours: we could never fetch its catalog or chunks.
+        raise WrongNetworkKey("announcement carries a network key HMAC and we have no network key")
     if key is not None:
         if not isinstance(mac, str) or not re.fullmatch(r"[0-9a-f]{64}", mac):
             raise WrongNetworkKey("announcement carries no valid network key HMAC")

@@ -11,7 +11,8 @@ case "$role" in
     *) echo "run-role.sh: unknown role '$role'" >&2; exit 2 ;;
 esac
 
-usable() { [ -n "$1" ] && "$1" -c 'import p2pshare.services.runtime' >/dev/null 2>&1; }
+# Importing the bare package is enough to know it is installed, and costs little.
+usable() { [ -n "$1" ] && "$1" -c 'import p2pshare.services' >/dev/null 2>&1; }
 
 py="${P2P_PYTHON:-}"
 if [ -z "$py" ] && [ -r "/proc/$PPID/cmdline" ]; then

@@ -38,13 +38,19 @@ def open_listener(bind: str, port: int) -> socket.socket:
 
 
 def index_loop(ctx: RoleContext, indexer: ShareIndexer) -> None:
-    """Rescan every SCAN_INTERVAL until stopped; an error in one scan is logged, not fatal."""
+    """Rescan every SCAN_INTERVAL, or as soon as a new file has settled, until stopped.
+
+    An error in one scan is logged, not fatal.
+    """
     while not ctx.stop.is_set():
+        pause = SCAN_INTERVAL
         try:
-            indexer.step()
+            stats = indexer.step()
+            if stats.settles_at is not None:
+                pause = min(pause, max(0.05, stats.settles_at - time.time() + 0.01))
         except Exception:
             log.exception("index scan failed; retrying")
-        ctx.stop.wait(SCAN_INTERVAL)
+        ctx.stop.wait(pause)
 
 
 def serve(ctx: RoleContext) -> None:

@@ -1,0 +1,144 @@
+"""Bad TCP requests to a real server: each refused with one log line, the server keeps serving."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from p2pshare.services import protocol
+
+pytestmark = pytest.mark.integration
+
+CHUNK = 256 * 1024  # what the server picks for a small file (P2P_CHUNK_SIZE unset)
+
+
+class Conn:
+    """A raw client connection to 127.0.0.1:port that has read the welcome."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.rfile = self.sock.makefile("rb")
+        self.welcome = protocol.decode_welcome(self.frame())
+
+    def frame(self) -> bytes:
+        header = self.rfile.read(4)
+        if len(header) < 4:
+            raise ConnectionError("closed")
+        (length,) = struct.unpack(">I", header)
+        return self.rfile.read(length)
+
+    def reply(self) -> dict:
+        return json.loads(self.frame())
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, raw: dict) -> None:
+        self.send_raw(protocol.frame(raw))
+
+    def closed_by_server(self) -> bool:
+        return self.rfile.read(1) == b""
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+
+def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wait_until):
+    a = make_node("a")
+    data = os.urandom(CHUNK + 1000)  # two chunks
+    (a.share / "two-chunks.bin").write_bytes(data)
+    a.start()
+    sha = hashlib.sha256(data).hexdigest()
+    wait_until(
+        lambda: a.scalar("SELECT count(*) FROM files WHERE sha256 = ?", (sha,)) == 1,
+        10,
+        what="a to index its file",
+    )
+    port = a.tcp_port()
+    server = a.procs["server"]
+
+    def log_lines() -> int:
+        text = a.log("server")
+        return text.count("dropped connection from") + text.count("refused ")
+
+    # Requests that break the protocol: an error reply, then the server hangs up.
+    fatal = {
+        "frame longer than the limit": struct.pack(">I", 0xFFFFFFFF),
+        "body not JSON": struct.pack(">I", 5) + b"\xff\xfe{{{",
+        "JSON but not an object": struct.pack(">I", 7) + b"[1,2,3]",
+        "unknown op": protocol.frame({"op": "rm -rf"}),
+        "chunk request with a bad sha": protocol.frame(
+            {"op": "get", "sha": "x" * 64, "cs": CHUNK, "i": 0, "off": 0, "len": 0}
+        ),
+        "negative chunk index": protocol.frame(
+            {"op": "get", "sha": sha, "cs": CHUNK, "i": -1, "off": 0, "len": 0}
+        ),
+        "manifest of too many files": protocol.frame(
+            {"op": "manifest", "files": [[sha, CHUNK]] * (protocol.MAX_MANIFEST_FILES + 1)}
+        ),
+    }
+    for what, request in fatal.items():
+        before = log_lines()
+        conn = Conn(port)
+        conn.send_raw(request)
+        reply = conn.reply()
+        assert reply["ok"] is False and reply["error"], what
+        assert conn.closed_by_server(), what
+        conn.close()
+        wait_until(lambda b=before: log_lines() > b, 3, what=f"a log line for: {what}")
+        assert server.poll() is None, f"server died on: {what}"
+
+    # Well-formed requests the server cannot honour: an error reply, the connection stays.
+    conn = Conn(port)
+    refusals = {
+        "unknown file": {"op": "get", "sha": "0" * 64, "cs": CHUNK, "i": 0, "off": 0, "len": 0},
+        "chunk past the end": {"op": "get", "sha": sha, "cs": CHUNK, "i": 2, "off": 0, "len": 0},
+        "bytes past the chunk": {
+            "op": "get",
+            "sha": sha,
+            "cs": CHUNK,
+            "i": 1,
+            "off": 500,
+            "len": 600,
+        },
+        "holdings of an unknown file": {"op": "have", "sha": "0" * 64, "cs": CHUNK},
+    }
+    for what, request in refusals.items():
+        conn.send(request)
+        reply = conn.reply()
+        assert reply["ok"] is False and reply["error"], what
+    # ... and the same connection then gets a true chunk.
+    conn.send({"op": "get", "sha": sha, "cs": CHUNK, "i": 1, "off": 0, "len": 0})
+    header = conn.reply()
+    assert header == {"ok": True, "i": 1, "off": 0, "len": 1000}
+    assert conn.rfile.read(1000) == data[CHUNK:]
+    conn.close()
+
+    # Half a frame, then gone: nothing to answer, nothing breaks.
+    half = socket.create_connection(("127.0.0.1", port), timeout=5)
+    half.sendall(protocol.frame({"op": "catalog"})[:6])
+    half.close()
+
+    # The server still serves a catalog, and recorded the one chunk it served.
+    conn = Conn(port)
+    conn.send({"op": "catalog"})
+    length = protocol.payload_length(conn.reply(), protocol.MAX_CATALOG_BYTES)
+    version, entries = protocol.decode_catalog(conn.rfile.read(length))
+    conn.close()
+    assert [(e.name, e.file.sha256, e.size) for e in entries] == [
+        ("two-chunks.bin", sha, len(data))
+    ]
+    rows = wait_until(
+        lambda: a.sql("SELECT peer_address, sha256, chunk_index, bytes FROM uploads"),
+        5,
+        what="the served chunk in uploads",
+    )
+    assert rows == [("127.0.0.1", sha, 1, 1000)]
+    assert server.poll() is None
+    assert "Traceback" not in a.log("server")
