@@ -57,9 +57,8 @@ def run(path: Path, seeders: int, upload_limit: int, dest: Path) -> float:
 
     info = make_torrent(path)
     seeds = []
-    for i in range(seeders):
-        port = 0
-        s = _session(port, upload_limit)
+    for _ in range(seeders):
+        s = _session(0, upload_limit)
         s.add_torrent(
             {"ti": info, "save_path": str(path.parent), "flags": lt.torrent_flags.seed_mode}
         )
