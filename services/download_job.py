@@ -75,6 +75,7 @@ class SourceState:
     def alive(self) -> list[PeerWorker]:
         self.workers = [w for w in self.workers if w.is_alive()]
         return self.workers
+
     retry_at: float = 0.0
     backoff: float = RETRY_MIN_SECONDS
     last_error: str = ""

@@ -95,8 +95,9 @@ class CatalogFetcher:
                     self.queued.append(peer_id)
                 return
             self.busy.add(peer_id)
-        threading.Thread(target=self._work, args=(peer_id,), name=f"catalog-{peer_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(peer_id,), name=f"catalog-{peer_id}", daemon=True
+        ).start()
 
     def retry_due(self, now: float) -> None:
         for peer_id, (at, _) in list(self.failed.items()):
