@@ -109,12 +109,18 @@ class DownloadJob:
         self.new_bad: list[tuple[str, int]] = []
         self.bad_sources: set[tuple[str, int]] = set()
         self.received = 0
+        # Chunk -> blocks being written right now, outside the lock; and chunks whose
+        # verified endgame copy is being written whole (no other copy may write then).
+        self.writing: dict[int, int] = {}
+        self.sealed: set[int] = set()
         self.sources: dict[tuple[str, int], SourceState] = {}
         self.temp = settings.temp_dir / f"{spec.download_id}-{spec.sha256[:16]}.part"
         self.fd = -1
         self.waiting_since: float | None = None
         self.prefix = hashlib.sha256()
         self.prefix_upto = 0  # chunks folded into the whole-file hash
+        self.prefix_stop = threading.Event()
+        self.prefix_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -133,6 +139,10 @@ class DownloadJob:
                 self.count,
                 self.count - self.picker.remaining,
             )
+            self.prefix_thread = threading.Thread(
+                target=self._prefix_hash_loop, name=f"hash-{spec.download_id}", daemon=True
+            )
+            self.prefix_thread.start()
             if not self._transfer():
                 return  # stopped or cancelled
             self._finish()
@@ -143,6 +153,7 @@ class DownloadJob:
             self._end("failed", f"internal error: {exc}")
         finally:
             self._halt_workers()
+            self._stop_prefix_hasher()
             if self.fd >= 0:
                 os.close(self.fd)
 
@@ -198,7 +209,6 @@ class DownloadJob:
                 with self.database.write() as s:
                     dbnode.bump_catalog_version(s, now=time.time())
                 last_bump = time.time()
-            self._advance_prefix_hash()
             if self.stop.is_set():
                 return False
             if self.picker.finished and not self.verified:
@@ -306,31 +316,58 @@ class DownloadJob:
             self.lock.wait(timeout)
 
     def write_block(self, index: int, data: memoryview, offset: int) -> bool:
-        """Write part of a chunk being received, unless a copy from another peer already won."""
+        """Write part of a chunk as it arrives. False when another peer's verified copy of
+        the chunk is being written or is done: then this copy must not touch the file."""
         with self.lock:
-            if self.picker.is_done(index) or self.halt.is_set():
+            if self.halt.is_set() or index in self.sealed or self.picker.is_done(index):
                 return False
-            os.pwrite(self.fd, data, offset)
-            return True
+            self.writing[index] = self.writing.get(index, 0) + 1
+        try:
+            os.pwrite(self.fd, data, offset)  # outside the lock: peers write in parallel
+        finally:
+            with self.lock:
+                left = self.writing.pop(index) - 1
+                if left:
+                    self.writing[index] = left
+                else:
+                    self.lock.notify_all()
+        return True
 
     def chunk_verified(
-        self, peer: str, key: tuple[str, int], index: int, size: int, whole: memoryview | None
+        self,
+        peer: str,
+        key: tuple[str, int],
+        index: int,
+        size: int,
+        *,
+        on_disk: bool,
+        whole: memoryview | None = None,
     ) -> None:
-        """A chunk matched its hash; `whole` is its bytes when they were held back (endgame)."""
+        """A chunk matched its hash. `on_disk`: every block of it was written as it came;
+        `whole`: its bytes, held back to be written now (an endgame copy)."""
         with self.lock:
+            self.received += size
             if self.halt.is_set():
                 return
-            if whole is not None and not self.picker.is_done(index):
+            if whole is not None and not self.picker.is_done(index) and index not in self.sealed:
+                # Let blocks of another copy in flight land first, then write ours over them.
+                self.sealed.add(index)
+                self.lock.wait_for(lambda: index not in self.writing)
                 os.pwrite(self.fd, whole, index * self.spec.chunk_size)
-            if self.picker.complete(peer, index):
+                self.sealed.discard(index)
+                on_disk = True
+            if on_disk and self.picker.complete(peer, index):
                 self.verified.append(index)
                 tally = self.tallies.setdefault(key, Tally())
                 tally.chunks += 1
                 tally.bytes += size
+            else:
+                self.picker.release(peer, index)  # another copy won, or is being written
             self.lock.notify_all()
 
-    def chunk_bad(self, peer: str, key: tuple[str, int], index: int) -> None:
+    def chunk_bad(self, peer: str, key: tuple[str, int], index: int, size: int) -> None:
         with self.lock:
+            self.received += size
             self.picker.release(peer, index)
             self.picker.drop_peer(peer)
             self.tallies.setdefault(key, Tally()).bad_chunks += 1
@@ -355,39 +392,49 @@ class DownloadJob:
             self.picker.set_peer(peer, bits)
             self.lock.notify_all()
 
-    def add_received(self, n: int) -> None:
-        with self.lock:
-            self.received += n
-
     # ------------------------------------------------------------ the end
 
-    def _advance_prefix_hash(self, limit: int | None = 64) -> None:
-        """Fold durable chunks at the front into the whole-file hash, so the final check
-        reads little. Bounded per call so the loop stays responsive."""
+    def _prefix_hash_loop(self) -> None:
+        """Fold verified chunks at the front into the whole-file hash as they arrive, in
+        a thread of its own, so the check after the last chunk has little left to read."""
+        try:
+            while not self.prefix_stop.is_set():
+                with self.lock:
+                    self.lock.wait_for(
+                        lambda: self.prefix_stop.is_set() or self._prefix_ready(), 0.5
+                    )
+                self._advance_prefix_hash()
+        except (OSError, JobFailed):
+            pass  # _finish hashes again from where this stopped, and reports
+
+    def _prefix_ready(self) -> bool:
+        return self.prefix_upto < self.count and self.picker.is_done(self.prefix_upto)
+
+    def _advance_prefix_hash(self) -> None:
+        """Hash verified chunks from prefix_upto on, up to the first one not here yet."""
         buf = bytearray(min(RECV_BLOCK, max(self.spec.chunk_size, 1)))
         view = memoryview(buf)
-        n = 0
-        while (
-            self.prefix_upto < self.count
-            and protocol.bitfield_has(self.durable, self.prefix_upto)
-            and (limit is None or n < limit)
-        ):
+        while self._prefix_ready() and not self.prefix_stop.is_set():
             i = self.prefix_upto
             offset = i * self.spec.chunk_size
             left = protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
+            part = self.prefix.copy()  # committed only once the whole chunk is in
             while left:
                 got = os.preadv(self.fd, [view[: min(len(buf), left)]], offset)
                 if got <= 0:
                     raise JobFailed("the temp file is shorter than it should be")
-                self.prefix.update(view[:got])
+                part.update(view[:got])
                 offset += got
                 left -= got
+            self.prefix = part
             self.prefix_upto += 1
-            n += 1
 
     def _finish(self) -> None:
         self._halt_workers()
-        self._advance_prefix_hash(limit=None)
+        self._stop_prefix_hasher()
+        self._advance_prefix_hash()
+        if self.prefix_upto != self.count:
+            raise JobFailed("the temp file lost verified chunks")
         if self.prefix.hexdigest() != self.spec.sha256:
             self._discard_temp()
             raise JobFailed(
@@ -469,15 +516,27 @@ class DownloadJob:
                 s, self.spec.download_id, status=status, reason=reason, now=time.time()
             )
 
-    def _halt_workers(self) -> None:
-        self.halt.set()
+    def _stop_prefix_hasher(self) -> None:
+        self.prefix_stop.set()
         with self.lock:
+            self.lock.notify_all()
+        if self.prefix_thread is not None:
+            self.prefix_thread.join()
+            self.prefix_thread = None
+        self.prefix_stop.clear()
+
+    def _halt_workers(self) -> None:
+        """Stop the peer workers; when this returns, none writes to the temp file."""
+        with self.lock:
+            self.halt.set()  # under the lock: no block starts writing after this
             self.lock.notify_all()
         workers = [w for st in self.sources.values() for w in st.workers]
         for w in workers:
             w.interrupt()
         for w in workers:
             w.join(timeout=2.0)
+        with self.lock:
+            self.lock.wait_for(lambda: not self.writing)
 
 
 def _sha256_of(path: Path) -> str:
@@ -572,17 +631,17 @@ class PeerWorker(threading.Thread):
         # never mix with the bytes the first peer is writing into the same place.
         whole = memoryview(bytearray(size)) if duplicate else None
         view = memoryview(self.block)
+        on_disk = whole is None
         got = 0
         while got < size:
             n = min(len(self.block), size - got)
             part = whole[got : got + n] if whole is not None else view[:n]
             client.read_exact_into(part)
             digest.update(part)
-            if whole is None:
-                job.write_block(index, part, offset + got)
+            if on_disk and not job.write_block(index, part, offset + got):
+                on_disk = False  # another copy won; read the rest, write nothing
             got += n
-        job.add_received(size)
         if digest.hexdigest() != spec.chunk_hashes[index]:
-            job.chunk_bad(self.peer, self.key, index)
+            job.chunk_bad(self.peer, self.key, index, size)
             raise BadChunk(f"chunk {index}")
-        job.chunk_verified(self.peer, self.key, index, size, whole)
+        job.chunk_verified(self.peer, self.key, index, size, on_disk=on_disk, whole=whole)
