@@ -12,7 +12,7 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.downloader")
 
-POLL_SECONDS = 0.3
+POLL_SECONDS = 0.1
 MAX_ACTIVE = 3
 STOP_GRACE_SECONDS = 6.0
 
