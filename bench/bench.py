@@ -336,6 +336,7 @@ http {{ access_log off; sendfile on; tcp_nopush on;
     def rate_limited(self) -> None:
         """Four seeders each capped at RATE_LIMIT against one such seeder, 256 MiB."""
         size = min(self.size, 256 * MIB)
+        self.make_big()
         path = self.root / "data" / "limited.bin"
         with open(self.big, "rb") as src, open(path, "wb") as dst:
             dst.write(src.read(size))
