@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
@@ -42,60 +43,112 @@ def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
     return {name: IndexedStat(size, mtime, fid) for name, size, mtime, fid in rows}
 
 
-def ensure_file(session: Session, hashed: HashedFile, *, now: float) -> int:
-    """The id of the `files` row for this content, inserting it and its chunks if new."""
-    file_id = session.scalar(
-        select(File.id).where(File.sha256 == hashed.sha256, File.chunk_size == hashed.chunk_size)
-    )
-    if file_id is not None:
-        have_chunks = session.scalar(select(exists().where(Chunk.file_id == file_id)))
-        if have_chunks or not hashed.chunk_hashes:
-            return file_id
-    else:
-        row = File(
-            sha256=hashed.sha256,
-            size=hashed.size,
-            chunk_size=hashed.chunk_size,
-            chunk_count=len(hashed.chunk_hashes),
-            first_seen=now,
+T = TypeVar("T")
+BATCH = 500  # SQLite caps bound parameters per statement; IN lists go in slices
+
+
+def _slices(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+def ensure_files(
+    session: Session, contents: Iterable[HashedFile], *, now: float
+) -> dict[tuple[str, int], int]:
+    """Ids of the `files` rows for these contents, inserting missing rows and chunk hashes.
+
+    In bulk: a catalog or a first index of 10,000 files is a few statements, not 30,000.
+    """
+    wanted = {(h.sha256, h.chunk_size): h for h in contents}
+    ids = _file_ids(session, wanted)
+    new = [h for key, h in wanted.items() if key not in ids]
+    if new:
+        session.execute(
+            insert(File),
+            [
+                {
+                    "sha256": h.sha256,
+                    "size": h.size,
+                    "chunk_size": h.chunk_size,
+                    "chunk_count": len(h.chunk_hashes),
+                    "first_seen": now,
+                }
+                for h in new
+            ],
         )
-        session.add(row)
-        session.flush()
-        file_id = row.id
-    session.add_all(
-        Chunk(file_id=file_id, chunk_index=i, size=size, sha256=digest)
-        for i, (size, digest) in enumerate(
-            zip(hashed.chunk_sizes, hashed.chunk_hashes, strict=True)
+        ids.update(_file_ids(session, {(h.sha256, h.chunk_size): h for h in new}))
+    hashed: set[int] = set()
+    for part in _slices(list(ids.values())):
+        hashed.update(
+            session.scalars(
+                select(Chunk.file_id).where(Chunk.file_id.in_(part), Chunk.chunk_index == 0)
+            )
         )
-    )
-    return file_id
+    rows = [
+        {"file_id": ids[key], "chunk_index": i, "size": size, "sha256": digest}
+        for key, h in wanted.items()
+        if ids[key] not in hashed
+        for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
+    ]
+    if rows:
+        session.execute(insert(Chunk), rows)
+    return ids
+
+
+def _file_ids(
+    session: Session, wanted: dict[tuple[str, int], HashedFile]
+) -> dict[tuple[str, int], int]:
+    ids: dict[tuple[str, int], int] = {}
+    for part in _slices(sorted({sha for sha, _ in wanted})):
+        for sha, cs, fid in session.execute(
+            select(File.sha256, File.chunk_size, File.id).where(File.sha256.in_(part))
+        ):
+            if (sha, cs) in wanted:
+                ids[(sha, cs)] = fid
+    return ids
+
+
+def record_local_files(
+    session: Session, root: str, items: Sequence[tuple[str, HashedFile]], *, now: float
+) -> dict[tuple[str, int], int]:
+    """Insert or update the local_files rows for these names under root; returns file ids."""
+    ids = ensure_files(session, (h for _, h in items), now=now)
+    existing: dict[str, LocalFile] = {}
+    for part in _slices([name for name, _ in items]):
+        existing.update(
+            (row.name, row)
+            for row in session.scalars(
+                select(LocalFile).where(LocalFile.root == root, LocalFile.name.in_(part))
+            )
+        )
+    new = []
+    for name, h in items:
+        file_id = ids[(h.sha256, h.chunk_size)]
+        row = existing.get(name)
+        if row is None:
+            new.append(
+                {
+                    "root": root,
+                    "name": name,
+                    "file_id": file_id,
+                    "size": h.size,
+                    "mtime_ns": h.mtime_ns,
+                    "indexed_at": now,
+                }
+            )
+        else:
+            row.file_id, row.size, row.mtime_ns, row.indexed_at = file_id, h.size, h.mtime_ns, now
+    if new:
+        session.execute(insert(LocalFile), new)
+    return ids
 
 
 def record_local_file(
     session: Session, root: str, name: str, hashed: HashedFile, *, now: float
 ) -> int:
     """Insert or update the local_files row for root/name; returns the file id."""
-    file_id = ensure_file(session, hashed, now=now)
-    row = session.scalar(select(LocalFile).where(LocalFile.root == root, LocalFile.name == name))
-    if row is None:
-        session.add(
-            LocalFile(
-                root=root,
-                name=name,
-                file_id=file_id,
-                size=hashed.size,
-                mtime_ns=hashed.mtime_ns,
-                indexed_at=now,
-            )
-        )
-    else:
-        row.file_id, row.size, row.mtime_ns, row.indexed_at = (
-            file_id,
-            hashed.size,
-            hashed.mtime_ns,
-            now,
-        )
-    return file_id
+    ids = record_local_files(session, root, [(name, hashed)], now=now)
+    return ids[(hashed.sha256, hashed.chunk_size)]
 
 
 def remove_local_files(session: Session, root: str, names: Iterable[str]) -> int:

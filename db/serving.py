@@ -76,17 +76,29 @@ def byte_sources(session: Session, sha256: str, chunk_size: int) -> list[ByteSou
     return sources
 
 
-def chunk_hashes(session: Session, sha256: str, chunk_size: int) -> list[str] | None:
-    """The chunk hashes of a file this node knows, in order; None if unknown or incomplete."""
-    file = session.scalar(select(File).where(File.sha256 == sha256, File.chunk_size == chunk_size))
-    if file is None:
-        return None
-    hashes = list(
-        session.scalars(
-            select(Chunk.sha256).where(Chunk.file_id == file.id).order_by(Chunk.chunk_index)
+def chunk_hashes(
+    session: Session, keys: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], list[str]]:
+    """The chunk hashes, in order, of each file this node knows completely, in bulk."""
+    wanted = set(keys)
+    shas = sorted({sha for sha, _ in wanted})
+    out: dict[tuple[str, int], list[str]] = {}
+    counts: dict[tuple[str, int], int] = {}
+    for start in range(0, len(shas), 500):
+        rows = session.execute(
+            select(File.sha256, File.chunk_size, File.chunk_count, Chunk.sha256)
+            .outerjoin(Chunk, Chunk.file_id == File.id)
+            .where(File.sha256.in_(shas[start : start + 500]))
+            .order_by(File.id, Chunk.chunk_index)
         )
-    )
-    return hashes if len(hashes) == file.chunk_count else None
+        for sha, cs, count, chunk_sha in rows:
+            key = (sha, cs)
+            if key in wanted:
+                counts[key] = count
+                hashes = out.setdefault(key, [])
+                if chunk_sha is not None:
+                    hashes.append(chunk_sha)
+    return {k: v for k, v in out.items() if len(v) == counts[k]}
 
 
 @dataclass(frozen=True)

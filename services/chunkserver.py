@@ -207,13 +207,9 @@ class ChunkServer:
         return self._catalog[1]
 
     def _manifests(self, keys: tuple[FileKey, ...]) -> bytes:
-        found: dict[FileKey, list[str]] = {}
         with self.database.read() as s:
-            for key in keys:
-                hashes = dbserving.chunk_hashes(s, key.sha256, key.chunk_size)
-                if hashes is not None:
-                    found[key] = hashes
-        return protocol.encode_manifests(found)
+            found = dbserving.chunk_hashes(s, keys)
+        return protocol.encode_manifests({FileKey(*k): v for k, v in found.items()})
 
     def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
         now = time.monotonic()

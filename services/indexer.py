@@ -146,8 +146,7 @@ class ShareIndexer:
             return
         now = time.time()
         with self.database.write() as s:
-            for name, hashed in batch:
-                dbindex.record_local_file(s, root.label, name, hashed, now=now)
+            dbindex.record_local_files(s, root.label, batch, now=now)
             dbindex.delete_orphan_files(s)
             bump_catalog_version(s, now=now)
         for name, hashed in batch:
