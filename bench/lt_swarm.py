@@ -39,7 +39,13 @@ def _session(port: int, upload_limit: int = 0) -> Any:
         "upload_rate_limit": upload_limit,
         "alert_mask": 0,
     }
-    return lt.session(settings)
+    session = lt.session(settings)
+    # libtorrent exempts peers on a local network (loopback included) from rate
+    # limits; put every loopback peer in the global class so the limit applies.
+    loopback = lt.ip_filter()
+    loopback.add_rule("127.0.0.0", "127.255.255.255", 1 << lt.session.global_peer_class_id)
+    session.set_peer_class_filter(loopback)
+    return session
 
 
 def make_torrent(path: Path) -> Any:
