@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
+from sqlalchemy.orm import Session
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
@@ -12,6 +15,18 @@ from p2pshare.db import node as dbnode
 from p2pshare.db import reports
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+T = TypeVar("T")
+
+
+def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -> list[T] | None:
+    """Rows of a report from a running node; None when they were printed as JSON already."""
+    ctl.require_running()
+    with ctl.database.read() as s:
+        rows = query(s)
+    if as_json:
+        emit_json(rows)
+        return None
+    return rows
 
 
 @click.command()
@@ -79,11 +94,8 @@ def status(ctl: Ctl, as_json: bool) -> None:
 @pass_ctl
 def peers(ctl: Ctl, as_json: bool) -> None:
     """Peers heard on the network."""
-    ctl.require_running()
-    with ctl.database.read() as s:
-        rows = reports.list_peers(s)
-    if as_json:
-        emit_json(rows)
+    rows = fetch_report(ctl, reports.list_peers, as_json)
+    if rows is None:
         return
     now = time.time()
     emit_table(
@@ -109,11 +121,8 @@ def peers(ctl: Ctl, as_json: bool) -> None:
 @pass_ctl
 def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
     """Files shared here and on the network; PATTERN is a substring or a glob."""
-    ctl.require_running()
-    with ctl.database.read() as s:
-        rows = reports.list_files(s, pattern)
-    if as_json:
-        emit_json(rows)
+    rows = fetch_report(ctl, lambda s: reports.list_files(s, pattern), as_json)
+    if rows is None:
         return
     emit_table(
         ["name", "size", "chunks", "sha256", "here", "peers"],
@@ -140,11 +149,8 @@ def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
 @pass_ctl
 def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
     """Every download: name, size, status, when, how fast, from whom."""
-    ctl.require_running()
-    with ctl.database.read() as s:
-        rows = reports.list_downloads(s, limit)
-    if as_json:
-        emit_json(rows)
+    rows = fetch_report(ctl, lambda s: reports.list_downloads(s, limit), as_json)
+    if rows is None:
         return
     table = []
     for d in rows:
@@ -176,11 +182,8 @@ def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
 @pass_ctl
 def uploads(ctl: Ctl, limit: int, as_json: bool) -> None:
     """Chunks this node served to others, newest first."""
-    ctl.require_running()
-    with ctl.database.read() as s:
-        rows = reports.list_uploads(s, limit)
-    if as_json:
-        emit_json(rows)
+    rows = fetch_report(ctl, lambda s: reports.list_uploads(s, limit), as_json)
+    if rows is None:
         return
     emit_table(
         ["at (UTC)", "peer", "name", "chunk", "bytes", "rate"],
