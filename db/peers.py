@@ -27,14 +27,17 @@ class Heard:
 
 @dataclass(frozen=True)
 class AnnounceOutcome:
-    peer_id: int | None  # None: refused as a replay, or our own
+    peer_id: int | None  # None: refused, or our own
     new: bool  # a node id we had not heard before
     needs_catalog: bool
     ignored: bool = False  # our own announcement, heard back
+    refused: str | None = None  # why it changed nothing
 
 
 OWN = AnnounceOutcome(None, False, False, ignored=True)
-REPLAY = AnnounceOutcome(None, False, False)
+# An announcer sends a few announcements a second at most; a larger jump in
+# sequence numbers is a forgery trying to make the real ones look like replays.
+MAX_SEQ_JUMP = 100_000
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,13 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
     peer = session.scalar(select(Peer).where(Peer.node_id == heard.node_id))
     if peer is not None:
         if heard.seq <= peer.announce_seq:
-            return REPLAY
-        peer.username, peer.address, peer.tcp_port = heard.username, heard.address, heard.tcp_port
+            return _refused(f"replayed announcement (seq {heard.seq})")
+        if heard.seq > peer.announce_seq + MAX_SEQ_JUMP:
+            return _refused(f"sequence number jumps from {peer.announce_seq} to {heard.seq}")
+        if (heard.username, heard.address) != (peer.username, peer.address):
+            # A node id is one run of one announcer: its name and address cannot change.
+            return _refused(f"node id already belongs to {peer.username} at {peer.address}")
+        peer.tcp_port = heard.tcp_port
         peer.catalog_version, peer.announce_seq, peer.last_seen = (
             heard.catalog_version,
             heard.seq,
@@ -84,6 +92,10 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
     session.flush()
     node_state(session).announce_wanted_at = now
     return AnnounceOutcome(peer.id, True, True)
+
+
+def _refused(reason: str) -> AnnounceOutcome:
+    return AnnounceOutcome(None, False, False, refused=reason)
 
 
 def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:

@@ -238,6 +238,9 @@ class ChunkServer:
     def _source_for_chunk(self, key: FileKey, index: int) -> dbserving.ByteSource:
         for fresh in (False, True):
             for src in self._byte_sources(key, fresh=fresh):
+                count = protocol.chunk_count(src.size, key.chunk_size)
+                if index >= count:
+                    raise Refusal(f"the file has {count} chunks, there is no chunk {index}")
                 if protocol.bitfield_has(src.have, index):
                     return src
         raise Refusal(f"this node does not have chunk {index} of that file")
@@ -253,9 +256,6 @@ class ChunkServer:
     ) -> None:
         key = req.file
         src = self._source_for_chunk(key, req.index)
-        count = protocol.chunk_count(src.size, key.chunk_size)
-        if req.index >= count:
-            raise Refusal(f"the file has {count} chunks, there is no chunk {req.index}")
         chunk_len = protocol.chunk_length(src.size, key.chunk_size, req.index)
         length = req.length or chunk_len - req.offset
         if req.offset + length > chunk_len or length <= 0:

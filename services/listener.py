@@ -18,6 +18,8 @@ log = logging.getLogger("p2p.listener")
 
 RECV_TIMEOUT = 0.5
 EXPIRE_EVERY = 1.0
+EXPIRE_LATEST = 5.0
+MAX_BATCH = 256
 # Catalog fetches at once, and how long one may take in all (10,000 files take
 # well under a second on a LAN).
 MAX_FETCHES = 64
@@ -180,6 +182,32 @@ class CatalogFetcher:
         )
 
 
+def receive_batch(sock: socket.socket) -> list[tuple[bytes, str]]:
+    """Wait up to RECV_TIMEOUT for a datagram, then take what else is queued, up to MAX_BATCH.
+
+    Announcements are written to the database a batch per transaction, so a burst
+    (500 peers announcing at once, or a flood) costs a few commits, not one each.
+    """
+    try:
+        data, (ip, _port) = sock.recvfrom(65535)
+    except TimeoutError:
+        return []
+    batch = [(data, ip)]
+    # Non-blocking while draining: with a timeout set, Python waits for the next
+    # datagram even with MSG_DONTWAIT, and a steady trickle would never end a batch.
+    sock.setblocking(False)
+    try:
+        while len(batch) < MAX_BATCH:
+            try:
+                data, (ip, _port) = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            batch.append((data, ip))
+    finally:
+        sock.settimeout(RECV_TIMEOUT)
+    return batch
+
+
 def run(ctx: RoleContext) -> None:
     settings = ctx.settings
     sock = open_udp(settings.udp_port)
@@ -192,42 +220,58 @@ def run(ctx: RoleContext) -> None:
     log.info("listening for announcements on UDP port %d", settings.udp_port)
     try:
         while not ctx.stop.is_set():
+            batch = receive_batch(sock)
+            heard = []
+            for data, ip in batch:
+                try:
+                    ann = protocol.decode_announce(
+                        data, key=settings.network_key, now=time.time(), max_age=max_age
+                    )
+                except protocol.ProtocolError as exc:
+                    drops.drop(ip, f"{type(exc).__name__}: {exc}")
+                    continue
+                heard.append((ann, ip))
+            if heard:
+                handle(ctx, fetcher, heard, drops)
             now = time.time()
-            if now >= next_expiry:
+            # Expire once the queue is drained, so announcements still queued count;
+            # but not later than EXPIRE_LATEST after it is due, whatever a flood does.
+            drained = len(batch) < MAX_BATCH
+            if now >= next_expiry and (drained or now >= next_expiry + EXPIRE_LATEST):
                 expire(ctx, now)
                 fetcher.retry_due(now)
                 next_expiry = now + EXPIRE_EVERY
-            try:
-                data, (ip, _port) = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            try:
-                ann = protocol.decode_announce(
-                    data, key=settings.network_key, now=time.time(), max_age=max_age
-                )
-            except protocol.ProtocolError as exc:
-                drops.drop(ip, f"{type(exc).__name__}: {exc}")
-                continue
-            handle(ctx, fetcher, ann, ip, drops)
     finally:
         sock.close()
 
 
 def handle(
-    ctx: RoleContext, fetcher: CatalogFetcher, ann: protocol.Announce, ip: str, drops: DropLog
+    ctx: RoleContext,
+    fetcher: CatalogFetcher,
+    heard: list[tuple[protocol.Announce, str]],
+    drops: DropLog,
 ) -> None:
-    heard = dbpeers.Heard(ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version, ann.seq)
+    """Record a batch of valid announcements in one transaction, then act on each."""
+    outcomes = []
     with ctx.database.write() as s:
-        outcome = dbpeers.record_announce(s, heard, now=time.time())
-    if outcome.ignored:
-        return
-    if outcome.peer_id is None:
-        drops.drop(ip, f"replayed announcement (seq {ann.seq}) from node {ann.node_id[:8]}")
-        return
-    if outcome.new:
-        log.info("new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8])
-    if outcome.needs_catalog:
-        fetcher.want(outcome.peer_id)
+        now = time.time()
+        for ann, ip in heard:
+            record = dbpeers.Heard(
+                ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version, ann.seq
+            )
+            outcomes.append((ann, ip, dbpeers.record_announce(s, record, now=now)))
+    for ann, ip, outcome in outcomes:
+        if outcome.ignored:
+            continue
+        if outcome.peer_id is None:
+            drops.drop(ip, f"{outcome.refused} from node {ann.node_id[:8]}")
+            continue
+        if outcome.new:
+            log.info(
+                "new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8]
+            )
+        if outcome.needs_catalog:
+            fetcher.want(outcome.peer_id)
 
 
 def expire(ctx: RoleContext, now: float) -> None:

@@ -102,7 +102,8 @@ def bitfield_has(bits: bytes | bytearray | None, index: int) -> bool:
     """Bit `index` of a bitfield; None means every bit is set."""
     if bits is None:
         return True
-    return bool(bits[index >> 3] & (0x80 >> (index & 7)))
+    byte = index >> 3
+    return byte < len(bits) and bool(bits[byte] & (0x80 >> (index & 7)))
 
 
 def bitfield_count(bits: bytes | bytearray) -> int:

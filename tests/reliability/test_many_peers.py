@@ -1,0 +1,288 @@
+"""Case 10: 500 peers on the network at once, then all of them gone.
+
+The peers are simulated: the test forges their announcements to
+127.255.255.255 on the test's own UDP port, each pointing at one of 500
+listening sockets on 127.0.0.1 that a single selector thread serves as small
+p2pshare catalog servers (welcome, catalog, manifests). Each peer offers three
+files: one that every peer has, two of its own. The node must record every
+peer and every holding, answer `p2pctl peers/files --json` quickly, and once
+the announcements stop forget all of them after P2P_PEER_TTL, with their
+holdings and the files rows nothing refers to any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from p2p_integration_harness import LOOPBACK_BROADCAST, wait_until
+
+from p2pshare.services import protocol
+from p2pshare.services.protocol import FileKey
+
+pytestmark = pytest.mark.reliability
+
+PEERS = 500
+CHUNK = protocol.MIN_CHUNK
+# The product's own ratio: a peer is forgotten after three missed announcements.
+ANNOUNCE_EVERY = 2.0
+PEER_TTL = 3 * ANNOUNCE_EVERY
+# A round of 500 announcements is spread over this long, as independent nodes would be.
+ROUND_SPREAD = 0.5
+CLI_LIMIT_SECONDS = 2.0
+
+
+def content(label: str, size: int) -> bytes:
+    seed = hashlib.sha256(label.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+class SimulatedPeer:
+    def __init__(self, index: int, common: bytes) -> None:
+        self.index = index
+        self.node_id = secrets.token_hex(16)
+        self.username = f"sim-{index:03d}"
+        self.files = {
+            "common.bin": common,
+            f"peer{index:03d}/a.txt": content(f"{index}-a", 1000 + index),
+            f"peer{index:03d}/b.bin": content(f"{index}-b", CHUNK + 1 + 7 * index),  # two chunks
+        }
+        entries = [
+            protocol.CatalogEntry(
+                name, FileKey(hashlib.sha256(data).hexdigest(), CHUNK), len(data), None
+            )
+            for name, data in self.files.items()
+        ]
+        self.catalog = protocol.encode_catalog(entries, 1)
+
+    def hashes(self) -> dict[FileKey, list[str]]:
+        return {
+            FileKey(hashlib.sha256(data).hexdigest(), CHUNK): [
+                hashlib.sha256(data[i : i + CHUNK]).hexdigest() for i in range(0, len(data), CHUNK)
+            ]
+            for data in self.files.values()
+        }
+
+
+class CatalogFarm(threading.Thread):
+    """500 listening sockets on 127.0.0.1 served by one selector thread."""
+
+    def __init__(self, peers: list[SimulatedPeer]) -> None:
+        super().__init__(daemon=True)
+        self.peers = peers
+        self.hashes: dict[FileKey, list[str]] = {}
+        for peer in peers:
+            self.hashes.update(peer.hashes())
+        self.selector = selectors.DefaultSelector()
+        self.ports: list[int] = []
+        for index in range(len(peers)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, ("listen", index))
+            self.ports.append(sock.getsockname()[1])
+        self.served = {"catalog": 0, "manifest": 0, "other": 0}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for key, mask in self.selector.select(0.1):
+                kind, state = key.data
+                if kind == "listen":
+                    self._accept(key.fileobj, state)
+                else:
+                    self._io(key.fileobj, state, mask)
+
+    def _accept(self, listener: socket.socket, index: int) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        welcome = protocol.encode_welcome(protocol.Welcome(secrets.token_hex(16), False))
+        state = {"index": index, "in": bytearray(), "out": bytearray(welcome)}
+        self.selector.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", state))
+
+    def _io(self, conn: socket.socket, state: dict, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                data = conn.recv(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                state["in"] += data
+                self._answer(state)
+            if state["out"]:
+                sent = conn.send(state["out"])
+                del state["out"][:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, protocol.ProtocolError):
+            self.selector.unregister(conn)
+            conn.close()
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0)
+        self.selector.modify(conn, events, ("conn", state))
+
+    def _answer(self, state: dict) -> None:
+        buf = state["in"]
+        while len(buf) >= 4:
+            (length,) = struct.unpack(">I", buf[:4])
+            if len(buf) < 4 + length:
+                return
+            req = protocol.decode_request(bytes(buf[4 : 4 + length]))
+            del buf[: 4 + length]
+            if isinstance(req, protocol.CatalogRequest):
+                self.served["catalog"] += 1
+                payload = self.peers[state["index"]].catalog
+            elif isinstance(req, protocol.ManifestRequest):
+                self.served["manifest"] += 1
+                payload = protocol.encode_manifests(
+                    {k: self.hashes[k] for k in req.files if k in self.hashes}
+                )
+            else:
+                self.served["other"] += 1
+                state["out"] += protocol.encode_error("simulated peer")
+                continue
+            state["out"] += protocol.encode_ok(len=len(payload)) + payload
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.is_alive():
+            self.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+
+class Announcer(threading.Thread):
+    """Every peer's announcement, every ANNOUNCE_EVERY seconds, to the loopback broadcast."""
+
+    gap = ROUND_SPREAD / PEERS
+
+    def __init__(self, peers: list[SimulatedPeer], ports: list[int], udp_port: int) -> None:
+        super().__init__(daemon=True)
+        self.peers, self.ports, self.udp_port = peers, ports, udp_port
+        self.rounds = 0
+        self.last_round = (0.0, 0.0)  # when the last round began and ended
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(("127.0.0.1", 0))
+            while not self.stop.is_set():
+                self.rounds += 1
+                began = time.time()
+                for peer, port in zip(self.peers, self.ports, strict=True):
+                    data = protocol.encode_announce(
+                        protocol.Announce(
+                            peer.node_id, peer.username, port, 1, self.rounds, time.time()
+                        ),
+                        key=None,
+                    )
+                    sock.sendto(data, (LOOPBACK_BROADCAST, self.udp_port))
+                    time.sleep(self.gap)
+                self.last_round = (began, time.time())
+                self.stop.wait(max(0.0, began + ANNOUNCE_EVERY - time.time()))
+
+
+def timed_json(node, *args: str) -> tuple[float, object]:
+    started = time.monotonic()
+    done = node.p2pctl(*args, "--json")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    return took, json.loads(done.stdout)
+
+
+def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
+    x = make_node("x", P2P_PEER_TTL=PEER_TTL, P2P_ANNOUNCE_INTERVAL=ANNOUNCE_EVERY)
+    x.start()
+    common = content("common", 3 * CHUNK + 11)
+    peers = [SimulatedPeer(i, common) for i in range(PEERS)]
+    farm = CatalogFarm(peers)
+    farm.start()
+    sender = Announcer(peers, farm.ports, x.udp_port)
+    try:
+        started = time.monotonic()
+        sender.start()
+        wait_until(
+            lambda: (
+                x.scalar("SELECT count(*) FROM peers WHERE catalog_synced = 1") == PEERS
+                and x.scalar("SELECT count(*) FROM holdings") == 3 * PEERS
+            ),
+            60,
+            interval=0.2,
+            what="x to record 500 peers and all their holdings",
+        )
+        recorded_after = time.monotonic() - started
+
+        # Everything is there: each peer with its own three files; the common file once.
+        per_peer = dict(
+            x.sql(
+                "SELECT p.username, group_concat(h.name, '|') FROM peers p "
+                "JOIN holdings h ON h.peer_id = p.id GROUP BY p.id"
+            )
+        )
+        for peer in peers:
+            assert sorted(per_peer[peer.username].split("|")) == sorted(peer.files), peer.username
+        assert x.scalar("SELECT count(*) FROM files") == 1 + 2 * PEERS
+        assert x.scalar("SELECT count(*) FROM chunks") == 4 + 3 * PEERS
+        assert x.scalar("SELECT count(*) FROM holdings WHERE bitfield IS NOT NULL") == 0
+
+        timings: dict[str, list[float]] = {"peers": [], "files": []}
+        for _ in range(3):
+            took, listed = timed_json(x, "peers")
+            timings["peers"].append(took)
+            assert {p["username"] for p in listed} == {p.username for p in peers}
+            took, files = timed_json(x, "files")
+            timings["files"].append(took)
+            assert len(files) == 1 + 2 * PEERS
+            assert {f["name"]: f["peers"] for f in files}["common.bin"] == PEERS
+        assert max(timings["peers"] + timings["files"]) < CLI_LIMIT_SECONDS, timings
+        # A baseline: the same command's start-up cost on an empty query.
+        base, _ = timed_json(x, "files", "no-such-file")
+
+        # The announcements stop: after the TTL every peer goes, with what it offered.
+        expired_while_announcing = x.log("listener").count("silent for")
+        sender.stop.set()
+        sender.join(10)
+        began, ended = sender.last_round
+        # Nobody may go before the TTL has passed since its last announcement.
+        time.sleep(max(0.0, began + PEER_TTL - 0.3 - time.time()))
+        assert x.scalar("SELECT count(*) FROM peers") == PEERS
+        wait_until(
+            lambda: x.scalar("SELECT count(*) FROM peers") == 0,
+            PEER_TTL + 15,
+            interval=0.1,
+            what="x to forget all 500 peers",
+        )
+        gone_after = time.time() - ended
+        assert gone_after <= PEER_TTL + 5
+        assert {
+            t: x.scalar(f"SELECT count(*) FROM {t}") for t in ("holdings", "files", "chunks")
+        } == {"holdings": 0, "files": 0, "chunks": 0}
+        assert x.p2pctl_json("files") == []
+        listener_log = x.log("listener")
+        assert listener_log.count("silent for") == PEERS + expired_while_announcing
+        assert "Traceback" not in listener_log
+    finally:
+        sender.stop.set()
+        farm.close()
+    print(
+        f"\nmany peers: {PEERS} peers x 3 files recorded in {recorded_after:.1f} s "
+        f"({sender.rounds} announcement rounds, farm served {farm.served}); "
+        f"p2pctl peers --json {min(timings['peers']):.2f}-{max(timings['peers']):.2f} s, "
+        f"files --json {min(timings['files']):.2f}-{max(timings['files']):.2f} s "
+        f"(files --json on an empty match {base:.2f} s); {expired_while_announcing} peers "
+        f"expired while still announcing every {ANNOUNCE_EVERY:g} s; after the last round all "
+        f"expired within {gone_after:.1f} s (P2P_PEER_TTL {PEER_TTL:g} s), "
+        f"holdings/files/chunks all 0"
+    )
