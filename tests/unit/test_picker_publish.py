@@ -1,0 +1,115 @@
+"""The chunk picker and the publishing step: pure code and a temp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from p2pshare.services import protocol
+from p2pshare.services.picker import Picker
+from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
+
+
+def bits(count: int, held: set[int]) -> bytes:
+    field = protocol.bitfield_empty(count)
+    for i in held:
+        protocol.bitfield_set(field, i)
+    return bytes(field)
+
+
+def test_rarest_chunk_first_then_by_index() -> None:
+    p = Picker(4)
+    p.set_peer("a", None)  # holds all
+    p.set_peer("b", bits(4, {0, 1, 3}))
+    # chunk 2 is held by one peer only: rarest
+    assert p.pick("a") == (2, False)
+    assert p.pick("a") == (0, False)
+    assert p.pick("b") == (1, False)
+
+
+def test_a_peer_is_only_asked_for_what_it_holds() -> None:
+    p = Picker(3)
+    p.set_peer("b", bits(3, {1}))
+    assert p.pick("b") == (1, False)
+    assert p.pick("b") is None
+
+
+def test_endgame_asks_a_second_peer_once_and_the_first_copy_wins() -> None:
+    p = Picker(1)
+    p.set_peer("a", None)
+    p.set_peer("b", None)
+    p.set_peer("c", None)
+    assert p.pick("a") == (0, False)
+    assert p.pick("b") == (0, True)
+    assert p.pick("c") is None  # at most two owners
+    assert p.complete("b", 0) is True
+    assert p.complete("a", 0) is False
+    assert p.finished
+
+
+def test_released_chunks_are_missing_again() -> None:
+    p = Picker(2)
+    p.set_peer("a", None)
+    p.set_peer("b", None)
+    first = p.pick("a")
+    assert first is not None
+    assert p.drop_peer("a") == [first[0]]
+    assert p.pick("b") == (first[0], False)
+
+
+def test_unavailable_lists_chunks_nobody_holds() -> None:
+    p = Picker(4, done=[0])
+    p.set_peer("a", bits(4, {1}))
+    assert p.unavailable() == [2, 3]
+    p.drop_peer("a")
+    assert p.unavailable() == [1, 2, 3]
+
+
+def test_done_chunks_are_never_picked() -> None:
+    p = Picker(3, done=[0, 1, 2])
+    p.set_peer("a", None)
+    assert p.finished
+    assert p.pick("a") is None
+
+
+def test_numbered_names() -> None:
+    names = [x.name for x, _ in zip(numbered(Path("/d/report.pdf")), range(3), strict=False)]
+    assert names == ["report.pdf", "report (1).pdf", "report (2).pdf"]
+    names = [x.name for x, _ in zip(numbered(Path("/d/README")), range(2), strict=False)]
+    assert names == ["README", "README (1)"]
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "a\\b", "a/./b", "a\x00b"])
+def test_names_leading_outside_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(PublishError):
+        safe_destination(tmp_path, name)
+
+
+def test_a_symlinked_folder_leading_outside_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "sub").symlink_to(outside)
+    with pytest.raises(PublishError):
+        safe_destination(downloads, "sub/file.bin")
+
+
+def test_publish_never_overwrites_and_removes_the_temp(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "a.txt").write_bytes(b"mine")
+    temp = tmp_path / "a.part"
+    temp.write_bytes(b"theirs")
+    chosen: list[Path] = []
+
+    final = publish(temp, safe_destination(downloads, "a.txt"), chosen.append)
+
+    assert final.name == "a (1).txt"
+    assert chosen[-1] == final
+    assert (downloads / "a.txt").read_bytes() == b"mine"
+    assert final.read_bytes() == b"theirs"
+    assert not temp.exists()
+    assert sorted(os.listdir(downloads)) == ["a (1).txt", "a.txt"]
