@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.orm import Session
@@ -12,18 +13,35 @@ from sqlalchemy.orm import Session
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
 
 
+class Stamp(NamedTuple):
+    """One version of a file on disk, known without reading it.
+
+    Size and mtime alone miss a rewrite that restores mtime (cp -p, rsync -t,
+    tar x): ctime still moves. A file swapped for another (or for a symlink to
+    one) has another inode.
+    """
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 @dataclass(frozen=True)
 class IndexedStat:
     """What the index remembers of a local file, to skip re-hashing it."""
 
-    size: int
-    mtime_ns: int
+    stamp: Stamp
     file_id: int
 
 
 @dataclass(frozen=True)
 class HashedFile:
-    """A file's content as the indexer measured it."""
+    """A file's content as the indexer measured it (stamp fields 0 for a peer's file)."""
 
     size: int
     mtime_ns: int
@@ -31,16 +49,26 @@ class HashedFile:
     chunk_size: int
     chunk_hashes: Sequence[str]
     chunk_sizes: Sequence[int]
+    ctime_ns: int = 0
+    inode: int = 0
 
 
 def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
     """Every indexed file under one root, by name."""
     rows = session.execute(
-        select(LocalFile.name, LocalFile.size, LocalFile.mtime_ns, LocalFile.file_id).where(
-            LocalFile.root == root
-        )
+        select(
+            LocalFile.name,
+            LocalFile.size,
+            LocalFile.mtime_ns,
+            LocalFile.ctime_ns,
+            LocalFile.inode,
+            LocalFile.file_id,
+        ).where(LocalFile.root == root)
     )
-    return {name: IndexedStat(size, mtime, fid) for name, size, mtime, fid in rows}
+    return {
+        name: IndexedStat(Stamp(size, mtime, ctime, inode), fid)
+        for name, size, mtime, ctime, inode, fid in rows
+    }
 
 
 T = TypeVar("T")
@@ -133,11 +161,14 @@ def record_local_files(
                     "file_id": file_id,
                     "size": h.size,
                     "mtime_ns": h.mtime_ns,
+                    "ctime_ns": h.ctime_ns,
+                    "inode": h.inode,
                     "indexed_at": now,
                 }
             )
         else:
             row.file_id, row.size, row.mtime_ns, row.indexed_at = file_id, h.size, h.mtime_ns, now
+            row.ctime_ns, row.inode = h.ctime_ns, h.inode
     if new:
         session.execute(insert(LocalFile), new)
     return ids

@@ -86,6 +86,10 @@ class LocalFile(Base):
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
     size: Mapped[int]
     mtime_ns: Mapped[int]
+    # ctime changes on every write even when a copy tool restores mtime; the inode
+    # changes when the file is replaced. Together they say "the same bytes" cheaply.
+    ctime_ns: Mapped[int] = mapped_column(default=0)
+    inode: Mapped[int] = mapped_column(default=0)
     indexed_at: Mapped[float]
 
 
@@ -108,6 +112,18 @@ class Peer(Base):
     catalog_synced: Mapped[int] = mapped_column(default=-1)
     first_seen: Mapped[float]
     last_seen: Mapped[float]
+
+
+class RetiredNode(Base):
+    """Node ids of peers that restarted (a new id on the same address and port).
+
+    Their old announcements, replayed, must not bring the old self back.
+    """
+
+    __tablename__ = "retired_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retired_at: Mapped[float]
 
 
 class Holding(Base):

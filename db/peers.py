@@ -9,7 +9,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from p2pshare.db.index import HashedFile, ensure_files
-from p2pshare.db.models import Chunk, File, Holding, Peer
+from p2pshare.db.models import Chunk, File, Holding, Peer, RetiredNode
 from p2pshare.db.node import node_state
 
 
@@ -38,6 +38,8 @@ OWN = AnnounceOutcome(None, False, False, ignored=True)
 # An announcer sends a few announcements a second at most; a larger jump in
 # sequence numbers is a forgery trying to make the real ones look like replays.
 MAX_SEQ_JUMP = 100_000
+# Far longer than any replay window (a few announce intervals).
+RETIRED_KEEP_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,15 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
             now,
         )
         return AnnounceOutcome(peer.id, False, peer.catalog_synced != heard.catalog_version)
+    if session.get(RetiredNode, heard.node_id) is not None:
+        return _refused("announcement from a node id that a restart replaced")
     # A node restarted on the same endpoint is the same machine with a new id:
     # its old self and everything that offered goes now, not after the TTL.
-    session.execute(
-        delete(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
-    )
+    for old in session.scalars(
+        select(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
+    ):
+        session.merge(RetiredNode(node_id=old.node_id, retired_at=now))
+        session.delete(old)
     peer = Peer(
         node_id=heard.node_id,
         username=heard.username,
@@ -100,6 +106,7 @@ def _refused(reason: str) -> AnnounceOutcome:
 
 def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
     """Forget peers silent for `ttl` seconds, with all they offered. Returns their names."""
+    session.execute(delete(RetiredNode).where(RetiredNode.retired_at < now - RETIRED_KEEP_SECONDS))
     gone = list(session.scalars(select(Peer).where(Peer.last_seen < now - ttl)))
     for peer in gone:
         session.delete(peer)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from p2pshare.db.index import Stamp
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
 # Downloads in these states may hold verified chunks worth offering.
@@ -33,7 +34,7 @@ class ByteSource:
     root: str | None  # 'share' / 'download' for a local file, None for a temp file
     path: str  # the name under root, or the temp file's absolute path
     size: int
-    mtime_ns: int | None  # what the index saw; None for temp files
+    stamp: Stamp | None  # what the index saw; None for temp files (private to the node)
     have: bytes | None
     name: str
 
@@ -61,7 +62,14 @@ def byte_sources(session: Session, sha256: str, chunk_size: int) -> list[ByteSou
     if file is None:
         return []
     sources = [
-        ByteSource(lf.root, lf.name, lf.size, lf.mtime_ns, None, lf.name)
+        ByteSource(
+            lf.root,
+            lf.name,
+            lf.size,
+            Stamp(lf.size, lf.mtime_ns, lf.ctime_ns, lf.inode),
+            None,
+            lf.name,
+        )
         for lf in session.scalars(select(LocalFile).where(LocalFile.file_id == file.id))
     ]
     for d in session.scalars(

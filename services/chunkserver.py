@@ -20,6 +20,7 @@ from pathlib import Path
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
+from p2pshare.db.index import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.ratelimit import RateLimiter
@@ -267,11 +268,9 @@ class ChunkServer:
             raise Refusal(f"cannot read the file: {exc.strerror}") from None
         started = time.monotonic()
         try:
-            st = os.fstat(fh.fileno())
-            if src.mtime_ns is not None and (st.st_size, st.st_mtime_ns) != (
-                src.size,
-                src.mtime_ns,
-            ):
+            # The open file must be the very version indexed: not rewritten, and not
+            # swapped for another file or a symlink leading outside the folder.
+            if src.stamp is not None and Stamp.of(os.fstat(fh.fileno())) != src.stamp:
                 self._sources.pop(key, None)
                 raise Refusal("the file changed since it was indexed")
             writer.write(

@@ -442,13 +442,13 @@ class DownloadJob:
                 "peers gave disagrees with the file's hash"
             )
         os.fsync(self.fd)
-        dest = safe_destination(self.settings.download_dir, self.spec.name)
 
         def remember(path: Path) -> None:
             with self.database.write() as s:
                 dbdl.set_saved_as(s, self.spec.download_id, self._relative(path))
 
         try:
+            dest = safe_destination(self.settings.download_dir, self.spec.name)
             final = publish(self.temp, dest, remember)
         except PublishError as exc:
             self._discard_temp()
@@ -456,7 +456,7 @@ class DownloadJob:
         self._record_done(final)
 
     def _record_done(self, final: Path) -> None:
-        st = final.stat()
+        st = final.stat()  # after the temp name is gone: unlinking it moves ctime
         hashed = HashedFile(
             st.st_size,
             st.st_mtime_ns,
@@ -467,6 +467,8 @@ class DownloadJob:
                 protocol.chunk_length(self.spec.size, self.spec.chunk_size, i)
                 for i in range(self.count)
             ],
+            ctime_ns=st.st_ctime_ns,
+            inode=st.st_ino,
         )
         with self.database.write() as s:
             dbdl.finish_download(

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from p2pshare.db.index import HashedFile
+from p2pshare.db.index import HashedFile, Stamp
 
 READ_BLOCK = 1024 * 1024
 
@@ -15,18 +15,20 @@ class FileChanged(Exception):
     """The file changed while it was being hashed; hash it again once it settles."""
 
 
-def hash_file(path: Path, chunk_size: int, *, expect_size: int, expect_mtime_ns: int) -> HashedFile:
-    """Hash `path` in chunks of `chunk_size`. Raises FileChanged or OSError."""
+def hash_file(path: Path, chunk_size: int, *, expect: Stamp) -> HashedFile:
+    """Hash `path` in chunks of `chunk_size`; it must stay as `expect` throughout.
+
+    Raises FileChanged or OSError.
+    """
     whole = hashlib.sha256()
     chunk_hashes: list[str] = []
     chunk_sizes: list[int] = []
     buf = bytearray(min(READ_BLOCK, chunk_size))
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
-        st = os.fstat(fh.fileno())
-        if st.st_size != expect_size or st.st_mtime_ns != expect_mtime_ns:
+        if Stamp.of(os.fstat(fh.fileno())) != expect:
             raise FileChanged(str(path))
-        remaining = st.st_size
+        remaining = expect.size
         while remaining > 0:
             part = hashlib.sha256()
             want = min(chunk_size, remaining)
@@ -41,12 +43,14 @@ def hash_file(path: Path, chunk_size: int, *, expect_size: int, expect_mtime_ns:
             chunk_hashes.append(part.hexdigest())
             chunk_sizes.append(want)
             remaining -= want
-        after = os.fstat(fh.fileno())
-    if after.st_size != expect_size or after.st_mtime_ns != expect_mtime_ns:
+        after = Stamp.of(os.fstat(fh.fileno()))
+    if after != expect:
         raise FileChanged(str(path))
     return HashedFile(
-        size=expect_size,
-        mtime_ns=expect_mtime_ns,
+        size=expect.size,
+        mtime_ns=expect.mtime_ns,
+        ctime_ns=expect.ctime_ns,
+        inode=expect.inode,
         sha256=whole.hexdigest(),
         chunk_size=chunk_size,
         chunk_hashes=chunk_hashes,

@@ -98,11 +98,11 @@ class ShareIndexer:
         todo: list[tuple[str, FoundFile]] = []
         for name, found in scan.files.items():
             old = known.get(name)
-            if old is not None and (old.size, old.mtime_ns) == (found.size, found.mtime_ns):
+            if old is not None and old.stamp == found.stamp:
                 stats.unchanged += 1
-            elif now - found.mtime_ns / 1e9 < SETTLE_SECONDS:
+            elif now - found.stamp.mtime_ns / 1e9 < SETTLE_SECONDS:
                 stats.waiting += 1
-                settles = found.mtime_ns / 1e9 + SETTLE_SECONDS
+                settles = found.stamp.mtime_ns / 1e9 + SETTLE_SECONDS
                 stats.settles_at = min(stats.settles_at or settles, settles)
             else:
                 todo.append((name, found))
@@ -121,9 +121,8 @@ class ShareIndexer:
             try:
                 hashed = hash_file(
                     found.path,
-                    chunk_size_for(found.size, self.settings.chunk_size),
-                    expect_size=found.size,
-                    expect_mtime_ns=found.mtime_ns,
+                    chunk_size_for(found.stamp.size, self.settings.chunk_size),
+                    expect=found.stamp,
                 )
             except FileChanged:
                 stats.waiting += 1

@@ -24,13 +24,25 @@ def safe_destination(download_dir: Path, name: str) -> Path:
     except ProtocolError as exc:
         raise PublishError(f"refusing the name {name!r}: {exc}") from None
     root = download_dir.resolve()
-    dest = root.joinpath(*PurePosixPath(name).parts)
-    # A folder in the download dir may be a symlink leading out; check the real parent.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    real_parent = dest.parent.resolve()
-    if real_parent != root and root not in real_parent.parents:
+    folder = root
+    for part in PurePosixPath(name).parts[:-1]:
+        # A folder in the download dir may be a symlink leading out: check each
+        # one before creating anything below it.
+        folder = folder / part
+        if folder.is_symlink() and not _within(folder.resolve(), root):
+            raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise PublishError(f"cannot create the folder {folder}: {exc.strerror}") from None
+    real_parent = folder.resolve()
+    if not _within(real_parent, root):
         raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
-    return real_parent / dest.name
+    return real_parent / PurePosixPath(name).name
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def numbered(dest: Path) -> Iterator[Path]:

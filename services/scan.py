@@ -8,14 +8,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pshare.db.index import Stamp
 from p2pshare.services.protocol import ProtocolError, check_name
 
 
 @dataclass(frozen=True)
 class FoundFile:
     path: Path
-    size: int
-    mtime_ns: int
+    stamp: Stamp
 
 
 @dataclass
@@ -99,5 +99,5 @@ def _visit(
         return "not a regular file (FIFO, socket or device)"
     if not os.access(entry.path, os.R_OK):
         return "cannot be read (permission denied)"
-    result.files[name] = FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
+    result.files[name] = FoundFile(Path(entry.path), Stamp.of(st))
     return None

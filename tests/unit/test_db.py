@@ -234,9 +234,23 @@ def test_newer_announcement_refreshes_the_peer(db: Database, db_path: Path) -> N
     with db.write() as s:
         first = dbpeers.record_announce(s, heard(seq=1), now=NOW)
     with db.write() as s:
-        second = dbpeers.record_announce(s, heard(seq=2, user="alice2", port=5002), now=NOW + 5)
+        # The server restarted alone on a new port: same run of the announcer.
+        second = dbpeers.record_announce(s, heard(seq=2, port=5002), now=NOW + 5)
     assert second.peer_id == first.peer_id and not second.new
-    assert peer_rows(db_path) == [(NODE_A, "alice2", "127.0.0.2", 5002, 2, NOW + 5)]
+    assert peer_rows(db_path) == [(NODE_A, "alice", "127.0.0.2", 5002, 2, NOW + 5)]
+
+
+def test_a_node_id_cannot_change_its_name_or_jump_its_sequence(
+    db: Database, db_path: Path
+) -> None:
+    with db.write() as s:
+        dbpeers.record_announce(s, heard(seq=1), now=NOW)
+    with db.write() as s:
+        renamed = dbpeers.record_announce(s, heard(seq=2, user="mallory", port=1), now=NOW + 1)
+        jumped = dbpeers.record_announce(s, heard(seq=2**62, port=1), now=NOW + 1)
+    assert renamed.peer_id is None and "already belongs to alice" in str(renamed.refused)
+    assert jumped.peer_id is None and "jumps" in str(jumped.refused)
+    assert peer_rows(db_path) == [(NODE_A, "alice", "127.0.0.2", 5001, 1, NOW)]
 
 
 def test_own_announcement_is_ignored(db: Database, db_path: Path) -> None:
