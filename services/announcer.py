@@ -24,7 +24,7 @@ log = logging.getLogger("p2p.announcer")
 POLL_SECONDS = 0.2
 # At most one announcement per this many seconds for changes; the interval
 # announcement and the start are not held back.
-MIN_GAP_SECONDS = 1.0
+MIN_GAP_SECONDS = 0.5
 # Spread answers to a newcomer so many nodes do not answer in the same instant.
 ANSWER_JITTER_SECONDS = 0.3
 

@@ -22,7 +22,7 @@ from p2pshare.services.settings import Settings, chunk_size_for
 
 log = logging.getLogger("p2p.index")
 
-SETTLE_SECONDS = 1.0
+SETTLE_SECONDS = 0.5
 # Commit hashed files in batches so a first index of 10,000 files is not 10,000 commits,
 # yet each transaction stays short.
 BATCH_FILES = 200
