@@ -22,6 +22,9 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 log = logging.getLogger("p2p.announcer")
 
 POLL_SECONDS = 0.2
+# Until the first announcement, look for the server's port more often: a node
+# should be heard the moment it can be reached.
+FIRST_POLL_SECONDS = 0.02
 # At most one announcement per this many seconds for changes; the interval
 # announcement and the start are not held back.
 MIN_GAP_SECONDS = 0.5
@@ -116,7 +119,7 @@ def run(ctx: RoleContext) -> None:
         ", ".join(announcer.targets()) or "no interface yet",
     )
     try:
-        while not ctx.stop.wait(POLL_SECONDS):
+        while not ctx.stop.wait(POLL_SECONDS if announcer.last_sent else FIRST_POLL_SECONDS):
             try:
                 announcer.step()
             except Exception:
