@@ -115,15 +115,18 @@ class Peer(Base):
 
 
 class RetiredNode(Base):
-    """Node ids of peers that restarted (a new id on the same address and port).
-
-    Their old announcements, replayed, must not bring the old self back.
-    """
+    """Node ids of peers that are gone: restarted (a new id on the same address and
+    port) or expired. Their old announcements, replayed, must not bring them back."""
 
     __tablename__ = "retired_nodes"
 
     node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     retired_at: Mapped[float]
+    # The highest sequence number it had sent; an expired peer coming back (after
+    # a network outage) must send a higher one.
+    last_seq: Mapped[int] = mapped_column(default=0)
+    # True when a restart replaced it: that id can never speak again.
+    replaced: Mapped[bool] = mapped_column(default=False)
 
 
 class Holding(Base):

@@ -74,14 +74,23 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
             now,
         )
         return AnnounceOutcome(peer.id, False, peer.catalog_synced != heard.catalog_version)
-    if session.get(RetiredNode, heard.node_id) is not None:
-        return _refused("announcement from a node id that a restart replaced")
+    retired = session.get(RetiredNode, heard.node_id)
+    if retired is not None:
+        if retired.replaced:
+            return _refused("announcement from a node id that a restart replaced")
+        if heard.seq <= retired.last_seq:
+            return _refused(f"replayed announcement (seq {heard.seq}) of an expired peer")
+        session.delete(retired)  # an expired peer back after an outage
     # A node restarted on the same endpoint is the same machine with a new id:
     # its old self and everything that offered goes now, not after the TTL.
     for old in session.scalars(
         select(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
     ):
-        session.merge(RetiredNode(node_id=old.node_id, retired_at=now))
+        session.merge(
+            RetiredNode(
+                node_id=old.node_id, retired_at=now, last_seq=old.announce_seq, replaced=True
+            )
+        )
         session.delete(old)
     peer = Peer(
         node_id=heard.node_id,
@@ -109,6 +118,11 @@ def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
     session.execute(delete(RetiredNode).where(RetiredNode.retired_at < now - RETIRED_KEEP_SECONDS))
     gone = list(session.scalars(select(Peer).where(Peer.last_seen < now - ttl)))
     for peer in gone:
+        session.merge(
+            RetiredNode(
+                node_id=peer.node_id, retired_at=now, last_seq=peer.announce_seq, replaced=False
+            )
+        )
         session.delete(peer)
     return [f"{p.username} ({p.address}:{p.tcp_port})" for p in gone]
 

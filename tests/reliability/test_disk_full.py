@@ -1,0 +1,129 @@
+"""Case 5: a download larger than the space left, in the download folder or in temp/.
+
+A 4 MiB tmpfs is mounted (as root) where the leecher puts finished downloads,
+or over its P2P_HOME/temp, and the leecher fetches a 6 MiB file. The download
+must fail with a reason that says the disk is full, leave no partial file in
+the download folder (hidden ones included) or in temp/, and the node must keep
+working: a small download right after succeeds. The tmpfs is unmounted at
+teardown, after the nodes have stopped. Skipped where mounting is not allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Node
+from nodetools import (
+    forbidden_log_text,
+    queue,
+    seed,
+    sha256_file,
+    tree,
+    wait_ended,
+    wait_known,
+)
+
+pytestmark = pytest.mark.reliability
+
+TMPFS_SIZE = 4 * 1024 * 1024
+BIG = 6 * 1024 * 1024
+SMALL = 100 * 1024
+CHUNK = 64 * 1024
+
+
+def _mount_tmpfs(path: Path) -> None:
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+
+
+def _unmount(path: Path) -> None:
+    done = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:  # still busy: detach it now, the kernel frees it when unused
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Callable[..., Path]]:
+    """Factory: mount a 4 MiB tmpfs on a folder (created if needed). Unmounted at teardown.
+
+    Requested before make_node, so its teardown runs after the nodes have stopped;
+    the emptied mount point is then removed, and with `in_home` the node's home
+    too when the harness has removed everything else in it (a passing test).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[tuple[Path, bool]] = []
+
+    def factory(path: Path, *, in_home: bool = False) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        _mount_tmpfs(path)
+        mounted.append((path, in_home))
+        return path
+
+    try:
+        yield factory
+    finally:
+        for path, in_home in reversed(mounted):
+            _unmount(path)
+            for folder in (path, path.parent) if in_home else (path,):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def test_disk_full_fails_cleanly_and_the_node_keeps_working(
+    small_disk: Callable[..., Path], make_node: Callable[..., Node]
+) -> None:
+    seeder = make_node("seed", P2P_CHUNK_SIZE=CHUNK)
+    # Finished downloads go to a small disk; temp/ stays on the big one.
+    full_downloads = small_disk(Path(tempfile.mkdtemp(prefix="p2pfull")))
+    leech_dl = make_node("leechdl", P2P_DOWNLOAD_DIR=full_downloads)
+    # temp/ is the small disk; finished downloads go to the big one.
+    leech_tmp = make_node("leechtmp")
+    small_disk(leech_tmp.home / "temp", in_home=True)
+    leeches = (leech_dl, leech_tmp)
+    for node in (seeder, *leeches):
+        node.start(wait=False)
+    for node in (seeder, *leeches):
+        node.wait_alive()
+    big, small = os.urandom(BIG), os.urandom(SMALL)
+    seed(seeder, "big.bin", big)
+    seed(seeder, "small.bin", small)
+    for node in leeches:
+        wait_known(node, "big.bin")
+        wait_known(node, "small.bin")
+
+    download_dirs = {leech_dl: full_downloads, leech_tmp: leech_tmp.home / "downloads"}
+    big_ids = {node: queue(node, "big.bin") for node in leeches}
+    for node, download_id in big_ids.items():
+        d = wait_ended(node, download_id, timeout=60)
+        print(f"{node.label}: {d['status']}: {d['reason']}")
+        assert d["status"] == "failed", d
+        reason = (d["reason"] or "").lower()
+        assert "space" in reason or "full" in reason, d
+        assert tree(download_dirs[node]) == {}, f"{node.label}: a partial file was left behind"
+        assert tree(node.home / "temp") == {}, f"{node.label}: temp/ was not cleaned"
+
+    # The node still works: a small download succeeds, into the same folders.
+    for node in leeches:
+        d = wait_ended(node, queue(node, "small.bin"), timeout=60)
+        assert d["status"] == "done", d
+        got = download_dirs[node] / "small.bin"
+        assert got.read_bytes() == small and sha256_file(got) == d["sha256"]
+        assert set(tree(download_dirs[node])) == {"small.bin"}
+        assert tree(node.home / "temp") == {}
+        beats = node.heartbeats()
+        assert set(beats) == {"server", "announcer", "listener", "downloader"}, beats
+        assert all(node.procs[r].poll() is None for r in beats), node
+        assert forbidden_log_text(node) == []
