@@ -240,9 +240,7 @@ def test_newer_announcement_refreshes_the_peer(db: Database, db_path: Path) -> N
     assert peer_rows(db_path) == [(NODE_A, "alice", "127.0.0.2", 5002, 2, NOW + 5)]
 
 
-def test_a_node_id_cannot_change_its_name_or_jump_its_sequence(
-    db: Database, db_path: Path
-) -> None:
+def test_a_node_id_cannot_change_its_name_or_jump_its_sequence(db: Database, db_path: Path) -> None:
     with db.write() as s:
         dbpeers.record_announce(s, heard(seq=1), now=NOW)
     with db.write() as s:
