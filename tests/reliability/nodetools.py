@@ -142,14 +142,20 @@ def tree(folder: Path) -> dict[str, Path]:
     return out
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, in KiB (0 if it is gone)."""
+def status_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM), in KiB; 0 if the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return 0
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(match[1]) if match else 0
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
+    assert match, f"no {field} for pid {pid}"
+    return int(match[1])
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB (0 if it is gone)."""
+    return status_kib(pid, "VmRSS")
 
 
 def forbidden_log_text(node: Node) -> list[str]:

@@ -18,17 +18,16 @@ import hashlib
 import json
 import os
 import random
-import re
 import selectors
 import socket
 import struct
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nodetools import status_kib
 from p2p_integration_harness import wait_until
 
 from p2pshare.services import chunkserver, protocol
@@ -55,12 +54,6 @@ TRAVERSAL = (
     "big.bin\x00.txt",
     "%2e%2e/%2e%2e/etc/passwd",
 )
-
-
-def status_kib(pid: int, field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert match, f"no {field} for pid {pid}"
-    return int(match[1])
 
 
 def open_fds(pid: int) -> int:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nodetools import status_kib
 from p2p_integration_harness import wait_until
 
 from p2pshare.services import protocol
@@ -42,13 +43,6 @@ QUEUE_ROOM = 1024 * 1024
 SUSTAIN_LIMIT_SECONDS = 40.0
 RSS_GROWTH_LIMIT = 20 * 1024 * 1024
 SPEAKERS = ("server", "announcer")  # genuine nodes without a listener of their own
-
-
-def status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
-    assert match, f"no {field} for pid {pid}"
-    return int(match[1])
 
 
 def udp_socket_stats(port: int) -> tuple[int, int]:
