@@ -8,33 +8,19 @@ created in the host's own namespace.
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import shutil
-import subprocess
 
 import pytest
+from netns import ip, ip_ok, require_netns
 
 pytestmark = pytest.mark.integration
-
-
-def ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def ip_ok(*args: str) -> None:
-    done = ip(*args)
-    assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr.strip()}"
 
 
 @pytest.fixture
 def netns_pair():
     """Two namespaces with a veth pair between them; deleted at teardown."""
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2) to make network namespaces")
-    if os.geteuid() != 0:
-        pytest.skip("making network namespaces needs root")
+    require_netns()
     tag = secrets.token_hex(3)
     names = (f"p2pt-{tag}-a", f"p2pt-{tag}-b")
     made: list[str] = []

@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 
 import pytest
+from netns import ip, ip_ok, require_netns
 
 pytestmark = pytest.mark.reliability
 
@@ -34,15 +34,6 @@ CHUNK = 64 * 1024
 SIZE = 16 * 1024 * 1024 + 12_345  # 257 chunks, the last one short
 UPLOAD_LIMIT = 1024 * 1024  # bytes per second per seeder
 CUT_SECONDS = 3.0
-
-
-def ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def ip_ok(*args: str) -> None:
-    done = ip(*args)
-    assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr.strip()}"
 
 
 @dataclass
@@ -59,10 +50,7 @@ class Lan:
 @pytest.fixture
 def lan():
     """Four host namespaces cabled to a bridge in a fifth; all deleted at teardown."""
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2) to make network namespaces")
-    if os.geteuid() != 0:
-        pytest.skip("making network namespaces needs root")
+    require_netns()
     tag = secrets.token_hex(3)
     switch = f"p2pr-{tag}-sw"
     hosts = {label: f"p2pr-{tag}-{label}" for label in LABELS}
