@@ -133,10 +133,6 @@ def cancel_downloads(session: Session, pattern: str, *, now: float) -> list[str]
     return [d.name for d in chosen]
 
 
-def get_download(session: Session, download_id: int) -> Download | None:
-    return session.get(Download, download_id)
-
-
 # ------------------------------------------------------------ downloader side
 
 
