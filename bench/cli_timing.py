@@ -1,0 +1,214 @@
+"""How long p2pctl takes to answer on a node that knows 500 peers, as ratios.
+
+    python bench/cli_timing.py [--reps 5] [--json]
+
+A node database is seeded under a temporary folder through p2pshare.db (500 peers,
+each offering three files: one they all have and two of their own, as in
+tests/reliability/test_many_peers.py), with fresh heartbeats, so p2pctl takes it for
+a running node. Each command is run REPS times as a user runs it, a new process
+each time; the figure is the median. The reference, measured in the same run and
+the same way, is Python's own start-up with click and tabulate imported
+(`python -c 'import click, tabulate'`), so the ratios hold on a busy machine where
+the seconds do not. Nothing is sent anywhere: p2pctl opens no sockets, and the
+environment says P2P_BROADCAST=127.255.255.255 all the same.
+
+`run(root)` returns the figures (one dict per command); bench/bench.py may call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from p2pshare.db import peers as dbpeers
+from p2pshare.db.engine import Database
+from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
+from p2pshare.services import protocol
+
+PEERS = 500
+CHUNK = protocol.MIN_CHUNK
+REPS = 5
+BASELINE = ("python -c 'import click, tabulate'", ["-c", "import click, tabulate"])
+# (label, p2pctl arguments, how many rows the answer must hold: None for no check)
+COMMANDS: list[tuple[str, list[str], int | None]] = [
+    ("p2pctl --help", ["--help"], None),
+    ("p2pctl status", ["status"], None),
+    ("p2pctl peers", ["peers"], None),
+    ("p2pctl peers --json", ["peers", "--json"], PEERS),
+    ("p2pctl files", ["files"], None),
+    ("p2pctl files --json", ["files", "--json"], 1 + 2 * PEERS),
+]
+
+
+# ---------------------------------------------------------------- seeding
+
+
+def _content(label: str, size: int) -> bytes:
+    seed = hashlib.sha256(label.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def _offer(name: str, data: bytes) -> tuple[dbpeers.Offered, Any, list[str]]:
+    """A catalog entry for `data`, its manifest key and its manifest (one hash per chunk)."""
+    sha = hashlib.sha256(data).hexdigest()
+    count = protocol.chunk_count(len(data), CHUNK)
+    entries = [hashlib.sha256(data[i * CHUNK : (i + 1) * CHUNK]).hexdigest() for i in range(count)]
+    fields: dict[str, Any] = {
+        "name": name,
+        "sha256": sha,
+        "chunk_size": CHUNK,
+        "size": len(data),
+        "have": None,
+        "chunks_held": count,
+    }
+    # The manifest root, where this version of the database has one.
+    if "root" in {f.name for f in dataclasses.fields(dbpeers.Offered)}:
+        fields["root"] = protocol.manifest_root(entries)  # type: ignore[attr-defined]
+    offered = dbpeers.Offered(**fields)
+    key = getattr(offered, "key", (sha, CHUNK))
+    return offered, key, entries
+
+
+def beat(db_path: Path) -> None:
+    """Every role's heartbeat, as a running node writes it (p2pctl checks them)."""
+    database = Database.open(db_path)
+    try:
+        now = time.time()
+        with database.write() as s:
+            for i, role in enumerate(ROLES):
+                record_heartbeat(s, role, pid=40000 + i, started_at=now - 60, now=now)
+    finally:
+        database.close()
+
+
+def seed(home: Path, peers: int = PEERS) -> None:
+    """A node database that has heard `peers` peers, each offering three files."""
+    home.mkdir(parents=True, exist_ok=True)
+    database = Database.open(home / "p2p.db")
+    common = _content("common", 3 * CHUNK + 11)
+    now = time.time()
+    try:
+        with database.write() as s:
+            set_tcp_port(s, 45678, now=now)
+            set_node_id(s, "0" * 32, now=now)
+        for index in range(peers):
+            files = {
+                "common.bin": common,
+                f"peer{index:03d}/a.txt": _content(f"{index}-a", 1000 + index),
+                f"peer{index:03d}/b.bin": _content(f"{index}-b", CHUNK + 1 + 7 * index),
+            }
+            offers = [_offer(name, data) for name, data in files.items()]
+            heard = dbpeers.Heard(
+                f"{index + 1:032x}", f"sim-{index:03d}", "127.0.0.1", 20000 + index, 1, 1
+            )
+            with database.write() as s:
+                peer_id = dbpeers.record_announce(s, heard, now=now).peer_id
+                assert peer_id is not None
+                kept = dbpeers.apply_catalog(
+                    s,
+                    peer_id,
+                    1,
+                    [o for o, _, _ in offers],
+                    {key: entries for _, key, entries in offers},
+                    now=now,
+                )
+                assert kept == 3, f"peer {index}: {kept} of 3 catalog entries kept"
+    finally:
+        database.close()
+    beat(home / "p2p.db")
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env.pop("XDG_DATA_HOME", None)
+    env.update(P2P_HOME=str(home), P2P_BROADCAST="127.255.255.255", P2P_USERNAME="bench")
+    return env
+
+
+def _time_one(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    took = time.perf_counter() - started
+    if done.returncode != 0 or "Traceback" in done.stderr:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+    return took, done.stdout
+
+
+def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
+    """Seed a 500-peer node under `root` and time each command `reps` times (medians).
+
+    Returns one dict per command: command, median_s, runs_s, baseline_s, ratio
+    (median over the baseline's median), reps. The baseline's own row comes first.
+    """
+    home = root / "home"
+    seed(home)
+    env = _env(home)
+    p2pctl = [sys.executable, "-m", "p2pshare.cli.main"]
+    runs: dict[str, list[float]] = {BASELINE[0]: []} | {label: [] for label, _, _ in COMMANDS}
+    # Interleaved, so a burst of load elsewhere costs every command alike. The first
+    # round warms the caches and is not counted.
+    for rep in range(reps + 1):
+        took, _ = _time_one([sys.executable, *BASELINE[1]], env, root)
+        if rep:
+            runs[BASELINE[0]].append(took)
+        for label, args, rows in COMMANDS:
+            beat(home / "p2p.db")  # fresh heartbeats, outside the timing
+            took, out = _time_one([*p2pctl, *args], env, root)
+            if rows is not None and len(json.loads(out)) != rows:
+                raise RuntimeError(f"{label}: {len(json.loads(out))} rows, expected {rows}")
+            if rep:
+                runs[label].append(took)
+    baseline = statistics.median(runs[BASELINE[0]])
+    return [
+        {
+            "command": label,
+            "median_s": round(statistics.median(times), 4),
+            "runs_s": [round(t, 4) for t in times],
+            "baseline_s": round(baseline, 4),
+            "ratio": round(statistics.median(times) / baseline, 2),
+            "reps": reps,
+            "peers": PEERS,
+        }
+        for label, times in runs.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=REPS, help="runs per command (median)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="p2pcli"))
+    try:
+        figures = run(root, args.reps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(
+        tabulate(
+            [(f["command"], f"{f['median_s']:.3f}", f"{f['ratio']:.2f}") for f in figures],
+            headers=[f"{PEERS} peers", "median s", "x python+click+tabulate"],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
