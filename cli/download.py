@@ -13,7 +13,8 @@ from p2pshare.cli.render import human_bytes
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import node as dbnode
 
-FOLLOW_POLL_SECONDS = 0.25
+# A small file is done in milliseconds; a slow poll would be most of what the user waits.
+FOLLOW_POLL_SECONDS = 0.05
 
 
 class Interrupted(UserError):

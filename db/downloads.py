@@ -51,7 +51,8 @@ class Candidate:
 def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     """Files on the network matching NAME, a substring or glob, or NAME@sha256-prefix.
 
-    An exact name wins over substring matches. One candidate per content.
+    An exact name wins over substring matches. One candidate per SHA-256: of the
+    offers of that content (chunk sizes, manifest roots), the one most peers make.
     """
     name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
     sha_prefix = sha_prefix.lower()
@@ -65,13 +66,45 @@ def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     rows = [r for r in rows if r[2].startswith(sha_prefix)] if sha_prefix else rows
     exact = [r for r in rows if r[0] == name_part]
     chosen = exact or [r for r in rows if matches(r[0], name_part)]
-    by_content: dict[int, Candidate] = {}
-    for name, fid, sha, size, peers in sorted(chosen, key=lambda r: (r[0], r[1])):
-        prev = by_content.get(fid)
-        by_content[fid] = Candidate(
-            fid, prev.name if prev else name, sha, size, peers + (prev.peers if prev else 0)
+    names: dict[str, str] = {}
+    for name, _, sha, _, _ in sorted(chosen):
+        names.setdefault(sha, name)
+    offers = _offer_peers(session, {r[2] for r in chosen})
+    out = []
+    for sha, name in names.items():
+        fid, peers = max(offers[sha].items(), key=lambda kv: (kv[1], -kv[0]))
+        file = session.get(File, fid)
+        assert file is not None
+        out.append(Candidate(fid, name, sha, file.size, peers))
+    return sorted(out, key=lambda c: (c.name, c.sha256))
+
+
+def _offer_peers(session: Session, shas: set[str]) -> dict[str, dict[int, int]]:
+    """Per SHA-256, the peers offering each of its `files` rows, not counting bad ones."""
+    out: dict[str, dict[int, int]] = {sha: {} for sha in shas}
+    for sha, fid, peers in session.execute(
+        select(File.sha256, File.id, func.count(Holding.peer_id.distinct()))
+        .join(Holding, Holding.file_id == File.id)
+        .join(Peer, Peer.id == Holding.peer_id)
+        .where(
+            File.sha256.in_(sorted(shas)),
+            Holding.chunks_held > 0,  # as sources_for: a peer holding nothing is no source
+            ~select(BadPeer.id)
+            .where(
+                BadPeer.file_id == File.id,
+                BadPeer.address == Peer.address,
+                BadPeer.tcp_port == Peer.tcp_port,
+            )
+            .exists(),
         )
-    return sorted(by_content.values(), key=lambda c: (c.name, c.sha256))
+        .group_by(File.id)
+    ):
+        out[sha][fid] = peers
+    for sha, offers in out.items():
+        if not offers:  # every offer's peers are bad: keep the candidate, it will wait
+            for fid in session.scalars(select(File.id).where(File.sha256 == sha)):
+                offers[fid] = 0
+    return out
 
 
 def resolve_name(session: Session, pattern: str) -> Candidate:
@@ -92,13 +125,17 @@ def queue_download(session: Session, candidate: Candidate, *, now: float) -> tup
     An unfinished download of the same content is reused rather than doubled.
     Raises AlreadyHere when this node already shares that content.
     """
-    local = session.scalar(select(LocalFile).where(LocalFile.file_id == candidate.file_id))
+    local = session.scalar(
+        select(LocalFile)
+        .join(File, File.id == LocalFile.file_id)
+        .where(File.sha256 == candidate.sha256)
+    )
     if local is not None:
         raise AlreadyHere(f"this node already has that file: {local.root}/{local.name}")
     existing = session.scalar(
-        select(Download.id).where(
-            Download.file_id == candidate.file_id, Download.status.in_(UNFINISHED)
-        )
+        select(Download.id)
+        .join(File, File.id == Download.file_id)
+        .where(File.sha256 == candidate.sha256, Download.status.in_(UNFINISHED))
     )
     if existing is not None:
         return existing, False
@@ -155,6 +192,8 @@ class JobSpec:
     sha256: str
     size: int
     chunk_size: int
+    root: str
+    # The manifest: per chunk, the SHA-256 chaining state after it (hex).
     chunk_hashes: list[str]
     have: bytes
     temp_path: str | None
@@ -180,6 +219,7 @@ def job_spec(session: Session, download_id: int) -> JobSpec | None:
         f.sha256,
         f.size,
         f.chunk_size,
+        f.root,
         hashes,
         bytes(d.have),
         d.temp_path,
@@ -348,3 +388,61 @@ def follow_state(session: Session, download_id: int) -> FollowState | None:
         or 0
     )
     return FollowState(d.status, d.reason, d.bytes_done, d.saved_as, peers)
+
+
+def _entries(session: Session, file_id: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(Chunk.sha256).where(Chunk.file_id == file_id).order_by(Chunk.chunk_index)
+        )
+    )
+
+
+def switch_offer(session: Session, download_id: int) -> str | None:
+    """Move a download whose offer no usable peer makes any more to another offer of the
+    same SHA-256 (another manifest root or chunk size) that live, not-bad peers make.
+
+    Verified chunks stay only where both manifests agree on the entries before and
+    after them, so nothing proven under one manifest is trusted under another on
+    faith. Returns a sentence for the history, or None when there is nothing to
+    switch to. The caller ends the job; the downloader starts it again on the new offer.
+    """
+    d = session.get(Download, download_id)
+    if d is None or d.status not in UNFINISHED:
+        return None
+    offers = _offer_peers(session, {d.sha256})[d.sha256]
+    offers.pop(d.file_id, None)
+    usable = {fid: n for fid, n in offers.items() if n > 0}
+    if not usable:
+        return None
+    old = session.get(File, d.file_id)
+    fid = max(usable, key=lambda f: (usable[f], -f))
+    new = session.get(File, fid)
+    assert old is not None and new is not None
+    new_entries = _entries(session, fid)
+    if len(new_entries) != new.chunk_count:
+        return None  # its manifest is not here yet
+    have = bytearray((new.chunk_count + 7) // 8)
+    kept = 0
+    if new.chunk_size == old.chunk_size and d.have:
+        old_entries = _entries(session, old.id)
+        for i in range(min(len(old_entries), len(new_entries))):
+            if not d.have[i >> 3] & (0x80 >> (i & 7)):
+                continue
+            same_before = i == 0 or old_entries[i - 1] == new_entries[i - 1]
+            if same_before and old_entries[i] == new_entries[i]:
+                have[i >> 3] |= 0x80 >> (i & 7)
+                kept += 1
+    d.file_id, d.have, d.size = fid, bytes(have), new.size
+    d.bytes_done = sum(
+        min(new.chunk_size, new.size - i * new.chunk_size)
+        for i in range(new.chunk_count)
+        if have[i >> 3] & (0x80 >> (i & 7))
+    )
+    d.status = "queued"
+    d.reason = (
+        f"switched to the manifest {new.root[:12]} offered by {usable[fid]} "
+        f"peer{'s' if usable[fid] != 1 else ''}: no usable peer offers {old.root[:12]} "
+        f"any more ({kept} verified chunks kept)"
+    )
+    return d.reason

@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 
 from p2pshare.db.models import Base
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
 WAL_RETRY_SECONDS = 30.0
@@ -34,13 +34,46 @@ class SchemaError(Exception):
     """The database cannot be used by this version of p2pshare."""
 
 
-def _create_v1(conn: Connection) -> None:
-    Base.metadata.create_all(conn)
+def _to_v2(conn: Connection) -> None:
+    """Protocol v2: manifests are SHA-256 chaining states under a root, keyed in `files`.
+
+    v1 chunk hashes mean nothing to v2 peers, so everything derived from them goes
+    (the indexer hashes local files again, peers' catalogs are fetched again) and
+    unfinished downloads fail with a sentence saying why; history stays. `files`
+    is rebuilt for its new unique key, keeping its ids for `downloads` to point at
+    (ensure_schema runs this with foreign keys off and checks them before committing,
+    SQLite's documented way to rebuild a table others refer to).
+    """
+    sql = conn.exec_driver_sql
+    sql(
+        "UPDATE downloads SET status='failed', temp_path=NULL, finished_at=?,"
+        " reason='p2pshare was upgraded to protocol v2; download it again'"
+        " WHERE status IN ('queued','active','waiting')",
+        (time.time(),),
+    )
+    for table in ("holdings", "local_files", "chunks", "bad_peers"):
+        sql(f"DELETE FROM {table}")
+    sql("UPDATE peers SET catalog_synced=-1")
+    sql(
+        "CREATE TABLE files_v2 (id INTEGER NOT NULL, sha256 VARCHAR(64) NOT NULL,"
+        " size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, root VARCHAR(64) NOT NULL,"
+        " chunk_count INTEGER NOT NULL, first_seen DOUBLE NOT NULL, PRIMARY KEY (id),"
+        " UNIQUE (sha256, chunk_size, root))"
+    )
+    sql(
+        "INSERT INTO files_v2 (id, sha256, size, chunk_size, root, chunk_count, first_seen)"
+        " SELECT f.id, f.sha256, f.size, f.chunk_size, '', f.chunk_count, f.first_seen"
+        " FROM files f WHERE EXISTS (SELECT 1 FROM downloads d WHERE d.file_id = f.id)"
+    )
+    sql("DROP TABLE files")
+    sql("ALTER TABLE files_v2 RENAME TO files")
+    sql("CREATE INDEX ix_files_sha256 ON files (sha256)")
 
 
-# Version N is reached by running MIGRATIONS[N] on a database at version N - 1.
-# A new version appends a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+# Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
+# new database is created at SCHEMA_VERSION from the models. A new version appends
+# a function; old ones never change.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2}
 
 
 def make_engine(path: Path) -> Engine:
@@ -101,17 +134,37 @@ def ensure_schema(engine: Engine) -> int:
     Raises SchemaError for a database written by a newer p2pshare.
     """
     _set_wal(engine)
-    with engine.connect() as conn, conn.begin():  # BEGIN IMMEDIATE: one migrator at a time
-        version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database is at schema version {version}, newer than this "
-                f"p2pshare understands ({SCHEMA_VERSION}); upgrade p2pshare"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[target](conn)
-        if version != SCHEMA_VERSION:
-            conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+    with engine.connect() as conn:
+        # Rebuilding a table that others refer to (files, in _to_v2) needs foreign keys
+        # off around the transaction, checked before it commits: with them on, DROP TABLE's
+        # implicit DELETE leaves deferred violations that fail the COMMIT even once the new
+        # table holds every referenced id (https://sqlite.org/lang_altertable.html#otheralter).
+        # The pragma is a no-op inside a transaction, so it goes to the driver before BEGIN.
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():  # BEGIN IMMEDIATE: one migrator at a time
+                version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+                if version > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"the database is at schema version {version}, newer than this "
+                        f"p2pshare understands ({SCHEMA_VERSION}); upgrade p2pshare"
+                    )
+                if version == 0:
+                    Base.metadata.create_all(conn)
+                else:
+                    for target in range(version + 1, SCHEMA_VERSION + 1):
+                        MIGRATIONS[target](conn)
+                    if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise SchemaError(
+                            f"upgrading the database from schema version {version} left rows "
+                            "pointing at nothing; nothing was changed"
+                        )
+                if version != SCHEMA_VERSION:
+                    conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+        finally:
+            driver.execute("PRAGMA foreign_keys=ON")
     return SCHEMA_VERSION
 
 

@@ -47,10 +47,20 @@ class HashedFile:
     mtime_ns: int
     sha256: str
     chunk_size: int
+    # The manifest: per chunk, the SHA-256 chaining state after it (hex); see Chunk.
     chunk_hashes: Sequence[str]
     chunk_sizes: Sequence[int]
+    root: str  # SHA-256 over the manifest's entries
     ctime_ns: int = 0
     inode: int = 0
+
+    @property
+    def key(self) -> ContentKey:
+        return (self.sha256, self.chunk_size, self.root)
+
+
+# (sha256, chunk_size, root): one offer of a content, the unique key of `files`.
+ContentKey = tuple[str, int, str]
 
 
 def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
@@ -82,12 +92,12 @@ def _slices(items: Sequence[T]) -> Iterable[Sequence[T]]:
 
 def ensure_files(
     session: Session, contents: Iterable[HashedFile], *, now: float
-) -> dict[tuple[str, int], int]:
+) -> dict[ContentKey, int]:
     """Ids of the `files` rows for these contents, inserting missing rows and chunk hashes.
 
     In bulk: a catalog or a first index of 10,000 files is a few statements, not 30,000.
     """
-    wanted = {(h.sha256, h.chunk_size): h for h in contents}
+    wanted = {h.key: h for h in contents}
     ids = _file_ids(session, wanted)
     new = [h for key, h in wanted.items() if key not in ids]
     if new:
@@ -98,13 +108,14 @@ def ensure_files(
                     "sha256": h.sha256,
                     "size": h.size,
                     "chunk_size": h.chunk_size,
+                    "root": h.root,
                     "chunk_count": len(h.chunk_hashes),
                     "first_seen": now,
                 }
                 for h in new
             ],
         )
-        ids.update(_file_ids(session, {(h.sha256, h.chunk_size): h for h in new}))
+        ids.update(_file_ids(session, {h.key: h for h in new}))
     hashed: set[int] = set()
     for part in _slices(list(ids.values())):
         hashed.update(
@@ -123,22 +134,20 @@ def ensure_files(
     return ids
 
 
-def _file_ids(
-    session: Session, wanted: dict[tuple[str, int], HashedFile]
-) -> dict[tuple[str, int], int]:
-    ids: dict[tuple[str, int], int] = {}
-    for part in _slices(sorted({sha for sha, _ in wanted})):
-        for sha, cs, fid in session.execute(
-            select(File.sha256, File.chunk_size, File.id).where(File.sha256.in_(part))
+def _file_ids(session: Session, wanted: dict[ContentKey, HashedFile]) -> dict[ContentKey, int]:
+    ids: dict[ContentKey, int] = {}
+    for part in _slices(sorted({sha for sha, _, _ in wanted})):
+        for sha, cs, root, fid in session.execute(
+            select(File.sha256, File.chunk_size, File.root, File.id).where(File.sha256.in_(part))
         ):
-            if (sha, cs) in wanted:
-                ids[(sha, cs)] = fid
+            if (sha, cs, root) in wanted:
+                ids[(sha, cs, root)] = fid
     return ids
 
 
 def record_local_files(
     session: Session, root: str, items: Sequence[tuple[str, HashedFile]], *, now: float
-) -> dict[tuple[str, int], int]:
+) -> dict[ContentKey, int]:
     """Insert or update the local_files rows for these names under root; returns file ids."""
     ids = ensure_files(session, (h for _, h in items), now=now)
     existing: dict[str, LocalFile] = {}
@@ -151,7 +160,7 @@ def record_local_files(
         )
     new = []
     for name, h in items:
-        file_id = ids[(h.sha256, h.chunk_size)]
+        file_id = ids[h.key]
         row = existing.get(name)
         if row is None:
             new.append(
@@ -179,7 +188,7 @@ def record_local_file(
 ) -> int:
     """Insert or update the local_files row for root/name; returns the file id."""
     ids = record_local_files(session, root, [(name, hashed)], now=now)
-    return ids[(hashed.sha256, hashed.chunk_size)]
+    return ids[hashed.key]
 
 
 def remove_local_files(session: Session, root: str, names: Iterable[str]) -> int:

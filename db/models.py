@@ -46,21 +46,37 @@ class Heartbeat(Base):
 
 
 class File(Base):
-    """A file's content, known here or on the network, identified by its SHA-256 and chunking."""
+    """A file's content as offered: its SHA-256, its chunking and its manifest's root.
+
+    Two offers of one SHA-256 with different roots are two rows: at most one can be
+    honest, and a download uses the peers of one root only.
+    """
 
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("sha256", "chunk_size"),)
+    __table_args__ = (
+        UniqueConstraint("sha256", "chunk_size", "root"),
+        Index("ix_files_sha256", "sha256"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
     chunk_size: Mapped[int]
+    # SHA-256 of the manifest's entries (chunks.sha256 in order, as 32-byte values);
+    # '' for content known before protocol v2, which has no manifest any more.
+    root: Mapped[str] = mapped_column(String(64), default="")
     chunk_count: Mapped[int]
     first_seen: Mapped[float]
 
 
 class Chunk(Base):
-    """One chunk of a file: bytes [chunk_index * chunk_size, + size)."""
+    """One chunk of a file: bytes [chunk_index * chunk_size, + size).
+
+    `sha256` is the chunk's manifest entry: the SHA-256 chaining state after this
+    chunk (the eight 32-bit state words, big-endian, in hex), and for the last
+    chunk the file's SHA-256 itself. Chunk i verifies alone, starting from entry
+    i-1 (the standard initial state for chunk 0).
+    """
 
     __tablename__ = "chunks"
 

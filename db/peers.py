@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from p2pshare.db.index import HashedFile, ensure_files
+from p2pshare.db.index import ContentKey, HashedFile, ensure_files
 from p2pshare.db.models import Chunk, File, Holding, Peer, RetiredNode
 from p2pshare.db.node import node_state
 
@@ -49,9 +49,14 @@ class Offered:
     name: str
     sha256: str
     chunk_size: int
+    root: str
     size: int
     have: bytes | None  # None: every chunk
     chunks_held: int
+
+    @property
+    def key(self) -> ContentKey:
+        return (self.sha256, self.chunk_size, self.root)
 
 
 def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOutcome:
@@ -140,29 +145,27 @@ class KnownContent:
     complete: bool  # chunk hashes are here (or the file is empty)
 
 
-def known_contents(
-    session: Session, keys: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], KnownContent]:
-    """What this database already knows of each (sha256, chunk_size)."""
+def known_contents(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, KnownContent]:
+    """What this database already knows of each (sha256, chunk_size, root)."""
     keys = set(keys)
-    shas = sorted({sha for sha, _ in keys})
-    out: dict[tuple[str, int], KnownContent] = {}
+    shas = sorted({sha for sha, _, _ in keys})
+    out: dict[ContentKey, KnownContent] = {}
     for start in range(0, len(shas), 500):
         rows = session.execute(
-            select(File.sha256, File.chunk_size, File.id, File.size, File.chunk_count).where(
-                File.sha256.in_(shas[start : start + 500])
-            )
+            select(
+                File.sha256, File.chunk_size, File.root, File.id, File.size, File.chunk_count
+            ).where(File.sha256.in_(shas[start : start + 500]))
         ).all()
         hashed = set(
             session.scalars(
                 select(Chunk.file_id).where(
-                    Chunk.file_id.in_([r[2] for r in rows]), Chunk.chunk_index == 0
+                    Chunk.file_id.in_([r[3] for r in rows]), Chunk.chunk_index == 0
                 )
             )
         )
-        for sha, cs, fid, size, count in rows:
-            if (sha, cs) in keys:
-                out[(sha, cs)] = KnownContent(fid, size, count == 0 or fid in hashed)
+        for sha, cs, root, fid, size, count in rows:
+            if (sha, cs, root) in keys:
+                out[(sha, cs, root)] = KnownContent(fid, size, count == 0 or fid in hashed)
     return out
 
 
@@ -171,22 +174,22 @@ def apply_catalog(
     peer_id: int,
     version: int,
     offered: Sequence[Offered],
-    manifests: dict[tuple[str, int], list[str]],
+    manifests: dict[ContentKey, list[str]],
     *,
     now: float,
 ) -> int | None:
     """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone.
 
-    Entries whose content is new here but came without chunk hashes (or with the
-    wrong number of them), or whose size contradicts what we already know of that
-    content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
+    Entries whose content is new here but came without a manifest (the caller passes
+    only manifests that proved their root), or whose size contradicts what we already
+    know of that content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
     """
     if session.get(Peer, peer_id) is None:
         return None
-    known = known_contents(session, ((o.sha256, o.chunk_size) for o in offered))
-    missing: dict[tuple[str, int], HashedFile] = {}
+    known = known_contents(session, (o.key for o in offered))
+    missing: dict[ContentKey, HashedFile] = {}
     for entry in offered:
-        key = (entry.sha256, entry.chunk_size)
+        key = entry.key
         content = known.get(key)
         if content is not None and content.complete:
             continue
@@ -197,7 +200,7 @@ def apply_catalog(
     created = ensure_files(session, missing.values(), now=now)
     wanted: dict[tuple[int, str], Offered] = {}
     for entry in offered:
-        key = (entry.sha256, entry.chunk_size)
+        key = entry.key
         content = known.get(key)
         if content is not None and content.size != entry.size:
             continue  # a lie, or a collision; never let it overwrite what we know
@@ -248,4 +251,4 @@ def _replace_holdings(
 
 def _hashed(entry: Offered, hashes: list[str]) -> HashedFile:
     sizes = [min(entry.chunk_size, entry.size - i * entry.chunk_size) for i in range(len(hashes))]
-    return HashedFile(entry.size, 0, entry.sha256, entry.chunk_size, hashes, sizes)
+    return HashedFile(entry.size, 0, entry.sha256, entry.chunk_size, hashes, sizes, entry.root)

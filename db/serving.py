@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from p2pshare.db.index import Stamp
+from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
 # Downloads in these states may hold verified chunks worth offering.
@@ -22,6 +22,7 @@ class Offer:
     name: str
     sha256: str
     chunk_size: int
+    root: str
     size: int
     # None: every chunk; else the bitfield of verified chunks (a download in progress).
     have: bytes | None
@@ -42,23 +43,31 @@ class ByteSource:
 def offers(session: Session) -> list[Offer]:
     """Everything this node offers: shared files, finished and in-progress downloads."""
     rows = session.execute(
-        select(LocalFile.name, File.sha256, File.chunk_size, File.size).join(
+        select(LocalFile.name, File.sha256, File.chunk_size, File.root, File.size).join(
             File, File.id == LocalFile.file_id
         )
     )
-    out = [Offer(name, sha, cs, size, None) for name, sha, cs, size in rows]
+    out = [Offer(name, sha, cs, root, size, None) for name, sha, cs, root, size in rows]
     partial = session.execute(
-        select(Download.name, File.sha256, File.chunk_size, File.size, Download.have)
+        select(Download.name, File.sha256, File.chunk_size, File.root, File.size, Download.have)
         .join(File, File.id == Download.file_id)
         .where(Download.status.in_(OFFERING_STATUSES), Download.bytes_done > 0)
     )
-    out.extend(Offer(name, sha, cs, size, bytes(have)) for name, sha, cs, size, have in partial)
+    out.extend(
+        Offer(name, sha, cs, root, size, bytes(have)) for name, sha, cs, root, size, have in partial
+    )
     return out
 
 
-def byte_sources(session: Session, sha256: str, chunk_size: int) -> list[ByteSource]:
-    """Where this node holds the file's bytes; whole local files first."""
-    file = session.scalar(select(File).where(File.sha256 == sha256, File.chunk_size == chunk_size))
+def byte_sources(session: Session, key: ContentKey) -> list[ByteSource]:
+    """Where this node holds the file's bytes; whole local files first.
+
+    A partial download is offered only under the root it verified its chunks with.
+    """
+    sha256, chunk_size, root = key
+    file = session.scalar(
+        select(File).where(File.sha256 == sha256, File.chunk_size == chunk_size, File.root == root)
+    )
     if file is None:
         return []
     sources = [
@@ -84,23 +93,21 @@ def byte_sources(session: Session, sha256: str, chunk_size: int) -> list[ByteSou
     return sources
 
 
-def chunk_hashes(
-    session: Session, keys: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], list[str]]:
-    """The chunk hashes, in order, of each file this node knows completely, in bulk."""
+def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, list[str]]:
+    """The manifest entries, in order, of each file this node knows completely, in bulk."""
     wanted = set(keys)
-    shas = sorted({sha for sha, _ in wanted})
-    out: dict[tuple[str, int], list[str]] = {}
-    counts: dict[tuple[str, int], int] = {}
+    shas = sorted({sha for sha, _, _ in wanted})
+    out: dict[ContentKey, list[str]] = {}
+    counts: dict[ContentKey, int] = {}
     for start in range(0, len(shas), 500):
         rows = session.execute(
-            select(File.sha256, File.chunk_size, File.chunk_count, Chunk.sha256)
+            select(File.sha256, File.chunk_size, File.root, File.chunk_count, Chunk.sha256)
             .outerjoin(Chunk, Chunk.file_id == File.id)
             .where(File.sha256.in_(shas[start : start + 500]))
             .order_by(File.id, Chunk.chunk_index)
         )
-        for sha, cs, count, chunk_sha in rows:
-            key = (sha, cs)
+        for sha, cs, root, count, chunk_sha in rows:
+            key = (sha, cs, root)
             if key in wanted:
                 counts[key] = count
                 hashes = out.setdefault(key, [])

@@ -199,7 +199,9 @@ class ChunkServer:
                     return self._catalog
                 offers = dbserving.offers(s)
             entries = [
-                protocol.CatalogEntry(o.name, FileKey(o.sha256, o.chunk_size), o.size, o.have)
+                protocol.CatalogEntry(
+                    o.name, FileKey(o.sha256, o.chunk_size, o.root), o.size, o.have
+                )
                 for o in offers
             ]
             return version, protocol.encode_catalog(entries, version)
@@ -218,7 +220,7 @@ class ChunkServer:
         if cached and not fresh and now - cached[0] < SOURCE_CACHE_SECONDS:
             return cached[1]
         with self.database.read() as s:
-            sources = dbserving.byte_sources(s, key.sha256, key.chunk_size)
+            sources = dbserving.byte_sources(s, key)
         if len(self._sources) > 1024:
             self._sources.clear()
         self._sources[key] = (now, sources)

@@ -28,6 +28,8 @@ RETRY_SECONDS = 5.0
 # Dropped datagrams are logged one line each up to this many per second; a
 # flood gets a summary line instead of filling the disk.
 DROP_LOG_PER_SECOND = 10
+# A liar may send thousands of bad manifests; a few lines say enough.
+MAX_REFUSED_LOGGED = 5
 
 
 def open_udp(port: int) -> socket.socket:
@@ -148,12 +150,22 @@ class CatalogFetcher:
             need = {
                 e.file: e.size for e in entries if e.file not in known or not known[e.file].complete
             }
-            manifests = client.manifests(need) if need else {}
+            manifests = client.manifests(need) if need else protocol.Manifests({}, {})
+        for key, why in list(manifests.refused.items())[:MAX_REFUSED_LOGGED]:
+            log.warning(
+                "refused the manifest of %s (root %s) from %s:%d: %s",
+                key.sha256[:12],
+                key.root[:12],
+                address,
+                port,
+                why,
+            )
         offered = [
             dbpeers.Offered(
                 e.name,
                 e.file.sha256,
                 e.file.chunk_size,
+                e.file.root,
                 e.size,
                 e.have,
                 e.chunks if e.have is None else protocol.bitfield_count(e.have),
@@ -166,7 +178,7 @@ class CatalogFetcher:
                 peer_id,
                 version,
                 offered,
-                {tuple(k): v for k, v in manifests.items()},
+                {tuple(k): v for k, v in manifests.good.items()},
                 now=time.time(),
             )
             if kept is not None:
@@ -177,7 +189,7 @@ class CatalogFetcher:
             address,
             port,
             len(entries),
-            len(manifests),
+            len(manifests.good),
             time.monotonic() - started,
         )
 

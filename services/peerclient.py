@@ -102,16 +102,18 @@ class PeerClient:
         self.send(protocol.CatalogRequest())
         return protocol.decode_catalog(self._payload(protocol.MAX_CATALOG_BYTES))
 
-    def manifests(self, sizes: dict[FileKey, int]) -> dict[FileKey, list[str]]:
-        """Chunk hashes for the given files, asked in batches the protocol allows."""
+    def manifests(self, sizes: dict[FileKey, int]) -> protocol.Manifests:
+        """Manifests of the given files, asked in batches the protocol allows."""
         keys = list(sizes)
-        out: dict[FileKey, list[str]] = {}
+        out = protocol.Manifests({}, {})
         step = protocol.MAX_MANIFEST_FILES
         for start in range(0, len(keys), step):
             self.send(protocol.ManifestRequest(tuple(keys[start : start + step])))
         for start in range(0, len(keys), step):
             batch = {k: sizes[k] for k in keys[start : start + step]}
-            out.update(protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch))
+            got = protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch)
+            out.good.update(got.good)
+            out.refused.update(got.refused)
         return out
 
     def have(self, key: FileKey, chunks: int) -> bytes | None:

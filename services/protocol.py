@@ -4,7 +4,7 @@ No sockets, database, clock or environment here: callers pass `now` and `key`.
 Every `decode_*` raises only `ProtocolError` (or a subclass) on bad bytes.
 
 UDP: one JSON object per datagram, at most MAX_DATAGRAM bytes:
-    {"p2p": 1, "t": "announce", "node": <hex id>, "user": <name>, "port": <tcp>,
+    {"p2p": 2, "t": "announce", "node": <hex id>, "user": <name>, "port": <tcp>,
      "cv": <catalog version>, "seq": <n>, "ts": <unix seconds>[, "mac": <hex>]}
 
 TCP: frames of a 4-byte big-endian length and a JSON object. The server speaks
@@ -12,6 +12,14 @@ first (a welcome with a nonce); with a network key the client answers with an
 HMAC of that nonce before anything else. Then the client may pipeline requests;
 replies come in order. A reply whose header has "len" is followed by that many
 raw bytes: chunk data, or a zlib-compressed JSON catalog or manifest.
+
+A file is offered as (sha256, chunk size, root). Its manifest has one 32-byte
+entry per chunk: the SHA-256 chaining state after that chunk, the last entry
+being the file's SHA-256 (see sha256chain). The root is the SHA-256 of the
+entries concatenated, so a manifest proves itself: one that does not hash to
+the root it was offered under is refused, and a peer offering another root
+for the same SHA-256 makes a different offer, never a poisoned one.
+Version 2 of the protocol; version 1 (plain per-chunk hashes, no root) is refused.
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_DATAGRAM = 1400
 MAX_FRAME = 64 * 1024
 MAX_CATALOG_BYTES = 64 * 1024 * 1024  # decompressed; about 300,000 files
 MAX_MANIFEST_FILES = 256  # per request
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a lie
 MIN_CHUNK = 16 * 1024
+# A SHA-256 chaining state exists only after whole 64-byte blocks.
+CHUNK_ALIGN = 64
 MAX_CHUNK = 64 * 1024 * 1024
 MAX_CHUNKS_PER_FILE = 1 << 20
 MAX_NAME_BYTES = 1024
@@ -44,7 +54,7 @@ NONCE_HEX = 32
 FRAME_HEADER = struct.Struct(">I")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"[0-9a-f]+")
-MANIFEST_LABEL_RE = re.compile(r"([0-9a-f]{64}):([0-9]{1,9})", re.ASCII)
+MANIFEST_LABEL_RE = re.compile(r"([0-9a-f]{64}):([0-9]{1,9}):([0-9a-f]{64})", re.ASCII)
 AUTH_CONTEXT = b"p2pshare-tcp-auth\0"
 
 
@@ -73,10 +83,16 @@ class RemoteRefused(ProtocolError):
 
 
 class FileKey(NamedTuple):
-    """A file's content: its SHA-256 and the chunk size its chunk hashes use."""
+    """One offer of a file's content: its SHA-256, its chunking, and its manifest's root."""
 
     sha256: str
     chunk_size: int
+    root: str
+
+
+def manifest_root(entries: list[str]) -> str:
+    """The root a manifest is offered under: SHA-256 of its 32-byte entries concatenated."""
+    return hashlib.sha256(b"".join(bytes.fromhex(e) for e in entries)).hexdigest()
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -197,8 +213,32 @@ def check_name(name: object) -> str:
     return name
 
 
+def check_chunk_size(value: int) -> int:
+    if value % CHUNK_ALIGN:
+        raise MalformedMessage(f"chunk size {value} is not a multiple of {CHUNK_ALIGN}")
+    return value
+
+
 def _file_key(raw: dict[str, Any]) -> FileKey:
-    return FileKey(check_sha(raw.get("sha")), _int(raw, "cs", MIN_CHUNK, MAX_CHUNK))
+    return FileKey(
+        check_sha(raw.get("sha")),
+        check_chunk_size(_int(raw, "cs", MIN_CHUNK, MAX_CHUNK)),
+        check_sha(raw.get("rt")),
+    )
+
+
+def _key_fields(key: FileKey) -> dict[str, Any]:
+    return {"sha": key.sha256, "cs": key.chunk_size, "rt": key.root}
+
+
+def _check_version(raw: dict[str, Any], what: str) -> None:
+    version = raw.get("p2p")
+    if type(version) is int and version != PROTOCOL_VERSION and 0 < version < 1000:
+        raise WrongVersion(
+            f"{what} speaks p2pshare protocol v{version}; this node speaks v{PROTOCOL_VERSION}"
+        )
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise WrongVersion(f"{what} is not p2pshare (no protocol version)")
 
 
 # ---------------------------------------------------------------- HMAC
@@ -256,12 +296,9 @@ def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float)
     to refuse by `seq`.
     """
     raw = _obj(data, MAX_DATAGRAM)
-    if (
-        type(raw.get("p2p")) is not int
-        or raw.get("p2p") != PROTOCOL_VERSION
-        or raw.get("t") != "announce"
-    ):
-        raise WrongVersion(f"not a p2pshare v{PROTOCOL_VERSION} announcement")
+    _check_version(raw, "the announcement")
+    if raw.get("t") != "announce":
+        raise MalformedMessage("not an announcement")
     mac = raw.pop("mac", None)
     if key is None and mac is not None:
         # A keyed network is not ours: we could never fetch its catalog or chunks.
@@ -355,14 +392,13 @@ def encode_request(req: Request) -> bytes:
     elif isinstance(req, CatalogRequest):
         raw = {"op": "catalog"}
     elif isinstance(req, ManifestRequest):
-        raw = {"op": "manifest", "files": [[f.sha256, f.chunk_size] for f in req.files]}
+        raw = {"op": "manifest", "files": [list(f) for f in req.files]}
     elif isinstance(req, HaveRequest):
-        raw = {"op": "have", "sha": req.file.sha256, "cs": req.file.chunk_size}
+        raw = {"op": "have", **_key_fields(req.file)}
     else:
         raw = {
             "op": "get",
-            "sha": req.file.sha256,
-            "cs": req.file.chunk_size,
+            **_key_fields(req.file),
             "i": req.index,
             "off": req.offset,
             "len": req.length,
@@ -393,9 +429,9 @@ def decode_request(body: bytes) -> Request:
             raise MalformedMessage(f"'files' must list 1 to {MAX_MANIFEST_FILES} files")
         keys = []
         for item in files:
-            if not isinstance(item, list) or len(item) != 2:
-                raise MalformedMessage("each file must be [sha256, chunk_size]")
-            keys.append(_file_key({"sha": item[0], "cs": item[1]}))
+            if not isinstance(item, list) or len(item) != 3:
+                raise MalformedMessage("each file must be [sha256, chunk_size, root]")
+            keys.append(_file_key({"sha": item[0], "cs": item[1], "rt": item[2]}))
         return ManifestRequest(tuple(keys))
     raise MalformedMessage(f"unknown request {str(op)[:32]!r}")
 
@@ -424,8 +460,9 @@ def encode_welcome(w: Welcome) -> bytes:
 
 def decode_welcome(body: bytes) -> Welcome:
     raw = _obj(body, MAX_FRAME)
-    if raw.get("p2p") != PROTOCOL_VERSION or raw.get("op") != "welcome":
-        raise WrongVersion(f"not a p2pshare v{PROTOCOL_VERSION} server")
+    _check_version(raw, "the peer")
+    if raw.get("op") != "welcome":
+        raise MalformedMessage("the server did not start with a welcome")
     auth = raw.get("auth")
     if not isinstance(auth, bool):
         raise MalformedMessage("'auth' must be true or false")
@@ -520,6 +557,7 @@ def encode_catalog(entries: list[CatalogEntry], version: int) -> bytes:
             e.file.sha256,
             e.size,
             e.file.chunk_size,
+            e.file.root,
             None if e.have is None else base64.b64encode(e.have).decode(),
         ]
         for e in entries
@@ -555,16 +593,14 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
     entries = []
     sizes: dict[FileKey, int] = {}
     for item in files:
-        if not isinstance(item, list) or len(item) != 5:
-            raise MalformedMessage("each catalog entry must have 5 fields")
-        name, sha, size, cs, have = item
-        fields = {"size": size, "cs": cs}
-        size = _int(fields, "size", 0, MAX_FILE_SIZE)
-        cs = _int(fields, "cs", MIN_CHUNK, MAX_CHUNK)
-        count = chunk_count(size, cs)
+        if not isinstance(item, list) or len(item) != 6:
+            raise MalformedMessage("each catalog entry must have 6 fields")
+        name, sha, size, cs, root, have = item
+        size = _int({"size": size}, "size", 0, MAX_FILE_SIZE)
+        key = _file_key({"sha": sha, "cs": cs, "rt": root})
+        count = chunk_count(size, key.chunk_size)
         if count > MAX_CHUNKS_PER_FILE:
             raise MalformedMessage("file has too many chunks")
-        key = FileKey(check_sha(sha), cs)
         if sizes.setdefault(key, size) != size:
             raise MalformedMessage("the catalog gives one file two sizes")
         entries.append(CatalogEntry(check_name(name), key, size, _bits(have, count)))
@@ -572,34 +608,62 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
 
 
 def encode_manifests(manifests: dict[FileKey, list[str]]) -> bytes:
-    """Chunk hashes per file: raw 32-byte digests concatenated, base64, compressed."""
+    """Manifest entries per file: raw 32-byte entries concatenated, base64, compressed."""
     body = {
-        f"{k.sha256}:{k.chunk_size}": base64.b64encode(
-            b"".join(bytes.fromhex(h) for h in hashes)
+        f"{k.sha256}:{k.chunk_size}:{k.root}": base64.b64encode(
+            b"".join(bytes.fromhex(h) for h in entries)
         ).decode()
-        for k, hashes in manifests.items()
+        for k, entries in manifests.items()
     }
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 1)
 
 
-def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> dict[FileKey, list[str]]:
-    """Chunk hashes for the files asked about (`sizes`); files the peer lacks are absent.
+@dataclass(frozen=True)
+class Manifests:
+    """A manifest reply: the entries of each file that proved itself, and why others did not."""
 
-    Raises ProtocolError if the peer answers for a file not asked about or with
-    the wrong number of hashes.
+    good: dict[FileKey, list[str]]
+    refused: dict[FileKey, str]
+
+
+def check_manifest(key: FileKey, size: int, digests: bytes) -> list[str]:
+    """The entries of one manifest, if it is the one `key` promises. Raises MalformedMessage."""
+    count = chunk_count(size, key.chunk_size)
+    if len(digests) != 32 * count:
+        raise MalformedMessage(f"manifest has {len(digests) // 32} entries, not {count}")
+    if hashlib.sha256(digests).hexdigest() != key.root:
+        raise MalformedMessage("manifest does not hash to the root it was offered under")
+    entries = [digests[i : i + 32].hex() for i in range(0, len(digests), 32)]
+    last = entries[-1] if entries else EMPTY_SHA256
+    if last != key.sha256:
+        raise MalformedMessage("manifest does not end in the file's SHA-256")
+    return entries
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> Manifests:
+    """Manifests for the files asked about (`sizes`); files the peer lacks are absent.
+
+    A manifest that does not prove itself (wrong root, wrong count, not ending in
+    the file's SHA-256) is refused alone, with its reason. Raises ProtocolError if
+    the reply itself is malformed or answers for a file not asked about.
     """
     raw = _obj(_inflate(payload), MAX_CATALOG_BYTES)
-    out: dict[FileKey, list[str]] = {}
+    good: dict[FileKey, list[str]] = {}
+    refused: dict[FileKey, str] = {}
     for label, value in raw.items():
         match = MANIFEST_LABEL_RE.fullmatch(label)
-        key = FileKey(match[1], int(match[2])) if match else None
+        key = FileKey(match[1], int(match[2]), match[3]) if match else None
         if key is None or key not in sizes or not isinstance(value, str):
             raise MalformedMessage("manifest for a file that was not asked about")
         try:
             digests = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise MalformedMessage("manifest is not base64") from None
-        if len(digests) != 32 * chunk_count(sizes[key], key.chunk_size):
-            raise MalformedMessage("manifest has the wrong number of chunk hashes")
-        out[key] = [digests[i : i + 32].hex() for i in range(0, len(digests), 32)]
-    return out
+        try:
+            good[key] = check_manifest(key, sizes[key], digests)
+        except MalformedMessage as exc:
+            refused[key] = str(exc)
+    return Manifests(good, refused)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
 from p2pshare.services.settings import Settings, SettingsError, load_settings
+from p2pshare.services.sha256chain import ChainUnavailable, check_available
 
 log = logging.getLogger("p2p")
 
@@ -86,10 +87,11 @@ def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
     """Start a role and run it until SIGTERM; exits the process with its status."""
     setup_logging(role)
     try:
+        check_available()  # every role hashes or serves chained manifests
         settings = load_settings()
         settings.make_dirs()
         database = Database.open(settings.db_path)
-    except (SettingsError, SchemaError, StartupError) as exc:
+    except (SettingsError, SchemaError, StartupError, ChainUnavailable) as exc:
         print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except OSError as exc:

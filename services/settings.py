@@ -245,6 +245,10 @@ def _chunk_size(raw: str | None) -> int | None:
     # 16 KiB keeps per-chunk overhead sane; 64 MiB keeps a chunk in memory bounds.
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
         raise SettingsError(f"P2P_CHUNK_SIZE must be between 16384 and 67108864 bytes, not {value}")
+    # A SHA-256 chaining state, which each manifest entry is, exists only after whole
+    # 64-byte blocks.
+    if value % 64:
+        raise SettingsError(f"P2P_CHUNK_SIZE must be a multiple of 64 bytes, not {value}")
     return value
 
 

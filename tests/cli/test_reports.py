@@ -21,6 +21,7 @@ from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
 from p2pshare.services import protocol
+from p2pshare.services.sha256chain import manifest_entries
 
 CS = 16384
 OWN = "0" * 32
@@ -38,16 +39,18 @@ def sha(data: bytes) -> str:
 
 
 def hashed(data: bytes) -> dbindex.HashedFile:
-    parts = [data[i : i + CS] for i in range(0, len(data), CS)]
+    """What the indexer records: the chained manifest and its root."""
+    entries = manifest_entries(data, CS)
+    sizes = [len(data[i : i + CS]) for i in range(0, len(data), CS)]
     return dbindex.HashedFile(
-        len(data), 1, sha(data), CS, [sha(p) for p in parts], [len(p) for p in parts]
+        len(data), 1, sha(data), CS, entries, sizes, protocol.manifest_root(entries)
     )
 
 
 def offered(name: str, data: bytes, have: bytes | None = None) -> dbpeers.Offered:
     count = protocol.chunk_count(len(data), CS)
     held = count if have is None else protocol.bitfield_count(have)
-    return dbpeers.Offered(name, sha(data), CS, len(data), have, held)
+    return dbpeers.Offered(name, sha(data), CS, hashed(data).root, len(data), have, held)
 
 
 # ---------------------------------------------------------------- seeding
@@ -88,8 +91,8 @@ def seed(home: Path) -> None:
                     offered("notes/todo.txt", TODO, bytes(partial)),
                 ],
                 {
-                    (sha(MOVIE), CS): hashed(MOVIE).chunk_hashes,
-                    (sha(TODO), CS): hashed(TODO).chunk_hashes,
+                    hashed(MOVIE).key: list(hashed(MOVIE).chunk_hashes),
+                    hashed(TODO).key: list(hashed(TODO).chunk_hashes),
                 },
                 now=now,
             )

@@ -638,17 +638,16 @@ def wait_until_fixture() -> Callable[..., Any]:
 def catalog_entry(
     name: str, content: bytes, chunk_size: int = protocol.MIN_CHUNK
 ) -> tuple[protocol.CatalogEntry, list[str]]:
-    """A true catalog entry for `content` under `name` (not checked), and its chunk hashes."""
+    """A true catalog entry for `content` under `name` (not checked), and its manifest."""
     import hashlib
 
-    hashes = [
-        hashlib.sha256(content[i : i + chunk_size]).hexdigest()
-        for i in range(0, len(content), chunk_size)
-    ]
-    entry = protocol.CatalogEntry(
-        name, protocol.FileKey(hashlib.sha256(content).hexdigest(), chunk_size), len(content), None
+    from p2pshare.services.sha256chain import manifest_entries
+
+    hashes = manifest_entries(content, chunk_size)
+    key = protocol.FileKey(
+        hashlib.sha256(content).hexdigest(), chunk_size, protocol.manifest_root(hashes)
     )
-    return entry, hashes
+    return protocol.CatalogEntry(name, key, len(content), None), hashes
 
 
 @pytest.fixture(name="catalog_entry")

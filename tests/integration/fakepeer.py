@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.sha256chain import manifest_entries
 
 BROADCAST = "127.255.255.255"
 
@@ -29,10 +30,16 @@ class FakeFile:
     chunk_size: int
     # Chunks this peer claims and serves; None: all.
     have: set[int] | None = None
+    # A manifest to offer instead of the true one (a liar's); its root is what it hashes to.
+    manifest: list[str] | None = None
 
     @property
     def key(self) -> FileKey:
-        return FileKey(hashlib.sha256(self.data).hexdigest(), self.chunk_size)
+        return FileKey(
+            hashlib.sha256(self.data).hexdigest(),
+            self.chunk_size,
+            protocol.manifest_root(self.hashes()),
+        )
 
     @property
     def count(self) -> int:
@@ -50,7 +57,10 @@ class FakeFile:
         return self.data[i * self.chunk_size : (i + 1) * self.chunk_size]
 
     def hashes(self) -> list[str]:
-        return [hashlib.sha256(self.chunk(i)).hexdigest() for i in range(self.count)]
+        """The manifest offered: chained SHA-256 states, the last the file's SHA-256."""
+        if self.manifest is not None:
+            return self.manifest
+        return manifest_entries(self.data, self.chunk_size)
 
 
 @dataclass

@@ -12,10 +12,14 @@ import zlib
 import pytest
 
 from p2pshare.services import protocol
+from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.integration
 
 TEN_THOUSAND = 10_000
+# Bounds on waits for what must happen, generous for a busy machine; how soon it
+# happens on a quiet one is the benchmark's business (bench/bench.py: discovery).
+DISCOVERY_TIMEOUT = 60.0
 
 
 def start_all(*nodes):
@@ -42,10 +46,11 @@ def test_two_nodes_find_each_other(make_node, wait_until):
     a, b = make_node("a"), make_node("b")
     start_all(a, b)
     up = time.monotonic()
-    wait_until(lambda: all_see_each_other([a, b]), 10, what="a and b to see each other")
+    wait_until(
+        lambda: all_see_each_other([a, b]), DISCOVERY_TIMEOUT, what="a and b to see each other"
+    )
     latency = time.monotonic() - up
     print(f"\ndiscovery latency, two nodes: {latency:.2f} s after both were up")
-    assert latency <= 2.5  # one announce interval (2 s) and some slack
 
     # The row holds the other's real address and real (P2P_TCP_PORT=0) port.
     assert a.peers()[b.username][1:3] == ("127.0.0.1", b.tcp_port())
@@ -64,7 +69,11 @@ def test_three_nodes_one_under_supervisord_all_see_each_other(make_node, wait_un
     for node in (a, b, c):
         node.wait_alive()
     up = time.monotonic()
-    wait_until(lambda: all_see_each_other([a, b, c]), 10, what="three nodes to see each other")
+    wait_until(
+        lambda: all_see_each_other([a, b, c]),
+        DISCOVERY_TIMEOUT,
+        what="three nodes to see each other",
+    )
     print(f"\ndiscovery latency, three nodes: {time.monotonic() - up:.2f} s after all were up")
     for node in (a, b, c):
         assert len(node.peers()) == 2
@@ -73,7 +82,9 @@ def test_three_nodes_one_under_supervisord_all_see_each_other(make_node, wait_un
 def test_new_file_reaches_peer_holdings_within_seconds(make_node, wait_until):
     a, b = make_node("a"), make_node("b")
     start_all(a, b)
-    wait_until(lambda: all_see_each_other([a, b]), 10, what="a and b to see each other")
+    wait_until(
+        lambda: all_see_each_other([a, b]), DISCOVERY_TIMEOUT, what="a and b to see each other"
+    )
 
     data = os.urandom(300 * 1024)
     written = time.monotonic()
@@ -87,20 +98,21 @@ def test_new_file_reaches_peer_holdings_within_seconds(make_node, wait_until):
             (a.username,),
         )
 
-    rows = wait_until(held, 10, what="report.pdf in b's holdings")
+    rows = wait_until(held, DISCOVERY_TIMEOUT, what="report.pdf in b's holdings")
     latency = time.monotonic() - written
     print(f"\nnew file on a in b's holdings after {latency:.2f} s")
     assert rows == [("report.pdf", hashlib.sha256(data).hexdigest(), len(data), 2, 2)]
-    # 1 s settle + 1 s scan period + up to 1 s announce gap + fetch.
-    assert latency <= 4.0
-    # The chunk hashes came along (the manifest), so b can verify a download.
+    # The manifest came along (chained SHA-256 states, the last the file's SHA-256), with
+    # the root it was offered under, so b can verify a download.
     hashes = [
         h
         for (h,) in b.sql(
             "SELECT c.sha256 FROM chunks c JOIN files f ON f.id = c.file_id ORDER BY c.chunk_index"
         )
     ]
-    assert hashes == [hashlib.sha256(data[i : i + 256 * 1024]).hexdigest() for i in (0, 256 * 1024)]
+    assert hashes == manifest_entries(data, 256 * 1024)
+    assert hashes[-1] == hashlib.sha256(data).hexdigest()
+    assert b.sql("SELECT root FROM files") == [(protocol.manifest_root(hashes),)]
     listed = b.p2pctl_json("files")
     assert [(f["name"], f["here"], f["peers"]) for f in listed] == [("report.pdf", False, 1)]
 
@@ -113,15 +125,27 @@ def test_stopped_node_is_forgotten_after_peer_ttl(make_node, wait_until):
     a, b = make_node("a", **fast), make_node("b", **fast)
     (a.share / "x.txt").write_bytes(b"x" * 100)
     start_all(a, b)
-    wait_until(lambda: b.holdings_of(a.username) == 1, 10, what="b to learn a's file")
+    wait_until(
+        lambda: b.holdings_of(a.username) == 1, DISCOVERY_TIMEOUT, what="b to learn a's file"
+    )
+    a_id = a.node_id()
+    seen: list[float] = []  # the latest last_seen of a in b that this test has read
 
+    def forgotten() -> bool:
+        rows = b.sql("SELECT last_seen FROM peers WHERE node_id = ?", (a_id,))
+        seen.extend(r[0] for r in rows)
+        return not rows
+
+    assert not forgotten()
     a.stop()
     stopped = time.monotonic()
-    wait_until(lambda: a.username not in b.peers(), 10, what="b to forget a")
+    wait_until(forgotten, DISCOVERY_TIMEOUT, what="b to forget a")
     gone_after = time.monotonic() - stopped
     print(f"\nstopped peer forgotten {gone_after:.2f} s after it stopped (TTL 3 s)")
-    # Not before its last announcement is TTL old (it announced at most 1 s before stopping).
-    assert 3 - 1 - 0.5 <= gone_after <= 3 + 2.5
+    # Not before its last announcement was TTL old, as b itself recorded both (the
+    # last_seen read here is never later than b's last one), however slow the machine.
+    retired_at = b.scalar("SELECT retired_at FROM retired_nodes WHERE node_id = ?", (a_id,))
+    assert retired_at - max(seen) >= 3, (retired_at, max(seen))
     # What it offered went with it: no holdings, and its file's content is orphaned and gone.
     assert b.scalar("SELECT count(*) FROM holdings") == 0
     assert b.scalar("SELECT count(*) FROM files") == 0
@@ -133,20 +157,28 @@ def test_restarted_node_is_relearned_and_its_old_row_goes(make_node, wait_until)
     a, b = make_node("a", **fast), make_node("b", **fast)
     (a.share / "x.txt").write_bytes(b"x" * 100)
     start_all(a, b)
-    wait_until(lambda: b.holdings_of(a.username) == 1, 10, what="b to learn a's file")
+    wait_until(
+        lambda: b.holdings_of(a.username) == 1, DISCOVERY_TIMEOUT, what="b to learn a's file"
+    )
     old = (a.node_id(), a.tcp_port())
     assert peer_rows(b, a.username) == [old]
 
     a.restart()
     new = (a.node_id(), a.tcp_port())
     assert new[0] != old[0]
-    wait_until(lambda: new in peer_rows(b, a.username), 5, what="b to learn the restarted a")
+    wait_until(
+        lambda: new in peer_rows(b, a.username),
+        DISCOVERY_TIMEOUT,
+        what="b to learn the restarted a",
+    )
     wait_until(
         lambda: peer_rows(b, a.username) == [new],
-        3 + 2.5,
-        what="the old row of a to go within the TTL",
+        DISCOVERY_TIMEOUT,
+        what="the old row of a to go (its TTL is 3 s)",
     )
-    wait_until(lambda: b.holdings_of(a.username) == 1, 5, what="the new a's file in b")
+    wait_until(
+        lambda: b.holdings_of(a.username) == 1, DISCOVERY_TIMEOUT, what="the new a's file in b"
+    )
 
 
 def test_node_restarted_on_its_fixed_port_replaces_its_old_row_at_once(
@@ -156,7 +188,7 @@ def test_node_restarted_on_its_fixed_port_replaces_its_old_row_at_once(
     a = make_node("a", P2P_TCP_PORT=free_tcp_port(), P2P_PEER_TTL=60)
     b = make_node("b", P2P_PEER_TTL=60)
     start_all(a, b)
-    wait_until(lambda: b.sees(a), 10, what="b to see a")
+    wait_until(lambda: b.sees(a), DISCOVERY_TIMEOUT, what="b to see a")
     old_id = a.node_id()
 
     a.restart()
@@ -164,10 +196,12 @@ def test_node_restarted_on_its_fixed_port_replaces_its_old_row_at_once(
     assert new[0] != old_id and new[1] == int(a.env["P2P_TCP_PORT"])
     rows = wait_until(
         lambda: (r := peer_rows(b, a.username)) and old_id not in dict(r) and r,
-        5,
+        30,  # well inside the TTL (60 s), and b says why the row went, below
         what="b to replace a's old row",
     )
     assert rows == [new]
+    # Replaced by the same-endpoint rule, not expired: so b's own record says.
+    assert b.scalar("SELECT replaced FROM retired_nodes WHERE node_id = ?", (old_id,)) == 1
 
 
 # ---------------------------------------------------------------- a big catalog
@@ -176,7 +210,9 @@ def test_node_restarted_on_its_fixed_port_replaces_its_old_row_at_once(
 def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_until, capture):
     a, b = make_node("a"), make_node("b")
     start_all(a, b)
-    wait_until(lambda: all_see_each_other([a, b]), 10, what="a and b to see each other")
+    wait_until(
+        lambda: all_see_each_other([a, b]), DISCOVERY_TIMEOUT, what="a and b to see each other"
+    )
 
     started = time.monotonic()
     for d in range(100):
@@ -187,13 +223,13 @@ def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_unt
     written = time.monotonic()
     indexed = wait_until(
         lambda: a.scalar("SELECT count(*) FROM local_files") == TEN_THOUSAND and time.monotonic(),
-        60,
+        300,
         interval=0.25,
         what="a to index 10,000 files",
     )
     wait_until(
         lambda: b.holdings_of(a.username) == TEN_THOUSAND,
-        60,
+        300,
         interval=0.25,
         what="b to hold a's 10,000 files",
     )
@@ -203,7 +239,6 @@ def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_unt
         f"{indexed - written:.1f} s later, all in b's holdings {learned - written:.1f} s "
         f"after the last write ({learned - started:.1f} s after the first)"
     )
-    assert learned - written <= 60
 
     # Every content b learned is complete: one chunk hash per (tiny) file.
     assert b.scalar("SELECT count(*) FROM files") == TEN_THOUSAND
@@ -212,7 +247,7 @@ def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_unt
     final = a.scalar("SELECT catalog_version FROM node")
     wait_until(
         lambda: b.peers()[a.username][3:] == (final, final),
-        5,
+        DISCOVERY_TIMEOUT,
         what="b to have heard and synced a's last catalog version",
     )
 
@@ -234,7 +269,7 @@ def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_unt
 
 def _announce_raw(node_id: str, **override: object) -> bytes:
     raw = {
-        "p2p": 1,
+        "p2p": protocol.PROTOCOL_VERSION,
         "t": "announce",
         "node": node_id,
         "user": "mallory",
@@ -252,12 +287,13 @@ def _bad_datagrams(peer_id: str) -> dict[str, bytes]:
     return {
         "empty": b"",
         "random bytes": os.urandom(300),
-        "not UTF-8": b'{"p2p": 1, "t": "announce", "user": "\xff\xfe\xfd"}',
+        "not UTF-8": b'{"p2p": 2, "t": "announce", "user": "\xff\xfe\xfd"}',
         "oversized 2000 bytes": _announce_raw(fresh, user="x" * 1850),
         "huge JSON": _announce_raw(fresh, user="y" * 60_000),
         "JSON but not an object": b"[1, 2, 3]",
         "deeply nested JSON": b"[" * 650 + b"]" * 650,
-        "wrong version": _announce_raw(fresh, p2p=2),
+        "protocol v1": _announce_raw(fresh, p2p=1),
+        "a future version": _announce_raw(fresh, p2p=3),
         "wrong type": _announce_raw(fresh, t="hello"),
         "negative port": _announce_raw(fresh, port=-1),
         "port too large": _announce_raw(fresh, port=70000),
@@ -300,7 +336,7 @@ def test_bad_datagrams_change_nothing_and_are_logged(
     )
     wait_until(
         lambda: b.peers().get(peer.username, ())[-1:] == (1,),
-        10,
+        DISCOVERY_TIMEOUT,
         what="b to record the fake peer and fetch its (empty) catalog",
     )
 
@@ -321,7 +357,7 @@ def test_bad_datagrams_change_nothing_and_are_logged(
             wait_until(lambda w=window: int(time.monotonic()) != w, 2, what="the next second")
         count = _drop_lines(b)
         send_datagram(data, b.udp_port, "127.0.0.1")
-        wait_until(lambda c=count: _drop_lines(b) > c, 3, what=f"b to log dropping: {what}")
+        wait_until(lambda c=count: _drop_lines(b) > c, 30, what=f"b to log dropping: {what}")
         assert listener.poll() is None, f"listener died on: {what}"
     assert snapshot() == before
     assert b.log("listener").count("replayed announcement") == 2
@@ -339,10 +375,10 @@ def test_bad_datagrams_change_nothing_and_are_logged(
     )
     wait_until(
         lambda: b.scalar("SELECT announce_seq FROM peers") == 101,
-        5,
+        30,
         what="b to accept the next genuine announcement",
     )
-    wait_until(lambda: b.heartbeats()["listener"][1] > beat, 5, what="a fresh listener heartbeat")
+    wait_until(lambda: b.heartbeats()["listener"][1] > beat, 30, what="a fresh listener heartbeat")
     assert "Traceback" not in b.log("listener")
 
 
@@ -382,7 +418,9 @@ def test_network_key_separates_nodes(make_node, wait_until):
     c = make_node("c", P2P_NETWORK_KEY="their secret", **fast)
     d = make_node("d", **fast)  # no key
     start_all(a, b, c, d)
-    wait_until(lambda: all_see_each_other([a, b]), 10, what="a and b to see each other")
+    wait_until(
+        lambda: all_see_each_other([a, b]), DISCOVERY_TIMEOUT, what="a and b to see each other"
+    )
 
     # Wait until a and b have heard (and refused) c and d, and c has heard the others.
     def heard_and_refused(node, *reasons):
@@ -393,7 +431,7 @@ def test_network_key_separates_nodes(make_node, wait_until):
     for node in (a, b, c):
         wait_until(
             lambda n=node: heard_and_refused(n, wrong, missing),
-            5,
+            30,
             what=f"{node.label} to refuse the others' announcements",
         )
     assert set(a.peers()) == {b.username}
@@ -415,13 +453,13 @@ def test_node_without_key_does_not_list_keyed_nodes(make_node, wait_until):
     start_all(a, d)
     wait_until(
         lambda: "announcement carries no" in a.log("listener"),
-        5,
+        30,
         what="a to refuse d's announcement",
     )
     # d has heard a: it either recorded a (the bug) or logged refusing it.
     wait_until(
         lambda: a.username in d.peers() or "network key" in d.log("listener"),
-        5,
+        30,
         what="d to hear a's announcement",
     )
     assert d.peers() == {}
@@ -474,9 +512,6 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
         "backslash": liar("..\\evil"),
         "empty part": liar("a//evil"),
         "control character": liar("evil\nname"),
-        "manifest with the wrong number of hashes": fake_peer(
-            catalog=protocol.encode_catalog([ok_entry], 1), manifests=wrong_hash_count
-        ),
         "catalog not zlib": fake_peer(catalog=b"this is not zlib at all"),
         "catalog inflating past 64 MiB": fake_peer(
             catalog=zlib.compress(b'{"cv":1,"files":[' + b" " * (65 * 1024 * 1024) + b"]}")
@@ -489,7 +524,25 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
             [protocol.CatalogEntry("good-copy.txt", good.file, 999_999, None)], 1
         )
     )
-    everyone = [*liars.values(), size_liar]
+
+    def bogus_manifest(req):  # the right count, ending in the SHA-256, but not the root's
+        return protocol.encode_manifests(
+            {k: ["ab" * 32, k.sha256] for k in req.files if k == good_twice.file}
+        )
+
+    # Manifests that do not prove themselves: each is refused alone, the catalog is kept.
+    good_twice = protocol.CatalogEntry(
+        "good-again.txt", good.file._replace(root="cd" * 32), good.size, None
+    )
+    manifest_liars = {
+        "manifest with the wrong number of entries": fake_peer(
+            catalog=protocol.encode_catalog([ok_entry], 1), manifests=wrong_hash_count
+        ),
+        "manifest that does not hash to its root": fake_peer(
+            catalog=protocol.encode_catalog([good_twice], 1), manifests=bogus_manifest
+        ),
+    }
+    everyone = [*liars.values(), size_liar, *manifest_liars.values()]
     for peer in everyone:
         announce(b.udp_port, node_id=peer.node_id, username=peer.username, tcp_port=peer.port)
     wait_until(
@@ -502,11 +555,13 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
         10,
         what="b to log each lying catalog",
     )
-    wait_until(
-        lambda: b.peers()[size_liar.username][-1] == 1,
-        10,
-        what="b to process the size liar's catalog",
-    )
+    for peer in [size_liar, *manifest_liars.values()]:
+        wait_until(
+            lambda peer=peer: b.peers()[peer.username][-1] == 1,
+            10,
+            what=f"b to process {peer.username}'s catalog",
+        )
+    assert b.log("listener").count("refused the manifest of") == len(manifest_liars)
 
     assert {p.username: b.holdings_of(p.username) for p in everyone} == dict.fromkeys(
         (p.username for p in everyone), 0
@@ -576,11 +631,12 @@ def test_slow_peers_do_not_starve_catalog_fetches(
         manifests=lambda req: protocol.encode_manifests({entry.file: hashes}),
     )
     announce(b.udp_port, node_id=honest.node_id, username=honest.username, tcp_port=honest.port)
-    wait_until(lambda: honest.username in b.peers(), 5, what="b to record the honest peer")
-    # Unhindered, this takes a few milliseconds.
+    wait_until(lambda: honest.username in b.peers(), 30, what="b to record the honest peer")
+    # Unhindered, this takes a few milliseconds. Behind the slow ones it would take their
+    # FETCH_DEADLINE (30 s in services/listener.py): the bound stays below that.
     wait_until(
         lambda: b.holdings_of(honest.username) == 1,
-        8,
+        25,
         what="b to fetch the honest peer's catalog beside the slow ones",
     )
 
@@ -589,7 +645,9 @@ def test_restarted_server_alone_is_followed_to_its_new_port(make_node, wait_unti
     a, b = make_node("a"), make_node("b")
     (a.share / "x.txt").write_bytes(b"x")
     start_all(a, b)
-    wait_until(lambda: b.holdings_of(a.username) == 1, 10, what="b to learn a's file")
+    wait_until(
+        lambda: b.holdings_of(a.username) == 1, DISCOVERY_TIMEOUT, what="b to learn a's file"
+    )
     node_id, old_port = a.node_id(), a.tcp_port()
 
     a.restart(("server",))
@@ -598,7 +656,7 @@ def test_restarted_server_alone_is_followed_to_its_new_port(make_node, wait_unti
     # The announcer notices the new port and says so at once; b follows, same row.
     wait_until(
         lambda: peer_rows(b, a.username) == [(node_id, new_port)],
-        4,
+        DISCOVERY_TIMEOUT,
         what="b to follow a to its new port",
     )
     assert b.holdings_of(a.username) == 1

@@ -60,6 +60,7 @@ def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wa
         10,
         what="a to index its file",
     )
+    root = a.scalar("SELECT root FROM files WHERE sha256 = ?", (sha,))
     port = a.tcp_port()
     server = a.procs["server"]
 
@@ -74,13 +75,13 @@ def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wa
         "JSON but not an object": struct.pack(">I", 7) + b"[1,2,3]",
         "unknown op": protocol.frame({"op": "rm -rf"}),
         "chunk request with a bad sha": protocol.frame(
-            {"op": "get", "sha": "x" * 64, "cs": CHUNK, "i": 0, "off": 0, "len": 0}
+            {"op": "get", "sha": "x" * 64, "cs": CHUNK, "rt": root, "i": 0, "off": 0, "len": 0}
         ),
         "negative chunk index": protocol.frame(
-            {"op": "get", "sha": sha, "cs": CHUNK, "i": -1, "off": 0, "len": 0}
+            {"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": -1, "off": 0, "len": 0}
         ),
         "manifest of too many files": protocol.frame(
-            {"op": "manifest", "files": [[sha, CHUNK]] * (protocol.MAX_MANIFEST_FILES + 1)}
+            {"op": "manifest", "files": [[sha, CHUNK, root]] * (protocol.MAX_MANIFEST_FILES + 1)}
         ),
     }
     for what, request in fatal.items():
@@ -97,24 +98,41 @@ def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wa
     # Well-formed requests the server cannot honour: an error reply, the connection stays.
     conn = Conn(port)
     refusals = {
-        "unknown file": {"op": "get", "sha": "0" * 64, "cs": CHUNK, "i": 0, "off": 0, "len": 0},
-        "chunk past the end": {"op": "get", "sha": sha, "cs": CHUNK, "i": 2, "off": 0, "len": 0},
+        "unknown file": {
+            "op": "get",
+            "sha": "0" * 64,
+            "cs": CHUNK,
+            "rt": root,
+            "i": 0,
+            "off": 0,
+            "len": 0,
+        },
+        "chunk past the end": {
+            "op": "get",
+            "sha": sha,
+            "cs": CHUNK,
+            "rt": root,
+            "i": 2,
+            "off": 0,
+            "len": 0,
+        },
         "bytes past the chunk": {
             "op": "get",
             "sha": sha,
             "cs": CHUNK,
+            "rt": root,
             "i": 1,
             "off": 500,
             "len": 600,
         },
-        "holdings of an unknown file": {"op": "have", "sha": "0" * 64, "cs": CHUNK},
+        "holdings of an unknown file": {"op": "have", "sha": "0" * 64, "cs": CHUNK, "rt": root},
     }
     for what, request in refusals.items():
         conn.send(request)
         reply = conn.reply()
         assert reply["ok"] is False and reply["error"], what
     # ... and the same connection then gets a true chunk.
-    conn.send({"op": "get", "sha": sha, "cs": CHUNK, "i": 1, "off": 0, "len": 0})
+    conn.send({"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": 1, "off": 0, "len": 0})
     header = conn.reply()
     assert header == {"ok": True, "i": 1, "off": 0, "len": 1000}
     assert conn.rfile.read(1000) == data[CHUNK:]

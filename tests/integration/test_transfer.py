@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Node, wait_until
+from chunkgate import ChunkGate
+from conftest import Node, pick_udp_port, wait_until
 from fakepeer import FakeFile
 from fakepeer import FakePeer as ScriptedPeer
 
@@ -35,7 +36,7 @@ def holders(node: Node, name: str, *, whole: bool = False) -> int:
     return int(node.scalar(query, (name,)) or 0)
 
 
-def wait_known(node: Node, name: str, peers: int = 1, timeout: float = 20) -> None:
+def wait_known(node: Node, name: str, peers: int = 1, timeout: float = 60) -> None:
     wait_until(lambda: holders(node, name) >= peers, timeout, what=f"{peers} peers with {name}")
 
 
@@ -51,6 +52,32 @@ def wait_download(node: Node, timeout: float = 60) -> dict[str, object]:
         return d if d["status"] in ("done", "failed", "cancelled") else None
 
     return dict(wait_until(ended, timeout, what="the download to end", interval=0.2))
+
+
+def gated_seeder(make_node: Callable[..., Node], label: str, **settings: object) -> Node:
+    """A seeder announcing on a UDP port of its own, so others reach it only through a
+    ChunkGate (tests/integration/chunkgate.py)."""
+    return make_node(label, udp_port=pick_udp_port(), P2P_CHUNK_SIZE=CHUNK, **settings)
+
+
+@pytest.fixture
+def chunk_gate() -> Iterator[Callable[..., ChunkGate]]:
+    """Factory: chunk_gate(seeder, to_udp_port, budget=N), closed at teardown."""
+    gates: list[ChunkGate] = []
+
+    def factory(seeder: Node, to_udp_port: int, *, budget: int) -> ChunkGate:
+        gate = ChunkGate(seeder, to_udp_port, budget=budget)
+        gates.append(gate)
+        return gate
+
+    yield factory
+    for gate in gates:
+        gate.close()
+
+
+def sources(node: Node) -> dict[int, int]:
+    """tcp_port -> verified chunks, of the node's download sources."""
+    return dict(node.sql("SELECT tcp_port, chunks FROM download_sources"))
 
 
 def scripted_peer(udp_port: int, files: list[FakeFile], **kwargs: object) -> ScriptedPeer:
@@ -97,7 +124,7 @@ def test_one_peer_byte_identical_then_reshared(make_node: Callable[..., Node]) -
         )
         == 1
     )
-    wait_until(lambda: holders(seeder, "videos/talk.bin") == 1, 20, what="the seeder to see it")
+    wait_until(lambda: holders(seeder, "videos/talk.bin") == 1, 60, what="the seeder to see it")
 
 
 def test_chunk_boundary_sizes(make_node: Callable[..., Node]) -> None:
@@ -116,30 +143,40 @@ def test_chunk_boundary_sizes(make_node: Callable[..., Node]) -> None:
         assert (leech.home / "downloads" / f"{name}.bin").read_bytes() == data, name
 
 
-def test_three_seeders_share_the_work(make_node: Callable[..., Node]) -> None:
-    # Each seeder is capped, so the download needs all three to finish quickly
-    # and none can take every chunk before the others connect.
-    seeders = [
-        make_node(f"s{i}", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=2_000_000) for i in range(3)
-    ]
+def test_three_seeders_share_the_work(
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
+) -> None:
+    # Each seeder is reached through a gate that lets at most 80 of the 256 chunks through
+    # until all three have delivered some: no seeder can take every chunk before the
+    # others connect, however the machine times the connections.
+    seeders = [gated_seeder(make_node, f"s{i}", P2P_UPLOAD_LIMIT=2_000_000) for i in range(3)]
     leech = make_node("leech")
     for n in (*seeders, leech):
         n.start(wait=False)
     for n in (*seeders, leech):
         n.wait_alive()
+    gates = [chunk_gate(s, leech.udp_port, budget=80) for s in seeders]
     data = os.urandom(256 * CHUNK)
     for s in seeders:
         seed(s, "shared.bin", data)
     wait_known(leech, "shared.bin", peers=3)
 
-    done = leech.p2pctl("download", "shared.bin", timeout=120)
+    assert leech.p2pctl("download", "shared.bin", "--no-wait").returncode == 0
+    wait_until(
+        lambda: all(sources(leech).get(g.port) for g in gates),
+        60,
+        what=f"chunks from all three seeders ({gates})",
+    )
+    for g in gates:
+        g.open()
+    d = wait_download(leech, timeout=120)
 
-    assert done.returncode == 0, done.stderr
+    assert d["status"] == "done", d
     assert (leech.home / "downloads" / "shared.bin").read_bytes() == data
     served = [int(s.scalar("SELECT count(*) FROM uploads") or 0) for s in seeders]
     assert all(n > 0 for n in served), served
-    sources = leech.sql("SELECT tcp_port, chunks FROM download_sources WHERE chunks > 0")
-    assert len(sources) == 3, sources
+    delivered = leech.sql("SELECT tcp_port, chunks FROM download_sources WHERE chunks > 0")
+    assert len(delivered) == 3, delivered
 
 
 def test_file_no_single_peer_holds_whole(
@@ -191,59 +228,74 @@ def test_lying_peer_is_marked_bad_and_the_file_still_arrives(
 
 
 def test_sigkill_of_the_downloader_resumes_without_refetching(
-    make_node: Callable[..., Node],
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
 ) -> None:
-    seeder = make_node("seed", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=1_500_000)
+    seeder = gated_seeder(make_node, "seed", P2P_UPLOAD_LIMIT=1_500_000)
     leech = make_node("leech")
     seeder.start()
     leech.start()
+    # A third of the chunks, then the gate holds the rest until the downloader was killed
+    # and restarted: the kill lands mid-download on any machine.
+    gate = chunk_gate(seeder, leech.udp_port, budget=100)
     data = os.urandom(300 * CHUNK)
     seed(seeder, "big.bin", data)
     wait_known(leech, "big.bin")
     assert leech.p2pctl("download", "big.bin", "--no-wait").returncode == 0
     wait_until(
-        lambda: last_download(leech)["bytes_done"] >= len(data) // 3,
-        30,
-        what="a third of the file",
+        lambda: (
+            last_download(leech)["bytes_done"] >= len(data) // 4
+            and gate.holding(hashlib.sha256(data).hexdigest())
+        ),
+        60,
+        what=f"a quarter of the file, and more asked for ({gate})",
         interval=0.1,
     )
 
     leech.procs["downloader"].kill()
     leech.procs["downloader"].wait(timeout=10)
     before = last_download(leech)["bytes_done"]
+    assert 0 < before < len(data)  # at most the third the gate let through
     leech.start(("downloader",))
-    d = wait_download(leech, timeout=60)
+    gate.open()
+    d = wait_download(leech, timeout=120)
 
     assert d["status"] == "done", d
     assert (leech.home / "downloads" / "big.bin").read_bytes() == data
     received = int(leech.scalar("SELECT bytes_received FROM downloads"))
-    assert before > 0
     assert received < 2 * len(data), (received, len(data))
 
 
 def test_a_peer_killed_mid_transfer_costs_only_its_chunks(
-    make_node: Callable[..., Node],
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
 ) -> None:
-    first = make_node("first", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=1_500_000)
-    second = make_node("second", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=1_500_000)
+    first = gated_seeder(make_node, "first", P2P_UPLOAD_LIMIT=1_500_000)
+    second = gated_seeder(make_node, "second", P2P_UPLOAD_LIMIT=1_500_000)
     leech = make_node("leech", P2P_PEER_TTL=60)
     for n in (first, second, leech):
         n.start()
+    # Each gate lets 60 of the 300 chunks through: the kill lands mid-download.
+    gate_first = chunk_gate(first, leech.udp_port, budget=60)
+    gate_second = chunk_gate(second, leech.udp_port, budget=60)
     data = os.urandom(300 * CHUNK)
     seed(first, "movie.bin", data)
     seed(second, "movie.bin", data)
     wait_known(leech, "movie.bin", peers=2)
     assert leech.p2pctl("download", "movie.bin", "--no-wait").returncode == 0
     wait_until(
-        lambda: last_download(leech)["bytes_done"] >= len(data) // 5,
-        30,
-        what="a fifth of the file",
+        lambda: (
+            last_download(leech)["bytes_done"] >= len(data) // 5
+            and sources(leech).get(gate_first.port)
+        ),
+        60,
+        what=f"a fifth of the file, some of it from the first seeder ({gate_first})",
         interval=0.1,
     )
 
     first.procs["server"].kill()
     first.procs["server"].wait(timeout=10)
-    d = wait_download(leech, timeout=90)
+    assert last_download(leech)["status"] in ("active", "waiting")  # 120 of 300 at most
+    gate_second.open()
+    d = wait_download(leech, timeout=120)
 
     assert d["status"] == "done", d
     assert (leech.home / "downloads" / "movie.bin").read_bytes() == data
@@ -290,20 +342,31 @@ def test_missing_chunks_make_the_download_wait_then_fail_with_the_reason(
     assert d["status"] == "failed" and "chunks 4, 5, 6, 7" in str(d["reason"])
 
 
-def test_cancel_stops_the_download_and_cleans_up(make_node: Callable[..., Node]) -> None:
-    seeder = make_node("seed", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=200_000)
+def test_cancel_stops_the_download_and_cleans_up(
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
+) -> None:
+    seeder = gated_seeder(make_node, "seed")
     leech = make_node("leech")
     seeder.start()
     leech.start()
-    seed(seeder, "slow.bin", os.urandom(200 * CHUNK))
+    gate = chunk_gate(seeder, leech.udp_port, budget=20)  # of 200: still running at the cancel
+    data = os.urandom(200 * CHUNK)
+    seed(seeder, "slow.bin", data)
     wait_known(leech, "slow.bin")
     assert leech.p2pctl("download", "slow.bin", "--no-wait").returncode == 0
-    wait_until(lambda: last_download(leech)["bytes_done"] > 0, 30, what="some progress")
+    wait_until(
+        lambda: (
+            last_download(leech)["bytes_done"] > 0
+            and gate.holding(hashlib.sha256(data).hexdigest())
+        ),
+        60,
+        what=f"some progress, and more asked for ({gate})",
+    )
 
     cancelled = leech.p2pctl("cancel", "slow.bin")
 
     assert cancelled.returncode == 0, cancelled.stderr
-    wait_until(lambda: not list((leech.home / "temp").iterdir()), 10, what="temp cleaned")
+    wait_until(lambda: not list((leech.home / "temp").iterdir()), 30, what="temp cleaned")
     assert last_download(leech)["status"] == "cancelled"
     assert not (leech.home / "downloads" / "slow.bin").exists()
     again = leech.p2pctl("cancel", "slow.bin")

@@ -31,6 +31,7 @@ from nodetools import status_kib
 from p2p_integration_harness import wait_until
 
 from p2pshare.services import chunkserver, protocol
+from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 
@@ -154,20 +155,28 @@ class CloseWatch(threading.Thread):
         self.selector.close()
 
 
-def forged_and_traversal_requests(sha: str, other_sha: str, secret_sha: str) -> list[dict]:
-    """Requests that must be refused: other files' chunks, lies, names where none belong."""
-    get = {"op": "get", "sha": sha, "cs": CHUNK, "i": 0, "off": 0, "len": 0}
+def forged_and_traversal_requests(
+    sha: str, root: str, other: tuple[str, str], secret: tuple[str, str]
+) -> list[dict]:
+    """Requests that must be refused: other files' chunks, lies, names where none belong.
+
+    `other` and `secret` are (sha256, root) of a file the node knows only from a peer's
+    catalog and of a file on its disk that it does not share.
+    """
+    get = {"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": 0, "off": 0, "len": 0}
+    other_sha, secret_sha = other[0], secret[0]
     requests = [
-        {**get, "sha": secret_sha},  # a file on the node's disk that it does not share
-        {**get, "sha": other_sha},  # a file it knows only from a peer's catalog
+        {**get, "sha": secret_sha, "rt": secret[1]},  # on the node's disk, not shared
+        {**get, "sha": other_sha, "rt": other[1]},  # known only from a peer's catalog
+        {**get, "rt": "ab" * 32},  # the right file under a manifest root nobody offers
         {**get, "sha": hashlib.sha256(b"nothing").hexdigest()},
         {**get, "cs": CHUNK // 2},  # the right file under another chunk size
         {**get, "i": 33},  # one past the last chunk
         {**get, "i": protocol.MAX_CHUNKS_PER_FILE},
         {**get, "i": 32, "off": 4321},  # past the end of the short last chunk
         {**get, "off": CHUNK - 1, "len": 2},
-        {"op": "have", "sha": secret_sha, "cs": CHUNK},
-        {"op": "have", "sha": other_sha, "cs": CHUNK},
+        {"op": "have", "sha": secret_sha, "cs": CHUNK, "rt": secret[1]},
+        {"op": "have", "sha": other_sha, "cs": CHUNK, "rt": other[1]},
     ]
     for name in TRAVERSAL:
         requests += [
@@ -181,7 +190,7 @@ def forged_and_traversal_requests(sha: str, other_sha: str, secret_sha: str) -> 
     return requests
 
 
-def fuzz_requests(sha: str) -> st.SearchStrategy[dict]:
+def fuzz_requests(sha: str, root: str) -> st.SearchStrategy[dict]:
     names = st.sampled_from(TRAVERSAL)
     shas = st.one_of(
         st.sampled_from([sha, sha.upper(), sha[:-1], sha + "0", "0" * 64]),
@@ -232,10 +241,10 @@ def fuzz_requests(sha: str) -> st.SearchStrategy[dict]:
     # decoder into the server's own checks (chunk index, offset, length, file).
     templates = st.sampled_from(
         [
-            {"op": "get", "sha": sha, "cs": CHUNK, "i": 0, "off": 0, "len": 0},
-            {"op": "get", "sha": sha, "cs": CHUNK, "i": 32, "off": 4000, "len": 321},
-            {"op": "have", "sha": sha, "cs": CHUNK},
-            {"op": "manifest", "files": [[sha, CHUNK]]},
+            {"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": 0, "off": 0, "len": 0},
+            {"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": 32, "off": 4000, "len": 321},
+            {"op": "have", "sha": sha, "cs": CHUNK, "rt": root},
+            {"op": "manifest", "files": [[sha, CHUNK, root]]},
             {"op": "catalog"},
             {"op": "auth", "mac": "a" * 64},
         ]
@@ -246,11 +255,16 @@ def fuzz_requests(sha: str) -> st.SearchStrategy[dict]:
     return st.one_of(anything, near_valid)
 
 
+def _offer_of(data: bytes) -> tuple[str, str]:
+    """(sha256, manifest root) of bytes indexed with CHUNK-sized chunks."""
+    return hashlib.sha256(data).hexdigest(), protocol.manifest_root(manifest_entries(data, CHUNK))
+
+
 def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
     a = make_node("a", P2P_CHUNK_SIZE=CHUNK, P2P_ANNOUNCE_INTERVAL=1)
     b = make_node("b", P2P_CHUNK_SIZE=CHUNK, P2P_ANNOUNCE_INTERVAL=1)
     data = os.urandom(BIG)
-    sha = hashlib.sha256(data).hexdigest()
+    sha, root = _offer_of(data)
     (a.share / "big.bin").write_bytes(data)
     secret = os.urandom(5000)  # on a's disk, outside its share folder
     (a.home / "secret.bin").write_bytes(secret)
@@ -275,7 +289,9 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
         for _ in range(SLOW_READERS):
             conn = Raw(port, rcvbuf=4096)
             for i in range(33):
-                conn.send({"op": "get", "sha": sha, "cs": CHUNK, "i": i, "off": 0, "len": 0})
+                conn.send(
+                    {"op": "get", "sha": sha, "cs": CHUNK, "rt": root, "i": i, "off": 0, "len": 0}
+                )
             slow.append(conn)
         slow_opened = time.monotonic()
         # 2. 500 idle connections that never say a word.
@@ -290,7 +306,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
         # 4. One good request, then idle (IDLE_TIMEOUT applies from here).
         for _ in range(IDLE_AFTER_REQUEST):
             conn = Raw(port)
-            conn.send({"op": "have", "sha": sha, "cs": CHUNK})
+            conn.send({"op": "have", "sha": sha, "cs": CHUNK, "rt": root})
             assert conn.reply()["ok"] is True
             watch.add(conn.sock, "idle-after-request", time.monotonic())
         watch.start()
@@ -335,9 +351,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
         assert server.poll() is None
 
         # 6. Forged hashes, other files' chunks, names where none belong: each refused.
-        secret_sha = hashlib.sha256(secret).hexdigest()
-        other_sha = hashlib.sha256(other).hexdigest()
-        forged = forged_and_traversal_requests(sha, other_sha, secret_sha)
+        forged = forged_and_traversal_requests(sha, root, _offer_of(other), _offer_of(secret))
         for raw in forged:
             conn = Raw(port)
             try:
@@ -358,7 +372,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
-        @given(fuzz_requests(sha))
+        @given(fuzz_requests(sha, root))
         def fuzz(raw: dict) -> None:
             body = json.dumps(raw).encode()
             if len(body) > protocol.MAX_FRAME:
@@ -435,7 +449,10 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
     uploaded = a.scalar("SELECT count(*) FROM uploads WHERE sha256 = ?", (sha,))
     # Nothing of the unshared file or of the file a knows only from b ever left a.
     assert (
-        a.scalar("SELECT count(*) FROM uploads WHERE sha256 IN (?, ?)", (secret_sha, other_sha))
+        a.scalar(
+            "SELECT count(*) FROM uploads WHERE sha256 IN (?, ?)",
+            (_offer_of(secret)[0], _offer_of(other)[0]),
+        )
         == 0
     )
     print(

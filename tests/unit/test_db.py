@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import SCHEMA_VERSION, Database, SchemaError
-from p2pshare.db.models import Chunk
+from p2pshare.db.models import BadPeer, Chunk, Download
 from p2pshare.db.node import node_state, record_heartbeat, set_node_id
 from p2pshare.services import protocol
+from p2pshare.services.sha256chain import manifest_entries
 
 CS = 16384
 NOW = 1_700_000_000.0
@@ -290,19 +292,22 @@ def test_expire_peers_deletes_silent_peers_and_their_holdings(db: Database, db_p
 
 
 def chunked(data: bytes, cs: int = CS) -> tuple[str, list[str]]:
-    return hashlib.sha256(data).hexdigest(), [
-        hashlib.sha256(data[i : i + cs]).hexdigest() for i in range(0, len(data), cs)
-    ]
+    """The file's SHA-256 and its chained manifest."""
+    return hashlib.sha256(data).hexdigest(), manifest_entries(data, cs)
+
+
+def root_of(data: bytes) -> str:
+    return protocol.manifest_root(chunked(data)[1])
 
 
 def offered(name: str, data: bytes, have: bytes | None = None) -> dbpeers.Offered:
     sha, hashes = chunked(data)
     held = len(hashes) if have is None else protocol.bitfield_count(have)
-    return dbpeers.Offered(name, sha, CS, len(data), have, held)
+    return dbpeers.Offered(name, sha, CS, root_of(data), len(data), have, held)
 
 
-def manifest(*datas: bytes) -> dict[tuple[str, int], list[str]]:
-    return {(chunked(d)[0], CS): chunked(d)[1] for d in datas}
+def manifest(*datas: bytes) -> dict[dbindex.ContentKey, list[str]]:
+    return {(chunked(d)[0], CS, root_of(d)): chunked(d)[1] for d in datas}
 
 
 def add_peer_holding(
@@ -321,7 +326,7 @@ def add_peer_holding(
 def local_file(db: Database, name: str, data: bytes) -> None:
     sha, hashes = chunked(data)
     sizes = [len(data[i : i + CS]) for i in range(0, len(data), CS)]
-    hashed = dbindex.HashedFile(len(data), 1, sha, CS, hashes, sizes)
+    hashed = dbindex.HashedFile(len(data), 1, sha, CS, hashes, sizes, root_of(data))
     with db.write() as s:
         dbindex.record_local_file(s, "share", name, hashed, now=NOW)
 
@@ -341,7 +346,7 @@ def test_apply_catalog_keeps_what_it_can_verify(db: Database, db_path: Path) -> 
     bits = protocol.bitfield_empty(4)
     protocol.bitfield_set(bits, 2)
     liar = offered("mine-liar.txt", mine)
-    liar = dbpeers.Offered(liar.name, liar.sha256, CS, 999, None, 1)
+    liar = dbpeers.Offered(liar.name, liar.sha256, CS, liar.root, 999, None, 1)
     with db.write() as s:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
@@ -366,11 +371,13 @@ def test_apply_catalog_keeps_what_it_can_verify(db: Database, db_path: Path) -> 
         ("movie.mkv", 4, None),
         ("partial.iso", 1, bytes(bits)),
     ]
-    # The new content arrived with its chunk hashes and sizes.
+    # The new content arrived with its manifest entries, sizes and root.
     movie_sha, movie_hashes = chunked(movie)
     assert sql(
-        db_path, "SELECT size, chunk_size, chunk_count FROM files WHERE sha256 = ?", movie_sha
-    ) == [(len(movie), CS, 4)]
+        db_path,
+        "SELECT size, chunk_size, root, chunk_count FROM files WHERE sha256 = ?",
+        movie_sha,
+    ) == [(len(movie), CS, root_of(movie), 4)]
     assert sql(
         db_path,
         "SELECT c.chunk_index, c.size, c.sha256 FROM chunks c JOIN files f "
@@ -433,13 +440,14 @@ def test_apply_catalog_never_stores_a_file_whose_chunks_contradict_its_size(
 ) -> None:
     small = data_of(7, CS)
     sha, hashes = chunked(small)
-    big_lie = dbpeers.Offered("big.bin", sha, CS, 6 * CS + 1, None, 7)
-    truth = dbpeers.Offered("small.bin", sha, CS, CS, None, 1)
+    root = root_of(small)
+    big_lie = dbpeers.Offered("big.bin", sha, CS, root, 6 * CS + 1, None, 7)
+    truth = dbpeers.Offered("small.bin", sha, CS, root, CS, None, 1)
     # What the listener fetches: manifests validated against the last size seen per key.
     with db.write() as s:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
-        dbpeers.apply_catalog(s, peer_id, 1, [big_lie, truth], {(sha, CS): hashes}, now=NOW)
+        dbpeers.apply_catalog(s, peer_id, 1, [big_lie, truth], {(sha, CS, root): hashes}, now=NOW)
     for size, cs, count, chunk_bytes, chunk_rows in sql(
         db_path,
         "SELECT f.size, f.chunk_size, f.chunk_count, coalesce(sum(c.size), 0), count(c.size) "
@@ -455,7 +463,7 @@ def test_apply_catalog_never_stores_a_file_whose_chunks_contradict_its_size(
 def test_remove_local_files_deletes_in_slices_and_orphans_go(db: Database, db_path: Path) -> None:
     data = data_of(8, 10)
     sha, hashes = chunked(data)
-    hashed = dbindex.HashedFile(len(data), 1, sha, CS, hashes, [len(data)])
+    hashed = dbindex.HashedFile(len(data), 1, sha, CS, hashes, [len(data)], root_of(data))
     names = [f"f{i:04d}" for i in range(1100)]
     with db.write() as s:
         for name in names:
@@ -486,3 +494,452 @@ def test_heartbeat_is_upserted(db: Database, db_path: Path) -> None:
     assert sql(db_path, "SELECT role, pid, beat_at, detail FROM heartbeats") == [
         ("server", 2, start + 2, "tcp 1")
     ]
+
+
+# ---------------------------------------------------------------- migration from schema v1
+
+SCHEMA_V1 = Path(__file__).parent / "data" / "schema_v1.sql"
+V1_SHA = hashlib.sha256(b"v1 content").hexdigest()
+V1_GONE_SHA = hashlib.sha256(b"v1 content only a peer held").hexdigest()
+DONE_ROW = (
+    1,  # id
+    1,  # file_id
+    "movie.mkv",
+    V1_SHA,
+    3 * CS + 5,  # size
+    "done",
+    None,  # reason
+    NOW - 100,  # requested_at
+    NOW - 90,  # started_at
+    NOW - 80,  # finished_at
+    3 * CS + 5,  # bytes_done
+    3 * CS + 5,  # bytes_received
+    0,  # bad_chunks
+    b"\xf0",  # have
+    None,  # temp_path
+    "movie.mkv",  # saved_as
+)
+
+
+def v1_database(path: Path) -> None:
+    """A p2pshare 0.1 node's database: its schema, a shared file, a peer, two downloads."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(SCHEMA_V1.read_text())
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        conn.executemany(
+            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+            [(1, V1_SHA, 3 * CS + 5, CS, 4, NOW - 200), (2, V1_GONE_SHA, 10, CS, 1, NOW - 200)],
+        )
+        conn.executemany(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?)",
+            [(1, i, min(CS, 3 * CS + 5 - i * CS), f"{i:064x}") for i in range(4)]
+            + [(2, 0, 10, "e" * 64)],
+        )
+        conn.execute(
+            "INSERT INTO local_files VALUES (1, 'download', 'movie.mkv', 1, ?, 1, 1, 1, ?)",
+            (3 * CS + 5, NOW - 80),
+        )
+        conn.execute(
+            "INSERT INTO peers VALUES (1, ?, 'alice', '127.0.0.2', 5001, 3, 7, 3, ?, ?)",
+            (NODE_A, NOW - 300, NOW - 1),
+        )
+        conn.executemany(
+            "INSERT INTO holdings VALUES (?, 1, ?, ?, ?, NULL)",
+            [(1, 1, "movie.mkv", 4), (2, 2, "other.txt", 1)],
+        )
+        conn.execute("INSERT INTO bad_peers VALUES (1, '127.0.0.9', 5009, 1, 2, ?)", (NOW - 5,))
+        conn.execute(f"INSERT INTO downloads VALUES ({', '.join('?' * len(DONE_ROW))})", DONE_ROW)
+        conn.execute(
+            "INSERT INTO downloads VALUES (2, 1, 'movie copy.mkv', ?, ?, 'active', NULL, ?, ?,"
+            " NULL, ?, ?, 0, X'c0', '/tmp/p2p/movie.part', NULL)",
+            (V1_SHA, 3 * CS + 5, NOW - 20, NOW - 19, 2 * CS, 2 * CS),
+        )
+        conn.execute(
+            "INSERT INTO download_sources VALUES (1, '127.0.0.2', 5001, 'alice', 4, ?, 0)",
+            (3 * CS + 5,),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def columns(path: Path, table: str) -> list[tuple[Any, ...]]:
+    """(name, type, notnull, pk) of each column, as SQLite reports them."""
+    return [(r[1], r[2], r[3], r[5]) for r in sql(path, f"PRAGMA table_info({table})")]
+
+
+def test_v1_database_is_migrated_to_v2(tmp_path: Path) -> None:
+    path = tmp_path / "p2p.db"
+    v1_database(path)
+
+    Database.open(path).close()
+
+    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert "root" in [c[0] for c in columns(path, "files")]
+    # The finished download's history is intact, and its file row stays for it (no root:
+    # content known before v2 has no manifest any more); content only a peer held is gone.
+    assert sql(path, "SELECT * FROM downloads WHERE id = 1") == [DONE_ROW]
+    assert sql(path, "SELECT id, sha256, size, chunk_size, root, chunk_count FROM files") == [
+        (1, V1_SHA, 3 * CS + 5, CS, "", 4)
+    ]
+    assert sql(path, "SELECT download_id, chunks FROM download_sources") == [(1, 4)]
+    # The unfinished download failed, saying why; it no longer points at a temp file.
+    [(status, reason, temp_path, finished_at)] = sql(
+        path, "SELECT status, reason, temp_path, finished_at FROM downloads WHERE id = 2"
+    )
+    assert status == "failed"
+    assert "protocol v2" in reason
+    assert temp_path is None and finished_at is not None
+    # Everything derived from v1 chunk hashes goes: the indexer and the catalogs refill it.
+    for table in ("chunks", "holdings", "local_files", "bad_peers"):
+        assert sql(path, f"SELECT count(*) FROM {table}") == [(0,)], table
+    assert sql(path, "SELECT node_id, catalog_synced FROM peers") == [(NODE_A, -1)]
+    assert sql(path, "PRAGMA foreign_key_check") == []
+    assert sql(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_migrated_database_has_the_schema_of_a_new_one(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.db", tmp_path / "new.db"
+    v1_database(old)
+    Database.open(old).close()
+    Database.open(new).close()
+    tables = [r[0] for r in sql(new, "SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        assert columns(old, table) == columns(new, table), table
+    # The unique key of an offer, and the lookup by SHA-256 alone.
+    assert sql(old, "PRAGMA index_list(files)") and sql(
+        old, "SELECT name FROM sqlite_master WHERE type='index' AND name='ix_files_sha256'"
+    ) == [("ix_files_sha256",)]
+    unique = [
+        [c[2] for c in sql(path, f"PRAGMA index_info('{r[1]}')")]
+        for path in (old, new)
+        for r in sql(path, "PRAGMA index_list(files)")
+        if r[2]
+    ]
+    assert unique == [["sha256", "chunk_size", "root"]] * 2
+
+
+def test_migrated_database_takes_v2_content(tmp_path: Path) -> None:
+    """After the upgrade the node indexes, hears catalogs and downloads as a new one does."""
+    path = tmp_path / "p2p.db"
+    v1_database(path)
+    database = Database.open(path)
+    try:
+        data = data_of(20, 3 * CS + 5)
+        # Foreign keys still point at the rebuilt `files`: a chunk of no file is refused.
+        with pytest.raises(IntegrityError), database.write() as s:
+            s.add(Chunk(file_id=12345, chunk_index=0, size=1, sha256="0" * 64))
+            s.flush()
+        with database.write() as s:
+            peer_id = dbpeers.record_announce(s, heard(seq=8, cv=4), now=NOW).peer_id
+            assert peer_id is not None
+            kept = dbpeers.apply_catalog(
+                s, peer_id, 4, [offered("new.bin", data)], manifest(data), now=NOW
+            )
+            assert kept == 1
+        with database.write() as s:
+            did, new = dbdl.queue_download(s, dbdl.resolve_name(s, "new.bin"), now=NOW)
+            assert new
+            spec = dbdl.job_spec(s, did)
+        assert spec is not None
+        assert (spec.sha256, spec.root, spec.chunk_hashes) == (
+            hashlib.sha256(data).hexdigest(),
+            root_of(data),
+            chunked(data)[1],
+        )
+        # A chunk deleted with its file: the cascade reaches the rebuilt table.
+        with database.write() as s:
+            assert dbpeers.expire_peers(s, now=NOW + 1000, ttl=30)
+        assert sql(path, "PRAGMA foreign_key_check") == []
+    finally:
+        database.close()
+
+
+# ---------------------------------------------------------------- offers of one SHA-256
+
+NODE_C = "c" * 32
+LIAR = ("127.0.0.2", 5001)
+HONEST = [("127.0.0.3", 5002), ("127.0.0.4", 5003)]
+MOVIE = data_of(30, 4 * CS)
+MOVIE_SHA = hashlib.sha256(MOVIE).hexdigest()
+
+
+def forged_entries(entries: list[str], index: int) -> list[str]:
+    """A manifest that lies about one entry (never the last: that must be the SHA-256)."""
+    out = list(entries)
+    out[index] = hashlib.sha256(b"lie" + out[index].encode()).hexdigest()
+    return out
+
+
+def offer(
+    db: Database,
+    node: str,
+    endpoint: tuple[str, int],
+    name: str,
+    entries: list[str],
+    *,
+    cs: int = CS,
+    seq: int = 1,
+) -> int:
+    """A peer offering MOVIE's SHA-256 under the manifest `entries`; returns the file id."""
+    root = protocol.manifest_root(entries)
+    with db.write() as s:
+        peer_id = dbpeers.record_announce(
+            s, heard(node, seq, address=endpoint[0], port=endpoint[1], cv=seq), now=NOW
+        ).peer_id
+        assert peer_id is not None
+        entry = dbpeers.Offered(name, MOVIE_SHA, cs, root, len(MOVIE), None, len(entries))
+        kept = dbpeers.apply_catalog(
+            s, peer_id, seq, [entry], {(MOVIE_SHA, cs, root): entries}, now=NOW
+        )
+        assert kept == 1
+    [(file_id,)] = sql(
+        db.path,
+        "SELECT id FROM files WHERE sha256 = ? AND chunk_size = ? AND root = ?",
+        MOVIE_SHA,
+        cs,
+        root,
+    )
+    return int(file_id)
+
+
+def mark_bad(db: Database, download_id: int, *peers: tuple[str, int]) -> None:
+    """What a job records when a peer's chunk fails verification."""
+    with db.write() as s:
+        d = s.get(Download, download_id)
+        assert d is not None
+        dbdl.record_progress(
+            s,
+            download_id,
+            dbdl.Progress(
+                bytes(d.have), d.bytes_done, 0, len(peers), [], list(peers), "active", None
+            ),
+            now=NOW,
+        )
+
+
+def queue_on(db: Database, file_id: int, have: set[int]) -> int:
+    """A download of MOVIE on one offer, with `have` chunks verified and on disk."""
+    with db.write() as s:
+        did, new = dbdl.queue_download(
+            s, dbdl.Candidate(file_id, "movie.mkv", MOVIE_SHA, len(MOVIE), 1), now=NOW
+        )
+        assert new
+        dbdl.start_job(s, did, "/tmp/movie.part", now=NOW)
+        bits = protocol.bitfield_empty(4)
+        for i in have:
+            protocol.bitfield_set(bits, i)
+        progress = dbdl.Progress(bytes(bits), len(have) * CS, 0, 0, [], [], "active", None)
+        dbdl.record_progress(s, did, progress, now=NOW)
+    return did
+
+
+def download_row(db: Database, did: int) -> tuple[Any, ...]:
+    [row] = sql(
+        db.path,
+        "SELECT file_id, status, reason, have, bytes_done, size FROM downloads WHERE id = ?",
+        did,
+    )
+    return row
+
+
+@pytest.mark.parametrize(
+    ("forged", "kept"),
+    [
+        # Chunk i is kept only if both manifests agree on entries i-1 and i.
+        pytest.param(0, {2, 3}, id="first-entry-differs"),
+        pytest.param(1, {0, 3}, id="middle-entry-differs"),
+        pytest.param(2, {0, 1}, id="third-entry-differs"),
+    ],
+)
+def test_switch_offer_moves_a_download_to_the_honest_offer(
+    db: Database, forged: int, kept: set[int]
+) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, forged))
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    assert liar_file != honest_file
+    did = queue_on(db, liar_file, {0, 1, 2, 3})
+    mark_bad(db, did, LIAR)
+
+    with db.write() as s:
+        reason = dbdl.switch_offer(s, did)
+
+    assert reason is not None
+    file_id, status, row_reason, have, done, size = download_row(db, did)
+    assert (file_id, status, size) == (honest_file, "queued", len(MOVIE))
+    assert row_reason == reason
+    assert "switched" in reason and root_of(MOVIE)[:12] in reason
+    assert f"{len(kept)} verified chunks kept" in reason
+    assert set(protocol.bitfield_indices(have, 4)) == kept
+    assert done == len(kept) * CS
+    # The job now starts on the honest manifest, from the chunks that carry over.
+    with db.read() as s:
+        spec = dbdl.job_spec(s, did)
+    assert spec is not None
+    assert (spec.file_id, spec.root, spec.chunk_hashes) == (honest_file, root_of(MOVIE), honest)
+
+
+def test_switch_offer_keeps_nothing_across_chunk_sizes(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 0))
+    big = manifest_entries(MOVIE, 2 * CS)
+    other_file = offer(db, NODE_B, HONEST[0], "movie.mkv", big, cs=2 * CS)
+    did = queue_on(db, liar_file, {2, 3})
+    mark_bad(db, did, LIAR)
+    with db.write() as s:
+        reason = dbdl.switch_offer(s, did)
+    assert reason is not None and "0 verified chunks kept" in reason
+    file_id, status, _, have, done, _ = download_row(db, did)
+    assert (file_id, status, done) == (other_file, "queued", 0)
+    assert have == bytes(1)  # two chunks of 2 * CS: one byte, nothing set
+
+
+def test_switch_offer_prefers_the_offer_more_good_peers_make(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 1))
+    # A second liar under yet another root, against two honest peers.
+    other_lie = offer(db, "d" * 32, ("127.0.0.5", 5004), "movie.mkv", forged_entries(honest, 2))
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    offer(db, NODE_C, HONEST[1], "movie-copy.mkv", honest)
+    did = queue_on(db, liar_file, set())
+    mark_bad(db, did, LIAR)
+    with db.write() as s:
+        reason = dbdl.switch_offer(s, did)
+    assert reason is not None and "2 peers" in reason
+    assert download_row(db, did)[0] == honest_file != other_lie
+
+
+def test_switch_offer_without_a_usable_other_offer_changes_nothing(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 0))
+    did = queue_on(db, liar_file, {2, 3})
+    mark_bad(db, did, LIAR)
+    before = download_row(db, did)
+
+    # No other offer at all.
+    with db.write() as s:
+        assert dbdl.switch_offer(s, did) is None
+    # Another offer whose only peer is bad for it.
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    with db.write() as s:
+        s.add(
+            BadPeer(address=HONEST[0][0], tcp_port=HONEST[0][1], file_id=honest_file, marked_at=NOW)
+        )
+    with db.write() as s:
+        assert dbdl.switch_offer(s, did) is None
+    # Another offer whose peer has gone silent and expired.
+    offer(db, NODE_C, HONEST[1], "movie.mkv", honest)
+    with db.write() as s:
+        assert dbpeers.expire_peers(s, now=NOW + 1000, ttl=30)
+        assert dbdl.switch_offer(s, did) is None
+
+    assert download_row(db, did) == before
+
+
+def test_switch_offer_leaves_a_finished_download_alone(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 0))
+    offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    did = queue_on(db, liar_file, set())
+    with db.write() as s:
+        dbdl.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
+    with db.write() as s:
+        assert dbdl.switch_offer(s, did) is None
+        assert dbdl.switch_offer(s, 9999) is None
+    assert download_row(db, did)[:2] == (liar_file, "cancelled")
+
+
+def test_find_candidates_gives_one_candidate_per_sha_the_offer_most_good_peers_make(
+    db: Database,
+) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 1))
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    offer(db, NODE_C, HONEST[1], "movie-copy.mkv", honest)
+    assert liar_file < honest_file  # the liar was first: its offer is not preferred for that
+
+    with db.read() as s:
+        assert dbdl.find_candidates(s, "movie") == [
+            dbdl.Candidate(honest_file, "movie-copy.mkv", MOVIE_SHA, len(MOVIE), 2)
+        ]
+        assert dbdl.find_candidates(s, "movie.mkv") == [
+            dbdl.Candidate(honest_file, "movie.mkv", MOVIE_SHA, len(MOVIE), 2)
+        ]
+        assert [c.file_id for c in dbdl.find_candidates(s, f"movie@{MOVIE_SHA[:8]}")] == [
+            honest_file
+        ]
+
+    # Both honest peers turn out bad for their offer: the other one is all that is left.
+    with db.write() as s:
+        for address, port in HONEST:
+            s.add(BadPeer(address=address, tcp_port=port, file_id=honest_file, marked_at=NOW))
+    with db.read() as s:
+        assert dbdl.find_candidates(s, "movie") == [
+            dbdl.Candidate(liar_file, "movie-copy.mkv", MOVIE_SHA, len(MOVIE), 1)
+        ]
+    # Every offer's peers bad: the content is still a candidate, with no peer to count.
+    with db.write() as s:
+        s.add(BadPeer(address=LIAR[0], tcp_port=LIAR[1], file_id=liar_file, marked_at=NOW))
+    with db.read() as s:
+        [candidate] = dbdl.find_candidates(s, "movie")
+    assert (candidate.sha256, candidate.peers) == (MOVIE_SHA, 0)
+
+
+def test_queue_download_goes_by_sha256_across_offers(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 0))
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    did = queue_on(db, liar_file, set())
+    # Another offer of the same content reuses the unfinished download.
+    with db.write() as s:
+        candidate = dbdl.Candidate(honest_file, "movie.mkv", MOVIE_SHA, len(MOVIE), 1)
+        assert dbdl.queue_download(s, candidate, now=NOW) == (did, False)
+    with db.write() as s:
+        dbdl.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
+    # The content shared here under another chunk size is already here.
+    hashed = dbindex.HashedFile(
+        len(MOVIE),
+        1,
+        MOVIE_SHA,
+        2 * CS,
+        manifest_entries(MOVIE, 2 * CS),
+        [2 * CS, 2 * CS],
+        protocol.manifest_root(manifest_entries(MOVIE, 2 * CS)),
+    )
+    with db.write() as s:
+        dbindex.record_local_file(s, "share", "mine.mkv", hashed, now=NOW)
+    with db.write() as s, pytest.raises(dbdl.AlreadyHere, match="mine.mkv"):
+        dbdl.queue_download(s, candidate, now=NOW)
+
+
+def test_apply_catalog_keeps_two_roots_of_one_sha_apart(db: Database, db_path: Path) -> None:
+    honest = chunked(MOVIE)[1]
+    lie = forged_entries(honest, 2)
+    liar_file = offer(db, NODE_A, LIAR, "movie.mkv", lie)
+    honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    assert sql(db_path, "SELECT id, root FROM files ORDER BY id") == [
+        (liar_file, protocol.manifest_root(lie)),
+        (honest_file, root_of(MOVIE)),
+    ]
+    with db.read() as s:
+        assert dbdl.sources_for(s, honest_file) == [
+            dbdl.Source(HONEST[0][0], HONEST[0][1], "alice", None)
+        ]
+        assert [src.address for src in dbdl.sources_for(s, liar_file)] == [LIAR[0]]
+        known = dbpeers.known_contents(
+            s, [(MOVIE_SHA, CS, root_of(MOVIE)), (MOVIE_SHA, CS, "0" * 64)]
+        )
+    assert list(known) == [(MOVIE_SHA, CS, root_of(MOVIE))]
+    assert known[(MOVIE_SHA, CS, root_of(MOVIE))].file_id == honest_file
+    # Each manifest stays with its own root.
+    for file_id, entries in ((liar_file, lie), (honest_file, honest)):
+        assert [
+            h
+            for (h,) in sql(
+                db_path,
+                "SELECT sha256 FROM chunks WHERE file_id = ? ORDER BY chunk_index",
+                file_id,
+            )
+        ] == entries

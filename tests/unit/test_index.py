@@ -18,6 +18,7 @@ from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.indexer import IndexStats, ShareIndexer
 from p2pshare.services.settings import Settings, load_settings
+from p2pshare.services.sha256chain import manifest_entries
 
 CS = 16384
 
@@ -104,10 +105,15 @@ def data_of(seed: int, size: int) -> bytes:
 
 
 def expected_chunks(data: bytes) -> list[tuple[int, int, str]]:
-    return [
-        (i // CS, len(data[i : i + CS]), hashlib.sha256(data[i : i + CS]).hexdigest())
-        for i in range(0, len(data), CS)
-    ]
+    """(index, size, manifest entry) per chunk: the SHA-256 chaining state after it, the
+    last one the file's SHA-256 (test_sha256chain checks manifest_entries independently)."""
+    entries = manifest_entries(data, CS)
+    assert not entries or entries[-1] == hashlib.sha256(data).hexdigest()
+    return [(i // CS, len(data[i : i + CS]), entries[i // CS]) for i in range(0, len(data), CS)]
+
+
+def root_of(data: bytes) -> str:
+    return protocol.manifest_root(manifest_entries(data, CS))
 
 
 def sha(data: bytes) -> str:
@@ -129,8 +135,10 @@ def test_new_files_are_indexed_with_whole_and_chunk_hashes(node: Node) -> None:
     assert chunk_rows(node, sha(a)) == expected_chunks(a)
     assert chunk_rows(node, sha(b)) == expected_chunks(b)
     assert sql(
-        node, "SELECT size, chunk_size, chunk_count FROM files WHERE sha256 = ?", sha(b)
-    ) == [(3 * CS + 7, CS, 4)]
+        node, "SELECT size, chunk_size, root, chunk_count FROM files WHERE sha256 = ?", sha(b)
+    ) == [(3 * CS + 7, CS, root_of(b), 4)]
+    # The last entry is the whole file's SHA-256: one pass gave both.
+    assert chunk_rows(node, sha(b))[-1][2] == sha(b)
     assert catalog_version(node) > before
 
 
@@ -144,7 +152,7 @@ def test_chunk_boundaries(node: Node, size: int, chunks: int) -> None:
     assert len(rows) == chunks
     assert rows == expected_chunks(data)
     assert sum(r[1] for r in rows) == size
-    assert sql(node, "SELECT size, chunk_count FROM files") == [(size, chunks)]
+    assert sql(node, "SELECT size, chunk_count, root FROM files") == [(size, chunks, root_of(data))]
 
 
 def test_default_chunk_size_is_chosen_per_file(tmp_path: Path) -> None:

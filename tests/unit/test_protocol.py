@@ -33,14 +33,25 @@ from p2pshare.services.protocol import (
     WrongNetworkKey,
     WrongVersion,
 )
+from p2pshare.services.sha256chain import manifest_entries
 
 NODE = "0123456789abcdef" * 2
-SHA_A = hashlib.sha256(b"a").hexdigest()
-SHA_B = hashlib.sha256(b"b").hexdigest()
 KEY = "correct horse battery staple"
 TS = 1_700_000_000.125
 CS = 16384
-FK = FileKey(SHA_A, CS)
+# Real contents with real chained manifests: their entries end in their SHA-256 and
+# hash to their root, so they are what an honest peer sends.
+DATA_A = bytes(range(256)) * (2 * CS // 256) + b"a"  # three chunks
+DATA_B = b"b" * (CS + 100)  # two chunks
+ENTRIES_A = manifest_entries(DATA_A, CS)
+ENTRIES_B = manifest_entries(DATA_B, CS)
+SHA_A = hashlib.sha256(DATA_A).hexdigest()
+SHA_B = hashlib.sha256(DATA_B).hexdigest()
+ROOT_A = p.manifest_root(ENTRIES_A)
+ROOT_B = p.manifest_root(ENTRIES_B)
+FK = FileKey(SHA_A, CS, ROOT_A)
+FK_B = FileKey(SHA_B, CS, ROOT_B)
+EMPTY = FileKey(p.EMPTY_SHA256, CS, p.manifest_root([]))
 
 
 def canonical(raw: dict[str, Any]) -> bytes:
@@ -49,7 +60,7 @@ def canonical(raw: dict[str, Any]) -> bytes:
 
 def announce_raw(**changes: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "p2p": 1,
+        "p2p": 2,
         "t": "announce",
         "node": NODE,
         "user": "alice",
@@ -127,10 +138,10 @@ def frame_body(frame: bytes) -> bytes:
     [
         AuthRequest(p.auth_mac(KEY, "ab" * 16)),
         CatalogRequest(),
-        ManifestRequest((FK, FileKey(SHA_B, 64 * 1024 * 1024))),
+        ManifestRequest((FK, FileKey(SHA_B, 64 * 1024 * 1024, ROOT_B))),
         ManifestRequest(
             tuple(
-                FileKey(hashlib.sha256(bytes([i])).hexdigest(), CS)
+                FileKey(hashlib.sha256(bytes([i])).hexdigest(), CS + 64 * i, ROOT_A)
                 for i in range(p.MAX_MANIFEST_FILES)
             )
         ),
@@ -142,6 +153,52 @@ def frame_body(frame: bytes) -> bytes:
 )
 def test_request_round_trip(request_: p.Request) -> None:
     assert p.decode_request(frame_body(p.encode_request(request_))) == request_
+
+
+def test_requests_name_a_file_by_sha_chunk_size_and_root_on_the_wire() -> None:
+    """The v2 shapes other implementations must send: "rt" beside "sha" and "cs"."""
+    get = json.loads(frame_body(p.encode_request(ChunkRequest(FK, 3, 100, 0))))
+    assert get == {"op": "get", "sha": SHA_A, "cs": CS, "rt": ROOT_A, "i": 3, "off": 100, "len": 0}
+    have = json.loads(frame_body(p.encode_request(HaveRequest(FK_B))))
+    assert have == {"op": "have", "sha": SHA_B, "cs": CS, "rt": ROOT_B}
+    manifest = json.loads(frame_body(p.encode_request(ManifestRequest((FK, FK_B)))))
+    assert manifest == {"op": "manifest", "files": [[SHA_A, CS, ROOT_A], [SHA_B, CS, ROOT_B]]}
+
+
+def test_offers_of_one_sha_with_two_roots_are_two_keys() -> None:
+    other = FileKey(SHA_A, CS, ROOT_B)
+    assert other != FK and len({FK, other}) == 2
+    assert p.decode_request(body({"op": "have", **GET_KEY, "rt": ROOT_B})) == HaveRequest(other)
+
+
+def test_manifest_root_is_sha256_of_the_raw_entries() -> None:
+    raw = b"".join(bytes.fromhex(e) for e in ENTRIES_A)
+    assert len(raw) == 3 * 32
+    assert hashlib.sha256(raw).hexdigest() == ROOT_A
+    assert p.manifest_root([]) == hashlib.sha256(b"").hexdigest() == p.EMPTY_SHA256
+    assert ENTRIES_A[-1] == SHA_A  # the last entry is the file's plain SHA-256
+
+
+@pytest.mark.parametrize("cs", [p.MIN_CHUNK, p.MIN_CHUNK + 64, 1 << 20, p.MAX_CHUNK])
+def test_chunk_sizes_that_are_multiples_of_64_are_accepted(cs: int) -> None:
+    assert p.check_chunk_size(cs) == cs
+    req = p.decode_request(body({**GET, "cs": cs}))
+    assert isinstance(req, ChunkRequest) and req.file == FileKey(SHA_A, cs, ROOT_A)
+
+
+@pytest.mark.parametrize("cs", [p.MIN_CHUNK + 1, p.MIN_CHUNK + 32, p.MIN_CHUNK + 63, 1_000_016])
+def test_chunk_size_not_a_multiple_of_64_is_malformed(cs: int) -> None:
+    with pytest.raises(MalformedMessage, match="multiple of 64"):
+        p.check_chunk_size(cs)
+    for raw in (
+        {**GET, "cs": cs},
+        {"op": "have", **GET_KEY, "cs": cs},
+        {"op": "manifest", "files": [[SHA_A, cs, ROOT_A]]},
+    ):
+        with pytest.raises(MalformedMessage, match="multiple of 64"):
+            p.decode_request(body(raw))
+    with pytest.raises(MalformedMessage, match="multiple of 64"):
+        p.decode_catalog(catalog_payload([entry(cs=cs)]))
 
 
 def test_auth_check_accepts_the_key_and_refuses_another() -> None:
@@ -210,12 +267,17 @@ def test_catalog_round_trip() -> None:
     bits = p.bitfield_empty(3)
     p.bitfield_set(bits, 1)
     entries = [
-        CatalogEntry("a/b c.txt", FK, 40000, None),
-        CatalogEntry("ü.txt", FileKey(SHA_B, 32768), 3 * 32768, bytes(bits)),
-        CatalogEntry("empty", FileKey(hashlib.sha256(b"").hexdigest(), CS), 0, None),
+        CatalogEntry("a/b c.txt", FK, len(DATA_A), None),
+        CatalogEntry("ü.txt", FileKey(SHA_B, 32768, ROOT_B), 3 * 32768, bytes(bits)),
+        CatalogEntry("empty", EMPTY, 0, None),
+        # The same content offered under another root is another entry, kept apart.
+        CatalogEntry("a-again.txt", FileKey(SHA_A, CS, ROOT_B), len(DATA_A), None),
         # The largest file the protocol allows at the largest chunk size.
         CatalogEntry(
-            "huge.iso", FileKey(SHA_B, p.MAX_CHUNK), p.MAX_CHUNKS_PER_FILE * p.MAX_CHUNK, None
+            "huge.iso",
+            FileKey(SHA_B, p.MAX_CHUNK, ROOT_B),
+            p.MAX_CHUNKS_PER_FILE * p.MAX_CHUNK,
+            None,
         ),
     ]
     assert p.decode_catalog(p.encode_catalog(entries, 42)) == (42, entries)
@@ -223,12 +285,46 @@ def test_catalog_round_trip() -> None:
     assert p.decode_catalog(p.encode_catalog([], 0)) == (0, [])
 
 
+def test_catalog_entries_have_six_fields_on_the_wire() -> None:
+    bits = p.bitfield_empty(2)
+    p.bitfield_set(bits, 0)
+    raw = json.loads(
+        zlib.decompress(
+            p.encode_catalog(
+                [
+                    CatalogEntry("a.txt", FK, len(DATA_A), None),
+                    CatalogEntry("b.txt", FK_B, len(DATA_B), bytes(bits)),
+                ],
+                7,
+            )
+        )
+    )
+    assert raw == {
+        "cv": 7,
+        "files": [
+            ["a.txt", SHA_A, len(DATA_A), CS, ROOT_A, None],
+            ["b.txt", SHA_B, len(DATA_B), CS, ROOT_B, b64(bytes(bits))],
+        ],
+    }
+
+
 def test_manifests_round_trip() -> None:
-    hashes = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
-    empty = FileKey(hashlib.sha256(b"").hexdigest(), CS)
-    manifests = {FK: hashes, empty: []}
-    sizes = {FK: 2 * CS + 1, empty: 0, FileKey(SHA_B, CS): 5}  # SHA_B: the peer lacks it
-    assert p.decode_manifests(p.encode_manifests(manifests), sizes) == manifests
+    manifests = {FK: ENTRIES_A, FK_B: ENTRIES_B, EMPTY: []}
+    # A file asked about that the peer lacks is simply absent from the reply.
+    sizes = {FK: len(DATA_A), FK_B: len(DATA_B), EMPTY: 0, FileKey(SHA_B, 32768, ROOT_A): 5}
+    got = p.decode_manifests(p.encode_manifests(manifests), sizes)
+    assert got == p.Manifests(good=manifests, refused={})
+
+
+def test_manifests_are_labelled_sha_chunk_size_root_on_the_wire() -> None:
+    raw = json.loads(zlib.decompress(p.encode_manifests({FK: ENTRIES_A})))
+    assert raw == {f"{SHA_A}:{CS}:{ROOT_A}": digests(ENTRIES_A)}
+
+
+def test_check_manifest_returns_the_entries_of_an_honest_manifest() -> None:
+    raw = b"".join(bytes.fromhex(e) for e in ENTRIES_A)
+    assert p.check_manifest(FK, len(DATA_A), raw) == ENTRIES_A
+    assert p.check_manifest(EMPTY, 0, b"") == []
 
 
 def test_bitfield_helpers() -> None:
@@ -270,9 +366,14 @@ BAD_ANNOUNCES = [
     pytest.param(b'{"p2p": 1, "user": "\xff\xfe"}', None, MalformedMessage, id="not-utf8"),
     pytest.param(b"[1, 2, 3]", None, MalformedMessage, id="json-array"),
     pytest.param(b'"announce"', None, MalformedMessage, id="json-string"),
-    pytest.param(datagram(p2p=2), None, WrongVersion, id="wrong-version"),
+    pytest.param(datagram(p2p=1), None, WrongVersion, id="version-1"),
+    pytest.param(datagram(p2p=3), None, WrongVersion, id="version-3"),
+    pytest.param(datagram(p2p="2"), None, WrongVersion, id="version-string"),
+    pytest.param(datagram(p2p=2.0), None, WrongVersion, id="version-float"),
+    pytest.param(datagram(p2p=True), None, WrongVersion, id="version-bool"),
     pytest.param(datagram(p2p=DROP), None, WrongVersion, id="no-version"),
-    pytest.param(datagram(t="catalog"), None, WrongVersion, id="wrong-t"),
+    pytest.param(datagram(t="catalog"), None, MalformedMessage, id="wrong-t"),
+    pytest.param(datagram(t=DROP), None, MalformedMessage, id="no-t"),
     pytest.param(datagram(port=-1), None, MalformedMessage, id="negative-port"),
     pytest.param(datagram(port=0), None, MalformedMessage, id="port-0"),
     pytest.param(datagram(port=70000), None, MalformedMessage, id="port-70000"),
@@ -324,6 +425,27 @@ def test_bad_announcement_is_refused(data: bytes, key: str | None, exc: type[Exc
         p.decode_announce(data, key=key, now=TS, max_age=60)
 
 
+def v1_announcement() -> bytes:
+    """What a p2pshare 0.1 node broadcasts."""
+    return datagram(p2p=1)
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_v1_announcement_names_its_version(key: str | None) -> None:
+    data = v1_announcement() if key is None else signed(p2p=1)
+    with pytest.raises(WrongVersion) as info:
+        p.decode_announce(data, key=key, now=TS, max_age=60)
+    message = str(info.value)
+    assert "v1" in message and f"v{p.PROTOCOL_VERSION}" in message
+    assert "\n" not in message
+
+
+def test_something_else_on_the_port_is_not_called_a_version() -> None:
+    with pytest.raises(WrongVersion, match="not p2pshare") as info:
+        p.decode_announce(datagram(p2p=DROP), key=None, now=TS, max_age=60)
+    assert "v1" not in str(info.value)
+
+
 def test_timestamp_is_not_checked_without_a_key() -> None:
     ann = p.decode_announce(datagram(ts=1.0), key=None, now=TS, max_age=60)
     assert ann.sent_at == 1.0
@@ -349,7 +471,8 @@ def test_unkeyed_announcement_with_lone_surrogate_is_malformed() -> None:
 
 # ================================================================ bad TCP messages
 
-GET = {"op": "get", "sha": SHA_A, "cs": CS, "i": 0, "off": 0, "len": 0}
+GET_KEY = {"sha": SHA_A, "cs": CS, "rt": ROOT_A}
+GET = {"op": "get", **GET_KEY, "i": 0, "off": 0, "len": 0}
 
 BAD_REQUESTS = [
     pytest.param(b"x" * (p.MAX_FRAME + 1), MessageTooLarge, id="oversized"),
@@ -364,19 +487,42 @@ BAD_REQUESTS = [
     pytest.param(body({**GET, "sha": SHA_A[:-1]}), MalformedMessage, id="sha-short"),
     pytest.param(body({**GET, "cs": 16383}), MalformedMessage, id="cs-too-small"),
     pytest.param(body({**GET, "cs": p.MAX_CHUNK + 1}), MalformedMessage, id="cs-too-big"),
+    pytest.param(body({**GET, "cs": CS + 1}), MalformedMessage, id="cs-not-64-multiple"),
+    pytest.param(body({k: v for k, v in GET.items() if k != "rt"}), MalformedMessage, id="no-rt"),
+    pytest.param(body({**GET, "rt": ROOT_A.upper()}), MalformedMessage, id="rt-upper"),
+    pytest.param(body({**GET, "rt": ROOT_A[:-1]}), MalformedMessage, id="rt-short"),
+    pytest.param(body({**GET, "rt": None}), MalformedMessage, id="rt-null"),
     pytest.param(body({**GET, "i": -1}), MalformedMessage, id="index-negative"),
     pytest.param(body({**GET, "i": True}), MalformedMessage, id="index-bool"),
     pytest.param(body({**GET, "off": p.MAX_CHUNK + 1}), MalformedMessage, id="offset-too-big"),
     pytest.param(body({**GET, "len": -1}), MalformedMessage, id="len-negative"),
     pytest.param(body({"op": "have", "sha": SHA_A}), MalformedMessage, id="have-no-cs"),
+    pytest.param(
+        body({"op": "have", "sha": SHA_A, "cs": CS}), MalformedMessage, id="have-no-rt-v1-shape"
+    ),
     pytest.param(body({"op": "manifest", "files": []}), MalformedMessage, id="manifest-empty"),
     pytest.param(
-        body({"op": "manifest", "files": [[SHA_A, CS]] * 257}),
+        body({"op": "manifest", "files": [[SHA_A, CS, ROOT_A]] * 257}),
         MalformedMessage,
         id="manifest-too-many",
     ),
     pytest.param(
         body({"op": "manifest", "files": [[SHA_A]]}), MalformedMessage, id="manifest-item-short"
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A, CS]]}),
+        MalformedMessage,
+        id="manifest-item-v1-shape",
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A, CS, ROOT_A, 0]]}),
+        MalformedMessage,
+        id="manifest-item-long",
+    ),
+    pytest.param(
+        body({"op": "manifest", "files": [[SHA_A, CS, "x" * 64]]}),
+        MalformedMessage,
+        id="manifest-root-not-hex",
     ),
     pytest.param(
         body({"op": "manifest", "files": [SHA_A]}), MalformedMessage, id="manifest-item-not-list"
@@ -385,7 +531,7 @@ BAD_REQUESTS = [
         body({"op": "manifest", "files": {"a": 1}}), MalformedMessage, id="manifest-files-dict"
     ),
     pytest.param(
-        body({"op": "manifest", "files": [[SHA_A, "16384"]]}),
+        body({"op": "manifest", "files": [[SHA_A, "16384", ROOT_A]]}),
         MalformedMessage,
         id="manifest-cs-string",
     ),
@@ -400,14 +546,29 @@ def test_bad_request_is_refused(data: bytes, exc: type[Exception]) -> None:
         p.decode_request(data)
 
 
-WELCOME = {"p2p": 1, "op": "welcome", "nonce": "ab" * 16, "auth": False}
+WELCOME = {"p2p": 2, "op": "welcome", "nonce": "ab" * 16, "auth": False}
+
+
+def test_welcome_helper_is_accepted() -> None:
+    assert p.decode_welcome(body(WELCOME)) == Welcome("ab" * 16, False)
+
+
+def test_v1_welcome_names_its_version() -> None:
+    with pytest.raises(WrongVersion) as info:
+        p.decode_welcome(body({**WELCOME, "p2p": 1}))
+    message = str(info.value)
+    assert "v1" in message and f"v{p.PROTOCOL_VERSION}" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(
     ("raw", "exc"),
     [
-        ({**WELCOME, "p2p": 2}, WrongVersion),
-        ({**WELCOME, "op": "hello"}, WrongVersion),
+        ({**WELCOME, "p2p": 1}, WrongVersion),
+        ({**WELCOME, "p2p": 3}, WrongVersion),
+        ({**WELCOME, "p2p": "2"}, WrongVersion),
+        ({k: v for k, v in WELCOME.items() if k != "p2p"}, WrongVersion),
+        ({**WELCOME, "op": "hello"}, MalformedMessage),
         ({**WELCOME, "auth": "yes"}, MalformedMessage),
         ({**WELCOME, "auth": 1}, MalformedMessage),
         ({**WELCOME, "nonce": "ab" * 15}, MalformedMessage),
@@ -457,17 +618,18 @@ def test_bad_have_bitfield_is_refused(bits: Any, chunks: int) -> None:
 
 # ================================================================ catalogs that lie
 
-GOOD_ENTRY = ["a.txt", SHA_A, 100, CS, None]
+GOOD_ENTRY = ["a.txt", SHA_A, 100, CS, ROOT_A, None]
 
 
 def entry(**changes: Any) -> list[Any]:
-    fields = dict(zip(["name", "sha", "size", "cs", "have"], GOOD_ENTRY, strict=True))
+    fields = dict(zip(["name", "sha", "size", "cs", "rt", "have"], GOOD_ENTRY, strict=True))
     fields.update(changes)
     return list(fields.values())
 
 
 def test_good_catalog_entry_helper_is_accepted() -> None:
-    assert p.decode_catalog(catalog_payload([entry()]))[1][0].name == "a.txt"
+    [got] = p.decode_catalog(catalog_payload([entry()]))[1]
+    assert got == CatalogEntry("a.txt", FK, 100, None)
 
 
 BAD_CATALOGS = [
@@ -496,6 +658,11 @@ BAD_CATALOGS = [
     pytest.param(catalog_payload([entry(size=100.0)]), MalformedMessage, id="size-float"),
     pytest.param(catalog_payload([entry(cs=16383)]), MalformedMessage, id="cs-small"),
     pytest.param(catalog_payload([entry(cs=p.MAX_CHUNK + 1)]), MalformedMessage, id="cs-big"),
+    pytest.param(catalog_payload([entry(cs=CS + 32)]), MalformedMessage, id="cs-not-64-multiple"),
+    pytest.param(catalog_payload([entry(rt=None)]), MalformedMessage, id="rt-null"),
+    pytest.param(catalog_payload([entry(rt=ROOT_A.upper())]), MalformedMessage, id="rt-upper"),
+    pytest.param(catalog_payload([entry(rt=ROOT_A[:32])]), MalformedMessage, id="rt-short"),
+    pytest.param(catalog_payload([entry(rt=5)]), MalformedMessage, id="rt-int"),
     pytest.param(catalog_payload([entry(size=2**40)]), MalformedMessage, id="too-many-chunks"),
     pytest.param(catalog_payload([entry(sha=SHA_A.upper())]), MalformedMessage, id="sha-upper"),
     pytest.param(catalog_payload([entry(sha=None)]), MalformedMessage, id="sha-null"),
@@ -511,8 +678,16 @@ BAD_CATALOGS = [
         catalog_payload([entry(have=b64(b"\x40"))]), MalformedMessage, id="bitfield-spare-bits"
     ),
     pytest.param(catalog_payload([entry(have="%%%")]), MalformedMessage, id="bitfield-not-b64"),
-    pytest.param(catalog_payload([entry()[:4]]), MalformedMessage, id="four-fields"),
-    pytest.param(catalog_payload([[*entry(), 0]]), MalformedMessage, id="six-fields"),
+    pytest.param(catalog_payload([entry()[:5]]), MalformedMessage, id="five-fields"),
+    pytest.param(
+        catalog_payload([["a.txt", SHA_A, 100, CS, None]]), MalformedMessage, id="v1-entry"
+    ),
+    pytest.param(catalog_payload([[*entry(), 0]]), MalformedMessage, id="seven-fields"),
+    pytest.param(
+        catalog_payload([entry(), entry(name="b.txt", size=101)]),
+        MalformedMessage,
+        id="one-offer-two-sizes",
+    ),
     pytest.param(catalog_payload([{"name": "a.txt"}]), MalformedMessage, id="entry-dict"),
     pytest.param(catalog_payload({"a.txt": GOOD_ENTRY}), MalformedMessage, id="files-dict"),
     pytest.param(catalog_payload([entry()], cv=-1), MalformedMessage, id="cv-negative"),
@@ -556,9 +731,8 @@ def test_check_name_refuses(name: Any) -> None:
 
 # ================================================================ manifests that lie
 
-THREE_CHUNKS = 2 * CS + 1
-HASHES = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
-ASKED = {FK: THREE_CHUNKS}
+ASKED = {FK: len(DATA_A)}
+LABEL_A = f"{SHA_A}:{CS}:{ROOT_A}"
 
 
 def manifest_payload(raw: Any) -> bytes:
@@ -569,24 +743,107 @@ def digests(hashes: list[str]) -> str:
     return b64(b"".join(bytes.fromhex(h) for h in hashes))
 
 
-BAD_MANIFESTS = [
-    pytest.param({f"{SHA_A}:{CS}": digests(HASHES[:2])}, id="too-few-hashes"),
-    pytest.param({f"{SHA_A}:{CS}": digests(HASHES * 2)}, id="too-many-hashes"),
-    pytest.param({f"{SHA_A}:{CS}": b64(b"\x00" * 95)}, id="partial-digest"),
-    pytest.param({f"{SHA_B}:{CS}": digests(HASHES)}, id="file-not-asked"),
-    pytest.param({f"{SHA_A}:32768": digests(HASHES)}, id="chunk-size-not-asked"),
-    pytest.param({SHA_A: digests(HASHES)}, id="label-without-chunk-size"),
-    pytest.param({f"{SHA_A}:-16384": digests(HASHES)}, id="label-negative-chunk-size"),
-    pytest.param({f"{SHA_A}:{CS}": HASHES}, id="value-list"),
-    pytest.param({f"{SHA_A}:{CS}": "!!not base64!!"}, id="value-not-base64"),
-    pytest.param([digests(HASHES)], id="array"),
+def forged(entries: list[str], index: int) -> list[str]:
+    """The entries with one of them replaced by another 32-byte value."""
+    out = list(entries)
+    out[index] = hashlib.sha256(out[index].encode()).hexdigest()
+    return out
+
+
+# A reply that is not a manifest reply at all: the whole reply is refused.
+BAD_MANIFEST_REPLIES = [
+    pytest.param({f"{SHA_B}:{CS}:{ROOT_A}": digests(ENTRIES_A)}, id="file-not-asked"),
+    pytest.param({f"{SHA_A}:32768:{ROOT_A}": digests(ENTRIES_A)}, id="chunk-size-not-asked"),
+    pytest.param({f"{SHA_A}:{CS}:{ROOT_B}": digests(ENTRIES_A)}, id="root-not-asked"),
+    pytest.param({f"{SHA_A}:{CS}": digests(ENTRIES_A)}, id="v1-label-without-root"),
+    pytest.param({SHA_A: digests(ENTRIES_A)}, id="label-without-chunk-size"),
+    pytest.param({f"{SHA_A}:-16384:{ROOT_A}": digests(ENTRIES_A)}, id="label-negative-cs"),
+    pytest.param({f"{SHA_A}:{CS}:{ROOT_A.upper()}": digests(ENTRIES_A)}, id="label-root-upper"),
+    pytest.param({LABEL_A + ":": digests(ENTRIES_A)}, id="label-trailing-colon"),
+    pytest.param({LABEL_A: ENTRIES_A}, id="value-list"),
+    pytest.param({LABEL_A: None}, id="value-null"),
+    pytest.param({LABEL_A: "!!not base64!!"}, id="value-not-base64"),
+    pytest.param([digests(ENTRIES_A)], id="array"),
 ]
 
 
-@pytest.mark.parametrize("raw", BAD_MANIFESTS)
-def test_lying_manifest_is_refused(raw: Any) -> None:
+@pytest.mark.parametrize("raw", BAD_MANIFEST_REPLIES)
+def test_malformed_manifest_reply_is_refused(raw: Any) -> None:
     with pytest.raises(MalformedMessage):
         p.decode_manifests(manifest_payload(raw), ASKED)
+
+
+# One manifest that does not prove itself: refused alone, with its reason.
+REFUSED_MANIFESTS = [
+    pytest.param(digests(ENTRIES_A[:2]), "entries, not 3", id="too-few-entries"),
+    pytest.param(digests(ENTRIES_A * 2), "entries, not 3", id="too-many-entries"),
+    pytest.param(digests([]), "entries, not 3", id="no-entries"),
+    pytest.param(b64(b"\x00" * 95), "not 3", id="partial-entry"),
+    pytest.param(digests(forged(ENTRIES_A, 0)), "root", id="first-entry-forged"),
+    pytest.param(digests(forged(ENTRIES_A, 1)), "root", id="middle-entry-forged"),
+    pytest.param(digests(forged(ENTRIES_A, 2)), "root", id="last-entry-forged"),
+    pytest.param(digests([ENTRIES_A[1], ENTRIES_A[0], ENTRIES_A[2]]), "root", id="reordered"),
+    pytest.param(digests(ENTRIES_B + ENTRIES_B[:1]), "root", id="another-files-entries"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), REFUSED_MANIFESTS)
+def test_a_manifest_that_does_not_prove_itself_is_refused_with_a_reason(
+    value: str, reason: str
+) -> None:
+    got = p.decode_manifests(manifest_payload({LABEL_A: value}), ASKED)
+    assert got.good == {}
+    assert list(got.refused) == [FK]
+    assert reason in got.refused[FK]
+
+
+def test_a_forged_manifest_is_refused_while_the_rest_of_the_reply_is_kept() -> None:
+    liar = FileKey(SHA_B, CS, ROOT_B)
+    reply = {
+        LABEL_A: digests(ENTRIES_A),
+        f"{SHA_B}:{CS}:{ROOT_B}": digests(forged(ENTRIES_B, 0)),  # right count, right last
+        f"{EMPTY.sha256}:{CS}:{EMPTY.root}": digests([]),
+    }
+    asked = {FK: len(DATA_A), liar: len(DATA_B), EMPTY: 0}
+    got = p.decode_manifests(manifest_payload(reply), asked)
+    assert got.good == {FK: ENTRIES_A, EMPTY: []}
+    assert list(got.refused) == [liar]
+    assert "root" in got.refused[liar]
+
+
+def test_a_manifest_not_ending_in_the_files_sha_is_refused_even_under_its_own_root() -> None:
+    # Entries that hash to the root they are offered under, but end elsewhere: a peer
+    # offering SHA_A with DATA_B's manifest (or any made-up one) proves nothing about SHA_A.
+    lie = forged(ENTRIES_A, 2)
+    key = FileKey(SHA_A, CS, p.manifest_root(lie))
+    reply = manifest_payload({f"{SHA_A}:{CS}:{key.root}": digests(lie)})
+    got = p.decode_manifests(reply, {key: len(DATA_A)})
+    assert got.good == {}
+    assert "SHA-256" in got.refused[key]
+    with pytest.raises(MalformedMessage, match="does not end in"):
+        p.check_manifest(key, len(DATA_A), b"".join(bytes.fromhex(e) for e in lie))
+
+
+def test_an_empty_files_manifest_must_be_empty_and_its_sha_that_of_nothing() -> None:
+    liar = FileKey(SHA_A, CS, p.manifest_root([]))  # claims SHA_A is the empty file
+    got = p.decode_manifests(manifest_payload({f"{SHA_A}:{CS}:{liar.root}": ""}), {liar: 0})
+    assert got.good == {} and "SHA-256" in got.refused[liar]
+    with pytest.raises(MalformedMessage):
+        p.check_manifest(EMPTY, 0, bytes.fromhex(p.EMPTY_SHA256))
+
+
+@pytest.mark.parametrize(
+    ("size", "value"),
+    [
+        pytest.param(len(DATA_A), ENTRIES_A[:2], id="count"),
+        pytest.param(len(DATA_A), forged(ENTRIES_A, 1), id="root"),
+        pytest.param(len(DATA_A) - 1, ENTRIES_A, id="size-says-fewer-chunks"),
+        pytest.param(len(DATA_A) + CS, ENTRIES_A, id="size-says-more-chunks"),
+    ],
+)
+def test_check_manifest_refuses(size: int, value: list[str]) -> None:
+    with pytest.raises(MalformedMessage):
+        p.check_manifest(FK, size, bytes.fromhex("".join(value)))
 
 
 def test_manifest_that_is_not_zlib_is_refused() -> None:
@@ -597,7 +854,9 @@ def test_manifest_that_is_not_zlib_is_refused() -> None:
 @pytest.mark.parametrize("cs_text", ["²", "1" * 5000], ids=["superscript-two", "5000-digits"])
 def test_manifest_label_with_odd_digits_raises_protocol_error(cs_text: str) -> None:
     with pytest.raises(MalformedMessage):
-        p.decode_manifests(manifest_payload({f"{SHA_A}:{cs_text}": digests(HASHES)}), ASKED)
+        p.decode_manifests(
+            manifest_payload({f"{SHA_A}:{cs_text}:{ROOT_A}": digests(ENTRIES_A)}), ASKED
+        )
 
 
 # ================================================================ random input
@@ -682,7 +941,7 @@ def maybe(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 @given(
     st.fixed_dictionaries(
         {
-            "p2p": maybe(st.just(1)),
+            "p2p": maybe(st.sampled_from([1, 2])),
             "t": maybe(st.just("announce")),
             "node": maybe(st.just(NODE)),
             "user": maybe(st.text(max_size=70)),
@@ -705,13 +964,17 @@ def test_json_shaped_announcements_raise_only_protocol_errors(raw: dict[str, Any
         {
             "op": st.sampled_from(["get", "have", "catalog", "auth", "manifest"]) | json_values,
             "sha": maybe(st.just(SHA_A)),
-            "cs": maybe(st.integers()),
+            "cs": maybe(st.integers() | st.integers(256, 1 << 20).map(lambda k: k * 64)),
+            "rt": maybe(st.just(ROOT_A)),
             "i": maybe(st.integers()),
             "off": maybe(st.integers()),
             "len": maybe(st.integers()),
             "mac": maybe(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
             "files": maybe(
-                st.lists(st.lists(maybe(st.just(SHA_A)) | st.integers(), max_size=3), max_size=4)
+                st.lists(
+                    st.lists(maybe(st.sampled_from([SHA_A, ROOT_A])) | st.integers(), max_size=4),
+                    max_size=4,
+                )
             ),
         }
     )
@@ -728,7 +991,8 @@ def test_json_shaped_requests_raise_only_protocol_errors(raw: dict[str, Any]) ->
             maybe(st.text(max_size=30)),
             maybe(st.just(SHA_A)),
             maybe(st.integers(-5, 2**51)),
-            maybe(st.integers(0, 2**27)),
+            maybe(st.integers(0, 2**27) | st.integers(256, 1 << 20).map(lambda k: k * 64)),
+            maybe(st.just(ROOT_A)),
             maybe(st.binary(max_size=4).map(b64)),
         ).map(list)
         | json_values,
@@ -742,7 +1006,12 @@ def test_json_shaped_catalogs_raise_only_protocol_errors(cv: Any, files: list[An
 @SHAPED
 @given(
     st.dictionaries(
-        st.builds(lambda sha, cs: f"{sha}:{cs}", st.sampled_from([SHA_A, SHA_B]), st.integers())
+        st.builds(
+            lambda sha, cs, root: f"{sha}:{cs}:{root}",
+            st.sampled_from([SHA_A, SHA_B]),
+            st.integers() | st.just(CS),
+            st.sampled_from([ROOT_A, ROOT_B]),
+        )
         | st.text(alphabet=st.characters(blacklist_characters=":"), max_size=10),
         maybe(st.binary(max_size=200).map(b64)),
         max_size=4,
@@ -750,3 +1019,27 @@ def test_json_shaped_catalogs_raise_only_protocol_errors(cv: Any, files: list[An
 )
 def test_json_shaped_manifests_raise_only_protocol_errors(raw: dict[str, Any]) -> None:
     only_protocol_errors(lambda d: p.decode_manifests(d, ASKED), manifest_payload(raw))
+
+
+@SHAPED
+@given(
+    st.lists(st.tuples(st.integers(0, 95), st.integers(1, 255)), max_size=4),
+    st.integers(-40, 40),
+)
+def test_tampered_manifests_never_come_back_as_good(
+    flips: list[tuple[int, int]], resize: int
+) -> None:
+    """Whatever a peer does to a manifest's bytes, decode keeps it only if it is the truth."""
+    raw = bytearray(b"".join(bytes.fromhex(e) for e in ENTRIES_A))
+    for pos, mask in flips:
+        raw[pos] ^= mask
+    raw = raw[: len(raw) + resize] if resize < 0 else raw + bytes(resize)
+    asked = {FK: len(DATA_A), FK_B: len(DATA_B)}
+    reply = {LABEL_A: b64(bytes(raw)), f"{SHA_B}:{CS}:{ROOT_B}": digests(ENTRIES_B)}
+    got = p.decode_manifests(manifest_payload(reply), asked)
+    assert got.good[FK_B] == ENTRIES_B  # the honest neighbour always survives
+    if FK in got.good:
+        assert got.good[FK] == ENTRIES_A and FK not in got.refused
+    else:
+        assert got.refused[FK]
+        assert bytes(raw) != b"".join(bytes.fromhex(e) for e in ENTRIES_A)

@@ -165,6 +165,8 @@ BAD_VALUES = [
     ("P2P_CHUNK_SIZE", "16383"),
     ("P2P_CHUNK_SIZE", str(64 * MIB + 1)),
     ("P2P_CHUNK_SIZE", "1.5"),
+    ("P2P_CHUNK_SIZE", "16400"),  # in range, but not a multiple of 64
+    ("P2P_CHUNK_SIZE", str(MIB + 32)),
     ("P2P_ANNOUNCE_INTERVAL", "-1"),
     ("P2P_ANNOUNCE_INTERVAL", "0"),
     ("P2P_ANNOUNCE_INTERVAL", "nan"),
@@ -238,7 +240,13 @@ def test_chunk_size_for(size: int, expected: int) -> None:
 def test_chunk_size_keeps_at_most_2000_chunks_below_the_cap(size: int) -> None:
     chunk = chunk_size_for(size)
     assert 256 * KIB <= chunk <= 16 * MIB
+    assert chunk % 64 == 0  # a manifest entry is a SHA-256 state: whole 64-byte blocks
     assert -(-size // chunk) <= 2000
+
+
+@pytest.mark.parametrize("value", [16384 + 64, 100_032, 64 * MIB])
+def test_chunk_size_multiple_of_64_is_accepted(tmp_path: Path, value: int) -> None:
+    assert load_settings(env=base_env(tmp_path, P2P_CHUNK_SIZE=str(value))).chunk_size == value
 
 
 def test_chunk_size_override_wins() -> None:

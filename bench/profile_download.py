@@ -1,0 +1,101 @@
+"""Where a verified download spends its CPU: py-spy on the downloader of a real node.
+
+    python bench/profile_download.py [--size-mib 1024] [--root /dev/shm/p2p-prof]
+
+Starts a seeder and a leecher under their own supervisord on loopback, downloads one
+file, and samples the leecher's downloader role with `py-spy record --idle=false
+--threads --native` for the whole transfer. Prints the CPU share of the functions where
+samples land (own time) and writes the raw stacks to bench/results/profile.txt.
+Needs py-spy (pip install py-spy) and root, or ptrace permission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nodes import BenchNode, wait_for  # noqa: E402
+
+MIB = 1024 * 1024
+HERE = Path(__file__).resolve().parent
+
+
+def summarize(collapsed: Path, top: int = 15) -> list[tuple[str, float]]:
+    """Own-time share per function from py-spy's collapsed stacks ("a;b;c count")."""
+    own: collections.Counter[str] = collections.Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        leaf = next((f for f in reversed(frames) if not f.startswith("process ")), frames[-1])
+        own[leaf.split(" (")[0] + " " + leaf.split("/")[-1].rstrip(")")] += int(count)
+    total = sum(own.values()) or 1
+    return [(name, n / total) for name, n in own.most_common(top)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args()
+    root = args.root or Path(tempfile.mkdtemp(prefix="p2p-prof-", dir="/dev/shm"))
+    port = 20000 + os.getpid() % 10000
+    seed = BenchNode(root, "seed", port)
+    leech = BenchNode(root, "leech", port)
+    try:
+        big = seed.share / "big.bin"
+        with open(big, "wb") as fh:
+            for _ in range(args.size_mib // 64 or 1):
+                fh.write(os.urandom(64 * MIB))
+        for node in (seed, leech):
+            node.start()
+        for node in (seed, leech):
+            node.wait_ready()
+        wait_for(lambda: leech.knows("big.bin"), 120, "the leecher to learn the file")
+        out = HERE / "results" / "profile.txt"
+        out.parent.mkdir(exist_ok=True)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(leech.role_pid("downloader")),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--rate",
+                "200",
+                "--threads",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+        started = time.monotonic()
+        done = leech.p2pctl("download", "big.bin")
+        took = time.monotonic() - started
+        spy.send_signal(2)
+        spy.wait(timeout=30)
+        print(f"p2pctl download: exit {done.returncode} in {took:.2f} s")
+        for name, share in summarize(out):
+            print(f"{share * 100:5.1f}%  {name}")
+    finally:
+        for node in (leech, seed):
+            node.stop()
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The end of a download: the verified temp file published into the download folder and
+recorded as a local file, so this node shares it onward."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from p2pshare.db import downloads as dbdl
+from p2pshare.db import node as dbnode
+from p2pshare.db.engine import Database
+from p2pshare.db.index import HashedFile
+from p2pshare.services import protocol
+from p2pshare.services.publish import PublishError, publish, safe_destination
+from p2pshare.services.settings import Settings
+
+log = logging.getLogger("p2p.download")
+
+
+class JobFailed(Exception):
+    """The download cannot finish; the message is the reason shown to the user."""
+
+
+class Finisher:
+    def __init__(self, spec: dbdl.JobSpec, settings: Settings, database: Database) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.database = database
+
+    def publish(self, temp: Path, fd: int) -> None:
+        """Every chunk verified against the chained manifest proves the file's SHA-256, so the
+        temp file is published as it is: no second pass. Raises JobFailed."""
+        os.fsync(fd)
+
+        def remember(path: Path) -> None:
+            with self.database.write() as s:
+                dbdl.set_saved_as(s, self.spec.download_id, self._relative(path))
+
+        try:
+            dest = safe_destination(self.settings.download_dir, self.spec.name)
+            final = publish(temp, dest, remember)
+        except PublishError as exc:
+            temp.unlink(missing_ok=True)
+            raise JobFailed(str(exc)) from None
+        self.record_done(final)
+
+    def record_done(self, final: Path) -> None:
+        spec = self.spec
+        st = final.stat()  # after the temp name is gone: unlinking it moves ctime
+        count = protocol.chunk_count(spec.size, spec.chunk_size)
+        hashed = HashedFile(
+            st.st_size,
+            st.st_mtime_ns,
+            spec.sha256,
+            spec.chunk_size,
+            spec.chunk_hashes,
+            [protocol.chunk_length(spec.size, spec.chunk_size, i) for i in range(count)],
+            spec.root,
+            ctime_ns=st.st_ctime_ns,
+            inode=st.st_ino,
+        )
+        with self.database.write() as s:
+            dbdl.finish_download(
+                s,
+                spec.download_id,
+                status="done",
+                reason=None,
+                now=time.time(),
+                published=(self._relative(final), hashed),
+            )
+            dbnode.bump_catalog_version(s, now=time.time())
+        log.info(
+            "download %d done: %s (%d bytes, sha256 %s)",
+            spec.download_id,
+            final,
+            spec.size,
+            spec.sha256[:12],
+        )
+
+    def already_published(self, temp: Path) -> bool:
+        """A crash between publishing and recording it: finish the record, fetch nothing."""
+        saved = self.spec.saved_as
+        if not saved:
+            return False
+        path = self.settings.download_dir.resolve() / saved
+        if temp.exists() and path.exists() and os.path.samefile(temp, path):
+            temp.unlink()
+        elif temp.exists() or not path.exists():
+            return False
+        # Rare (a crash in a window of milliseconds), so a full read is fine here.
+        if path.stat().st_size != self.spec.size or _sha256_of(path) != self.spec.sha256:
+            return False  # that name now holds something else; publish anew
+        self.record_done(path)
+        return True
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.settings.download_dir.resolve()).as_posix()
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

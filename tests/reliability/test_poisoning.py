@@ -1,0 +1,108 @@
+"""A lying manifest cannot poison a download (protocol v2: manifests prove their root).
+
+A peer that offers an honest file's SHA-256 with a manifest it made up is a different
+offer (another root), or it is refused outright (a manifest that does not hash to the
+root it claims). Either way the honest seeders' chunks are never judged against the
+lie, none of them is marked bad, and the download completes from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+import pytest
+from fakepeer import FakeFile, FakePeer
+from nodetools import download, queue, seed, sha256_file, wait_ended
+from p2p_integration_harness import wait_until
+
+from p2pshare.services import protocol
+
+pytestmark = pytest.mark.reliability
+
+CHUNK = 64 * 1024
+CHUNKS = 24
+
+
+def bogus_manifest(sha: str, count: int) -> list[str]:
+    """Made-up chaining states that end, as a manifest must, in the file's real SHA-256."""
+    return [secrets.token_hex(32) for _ in range(count - 1)] + [sha]
+
+
+@pytest.fixture
+def scripted_peers():
+    peers: list[FakePeer] = []
+    yield peers
+    for peer in peers:
+        peer.close()
+
+
+def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
+    make_node, udp_port, fake_peer, announce, scripted_peers
+):
+    data = os.urandom(CHUNKS * CHUNK)
+    sha = hashlib.sha256(data).hexdigest()
+    leech = make_node("leech", P2P_WAIT_TIMEOUT=120)
+    leech.start()
+
+    # The liar serves the real bytes, but under a manifest it made up (self-consistent:
+    # the root it offers is what its entries hash to), so every chunk it sends fails.
+    lie = FakeFile("popular.bin", data, CHUNK, manifest=bogus_manifest(sha, CHUNKS))
+    liar = FakePeer(files=[lie], udp_port=udp_port, username="liar").start()
+    scripted_peers.append(liar)
+    # A thief offers the honest root (which it can copy from any catalog) with a made-up
+    # manifest: the manifest does not hash to that root, so it is refused alone.
+    honest_root = protocol.manifest_root(FakeFile("x", data, CHUNK).hashes())
+    stolen = protocol.FileKey(sha, CHUNK, honest_root)
+    thief = fake_peer(
+        catalog=protocol.encode_catalog(
+            [protocol.CatalogEntry("popular.bin", stolen, len(data), None)], 1
+        ),
+        manifests=lambda req: protocol.encode_manifests({stolen: lie.hashes()}),
+        username="thief",
+    )
+    announce(leech.udp_port, node_id=thief.node_id, username="thief", tcp_port=thief.port)
+
+    wait_until(
+        lambda: leech.scalar("SELECT count(*) FROM holdings WHERE name = 'popular.bin'") == 1,
+        20,
+        what="the leech to record the liar's offer",
+    )
+    wait_until(
+        lambda: "refused the manifest of" in leech.log("listener"),
+        20,
+        what="the leech to refuse the thief's manifest",
+    )
+    download_id = queue(leech, "popular.bin")
+    # Only the liar offers the file yet: its chunks fail and it is marked bad.
+    wait_until(
+        lambda: leech.sql("SELECT address, tcp_port FROM bad_peers"),
+        30,
+        what="the liar to be marked bad",
+    )
+    assert leech.sql("SELECT address, tcp_port FROM bad_peers") == [("127.0.0.1", liar.port)]
+    assert download(leech, download_id)["status"] in ("active", "waiting", "queued")
+
+    # Now the honest seeders come: the download moves to their offer and completes.
+    seeders = [make_node(f"seed{i}", P2P_CHUNK_SIZE=CHUNK) for i in range(2)]
+    for node in seeders:
+        seed(node, "popular.bin", data)
+        node.start()
+    ended = wait_ended(leech, download_id, timeout=120)
+
+    assert ended["status"] == "done", ended
+    assert sha256_file(leech.home / "downloads" / "popular.bin") == sha
+    assert leech.sql("SELECT address, tcp_port FROM bad_peers") == [("127.0.0.1", liar.port)]
+    honest_ports = {node.tcp_port() for node in seeders}
+    contributed = leech.sql(
+        "SELECT tcp_port, chunks FROM download_sources WHERE download_id = ? AND chunks > 0",
+        (download_id,),
+    )
+    assert contributed and {port for port, _ in contributed} <= honest_ports
+    assert sum(chunks for _, chunks in contributed) == CHUNKS
+    assert "switched to the manifest" in leech.log("downloader")
+    # The thief's lie never became a manifest the leech trusts.
+    assert thief.count("manifest") >= 1
+    for role in ("listener", "downloader"):
+        assert "Traceback" not in leech.log(role)
