@@ -28,6 +28,7 @@ from p2p_integration_harness import LOOPBACK_BROADCAST, wait_until
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 
@@ -48,6 +49,11 @@ def content(label: str, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
+def offer_of(data: bytes) -> FileKey:
+    manifest = manifest_entries(data, CHUNK)
+    return FileKey(hashlib.sha256(data).hexdigest(), CHUNK, protocol.manifest_root(manifest))
+
+
 class SimulatedPeer:
     def __init__(self, index: int, common: bytes) -> None:
         self.index = index
@@ -59,20 +65,13 @@ class SimulatedPeer:
             f"peer{index:03d}/b.bin": content(f"{index}-b", CHUNK + 1 + 7 * index),  # two chunks
         }
         entries = [
-            protocol.CatalogEntry(
-                name, FileKey(hashlib.sha256(data).hexdigest(), CHUNK), len(data), None
-            )
+            protocol.CatalogEntry(name, offer_of(data), len(data), None)
             for name, data in self.files.items()
         ]
         self.catalog = protocol.encode_catalog(entries, 1)
 
     def hashes(self) -> dict[FileKey, list[str]]:
-        return {
-            FileKey(hashlib.sha256(data).hexdigest(), CHUNK): [
-                hashlib.sha256(data[i : i + CHUNK]).hexdigest() for i in range(0, len(data), CHUNK)
-            ]
-            for data in self.files.values()
-        }
+        return {offer_of(data): manifest_entries(data, CHUNK) for data in self.files.values()}
 
 
 class CatalogFarm(threading.Thread):
