@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
@@ -50,22 +50,6 @@ BACKUP_LIMIT = 500_000
 WAIT_TIMEOUT = 4
 
 
-@pytest.fixture
-def gated() -> Iterator[Callable[[Node, int], ChunkGate]]:
-    """Factory: a ChunkGate in front of a seeder (on a UDP port of its own), closed at
-    teardown."""
-    gates: list[ChunkGate] = []
-
-    def factory(seeder: Node, to_udp_port: int) -> ChunkGate:
-        gate = ChunkGate(seeder, to_udp_port, budget=GATE_BUDGET)
-        gates.append(gate)
-        return gate
-
-    yield factory
-    for gate in gates:
-        gate.close()
-
-
 def gated_seeder(make_node: Callable[..., Node], **settings: object) -> Node:
     """The seeder, announcing on a UDP port nobody else listens on: only the gate hears it."""
     return make_node(
@@ -93,7 +77,7 @@ def truncate(path: os.PathLike[str]) -> bytes:
 
 
 def test_changed_files_never_published_wrong(
-    make_node: Callable[..., Node], gated: Callable[[Node, int], ChunkGate]
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
 ) -> None:
     seeder = gated_seeder(make_node)
     backup = make_node("backup", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=BACKUP_LIMIT)
@@ -102,7 +86,7 @@ def test_changed_files_never_published_wrong(
         node.start(wait=False)
     for node in (seeder, backup, leech):
         node.wait_alive()
-    gate = gated(seeder, leech.udp_port)
+    gate = chunk_gate(seeder, leech.udp_port, budget=GATE_BUDGET)
     v1 = {name: os.urandom(SIZE) for name in ("modified.bin", "deleted.bin", "truncated.bin")}
     for name, data in v1.items():
         seed(seeder, name, data)
@@ -176,7 +160,7 @@ def test_changed_files_never_published_wrong(
 
 
 def test_a_rewrite_that_keeps_the_mtime_is_reindexed(
-    make_node: Callable[..., Node], gated: Callable[[Node, int], ChunkGate]
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
 ) -> None:
     seeder = gated_seeder(make_node)
     leech = make_node("leech", P2P_WAIT_TIMEOUT=WAIT_TIMEOUT)
@@ -184,7 +168,7 @@ def test_a_rewrite_that_keeps_the_mtime_is_reindexed(
         node.start(wait=False)
     for node in (seeder, leech):
         node.wait_alive()
-    gate = gated(seeder, leech.udp_port)
+    gate = chunk_gate(seeder, leech.udp_port, budget=GATE_BUDGET)
     v1 = os.urandom(SIZE)
     path = seed(seeder, "restored.bin", v1)
     wait_known(leech, "restored.bin")
