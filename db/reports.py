@@ -88,7 +88,12 @@ RUNNING_STATUSES = ("queued", "active", "waiting")
 
 def counts(session: Session) -> Counts:
     shared = session.execute(select(func.count(), func.coalesce(func.sum(LocalFile.size), 0))).one()
-    network = session.scalar(select(func.count(distinct(Holding.file_id)))) or 0
+    network = (
+        session.scalar(
+            select(func.count(distinct(File.sha256))).join(Holding, Holding.file_id == File.id)
+        )
+        or 0
+    )
     peers = session.scalar(select(func.count()).select_from(Peer)) or 0
     running = session.scalar(select(func.count()).where(Download.status.in_(RUNNING_STATUSES))) or 0
     done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
@@ -129,7 +134,10 @@ def matches(name: str, pattern: str | None) -> bool:
 
 
 def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
-    """Files shared here and known on the network, one row per (name, content)."""
+    """Files shared here and known on the network, one row per (name, SHA-256).
+
+    Offers of one content under several manifest roots (a liar's among them) are one row.
+    """
     here = {(name, fid) for name, fid in session.execute(select(LocalFile.name, LocalFile.file_id))}
     held = session.execute(
         select(
@@ -144,14 +152,24 @@ def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
     files = {
         f.id: f for f in session.scalars(select(File).where(File.id.in_({k[1] for k in keys})))
     }
-    rows = []
+    merged: dict[tuple[str, str], FileRow] = {}
     for name, fid in sorted(keys):
         f = files[fid]
         n, complete = network.get((name, fid), (0, 0))
-        rows.append(
-            FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete)
-        )
-    return rows
+        row = FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete)
+        prev = merged.get((name, f.sha256))
+        if prev is not None:
+            row = FileRow(
+                name,
+                prev.size,
+                prev.chunks,
+                f.sha256,
+                prev.here or row.here,
+                prev.peers + row.peers,
+                prev.complete_peers + row.complete_peers,
+            )
+        merged[(name, f.sha256)] = row
+    return [merged[k] for k in sorted(merged)]
 
 
 def list_downloads(session: Session, limit: int | None = None) -> list[DownloadRow]:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
+from p2pshare.db import reports as dbreports
 from p2pshare.db.engine import SCHEMA_VERSION, Database, SchemaError
 from p2pshare.db.models import BadPeer, Chunk, Download
 from p2pshare.db.node import node_state, record_heartbeat, set_node_id
@@ -943,3 +944,14 @@ def test_apply_catalog_keeps_two_roots_of_one_sha_apart(db: Database, db_path: P
                 file_id,
             )
         ] == entries
+
+
+def test_reports_count_a_content_once_whatever_roots_it_is_offered_under(db: Database) -> None:
+    honest = chunked(MOVIE)[1]
+    offer(db, NODE_A, LIAR, "movie.mkv", forged_entries(honest, 1))
+    offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
+    with db.read() as s:
+        rows = dbreports.list_files(s, "movie")
+        network = dbreports.counts(s).network_files
+    assert [(r.name, r.sha256, r.peers) for r in rows] == [("movie.mkv", MOVIE_SHA, 2)]
+    assert network == 1
