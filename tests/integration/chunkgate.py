@@ -112,6 +112,10 @@ class ChunkGate:
         self.stopping.set()
         with self.cond:
             self.cond.notify_all()
+        # shutdown() first: it wakes our threads blocked on a socket and tells the
+        # seeder and the leecher the connection is over (close() alone does neither while
+        # another thread is still in recv or send), so no node waits on us at its exit.
+        _hang_up(*self.conns)
         for sock in (self.listener, self.udp_in, self.udp_out, *self.conns):
             with contextlib.suppress(OSError):
                 sock.close()

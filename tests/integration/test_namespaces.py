@@ -75,11 +75,11 @@ def test_nodes_in_two_namespaces_find_each_other_by_interface_broadcast(
             node.wait_alive()
         status = a.p2pctl_json("status")
         assert status["broadcast"] == "interfaces"
-        wait_until(lambda: a.sees(b) and b.sees(a), 10, what="a and b to see each other")
+        wait_until(lambda: a.sees(b) and b.sees(a), 60, what="a and b to see each other")
         # Each knows the other by its address on the veth, and fetched its catalog over TCP.
         assert a.peers()[b.username][1] == addresses[1]
         assert b.peers()[a.username][1] == addresses[0]
-        wait_until(lambda: b.holdings_of(a.username) == 1, 10, what="b to learn hello.txt")
+        wait_until(lambda: b.holdings_of(a.username) == 1, 60, what="b to learn hello.txt")
         assert f"to {addresses[0][:-1]}255" in a.log("announcer")
     finally:
         # Stop the roles before their namespaces go.

@@ -32,7 +32,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
         states = dict(re.findall(r"^p2p:(\w+)\s+(\w+)", done.stdout, re.M))
         return states if states == {r: "RUNNING" for r in ROLES} else None
 
-    wait_until(all_running, 15, interval=0.3, what="supervisorctl to show 4 programs RUNNING")
+    wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 4 programs RUNNING")
 
     # p2pctl status --json: every role alive, the real TCP port and our UDP port.
     status = node.p2pctl_json("status")
@@ -56,7 +56,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     expected = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
     files = wait_until(
         lambda: (f := shared_files(node)) and set(f) == set(expected) and f,
-        10,
+        60,
         interval=0.2,
         what="the shared files to be indexed",
     )
@@ -69,7 +69,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     (node.share / "hello.txt").unlink()
     wait_until(
         lambda: "hello.txt" not in shared_files(node),
-        10,
+        60,
         interval=0.2,
         what="hello.txt to leave the catalog",
     )
