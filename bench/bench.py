@@ -1,13 +1,17 @@
 """p2pshare against the tools a user would pick instead, measured in one run, as ratios.
 
     python bench/bench.py [--size-mib 1024] [--reps 3] [--only NAME ...]
+                          [--tmp-dir /dev/shm] [--disk-dir /var/tmp] [--pin-cpu 0]
 
 Every node runs under its own supervisord with its own P2P_HOME, on loopback
-(P2P_BIND=127.0.0.1, P2P_BROADCAST=127.255.255.255). References are measured
-in the same run: a bare sendfile -> recv_into copy always; curl and aria2c
-from nginx, and a libtorrent swarm when those are installed (skipped with a note
-otherwise; the README says how to install them). Prints a table and writes the
-raw figures to bench/results/latest.json.
+(P2P_BIND=127.0.0.1, P2P_BROADCAST=127.255.255.255), in a folder on tmpfs
+(--tmp-dir); the `disk` scenario repeats the one-seeder transfer in a folder on a
+real disk (--disk-dir). References are measured in the same run: a bare
+sendfile -> recv_into copy always; curl and aria2c from nginx, sha256sum, and a
+libtorrent swarm when those are installed (skipped with a note otherwise; the
+README says how to install them). CPU-seconds and peak RSS come from /proc. Prints
+a table, then issue 10's goals met or missed, and writes the raw figures to
+bench/results/latest.json. Nothing here asserts: a missed goal is a figure.
 """
 
 from __future__ import annotations
@@ -30,15 +34,30 @@ from pathlib import Path
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nodes import BenchNode, wait_for  # noqa: E402
+from httpref import CLIENTS, Fetch, Nginx, installed  # noqa: E402
+from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
+from procstat import cached_fraction, evict, fs_type  # noqa: E402
 from refcopy import fetch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 RATE_LIMIT = 32 * MIB  # per seeder in the rate-limited scenario
 CATALOG_FILES = 10_000
+SMALL_SIZE = 1 * MIB  # the `small` scenario: what a user waits for beyond the transfer
+SMALL_REPS_MIN = 5
 # Plain HTTP downloads from nginx a user might use instead, and the goal against each.
-HTTP_CLIENTS = {"curl": ">= 1.0x", "aria2c": "reference"}
+HTTP_GOALS = {"curl": ">= 1.0x", "aria2c": "reference"}
+# Issue 10's goals: key -> (text, comparison, threshold, scenario that measures it).
+GOALS: dict[str, tuple[str, str, float, str]] = {
+    "one": ("one seeder >= 1.0x curl from nginx", ">=", 1.0, "transfer"),
+    "pinned": ("pinned to one core: >= 0.7x curl pinned the same way", ">=", 0.7, "pinned"),
+    "cpu": ("CPU/GiB downloader + seeder's server <= 1.5x curl + nginx", "<=", 1.5, "transfer"),
+    "three": ("three seeders >= one seeder", ">=", 1.0, "transfer"),
+    "lt3": ("three seeders >= 2x libtorrent with three seeders", ">=", 2.0, "transfer"),
+    "index": ("first index >= 0.9x sha256sum", ">=", 0.9, "index"),
+    "rss": ("peak RSS < 100 MB for each role", "<", 100.0, "transfer"),
+}
 
 
 @dataclass
@@ -50,6 +69,44 @@ class Row:
     rss: str = ""
     goal: str = ""
     raw: dict[str, object] = field(default_factory=dict)
+    # For a row that measures one of GOALS: its key and the figure compared.
+    goal_key: str = ""
+    value: float | None = None
+
+    @property
+    def met(self) -> str:
+        if not self.goal_key or self.value is None:
+            return ""
+        _text, op, threshold, _scenario = GOALS[self.goal_key]
+        ok = {">=": self.value >= threshold, "<=": self.value <= threshold}.get(
+            op, self.value < threshold
+        )
+        return "met" if ok else "MISSED"
+
+
+@dataclass
+class Transfer:
+    """Repeated one-seeder downloads of one file."""
+
+    seconds: list[float] = field(default_factory=list)
+    downloader_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    writes: list[int] = field(default_factory=list)
+    cached: list[float] = field(default_factory=list)  # source in page cache at each start
+
+    def cpu_per_gib(self, size: int) -> tuple[float, float, float]:
+        """Medians of (downloader + server, downloader, server) CPU-seconds per GiB."""
+        both = [d + s for d, s in zip(self.downloader_cpu, self.server_cpu, strict=True)]
+        return tuple(  # type: ignore[return-value]
+            median(xs) * GIB / size for xs in (both, self.downloader_cpu, self.server_cpu)
+        )
+
+
+@dataclass
+class Fetched:
+    seconds: float
+    writes: int
+    cpu: list[float]
 
 
 def median(xs: list[float]) -> float:
@@ -58,6 +115,14 @@ def median(xs: list[float]) -> float:
 
 def mbps(size: int, seconds: float) -> float:
     return size / seconds / 1e6
+
+
+def http_cpu_per_gib(fetches: list[Fetch], size: int) -> tuple[float, float, float]:
+    """Medians of (client + nginx, client, nginx) CPU-seconds per GiB."""
+    both = [f.client_cpu + f.server_cpu for f in fetches]
+    client = [f.client_cpu for f in fetches]
+    server = [f.server_cpu for f in fetches]
+    return tuple(median(xs) * GIB / size for xs in (both, client, server))  # type: ignore[return-value]
 
 
 def free_udp_port() -> int:
@@ -73,22 +138,49 @@ def free_udp_port() -> int:
     raise RuntimeError("no free UDP port")
 
 
+def write_random(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            n = min(left, 64 * MIB)
+            fh.write(os.urandom(n))
+            left -= n
+
+
+def where(folder: Path) -> str:
+    """`tmpfs` or e.g. `ext4 /var/tmp`, for a scenario's name."""
+    kind = fs_type(folder)
+    return kind if kind == "tmpfs" else f"{kind} {folder}"
+
+
 class Bench:
-    def __init__(self, root: Path, size: int, reps: int) -> None:
+    def __init__(self, root: Path, size: int, reps: int, disk_dir: Path, pin_cpu: str) -> None:
         self.root = root
         self.size = size
         self.reps = reps
+        self.disk_dir = disk_dir
+        self.pin_cpu = pin_cpu
         self.udp = free_udp_port()
         self.nodes: list[BenchNode] = []
         self.rows: list[Row] = []
         self.big = root / "data" / "big.bin"
+        self.cleanup: list[Path] = []
 
     # ------------------------------------------------------------ helpers
 
-    def node(self, label: str, **settings: object) -> BenchNode:
-        n = BenchNode(self.root, label, self.udp, **settings)
+    def node(
+        self, label: str, root: Path | None = None, cpus: str | None = None, **settings: object
+    ) -> BenchNode:
+        n = BenchNode(root or self.root, label, self.udp, cpus, **settings)
         self.nodes.append(n)
         return n
+
+    def start(self, *nodes: BenchNode) -> None:
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_ready()
 
     def stop_all(self) -> None:
         for n in self.nodes:
@@ -96,24 +188,21 @@ class Bench:
         self.nodes.clear()
 
     def make_big(self) -> None:
-        self.big.parent.mkdir(parents=True, exist_ok=True)
-        if self.big.exists() and self.big.stat().st_size == self.size:
-            return
-        with open(self.big, "wb") as fh:
-            left = self.size
-            while left:
-                n = min(left, 64 * MIB)
-                fh.write(os.urandom(n))
-                left -= n
+        if not (self.big.exists() and self.big.stat().st_size == self.size):
+            write_random(self.big, self.size)
 
-    def seed(self, nodes: list[BenchNode], name: str = "big.bin") -> None:
+    def seed(self, nodes: list[BenchNode], name: str = "big.bin", src: Path | None = None) -> None:
         """Hard-link the test file into each seeder's share folder (no extra disk)."""
         for n in nodes:
-            os.link(self.big, n.share / name)
+            os.link(src or self.big, n.share / name)
 
-    def download(self, node: BenchNode, name: str) -> tuple[float, int]:
-        """Queue a download, wait for it; returns (seconds from request to done, db writes)."""
+    def download(
+        self, node: BenchNode, name: str, watch: tuple[tuple[BenchNode, str], ...] = ()
+    ) -> Fetched:
+        """Queue a download and wait for it: seconds from request to done, db writes, and
+        the CPU-seconds each watched (node, role) used meanwhile."""
         writes_before = node.db_writes()
+        cpu_before = [n.cpu_seconds(role) for n, role in watch]
         result = node.p2pctl("download", name, "--no-wait")
         if result.returncode:
             raise RuntimeError(f"p2pctl download failed: {result.stderr.strip()}")
@@ -126,119 +215,190 @@ class Bench:
             return row[0] if row and row[0][0] in ("done", "failed") else None
 
         status, requested, done, reason = wait_for(finished, 900, "the download", 0.01)
+        cpu = [n.cpu_seconds(role) - b for (n, role), b in zip(watch, cpu_before, strict=True)]
         if status != "done":
             raise RuntimeError(f"download failed: {reason}")
         time.sleep(2.5)  # one heartbeat, so the write count includes the last batch
-        return done - requested, node.db_writes() - writes_before
+        return Fetched(done - requested, node.db_writes() - writes_before, cpu)
 
-    def verify(self, node: BenchNode, name: str) -> None:
-        got = subprocess.run(["cmp", str(self.big), str(node.downloads / name)])
+    def verify(self, node: BenchNode, name: str, original: Path | None = None) -> None:
+        got = subprocess.run(["cmp", str(original or self.big), str(node.downloads / name)])
         if got.returncode:
             raise RuntimeError("downloaded file differs from the original")
+
+    def one_seeder(
+        self, seeder: BenchNode, leech: BenchNode, src: Path, cold: bool = False
+    ) -> Transfer:
+        """self.reps downloads of src (linked into seeder's share as src.name) by leech.
+
+        cold: drop src from the page cache before each (the seeder reads it from disk).
+        """
+        out = Transfer()
+        for _ in range(self.reps):
+            if cold:
+                evict(src)
+            out.cached.append(cached_fraction(src))
+            got = self.download(leech, src.name, ((leech, "downloader"), (seeder, "server")))
+            self.verify(leech, src.name, src)
+            out.seconds.append(got.seconds)
+            out.writes.append(got.writes)
+            out.downloader_cpu.append(got.cpu[0])
+            out.server_cpu.append(got.cpu[1])
+            leech.forget_download(src.name)
+        return out
+
+    def http(
+        self,
+        src: Path,
+        cpus: str | None = None,
+        cold: bool = False,
+        clients: tuple[str, ...] = CLIENTS,
+    ) -> dict[str, list[Fetch]]:
+        """self.reps fetches of src from nginx by each installed client, pinned like nginx."""
+        usable = [c for c in clients if installed(c)]
+        if not usable:
+            return {}
+        out: dict[str, list[Fetch]] = {}
+        before = (lambda: evict(src)) if cold else None
+        with Nginx(src.parent, src.parent.parent / f"nginx-{cpus}", cpus) as web:
+            for client in usable:
+                for _ in range(self.reps):
+                    dest = src.parent.parent / "http.out"
+                    out.setdefault(client, []).append(web.fetch(client, src.name, dest, before))
+        return out
+
+    def speed_and_cpu_rows(
+        self, label: str, t: Transfer, http: dict[str, list[Fetch]], goals: dict[str, str]
+    ) -> None:
+        """Rows comparing a one-seeder Transfer with curl (+ aria2c) from nginx: MB/s and
+        CPU-seconds per GiB. goals maps "speed"/"cpu" to a GOALS key or a goal text."""
+        rate = mbps(self.size, median(t.seconds))
+        both, dl, srv = t.cpu_per_gib(self.size)
+        cpu_text = f"{both:.2f} s/GiB (dl {dl:.2f}, srv {srv:.2f})"
+        for client in ("curl", *(c for c in http if c != "curl")):
+            speed_goal = goals.get("speed", "") if client == "curl" else "reference"
+            fetches = http.get(client)
+            if not fetches:
+                self.rows.append(
+                    Row(
+                        f"{label} vs {client} from nginx",
+                        "-",
+                        "skipped",
+                        "-",
+                        goal=GOALS[speed_goal][0] if speed_goal in GOALS else speed_goal,
+                        raw={"note": f"nginx or {client} not installed"},
+                    )
+                )
+                continue
+            secs = [f.seconds for f in fetches]
+            ratio = median(secs) / median(t.seconds)
+            self.rows.append(
+                Row(
+                    f"{label} vs {client} from nginx",
+                    f"{rate:.0f} MB/s",
+                    f"{mbps(self.size, median(secs)):.0f} MB/s",
+                    f"{ratio:.2f}x",
+                    goal=GOALS[speed_goal][0] if speed_goal in GOALS else speed_goal,
+                    raw={"p2pshare_s": t.seconds, f"{client}_s": secs, "cached": t.cached},
+                    goal_key=speed_goal if speed_goal in GOALS else "",
+                    value=ratio,
+                )
+            )
+            if client != "curl":
+                continue
+            ref, ref_client, ref_server = http_cpu_per_gib(fetches, self.size)
+            cpu_goal = goals.get("cpu", "")
+            self.rows.append(
+                Row(
+                    f"{label}: CPU per GiB, downloader + seeder's server vs curl + nginx",
+                    cpu_text,
+                    f"{ref:.2f} s/GiB (curl {ref_client:.2f}, nginx {ref_server:.2f})",
+                    f"{both / ref:.2f}x CPU",
+                    goal=GOALS[cpu_goal][0] if cpu_goal in GOALS else cpu_goal,
+                    raw={
+                        "downloader_cpu_s": t.downloader_cpu,
+                        "server_cpu_s": t.server_cpu,
+                        "curl_cpu_s": [f.client_cpu for f in fetches],
+                        "nginx_cpu_s": [f.server_cpu for f in fetches],
+                    },
+                    goal_key=cpu_goal if cpu_goal in GOALS else "",
+                    value=both / ref,
+                )
+            )
 
     # ------------------------------------------------------------ scenarios
 
     def transfer(self) -> None:
-        """One and three seeders of the big file; references: sendfile copy, curl, libtorrent."""
+        """One and three seeders of the big file on tmpfs; references: sendfile copy, curl
+        and aria2c from nginx (MB/s and CPU per GiB), libtorrent; peak RSS of every role."""
         self.make_big()
         seeders = [self.node(f"seed{i}") for i in range(3)]
         leech = self.node("leech")
-        for n in (*seeders, leech):
-            n.start()
-        for n in (*seeders, leech):
-            n.wait_ready()
+        self.start(*seeders, leech)
         self.seed(seeders[:1])
         wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
-        one, writes, rss_dl, rss_srv = [], [], 0.0, 0.0
-        for _ in range(self.reps):
-            seconds, w = self.download(leech, "big.bin")
-            self.verify(leech, "big.bin")
-            one.append(seconds)
-            writes.append(w)
-            rss_dl = max(rss_dl, leech.peak_rss_mb("downloader"))
-            rss_srv = max(rss_srv, seeders[0].peak_rss_mb("server"))
-            leech.forget_download("big.bin")
+        one = self.one_seeder(seeders[0], leech, self.big)
+        rss_dl, rss_srv = leech.peak_rss_mb("downloader"), seeders[0].peak_rss_mb("server")
         ref = [self._refcopy() for _ in range(self.reps)]
-        http = self._http_clients()
-        one_rate = mbps(self.size, median(one))
+        http = self.http(self.big)
+        label = f"1 seeder, {self.size // MIB} MiB ({where(self.root.parent)})"
+        one_rate = mbps(self.size, median(one.seconds))
         self.rows.append(
             Row(
-                f"1 seeder, {self.size // MIB} MiB, verified vs sendfile->recv_into copy",
+                f"{label}, verified vs sendfile->recv_into copy",
                 f"{one_rate:.0f} MB/s",
                 f"{mbps(self.size, median(ref)):.0f} MB/s",
-                f"{median(ref) / median(one):.2f}x",
+                f"{median(ref) / median(one.seconds):.2f}x",
                 f"dl {rss_dl:.0f} MB, srv {rss_srv:.0f} MB",
                 ">= 0.8x; RSS < 100 MB",
-                {"p2pshare_s": one, "reference_s": ref},
+                {"p2pshare_s": one.seconds, "reference_s": ref},
             )
         )
-        for client, goal in HTTP_CLIENTS.items():
-            times = http.get(client)
-            if not times:
-                self.rows.append(
-                    Row(
-                        f"1 seeder vs {client} from nginx",
-                        "-",
-                        "skipped",
-                        "-",
-                        "",
-                        goal,
-                        {"note": f"nginx or {client} not installed"},
-                    )
-                )
-                continue
-            self.rows.append(
-                Row(
-                    f"1 seeder, {self.size // MIB} MiB vs {client} from nginx",
-                    f"{one_rate:.0f} MB/s",
-                    f"{mbps(self.size, median(times)):.0f} MB/s",
-                    f"{median(times) / median(one):.2f}x",
-                    "",
-                    goal,
-                    {f"{client}_s": times},
-                )
-            )
+        self.speed_and_cpu_rows(label, one, http, {"speed": "one", "cpu": "cpu"})
         self.rows.append(
             Row(
                 f"downloader db write transactions per {self.size // MIB} MiB",
-                f"{median(writes):.0f}",
+                f"{median(one.writes):.0f}",
                 "-",
                 "-",
                 "",
                 "a few hundred at most",
-                {"writes": writes},
+                {"writes": one.writes},
             )
         )
         self.seed(seeders[1:])
         wait_for(lambda: leech.knows("big.bin", 3), 120, "the leecher to see three seeders")
         three = []
         for _ in range(self.reps):
-            seconds, _w = self.download(leech, "big.bin")
+            three.append(self.download(leech, "big.bin").seconds)
             self.verify(leech, "big.bin")
-            three.append(seconds)
             leech.forget_download("big.bin")
+        ratio = median(one.seconds) / median(three)
         self.rows.append(
             Row(
                 f"3 seeders, {self.size // MIB} MiB vs 1 seeder",
                 f"{mbps(self.size, median(three)):.0f} MB/s",
                 f"{one_rate:.0f} MB/s",
-                f"{median(one) / median(three):.2f}x",
-                "",
-                ">= 1.0x",
-                {"three_s": three},
+                f"{ratio:.2f}x",
+                goal=GOALS["three"][0],
+                raw={"three_s": three},
+                goal_key="three",
+                value=ratio,
             )
         )
         lt3 = self._libtorrent(3, 0)
         if lt3:
+            ratio = median(lt3) / median(three)
             self.rows.append(
                 Row(
                     f"3 seeders, {self.size // MIB} MiB vs libtorrent 3 seeders",
                     f"{mbps(self.size, median(three)):.0f} MB/s",
                     f"{mbps(self.size, median(lt3)):.0f} MB/s",
-                    f"{median(lt3) / median(three):.2f}x",
-                    "",
-                    ">= 2.0x",
-                    {"libtorrent_s": lt3},
+                    f"{ratio:.2f}x",
+                    goal=GOALS["lt3"][0],
+                    raw={"libtorrent_s": lt3},
+                    goal_key="lt3",
+                    value=ratio,
                 )
             )
         else:
@@ -248,12 +408,225 @@ class Bench:
                     "-",
                     "skipped",
                     "-",
-                    "",
-                    ">= 2.0x",
-                    {"note": "python libtorrent not installed"},
+                    goal=GOALS["lt3"][0],
+                    raw={"note": "python libtorrent not installed"},
                 )
             )
+        self._rss_row([leech, *seeders])
         self.stop_all()
+
+    def _rss_row(self, nodes: list[BenchNode]) -> None:
+        """Peak RSS (VmHWM) of every role of the leecher and the seeders."""
+        rss = {(n.label, r): n.peak_rss_mb(r) for n in nodes for r in ROLES}
+        per_role = {r: max(v for (_n, role), v in rss.items() if role == r) for r in ROLES}
+        worst = max(per_role.values())
+        self.rows.append(
+            Row(
+                "peak RSS, each role (max over leecher and seeders)",
+                f"{worst:.0f} MB",
+                "-",
+                "-",
+                ", ".join(f"{r[:3]} {v:.0f}" for r, v in per_role.items()),
+                GOALS["rss"][0],
+                {f"{label}/{role}": v for (label, role), v in rss.items()},
+                "rss",
+                worst,
+            )
+        )
+
+    def pinned(self) -> None:
+        """The one-seeder transfer with nginx, curl and both nodes (supervisord and every
+        role) on one core: the stand-in for a small board."""
+        cpu = self.pin_cpu
+        if not shutil.which("taskset"):
+            self.rows.append(
+                Row(
+                    "1 seeder pinned to one core",
+                    "-",
+                    "skipped",
+                    "-",
+                    goal=GOALS["pinned"][0],
+                    raw={"note": "taskset not installed"},
+                )
+            )
+            return
+        self.make_big()
+        seeder, leech = self.node("pin-seed", cpus=cpu), self.node("pin-leech", cpus=cpu)
+        self.start(seeder, leech)
+        self.seed([seeder])
+        wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
+        one = self.one_seeder(seeder, leech, self.big)
+        self.stop_all()
+        http = self.http(self.big, cpus=cpu, clients=("curl",))
+        label = f"1 seeder, {self.size // MIB} MiB ({where(self.root.parent)}), all on CPU {cpu}"
+        self.speed_and_cpu_rows(label, one, http, {"speed": "pinned", "cpu": "report"})
+
+    def disk(self) -> None:
+        """The one-seeder transfer in a folder on a real disk, the source dropped from the
+        page cache before each run (posix_fadvise DONTNEED, which needs no privileges)."""
+        kind = fs_type(self.disk_dir)
+        need = 3 * self.size + GIB
+        free = shutil.disk_usage(self.disk_dir).free
+        if kind == "tmpfs" or free < need:
+            why = "is tmpfs" if kind == "tmpfs" else f"has {free // MIB} MiB free of {need // MIB}"
+            self.rows.append(
+                Row("1 seeder on disk", "-", "skipped", "-", raw={"note": f"{self.disk_dir} {why}"})
+            )
+            return
+        root = Path(tempfile.mkdtemp(prefix="p2pbench-disk", dir=self.disk_dir))
+        root.chmod(0o755)  # nginx's workers run as an unprivileged user
+        self.cleanup.append(root)
+        self.make_big()
+        src = root / "data" / "big.bin"
+        src.parent.mkdir()
+        shutil.copyfile(self.big, src)
+        seeder, leech = self.node("disk-seed", root=root), self.node("disk-leech", root=root)
+        self.start(seeder, leech)
+        self.seed([seeder], src=src)
+        wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
+        one = self.one_seeder(seeder, leech, src, cold=True)
+        self.stop_all()
+        http = self.http(src, cold=True, clients=("curl",))
+        label = (
+            f"1 seeder, {self.size // MIB} MiB ({where(self.disk_dir)}), "
+            f"source {100 * median(one.cached):.0f} % cached"
+        )
+        self.speed_and_cpu_rows(label, one, http, {"speed": "report", "cpu": "report"})
+        shutil.rmtree(root, ignore_errors=True)
+
+    def index(self) -> None:
+        """First index of the big file (the indexer's hash_file, in this process) against
+        sha256sum of the same file, alternating, on tmpfs; `openssl sha256` (libcrypto,
+        what hashlib uses) as a second reference when installed."""
+        from p2pshare.db.index import Stamp
+        from p2pshare.services.hashing import hash_file
+        from p2pshare.services.settings import chunk_size_for
+
+        self.make_big()
+        chunk = chunk_size_for(self.size)
+        tools = {"sha256sum": ["sha256sum"], "openssl sha256": ["openssl", "sha256", "-r"]}
+        tools = {k: v for k, v in tools.items() if shutil.which(v[0])}
+        ours: list[float] = []
+        theirs: dict[str, list[float]] = {k: [] for k in tools}
+        for _ in range(self.reps):
+            t0 = time.perf_counter()
+            hashed = hash_file(self.big, chunk, expect=Stamp.of(os.stat(self.big)))
+            ours.append(time.perf_counter() - t0)
+            for tool, cmd in tools.items():
+                t0 = time.perf_counter()
+                out = subprocess.run(
+                    [*cmd, str(self.big)], capture_output=True, text=True, check=True
+                )
+                theirs[tool].append(time.perf_counter() - t0)
+                if out.stdout.split()[0] != hashed.sha256:
+                    raise RuntimeError(f"hash_file and {tool} disagree on the file's SHA-256")
+        label = (
+            f"first index, {self.size // MIB} MiB ({where(self.root.parent)}), "
+            f"{chunk // 1024} KiB chunks"
+        )
+        for tool, times in theirs.items():
+            ratio = median(times) / median(ours)
+            goal = tool == "sha256sum"
+            self.rows.append(
+                Row(
+                    f"{label}: hash_file vs {tool}",
+                    f"{mbps(self.size, median(ours)):.0f} MB/s",
+                    f"{mbps(self.size, median(times)):.0f} MB/s",
+                    f"{ratio:.2f}x",
+                    goal=GOALS["index"][0] if goal else "reference (one libcrypto pass)",
+                    raw={"hash_file_s": ours, f"{tool}_s": times, "chunk_size": chunk},
+                    goal_key="index" if goal else "",
+                    value=ratio,
+                )
+            )
+
+    def small(self) -> None:
+        """What the user waits for a 1 MiB file: `p2pctl download NAME`, start to exit,
+        against curl of the same file from nginx and against the node's own row; and
+        `p2pctl download --no-wait` (start-up and queueing alone) on other files."""
+        reps = max(self.reps, SMALL_REPS_MIN)
+        folder = self.root / "small"
+        waited = [f"small-{i:02d}.bin" for i in range(reps)]
+        queued_only = [f"nowait-{i:02d}.bin" for i in range(reps)]
+        for name in (*waited, *queued_only):
+            write_random(folder / name, SMALL_SIZE)
+        seeder, leech = self.node("small-seed"), self.node("small-leech")
+        self.start(seeder, leech)
+        for name in (*waited, *queued_only):
+            os.link(folder / name, seeder.share / name)
+        wait_for(
+            lambda: all(leech.knows(n) for n in (*waited, *queued_only)),
+            60,
+            "the leecher to learn the files",
+        )
+        p2pctl = beside_python("p2pctl")
+
+        def timed(name: str, *flags: str) -> tuple[float, float, float]:
+            """Wall seconds of `p2pctl download NAME`, then the row's finished - started
+            and finished - requested once it is done."""
+            t0 = time.perf_counter()
+            got = subprocess.run(
+                [p2pctl, "download", name, *flags], env=leech.env, capture_output=True
+            )
+            wall = time.perf_counter() - t0
+            if got.returncode:
+                raise RuntimeError(f"p2pctl download {name}: {got.stderr.decode().strip()}")
+            requested, started, finished = wait_for(
+                lambda: leech.sql(
+                    "SELECT requested_at, started_at, finished_at FROM downloads "
+                    "WHERE name = ? AND status = 'done' ORDER BY id DESC LIMIT 1",
+                    (name,),
+                )[0],
+                60,
+                f"{name} to finish",
+                0.01,
+            )
+            self.verify(leech, name, folder / name)
+            return wall, finished - started, finished - requested
+
+        # A different file each time, so none is "already here".
+        wall, run, queued = zip(*(timed(name) for name in waited), strict=True)
+        no_wait = [timed(name, "--no-wait")[0] for name in queued_only]
+        self.stop_all()
+        curl = []
+        if installed("curl"):
+            with Nginx(folder, self.root / "nginx-small") as web:
+                curl = [web.fetch("curl", n, self.root / "small.out").seconds for n in waited]
+        size = f"{SMALL_SIZE // MIB} MiB"
+        ms = 1000
+        p2p = median(list(wall))
+        goal = "report (issue 10 item 7)"
+        self.rows.append(
+            Row(
+                f"{size}: `p2pctl download` wall vs curl from nginx",
+                f"{p2p * ms:.0f} ms",
+                f"{median(curl) * ms:.0f} ms" if curl else "skipped",
+                f"{p2p / median(curl):.0f}x the time" if curl else "-",
+                goal=goal,
+                raw={"p2pctl_s": wall, "curl_s": curl},
+            )
+        )
+        self.rows.append(
+            Row(
+                f"{size}: `p2pctl download` wall vs its row (finished - started)",
+                f"{p2p * ms:.0f} ms",
+                f"{median(list(run)) * ms:.0f} ms "
+                f"(finished - requested {median(list(queued)) * ms:.0f})",
+                f"{p2p / median(list(run)):.1f}x the time",
+                goal=goal,
+                raw={"row_started_s": run, "row_requested_s": queued},
+            )
+        )
+        self.rows.append(
+            Row(
+                f"{size}: `p2pctl download --no-wait` wall (start-up + queueing)",
+                f"{median(no_wait) * ms:.0f} ms",
+                f"{p2p * ms:.0f} ms (waiting)",
+                f"{median(no_wait) / p2p:.2f}x the time",
+                goal=goal,
+                raw={"p2pctl_no_wait_s": no_wait},
+            )
+        )
 
     def _refcopy(self) -> float:
         server = subprocess.Popen(
@@ -271,64 +644,6 @@ class Bench:
         finally:
             server.kill()
             server.wait()
-
-    def _http_clients(self) -> dict[str, list[float]]:
-        """Seconds for each installed HTTP client to fetch the big file from nginx."""
-        nginx = shutil.which("nginx")
-        clients = {name: shutil.which(name) for name in HTTP_CLIENTS}
-        if not nginx or not any(clients.values()):
-            return {}
-        conf_dir = self.root / "nginx"
-        conf_dir.mkdir(exist_ok=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        (conf_dir / "nginx.conf").write_text(f"""
-daemon off; worker_processes 1; pid {conf_dir}/nginx.pid; error_log {conf_dir}/error.log;
-events {{ worker_connections 64; }}
-http {{ access_log off; sendfile on; tcp_nopush on;
-  server {{ listen 127.0.0.1:{port}; root {self.big.parent}; }} }}
-""")
-        proc = subprocess.Popen(
-            [nginx, "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for(
-                lambda: socket.create_connection(("127.0.0.1", port)).close() or True,
-                10,
-                "nginx",
-                0.05,
-            )
-            url = f"http://127.0.0.1:{port}/{self.big.name}"
-            dest = self.root / "http.out"
-            commands = {
-                "curl": ["-sSf", "-o", str(dest), url],
-                "aria2c": [
-                    "-q",
-                    "-x1",
-                    "--allow-overwrite=true",
-                    "--file-allocation=none",
-                    "-d",
-                    str(dest.parent),
-                    "-o",
-                    dest.name,
-                    url,
-                ],
-            }
-            out: dict[str, list[float]] = {}
-            for name, path in clients.items():
-                if path is None:
-                    continue
-                for _ in range(self.reps):
-                    started = time.perf_counter()
-                    subprocess.run([path, *commands[name]], check=True)
-                    out.setdefault(name, []).append(time.perf_counter() - started)
-                    dest.unlink()
-            return out
-        finally:
-            proc.terminate()
-            proc.wait()
 
     def _libtorrent(self, seeders: int, limit: int, size_file: Path | None = None) -> list[float]:
         try:
@@ -371,14 +686,14 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         wait_for(lambda: leech.knows("limited.bin", 1), 60, "the leecher to learn the file")
         one = []
         for _ in range(self.reps):
-            one.append(self.download(leech, "limited.bin")[0])
+            one.append(self.download(leech, "limited.bin").seconds)
             leech.forget_download("limited.bin")
         for n in seeders[1:]:
             os.link(path, n.share / "limited.bin")
         wait_for(lambda: leech.knows("limited.bin", 4), 60, "the leecher to see four seeders")
         four = []
         for _ in range(self.reps):
-            four.append(self.download(leech, "limited.bin")[0])
+            four.append(self.download(leech, "limited.bin").seconds)
             leech.forget_download("limited.bin")
         one_rate = size / median(one)
         self.rows.append(
@@ -537,37 +852,92 @@ http {{ access_log off; sendfile on; tcp_nopush on;
 
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "transfer": Bench.transfer,
+    "pinned": Bench.pinned,
+    "disk": Bench.disk,
+    "index": Bench.index,
+    "small": Bench.small,
     "limit": Bench.rate_limited,
     "discovery": Bench.discovery,
     "catalog": Bench.catalog,
 }
 
 
+def goal_table(rows: list[Row], ran: list[str]) -> list[list[str]]:
+    """One line per goal of issue 10: the figure that measures it, met or missed."""
+    out = []
+    for key, (text, _op, _threshold, scenario) in GOALS.items():
+        found = [r for r in rows if r.goal_key == key]
+        if found:
+            r = found[0]
+            figure = f"{r.ratio} ({r.p2pshare} vs {r.reference})" if r.ratio != "-" else r.p2pshare
+            out.append([text, figure, r.met or "not measured"])
+        elif scenario in ran:
+            out.append([text, "-", "skipped (see above)"])
+        else:
+            out.append([text, "-", f"not run (--only {scenario})"])
+    return out
+
+
+def default_tmp() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and fs_type(shm) == "tmpfs" else Path(tempfile.gettempdir())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None)
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), default=None)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument(
+        "--tmp-dir", type=Path, default=default_tmp(), help="tmpfs folder (default /dev/shm)"
+    )
+    parser.add_argument(
+        "--disk-dir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="folder on a real disk for the `disk` scenario (default /var/tmp)",
+    )
+    parser.add_argument("--pin-cpu", default="0", help="CPU for the `pinned` scenario")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="p2pbench"))
+    if fs_type(args.tmp_dir) != "tmpfs":
+        print(f"note: {args.tmp_dir} is {fs_type(args.tmp_dir)}, not tmpfs", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="p2pbench", dir=args.tmp_dir))
     root.chmod(0o755)  # nginx's workers run as an unprivileged user and must read the file
-    bench = Bench(root, args.size_mib * MIB, args.reps)
+    bench = Bench(root, args.size_mib * MIB, args.reps, args.disk_dir, args.pin_cpu)
+    ran = args.only or list(SCENARIOS)
+    load = [os.getloadavg()]
     try:
-        for name in args.only or list(SCENARIOS):
+        for name in ran:
             print(f"== {name}", flush=True)
             SCENARIOS[name](bench)
     finally:
         bench.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
+        for path in [root, *bench.cleanup]:
+            shutil.rmtree(path, ignore_errors=True)
+    load.append(os.getloadavg())
+    table = [
+        [r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal, r.met] for r in bench.rows
+    ]
     print(
         tabulate(
-            [[r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal] for r in bench.rows],
-            headers=["scenario", "p2pshare", "reference", "ratio", "peak RSS", "goal"],
+            table,
+            headers=["scenario", "p2pshare", "reference", "ratio", "peak RSS", "goal", "met"],
         )
     )
+    print()
+    print(tabulate(goal_table(bench.rows, ran), headers=["issue 10 goal", "measured", ""]))
+    print(
+        f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at start "
+        f"{', '.join(f'{x:.1f}' for x in load[0])}, at end {', '.join(f'{x:.1f}' for x in load[1])}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([asdict(r) for r in bench.rows], indent=2))
+    figures = {
+        "cpus": os.cpu_count(),
+        "loadavg_start_end": load,
+        "rows": [{**asdict(r), "met": r.met} for r in bench.rows],
+    }
+    args.out.write_text(json.dumps(figures, indent=2))
     print(f"raw figures: {args.out}")
 
 

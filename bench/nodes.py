@@ -13,10 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from procstat import cpu_seconds, peak_rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "supervisord.conf"
 LOOPBACK = "127.0.0.1"
 LOOPBACK_BROADCAST = "127.255.255.255"
+ROLES = ("server", "announcer", "listener", "downloader")
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -33,17 +36,29 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def beside_python(name: str) -> str:
+    """A console script installed with the Python running the benchmark (else on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.is_file() else (shutil.which(name) or name)
+
+
 def supervisord_bin() -> str:
-    beside = Path(sys.executable).with_name("supervisord")
-    return str(beside) if beside.is_file() else (shutil.which("supervisord") or "supervisord")
+    return beside_python("supervisord")
 
 
 class BenchNode:
-    """A node with its own P2P_HOME, run by its own supervisord in the foreground."""
+    """A node with its own P2P_HOME, run by its own supervisord in the foreground.
 
-    def __init__(self, root: Path, label: str, udp_port: int, **settings: object) -> None:
+    With cpus set (e.g. "0"), supervisord, so every role, and each p2pctl run
+    under `taskset -c cpus`.
+    """
+
+    def __init__(
+        self, root: Path, label: str, udp_port: int, cpus: str | None = None, **settings: object
+    ) -> None:
         self.home = root / label
         self.label = label
+        self.pin = ["taskset", "-c", cpus] if cpus is not None else []
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         (self.home / "shared").mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
@@ -72,7 +87,7 @@ class BenchNode:
         """Start supervisord; returns the wall-clock time it was launched."""
         started = time.time()
         self.proc = subprocess.Popen(
-            [supervisord_bin(), "-c", str(CONF), "-n"],
+            [*self.pin, supervisord_bin(), "-c", str(CONF), "-n"],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -80,7 +95,7 @@ class BenchNode:
         )
         return started
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:
             now = time.time()
             rows = self.sql("SELECT role FROM heartbeats WHERE beat_at > ?", (now - 5,))
@@ -112,7 +127,7 @@ class BenchNode:
 
     def p2pctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "p2pshare.cli.main", *args],
+            [*self.pin, sys.executable, "-m", "p2pshare.cli.main", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -124,10 +139,11 @@ class BenchNode:
 
     def peak_rss_mb(self, role: str) -> float:
         """VmHWM of a role: the most resident memory it ever had, in MB."""
-        for line in Path(f"/proc/{self.role_pid(role)}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return peak_rss_mb(self.role_pid(role))
+
+    def cpu_seconds(self, role: str) -> float:
+        """CPU-seconds the role's process has used since it started."""
+        return cpu_seconds(self.role_pid(role))
 
     def db_writes(self) -> int:
         detail = str(self.scalar("SELECT detail FROM heartbeats WHERE role = 'downloader'"))
