@@ -17,6 +17,7 @@ bench/results/latest.json. Nothing here asserts: a missed goal is a figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -227,45 +228,45 @@ class Bench:
             raise RuntimeError("downloaded file differs from the original")
 
     def one_seeder(
-        self, seeder: BenchNode, leech: BenchNode, src: Path, cold: bool = False
-    ) -> Transfer:
-        """self.reps downloads of src (linked into seeder's share as src.name) by leech.
-
-        cold: drop src from the page cache before each (the seeder reads it from disk).
-        """
-        out = Transfer()
-        for _ in range(self.reps):
-            if cold:
-                evict(src)
-            out.cached.append(cached_fraction(src))
-            got = self.download(leech, src.name, ((leech, "downloader"), (seeder, "server")))
-            self.verify(leech, src.name, src)
-            out.seconds.append(got.seconds)
-            out.writes.append(got.writes)
-            out.downloader_cpu.append(got.cpu[0])
-            out.server_cpu.append(got.cpu[1])
-            leech.forget_download(src.name)
-        return out
-
-    def http(
         self,
+        seeder: BenchNode,
+        leech: BenchNode,
         src: Path,
         cpus: str | None = None,
         cold: bool = False,
         clients: tuple[str, ...] = CLIENTS,
-    ) -> dict[str, list[Fetch]]:
-        """self.reps fetches of src from nginx by each installed client, pinned like nginx."""
+    ) -> tuple[Transfer, dict[str, list[Fetch]]]:
+        """self.reps rounds of: leech downloads src (linked into seeder's share as src.name),
+        then each installed HTTP client fetches it from nginx (pinned to cpus like the nodes).
+
+        Interleaved, so a burst of load elsewhere costs both alike; the idle nodes stay up
+        meanwhile (their housekeeping is a few hundredths of a core). cold: drop src from
+        the page cache before each download and each fetch (read from disk).
+        """
+        out = Transfer()
+        http: dict[str, list[Fetch]] = {}
         usable = [c for c in clients if installed(c)]
-        if not usable:
-            return {}
-        out: dict[str, list[Fetch]] = {}
         before = (lambda: evict(src)) if cold else None
-        with Nginx(src.parent, src.parent.parent / f"nginx-{cpus}", cpus) as web:
-            for client in usable:
-                for _ in range(self.reps):
+        with contextlib.ExitStack() as stack:
+            web = None
+            if usable:
+                web = stack.enter_context(Nginx(src.parent, src.parent.parent / "nginx", cpus))
+            for _ in range(self.reps):
+                if before is not None:
+                    before()
+                out.cached.append(cached_fraction(src))
+                got = self.download(leech, src.name, ((leech, "downloader"), (seeder, "server")))
+                self.verify(leech, src.name, src)
+                out.seconds.append(got.seconds)
+                out.writes.append(got.writes)
+                out.downloader_cpu.append(got.cpu[0])
+                out.server_cpu.append(got.cpu[1])
+                leech.forget_download(src.name)
+                for client in usable:
+                    assert web is not None
                     dest = src.parent.parent / "http.out"
-                    out.setdefault(client, []).append(web.fetch(client, src.name, dest, before))
-        return out
+                    http.setdefault(client, []).append(web.fetch(client, src.name, dest, before))
+        return out, http
 
     def speed_and_cpu_rows(
         self, label: str, t: Transfer, http: dict[str, list[Fetch]], goals: dict[str, str]
@@ -337,10 +338,9 @@ class Bench:
         self.start(*seeders, leech)
         self.seed(seeders[:1])
         wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
-        one = self.one_seeder(seeders[0], leech, self.big)
+        one, http = self.one_seeder(seeders[0], leech, self.big)
         rss_dl, rss_srv = leech.peak_rss_mb("downloader"), seeders[0].peak_rss_mb("server")
         ref = [self._refcopy() for _ in range(self.reps)]
-        http = self.http(self.big)
         label = f"1 seeder, {self.size // MIB} MiB ({where(self.root.parent)})"
         one_rate = mbps(self.size, median(one.seconds))
         self.rows.append(
@@ -455,9 +455,8 @@ class Bench:
         self.start(seeder, leech)
         self.seed([seeder])
         wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
-        one = self.one_seeder(seeder, leech, self.big)
+        one, http = self.one_seeder(seeder, leech, self.big, cpus=cpu, clients=("curl",))
         self.stop_all()
-        http = self.http(self.big, cpus=cpu, clients=("curl",))
         label = f"1 seeder, {self.size // MIB} MiB ({where(self.root.parent)}), all on CPU {cpu}"
         self.speed_and_cpu_rows(label, one, http, {"speed": "pinned", "cpu": "report"})
 
@@ -484,9 +483,8 @@ class Bench:
         self.start(seeder, leech)
         self.seed([seeder], src=src)
         wait_for(lambda: leech.knows("big.bin", 1), 120, "the leecher to learn the file")
-        one = self.one_seeder(seeder, leech, src, cold=True)
+        one, http = self.one_seeder(seeder, leech, src, cold=True, clients=("curl",))
         self.stop_all()
-        http = self.http(src, cold=True, clients=("curl",))
         label = (
             f"1 seeder, {self.size // MIB} MiB ({where(self.disk_dir)}), "
             f"source {100 * median(one.cached):.0f} % cached"
@@ -627,6 +625,28 @@ class Bench:
                 raw={"p2pctl_no_wait_s": no_wait},
             )
         )
+
+    def cli(self) -> None:
+        """p2pctl's answers on a node that knows 500 peers (bench/cli_timing.py), against
+        Python's own start-up with click and tabulate imported, in the same run."""
+        from cli_timing import run
+
+        folder = self.root / "cli"
+        folder.mkdir()
+        figures = run(folder)
+        for f in figures:
+            if f["command"].startswith("python"):
+                continue  # the reference itself
+            self.rows.append(
+                Row(
+                    f"CLI, {f['peers']} peers: {f['command']}",
+                    f"{f['median_s'] * 1000:.0f} ms",
+                    f"{f['baseline_s'] * 1000:.0f} ms (python -c 'import click, tabulate')",
+                    f"{f['ratio']:.2f}x the time",
+                    goal="report",
+                    raw=f,
+                )
+            )
 
     def _refcopy(self) -> float:
         server = subprocess.Popen(
@@ -860,6 +880,8 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "discovery": Bench.discovery,
     "catalog": Bench.catalog,
 }
+if (HERE / "cli_timing.py").exists():
+    SCENARIOS["cli"] = Bench.cli
 
 
 def goal_table(rows: list[Row], ran: list[str]) -> list[list[str]]:
