@@ -64,6 +64,8 @@ UPLOAD_LIMIT = 1_000_000
 FILES_PER_NODE = 6
 MAX_SIZE = 3 * 1024 * 1024
 KILLABLE = ("downloader", "server")
+# p2pctl download needs a downloader heartbeat under 10 s old; queue only below this.
+DOWNLOADER_FRESH = 6.0
 # Share of kills aimed at a role in the middle of a transfer (the rest hit any role).
 HOT_KILL_SHARE = 0.75
 # Roles never killed here: their memory at the start and the end of the soak.
@@ -101,10 +103,20 @@ class Soak:
         held |= {self.originals[name][1] for name in self.requested[label]}
         return sorted(name for name, (_, sha) in self.originals.items() if sha not in held)
 
+    def downloader_up(self, label: str) -> bool:
+        """The node's downloader runs and beats, so p2pctl takes a download: not killed
+        and waiting for its restart, nor restarted and still starting (on a busy machine
+        that may take longer than p2pctl waits for a heartbeat)."""
+        if any(lbl == label and role == "downloader" for _, lbl, role in self.restarts):
+            return False
+        node = self.nodes[label]
+        pid, beat = node.heartbeats().get("downloader", (None, 0.0))
+        return pid == node.procs["downloader"].pid and beat > time.time() - DOWNLOADER_FRESH
+
     def queue_one(self) -> None:
         label = self.rng.choice(sorted(self.nodes))
         wanted = self.wanted(label)
-        if not wanted:
+        if not wanted or not self.downloader_up(label):
             return
         name = self.rng.choice(wanted)
         node = self.nodes[label]
