@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nodetools import status_kib
-from p2p_integration_harness import wait_until
+from p2p_integration_harness import pick_udp_port, wait_until
 
 from p2pshare.services import chunkserver, protocol
 from p2pshare.services.sha256chain import manifest_entries
@@ -43,6 +43,9 @@ HALF_SENT = 20
 IDLE_AFTER_REQUEST = 10
 RANDOM_CONNECTIONS = 200
 RSS_GROWTH_LIMIT = 20 * 1024 * 1024
+IDLE_TIMEOUT = chunkserver.IDLE_TIMEOUT
+# Chunks of partial.bin the gate lets through to b before the requests to b are made.
+PARTIAL_CHUNKS = 8
 TRAVERSAL = (
     "../../../../etc/passwd",
     "/etc/passwd",
@@ -274,7 +277,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
     b.start()
     wait_until(
         lambda: a.holdings_of(b.username) == 1 and b.holdings_of(a.username) == 1,
-        20,
+        60,
         what="a and b to learn each other's files",
     )
     port = a.tcp_port()
@@ -325,7 +328,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
 
         def download() -> None:
             started = time.monotonic()
-            result["done"] = b.p2pctl("download", "big.bin", timeout=90)
+            result["done"] = b.p2pctl("download", "big.bin", timeout=300)
             result["seconds"] = time.monotonic() - started
             result["open"] = {g: watch.open_count(g) for g in ("idle", "half")} | {
                 "slow": SLOW_READERS - max(0, stalled_closed())
@@ -401,48 +404,48 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
 
         fuzz()
 
-        downloader.join(90)
+        downloader.join(300)
         done = result["done"]
         assert done.returncode == 0, done.stderr
         saved = b.home / "downloads" / "big.bin"
         assert saved.read_bytes() == data
         # The download went on beside everything the attack still held open.
 
-        # Timeouts: idle and half-sent connections go within their 10 s; readers that
-        # read nothing go after STALL_TIMEOUT (30 s) of no progress.
+        # Timeouts: idle and half-sent connections go after their 10 s; readers that
+        # read nothing after STALL_TIMEOUT (30 s) of no progress. Never sooner; how much
+        # later a busy machine makes it is bounded only by these waits.
         wait_until(
             lambda: (
                 len(watch.lifetimes("idle")) == IDLE_CONNECTIONS
                 and len(watch.lifetimes("half")) == HALF_SENT
             ),
-            chunkserver.HANDSHAKE_TIMEOUT + 10,
+            chunkserver.HANDSHAKE_TIMEOUT + 30,
             interval=0.2,
             what="the server to close the idle and half-sent connections",
         )
 
         wait_until(
             lambda: stalled_closed() >= SLOW_READERS,
-            chunkserver.STALL_TIMEOUT + 15,
+            chunkserver.STALL_TIMEOUT + 30,
             interval=0.2,
             what="the server to drop the readers that read nothing",
         )
         slow_closed_after = time.monotonic() - slow_opened
         idle, half = watch.lifetimes("idle"), watch.lifetimes("half")
-        assert chunkserver.HANDSHAKE_TIMEOUT - 1 <= idle[0] <= idle[-1]
-        assert idle[-1] <= chunkserver.HANDSHAKE_TIMEOUT + 5
-        assert chunkserver.FRAME_TIMEOUT - 1 <= half[0] <= half[-1]
-        assert half[-1] <= chunkserver.FRAME_TIMEOUT + 5
-        assert chunkserver.STALL_TIMEOUT - 1 <= slow_closed_after <= chunkserver.STALL_TIMEOUT + 15
-        # One request, then silence: IDLE_TIMEOUT is 60 s, longer than this test; they
-        # must at least not be cut early.
-        assert watch.open_count("idle-after-request") == IDLE_AFTER_REQUEST
+        assert idle[0] >= chunkserver.HANDSHAKE_TIMEOUT - 1
+        assert half[0] >= chunkserver.FRAME_TIMEOUT - 1
+        assert slow_closed_after >= chunkserver.STALL_TIMEOUT - 1
+        # One request, then silence: IDLE_TIMEOUT (60 s) applies; none may be cut sooner
+        # (on a quiet machine this test ends before any is cut at all).
+        cut_early = [t for t in watch.lifetimes("idle-after-request") if t < IDLE_TIMEOUT - 1]
+        assert not cut_early, f"idle-after-request connections cut after {cut_early} s"
     finally:
         watch.close_all()
         for conn in slow:
             conn.close()
 
     assert server.poll() is None and a.heartbeats()["server"][0] == pid
-    wait_until(lambda: open_fds(pid) <= fds_before + 5, 10, what="the server to close its fds")
+    wait_until(lambda: open_fds(pid) <= fds_before + 5, 30, what="the server to close its fds")
     rss_after, hwm = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
     assert (rss_after - rss_before) * 1024 < RSS_GROWTH_LIMIT
     assert "Traceback" not in a.log("server")
@@ -465,43 +468,59 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
         f"(attack connections still open when it ended: {result['open']}); closed after: "
         f"idle {idle[0]:.1f}-{idle[-1]:.1f} s, half-sent {half[0]:.1f}-{half[-1]:.1f} s, "
         f"all slow readers by {slow_closed_after:.1f} s; "
-        f"idle-after-request still open (IDLE_TIMEOUT {chunkserver.IDLE_TIMEOUT:.0f} s not "
-        f"waited for); uploads rows for big.bin {uploaded}; server pid {pid} unchanged; "
+        f"idle-after-request still open {watch.open_count('idle-after-request')} "
+        f"(IDLE_TIMEOUT {IDLE_TIMEOUT:.0f} s not waited for); "
+        f"uploads rows for big.bin {uploaded}; server pid {pid} unchanged; "
         f"VmRSS {rss_before} -> {rss_loaded} (loaded) -> {rss_after} kB, VmHWM {hwm} kB"
     )
 
 
-def test_chunk_request_past_the_end_of_a_partial_download_is_refused(make_node):
-    """A node offers a download in progress; a request for chunk 2**20 of it must be refused."""
+def test_chunk_request_past_the_end_of_a_partial_download_is_refused(make_node, chunk_gate):
+    """A node offers a download in progress; a request for chunk 2**20 of it must be refused.
+
+    b reaches a through a gate (chunkgate.py) that lets PARTIAL_CHUNKS of 32 through
+    until the requests are made, so b's download is partial then on any machine.
+    """
     chunk = 256 * 1024
     data = os.urandom(32 * chunk)
     sha = hashlib.sha256(data).hexdigest()
-    a = make_node("a", P2P_CHUNK_SIZE=chunk, P2P_UPLOAD_LIMIT=2 * 1024 * 1024)
+    root = protocol.manifest_root(manifest_entries(data, chunk))
+    a = make_node("a", udp_port=pick_udp_port(), P2P_CHUNK_SIZE=chunk)
     b = make_node("b", P2P_CHUNK_SIZE=chunk)
     (a.share / "partial.bin").write_bytes(data)
     a.start()
     b.start()
-    wait_until(lambda: b.holdings_of(a.username) == 1, 20, what="b to learn partial.bin")
+    gate = chunk_gate(a, b.udp_port, budget=PARTIAL_CHUNKS)
+    wait_until(lambda: b.holdings_of(a.username) == 1, 60, what="b to learn partial.bin")
     done = b.p2pctl("download", "partial.bin", "--no-wait")
     assert done.returncode == 0, done.stderr
     wait_until(
-        lambda: b.scalar("SELECT bytes_done FROM downloads WHERE status = 'active'") or 0,
-        20,
-        what="b to hold part of the file",
+        lambda: (
+            (b.scalar("SELECT bytes_done FROM downloads WHERE status = 'active'") or 0)
+            and gate.holding(sha)
+        ),
+        60,
+        what=f"b to hold part of the file and ask for more ({gate})",
     )
     replies = {}
     for index in (31, 32, protocol.MAX_CHUNKS_PER_FILE):
         conn = Raw(b.tcp_port())
         try:
-            conn.send({"op": "get", "sha": sha, "cs": chunk, "i": index, "off": 0, "len": 0})
+            # A well-formed request (with the offer's root), so it reaches the range check.
+            conn.send(
+                {"op": "get", "sha": sha, "cs": chunk, "rt": root, "i": index, "off": 0, "len": 0}
+            )
             replies[index] = conn.reply()
         except ConnectionError as exc:
             replies[index] = {"closed": str(exc)}
         finally:
             conn.close()
     print(f"\nchunk requests to a partial download: {replies}")
+    # The gate let through fewer chunks than the file has: the download was partial.
+    assert b.scalar("SELECT status FROM downloads") in ("active", "waiting")
+    gate.open()
     wait_until(
-        lambda: b.scalar("SELECT status FROM downloads") == "done", 30, what="the download to end"
+        lambda: b.scalar("SELECT status FROM downloads") == "done", 120, what="the download to end"
     )
     assert "Traceback" not in b.log("server")
     for index in (32, protocol.MAX_CHUNKS_PER_FILE):
