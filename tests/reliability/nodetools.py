@@ -70,7 +70,7 @@ def holders(node: Node, name: str, sha256: str | None = None) -> int:
 
 
 def wait_known(
-    node: Node, name: str, peers: int = 1, *, sha256: str | None = None, timeout: float = 20
+    node: Node, name: str, peers: int = 1, *, sha256: str | None = None, timeout: float = 60
 ) -> None:
     wait_until(
         lambda: holders(node, name, sha256) >= peers,
@@ -168,7 +168,7 @@ def forbidden_log_text(node: Node) -> list[str]:
     ]
 
 
-def raw_exchange(port: int, frames: bytes, *, timeout: float = 5.0) -> bytes:
+def raw_exchange(port: int, frames: bytes, *, timeout: float = 30.0) -> bytes:
     """Send `frames` to 127.0.0.1:`port`, close our side, and return all the server sends
     until it closes. Fails if the server keeps the connection open for `timeout` seconds.
     """

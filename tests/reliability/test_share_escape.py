@@ -110,7 +110,7 @@ def test_links_out_of_the_share_are_not_offered_nor_served(
     seeder.start()
     wait_until(
         lambda: {r[0] for r in seeder.sql("SELECT name FROM local_files")} == OFFERED,
-        15,
+        60,
         what="the seeder to index exactly the files inside its share",
     )
     port = seeder.tcp_port()
@@ -187,7 +187,7 @@ def test_a_file_swapped_for_a_link_out_is_not_served(
         os.utime(path, ns=(mtime_ns, mtime_ns))
     seeder.start()
     wait_until(
-        lambda: seeder.scalar("SELECT count(*) FROM local_files") == 2, 15, what="the decoys"
+        lambda: seeder.scalar("SELECT count(*) FROM local_files") == 2, 60, what="the decoys"
     )
     port = seeder.tcp_port()
     assert port
@@ -244,7 +244,7 @@ def test_lying_catalog_names_are_refused_and_taken_names_never_written_through(
         wait_known(leech, "taken.bin")
         wait_until(
             lambda: "cannot fetch the catalog" in leech.log("listener"),
-            15,
+            60,
             what="the lying catalog to be refused",
         )
         # The lying catalog is refused whole: not even its honest entry is taken.
@@ -256,7 +256,7 @@ def test_lying_catalog_names_are_refused_and_taken_names_never_written_through(
             == []
         )
         assert "MalformedMessage: file name" in leech.log("listener")
-        d = wait_ended(leech, queue(leech, "taken.bin"), timeout=30)
+        d = wait_ended(leech, queue(leech, "taken.bin"), timeout=60)
     finally:
         liar.close()
         honest.close()
@@ -288,7 +288,7 @@ def test_a_download_through_a_folder_link_out_fails_with_a_reason(
         peer.start()
         for f in files:
             wait_known(leech, f.name)
-        ended = {f.name: wait_ended(leech, queue(leech, f.name), timeout=30) for f in files}
+        ended = {f.name: wait_ended(leech, queue(leech, f.name), timeout=60) for f in files}
     finally:
         peer.close()
 
