@@ -24,6 +24,7 @@ from nodetools import forbidden_log_text, raw_exchange, seed, split_frames, wait
 from p2pshare.services import protocol
 from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 
@@ -113,7 +114,8 @@ def test_outsiders_are_ignored_and_refused(make_node: Callable[..., Node]) -> No
         assert not insider.sql("SELECT name FROM holdings WHERE name IN ('open.bin', 'other.bin')")
 
     port = a.tcp_port()
-    key = FileKey(hashlib.sha256(secret).hexdigest(), CHUNK)
+    root = protocol.manifest_root(manifest_entries(secret, CHUNK))
+    key = FileKey(hashlib.sha256(secret).hexdigest(), CHUNK, root)
     get = protocol.encode_request(protocol.ChunkRequest(key, 0, 0, 0))
     catalog = protocol.encode_request(protocol.CatalogRequest())
 

@@ -52,6 +52,7 @@ from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.publish import PublishError, safe_destination
 from p2pshare.services.settings import chunk_size_for
+from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 
@@ -68,10 +69,15 @@ def outside() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def key_of(data: bytes, chunk_size: int) -> FileKey:
+    """The true key of `data` indexed with `chunk_size` chunks (SHA-256, size, manifest root)."""
+    root = protocol.manifest_root(manifest_entries(data, chunk_size))
+    return FileKey(hashlib.sha256(data).hexdigest(), chunk_size, root)
+
+
 def keys_for(data: bytes) -> list[FileKey]:
     """Every key a forger might try: the seeder's chunk size and the default one."""
-    sha = hashlib.sha256(data).hexdigest()
-    return [FileKey(sha, CHUNK), FileKey(sha, chunk_size_for(len(data)))]
+    return [key_of(data, CHUNK), key_of(data, chunk_size_for(len(data)))]
 
 
 def catalog_of(port: int) -> dict[str, str]:
@@ -134,9 +140,9 @@ def test_links_out_of_the_share_are_not_offered_nor_served(
                     client.read_chunk_header(
                         protocol.ChunkRequest(key, 0, 0, 0), min(len(data), key.chunk_size)
                     )
-                assert client.manifests({key: len(data)}) == {}
+                assert client.manifests({key: len(data)}).good == {}
         # The hardlinked file is a file of the share: served like any other.
-        hard_key = FileKey(catalog["hard.bin"], CHUNK)
+        hard_key = key_of(hard, CHUNK)
         assert fetch_chunk(client, hard_key, 1, len(hard)) == hard[CHUNK:]
 
     # Paths where a hash belongs: a malformed request, one error, the connection closed.
@@ -195,7 +201,7 @@ def test_a_file_swapped_for_a_link_out_is_not_served(
     leaked: dict[str, bytes] = {}
     with PeerClient(LOOPBACK, port, key=None) as client:
         for swap, (decoy, _) in decoys.items():
-            key = FileKey(hashlib.sha256(decoy).hexdigest(), CHUNK)
+            key = key_of(decoy, CHUNK)
             # Serve the decoy once (the server remembers where it lives for a second)...
             assert fetch_chunk(client, key, 0, CHUNK) == decoy
             # ...then swap the name for a link leading outside, and ask again at once.

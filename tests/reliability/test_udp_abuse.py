@@ -72,7 +72,7 @@ def drops_logged(text: str) -> int:
 
 def announcement(**fields: object) -> dict[str, object]:
     raw: dict[str, object] = {
-        "p2p": 1,
+        "p2p": protocol.PROTOCOL_VERSION,
         "t": "announce",
         "node": secrets.token_hex(16),
         "user": "mallory",
@@ -134,7 +134,17 @@ def junk(
             announcement(user="x" * rng.randint(protocol.MAX_DATAGRAM, 60_000))
         ),
         "wrong version": lambda: dumps(
-            announcement(**rng.choice([{"p2p": 2}, {"p2p": "1"}, {"p2p": True}, {"t": "hello"}]))
+            announcement(
+                **rng.choice(
+                    [
+                        {"p2p": protocol.PROTOCOL_VERSION - 1},
+                        {"p2p": protocol.PROTOCOL_VERSION + 1},
+                        {"p2p": str(protocol.PROTOCOL_VERSION)},
+                        {"p2p": True},
+                        {"t": "hello"},
+                    ]
+                )
+            )
         ),
         "keyed (we have no key)": lambda: dumps(announcement(mac="0" * 64)),
         "forged victim id, old seq": lambda: dumps(
