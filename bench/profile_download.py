@@ -3,9 +3,10 @@
     python bench/profile_download.py [--size-mib 1024] [--root /dev/shm/p2p-prof]
 
 Starts a seeder and a leecher under their own supervisord on loopback, downloads one
-file, and samples the leecher's downloader role with `py-spy record --idle=false
---threads --native` for the whole transfer. Prints the CPU share of the functions where
-samples land (own time) and writes the raw stacks to bench/results/profile.txt.
+file, and samples the leecher's downloader role (or the seeder's server, --role server)
+with `py-spy record --gil` for the whole transfer: only the thread holding the GIL, so
+the samples show where Python itself spends CPU. Prints each function's share of the
+samples (own time) and writes the raw stacks to bench/results/profile.txt.
 Needs py-spy (pip install py-spy) and root, or ptrace permission.
 """
 
@@ -46,6 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument(
+        "--role", choices=["downloader", "server"], default="downloader", help="whose CPU"
+    )
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="p2p-prof-", dir="/dev/shm"))
     port = 20000 + os.getpid() % 10000
@@ -68,7 +72,7 @@ def main() -> None:
                 "py-spy",
                 "record",
                 "--pid",
-                str(leech.role_pid("downloader")),
+                str((leech if args.role == "downloader" else seed).role_pid(args.role)),
                 "--format",
                 "raw",
                 "--output",
@@ -77,6 +81,7 @@ def main() -> None:
                 "200",
                 "--threads",
                 "--nonblocking",
+                "--gil",  # samples only the thread holding the GIL: where Python spends CPU
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

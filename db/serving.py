@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.index import ContentKey, Stamp
@@ -129,16 +129,20 @@ class ServedChunk:
 
 
 def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
-    session.add_all(
-        Upload(
-            at=s.at,
-            peer_address=s.peer_address,
-            sha256=s.sha256,
-            name=s.name,
-            chunk_index=s.chunk_index,
-            chunk_offset=s.offset,
-            bytes=s.bytes,
-            seconds=s.seconds,
-        )
+    """One row per served chunk, in one executemany (no ORM objects: the server records
+    thousands of chunks per GiB)."""
+    rows = [
+        {
+            "at": s.at,
+            "peer_address": s.peer_address,
+            "sha256": s.sha256,
+            "name": s.name,
+            "chunk_index": s.chunk_index,
+            "chunk_offset": s.offset,
+            "bytes": s.bytes,
+            "seconds": s.seconds,
+        }
         for s in served
-    )
+    ]
+    if rows:
+        session.execute(insert(Upload), rows)

@@ -63,9 +63,9 @@ class PeerClient:
 
     # ------------------------------------------------------------ low level
 
-    def send(self, req: protocol.Request) -> None:
+    def send(self, *reqs: protocol.Request) -> None:
         assert self.sock is not None
-        self.sock.sendall(protocol.encode_request(req))
+        self.sock.sendall(b"".join(protocol.encode_request(r) for r in reqs))
 
     def read_exact_into(self, view: memoryview) -> None:
         got = 0
