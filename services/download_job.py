@@ -288,7 +288,9 @@ class DownloadJob:
                 left = self.writing.pop(index) - 1
                 if left:
                     self.writing[index] = left
-                else:
+                elif self.sealed or self.halt.is_set():
+                    # Only an endgame copy (sealed) or a halt waits for writes to drain;
+                    # waking every waiter after every block cost a context switch each.
                     self.lock.notify_all()
         return True
 
