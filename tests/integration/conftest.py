@@ -663,3 +663,21 @@ def announce_fixture() -> Callable[..., bytes]:
 @pytest.fixture(name="send_datagram")
 def send_datagram_fixture() -> Callable[..., None]:
     return send_datagram
+
+
+@pytest.fixture
+def chunk_gate() -> Iterator[Callable[..., Any]]:
+    """Factory: chunk_gate(seeder, to_udp_port, budget=N) -> a ChunkGate, closed at
+    teardown (see chunkgate.py; the seeder must announce on a UDP port of its own)."""
+    from chunkgate import ChunkGate
+
+    gates: list[ChunkGate] = []
+
+    def factory(seeder: Node, to_udp_port: int, *, budget: int) -> ChunkGate:
+        gate = ChunkGate(seeder, to_udp_port, budget=budget)
+        gates.append(gate)
+        return gate
+
+    yield factory
+    for gate in gates:
+        gate.close()

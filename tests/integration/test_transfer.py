@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,21 +58,6 @@ def gated_seeder(make_node: Callable[..., Node], label: str, **settings: object)
     """A seeder announcing on a UDP port of its own, so others reach it only through a
     ChunkGate (tests/integration/chunkgate.py)."""
     return make_node(label, udp_port=pick_udp_port(), P2P_CHUNK_SIZE=CHUNK, **settings)
-
-
-@pytest.fixture
-def chunk_gate() -> Iterator[Callable[..., ChunkGate]]:
-    """Factory: chunk_gate(seeder, to_udp_port, budget=N), closed at teardown."""
-    gates: list[ChunkGate] = []
-
-    def factory(seeder: Node, to_udp_port: int, *, budget: int) -> ChunkGate:
-        gate = ChunkGate(seeder, to_udp_port, budget=budget)
-        gates.append(gate)
-        return gate
-
-    yield factory
-    for gate in gates:
-        gate.close()
 
 
 def sources(node: Node) -> dict[int, int]:

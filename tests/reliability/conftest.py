@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
@@ -26,25 +25,4 @@ if _NAME not in sys.modules:
     sys.modules[_NAME] = _module
     _spec.loader.exec_module(_module)
 
-import pytest  # noqa: E402
-from chunkgate import ChunkGate  # noqa: E402
 from p2p_integration_harness import *  # noqa: E402, F403
-from p2p_integration_harness import Node  # noqa: E402
-
-# ---------------------------------------------------------------- gates
-
-
-@pytest.fixture
-def chunk_gate() -> Iterator[Callable[..., ChunkGate]]:
-    """Factory: chunk_gate(seeder, to_udp_port, budget=N) -> a ChunkGate, closed at
-    teardown (see chunkgate.py; the seeder must announce on a UDP port of its own)."""
-    gates: list[ChunkGate] = []
-
-    def factory(seeder: Node, to_udp_port: int, *, budget: int) -> ChunkGate:
-        gate = ChunkGate(seeder, to_udp_port, budget=budget)
-        gates.append(gate)
-        return gate
-
-    yield factory
-    for gate in gates:
-        gate.close()
