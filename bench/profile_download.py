@@ -48,6 +48,11 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="sample every thread, also those in GIL-free calls (hashing, recv, pwrite)",
+    )
+    parser.add_argument(
         "--role", choices=["downloader", "server"], default="downloader", help="whose CPU"
     )
     args = parser.parse_args()
@@ -81,7 +86,8 @@ def main() -> None:
                 "200",
                 "--threads",
                 "--nonblocking",
-                "--gil",  # samples only the thread holding the GIL: where Python spends CPU
+                # --gil: only the thread holding the GIL, where Python itself spends CPU
+                *([] if args.all_threads else ["--gil"]),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
