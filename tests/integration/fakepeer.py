@@ -144,7 +144,7 @@ class FakePeer:
         return buf
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
+        conn.settimeout(60)  # a downloader on a loaded machine may idle a while between asks
         nonce = secrets.token_hex(16)
         try:
             conn.sendall(protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None)))

@@ -240,7 +240,9 @@ def test_lying_catalog_names_are_refused_and_taken_names_never_written_through(
         "sub/./escape.bin",
         "x\\..\\..\\escape.bin",
     ]
-    extra = [[name, good.key.sha256, len(good.data), CHUNK, None] for name in lying_names]
+    extra = [
+        [name, good.key.sha256, len(good.data), CHUNK, good.key.root, None] for name in lying_names
+    ]
     liar = ScriptedPeer(files=[good], udp_port=udp_port, username="liar", extra_catalog=extra)
     taken = FakeFile("taken.bin", os.urandom(CHUNK), CHUNK)
     honest = ScriptedPeer(files=[taken], udp_port=udp_port, username="honest")

@@ -11,7 +11,7 @@ import zlib
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.services import protocol as p
@@ -861,8 +861,9 @@ def test_manifest_label_with_odd_digits_raises_protocol_error(cs_text: str) -> N
 
 # ================================================================ random input
 
-PROPERTY = settings(max_examples=300, deadline=None)
-SHAPED = settings(max_examples=200, deadline=None)
+# No deadline and no too_slow check: on a loaded machine generating examples is slow, not wrong.
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SHAPED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def only_protocol_errors(decode: Any, data: bytes) -> None:

@@ -264,14 +264,14 @@ def test_digest_leaves_the_hasher_going_on() -> None:
 # ---------------------------------------------------------------- states as the spec defines them
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=st.integers(0, 40), seed=st.integers(0, 2**32))
 def test_state_is_the_eight_words_big_endian(blocks: int, seed: int) -> None:
     data = data_of(seed, blocks * BLOCK)
     assert ChainHasher().update(data).state() == PySha256().update(data).state()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     size=st.integers(0, 3000),
     chunk_size=st.integers(1, 12).map(lambda k: k * BLOCK),
