@@ -23,7 +23,7 @@ from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.job_finish import Finisher, JobFailed
 from p2pshare.services.job_progress import DurableProgress, Ledger
-from p2pshare.services.peer_worker import ChunkCheck, PeerWorker, SourceState
+from p2pshare.services.peer_worker import ChunkCheck, PeerWorker, SourceState, peer_id
 from p2pshare.services.picker import Picker
 from p2pshare.services.settings import Settings
 
@@ -239,7 +239,7 @@ class DownloadJob:
             if not st.alive():
                 del self.sources[key]
                 with self.lock:
-                    self.picker.drop_peer(_peer_id(key))
+                    self.picker.drop_peer(peer_id(key))
         for src in listed:
             key = (src.address, src.tcp_port)
             if key in self.bad_sources:
@@ -250,7 +250,7 @@ class DownloadJob:
                     continue
                 st = self.sources[key] = SourceState(src)
                 with self.lock:
-                    self.picker.set_peer(_peer_id(key), src.bitfield)
+                    self.picker.set_peer(peer_id(key), src.bitfield)
             st.source = src
             # Two connections to a peer let one receive while the other hashes and
             # writes: the heavy calls release the GIL, so they run on two cores.
@@ -390,10 +390,6 @@ class DownloadJob:
             w.join(timeout=2.0)
         with self.lock:
             self.lock.wait_for(lambda: not self.writing)
-
-
-def _peer_id(key: tuple[str, int]) -> str:
-    return f"{key[0]}:{key[1]}"
 
 
 def _on_tmpfs(folder: Path) -> bool:

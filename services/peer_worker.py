@@ -55,6 +55,11 @@ class SourceState:
         return self.workers
 
 
+def peer_id(key: tuple[str, int]) -> str:
+    """The picker's name for a source peer: 'address:port'."""
+    return f"{key[0]}:{key[1]}"
+
+
 class ChunkCheck:
     """Verifies chunk i alone: SHA-256 resumed from entry i-1, compared with entry i.
 
@@ -84,7 +89,7 @@ class PeerWorker(threading.Thread):
         self.job = job
         self.state = state
         self.key = (src.address, src.tcp_port)
-        self.peer = f"{src.address}:{src.tcp_port}"
+        self.peer = peer_id(self.key)
         self.client: PeerClient | None = None
         self.pending: deque[tuple[int, bool]] = deque()
         spec = job.spec
