@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 
 from p2pshare.db.models import Base
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
 WAL_RETRY_SECONDS = 30.0
@@ -70,10 +70,28 @@ def _to_v2(conn: Connection) -> None:
     sql("CREATE INDEX ix_files_sha256 ON files (sha256)")
 
 
+def _to_v3(conn: Connection) -> None:
+    """Requests (a folder or glob is one request of many downloads), pinned versions,
+    paused downloads (a status, no column), and the settings each role runs with."""
+    sql = conn.exec_driver_sql
+    sql(
+        "CREATE TABLE requests (id INTEGER NOT NULL, pattern VARCHAR NOT NULL,"
+        " kind VARCHAR(8) NOT NULL, requested_at DOUBLE NOT NULL, files INTEGER NOT NULL,"
+        " already_here INTEGER NOT NULL, PRIMARY KEY (id))"
+    )
+    sql("ALTER TABLE downloads ADD COLUMN request_id INTEGER REFERENCES requests (id)")
+    sql("ALTER TABLE downloads ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT 0")
+    sql("CREATE INDEX ix_downloads_request ON downloads (request_id)")
+    sql(
+        "CREATE TABLE role_settings (role VARCHAR(16) NOT NULL, name VARCHAR(32) NOT NULL,"
+        " value VARCHAR NOT NULL, recorded_at DOUBLE NOT NULL, PRIMARY KEY (role, name))"
+    )
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3}
 
 
 def make_engine(path: Path) -> Engine:

@@ -178,19 +178,52 @@ class BadPeer(Base):
     marked_at: Mapped[float]
 
 
+class RoleSetting(Base):
+    """A setting as a running role resolved it, so `p2pctl status` run from any shell
+    reports what the node does rather than what that shell's environment says."""
+
+    __tablename__ = "role_settings"
+
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str]
+    recorded_at: Mapped[float]
+
+
+class Request(Base):
+    """What the user asked `p2pctl download` for: one file, a folder or a glob. Each file
+    it covers is its own row in `downloads`, pointing here."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pattern: Mapped[str]  # as typed: 'album/', 'album/*.flac', 'talk.mp4@3f2a9c'
+    kind: Mapped[str] = mapped_column(String(8))  # file, folder, glob
+    requested_at: Mapped[float]
+    files: Mapped[int] = mapped_column(default=0)  # downloads queued for it
+    already_here: Mapped[int] = mapped_column(default=0)  # files skipped: held here already
+
+
 class Download(Base):
     """A download request and its whole history; the downloader's queue is its status."""
 
     __tablename__ = "downloads"
-    __table_args__ = (Index("ix_downloads_status", "status"),)
+    __table_args__ = (
+        Index("ix_downloads_status", "status"),
+        Index("ix_downloads_request", "request_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
     name: Mapped[str]
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
-    # queued, active, waiting, done, failed, cancelled
+    # queued, active, waiting, paused, done, failed, cancelled
     status: Mapped[str] = mapped_column(String(16))
+    # Requested as NAME@SHA: this version or nothing. Otherwise the download follows
+    # its name to the version peers offer now when its own has left every peer.
+    pinned: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None]
     requested_at: Mapped[float]
     started_at: Mapped[float | None]
