@@ -1,122 +1,133 @@
-"""p2pctl download and cancel: queue a request in the database and follow it."""
+"""p2pctl download, pause, resume and cancel: requests written to the database, and
+following them to their end."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import click
+from sqlalchemy.orm import Session
 from tabulate import tabulate
-from tqdm import tqdm
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
+from p2pshare.cli.follow import follow
 from p2pshare.cli.render import human_bytes
 from p2pshare.db import downloads as dbdl
-from p2pshare.db import node as dbnode
-
-# A small file is done in milliseconds; a slow poll would be most of what the user waits.
-FOLLOW_POLL_SECONDS = 0.05
-
-
-class Interrupted(UserError):
-    exit_code = 130
+from p2pshare.db import requests as dbreq
 
 
 @click.command()
 @click.argument("name")
+@click.option("--all", "every", is_flag=True, help="Every file NAME matches (a glob or substring).")
 @click.option("--no-wait", is_flag=True, help="Queue the download and return at once.")
 @pass_ctl
-def download(ctl: Ctl, name: str, no_wait: bool) -> None:
+def download(ctl: Ctl, name: str, every: bool, no_wait: bool) -> None:
     """Download NAME from every peer that has any part of it.
 
     NAME is a file name, a substring or a glob; NAME@SHA256PREFIX picks one of several.
+    A NAME ending in / is a folder: every file under it, its tree recreated in the
+    download folder. --all takes every file NAME matches.
     """
+    require_downloader(ctl)
+    with ctl.database.write() as s:
+        try:
+            queued = dbreq.queue_request(s, name, every=every, now=time.time())
+        except dbdl.AmbiguousName as exc:
+            show_candidates(exc.candidates)
+            raise UserError(f"{exc}, or --all for every one of them") from None
+        except dbdl.AlreadyHere as exc:
+            root = ctl.settings.share_dir if exc.root == "share" else ctl.settings.download_dir
+            click.echo(f"already here: {root / exc.name}")
+            return  # what the user wanted is true: exit 0
+        except (dbdl.UnknownName, dbreq.SeveralVersions) as exc:
+            raise UserError(str(exc)) from None
+    announce(queued)
+    if not no_wait and queued.downloads:
+        follow(ctl, queued)
+
+
+def require_downloader(ctl: Ctl) -> None:
     roles = {r.role: r for r in ctl.require_running()}
     if not roles["downloader"].alive:
         raise NodeNotRunning(
             "the downloader role of this node is not running; "
             "check supervisorctl -c supervisord.conf status"
         )
-    with ctl.database.write() as s:
-        try:
-            candidate = dbdl.resolve_name(s, name)
-            download_id, new = dbdl.queue_download(s, candidate, now=time.time())
-        except dbdl.AmbiguousName as exc:
-            click.echo(
-                tabulate(
-                    [
-                        [c.name, human_bytes(c.size), f"{c.name}@{c.sha256[:12]}", c.peers]
-                        for c in exc.candidates
-                    ],
-                    headers=["name", "size", "pick it with", "peers"],
-                    disable_numparse=True,
-                ),
-                err=True,
-            )
-            raise UserError(str(exc)) from None
-        except (dbdl.UnknownName, dbdl.AlreadyHere) as exc:
-            raise UserError(str(exc)) from None
-    verb = "queued" if new else "already downloading"
+
+
+def show_candidates(candidates: list[dbdl.Candidate]) -> None:
     click.echo(
-        f"{verb} #{download_id}: {candidate.name} ({human_bytes(candidate.size)}, "
-        f"sha256 {candidate.sha256[:12]}, {candidate.peers} peers)"
+        tabulate(
+            [
+                [c.name, human_bytes(c.size), f"{c.name}@{c.sha256[:12]}", c.peers]
+                for c in candidates
+            ],
+            headers=["name", "size", "pick it with", "peers"],
+            disable_numparse=True,
+        ),
+        err=True,
     )
-    if not no_wait:
-        follow(ctl, download_id, candidate.size, candidate.name)
 
 
-def follow(ctl: Ctl, download_id: int, size: int, name: str) -> None:
-    """Show a progress bar until the download ends. Exit 0 on success, non-zero with the reason."""
-    bar = tqdm(
-        total=size,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name[-32:],
-        dynamic_ncols=True,
-        leave=True,
+def announce(q: dbreq.Queued) -> None:
+    if q.kind == "file":
+        c = q.candidates[0]
+        verb = "queued" if q.new else "already downloading"
+        click.echo(
+            f"{verb} #{q.downloads[0]}: {c.name} ({human_bytes(c.size)}, "
+            f"sha256 {c.sha256[:12]}, {c.peers} peers)"
+        )
+        return
+    if not q.downloads:
+        click.echo(f"nothing to fetch: all {len(q.already_here)} files are already here")
+        return
+    here = f", {len(q.already_here)} already here" if q.already_here else ""
+    running = len(q.downloads) - q.new
+    also = f" ({running} already downloading)" if running else ""
+    click.echo(
+        f"request {q.request_id}: {len(q.downloads)} files, {human_bytes(q.total_bytes)}"
+        f"{also}{here}"
     )
-    try:
-        while True:
-            with ctl.database.read() as s:
-                state = dbdl.follow_state(s, download_id)
-                roles = {r.role: r for r in dbnode.role_statuses(s, now=time.time())}
-            if state is None:
-                raise UserError(f"download {download_id} is gone from the database")
-            status, reason, saved_as = state.status, state.reason, state.saved_as
-            bar.update(state.bytes_done - bar.n)
-            bar.set_postfix_str(
-                f"{state.peers} peers" + (f", {reason}" if reason else ""), refresh=False
-            )
-            if status == "done":
-                bar.close()
-                click.echo(f"saved as {ctl.settings.download_dir / (saved_as or name)}")
-                return
-            if status in ("failed", "cancelled"):
-                raise UserError(f"download {status}: {reason or 'no reason recorded'}")
-            if not roles["downloader"].alive:
-                raise NodeNotRunning(
-                    "the downloader stopped; the download resumes when it "
-                    "runs again (p2pctl history shows it)"
-                )
-            time.sleep(FOLLOW_POLL_SECONDS)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            "stopped following; the download continues in the background "
-            "(p2pctl history shows it, p2pctl cancel stops it)"
-        ) from None
-    finally:
-        bar.close()
+
+
+def change_downloads(
+    ctl: Ctl, name: str, change: Callable[[Session], list[str]], verb: str, none: str
+) -> None:
+    ctl.require_running()
+    with ctl.database.write() as s:
+        names = change(s)
+    if not names:
+        raise UserError(f"no {none} download matches {name!r}; see p2pctl history")
+    for n in names:
+        click.echo(f"{verb} {n}")
 
 
 @click.command()
 @click.argument("name")
 @pass_ctl
 def cancel(ctl: Ctl, name: str) -> None:
-    """Cancel unfinished downloads matching NAME (or a download id)."""
-    ctl.require_running()
-    with ctl.database.write() as s:
-        names = dbdl.cancel_downloads(s, name, now=time.time())
-    if not names:
-        raise UserError(f"no unfinished download matches {name!r}; see p2pctl history")
-    for n in names:
-        click.echo(f"cancelled {n}")
+    """Cancel unfinished or paused downloads matching NAME (or a download id)."""
+    change_downloads(
+        ctl,
+        name,
+        lambda s: dbreq.cancel_downloads(s, name, now=time.time()),
+        "cancelled",
+        "unfinished",
+    )
+
+
+@click.command()
+@click.argument("name")
+@pass_ctl
+def pause(ctl: Ctl, name: str) -> None:
+    """Pause unfinished downloads matching NAME (or a download id); they keep what they have."""
+    change_downloads(ctl, name, lambda s: dbreq.pause_downloads(s, name), "paused", "unfinished")
+
+
+@click.command()
+@click.argument("name")
+@pass_ctl
+def resume(ctl: Ctl, name: str) -> None:
+    """Resume paused downloads matching NAME (or a download id) where they stopped."""
+    change_downloads(ctl, name, lambda s: dbreq.resume_downloads(s, name), "resumed", "paused")

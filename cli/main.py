@@ -25,6 +25,8 @@ for command in (
     reports.history,
     reports.uploads,
     download.download,
+    download.pause,
+    download.resume,
     download.cancel,
 ):
     cli.add_command(command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -21,6 +22,8 @@ from p2pshare.db.models import (
 from p2pshare.db.reports import matches
 
 UNFINISHED = ("queued", "active", "waiting")
+# Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
+KEEPING_TEMP = (*UNFINISHED, "paused")
 
 
 class UnknownName(Exception):
@@ -36,7 +39,11 @@ class AmbiguousName(Exception):
 
 
 class AlreadyHere(Exception):
-    """The file is already shared by this node."""
+    """The file is already shared by this node, at `root` ('share' or 'download') / `name`."""
+
+    def __init__(self, message: str, root: str, name: str) -> None:
+        super().__init__(message)
+        self.root, self.name = root, name
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     names: dict[str, str] = {}
     for name, _, sha, _, _ in sorted(chosen):
         names.setdefault(sha, name)
-    offers = _offer_peers(session, {r[2] for r in chosen})
+    offers = offer_peers(session, {r[2] for r in chosen})
     out = []
     for sha, name in names.items():
         fid, peers = max(offers[sha].items(), key=lambda kv: (kv[1], -kv[0]))
@@ -79,7 +86,7 @@ def find_candidates(session: Session, pattern: str) -> list[Candidate]:
     return sorted(out, key=lambda c: (c.name, c.sha256))
 
 
-def _offer_peers(session: Session, shas: set[str]) -> dict[str, dict[int, int]]:
+def offer_peers(session: Session, shas: set[str]) -> dict[str, dict[int, int]]:
     """Per SHA-256, the peers offering each of its `files` rows, not counting bad ones."""
     out: dict[str, dict[int, int]] = {sha: {} for sha in shas}
     for sha, fid, peers in session.execute(
@@ -119,34 +126,51 @@ def resolve_name(session: Session, pattern: str) -> Candidate:
     return candidates[0]
 
 
-def queue_download(session: Session, candidate: Candidate, *, now: float) -> tuple[int, bool]:
+def queue_download(
+    session: Session,
+    candidate: Candidate,
+    *,
+    now: float,
+    request_id: int | None = None,
+    pinned: bool = False,
+) -> tuple[int, bool]:
     """Queue a download of the candidate; returns (download id, whether it is new).
 
-    An unfinished download of the same content is reused rather than doubled.
+    An unfinished (or paused) download of the same content is reused rather than doubled.
     Raises AlreadyHere when this node already shares that content.
     """
     local = session.scalar(
         select(LocalFile)
         .join(File, File.id == LocalFile.file_id)
         .where(File.sha256 == candidate.sha256)
+        .order_by(LocalFile.id)
     )
     if local is not None:
-        raise AlreadyHere(f"this node already has that file: {local.root}/{local.name}")
+        raise AlreadyHere(f"already here: {local.root}/{local.name}", local.root, local.name)
     existing = session.scalar(
         select(Download.id)
-        .join(File, File.id == Download.file_id)
-        .where(File.sha256 == candidate.sha256, Download.status.in_(UNFINISHED))
+        .where(Download.sha256 == candidate.sha256, Download.status.in_(KEEPING_TEMP))
+        .order_by(Download.id)
     )
     if existing is not None:
         return existing, False
+    return new_download(session, candidate, request_id=request_id, pinned=pinned, now=now), True
+
+
+def new_download(
+    session: Session, candidate: Candidate, *, request_id: int | None, pinned: bool, now: float
+) -> int:
+    """A queued `downloads` row for the candidate; returns its id."""
     file = session.get(File, candidate.file_id)
     assert file is not None
     row = Download(
+        request_id=request_id,
         file_id=file.id,
         name=candidate.name,
         sha256=file.sha256,
         size=file.size,
         status="queued",
+        pinned=pinned,
         reason=None,
         requested_at=now,
         started_at=None,
@@ -157,17 +181,7 @@ def queue_download(session: Session, candidate: Candidate, *, now: float) -> tup
     )
     session.add(row)
     session.flush()
-    return row.id, True
-
-
-def cancel_downloads(session: Session, pattern: str, *, now: float) -> list[str]:
-    """Cancel unfinished downloads whose id or name matches; returns their names."""
-    rows = list(session.scalars(select(Download).where(Download.status.in_(UNFINISHED))))
-    chosen = [d for d in rows if str(d.id) == pattern or d.name == pattern]
-    chosen = chosen or [d for d in rows if matches(d.name, pattern)]
-    for d in chosen:
-        d.status, d.reason, d.finished_at = "cancelled", "cancelled by the user", now
-    return [d.name for d in chosen]
+    return row.id
 
 
 # ------------------------------------------------------------ downloader side
@@ -180,6 +194,11 @@ def unfinished_downloads(session: Session) -> list[int]:
             select(Download.id).where(Download.status.in_(UNFINISHED)).order_by(Download.id)
         )
     )
+
+
+def downloads_keeping_temp(session: Session) -> set[int]:
+    """Downloads whose temp file must stay."""
+    return set(session.scalars(select(Download.id).where(Download.status.in_(KEEPING_TEMP))))
 
 
 @dataclass(frozen=True)
@@ -365,31 +384,6 @@ def finish_download(
         record_local_file(session, "download", name, hashed, now=now)
 
 
-@dataclass(frozen=True)
-class FollowState:
-    status: str
-    reason: str | None
-    bytes_done: int
-    saved_as: str | None
-    peers: int  # peers that have sent at least one verified chunk
-
-
-def follow_state(session: Session, download_id: int) -> FollowState | None:
-    """What `p2pctl download` shows while it follows a download."""
-    d = session.get(Download, download_id)
-    if d is None:
-        return None
-    peers = (
-        session.scalar(
-            select(func.count()).where(
-                DownloadSource.download_id == download_id, DownloadSource.chunks > 0
-            )
-        )
-        or 0
-    )
-    return FollowState(d.status, d.reason, d.bytes_done, d.saved_as, peers)
-
-
 def _entries(session: Session, file_id: int) -> list[str]:
     return list(
         session.scalars(
@@ -398,30 +392,106 @@ def _entries(session: Session, file_id: int) -> list[str]:
     )
 
 
-def switch_offer(session: Session, download_id: int) -> str | None:
-    """Move a download whose offer no usable peer makes any more to another offer of the
-    same SHA-256 (another manifest root or chunk size) that live, not-bad peers make.
+@dataclass(frozen=True)
+class OfferChange:
+    """What switch_offer did to a download whose offer no usable peer makes any more."""
 
-    Verified chunks stay only where both manifests agree on the entries before and
-    after them, so nothing proven under one manifest is trusted under another on
-    faith. Returns a sentence for the history, or None when there is nothing to
-    switch to. The caller ends the job; the downloader starts it again on the new offer.
+    reason: str
+    ended: bool  # a pinned download (NAME@SHA) whose version left every peer: it failed
+    sha256: str  # the content it fetches now (unchanged when only the manifest moved)
+    size: int
+
+
+def switch_offer(session: Session, download_id: int) -> OfferChange | None:
+    """Move a download whose offer no usable peer makes any more to one that live, not-bad
+    peers make: another offer of the same SHA-256 (another manifest root or chunk size),
+    else, when that SHA-256 has left every peer, the version now offered under its name.
+
+    A pinned download (asked as NAME@SHA) never changes version: it fails, naming the
+    versions offered instead. Returns None when there is nothing to move to (the download
+    waits). The caller ends the job; the downloader starts it again on the new offer.
     """
     d = session.get(Download, download_id)
     if d is None or d.status not in UNFINISHED:
         return None
-    offers = _offer_peers(session, {d.sha256})[d.sha256]
-    offers.pop(d.file_id, None)
-    usable = {fid: n for fid, n in offers.items() if n > 0}
-    if not usable:
+    offers = offer_peers(session, {d.sha256})[d.sha256]
+    if offers.get(d.file_id, 0) > 0:
+        return None  # its peers are listed, only not answering now: wait for them
+    usable = {fid: n for fid, n in offers.items() if n > 0 and _manifest_known(session, fid)}
+    if usable:
+        fid = max(usable, key=lambda f: (usable[f], -f))
+        new, old = session.get(File, fid), session.get(File, d.file_id)
+        assert new is not None and old is not None
+        old_root, new_root = old.root, new.root
+        return _move(
+            session,
+            d,
+            new,
+            lambda kept: (
+                f"switched to the manifest {new_root[:12]} offered by "
+                f"{_peers(usable[fid])}: no usable peer offers {old_root[:12]} any more "
+                f"({kept} verified chunks kept)"
+            ),
+        )
+    versions = _other_versions(session, d.name, d.sha256)
+    if not versions:
         return None
-    old = session.get(File, d.file_id)
-    fid = max(usable, key=lambda f: (usable[f], -f))
+    if d.pinned:
+        listed = ", ".join(f"{d.name}@{sha[:8]}" for sha in sorted(versions))
+        reason = f"no online peer offers {d.name}@{d.sha256[:8]} any more; offered now: {listed}"
+        return OfferChange(reason, True, d.sha256, d.size)
+    sha = max(versions, key=lambda v: (versions[v][1], v))
+    fid, peers = versions[sha]
     new = session.get(File, fid)
-    assert old is not None and new is not None
-    new_entries = _entries(session, fid)
-    if len(new_entries) != new.chunk_count:
-        return None  # its manifest is not here yet
+    assert new is not None
+    old_sha = d.sha256
+    return _move(
+        session,
+        d,
+        new,
+        lambda kept: (
+            f"switched to {d.name}@{sha[:8]} offered by {_peers(peers)}: no online "
+            f"peer offers the version {old_sha[:8]} any more ({kept} verified chunks kept)"
+        ),
+    )
+
+
+def _peers(n: int) -> str:
+    return f"{n} peer{'s' if n != 1 else ''}"
+
+
+def _manifest_known(session: Session, file_id: int) -> bool:
+    file = session.get(File, file_id)
+    return file is not None and len(_entries(session, file_id)) == file.chunk_count
+
+
+def _other_versions(session: Session, name: str, sha256: str) -> dict[str, tuple[int, int]]:
+    """Other contents live, not-bad peers offer under `name`: per SHA-256, the offer most
+    of them make (file id, peers). Only offers whose manifest is here can be fetched."""
+    shas = set(
+        session.scalars(
+            select(File.sha256)
+            .join(Holding, Holding.file_id == File.id)
+            .where(Holding.name == name, File.sha256 != sha256)
+        )
+    )
+    out = {}
+    for sha, offers in offer_peers(session, shas).items():
+        usable = {f: n for f, n in offers.items() if n > 0 and _manifest_known(session, f)}
+        if usable:
+            fid = max(usable, key=lambda f: (usable[f], -f))
+            out[sha] = (fid, usable[fid])
+    return out
+
+
+def _move(session: Session, d: Download, new: File, because: Callable[[int], str]) -> OfferChange:
+    """Point the download at another offer, keeping the verified chunks both manifests
+    agree on: the same entries before and after a chunk mean the same bytes in it, so
+    nothing proven under one manifest is trusted under another on faith (a rewritten file
+    keeps its unchanged start)."""
+    old = session.get(File, d.file_id)
+    assert old is not None
+    new_entries = _entries(session, new.id)
     have = bytearray((new.chunk_count + 7) // 8)
     kept = 0
     if new.chunk_size == old.chunk_size and d.have:
@@ -433,16 +503,12 @@ def switch_offer(session: Session, download_id: int) -> str | None:
             if same_before and old_entries[i] == new_entries[i]:
                 have[i >> 3] |= 0x80 >> (i & 7)
                 kept += 1
-    d.file_id, d.have, d.size = fid, bytes(have), new.size
+    d.file_id, d.sha256, d.have, d.size = new.id, new.sha256, bytes(have), new.size
     d.bytes_done = sum(
         min(new.chunk_size, new.size - i * new.chunk_size)
         for i in range(new.chunk_count)
         if have[i >> 3] & (0x80 >> (i & 7))
     )
     d.status = "queued"
-    d.reason = (
-        f"switched to the manifest {new.root[:12]} offered by {usable[fid]} "
-        f"peer{'s' if usable[fid] != 1 else ''}: no usable peer offers {old.root[:12]} "
-        f"any more ({kept} verified chunks kept)"
-    )
-    return d.reason
+    d.reason = d.switched = because(kept)
+    return OfferChange(d.reason, False, new.sha256, new.size)

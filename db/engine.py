@@ -81,6 +81,7 @@ def _to_v3(conn: Connection) -> None:
     )
     sql("ALTER TABLE downloads ADD COLUMN request_id INTEGER REFERENCES requests (id)")
     sql("ALTER TABLE downloads ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT 0")
+    sql("ALTER TABLE downloads ADD COLUMN switched VARCHAR")
     sql("CREATE INDEX ix_downloads_request ON downloads (request_id)")
     sql(
         "CREATE TABLE role_settings (role VARCHAR(16) NOT NULL, name VARCHAR(32) NOT NULL,"

@@ -237,6 +237,8 @@ class Download(Base):
     temp_path: Mapped[str | None]
     # Where the finished file was published (may differ from name: "a (1).pdf").
     saved_as: Mapped[str | None]
+    # The last move to another version or manifest, and why (reason changes as it runs).
+    switched: Mapped[str | None]
 
 
 class DownloadSource(Base):

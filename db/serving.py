@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
-# Downloads in these states may hold verified chunks worth offering.
-OFFERING_STATUSES = ("queued", "active", "waiting")
+# Downloads in these states may hold verified chunks worth offering (a paused one too:
+# its temp file stays).
+OFFERING_STATUSES = ("queued", "active", "waiting", "paused")
 
 
 @dataclass(frozen=True)

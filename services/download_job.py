@@ -36,7 +36,7 @@ CONNECTIONS_PER_SOURCE = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0
 
-__all__ = ["DownloadJob", "JobFailed"]
+__all__ = ["DownloadJob", "JobFailed", "temp_name"]
 
 
 class DownloadJob:
@@ -70,7 +70,7 @@ class DownloadJob:
         self.writing: dict[int, int] = {}
         self.sealed: set[int] = set()
         self.sources: dict[tuple[str, int], SourceState] = {}
-        self.temp = settings.temp_dir / f"{spec.download_id}-{spec.sha256[:16]}.part"
+        self.temp = settings.temp_dir / temp_name(spec.download_id, spec.sha256)
         self.fd = -1
         self.waiting_since: float | None = None
         self.failure: JobFailed | None = None  # set by a peer thread: the job must end
@@ -169,8 +169,11 @@ class DownloadJob:
                     lambda: self.picker.finished or self.stop.is_set(), FLUSH_SECONDS
                 )
             status, grew = self._flush(now)
-            if status == "cancelled" or status not in dbdl.UNFINISHED:
-                log.info("download %d cancelled", self.spec.download_id)
+            if status == "paused":
+                log.info("download %d paused", self.spec.download_id)
+                return False  # the temp file and its verified chunks stay for the resume
+            if status not in dbdl.UNFINISHED:
+                log.info("download %d %s", self.spec.download_id, status)
                 self._discard_temp()
                 return False
             if grew and time.time() - last_bump >= CATALOG_BUMP_SECONDS:
@@ -194,12 +197,23 @@ class DownloadJob:
         self._halt_workers()
         self._flush(time.time())
         with self.database.write() as s:
-            reason = dbdl.switch_offer(s, self.spec.download_id)
-        if reason is None:
+            change = dbdl.switch_offer(s, self.spec.download_id)
+        if change is None:
             self.halt.clear()  # nothing to switch to: carry on waiting
             return False
-        log.warning("download %d: %s", self.spec.download_id, reason)
+        if change.ended:
+            raise JobFailed(change.reason)
+        log.warning("download %d: %s", self.spec.download_id, change.reason)
+        if change.sha256 != self.spec.sha256:
+            self._carry_temp(change.sha256, change.size)
         return True
+
+    def _carry_temp(self, sha256: str, size: int) -> None:
+        """Another version: its temp file is the old one under its new name, at its new
+        size, so the chunks both versions share stay (a crash before this only costs them)."""
+        os.ftruncate(self.fd, size)
+        os.fdatasync(self.fd)
+        os.replace(self.temp, self.settings.temp_dir / temp_name(self.spec.download_id, sha256))
 
     def _state(self, now: float) -> tuple[str, str | None]:
         missing = self.picker.unavailable()
@@ -390,6 +404,11 @@ class DownloadJob:
             w.join(timeout=2.0)
         with self.lock:
             self.lock.wait_for(lambda: not self.writing)
+
+
+def temp_name(download_id: int, sha256: str) -> str:
+    """The temp file of a download of that content: its id first, for the downloader's sweep."""
+    return f"{download_id}-{sha256[:16]}.part"
 
 
 def _on_tmpfs(folder: Path) -> bool:

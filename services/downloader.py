@@ -15,17 +15,23 @@ log = logging.getLogger("p2p.downloader")
 POLL_SECONDS = 0.1
 MAX_ACTIVE = 3
 STOP_GRACE_SECONDS = 6.0
+# A paused download cancelled leaves its temp file to this sweep; no hurry.
+SWEEP_SECONDS = 5.0
 
 
 def run(ctx: RoleContext) -> None:
     ctx.detail = "0 running, 0 db writes"
     start_heartbeat(ctx)
     jobs: dict[int, threading.Thread] = {}
+    next_sweep = 0.0
     try:
         while not ctx.stop.wait(POLL_SECONDS):
             for download_id, thread in list(jobs.items()):
                 if not thread.is_alive():
                     del jobs[download_id]
+            if time.monotonic() >= next_sweep:
+                sweep_temp(ctx, set(jobs))
+                next_sweep = time.monotonic() + SWEEP_SECONDS
             if len(jobs) >= MAX_ACTIVE:
                 continue
             with ctx.database.read() as s:
@@ -37,6 +43,30 @@ def run(ctx: RoleContext) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for thread in jobs.values():
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def sweep_temp(ctx: RoleContext, running: set[int]) -> None:
+    """Remove temp files of downloads that ended without a job to clean up after them (a
+    paused download cancelled, a crash between a version switch and its rename)."""
+    folder = ctx.settings.temp_dir
+    try:
+        names = [p.name for p in folder.iterdir() if p.name.endswith(".part")]
+    except OSError:
+        return
+    if not names:
+        return
+    with ctx.database.read() as s:
+        kept = dbdl.downloads_keeping_temp(s) | running
+    for name in names:
+        owner = name.split("-", 1)[0]
+        if owner.isdigit() and int(owner) in kept:
+            continue
+        try:
+            (folder / name).unlink()
+        except OSError as exc:
+            log.warning("could not remove the stale temp file %s: %s", name, exc.strerror)
+        else:
+            log.info("removed the temp file %s: no unfinished download owns it", name)
 
 
 def start_job(ctx: RoleContext, download_id: int) -> threading.Thread:

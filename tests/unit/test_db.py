@@ -592,8 +592,8 @@ def test_v1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
     assert "root" in [c[0] for c in columns(path, "files")]
     # The finished download's history is intact, and its file row stays for it (no root:
     # content known before v2 has no manifest any more); content only a peer held is gone.
-    # v3 appended request_id (none: it predates requests) and pinned (no).
-    assert sql(path, "SELECT * FROM downloads WHERE id = 1") == [DONE_ROW + (None, 0)]
+    # v3 appended request_id (none: it predates requests), pinned (no) and switched.
+    assert sql(path, "SELECT * FROM downloads WHERE id = 1") == [DONE_ROW + (None, 0, None)]
     assert sql(path, "SELECT id, sha256, size, chunk_size, root, chunk_count FROM files") == [
         (1, V1_SHA, 3 * CS + 5, CS, "", 4)
     ]
@@ -777,7 +777,8 @@ def test_switch_offer_moves_a_download_to_the_honest_offer(
     mark_bad(db, did, LIAR)
 
     with db.write() as s:
-        reason = dbdl.switch_offer(s, did)
+        change = dbdl.switch_offer(s, did)
+    reason = change.reason if change else None
 
     assert reason is not None
     file_id, status, row_reason, have, done, size = download_row(db, did)
@@ -802,7 +803,8 @@ def test_switch_offer_keeps_nothing_across_chunk_sizes(db: Database) -> None:
     did = queue_on(db, liar_file, {2, 3})
     mark_bad(db, did, LIAR)
     with db.write() as s:
-        reason = dbdl.switch_offer(s, did)
+        change = dbdl.switch_offer(s, did)
+    reason = change.reason if change else None
     assert reason is not None and "0 verified chunks kept" in reason
     file_id, status, _, have, done, _ = download_row(db, did)
     assert (file_id, status, done) == (other_file, "queued", 0)
@@ -819,7 +821,8 @@ def test_switch_offer_prefers_the_offer_more_good_peers_make(db: Database) -> No
     did = queue_on(db, liar_file, set())
     mark_bad(db, did, LIAR)
     with db.write() as s:
-        reason = dbdl.switch_offer(s, did)
+        change = dbdl.switch_offer(s, did)
+    reason = change.reason if change else None
     assert reason is not None and "2 peers" in reason
     assert download_row(db, did)[0] == honest_file != other_lie
 

@@ -1,0 +1,107 @@
+"""Following a download request with one progress bar until every file in it has ended."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import click
+from tqdm import tqdm
+
+from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
+from p2pshare.db import node as dbnode
+from p2pshare.db import requests as dbreq
+
+# A small file is done in milliseconds; a slow poll would be most of what the user waits.
+FOLLOW_POLL_SECONDS = 0.05
+ENDED = ("done", "failed", "cancelled")
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+class Paused(UserError):
+    exit_code = 4
+
+
+def follow(ctl: Ctl, queued: dbreq.Queued) -> None:
+    """Show progress until every download of the request has ended (or is paused).
+    Returns when all arrived; raises UserError saying how many did not and why."""
+    single = queued.kind == "file"
+    bar = tqdm(
+        total=queued.total_bytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=queued.candidates[0].name[-32:] if single else f"0/{len(queued.downloads)} files",
+        dynamic_ncols=True,
+        leave=True,
+    )
+    try:
+        states = _poll(ctl, queued, bar, single)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "stopped following; the download continues in the background "
+            "(p2pctl history shows it, p2pctl pause or cancel stops it)"
+        ) from None
+    finally:
+        bar.close()
+    _report(ctl, queued, states)
+
+
+def _poll(ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool) -> list[dbreq.FollowState]:
+    while True:
+        with ctl.database.read() as s:
+            states = dbreq.follow_states(s, queued.downloads)
+            roles = {r.role: r for r in dbnode.role_statuses(s, now=time.time())}
+        if len(states) != len(queued.downloads):
+            raise UserError("a download of this request is gone from the database")
+        total = sum(st.size for st in states)
+        if total != bar.total:  # a download moved to another version of its file
+            bar.total = total
+        bar.update(sum(st.bytes_done for st in states) - bar.n)
+        counts = Counter(st.status for st in states)
+        if not single:
+            bar.set_description_str(f"{counts['done']}/{len(states)} files", refresh=False)
+        notes = [f"{st.name}: {st.reason}" if not single else st.reason for st in states]
+        waiting = [n for st, n in zip(states, notes, strict=True) if st.status == "waiting"]
+        peers = max((st.peers for st in states), default=0)
+        bar.set_postfix_str(
+            f"{peers} peers" + (f", {waiting[0]}" if waiting else ""), refresh=False
+        )
+        if all(st.status in (*ENDED, "paused") for st in states):
+            return states
+        if not roles["downloader"].alive:
+            raise NodeNotRunning(
+                "the downloader stopped; the download resumes when it "
+                "runs again (p2pctl history shows it)"
+            )
+        time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def _report(ctl: Ctl, queued: dbreq.Queued, states: list[dbreq.FollowState]) -> None:
+    """One line per file that did not arrive, then one sentence; exit 0 only if all did."""
+    folder = ctl.settings.download_dir
+    if queued.kind == "file":
+        st = states[0]
+        if st.status == "done":
+            click.echo(f"saved as {folder / (st.saved_as or st.name)}")
+            return
+        if st.status == "paused":
+            raise Paused(f"download paused; p2pctl resume {st.id} continues it")
+        raise UserError(f"download {st.status}: {st.reason or 'no reason recorded'}")
+    for st in states:
+        if st.status != "done":
+            click.echo(f"{st.status}: {st.name}: {st.reason or 'no reason recorded'}", err=True)
+    counts = Counter(st.status for st in states)
+    here = f" ({len(queued.already_here)} already here)" if queued.already_here else ""
+    where = f" under {folder / queued.pattern}" if queued.kind == "folder" else ""
+    arrived = f"{counts['done']} of {len(states)} files arrived{where}{here}"
+    if counts["done"] == len(states):
+        click.echo(arrived)
+        return
+    missing = ", ".join(f"{counts[s]} {s}" for s in ("failed", "cancelled", "paused") if counts[s])
+    if counts["paused"] and not counts["failed"] and not counts["cancelled"]:
+        raise Paused(f"{arrived}; {missing}: p2pctl resume {queued.pattern!r} continues them")
+    raise UserError(f"{arrived}; {missing}")
