@@ -156,6 +156,8 @@ def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
     for d in rows:
         took = (d.finished_at - d.started_at) if d.finished_at and d.started_at else None
         status = d.status if not d.reason else f"{d.status}: {d.reason}"
+        if d.switched and d.switched != d.reason:
+            status += f" ({d.switched})"
         table.append(
             [
                 d.id,

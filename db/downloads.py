@@ -136,7 +136,9 @@ def queue_download(
 ) -> tuple[int, bool]:
     """Queue a download of the candidate; returns (download id, whether it is new).
 
-    An unfinished (or paused) download of the same content is reused rather than doubled.
+    An unfinished (or paused) download of the same content is reused rather than doubled,
+    and so is one of the same name unless either is pinned to a version (NAME@SHA): asked
+    again after the seeder rewrote the file, it is the download that follows the name.
     Raises AlreadyHere when this node already shares that content.
     """
     local = session.scalar(
@@ -147,10 +149,11 @@ def queue_download(
     )
     if local is not None:
         raise AlreadyHere(f"already here: {local.root}/{local.name}", local.root, local.name)
+    same = Download.sha256 == candidate.sha256
+    if not pinned:  # an unpinned download of that name moves to the version offered now
+        same = same | ((Download.name == candidate.name) & ~Download.pinned)
     existing = session.scalar(
-        select(Download.id)
-        .where(Download.sha256 == candidate.sha256, Download.status.in_(KEEPING_TEMP))
-        .order_by(Download.id)
+        select(Download.id).where(same, Download.status.in_(KEEPING_TEMP)).order_by(Download.id)
     )
     if existing is not None:
         return existing, False

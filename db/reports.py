@@ -70,6 +70,8 @@ class DownloadRow:
     saved_as: str | None
     sha256: str
     peers: list[str]
+    request_id: int | None
+    switched: str | None  # the last move to another version or manifest, and why
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ def list_downloads(session: Session, limit: int | None = None) -> list[DownloadR
             d.saved_as,
             d.sha256,
             peers.get(d.id, []),
+            d.request_id,
+            d.switched,
         )
         for d in downloads
     ]
