@@ -11,6 +11,8 @@ from p2pshare.cli.context import Ctl, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The version is read from the installed package's metadata only when asked for.
+@click.version_option(package_name="p2pshare", prog_name="p2pctl", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Control and inspect the p2pshare node in P2P_HOME."""

@@ -9,6 +9,7 @@ from typing import TypeVar
 import click
 from sqlalchemy.orm import Session
 
+from p2pshare.cli import node_settings
 from p2pshare.cli.context import Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
 from p2pshare.db import node as dbnode
@@ -16,6 +17,7 @@ from p2pshare.db import reports
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 T = TypeVar("T")
+KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
 
 
 def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -> list[T] | None:
@@ -33,37 +35,34 @@ def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -
 @json_option
 @pass_ctl
 def status(ctl: Ctl, as_json: bool) -> None:
-    """This node: name, address, ports, which roles are alive, counts."""
-    settings = ctl.settings
+    """This node: name, address, ports, folders, which roles are alive, counts."""
+    shell = ctl.settings
     now = time.time()
     with ctl.database.read() as s:
         roles = dbnode.role_statuses(s, now=now)
         state = dbnode.node_state(s) if s.get(dbnode.NodeState, 1) else None
+        recorded = dbnode.role_settings(s)
         counts = reports.counts(s)
-    info = {
-        "username": settings.username,
-        "home": str(settings.home),
-        "bind": settings.bind,
-        "tcp_port": state.tcp_port if state else None,
-        "udp_port": settings.udp_port,
-        "broadcast": list(settings.broadcast) if settings.broadcast else "interfaces",
-        "node_id": state.node_id if state else None,
-        "catalog_version": state.catalog_version if state else 0,
-        "roles": {
-            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
-            for r in roles
-        },
-        "counts": counts.__dict__,
-    }
+    node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)
+    # The live port while the server runs; what it last recorded once it stopped.
+    tcp_port = (state.tcp_port if state else None) or node.tcp_port
+    differs = node_settings.shell_differs(shell, node)
     if as_json:
-        emit_json(info)
-    else:
-        click.echo(f"node      {settings.username}  ({settings.home})")
-        click.echo(
-            f"address   {settings.bind}  tcp {info['tcp_port'] or '-'}  udp {settings.udp_port}"
+        emit_json(
+            {
+                **status_info(node, tcp_port, roles),
+                "home": str(shell.home),
+                "node_id": state.node_id if state else None,
+                "catalog_version": state.catalog_version if state else 0,
+                "counts": counts.__dict__,
+                "recorded": recorded,
+                "shell_differs": differs,
+            }
         )
-        targets = ", ".join(settings.broadcast or ()) or "every interface broadcast address"
-        click.echo(f"announce  to {targets} every {settings.announce_interval:g} s")
+    else:
+        click.echo(f"node      {node.username or '-'}  ({shell.home})")
+        for line in settings_lines(node, tcp_port, differs):
+            click.echo(line)
         click.echo(f"shared    {counts.shared_files} files, {human_bytes(counts.shared_bytes)}")
         click.echo(f"network   {counts.peers} peers, {counts.network_files} files")
         click.echo(f"downloads {counts.downloads_running} running, {counts.downloads_done} done")
@@ -87,6 +86,76 @@ def status(ctl: Ctl, as_json: bool) -> None:
         raise NodeNotRunning(
             "no role of this node is running; start it with supervisord -c supervisord.conf"
         )
+
+
+def status_info(
+    node: node_settings.NodeSettings, tcp_port: int | None, roles: list[dbnode.RoleStatus]
+) -> dict[str, object]:
+    """The settings part of `status --json`."""
+    return {
+        "settings_from": node.source,
+        "username": node.username,
+        "bind": node.bind,
+        "tcp_port": tcp_port,
+        "udp_port": node.udp_port,
+        "broadcast": node.broadcast,
+        "broadcast_from": node.broadcast_from,
+        "announce_interval": node.announce_interval,
+        "share_dir": node.share_dir,
+        "download_dir": node.download_dir,
+        "network_key": node.network_key,
+        "versions": node.versions,
+        "roles": {
+            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
+            for r in roles
+        },
+    }
+
+
+def settings_lines(
+    node: node_settings.NodeSettings, tcp_port: int | None, differs: list[str]
+) -> list[str]:
+    """Status lines on how the node runs, and where status learned it."""
+    lines = [
+        f"address   {node.bind or '-'}  tcp {tcp_port or '-'}  udp {node.udp_port or '-'}",
+        f"announce  to {announce_targets(node)} every {seconds(node.announce_interval)}",
+        f"folders   share {node.share_dir or '-'}, downloads {node.download_dir or '-'}",
+        f"key       {KEY_WORDS[node.network_key]}",
+    ]
+    if node.versions:
+        lines.append(f"version   {versions(node.versions)}")
+    if node.source == "shell":
+        lines.append(
+            "settings  this shell's own: no role of this node has recorded what it runs with"
+        )
+    if differs:
+        lines.append(
+            f"note      this shell's {', '.join(differs)} differ; above is what the node runs with"
+        )
+    return lines
+
+
+def announce_targets(node: node_settings.NodeSettings) -> str:
+    if node.broadcast is None:
+        return "every interface broadcast address"
+    targets = ", ".join(node.broadcast) or "nobody (no interface has a broadcast address)"
+    if node.broadcast_from == node_settings.FROM_INTERFACES:
+        return f"{targets} (every interface broadcast address)"
+    return targets
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
+
+
+def versions(by_role: dict[str, str]) -> str:
+    """`0.1.0`, or which role runs which version while a restart is half done."""
+    if len(set(by_role.values())) == 1:
+        return next(iter(by_role.values()))
+    roles: dict[str, list[str]] = {}
+    for role, version in by_role.items():
+        roles.setdefault(version, []).append(role)
+    return ", ".join(f"{v} ({', '.join(r)})" for v, r in sorted(roles.items()))
 
 
 @click.command()
@@ -145,9 +214,12 @@ def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N.")
+@click.option(
+    "--addresses", is_flag=True, help="Name the peers by address:port rather than username."
+)
 @json_option
 @pass_ctl
-def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
+def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None:
     """Every download: name, size, status, when, how fast, from whom."""
     rows = fetch_report(ctl, lambda s: reports.list_downloads(s, limit), as_json)
     if rows is None:
@@ -167,7 +239,7 @@ def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
                 when(d.started_at or d.requested_at),
                 duration(took),
                 rate(d.bytes_done, took),
-                ", ".join(d.peers) or "-",
+                ", ".join(d.peers if addresses else source_names(d)) or "-",
                 d.bad_chunks,
             ]
         )
@@ -176,6 +248,12 @@ def history(ctl: Ctl, limit: int | None, as_json: bool) -> None:
         table,
         "No downloads yet; start one with: p2pctl download NAME",
     )
+
+
+def source_names(d: reports.DownloadRow) -> list[str]:
+    """Each source by the name it announced, once; by address:port when it announced none."""
+    names = [name or address for name, address in zip(d.peer_names, d.peers, strict=True)]
+    return list(dict.fromkeys(names))
 
 
 @click.command()

@@ -1,13 +1,13 @@
-"""This node's own state: role heartbeats and the single `node` row."""
+"""This node's own state: role heartbeats, the settings each role runs with, the `node` row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from p2pshare.db.models import Heartbeat, NodeState
+from p2pshare.db.models import Heartbeat, NodeState, RoleSetting
 
 # A role beats every HEARTBEAT_SECONDS; one missing several beats is not alive.
 HEARTBEAT_SECONDS = 2.0
@@ -86,4 +86,24 @@ def role_statuses(session: Session, *, now: float) -> list[RoleStatus]:
         else:
             alive = now - b.beat_at <= ALIVE_WITHIN_SECONDS
             out.append(RoleStatus(role, alive, b.pid, b.started_at, b.beat_at, b.detail))
+    return out
+
+
+def record_role_settings(
+    session: Session, role: str, values: dict[str, str], *, now: float
+) -> None:
+    """Replace what `role` recorded about the settings it runs with by `values`."""
+    session.execute(delete(RoleSetting).where(RoleSetting.role == role))
+    session.add_all(
+        RoleSetting(role=role, name=name, value=value, recorded_at=now)
+        for name, value in values.items()
+    )
+
+
+def role_settings(session: Session) -> dict[str, dict[str, str]]:
+    """What each role recorded: role -> setting name -> value; empty if none has."""
+    out: dict[str, dict[str, str]] = {}
+    rows = session.scalars(select(RoleSetting).order_by(RoleSetting.role, RoleSetting.name))
+    for row in rows:
+        out.setdefault(row.role, {})[row.name] = row.value
     return out

@@ -69,7 +69,8 @@ class DownloadRow:
     bad_chunks: int
     saved_as: str | None
     sha256: str
-    peers: list[str]
+    peers: list[str]  # address:port of each source, most bytes first
+    peer_names: list[str]  # the username each of those announced, in the same order
     request_id: int | None
     switched: str | None  # the last move to another version or manifest, and why
 
@@ -175,19 +176,21 @@ def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
 
 
 def list_downloads(session: Session, limit: int | None = None) -> list[DownloadRow]:
-    """Every download, newest first, with the peers it used."""
+    """Every download, newest first, with the peers it used (by address and by name)."""
     query = select(Download).order_by(Download.id.desc())
     if limit:
         query = query.limit(limit)
     downloads = list(session.scalars(query))
     peers: dict[int, list[str]] = {}
+    names: dict[int, list[str]] = {}
     if downloads:
         for src in session.scalars(
             select(DownloadSource)
             .where(DownloadSource.download_id.in_([d.id for d in downloads]))
-            .order_by(DownloadSource.bytes.desc())
+            .order_by(DownloadSource.bytes.desc(), DownloadSource.address, DownloadSource.tcp_port)
         ):
             peers.setdefault(src.download_id, []).append(f"{src.address}:{src.tcp_port}")
+            names.setdefault(src.download_id, []).append(src.username)
     return [
         DownloadRow(
             d.id,
@@ -204,6 +207,7 @@ def list_downloads(session: Session, limit: int | None = None) -> list[DownloadR
             d.saved_as,
             d.sha256,
             peers.get(d.id, []),
+            names.get(d.id, []),
             d.request_id,
             d.switched,
         )

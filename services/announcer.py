@@ -47,11 +47,28 @@ class Announcer:
         self.sent_version: int | None = None
         self.sent_port: int | None = None
         self.answered_at = 0.0
+        self.recorded_targets: list[str] | None = None
 
     def targets(self) -> list[str]:
         if self.settings.broadcast is not None:
             return list(self.settings.broadcast)
         return interface_broadcasts()
+
+    def record_settings(self, targets: list[str]) -> None:
+        """What the announcer runs with, for `p2pctl status`: the targets it really sends to."""
+        settings = self.settings
+        self.ctx.record_settings(
+            {
+                "username": settings.username,
+                "bind": settings.bind,
+                "udp_port": settings.udp_port,
+                "broadcast": ",".join(targets),
+                "broadcast_from": "interfaces" if settings.broadcast is None else "P2P_BROADCAST",
+                "announce_interval": settings.announce_interval,
+                "network_key": settings.network_key is not None,
+            }
+        )
+        self.recorded_targets = targets
 
     def send(self, catalog_version: int, tcp_port: int, now: float) -> None:
         self.seq += 1
@@ -77,6 +94,8 @@ class Announcer:
             if self.failing.pop(target, None) is not None:
                 log.info("announcing to %s works again", target)
         self.last_sent, self.sent_version, self.sent_port = now, catalog_version, tcp_port
+        if targets != self.recorded_targets:  # interfaces came or went since we recorded
+            self.record_settings(targets)
         log.info(
             "announced catalog v%d on tcp %d (%d bytes) to %s",
             catalog_version,
@@ -112,11 +131,11 @@ def run(ctx: RoleContext) -> None:
     with ctx.database.write() as s:
         dbnode.set_node_id(s, announcer.node_id, now=time.time())
     ctx.detail = f"node {announcer.node_id[:8]}"
+    targets = announcer.targets()
+    announcer.record_settings(targets)
     start_heartbeat(ctx)
     log.info(
-        "node id %s, announcing to %s",
-        announcer.node_id,
-        ", ".join(announcer.targets()) or "no interface yet",
+        "node id %s, announcing to %s", announcer.node_id, ", ".join(targets) or "no interface yet"
     )
     try:
         while not ctx.stop.wait(POLL_SECONDS if announcer.last_sent else FIRST_POLL_SECONDS):

@@ -21,6 +21,13 @@ SWEEP_SECONDS = 5.0
 
 def run(ctx: RoleContext) -> None:
     ctx.detail = "0 running, 0 db writes"
+    ctx.record_settings(
+        {
+            "download_dir": ctx.settings.download_dir,
+            "temp_dir": ctx.settings.temp_dir,
+            "wait_timeout": ctx.settings.wait_timeout,
+        }
+    )
     start_heartbeat(ctx)
     jobs: dict[int, threading.Thread] = {}
     next_sweep = 0.0

@@ -224,6 +224,13 @@ def run(ctx: RoleContext) -> None:
     settings = ctx.settings
     sock = open_udp(settings.udp_port)
     ctx.detail = f"udp *:{settings.udp_port}"
+    ctx.record_settings(
+        {
+            "udp_port": settings.udp_port,
+            "peer_ttl": settings.peer_ttl,
+            "network_key": settings.network_key is not None,
+        }
+    )
     start_heartbeat(ctx)
     fetcher = CatalogFetcher(ctx)
     drops = DropLog()

@@ -1,4 +1,4 @@
-"""What every role process shares: start-up, logging, SIGTERM, heartbeats.
+"""What every role process shares: start-up, logging, SIGTERM, heartbeats, recorded settings.
 
 A role is a function `body(ctx)` that loops until `ctx.stop` is set. `run_role`
 turns a start-up failure into one sentence and a non-zero exit, and a clean
@@ -13,8 +13,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from pathlib import Path
 
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
@@ -22,6 +25,10 @@ from p2pshare.services.settings import Settings, SettingsError, load_settings
 from p2pshare.services.sha256chain import ChainUnavailable, check_available
 
 log = logging.getLogger("p2p")
+
+
+# What a role may record: plain values, written as text (`role_settings.value`).
+SettingValue = str | int | float | bool | Path
 
 
 class StartupError(Exception):
@@ -49,6 +56,35 @@ class RoleContext:
                 now=time.time(),
                 detail=self.detail,
             )
+
+    def record_settings(self, values: Mapping[str, SettingValue]) -> None:
+        """Replace this role's rows in `role_settings` with `values` and the installed version.
+
+        So `p2pctl status`, run from a shell whose environment may differ, reports what
+        this process resolved and runs with.
+        """
+        text = {name: setting_text(value) for name, value in values.items()}
+        text["version"] = installed_version()
+        with self.database.write() as s:
+            dbnode.record_role_settings(s, self.role, text, now=time.time())
+
+
+def setting_text(value: SettingValue) -> str:
+    """A recorded value as text: booleans as yes/no, whole seconds without a trailing `.0`."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@cache
+def installed_version() -> str:
+    """The installed p2pshare's version, or `unknown` when run from an uninstalled tree."""
+    try:
+        return metadata.version("p2pshare")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def setup_logging(role: str) -> None:

@@ -60,6 +60,7 @@ def serve(ctx: RoleContext) -> None:
     ctx.detail = f"tcp {ctx.settings.bind}:{port}"
     with ctx.database.write() as s:
         dbnode.set_tcp_port(s, port, now=time.time())
+    record_settings(ctx, port)
     log.info("listening on %s:%d", ctx.settings.bind, port)
     start_heartbeat(ctx)
     indexer = ShareIndexer(ctx.database, ctx.settings)
@@ -72,6 +73,21 @@ def serve(ctx: RoleContext) -> None:
         with ctx.database.write() as s:
             dbnode.set_tcp_port(s, None, now=time.time())
         indexing.join(timeout=5)
+
+
+def record_settings(ctx: RoleContext, port: int) -> None:
+    """What the server runs with, for `p2pctl status`: the real port, not P2P_TCP_PORT=0."""
+    settings = ctx.settings
+    ctx.record_settings(
+        {
+            "bind": settings.bind,
+            "tcp_port": port,
+            "share_dir": settings.share_dir,
+            "download_dir": settings.download_dir,
+            "upload_limit": settings.upload_limit,
+            "chunk_size": settings.chunk_size or "auto",
+        }
+    )
 
 
 async def _serve_tcp(ctx: RoleContext, listener: socket.socket) -> None:

@@ -160,16 +160,21 @@ def empty_node(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- running p2pctl
 
 
-def ctl_env(home: Path, **extra: str) -> dict[str, str]:
+def ctl_env(home: Path, **extra: str | None) -> dict[str, str]:
+    """The shell p2pctl runs in; a variable given as None is left out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
     env.pop("XDG_DATA_HOME", None)
     env.update(P2P_HOME=str(home), P2P_BROADCAST="127.255.255.255", P2P_USERNAME="tester")
-    env.update(extra)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
 def p2pctl(
-    home: Path, *args: str, alive: bool = True, **env: str
+    home: Path, *args: str, alive: bool = True, **env: str | None
 ) -> subprocess.CompletedProcess[str]:
     """Run p2pctl from an unrelated folder; with `alive`, the node's roles beat just before."""
     if alive:
@@ -218,6 +223,10 @@ def test_status(seeded: Path) -> None:
     assert lines[0].split() == ["node", "tester", f"({seeded})"]
     assert "tcp 45678" in lines[1] and "udp 47474" in lines[1]
     assert "127.255.255.255" in lines[2]
+    # No role recorded its settings (a node from before schema v3): the shell's, said once.
+    [fallback] = [line for line in lines if line.startswith("settings ")]
+    assert "this shell's own" in fallback
+    assert not [line for line in lines if line.startswith("note ")]
     assert "shared    2 files" in out  # report.pdf and the finished download
     assert "network   1 peers, 2 files" in out
     assert "downloads 0 running, 1 done" in out
@@ -228,6 +237,7 @@ def test_status(seeded: Path) -> None:
 
 def test_status_json(seeded: Path) -> None:
     info = as_json(p2pctl(seeded, "status", "--json"))
+    assert (info["settings_from"], info["recorded"], info["shell_differs"]) == ("shell", {}, [])
     assert info["username"] == "tester"
     assert info["home"] == str(seeded)
     assert info["tcp_port"] == 45678
@@ -306,7 +316,7 @@ def test_history(seeded: Path) -> None:
     out = ok(p2pctl(seeded, "history"))
     movie = [line for line in out.splitlines() if "holiday/movie.mkv" in line]
     assert len(movie) == 1
-    assert " done " in movie[0] and "127.0.0.2:5001" in movie[0]
+    assert " done " in movie[0] and " alice " in movie[0]
     assert "failed: no peer holds chunk 1" in out
     rows = as_json(p2pctl(seeded, "history", "--json"))
     assert [(r["name"], r["status"]) for r in rows] == [
@@ -314,7 +324,7 @@ def test_history(seeded: Path) -> None:
         ("holiday/movie.mkv", "done"),
     ]
     done = rows[1]
-    assert done["peers"] == ["127.0.0.2:5001"]
+    assert (done["peers"], done["peer_names"]) == (["127.0.0.2:5001"], ["alice"])
     assert (done["sha256"], done["size"], done["bytes_done"]) == (
         sha(MOVIE),
         len(MOVIE),

@@ -74,7 +74,9 @@ def test_nodes_in_two_namespaces_find_each_other_by_interface_broadcast(
         for node in nodes:
             node.wait_alive()
         status = a.p2pctl_json("status")
-        assert status["broadcast"] == "interfaces"
+        # The announcer reports the interface broadcast address it resolved and sends to.
+        assert status["broadcast_from"] == "interfaces"
+        assert status["broadcast"] == [f"{addresses[0].rsplit('.', 1)[0]}.255"]
         wait_until(lambda: a.sees(b) and b.sees(a), 60, what="a and b to see each other")
         # Each knows the other by its address on the veth, and fetched its catalog over TCP.
         assert a.peers()[b.username][1] == addresses[1]

@@ -124,7 +124,8 @@ def test_four_hosts_download_from_three_and_survive_a_pulled_cable(make_node, wa
             start_in_namespace(node, lan.hosts[label])
         for node in nodes.values():
             node.wait_alive()
-        assert a.p2pctl_json("status")["broadcast"] == "interfaces"
+        status = a.p2pctl_json("status")
+        assert status["broadcast_from"] == "interfaces" and status["broadcast"]
         pids = {label: node.heartbeats() for label, node in nodes.items()}
 
         # Discovery over the bridge: everyone sees everyone, by its address on the LAN.

@@ -21,7 +21,13 @@ from p2pshare.db import peers as dbpeers
 from p2pshare.db import reports as dbreports
 from p2pshare.db.engine import SCHEMA_VERSION, Database, SchemaError
 from p2pshare.db.models import BadPeer, Chunk, Download
-from p2pshare.db.node import node_state, record_heartbeat, set_node_id
+from p2pshare.db.node import (
+    node_state,
+    record_heartbeat,
+    record_role_settings,
+    role_settings,
+    set_node_id,
+)
 from p2pshare.services import protocol
 from p2pshare.services.sha256chain import manifest_entries
 
@@ -495,6 +501,35 @@ def test_heartbeat_is_upserted(db: Database, db_path: Path) -> None:
     assert sql(db_path, "SELECT role, pid, beat_at, detail FROM heartbeats") == [
         ("server", 2, start + 2, "tcp 1")
     ]
+
+
+def test_role_settings_replace_only_that_roles_rows(db: Database, db_path: Path) -> None:
+    with db.read() as s:
+        assert role_settings(s) == {}
+    with db.write() as s:
+        record_role_settings(s, "server", {"bind": "0.0.0.0", "tcp_port": "1"}, now=NOW)
+        record_role_settings(s, "listener", {"udp_port": "47474"}, now=NOW)
+    # A restarted server resolves other values and drops one it no longer records.
+    with db.write() as s:
+        record_role_settings(s, "server", {"bind": "127.0.0.1"}, now=NOW + 5)
+    with db.read() as s:
+        assert role_settings(s) == {
+            "listener": {"udp_port": "47474"},
+            "server": {"bind": "127.0.0.1"},
+        }
+    rows = sql(db_path, "SELECT role, name, value, recorded_at FROM role_settings ORDER BY role")
+    assert rows == [
+        ("listener", "udp_port", "47474", NOW),
+        ("server", "bind", "127.0.0.1", NOW + 5),
+    ]
+
+
+def test_role_settings_are_not_written_until_the_caller_commits(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.write() as s:
+        record_role_settings(s, "server", {"bind": "127.0.0.1"}, now=NOW)
+        raise RuntimeError("the step failed after recording")
+    with db.read() as s:
+        assert role_settings(s) == {}
 
 
 # ---------------------------------------------------------------- migration from schema v1

@@ -1,0 +1,44 @@
+"""What a role records about the settings it runs with (RoleContext.record_settings)."""
+
+from __future__ import annotations
+
+import threading
+from importlib import metadata
+from pathlib import Path
+
+from p2pshare.db.engine import Database
+from p2pshare.db.node import role_settings
+from p2pshare.services.runtime import RoleContext, setting_text
+from p2pshare.services.settings import load_settings
+
+
+def test_values_are_recorded_as_text_with_the_installed_version(tmp_path: Path) -> None:
+    settings = load_settings({"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255"})
+    database = Database.open(settings.db_path)
+    try:
+        ctx = RoleContext("listener", settings, database, threading.Event())
+        ctx.record_settings(
+            {"udp_port": 47474, "peer_ttl": 180.0, "network_key": False, "dir": tmp_path}
+        )
+        with database.read() as s:
+            recorded = role_settings(s)
+    finally:
+        database.close()
+    assert recorded == {
+        "listener": {
+            "udp_port": "47474",
+            "peer_ttl": "180",
+            "network_key": "no",
+            "dir": str(tmp_path),
+            "version": metadata.version("p2pshare"),
+        }
+    }
+
+
+def test_setting_text_keeps_fractions_and_large_whole_seconds() -> None:
+    assert [setting_text(v) for v in (0.5, 2592000.0, True, "auto")] == [
+        "0.5",
+        "2592000",
+        "yes",
+        "auto",
+    ]
