@@ -166,7 +166,7 @@ def test_source_names_fall_back_to_the_address_and_name_a_user_once() -> None:
     row = DownloadRow(
         1, "x", 1, "done", None, 0.0, None, None, 0, 0, 0, None, "0" * 64,
         ["127.0.0.2:5001", "127.0.0.2:5002", "127.0.0.3:5001"],
-        ["alice", "alice", ""],
+        ["alice", "alice", ""], None, None,
     )  # fmt: skip
     assert source_names(row) == ["alice", "127.0.0.3:5001"]
 
