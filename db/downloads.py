@@ -153,10 +153,11 @@ def queue_download(
     if not pinned:  # an unpinned download of that name moves to the version offered now
         same = same | ((Download.name == candidate.name) & ~Download.pinned)
     existing = session.scalar(
-        select(Download.id).where(same, Download.status.in_(KEEPING_TEMP)).order_by(Download.id)
+        select(Download).where(same, Download.status.in_(KEEPING_TEMP)).order_by(Download.id)
     )
     if existing is not None:
-        return existing, False
+        existing.pinned = existing.pinned or pinned  # the later "this version" wins
+        return existing.id, False
     return new_download(session, candidate, request_id=request_id, pinned=pinned, now=now), True
 
 

@@ -142,7 +142,7 @@ def _queue_named(
     """Queue one file of a folder or glob, reusing an unfinished (or paused) download of the
     same content under the same name: each name of the tree arrives, none twice."""
     existing = session.scalar(
-        select(Download.id)
+        select(Download)
         .where(
             Download.sha256 == c.sha256,
             Download.name == c.name,
@@ -151,7 +151,8 @@ def _queue_named(
         .order_by(Download.id)
     )
     if existing is not None:
-        return existing, False
+        existing.pinned = existing.pinned or pinned  # the later "this version" wins
+        return existing.id, False
     return new_download(session, c, request_id=request_id, pinned=pinned, now=now), True
 
 
@@ -159,13 +160,19 @@ def _queue_named(
 
 
 def _matching(session: Session, pattern: str, statuses: tuple[str, ...]) -> list[Download]:
-    """Downloads in `statuses` whose id or name is PATTERN, else whose name it matches
-    (a substring or glob: `album/` covers a folder's downloads)."""
-    rows = list(
-        session.scalars(select(Download).where(Download.status.in_(statuses)).order_by(Download.id))
-    )
-    chosen = [d for d in rows if str(d.id) == pattern or d.name == pattern]
-    return chosen or [d for d in rows if matches(d.name, pattern)]
+    """Downloads in `statuses` that PATTERN names: a download id, or an exact name, means
+    that download alone (whatever its state, so `pause 7` never falls back to matching '7'
+    in names); `album/` the downloads under that folder; anything else is a substring or
+    glob of names."""
+    query = select(Download).where(Download.status.in_(statuses)).order_by(Download.id)
+    if pattern.isdigit() and session.get(Download, int(pattern)) is not None:
+        return list(session.scalars(query.where(Download.id == int(pattern))))
+    if session.scalar(select(Download.id).where(Download.name == pattern).limit(1)):
+        return list(session.scalars(query.where(Download.name == pattern)))
+    rows = list(session.scalars(query))
+    if pattern.endswith("/"):
+        return [d for d in rows if d.name.startswith(pattern)]
+    return [d for d in rows if matches(d.name, pattern)]
 
 
 def pause_downloads(session: Session, pattern: str) -> list[str]:
