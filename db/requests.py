@@ -106,11 +106,12 @@ def _many(session: Session, pattern: str, kind: str) -> tuple[list[Candidate], l
             f"({listed}); download those one by one as NAME@SHA",
             several,
         )
-    here = set(
-        session.execute(
+    here = {
+        (name, sha)
+        for name, sha in session.execute(
             select(LocalFile.name, File.sha256).join(File, File.id == LocalFile.file_id)
-        ).tuples()
-    )
+        )
+    }
     skipped = sorted(c.name for c in offered if (c.name, c.sha256) in here)
     wanted = [c for c in offered if (c.name, c.sha256) not in here]
     return sorted(wanted, key=lambda c: (c.size, c.name)), skipped
