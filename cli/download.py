@@ -30,18 +30,18 @@ def download(ctl: Ctl, name: str, every: bool, no_wait: bool) -> None:
     download folder. --all takes every file NAME matches.
     """
     require_downloader(ctl)
-    with ctl.database.write() as s:
-        try:
+    try:  # every refusal leaves the transaction, so it writes nothing
+        with ctl.database.write() as s:
             queued = dbreq.queue_request(s, name, every=every, now=time.time())
-        except dbdl.AmbiguousName as exc:
-            show_candidates(exc.candidates)
-            raise UserError(f"{exc}, or --all for every one of them") from None
-        except dbdl.AlreadyHere as exc:
-            root = ctl.settings.share_dir if exc.root == "share" else ctl.settings.download_dir
-            click.echo(f"already here: {root / exc.name}")
-            return  # what the user wanted is true: exit 0
-        except (dbdl.UnknownName, dbreq.SeveralVersions) as exc:
-            raise UserError(str(exc)) from None
+    except dbdl.AmbiguousName as exc:
+        show_candidates(exc.candidates)
+        raise UserError(f"{exc}, or --all for every one of them") from None
+    except dbdl.AlreadyHere as exc:
+        root = ctl.settings.share_dir if exc.root == "share" else ctl.settings.download_dir
+        click.echo(f"already here: {root / exc.name}")
+        return  # what the user wanted is true: exit 0
+    except (dbdl.UnknownName, dbreq.SeveralVersions) as exc:
+        raise UserError(str(exc)) from None
     announce(queued)
     if not no_wait and queued.downloads:
         follow(ctl, queued)

@@ -166,7 +166,7 @@ def _matching(session: Session, pattern: str, statuses: tuple[str, ...]) -> list
     in names); `album/` the downloads under that folder; anything else is a substring or
     glob of names."""
     query = select(Download).where(Download.status.in_(statuses)).order_by(Download.id)
-    if pattern.isdigit() and session.get(Download, int(pattern)) is not None:
+    if _is_row_id(pattern) and session.get(Download, int(pattern)) is not None:
         return list(session.scalars(query.where(Download.id == int(pattern))))
     if session.scalar(select(Download.id).where(Download.name == pattern).limit(1)):
         return list(session.scalars(query.where(Download.name == pattern)))
@@ -174,6 +174,11 @@ def _matching(session: Session, pattern: str, statuses: tuple[str, ...]) -> list
     if pattern.endswith("/"):
         return [d for d in rows if d.name.startswith(pattern)]
     return [d for d in rows if matches(d.name, pattern)]
+
+
+def _is_row_id(pattern: str) -> bool:
+    """ASCII digits within SQLite's integer range ('²' is a digit to str.isdigit)."""
+    return pattern.isascii() and pattern.isdecimal() and int(pattern) < 2**63
 
 
 def pause_downloads(session: Session, pattern: str) -> list[str]:
