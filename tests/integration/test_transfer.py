@@ -375,10 +375,13 @@ def test_user_mistakes_get_one_sentence(make_node: Callable[..., Node]) -> None:
     sha_b = hashlib.sha256(b"b" * 100).hexdigest()
     picked = leech.p2pctl("download", f"notes@{sha_b[:10]}")
 
-    for result in (unknown, ambiguous, here):
+    for result in (unknown, ambiguous):
         assert result.returncode != 0
         assert "Traceback" not in result.stdout + result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    # A file this node has already is what the user wanted: where it is, and exit 0.
+    assert here.returncode == 0, here.stderr
+    assert here.stdout == f"already here: {leech.share / 'mine.txt'}\n"
     assert "notes-a.txt" in ambiguous.stderr and "notes-b.txt" in ambiguous.stderr
     assert picked.returncode == 0, picked.stderr
     assert (leech.home / "downloads" / "notes-b.txt").read_bytes() == b"b" * 100

@@ -34,6 +34,8 @@ DOWNLOAD_COLUMNS = (
     "bad_chunks",
     "saved_as",
     "temp_path",
+    "switched",
+    "pinned",
 )
 
 
