@@ -257,6 +257,8 @@ class Source:
     tcp_port: int
     username: str
     bitfield: bytes | None  # from the catalog; refreshed over TCP by the job
+    fingerprint: str | None = None
+    tls: bool = False
 
 
 def sources_for(session: Session, file_id: int) -> list[Source]:
@@ -278,7 +280,9 @@ def sources_for(session: Session, file_id: int) -> list[Source]:
         bits = holding.bitfield
         if prev is not None and (prev.bitfield is None or bits is not None):
             continue  # keep the fuller holding of the two names
-        out[key] = Source(peer.address, peer.tcp_port, peer.username, bits)
+        out[key] = Source(
+            peer.address, peer.tcp_port, peer.username, bits, peer.fingerprint, peer.tls
+        )
     return list(out.values())
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 
 from p2pshare.db.models import Base
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
 WAL_RETRY_SECONDS = 30.0
@@ -89,10 +89,17 @@ def _to_v3(conn: Connection) -> None:
     )
 
 
+def _to_v4(conn: Connection) -> None:
+    """Peers are known by the fingerprint of their certificate, and whether they speak TLS."""
+    sql = conn.exec_driver_sql
+    sql("ALTER TABLE peers ADD COLUMN fingerprint VARCHAR(64)")
+    sql("ALTER TABLE peers ADD COLUMN tls BOOLEAN NOT NULL DEFAULT 0")
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3, 4: _to_v4}
 
 
 def make_engine(path: Path) -> Engine:

@@ -126,6 +126,10 @@ class Peer(Base):
     announce_seq: Mapped[int] = mapped_column(default=0)
     # The catalog version whose contents are in `holdings`; -1 before the first fetch.
     catalog_synced: Mapped[int] = mapped_column(default=-1)
+    # SHA-256 of its certificate, as announced (NULL from a node without one), and
+    # whether it takes TLS connections only.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    tls: Mapped[bool] = mapped_column(default=False)
     first_seen: Mapped[float]
     last_seen: Mapped[float]
 

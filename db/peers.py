@@ -23,6 +23,8 @@ class Heard:
     tcp_port: int
     catalog_version: int
     seq: int
+    fingerprint: str | None = None
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
         if (heard.username, heard.address) != (peer.username, peer.address):
             # A node id is one run of one announcer: its name and address cannot change.
             return _refused(f"node id already belongs to {peer.username} at {peer.address}")
+        if (heard.fingerprint, heard.tls) != (peer.fingerprint, peer.tls):
+            # Nor its identity: a restart keeps the certificate but takes a new node id.
+            return _refused(f"node id already belongs to the certificate {peer.fingerprint}")
         peer.tcp_port = heard.tcp_port
         peer.catalog_version, peer.announce_seq, peer.last_seen = (
             heard.catalog_version,
@@ -105,6 +110,8 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
         catalog_version=heard.catalog_version,
         announce_seq=heard.seq,
         catalog_synced=-1,
+        fingerprint=heard.fingerprint,
+        tls=heard.tls,
         first_seen=now,
         last_seen=now,
     )
@@ -132,10 +139,21 @@ def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
     return [f"{p.username} ({p.address}:{p.tcp_port})" for p in gone]
 
 
-def peer_endpoint(session: Session, peer_id: int) -> tuple[str, int, int] | None:
-    """(address, tcp_port, announced catalog version) of a live peer, or None."""
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    tcp_port: int
+    catalog_version: int
+    fingerprint: str | None
+    tls: bool
+
+
+def peer_endpoint(session: Session, peer_id: int) -> Endpoint | None:
+    """Where and how to reach a live peer, or None."""
     peer = session.get(Peer, peer_id)
-    return None if peer is None else (peer.address, peer.tcp_port, peer.catalog_version)
+    if peer is None:
+        return None
+    return Endpoint(peer.address, peer.tcp_port, peer.catalog_version, peer.fingerprint, peer.tls)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ class Announcer:
                 "broadcast_from": "interfaces" if settings.broadcast is None else "P2P_BROADCAST",
                 "announce_interval": settings.announce_interval,
                 "network_key": settings.network_key is not None,
+                "encrypt": self.ctx.tls.encrypt,
+                "fingerprint": self.ctx.tls.identity.fingerprint,
             }
         )
         self.recorded_targets = targets
@@ -74,7 +76,14 @@ class Announcer:
         self.seq += 1
         data = protocol.encode_announce(
             protocol.Announce(
-                self.node_id, self.settings.username, tcp_port, catalog_version, self.seq, now
+                self.node_id,
+                self.settings.username,
+                tcp_port,
+                catalog_version,
+                self.seq,
+                now,
+                self.ctx.tls.identity.fingerprint,
+                self.ctx.tls.encrypt,
             ),
             key=self.settings.network_key,
         )

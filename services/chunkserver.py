@@ -13,9 +13,11 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
@@ -25,6 +27,7 @@ from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
+from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.server")
 
@@ -36,6 +39,9 @@ FRAME_TIMEOUT = 10.0
 # A peer that reads nothing of a slice for this long is dropped.
 STALL_TIMEOUT = 30.0
 SEND_SLICE = 4 * 1024 * 1024
+# Under TLS: bytes read per slice, and how much encrypted output may wait to be sent.
+TLS_SLICE = 1024 * 1024
+TLS_HIGH_WATER = 4 * 1024 * 1024
 SOURCE_CACHE_SECONDS = 1.0
 UPLOAD_FLUSH_SECONDS = 0.5
 
@@ -53,11 +59,14 @@ class ConnStats:
 
 
 class ChunkServer:
-    def __init__(self, settings: Settings, database: Database, stop: asyncio.Event) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, stop: asyncio.Event, tls: NodeTls
+    ) -> None:
         self.settings = settings
         self.database = database
         self.stop = stop
         self.key = settings.network_key
+        self.tls = tls
         self.limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
         self.writers: set[asyncio.StreamWriter] = set()
         self.served: list[dbserving.ServedChunk] = []
@@ -156,7 +165,13 @@ class ChunkServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ConnStats
     ) -> None:
         nonce = secrets.token_hex(protocol.NONCE_HEX // 2)
-        writer.write(protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None)))
+        encrypt = self.tls.encrypt
+        writer.write(
+            protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None, encrypt))
+        )
+        if encrypt and not await self._start_tls(writer, stats):
+            return
+        own = self.tls.identity.fingerprint if encrypt else None
         authed = self.key is None
         timeout = HANDSHAKE_TIMEOUT
         while not self.stop.is_set():
@@ -164,7 +179,7 @@ class ChunkServer:
             timeout = IDLE_TIMEOUT
             if isinstance(req, protocol.AuthRequest):
                 if self.key is not None:
-                    protocol.check_auth(req, key=self.key, nonce=nonce)
+                    protocol.check_auth(req, key=self.key, nonce=nonce, server_fingerprint=own)
                 authed = True
                 writer.write(protocol.encode_ok())
                 continue
@@ -178,6 +193,22 @@ class ChunkServer:
             if writer.transport.get_write_buffer_size():
                 async with asyncio.timeout(STALL_TIMEOUT):
                     await writer.drain()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, stats: ConnStats) -> bool:
+        """The TLS handshake that must follow our welcome. False (logged, in one line) when
+        the client does not speak TLS or gives up."""
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await writer.start_tls(self.tls.server_context)
+        except ssl.SSLError as exc:
+            log.warning(
+                "refused a connection from %s that does not speak TLS: this node encrypts "
+                "(P2P_ENCRYPT) (%s)",
+                stats.peer,
+                exc.reason or exc,
+            )
+            return False
+        return True
 
     async def _dispatch(
         self, req: protocol.Request, writer: asyncio.StreamWriter, stats: ConnStats
@@ -303,8 +334,11 @@ class ChunkServer:
         )
 
     async def _send_bytes(
-        self, writer: asyncio.StreamWriter, fh: object, offset: int, length: int
+        self, writer: asyncio.StreamWriter, fh: BinaryIO, offset: int, length: int
     ) -> None:
+        if self.tls.encrypt:
+            await self._send_encrypted(writer, fh, offset, length)
+            return
         loop = asyncio.get_running_loop()
         slice_size = self.limiter.slice_size if self.limiter else SEND_SLICE
         sent = 0
@@ -328,4 +362,28 @@ class ChunkServer:
                 # The file shrank under us; the reply's length is a promise we cannot
                 # keep, so the connection (not the server) has to go.
                 raise ConnectionError("the file was truncated while being sent")
+            sent += n
+
+    async def _send_encrypted(
+        self, writer: asyncio.StreamWriter, fh: BinaryIO, offset: int, length: int
+    ) -> None:
+        """Under TLS the kernel cannot send the file for us: each slice is read once (into a
+        new bytes object, which the TLS transport may keep until it has encrypted it) and
+        written once, encrypted by OpenSSL in records of the largest size TLS allows."""
+        slice_size = self.limiter.slice_size if self.limiter else TLS_SLICE
+        fd = fh.fileno()
+        sent = 0
+        while sent < length:
+            n = min(slice_size, length - sent)
+            if self.limiter:
+                await self.limiter.acquire(n)
+            data = await asyncio.to_thread(os.pread, fd, n, offset + sent)
+            if len(data) < n:
+                raise ConnectionError("the file was truncated while being sent")
+            if writer.transport.is_closing():
+                raise ConnectionError("the peer closed the connection")
+            writer.write(data)
+            if writer.transport.get_write_buffer_size() > TLS_HIGH_WATER:
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    await writer.drain()
             sent += n

@@ -26,6 +26,7 @@ from p2pshare.services.job_progress import DurableProgress, Ledger
 from p2pshare.services.peer_worker import ChunkCheck, PeerWorker, SourceState, peer_id
 from p2pshare.services.picker import Picker
 from p2pshare.services.settings import Settings
+from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.download")
 
@@ -47,8 +48,10 @@ class DownloadJob:
         database: Database,
         stop: threading.Event,
         wait_timeout: float,
+        tls: NodeTls,
     ) -> None:
         self.spec = spec
+        self.tls = tls  # how to reach each source: in clear or by pinned TLS
         self.settings = settings
         self.database = database
         self.stop = stop  # the role is stopping: leave the download resumable

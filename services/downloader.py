@@ -80,7 +80,9 @@ def start_job(ctx: RoleContext, download_id: int) -> threading.Thread:
     with ctx.database.read() as s:
         spec = dbdl.job_spec(s, download_id)
     assert spec is not None
-    job = DownloadJob(spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout)
+    job = DownloadJob(
+        spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout, ctx.tls
+    )
     thread = threading.Thread(target=job.run, name=f"download-{download_id}", daemon=True)
     thread.start()
     return thread

@@ -140,9 +140,10 @@ class CatalogFetcher:
         if endpoint is None:
             self.failed.pop(peer_id, None)
             return  # expired or replaced meanwhile
-        address, port, _ = endpoint
+        address, port = endpoint.address, endpoint.tcp_port
+        link = self.ctx.tls.link(endpoint.tls, endpoint.fingerprint)  # raises CannotTalk
         started = time.monotonic()
-        with PeerClient(address, port, key=self.ctx.settings.network_key) as client:
+        with PeerClient(address, port, key=self.ctx.settings.network_key, link=link) as client:
             client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
             with db.read() as s:
@@ -229,6 +230,7 @@ def run(ctx: RoleContext) -> None:
             "udp_port": settings.udp_port,
             "peer_ttl": settings.peer_ttl,
             "network_key": settings.network_key is not None,
+            "encrypt": ctx.tls.encrypt,
         }
     )
     start_heartbeat(ctx)
@@ -276,7 +278,14 @@ def handle(
         now = time.time()
         for ann, ip in heard:
             record = dbpeers.Heard(
-                ann.node_id, ann.username, ip, ann.tcp_port, ann.catalog_version, ann.seq
+                ann.node_id,
+                ann.username,
+                ip,
+                ann.tcp_port,
+                ann.catalog_version,
+                ann.seq,
+                ann.fingerprint,
+                ann.tls,
             )
             outcomes.append((ann, ip, dbpeers.record_announce(s, record, now=now)))
     for ann, ip, outcome in outcomes:

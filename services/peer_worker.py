@@ -130,7 +130,9 @@ class PeerWorker(threading.Thread):
 
     def _session(self) -> None:
         job = self.job
-        with PeerClient(*self.key, key=job.settings.network_key) as client:
+        src = self.state.source
+        link = job.tls.link(src.tls, src.fingerprint)  # raises CannotTalk
+        with PeerClient(*self.key, key=job.settings.network_key, link=link) as client:
             self.client = client
             if job.halt.is_set():
                 return

@@ -8,6 +8,7 @@ from typing import Any
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.tls import CannotTalk, Link, check_server
 
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 15.0
@@ -18,11 +19,18 @@ class PeerClient:
     """One connection to a peer. Raises OSError for network trouble, ProtocolError for lies."""
 
     def __init__(
-        self, address: str, port: int, *, key: str | None, timeout: float = IO_TIMEOUT
+        self,
+        address: str,
+        port: int,
+        *,
+        key: str | None,
+        link: Link | None = None,
+        timeout: float = IO_TIMEOUT,
     ) -> None:
         self.address = address
         self.port = port
         self.key = key
+        self.link = link  # None or a clear link: no TLS
         self.timeout = timeout
         self.sock: socket.socket | None = None
         # time.monotonic() by which the whole exchange must be over, or None: a
@@ -44,14 +52,37 @@ class PeerClient:
         self.rfile = sock.makefile("rb", buffering=READ_BUFFER)
         try:
             welcome = protocol.decode_welcome(self._read_frame())
+            channel = self._start_tls(welcome)
             if welcome.auth_required and self.key is None:
                 raise protocol.WrongNetworkKey("the peer requires a network key")
             if self.key is not None:
-                self.send(protocol.AuthRequest(protocol.auth_mac(self.key, welcome.nonce)))
+                mac = protocol.auth_mac(self.key, welcome.nonce, channel)
+                self.send(protocol.AuthRequest(mac, channel[1] if channel else None))
                 protocol.decode_reply(self._read_frame())
         except BaseException:
             self.close()
             raise
+
+    def _start_tls(self, welcome: protocol.Welcome) -> tuple[str, str] | None:
+        """After the clear welcome: the TLS handshake, pinned to the announced fingerprint.
+        Returns (server, client) fingerprints for the key proof, None in clear. Raises
+        CannotTalk, WrongCertificate (an ssl.SSLError, so an OSError), ProtocolError."""
+        link = self.link
+        if link is None or link.context is None:
+            if welcome.tls:
+                raise CannotTalk("the peer encrypts (P2P_ENCRYPT) and this node does not")
+            return None
+        if not welcome.tls:
+            # It announced TLS: answering in clear is a downgrade, whoever is doing it.
+            raise protocol.MalformedMessage("the peer announced TLS but answers in clear")
+        assert self.sock is not None
+        self.rfile.close()  # held nothing past the welcome: the server waits for our hello
+        tls = link.context.wrap_socket(self.sock, server_side=False)
+        self.sock = tls
+        self.rfile = tls.makefile("rb", buffering=READ_BUFFER)
+        check_server(tls, link.peer_fingerprint)
+        assert link.peer_fingerprint is not None
+        return link.peer_fingerprint, link.own_fingerprint
 
     def close(self) -> None:
         if self.sock is not None:

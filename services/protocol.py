@@ -51,6 +51,7 @@ MAX_NAME_BYTES = 1024
 MAX_USERNAME_BYTES = 64
 NODE_ID_HEX = 32
 NONCE_HEX = 32
+FINGERPRINT_HEX = 64
 FRAME_HEADER = struct.Struct(">I")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"[0-9a-f]+")
@@ -178,6 +179,13 @@ def _str(raw: dict[str, Any], key: str, max_bytes: int) -> str:
     return value
 
 
+def _bool(raw: dict[str, Any], key: str) -> bool:
+    value = raw.get(key)
+    if not isinstance(value, bool):
+        raise MalformedMessage(f"{key!r} must be true or false")
+    return value
+
+
 def _hex(raw: dict[str, Any], key: str, length: int) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or len(value) != length or not HEX_RE.fullmatch(value):
@@ -266,6 +274,10 @@ class Announce:
     catalog_version: int
     seq: int
     sent_at: float
+    # SHA-256 of the node's certificate: its identity, which a client pins when it speaks
+    # TLS to it (inside the HMAC when a network key is set). None from 0.1 nodes.
+    fingerprint: str | None = None
+    tls: bool = False  # it accepts TLS connections only
 
 
 def encode_announce(ann: Announce, *, key: str | None) -> bytes:
@@ -280,6 +292,10 @@ def encode_announce(ann: Announce, *, key: str | None) -> bytes:
         "seq": ann.seq,
         "ts": round(ann.sent_at, 3),
     }
+    if ann.fingerprint is not None:
+        raw["fp"] = ann.fingerprint
+    if ann.tls:
+        raw["tls"] = True
     if key is not None:
         raw["mac"] = _mac(key, _canonical(raw))
     data = _canonical(raw)
@@ -315,7 +331,11 @@ def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float)
         catalog_version=_int(raw, "cv", 0, 2**62),
         seq=_int(raw, "seq", 0, 2**62),
         sent_at=_num(raw, "ts"),
+        fingerprint=_hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None,
+        tls=_bool(raw, "tls") if "tls" in raw else False,
     )
+    if ann.tls and ann.fingerprint is None:
+        raise MalformedMessage("announces TLS without a certificate fingerprint")
     if key is not None and abs(now - ann.sent_at) > max_age:
         raise WrongNetworkKey(f"announcement timestamp is {now - ann.sent_at:.0f} s off")
     return ann
@@ -347,6 +367,8 @@ def frame_length(header: bytes) -> int:
 @dataclass(frozen=True)
 class AuthRequest:
     mac: str
+    # Under TLS, the client's own fingerprint, bound into the MAC with the server's.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -375,13 +397,25 @@ class ChunkRequest:
 Request = AuthRequest | CatalogRequest | ManifestRequest | HaveRequest | ChunkRequest
 
 
-def auth_mac(key: str, nonce: str) -> str:
-    return _mac(key, AUTH_CONTEXT + nonce.encode())
+def auth_mac(key: str, nonce: str, channel: tuple[str, str] | None = None) -> str:
+    """The client's proof of the key for one connection: an HMAC of the server's nonce and,
+    under TLS, of `channel` = (server fingerprint, client fingerprint). A proof recorded or
+    relayed to another server, or through a relay with its own certificate, is worthless."""
+    bound = b"" if channel is None else b"\0".join((b"", *(fp.encode() for fp in channel)))
+    return _mac(key, AUTH_CONTEXT + nonce.encode() + bound)
 
 
-def check_auth(req: AuthRequest, *, key: str, nonce: str) -> None:
-    """Raises WrongNetworkKey unless the client proved it holds our key."""
-    if not hmac.compare_digest(req.mac, auth_mac(key, nonce)):
+def check_auth(
+    req: AuthRequest, *, key: str, nonce: str, server_fingerprint: str | None = None
+) -> None:
+    """Raises WrongNetworkKey unless the client proved it holds our key (under TLS: for this
+    server's fingerprint and the client fingerprint it names)."""
+    channel = None
+    if server_fingerprint is not None:
+        if req.fingerprint is None:
+            raise WrongNetworkKey("the key proof is not bound to this TLS connection")
+        channel = (server_fingerprint, req.fingerprint)
+    if not hmac.compare_digest(req.mac, auth_mac(key, nonce, channel)):
         raise WrongNetworkKey("wrong network key")
 
 
@@ -389,6 +423,8 @@ def encode_request(req: Request) -> bytes:
     raw: dict[str, Any]
     if isinstance(req, AuthRequest):
         raw = {"op": "auth", "mac": req.mac}
+        if req.fingerprint is not None:
+            raw["fp"] = req.fingerprint
     elif isinstance(req, CatalogRequest):
         raw = {"op": "catalog"}
     elif isinstance(req, ManifestRequest):
@@ -422,7 +458,8 @@ def decode_request(body: bytes) -> Request:
     if op == "catalog":
         return CatalogRequest()
     if op == "auth":
-        return AuthRequest(_hex(raw, "mac", 64))
+        fp = _hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None
+        return AuthRequest(_hex(raw, "mac", 64), fp)
     if op == "manifest":
         files = raw.get("files")
         if not isinstance(files, list) or not 0 < len(files) <= MAX_MANIFEST_FILES:
@@ -441,8 +478,12 @@ def decode_request(body: bytes) -> Request:
 
 @dataclass(frozen=True)
 class Welcome:
+    """The server's first frame, in clear. Under TLS it says so, and the client's TLS
+    handshake follows; a client expecting TLS refuses a welcome without it (a downgrade)."""
+
     nonce: str
     auth_required: bool
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -453,9 +494,10 @@ class ChunkHeader:
 
 
 def encode_welcome(w: Welcome) -> bytes:
-    return frame(
-        {"p2p": PROTOCOL_VERSION, "op": "welcome", "nonce": w.nonce, "auth": w.auth_required}
-    )
+    raw = {"p2p": PROTOCOL_VERSION, "op": "welcome", "nonce": w.nonce, "auth": w.auth_required}
+    if w.tls:
+        raw["tls"] = True
+    return frame(raw)
 
 
 def decode_welcome(body: bytes) -> Welcome:
@@ -463,10 +505,9 @@ def decode_welcome(body: bytes) -> Welcome:
     _check_version(raw, "the peer")
     if raw.get("op") != "welcome":
         raise MalformedMessage("the server did not start with a welcome")
-    auth = raw.get("auth")
-    if not isinstance(auth, bool):
-        raise MalformedMessage("'auth' must be true or false")
-    return Welcome(_hex(raw, "nonce", NONCE_HEX), auth)
+    auth = _bool(raw, "auth")
+    tls = _bool(raw, "tls") if "tls" in raw else False
+    return Welcome(_hex(raw, "nonce", NONCE_HEX), auth, tls)
 
 
 def encode_error(message: str) -> bytes:

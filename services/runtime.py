@@ -21,8 +21,10 @@ from pathlib import Path
 
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
+from p2pshare.services import identity
 from p2pshare.services.settings import Settings, SettingsError, load_settings
 from p2pshare.services.sha256chain import ChainUnavailable, check_available
+from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p")
 
@@ -41,6 +43,7 @@ class RoleContext:
     settings: Settings
     database: Database
     stop: threading.Event
+    tls: NodeTls
     started_at: float = field(default_factory=time.time)
     # What `p2pctl status` shows beside the role, e.g. "tcp 127.0.0.1:40123".
     detail: str = ""
@@ -127,13 +130,20 @@ def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
         settings = load_settings()
         settings.make_dirs()
         database = Database.open(settings.db_path)
-    except (SettingsError, SchemaError, StartupError, ChainUnavailable) as exc:
+        tls = NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
+    except (
+        SettingsError,
+        SchemaError,
+        StartupError,
+        ChainUnavailable,
+        identity.IdentityError,
+    ) as exc:
         print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except OSError as exc:
         print(f"p2p-{role}: cannot start: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    ctx = RoleContext(role, settings, database, stop_on_signals())
+    ctx = RoleContext(role, settings, database, stop_on_signals(), tls)
     log.info("starting (pid %d, home %s)", os.getpid(), settings.home)
     try:
         body(ctx)

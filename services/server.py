@@ -86,6 +86,7 @@ def record_settings(ctx: RoleContext, port: int) -> None:
             "download_dir": settings.download_dir,
             "upload_limit": settings.upload_limit,
             "chunk_size": settings.chunk_size or "auto",
+            "encrypt": ctx.tls.encrypt,
         }
     )
 
@@ -99,7 +100,7 @@ async def _serve_tcp(ctx: RoleContext, listener: socket.socket) -> None:
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=relay_stop, name="stop-relay", daemon=True).start()
-    await ChunkServer(ctx.settings, ctx.database, stop).run(listener)
+    await ChunkServer(ctx.settings, ctx.database, stop, ctx.tls).run(listener)
 
 
 def raise_fd_limit() -> None:

@@ -45,6 +45,7 @@ VARIABLES = (
     "P2P_UPLOAD_LIMIT",
     "P2P_NETWORK_KEY",
     "P2P_WAIT_TIMEOUT",
+    "P2P_ENCRYPT",
 )
 
 
@@ -69,6 +70,8 @@ class Settings:
     chunk_size: int | None
     upload_limit: int
     network_key: str | None
+    # TLS on every TCP connection (P2P_ENCRYPT; auto: exactly when a network key is set).
+    encrypt: bool
     # How long a download waits for a peer holding its missing chunks before it fails.
     wait_timeout: float
     config_file: Path | None
@@ -85,12 +88,17 @@ class Settings:
     def log_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def identity_dir(self) -> Path:
+        return self.home / "identity"
+
     def private_paths(self) -> tuple[Path, ...]:
         """Paths under the home that must never be indexed, should a share dir contain them."""
         db = self.db_path
         paths = [
             self.temp_dir,
             self.log_dir,
+            self.identity_dir,
             db,
             Path(f"{db}-wal"),
             Path(f"{db}-shm"),
@@ -166,6 +174,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_size=_chunk_size(get("P2P_CHUNK_SIZE")),
         upload_limit=_non_negative_int("P2P_UPLOAD_LIMIT", get("P2P_UPLOAD_LIMIT"), 0),
         network_key=get("P2P_NETWORK_KEY"),
+        encrypt=_encrypt(get("P2P_ENCRYPT"), keyed=get("P2P_NETWORK_KEY") is not None),
         wait_timeout=_positive_float(
             "P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"), DEFAULT_WAIT_TIMEOUT
         ),
@@ -253,6 +262,15 @@ def _chunk_size(raw: str | None) -> int | None:
     if value % 64:
         raise SettingsError(f"P2P_CHUNK_SIZE must be a multiple of 64 bytes, not {value}")
     return value
+
+
+def _encrypt(raw: str | None, *, keyed: bool) -> bool:
+    value = (raw or "auto").strip().lower()
+    if value == "auto":
+        return keyed  # a keyed group expects to be private in both senses
+    if value in ("on", "off"):
+        return value == "on"
+    raise SettingsError(f"P2P_ENCRYPT must be auto, on or off, not {raw!r}")
 
 
 def _address(name: str, raw: str) -> str:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from p2pshare.db.engine import Database
 from p2pshare.db.node import role_settings
+from p2pshare.services import identity
 from p2pshare.services.runtime import RoleContext, setting_text
+from p2pshare.services.tls import NodeTls
 from p2pshare.services.settings import load_settings
 
 
@@ -16,7 +18,8 @@ def test_values_are_recorded_as_text_with_the_installed_version(tmp_path: Path) 
     settings = load_settings({"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255"})
     database = Database.open(settings.db_path)
     try:
-        ctx = RoleContext("listener", settings, database, threading.Event())
+        tls = NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
+        ctx = RoleContext("listener", settings, database, threading.Event(), tls)
         ctx.record_settings(
             {"udp_port": 47474, "peer_ttl": 180.0, "network_key": False, "dir": tmp_path}
         )
