@@ -24,6 +24,8 @@ SOURCES = {
     "share_dir": ("server",),
     "download_dir": ("server", "downloader"),
     "network_key": ("listener", "announcer"),
+    "encrypt": ("announcer", "server", "listener"),
+    "fingerprint": ("announcer",),
 }
 FROM_INTERFACES = "interfaces"
 FROM_SETTING = "P2P_BROADCAST"
@@ -47,6 +49,8 @@ class NodeSettings:
     download_dir: str | None
     network_key: bool | None
     versions: dict[str, str]  # role -> p2pshare version it runs
+    encrypt: bool | None = None  # TLS on every connection
+    fingerprint: str | None = None  # SHA-256 of this node's certificate
 
 
 def from_recorded(recorded: dict[str, dict[str, str]]) -> NodeSettings:
@@ -60,6 +64,7 @@ def from_recorded(recorded: dict[str, dict[str, str]]) -> NodeSettings:
 
     broadcast = get("broadcast")
     key = get("network_key")
+    encrypt = get("encrypt")
     return NodeSettings(
         source="node",
         username=get("username"),
@@ -73,6 +78,8 @@ def from_recorded(recorded: dict[str, dict[str, str]]) -> NodeSettings:
         download_dir=get("download_dir"),
         network_key=None if key is None else key == "yes",
         versions={role: v["version"] for role, v in sorted(recorded.items()) if "version" in v},
+        encrypt=None if encrypt is None else encrypt == "yes",
+        fingerprint=get("fingerprint"),
     )
 
 
@@ -91,6 +98,7 @@ def from_shell(settings: Settings) -> NodeSettings:
         download_dir=str(settings.download_dir),
         network_key=settings.network_key is not None,
         versions={},
+        encrypt=settings.encrypt,
     )
 
 

@@ -14,6 +14,7 @@ from p2pshare.cli.context import Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
 from p2pshare.db import node as dbnode
 from p2pshare.db import reports
+from p2pshare.services.protocol import short_fingerprint
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 T = TypeVar("T")
@@ -104,6 +105,8 @@ def status_info(
         "share_dir": node.share_dir,
         "download_dir": node.download_dir,
         "network_key": node.network_key,
+        "encrypt": node.encrypt,
+        "fingerprint": node.fingerprint,
         "versions": node.versions,
         "roles": {
             r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
@@ -121,6 +124,7 @@ def settings_lines(
         f"announce  to {announce_targets(node)} every {seconds(node.announce_interval)}",
         f"folders   share {node.share_dir or '-'}, downloads {node.download_dir or '-'}",
         f"key       {KEY_WORDS[node.network_key]}",
+        f"identity  {identity_words(node)}",
     ]
     if node.versions:
         lines.append(f"version   {versions(node.versions)}")
@@ -133,6 +137,16 @@ def settings_lines(
             f"note      this shell's {', '.join(differs)} differ; above is what the node runs with"
         )
     return lines
+
+
+def identity_words(node: node_settings.NodeSettings) -> str:
+    """The fingerprint peers know this node by (its short form is what people compare)."""
+    link = {True: "TLS on every connection", False: "connections in clear", None: "-"}
+    if node.fingerprint is None:
+        return link[node.encrypt]
+    return (
+        f"{short_fingerprint(node.fingerprint)}, {link[node.encrypt]} (sha256 {node.fingerprint})"
+    )
 
 
 def announce_targets(node: node_settings.NodeSettings) -> str:
@@ -168,12 +182,14 @@ def peers(ctl: Ctl, as_json: bool) -> None:
         return
     now = time.time()
     emit_table(
-        ["username", "address", "port", "files", "last seen", "bad"],
+        ["username", "address", "port", "fingerprint", "link", "files", "last seen", "bad"],
         [
             [
                 p.username,
                 p.address,
                 p.tcp_port,
+                short_fingerprint(p.fingerprint) if p.fingerprint else "-",
+                p.link,
                 p.files,
                 ago(p.last_seen, now=now),
                 f"yes ({p.bad_files} files)" if p.bad_files else "no",

@@ -16,6 +16,7 @@ from p2pshare.db.models import (
     Holding,
     LocalFile,
     Peer,
+    RoleSetting,
     Upload,
 )
 
@@ -41,6 +42,10 @@ class PeerRow:
     last_seen: float
     bad_files: int
     node_id: str
+    fingerprint: str | None  # SHA-256 of its certificate, its identity across restarts
+    tls: bool  # it takes TLS connections only
+    # tls, clear, or why this node and it cannot talk (one encrypts, the other not)
+    link: str
 
 
 @dataclass(frozen=True)
@@ -122,9 +127,35 @@ def list_peers(session: Session) -> list[PeerRow]:
         .outerjoin(bad, (bad.c.address == Peer.address) & (bad.c.tcp_port == Peer.tcp_port))
         .order_by(Peer.last_seen.desc())
     )
+    encrypt = session.scalar(
+        select(RoleSetting.value).where(
+            RoleSetting.role == "listener", RoleSetting.name == "encrypt"
+        )
+    )
     return [
-        PeerRow(p.username, p.address, p.tcp_port, n, p.last_seen, b, p.node_id) for p, n, b in rows
+        PeerRow(
+            p.username,
+            p.address,
+            p.tcp_port,
+            n,
+            p.last_seen,
+            b,
+            p.node_id,
+            p.fingerprint,
+            p.tls,
+            link_state(None if encrypt is None else encrypt == "yes", p.tls),
+        )
+        for p, n, b in rows
     ]
+
+
+def link_state(own_encrypt: bool | None, peer_tls: bool) -> str:
+    """How this node talks to a peer, as `p2pctl peers` says it."""
+    if own_encrypt is None or own_encrypt == peer_tls:
+        return "tls" if peer_tls else "clear"
+    if own_encrypt:
+        return "cannot talk: it does not encrypt, this node does"
+    return "cannot talk: it encrypts, this node does not"
 
 
 def matches(name: str, pattern: str | None) -> bool:

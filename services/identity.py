@@ -37,12 +37,6 @@ class Identity:
     fingerprint: str  # SHA-256 of the DER certificate, lowercase hex
 
 
-def short_fingerprint(fingerprint: str) -> str:
-    """The first 64 bits, in groups people can read to each other: 3F2A-9C1B-77E0-4D21."""
-    head = fingerprint[:16].upper()
-    return "-".join(head[i : i + 4] for i in range(0, 16, 4))
-
-
 def load_or_create(folder: Path) -> Identity:
     """This node's identity, created at first use. Raises IdentityError."""
     path = folder / IDENTITY_FILE

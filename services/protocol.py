@@ -91,6 +91,13 @@ class FileKey(NamedTuple):
     root: str
 
 
+def short_fingerprint(fingerprint: str) -> str:
+    """The first 64 bits of a fingerprint, in groups people can read to each other
+    (3F2A-9C1B-77E0-4D21), as Syncthing users compare device IDs."""
+    head = fingerprint[:16].upper()
+    return "-".join(head[i : i + 4] for i in range(0, 16, 4))
+
+
 def manifest_root(entries: list[str]) -> str:
     """The root a manifest is offered under: SHA-256 of its 32-byte entries concatenated."""
     return hashlib.sha256(b"".join(bytes.fromhex(e) for e in entries)).hexdigest()

@@ -13,8 +13,8 @@ import ssl
 from dataclasses import dataclass
 from functools import cached_property
 
-from p2pshare.services.identity import Identity, short_fingerprint
-from p2pshare.services.protocol import ProtocolError
+from p2pshare.services.identity import Identity
+from p2pshare.services.protocol import ProtocolError, short_fingerprint
 
 
 class CannotTalk(ProtocolError):

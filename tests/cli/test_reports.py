@@ -258,12 +258,14 @@ def test_status_json(seeded: Path) -> None:
 
 def test_peers(seeded: Path) -> None:
     out = ok(p2pctl(seeded, "peers"))
-    assert row_of(out, "alice").split()[:4] == ["alice", "127.0.0.2", "5001", "2"]
+    # A peer that announced no certificate (a 0.1 node) has no fingerprint to show.
+    assert row_of(out, "alice").split()[:6] == ["alice", "127.0.0.2", "5001", "-", "clear", "2"]
     [peer] = as_json(p2pctl(seeded, "peers", "--json"))
     assert peer["username"] == "alice"
     assert (peer["address"], peer["tcp_port"]) == ("127.0.0.2", 5001)
     assert (peer["files"], peer["bad_files"]) == (2, 0)
     assert peer["node_id"] == NODE_A
+    assert (peer["fingerprint"], peer["tls"], peer["link"]) == (None, False, "clear")
     assert isinstance(peer["last_seen"], float)
 
 
