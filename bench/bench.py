@@ -58,6 +58,14 @@ GOALS: dict[str, tuple[str, str, float, str]] = {
     "lt3": ("three seeders >= 2x libtorrent with three seeders", ">=", 2.0, "transfer"),
     "index": ("first index >= 0.9x sha256sum", ">=", 0.9, "index"),
     "rss": ("peak RSS < 100 MB for each role", "<", 100.0, "transfer"),
+    # Issue 12's.
+    "tls": ("encrypted one seeder >= 1.0x curl over HTTPS from nginx", ">=", 1.0, "encrypted"),
+    "tls-cpu": (
+        "encrypted: CPU/GiB reported beside curl + nginx over HTTPS",
+        "<=",
+        1e9,
+        "encrypted",
+    ),
 }
 
 
@@ -235,13 +243,15 @@ class Bench:
         cpus: str | None = None,
         cold: bool = False,
         clients: tuple[str, ...] = CLIENTS,
+        tls: bool = False,
     ) -> tuple[Transfer, dict[str, list[Fetch]]]:
         """self.reps rounds of: leech downloads src (linked into seeder's share as src.name),
         then each installed HTTP client fetches it from nginx (pinned to cpus like the nodes).
 
         Interleaved, so a burst of load elsewhere costs both alike; the idle nodes stay up
         meanwhile (their housekeeping is a few hundredths of a core). cold: drop src from
-        the page cache before each download and each fetch (read from disk).
+        the page cache before each download and each fetch (read from disk). tls: nginx
+        serves HTTPS (TLS 1.3).
         """
         out = Transfer()
         http: dict[str, list[Fetch]] = {}
@@ -250,7 +260,8 @@ class Bench:
         with contextlib.ExitStack() as stack:
             web = None
             if usable:
-                web = stack.enter_context(Nginx(src.parent, src.parent.parent / "nginx", cpus))
+                conf = src.parent.parent / ("nginx-tls" if tls else "nginx")
+                web = stack.enter_context(Nginx(src.parent, conf, cpus, tls=tls))
             for _ in range(self.reps):
                 if before is not None:
                     before()
@@ -413,6 +424,39 @@ class Bench:
                 )
             )
         self._rss_row([leech, *seeders])
+        self.stop_all()
+
+    def encrypted(self) -> None:
+        """One keyed seeder (TLS 1.3, P2P_ENCRYPT=auto) against curl over HTTPS from nginx
+        (TLS 1.3), and against a keyed pair with P2P_ENCRYPT=off, the same file in one run."""
+        self.make_big()
+        key = {"P2P_NETWORK_KEY": "bench"}
+        seeder, leech = self.node("tls-seed", **key), self.node("tls-leech", **key)
+        clear = [self.node(f"clear-{n}", P2P_ENCRYPT="off", **key) for n in ("seed", "leech")]
+        self.start(seeder, leech, *clear)
+        self.seed([seeder, clear[0]])
+        wait_for(lambda: leech.knows("big.bin", 1), 120, "the TLS leecher to learn the file")
+        wait_for(lambda: clear[1].knows("big.bin", 1), 120, "the clear leecher to learn it")
+        tls, https = self.one_seeder(seeder, leech, self.big, tls=True)
+        plain, _ = self.one_seeder(clear[0], clear[1], self.big, clients=())
+        label = f"encrypted, 1 seeder, {self.size // MIB} MiB"
+        self.speed_and_cpu_rows(label, tls, https, {"speed": "tls", "cpu": "reported beside it"})
+        for row in self.rows[-2:]:
+            row.scenario = row.scenario.replace("from nginx", "over HTTPS from nginx")
+        tls_both = tls.cpu_per_gib(self.size)[0]
+        plain_both = plain.cpu_per_gib(self.size)[0]
+        self.rows.append(
+            Row(
+                f"{label} vs p2pshare in clear (MB/s; CPU/GiB dl + srv)",
+                f"{mbps(self.size, median(tls.seconds)):.0f} MB/s, {tls_both:.2f} s/GiB",
+                f"{mbps(self.size, median(plain.seconds)):.0f} MB/s, {plain_both:.2f} s/GiB",
+                f"{median(plain.seconds) / median(tls.seconds):.2f}x, "
+                f"{tls_both / plain_both:.2f}x CPU",
+                "",
+                "reference",
+                {"tls_s": tls.seconds, "clear_s": plain.seconds},
+            )
+        )
         self.stop_all()
 
     def _rss_row(self, nodes: list[BenchNode]) -> None:
@@ -879,6 +923,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "limit": Bench.rate_limited,
     "discovery": Bench.discovery,
     "catalog": Bench.catalog,
+    "encrypted": Bench.encrypted,
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli
@@ -948,7 +993,9 @@ def main() -> None:
         )
     )
     print()
-    print(tabulate(goal_table(bench.rows, ran), headers=["issue 10 goal", "measured", ""]))
+    print(
+        tabulate(goal_table(bench.rows, ran), headers=["goal (issues 10 and 12)", "measured", ""])
+    )
     print(
         f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at start "
         f"{', '.join(f'{x:.1f}' for x in load[0])}, at end {', '.join(f'{x:.1f}' for x in load[1])}"

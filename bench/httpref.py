@@ -39,10 +39,15 @@ def taskset(cpus: str | None) -> list[str]:
 class Nginx:
     """nginx in the foreground with one worker, serving `folder`; `with Nginx(...) as web:`."""
 
-    def __init__(self, folder: Path, conf_dir: Path, cpus: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, conf_dir: Path, cpus: str | None = None, *, tls: bool = False
+    ) -> None:
         self.folder = folder
         self.conf_dir = conf_dir
         self.cpus = cpus
+        # HTTPS, TLS 1.3 only, with a self-signed certificate the clients do not check
+        # (as p2pshare checks no authority either: it pins a fingerprint instead).
+        self.tls = tls
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,12 +60,18 @@ class Nginx:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         conf = self.conf_dir / "nginx.conf"
+        listen = f"127.0.0.1:{self.port}"
+        if self.tls:
+            cert, key = self._certificate()
+            listen += (
+                f" ssl; ssl_protocols TLSv1.3; ssl_certificate {cert}; ssl_certificate_key {key}"
+            )
         conf.write_text(f"""
 daemon off; worker_processes 1; pid {self.conf_dir}/nginx.pid;
 error_log {self.conf_dir}/error.log;
 events {{ worker_connections 64; }}
 http {{ access_log off; sendfile on; tcp_nopush on;
-  server {{ listen 127.0.0.1:{self.port}; root {self.folder}; }} }}
+  server {{ listen {listen}; root {self.folder}; }} }}
 """)
         self.proc = subprocess.Popen(
             [*taskset(self.cpus), nginx, "-c", str(conf), "-p", str(self.conf_dir)],
@@ -85,6 +96,18 @@ http {{ access_log off; sendfile on; tcp_nopush on;
             self.proc.wait()
             self.proc = None
 
+    def _certificate(self) -> tuple[Path, Path]:
+        """A P-256 key and self-signed certificate, as a p2pshare node's identity has."""
+        cert, key = self.conf_dir / "cert.pem", self.conf_dir / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+            + ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"]
+            + ["-subj", "/CN=127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+
     def pids(self) -> list[int]:
         """nginx's master and its worker(s)."""
         assert self.proc is not None
@@ -92,7 +115,7 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         return [master, *children(master)]
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/{name}"
 
     def fetch(
         self,
@@ -106,8 +129,10 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         if path is None:
             raise FileNotFoundError(client)
         args = {
-            "curl": ["-sSf", "-o", str(dest), self.url(name)],
+            "curl": ["-sSf", *(["-k", "--tlsv1.3"] if self.tls else []), "-o", str(dest)]
+            + [self.url(name)],
             "aria2c": [
+                *(["--check-certificate=false"] if self.tls else []),
                 "-q",
                 "-x1",
                 "--allow-overwrite=true",
