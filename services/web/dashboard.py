@@ -16,6 +16,8 @@ from p2pshare.services.web import chart
 from p2pshare.services.web.sampler import RateSampler
 
 RUNNING = ("queued", "active", "waiting", "paused")
+# A finished download stays among the progress bars, at 100 %, for this long.
+RECENT_SECONDS = 120.0
 HISTORY_ROWS = 30
 UPLOAD_ROWS = 30
 FILE_ROWS = 500
@@ -36,6 +38,7 @@ class Progress:
     eta: float | None  # seconds
     peers: int
     sources: list[str]  # usernames of the peers it got bytes from
+    saved_as: str | None
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,17 @@ def view(
         peers = reports.list_peers(s)
         files = reports.list_files(s, query or None)
         downloads = reports.list_downloads(s, HISTORY_ROWS + 20)
-        running_ids = [d.id for d in downloads if d.status in RUNNING]
-        follow = {f.id: f for f in dbreq.follow_states(s, running_ids)}
+        shown = [
+            d
+            for d in downloads
+            if d.status in RUNNING or (d.finished_at or 0) >= now - RECENT_SECONDS
+        ]
+        follow = {f.id: f for f in dbreq.follow_states(s, [d.id for d in shown])}
         uploads = reports.list_uploads(s, UPLOAD_ROWS)
         since = now - chart.WINDOW_SECONDS
         up = reports.upload_buckets(s, since=since, bucket_seconds=chart.BUCKET_SECONDS)
     progress = [
-        _progress(d, follow[d.id].peers if d.id in follow else 0, sampler, now)
-        for d in downloads
-        if d.status in RUNNING
+        _progress(d, follow[d.id].peers if d.id in follow else 0, sampler, now) for d in shown
     ]
     down = chart.bucket_rates(
         (
@@ -110,10 +115,21 @@ def _progress(d: reports.DownloadRow, peers: int, sampler: RateSampler, now: flo
     rate = sampler.rate(d.id, now=now) if d.status == "active" else None
     left = max(0, d.size - d.bytes_done)
     eta = left / rate if rate else None
-    percent = 100 if d.size == 0 else min(100, d.bytes_done * 100 // d.size)
+    percent = 100 if d.size == 0 or d.status == "done" else min(100, d.bytes_done * 100 // d.size)
     sources = list(dict.fromkeys(n or a for n, a in zip(d.peer_names, d.peers, strict=True)))
     return Progress(
-        d.id, d.name, d.size, d.status, d.reason, d.bytes_done, percent, rate, eta, peers, sources
+        d.id,
+        d.name,
+        d.size,
+        d.status,
+        d.reason,
+        d.bytes_done,
+        percent,
+        rate,
+        eta,
+        peers,
+        sources,
+        d.saved_as,
     )
 
 

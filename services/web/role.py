@@ -30,7 +30,9 @@ def open_socket(bind: str, port: int) -> socket.socket:
         sock.bind((bind, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+        raise StartupError(
+            f"cannot listen on {bind}:{port} (P2P_WEB_BIND, P2P_WEB_PORT): {exc.strerror}"
+        ) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
