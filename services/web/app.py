@@ -246,6 +246,8 @@ def make_app(web: Web) -> Starlette:
     def _answer(request: Request, action: dashboard.Action, status: int) -> Response:
         if wants_json(request):
             return JSONResponse({"ok": action.ok, "message": action.message}, status_code=status)
+        if status in (400, 403):  # refused outright: no note on the dashboard for it
+            return error_response(env, request, status, action.message)
         key = secrets.token_hex(8)
         web.notes[key] = action
         while len(web.notes) > KEEP_NOTES:
