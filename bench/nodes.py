@@ -70,6 +70,9 @@ class BenchNode:
             P2P_UDP_PORT=str(udp_port),
             P2P_ANNOUNCE_INTERVAL="5",
             P2P_USERNAME=label,
+            # The benchmark measures the four roles; the web program idles, listening nowhere
+            # (and several nodes on one host would want the same default port).
+            P2P_WEB_PORT="off",
         )
         env.update({k: str(v) for k, v in settings.items()})
         self.env = env

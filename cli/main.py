@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from p2pshare.cli import download, reports
+from p2pshare.cli import download, reports, share
 from p2pshare.cli.context import Ctl, UserError
 
 
@@ -30,6 +30,7 @@ for command in (
     download.pause,
     download.resume,
     download.cancel,
+    share.share_link,
 ):
     cli.add_command(command)
 

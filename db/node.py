@@ -75,11 +75,13 @@ def clear_heartbeat(session: Session, role: str, *, pid: int) -> None:
         session.delete(beat)
 
 
-def role_statuses(session: Session, *, now: float) -> list[RoleStatus]:
-    """Every known role, alive or not, in ROLES order."""
+def role_statuses(
+    session: Session, *, now: float, roles: tuple[str, ...] = ROLES
+) -> list[RoleStatus]:
+    """Every known role (or those asked for, such as `web`), alive or not, in that order."""
     beats = {b.role: b for b in session.scalars(select(Heartbeat))}
     out = []
-    for role in ROLES:
+    for role in roles:
         b = beats.get(role)
         if b is None:
             out.append(RoleStatus(role, False, None, None, None, ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from sqlalchemy import case, distinct, func, select
+from sqlalchemy import Integer, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import (
@@ -253,3 +253,67 @@ def list_uploads(session: Session, limit: int = 100) -> list[UploadRow]:
         UploadRow(u.at, u.peer_address, u.name, u.sha256, u.chunk_index, u.bytes, u.seconds)
         for u in rows
     ]
+
+
+@dataclass(frozen=True)
+class LocalFileRow:
+    """A file this node itself holds, as the index last saw it (for the browser share)."""
+
+    root: str  # 'share' or 'download'
+    name: str  # '/'-separated, relative to the root
+    size: int
+    sha256: str
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+
+def list_local_files(session: Session) -> list[LocalFileRow]:
+    """Every indexed file of the share and download folders, by root then name."""
+    rows = session.execute(
+        select(
+            LocalFile.root,
+            LocalFile.name,
+            LocalFile.size,
+            File.sha256,
+            LocalFile.mtime_ns,
+            LocalFile.ctime_ns,
+            LocalFile.inode,
+        )
+        .join(File, File.id == LocalFile.file_id)
+        .order_by(LocalFile.root, LocalFile.name)
+    )
+    return [LocalFileRow(*row) for row in rows]
+
+
+def local_file(session: Session, root: str, name: str) -> LocalFileRow | None:
+    """The indexed file `name` under `root`, or None when the index holds no such file."""
+    row = session.execute(
+        select(
+            LocalFile.root,
+            LocalFile.name,
+            LocalFile.size,
+            File.sha256,
+            LocalFile.mtime_ns,
+            LocalFile.ctime_ns,
+            LocalFile.inode,
+        )
+        .join(File, File.id == LocalFile.file_id)
+        .where(LocalFile.root == root, LocalFile.name == name)
+    ).first()
+    return None if row is None else LocalFileRow(*row)
+
+
+def upload_buckets(session: Session, *, since: float, bucket_seconds: float) -> dict[int, int]:
+    """Bytes served per time bucket since `since`: bucket number (0 at `since`) -> bytes."""
+    bucket = func.cast((Upload.at - since) / bucket_seconds, Integer)
+    rows = session.execute(
+        select(bucket, func.sum(Upload.bytes)).where(Upload.at >= since).group_by(bucket)
+    )
+    return {int(b): int(n) for b, n in rows}
+
+
+def received_bytes(session: Session) -> dict[int, int]:
+    """Every byte received so far by each unfinished or recent download: id -> bytes."""
+    rows = session.execute(select(Download.id, Download.bytes_received))
+    return {int(i): int(n) for i, n in rows}

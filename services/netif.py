@@ -30,3 +30,25 @@ def interface_broadcasts() -> list[str]:
             if address != "0.0.0.0" and address not in out:
                 out.append(address)
     return out
+
+
+SIOCGIFADDR = 0x8915
+
+
+def interface_addresses() -> list[str]:
+    """IPv4 addresses of the up, non-loopback interfaces (for a link a phone can open)."""
+    out: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            ifreq = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack("H", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq)[16:18])[0]
+                if not flags & IFF_UP or flags & IFF_LOOPBACK:
+                    continue
+                raw = fcntl.ioctl(sock, SIOCGIFADDR, ifreq)[20:24]
+            except OSError:
+                continue
+            address = socket.inet_ntoa(raw)
+            if address != "0.0.0.0" and address not in out:
+                out.append(address)
+    return out

@@ -19,6 +19,8 @@ from pathlib import Path
 DEFAULT_UDP_PORT = 47474
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 600.0
+DEFAULT_WEB_BIND = "127.0.0.1"
+DEFAULT_WEB_PORT = 47480
 # A peer is forgotten after this many missed announcements.
 TTL_INTERVALS = 3
 MIN_CHUNK_SIZE = 256 * 1024
@@ -46,6 +48,9 @@ VARIABLES = (
     "P2P_NETWORK_KEY",
     "P2P_WAIT_TIMEOUT",
     "P2P_ENCRYPT",
+    "P2P_WEB_BIND",
+    "P2P_WEB_PORT",
+    "P2P_WEB_SHARE",
 )
 
 
@@ -75,6 +80,11 @@ class Settings:
     # How long a download waits for a peer holding its missing chunks before it fails.
     wait_timeout: float
     config_file: Path | None
+    # The web program (services/web): its address, its port (None: P2P_WEB_PORT=off, the
+    # program idles) and whether it serves this node's own files at /share/.
+    web_bind: str = DEFAULT_WEB_BIND
+    web_port: int | None = DEFAULT_WEB_PORT
+    web_share: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -106,6 +116,7 @@ class Settings:
             self.home / CONFIG_NAME,
             self.home / "supervisor.sock",
             self.home / "supervisord.pid",
+            self.home / "web-token",
         ]
         if self.config_file is not None:
             paths.append(self.config_file)
@@ -179,6 +190,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"), DEFAULT_WAIT_TIMEOUT
         ),
         config_file=config_path if config_path.is_file() else None,
+        web_bind=_address("P2P_WEB_BIND", get("P2P_WEB_BIND") or DEFAULT_WEB_BIND),
+        web_port=_web_port(get("P2P_WEB_PORT")),
+        web_share=_flag("P2P_WEB_SHARE", get("P2P_WEB_SHARE")),
     )
 
 
@@ -227,6 +241,23 @@ def _port(name: str, raw: str | None, default: int, *, allow_zero: bool = True) 
     if not low <= port <= 65535:
         raise SettingsError(f"{name} must be a port between {low} and 65535, not {port}")
     return port
+
+
+def _web_port(raw: str | None) -> int | None:
+    if raw is not None and raw.strip().lower() == "off":
+        return None
+    return _port("P2P_WEB_PORT", raw, DEFAULT_WEB_PORT)
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise SettingsError(f"{name} must be 0 or 1, not {raw!r}")
 
 
 def _non_negative_int(name: str, raw: str | None, default: int) -> int:

@@ -38,6 +38,8 @@ from p2pshare.services import protocol
 REPO = Path(__file__).resolve().parents[2]
 SUPERVISORD_CONF = REPO / "supervisord.conf"
 ROLES = ("server", "announcer", "listener", "downloader")
+# Logs checked at teardown: the roles and the web program supervisord runs beside them.
+LOG_NAMES = (*ROLES, "web")
 LOOPBACK_BROADCAST = "127.255.255.255"
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 10.0
@@ -153,6 +155,9 @@ class Node:
             P2P_BROADCAST=LOOPBACK_BROADCAST,
             P2P_ANNOUNCE_INTERVAL="2",
             P2P_USERNAME=self.username,
+            # Several nodes on one host: each web program takes a free loopback port.
+            P2P_WEB_BIND=LOOPBACK,
+            P2P_WEB_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         for key, value in settings.items():
@@ -367,7 +372,9 @@ class Node:
     def logs(self) -> dict[str, str]:
         """Role log text by role (those that exist)."""
         return {
-            role: self.log(role) for role in ROLES if (self.home / "logs" / f"{role}.log").exists()
+            role: self.log(role)
+            for role in LOG_NAMES
+            if (self.home / "logs" / f"{role}.log").exists()
         }
 
     def log_problems(self) -> list[str]:

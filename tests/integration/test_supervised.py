@@ -15,6 +15,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROLES = ("server", "announcer", "listener", "downloader")
+# supervisord runs the web program beside the four roles.
+PROGRAMS = (*ROLES, "web")
 TABLES = ("peers", "files", "chunks", "holdings", "downloads", "uploads")
 
 
@@ -30,9 +32,9 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     def all_running():
         done = node.supervisorctl("status")
         states = dict(re.findall(r"^p2p:(\w+)\s+(\w+)", done.stdout, re.M))
-        return states if states == {r: "RUNNING" for r in ROLES} else None
+        return states if states == {r: "RUNNING" for r in PROGRAMS} else None
 
-    wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 4 programs RUNNING")
+    wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 5 programs RUNNING")
 
     # p2pctl status --json: every role alive, the real TCP port and our UDP port.
     status = node.p2pctl_json("status")
@@ -96,7 +98,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
         assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"{role} ({pid}) survived"
     supervisord_log = (node.home / "logs" / "supervisord.log").read_text()
     stopped = dict(re.findall(r"stopped: (\w+) \((.*?)\)", supervisord_log))
-    assert stopped == {r: "exit status 0" for r in ROLES}, supervisord_log[-3000:]
+    assert stopped == {r: "exit status 0" for r in PROGRAMS}, supervisord_log[-3000:]
     # Each role cleared its own heartbeat on the way out; the server its port.
     assert node.sql("SELECT role FROM heartbeats") == []
     assert node.tcp_port() is None

@@ -1,0 +1,3 @@
+from p2pshare.services.web.role import main
+
+main()

@@ -1,0 +1,82 @@
+"""Who may talk to the web program: the Host check, the token and the CSRF token.
+
+- Host: a page on another site can point a DNS name it controls at 127.0.0.1 (DNS
+  rebinding) and then read our pages as its own origin. Syncthing's GUI answers that by
+  refusing any Host that is not the GUI's address or localhost; so do we. On loopback
+  the Host must be `localhost` or a loopback address; off loopback an IP address or
+  `localhost` (a rebinding attack needs a DNS name, and the token guards the rest).
+- Token: `/share/` always needs the node's web token; the dashboard needs it when the
+  program listens off loopback. Given once as `?token=`, it is kept in an HttpOnly,
+  SameSite=Strict cookie.
+- CSRF: every state-changing request is a POST carrying the CSRF token (a form field
+  or the X-CSRF-Token header); an Origin header, when sent, must match the Host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+TOKEN_COOKIE = "p2p_token"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = ("GET", "HEAD")
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str | None:
+    """The name part of a Host header (`[::1]:8080` -> `::1`), lowercased; None if malformed."""
+    host = host_header.strip().lower()
+    if not host or any(c in host for c in "/@?# "):
+        return None
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name
+    name, colon, port = host.partition(":")
+    if colon and not port.isdigit():
+        return None
+    return name
+
+
+def host_allowed(host_header: str | None, bind: str) -> bool:
+    """Whether a request's Host header may reach a program bound to `bind`."""
+    if host_header is None:
+        return False
+    name = host_name(host_header)
+    if name is None:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # a DNS name: what a rebinding attack sends
+    if is_loopback(bind):
+        return address.is_loopback
+    return True
+
+
+def origin_matches(origin: str | None, host_header: str | None) -> bool:
+    """A cross-site POST carries another site's Origin; ours carries our own Host."""
+    if origin is None:
+        return True
+    if origin == "null" or host_header is None:
+        return False
+    return urlsplit(origin).netloc.lower() == host_header.strip().lower()
+
+
+def needs_token(path: str, bind: str) -> bool:
+    """The share always needs the token; everything else only off loopback."""
+    if path == "/share" or path.startswith("/share/"):
+        return True
+    if path.startswith("/static/"):
+        return False
+    return not is_loopback(bind)
