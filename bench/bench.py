@@ -280,7 +280,12 @@ class Bench:
         return out, http
 
     def speed_and_cpu_rows(
-        self, label: str, t: Transfer, http: dict[str, list[Fetch]], goals: dict[str, str]
+        self,
+        label: str,
+        t: Transfer,
+        http: dict[str, list[Fetch]],
+        goals: dict[str, str],
+        via: str = "from nginx",
     ) -> None:
         """Rows comparing a one-seeder Transfer with curl (+ aria2c) from nginx: MB/s and
         CPU-seconds per GiB. goals maps "speed"/"cpu" to a GOALS key or a goal text."""
@@ -293,7 +298,7 @@ class Bench:
             if not fetches:
                 self.rows.append(
                     Row(
-                        f"{label} vs {client} from nginx",
+                        f"{label} vs {client} {via}",
                         "-",
                         "skipped",
                         "-",
@@ -306,7 +311,7 @@ class Bench:
             ratio = median(secs) / median(t.seconds)
             self.rows.append(
                 Row(
-                    f"{label} vs {client} from nginx",
+                    f"{label} vs {client} {via}",
                     f"{rate:.0f} MB/s",
                     f"{mbps(self.size, median(secs)):.0f} MB/s",
                     f"{ratio:.2f}x",
@@ -440,9 +445,8 @@ class Bench:
         tls, https = self.one_seeder(seeder, leech, self.big, tls=True)
         plain, _ = self.one_seeder(clear[0], clear[1], self.big, clients=())
         label = f"encrypted, 1 seeder, {self.size // MIB} MiB"
-        self.speed_and_cpu_rows(label, tls, https, {"speed": "tls", "cpu": "reported beside it"})
-        for row in self.rows[-2:]:
-            row.scenario = row.scenario.replace("from nginx", "over HTTPS from nginx")
+        goals = {"speed": "tls", "cpu": "reported beside it"}
+        self.speed_and_cpu_rows(label, tls, https, goals, via="over HTTPS from nginx")
         tls_both = tls.cpu_per_gib(self.size)[0]
         plain_both = plain.cpu_per_gib(self.size)[0]
         self.rows.append(
