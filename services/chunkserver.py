@@ -197,6 +197,7 @@ class ChunkServer:
     async def _start_tls(self, writer: asyncio.StreamWriter, stats: ConnStats) -> bool:
         """The TLS handshake that must follow our welcome. False (logged, in one line) when
         the client does not speak TLS or gives up."""
+        clear = writer.transport
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await writer.start_tls(self.tls.server_context)
@@ -207,6 +208,13 @@ class ChunkServer:
                 stats.peer,
                 exc.reason or exc,
             )
+            return False
+        except AttributeError:
+            # Python 3.11's StreamWriter.start_tls, when the client hangs up right after its
+            # handshake, is handed no transport and fails on it; give the writer back the
+            # connection it had, so closing the writer closes it.
+            writer._transport = clear  # type: ignore[attr-defined]  # noqa: SLF001
+            log.info("connection from %s closed during the TLS handshake", stats.peer)
             return False
         return True
 

@@ -52,9 +52,9 @@ class PeerClient:
         self.rfile = sock.makefile("rb", buffering=READ_BUFFER)
         try:
             welcome = protocol.decode_welcome(self._read_frame())
-            channel = self._start_tls(welcome)
             if welcome.auth_required and self.key is None:
                 raise protocol.WrongNetworkKey("the peer requires a network key")
+            channel = self._start_tls(welcome)
             if self.key is not None:
                 mac = protocol.auth_mac(self.key, welcome.nonce, channel)
                 self.send(protocol.AuthRequest(mac, channel[1] if channel else None))

@@ -412,7 +412,9 @@ def _fetch_catalog_raw(port: int, auth: str | None) -> dict:
 
 
 def test_network_key_separates_nodes(make_node, wait_until):
-    fast = {"P2P_ANNOUNCE_INTERVAL": 1}
+    # In clear, so the raw client below speaks to the server as an outsider would (under
+    # TLS, tests/reliability/test_encryption.py).
+    fast = {"P2P_ANNOUNCE_INTERVAL": 1, "P2P_ENCRYPT": "off"}
     a = make_node("a", P2P_NETWORK_KEY="our secret", **fast)
     b = make_node("b", P2P_NETWORK_KEY="our secret", **fast)
     c = make_node("c", P2P_NETWORK_KEY="their secret", **fast)

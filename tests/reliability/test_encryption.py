@@ -18,14 +18,17 @@ from pathlib import Path
 
 import pytest
 from conftest import DatagramCapture, Node, pick_udp_port, send_datagram, wait_until
-from nodetools import seed, wait_known
+from nodetools import raw_exchange, seed, split_frames, wait_known
 from taprelay import TapRelay
 
 from p2pshare.services import identity, protocol
+from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.tls import NodeTls
 
 pytestmark = pytest.mark.reliability
 
 KEY = "correct horse battery staple"
+LOOPBACK = "127.0.0.1"
 TIMEOUT = 90.0  # a bound for a busy machine, not an expectation
 
 
@@ -184,3 +187,39 @@ def test_a_restarted_peer_keeps_its_fingerprint_and_replays_cannot_change_it(
     status = peer.p2pctl_json("status")
     assert status["fingerprint"] == fingerprint
     assert protocol.short_fingerprint(fingerprint) in watcher.p2pctl("peers").stdout
+
+
+def test_under_tls_a_wrong_key_learns_nothing_not_even_the_catalog(
+    make_node: Callable[..., Node],
+) -> None:
+    a = make_node("keyed-a", P2P_NETWORK_KEY=KEY)
+    b = make_node("keyed-b", P2P_NETWORK_KEY=KEY)
+    wrong = make_node("wrong", P2P_NETWORK_KEY="another key")
+    seed(a, "plans.bin", b"the plans" * 1000)
+    for node in (a, b, wrong):
+        node.start()
+    wait_known(b, "plans.bin", timeout=TIMEOUT)
+    wait_until(
+        lambda: "HMAC does not match our network key" in wrong.log("listener"),
+        TIMEOUT,
+        what="the wrong-key node to refuse the group's announcements",
+    )
+    assert wrong.sql("SELECT count(*) FROM peers") == [(0,)]
+    [(a_fp,)] = b.sql("SELECT fingerprint FROM peers")
+    port = a.tcp_port()
+    assert port
+    tls = NodeTls(identity.load_or_create(wrong.home / "identity"), encrypt=True)
+    link = tls.link(True, a_fp)  # as if it knew a's fingerprint: it does not even
+
+    # No key, a wrong key, a clear client: nobody gets past the TLS handshake and proof.
+    with pytest.raises(protocol.WrongNetworkKey):
+        PeerClient(LOOPBACK, port, key=None, link=link).connect()
+    with pytest.raises(protocol.RemoteRefused):
+        PeerClient(LOOPBACK, port, key="another key", link=link).connect()
+    clear = split_frames(raw_exchange(port, protocol.encode_request(protocol.CatalogRequest())))
+    assert len(clear) == 1 and clear[0]["op"] == "welcome" and clear[0]["tls"] is True
+    wait_until(lambda: "does not speak TLS" in a.log("server"), TIMEOUT, what="the refusal logged")
+    # The right key, through the same pinned TLS: the catalog.
+    with PeerClient(LOOPBACK, port, key=KEY, link=link) as client:
+        _, entries = client.catalog()
+    assert [e.name for e in entries] == ["plans.bin"]

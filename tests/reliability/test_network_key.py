@@ -69,16 +69,22 @@ def wait_caught_up(node: Node, capture: DatagramCapture, node_id: str) -> None:
     wait_until(caught_up, 60, what=f"{node} to handle the last announcement of {node_id[:8]}")
 
 
-def keyed_pair(make_node: Callable[..., Node]) -> tuple[Node, Node]:
-    a = make_node("keyed-a", P2P_NETWORK_KEY=KEY, P2P_PEER_TTL=PEER_TTL, P2P_CHUNK_SIZE=CHUNK)
-    b = make_node("keyed-b", P2P_NETWORK_KEY=KEY, P2P_PEER_TTL=PEER_TTL)
+def keyed_pair(make_node: Callable[..., Node], **settings: object) -> tuple[Node, Node]:
+    a = make_node(
+        "keyed-a", P2P_NETWORK_KEY=KEY, P2P_PEER_TTL=PEER_TTL, P2P_CHUNK_SIZE=CHUNK, **settings
+    )
+    b = make_node("keyed-b", P2P_NETWORK_KEY=KEY, P2P_PEER_TTL=PEER_TTL, **settings)
     return a, b
 
 
 def test_outsiders_are_ignored_and_refused(make_node: Callable[..., Node]) -> None:
-    a, b = keyed_pair(make_node)
+    # In clear (P2P_ENCRYPT=off), so raw clients can speak to the server as an outsider
+    # would: the key alone must keep them out. test_encryption.py does it under TLS.
+    a, b = keyed_pair(make_node, P2P_ENCRYPT="off")
     keyless = make_node("keyless", P2P_PEER_TTL=PEER_TTL)
-    wrong = make_node("wrongkey", P2P_NETWORK_KEY=OTHER_KEY, P2P_PEER_TTL=PEER_TTL)
+    wrong = make_node(
+        "wrongkey", P2P_NETWORK_KEY=OTHER_KEY, P2P_PEER_TTL=PEER_TTL, P2P_ENCRYPT="off"
+    )
     everyone = (a, b, keyless, wrong)
     for node in everyone:
         node.start(wait=False)
