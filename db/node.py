@@ -35,6 +35,12 @@ def node_state(session: Session) -> NodeState:
     return state
 
 
+def catalog_version(session: Session) -> int:
+    """What this node offers, as a version number; 0 before the `node` row exists."""
+    state = session.get(NodeState, 1)
+    return state.catalog_version if state is not None else 0
+
+
 def bump_catalog_version(session: Session, *, now: float) -> int:
     """Mark that what this node offers changed; returns the new version."""
     state = node_state(session)

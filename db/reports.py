@@ -268,18 +268,22 @@ class LocalFileRow:
     inode: int
 
 
+# The columns of a LocalFileRow, in its order.
+LOCAL_FILE_COLUMNS = (
+    LocalFile.root,
+    LocalFile.name,
+    LocalFile.size,
+    File.sha256,
+    LocalFile.mtime_ns,
+    LocalFile.ctime_ns,
+    LocalFile.inode,
+)
+
+
 def list_local_files(session: Session) -> list[LocalFileRow]:
     """Every indexed file of the share and download folders, by root then name."""
     rows = session.execute(
-        select(
-            LocalFile.root,
-            LocalFile.name,
-            LocalFile.size,
-            File.sha256,
-            LocalFile.mtime_ns,
-            LocalFile.ctime_ns,
-            LocalFile.inode,
-        )
+        select(*LOCAL_FILE_COLUMNS)
         .join(File, File.id == LocalFile.file_id)
         .order_by(LocalFile.root, LocalFile.name)
     )
@@ -289,15 +293,7 @@ def list_local_files(session: Session) -> list[LocalFileRow]:
 def local_file(session: Session, root: str, name: str) -> LocalFileRow | None:
     """The indexed file `name` under `root`, or None when the index holds no such file."""
     row = session.execute(
-        select(
-            LocalFile.root,
-            LocalFile.name,
-            LocalFile.size,
-            File.sha256,
-            LocalFile.mtime_ns,
-            LocalFile.ctime_ns,
-            LocalFile.inode,
-        )
+        select(*LOCAL_FILE_COLUMNS)
         .join(File, File.id == LocalFile.file_id)
         .where(LocalFile.root == root, LocalFile.name == name)
     ).first()

@@ -239,7 +239,7 @@ class ChunkServer:
     async def _catalog_payload(self) -> bytes:
         def build() -> tuple[int, bytes]:
             with self.database.read() as s:
-                version = dbnode.node_state(s).catalog_version if s.get(dbnode.NodeState, 1) else 0
+                version = dbnode.catalog_version(s)
                 if self._catalog and self._catalog[0] == version:
                     return self._catalog
                 offers = dbserving.offers(s)
@@ -360,7 +360,7 @@ class ChunkServer:
                 async with asyncio.timeout(STALL_TIMEOUT):
                     done = await loop.sendfile(
                         writer.transport,
-                        fh,  # type: ignore[arg-type]
+                        fh,
                         offset + sent,
                         n,
                     )

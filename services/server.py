@@ -20,8 +20,11 @@ log = logging.getLogger("p2p.server")
 SCAN_INTERVAL = 1.0
 
 
-def open_listener(bind: str, port: int) -> socket.socket:
-    """A listening TCP socket. Raises StartupError with one sentence when the port is taken."""
+def open_listener(
+    bind: str, port: int, *, setting: str = "P2P_TCP_PORT", backlog: int = 512
+) -> socket.socket:
+    """A listening TCP socket. Raises StartupError with one sentence (naming `setting`) when
+    the port is taken or the address cannot be bound."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -29,11 +32,9 @@ def open_listener(bind: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"TCP port {port} on {bind} is already in use (P2P_TCP_PORT)"
-            ) from None
-        raise StartupError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
-    sock.listen(512)
+            raise StartupError(f"TCP port {port} on {bind} is already in use ({setting})") from None
+        raise StartupError(f"cannot listen on {bind}:{port} ({setting}): {exc.strerror}") from None
+    sock.listen(backlog)
     return sock
 
 

@@ -7,12 +7,12 @@ supervisord sees it RUNNING and `supervisorctl status` stays plain; nothing list
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
 from p2pshare.db import reports
 from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
+from p2pshare.services.server import open_listener
 from p2pshare.services.web import guard
 from p2pshare.services.web import token as webtoken
 from p2pshare.services.web.sampler import SAMPLE_SECONDS, RateSampler
@@ -20,22 +20,6 @@ from p2pshare.services.web.sampler import SAMPLE_SECONDS, RateSampler
 log = logging.getLogger("p2p.web")
 # Enough for open browser tabs to finish; supervisord waits 10 s before it kills.
 GRACEFUL_SECONDS = 3.0
-
-
-def open_socket(bind: str, port: int) -> socket.socket:
-    """The listening socket. Raises StartupError with one sentence."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(
-            f"cannot listen on {bind}:{port} (P2P_WEB_BIND, P2P_WEB_PORT): {exc.strerror}"
-        ) from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 def run(ctx: RoleContext) -> None:
@@ -51,7 +35,10 @@ def run(ctx: RoleContext) -> None:
         token = webtoken.ensure_token(settings.home)
     except webtoken.TokenError as exc:
         raise StartupError(str(exc)) from None
-    sock = open_socket(settings.web_bind, settings.web_port)
+    sock = open_listener(
+        settings.web_bind, settings.web_port, setting="P2P_WEB_BIND, P2P_WEB_PORT", backlog=128
+    )
+    sock.setblocking(False)
     port = int(sock.getsockname()[1])
     # Imported here: the web stack costs start-up time the idle case does not need.
     import uvicorn

@@ -24,13 +24,13 @@ Loopback only: TCP on 127.0.0.1, UDP to 127.255.255.255.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import select
 import socket
 import threading
-import time
 from collections import Counter
 from typing import Protocol
+
+from taprelay import relay_announcements, relay_sockets
 
 from p2pshare.services import protocol
 
@@ -61,20 +61,8 @@ class ChunkGate:
         self.stopping = threading.Event()
         self.conns: list[socket.socket] = []
 
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.2)
+        self.listener, self.udp_in, self.udp_out = relay_sockets(seeder.udp_port)
         self.port = int(self.listener.getsockname()[1])
-
-        self.udp_in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp_in.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.udp_in.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.udp_in.bind(("0.0.0.0", seeder.udp_port))
-        self.udp_in.settimeout(0.2)
-        self.udp_out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp_out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        self.udp_out.bind((LOOPBACK, 0))
 
         self.threads = [
             threading.Thread(target=self._relay_announcements, daemon=True),
@@ -125,21 +113,12 @@ class ChunkGate:
     # ------------------------------------------------------------ announcements
 
     def _relay_announcements(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                data, _ = self.udp_in.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                ann = protocol.decode_announce(data, key=None, now=time.time(), max_age=3600)
-            except protocol.ProtocolError:
-                continue
-            out = protocol.encode_announce(dataclasses.replace(ann, tcp_port=self.port), key=None)
-            with contextlib.suppress(OSError):
-                self.udp_out.sendto(out, (LOOPBACK_BROADCAST, self.to_udp_port))
-                self.relayed_announcements += 1
+        def count() -> None:
+            self.relayed_announcements += 1
+
+        relay_announcements(
+            self.udp_in, self.udp_out, self.port, self.to_udp_port, None, self.stopping, count
+        )
 
     # ------------------------------------------------------------ TCP
 

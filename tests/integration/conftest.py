@@ -386,6 +386,16 @@ class Node:
         ]
 
 
+def seed(node: Node, name: str, data: bytes, *, folder: Path | None = None) -> Path:
+    """Put a file in the node's share folder (or `folder`), already settled (mtime in the past)."""
+    path = (folder or node.share) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    past = time.time() - 30
+    os.utime(path, (past, past))
+    return path
+
+
 # ---------------------------------------------------------------- fake peers
 
 

@@ -27,11 +27,60 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from p2pshare.services import protocol
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+def relay_sockets(seeder_udp_port: int) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """A relay's sockets: TCP listening on 127.0.0.1, UDP hearing the seeder's announcements
+    beside its own listener (SO_REUSEPORT: a copy of each loopback broadcast), and UDP to
+    send them on to the loopback broadcast."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    inbox.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    inbox.bind(("0.0.0.0", seeder_udp_port))
+    inbox.settimeout(0.2)
+    outbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    outbox.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    outbox.bind((LOOPBACK, 0))
+    return listener, inbox, outbox
+
+
+def relay_announcements(
+    inbox: socket.socket,
+    outbox: socket.socket,
+    tcp_port: int,
+    to_udp_port: int,
+    key: str | None,
+    stopping: threading.Event,
+    relayed: Callable[[], None] = lambda: None,
+) -> None:
+    """Until `stopping`: each announcement heard on `inbox`, pointed at `tcp_port` and signed
+    again with `key` (the test holds it), sent on to the loopback broadcast on
+    `to_udp_port`. Node id, fingerprint and sequence numbers stay the seeder's."""
+    while not stopping.is_set():
+        try:
+            data, _ = inbox.recvfrom(65535)
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        try:
+            ann = protocol.decode_announce(data, key=key, now=time.time(), max_age=3600)
+        except protocol.ProtocolError:
+            continue
+        out = protocol.encode_announce(dataclasses.replace(ann, tcp_port=tcp_port), key=key)
+        with contextlib.suppress(OSError):
+            outbox.sendto(out, (LOOPBACK_BROADCAST, to_udp_port))
+            relayed()
 
 
 class TapRelay:
@@ -56,19 +105,8 @@ class TapRelay:
         self.stopping = threading.Event()
         self.socks: list[socket.socket] = []
 
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.2)
+        self.listener, self.udp_in, self.udp_out = relay_sockets(seeder_udp_port)
         self.port = int(self.listener.getsockname()[1])
-        self.udp_in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp_in.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.udp_in.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.udp_in.bind(("0.0.0.0", seeder_udp_port))
-        self.udp_in.settimeout(0.2)
-        self.udp_out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp_out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        self.udp_out.bind((LOOPBACK, 0))
         self.threads = [
             threading.Thread(target=self._relay_announcements, daemon=True),
             threading.Thread(target=self._accept, daemon=True),
@@ -96,22 +134,9 @@ class TapRelay:
     # ------------------------------------------------------------ announcements
 
     def _relay_announcements(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                data, _ = self.udp_in.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                ann = protocol.decode_announce(data, key=self.key, now=time.time(), max_age=3600)
-            except protocol.ProtocolError:
-                continue
-            out = protocol.encode_announce(
-                dataclasses.replace(ann, tcp_port=self.port), key=self.key
-            )
-            with contextlib.suppress(OSError):
-                self.udp_out.sendto(out, (LOOPBACK_BROADCAST, self.to_udp_port))
+        relay_announcements(
+            self.udp_in, self.udp_out, self.port, self.to_udp_port, self.key, self.stopping
+        )
 
     # ------------------------------------------------------------ TCP
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, wait_until
+from conftest import Node, pick_udp_port, seed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,6 @@ CHUNK = 16384
 # Bounds for a busy machine, not expectations.
 KNOWN_TIMEOUT = 60.0
 DONE_TIMEOUT = 120.0
-
-
-def seed(node: Node, name: str, data: bytes) -> Path:
-    """Put a file in the node's share folder, already settled (mtime in the past)."""
-    path = node.share / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    past = time.time() - 30
-    os.utime(path, (past, past))
-    return path
 
 
 def offered(node: Node, prefix: str = "") -> dict[str, str]:

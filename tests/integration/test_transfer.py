@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, wait_until
+from conftest import Node, pick_udp_port, seed, wait_until
 from fakepeer import FakeFile
 from fakepeer import FakePeer as ScriptedPeer
 
 pytestmark = pytest.mark.integration
 
 CHUNK = 16384
-
-
-def seed(node: Node, name: str, data: bytes) -> Path:
-    """Put a file in the node's share folder, already settled (mtime in the past)."""
-    path = node.share / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    past = time.time() - 30
-    os.utime(path, (past, past))
-    return path
 
 
 def holders(node: Node, name: str, *, whole: bool = False) -> int:

@@ -12,11 +12,11 @@ import os
 import re
 import socket
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from conftest import LOOPBACK, Node, wait_until
+from conftest import seed as seed  # the reliability tests take it from here
 
 from p2pshare.services import protocol
 
@@ -37,16 +37,6 @@ DOWNLOAD_COLUMNS = (
     "switched",
     "pinned",
 )
-
-
-def seed(node: Node, name: str, data: bytes, *, folder: Path | None = None) -> Path:
-    """Put a file in the node's share folder (or `folder`), already settled (mtime in the past)."""
-    path = (folder or node.share) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    past = time.time() - 30
-    os.utime(path, (past, past))
-    return path
 
 
 def sha256_bytes(data: bytes) -> str:
