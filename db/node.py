@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Heartbeat, NodeState, RoleSetting
-
-# A role beats every HEARTBEAT_SECONDS; one missing several beats is not alive.
-HEARTBEAT_SECONDS = 2.0
-ALIVE_WITHIN_SECONDS = 10.0
-ROLES = ("server", "announcer", "listener", "downloader")
-
-
-@dataclass(frozen=True)
-class RoleStatus:
-    role: str
-    alive: bool
-    pid: int | None
-    started_at: float | None
-    beat_at: float | None
-    detail: str
+from p2pshare.db.roles import (  # noqa: F401  (re-exported: the roles import them from here)
+    ALIVE_WITHIN_SECONDS,
+    HEARTBEAT_SECONDS,
+    ROLES,
+    RoleStatus,
+    statuses,
+)
 
 
 def node_state(session: Session) -> NodeState:
@@ -77,16 +67,8 @@ def clear_heartbeat(session: Session, role: str, *, pid: int) -> None:
 
 def role_statuses(session: Session, *, now: float) -> list[RoleStatus]:
     """Every known role, alive or not, in ROLES order."""
-    beats = {b.role: b for b in session.scalars(select(Heartbeat))}
-    out = []
-    for role in ROLES:
-        b = beats.get(role)
-        if b is None:
-            out.append(RoleStatus(role, False, None, None, None, ""))
-        else:
-            alive = now - b.beat_at <= ALIVE_WITHIN_SECONDS
-            out.append(RoleStatus(role, alive, b.pid, b.started_at, b.beat_at, b.detail))
-    return out
+    beats = session.scalars(select(Heartbeat))
+    return statuses(((b.role, b.pid, b.started_at, b.beat_at, b.detail) for b in beats), now=now)
 
 
 def record_role_settings(
