@@ -98,7 +98,7 @@ def _to_v4(conn: Connection) -> None:
     sql(
         "CREATE TABLE upload_days (day INTEGER NOT NULL, peer_address VARCHAR NOT NULL,"
         " sha256 VARCHAR(64) NOT NULL, name VARCHAR NOT NULL, chunks INTEGER NOT NULL,"
-        " bytes INTEGER NOT NULL, seconds FLOAT NOT NULL,"
+        " bytes INTEGER NOT NULL, seconds DOUBLE NOT NULL,"
         " PRIMARY KEY (day, peer_address, sha256, name))"
     )
     sql(

@@ -72,7 +72,9 @@ class Housekeeping:
                 conn.execute("VACUUM")
                 log.info("switched the database to incremental auto_vacuum (one VACUUM)")
             else:
-                conn.execute("PRAGMA incremental_vacuum").fetchall()
+                # Each step of this pragma frees one page, and sqlite3's execute() steps
+                # a statement without rows once; executescript runs it to the end.
+                conn.executescript("PRAGMA incremental_vacuum;")
         except sqlite3.OperationalError as exc:
             log.warning("could not vacuum the database, will try after the next rollup: %s", exc)
         finally:
