@@ -145,5 +145,3 @@ def versions(by_role: dict[str, str]) -> str:
     for role, version in by_role.items():
         roles.setdefault(version, []).append(role)
     return ", ".join(f"{v} ({', '.join(r)})" for v, r in sorted(roles.items()))
-
-

@@ -109,9 +109,7 @@ def start_node(ctl: Ctl) -> None:
     )
     if result.returncode != 0:
         reason = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(
-            f"supervisord did not start: {reason[-1] if reason else result.returncode}"
-        )
+        raise UserError(f"supervisord did not start: {reason[-1] if reason else result.returncode}")
 
     def all_alive() -> bool:
         fresh = [
