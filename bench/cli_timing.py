@@ -1,6 +1,11 @@
 """How long p2pctl takes to answer on a node that knows 500 peers, as ratios.
 
-    python bench/cli_timing.py [--reps 5] [--json]
+    python bench/cli_timing.py [--reps 5] [--json] [--ledger-rows 2000000]
+
+Goals (issue 14): `--help` within 2x and `status` within 3x of the reference.
+`--ledger-rows N` adds N uploads rows older than the horizon: `status` on that
+database against the same node without them, the server's rollup, the file's size
+after it, and the query plan of every count status shows (no full-table scans).
 
 A node database is seeded under a temporary folder through p2pshare.db (500 peers,
 each offering three files: one they all have and two of their own, as in
@@ -46,6 +51,8 @@ BASELINE = ("python -c 'import click, tabulate'", ["-c", "import click, tabulate
 COMMANDS: list[tuple[str, list[str], int | None]] = [
     ("p2pctl --help", ["--help"], None),
     ("p2pctl status", ["status"], None),
+    ("p2pctl uploads --days 30", ["uploads", "--days", "30"], None),
+    ("p2pctl history", ["history"], None),
     ("p2pctl peers", ["peers"], None),
     ("p2pctl peers --json", ["peers", "--json"], PEERS),
     ("p2pctl files", ["files"], None),
@@ -189,18 +196,111 @@ def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
     ]
 
 
+def _status_median(home: Path, reps: int) -> float:
+    env = _env(home)
+    times = []
+    for _ in range(reps):
+        beat(home / "p2p.db")
+        times.append(_time_one([sys.executable, "-m", "p2pshare.cli.main", "status"], env, home)[0])
+    return statistics.median(times)
+
+
+def run_ledger(root: Path, rows: int, reps: int = REPS) -> dict[str, Any]:
+    """Issue 14's case: `rows` uploads rows older than the horizon in a 500-peer node.
+
+    Figures, each against a reference from the same run: `status` on that database over
+    `status` on the same node without them (before and after the rollup); the server's
+    rollup time over the time it took to insert the rows; the file size after the
+    rollup over before; and the query plan of every count `status` shows.
+    """
+    import sqlite3
+
+    from p2pshare.db.quick import COUNT_QUERIES
+    from p2pshare.services.housekeeping import Housekeeping
+
+    home = root / "ledger"
+    seed(home)
+    fresh = _status_median(home, reps)
+    db_path = home / "p2p.db"
+    conn = sqlite3.connect(db_path)
+    old = time.time() - 90 * 86400
+    began = time.perf_counter()
+    batch = 100_000
+    for start in range(0, rows, batch):
+        n = min(batch, rows - start)
+        conn.executemany(
+            "INSERT INTO uploads (at, peer_address, sha256, name, chunk_index, chunk_offset,"
+            " bytes, seconds) VALUES (?, ?, ?, ?, ?, 0, 262144, 0.002)",
+            (
+                (old + (start + i) * 2.0, f"127.0.0.{2 + i % 50}", "ab" * 32, f"f{i % 20}.bin", i)
+                for i in range(n)
+            ),
+        )
+        conn.commit()
+    conn.execute(
+        "UPDATE upload_totals SET chunks = chunks + ?, bytes = bytes + ? WHERE id = 1",
+        (rows, rows * 262144),
+    )
+    conn.commit()
+    inserted = time.perf_counter() - began
+    plans = {
+        name: " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {q}"))
+        for name, q in COUNT_QUERIES.items()
+    }
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size_before = db_path.stat().st_size
+    loaded = _status_median(home, reps)
+    import threading
+
+    database = Database.open(db_path)
+    began = time.perf_counter()
+    moved = Housekeeping(database, 30, threading.Event()).step(time.time())
+    rolled = time.perf_counter() - began
+    database.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size_after = db_path.stat().st_size
+    after = _status_median(home, reps)
+    return {
+        "rows": rows,
+        "moved": moved,
+        "status_fresh_s": round(fresh, 4),
+        "status_with_rows_ratio": round(loaded / fresh, 2),
+        "status_after_rollup_ratio": round(after / fresh, 2),
+        "rollup_s": round(rolled, 2),
+        "rollup_over_insert_ratio": round(rolled / inserted, 2),
+        "db_mb_before": round(size_before / 1e6, 1),
+        "size_after_over_before": round(size_after / size_before, 3),
+        "plans": plans,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=REPS, help="runs per command (median)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--ledger-rows",
+        type=int,
+        default=0,
+        help="also: status and the rollup on a node with this many old uploads rows (2000000)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="p2pcli"))
     try:
         figures = run(root, args.reps)
+        ledger = run_ledger(root, args.ledger_rows, args.reps) if args.ledger_rows else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if ledger is not None:
+        plans = ledger.pop("plans")
+        print(tabulate(sorted(ledger.items()), headers=["ledger", "figure"]))
+        print(tabulate(sorted(plans.items()), headers=["status count", "query plan"]))
+        print()
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps({"commands": figures, "ledger": ledger}, indent=2))
         return
     print(
         tabulate(

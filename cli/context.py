@@ -1,15 +1,27 @@
-"""What every p2pctl command needs: settings, the node's database, typed user errors."""
+"""What every p2pctl command needs: settings, the node's database, typed user errors.
+
+Imports stay light: SQLAlchemy is imported only by a command that opens the database
+through it (`Ctl.database`), never for `--help` or `status`.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
-from p2pshare.db import node as dbnode
-from p2pshare.db.engine import Database, SchemaError
+from p2pshare.db import quick
+from p2pshare.db.roles import ALIVE_WITHIN_SECONDS, RoleStatus
+from p2pshare.db.schema import SchemaError
 from p2pshare.services.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from p2pshare.db.engine import Database
+
+START_HINT = "start it with p2pctl start"
 
 
 class UserError(click.ClickException):
@@ -25,10 +37,15 @@ class NodeNotRunning(UserError):
     exit_code = 3
 
 
+def no_database(exc: SchemaError) -> UserError:
+    return UserError(f"{exc}; is P2P_HOME right and has the node been started (p2pctl start)?")
+
+
 @dataclass
 class Ctl:
     _settings: Settings | None = None
     _database: Database | None = None
+    _quick: sqlite3.Connection | None = None
 
     @property
     def settings(self) -> Settings:
@@ -42,30 +59,51 @@ class Ctl:
     @property
     def database(self) -> Database:
         if self._database is None:
+            from p2pshare.db.engine import Database
+
             try:
                 self._database = Database.open_existing(self.settings.db_path)
             except SchemaError as exc:
-                raise UserError(
-                    f"{exc}; is P2P_HOME right and has the node been started "
-                    "(supervisord -c supervisord.conf)?"
-                ) from None
+                raise no_database(exc) from None
         return self._database
 
-    def require_running(self) -> list[dbnode.RoleStatus]:
+    @property
+    def quick(self) -> sqlite3.Connection:
+        """A plain sqlite3 connection (no SQLAlchemy) for the quick reads of `db.quick`."""
+        if self._quick is None:
+            try:
+                self._quick = quick.connect(self.settings.db_path)
+            except SchemaError as exc:
+                raise no_database(exc) from None
+        return self._quick
+
+    def role_statuses(self) -> list[RoleStatus]:
+        return quick.role_statuses(self.quick, now=time.time())
+
+    def not_running(self) -> str:
+        return (
+            f"the node at {self.settings.home} is not running (no role has a heartbeat "
+            f"in the last {ALIVE_WITHIN_SECONDS:.0f} s)"
+        )
+
+    def require_running(self) -> list[RoleStatus]:
         """The role statuses; raises NodeNotRunning when no role has a fresh heartbeat."""
-        with self.database.read() as s:
-            roles = dbnode.role_statuses(s, now=time.time())
+        roles = self.role_statuses()
         if not any(r.alive for r in roles):
-            raise NodeNotRunning(
-                f"the node at {self.settings.home} is not running (no role has a heartbeat "
-                f"in the last {dbnode.ALIVE_WITHIN_SECONDS:.0f} s); start it with "
-                "supervisord -c supervisord.conf"
-            )
+            raise NodeNotRunning(f"{self.not_running()}; {START_HINT}")
         return roles
+
+    def note_if_stopped(self) -> None:
+        """One line on stderr when no role runs: a report then shows what the database
+        holds, which is all true but not being updated."""
+        if not any(r.alive for r in self.role_statuses()):
+            click.echo(f"note: {self.not_running()}; showing what its database holds", err=True)
 
     def close(self) -> None:
         if self._database is not None:
             self._database.close()
+        if self._quick is not None:
+            self._quick.close()
 
 
 pass_ctl = click.make_pass_decorator(Ctl)

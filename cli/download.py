@@ -52,7 +52,7 @@ def require_downloader(ctl: Ctl) -> None:
     if not roles["downloader"].alive:
         raise NodeNotRunning(
             "the downloader role of this node is not running; "
-            "check supervisorctl -c supervisord.conf status"
+            "check p2pctl status, or restart the node with p2pctl restart"
         )
 
 

@@ -1,4 +1,5 @@
-"""p2pctl's reports: status, peers, files, history, uploads."""
+"""p2pctl's reports of what happened: peers, files, history, uploads. They read the
+database alone, so they work on a stopped node too (saying so in one line)."""
 
 from __future__ import annotations
 
@@ -9,167 +10,24 @@ from typing import TypeVar
 import click
 from sqlalchemy.orm import Session
 
-from p2pshare.cli import node_settings
-from p2pshare.cli.context import Ctl, NodeNotRunning, pass_ctl
+from p2pshare.cli.context import Ctl, pass_ctl
 from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
-from p2pshare.db import node as dbnode
-from p2pshare.db import reports
+from p2pshare.db import ledger, reports
 from p2pshare.services.protocol import short_fingerprint
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 T = TypeVar("T")
-KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
 
 
 def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -> list[T] | None:
-    """Rows of a report from a running node; None when they were printed as JSON already."""
-    ctl.require_running()
+    """Rows of a report; None when they were printed as JSON already."""
+    ctl.note_if_stopped()
     with ctl.database.read() as s:
         rows = query(s)
     if as_json:
         emit_json(rows)
         return None
     return rows
-
-
-@click.command()
-@json_option
-@pass_ctl
-def status(ctl: Ctl, as_json: bool) -> None:
-    """This node: name, address, ports, folders, which roles are alive, counts."""
-    shell = ctl.settings
-    now = time.time()
-    with ctl.database.read() as s:
-        roles = dbnode.role_statuses(s, now=now)
-        state = dbnode.node_state(s) if s.get(dbnode.NodeState, 1) else None
-        recorded = dbnode.role_settings(s)
-        counts = reports.counts(s)
-    node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)
-    # The live port while the server runs; what it last recorded once it stopped.
-    tcp_port = (state.tcp_port if state else None) or node.tcp_port
-    differs = node_settings.shell_differs(shell, node)
-    if as_json:
-        emit_json(
-            {
-                **status_info(node, tcp_port, roles),
-                "home": str(shell.home),
-                "node_id": state.node_id if state else None,
-                "catalog_version": state.catalog_version if state else 0,
-                "counts": counts.__dict__,
-                "recorded": recorded,
-                "shell_differs": differs,
-            }
-        )
-    else:
-        click.echo(f"node      {node.username or '-'}  ({shell.home})")
-        for line in settings_lines(node, tcp_port, differs):
-            click.echo(line)
-        click.echo(f"shared    {counts.shared_files} files, {human_bytes(counts.shared_bytes)}")
-        click.echo(f"network   {counts.peers} peers, {counts.network_files} files")
-        click.echo(f"downloads {counts.downloads_running} running, {counts.downloads_done} done")
-        click.echo(f"uploads   {counts.uploads} chunks, {human_bytes(counts.uploaded_bytes)}")
-        click.echo()
-        emit_table(
-            ["role", "state", "pid", "heartbeat", "detail"],
-            [
-                [
-                    r.role,
-                    "alive" if r.alive else "DOWN",
-                    r.pid or "-",
-                    ago(r.beat_at, now=now),
-                    r.detail,
-                ]
-                for r in roles
-            ],
-            "",
-        )
-    if not any(r.alive for r in roles):
-        raise NodeNotRunning(
-            "no role of this node is running; start it with supervisord -c supervisord.conf"
-        )
-
-
-def status_info(
-    node: node_settings.NodeSettings, tcp_port: int | None, roles: list[dbnode.RoleStatus]
-) -> dict[str, object]:
-    """The settings part of `status --json`."""
-    return {
-        "settings_from": node.source,
-        "username": node.username,
-        "bind": node.bind,
-        "tcp_port": tcp_port,
-        "udp_port": node.udp_port,
-        "broadcast": node.broadcast,
-        "broadcast_from": node.broadcast_from,
-        "announce_interval": node.announce_interval,
-        "share_dir": node.share_dir,
-        "download_dir": node.download_dir,
-        "network_key": node.network_key,
-        "encrypt": node.encrypt,
-        "fingerprint": node.fingerprint,
-        "versions": node.versions,
-        "roles": {
-            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
-            for r in roles
-        },
-    }
-
-
-def settings_lines(
-    node: node_settings.NodeSettings, tcp_port: int | None, differs: list[str]
-) -> list[str]:
-    """Status lines on how the node runs, and where status learned it."""
-    lines = [
-        f"address   {node.bind or '-'}  tcp {tcp_port or '-'}  udp {node.udp_port or '-'}",
-        f"announce  to {announce_targets(node)} every {seconds(node.announce_interval)}",
-        f"folders   share {node.share_dir or '-'}, downloads {node.download_dir or '-'}",
-        f"key       {KEY_WORDS[node.network_key]}",
-        f"identity  {identity_words(node)}",
-    ]
-    if node.versions:
-        lines.append(f"version   {versions(node.versions)}")
-    if node.source == "shell":
-        lines.append(
-            "settings  this shell's own: no role of this node has recorded what it runs with"
-        )
-    if differs:
-        lines.append(
-            f"note      this shell's {', '.join(differs)} differ; above is what the node runs with"
-        )
-    return lines
-
-
-def identity_words(node: node_settings.NodeSettings) -> str:
-    """The fingerprint peers know this node by (its short form is what people compare)."""
-    link = {True: "TLS on every connection", False: "connections in clear", None: "-"}
-    if node.fingerprint is None:
-        return link[node.encrypt]
-    return (
-        f"{short_fingerprint(node.fingerprint)}, {link[node.encrypt]} (sha256 {node.fingerprint})"
-    )
-
-
-def announce_targets(node: node_settings.NodeSettings) -> str:
-    if node.broadcast is None:
-        return "every interface broadcast address"
-    targets = ", ".join(node.broadcast) or "nobody (no interface has a broadcast address)"
-    if node.broadcast_from == node_settings.FROM_INTERFACES:
-        return f"{targets} (every interface broadcast address)"
-    return targets
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} s"
-
-
-def versions(by_role: dict[str, str]) -> str:
-    """`0.1.0`, or which role runs which version while a restart is half done."""
-    if len(set(by_role.values())) == 1:
-        return next(iter(by_role.values()))
-    roles: dict[str, list[str]] = {}
-    for role, version in by_role.items():
-        roles.setdefault(version, []).append(role)
-    return ", ".join(f"{v} ({', '.join(r)})" for v, r in sorted(roles.items()))
 
 
 @click.command()
@@ -274,10 +132,19 @@ def source_names(d: reports.DownloadRow) -> list[str]:
 
 @click.command()
 @click.option("--limit", type=click.IntRange(min=1), default=50, help="How many (newest first).")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Totals per peer and file over the last N UTC days (today is one), rolled-up days too.",
+)
 @json_option
 @pass_ctl
-def uploads(ctl: Ctl, limit: int, as_json: bool) -> None:
-    """Chunks this node served to others, newest first."""
+def uploads(ctl: Ctl, limit: int, days: int | None, as_json: bool) -> None:
+    """Chunks this node served to others, newest first; --days N: totals per peer and file."""
+    if days is not None:
+        upload_totals(ctl, days, as_json)
+        return
     rows = fetch_report(ctl, lambda s: reports.list_uploads(s, limit), as_json)
     if rows is None:
         return
@@ -295,4 +162,29 @@ def uploads(ctl: Ctl, limit: int, as_json: bool) -> None:
             for u in rows
         ],
         "Nothing uploaded yet.",
+    )
+
+
+def upload_totals(ctl: Ctl, days: int, as_json: bool) -> None:
+    """`uploads --days N`: per peer and file, from `uploads` and `upload_days` together."""
+    since = ledger.day_start(time.time()) - (days - 1) * ledger.DAY_SECONDS
+    rows = fetch_report(ctl, lambda s: ledger.uploads_since(s, since), as_json)
+    if rows is None:
+        return
+    emit_table(
+        ["peer", "name", "sha256", "chunks", "bytes", "rate", "from (UTC)", "last (UTC)"],
+        [
+            [
+                u.peer_address,
+                u.name,
+                u.sha256[:12],
+                u.chunks,
+                human_bytes(u.bytes),
+                rate(u.bytes, u.seconds),
+                when(u.first_day)[:10],
+                when(u.last_at),
+            ]
+            for u in rows
+        ],
+        f"Nothing uploaded in the last {days} days.",
     )

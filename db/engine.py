@@ -23,15 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from p2pshare.db.models import Base
+from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
+from p2pshare.db.wal import WAL_SIZE_LIMIT
 
-SCHEMA_VERSION = 4
+__all__ = ["SCHEMA_VERSION", "Database", "SchemaError", "ensure_schema", "make_engine"]
+
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
 WAL_RETRY_SECONDS = 30.0
-
-
-class SchemaError(Exception):
-    """The database cannot be used by this version of p2pshare."""
 
 
 def _to_v2(conn: Connection) -> None:
@@ -96,10 +95,34 @@ def _to_v4(conn: Connection) -> None:
     sql("ALTER TABLE peers ADD COLUMN tls BOOLEAN NOT NULL DEFAULT 0")
 
 
+def _to_v5(conn: Connection) -> None:
+    """Ledgers with a horizon: per-day upload totals, lifetime totals kept as rows are
+    recorded (seeded here from what `uploads` holds), and an index for expiring bad peers.
+
+    A database created before v5 has auto_vacuum off; the server switches it with one
+    VACUUM after its first rollup (VACUUM cannot run inside this transaction)."""
+    sql = conn.exec_driver_sql
+    sql(
+        "CREATE TABLE upload_days (day INTEGER NOT NULL, peer_address VARCHAR NOT NULL,"
+        " sha256 VARCHAR(64) NOT NULL, name VARCHAR NOT NULL, chunks INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL, seconds DOUBLE NOT NULL,"
+        " PRIMARY KEY (day, peer_address, sha256, name))"
+    )
+    sql(
+        "CREATE TABLE upload_totals (id INTEGER NOT NULL, chunks INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL, PRIMARY KEY (id))"
+    )
+    sql(
+        "INSERT INTO upload_totals (id, chunks, bytes)"
+        " SELECT 1, count(*), coalesce(sum(bytes), 0) FROM uploads"
+    )
+    sql("CREATE INDEX ix_bad_peers_marked_at ON bad_peers (marked_at)")
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3, 4: _to_v4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: _to_v5}
 
 
 def make_engine(path: Path) -> Engine:
@@ -123,6 +146,8 @@ def make_engine(path: Path) -> Engine:
         # NORMAL is durable across a crash of the process in WAL mode; a power
         # cut may lose the last commits, which only means refetching chunks.
         cur.execute("PRAGMA synchronous=NORMAL")
+        # A WAL that a long reader let grow is cut back when a writer next restarts it.
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -142,6 +167,9 @@ def _set_wal(engine: Engine) -> None:
             # the driver connection rather than through SQLAlchemy's autobegin.
             raw = engine.raw_connection()
             try:
+                # Only a database with no table yet takes this without a VACUUM (a no-op
+                # otherwise): pages freed by a rollup go back on incremental_vacuum.
+                raw.cursor().execute("PRAGMA auto_vacuum=INCREMENTAL")
                 mode = raw.cursor().execute("PRAGMA journal_mode=WAL").fetchone()[0]
             finally:
                 raw.close()

@@ -172,7 +172,10 @@ class BadPeer(Base):
     """A peer address that sent a chunk failing verification for a file; avoided for it."""
 
     __tablename__ = "bad_peers"
-    __table_args__ = (UniqueConstraint("address", "tcp_port", "file_id"),)
+    __table_args__ = (
+        UniqueConstraint("address", "tcp_port", "file_id"),
+        Index("ix_bad_peers_marked_at", "marked_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     address: Mapped[str]
@@ -276,3 +279,30 @@ class Upload(Base):
     chunk_offset: Mapped[int]  # first byte served, within the chunk
     bytes: Mapped[int]
     seconds: Mapped[float]
+
+
+class UploadDay(Base):
+    """What this node served one peer of one file on one UTC day, rolled up from
+    `uploads` rows older than P2P_HISTORY_DAYS (those rows are then deleted)."""
+
+    __tablename__ = "upload_days"
+
+    # Start of the UTC day, in unix seconds (a multiple of 86400).
+    day: Mapped[int] = mapped_column(primary_key=True)
+    peer_address: Mapped[str] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(primary_key=True)
+    chunks: Mapped[int]  # uploads rows rolled into this one
+    bytes: Mapped[int]
+    seconds: Mapped[float]
+
+
+class UploadTotal(Base):
+    """Lifetime totals of `uploads` and `upload_days` together: one row, id 1, kept as
+    uploads are recorded, so `p2pctl status` reads one row instead of summing a ledger."""
+
+    __tablename__ = "upload_totals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chunks: Mapped[int]
+    bytes: Mapped[int]

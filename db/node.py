@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Heartbeat, NodeState, RoleSetting
 
-# A role beats every HEARTBEAT_SECONDS; one missing several beats is not alive.
-HEARTBEAT_SECONDS = 2.0
-ALIVE_WITHIN_SECONDS = 10.0
-ROLES = ("server", "announcer", "listener", "downloader")
-
-
-@dataclass(frozen=True)
-class RoleStatus:
-    role: str
-    alive: bool
-    pid: int | None
-    started_at: float | None
-    beat_at: float | None
-    detail: str
+# Re-exported: the roles and p2pctl take them from here.
+from p2pshare.db.roles import ALIVE_WITHIN_SECONDS as ALIVE_WITHIN_SECONDS
+from p2pshare.db.roles import HEARTBEAT_SECONDS as HEARTBEAT_SECONDS
+from p2pshare.db.roles import ROLES as ROLES
+from p2pshare.db.roles import RoleStatus as RoleStatus
+from p2pshare.db.roles import statuses
 
 
 def node_state(session: Session) -> NodeState:
@@ -85,16 +75,9 @@ def role_statuses(
     session: Session, *, now: float, roles: tuple[str, ...] = ROLES
 ) -> list[RoleStatus]:
     """Every known role (or those asked for, such as `web`), alive or not, in that order."""
-    beats = {b.role: b for b in session.scalars(select(Heartbeat))}
-    out = []
-    for role in roles:
-        b = beats.get(role)
-        if b is None:
-            out.append(RoleStatus(role, False, None, None, None, ""))
-        else:
-            alive = now - b.beat_at <= ALIVE_WITHIN_SECONDS
-            out.append(RoleStatus(role, alive, b.pid, b.started_at, b.beat_at, b.detail))
-    return out
+    beats = session.scalars(select(Heartbeat))
+    rows = ((b.role, b.pid, b.started_at, b.beat_at, b.detail) for b in beats)
+    return statuses(rows, now=now, roles=roles)
 
 
 def record_role_settings(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Integer, case, distinct, func, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db.ledger import upload_totals
 from p2pshare.db.models import (
     BadPeer,
     Download,
@@ -19,18 +20,9 @@ from p2pshare.db.models import (
     RoleSetting,
     Upload,
 )
+from p2pshare.db.quick import Counts
 
-
-@dataclass(frozen=True)
-class Counts:
-    shared_files: int
-    shared_bytes: int
-    network_files: int
-    peers: int
-    downloads_running: int
-    downloads_done: int
-    uploads: int
-    uploaded_bytes: int
+__all__ = ["Counts", "counts"]
 
 
 @dataclass(frozen=True)
@@ -105,8 +97,8 @@ def counts(session: Session) -> Counts:
     peers = session.scalar(select(func.count()).select_from(Peer)) or 0
     running = session.scalar(select(func.count()).where(Download.status.in_(RUNNING_STATUSES))) or 0
     done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
-    up = session.execute(select(func.count(), func.coalesce(func.sum(Upload.bytes), 0))).one()
-    return Counts(shared[0], shared[1], network, peers, running, done, up[0], up[1])
+    up = upload_totals(session)  # one row kept as uploads are recorded, not a sum of them
+    return Counts(shared[0], shared[1], network, peers, running, done, up.chunks, up.bytes)
 
 
 def list_peers(session: Session) -> list[PeerRow]:

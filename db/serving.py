@@ -9,6 +9,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.index import ContentKey, Stamp
+from p2pshare.db.ledger import add_to_totals
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
 # Downloads in these states may hold verified chunks worth offering (a paused one too:
@@ -147,3 +148,4 @@ def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
     ]
     if rows:
         session.execute(insert(Upload), rows)
+        add_to_totals(session, len(rows), sum(r["bytes"] for r in rows))  # type: ignore[misc]

@@ -30,7 +30,9 @@ def run(ctx: RoleContext) -> None:
     )
     start_heartbeat(ctx)
     jobs: dict[int, threading.Thread] = {}
-    next_sweep = 0.0
+    # Before any job starts: what a crash or a cancel left behind goes now.
+    sweep_temp(ctx, set())
+    next_sweep = time.monotonic() + SWEEP_SECONDS
     try:
         while not ctx.stop.wait(POLL_SECONDS):
             for download_id, thread in list(jobs.items()):
@@ -64,7 +66,8 @@ def sweep_temp(ctx: RoleContext, running: set[int]) -> None:
         return
     with ctx.database.read() as s:
         kept = dbdl.downloads_keeping_temp(s) | running
-    for name in names:
+    removed = []
+    for name in sorted(names):
         owner = name.split("-", 1)[0]
         if owner.isdigit() and int(owner) in kept:
             continue
@@ -73,7 +76,17 @@ def sweep_temp(ctx: RoleContext, running: set[int]) -> None:
         except OSError as exc:
             log.warning("could not remove the stale temp file %s: %s", name, exc.strerror)
         else:
-            log.info("removed the temp file %s: no unfinished download owns it", name)
+            removed.append(name)
+    if removed:  # one line however many: a crash can leave dozens
+        shown = ", ".join(removed[:5]) + (
+            f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+        )
+        log.info(
+            "removed %d temp file%s no unfinished download owns: %s",
+            len(removed),
+            "" if len(removed) == 1 else "s",
+            shown,
+        )
 
 
 def start_job(ctx: RoleContext, download_id: int) -> threading.Thread:

@@ -12,6 +12,7 @@ import time
 
 from p2pshare.db import node as dbnode
 from p2pshare.services.chunkserver import ChunkServer
+from p2pshare.services.housekeeping import Housekeeping, housekeeping_loop
 from p2pshare.services.indexer import ShareIndexer
 from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
 
@@ -67,6 +68,11 @@ def serve(ctx: RoleContext) -> None:
     indexer = ShareIndexer(ctx.database, ctx.settings)
     indexing = threading.Thread(target=index_loop, args=(ctx, indexer), name="index", daemon=True)
     indexing.start()
+    keeper = Housekeeping(ctx.database, ctx.settings.history_days, ctx.stop)
+    housekeeping = threading.Thread(
+        target=housekeeping_loop, args=(keeper,), name="housekeeping", daemon=True
+    )
+    housekeeping.start()
     try:
         asyncio.run(_serve_tcp(ctx, listener))
     finally:
@@ -74,6 +80,7 @@ def serve(ctx: RoleContext) -> None:
         with ctx.database.write() as s:
             dbnode.set_tcp_port(s, None, now=time.time())
         indexing.join(timeout=5)
+        housekeeping.join(timeout=5)
 
 
 def record_settings(ctx: RoleContext, port: int) -> None:
@@ -88,6 +95,7 @@ def record_settings(ctx: RoleContext, port: int) -> None:
             "upload_limit": settings.upload_limit,
             "chunk_size": settings.chunk_size or "auto",
             "encrypt": ctx.tls.encrypt,
+            "history_days": settings.history_days,
         }
     )
 

@@ -21,6 +21,11 @@ DEFAULT_ANNOUNCE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 600.0
 DEFAULT_WEB_BIND = "127.0.0.1"
 DEFAULT_WEB_PORT = 47480
+# Per-chunk ledgers (uploads, bad_peers) keep this many days; older uploads become
+# per-day totals (upload_days), so lifetime figures stay exact.
+DEFAULT_HISTORY_DAYS = 30
+# A century: more is a typo, and keeps day arithmetic far from float limits.
+MAX_HISTORY_DAYS = 36500
 # A peer is forgotten after this many missed announcements.
 TTL_INTERVALS = 3
 MIN_CHUNK_SIZE = 256 * 1024
@@ -51,6 +56,7 @@ VARIABLES = (
     "P2P_WEB_BIND",
     "P2P_WEB_PORT",
     "P2P_WEB_SHARE",
+    "P2P_HISTORY_DAYS",
 )
 
 
@@ -79,6 +85,8 @@ class Settings:
     encrypt: bool
     # How long a download waits for a peer holding its missing chunks before it fails.
     wait_timeout: float
+    # Days per-chunk rows are kept before they are rolled up into per-day totals.
+    history_days: int
     config_file: Path | None
     # The web program (services/web): its address, its port (None: P2P_WEB_PORT=off, the
     # program idles) and whether it serves this node's own files at /share/.
@@ -189,6 +197,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         wait_timeout=_positive_float(
             "P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"), DEFAULT_WAIT_TIMEOUT
         ),
+        history_days=_history_days(get("P2P_HISTORY_DAYS")),
         config_file=config_path if config_path.is_file() else None,
         web_bind=_address("P2P_WEB_BIND", get("P2P_WEB_BIND") or DEFAULT_WEB_BIND),
         web_port=_web_port(get("P2P_WEB_PORT")),
@@ -278,6 +287,18 @@ def _positive_float(name: str, raw: str | None, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
     if not 0 < value < 10**7:
         raise SettingsError(f"{name} must be more than 0 seconds, not {raw}")
+    return value
+
+
+def _history_days(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_HISTORY_DAYS
+    value = _int("P2P_HISTORY_DAYS", raw)
+    if not 1 <= value <= MAX_HISTORY_DAYS:
+        raise SettingsError(
+            f"P2P_HISTORY_DAYS must be a whole number of days from 1 to {MAX_HISTORY_DAYS}, "
+            f"not {value}"
+        )
     return value
 
 

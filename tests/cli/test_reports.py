@@ -384,17 +384,40 @@ def test_no_database_is_one_error_line(tmp_path: Path, report: str) -> None:
     assert list(home.iterdir()) == []  # a report never creates the database
 
 
-@pytest.mark.parametrize("report", REPORTS)
-def test_stale_heartbeats_are_one_error_line(tmp_path: Path, report: str) -> None:
+def test_status_of_a_stopped_node_is_one_error_line(tmp_path: Path) -> None:
+    home = tmp_path / "stale"
+    seed(home)
+    beat(home, time.time() - 3600)
+    result = p2pctl(home, "status", alive=False)
+    assert "running" in one_error_line(result)
+    # status still shows the node, with every role down
+    assert [row_of(result.stdout, role).split()[1] for role in ROLES] == ["DOWN"] * 4
+
+
+@pytest.mark.parametrize(
+    ("report", "shows"),
+    [
+        ("peers", "alice"),
+        ("files", "report.pdf"),
+        ("history", "movie.mkv"),
+        ("uploads", "127.0.0.3"),
+    ],
+)
+def test_reports_of_a_stopped_node_show_its_database_with_one_note(
+    tmp_path: Path, report: str, shows: str
+) -> None:
+    """What happened is all in the database: a stopped node's reports show it, and say
+    in one line on stderr that the node is not running."""
     home = tmp_path / "stale"
     seed(home)
     beat(home, time.time() - 3600)
     result = p2pctl(home, report, alive=False)
-    assert "running" in one_error_line(result)
-    if report == "status":  # status still shows the node, with every role down
-        assert [row_of(result.stdout, role).split()[1] for role in ROLES] == ["DOWN"] * 4
-    else:
-        assert result.stdout == ""
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "not running" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert shows in result.stdout
+    as_json_result = p2pctl(home, report, "--json", alive=False)
+    assert as_json_result.returncode == 0 and json.loads(as_json_result.stdout)
 
 
 @pytest.mark.parametrize("report", REPORTS)

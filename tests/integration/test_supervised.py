@@ -102,11 +102,15 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     # Each role cleared its own heartbeat on the way out; the server its port.
     assert node.sql("SELECT role FROM heartbeats") == []
     assert node.tcp_port() is None
-    # p2pctl now says so in one sentence, with a non-zero exit and no traceback.
-    done = node.p2pctl("peers")
-    assert done.returncode != 0
+    # A command needing the roles says so in one sentence, with a non-zero exit and no
+    # traceback; a report of what happened shows the database, with a one-line note.
+    done = node.p2pctl("download", "hello.txt")
+    assert done.returncode == 3
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "not running" in done.stderr and "Traceback" not in done.stderr
+    report = node.p2pctl("files")
+    assert report.returncode == 0 and "big.bin" in report.stdout
+    assert report.stderr.startswith("note: ") and len(report.stderr.strip().splitlines()) == 1
 
 
 def _is_zombie(pid: int) -> bool:

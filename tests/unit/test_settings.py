@@ -254,3 +254,21 @@ def test_chunk_size_override_wins() -> None:
     assert chunk_size_for(100 * GIB, 16384) == 16384
     assert chunk_size_for(0, 65536) == 65536
     assert chunk_size_for(GIB, None) == 4 * MIB
+
+
+# ---------------------------------------------------------------- history horizon
+
+
+def test_history_days_defaults_to_thirty(tmp_path: Path) -> None:
+    assert load_settings(env=base_env(tmp_path)).history_days == 30
+
+
+def test_history_days_from_the_environment(tmp_path: Path) -> None:
+    assert load_settings(env=base_env(tmp_path, P2P_HISTORY_DAYS="7")).history_days == 7
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "1.5", "month", "36501"])
+def test_bad_history_days_is_one_sentence_naming_it(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(SettingsError, match="P2P_HISTORY_DAYS") as info:
+        load_settings(env=base_env(tmp_path, P2P_HISTORY_DAYS=raw))
+    assert "\n" not in str(info.value)

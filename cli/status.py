@@ -1,0 +1,160 @@
+"""p2pctl status: the node's settings, roles, counts and database sizes.
+
+Read in plain sqlite3 (`db.quick`) so that the command most often run stays quick: no
+SQLAlchemy import, and every count a single row or an index lookup.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from p2pshare.cli import node_settings
+from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
+from p2pshare.cli.render import ago, emit_json, emit_table, human_bytes
+from p2pshare.db import quick
+from p2pshare.db.roles import RoleStatus
+from p2pshare.services.protocol import short_fingerprint
+
+KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctl
+def status(ctl: Ctl, as_json: bool) -> None:
+    """This node: name, address, ports, folders, which roles are alive, counts."""
+    shell = ctl.settings
+    now = time.time()
+    facts = quick.status_facts(ctl.quick, shell.db_path, now=now)
+    roles, state, recorded, counts = facts.roles, facts.node, facts.recorded, facts.counts
+    node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)
+    # The live port while the server runs; what it last recorded once it stopped.
+    tcp_port = (state.tcp_port if state else None) or node.tcp_port
+    differs = node_settings.shell_differs(shell, node)
+    if as_json:
+        emit_json(
+            {
+                **status_info(node, tcp_port, roles),
+                "home": str(shell.home),
+                "node_id": state.node_id if state else None,
+                "catalog_version": state.catalog_version if state else 0,
+                "counts": counts.__dict__,
+                "database_bytes": facts.sizes.database,
+                "wal_bytes": facts.sizes.wal,
+                "recorded": recorded,
+                "shell_differs": differs,
+            }
+        )
+    else:
+        click.echo(f"node      {node.username or '-'}  ({shell.home})")
+        for line in settings_lines(node, tcp_port, differs):
+            click.echo(line)
+        click.echo(f"shared    {counts.shared_files} files, {human_bytes(counts.shared_bytes)}")
+        click.echo(f"network   {counts.peers} peers, {counts.network_files} files")
+        click.echo(f"downloads {counts.downloads_running} running, {counts.downloads_done} done")
+        click.echo(f"uploads   {counts.uploads} chunks, {human_bytes(counts.uploaded_bytes)}")
+        click.echo(
+            f"database  {human_bytes(facts.sizes.database)}, "
+            f"WAL {human_bytes(facts.sizes.wal)}  ({shell.db_path})"
+        )
+        click.echo()
+        emit_table(
+            ["role", "state", "pid", "heartbeat", "detail"],
+            [
+                [
+                    r.role,
+                    "alive" if r.alive else "DOWN",
+                    r.pid or "-",
+                    ago(r.beat_at, now=now),
+                    r.detail,
+                ]
+                for r in roles
+            ],
+            "",
+        )
+    if not any(r.alive for r in roles):
+        raise NodeNotRunning(f"no role of this node is running; {START_HINT}")
+
+
+def status_info(
+    node: node_settings.NodeSettings, tcp_port: int | None, roles: list[RoleStatus]
+) -> dict[str, object]:
+    """The settings part of `status --json`."""
+    return {
+        "settings_from": node.source,
+        "username": node.username,
+        "bind": node.bind,
+        "tcp_port": tcp_port,
+        "udp_port": node.udp_port,
+        "broadcast": node.broadcast,
+        "broadcast_from": node.broadcast_from,
+        "announce_interval": node.announce_interval,
+        "share_dir": node.share_dir,
+        "download_dir": node.download_dir,
+        "network_key": node.network_key,
+        "encrypt": node.encrypt,
+        "fingerprint": node.fingerprint,
+        "versions": node.versions,
+        "roles": {
+            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
+            for r in roles
+        },
+    }
+
+
+def settings_lines(
+    node: node_settings.NodeSettings, tcp_port: int | None, differs: list[str]
+) -> list[str]:
+    """Status lines on how the node runs, and where status learned it."""
+    lines = [
+        f"address   {node.bind or '-'}  tcp {tcp_port or '-'}  udp {node.udp_port or '-'}",
+        f"announce  to {announce_targets(node)} every {seconds(node.announce_interval)}",
+        f"folders   share {node.share_dir or '-'}, downloads {node.download_dir or '-'}",
+        f"key       {KEY_WORDS[node.network_key]}",
+        f"identity  {identity_words(node)}",
+    ]
+    if node.versions:
+        lines.append(f"version   {versions(node.versions)}")
+    if node.source == "shell":
+        lines.append(
+            "settings  this shell's own: no role of this node has recorded what it runs with"
+        )
+    if differs:
+        lines.append(
+            f"note      this shell's {', '.join(differs)} differ; above is what the node runs with"
+        )
+    return lines
+
+
+def identity_words(node: node_settings.NodeSettings) -> str:
+    """The fingerprint peers know this node by (its short form is what people compare)."""
+    link = {True: "TLS on every connection", False: "connections in clear", None: "-"}
+    if node.fingerprint is None:
+        return link[node.encrypt]
+    short = short_fingerprint(node.fingerprint)
+    return f"{short}, {link[node.encrypt]} (sha256 {node.fingerprint})"
+
+
+def announce_targets(node: node_settings.NodeSettings) -> str:
+    if node.broadcast is None:
+        return "every interface broadcast address"
+    targets = ", ".join(node.broadcast) or "nobody (no interface has a broadcast address)"
+    if node.broadcast_from == node_settings.FROM_INTERFACES:
+        return f"{targets} (every interface broadcast address)"
+    return targets
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
+
+
+def versions(by_role: dict[str, str]) -> str:
+    """`0.1.0`, or which role runs which version while a restart is half done."""
+    if len(set(by_role.values())) == 1:
+        return next(iter(by_role.values()))
+    roles: dict[str, list[str]] = {}
+    for role, version in by_role.items():
+        roles.setdefault(version, []).append(role)
+    return ", ".join(f"{v} ({', '.join(r)})" for v, r in sorted(roles.items()))

@@ -1,0 +1,180 @@
+"""p2pctl start, stop, restart: the node in P2P_HOME under supervisord.
+
+The home is resolved as every role resolves it (`load_settings`), its folders are made,
+and supervisord runs the project's one configuration file with P2P_HOME set: the
+`supervisord.conf` beside the installed packages (p2pshare/supervisord.conf in an
+installed wheel, the checkout's own file in a checkout or an editable install).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
+from p2pshare.services.settings import Settings
+
+CONF_NAME = "supervisord.conf"
+# Roles need a second or two to open the database and beat; a busy machine more.
+START_WAIT_SECONDS = 30.0
+# supervisord gives each role stopwaitsecs=10 after SIGTERM, then kills it.
+STOP_WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.1
+
+
+def conf_path() -> Path:
+    """The supervisord configuration, found beside the `services` package (whose
+    run-role.sh it starts). Raises UserError when the installation lacks it."""
+    import p2pshare.services
+
+    base = Path(p2pshare.services.__file__).resolve().parent.parent
+    path = base / CONF_NAME
+    if not path.is_file() or not (base / "services" / "run-role.sh").is_file():
+        raise UserError(
+            f"this p2pshare installation has no {CONF_NAME} beside {base / 'services'}; "
+            "reinstall it with pip install ."
+        )
+    return path
+
+
+def supervisord_command() -> str:
+    """supervisord beside this Python first (an unactivated virtualenv), else on PATH."""
+    beside = Path(sys.executable).parent / "supervisord"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("supervisord")
+    if found is None:
+        raise UserError("supervisord is not installed; reinstall p2pshare with pip install .")
+    return found
+
+
+def supervisord_pid(settings: Settings) -> int | None:
+    """The pid of this home's supervisord when it runs, from its pidfile."""
+    try:
+        pid = int((settings.home / "supervisord.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A stale pidfile may name a pid now used by something else.
+    return pid if b"supervisord" in cmdline else None
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(POLL_SECONDS)
+    return bool(condition())
+
+
+def alive_roles(ctl: Ctl) -> list[str]:
+    if not ctl.settings.db_path.is_file():
+        return []
+    try:
+        return [r.role for r in ctl.role_statuses() if r.alive]
+    except Exception:  # the database is being created by the roles right now
+        return []
+
+
+def start_node(ctl: Ctl) -> None:
+    settings = ctl.settings
+    pid = supervisord_pid(settings)
+    if pid is not None:
+        click.echo(f"the node at {settings.home} is already running (supervisord pid {pid})")
+        return
+    try:
+        settings.make_dirs()
+    except OSError as exc:
+        raise UserError(f"cannot create the node's folders under {settings.home}: {exc}") from None
+    started_at = time.time()
+    env = {**os.environ, "P2P_HOME": str(settings.home)}
+    result = subprocess.run(
+        [supervisord_command(), "-c", str(conf_path())],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"supervisord did not start: {reason[-1] if reason else result.returncode}")
+
+    def all_alive() -> bool:
+        fresh = [
+            r
+            for r in (ctl.role_statuses() if settings.db_path.is_file() else [])
+            if r.alive and (r.started_at or 0) >= started_at - 1
+        ]
+        return len(fresh) == 4
+
+    if not wait_for(lambda: _quietly(all_alive), START_WAIT_SECONDS):
+        raise UserError(
+            f"the node's roles did not all start within {START_WAIT_SECONDS:.0f} s "
+            f"(alive: {', '.join(alive_roles(ctl)) or 'none'}); see {settings.log_dir}"
+        )
+    click.echo(
+        f"started the node at {settings.home} (supervisord pid {supervisord_pid(settings)}); "
+        f"logs in {settings.log_dir}"
+    )
+
+
+def _quietly(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:  # the roles are creating the database; ask again
+        return False
+
+
+def stop_node(ctl: Ctl) -> bool:
+    """Stop this home's supervisord and its roles; False when it was not running."""
+    settings = ctl.settings
+    pid = supervisord_pid(settings)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    if not wait_for(lambda: supervisord_pid(settings) is None, STOP_WAIT_SECONDS):
+        raise UserError(
+            f"supervisord (pid {pid}) did not stop within {STOP_WAIT_SECONDS:.0f} s; "
+            f"see {settings.log_dir / 'supervisord.log'}"
+        )
+    return True
+
+
+@click.command()
+@pass_ctl
+def start(ctl: Ctl) -> None:
+    """Start the node in P2P_HOME under supervisord."""
+    start_node(ctl)
+
+
+@click.command()
+@pass_ctl
+def stop(ctl: Ctl) -> None:
+    """Stop the node in P2P_HOME."""
+    if not stop_node(ctl):
+        raise NodeNotRunning(f"the node at {ctl.settings.home} is not running")
+    click.echo(f"stopped the node at {ctl.settings.home}")
+
+
+@click.command()
+@pass_ctl
+def restart(ctl: Ctl) -> None:
+    """Stop the node if it runs, then start it."""
+    if stop_node(ctl):
+        click.echo(f"stopped the node at {ctl.settings.home}")
+    start_node(ctl)

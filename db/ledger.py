@@ -1,0 +1,166 @@
+"""Ledgers with a horizon: per-chunk `uploads` rows older than P2P_HISTORY_DAYS become
+per-day totals in `upload_days`; `upload_totals` keeps the lifetime figures exact; bad
+peers are forgiven after the same horizon.
+
+The rollup runs in batches, each its own short transaction (the caller's), so the
+other roles' writes wait milliseconds at most, even on a database holding millions of
+old rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from p2pshare.db.models import BadPeer, Upload, UploadDay, UploadTotal
+
+DAY_SECONDS = 86400
+# Rows per rollup transaction: about 50 ms of work on a slow disk, so a writer
+# waiting behind one never notices.
+ROLLUP_BATCH = 5000
+
+_ROLL_UP = text(
+    "INSERT INTO upload_days (day, peer_address, sha256, name, chunks, bytes, seconds)"
+    " SELECT CAST(at / 86400 AS INTEGER) * 86400, peer_address, sha256, name,"
+    " count(*), sum(bytes), sum(seconds) FROM uploads"
+    " WHERE at < :cutoff AND at <= :bound"
+    " GROUP BY 1, peer_address, sha256, name"
+    # The WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
+    " ON CONFLICT (day, peer_address, sha256, name) DO UPDATE SET"
+    " chunks = chunks + excluded.chunks, bytes = bytes + excluded.bytes,"
+    " seconds = seconds + excluded.seconds"
+)
+
+
+@dataclass(frozen=True)
+class Totals:
+    chunks: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class UploadSum:
+    """What one peer was served of one file over some days."""
+
+    peer_address: str
+    name: str
+    sha256: str
+    chunks: int
+    bytes: int
+    seconds: float
+    first_day: int  # start of the first UTC day with any of it, unix seconds
+    last_at: float  # the latest served chunk's time, or its day's end once rolled up
+
+
+def horizon(now: float, days: int) -> float:
+    """The time before which per-chunk rows are rolled up."""
+    return now - days * DAY_SECONDS
+
+
+def day_start(ts: float) -> int:
+    return int(ts // DAY_SECONDS) * DAY_SECONDS
+
+
+def add_to_totals(session: Session, chunks: int, nbytes: int) -> None:
+    """Count newly recorded uploads into the lifetime totals."""
+    session.execute(
+        text(
+            "INSERT INTO upload_totals (id, chunks, bytes) VALUES (1, :c, :b)"
+            " ON CONFLICT (id) DO UPDATE SET chunks = chunks + :c, bytes = bytes + :b"
+        ),
+        {"c": chunks, "b": nbytes},
+    )
+
+
+def upload_totals(session: Session) -> Totals:
+    """Lifetime chunks and bytes served: one row, whatever the ledgers hold."""
+    row = session.get(UploadTotal, 1)
+    return Totals(0, 0) if row is None else Totals(row.chunks, row.bytes)
+
+
+def roll_up_batch(session: Session, cutoff: float, batch: int = ROLLUP_BATCH) -> int:
+    """Move up to about `batch` of the oldest uploads rows before `cutoff` into
+    upload_days; returns how many rows it moved (0: nothing is older than cutoff)."""
+    # The batch ends at the `at` of its last row, found on ix_uploads_at; rows sharing
+    # that time join the batch, so both statements below see exactly the same rows.
+    bound = session.scalar(
+        select(Upload.at).where(Upload.at < cutoff).order_by(Upload.at).offset(batch - 1).limit(1)
+    )
+    if bound is None:
+        bound = cutoff
+    params = {"cutoff": cutoff, "bound": bound}
+    session.execute(_ROLL_UP, params)
+    moved = session.execute(delete(Upload).where(Upload.at < cutoff, Upload.at <= bound))
+    return int(moved.rowcount)  # type: ignore[attr-defined]
+
+
+def has_rows_before(session: Session, cutoff: float) -> bool:
+    """Whether any uploads row is older than cutoff (one probe of ix_uploads_at)."""
+    return session.scalar(select(Upload.id).where(Upload.at < cutoff).limit(1)) is not None
+
+
+def expire_bad_peers(session: Session, cutoff: float) -> int:
+    """Forgive peers marked bad before cutoff (a file's bad sender may have been fixed or
+    replaced by then); returns how many marks went."""
+    result = session.execute(delete(BadPeer).where(BadPeer.marked_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def uploads_since(session: Session, since: float) -> list[UploadSum]:
+    """Per peer and file, what was served from the start of the UTC day of `since` on:
+    recent per-chunk rows and rolled-up days together, most bytes first."""
+    first = day_start(since)
+    sums: dict[tuple[str, str, str], list[float]] = {}
+
+    def add(
+        key: tuple[str, str, str], chunks: int, nbytes: int, secs: float, d0: int, t: float
+    ) -> None:
+        acc = sums.get(key)
+        if acc is None:
+            sums[key] = [chunks, nbytes, secs, d0, t]
+            return
+        acc[0] += chunks
+        acc[1] += nbytes
+        acc[2] += secs
+        acc[3] = min(acc[3], d0)
+        acc[4] = max(acc[4], t)
+
+    recent = session.execute(
+        select(
+            Upload.peer_address,
+            Upload.name,
+            Upload.sha256,
+            func.count(),
+            func.sum(Upload.bytes),
+            func.sum(Upload.seconds),
+            func.min(Upload.at),
+            func.max(Upload.at),
+        )
+        .where(Upload.at >= first)
+        .group_by(Upload.peer_address, Upload.name, Upload.sha256)
+    )
+    for peer, name, sha, chunks, nbytes, secs, t0, t1 in recent:
+        add((peer, name, sha), chunks, nbytes, secs, day_start(t0), t1)
+    days = session.execute(
+        select(
+            UploadDay.peer_address,
+            UploadDay.name,
+            UploadDay.sha256,
+            func.sum(UploadDay.chunks),
+            func.sum(UploadDay.bytes),
+            func.sum(UploadDay.seconds),
+            func.min(UploadDay.day),
+            func.max(UploadDay.day),
+        )
+        .where(UploadDay.day >= first)
+        .group_by(UploadDay.peer_address, UploadDay.name, UploadDay.sha256)
+    )
+    for peer, name, sha, chunks, nbytes, secs, d0, d1 in days:
+        add((peer, name, sha), chunks, nbytes, secs, d0, d1 + DAY_SECONDS)
+    out = [
+        UploadSum(peer, name, sha, int(a[0]), int(a[1]), float(a[2]), int(a[3]), float(a[4]))
+        for (peer, name, sha), a in sums.items()
+    ]
+    return sorted(out, key=lambda u: (-u.bytes, u.peer_address, u.name))

@@ -1,0 +1,109 @@
+"""What `p2pctl status` reads, in plain sqlite3: importing SQLAlchemy would cost more than
+the whole command otherwise takes. Every count here is a single row or an index
+lookup, never a scan of a ledger (see bench/cli_timing.py for the query plans).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pshare.db import roles as dbroles
+from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
+from p2pshare.db.wal import Sizes, sizes
+
+BUSY_TIMEOUT_MS = 30_000
+RUNNING_STATUSES = ("queued", "active", "waiting")
+
+COUNT_QUERIES = {
+    "shared": "SELECT count(*), coalesce(sum(size), 0) FROM local_files",
+    "network": (
+        "SELECT count(DISTINCT f.sha256), 0 FROM holdings h JOIN files f ON f.id = h.file_id"
+    ),
+    "peers": "SELECT count(*), 0 FROM peers",
+    "running": "SELECT count(*), 0 FROM downloads WHERE status IN ('queued', 'active', 'waiting')",
+    "done": "SELECT count(*), 0 FROM downloads WHERE status = 'done'",
+    "uploads": "SELECT chunks, bytes FROM upload_totals WHERE id = 1",
+}
+
+
+@dataclass(frozen=True)
+class Counts:
+    shared_files: int
+    shared_bytes: int
+    network_files: int
+    peers: int
+    downloads_running: int
+    downloads_done: int
+    uploads: int
+    uploaded_bytes: int
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    tcp_port: int | None
+    node_id: str | None
+    catalog_version: int
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    roles: list[dbroles.RoleStatus]
+    node: NodeRow | None
+    recorded: dict[str, dict[str, str]]
+    counts: Counts
+    sizes: Sizes
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to an existing node database at this schema version.
+
+    Raises SchemaError when there is none or it has another version.
+    """
+    if not path.is_file():
+        raise SchemaError(f"there is no node database at {path}")
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.isolation_level = None
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise SchemaError(
+            f"the database at {path} is at schema version {version}, "
+            f"this p2pctl expects {SCHEMA_VERSION}; restart the node"
+        )
+    return conn
+
+
+def role_statuses(conn: sqlite3.Connection, *, now: float) -> list[dbroles.RoleStatus]:
+    rows = conn.execute("SELECT role, pid, started_at, beat_at, detail FROM heartbeats")
+    return dbroles.statuses(rows.fetchall(), now=now)
+
+
+def counts(conn: sqlite3.Connection) -> Counts:
+    values: list[int] = []
+    for query in COUNT_QUERIES.values():
+        row = conn.execute(query).fetchone() or (0, 0)
+        values.append(int(row[0] or 0))
+        values.append(int(row[1] or 0))
+    shared, shared_bytes, network, _, peers, _, running, _, done, _, up, up_bytes = values
+    return Counts(shared, shared_bytes, network, peers, running, done, up, up_bytes)
+
+
+def status_facts(conn: sqlite3.Connection, path: Path, *, now: float) -> StatusFacts:
+    """Everything `p2pctl status` shows, from one read snapshot."""
+    conn.execute("BEGIN")
+    try:
+        roles = role_statuses(conn, now=now)
+        row = conn.execute("SELECT tcp_port, node_id, catalog_version FROM node WHERE id = 1")
+        found = row.fetchone()
+        node = NodeRow(found[0], found[1], int(found[2])) if found else None
+        recorded: dict[str, dict[str, str]] = {}
+        for role, name, value in conn.execute(
+            "SELECT role, name, value FROM role_settings ORDER BY role, name"
+        ):
+            recorded.setdefault(role, {})[name] = value
+        facts = counts(conn)
+    finally:
+        conn.execute("COMMIT")
+    return StatusFacts(roles, node, recorded, facts, sizes(path))

@@ -1,0 +1,92 @@
+"""The server's housekeeping: ledgers kept to P2P_HISTORY_DAYS, free pages returned.
+
+The server writes `uploads`, so it rolls them up too: every HOUSEKEEPING_SECONDS it
+probes for rows older than the horizon (one index lookup) and, if there are any,
+moves them into `upload_days` in batches of short transactions, then gives the freed
+pages back to the file system (`PRAGMA incremental_vacuum`). A database from before
+schema v5 has auto_vacuum off; the first rollup that empties its backlog switches it
+with one VACUUM, when the file is at its smallest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from p2pshare.db import ledger
+from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database
+
+log = logging.getLogger("p2p.housekeeping")
+
+HOUSEKEEPING_SECONDS = 5.0
+# Between two rollup batches: other writers get the lock in the gap.
+BATCH_GAP_SECONDS = 0.005
+
+
+@dataclass
+class Housekeeping:
+    database: Database
+    history_days: int
+    stop: threading.Event
+
+    def step(self, now: float) -> int:
+        """One round: roll up, forgive old bad peers, vacuum; returns rows rolled up."""
+        cutoff = ledger.horizon(now, self.history_days)
+        with self.database.read() as s:
+            backlog = ledger.has_rows_before(s, cutoff)
+        moved = 0
+        started = time.monotonic()
+        while backlog and not self.stop.is_set():
+            with self.database.write() as s:
+                n = ledger.roll_up_batch(s, cutoff)
+            moved += n
+            if n == 0:
+                break
+            time.sleep(BATCH_GAP_SECONDS)
+        with self.database.write() as s:
+            forgiven = ledger.expire_bad_peers(s, cutoff)
+        if forgiven:
+            log.info("forgave %d bad-peer marks older than %d days", forgiven, self.history_days)
+        if moved:
+            log.info(
+                "rolled up %d uploads rows older than %d days into upload_days in %.1f s",
+                moved,
+                self.history_days,
+                time.monotonic() - started,
+            )
+            self.vacuum()
+        return moved
+
+    def vacuum(self) -> None:
+        """Return free pages to the file system; switch an old database to incremental
+        auto_vacuum first (one VACUUM, the only way SQLite allows)."""
+        conn = sqlite3.connect(self.database.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.isolation_level = None
+        try:
+            mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+            if mode != 2:  # 2: INCREMENTAL
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+                log.info("switched the database to incremental auto_vacuum (one VACUUM)")
+            else:
+                # Each step of this pragma frees one page, and sqlite3's execute() steps
+                # a statement without rows once; executescript runs it to the end.
+                conn.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.OperationalError as exc:
+            log.warning("could not vacuum the database, will try after the next rollup: %s", exc)
+        finally:
+            conn.close()
+
+
+def housekeeping_loop(keeper: Housekeeping) -> None:
+    """Run `step` at start and every HOUSEKEEPING_SECONDS until stopped; an error in one
+    round is logged, not fatal."""
+    while not keeper.stop.is_set():
+        try:
+            keeper.step(time.time())
+        except Exception:
+            log.exception("housekeeping failed; retrying")
+        keeper.stop.wait(HOUSEKEEPING_SECONDS)
