@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "share-link": (
         "p2pshare.cli.share",
         "share_link",
-        "Print the link (and a QR code) that opens this node's browser share.",
+        "Print the browser share's URL, with its token, and a QR code for a phone's camera.",
     ),
 }
 
