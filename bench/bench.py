@@ -60,12 +60,6 @@ GOALS: dict[str, tuple[str, str, float, str]] = {
     "rss": ("peak RSS < 100 MB for each role", "<", 100.0, "transfer"),
     # Issue 12's.
     "tls": ("encrypted one seeder >= 1.0x curl over HTTPS from nginx", ">=", 1.0, "encrypted"),
-    "tls-cpu": (
-        "encrypted: CPU/GiB reported beside curl + nginx over HTTPS",
-        "<=",
-        1e9,
-        "encrypted",
-    ),
 }
 
 

@@ -103,7 +103,8 @@ class BenchNode:
             now = time.time()
             rows = self.sql("SELECT role FROM heartbeats WHERE beat_at > ?", (now - 5,))
             port = self.sql("SELECT tcp_port FROM node")
-            return len(rows) == 4 and bool(port) and port[0][0] is not None
+            beating = {role for (role,) in rows}
+            return beating >= set(ROLES) and bool(port) and port[0][0] is not None
 
         wait_for(ready, timeout, f"{self.label} to start")
 
