@@ -9,9 +9,9 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_db import sql
 
 from p2pshare.db import ledger, quick
 from p2pshare.db import serving as dbserving
@@ -31,14 +31,6 @@ def database(tmp_path: Path) -> Iterator[Database]:
     db = Database.open(tmp_path / "p2p.db")
     yield db
     db.close()
-
-
-def sql(path: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(query, args).fetchall()
-    finally:
-        conn.close()
 
 
 def served(rng: random.Random, n: int, oldest_days: float) -> list[dbserving.ServedChunk]:
