@@ -14,7 +14,7 @@ from p2pshare.cli import node_settings
 from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import ago, emit_json, emit_table, human_bytes
 from p2pshare.db import quick
-from p2pshare.db.roles import RoleStatus
+from p2pshare.db.roles import ROLES, RoleStatus
 from p2pshare.services.protocol import short_fingerprint
 
 KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
@@ -74,7 +74,7 @@ def status(ctl: Ctl, as_json: bool) -> None:
             ],
             "",
         )
-    if not any(r.alive for r in roles):
+    if not any(r.alive for r in roles if r.role in ROLES):  # p2p-web alone is no node
         raise NodeNotRunning(f"no role of this node is running; {START_HINT}")
 
 

@@ -75,9 +75,14 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def role_statuses(conn: sqlite3.Connection, *, now: float) -> list[dbroles.RoleStatus]:
-    rows = conn.execute("SELECT role, pid, started_at, beat_at, detail FROM heartbeats")
-    return dbroles.statuses(rows.fetchall(), now=now)
+def role_statuses(
+    conn: sqlite3.Connection, *, now: float, with_web: bool = False
+) -> list[dbroles.RoleStatus]:
+    """The four roles; with_web, p2p-web too when it has a heartbeat row (it runs, or died
+    without clearing it): a node without the web program is not missing anything."""
+    rows = conn.execute("SELECT role, pid, started_at, beat_at, detail FROM heartbeats").fetchall()
+    web = ("web",) if with_web and any(row[0] == "web" for row in rows) else ()
+    return dbroles.statuses(rows, now=now, roles=(*dbroles.ROLES, *web))
 
 
 def counts(conn: sqlite3.Connection) -> Counts:
@@ -94,7 +99,7 @@ def status_facts(conn: sqlite3.Connection, path: Path, *, now: float) -> StatusF
     """Everything `p2pctl status` shows, from one read snapshot."""
     conn.execute("BEGIN")
     try:
-        roles = role_statuses(conn, now=now)
+        roles = role_statuses(conn, now=now, with_web=True)
         row = conn.execute("SELECT tcp_port, node_id, catalog_version FROM node WHERE id = 1")
         found = row.fetchone()
         node = NodeRow(found[0], found[1], int(found[2])) if found else None
