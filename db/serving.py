@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db.downloads import KEEPING_TEMP
 from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.db.ledger import add_to_totals
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
-# Downloads in these states may hold verified chunks worth offering (a paused one too:
-# its temp file stays).
-OFFERING_STATUSES = ("queued", "active", "waiting", "paused")
+# Downloads that may hold verified chunks worth offering: those whose temp file stays
+# (unfinished ones, and paused ones).
+OFFERING_STATUSES = KEEPING_TEMP
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from p2pshare.db.engine import Database
 from p2pshare.services.web import chart
 from p2pshare.services.web.sampler import RateSampler
 
-RUNNING = ("queued", "active", "waiting", "paused")
+# Shown as running (with controls) rather than as history: unfinished or paused.
+RUNNING = dbdl.KEEPING_TEMP
 # A finished download stays among the progress bars, at 100 %, for this long.
 RECENT_SECONDS = 120.0
 HISTORY_ROWS = 30
