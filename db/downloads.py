@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.index import HashedFile, record_local_file
@@ -152,11 +152,26 @@ def queue_download(
     same = Download.sha256 == candidate.sha256
     if not pinned:  # an unpinned download of that name moves to the version offered now
         same = same | ((Download.name == candidate.name) & ~Download.pinned)
+    return reuse_or_queue(session, candidate, same, request_id=request_id, pinned=pinned, now=now)
+
+
+def reuse_or_queue(
+    session: Session,
+    candidate: Candidate,
+    same: ColumnElement[bool],
+    *,
+    request_id: int | None,
+    pinned: bool,
+    now: float,
+) -> tuple[int, bool]:
+    """The oldest unfinished (or paused) download that `same` matches, else a new one for
+    the candidate; returns (download id, whether it is new). Asking with NAME@SHA pins a
+    reused one: the later "this version" wins."""
     existing = session.scalar(
         select(Download).where(same, Download.status.in_(KEEPING_TEMP)).order_by(Download.id)
     )
     if existing is not None:
-        existing.pinned = existing.pinned or pinned  # the later "this version" wins
+        existing.pinned = existing.pinned or pinned
         return existing.id, False
     return new_download(session, candidate, request_id=request_id, pinned=pinned, now=now), True
 

@@ -14,10 +14,10 @@ from p2pshare.db.downloads import (
     AlreadyHere,
     Candidate,
     UnknownName,
-    new_download,
     offer_peers,
     queue_download,
     resolve_name,
+    reuse_or_queue,
 )
 from p2pshare.db.models import Download, DownloadSource, File, Holding, LocalFile, Request
 from p2pshare.db.reports import matches
@@ -142,19 +142,8 @@ def _queue_named(
 ) -> tuple[int, bool]:
     """Queue one file of a folder or glob, reusing an unfinished (or paused) download of the
     same content under the same name: each name of the tree arrives, none twice."""
-    existing = session.scalar(
-        select(Download)
-        .where(
-            Download.sha256 == c.sha256,
-            Download.name == c.name,
-            Download.status.in_(KEEPING_TEMP),
-        )
-        .order_by(Download.id)
-    )
-    if existing is not None:
-        existing.pinned = existing.pinned or pinned  # the later "this version" wins
-        return existing.id, False
-    return new_download(session, c, request_id=request_id, pinned=pinned, now=now), True
+    same = (Download.sha256 == c.sha256) & (Download.name == c.name)
+    return reuse_or_queue(session, c, same, request_id=request_id, pinned=pinned, now=now)
 
 
 # ------------------------------------------------------------ pause, resume, cancel
