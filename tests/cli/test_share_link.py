@@ -43,8 +43,8 @@ def test_share_link_prints_url_with_token_and_qr(tmp_path):
     assert lines[0] == f"http://127.0.0.1:40123/share/?token={token}"
     assert len(lines) > 10 and any("█" in line or "▀" in line for line in lines[1:])
     assert "not running" in done.stderr  # no heartbeat: said as a note, the link still printed
-    again = p2pctl(tmp_path, "share-link", "--no-qr", "--host", "192.0.2.7")
-    assert again.stdout == f"http://192.0.2.7:40123/share/?token={token}\n"
+    again = p2pctl(tmp_path, "share-link", "--no-qr", "--host", "127.0.0.2")
+    assert again.stdout == f"http://127.0.0.2:40123/share/?token={token}\n"
 
 
 def test_share_link_says_why_not_in_one_sentence(tmp_path):

@@ -126,18 +126,18 @@ def test_a_shell_that_agrees_gets_no_note(node_home: Path) -> None:
 def test_interface_targets_and_a_half_done_upgrade_are_shown(tmp_path: Path) -> None:
     home = tmp_path / "home"
     seed(home)
-    # 192.0.2.0/24 is reserved for documentation: a value in a row, never a destination.
-    record(home, running_with("192.0.2.255", "interfaces", version="0.0.9"))
+    # A value in a row, never a destination; loopback anyway, and unlike the shell's.
+    record(home, running_with("127.1.255.255", "interfaces", version="0.0.9"))
     out = ok(p2pctl(home, "status", P2P_BROADCAST="127.255.255.255"))
     assert lines_of(out, "announce") == [
-        "announce  to 192.0.2.255 (every interface broadcast address) every 2 s"
+        "announce  to 127.1.255.255 (every interface broadcast address) every 2 s"
     ]
     assert lines_of(out, "version") == [
         f"version   0.0.9 (server), {VERSION} (announcer, downloader, listener)"
     ]
     assert "P2P_BROADCAST" in lines_of(out, "note")[0]
     info = as_json(p2pctl(home, "status", "--json", P2P_BROADCAST="127.255.255.255"))
-    assert (info["broadcast"], info["broadcast_from"]) == (["192.0.2.255"], "interfaces")
+    assert (info["broadcast"], info["broadcast_from"]) == (["127.1.255.255"], "interfaces")
 
 
 # ---------------------------------------------------------------- history
