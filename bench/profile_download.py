@@ -8,6 +8,12 @@ with `py-spy record --gil` for the whole transfer: only the thread holding the G
 the samples show where Python itself spends CPU. Prints each function's share of the
 samples (own time) and writes the raw stacks to bench/results/profile.txt.
 Needs py-spy (pip install py-spy) and root, or ptrace permission.
+
+    python bench/profile_download.py --perf
+
+samples the same role with `perf record -g -p PID` instead (kernel and C stacks of every
+thread: the copies, the locks, libcrypto), and prints `perf report`'s own-time shares by
+symbol; the data stays in bench/results/perf.data. Needs Debian's linux-perf.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodes import BenchNode, wait_for  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 MIB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
@@ -43,6 +50,28 @@ def summarize(collapsed: Path, top: int = 15) -> list[tuple[str, float]]:
     return [(name, n / total) for name, n in own.most_common(top)]
 
 
+def perf_summary(data: Path, top: int = 25) -> str:
+    """perf report's own-time (self) share by symbol, the top lines only."""
+    report = subprocess.run(
+        [
+            "perf",
+            "report",
+            "-i",
+            str(data),
+            "--no-children",
+            "--sort",
+            "sym",
+            "--stdio",
+            "-g",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = [ln for ln in report.splitlines() if ln.strip() and not ln.startswith("#")]
+    return "\n".join(lines[:top])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -54,6 +83,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--role", choices=["downloader", "server"], default="downloader", help="whose CPU"
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="perf record -g (kernel + C) instead of py-spy"
     )
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="p2p-prof-", dir="/dev/shm"))
@@ -70,14 +102,17 @@ def main() -> None:
         for node in (seed, leech):
             node.wait_ready()
         wait_for(lambda: leech.knows("big.bin"), 120, "the leecher to learn the file")
-        out = HERE / "results" / "profile.txt"
+        out = HERE / "results" / ("perf.data" if args.perf else "profile.txt")
         out.parent.mkdir(exist_ok=True)
+        pid = str((leech if args.role == "downloader" else seed).role_pid(args.role))
         spy = subprocess.Popen(
-            [
+            ["perf", "record", "-g", "-p", pid, "-o", str(out)]
+            if args.perf
+            else [
                 "py-spy",
                 "record",
                 "--pid",
-                str((leech if args.role == "downloader" else seed).role_pid(args.role)),
+                pid,
                 "--format",
                 "raw",
                 "--output",
@@ -93,12 +128,21 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)  # py-spy attaches
+        cpu_before = cpu_seconds(int(pid))
         started = time.monotonic()
         done = leech.p2pctl("download", "big.bin")
         took = time.monotonic() - started
+        cpu = cpu_seconds(int(pid)) - cpu_before
         spy.send_signal(2)
         spy.wait(timeout=30)
-        print(f"p2pctl download: exit {done.returncode} in {took:.2f} s")
+        print(
+            f"p2pctl download: exit {done.returncode} in {took:.2f} s; "
+            f"{args.role} {cpu:.2f} CPU-s ({cpu * 1024 / args.size_mib:.2f} s/GiB, profiler's "
+            "own overhead included)"
+        )
+        if args.perf:
+            print(perf_summary(out))
+            return
         for name, share in summarize(out):
             print(f"{share * 100:5.1f}%  {name}")
     finally:

@@ -54,9 +54,11 @@ import hashlib
 import mmap
 import multiprocessing as mp
 import os
+import queue
 import resource
 import socket
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -71,7 +73,7 @@ MIB, GIB = 1 << 20, 1 << 30
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; 3.11 lacks the name
 PIECE = 256 * 1024  # pwrite/256k: ext4 then allocates small folios (see Findings)
 METHODS = [(m, True) for m in ("pwrite", "pwrite/256k", "mmap", "mmap+populate")]
-METHODS += [(m, True) for m in ("splice+pread", "splice+mmap")]
+METHODS += [(m, True) for m in ("splice+pread", "splice+mmap", "writer-thread")]
 METHODS += [(m, False) for m in ("pwrite", "pwrite/256k", "mmap", "mmap+populate", "splice")]
 
 
@@ -128,6 +130,38 @@ def splice_chunk(sfd: int, pr: int, pw: int, fd: int, off: int, n: int, pipesz: 
         off, n = off + got, n - got
 
 
+def receive_handing_over(sock, fd, size, chunk, expected) -> int:
+    """writer-thread: this thread receives and hashes 256 KiB blocks, a second thread
+    writes them (the node's design, services/block_writer.py). Returns bad chunks."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(4):
+        free.put(bytearray(PIECE))
+
+    def write() -> None:
+        while (item := todo.get()) is not None:
+            buf, n, off = item
+            os.pwrite(fd, memoryview(buf)[:n], off)
+            free.put(buf)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    bad = 0
+    for i in range(size // chunk):
+        before = expected[i - 1] if i else INITIAL_STATE
+        hasher = ChainHasher(before, i * chunk)
+        for o in range(0, chunk, PIECE):
+            buf = free.get()
+            view = memoryview(buf)[: min(PIECE, chunk - o)]
+            fill(sock, view)
+            hasher.update(view)
+            todo.put((buf, len(view), i * chunk + o))
+        bad += hasher.state() != expected[i]
+    todo.put(None)
+    writer.join()
+    return bad
+
+
 def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -142,7 +176,7 @@ def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
         pipesz = int(Path("/proc/sys/fs/pipe-max-size").read_text())  # what a non-root node gets
         pipesz = fcntl.fcntl(pw, fcntl.F_SETPIPE_SZ, min(pipesz, chunk))
     bad = 0
-    for i in range(size // chunk):
+    for i in range(size // chunk if method != "writer-thread" else 0):
         off = i * chunk
         if method.startswith("pwrite"):
             fill(sock, buf)
@@ -165,6 +199,8 @@ def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
             for o in range(0, chunk, step):
                 if os.pwrite(fd, data[o : o + step], off + o) != step:
                     raise OSError("short pwrite")
+    if method == "writer-thread":
+        bad = receive_handing_over(sock, fd, size, chunk, expected)
     t1 = time.perf_counter()
     if mm is not None:
         mm.flush()
@@ -209,7 +245,11 @@ def main() -> None:
     ap.add_argument("--chunk-mib", type=int, action="append", help="repeatable; default 4 and 1")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--src", type=Path, default=Path("/dev/shm/recvpath-src.bin"))
+    ap.add_argument(
+        "--method", action="append", help="only these (repeatable), e.g. pwrite/256k; +hash only"
+    )
     args = ap.parse_args()
+    methods = [(m, h) for m, h in METHODS if not args.method or (m in args.method and h)]
     dirs = [Path(d) for d in (args.dir or ["/dev/shm", "/var/tmp"])]
     size = args.size_mib * MIB
     print(f"hash: {'ChainHasher (libcrypto)' if ChainHasher else 'hashlib (fallback)'}")
@@ -222,7 +262,7 @@ def main() -> None:
         expected = expected_states(args.src, size, chunk)
         for rep in range(args.reps):
             for d in dirs:
-                for method, hashing in METHODS:
+                for method, hashing in methods:
                     dest = d / f"recvpath-{os.getpid()}.part"
                     r = run_once(method, hashing, args.src, dest, size, chunk, expected)
                     results.setdefault((str(d), chunk, method, hashing), []).append(r)
@@ -234,7 +274,7 @@ def main() -> None:
     for d in dirs:
         rows = []
         for (dd, chunk, method, hashing), runs in results.items():
-            base = results[(dd, chunk, "pwrite", hashing)]
+            base = results.get((dd, chunk, "pwrite", hashing), runs)
             mbs, cpus = [size / r["wall"] / 1e6 for r in runs], [r["cpu"] / gib for r in runs]
             b_mbs, b_cpu = med(size / r["wall"] / 1e6 for r in base), med(r["cpu"] for r in base)
             rows += [[

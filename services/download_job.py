@@ -1,11 +1,12 @@
 """One download: chunks from every peer that holds any, verified, durable, then published.
 
-Threads: one `PeerWorker` per source connection (peer_worker.py: pipelined
-requests, each chunk received into a reused buffer, verified against the chained
-manifest and written once), and the job's own loop here, which picks sources,
-decides when the download waits or fails, and every FLUSH_SECONDS makes the
-verified chunks durable (job_progress.py). When the last chunk is durable the
-file is proven whole and published (job_finish.py).
+Threads: one `PeerWorker` per source (peer_worker.py: one connection, pipelined
+requests, each chunk received into reused buffers and verified against the chained
+manifest as it arrives), one `BlockWriter` (block_writer.py), the only thread that
+writes the temp file, and the job's own loop here, which picks sources, decides when
+the download waits or fails, and every FLUSH_SECONDS makes the verified chunks
+durable (job_progress.py). When the last chunk is durable the file is proven whole
+and published (job_finish.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from p2pshare.db import downloads as dbdl
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
+from p2pshare.services.block_writer import BlockWriter
 from p2pshare.services.job_finish import Finisher, JobFailed
 from p2pshare.services.job_progress import DurableProgress, Ledger
 from p2pshare.services.peer_worker import ChunkCheck, PeerWorker, SourceState, peer_id
@@ -33,7 +35,6 @@ log = logging.getLogger("p2p.download")
 FLUSH_SECONDS = 0.5
 SOURCE_REFRESH_SECONDS = 2.0
 MAX_SOURCES = 16
-CONNECTIONS_PER_SOURCE = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0
 
@@ -68,10 +69,14 @@ class DownloadJob:
         self.durable = DurableProgress(spec, self.count, have)
         self.ledger = Ledger()  # under self.lock
         self.bad_sources: set[tuple[str, int]] = set()
-        # Chunk -> blocks being written right now, outside the lock; and chunks whose
-        # verified endgame copy is being written whole (no other copy may write then).
-        self.writing: dict[int, int] = {}
-        self.sealed: set[int] = set()
+        self.writer = BlockWriter(
+            # Only the writer marks chunks done (chunk_verified runs on it), so it may read
+            # the picker's state without the lock.
+            is_done=lambda i: self.picker.is_done(i),
+            halted=self.halt.is_set,
+            failed=self._write_failed,
+            name=f"write-{spec.download_id}",
+        )
         self.sources: dict[tuple[str, int], SourceState] = {}
         self.temp = settings.temp_dir / temp_name(spec.download_id, spec.sha256)
         self.fd = -1
@@ -89,6 +94,7 @@ class DownloadJob:
             if self.finisher.already_published(self.temp):
                 return
             self._open_temp()
+            self.writer.open(self.fd)
             log.info(
                 "download %d: %s (%d bytes, %d chunks, %d already here)",
                 spec.download_id,
@@ -108,6 +114,7 @@ class DownloadJob:
             self._end("failed", f"internal error: {exc}")
         finally:
             self._halt_workers()
+            self.writer.close()
             if self.fd >= 0:
                 os.close(self.fd)
 
@@ -269,14 +276,13 @@ class DownloadJob:
                 with self.lock:
                     self.picker.set_peer(peer_id(key), src.bitfield)
             st.source = src
-            # Two connections to a peer let one receive while the other hashes and
-            # writes: the heavy calls release the GIL, so they run on two cores.
-            wanted = CONNECTIONS_PER_SOURCE if len(listed) <= 2 else 1
-            if len(st.alive()) < wanted and now >= st.retry_at and not self.halt.is_set():
-                for _ in range(wanted - len(st.workers)):
-                    worker = PeerWorker(self, st)
-                    st.workers.append(worker)
-                    worker.start()
+            # One connection a source: its thread receives and hashes on one core while
+            # the writer writes on the other. Two, tried before, cost more CPU than they
+            # gained (one more thread contending for the job's lock and the cores).
+            if not st.alive() and now >= st.retry_at and not self.halt.is_set():
+                worker = PeerWorker(self, st)
+                st.workers.append(worker)
+                worker.start()
 
     # ------------------------------------------------------------ called by workers
 
@@ -288,60 +294,20 @@ class DownloadJob:
         with self.lock:
             self.lock.wait(timeout)
 
-    def write_block(self, index: int, data: memoryview, offset: int) -> bool:
-        """Write part of a chunk as it arrives. False when another peer's verified copy of
-        the chunk is being written or is done: then this copy must not touch the file."""
-        with self.lock:
-            if self.halt.is_set() or index in self.sealed or self.picker.is_done(index):
-                return False
-            self.writing[index] = self.writing.get(index, 0) + 1
-        try:
-            os.pwrite(self.fd, data, offset)  # outside the lock: peers write in parallel
-        except OSError as exc:
-            self._write_failed(exc)
-            return False
-        finally:
-            with self.lock:
-                left = self.writing.pop(index) - 1
-                if left:
-                    self.writing[index] = left
-                elif self.sealed or self.halt.is_set():
-                    # Only an endgame copy (sealed) or a halt waits for writes to drain;
-                    # waking every waiter after every block cost a context switch each.
-                    self.lock.notify_all()
-        return True
-
     def chunk_verified(
-        self,
-        peer: str,
-        key: tuple[str, int],
-        index: int,
-        size: int,
-        *,
-        on_disk: bool,
-        whole: memoryview | None = None,
+        self, peer: str, key: tuple[str, int], index: int, size: int, on_disk: bool = True
     ) -> None:
-        """A chunk matched its manifest entry. `on_disk`: every block of it was written as it
-        came; `whole`: its bytes, held back to be written now (an endgame copy)."""
+        """A chunk matched its manifest entry and its bytes were handed to the writer; runs
+        on the writer, after them. `on_disk` False: an endgame copy that was not written
+        because another copy won."""
         with self.lock:
             self.ledger.received += size
             if self.halt.is_set():
                 return
-            if whole is not None and not self.picker.is_done(index) and index not in self.sealed:
-                # Let blocks of another copy in flight land first, then write ours over them.
-                self.sealed.add(index)
-                self.lock.wait_for(lambda: index not in self.writing)
-                try:
-                    os.pwrite(self.fd, whole, index * self.spec.chunk_size)
-                    on_disk = True
-                except OSError as exc:
-                    self._write_failed(exc)
-                finally:
-                    self.sealed.discard(index)
             if on_disk and self.picker.complete(peer, index):
                 self.ledger.good(key, index, size)
             else:
-                self.picker.release(peer, index)  # another copy won, or is being written
+                self.picker.release(peer, index)  # another copy won
             self.lock.notify_all()
 
     def _write_failed(self, exc: OSError) -> None:
@@ -405,8 +371,7 @@ class DownloadJob:
             w.interrupt()
         for w in workers:
             w.join(timeout=2.0)
-        with self.lock:
-            self.lock.wait_for(lambda: not self.writing)
+        self.writer.drain()  # what the workers handed over is written or dropped
 
 
 def temp_name(download_id: int, sha256: str) -> str:

@@ -1,19 +1,23 @@
 """One peer's share of a download: pipelined chunk requests on one connection, each chunk
-verified from its predecessor's manifest entry as it arrives and written once."""
+verified from its predecessor's manifest entry as it arrives, then written once by the
+job's writer thread."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.services import protocol
+from p2pshare.services.block_writer import Block, Verdict, Whole
 from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.sha256chain import INITIAL_STATE, ChainHasher
 
@@ -29,9 +33,12 @@ PIPELINE_BYTES = 8 * 1024 * 1024
 MIN_PIPELINE = 2
 # ...but not so many small chunks that one peer takes the whole file while others wait.
 MAX_PIPELINE = 16
-# Received, hashed and written in blocks that stay in the CPU cache between the three;
-# bench/recvpath.py also found 1 MiB+ writes slow into ext4 here, 64-964 KiB not.
-RECV_BLOCK = 512 * 1024
+# Received and hashed in blocks that stay in the CPU cache between the two, then written
+# whole (block_writer.WRITE_PIECE); bench/recvpath.py found 1 MiB+ writes slow into ext4.
+RECV_BLOCK = 256 * 1024
+# Blocks between this thread and the writer: enough to ride out a slow write, little
+# memory (1 MiB a source).
+BLOCKS_IN_FLIGHT = 4
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 10.0
 
@@ -95,7 +102,9 @@ class PeerWorker(threading.Thread):
         spec = job.spec
         wanted = -(-PIPELINE_BYTES // max(spec.chunk_size, 1))
         self.depth = min(MAX_PIPELINE, max(MIN_PIPELINE, wanted))
-        self.block = bytearray(min(RECV_BLOCK, max(spec.chunk_size, 1)))
+        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(BLOCKS_IN_FLIGHT):
+            self.free.put(bytearray(min(RECV_BLOCK, max(spec.chunk_size, 1))))
 
     def interrupt(self) -> None:
         client = self.client
@@ -162,29 +171,55 @@ class PeerWorker(threading.Thread):
         if asks:
             client.send(*asks)  # one segment for all: each send is a trip through the kernel
 
+    def _free_block(self) -> bytearray:
+        """A buffer the writer is done with; waiting here is the backpressure of a slow disk."""
+        while True:
+            try:
+                return self.free.get(timeout=1.0)
+            except queue.Empty:
+                if self.job.halt.is_set():
+                    raise ConnectionAbortedError("the download is ending") from None
+
     def _receive(self, client: PeerClient, index: int, duplicate: bool) -> None:
-        """Receive, hash and write one chunk: each byte is copied once from the socket into
-        a reused block, hashed there, and written from there."""
+        """Receive and hash one chunk, block by block, each handed to the job's one writer
+        (block_writer.py): a byte is copied once from the socket into a buffer, hashed
+        there, and written from there, while this thread receives the next block."""
         job, spec = self.job, self.job.spec
         size = protocol.chunk_length(spec.size, spec.chunk_size, index)
         client.read_chunk_header(protocol.ChunkRequest(job.key, index, 0, 0), size)
         hasher = job.check.start(index)
         offset = index * spec.chunk_size
-        # An endgame copy is held back whole and written only once verified, so it can
-        # never mix with the bytes the first peer is writing into the same place.
-        whole = memoryview(bytearray(size)) if duplicate else None
-        view = memoryview(self.block)
-        on_disk = whole is None
+        if duplicate:
+            self._receive_copy(client, index, size, hasher)
+            return
+        put = job.writer.put
         got = 0
         while got < size:
-            n = min(len(self.block), size - got)
-            part = whole[got : got + n] if whole is not None else view[:n]
+            buf = self._free_block()
+            n = min(len(buf), size - got)
+            view = memoryview(buf)[:n]
+            client.read_exact_into(view)
+            hasher.update(view)
+            put(Block(index, buf, n, offset + got, self.free.put))
+            got += n
+        self._verdict(index, size, hasher)
+        put(Verdict(partial(job.chunk_verified, self.peer, self.key, index, size)))
+
+    def _receive_copy(self, client: PeerClient, index: int, size: int, hasher: ChainHasher) -> None:
+        """An endgame copy is held back whole and written only once verified, so it can
+        never mix with the bytes the first peer's copy is writing into the same place."""
+        job = self.job
+        whole = memoryview(bytearray(size))
+        for got in range(0, size, RECV_BLOCK):
+            part = whole[got : got + RECV_BLOCK]
             client.read_exact_into(part)
             hasher.update(part)
-            if on_disk and not job.write_block(index, part, offset + got):
-                on_disk = False  # another copy won; read the rest, write nothing
-            got += n
-        if not job.check.matches(index, hasher):
-            job.chunk_bad(self.peer, self.key, index, size)
+        self._verdict(index, size, hasher)
+        verified = partial(job.chunk_verified, self.peer, self.key, index, size)
+        job.writer.put(Whole(index, whole, index * job.spec.chunk_size, verified))
+
+    def _verdict(self, index: int, size: int, hasher: ChainHasher) -> None:
+        """Raises BadChunk (after recording it) if the chunk does not match its entry."""
+        if not self.job.check.matches(index, hasher):
+            self.job.chunk_bad(self.peer, self.key, index, size)
             raise BadChunk(f"chunk {index}")
-        job.chunk_verified(self.peer, self.key, index, size, on_disk=on_disk, whole=whole)
