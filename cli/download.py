@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import click
 from sqlalchemy.orm import Session
-from tabulate import tabulate
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
 from p2pshare.cli.follow import follow
@@ -57,6 +56,8 @@ def require_downloader(ctl: Ctl) -> None:
 
 
 def show_candidates(candidates: list[dbdl.Candidate]) -> None:
+    from tabulate import tabulate  # 40 ms to import: a download that is not ambiguous skips it
+
     click.echo(
         tabulate(
             [

@@ -11,9 +11,16 @@ from tqdm import tqdm
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.db import node as dbnode
 from p2pshare.db import requests as dbreq
+from p2pshare.db.engine import ChangeWatch
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
-FOLLOW_POLL_SECONDS = 0.05
+# So look often, but cheaply: the database's change counter every CHECK_SECONDS, and the
+# real queries only when it moved (at most every MIN_POLL_SECONDS: a busy node commits
+# all the time) or MAX_POLL_SECONDS passed. A 1 GiB download following its bar used
+# 0.59 CPU-s of p2pctl at a 50 ms poll, on a core the downloader wants.
+CHECK_SECONDS = 0.01
+MIN_POLL_SECONDS = 0.03
+MAX_POLL_SECONDS = 1.0
 ENDED = ("done", "failed", "cancelled")
 
 
@@ -51,7 +58,19 @@ def follow(ctl: Ctl, queued: dbreq.Queued) -> None:
 
 
 def _poll(ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool) -> list[dbreq.FollowState]:
+    watch = ctl.database.watch()
+    try:
+        return _poll_watched(ctl, queued, bar, single, watch)
+    finally:
+        watch.close()
+
+
+def _poll_watched(
+    ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool, watch: ChangeWatch
+) -> list[dbreq.FollowState]:
     while True:
+        last = time.monotonic()
+        watch.changed()  # what the queries below see is what the next change is against
         with ctl.database.read() as s:
             states = dbreq.follow_states(s, queued.downloads)
             roles = {r.role: r for r in dbnode.role_statuses(s, now=time.time())}
@@ -77,7 +96,16 @@ def _poll(ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool) -> list[dbreq
                 "the downloader stopped; the download resumes when it "
                 "runs again (p2pctl history shows it)"
             )
-        time.sleep(FOLLOW_POLL_SECONDS)
+        _wait_for_change(watch, last)
+
+
+def _wait_for_change(watch: ChangeWatch, last: float) -> None:
+    """Until the database changed (and MIN_POLL_SECONDS passed) or MAX_POLL_SECONDS did."""
+    while True:
+        time.sleep(CHECK_SECONDS)
+        waited = time.monotonic() - last
+        if waited >= MAX_POLL_SECONDS or (waited >= MIN_POLL_SECONDS and watch.changed()):
+            return
 
 
 def _report(ctl: Ctl, queued: dbreq.Queued, states: list[dbreq.FollowState]) -> None:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from tabulate import tabulate
 
 
 def human_bytes(n: float) -> str:
@@ -69,4 +68,6 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
     if not rows:
         click.echo(empty)
         return
+    from tabulate import tabulate  # 40 ms to import: only commands that print a table pay
+
     click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))

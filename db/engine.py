@@ -26,7 +26,14 @@ from p2pshare.db.models import Base
 from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
 from p2pshare.db.wal import WAL_SIZE_LIMIT
 
-__all__ = ["SCHEMA_VERSION", "Database", "SchemaError", "ensure_schema", "make_engine"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChangeWatch",
+    "Database",
+    "SchemaError",
+    "ensure_schema",
+    "make_engine",
+]
 
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
@@ -272,5 +279,36 @@ class Database:
         with self._reader() as session, session.begin():
             yield session
 
+    def watch(self) -> ChangeWatch:
+        """A cheap test for commits by any other connection (see ChangeWatch)."""
+        return ChangeWatch(self.path)
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+class ChangeWatch:
+    """Has any other connection committed since the last look? SQLite's `PRAGMA
+    data_version` on a read-only connection of its own: microseconds a call, no
+    transaction, no SQLAlchemy, so a poller can look every few milliseconds and run its
+    real queries only when something changed (https://sqlite.org/pragma.html#pragma_data_version)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False, isolation_level=None,
+        )  # fmt: skip
+        self._last: int | None = None
+
+    def changed(self) -> bool:
+        """True at the first call, then whenever another connection committed meanwhile
+        (also when the database cannot be read: the caller's own query then tells why)."""
+        try:
+            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return True
+        changed, self._last = version != self._last, version
+        return changed
+
+    def close(self) -> None:
+        self._conn.close()

@@ -12,7 +12,11 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.downloader")
 
-POLL_SECONDS = 0.1
+# A queued download is picked up within CHECK_SECONDS: the database's change counter is
+# read that often (microseconds), the queue itself only when it moved or POLL_SECONDS
+# passed (a job that ended frees its slot without a commit the counter would see).
+CHECK_SECONDS = 0.01
+POLL_SECONDS = 0.5
 MAX_ACTIVE = 3
 STOP_GRACE_SECONDS = 6.0
 # A paused download cancelled leaves its temp file to this sweep; no hurry.
@@ -33,8 +37,13 @@ def run(ctx: RoleContext) -> None:
     # Before any job starts: what a crash or a cancel left behind goes now.
     sweep_temp(ctx, set())
     next_sweep = time.monotonic() + SWEEP_SECONDS
+    watch = ctx.database.watch()
+    last_poll = 0.0
     try:
-        while not ctx.stop.wait(POLL_SECONDS):
+        while not ctx.stop.wait(CHECK_SECONDS):
+            if not watch.changed() and time.monotonic() - last_poll < POLL_SECONDS:
+                continue
+            last_poll = time.monotonic()
             for download_id, thread in list(jobs.items()):
                 if not thread.is_alive():
                     del jobs[download_id]
@@ -49,6 +58,7 @@ def run(ctx: RoleContext) -> None:
                 jobs[download_id] = start_job(ctx, download_id)
             ctx.detail = f"{len(jobs)} running, {ctx.database.write_count} db writes"
     finally:
+        watch.close()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for thread in jobs.values():
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
