@@ -152,3 +152,20 @@ http {{ access_log off; sendfile on; tcp_nopush on;
         server_cpu = total_cpu(pids) - server_before
         dest.unlink()
         return Fetch(seconds, cpu, server_cpu)
+
+
+def fetch_mirrors(webs: list[Nginx], name: str, dest: Path, before: Callable[[], None]) -> Fetch:
+    """aria2c fetching `name` from every nginx at once, one connection each, the file
+    split between them (the reference for several seeders); dest is removed afterwards."""
+    path = shutil.which("aria2c")
+    if path is None:
+        raise FileNotFoundError("aria2c")
+    args = ["-q", "-x1", f"-s{len(webs)}", "--allow-overwrite=true", "--file-allocation=none"]
+    args += ["-d", str(dest.parent), "-o", dest.name, *(w.url(name) for w in webs)]
+    before()
+    pids = [pid for w in webs for pid in w.pids()]
+    server_before = total_cpu(pids)
+    seconds, cpu = run_timed([path, *args])
+    server_cpu = total_cpu(pids) - server_before
+    dest.unlink()
+    return Fetch(seconds, cpu, server_cpu)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
 
 
 def beside_python(name: str) -> str:
@@ -68,11 +75,10 @@ class BenchNode:
             P2P_BROADCAST=LOOPBACK_BROADCAST,
             P2P_TCP_PORT="0",
             P2P_UDP_PORT=str(udp_port),
-            P2P_ANNOUNCE_INTERVAL="5",
             P2P_USERNAME=label,
-            # The benchmark measures the four roles; the web program idles, listening nowhere
-            # (and several nodes on one host would want the same default port).
-            P2P_WEB_PORT="off",
+            # Otherwise the node's defaults, as a user runs it: the announce interval (60 s)
+            # and the web program, on a port of its own (several nodes share this host).
+            P2P_WEB_PORT=str(free_tcp_port()),
         )
         env.update({k: str(v) for k, v in settings.items()})
         self.env = env

@@ -71,13 +71,20 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_timed(cmd: Sequence[str]) -> tuple[float, float]:
-    """Run cmd to its end; returns (wall seconds, its CPU-seconds from /proc).
+def run_timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run cmd to its end, its output (a progress bar too) thrown away; returns (wall
+    seconds, its CPU-seconds from /proc).
 
     Raises CalledProcessError if it fails.
     """
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     seconds = time.perf_counter() - started
     cpu = cpu_seconds(proc.pid)
@@ -128,3 +135,24 @@ def fs_type(path: Path) -> str:
         if inside and len(mount) >= len(best):
             best, kind = mount, fstype
     return kind
+
+
+WARM_PIECE = 1 << 20
+
+
+def warm(folder: Path, size: int) -> None:
+    """Hand the next writer into folder's filesystem memory in the state every measured
+    writer gets: just freed. On this kind of VM, memory that stayed free a few seconds is
+    given back to the host (virtio-balloon free page reporting), and the first write into
+    it then costs ~2 s/GiB more in the kernel's copy (perf: copy_folio_from_iter_atomic),
+    whoever writes. Without this, whichever of p2pshare, curl or the floor runs right
+    after another's file was deleted gets warm memory and the others pay for it."""
+    path = folder / f".warm-{os.getpid()}"
+    block = bytes(WARM_PIECE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for offset in range(0, size, WARM_PIECE):
+            os.pwrite(fd, block, offset)
+    finally:
+        os.close(fd)
+        path.unlink()

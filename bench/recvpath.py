@@ -73,7 +73,7 @@ MIB, GIB = 1 << 20, 1 << 30
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; 3.11 lacks the name
 PIECE = 256 * 1024  # pwrite/256k: ext4 then allocates small folios (see Findings)
 METHODS = [(m, True) for m in ("pwrite", "pwrite/256k", "mmap", "mmap+populate")]
-METHODS += [(m, True) for m in ("splice+pread", "splice+mmap", "writer-thread")]
+METHODS += [(m, True) for m in ("splice+pread", "splice+mmap", "writer-thread", "hash-threads")]
 METHODS += [(m, False) for m in ("pwrite", "pwrite/256k", "mmap", "mmap+populate", "splice")]
 
 
@@ -162,6 +162,54 @@ def receive_handing_over(sock, fd, size, chunk, expected) -> int:
     return bad
 
 
+def receive_hashing_apart(sock, fd, size, chunk, expected) -> int:
+    """hash-threads: this thread only receives; two threads hash alternate chunks (each
+    verifies alone from its predecessor's entry); a fourth writes. Returns bad chunks."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    hashq = [queue.SimpleQueue(), queue.SimpleQueue()]
+    for _ in range(8):
+        free.put(bytearray(PIECE))
+    bad = [0]
+
+    def write() -> None:
+        while (item := todo.get()) is not None:
+            buf, n, off = item
+            os.pwrite(fd, memoryview(buf)[:n], off)
+            free.put(buf)
+
+    def hash_(q) -> None:
+        hasher = None
+        while (item := q.get()) is not None:
+            i, buf, n, off, last = item
+            if hasher is None:
+                hasher = ChainHasher(expected[i - 1] if i else INITIAL_STATE, i * chunk)
+            hasher.update(memoryview(buf)[:n])
+            todo.put((buf, n, off))
+            if last:
+                bad[0] += hasher.state() != expected[i]
+                hasher = None
+
+    threads = [threading.Thread(target=write)] + [
+        threading.Thread(target=hash_, args=(q,)) for q in hashq
+    ]
+    for t in threads:
+        t.start()
+    for i in range(size // chunk):
+        for o in range(0, chunk, PIECE):
+            buf = free.get()
+            n = min(PIECE, chunk - o)
+            fill(sock, memoryview(buf)[:n])
+            hashq[i % 2].put((i, buf, n, i * chunk + o, o + n == chunk))
+    for q in hashq:
+        q.put(None)
+    for t in threads[1:]:
+        t.join()
+    todo.put(None)
+    threads[0].join()
+    return bad[0]
+
+
 def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -176,7 +224,7 @@ def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
         pipesz = int(Path("/proc/sys/fs/pipe-max-size").read_text())  # what a non-root node gets
         pipesz = fcntl.fcntl(pw, fcntl.F_SETPIPE_SZ, min(pipesz, chunk))
     bad = 0
-    for i in range(size // chunk if method != "writer-thread" else 0):
+    for i in range(size // chunk if method not in ("writer-thread", "hash-threads") else 0):
         off = i * chunk
         if method.startswith("pwrite"):
             fill(sock, buf)
@@ -201,6 +249,8 @@ def receive(method, hashing, port, dest, size, chunk, expected, out) -> None:
                     raise OSError("short pwrite")
     if method == "writer-thread":
         bad = receive_handing_over(sock, fd, size, chunk, expected)
+    elif method == "hash-threads":
+        bad = receive_hashing_apart(sock, fd, size, chunk, expected)
     t1 = time.perf_counter()
     if mm is not None:
         mm.flush()
