@@ -301,12 +301,13 @@ class ChangeWatch:
         self._last: int | None = None
 
     def changed(self) -> bool:
-        """True at the first call, then whenever another connection committed meanwhile
-        (also when the database cannot be read: the caller's own query then tells why)."""
+        """True at the first call, then whenever another connection committed meanwhile.
+        False when the counter cannot be read: callers fall back to their slow poll, whose
+        own query then says what is wrong, rather than querying every few milliseconds."""
         try:
             version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error:
-            return True
+            return self._last is None
         changed, self._last = version != self._last, version
         return changed
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import reports as dbreports
-from p2pshare.db.engine import SCHEMA_VERSION, Database, SchemaError
+from p2pshare.db.engine import SCHEMA_VERSION, ChangeWatch, Database, SchemaError
 from p2pshare.db.models import BadPeer, Chunk, Download
 from p2pshare.db.node import (
     node_state,
@@ -84,6 +85,33 @@ def test_database_is_wal_with_foreign_keys_and_busy_timeout(db: Database, db_pat
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_change_watch_sees_other_connections_commits(db: Database, db_path: Path) -> None:
+    watch = db.watch()
+    try:
+        assert watch.changed()  # the first look
+        assert not watch.changed()
+        with db.read() as s:  # a read commits nothing
+            s.execute(text("SELECT count(*) FROM peers"))
+        assert not watch.changed()
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("CREATE TABLE scratch (x)")  # any commit by another connection
+        other.close()
+        assert watch.changed()
+        assert not watch.changed()
+    finally:
+        watch.close()
+
+
+def test_change_watch_that_cannot_read_says_nothing_changed(tmp_path: Path) -> None:
+    """A counter it cannot read must not make a poller query every few milliseconds."""
+    path = tmp_path / "x.db"
+    sqlite3.connect(path).close()
+    watch = ChangeWatch(path)
+    assert watch.changed()
+    watch.close()  # every read now fails
+    assert not watch.changed()
 
 
 def test_foreign_keys_are_enforced(db: Database) -> None:
