@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodes import BenchNode, wait_for  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import cpu_seconds, warm  # noqa: E402
 
 MIB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
@@ -128,6 +128,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)  # py-spy attaches
+        warm(leech.home, args.size_mib * MIB)  # as bench.py does: see procstat.warm
         cpu_before = cpu_seconds(int(pid))
         started = time.monotonic()
         done = leech.p2pctl("download", "big.bin")

@@ -35,6 +35,7 @@ log = logging.getLogger("p2p.download")
 FLUSH_SECONDS = 0.5
 SOURCE_REFRESH_SECONDS = 2.0
 MAX_SOURCES = 16
+ENCRYPTED_CONNECTIONS = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0
 
@@ -276,19 +277,27 @@ class DownloadJob:
                 with self.lock:
                     self.picker.set_peer(peer_id(key), src.bitfield)
             st.source = src
-            # One connection a source: its thread receives and hashes on one core while
-            # the writer writes on the other. Two, tried before, cost more CPU than they
-            # gained (one more thread contending for the job's lock and the cores).
-            if not st.alive() and now >= st.retry_at and not self.halt.is_set():
-                worker = PeerWorker(self, st)
-                st.workers.append(worker)
-                worker.start()
+            wanted = self._connections(src, len(listed))
+            if len(st.alive()) < wanted and now >= st.retry_at and not self.halt.is_set():
+                for _ in range(wanted - len(st.workers)):
+                    worker = PeerWorker(self, st)
+                    st.workers.append(worker)
+                    worker.start()
+
+    def _connections(self, src: dbdl.Source, sources: int) -> int:
+        """Connections to open to one source. In clear, one: its thread receives and hashes
+        on one core while the writer writes on the other (a second cost more CPU than it
+        gained, bench/bench.py). Under TLS the receiving thread also decrypts, inside
+        recv, and is the one busy core, so a source of one or two gets a second
+        connection that decrypts on the other core."""
+        encrypted = src.tls and self.tls.encrypt
+        return ENCRYPTED_CONNECTIONS if encrypted and sources <= 2 else 1
 
     # ------------------------------------------------------------ called by workers
 
-    def pick(self, peer: str) -> tuple[int, bool] | None:
+    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
         with self.lock:
-            return self.picker.pick(peer)
+            return self.picker.pick(peer, duplicates=duplicates)
 
     def wait_for_work(self, timeout: float) -> None:
         with self.lock:

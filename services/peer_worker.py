@@ -162,10 +162,15 @@ class PeerWorker(threading.Thread):
 
     def _fill_pipeline(self, client: PeerClient) -> None:
         asks = []
+        # One endgame copy in flight a connection: each is held whole in memory until
+        # verified, and a pipeline of them (three seeders, 4 MiB chunks) put the
+        # downloader's peak RSS at the 100 MB goal.
+        copying = any(duplicate for _, duplicate in self.pending)
         while len(self.pending) < self.depth:
-            pick = self.job.pick(self.peer)
+            pick = self.job.pick(self.peer, duplicates=not copying)
             if pick is None:
                 break
+            copying = copying or pick[1]
             asks.append(protocol.ChunkRequest(self.job.key, pick[0], 0, 0))
             self.pending.append(pick)
         if asks:

@@ -56,8 +56,9 @@ class Picker:
                 self.avail[i] += sign
         self._dirty = True
 
-    def pick(self, peer: str) -> tuple[int, bool] | None:
-        """(chunk, is_duplicate) to ask `peer` for, or None when it has nothing we need."""
+    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
+        """(chunk, is_duplicate) to ask `peer` for, or None when it has nothing we need
+        (duplicates False: nothing but a chunk no one is fetching)."""
         bits = self.peer_bits.get(peer, b"")
         if self._dirty:
             self.order.sort(key=lambda i: (self.avail[i], i))
@@ -71,7 +72,7 @@ class Picker:
                 state[i] = INFLIGHT
                 self.owners[i] = {peer}
                 return i, False
-        return self._endgame(peer, bits)
+        return self._endgame(peer, bits) if duplicates else None
 
     def _endgame(self, peer: str, bits: bytes | None) -> tuple[int, bool] | None:
         best: int | None = None

@@ -36,6 +36,16 @@ def test_a_peer_is_only_asked_for_what_it_holds() -> None:
     assert p.pick("b") is None
 
 
+def test_a_pick_without_duplicates_offers_no_endgame_copy() -> None:
+    p = Picker(2)
+    p.set_peer("a", None)
+    p.set_peer("b", None)
+    assert p.pick("a") == (0, False)
+    assert p.pick("a") == (1, False)
+    assert p.pick("b", duplicates=False) is None  # only chunks in flight are left
+    assert p.pick("b") == (0, True)
+
+
 def test_endgame_asks_a_second_peer_once_and_the_first_copy_wins() -> None:
     p = Picker(1)
     p.set_peer("a", None)
