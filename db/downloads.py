@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.index import HashedFile, record_local_file
@@ -180,27 +180,61 @@ def new_download(
     session: Session, candidate: Candidate, *, request_id: int | None, pinned: bool, now: float
 ) -> int:
     """A queued `downloads` row for the candidate; returns its id."""
-    file = session.get(File, candidate.file_id)
-    assert file is not None
-    row = Download(
-        request_id=request_id,
-        file_id=file.id,
-        name=candidate.name,
-        sha256=file.sha256,
-        size=file.size,
-        status="queued",
-        pinned=pinned,
-        reason=None,
-        requested_at=now,
-        started_at=None,
-        finished_at=None,
-        have=bytes((file.chunk_count + 7) // 8),
-        temp_path=None,
-        saved_as=None,
+    return new_downloads(session, [candidate], request_id=request_id, pinned=pinned, now=now)[0]
+
+
+def new_downloads(
+    session: Session,
+    candidates: list[Candidate],
+    *,
+    request_id: int | None,
+    pinned: bool,
+    now: float,
+) -> list[int]:
+    """Queued `downloads` rows for the candidates, in one statement; returns their ids in
+    the candidates' order."""
+    if not candidates:
+        return []
+    counts: dict[int, int] = {}
+    file_ids = sorted({c.file_id for c in candidates})
+    for start in range(0, len(file_ids), 500):
+        part = file_ids[start : start + 500]
+        counts.update(
+            session.execute(select(File.id, File.chunk_count).where(File.id.in_(part))).all()
+        )
+    rows = [
+        {
+            "request_id": request_id,
+            "file_id": c.file_id,
+            "name": c.name,
+            "sha256": c.sha256,
+            "size": c.size,
+            "status": "queued",
+            "pinned": pinned,
+            "reason": None,
+            "requested_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "have": bytes((counts[c.file_id] + 7) // 8),
+            "temp_path": None,
+            "saved_as": None,
+        }  # fmt: skip
+        for c in candidates
+    ]
+    ids = session.scalars(
+        insert(Download).returning(Download.id, sort_by_parameter_order=True), rows
     )
-    session.add(row)
-    session.flush()
-    return row.id
+    return list(ids)
+
+
+def file_sizes(session: Session, file_ids: list[int]) -> dict[int, int]:
+    """Each file's size, in slices of a query however many."""
+    out: dict[int, int] = {}
+    ids = sorted(set(file_ids))
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        out.update(session.execute(select(File.id, File.size).where(File.id.in_(part))).all())
+    return out
 
 
 # ------------------------------------------------------------ downloader side

@@ -1,23 +1,34 @@
-"""Downloader role: runs the downloads p2pctl queued, several at once, resuming any a crash cut."""
+"""Downloader role: runs the downloads p2pctl queued, several at once, resuming any a crash cut.
+
+A big file gets a job of its own (download_job.py); small files go in batches
+(small_batch.py), hundreds at a time, and whatever a batch cannot finish simply comes
+back here as a job.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
+from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
 from p2pshare.services.download_job import DownloadJob
+from p2pshare.services.peer_pool import PeerPool
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
+from p2pshare.services.small_batch import BATCH_FILES, SmallBatch, batchable
 
 log = logging.getLogger("p2p.downloader")
 
 # A queued download is picked up within CHECK_SECONDS: the database's change counter is
-# read that often (microseconds), the queue itself only when it moved or POLL_SECONDS
-# passed (a job that ended frees its slot without a commit the counter would see).
+# read that often (microseconds), the queue itself only when it moved, a job or batch
+# ended, or POLL_SECONDS passed.
 CHECK_SECONDS = 0.01
 POLL_SECONDS = 0.5
 MAX_ACTIVE = 3
+# Two batches: the next fetches while the last publishes its final group.
+MAX_BATCHES = 2
 STOP_GRACE_SECONDS = 6.0
 # A paused download cancelled leaves its temp file to this sweep; no hurry.
 SWEEP_SECONDS = 5.0
@@ -33,7 +44,7 @@ def run(ctx: RoleContext) -> None:
         }
     )
     start_heartbeat(ctx)
-    jobs: dict[int, threading.Thread] = {}
+    runner = Runner(ctx)
     # Before any job starts: what a crash or a cancel left behind goes now.
     sweep_temp(ctx, set())
     next_sweep = time.monotonic() + SWEEP_SECONDS
@@ -41,26 +52,109 @@ def run(ctx: RoleContext) -> None:
     last_poll = 0.0
     try:
         while not ctx.stop.wait(CHECK_SECONDS):
-            if not watch.changed() and time.monotonic() - last_poll < POLL_SECONDS:
+            woken = runner.wake.is_set()
+            if not watch.changed() and not woken and time.monotonic() - last_poll < POLL_SECONDS:
                 continue
+            runner.wake.clear()
             last_poll = time.monotonic()
-            for download_id, thread in list(jobs.items()):
-                if not thread.is_alive():
-                    del jobs[download_id]
+            runner.reap()
             if time.monotonic() >= next_sweep:
-                sweep_temp(ctx, set(jobs))
+                sweep_temp(ctx, runner.running())
+                runner.pool.prune()
                 next_sweep = time.monotonic() + SWEEP_SECONDS
-            if len(jobs) >= MAX_ACTIVE:
-                continue
-            with ctx.database.read() as s:
-                waiting = [d for d in dbdl.unfinished_downloads(s) if d not in jobs]
-            for download_id in waiting[: MAX_ACTIVE - len(jobs)]:
-                jobs[download_id] = start_job(ctx, download_id)
-            ctx.detail = f"{len(jobs)} running, {ctx.database.write_count} db writes"
+            runner.start_waiting()
+            ctx.detail = (
+                f"{len(runner.jobs)} running, {len(runner.in_batches)} in batches, "
+                f"{ctx.database.write_count} db writes"
+            )
     finally:
         watch.close()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for thread in jobs.values():
+        runner.join(STOP_GRACE_SECONDS)
+        runner.pool.close()
+
+
+class Runner:
+    """The running jobs and batches, and which downloads go to which."""
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.jobs: dict[int, threading.Thread] = {}
+        self.batches: list[tuple[threading.Thread, SmallBatch]] = []
+        self.in_batches: set[int] = set()
+        self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
+        self.pool = PeerPool()
+        self.wake = threading.Event()  # a job or batch ended: its slot is free
+
+    def running(self) -> set[int]:
+        return set(self.jobs) | self.in_batches
+
+    def reap(self) -> None:
+        for download_id, thread in list(self.jobs.items()):
+            if not thread.is_alive():
+                del self.jobs[download_id]
+        for thread, batch in list(self.batches):
+            if not thread.is_alive():
+                self.batches.remove((thread, batch))
+                self.in_batches.difference_update(batch.download_ids)
+                self.not_batchable.update(batch.left_over)
+
+    def start_waiting(self) -> None:
+        with self.ctx.database.read() as s:
+            waiting = [
+                r for r in dbbatch.runnable_downloads(s) if r.download_id not in self.running()
+            ]
+        self.not_batchable.intersection_update(r.download_id for r in waiting)
+        small = [
+            r.download_id
+            for r in waiting
+            if batchable(r.chunks, r.size)
+            and not r.resuming
+            and r.download_id not in self.not_batchable
+        ]
+        if small and len(self.batches) < MAX_BATCHES:
+            self._start_batch(small[:BATCH_FILES])
+        batched = set(small)
+        big = [r.download_id for r in waiting if r.download_id not in batched]
+        for download_id in big[: max(0, MAX_ACTIVE - len(self.jobs))]:
+            self.jobs[download_id] = self._start_job(download_id)
+
+    def _start_batch(self, download_ids: list[int]) -> None:
+        ctx = self.ctx
+        batch = SmallBatch(download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool)
+        thread = threading.Thread(
+            target=self._then_wake(batch.run), name="small-batch", daemon=True
+        )
+        self.batches.append((thread, batch))
+        self.in_batches.update(download_ids)
+        thread.start()
+
+    def _start_job(self, download_id: int) -> threading.Thread:
+        ctx = self.ctx
+        with ctx.database.read() as s:
+            spec = dbdl.job_spec(s, download_id)
+        assert spec is not None
+        job = DownloadJob(
+            spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout, ctx.tls
+        )
+        thread = threading.Thread(
+            target=self._then_wake(job.run), name=f"download-{download_id}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _then_wake(self, run: Callable[[], None]) -> Callable[[], None]:
+        def wrapped() -> None:
+            try:
+                run()
+            finally:
+                self.wake.set()
+
+        return wrapped
+
+    def join(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        threads = [*self.jobs.values(), *(t for t, _ in self.batches)]
+        for thread in threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
 
 
@@ -97,18 +191,6 @@ def sweep_temp(ctx: RoleContext, running: set[int]) -> None:
             "" if len(removed) == 1 else "s",
             shown,
         )
-
-
-def start_job(ctx: RoleContext, download_id: int) -> threading.Thread:
-    with ctx.database.read() as s:
-        spec = dbdl.job_spec(s, download_id)
-    assert spec is not None
-    job = DownloadJob(
-        spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout, ctx.tls
-    )
-    thread = threading.Thread(target=job.run, name=f"download-{download_id}", daemon=True)
-    thread.start()
-    return thread
 
 
 def main() -> None:

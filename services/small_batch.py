@@ -1,0 +1,489 @@
+"""Many small files at once: one batch fetches hundreds of one-chunk downloads.
+
+A download job (download_job.py) is built for a big file: threads, a connection per
+source, a holdings exchange, progress flushes, a publish with its own fsyncs and
+transactions. For a file of a few KiB all of that is the whole cost: a folder of
+1,000 of them spent 79 ms a file. A batch instead
+- reads every download's spec and sources in one query each, and starts them all in
+  one transaction;
+- fetches from each source over one connection (kept in the role's PeerPool for the
+  next batch), many requests pipelined in one segment, each file verified against
+  its manifest entry as it arrives and written once into its own temp file;
+- makes the verified files durable, publishes and records them in groups: one sync
+  of the filesystem, one transaction naming where each goes, the links, one sync,
+  one transaction recording them done. A crash at any moment loses at most the files
+  of the group in flight, and a resume fetches only those.
+
+Whatever a batch cannot finish simply (no source now, a refusal, a lying peer, a
+failed connection, a disk error) it leaves unfinished and names in `left_over`; the
+downloader runs those as full jobs, whose waiting, retries, failures and switching
+to other offers are the one place those rules live.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pshare.db import batch as dbbatch
+from p2pshare.db import downloads as dbdl
+from p2pshare.db.engine import Database
+from p2pshare.db.index import HashedFile
+from p2pshare.services import protocol
+from p2pshare.services.download_job import temp_name
+from p2pshare.services.peer_pool import PeerPool, PoolKey
+from p2pshare.services.peer_worker import ChunkCheck
+from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.settings import Settings
+from p2pshare.services.tls import NodeTls
+
+log = logging.getLogger("p2p.download")
+
+# A batch takes one-chunk files up to this size: each is received whole into memory.
+SMALL_MAX = 1024 * 1024
+BATCH_FILES = 1000
+# Requests in flight on one connection: enough to hide the round trip, few enough
+# bytes that a slow peer does not sit on much.
+PIPELINE_FILES = 64
+PIPELINE_BYTES = 4 * 1024 * 1024
+# A group is published when this many files are ready or this long after its first.
+GROUP_FILES = 256
+GROUP_SECONDS = 0.25
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def batchable(chunks: int, size: int) -> bool:
+    """Can a batch run this download (an empty or one-chunk file small enough to hold)?"""
+    return chunks <= 1 and size <= SMALL_MAX
+
+
+class Stopped(Exception):
+    """The role is stopping: leave what is not published for the next start."""
+
+
+@dataclass
+class Ready:
+    """A file verified and written into its temp file, not yet durable nor published."""
+
+    spec: dbdl.JobSpec
+    temp: Path
+    source: dbdl.SourceTally | None
+
+
+class SmallBatch:
+    """Runs a batch of small downloads to the end; see the module's docstring."""
+
+    def __init__(
+        self,
+        download_ids: list[int],
+        settings: Settings,
+        database: Database,
+        stop: threading.Event,
+        tls: NodeTls,
+        pool: PeerPool,
+    ) -> None:
+        self.download_ids = download_ids
+        self.settings = settings
+        self.database = database
+        self.stop = stop
+        self.tls = tls
+        self.pool = pool
+        self.left_over: set[int] = set()  # for full jobs
+        self.lock = threading.Condition()
+        self.ready: list[Ready] = []  # under lock
+        self.fetching = 0  # source threads still running, under lock
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Stopped:
+            pass
+        except Exception:
+            log.exception("a batch of %d small downloads failed", len(self.download_ids))
+            self.left_over.update(self.download_ids)
+
+    # ------------------------------------------------------------ the batch
+
+    def _run(self) -> None:
+        with self.database.read() as s:
+            specs = dbbatch.job_specs(s, self.download_ids)
+            sources = dbbatch.sources_for_files(s, [sp.file_id for sp in specs])
+        todo = []
+        for spec in specs:
+            count = protocol.chunk_count(spec.size, spec.chunk_size)
+            usable = batchable(count, spec.size) and len(spec.chunk_hashes) == count
+            if usable and spec.saved_as is None and (sources[spec.file_id] or not spec.size):
+                todo.append(spec)
+            else:  # waiting for a source, or a crash mid-publish: the full job's cases
+                self.left_over.add(spec.download_id)
+        temps = {sp.download_id: self._temp(sp) for sp in todo}
+        with self.database.write() as s:
+            started = set(
+                dbbatch.start_batch(s, {i: str(p) for i, p in temps.items()}, now=time.time())
+            )
+        todo = [sp for sp in todo if sp.download_id in started]
+        if not todo:
+            return
+        self.settings.temp_dir.mkdir(parents=True, exist_ok=True)
+        for spec in todo:
+            if not spec.size:
+                self._write_empty(spec, temps[spec.download_id])
+        by_source = assign_sources([sp for sp in todo if sp.size], sources)
+        log.info(
+            "batch of %d small download(s) from %d source(s)%s",
+            len(todo), len(by_source),
+            f"; {len(self.left_over)} left to full jobs" if self.left_over else "",
+        )  # fmt: skip
+        threads = []
+        with self.lock:
+            self.fetching = len(by_source)
+        for src, assigned in by_source.items():
+            fetch = SourceFetch(self, src, assigned, temps)
+            thread = threading.Thread(
+                target=fetch.run, name=f"small-{src.address}:{src.tcp_port}", daemon=True
+            )
+            threads.append(thread)
+            thread.start()
+        try:
+            self._publish_as_ready()
+        finally:
+            for thread in threads:
+                thread.join()
+
+    def _temp(self, spec: dbdl.JobSpec) -> Path:
+        return self.settings.temp_dir / temp_name(spec.download_id, spec.sha256)
+
+    def _write_empty(self, spec: dbdl.JobSpec, temp: Path) -> None:
+        if spec.sha256 != EMPTY_SHA256:  # a catalog cannot offer this; be sure
+            self.left_over.add(spec.download_id)
+            return
+        try:
+            write_file(temp, memoryview(b""))
+        except OSError as exc:
+            self._cannot_write(spec, exc)
+            return
+        self.add_ready(Ready(spec, temp, None))
+
+    # ------------------------------------------------------------ called by source threads
+
+    def add_ready(self, item: Ready) -> None:
+        with self.lock:
+            self.ready.append(item)
+            if len(self.ready) >= GROUP_FILES:
+                self.lock.notify_all()
+
+    def source_done(self) -> None:
+        with self.lock:
+            self.fetching -= 1
+            self.lock.notify_all()
+
+    def give_back(self, specs: list[dbdl.JobSpec], why: str) -> None:
+        """Downloads this batch will not finish: the full job runs them."""
+        if specs:
+            self.left_over.update(sp.download_id for sp in specs)
+            log.info("%d small download(s) left to full jobs: %s", len(specs), why)
+
+    def _cannot_write(self, spec: dbdl.JobSpec, exc: OSError) -> None:
+        self.give_back([spec], f"cannot write the temp file: {exc.strerror or exc}")
+
+    # ------------------------------------------------------------ publishing
+
+    def _publish_as_ready(self) -> None:
+        while True:
+            with self.lock:
+                self.lock.wait_for(
+                    lambda: (
+                        len(self.ready) >= GROUP_FILES or self.fetching == 0 or self.stop.is_set()
+                    ),
+                    GROUP_SECONDS,
+                )
+                group, self.ready = self.ready, []
+                finished = self.fetching == 0
+            if self.stop.is_set():
+                raise Stopped
+            if group:
+                self._publish(group)
+            if finished and not group:
+                return
+
+    def _publish(self, group: list[Ready]) -> None:
+        """Durable, then named, then linked, then durable again, then recorded: the order
+        Finisher.publish keeps for one file, paid once for the whole group."""
+        sync_filesystem(self.settings.temp_dir)
+        chosen: dict[int, tuple[Path, Path]] = {}  # download id -> (destination, free name)
+        failed: dict[int, str] = {}
+        taken: set[Path] = set()
+        for item in group:
+            try:
+                dest = safe_destination(self.settings.download_dir, item.spec.name)
+            except PublishError as exc:
+                failed[item.spec.download_id] = str(exc)
+                continue
+            name = next((p for p in numbered(dest) if p not in taken and not _exists(p)), None)
+            if name is None:
+                failed[item.spec.download_id] = f"too many files named like {dest.name} exist"
+                continue
+            taken.add(name)
+            chosen[item.spec.download_id] = (dest, name)
+        with self.database.write() as s:
+            dbbatch.set_saved_as_many(s, {i: self._relative(n) for i, (_, n) in chosen.items()})
+        published: list[tuple[Ready, Path]] = []
+        for item in group:
+            if item.spec.download_id not in chosen:
+                continue
+            dest, name = chosen[item.spec.download_id]
+            try:
+                os.link(item.temp, name)  # never replaces a name taken meanwhile
+                published.append((item, name))
+            except OSError:
+                final = self._publish_alone(item, dest)
+                if final is not None:
+                    published.append((item, final))
+        sync_filesystem(self.settings.download_dir)
+        for item, _ in published:
+            item.temp.unlink(missing_ok=True)
+        done = [self._fetched(item, final) for item, final in published]
+        now = time.time()
+        with self.database.write() as s:
+            dbbatch.finish_batch(s, done, now=now)
+            for download_id, reason in failed.items():
+                dbdl.finish_download(s, download_id, status="failed", reason=reason, now=now)
+        for item in group:
+            if item.spec.download_id in failed:
+                item.temp.unlink(missing_ok=True)
+                log.warning(
+                    "download %d failed: %s", item.spec.download_id, failed[item.spec.download_id]
+                )
+        log.info("%d small file(s) published, %d failed", len(done), len(failed))
+
+    def _publish_alone(self, item: Ready, dest: Path) -> Path | None:
+        """The name was taken meanwhile, or the download folder is on another filesystem:
+        the one-file path, with its own choice of name, copy and fsyncs."""
+
+        def remember(path: Path) -> None:
+            with self.database.write() as s:
+                dbbatch.set_saved_as_many(s, {item.spec.download_id: self._relative(path)})
+
+        try:
+            return publish(item.temp, dest, remember)
+        except PublishError as exc:
+            self.give_back([item.spec], str(exc))
+            return None
+
+    def _fetched(self, item: Ready, final: Path) -> dbbatch.Fetched:
+        spec = item.spec
+        st = final.stat()  # after the temp name is gone: unlinking it moves ctime
+        hashed = HashedFile(
+            st.st_size, st.st_mtime_ns, spec.sha256, spec.chunk_size, spec.chunk_hashes,
+            [spec.size] if spec.size else [], spec.root,
+            ctime_ns=st.st_ctime_ns, inode=st.st_ino,
+        )  # fmt: skip
+        return dbbatch.Fetched(spec.download_id, self._relative(final), hashed, item.source)
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.settings.download_dir.resolve()).as_posix()
+
+
+class SourceFetch:
+    """One source's share of a batch, over one pooled connection, pipelined."""
+
+    def __init__(
+        self,
+        batch: SmallBatch,
+        source: dbdl.Source,
+        specs: list[dbdl.JobSpec],
+        temps: dict[int, Path],
+    ) -> None:
+        self.batch = batch
+        self.source = source
+        self.todo = deque(specs)
+        self.temps = temps
+        self.pending: deque[tuple[dbdl.JobSpec, protocol.ChunkRequest]] = deque()
+        self.peer = f"{source.address}:{source.tcp_port}"
+        self.answered = 0  # replies read, on any connection
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Stopped:
+            pass
+        except Exception:
+            log.exception("small downloads from %s failed", self.peer)
+            self._give_back_rest("internal error")
+        finally:
+            self.batch.source_done()
+
+    def _run(self) -> None:
+        batch, src = self.batch, self.source
+        try:
+            link = batch.tls.link(src.tls, src.fingerprint)
+        except protocol.ProtocolError as exc:  # CannotTalk
+            self._give_back_rest(f"peer {self.peer}: {exc}")
+            return
+        key: PoolKey = (src.address, src.tcp_port, src.fingerprint, src.tls)
+
+        def connect() -> PeerClient:
+            client = PeerClient(
+                src.address, src.tcp_port, key=batch.settings.network_key, link=link
+            )
+            client.connect()
+            return client
+
+        for attempt in range(2):
+            client: PeerClient | None = None
+            try:
+                client, reused = batch.pool.take(key, connect)
+                self._fetch_all(client)
+            except (OSError, protocol.ProtocolError) as exc:
+                if client is not None:
+                    client.close()
+                # A pooled connection the peer closed while idle fails before its first
+                # answer: once more on a new one. Anything else is the full jobs' to retry.
+                if attempt == 0 and client is not None and reused and not self.answered:
+                    self.todo.extendleft(reversed([sp for sp, _ in self.pending]))
+                    self.pending.clear()
+                    continue
+                self._give_back_rest(f"peer {self.peer}: {type(exc).__name__}: {exc}")
+                return
+            batch.pool.give(key, client)
+            return
+
+    def _fetch_all(self, client: PeerClient) -> None:
+        """Fetch every assigned file. Raises OSError, ProtocolError (except a refusal of
+        one file, which leaves that file to a full job)."""
+        while self.todo or self.pending:
+            if self.batch.stop.is_set():
+                raise Stopped
+            self._fill(client)
+            spec, req = self.pending[0]
+            try:
+                client.read_chunk_header(req, spec.size)
+            except protocol.RemoteRefused as exc:  # that file only; the connection stays
+                self.pending.popleft()
+                self.answered += 1
+                self.batch.give_back([spec], f"peer {self.peer} refused {spec.name}: {exc}")
+                continue
+            data = memoryview(bytearray(spec.size))
+            client.read_exact_into(data)
+            self.pending.popleft()
+            self.answered += 1
+            self._arrived(spec, data)
+
+    def _fill(self, client: PeerClient) -> None:
+        asks = []
+        in_flight = sum(sp.size for sp, _ in self.pending)
+        while self.todo and len(self.pending) < PIPELINE_FILES and in_flight < PIPELINE_BYTES:
+            spec = self.todo.popleft()
+            req = protocol.ChunkRequest(
+                protocol.FileKey(spec.sha256, spec.chunk_size, spec.root), 0, 0, 0
+            )
+            self.pending.append((spec, req))
+            asks.append(req)
+            in_flight += spec.size
+        if asks:
+            client.send(*asks)  # one segment for all of them
+
+    def _arrived(self, spec: dbdl.JobSpec, data: memoryview) -> None:
+        check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
+        hasher = check.start(0)
+        hasher.update(data)
+        src = self.source
+        if not check.matches(0, hasher):
+            bad = dbdl.SourceTally(src.address, src.tcp_port, src.username, 0, len(data), 1)
+            with self.batch.database.write() as s:
+                dbbatch.record_bad(s, spec.download_id, bad, now=time.time())
+            log.warning(
+                "download %d: %s from %s failed verification; peer marked bad for this file",
+                spec.download_id, spec.name, self.peer,
+            )  # fmt: skip
+            self.batch.give_back([spec], "a peer sent bytes that fail verification")
+            return
+        temp = self.temps[spec.download_id]
+        try:
+            write_file(temp, data)
+        except OSError as exc:
+            self.batch._cannot_write(spec, exc)
+            return
+        tally = dbdl.SourceTally(src.address, src.tcp_port, src.username, 1, len(data), 0)
+        self.batch.add_ready(Ready(spec, temp, tally))
+
+    def _give_back_rest(self, why: str) -> None:
+        rest = [sp for sp, _ in self.pending] + list(self.todo)
+        self.pending.clear()
+        self.todo.clear()
+        self.batch.give_back(rest, why)
+
+
+def assign_sources(
+    specs: list[dbdl.JobSpec], sources: dict[int, list[dbdl.Source]]
+) -> dict[dbdl.Source, list[dbdl.JobSpec]]:
+    """Each file to one of the sources holding it, the bytes spread evenly: biggest
+    first, each to the holder with the fewest bytes so far."""
+    load: dict[tuple[str, int], int] = {}
+    out: dict[dbdl.Source, list[dbdl.JobSpec]] = {}
+    for spec in sorted(specs, key=lambda sp: -sp.size):
+        holders = sources[spec.file_id]
+        src = min(
+            holders, key=lambda s: (load.get((s.address, s.tcp_port), 0), s.address, s.tcp_port)
+        )
+        key = (src.address, src.tcp_port)
+        load[key] = load.get(key, 0) + spec.size
+        out.setdefault(src, []).append(spec)
+    return out
+
+
+def write_file(path: Path, data: memoryview) -> None:
+    """The whole file, from the start, in one thread (never two writers on one file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Make everything written to the filesystem holding `folder` durable: one syncfs(2)
+    for a whole group of files, where a fsync each would commit the journal once a file.
+    Raises OSError."""
+    if _SYNCFS is None:
+        os.sync()  # not Linux: every filesystem, still once a group
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err or errno.EIO))
+    finally:
+        os.close(fd)
