@@ -60,7 +60,7 @@ def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
                 .join(File, File.id == Download.file_id)
                 .where(Download.id.in_(part))
                 .order_by(Download.id)
-            ).tuples()
+            ).all()
         )
     entries: dict[int, list[str]] = {f.id: [] for _, f in rows}
     for part in _slices(list(entries)):
@@ -100,7 +100,7 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
                 select(BadPeer.file_id, BadPeer.address, BadPeer.tcp_port).where(
                     BadPeer.file_id.in_(part)
                 )
-            ).tuples()
+            ).all()
         )
         for fid, address, port, username, fingerprint, tls in session.execute(
             select(

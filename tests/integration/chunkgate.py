@@ -47,16 +47,25 @@ class Seeder(Protocol):
     def tcp_port(self) -> int | None: ...
 
 
+# The key the gate counts every file's chunk requests under when its budget is for all
+# files together (per_file=False: a folder of many one-chunk files).
+ALL_FILES = "*"
+
+
 class ChunkGate:
-    def __init__(self, seeder: Seeder, to_udp_port: int, *, budget: int) -> None:
+    def __init__(
+        self, seeder: Seeder, to_udp_port: int, *, budget: int, per_file: bool = True
+    ) -> None:
         assert seeder.udp_port != to_udp_port, "the seeder must announce on a port of its own"
         self.seeder = seeder
         self.to_udp_port = to_udp_port
         self.budget = budget
+        self.per_file = per_file
         self.cond = threading.Condition()
         self.passed: Counter[str] = Counter()  # chunk requests let through, by file SHA-256
         self.waiting: Counter[str] = Counter()  # connections holding a chunk request, by file
         self.relayed_announcements = 0
+        self.chunk_connections = 0  # connections that asked for at least one chunk
         self.opened = False
         self.stopping = threading.Event()
         self.conns: list[socket.socket] = []
@@ -86,15 +95,21 @@ class ChunkGate:
             self.cond.notify_all()
 
     def allow(self, more: int) -> None:
-        """Let `more` further chunk requests of each file through."""
+        """Let `more` further chunk requests of each file (or of all, per_file=False) through."""
         with self.cond:
             self.budget += more
             self.cond.notify_all()
 
-    def holding(self, sha256: str) -> bool:
-        """A chunk request for this file is waiting at the gate (the leecher wants more)."""
+    def holding(self, sha256: str = ALL_FILES) -> bool:
+        """A chunk request for this file (any file, per_file=False) is waiting at the gate
+        (the leecher wants more)."""
         with self.cond:
             return self.waiting[sha256] > 0
+
+    def passed_total(self) -> int:
+        """Chunk requests let through so far, of all files."""
+        with self.cond:
+            return sum(self.passed.values())
 
     def close(self) -> None:
         self.stopping.set()
@@ -158,6 +173,7 @@ class ChunkGate:
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         """Leecher to seeder, one request frame at a time; chunk requests may wait."""
+        asked = False
         try:
             while True:
                 header = _recv_exact(client, 4)
@@ -170,8 +186,12 @@ class ChunkGate:
                     req = protocol.decode_request(body)
                 except protocol.ProtocolError:
                     req = None  # the seeder answers it as it sees fit
+                if isinstance(req, protocol.ChunkRequest) and not asked:
+                    asked = True
+                    with self.cond:
+                        self.chunk_connections += 1
                 if isinstance(req, protocol.ChunkRequest) and not self._admit(
-                    req.file.sha256, client
+                    req.file.sha256 if self.per_file else ALL_FILES, client
                 ):
                     return
                 upstream.sendall(header + body)

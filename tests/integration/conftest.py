@@ -690,8 +690,8 @@ def chunk_gate() -> Iterator[Callable[..., Any]]:
 
     gates: list[ChunkGate] = []
 
-    def factory(seeder: Node, to_udp_port: int, *, budget: int) -> ChunkGate:
-        gate = ChunkGate(seeder, to_udp_port, budget=budget)
+    def factory(seeder: Node, to_udp_port: int, *, budget: int, per_file: bool = True) -> ChunkGate:
+        gate = ChunkGate(seeder, to_udp_port, budget=budget, per_file=per_file)
         gates.append(gate)
         return gate
 

@@ -1,0 +1,217 @@
+"""Batches of small downloads: the queries they run in bulk, how files are spread over
+sources, the connection pool, and one batch run against a real chunk server on loopback
+(tests/integration has the whole node; here the batch's own decisions)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_db import NOW, sql
+from test_requests import PEER_A, PEER_B, catalog, hashed, sha
+
+from p2pshare.db import batch as dbbatch
+from p2pshare.db import downloads as dbdl
+from p2pshare.db import requests as dbreq
+from p2pshare.db.engine import Database
+from p2pshare.services.peer_pool import PeerPool
+from p2pshare.services.small_batch import SMALL_MAX, assign_sources, batchable
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database.open(tmp_path / "p2p.db")
+    yield database
+    database.close()
+
+
+def folder(n: int, prefix: str = "album/") -> dict[str, bytes]:
+    return {f"{prefix}f{i:03d}.bin": bytes([i % 251]) * (100 + i) for i in range(n)}
+
+
+def queue_folder(db: Database, pattern: str = "album/") -> list[int]:
+    with db.write() as s:
+        return dbreq.queue_request(s, pattern, every=False, now=NOW).downloads
+
+
+# ---------------------------------------------------------------- which downloads
+
+
+@pytest.mark.parametrize(
+    ("chunks", "size", "expected"),
+    [(0, 0, True), (1, 10, True), (1, SMALL_MAX, True), (1, SMALL_MAX + 1, False), (2, 10, False)],
+)
+def test_batchable_takes_empty_and_one_chunk_files_up_to_the_limit(
+    chunks: int, size: int, expected: bool
+) -> None:
+    assert batchable(chunks, size) is expected
+
+
+def test_a_folder_is_queued_in_order_and_reused_when_asked_again(db: Database) -> None:
+    files = folder(30)
+    catalog(db, "node-a", PEER_A, files)
+    ids = queue_folder(db)
+    with db.read() as s:
+        specs = dbbatch.job_specs(s, ids)
+    # Smallest first, one row each, every manifest known.
+    assert [sp.name for sp in specs] == sorted(files, key=lambda n: len(files[n]))
+    assert all(sp.chunk_hashes == [sp.sha256] for sp in specs)
+    assert [sp.download_id for sp in specs] == sorted(ids)
+    again = queue_folder(db)
+    assert again == ids  # the unfinished downloads, not new ones
+    with db.read() as s:
+        runnable = dbbatch.runnable_downloads(s)
+    assert [r.download_id for r in runnable] == sorted(ids)
+    assert all(r.chunks == 1 and not r.resuming for r in runnable)
+
+
+def test_sources_leave_out_bad_peers_per_file(db: Database) -> None:
+    files = folder(3)
+    catalog(db, "node-a", PEER_A, files)
+    catalog(db, "node-b", PEER_B, files)
+    ids = queue_folder(db)
+    with db.read() as s:
+        specs = {sp.name: sp for sp in dbbatch.job_specs(s, ids)}
+    first = specs["album/f000.bin"]
+    bad = dbdl.SourceTally(*PEER_A, "node-a", 0, 100, 1)
+    with db.write() as s:
+        dbbatch.record_bad(s, first.download_id, bad, now=NOW)
+    with db.read() as s:
+        sources = dbbatch.sources_for_files(s, [sp.file_id for sp in specs.values()])
+    assert {(x.address, x.tcp_port) for x in sources[first.file_id]} == {PEER_B}
+    other = specs["album/f001.bin"].file_id
+    assert {(x.address, x.tcp_port) for x in sources[other]} == {PEER_A, PEER_B}
+    with db.read() as s:
+        row = dbdl.job_spec(s, first.download_id)
+    assert row is not None and row.status in dbdl.UNFINISHED  # full jobs take it from here
+
+
+def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Database) -> None:
+    files = folder(4)
+    catalog(db, "node-a", PEER_A, files)
+    ids = queue_folder(db)
+    with db.write() as s:
+        dbreq.cancel_downloads(s, str(ids[0]), now=NOW)
+    with db.write() as s:
+        started = dbbatch.start_batch(s, {i: f"/tmp/{i}.part" for i in ids}, now=NOW)
+    assert started == ids[1:]
+    with db.read() as s:
+        specs = dbbatch.job_specs(s, started)
+    done = [
+        dbbatch.Fetched(
+            sp.download_id,
+            sp.name,
+            hashed(files[sp.name]),
+            dbdl.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
+        )
+        for sp in specs
+    ]
+    with db.write() as s:
+        dbbatch.finish_batch(s, done, now=NOW + 1)
+    with db.read() as s:
+        rows = [dbdl.job_spec(s, i) for i in started]
+    assert all(r is not None and r.status == "done" and r.have == b"\x80" for r in rows)
+    # Each finished download names its source, its bytes and where it was saved.
+    sources = sql(db.path, "SELECT download_id, address, chunks, bytes FROM download_sources")
+    assert sorted(sources) == sorted((sp.download_id, PEER_A[0], 1, sp.size) for sp in specs)
+    saved = sql(db.path, "SELECT name FROM local_files WHERE root = 'download'")
+    assert sorted(n for (n,) in saved) == sorted(sp.name for sp in specs)
+    status = sql(db.path, "SELECT status FROM downloads WHERE id = ?", ids[0])
+    assert status == [("cancelled",)]
+
+
+# ---------------------------------------------------------------- spreading over sources
+
+
+def spec(i: int, size: int, file_id: int) -> dbdl.JobSpec:
+    return dbdl.JobSpec(
+        i, file_id, f"f{i}", sha(bytes([i])), size, 1 << 18, "", [], b"", None, None, "queued"
+    )
+
+
+def test_files_spread_over_their_holders_by_bytes() -> None:
+    a = dbdl.Source(*PEER_A, "a", None)
+    b = dbdl.Source(*PEER_B, "b", None)
+    specs = [spec(i, 1000 * (i + 1), i) for i in range(10)]
+    holders = {i: [a, b] for i in range(10)}
+    holders[9] = [a]  # only a holds the biggest
+    out = assign_sources(specs, holders)
+    load = {src: sum(sp.size for sp in assigned) for src, assigned in out.items()}
+    assert {sp.download_id for sp in out[a]} >= {9}
+    assert abs(load[a] - load[b]) <= 10_000  # within the biggest file
+    assert sorted(sp.download_id for src in out for sp in out[src]) == list(range(10))
+
+
+# ---------------------------------------------------------------- the pool
+
+
+class Recorded:
+    """A stand-in PeerClient: the pool only looks at `sock` and calls close()."""
+
+    def __init__(self) -> None:
+        self.sock: object | None = object()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock = None
+
+
+def test_pool_reuses_an_idle_connection_and_closes_old_ones() -> None:
+    pool = PeerPool(idle_seconds=60)
+    key = ("127.0.0.1", 1, None, False)
+    made: list[Recorded] = []
+
+    def connect() -> Recorded:
+        made.append(Recorded())
+        return made[-1]
+
+    first, reused = pool.take(key, connect)  # type: ignore[arg-type]
+    assert not reused and len(made) == 1
+    pool.give(key, first)
+    again, reused = pool.take(key, connect)  # type: ignore[arg-type]
+    assert reused and again is first and len(made) == 1
+    other, reused = pool.take(("127.0.0.1", 2, None, False), connect)  # type: ignore[arg-type]
+    assert not reused and other is not first
+    pool.give(key, again)
+    pool.idle_seconds = 0
+    pool.prune()
+    assert first.closed
+    third, reused = pool.take(key, connect)  # type: ignore[arg-type]
+    assert not reused and third is made[-1]
+
+
+def test_pool_keeps_no_closed_connection() -> None:
+    pool = PeerPool()
+    key = ("127.0.0.1", 1, None, False)
+    gone = Recorded()
+    gone.close()
+    pool.give(key, gone)  # type: ignore[arg-type]
+    fresh = Recorded()
+    got, reused = pool.take(key, lambda: fresh)  # type: ignore[arg-type, return-value]
+    assert got is fresh and not reused
+
+
+def test_pool_is_safe_across_threads() -> None:
+    pool = PeerPool()
+    key = ("127.0.0.1", 1, None, False)
+    taken: list[object] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(200):
+            client, _ = pool.take(key, Recorded)  # type: ignore[arg-type]
+            with lock:
+                taken.append(client)
+            pool.give(key, client)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 800
+    # Never more than IDLE_PER_PEER kept: the rest were closed on the way back.
+    assert sum(1 for c in {id(c): c for c in taken}.values() if not c.closed) <= 2  # type: ignore[attr-defined]
