@@ -7,7 +7,7 @@ each step is one query or one transaction for the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
@@ -39,15 +39,22 @@ class Runnable:
     resuming: bool  # a crash may have left it mid-publish (saved_as set): the full job's case
 
 
-def runnable_downloads(session: Session) -> list[Runnable]:
-    """Downloads to run, oldest first (queued ones and any a crash interrupted)."""
-    rows = session.execute(
+def runnable_downloads(
+    session: Session, *, only_big: int | None = None, also: Collection[int] = ()
+) -> list[Runnable]:
+    """Downloads to run, oldest first (queued ones and any a crash interrupted). With
+    `only_big` (a batch's size limit), only those a batch cannot take, and `also`: when
+    no batch could start, ten thousand queued small files need not be read to find none."""
+    query = (
         select(Download.id, File.chunk_count, File.size, Download.saved_as)
         .join(File, File.id == Download.file_id)
         .where(Download.status.in_(UNFINISHED))
         .order_by(Download.id)
     )
-    return [Runnable(i, n, size, saved is not None) for i, n, size, saved in rows]
+    if only_big is not None:
+        batchable = (File.chunk_count <= 1) & (File.size <= only_big) & Download.saved_as.is_(None)
+        query = query.where(~batchable | Download.id.in_(sorted(also)[:SLICE]))
+    return [Runnable(i, n, size, saved is not None) for i, n, size, saved in session.execute(query)]
 
 
 def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
@@ -154,10 +161,13 @@ class Fetched:
     source: SourceTally | None  # None: an empty file, fetched from nobody
 
 
-def finish_batch(session: Session, done: Sequence[Fetched], *, now: float) -> None:
+def finish_batch(
+    session: Session, done: Sequence[Fetched], *, now: float, bump: bool = True
+) -> None:
     """Record published files as done and shared from the download folder, with where
-    they came from; the catalog's version moves once for all of them. A handful of
-    statements for the whole group: a row-by-row ORM walk cost a millisecond a file."""
+    they came from; with `bump`, the catalog's version moves once for all of them. A
+    handful of statements for the whole group: a row-by-row ORM walk cost a millisecond
+    a file."""
     if not done:
         return
     ids = [f.download_id for f in done]
@@ -175,7 +185,8 @@ def finish_batch(session: Session, done: Sequence[Fetched], *, now: float) -> No
         d.bytes_received += d.size
     _add_tallies(session, [(f.download_id, f.source) for f in done if f.source is not None])
     record_local_files(session, "download", [(f.saved_as, f.hashed) for f in done], now=now)
-    bump_catalog_version(session, now=now)
+    if bump:
+        bump_catalog_version(session, now=now)
 
 
 def _add_tallies(session: Session, tallies: Sequence[tuple[int, SourceTally]]) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.index import HashedFile
 from p2pshare.services import protocol
@@ -59,6 +60,9 @@ PIPELINE_BYTES = 4 * 1024 * 1024
 # A group is published when this many files are ready or this long after its first.
 GROUP_FILES = 256
 GROUP_SECONDS = 0.25
+# Each catalog version costs every peer a catalog fetch (the whole catalog, however
+# little changed): a batch moves it at most this often, and once more at its end.
+CATALOG_BUMP_SECONDS = 2.0
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -103,6 +107,8 @@ class SmallBatch:
         self.lock = threading.Condition()
         self.ready: list[Ready] = []  # under lock
         self.fetching = 0  # source threads still running, under lock
+        self.bumped_at = 0.0
+        self.unannounced = False  # files published since the catalog version last moved
 
     def run(self) -> None:
         try:
@@ -160,6 +166,9 @@ class SmallBatch:
         finally:
             for thread in threads:
                 thread.join()
+            if self.unannounced:
+                with self.database.write() as s:
+                    dbnode.bump_catalog_version(s, now=time.time())
 
     def _temp(self, spec: dbdl.JobSpec) -> Path:
         return self.settings.temp_dir / temp_name(spec.download_id, spec.sha256)
@@ -255,10 +264,15 @@ class SmallBatch:
             item.temp.unlink(missing_ok=True)
         done = [self._fetched(item, final) for item, final in published]
         now = time.time()
+        bump = now - self.bumped_at >= CATALOG_BUMP_SECONDS
         with self.database.write() as s:
-            dbbatch.finish_batch(s, done, now=now)
+            dbbatch.finish_batch(s, done, now=now, bump=bump)
             for download_id, reason in failed.items():
                 dbdl.finish_download(s, download_id, status="failed", reason=reason, now=now)
+        if bump:
+            self.bumped_at, self.unannounced = now, False
+        elif done:
+            self.unannounced = True
         for item in group:
             if item.spec.download_id in failed:
                 item.temp.unlink(missing_ok=True)
