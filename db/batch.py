@@ -143,12 +143,17 @@ def start_batch(session: Session, temp_paths: dict[int, str], *, now: float) -> 
     return started
 
 
-def set_saved_as_many(session: Session, names: dict[int, str]) -> None:
+def set_saved_as_many(session: Session, names: dict[int, str]) -> set[int]:
     """Remember where each file is about to be published, so a crash mid-publish resumes
-    there (the full job's Finisher.already_published)."""
+    there (the full job's Finisher.already_published). Returns the downloads recorded:
+    one paused or cancelled meanwhile is not published (the user's word wins)."""
+    recorded = set()
     for part in _slices(list(names)):
         for d in session.scalars(select(Download).where(Download.id.in_(part))):
-            d.saved_as = names[d.id]
+            if d.status in UNFINISHED:
+                d.saved_as = names[d.id]
+                recorded.add(d.id)
+    return recorded
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def run(ctx: RoleContext) -> None:
                 sweep_temp(ctx, runner.running())
                 runner.pool.prune()
                 next_sweep = time.monotonic() + SWEEP_SECONDS
-            runner.start_waiting()
+            runner.start_waiting(woken)
             ctx.detail = (
                 f"{len(runner.jobs)} running, {len(runner.in_batches)} in batches, "
                 f"{ctx.database.write_count} db writes"
@@ -84,6 +84,7 @@ class Runner:
         self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
         self.pool = PeerPool()
         self.wake = threading.Event()  # a job or batch ended: its slot is free
+        self.looked_for_big = 0.0
 
     def running(self) -> set[int]:
         return set(self.jobs) | self.in_batches
@@ -98,11 +99,16 @@ class Runner:
                 self.in_batches.difference_update(batch.download_ids)
                 self.not_batchable.update(batch.left_over)
 
-    def start_waiting(self) -> None:
+    def start_waiting(self, woken: bool) -> None:
         batch_slot = len(self.batches) < MAX_BATCHES
         job_slot = len(self.jobs) < MAX_ACTIVE
         if not (batch_slot or job_slot):
             return  # nothing could start: spare the query (10,000 queued rows cost 10 ms)
+        if not batch_slot and not woken and time.monotonic() - self.looked_for_big < POLL_SECONDS:
+            # Batches commit a group every fraction of a second and each commit wakes this
+            # loop: a big download queued meanwhile waits at most POLL_SECONDS.
+            return
+        self.looked_for_big = time.monotonic()
         running = self.running()
         only_big = None if batch_slot else SMALL_MAX
         with self.ctx.database.read() as s:

@@ -246,10 +246,13 @@ class SmallBatch:
             taken.add(name)
             chosen[item.spec.download_id] = (dest, name)
         with self.database.write() as s:
-            dbbatch.set_saved_as_many(s, {i: self._relative(n) for i, (_, n) in chosen.items()})
+            names = {i: self._relative(n) for i, (_, n) in chosen.items()}
+            recorded = dbbatch.set_saved_as_many(s, names)
         published: list[tuple[Ready, Path]] = []
         for item in group:
-            if item.spec.download_id not in chosen:
+            if item.spec.download_id not in recorded:
+                if item.spec.download_id not in failed:  # paused or cancelled meanwhile
+                    item.temp.unlink(missing_ok=True)
                 continue
             dest, name = chosen[item.spec.download_id]
             try:

@@ -97,6 +97,13 @@ def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Databa
     with db.write() as s:
         started = dbbatch.start_batch(s, {i: f"/tmp/{i}.part" for i in ids}, now=NOW)
     assert started == ids[1:]
+    with db.write() as s:
+        dbreq.pause_downloads(s, str(started[0]))
+    with db.write() as s:
+        recorded = dbbatch.set_saved_as_many(s, {i: f"album/{i}" for i in started})
+    assert recorded == set(started[1:])  # paused meanwhile: not published
+    with db.write() as s:
+        dbreq.resume_downloads(s, str(started[0]))
     with db.read() as s:
         specs = dbbatch.job_specs(s, started)
     done = [
