@@ -10,6 +10,12 @@ Because every write and every verdict passes through this one queue, the endgame
 needs no locks of its own: a chunk is marked done here, right after the bytes that
 proved it were written, so a block of any other copy that comes later sees it done
 and is dropped before it can touch verified bytes.
+
+On a process allowed one CPU (`taskset -c 0`, a small board) there is nothing to
+overlap, and handing each block to another thread costs a context switch and a GIL
+handoff per 256 KiB: `inline` writes in the putting thread instead, each item under
+one lock, so items are handled one at a time in the order they were put, exactly as
+the queue would.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ class BlockWriter(threading.Thread):
 
     `is_done(index)` says a chunk is already verified on disk (its later copies are
     dropped); `halted()` drops every write; `failed(exc)` is told of a write error once,
-    after which nothing is written."""
+    after which nothing is written. `inline`: no thread, see the module's docstring."""
 
     def __init__(
         self,
@@ -70,8 +76,11 @@ class BlockWriter(threading.Thread):
         halted: Callable[[], bool],
         failed: Callable[[OSError], None],
         name: str,
+        inline: bool = False,
     ) -> None:
         super().__init__(name=name, daemon=True)
+        self.inline = inline
+        self._inline_lock = threading.Lock()
         self.fd = -1
         self.is_done = is_done
         self.halted = halted
@@ -86,13 +95,21 @@ class BlockWriter(threading.Thread):
     def open(self, fd: int) -> None:
         """Start writing into `fd` (the temp file, open for writing)."""
         self.fd = fd
-        self.start()
+        if not self.inline:
+            self.start()
 
     def put(self, item: Block | Verdict | Whole) -> None:
-        self._queue.put(item)
+        if self.inline:
+            with self._inline_lock:
+                self._run_one(item)
+        else:
+            self._queue.put(item)
 
     def drain(self) -> None:
         """Return once everything put before this call is written or dropped."""
+        if self.inline:
+            with self._inline_lock:  # a put under way in another thread ends first
+                return
         if not self.is_alive():
             return
         passed = threading.Event()
@@ -113,10 +130,13 @@ class BlockWriter(threading.Thread):
             item = get()
             if item is None:
                 return
-            try:
-                self._handle(item)
-            except Exception:  # a bug here must not strand a peer thread waiting for buffers
-                log.exception("the temp file's writer failed on %r", type(item).__name__)
+            self._run_one(item)
+
+    def _run_one(self, item: Block | Verdict | Whole | threading.Event) -> None:
+        try:
+            self._handle(item)
+        except Exception:  # a bug here must not strand a peer thread waiting for buffers
+            log.exception("the temp file's writer failed on %r", type(item).__name__)
 
     def _handle(self, item: Block | Verdict | Whole | threading.Event) -> None:
         if isinstance(item, Block):

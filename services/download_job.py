@@ -77,6 +77,7 @@ class DownloadJob:
             halted=self.halt.is_set,
             failed=self._write_failed,
             name=f"write-{spec.download_id}",
+            inline=one_cpu(),
         )
         self.sources: dict[tuple[str, int], SourceState] = {}
         self.temp = settings.temp_dir / temp_name(spec.download_id, spec.sha256)
@@ -381,6 +382,14 @@ class DownloadJob:
         for w in workers:
             w.join(timeout=2.0)
         self.writer.drain()  # what the workers handed over is written or dropped
+
+
+def one_cpu() -> bool:
+    """Is this process allowed a single CPU (taskset, a cgroup's cpuset)?"""
+    try:
+        return len(os.sched_getaffinity(0)) == 1
+    except (AttributeError, OSError):  # not Linux: assume several
+        return False
 
 
 def temp_name(download_id: int, sha256: str) -> str:

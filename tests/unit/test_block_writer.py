@@ -17,7 +17,9 @@ class Harness:
     """A writer into a real temp file, with a done-set the verdicts fill as the job's
     chunk_verified would (on the writer's thread)."""
 
-    def __init__(self, path: Path, *, flags: int = os.O_RDWR | os.O_CREAT) -> None:
+    def __init__(
+        self, path: Path, *, flags: int = os.O_RDWR | os.O_CREAT, inline: bool = False
+    ) -> None:
         self.fd = os.open(path, flags, 0o600)
         self.done: set[int] = set()
         self.halt = threading.Event()
@@ -28,6 +30,7 @@ class Harness:
             halted=self.halt.is_set,
             failed=self.errors.append,
             name="test-writer",
+            inline=inline,
         )
         self.writer.open(self.fd)
 
@@ -41,9 +44,11 @@ class Harness:
         os.close(self.fd)
 
 
-@pytest.fixture
-def harness(tmp_path: Path):
-    h = Harness(tmp_path / "t.part")
+@pytest.fixture(params=[False, True], ids=["thread", "inline"])
+def harness(tmp_path: Path, request: pytest.FixtureRequest):
+    # Inline (one CPU: no thread, each item under a lock) must keep every rule the
+    # writer thread keeps.
+    h = Harness(tmp_path / "t.part", inline=request.param)
     yield h
     h.close()
 
