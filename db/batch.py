@@ -40,11 +40,12 @@ class Runnable:
 
 
 def runnable_downloads(
-    session: Session, *, only_big: int | None = None, also: Collection[int] = ()
+    session: Session, *, only_big: tuple[int, int] | None = None, also: Collection[int] = ()
 ) -> list[Runnable]:
     """Downloads to run, oldest first (queued ones and any a crash interrupted). With
-    `only_big` (a batch's size limit), only those a batch cannot take, and `also`: when
-    no batch could start, ten thousand queued small files need not be read to find none."""
+    `only_big` (a batch's limits: chunks, bytes), only those a batch cannot take, and
+    `also`: when no batch could start, ten thousand queued small files need not be read
+    to find none."""
     query = (
         select(Download.id, File.chunk_count, File.size, Download.saved_as)
         .join(File, File.id == Download.file_id)
@@ -52,7 +53,8 @@ def runnable_downloads(
         .order_by(Download.id)
     )
     if only_big is not None:
-        batchable = (File.chunk_count <= 1) & (File.size <= only_big) & Download.saved_as.is_(None)
+        chunks, size = only_big
+        batchable = (File.chunk_count <= chunks) & (File.size <= size) & Download.saved_as.is_(None)
         query = query.where(~batchable | Download.id.in_(sorted(also)[:SLICE]))
     return [Runnable(i, n, size, saved is not None) for i, n, size, saved in session.execute(query)]
 
@@ -97,8 +99,9 @@ def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
 
 
 def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, list[Source]]:
-    """Per file, the live peers that hold all of it (these files have one chunk), minus
-    those marked bad for it; in one pass however many files."""
+    """Per file, the live peers that hold all of it (a batch asks one source for a whole
+    file; partial holders are the full job's), minus those marked bad for it; in one
+    pass however many files."""
     out: dict[int, dict[tuple[str, int], Source]] = {fid: {} for fid in file_ids}
     bad: set[tuple[int, str, int]] = set()
     for part in _slices(list(file_ids)):
@@ -119,7 +122,12 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
                 Peer.tls,
             )  # fmt: skip
             .join(Peer, Peer.id == Holding.peer_id)
-            .where(Holding.file_id.in_(part), Holding.chunks_held > 0)
+            .join(File, File.id == Holding.file_id)
+            .where(
+                Holding.file_id.in_(part),
+                Holding.chunks_held > 0,
+                Holding.chunks_held >= File.chunk_count,
+            )
         ):
             if (fid, address, port) not in bad:
                 out[fid][(address, port)] = Source(
@@ -186,7 +194,7 @@ def finish_batch(
         # Published is published: a pause or cancel that came meanwhile cannot unpublish it.
         d.status, d.reason, d.finished_at, d.temp_path = "done", None, now, None
         d.saved_as, d.bytes_done = item.saved_as, d.size
-        d.have = bytes([0x80]) if d.size else b""  # its one chunk held (an empty file has none)
+        d.have = _all_held(len(item.hashed.chunk_sizes))
         d.bytes_received += d.size
     _add_tallies(session, [(f.download_id, f.source) for f in done if f.source is not None])
     record_local_files(session, "download", [(f.saved_as, f.hashed) for f in done], now=now)
@@ -227,11 +235,25 @@ def _add_tallies(session: Session, tallies: Sequence[tuple[int, SourceTally]]) -
 
 
 def record_bad(session: Session, download_id: int, source: SourceTally, *, now: float) -> None:
-    """A source sent a small file whose bytes fail verification: count it and mark the peer
-    bad for that file (sources_for_files leaves it out from now on)."""
+    """A source sent a chunk of a small file that fails verification: count it and mark the
+    peer bad for that file (sources_for_files leaves it out from now on). What the file
+    holds stays as it was: a batch writes a file only whole and verified."""
+    d = session.get(Download, download_id)
+    if d is None:
+        return
     key = (source.address, source.tcp_port)
-    progress = Progress(bytes(1), 0, source.bytes, 1, [source], [key], "active", None)
+    progress = Progress(
+        bytes(d.have), d.bytes_done, source.bytes, 1, [source], [key], "active", None
+    )
     record_progress(session, download_id, progress, now=now)
+
+
+def _all_held(chunks: int) -> bytes:
+    """The bitfield of a file whose every chunk is held (chunk 0 the high bit of byte 0)."""
+    bits = bytearray((chunks + 7) // 8)
+    for i in range(chunks):
+        bits[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(bits)
 
 
 def _slices(items: Sequence[int]) -> list[Sequence[int]]:

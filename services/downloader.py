@@ -17,7 +17,13 @@ from p2pshare.db import downloads as dbdl
 from p2pshare.services.download_job import DownloadJob
 from p2pshare.services.peer_pool import PeerPool
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
-from p2pshare.services.small_batch import BATCH_FILES, SMALL_MAX, SmallBatch, batchable
+from p2pshare.services.small_batch import (
+    BATCH_FILES,
+    SMALL_MAX,
+    SMALL_MAX_CHUNKS,
+    SmallBatch,
+    batchable,
+)
 
 log = logging.getLogger("p2p.downloader")
 
@@ -110,7 +116,7 @@ class Runner:
             return
         self.looked_for_big = time.monotonic()
         running = self.running()
-        only_big = None if batch_slot else SMALL_MAX
+        only_big = None if batch_slot else (SMALL_MAX_CHUNKS, SMALL_MAX)
         with self.ctx.database.read() as s:
             runnable = dbbatch.runnable_downloads(s, only_big=only_big, also=self.not_batchable)
         waiting = [r for r in runnable if r.download_id not in running]

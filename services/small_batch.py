@@ -50,8 +50,12 @@ from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.download")
 
-# A batch takes one-chunk files up to this size: each is received whole into memory.
+# A batch takes files up to this size and this many chunks (a 1 MiB file has four at the
+# default chunk sizes): each is received whole into memory from one source, every chunk
+# verified against its manifest entry as it lands. More chunks are worth a full job's
+# spreading over every source.
 SMALL_MAX = 1024 * 1024
+SMALL_MAX_CHUNKS = 4
 BATCH_FILES = 1000
 # Requests in flight on one connection: enough to hide the round trip, few enough
 # bytes that a slow peer does not sit on much.
@@ -68,8 +72,8 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
 
 def batchable(chunks: int, size: int) -> bool:
-    """Can a batch run this download (an empty or one-chunk file small enough to hold)?"""
-    return chunks <= 1 and size <= SMALL_MAX
+    """Can a batch run this download (a file of a few chunks, small enough to hold whole)?"""
+    return chunks <= SMALL_MAX_CHUNKS and size <= SMALL_MAX
 
 
 class Stopped(Exception):
@@ -301,15 +305,41 @@ class SmallBatch:
     def _fetched(self, item: Ready, final: Path) -> dbbatch.Fetched:
         spec = item.spec
         st = final.stat()  # after the temp name is gone: unlinking it moves ctime
+        sizes = [
+            protocol.chunk_length(spec.size, spec.chunk_size, i)
+            for i in range(protocol.chunk_count(spec.size, spec.chunk_size))
+        ]
         hashed = HashedFile(
             st.st_size, st.st_mtime_ns, spec.sha256, spec.chunk_size, spec.chunk_hashes,
-            [spec.size] if spec.size else [], spec.root,
-            ctime_ns=st.st_ctime_ns, inode=st.st_ino,
+            sizes, spec.root, ctime_ns=st.st_ctime_ns, inode=st.st_ino,
         )  # fmt: skip
         return dbbatch.Fetched(spec.download_id, self._relative(final), hashed, item.source)
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.settings.download_dir.resolve()).as_posix()
+
+
+@dataclass
+class Arriving:
+    """A file whose chunks are on their way, received into one buffer, each chunk verified
+    against its manifest entry as it lands."""
+
+    spec: dbdl.JobSpec
+    data: memoryview
+    check: ChunkCheck
+    chunks: int
+    got: int = 0
+    dropped: bool = False  # refused, failed or given back: its late chunks are discarded
+
+    @classmethod
+    def of(cls, spec: dbdl.JobSpec) -> Arriving:
+        entries = [bytes.fromhex(h) for h in spec.chunk_hashes]
+        return cls(
+            spec,
+            memoryview(bytearray(spec.size)),
+            ChunkCheck(entries, spec.chunk_size),
+            len(entries),
+        )
 
 
 class SourceFetch:
@@ -326,7 +356,8 @@ class SourceFetch:
         self.source = source
         self.todo = deque(specs)
         self.temps = temps
-        self.pending: deque[tuple[dbdl.JobSpec, protocol.ChunkRequest]] = deque()
+        # One entry a chunk request in flight, in the order they were sent.
+        self.pending: deque[tuple[Arriving, protocol.ChunkRequest]] = deque()
         self.peer = f"{source.address}:{source.tcp_port}"
         self.answered = 0  # replies read, on any connection
 
@@ -359,6 +390,7 @@ class SourceFetch:
 
         for attempt in range(2):
             client: PeerClient | None = None
+            reused = False
             try:
                 client, reused = batch.pool.take(key, connect)
                 self._fetch_all(client)
@@ -367,8 +399,8 @@ class SourceFetch:
                     client.close()
                 # A pooled connection the peer closed while idle fails before its first
                 # answer: once more on a new one. Anything else is the full jobs' to retry.
-                if attempt == 0 and client is not None and reused and not self.answered:
-                    self.todo.extendleft(reversed([sp for sp, _ in self.pending]))
+                if attempt == 0 and reused and not self.answered:
+                    self.todo.extendleft(reversed(self._unfinished()))
                     self.pending.clear()
                     continue
                 self._give_back_rest(f"peer {self.peer}: {type(exc).__name__}: {exc}")
@@ -378,65 +410,89 @@ class SourceFetch:
 
     def _fetch_all(self, client: PeerClient) -> None:
         """Fetch every assigned file. Raises OSError, ProtocolError (except a refusal of
-        one file, which leaves that file to a full job)."""
+        one chunk, which leaves its file to a full job)."""
         while self.todo or self.pending:
             if self.batch.stop.is_set():
                 raise Stopped
             self._fill(client)
-            spec, req = self.pending[0]
+            arriving, req = self.pending[0]
+            spec = arriving.spec
+            size = protocol.chunk_length(spec.size, spec.chunk_size, req.index)
             try:
-                client.read_chunk_header(req, spec.size)
+                client.read_chunk_header(req, size)
             except protocol.RemoteRefused as exc:  # that file only; the connection stays
                 self.pending.popleft()
                 self.answered += 1
-                self.batch.give_back([spec], f"peer {self.peer} refused {spec.name}: {exc}")
+                self._drop(arriving, f"peer {self.peer} refused {spec.name}: {exc}")
                 continue
-            data = memoryview(bytearray(spec.size))
-            client.read_exact_into(data)
+            start = req.index * spec.chunk_size
+            view = arriving.data[start : start + size]
+            client.read_exact_into(view)
             self.pending.popleft()
             self.answered += 1
-            self._arrived(spec, data)
+            if not arriving.dropped:
+                self._arrived(arriving, req.index, view)
 
     def _fill(self, client: PeerClient) -> None:
+        """Ask for whole files, all their chunks in one segment, while the pipeline has room."""
         asks = []
-        in_flight = sum(sp.size for sp, _ in self.pending)
+        in_flight = sum({id(a): a.spec.size for a, _ in self.pending}.values())
         while self.todo and len(self.pending) < PIPELINE_FILES and in_flight < PIPELINE_BYTES:
-            spec = self.todo.popleft()
-            req = protocol.ChunkRequest(
-                protocol.FileKey(spec.sha256, spec.chunk_size, spec.root), 0, 0, 0
-            )
-            self.pending.append((spec, req))
-            asks.append(req)
+            arriving = Arriving.of(self.todo.popleft())
+            spec = arriving.spec
+            key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
+            for index in range(arriving.chunks):
+                req = protocol.ChunkRequest(key, index, 0, 0)
+                self.pending.append((arriving, req))
+                asks.append(req)
             in_flight += spec.size
         if asks:
             client.send(*asks)  # one segment for all of them
 
-    def _arrived(self, spec: dbdl.JobSpec, data: memoryview) -> None:
-        check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
-        hasher = check.start(0)
-        hasher.update(data)
-        src = self.source
-        if not check.matches(0, hasher):
-            bad = dbdl.SourceTally(src.address, src.tcp_port, src.username, 0, len(data), 1)
+    def _arrived(self, arriving: Arriving, index: int, view: memoryview) -> None:
+        spec, src = arriving.spec, self.source
+        hasher = arriving.check.start(index)
+        hasher.update(view)
+        if not arriving.check.matches(index, hasher):
+            bad = dbdl.SourceTally(src.address, src.tcp_port, src.username, 0, len(view), 1)
             with self.batch.database.write() as s:
                 dbbatch.record_bad(s, spec.download_id, bad, now=time.time())
             log.warning(
-                "download %d: %s from %s failed verification; peer marked bad for this file",
-                spec.download_id, spec.name, self.peer,
+                "download %d: chunk %d of %s from %s failed verification; "
+                "peer marked bad for this file",
+                spec.download_id, index, spec.name, self.peer,
             )  # fmt: skip
-            self.batch.give_back([spec], "a peer sent bytes that fail verification")
+            self._drop(arriving, "a peer sent bytes that fail verification")
+            return
+        arriving.got += 1
+        if arriving.got < arriving.chunks:
             return
         temp = self.temps[spec.download_id]
         try:
-            write_file(temp, data)
+            write_file(temp, arriving.data)
         except OSError as exc:
             self.batch._cannot_write(spec, exc)
             return
-        tally = dbdl.SourceTally(src.address, src.tcp_port, src.username, 1, len(data), 0)
+        tally = dbdl.SourceTally(
+            src.address, src.tcp_port, src.username, arriving.chunks, spec.size, 0
+        )
         self.batch.add_ready(Ready(spec, temp, tally))
 
+    def _drop(self, arriving: Arriving, why: str) -> None:
+        if not arriving.dropped:
+            arriving.dropped = True
+            self.batch.give_back([arriving.spec], why)
+
+    def _unfinished(self) -> list[dbdl.JobSpec]:
+        """Files asked for and not yet complete, oldest first, each once."""
+        seen: dict[int, dbdl.JobSpec] = {}
+        for arriving, _ in self.pending:
+            if not arriving.dropped:
+                seen.setdefault(arriving.spec.download_id, arriving.spec)
+        return list(seen.values())
+
     def _give_back_rest(self, why: str) -> None:
-        rest = [sp for sp, _ in self.pending] + list(self.todo)
+        rest = self._unfinished() + list(self.todo)
         self.pending.clear()
         self.todo.clear()
         self.batch.give_back(rest, why)

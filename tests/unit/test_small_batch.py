@@ -41,9 +41,15 @@ def queue_folder(db: Database, pattern: str = "album/") -> list[int]:
 
 @pytest.mark.parametrize(
     ("chunks", "size", "expected"),
-    [(0, 0, True), (1, 10, True), (1, SMALL_MAX, True), (1, SMALL_MAX + 1, False), (2, 10, False)],
+    [
+        (0, 0, True),
+        (1, 10, True),
+        (4, SMALL_MAX, True),
+        (1, SMALL_MAX + 1, False),
+        (5, 5 * 16384, False),
+    ],
 )
-def test_batchable_takes_empty_and_one_chunk_files_up_to_the_limit(
+def test_batchable_takes_files_of_a_few_chunks_up_to_the_limit(
     chunks: int, size: int, expected: bool
 ) -> None:
     assert batchable(chunks, size) is expected
