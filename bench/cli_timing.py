@@ -43,21 +43,27 @@ from p2pshare.db.engine import Database
 from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
 from p2pshare.services import protocol
 
-PEERS = 500
+PEERS = 1000
+FILES = 20  # per peer: issue 22's 1,000 peers x 20 files, 20,000 offers
 CHUNK = protocol.MIN_CHUNK
 REPS = 5
 BASELINE = ("python -c 'import click, tabulate'", ["-c", "import click, tabulate"])
-# (label, p2pctl arguments, how many rows the answer must hold: None for no check)
-COMMANDS: list[tuple[str, list[str], int | None]] = [
-    ("p2pctl --help", ["--help"], None),
-    ("p2pctl status", ["status"], None),
-    ("p2pctl uploads --days 30", ["uploads", "--days", "30"], None),
-    ("p2pctl history", ["history"], None),
-    ("p2pctl peers", ["peers"], None),
-    ("p2pctl peers --json", ["peers", "--json"], PEERS),
-    ("p2pctl files", ["files"], None),
-    ("p2pctl files --json", ["files", "--json"], 1 + 2 * PEERS),
-]
+
+
+def commands(peers: int, files: int) -> list[tuple[str, list[str], int | None]]:
+    """(label, p2pctl arguments, how many rows the answer must hold: None for no check)."""
+    listed = 1 + (files - 1) * peers  # common.bin once, and every peer's own files
+    return [
+        ("p2pctl --help", ["--help"], None),
+        ("p2pctl status", ["status"], None),
+        ("p2pctl status --json", ["status", "--json"], None),
+        ("p2pctl uploads --days 30", ["uploads", "--days", "30"], None),
+        ("p2pctl history", ["history"], None),
+        ("p2pctl peers", ["peers"], None),
+        ("p2pctl peers --json", ["peers", "--json"], peers),
+        ("p2pctl files", ["files"], None),
+        ("p2pctl files --json", ["files", "--json"], listed),
+    ]
 
 
 # ---------------------------------------------------------------- seeding
@@ -101,25 +107,28 @@ def beat(db_path: Path) -> None:
         database.close()
 
 
-def seed(home: Path, peers: int = PEERS) -> None:
-    """A node database that has heard `peers` peers, each offering three files."""
+def seed(home: Path, peers: int = PEERS, files: int = FILES) -> None:
+    """A node database that has heard `peers` peers, each offering `files` files: one
+    they all have and the rest their own (`files` x `peers` offers in all)."""
     home.mkdir(parents=True, exist_ok=True)
     database = Database.open(home / "p2p.db")
     common = _content("common", 3 * CHUNK + 11)
+    common_offer = _offer("common.bin", common)
     now = time.time()
     try:
         with database.write() as s:
             set_tcp_port(s, 45678, now=now)
             set_node_id(s, "0" * 32, now=now)
         for index in range(peers):
-            files = {
-                "common.bin": common,
-                f"peer{index:03d}/a.txt": _content(f"{index}-a", 1000 + index),
-                f"peer{index:03d}/b.bin": _content(f"{index}-b", CHUNK + 1 + 7 * index),
-            }
-            offers = [_offer(name, data) for name, data in files.items()]
+            offers = [common_offer]
+            for k in range(files - 1):
+                # Mostly one chunk, every third file two: sizes as varied as a real share's.
+                size = 1000 + index + 31 * k if k % 3 else CHUNK + 1 + 7 * index + k
+                offers.append(
+                    _offer(f"peer{index:04d}/f{k:02d}.bin", _content(f"{index}-{k}", size))
+                )
             heard = dbpeers.Heard(
-                f"{index + 1:032x}", f"sim-{index:03d}", "127.0.0.1", 20000 + index, 1, 1
+                f"{index + 1:032x}", f"sim-{index:04d}", "127.0.0.1", 20000 + index, 1, 1
             )
             with database.write() as s:
                 peer_id = dbpeers.record_announce(s, heard, now=now).peer_id
@@ -132,7 +141,7 @@ def seed(home: Path, peers: int = PEERS) -> None:
                     {key: entries for _, key, entries in offers},
                     now=now,
                 )
-                assert kept == 3, f"peer {index}: {kept} of 3 catalog entries kept"
+                assert kept == files, f"peer {index}: {kept} of {files} catalog entries kept"
     finally:
         database.close()
     beat(home / "p2p.db")
@@ -157,28 +166,32 @@ def _time_one(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, s
     return took, done.stdout
 
 
-def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
-    """Seed a 500-peer node under `root` and time each command `reps` times (medians).
+def run(
+    root: Path, reps: int = REPS, peers: int = PEERS, files: int = FILES
+) -> list[dict[str, Any]]:
+    """Seed a node that knows `peers` peers with `files` files each under `root` and time
+    each command `reps` times (medians).
 
     Returns one dict per command: command, median_s, runs_s, baseline_s, ratio
     (median over the baseline's median), reps. The baseline's own row comes first.
     """
     home = root / "home"
-    seed(home)
+    seed(home, peers, files)
     env = _env(home)
     p2pctl = [sys.executable, "-m", "p2pshare.cli.main"]
-    runs: dict[str, list[float]] = {BASELINE[0]: []} | {label: [] for label, _, _ in COMMANDS}
+    todo = commands(peers, files)
+    runs: dict[str, list[float]] = {BASELINE[0]: []} | {label: [] for label, _, _ in todo}
     # Interleaved, so a burst of load elsewhere costs every command alike. The first
     # round warms the caches and is not counted.
     for rep in range(reps + 1):
         took, _ = _time_one([sys.executable, *BASELINE[1]], env, root)
         if rep:
             runs[BASELINE[0]].append(took)
-        for label, args, rows in COMMANDS:
+        for label, args, rows in todo:
             beat(home / "p2p.db")  # fresh heartbeats, outside the timing
             took, out = _time_one([*p2pctl, *args], env, root)
-            if rows is not None and len(json.loads(out)) != rows:
-                raise RuntimeError(f"{label}: {len(json.loads(out))} rows, expected {rows}")
+            if rows is not None and count_rows(out) != rows:
+                raise RuntimeError(f"{label}: {count_rows(out)} rows, expected {rows}")
             if rep:
                 runs[label].append(took)
     baseline = statistics.median(runs[BASELINE[0]])
@@ -190,10 +203,18 @@ def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
             "baseline_s": round(baseline, 4),
             "ratio": round(statistics.median(times) / baseline, 2),
             "reps": reps,
-            "peers": PEERS,
+            "peers": peers,
+            "files_per_peer": files,
         }
         for label, times in runs.items()
     ]
+
+
+def count_rows(out: str) -> int:
+    """Rows of a JSON list, or of JSON lines (`--jsonl`)."""
+    if out.lstrip().startswith("["):
+        return len(json.loads(out))
+    return sum(1 for line in out.splitlines() if json.loads(line))
 
 
 def _status_median(home: Path, reps: int) -> float:
@@ -287,10 +308,12 @@ def main() -> None:
         default=0,
         help="also: status and the rollup on a node with this many old uploads rows (2000000)",
     )
+    parser.add_argument("--peers", type=int, default=PEERS, help="peers the node knows")
+    parser.add_argument("--files", type=int, default=FILES, help="files each peer offers")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="p2pcli"))
     try:
-        figures = run(root, args.reps)
+        figures = run(root, args.reps, args.peers, args.files)
         ledger = run_ledger(root, args.ledger_rows, args.reps) if args.ledger_rows else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -305,7 +328,11 @@ def main() -> None:
     print(
         tabulate(
             [(f["command"], f"{f['median_s']:.3f}", f"{f['ratio']:.2f}") for f in figures],
-            headers=[f"{PEERS} peers", "median s", "x python+click+tabulate"],
+            headers=[
+                f"{args.peers} peers x {args.files} files",
+                "median s",
+                "x python+click+tabulate",
+            ],
         )
     )
 

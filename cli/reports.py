@@ -1,5 +1,6 @@
-"""p2pctl's reports of what happened: peers, files, history, uploads. They read the
-database alone, so they work on a stopped node too (saying so in one line)."""
+"""p2pctl's reports of what happened: history, uploads. They read the database alone, so
+they work on a stopped node too (saying so in one line). `files` and `peers` are in
+`cli.listings`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import click
 from sqlalchemy.orm import Session
 
 from p2pshare.cli.context import Ctl, pass_ctl
-from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
+from p2pshare.cli.render import duration, emit_json, emit_table, human_bytes, rate, when
 from p2pshare.db import ledger, reports
-from p2pshare.services.protocol import short_fingerprint
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 T = TypeVar("T")
@@ -28,62 +28,6 @@ def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -
         emit_json(rows)
         return None
     return rows
-
-
-@click.command()
-@json_option
-@pass_ctl
-def peers(ctl: Ctl, as_json: bool) -> None:
-    """Peers heard on the network."""
-    rows = fetch_report(ctl, reports.list_peers, as_json)
-    if rows is None:
-        return
-    now = time.time()
-    emit_table(
-        ["username", "address", "port", "fingerprint", "link", "files", "last seen", "bad"],
-        [
-            [
-                p.username,
-                p.address,
-                p.tcp_port,
-                short_fingerprint(p.fingerprint) if p.fingerprint else "-",
-                p.link,
-                p.files,
-                ago(p.last_seen, now=now),
-                f"yes ({p.bad_files} files)" if p.bad_files else "no",
-            ]
-            for p in rows
-        ],
-        "No peers heard yet; other nodes appear here once their announcements arrive.",
-    )
-
-
-@click.command()
-@click.argument("pattern", required=False)
-@json_option
-@pass_ctl
-def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
-    """Files shared here and on the network; PATTERN is a substring or a glob."""
-    rows = fetch_report(ctl, lambda s: reports.list_files(s, pattern), as_json)
-    if rows is None:
-        return
-    emit_table(
-        ["name", "size", "chunks", "sha256", "here", "peers"],
-        [
-            [
-                f.name,
-                human_bytes(f.size),
-                f.chunks,
-                f.sha256[:12],
-                "yes" if f.here else "",
-                f"{f.peers} ({f.complete_peers} whole)" if f.peers else "0",
-            ]
-            for f in rows
-        ],
-        f"No files match {pattern!r}."
-        if pattern
-        else "No files yet: put some in the share folder, or wait for peers to announce theirs.",
-    )
 
 
 @click.command()
