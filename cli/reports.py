@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from p2pshare.cli.context import Ctl, pass_ctl
 from p2pshare.cli.render import duration, emit_json, emit_table, human_bytes, rate, when
+from p2pshare.db import history as history_db
 from p2pshare.db import ledger, reports
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -39,8 +40,14 @@ def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -
 @pass_ctl
 def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None:
     """Every download: name, size, status, when, how fast, from whom."""
-    rows = fetch_report(ctl, lambda s: reports.list_downloads(s, limit), as_json)
-    if rows is None:
+    ctl.note_if_stopped()
+    with ctl.database.read() as s:
+        rows = reports.list_downloads(s, limit)
+        older = history_db.rolled_up(s)
+    if as_json:
+        emit_json(rows)
+        if older:  # scripts read stdout; the person running one learns it too
+            click.echo(f"note: {rolled_up_words(older)}", err=True)
         return
     table = []
     for d in rows:
@@ -64,7 +71,27 @@ def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None
     emit_table(
         ["id", "name", "size", "status", "started (UTC)", "took", "rate", "peers", "bad"],
         table,
-        "No downloads yet; start one with: p2pctl download NAME",
+        "No downloads listed; start one with: p2pctl download NAME"
+        if older
+        else "No downloads yet; start one with: p2pctl download NAME",
+    )
+    if older:
+        click.echo(rolled_up_words(older))
+
+
+def rolled_up_words(older: list[history_db.RolledUp]) -> str:
+    """One sentence on the downloads rolled up past the horizon: how many, which days."""
+    total = sum(r.downloads for r in older)
+    first = min(r.first_day for r in older)
+    last = max(r.last_day for r in older) + ledger.DAY_SECONDS
+    parts = [
+        f"{r.status} {r.downloads}" + (f" ({human_bytes(r.bytes)})" if r.status == "done" else "")
+        for r in older
+    ]
+    return (
+        f"Not listed: {total} older downloads that ended {when(first)[:10]} to "
+        f"{when(last - 1)[:10]}, rolled up per day into download_days "
+        f"(P2P_HISTORY_DAYS): {', '.join(parts)}."
     )
 
 
