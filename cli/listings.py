@@ -102,7 +102,13 @@ def files(
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
     conn = ctl.quick
-    rows = listing.iter_files(conn, pattern, limit=limit, offset=offset)
+    total: Callable[[], int] = lambda: listing.count_files(conn, pattern)  # noqa: E731
+    if kind == "table" and limit is not None:  # a page and its total from one pass
+        page, n = listing.files_page(conn, pattern, limit=limit, offset=offset)
+        rows: Iterator[listing.FileRow] = iter(page)
+        total = lambda: n  # noqa: E731
+    else:
+        rows = listing.iter_files(conn, pattern, limit=limit, offset=offset)
     if _emit_rows(kind, rows):
         return
     _table(
@@ -124,7 +130,7 @@ def files(
         noun="files",
         paged=limit is not None or offset > 0,
         offset=offset,
-        total=lambda: listing.count_files(conn, pattern),
+        total=total,
     )
 
 

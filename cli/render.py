@@ -70,7 +70,9 @@ STREAM_ROWS = 1000
 # json.dumps(rows, indent=2, sort_keys=True) of a list of flat objects, but by the C
 # encoder (Python's own runs when indent is set): the item separator carries the
 # newline and indentation, which never occur inside an encoded value.
-_ROW_SEPARATORS = (",\n    ", ": ")
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",\n    ", ": "))
+# One encoder for every line: json.dumps with any option builds a new one per call.
+_LINE_ENCODER = json.JSONEncoder(sort_keys=True)
 
 
 def emit_json_stream(rows: Iterable[dict[str, Any]]) -> None:
@@ -79,7 +81,7 @@ def emit_json_stream(rows: Iterable[dict[str, Any]]) -> None:
     batch: list[str] = []
     first = True
     for row in rows:
-        inner = json.dumps(row, sort_keys=True, separators=_ROW_SEPARATORS)[1:-1]
+        inner = _ROW_ENCODER.encode(row)[1:-1]
         batch.append(("[\n  {\n    " if first else ",\n  {\n    ") + inner + "\n  }")
         first = False
         if len(batch) >= STREAM_ROWS:
@@ -94,7 +96,7 @@ def emit_jsonl(rows: Iterable[dict[str, Any]]) -> None:
     out = sys.stdout
     batch: list[str] = []
     for row in rows:
-        batch.append(json.dumps(row, sort_keys=True) + "\n")
+        batch.append(_LINE_ENCODER.encode(row) + "\n")
         if len(batch) >= STREAM_ROWS:
             out.write("".join(batch))
             batch.clear()

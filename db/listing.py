@@ -20,6 +20,7 @@ __all__ = [
     "PeerRow",
     "count_files",
     "count_peers",
+    "files_page",
     "iter_files",
     "iter_peers",
     "link_state",
@@ -81,14 +82,15 @@ WITH k(name, file_id, peers, whole, here) AS (
   SELECT name, file_id, 0, 0, 1 FROM local_files
   WHERE :pattern IS NULL OR p2p_matches(name, :pattern)
 )"""
-FILES_SQL = (
-    _KEYS
-    + """
+_FILES = """
 SELECT k.name, f.size, f.chunk_count, f.sha256, sum(k.here) > 0, sum(k.peers), sum(k.whole),
-       min(f.id)
+       min(f.id){total}
 FROM k JOIN files f ON f.id = k.file_id
 GROUP BY k.name, f.sha256 ORDER BY k.name, f.sha256 LIMIT :limit OFFSET :offset"""
-)
+FILES_SQL = _KEYS + _FILES.format(total="")
+# The same, each row carrying the number of rows without the limit: a page and its total
+# from one pass over the offers (the window is computed after grouping, before LIMIT).
+FILES_PAGE_SQL = _KEYS + _FILES.format(total=", count(*) OVER ()")
 COUNT_FILES_SQL = (
     _KEYS
     + """
@@ -133,6 +135,20 @@ def iter_files(
     cursor = prepare(conn).execute(FILES_SQL, _page(pattern, limit, offset))
     for name, size, chunks, sha, here, peers, whole, _ in cursor:
         yield FileRow(name, size, chunks, sha, bool(here), int(peers), int(whole or 0))
+
+
+def files_page(
+    conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
+) -> tuple[list[FileRow], int]:
+    """One page of `iter_files` and how many rows there are in all, in one pass."""
+    rows = prepare(conn).execute(FILES_PAGE_SQL, _page(pattern, limit, offset)).fetchall()
+    if not rows:  # past the end (or nothing at all): the total still says how many
+        return [], count_files(conn, pattern) if offset else 0
+    page = [
+        FileRow(n, size, c, sha, bool(h), int(p), int(w or 0))
+        for n, size, c, sha, h, p, w, _, _ in rows
+    ]
+    return page, int(rows[0][-1])
 
 
 def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:

@@ -64,8 +64,7 @@ def view(
         conn = reports.driver(s)
         peers = list(listing.iter_peers(conn, limit=PEER_ROWS))
         peers_total = listing.count_peers(conn)
-        files = list(listing.iter_files(conn, query or None, limit=FILE_ROWS))
-        files_total = listing.count_files(conn, query or None)
+        files, files_total = listing.files_page(conn, query or None, limit=FILE_ROWS)
         versions = listing.name_versions(conn, [f.name for f in files])
         downloads = reports.list_downloads(s, HISTORY_ROWS + 20)
         shown = [

@@ -182,6 +182,10 @@ def test_pages_add_up_to_the_whole(db_path: Path) -> None:
     for offset in range(0, len(whole) + 7, 7):
         pages += listing.iter_files(conn, limit=7, offset=offset)
     assert pages == whole
+    for offset in (0, 5, len(whole) - 1, len(whole), len(whole) + 3):
+        page, total = listing.files_page(conn, None, limit=7, offset=offset)
+        assert (page, total) == (whole[offset : offset + 7], len(whole))
+    assert listing.files_page(conn, "zzz", limit=7) == ([], 0)
     peers = list(listing.iter_peers(conn))
     assert len(peers) == listing.count_peers(conn) == 40
     paged = [p for o in range(0, 40, 9) for p in listing.iter_peers(conn, limit=9, offset=o)]
