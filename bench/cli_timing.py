@@ -1,17 +1,21 @@
-"""How long p2pctl takes to answer on a node that knows 500 peers, as ratios.
+"""How long p2pctl takes to answer on a node that knows 1,000 peers, as ratios.
 
-    python bench/cli_timing.py [--reps 5] [--json] [--ledger-rows 2000000]
+    python bench/cli_timing.py [--reps 5] [--json] [--peers 1000] [--files 20]
+                               [--ledger-rows 2000000]
 
-Goals (issue 14): `--help` within 2x and `status` within 3x of the reference.
+Goals (issue 14): `--help` within 2x and `status` within 3x of the reference. Issue 22:
+with 1,000 peers x 20 files (20,000 offers) `files --json` within 1.0 s and `status
+--json` within 0.5 s (seconds on a 2-core machine; the ratios are what compares across
+machines). It prints the query plan of every listing and status count (EXPLAIN QUERY
+PLAN on the seeded database): each table read through an index, one sort at most.
 `--ledger-rows N` adds N uploads rows older than the horizon: `status` on that
 database against the same node without them, the server's rollup, the file's size
 after it, and the query plan of every count status shows (no full-table scans).
 
-A node database is seeded under a temporary folder through p2pshare.db (500 peers,
-each offering three files: one they all have and two of their own, as in
-tests/reliability/test_many_peers.py), with fresh heartbeats, so p2pctl takes it for
-a running node. Each command is run REPS times as a user runs it, a new process
-each time; the figure is the median. The reference, measured in the same run and
+A node database is seeded under a temporary folder through p2pshare.db (1,000 peers,
+each offering 20 files: one they all have and 19 of their own), with fresh heartbeats,
+so p2pctl takes it for a running node. Each command is run REPS times as a user runs
+it, a new process each time; the figure is the median. The reference, measured in the same run and
 the same way, is Python's own start-up with click and tabulate imported
 (`python -c 'import click, tabulate'`), so the ratios hold on a busy machine where
 the seconds do not. Nothing is sent anywhere: p2pctl opens no sockets, and the
@@ -43,21 +47,47 @@ from p2pshare.db.engine import Database
 from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
 from p2pshare.services import protocol
 
-PEERS = 500
+PEERS = 1000
+FILES = 20  # per peer: issue 22's 1,000 peers x 20 files, 20,000 offers
 CHUNK = protocol.MIN_CHUNK
 REPS = 5
 BASELINE = ("python -c 'import click, tabulate'", ["-c", "import click, tabulate"])
-# (label, p2pctl arguments, how many rows the answer must hold: None for no check)
-COMMANDS: list[tuple[str, list[str], int | None]] = [
-    ("p2pctl --help", ["--help"], None),
-    ("p2pctl status", ["status"], None),
-    ("p2pctl uploads --days 30", ["uploads", "--days", "30"], None),
-    ("p2pctl history", ["history"], None),
-    ("p2pctl peers", ["peers"], None),
-    ("p2pctl peers --json", ["peers", "--json"], PEERS),
-    ("p2pctl files", ["files"], None),
-    ("p2pctl files --json", ["files", "--json"], 1 + 2 * PEERS),
-]
+
+
+def commands(peers: int, files: int) -> list[tuple[str, list[str], int | None]]:
+    """(label, p2pctl arguments, how many rows the answer must hold: None for no check)."""
+    listed = 1 + (files - 1) * peers  # common.bin once, and every peer's own files
+    LIMIT_100 = ["files", "--limit", "100"]
+    return [
+        ("p2pctl --help", ["--help"], None),
+        ("p2pctl status", ["status"], None),
+        ("p2pctl status --json", ["status", "--json"], None),
+        ("p2pctl uploads --days 30", ["uploads", "--days", "30"], None),
+        ("p2pctl history", ["history"], None),
+        ("p2pctl peers", ["peers"], None),
+        ("p2pctl peers --json", ["peers", "--json"], peers),
+        ("p2pctl peers --limit 50", ["peers", "--limit", "50"], None),
+        ("p2pctl files", ["files"], None),
+        ("p2pctl files --json", ["files", "--json"], listed),
+        ("p2pctl files --jsonl", ["files", "--jsonl"], listed),
+        ("p2pctl files --limit 100", LIMIT_100, None),
+        (
+            "p2pctl files --limit 100 --offset 10000",
+            ["files", "--limit", "100", "--offset", "10000"],
+            None,
+        ),
+        # One peer's files by glob: filtered in SQL, 19 rows of 20,000 offers.
+        ("p2pctl files 'peer0500/*' --json", ["files", "peer0500/*", "--json"], files - 1),
+        (
+            "p2pctl files f07 --json (substring)",
+            ["files", "f07", "--json"],
+            peers if files > 8 else None,
+        ),
+    ]
+
+
+# Issue 22's goals, in seconds on its 2-core machine: (command, at most).
+GOALS = {"p2pctl files --json": 1.0, "p2pctl status --json": 0.5}
 
 
 # ---------------------------------------------------------------- seeding
@@ -101,25 +131,28 @@ def beat(db_path: Path) -> None:
         database.close()
 
 
-def seed(home: Path, peers: int = PEERS) -> None:
-    """A node database that has heard `peers` peers, each offering three files."""
+def seed(home: Path, peers: int = PEERS, files: int = FILES) -> None:
+    """A node database that has heard `peers` peers, each offering `files` files: one
+    they all have and the rest their own (`files` x `peers` offers in all)."""
     home.mkdir(parents=True, exist_ok=True)
     database = Database.open(home / "p2p.db")
     common = _content("common", 3 * CHUNK + 11)
+    common_offer = _offer("common.bin", common)
     now = time.time()
     try:
         with database.write() as s:
             set_tcp_port(s, 45678, now=now)
             set_node_id(s, "0" * 32, now=now)
         for index in range(peers):
-            files = {
-                "common.bin": common,
-                f"peer{index:03d}/a.txt": _content(f"{index}-a", 1000 + index),
-                f"peer{index:03d}/b.bin": _content(f"{index}-b", CHUNK + 1 + 7 * index),
-            }
-            offers = [_offer(name, data) for name, data in files.items()]
+            offers = [common_offer]
+            for k in range(files - 1):
+                # Mostly one chunk, every third file two: sizes as varied as a real share's.
+                size = 1000 + index + 31 * k if k % 3 else CHUNK + 1 + 7 * index + k
+                offers.append(
+                    _offer(f"peer{index:04d}/f{k:02d}.bin", _content(f"{index}-{k}", size))
+                )
             heard = dbpeers.Heard(
-                f"{index + 1:032x}", f"sim-{index:03d}", "127.0.0.1", 20000 + index, 1, 1
+                f"{index + 1:032x}", f"sim-{index:04d}", "127.0.0.1", 20000 + index, 1, 1
             )
             with database.write() as s:
                 peer_id = dbpeers.record_announce(s, heard, now=now).peer_id
@@ -132,7 +165,7 @@ def seed(home: Path, peers: int = PEERS) -> None:
                     {key: entries for _, key, entries in offers},
                     now=now,
                 )
-                assert kept == 3, f"peer {index}: {kept} of 3 catalog entries kept"
+                assert kept == files, f"peer {index}: {kept} of {files} catalog entries kept"
     finally:
         database.close()
     beat(home / "p2p.db")
@@ -157,28 +190,32 @@ def _time_one(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, s
     return took, done.stdout
 
 
-def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
-    """Seed a 500-peer node under `root` and time each command `reps` times (medians).
+def run(
+    root: Path, reps: int = REPS, peers: int = PEERS, files: int = FILES
+) -> list[dict[str, Any]]:
+    """Seed a node that knows `peers` peers with `files` files each under `root` and time
+    each command `reps` times (medians).
 
     Returns one dict per command: command, median_s, runs_s, baseline_s, ratio
     (median over the baseline's median), reps. The baseline's own row comes first.
     """
     home = root / "home"
-    seed(home)
+    seed(home, peers, files)
     env = _env(home)
     p2pctl = [sys.executable, "-m", "p2pshare.cli.main"]
-    runs: dict[str, list[float]] = {BASELINE[0]: []} | {label: [] for label, _, _ in COMMANDS}
+    todo = commands(peers, files)
+    runs: dict[str, list[float]] = {BASELINE[0]: []} | {label: [] for label, _, _ in todo}
     # Interleaved, so a burst of load elsewhere costs every command alike. The first
     # round warms the caches and is not counted.
     for rep in range(reps + 1):
         took, _ = _time_one([sys.executable, *BASELINE[1]], env, root)
         if rep:
             runs[BASELINE[0]].append(took)
-        for label, args, rows in COMMANDS:
+        for label, args, rows in todo:
             beat(home / "p2p.db")  # fresh heartbeats, outside the timing
             took, out = _time_one([*p2pctl, *args], env, root)
-            if rows is not None and len(json.loads(out)) != rows:
-                raise RuntimeError(f"{label}: {len(json.loads(out))} rows, expected {rows}")
+            if rows is not None and count_rows(out) != rows:
+                raise RuntimeError(f"{label}: {count_rows(out)} rows, expected {rows}")
             if rep:
                 runs[label].append(took)
     baseline = statistics.median(runs[BASELINE[0]])
@@ -190,10 +227,45 @@ def run(root: Path, reps: int = REPS) -> list[dict[str, Any]]:
             "baseline_s": round(baseline, 4),
             "ratio": round(statistics.median(times) / baseline, 2),
             "reps": reps,
-            "peers": PEERS,
+            "peers": peers,
+            "files_per_peer": files,
+            "goal_s": GOALS.get(label),
         }
         for label, times in runs.items()
     ]
+
+
+def query_plans(db_path: Path) -> dict[str, str]:
+    """EXPLAIN QUERY PLAN of every query the listings and `status` make, on this database:
+    each table is read through an index, and only what a page shows is sorted."""
+    import sqlite3
+
+    from p2pshare.db import listing
+    from p2pshare.db.quick import COUNT_QUERIES
+
+    conn = listing.prepare(sqlite3.connect(db_path))
+    page = {"pattern": None, "limit": 100, "offset": 0}
+    queries: dict[str, tuple[str, dict[str, Any]]] = {
+        "files (a page)": (listing.FILES_SQL, page),
+        "files PATTERN": (listing.FILES_SQL, page | {"pattern": "peer0500/*"}),
+        "files count": (listing.COUNT_FILES_SQL, {"pattern": None}),
+        "peers (a page)": (listing.PEERS_SQL, page),
+        **{f"status: {name}": (q, {}) for name, q in COUNT_QUERIES.items()},
+    }
+    try:
+        return {
+            name: " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            for name, (sql, params) in queries.items()
+        }
+    finally:
+        conn.close()
+
+
+def count_rows(out: str) -> int:
+    """Rows of a JSON list, or of JSON lines (`--jsonl`)."""
+    if out.lstrip().startswith("["):
+        return len(json.loads(out))
+    return sum(1 for line in out.splitlines() if json.loads(line))
 
 
 def _status_median(home: Path, reps: int) -> float:
@@ -287,10 +359,13 @@ def main() -> None:
         default=0,
         help="also: status and the rollup on a node with this many old uploads rows (2000000)",
     )
+    parser.add_argument("--peers", type=int, default=PEERS, help="peers the node knows")
+    parser.add_argument("--files", type=int, default=FILES, help="files each peer offers")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="p2pcli"))
     try:
-        figures = run(root, args.reps)
+        figures = run(root, args.reps, args.peers, args.files)
+        plans = query_plans(root / "home" / "p2p.db")
         ledger = run_ledger(root, args.ledger_rows, args.reps) if args.ledger_rows else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -300,14 +375,33 @@ def main() -> None:
         print(tabulate(sorted(plans.items()), headers=["status count", "query plan"]))
         print()
     if args.json:
-        print(json.dumps({"commands": figures, "ledger": ledger}, indent=2))
+        print(json.dumps({"commands": figures, "ledger": ledger, "plans": plans}, indent=2))
         return
+    print(tabulate(sorted(plans.items()), headers=["query", "query plan"]))
+    print()
     print(
         tabulate(
-            [(f["command"], f"{f['median_s']:.3f}", f"{f['ratio']:.2f}") for f in figures],
-            headers=[f"{PEERS} peers", "median s", "x python+click+tabulate"],
+            [
+                (
+                    f["command"],
+                    f"{f['median_s']:.3f}",
+                    f"{f['ratio']:.2f}",
+                    "" if f["goal_s"] is None else goal_words(f["median_s"], f["goal_s"]),
+                )
+                for f in figures
+            ],
+            headers=[
+                f"{args.peers} peers x {args.files} files",
+                "median s",
+                "x python+click+tabulate",
+                "goal (issue 22)",
+            ],
         )
     )
+
+
+def goal_words(seconds: float, goal: float) -> str:
+    return f"<= {goal} s: {'met' if seconds <= goal else 'MISSED'}"
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "status",
         "This node: name, address, ports, folders, which roles are alive, counts.",
     ),
-    "peers": ("p2pshare.cli.reports", "peers", "Peers heard on the network."),
+    "peers": ("p2pshare.cli.listings", "peers", "Peers heard on the network."),
     "files": (
-        "p2pshare.cli.reports",
+        "p2pshare.cli.listings",
         "files",
         "Files shared here and on the network; PATTERN is a substring or a glob.",
     ),

@@ -1,5 +1,6 @@
-"""p2pctl's reports of what happened: peers, files, history, uploads. They read the
-database alone, so they work on a stopped node too (saying so in one line)."""
+"""p2pctl's reports of what happened: history, uploads. They read the database alone, so
+they work on a stopped node too (saying so in one line). `files` and `peers` are in
+`cli.listings`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import click
 from sqlalchemy.orm import Session
 
 from p2pshare.cli.context import Ctl, pass_ctl
-from p2pshare.cli.render import ago, duration, emit_json, emit_table, human_bytes, rate, when
+from p2pshare.cli.render import duration, emit_json, emit_table, human_bytes, rate, when
+from p2pshare.db import history as history_db
 from p2pshare.db import ledger, reports
-from p2pshare.services.protocol import short_fingerprint
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 T = TypeVar("T")
@@ -31,62 +32,6 @@ def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -
 
 
 @click.command()
-@json_option
-@pass_ctl
-def peers(ctl: Ctl, as_json: bool) -> None:
-    """Peers heard on the network."""
-    rows = fetch_report(ctl, reports.list_peers, as_json)
-    if rows is None:
-        return
-    now = time.time()
-    emit_table(
-        ["username", "address", "port", "fingerprint", "link", "files", "last seen", "bad"],
-        [
-            [
-                p.username,
-                p.address,
-                p.tcp_port,
-                short_fingerprint(p.fingerprint) if p.fingerprint else "-",
-                p.link,
-                p.files,
-                ago(p.last_seen, now=now),
-                f"yes ({p.bad_files} files)" if p.bad_files else "no",
-            ]
-            for p in rows
-        ],
-        "No peers heard yet; other nodes appear here once their announcements arrive.",
-    )
-
-
-@click.command()
-@click.argument("pattern", required=False)
-@json_option
-@pass_ctl
-def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
-    """Files shared here and on the network; PATTERN is a substring or a glob."""
-    rows = fetch_report(ctl, lambda s: reports.list_files(s, pattern), as_json)
-    if rows is None:
-        return
-    emit_table(
-        ["name", "size", "chunks", "sha256", "here", "peers"],
-        [
-            [
-                f.name,
-                human_bytes(f.size),
-                f.chunks,
-                f.sha256[:12],
-                "yes" if f.here else "",
-                f"{f.peers} ({f.complete_peers} whole)" if f.peers else "0",
-            ]
-            for f in rows
-        ],
-        f"No files match {pattern!r}."
-        if pattern
-        else "No files yet: put some in the share folder, or wait for peers to announce theirs.",
-    )
-
-
-@click.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N.")
 @click.option(
     "--addresses", is_flag=True, help="Name the peers by address:port rather than username."
@@ -95,8 +40,14 @@ def files(ctl: Ctl, pattern: str | None, as_json: bool) -> None:
 @pass_ctl
 def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None:
     """Every download: name, size, status, when, how fast, from whom."""
-    rows = fetch_report(ctl, lambda s: reports.list_downloads(s, limit), as_json)
-    if rows is None:
+    ctl.note_if_stopped()
+    with ctl.database.read() as s:
+        rows = reports.list_downloads(s, limit)
+        older = history_db.rolled_up(s)
+    if as_json:
+        emit_json(rows)
+        if older:  # scripts read stdout; the person running one learns it too
+            click.echo(f"note: {rolled_up_words(older)}", err=True)
         return
     table = []
     for d in rows:
@@ -120,7 +71,27 @@ def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None
     emit_table(
         ["id", "name", "size", "status", "started (UTC)", "took", "rate", "peers", "bad"],
         table,
-        "No downloads yet; start one with: p2pctl download NAME",
+        "No downloads listed; start one with: p2pctl download NAME"
+        if older
+        else "No downloads yet; start one with: p2pctl download NAME",
+    )
+    if older:
+        click.echo(rolled_up_words(older))
+
+
+def rolled_up_words(older: list[history_db.RolledUp]) -> str:
+    """One sentence on the downloads rolled up past the horizon: how many, which days."""
+    total = sum(r.downloads for r in older)
+    first = min(r.first_day for r in older)
+    last = max(r.last_day for r in older) + ledger.DAY_SECONDS
+    parts = [
+        f"{r.status} {r.downloads}" + (f" ({human_bytes(r.bytes)})" if r.status == "done" else "")
+        for r in older
+    ]
+    return (
+        f"Not listed: {total} older downloads that ended {when(first)[:10]} to "
+        f"{when(last - 1)[:10]}, rolled up per day into download_days "
+        f"(P2P_HISTORY_DAYS): {', '.join(parts)}."
     )
 
 

@@ -126,10 +126,37 @@ def _to_v5(conn: Connection) -> None:
     sql("CREATE INDEX ix_bad_peers_marked_at ON bad_peers (marked_at)")
 
 
+def _to_v6(conn: Connection) -> None:
+    """Reports that scale and history with a horizon (issue 22): indexes for `p2pctl files`
+    (offers by name) and for finding old or referenced downloads, and per-day totals
+    of the downloads and requests rolled up after P2P_HISTORY_DAYS. Indexes only: no
+    table is rewritten."""
+    sql = conn.exec_driver_sql
+    sql("CREATE INDEX IF NOT EXISTS ix_holdings_name ON holdings (name, file_id)")
+    sql("CREATE INDEX IF NOT EXISTS ix_downloads_file ON downloads (file_id)")
+    sql("CREATE INDEX IF NOT EXISTS ix_downloads_finished_at ON downloads (finished_at)")
+    sql(
+        "CREATE TABLE download_days (day INTEGER NOT NULL, status VARCHAR(16) NOT NULL,"
+        " downloads INTEGER NOT NULL, bytes INTEGER NOT NULL, bytes_received INTEGER NOT NULL,"
+        " bad_chunks INTEGER NOT NULL, seconds DOUBLE NOT NULL, PRIMARY KEY (day, status))"
+    )
+    sql(
+        "CREATE TABLE request_days (day INTEGER NOT NULL, kind VARCHAR(8) NOT NULL,"
+        " requests INTEGER NOT NULL, files INTEGER NOT NULL, already_here INTEGER NOT NULL,"
+        " PRIMARY KEY (day, kind))"
+    )
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: _to_v5}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _to_v2,
+    3: _to_v3,
+    4: _to_v4,
+    5: _to_v5,
+    6: _to_v6,
+}
 
 
 def make_engine(path: Path) -> Engine:

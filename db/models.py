@@ -156,6 +156,8 @@ class Holding(Base):
     __table_args__ = (
         UniqueConstraint("peer_id", "file_id", "name"),
         Index("ix_holdings_file", "file_id"),
+        # `p2pctl files` groups offers by name in this order, without sorting them.
+        Index("ix_holdings_name", "name", "file_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -218,6 +220,10 @@ class Download(Base):
     __table_args__ = (
         Index("ix_downloads_status", "status"),
         Index("ix_downloads_request", "request_id"),
+        # Whether a `files` row is still referred to (orphan cleanup), and which finished
+        # downloads are older than the history horizon, each one index probe.
+        Index("ix_downloads_file", "file_id"),
+        Index("ix_downloads_finished_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -306,3 +312,32 @@ class UploadTotal(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     chunks: Mapped[int]
     bytes: Mapped[int]
+
+
+class DownloadDay(Base):
+    """Finished downloads of one UTC day and one ending, rolled up from `downloads` rows
+    (and their `download_sources`) that ended more than P2P_HISTORY_DAYS ago."""
+
+    __tablename__ = "download_days"
+
+    # Start of the UTC day the downloads ended (finished_at), unix seconds.
+    day: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)  # done, failed, cancelled
+    downloads: Mapped[int]  # `downloads` rows rolled into this one
+    bytes: Mapped[int]  # sum of bytes_done (verified bytes)
+    bytes_received: Mapped[int]  # sum of bytes_received (every byte, discarded ones too)
+    bad_chunks: Mapped[int]
+    seconds: Mapped[float]  # sum of finished_at - started_at, of those that started
+
+
+class RequestDay(Base):
+    """`p2pctl download` requests of one UTC day and kind, rolled up once older than
+    P2P_HISTORY_DAYS and none of their downloads is left in `downloads`."""
+
+    __tablename__ = "request_days"
+
+    day: Mapped[int] = mapped_column(primary_key=True)  # of requested_at
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # file, folder, glob
+    requests: Mapped[int]
+    files: Mapped[int]  # sum of requests.files
+    already_here: Mapped[int]  # sum of requests.already_here

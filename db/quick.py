@@ -23,7 +23,12 @@ COUNT_QUERIES = {
     ),
     "peers": "SELECT count(*), 0 FROM peers",
     "running": "SELECT count(*), 0 FROM downloads WHERE status IN ('queued', 'active', 'waiting')",
-    "done": "SELECT count(*), 0 FROM downloads WHERE status = 'done'",
+    # Finished downloads rolled up past the history horizon still count (download_days
+    # holds a row per day and ending, so its sum stays a few hundred rows at most).
+    "done": (
+        "SELECT (SELECT count(*) FROM downloads WHERE status = 'done')"
+        " + (SELECT coalesce(sum(downloads), 0) FROM download_days WHERE status = 'done'), 0"
+    ),
     "uploads": "SELECT chunks, bytes FROM upload_totals WHERE id = 1",
 }
 

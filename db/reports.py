@@ -2,53 +2,27 @@
 
 from __future__ import annotations
 
-import fnmatch
+import sqlite3
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, case, distinct, func, select
+from sqlalchemy import Integer, distinct, func, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db import history, listing
 from p2pshare.db.ledger import upload_totals
+from p2pshare.db.listing import FileRow, PeerRow, link_state, matches
 from p2pshare.db.models import (
-    BadPeer,
     Download,
     DownloadSource,
     File,
     Holding,
     LocalFile,
     Peer,
-    RoleSetting,
     Upload,
 )
 from p2pshare.db.quick import Counts
 
-__all__ = ["Counts", "counts"]
-
-
-@dataclass(frozen=True)
-class PeerRow:
-    username: str
-    address: str
-    tcp_port: int
-    files: int
-    last_seen: float
-    bad_files: int
-    node_id: str
-    fingerprint: str | None  # SHA-256 of its certificate, its identity across restarts
-    tls: bool  # it takes TLS connections only
-    # tls, clear, or why this node and it cannot talk (one encrypts, the other not)
-    link: str
-
-
-@dataclass(frozen=True)
-class FileRow:
-    name: str
-    size: int
-    chunks: int
-    sha256: str
-    here: bool
-    peers: int
-    complete_peers: int
+__all__ = ["Counts", "FileRow", "PeerRow", "counts", "link_state", "matches"]
 
 
 @dataclass(frozen=True)
@@ -97,105 +71,31 @@ def counts(session: Session) -> Counts:
     peers = session.scalar(select(func.count()).select_from(Peer)) or 0
     running = session.scalar(select(func.count()).where(Download.status.in_(RUNNING_STATUSES))) or 0
     done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
+    done += history.rolled_up_done(session)  # rolled up past the horizon, still done
     up = upload_totals(session)  # one row kept as uploads are recorded, not a sum of them
     return Counts(shared[0], shared[1], network, peers, running, done, up.chunks, up.bytes)
 
 
-def list_peers(session: Session) -> list[PeerRow]:
-    """Every live peer, most recently heard first."""
-    files = (
-        select(Holding.peer_id, func.count(distinct(Holding.file_id)).label("n"))
-        .group_by(Holding.peer_id)
-        .subquery()
-    )
-    bad = (
-        select(BadPeer.address, BadPeer.tcp_port, func.count().label("n"))
-        .group_by(BadPeer.address, BadPeer.tcp_port)
-        .subquery()
-    )
-    rows = session.execute(
-        select(Peer, func.coalesce(files.c.n, 0), func.coalesce(bad.c.n, 0))
-        .outerjoin(files, files.c.peer_id == Peer.id)
-        .outerjoin(bad, (bad.c.address == Peer.address) & (bad.c.tcp_port == Peer.tcp_port))
-        .order_by(Peer.last_seen.desc())
-    )
-    encrypt = session.scalar(
-        select(RoleSetting.value).where(
-            RoleSetting.role == "listener", RoleSetting.name == "encrypt"
-        )
-    )
-    return [
-        PeerRow(
-            p.username,
-            p.address,
-            p.tcp_port,
-            n,
-            p.last_seen,
-            b,
-            p.node_id,
-            p.fingerprint,
-            p.tls,
-            link_state(None if encrypt is None else encrypt == "yes", p.tls),
-        )
-        for p, n, b in rows
-    ]
+def driver(session: Session) -> sqlite3.Connection:
+    """The session's own sqlite3 connection, for `db.listing`'s plain SQL in the same
+    transaction."""
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, sqlite3.Connection)
+    return conn
 
 
-def link_state(own_encrypt: bool | None, peer_tls: bool) -> str:
-    """How this node talks to a peer, as `p2pctl peers` says it."""
-    if own_encrypt is None or own_encrypt == peer_tls:
-        return "tls" if peer_tls else "clear"
-    if own_encrypt:
-        return "cannot talk: it does not encrypt, this node does"
-    return "cannot talk: it encrypts, this node does not"
+def list_peers(session: Session, *, limit: int | None = None, offset: int = 0) -> list[PeerRow]:
+    """Live peers, most recently heard first (see `db.listing.iter_peers`)."""
+    return list(listing.iter_peers(driver(session), limit=limit, offset=offset))
 
 
-def matches(name: str, pattern: str | None) -> bool:
-    """A glob when the pattern has wildcards, else a case-insensitive substring."""
-    if not pattern:
-        return True
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
-    return pattern.lower() in name.lower()
-
-
-def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
-    """Files shared here and known on the network, one row per (name, SHA-256).
-
-    Offers of one content under several manifest roots (a liar's among them) are one row.
-    """
-    here = {(name, fid) for name, fid in session.execute(select(LocalFile.name, LocalFile.file_id))}
-    held = session.execute(
-        select(
-            Holding.name,
-            Holding.file_id,
-            func.count(distinct(Holding.peer_id)),
-            func.sum(case((Holding.bitfield.is_(None), 1), else_=0)),
-        ).group_by(Holding.name, Holding.file_id)
-    ).all()
-    network = {(name, fid): (n, complete) for name, fid, n, complete in held}
-    keys = {k for k in here | set(network) if matches(k[0], pattern)}
-    files = {
-        f.id: f for f in session.scalars(select(File).where(File.id.in_({k[1] for k in keys})))
-    }
-    merged: dict[tuple[str, str], FileRow] = {}
-    for name, fid in sorted(keys):
-        f = files[fid]
-        n, complete = network.get((name, fid), (0, 0))
-        row = FileRow(name, f.size, f.chunk_count, f.sha256, (name, fid) in here, n, complete)
-        prev = merged.get((name, f.sha256))
-        if prev is not None:
-            row = FileRow(
-                name,
-                prev.size,
-                prev.chunks,
-                f.sha256,
-                prev.here or row.here,
-                prev.peers + row.peers,
-                prev.complete_peers + row.complete_peers,
-            )
-        merged[(name, f.sha256)] = row
-    return [merged[k] for k in sorted(merged)]
+def list_files(
+    session: Session, pattern: str | None = None, *, limit: int | None = None, offset: int = 0
+) -> list[FileRow]:
+    """Files shared here and known on the network, one row per (name, SHA-256); offers of
+    one content under several manifest roots (a liar's among them) are one row (see
+    `db.listing.iter_files`)."""
+    return list(listing.iter_files(driver(session), pattern, limit=limit, offset=offset))
 
 
 def list_downloads(session: Session, limit: int | None = None) -> list[DownloadRow]:

@@ -1,11 +1,14 @@
-"""The server's housekeeping: ledgers kept to P2P_HISTORY_DAYS, free pages returned.
+"""The server's housekeeping: ledgers and history kept to P2P_HISTORY_DAYS, free pages
+returned.
 
 The server writes `uploads`, so it rolls them up too: every HOUSEKEEPING_SECONDS it
 probes for rows older than the horizon (one index lookup) and, if there are any,
-moves them into `upload_days` in batches of short transactions, then gives the freed
-pages back to the file system (`PRAGMA incremental_vacuum`). A database from before
-schema v5 has auto_vacuum off; the first rollup that empties its backlog switches it
-with one VACUUM, when the file is at its smallest.
+moves them into `upload_days` in batches of short transactions. Downloads that ended
+before the horizon go the same way into `download_days`, then requests left without
+downloads into `request_days`, then `files` rows nothing refers to any more (`db.history`).
+Then it gives the freed pages back to the file system (`PRAGMA incremental_vacuum`). A
+database from before schema v5 has auto_vacuum off; the first rollup that empties its
+backlog switches it with one VACUUM, when the file is at its smallest.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from p2pshare.db import ledger
+from p2pshare.db import history, ledger
 from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database
 
 log = logging.getLogger("p2p.housekeeping")
@@ -31,9 +34,13 @@ class Housekeeping:
     database: Database
     history_days: int
     stop: threading.Event
+    # Forgotten files are looked for after downloads were rolled up, and once at start
+    # (a node upgraded to schema v6 may hold some from before).
+    _files_due: bool = True
 
     def step(self, now: float) -> int:
-        """One round: roll up, forgive old bad peers, vacuum; returns rows rolled up."""
+        """One round: roll up uploads and downloads, forgive old bad peers, forget files
+        nothing refers to, vacuum; returns rows rolled up or deleted."""
         cutoff = ledger.horizon(now, self.history_days)
         with self.database.read() as s:
             backlog = ledger.has_rows_before(s, cutoff)
@@ -50,6 +57,7 @@ class Housekeeping:
             forgiven = ledger.expire_bad_peers(s, cutoff)
         if forgiven:
             log.info("forgave %d bad-peer marks older than %d days", forgiven, self.history_days)
+        moved += self.roll_up_history(cutoff)
         if moved:
             log.info(
                 "rolled up %d uploads rows older than %d days into upload_days in %.1f s",
@@ -59,6 +67,43 @@ class Housekeeping:
             )
             self.vacuum()
         return moved
+
+    def roll_up_history(self, cutoff: float) -> int:
+        """Downloads and requests older than cutoff into their per-day tables, then files
+        nothing refers to any more; returns rows moved or deleted."""
+        with self.database.read() as s:
+            backlog = history.has_old_downloads(s, cutoff)
+        downloads = requests = files = 0
+        started = time.monotonic()
+        while backlog and not self.stop.is_set():
+            with self.database.write() as s:
+                n = history.roll_up_downloads(s, cutoff)
+            downloads += n
+            if n == 0:
+                break
+            time.sleep(BATCH_GAP_SECONDS)
+        if downloads or self._files_due:
+            with self.database.write() as s:
+                requests = history.roll_up_requests(s, cutoff)
+            while not self.stop.is_set():
+                with self.database.write() as s:
+                    n = history.forget_files(s, cutoff)
+                files += n
+                if n == 0:
+                    break
+                time.sleep(BATCH_GAP_SECONDS)
+            self._files_due = False
+        if downloads or requests or files:
+            log.info(
+                "rolled up %d downloads and %d requests older than %d days into "
+                "download_days and request_days, forgot %d files nothing refers to, in %.1f s",
+                downloads,
+                requests,
+                self.history_days,
+                files,
+                time.monotonic() - started,
+            )
+        return downloads + requests + files
 
     def vacuum(self) -> None:
         """Return free pages to the file system; switch an old database to incremental

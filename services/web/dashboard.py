@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import listing, reports
 from p2pshare.db import node as dbnode
-from p2pshare.db import reports
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.services.web import chart
@@ -21,7 +21,10 @@ RUNNING = dbdl.KEEPING_TEMP
 RECENT_SECONDS = 120.0
 HISTORY_ROWS = 30
 UPLOAD_ROWS = 30
-FILE_ROWS = 500
+# The first page of each listing, and its total: the page refreshes every second, so
+# its cost must follow what it shows, not how many peers and offers the network has.
+FILE_ROWS = 100
+PEER_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,11 @@ def view(
         roles = dbnode.role_statuses(s, now=now)
         recorded = dbnode.role_settings(s)
         counts = reports.counts(s)
-        peers = reports.list_peers(s)
-        files = reports.list_files(s, query or None)
+        conn = reports.driver(s)
+        peers = list(listing.iter_peers(conn, limit=PEER_ROWS))
+        peers_total = listing.count_peers(conn)
+        files, files_total = listing.files_page(conn, query or None, limit=FILE_ROWS)
+        versions = listing.name_versions(conn, [f.name for f in files])
         downloads = reports.list_downloads(s, HISTORY_ROWS + 20)
         shown = [
             d
@@ -80,9 +86,6 @@ def view(
         ),
         chart.BUCKETS,
     )
-    versions: dict[str, set[str]] = {}
-    for f in files:
-        versions.setdefault(f.name, set()).add(f.sha256)
     announcer = recorded.get("announcer", {})
     server = recorded.get("server", {})
     return {
@@ -95,11 +98,13 @@ def view(
         "roles": roles,
         "counts": counts,
         "peers": peers,
-        "files": files[:FILE_ROWS],
-        "files_more": max(0, len(files) - FILE_ROWS),
+        "peers_total": peers_total,
+        "files": files,
+        "files_total": files_total,
+        "files_more": max(0, files_total - len(files)),
         "pick": {
             (f.name, f.sha256): f.name
-            if len(versions[f.name]) == 1
+            if versions.get(f.name, 1) == 1
             else f"{f.name}@{f.sha256[:16]}"
             for f in files
         },
@@ -142,7 +147,9 @@ def state_json(v: dict[str, Any]) -> dict[str, Any]:
         "roles": [asdict(r) for r in v["roles"]],
         "counts": asdict(v["counts"]),
         "peers": [asdict(p) for p in v["peers"]],
+        "peers_total": v["peers_total"],
         "files": [asdict(f) for f in v["files"]],
+        "files_total": v["files_total"],
         "downloads": [asdict(p) for p in v["progress"]],
         "history": [asdict(d) for d in v["history"]],
         "uploads": [asdict(u) for u in v["uploads"]],

@@ -1,0 +1,173 @@
+"""p2pctl files and p2pctl peers: the listings that grow with the network.
+
+They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`), let
+SQLite filter, group, sort and page, and print rows as they come: `--limit`/`--offset`
+show one page (the table then says which rows of how many), `--jsonl` streams one JSON
+object a line, and `--json` prints the same list as before, formatted by the C encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import click
+
+from p2pshare.cli.context import Ctl, UserError, pass_ctl
+from p2pshare.cli.render import ago, emit_json_stream, emit_jsonl, emit_table, human_bytes
+from p2pshare.db import listing
+from p2pshare.services.protocol import short_fingerprint
+
+_T = Callable[[Callable[..., None]], Callable[..., None]]
+
+
+def listing_options(noun: str) -> _T:
+    """--limit, --offset, --json and --jsonl, as `files` and `peers` both take them."""
+
+    def wrap(f: Callable[..., None]) -> Callable[..., None]:
+        f = click.option(
+            "--jsonl", "as_jsonl", is_flag=True, help="Stream one JSON object a line."
+        )(f)
+        f = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+        f = click.option(
+            "--offset",
+            type=click.IntRange(min=0),
+            default=0,
+            help=f"Skip the first N {noun} (with --limit: the next page).",
+        )(f)
+        return click.option(
+            "--limit", type=click.IntRange(min=1), default=None, help=f"Show at most N {noun}."
+        )(f)
+
+    return wrap
+
+
+def _format(as_json: bool, as_jsonl: bool) -> str:
+    if as_json and as_jsonl:
+        raise UserError("choose one of --json and --jsonl")
+    return "json" if as_json else "jsonl" if as_jsonl else "table"
+
+
+def _emit_rows(kind: str, rows: Iterator[object]) -> bool:
+    """Print rows as JSON or JSON lines; False for a table (nothing printed)."""
+    if kind == "json":
+        emit_json_stream(vars(r) for r in rows)
+    elif kind == "jsonl":
+        emit_jsonl(vars(r) for r in rows)
+    return kind != "table"
+
+
+def page_note(noun: str, shown: int, offset: int, total: int) -> str | None:
+    """Which rows of how many a paged table shows, and how to see the next ones."""
+    if shown == 0:
+        return None
+    last = offset + shown
+    more = f"; --offset {last} for the next ones" if last < total else ""
+    return f"{noun} {offset + 1}-{last} of {total}{more}"
+
+
+def _table(
+    rows: list[list[object]],
+    headers: list[str],
+    empty: str,
+    *,
+    noun: str,
+    paged: bool,
+    offset: int,
+    total: Callable[[], int],
+) -> None:
+    if not rows and offset:
+        click.echo(f"No {noun} from offset {offset}: there are {total()}.")
+        return
+    emit_table(headers, rows, empty)
+    if paged:
+        note = page_note(noun, len(rows), offset, total())
+        if note:
+            click.echo(note)
+
+
+@click.command()
+@click.argument("pattern", required=False)
+@listing_options("files")
+@pass_ctl
+def files(
+    ctl: Ctl,
+    pattern: str | None,
+    limit: int | None,
+    offset: int,
+    as_json: bool,
+    as_jsonl: bool,
+) -> None:
+    """Files shared here and on the network; PATTERN is a substring or a glob."""
+    kind = _format(as_json, as_jsonl)
+    ctl.note_if_stopped()
+    conn = ctl.quick
+    total: Callable[[], int] = lambda: listing.count_files(conn, pattern)  # noqa: E731
+    if kind == "table" and limit is not None:  # a page and its total from one pass
+        page, n = listing.files_page(conn, pattern, limit=limit, offset=offset)
+        rows: Iterator[listing.FileRow] = iter(page)
+        total = lambda: n  # noqa: E731
+    else:
+        rows = listing.iter_files(conn, pattern, limit=limit, offset=offset)
+    if _emit_rows(kind, rows):
+        return
+    _table(
+        [
+            [
+                f.name,
+                human_bytes(f.size),
+                f.chunks,
+                f.sha256[:12],
+                "yes" if f.here else "",
+                f"{f.peers} ({f.complete_peers} whole)" if f.peers else "0",
+            ]
+            for f in rows
+        ],
+        ["name", "size", "chunks", "sha256", "here", "peers"],
+        f"No files match {pattern!r}."
+        if pattern
+        else "No files yet: put some in the share folder, or wait for peers to announce theirs.",
+        noun="files",
+        paged=limit is not None or offset > 0,
+        offset=offset,
+        total=total,
+    )
+
+
+@click.command()
+@listing_options("peers")
+@pass_ctl
+def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: bool) -> None:
+    """Peers heard on the network."""
+    kind = _format(as_json, as_jsonl)
+    ctl.note_if_stopped()
+    conn = ctl.quick
+    rows = listing.iter_peers(conn, limit=limit, offset=offset)
+    if _emit_rows(kind, rows):
+        return
+    _table(
+        peer_table(rows),
+        ["username", "address", "port", "fingerprint", "link", "files", "last seen", "bad"],
+        "No peers heard yet; other nodes appear here once their announcements arrive.",
+        noun="peers",
+        paged=limit is not None or offset > 0,
+        offset=offset,
+        total=lambda: listing.count_peers(conn),
+    )
+
+
+def peer_table(rows: Iterable[listing.PeerRow]) -> list[list[object]]:
+    now = time.time()
+    return [
+        [
+            p.username,
+            p.address,
+            p.tcp_port,
+            short_fingerprint(p.fingerprint) if p.fingerprint else "-",
+            p.link,
+            p.files,
+            ago(p.last_seen, now=now),
+            f"yes ({p.bad_files} files)" if p.bad_files else "no",
+        ]
+        for p in rows
+    ]

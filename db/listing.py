@@ -1,0 +1,210 @@
+"""The large listings, `p2pctl files` and `p2pctl peers` and the web page's tables, in
+plain sqlite3: one SQL statement each, grouped, counted, sorted and paged by SQLite, so a
+page costs what it shows and no offer becomes a Python object unless it is printed.
+
+Plain sqlite3 rather than SQLAlchemy for the same reason as `db.quick`: importing
+SQLAlchemy costs more than the query. The web program passes its session's own
+connection (`driver(session)`), so its reads stay in one transaction. The query plans
+are checked by bench/cli_timing.py (every table is read through an index).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "FileRow",
+    "PeerRow",
+    "count_files",
+    "count_peers",
+    "files_page",
+    "iter_files",
+    "iter_peers",
+    "link_state",
+    "matches",
+    "name_versions",
+]
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    username: str
+    address: str
+    tcp_port: int
+    files: int
+    last_seen: float
+    bad_files: int
+    node_id: str
+    fingerprint: str | None  # SHA-256 of its certificate, its identity across restarts
+    tls: bool  # it takes TLS connections only
+    # tls, clear, or why this node and it cannot talk (one encrypts, the other not)
+    link: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    name: str
+    size: int
+    chunks: int
+    sha256: str
+    here: bool
+    peers: int
+    complete_peers: int
+
+
+def matches(name: str, pattern: str | None) -> bool:
+    """A glob when the pattern has wildcards, else a case-insensitive substring."""
+    if not pattern:
+        return True
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+    return pattern.lower() in name.lower()
+
+
+def _sql_matches(name: str, pattern: str) -> int:
+    return int(matches(name, pattern))
+
+
+# One row per (name, SHA-256): offers of one content under several manifest roots (a
+# liar's among them) are one row, and a name shared here and offered by peers too is
+# one row. Holdings are grouped on ix_holdings_name (name, file_id, in order, no sort);
+# count(*) is the peers of a (name, file) since a peer offers it under a name once
+# (UNIQUE peer_id, file_id, name). Size and chunks come from the lowest file id of the
+# group (SQLite gives bare columns the row of the one min()).
+_KEYS = """
+WITH k(name, file_id, peers, whole, here) AS (
+  SELECT name, file_id, count(*), sum(bitfield IS NULL), 0 FROM holdings
+  WHERE :pattern IS NULL OR p2p_matches(name, :pattern) GROUP BY name, file_id
+  UNION ALL
+  SELECT name, file_id, 0, 0, 1 FROM local_files
+  WHERE :pattern IS NULL OR p2p_matches(name, :pattern)
+)"""
+_FILES = """
+SELECT k.name, f.size, f.chunk_count, f.sha256, sum(k.here) > 0, sum(k.peers), sum(k.whole),
+       min(f.id){total}
+FROM k JOIN files f ON f.id = k.file_id
+GROUP BY k.name, f.sha256 ORDER BY k.name, f.sha256 LIMIT :limit OFFSET :offset"""
+FILES_SQL = _KEYS + _FILES.format(total="")
+# The same, each row carrying the number of rows without the limit: a page and its total
+# from one pass over the offers (the window is computed after grouping, before LIMIT).
+FILES_PAGE_SQL = _KEYS + _FILES.format(total=", count(*) OVER ()")
+COUNT_FILES_SQL = (
+    _KEYS
+    + """
+SELECT count(*) FROM (SELECT 1 FROM k JOIN files f ON f.id = k.file_id GROUP BY k.name, f.sha256)"""
+)
+
+# Most recently heard first (ix_peers_last_seen, whose entries end in the rowid: no
+# sort); the files and bad marks of only the rows on the page, each an index range.
+PEERS_SQL = """
+SELECT p.username, p.address, p.tcp_port,
+       (SELECT count(DISTINCT h.file_id) FROM holdings h WHERE h.peer_id = p.id),
+       p.last_seen,
+       (SELECT count(*) FROM bad_peers b WHERE b.address = p.address AND b.tcp_port = p.tcp_port),
+       p.node_id, p.fingerprint, p.tls
+FROM peers p ORDER BY p.last_seen DESC, p.id DESC LIMIT :limit OFFSET :offset"""
+COUNT_PEERS_SQL = "SELECT count(*) FROM peers"
+OWN_ENCRYPT_SQL = "SELECT value FROM role_settings WHERE role = 'listener' AND name = 'encrypt'"
+
+
+def prepare(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Teach the connection `p2p_matches(name, pattern)`: `matches` itself, so a pattern
+    means exactly what it means to `p2pctl download` (Unicode case folding, fnmatch's
+    brackets), which SQLite's LIKE and GLOB do not."""
+    conn.create_function("p2p_matches", 2, _sql_matches, deterministic=True)
+    return conn
+
+
+def _page(pattern: str | None, limit: int | None, offset: int) -> dict[str, object]:
+    # LIMIT -1 is SQLite's "no limit".
+    return {"pattern": pattern or None, "limit": -1 if limit is None else limit, "offset": offset}
+
+
+def iter_files(
+    conn: sqlite3.Connection,
+    pattern: str | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[FileRow]:
+    """Files shared here and known on the network, one row per (name, SHA-256), by name
+    then SHA-256; PATTERN as `matches` reads it; rows fetched as they are consumed."""
+    cursor = prepare(conn).execute(FILES_SQL, _page(pattern, limit, offset))
+    for name, size, chunks, sha, here, peers, whole, _ in cursor:
+        yield FileRow(name, size, chunks, sha, bool(here), int(peers), int(whole or 0))
+
+
+def files_page(
+    conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
+) -> tuple[list[FileRow], int]:
+    """One page of `iter_files` and how many rows there are in all, in one pass."""
+    rows = prepare(conn).execute(FILES_PAGE_SQL, _page(pattern, limit, offset)).fetchall()
+    if not rows:  # past the end (or nothing at all): the total still says how many
+        return [], count_files(conn, pattern) if offset else 0
+    page = [
+        FileRow(n, size, c, sha, bool(h), int(p), int(w or 0))
+        for n, size, c, sha, h, p, w, _, _ in rows
+    ]
+    return page, int(rows[0][-1])
+
+
+def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
+    """How many rows `iter_files` gives without a limit."""
+    row = prepare(conn).execute(COUNT_FILES_SQL, {"pattern": pattern or None}).fetchone()
+    return int(row[0])
+
+
+def name_versions(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+    """For each name, how many different contents (SHA-256s) it is listed with."""
+    out: dict[str, int] = {}
+    for start in range(0, len(names), 500):  # SQLite's bound-parameter limit
+        part = sorted(set(names[start : start + 500]))
+        marks = ", ".join("?" * len(part))
+        query = (
+            "SELECT k.name, count(DISTINCT f.sha256) FROM ("
+            f"SELECT name, file_id FROM holdings WHERE name IN ({marks}) UNION "
+            f"SELECT name, file_id FROM local_files WHERE name IN ({marks})"
+            ") k JOIN files f ON f.id = k.file_id GROUP BY k.name"
+        )
+        out.update((name, int(n)) for name, n in conn.execute(query, [*part, *part]))
+    return out
+
+
+def iter_peers(
+    conn: sqlite3.Connection, *, limit: int | None = None, offset: int = 0
+) -> Iterator[PeerRow]:
+    """Live peers, most recently heard first, with how many files each offers and for how
+    many it is marked bad."""
+    found = conn.execute(OWN_ENCRYPT_SQL).fetchone()
+    own = None if found is None else found[0] == "yes"
+    for user, address, port, files, seen, bad, node_id, fp, tls in conn.execute(
+        PEERS_SQL, _page(None, limit, offset)
+    ):
+        yield PeerRow(
+            user,
+            address,
+            port,
+            files,
+            seen,
+            bad,
+            node_id,
+            fp,
+            bool(tls),
+            link_state(own, bool(tls)),
+        )
+
+
+def count_peers(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(COUNT_PEERS_SQL).fetchone()[0])
+
+
+def link_state(own_encrypt: bool | None, peer_tls: bool) -> str:
+    """How this node talks to a peer, as `p2pctl peers` says it."""
+    if own_encrypt is None or own_encrypt == peer_tls:
+        return "tls" if peer_tls else "clear"
+    if own_encrypt:
+        return "cannot talk: it does not encrypt, this node does"
+    return "cannot talk: it encrypts, this node does not"
