@@ -127,6 +127,11 @@ class ChunkServer:
             await self._session(reader, writer, stats)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer closed; nothing to answer
+        except asyncio.CancelledError:
+            # The server is stopping with this connection open (a peer's downloader keeps
+            # an idle one for its next batch) and its TLS close did not finish in time:
+            # ending quietly is all there is to do.
+            pass
         except TimeoutError:
             log.info("closed idle or stalled connection from %s", peer)
         except protocol.ProtocolError as exc:
