@@ -39,12 +39,15 @@ def open_listener(
     return sock
 
 
-def index_loop(ctx: RoleContext, indexer: ShareIndexer) -> None:
+def index_loop(ctx: RoleContext, indexer: ShareIndexer, address: str) -> None:
     """Rescan every SCAN_INTERVAL, or as soon as a new file has settled, until stopped.
 
     An error in one scan is logged, not fatal.
     """
     while not ctx.stop.is_set():
+        # The write transactions so far ride on the heartbeat, as the downloader's do:
+        # the benchmark reads them to show the server's bookkeeping is batched.
+        ctx.detail = f"{address}, {ctx.database.write_count} db writes"
         pause = SCAN_INTERVAL
         try:
             stats = indexer.step()
@@ -59,14 +62,17 @@ def serve(ctx: RoleContext) -> None:
     raise_fd_limit()
     listener = open_listener(ctx.settings.bind, ctx.settings.tcp_port)
     port = listener.getsockname()[1]
-    ctx.detail = f"tcp {ctx.settings.bind}:{port}"
+    address = f"tcp {ctx.settings.bind}:{port}"
+    ctx.detail = f"{address}, 0 db writes"
     with ctx.database.write() as s:
         dbnode.set_tcp_port(s, port, now=time.time())
     record_settings(ctx, port)
     log.info("listening on %s:%d", ctx.settings.bind, port)
     start_heartbeat(ctx)
     indexer = ShareIndexer(ctx.database, ctx.settings)
-    indexing = threading.Thread(target=index_loop, args=(ctx, indexer), name="index", daemon=True)
+    indexing = threading.Thread(
+        target=index_loop, args=(ctx, indexer, address), name="index", daemon=True
+    )
     indexing.start()
     keeper = Housekeeping(ctx.database, ctx.settings.history_days, ctx.stop)
     housekeeping = threading.Thread(
