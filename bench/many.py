@@ -301,7 +301,7 @@ def sampling(
     for label, pid in targets:
         if tool == "py-spy":
             cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads",
-                   "--idle", "--nonblocking", "-r", "200", "-d", str(int(seconds)),
+                   "--nonblocking", "-r", "200", "-d", str(int(seconds)),
                    "-o", str(out / f"{label}.txt")]  # fmt: skip
         else:
             cmd = ["strace", "-c", "-f", "-qq", "-o", str(out / f"{label}.strace"), "-p", str(pid)]

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import KEEPING_TEMP
@@ -118,6 +118,55 @@ def byte_sources_many(
         ):
             key, size = files[fid]
             out[key].append(ByteSource(None, str(temp_path), size, None, bytes(have), name))
+    return out
+
+
+def all_byte_sources(session: Session, limit: int) -> dict[ContentKey, list[ByteSource]] | None:
+    """byte_sources of everything this node offers, in three statements (so a server that
+    serves many small files looks each one up in memory), in the order byte_sources
+    gives; None when it shares more than `limit` files."""
+    count = session.scalar(select(func.count()).select_from(LocalFile)) or 0
+    if count > limit:
+        return None
+    out: dict[ContentKey, list[ByteSource]] = {}
+    for sha, chunk_size, root, where, name, size, mtime_ns, ctime_ns, inode in session.execute(
+        select(
+            File.sha256,
+            File.chunk_size,
+            File.root,
+            LocalFile.root,
+            LocalFile.name,
+            LocalFile.size,
+            LocalFile.mtime_ns,
+            LocalFile.ctime_ns,
+            LocalFile.inode,
+        )
+        .join(File, File.id == LocalFile.file_id)
+        .order_by(LocalFile.id)
+    ):
+        stamp = Stamp(size, mtime_ns, ctime_ns, inode)
+        source = ByteSource(where, name, size, stamp, None, name)
+        out.setdefault((sha, chunk_size, root), []).append(source)
+    for sha, chunk_size, root, size, temp_path, have, name in session.execute(
+        select(
+            File.sha256,
+            File.chunk_size,
+            File.root,
+            File.size,
+            Download.temp_path,
+            Download.have,
+            Download.name,
+        )
+        .join(File, File.id == Download.file_id)
+        .where(
+            Download.status.in_(OFFERING_STATUSES),
+            Download.bytes_done > 0,
+            Download.temp_path.is_not(None),
+        )
+        .order_by(Download.id)
+    ):
+        source = ByteSource(None, str(temp_path), size, None, bytes(have), name)
+        out.setdefault((sha, chunk_size, root), []).append(source)
     return out
 
 

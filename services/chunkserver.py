@@ -22,7 +22,7 @@ from typing import BinaryIO
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.index import Stamp
+from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.services import protocol
 from p2pshare.services.frames import FrameReader
 from p2pshare.services.protocol import FileKey
@@ -48,7 +48,12 @@ UPLOAD_FLUSH_SECONDS = 0.5
 # what this node offers bumps it in the same transaction). The database's change counter
 # says when to read the version; this often it is read regardless.
 VERSION_CHECK_SECONDS = 5.0
-MAX_CACHED_SOURCES = 4096
+# A node sharing up to this many files loads where all of them are in one read (at most
+# every FULL_LOAD_SECONDS, as its catalog changes) rather than a read per file asked:
+# ~10 MB at the most, and a peer fetching a folder of small files costs no reads at all.
+FULL_LOAD_FILES = 20_000
+FULL_LOAD_SECONDS = 2.0
+MAX_CACHED_SOURCES = FULL_LOAD_FILES + 4096
 
 
 class Refusal(Exception):
@@ -80,6 +85,9 @@ class ChunkServer:
         self._watch = database.watch()
         self._version: int | None = None
         self._version_read = 0.0
+        # The cache holds every file this node offers: a key missing from it is not here.
+        self._complete = False
+        self._full_load_at = -FULL_LOAD_SECONDS
 
     # ------------------------------------------------------------ lifecycle
 
@@ -197,7 +205,7 @@ class ChunkServer:
                     if not authed:
                         raise protocol.WrongNetworkKey("this node requires the network key")
                     if not looked_up:
-                        self._look_up(requests, shared)
+                        await self._look_up(requests, shared)
                         looked_up = True
                     try:
                         await self._dispatch(req, writer, stats, shared)
@@ -275,23 +283,50 @@ class ChunkServer:
             found = dbserving.chunk_hashes(s, keys)
         return protocol.encode_manifests({FileKey(*k): v for k, v in found.items()})
 
-    def _look_up(self, requests: list[protocol.Request], batch: Batch) -> None:
+    async def _look_up(self, requests: list[protocol.Request], batch: Batch) -> None:
         """Find where the bytes of every file the batch asks about are, in one read: the
         files not in the cache, and those a `have` asks of that a download in progress
         holds part of (its bits move between catalog versions)."""
         self._check_version()
-        for req in requests:
-            if isinstance(req, protocol.ChunkRequest | protocol.HaveRequest):
-                cached = self._sources.get(req.file)
-                if cached is None or (isinstance(req, protocol.HaveRequest) and _partial(cached)):
-                    batch.fresh.add(req.file)
+        asked = [
+            req for req in requests if isinstance(req, protocol.ChunkRequest | protocol.HaveRequest)
+        ]
+        missing = not self._complete and any(req.file not in self._sources for req in asked)
+        if missing and time.monotonic() - self._full_load_at >= FULL_LOAD_SECONDS:
+            self._full_load_at = time.monotonic()
+            # In a thread: tens of milliseconds for thousands of files, which the loop
+            # spends serving other connections meanwhile.
+            version, everything = await asyncio.to_thread(self._load_everything)
+            if everything is not None and version == self._version:  # nothing moved since
+                self._sources = {FileKey(*key): found for key, found in everything.items()}
+                self._complete = True
+                batch.fresh.update(req.file for req in asked)  # read just now
+                return
+        for req in asked:
+            cached = self._sources.get(req.file)
+            if (cached is None and not self._complete) or (
+                cached is not None and isinstance(req, protocol.HaveRequest) and _partial(cached)
+            ):
+                batch.fresh.add(req.file)
         if not batch.fresh:
             return
         with self.database.read() as s:
             found = dbserving.byte_sources_many(s, batch.fresh)
-        if len(self._sources) + len(found) > MAX_CACHED_SOURCES:
-            self._sources.clear()
+        self._forget_if_full(len(found))
         self._sources.update((FileKey(*key), sources) for key, sources in found.items())
+
+    def _load_everything(
+        self,
+    ) -> tuple[int, dict[ContentKey, list[dbserving.ByteSource]] | None]:
+        """Every source this node offers and the catalog version they belong to, in one
+        read transaction (None when it shares more than FULL_LOAD_FILES files)."""
+        with self.database.read() as s:
+            return dbnode.catalog_version(s), dbserving.all_byte_sources(s, FULL_LOAD_FILES)
+
+    def _forget_if_full(self, adding: int) -> None:
+        if len(self._sources) + adding > MAX_CACHED_SOURCES:
+            self._sources.clear()
+            self._complete = False
 
     def _check_version(self) -> None:
         """Forget every cached source when the catalog version moved. Read only after a
@@ -305,6 +340,7 @@ class ChunkServer:
         self._version_read = now
         if version != self._version:
             self._sources.clear()
+            self._complete = False
             self._version = version
 
     def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
@@ -313,8 +349,7 @@ class ChunkServer:
             return cached
         with self.database.read() as s:
             sources = dbserving.byte_sources(s, key)
-        if len(self._sources) >= MAX_CACHED_SOURCES:
-            self._sources.clear()
+        self._forget_if_full(1)
         self._sources[key] = sources
         return sources
 

@@ -69,6 +69,12 @@ def test_byte_sources_of_many_keys_at_once_match_one_at_a_time(db: Database) -> 
         many = dbserving.byte_sources_many(s, keys)
         one = {key: dbserving.byte_sources(s, key) for key in keys}
     assert many == one
+    # Everything at once, as a server sharing few enough files loads it, says the same.
+    with db.read() as s:
+        everything = dbserving.all_byte_sources(s, limit=10)
+        too_many = dbserving.all_byte_sources(s, limit=2)  # three local files
+    assert everything == {key: found for key, found in many.items() if found}
+    assert too_many is None
     assert [(src.root, src.name) for src in many[a.key]] == [
         ("share", "a.bin"),
         ("share", "x/a-again.bin"),
