@@ -22,7 +22,7 @@ SCAN_INTERVAL = 1.0
 # A rescan stats every shared file (10,000 unchanged ones take about 0.15 s): a large
 # share is rescanned less often, so looking for changes takes at most this share of a
 # core (and of the GIL the chunk server's loop needs), and waits at most SCAN_MAX_INTERVAL.
-SCAN_CPU_SHARE = 0.1
+SCAN_CPU_SHARE = 0.05
 SCAN_MAX_INTERVAL = 10.0
 
 
