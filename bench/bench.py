@@ -36,6 +36,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
+from many import many  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
 from procstat import cached_fraction, evict, fs_type, run_timed, warm  # noqa: E402
 from recvpath import expected_states, run_once  # noqa: E402
@@ -1016,6 +1017,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "discovery": Bench.discovery,
     "catalog": Bench.catalog,
     "encrypted": Bench.encrypted,
+    "many": many,  # issue 25: a folder of many small files (bench/many.py)
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli
@@ -1058,12 +1060,14 @@ def main() -> None:
         help="folder on a real disk for the `disk` scenario (default /var/tmp)",
     )
     parser.add_argument("--pin-cpu", default="0", help="CPU for the `pinned` scenario")
+    parser.add_argument("--many-files", type=int, nargs="+", default=[1000], help="`many`: N ...")
     args = parser.parse_args()
     if fs_type(args.tmp_dir) != "tmpfs":
         print(f"note: {args.tmp_dir} is {fs_type(args.tmp_dir)}, not tmpfs", flush=True)
     root = Path(tempfile.mkdtemp(prefix="p2pbench", dir=args.tmp_dir))
     root.chmod(0o755)  # nginx's workers run as an unprivileged user and must read the file
     bench = Bench(root, args.size_mib * MIB, args.reps, args.disk_dir, args.pin_cpu)
+    bench.many_files = args.many_files  # type: ignore[attr-defined]
     ran = args.only or list(SCENARIOS)
     load = [os.getloadavg()]
     try:

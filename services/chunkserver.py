@@ -22,8 +22,9 @@ from typing import BinaryIO
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.index import Stamp
+from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.services import protocol
+from p2pshare.services.frames import FrameReader
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
@@ -42,8 +43,17 @@ SEND_SLICE = 4 * 1024 * 1024
 # Under TLS: bytes read per slice, and how much encrypted output may wait to be sent.
 TLS_SLICE = 2 * 1024 * 1024
 TLS_HIGH_WATER = 4 * 1024 * 1024
-SOURCE_CACHE_SECONDS = 1.0
 UPLOAD_FLUSH_SECONDS = 0.5
+# Where each file's bytes are is cached until the catalog version moves (every change of
+# what this node offers bumps it in the same transaction). The database's change counter
+# says when to read the version; this often it is read regardless.
+VERSION_CHECK_SECONDS = 5.0
+# A node sharing up to this many files loads where all of them are in one read (at most
+# every FULL_LOAD_SECONDS, as its catalog changes) rather than a read per file asked:
+# ~10 MB at the most, and a peer fetching a folder of small files costs no reads at all.
+FULL_LOAD_FILES = 20_000
+FULL_LOAD_SECONDS = 2.0
+MAX_CACHED_SOURCES = FULL_LOAD_FILES + 4096
 
 
 class Refusal(Exception):
@@ -71,7 +81,13 @@ class ChunkServer:
         self.writers: set[asyncio.StreamWriter] = set()
         self.served: list[dbserving.ServedChunk] = []
         self._catalog: tuple[int, bytes] | None = None
-        self._sources: dict[FileKey, tuple[float, list[dbserving.ByteSource]]] = {}
+        self._sources: dict[FileKey, list[dbserving.ByteSource]] = {}
+        self._watch = database.watch()
+        self._version: int | None = None
+        self._version_read = 0.0
+        # The cache holds every file this node offers: a key missing from it is not here.
+        self._complete = False
+        self._full_load_at = -FULL_LOAD_SECONDS
 
     # ------------------------------------------------------------ lifecycle
 
@@ -88,6 +104,7 @@ class ChunkServer:
             await asyncio.sleep(0.1)
             flusher.cancel()
             await self._flush_uploads()
+            self._watch.close()
 
     async def _flush_uploads_forever(self) -> None:
         while True:
@@ -157,15 +174,6 @@ class ChunkServer:
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(data)
 
-    async def _read_frame(self, reader: asyncio.StreamReader, idle: float) -> bytes:
-        # asyncio.timeout, not wait_for: wait_for wraps each call in a new task, which
-        # per request was a large share of the server's CPU.
-        async with asyncio.timeout(idle):
-            header = await reader.readexactly(4)
-        length = protocol.frame_length(header)
-        async with asyncio.timeout(FRAME_TIMEOUT):
-            return await reader.readexactly(length)
-
     async def _session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ConnStats
     ) -> None:
@@ -178,26 +186,42 @@ class ChunkServer:
             return
         own = self.tls.identity.fingerprint if encrypt else None
         authed = self.key is None
+        frames = FrameReader(reader)
         timeout = HANDSHAKE_TIMEOUT
         while not self.stop.is_set():
-            req = protocol.decode_request(await self._read_frame(reader, timeout))
+            # Every request already received is one batch: one database read finds the
+            # bytes of all of them, one open serves a file's chunks asked in a row.
+            # asyncio.timeout inside, not wait_for: wait_for wraps each call in a new
+            # task, which per request was a large share of the server's CPU.
+            received = await frames.batch(timeout, FRAME_TIMEOUT)
             timeout = IDLE_TIMEOUT
-            if isinstance(req, protocol.AuthRequest):
-                if self.key is not None:
-                    protocol.check_auth(req, key=self.key, nonce=nonce, server_fingerprint=own)
-                authed = True
-                writer.write(protocol.encode_ok())
-                continue
-            if not authed:
-                raise protocol.WrongNetworkKey("this node requires the network key")
-            try:
-                await self._dispatch(req, writer, stats)
-            except Refusal as exc:
-                log.info("refused %s from %s: %s", type(req).__name__, stats.peer, exc)
-                writer.write(protocol.encode_error(str(exc)))
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(STALL_TIMEOUT):
-                    await writer.drain()
+            requests, bad = decode_batch(received)
+            looked_up = False
+            with Batch() as shared:
+                for req in requests:
+                    if isinstance(req, protocol.AuthRequest):
+                        if self.key is not None:
+                            protocol.check_auth(
+                                req, key=self.key, nonce=nonce, server_fingerprint=own
+                            )
+                        authed = True
+                        writer.write(protocol.encode_ok())
+                        continue
+                    if not authed:
+                        raise protocol.WrongNetworkKey("this node requires the network key")
+                    if not looked_up:
+                        await self._look_up(requests, shared)
+                        looked_up = True
+                    try:
+                        await self._dispatch(req, writer, stats, shared)
+                    except Refusal as exc:
+                        log.info("refused %s from %s: %s", type(req).__name__, stats.peer, exc)
+                        writer.write(protocol.encode_error(str(exc)))
+                    if writer.transport.get_write_buffer_size():
+                        async with asyncio.timeout(STALL_TIMEOUT):
+                            await writer.drain()
+            if bad is not None:
+                raise bad  # after answering the good requests before it, as they came
 
     async def _start_tls(self, writer: asyncio.StreamWriter, stats: ConnStats) -> bool:
         """The TLS handshake that must follow our welcome. False (logged, in one line) when
@@ -224,12 +248,12 @@ class ChunkServer:
         return True
 
     async def _dispatch(
-        self, req: protocol.Request, writer: asyncio.StreamWriter, stats: ConnStats
+        self, req: protocol.Request, writer: asyncio.StreamWriter, stats: ConnStats, batch: Batch
     ) -> None:
         if isinstance(req, protocol.ChunkRequest):
-            await self._send_chunk(req, writer, stats)
+            await self._send_chunk(req, writer, stats, batch)
         elif isinstance(req, protocol.HaveRequest):
-            writer.write(self._have(req.file))
+            writer.write(self._have(req.file, batch))
         elif isinstance(req, protocol.CatalogRequest):
             payload = await self._catalog_payload()
             writer.write(protocol.encode_ok(len=len(payload)))
@@ -264,20 +288,81 @@ class ChunkServer:
             found = dbserving.chunk_hashes(s, keys)
         return protocol.encode_manifests({FileKey(*k): v for k, v in found.items()})
 
-    def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
+    async def _look_up(self, requests: list[protocol.Request], batch: Batch) -> None:
+        """Find where the bytes of every file the batch asks about are, in one read: the
+        files not in the cache, and those a `have` asks of that a download in progress
+        holds part of (its bits move between catalog versions)."""
+        self._check_version()
+        asked = [
+            req for req in requests if isinstance(req, protocol.ChunkRequest | protocol.HaveRequest)
+        ]
+        missing = not self._complete and any(req.file not in self._sources for req in asked)
+        if missing and time.monotonic() - self._full_load_at >= FULL_LOAD_SECONDS:
+            self._full_load_at = time.monotonic()
+            # In a thread: tens of milliseconds for thousands of files, which the loop
+            # spends serving other connections meanwhile.
+            version, everything = await asyncio.to_thread(self._load_everything)
+            if everything is not None and version == self._version:  # nothing moved since
+                self._sources = {FileKey(*key): found for key, found in everything.items()}
+                self._complete = True
+                batch.fresh.update(req.file for req in asked)  # read just now
+                return
+        for req in asked:
+            cached = self._sources.get(req.file)
+            if (cached is None and not self._complete) or (
+                cached is not None and isinstance(req, protocol.HaveRequest) and _partial(cached)
+            ):
+                batch.fresh.add(req.file)
+        if not batch.fresh:
+            return
+        with self.database.read() as s:
+            found = dbserving.byte_sources_many(s, batch.fresh)
+        self._forget_if_full(len(found))
+        self._sources.update((FileKey(*key), sources) for key, sources in found.items())
+
+    def _load_everything(
+        self,
+    ) -> tuple[int, dict[ContentKey, list[dbserving.ByteSource]] | None]:
+        """Every source this node offers and the catalog version they belong to, in one
+        read transaction (None when it shares more than FULL_LOAD_FILES files)."""
+        with self.database.read() as s:
+            return dbnode.catalog_version(s), dbserving.all_byte_sources(s, FULL_LOAD_FILES)
+
+    def _forget_if_full(self, adding: int) -> None:
+        if len(self._sources) + adding > MAX_CACHED_SOURCES:
+            self._sources.clear()
+            self._complete = False
+
+    def _check_version(self) -> None:
+        """Forget every cached source when the catalog version moved. Read only after a
+        commit anywhere in the node (or every VERSION_CHECK_SECONDS): between commits,
+        nothing this node offers can have changed."""
         now = time.monotonic()
+        if not self._watch.changed() and now - self._version_read < VERSION_CHECK_SECONDS:
+            return
+        with self.database.read() as s:
+            version = dbnode.catalog_version(s)
+        self._version_read = now
+        if version != self._version:
+            self._sources.clear()
+            self._complete = False
+            self._version = version
+
+    def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
         cached = self._sources.get(key)
-        if cached and not fresh and now - cached[0] < SOURCE_CACHE_SECONDS:
-            return cached[1]
+        if cached is not None and not fresh:
+            return cached
         with self.database.read() as s:
             sources = dbserving.byte_sources(s, key)
-        if len(self._sources) > 1024:
-            self._sources.clear()
-        self._sources[key] = (now, sources)
+        self._forget_if_full(1)
+        self._sources[key] = sources
         return sources
 
-    def _have(self, key: FileKey) -> bytes:
-        sources = self._byte_sources(key, fresh=True)
+    def _have(self, key: FileKey, batch: Batch) -> bytes:
+        cached = self._sources.get(key)
+        # A partial download's bits are read again unless this batch just did.
+        stale = cached is None or (key not in batch.fresh and _partial(cached))
+        sources = self._byte_sources(key, fresh=stale)
         if not sources:
             raise Refusal("this node does not have that file")
         count = protocol.chunk_count(sources[0].size, key.chunk_size)
@@ -305,7 +390,11 @@ class ChunkServer:
         return base / src.path
 
     async def _send_chunk(
-        self, req: protocol.ChunkRequest, writer: asyncio.StreamWriter, stats: ConnStats
+        self,
+        req: protocol.ChunkRequest,
+        writer: asyncio.StreamWriter,
+        stats: ConnStats,
+        batch: Batch,
     ) -> None:
         key = req.file
         src = self._source_for_chunk(key, req.index)
@@ -313,24 +402,24 @@ class ChunkServer:
         length = req.length or chunk_len - req.offset
         if req.offset + length > chunk_len or length <= 0:
             raise Refusal(f"bytes {req.offset}+{length} lie outside chunk {req.index}")
+        path = self._path(src)
         try:
-            fh = open(self._path(src), "rb")  # noqa: SIM115 - closed in finally below
+            fh = batch.open(path)
         except OSError as exc:
             self._sources.pop(key, None)
             raise Refusal(f"cannot read the file: {exc.strerror}") from None
         started = time.monotonic()
-        try:
-            # The open file must be the very version indexed: not rewritten, and not
-            # swapped for another file or a symlink leading outside the folder.
-            if src.stamp is not None and Stamp.of(os.fstat(fh.fileno())) != src.stamp:
-                self._sources.pop(key, None)
-                raise Refusal("the file changed since it was indexed")
-            writer.write(
-                protocol.encode_chunk_header(protocol.ChunkHeader(req.index, req.offset, length))
-            )
-            await self._send_bytes(writer, fh, req.index * key.chunk_size + req.offset, length)
-        finally:
-            fh.close()
+        # The open file must be the very version indexed: not rewritten, and not swapped
+        # for another file or a symlink leading outside the folder. Checked each request,
+        # also when the batch opened it for the chunk before.
+        if src.stamp is not None and Stamp.of(os.fstat(fh.fileno())) != src.stamp:
+            self._sources.pop(key, None)
+            batch.close()
+            raise Refusal("the file changed since it was indexed")
+        writer.write(
+            protocol.encode_chunk_header(protocol.ChunkHeader(req.index, req.offset, length))
+        )
+        await self._send_bytes(writer, fh, req.index * key.chunk_size + req.offset, length)
         stats.chunks += 1
         stats.bytes += length
         self.served.append(
@@ -403,3 +492,51 @@ class ChunkServer:
                 async with asyncio.timeout(STALL_TIMEOUT):
                     await writer.drain()
             sent += n
+
+
+class Batch:
+    """What the requests of one batch share: the keys looked up for it, and the file its
+    last chunk came from, kept open for the next chunk of the same file (one at a time,
+    so a connection holds at most one descriptor however much it pipelines)."""
+
+    def __init__(self) -> None:
+        self.fresh: set[FileKey] = set()
+        self._path: Path | None = None
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, path: Path) -> BinaryIO:
+        """The file at path, opened for reading (or still open). Raises OSError."""
+        if self._fh is not None and path == self._path:
+            return self._fh
+        self.close()
+        self._fh, self._path = open(path, "rb"), path  # noqa: SIM115 - closed by close()
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = self._path = None
+
+
+def decode_batch(
+    frames: list[bytes],
+) -> tuple[list[protocol.Request], protocol.ProtocolError | None]:
+    """The requests of a batch of frames up to the first one refused, and why it was."""
+    out: list[protocol.Request] = []
+    for body in frames:
+        try:
+            out.append(protocol.decode_request(body))
+        except protocol.ProtocolError as exc:
+            return out, exc
+    return out, None
+
+
+def _partial(sources: list[dbserving.ByteSource]) -> bool:
+    """Does a download in progress hold any of the file here (bits that move)?"""
+    return any(src.have is not None for src in sources)

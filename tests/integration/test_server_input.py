@@ -160,3 +160,76 @@ def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wa
     assert rows == [("127.0.0.1", sha, 1, 1000)]
     assert server.poll() is None
     assert "Traceback" not in a.log("server")
+
+
+def test_pipelined_requests_for_many_files_are_answered_in_order_and_each_recorded(
+    make_node, wait_until
+):
+    """Several clients each send a have and a get for 40 small files, a refused request
+    among them, in one segment (a batch for the server): every answer comes in the order
+    asked, every served chunk lands in `uploads`, and a file gone from the share is refused
+    in a later batch once the index has dropped it."""
+    a = make_node("a")
+    files = {f"d{i % 4}/f{i:02d}.bin": os.urandom(1000 + 37 * i) for i in range(40)}
+    for name, data in files.items():
+        (a.share / name).parent.mkdir(exist_ok=True)
+        (a.share / name).write_bytes(data)
+    a.start()
+    wait_until(lambda: a.scalar("SELECT count(*) FROM local_files") == 40, 60, what="the index")
+    keys = {
+        name: (sha, root)
+        for name, sha, root in a.sql(
+            "SELECT l.name, f.sha256, f.root FROM local_files l JOIN files f ON f.id = l.file_id"
+        )
+    }
+    port = a.tcp_port()
+    order = sorted(files)
+
+    def asks(name: str) -> bytes:
+        sha, root = keys[name]
+        key = {"sha": sha, "cs": CHUNK, "rt": root}
+        return protocol.frame({"op": "have", **key}) + protocol.frame(
+            {"op": "get", **key, "i": 0, "off": 0, "len": 0}
+        )
+
+    unknown = protocol.frame({"op": "have", "sha": "0" * 64, "cs": CHUNK, "rt": "0" * 64})
+    conns = [Conn(port) for _ in range(3)]
+    for conn in conns:  # all three asking at once, as three leechers would
+        segment = b"".join(asks(n) for n in order[:20]) + unknown
+        conn.send_raw(segment + b"".join(asks(n) for n in order[20:]) + b"\x00\x00\x00\x02{]")
+    for conn in conns:
+        for i, name in enumerate(order):
+            if i == 20:
+                refused = conn.reply()
+                assert refused["ok"] is False and refused["error"]
+            assert conn.reply() == {"ok": True, "bits": None, "n": 1}, name
+            size = len(files[name])
+            assert conn.reply() == {"ok": True, "i": 0, "off": 0, "len": size}, name
+            assert conn.rfile.read(size) == files[name], name
+        # The malformed frame after them: an error reply, then the server hangs up.
+        assert conn.reply()["ok"] is False
+        assert conn.closed_by_server()
+        conn.close()
+    wait_until(
+        lambda: a.scalar("SELECT count(*) FROM uploads") == 3 * 40,
+        30,
+        what="every served chunk in uploads",
+    )
+    assert a.scalar("SELECT count(DISTINCT name) FROM uploads") == 40
+    # A file that leaves the share: once the index has dropped it, it is refused.
+    conn = Conn(port)
+    conn.send_raw(asks(order[0]))
+    assert conn.reply()["ok"] is True
+    assert conn.reply()["ok"] is True
+    conn.rfile.read(len(files[order[0]]))
+    (a.share / order[0]).unlink()
+    wait_until(
+        lambda: not a.sql("SELECT 1 FROM local_files WHERE name = ?", (order[0],)),
+        60,
+        what="the index to drop the removed file",
+    )
+    conn.send_raw(asks(order[0]))
+    assert conn.reply()["ok"] is False  # have: not here any more
+    assert conn.reply()["ok"] is False  # get: the same
+    conn.close()
+    assert a.procs["server"].poll() is None

@@ -346,3 +346,52 @@ def test_every_indexed_name_is_one_the_protocol_accepts(node: Node, name: str) -
     assert "good.txt" in names
     for indexed_name in names:
         protocol.check_name(indexed_name)
+
+
+def test_a_rescan_reuses_the_name_checks_of_the_last_scan_and_only_those(node: Node) -> None:
+    from p2pshare.services.scan import scan_tree
+
+    (node.share / "ok.txt").write_bytes(b"ok")
+    (node.share / "back\\slash.txt").write_bytes(b"refused name")
+    (node.share / "gone.txt").write_bytes(b"soon gone")
+    first = scan_tree(node.share)
+    assert set(first.files) == {"ok.txt", "gone.txt"}
+    assert first.checked["ok.txt"] is None and first.checked["back\\slash.txt"] is not None
+    (node.share / "gone.txt").unlink()
+    again = scan_tree(node.share, checked=first.checked)
+    # The same verdicts, the refused name still refused, nothing kept for a name not met.
+    assert set(again.files) == {"ok.txt"}
+    assert str(node.share / "back\\slash.txt") in again.skipped
+    assert set(again.checked) == {"ok.txt", "back\\slash.txt"}
+    # A verdict handed in is what the scan goes by (so it must come from a scan).
+    trusted = scan_tree(node.share, checked={"ok.txt": "refused for the test"})
+    assert set(trusted.files) == set()
+
+
+def test_a_large_batch_is_logged_in_one_line_a_small_one_per_file(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    from p2pshare.services import indexer
+
+    for i in range(indexer.LOG_EACH_UP_TO + 1):
+        (node.share / f"many{i:02d}.txt").write_bytes(os.urandom(100))
+    with caplog.at_level("INFO", logger="p2p.index"):
+        node.step()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("indexed")]
+    assert len(lines) == 1 and lines[0].startswith(f"indexed {indexer.LOG_EACH_UP_TO + 1} files")
+    caplog.clear()
+    (node.share / "one.txt").write_bytes(b"one")
+    with caplog.at_level("INFO", logger="p2p.index"):
+        node.step()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("indexed")]
+    assert len(lines) == 1 and lines[0].startswith("indexed share/one.txt")
+    assert len(indexed(node)) == indexer.LOG_EACH_UP_TO + 2
+
+
+def test_a_changed_file_leaves_no_orphan_content_behind(node: Node) -> None:
+    (node.share / "doc.txt").write_bytes(b"first version")
+    node.step()
+    (node.share / "doc.txt").write_bytes(b"second version, longer")
+    node.step()
+    assert sql(node, "SELECT count(*) FROM files")[0][0] == 1
+    assert indexed(node) == {"doc.txt": sha(b"second version, longer")}

@@ -1,0 +1,70 @@
+"""Request frames off one connection of the chunk server, in batches.
+
+A peer that pipelines (many small files, or many chunks of one) sends several request
+frames in one segment. Reading them as they come, a batch at a time, lets the server
+look up where all of their bytes are in one database read instead of one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pshare.services import protocol
+
+# What one read asks the connection for: a whole frame at its largest and its header.
+READ_SIZE = protocol.MAX_FRAME + protocol.FRAME_HEADER.size
+# Frames handed over at most per batch; the rest wait in the buffer for the next one.
+MAX_BATCH = 64
+
+
+class FrameReader:
+    """Whole request frames from a StreamReader, every complete one received so far."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_batch: int = MAX_BATCH) -> None:
+        self.reader = reader
+        self.max_batch = max_batch
+        self.pending = bytearray()
+
+    async def batch(self, idle: float, frame_timeout: float) -> list[bytes]:
+        """The bodies of the complete frames received (at least one, at most max_batch), in
+        order, waiting up to `idle` seconds for one to begin and `frame_timeout` for one
+        that began to end.
+
+        Raises TimeoutError, asyncio.IncompleteReadError (the peer closed) and
+        ProtocolError (a header announcing a frame over protocol.MAX_FRAME).
+        """
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # by when the frame begun in `pending` must end
+        while True:
+            frames = self._complete()
+            if frames:
+                return frames
+            if self.pending and deadline is None:
+                deadline = loop.time() + frame_timeout
+            async with asyncio.timeout_at(deadline if deadline is not None else loop.time() + idle):
+                data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(self.pending), None)
+            self.pending += data
+
+    def _complete(self) -> list[bytes]:
+        """Take the complete frames off the front of `pending`. Raises ProtocolError."""
+        frames: list[bytes] = []
+        start = 0
+        header = protocol.FRAME_HEADER.size
+        pending = self.pending
+        while len(frames) < self.max_batch and len(pending) - start >= header:
+            try:
+                length = protocol.frame_length(bytes(pending[start : start + header]))
+            except protocol.ProtocolError:
+                if frames:
+                    break  # the frames before it are answered first, as they came
+                raise
+            end = start + header + length
+            if len(pending) < end:
+                break
+            frames.append(bytes(pending[start + header : end]))
+            start = end
+        if start:
+            del pending[:start]
+        return frames
