@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import (
@@ -25,6 +26,8 @@ from p2pshare.db.index import HashedFile, record_local_files
 from p2pshare.db.models import BadPeer, Chunk, Download, DownloadSource, File, Holding, Peer
 from p2pshare.db.node import bump_catalog_version
 
+# The table itself, for statements run once a row (executemany), which skip the ORM.
+DOWNLOADS = cast(Table, Download.__table__)
 # SQLite's limit on bound parameters per statement is 32,766 since 3.32; stay well under.
 SLICE = 500
 
@@ -139,15 +142,19 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
 def start_batch(session: Session, temp_paths: dict[int, str], *, now: float) -> list[int]:
     """Mark these downloads active with their temp files; returns those still unfinished
     (a cancel or pause in between keeps the user's word)."""
-    started = []
-    for part in _slices(list(temp_paths)):
-        for d in session.scalars(select(Download).where(Download.id.in_(part))):
-            if d.status not in UNFINISHED:
-                continue
-            d.status, d.reason, d.temp_path = "active", None, temp_paths[d.id]
-            if d.started_at is None:
-                d.started_at = now
-            started.append(d.id)
+    started = _unfinished(session, list(temp_paths))
+    if started:
+        session.execute(
+            update(DOWNLOADS)
+            .where(DOWNLOADS.c.id == bindparam("b_id"))
+            .values(
+                status="active",
+                reason=None,
+                temp_path=bindparam("b_temp"),
+                started_at=func.coalesce(DOWNLOADS.c.started_at, now),
+            ),
+            [{"b_id": i, "b_temp": temp_paths[i]} for i in started],
+        )
     return started
 
 
@@ -155,13 +162,27 @@ def set_saved_as_many(session: Session, names: dict[int, str]) -> set[int]:
     """Remember where each file is about to be published, so a crash mid-publish resumes
     there (the full job's Finisher.already_published). Returns the downloads recorded:
     one paused or cancelled meanwhile is not published (the user's word wins)."""
-    recorded = set()
-    for part in _slices(list(names)):
-        for d in session.scalars(select(Download).where(Download.id.in_(part))):
-            if d.status in UNFINISHED:
-                d.saved_as = names[d.id]
-                recorded.add(d.id)
-    return recorded
+    recorded = _unfinished(session, list(names))
+    if recorded:
+        session.execute(
+            update(DOWNLOADS)
+            .where(DOWNLOADS.c.id == bindparam("b_id"))
+            .values(saved_as=bindparam("b_name")),
+            [{"b_id": i, "b_name": names[i]} for i in recorded],
+        )
+    return set(recorded)
+
+
+def _unfinished(session: Session, download_ids: list[int]) -> list[int]:
+    """Those of these downloads still queued, active or waiting, in id order."""
+    out: list[int] = []
+    for part in _slices(sorted(download_ids)):
+        out.extend(
+            session.scalars(
+                select(Download.id).where(Download.id.in_(part), Download.status.in_(UNFINISHED))
+            )
+        )
+    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -183,19 +204,32 @@ def finish_batch(
     a file."""
     if not done:
         return
-    ids = [f.download_id for f in done]
-    rows: dict[int, Download] = {}
-    for part in _slices(ids):
-        rows.update(
-            (d.id, d) for d in session.scalars(select(Download).where(Download.id.in_(part)))
-        )
-    for item in done:
-        d = rows[item.download_id]
-        # Published is published: a pause or cancel that came meanwhile cannot unpublish it.
-        d.status, d.reason, d.finished_at, d.temp_path = "done", None, now, None
-        d.saved_as, d.bytes_done = item.saved_as, d.size
-        d.have = _all_held(len(item.hashed.chunk_sizes))
-        d.bytes_received += d.size
+    # Published is published: a pause or cancel that came meanwhile cannot unpublish it.
+    # One statement run for every row (executemany): loading and flushing ORM objects
+    # was most of a small file's bookkeeping.
+    table = DOWNLOADS
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(
+            status="done",
+            reason=None,
+            finished_at=now,
+            temp_path=None,
+            saved_as=bindparam("b_name"),
+            bytes_done=table.c.size,
+            have=bindparam("b_have"),
+            bytes_received=table.c.bytes_received + table.c.size,
+        ),
+        [
+            {
+                "b_id": f.download_id,
+                "b_name": f.saved_as,
+                "b_have": _all_held(len(f.hashed.chunk_sizes)),
+            }
+            for f in done
+        ],
+    )
     _add_tallies(session, [(f.download_id, f.source) for f in done if f.source is not None])
     record_local_files(session, "download", [(f.saved_as, f.hashed) for f in done], now=now)
     if bump:

@@ -17,12 +17,22 @@ class PublishError(Exception):
     """The file cannot be published; the message is one sentence."""
 
 
-def safe_destination(download_dir: Path, name: str) -> Path:
-    """download_dir/name, refusing any name that would land outside it. Raises PublishError."""
+def safe_destination(
+    download_dir: Path, name: str, *, checked: dict[PurePosixPath, Path] | None = None
+) -> Path:
+    """download_dir/name, refusing any name that would land outside it. Raises PublishError.
+
+    `checked` remembers folders already made and found inside (name's folder -> its real
+    path), for a caller placing many files at once: a folder of a thousand files is then
+    checked once, not a thousand times (the checks are most of a small file's publish)."""
     try:
         check_name(name)
     except ProtocolError as exc:
         raise PublishError(f"refusing the name {name!r}: {exc}") from None
+    parent = PurePosixPath(name).parent
+    known = checked.get(parent) if checked is not None else None
+    if known is not None:
+        return known / PurePosixPath(name).name
     root = download_dir.resolve()
     folder = root
     for part in PurePosixPath(name).parts[:-1]:
@@ -38,6 +48,8 @@ def safe_destination(download_dir: Path, name: str) -> Path:
     real_parent = folder.resolve()
     if not _within(real_parent, root):
         raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
+    if checked is not None:
+        checked[parent] = real_parent
     return real_parent / PurePosixPath(name).name
 
 

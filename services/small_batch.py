@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
@@ -112,6 +112,7 @@ class SmallBatch:
         self.ready: list[Ready] = []  # under lock
         self.fetching = 0  # source threads still running, under lock
         self.bumped_at = 0.0
+        self._download_root: Path | None = None  # resolved once a batch
         self.unannounced = False  # files published since the catalog version last moved
 
     def run(self) -> None:
@@ -237,9 +238,10 @@ class SmallBatch:
         chosen: dict[int, tuple[Path, Path]] = {}  # download id -> (destination, free name)
         failed: dict[int, str] = {}
         taken: set[Path] = set()
+        checked: dict[PurePosixPath, Path] = {}  # for this group only: folders move
         for item in group:
             try:
-                dest = safe_destination(self.settings.download_dir, item.spec.name)
+                dest = safe_destination(self.settings.download_dir, item.spec.name, checked=checked)
             except PublishError as exc:
                 failed[item.spec.download_id] = str(exc)
                 continue
@@ -316,7 +318,9 @@ class SmallBatch:
         return dbbatch.Fetched(spec.download_id, self._relative(final), hashed, item.source)
 
     def _relative(self, path: Path) -> str:
-        return path.relative_to(self.settings.download_dir.resolve()).as_posix()
+        if self._download_root is None:
+            self._download_root = self.settings.download_dir.resolve()
+        return path.relative_to(self._download_root).as_posix()
 
 
 @dataclass
@@ -528,7 +532,14 @@ def write_file(path: Path, data: memoryview) -> None:
 
 
 def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
+    """Is the name taken, by anything, a dangling symlink too (one lstat)?"""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable: taken, as far as publishing goes
+    return True
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
