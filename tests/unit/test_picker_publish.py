@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -105,6 +105,26 @@ def test_a_symlinked_folder_leading_outside_is_refused(tmp_path: Path) -> None:
     (downloads / "sub").symlink_to(outside)
     with pytest.raises(PublishError):
         safe_destination(downloads, "sub/file.bin")
+
+
+def test_folders_checked_once_for_many_names_still_refuse_bad_names(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (downloads / "link").symlink_to(outside)
+    checked: dict[PurePosixPath, Path] = {}
+    first = safe_destination(downloads, "album/a/1.bin", checked=checked)
+    second = safe_destination(downloads, "album/a/2.bin", checked=checked)
+    assert first == downloads.resolve() / "album" / "a" / "1.bin"
+    assert second.parent == first.parent and (downloads / "album" / "a").is_dir()
+    assert checked == {PurePosixPath("album/a"): downloads.resolve() / "album" / "a"}
+    # Each name is still checked, and a folder not yet seen is checked in full.
+    with pytest.raises(PublishError):
+        safe_destination(downloads, "album/a/../../../x", checked=checked)
+    with pytest.raises(PublishError):
+        safe_destination(downloads, "link/file.bin", checked=checked)
+    assert PurePosixPath("link") not in checked
 
 
 def test_publish_never_overwrites_and_removes_the_temp(tmp_path: Path) -> None:
