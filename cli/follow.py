@@ -1,4 +1,7 @@
-"""Following a download request with one progress bar until every file in it has ended."""
+"""Following a download request with one progress bar until every file in it has ended.
+
+Plain sqlite3 (`db.queueing`, `db.quick`), no SQLAlchemy: see cli/download.py.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ import click
 from tqdm import tqdm
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
-from p2pshare.db import node as dbnode
-from p2pshare.db import requests as dbreq
-from p2pshare.db.engine import ChangeWatch
+from p2pshare.db import queueing, quick
+from p2pshare.db.watch import ChangeWatch
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
 # So look often, but cheaply: the database's change counter every CHECK_SECONDS, and the
@@ -32,7 +34,7 @@ class Paused(UserError):
     exit_code = 4
 
 
-def follow(ctl: Ctl, queued: dbreq.Queued) -> None:
+def follow(ctl: Ctl, queued: queueing.Queued) -> None:
     """Show progress until every download of the request has ended (or is paused).
     Returns when all arrived; raises UserError saying how many did not and why."""
     single = queued.kind == "file"
@@ -57,8 +59,8 @@ def follow(ctl: Ctl, queued: dbreq.Queued) -> None:
     _report(ctl, queued, states)
 
 
-def _poll(ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool) -> list[dbreq.FollowState]:
-    watch = ctl.database.watch()
+def _poll(ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool) -> list[queueing.FollowState]:
+    watch = ChangeWatch(ctl.settings.db_path)
     try:
         return _poll_watched(ctl, queued, bar, single, watch)
     finally:
@@ -66,14 +68,14 @@ def _poll(ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool) -> list[dbreq
 
 
 def _poll_watched(
-    ctl: Ctl, queued: dbreq.Queued, bar: tqdm, single: bool, watch: ChangeWatch
-) -> list[dbreq.FollowState]:
+    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch
+) -> list[queueing.FollowState]:
     while True:
         last = time.monotonic()
         watch.changed()  # what the queries below see is what the next change is against
-        with ctl.database.read() as s:
-            states = dbreq.follow_states(s, queued.downloads)
-            roles = {r.role: r for r in dbnode.role_statuses(s, now=time.time())}
+        with quick.reading(ctl.quick) as conn:
+            states = queueing.follow_states(conn, queued.downloads)
+            roles = {r.role: r for r in quick.role_statuses(conn, now=time.time())}
         if len(states) != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
         total = sum(st.size for st in states)
@@ -108,7 +110,7 @@ def _wait_for_change(watch: ChangeWatch, last: float) -> None:
             return
 
 
-def _report(ctl: Ctl, queued: dbreq.Queued, states: list[dbreq.FollowState]) -> None:
+def _report(ctl: Ctl, queued: queueing.Queued, states: list[queueing.FollowState]) -> None:
     """One line per file that did not arrive, then one sentence; exit 0 only if all did."""
     folder = ctl.settings.download_dir
     if queued.kind == "file":

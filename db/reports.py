@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 from sqlalchemy import Integer, case, distinct, func, select
@@ -20,6 +19,7 @@ from p2pshare.db.models import (
     RoleSetting,
     Upload,
 )
+from p2pshare.db.names import matches
 from p2pshare.db.quick import Counts
 
 __all__ = ["Counts", "counts"]
@@ -148,15 +148,6 @@ def link_state(own_encrypt: bool | None, peer_tls: bool) -> str:
     if own_encrypt:
         return "cannot talk: it does not encrypt, this node does"
     return "cannot talk: it encrypts, this node does not"
-
-
-def matches(name: str, pattern: str | None) -> bool:
-    """A glob when the pattern has wildcards, else a case-insensitive substring."""
-    if not pattern:
-        return True
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
-    return pattern.lower() in name.lower()
 
 
 def list_files(session: Session, pattern: str | None = None) -> list[FileRow]:
