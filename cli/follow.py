@@ -16,12 +16,13 @@ from p2pshare.db import queueing, quick
 from p2pshare.db.watch import ChangeWatch
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
-# So look often, but cheaply: the database's change counter every CHECK_SECONDS, and the
-# real queries only when it moved (at most every MIN_POLL_SECONDS: a busy node commits
-# all the time) or MAX_POLL_SECONDS passed. A 1 GiB download following its bar used
-# 0.59 CPU-s of p2pctl at a 50 ms poll, on a core the downloader wants.
-CHECK_SECONDS = 0.01
-MIN_POLL_SECONDS = 0.03
+# So look often, but cheaply: the database's change counter (3 us) every CHECK_SECONDS,
+# and the real queries only when it moved, or MAX_POLL_SECONDS passed. They run again no
+# sooner than QUERY_PAUSE times their own last duration: a single file's take well under
+# a millisecond, so its end is seen within CHECK_SECONDS, while a folder of thousands of
+# files on a node that commits all the time keeps its queries to a fraction of a core.
+CHECK_SECONDS = 0.005
+QUERY_PAUSE = 3.0
 MAX_POLL_SECONDS = 1.0
 ENDED = ("done", "failed", "cancelled")
 
@@ -76,6 +77,7 @@ def _poll_watched(
         with quick.reading(ctl.quick) as conn:
             states = queueing.follow_states(conn, queued.downloads)
             roles = {r.role: r for r in quick.role_statuses(conn, now=time.time())}
+        queried = time.monotonic() - last
         if len(states) != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
         total = sum(st.size for st in states)
@@ -98,15 +100,16 @@ def _poll_watched(
                 "the downloader stopped; the download resumes when it "
                 "runs again (p2pctl history shows it)"
             )
-        _wait_for_change(watch, last)
+        _wait_for_change(watch, last, queried * (1 + QUERY_PAUSE))
 
 
-def _wait_for_change(watch: ChangeWatch, last: float) -> None:
-    """Until the database changed (and MIN_POLL_SECONDS passed) or MAX_POLL_SECONDS did."""
+def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:
+    """Until the database changed (and `least` seconds passed since `last`) or
+    MAX_POLL_SECONDS did."""
     while True:
         time.sleep(CHECK_SECONDS)
         waited = time.monotonic() - last
-        if waited >= MAX_POLL_SECONDS or (waited >= MIN_POLL_SECONDS and watch.changed()):
+        if waited >= MAX_POLL_SECONDS or (waited >= least and watch.changed()):
             return
 
 
