@@ -1,5 +1,5 @@
-"""Has any other connection committed since the last look? Plain sqlite3, no SQLAlchemy:
-the downloader and `p2pctl download` both poll it."""
+"""A cheap look for commits by other processes, in plain sqlite3 (no SQLAlchemy): the
+downloader polls it for new requests, `p2pctl download` for its download's progress."""
 
 from __future__ import annotations
 
