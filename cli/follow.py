@@ -17,8 +17,8 @@ from p2pshare.db.watch import ChangeWatch
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
 # So look often, but cheaply: the database's change counter (3 us) every CHECK_SECONDS,
-# and the real queries only when it moved, or MAX_POLL_SECONDS passed. They run again no
-# sooner than QUERY_PAUSE times their own last duration: a single file's take well under
+# and the real queries only when it moved, or MAX_POLL_SECONDS passed. After a change
+# they wait QUERY_PAUSE times the CPU time they last took: a single file's take well under
 # a millisecond, so its end is seen within CHECK_SECONDS, while a folder of thousands of
 # files on a node that commits all the time keeps its queries to a fraction of a core.
 CHECK_SECONDS = 0.005
@@ -72,12 +72,13 @@ def _poll_watched(
     ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch
 ) -> list[queueing.FollowState]:
     while True:
-        last = time.monotonic()
+        last, cpu = time.monotonic(), time.thread_time()
         watch.changed()  # what the queries below see is what the next change is against
         with quick.reading(ctl.quick) as conn:
             states = queueing.follow_states(conn, queued.downloads)
             roles = {r.role: r for r in quick.role_statuses(conn, now=time.time())}
-        queried = time.monotonic() - last
+        # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
+        queried = time.thread_time() - cpu
         if len(states) != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
         total = sum(st.size for st in states)
