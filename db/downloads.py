@@ -1,13 +1,16 @@
-"""Queries behind downloads: the queue p2pctl fills, and the downloader's bookkeeping."""
+"""Queries behind downloads: the queue p2pctl fills (written in plain sqlite3 in
+`db.queueing`, reached from a Session here), and the downloader's bookkeeping."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from p2pshare.db import queueing
+from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import HashedFile, record_local_file
 from p2pshare.db.models import (
     BadPeer,
@@ -16,114 +19,40 @@ from p2pshare.db.models import (
     DownloadSource,
     File,
     Holding,
-    LocalFile,
     Peer,
 )
-from p2pshare.db.reports import matches
+from p2pshare.db.queueing import (
+    KEEPING_TEMP,
+    UNFINISHED,
+    AlreadyHere,
+    AmbiguousName,
+    Candidate,
+    UnknownName,
+)
 
-UNFINISHED = ("queued", "active", "waiting")
-# Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
-KEEPING_TEMP = (*UNFINISHED, "paused")
-
-
-class UnknownName(Exception):
-    """No file known on the network matches the name."""
-
-
-class AmbiguousName(Exception):
-    """Several different files match; `candidates` lists them."""
-
-    def __init__(self, message: str, candidates: list[Candidate]) -> None:
-        super().__init__(message)
-        self.candidates = candidates
-
-
-class AlreadyHere(Exception):
-    """The file is already shared by this node, at `root` ('share' or 'download') / `name`."""
-
-    def __init__(self, message: str, root: str, name: str) -> None:
-        super().__init__(message)
-        self.root, self.name = root, name
-
-
-@dataclass(frozen=True)
-class Candidate:
-    file_id: int
-    name: str
-    sha256: str
-    size: int
-    peers: int
+__all__ = [
+    "KEEPING_TEMP",
+    "UNFINISHED",
+    "AlreadyHere",
+    "AmbiguousName",
+    "Candidate",
+    "UnknownName",
+]
 
 
 def find_candidates(session: Session, pattern: str) -> list[Candidate]:
-    """Files on the network matching NAME, a substring or glob, or NAME@sha256-prefix.
-
-    An exact name wins over substring matches. One candidate per SHA-256: of the
-    offers of that content (chunk sizes, manifest roots), the one most peers make.
-    """
-    name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
-    sha_prefix = sha_prefix.lower()
-    rows = session.execute(
-        select(
-            Holding.name, File.id, File.sha256, File.size, func.count(Holding.peer_id.distinct())
-        )
-        .join(File, File.id == Holding.file_id)
-        .group_by(Holding.name, File.id)
-    ).all()
-    rows = [r for r in rows if r[2].startswith(sha_prefix)] if sha_prefix else rows
-    exact = [r for r in rows if r[0] == name_part]
-    chosen = exact or [r for r in rows if matches(r[0], name_part)]
-    names: dict[str, str] = {}
-    for name, _, sha, _, _ in sorted(chosen):
-        names.setdefault(sha, name)
-    offers = offer_peers(session, {r[2] for r in chosen})
-    out = []
-    for sha, name in names.items():
-        fid, peers = max(offers[sha].items(), key=lambda kv: (kv[1], -kv[0]))
-        file = session.get(File, fid)
-        assert file is not None
-        out.append(Candidate(fid, name, sha, file.size, peers))
-    return sorted(out, key=lambda c: (c.name, c.sha256))
+    """`queueing.find_candidates` inside the session's transaction."""
+    return queueing.find_candidates(driver_connection(session), pattern)
 
 
 def offer_peers(session: Session, shas: set[str]) -> dict[str, dict[int, int]]:
-    """Per SHA-256, the peers offering each of its `files` rows, not counting bad ones."""
-    out: dict[str, dict[int, int]] = {sha: {} for sha in shas}
-    for sha, fid, peers in session.execute(
-        select(File.sha256, File.id, func.count(Holding.peer_id.distinct()))
-        .join(Holding, Holding.file_id == File.id)
-        .join(Peer, Peer.id == Holding.peer_id)
-        .where(
-            File.sha256.in_(sorted(shas)),
-            Holding.chunks_held > 0,  # as sources_for: a peer holding nothing is no source
-            ~select(BadPeer.id)
-            .where(
-                BadPeer.file_id == File.id,
-                BadPeer.address == Peer.address,
-                BadPeer.tcp_port == Peer.tcp_port,
-            )
-            .exists(),
-        )
-        .group_by(File.id)
-    ):
-        out[sha][fid] = peers
-    for sha, offers in out.items():
-        if not offers:  # every offer's peers are bad: keep the candidate, it will wait
-            for fid in session.scalars(select(File.id).where(File.sha256 == sha)):
-                offers[fid] = 0
-    return out
+    """`queueing.offer_peers` inside the session's transaction."""
+    return queueing.offer_peers(driver_connection(session), shas)
 
 
 def resolve_name(session: Session, pattern: str) -> Candidate:
-    """The one file NAME means. Raises UnknownName, AmbiguousName."""
-    candidates = find_candidates(session, pattern)
-    if not candidates:
-        raise UnknownName(f"no file on the network matches {pattern!r}; see p2pctl files")
-    if len(candidates) > 1:
-        raise AmbiguousName(
-            f"{pattern!r} matches {len(candidates)} files; add @SHA to pick one", candidates
-        )
-    return candidates[0]
+    """`queueing.resolve_name` inside the session's transaction."""
+    return queueing.resolve_name(driver_connection(session), pattern)
 
 
 def queue_download(
@@ -134,107 +63,13 @@ def queue_download(
     request_id: int | None = None,
     pinned: bool = False,
 ) -> tuple[int, bool]:
-    """Queue a download of the candidate; returns (download id, whether it is new).
-
-    An unfinished (or paused) download of the same content is reused rather than doubled,
-    and so is one of the same name unless either is pinned to a version (NAME@SHA): asked
-    again after the seeder rewrote the file, it is the download that follows the name.
-    Raises AlreadyHere when this node already shares that content.
-    """
-    local = session.scalar(
-        select(LocalFile)
-        .join(File, File.id == LocalFile.file_id)
-        .where(File.sha256 == candidate.sha256)
-        .order_by(LocalFile.id)
-    )
-    if local is not None:
-        raise AlreadyHere(f"already here: {local.root}/{local.name}", local.root, local.name)
-    same = Download.sha256 == candidate.sha256
-    if not pinned:  # an unpinned download of that name moves to the version offered now
-        same = same | ((Download.name == candidate.name) & ~Download.pinned)
-    return reuse_or_queue(session, candidate, same, request_id=request_id, pinned=pinned, now=now)
-
-
-def reuse_or_queue(
-    session: Session,
-    candidate: Candidate,
-    same: ColumnElement[bool],
-    *,
-    request_id: int | None,
-    pinned: bool,
-    now: float,
-) -> tuple[int, bool]:
-    """The oldest unfinished (or paused) download that `same` matches, else a new one for
-    the candidate; returns (download id, whether it is new). Asking with NAME@SHA pins a
-    reused one: the later "this version" wins."""
-    existing = session.scalar(
-        select(Download).where(same, Download.status.in_(KEEPING_TEMP)).order_by(Download.id)
-    )
-    if existing is not None:
-        existing.pinned = existing.pinned or pinned
-        return existing.id, False
-    return new_download(session, candidate, request_id=request_id, pinned=pinned, now=now), True
-
-
-def new_download(
-    session: Session, candidate: Candidate, *, request_id: int | None, pinned: bool, now: float
-) -> int:
-    """A queued `downloads` row for the candidate; returns its id."""
-    return new_downloads(session, [candidate], request_id=request_id, pinned=pinned, now=now)[0]
-
-
-def new_downloads(
-    session: Session,
-    candidates: list[Candidate],
-    *,
-    request_id: int | None,
-    pinned: bool,
-    now: float,
-) -> list[int]:
-    """Queued `downloads` rows for the candidates, in one statement; returns their ids in
-    the candidates' order."""
-    if not candidates:
-        return []
-    counts: dict[int, int] = {}
-    file_ids = sorted({c.file_id for c in candidates})
-    for start in range(0, len(file_ids), 500):
-        part = file_ids[start : start + 500]
-        counts.update(
-            session.execute(select(File.id, File.chunk_count).where(File.id.in_(part))).all()
+    """`queueing.queue_download` inside the session's transaction."""
+    try:
+        return queueing.queue_download(
+            driver_connection(session), candidate, now=now, request_id=request_id, pinned=pinned
         )
-    rows = [
-        {
-            "request_id": request_id,
-            "file_id": c.file_id,
-            "name": c.name,
-            "sha256": c.sha256,
-            "size": c.size,
-            "status": "queued",
-            "pinned": pinned,
-            "reason": None,
-            "requested_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "have": bytes((counts[c.file_id] + 7) // 8),
-            "temp_path": None,
-            "saved_as": None,
-        }  # fmt: skip
-        for c in candidates
-    ]
-    ids = session.scalars(
-        insert(Download).returning(Download.id, sort_by_parameter_order=True), rows
-    )
-    return list(ids)
-
-
-def file_sizes(session: Session, file_ids: list[int]) -> dict[int, int]:
-    """Each file's size, in slices of a query however many."""
-    out: dict[int, int] = {}
-    ids = sorted(set(file_ids))
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        out.update(session.execute(select(File.id, File.size).where(File.id.in_(part))).all())
-    return out
+    finally:
+        session.expire_all()  # the session's objects of rows it changed are stale
 
 
 # ------------------------------------------------------------ downloader side

@@ -23,10 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from p2pshare.db.models import Base
+from p2pshare.db.quick import BUSY_TIMEOUT_MS, configure
 from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
-from p2pshare.db.wal import WAL_SIZE_LIMIT
+from p2pshare.db.watch import ChangeWatch
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "SCHEMA_VERSION",
     "ChangeWatch",
     "Database",
@@ -35,8 +37,6 @@ __all__ = [
     "make_engine",
 ]
 
-# Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
-BUSY_TIMEOUT_MS = 30_000
 WAL_RETRY_SECONDS = 30.0
 
 
@@ -171,18 +171,9 @@ def make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Autocommit at the driver level: SQLAlchemy's "begin" event below
-        # emits BEGIN itself, so we choose IMMEDIATE or DEFERRED.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        # NORMAL is durable across a crash of the process in WAL mode; a power
-        # cut may lose the last commits, which only means refetching chunks.
-        cur.execute("PRAGMA synchronous=NORMAL")
-        # A WAL that a long reader let grow is cut back when a writer next restarts it.
-        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        cur.close()
+        # The same set-up as p2pctl's plain connections; SQLAlchemy's "begin" event
+        # below emits BEGIN itself, so we choose IMMEDIATE or DEFERRED.
+        configure(dbapi_conn)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -314,29 +305,12 @@ class Database:
         self.engine.dispose()
 
 
-class ChangeWatch:
-    """Has any other connection committed since the last look? SQLite's `PRAGMA
-    data_version` on a read-only connection of its own: microseconds a call, no
-    transaction, no SQLAlchemy, so a poller can look every few milliseconds and run its
-    real queries only when something changed (https://sqlite.org/pragma.html#pragma_data_version)."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-            check_same_thread=False, isolation_level=None,
-        )  # fmt: skip
-        self._last: int | None = None
-
-    def changed(self) -> bool:
-        """True at the first call, then whenever another connection committed meanwhile.
-        False when the counter cannot be read: callers fall back to their slow poll, whose
-        own query then says what is wrong, rather than querying every few milliseconds."""
-        try:
-            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error:
-            return self._last is None
-        changed, self._last = version != self._last, version
-        return changed
-
-    def close(self) -> None:
-        self._conn.close()
+def driver_connection(session: Session) -> sqlite3.Connection:
+    """The sqlite3 connection under a session's transaction (begun if it was not), its
+    pending changes flushed: for the queries written in plain sqlite3 (`db.queueing`)
+    to run inside a caller's ORM transaction. A caller that changes rows through it
+    expires the session's objects afterwards (`session.expire_all()`)."""
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw

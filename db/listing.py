@@ -10,10 +10,11 @@ are checked by bench/cli_timing.py (every table is read through an index).
 
 from __future__ import annotations
 
-import fnmatch
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from p2pshare.db.names import matches
 
 __all__ = [
     "FileRow",
@@ -53,15 +54,6 @@ class FileRow:
     here: bool
     peers: int
     complete_peers: int
-
-
-def matches(name: str, pattern: str | None) -> bool:
-    """A glob when the pattern has wildcards, else a case-insensitive substring."""
-    if not pattern:
-        return True
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name.lower(), pattern.lower())
-    return pattern.lower() in name.lower()
 
 
 def _sql_matches(name: str, pattern: str) -> int:

@@ -1,13 +1,16 @@
-"""p2pctl imports what a command uses: no SQLAlchemy for --help or status; the command
-list of --help matches each command's own help; uploads --days; status shows sizes."""
+"""p2pctl imports what a command uses: no SQLAlchemy for --help, status or download (queueing
+and following); the command list of --help matches each command's own help; uploads
+--days; status shows sizes."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -114,3 +117,68 @@ def test_uploads_days_sums_recent_and_rolled_up_rows(tmp_path: Path) -> None:
     assert ok(p2pctl(home, "uploads", "--days", "1")).count("old.bin") == 0
     status = ok(p2pctl(home, "status"))
     assert "uploads   4 chunks" in status  # lifetime, whatever was rolled up
+
+
+# ---------------------------------------------------------------- download without the ORM
+
+
+def test_download_no_wait_imports_no_sqlalchemy(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    seed(home)  # todo.txt's last download failed: asking again queues a new one
+    assert imported(home, "download", "todo.txt", "--no-wait") == "[]"
+    queued = rows(home, "SELECT id, name, status, pinned, request_id FROM downloads")[-1]
+    assert queued[1:] == ("notes/todo.txt", "queued", 0, 1)
+
+
+def test_download_follows_to_done_without_sqlalchemy(tmp_path: Path) -> None:
+    """p2pctl follows the row another process changes (as the downloader does), and exits
+    once it says done; all of it without importing SQLAlchemy."""
+    home = tmp_path / "home"
+    seed(home)
+    beat(home, time.time())
+    run = subprocess.Popen(
+        [sys.executable, "-c", PROBE, "download", "todo.txt"],
+        env=ctl_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        did = wait_for_row(home, "SELECT id FROM downloads WHERE status = 'queued'")
+        beat(home, time.time())  # the downloader is alive for the whole follow
+        write(home, "UPDATE downloads SET status = 'active', bytes_done = 3 WHERE id = ?", did)
+        write(
+            home,
+            "UPDATE downloads SET status = 'done', bytes_done = size, saved_as = 'notes/todo.txt',"
+            " finished_at = unixepoch() WHERE id = ?",
+            did,
+        )
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"saved as {home / 'downloads' / 'notes' / 'todo.txt'}\n" in out
+    assert out.rsplit("IMPORTED", 1)[1].strip() == "[]"
+
+
+def rows(home: Path, query: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(home / "p2p.db")) as conn:
+        return conn.execute(query).fetchall()
+
+
+def write(home: Path, query: str, *params: object) -> None:
+    with closing(sqlite3.connect(home / "p2p.db", timeout=30)) as conn, conn:
+        conn.execute(query, params)
+
+
+def wait_for_row(home: Path, query: str) -> int:
+    """The first column of the query's first row, once it has one (bounded wait)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = rows(home, query)
+        if found:
+            return int(str(found[0][0]))
+        time.sleep(0.02)
+    raise AssertionError(f"no row for {query!r} within 60 s")

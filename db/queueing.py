@@ -1,0 +1,436 @@
+"""Queueing downloads and following them, in plain sqlite3: the queries behind
+`p2pctl download`, which would otherwise spend most of its time importing SQLAlchemy
+(0.3 s of a 0.45 s start, where the download of a small file takes 0.04 s).
+
+The one place these queries live. The ORM callers (the web page, the downloader's
+`switch_offer`) reach them through thin Session adapters in `db.downloads` and
+`db.requests`, which run them on the session's own connection and transaction.
+Functions take a connection inside a transaction and never commit; the caller owns it
+(`quick.writing`, `Database.write`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from p2pshare.db.names import matches
+
+UNFINISHED = ("queued", "active", "waiting")
+# Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
+KEEPING_TEMP = (*UNFINISHED, "paused")
+
+
+class UnknownName(Exception):
+    """No file known on the network matches the name."""
+
+
+class AmbiguousName(Exception):
+    """Several different files match; `candidates` lists them."""
+
+    def __init__(self, message: str, candidates: list[Candidate]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class AlreadyHere(Exception):
+    """The file is already shared by this node, at `root` ('share' or 'download') / `name`."""
+
+    def __init__(self, message: str, root: str, name: str) -> None:
+        super().__init__(message)
+        self.root, self.name = root, name
+
+
+class SeveralVersions(Exception):
+    """A folder or glob covers names offered with different contents; `names` lists them."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+@dataclass(frozen=True)
+class Candidate:
+    file_id: int
+    name: str
+    sha256: str
+    size: int
+    peers: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What one `p2pctl download` queued."""
+
+    request_id: int
+    pattern: str
+    kind: str  # file, folder, glob
+    downloads: list[int]  # every download the request waits for, new or already running
+    new: int
+    already_here: list[str]  # names skipped: this node holds that content under that name
+    total_bytes: int  # of `downloads`
+    candidates: list[Candidate]  # what `downloads` fetch, in the same order
+
+
+def _in(values: object) -> str:
+    """One parameter standing for a list (`x IN (SELECT value FROM json_each(?))`): no
+    limit on how many, one statement text whatever their number."""
+    return json.dumps(values)
+
+
+_KEEPING_TEMP_SQL = ", ".join(f"'{s}'" for s in KEEPING_TEMP)
+
+
+# ------------------------------------------------------------ naming what to fetch
+
+
+def find_candidates(conn: sqlite3.Connection, pattern: str) -> list[Candidate]:
+    """Files on the network matching NAME, a substring or glob, or NAME@sha256-prefix.
+
+    An exact name wins over substring matches. One candidate per SHA-256: of the
+    offers of that content (chunk sizes, manifest roots), the one most peers make.
+    """
+    name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
+    sha_prefix = sha_prefix.lower()
+    rows: list[tuple[str, int, str, int, int]] = conn.execute(
+        "SELECT h.name, f.id, f.sha256, f.size, count(DISTINCT h.peer_id)"
+        " FROM holdings h JOIN files f ON f.id = h.file_id GROUP BY h.name, f.id"
+    ).fetchall()
+    rows = [r for r in rows if r[2].startswith(sha_prefix)] if sha_prefix else rows
+    exact = [r for r in rows if r[0] == name_part]
+    chosen = exact or [r for r in rows if matches(r[0], name_part)]
+    names: dict[str, str] = {}
+    for name, _, sha, _, _ in sorted(chosen):
+        names.setdefault(sha, name)
+    offers = offer_peers(conn, {r[2] for r in chosen})
+    out = []
+    for sha, name in names.items():
+        fid, peers = max(offers[sha].items(), key=lambda kv: (kv[1], -kv[0]))
+        out.append(Candidate(fid, name, sha, _file_size(conn, fid), peers))
+    return sorted(out, key=lambda c: (c.name, c.sha256))
+
+
+def _file_size(conn: sqlite3.Connection, file_id: int) -> int:
+    row = conn.execute("SELECT size FROM files WHERE id = ?", (file_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def offer_peers(conn: sqlite3.Connection, shas: set[str]) -> dict[str, dict[int, int]]:
+    """Per SHA-256, the peers offering each of its `files` rows, not counting bad ones."""
+    out: dict[str, dict[int, int]] = {sha: {} for sha in shas}
+    for sha, fid, peers in conn.execute(
+        "SELECT f.sha256, f.id, count(DISTINCT h.peer_id) FROM files f"
+        " JOIN holdings h ON h.file_id = f.id JOIN peers p ON p.id = h.peer_id"
+        " WHERE f.sha256 IN (SELECT value FROM json_each(?))"
+        # as sources_for: a peer holding nothing is no source
+        " AND h.chunks_held > 0"
+        " AND NOT EXISTS (SELECT 1 FROM bad_peers b WHERE b.file_id = f.id"
+        " AND b.address = p.address AND b.tcp_port = p.tcp_port)"
+        " GROUP BY f.id",
+        (_in(sorted(shas)),),
+    ):
+        out[sha][fid] = peers
+    for sha, offers in out.items():
+        if not offers:  # every offer's peers are bad: keep the candidate, it will wait
+            for (fid,) in conn.execute("SELECT id FROM files WHERE sha256 = ?", (sha,)):
+                offers[fid] = 0
+    return out
+
+
+def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
+    """The one file NAME means. Raises UnknownName, AmbiguousName."""
+    candidates = find_candidates(conn, pattern)
+    if not candidates:
+        raise UnknownName(f"no file on the network matches {pattern!r}; see p2pctl files")
+    if len(candidates) > 1:
+        raise AmbiguousName(
+            f"{pattern!r} matches {len(candidates)} files; add @SHA to pick one", candidates
+        )
+    return candidates[0]
+
+
+# ------------------------------------------------------------ queueing
+
+
+def queue_download(
+    conn: sqlite3.Connection,
+    candidate: Candidate,
+    *,
+    now: float,
+    request_id: int | None = None,
+    pinned: bool = False,
+) -> tuple[int, bool]:
+    """Queue a download of the candidate; returns (download id, whether it is new).
+
+    An unfinished (or paused) download of the same content is reused rather than doubled,
+    and so is one of the same name unless either is pinned to a version (NAME@SHA): asked
+    again after the seeder rewrote the file, it is the download that follows the name.
+    Raises AlreadyHere when this node already shares that content.
+    """
+    local = conn.execute(
+        "SELECT lf.root, lf.name FROM local_files lf JOIN files f ON f.id = lf.file_id"
+        " WHERE f.sha256 = ? ORDER BY lf.id LIMIT 1",
+        (candidate.sha256,),
+    ).fetchone()
+    if local is not None:
+        root, name = local
+        raise AlreadyHere(f"already here: {root}/{name}", root, name)
+    params: tuple[str, ...]
+    if pinned:
+        same, params = "sha256 = ?", (candidate.sha256,)
+    else:  # an unpinned download of that name moves to the version offered now
+        same = "(sha256 = ? OR (name = ? AND NOT pinned))"
+        params = (candidate.sha256, candidate.name)
+    return _reuse_or_queue(conn, candidate, same, params, request_id, pinned=pinned, now=now)
+
+
+def _reuse_or_queue(
+    conn: sqlite3.Connection,
+    candidate: Candidate,
+    same: str,
+    params: tuple[str, ...],
+    request_id: int | None,
+    *,
+    pinned: bool,
+    now: float,
+) -> tuple[int, bool]:
+    """The oldest unfinished (or paused) download that `same` (an SQL condition on
+    `downloads`, with its `params`) matches, else a new one for the candidate; returns
+    (download id, whether it is new). Asking with NAME@SHA pins a reused one: the later
+    "this version" wins."""
+    existing = conn.execute(
+        f"SELECT id, pinned FROM downloads WHERE {same}"
+        f" AND status IN ({_KEEPING_TEMP_SQL}) ORDER BY id LIMIT 1",
+        params,
+    ).fetchone()
+    if existing is not None:
+        did, was_pinned = existing
+        if pinned and not was_pinned:
+            conn.execute("UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
+        return int(did), False
+    return _new_download(conn, candidate, request_id=request_id, pinned=pinned, now=now), True
+
+
+def _new_download(
+    conn: sqlite3.Connection,
+    candidate: Candidate,
+    *,
+    request_id: int | None,
+    pinned: bool,
+    now: float,
+) -> int:
+    """A queued `downloads` row for the candidate; returns its id."""
+    row = conn.execute(
+        "SELECT chunk_count FROM files WHERE id = ?", (candidate.file_id,)
+    ).fetchone()
+    assert row is not None
+    return _insert_download(conn, candidate, int(row[0]), request_id, pinned, now)
+
+
+def _insert_download(
+    conn: sqlite3.Connection,
+    candidate: Candidate,
+    chunk_count: int,
+    request_id: int | None,
+    pinned: bool,
+    now: float,
+) -> int:
+    """Insert a queued `downloads` row (every column given: the models' defaults live in
+    Python); returns its id."""
+    cur = conn.execute(
+        "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
+        " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
+        " bad_chunks, have, temp_path, saved_as, switched)"
+        " VALUES (?, ?, ?, ?, ?, 'queued', ?, NULL, ?, NULL, NULL, 0, 0, 0, ?, NULL, NULL, NULL)",
+        (
+            request_id,
+            candidate.file_id,
+            candidate.name,
+            candidate.sha256,
+            candidate.size,
+            int(pinned),
+            now,
+            bytes((chunk_count + 7) // 8),
+        ),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _queue_many(
+    conn: sqlite3.Connection,
+    chosen: list[Candidate],
+    request_id: int,
+    *,
+    pinned: bool,
+    now: float,
+) -> tuple[list[int], int]:
+    """Queue the files of a folder or glob, reusing an unfinished (or paused) download of
+    the same content under the same name: each name of the tree arrives, none twice.
+    Returns (download ids in the order of `chosen`, how many are new). One read of the
+    queue and one of the files however many: looking each file up on its own read the
+    whole queue a file, and 10,000 files held the write lock for seconds."""
+    running: dict[tuple[str, str], tuple[int, bool]] = {}
+    for did, name, sha256, was_pinned in conn.execute(
+        f"SELECT id, name, sha256, pinned FROM downloads WHERE status IN ({_KEEPING_TEMP_SQL})"
+        " ORDER BY id DESC"  # the oldest last, so it wins
+    ):
+        running[(name, sha256)] = (int(did), bool(was_pinned))
+    counts = dict(
+        conn.execute(
+            "SELECT id, chunk_count FROM files WHERE id IN (SELECT value FROM json_each(?))",
+            (_in(sorted({c.file_id for c in chosen})),),
+        ).fetchall()
+    )
+    ids, new = [], 0
+    for c in chosen:
+        found = running.get((c.name, c.sha256))
+        if found is not None:
+            did, was_pinned = found
+            if pinned and not was_pinned:  # asked with NAME@SHA: the later "this version" wins
+                conn.execute("UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
+            ids.append(did)
+            continue
+        ids.append(_insert_download(conn, c, counts[c.file_id], request_id, pinned, now))
+        new += 1
+    return ids, new
+
+
+def request_kind(pattern: str, *, every: bool) -> str:
+    """`album/` is a folder; --all makes any pattern a glob of many files; else one file."""
+    if pattern.endswith("/"):
+        return "folder"
+    return "glob" if every else "file"
+
+
+def queue_request(conn: sqlite3.Connection, pattern: str, *, every: bool, now: float) -> Queued:
+    """Queue what PATTERN names: one file (NAME, NAME@SHA), a folder (`NAME/`) or, with
+    `every`, every file the name, substring or glob matches.
+
+    Raises UnknownName (nothing matches), AmbiguousName (one file asked, several match),
+    AlreadyHere (the one file asked is here already), SeveralVersions (a folder or glob
+    covers a name offered with different contents).
+    """
+    kind = request_kind(pattern, every=every)
+    pinned = "@" in pattern
+    skipped: list[str] = []
+    if kind == "file":
+        chosen = [resolve_name(conn, pattern)]
+    else:
+        chosen, skipped = _many(conn, pattern, kind)
+    cur = conn.execute(
+        "INSERT INTO requests (pattern, kind, requested_at, files, already_here)"
+        " VALUES (?, ?, ?, 0, ?)",
+        (pattern, kind, now, len(skipped)),
+    )
+    request_id = cur.lastrowid
+    assert request_id is not None
+    if kind == "file":
+        did, fresh = queue_download(conn, chosen[0], now=now, request_id=request_id, pinned=pinned)
+        ids, new = [did], int(fresh)
+    else:  # smallest first: many small files are not stuck behind one large one
+        ids, new = _queue_many(conn, chosen, request_id, pinned=pinned, now=now)
+    conn.execute("UPDATE requests SET files = ? WHERE id = ?", (new, request_id))
+    return Queued(request_id, pattern, kind, ids, new, skipped, sum(c.size for c in chosen), chosen)
+
+
+def _many(conn: sqlite3.Connection, pattern: str, kind: str) -> tuple[list[Candidate], list[str]]:
+    """The files a folder or glob covers, smallest first, and the names already here."""
+    name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
+    offered = offered_files(conn, name_part, folder=kind == "folder")
+    if sha_prefix:
+        offered = [c for c in offered if c.sha256.startswith(sha_prefix.lower())]
+    if not offered:
+        where = f"under {pattern!r}" if kind == "folder" else f"matches {pattern!r}"
+        raise UnknownName(f"no file on the network {where}; see p2pctl files")
+    versions: dict[str, set[str]] = {}
+    for c in offered:
+        versions.setdefault(c.name, set()).add(c.sha256)
+    several = sorted(n for n, shas in versions.items() if len(shas) > 1)
+    if several:
+        listed = ", ".join(several[:5]) + (", ..." if len(several) > 5 else "")
+        raise SeveralVersions(
+            f"{len(several)} of the files {pattern!r} covers are offered in several versions "
+            f"({listed}); download those one by one as NAME@SHA",
+            several,
+        )
+    here = set(
+        conn.execute(
+            "SELECT lf.name, f.sha256 FROM local_files lf JOIN files f ON f.id = lf.file_id"
+        ).fetchall()
+    )
+    skipped = sorted(c.name for c in offered if (c.name, c.sha256) in here)
+    wanted = [c for c in offered if (c.name, c.sha256) not in here]
+    return sorted(wanted, key=lambda c: (c.size, c.name)), skipped
+
+
+def offered_files(conn: sqlite3.Connection, pattern: str, *, folder: bool) -> list[Candidate]:
+    """One candidate per (name, SHA-256) the network offers under a folder (`pattern` ends
+    in '/': names starting with it) or matching a substring or glob."""
+    rows: list[tuple[str, str]] = conn.execute(
+        "SELECT DISTINCT h.name, f.sha256 FROM holdings h JOIN files f ON f.id = h.file_id"
+    ).fetchall()
+    if folder:
+        chosen = {(n, sha) for n, sha in rows if n.startswith(pattern)}
+    else:
+        chosen = {(n, sha) for n, sha in rows if matches(n, pattern)}
+    offers = offer_peers(conn, {sha for _, sha in chosen})
+    best = {sha: max(o.items(), key=lambda kv: (kv[1], -kv[0])) for sha, o in offers.items()}
+    sizes = dict(
+        conn.execute(
+            "SELECT id, size FROM files WHERE id IN (SELECT value FROM json_each(?))",
+            (_in(sorted({fid for fid, _ in best.values()})),),
+        ).fetchall()
+    )
+    return [
+        Candidate(best[sha][0], name, sha, int(sizes[best[sha][0]]), best[sha][1])
+        for name, sha in sorted(chosen)
+    ]
+
+
+# ------------------------------------------------------------ following
+
+
+@dataclass(frozen=True)
+class FollowState:
+    id: int
+    name: str
+    size: int
+    status: str
+    reason: str | None
+    bytes_done: int
+    saved_as: str | None
+    peers: int  # peers that have sent at least one verified chunk
+
+
+def follow_states(conn: sqlite3.Connection, download_ids: list[int]) -> list[FollowState]:
+    """What `p2pctl download` shows while it follows a request, in the order given."""
+    ids = _in(download_ids)
+    peers = dict(
+        conn.execute(
+            "SELECT download_id, count(*) FROM download_sources"
+            " WHERE download_id IN (SELECT value FROM json_each(?)) AND chunks > 0"
+            " GROUP BY download_id",
+            (ids,),
+        ).fetchall()
+    )
+    rows = {
+        row[0]: row
+        for row in conn.execute(
+            "SELECT id, name, size, status, reason, bytes_done, saved_as FROM downloads"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+    }
+    out = []
+    for i in download_ids:
+        if i in rows:
+            did, name, size, status, reason, bytes_done, saved_as = rows[i]
+            out.append(
+                FollowState(
+                    did, name, size, status, reason, bytes_done, saved_as, peers.get(did, 0)
+                )
+            )
+    return out
