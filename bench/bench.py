@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -1079,6 +1080,13 @@ def main() -> None:
         for path in [root, *bench.cleanup]:
             shutil.rmtree(path, ignore_errors=True)
     load.append(os.getloadavg())
+    report(bench, goal_table(bench.rows, ran), "goal (issues 10 and 12)", load, args.out)
+
+
+def report(
+    bench: Bench, goals: list[list[str]], goal_header: str, load: list[Any], out: Path
+) -> None:
+    """Print every row, then the goals met or missed and the load; write the raw figures."""
     table = [
         [r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal, r.met] for r in bench.rows
     ]
@@ -1089,21 +1097,19 @@ def main() -> None:
         )
     )
     print()
-    print(
-        tabulate(goal_table(bench.rows, ran), headers=["goal (issues 10 and 12)", "measured", ""])
-    )
+    print(tabulate(goals, headers=[goal_header, "measured", ""]))
     print(
         f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at start "
         f"{', '.join(f'{x:.1f}' for x in load[0])}, at end {', '.join(f'{x:.1f}' for x in load[1])}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     figures = {
         "cpus": os.cpu_count(),
         "loadavg_start_end": load,
         "rows": [{**asdict(r), "met": r.met} for r in bench.rows],
     }
-    args.out.write_text(json.dumps(figures, indent=2))
-    print(f"raw figures: {args.out}")
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"raw figures: {out}")
 
 
 if __name__ == "__main__":

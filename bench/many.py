@@ -658,7 +658,7 @@ def many(bench: Any) -> None:
 
 
 def main() -> None:
-    from bench import Bench, default_tmp  # bench.py imports this module: import it late
+    from bench import Bench, default_tmp, report  # bench.py imports this module: import it late
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--many-files", type=int, nargs="+", default=[1000])
@@ -680,24 +680,7 @@ def main() -> None:
         for path in [root, *bench.cleanup]:
             shutil.rmtree(path, ignore_errors=True)
     load.append(os.getloadavg())
-    table = [
-        [r.scenario, r.p2pshare, r.reference, r.ratio, r.rss, r.goal, r.met] for r in bench.rows
-    ]
-    print(
-        tabulate(
-            table, headers=["scenario", "p2pshare", "reference", "ratio", "peak RSS", "goal", "met"]
-        )
-    )
-    print()
-    print(tabulate(goal_table(bench.rows), headers=["goal (issue 25)", "measured", ""]))
-    print(
-        f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at start "
-        f"{', '.join(f'{x:.1f}' for x in load[0])}, at end {', '.join(f'{x:.1f}' for x in load[1])}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figures = {"loadavg_start_end": load, "rows": [{**asdict(r), "met": r.met} for r in bench.rows]}
-    args.out.write_text(json.dumps(figures, indent=2))
-    print(f"raw figures: {args.out}")
+    report(bench, goal_table(bench.rows), "goal (issue 25)", load, args.out)
 
 
 if __name__ == "__main__":

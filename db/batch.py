@@ -21,6 +21,7 @@ from p2pshare.db.downloads import (
     Source,
     SourceTally,
     record_progress,
+    spec_of,
 )
 from p2pshare.db.index import HashedFile, record_local_files
 from p2pshare.db.models import BadPeer, Chunk, Download, DownloadSource, File, Holding, Peer
@@ -82,23 +83,7 @@ def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
             .order_by(Chunk.file_id, Chunk.chunk_index)
         ):
             entries[file_id].append(entry)
-    return [
-        JobSpec(
-            d.id,
-            f.id,
-            d.name,
-            f.sha256,
-            f.size,
-            f.chunk_size,
-            f.root,
-            entries[f.id],
-            bytes(d.have),
-            d.temp_path,
-            d.saved_as,
-            d.status,
-        )  # fmt: skip
-        for d, f in rows
-    ]
+    return [spec_of(d, f, entries[f.id]) for d, f in rows]
 
 
 def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, list[Source]]:

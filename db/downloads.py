@@ -108,6 +108,14 @@ class JobSpec:
     status: str
 
 
+def spec_of(d: Download, f: File, entries: list[str]) -> JobSpec:
+    """A job's spec from its download row, its file row and its manifest entries."""
+    return JobSpec(
+        d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, entries,
+        bytes(d.have), d.temp_path, d.saved_as, d.status,
+    )  # fmt: skip
+
+
 def job_spec(session: Session, download_id: int) -> JobSpec | None:
     d = session.get(Download, download_id)
     if d is None:
@@ -119,20 +127,7 @@ def job_spec(session: Session, download_id: int) -> JobSpec | None:
             select(Chunk.sha256).where(Chunk.file_id == f.id).order_by(Chunk.chunk_index)
         )
     )
-    return JobSpec(
-        d.id,
-        f.id,
-        d.name,
-        f.sha256,
-        f.size,
-        f.chunk_size,
-        f.root,
-        hashes,
-        bytes(d.have),
-        d.temp_path,
-        d.saved_as,
-        d.status,
-    )
+    return spec_of(d, f, hashes)
 
 
 @dataclass(frozen=True)
