@@ -356,6 +356,13 @@ def test_user_mistakes_get_one_sentence(make_node: Callable[..., Node]) -> None:
     seed(leech, "mine.txt", b"mine")
     wait_known(leech, "notes-b.txt")
     wait_known(leech, "mine.txt")
+    # ...and the leecher has indexed its own copy (its scan and the seeder's announcement
+    # race: a p2pctl run between them would rightly queue the download).
+    wait_until(
+        lambda: leech.sql("SELECT 1 FROM local_files WHERE name = 'mine.txt'"),
+        30,
+        what="the leecher to index its own mine.txt",
+    )
 
     unknown = leech.p2pctl("download", "nothing-like-this")
     ambiguous = leech.p2pctl("download", "notes")
