@@ -126,10 +126,32 @@ def _to_v5(conn: Connection) -> None:
     sql("CREATE INDEX ix_bad_peers_marked_at ON bad_peers (marked_at)")
 
 
+def _to_v6(conn: Connection) -> None:
+    """BitTorrent (issue 24): cached piece hashes per file content, and the torrents made."""
+    sql = conn.exec_driver_sql
+    sql(
+        "CREATE TABLE torrent_pieces (sha256 VARCHAR(64) NOT NULL, kind VARCHAR(8) NOT NULL,"
+        " piece_size INTEGER NOT NULL, phase INTEGER NOT NULL, hashes BLOB NOT NULL,"
+        " computed_at DOUBLE NOT NULL, PRIMARY KEY (sha256, kind, piece_size, phase))"
+    )
+    sql(
+        "CREATE TABLE torrents (id INTEGER NOT NULL, info_hash VARCHAR(64) NOT NULL,"
+        " name VARCHAR NOT NULL, root VARCHAR(16) NOT NULL, format VARCHAR(8) NOT NULL,"
+        " files VARCHAR NOT NULL, metainfo BLOB NOT NULL, created_at DOUBLE NOT NULL,"
+        " PRIMARY KEY (id), UNIQUE (info_hash))"
+    )
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: _to_v5}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _to_v2,
+    3: _to_v3,
+    4: _to_v4,
+    5: _to_v5,
+    6: _to_v6,
+}
 
 
 def make_engine(path: Path) -> Engine:
