@@ -22,11 +22,11 @@ from conftest import Node, seed, wait_until
 from p2pshare.services.torrent import load_libtorrent
 from p2pshare.services.torrent.metainfo import bencode
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(load_libtorrent() is None, reason="libtorrent is not installed"),
-    pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c is not installed"),
-]
+pytestmark = pytest.mark.integration
+needs_libtorrent = pytest.mark.skipif(
+    load_libtorrent() is None, reason="libtorrent is not installed"
+)
+needs_aria2c = pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c is not installed")
 
 START_TIMEOUT = 30
 FETCH_TIMEOUT = 180
@@ -109,6 +109,8 @@ def make_torrent(node: Node, name: str, out: Path, tracker: Tracker) -> str:
     return done.stdout
 
 
+@needs_libtorrent
+@needs_aria2c
 def test_aria2c_fetches_a_file_the_node_seeds(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -157,6 +159,8 @@ def test_aria2c_fetches_a_file_the_node_seeds(
     assert "hashed 3 MiB now" not in again.stdout
 
 
+@needs_libtorrent
+@needs_aria2c
 def test_folder_torrent_keeps_its_tree(make_node: Callable[..., Node], tmp_path: Path) -> None:
     node = make_node("seed")
     album = {
@@ -191,6 +195,7 @@ def test_folder_torrent_keeps_its_tree(make_node: Callable[..., Node], tmp_path:
     assert fetched == {name.removeprefix("music/"): data for name, data in album.items()}
 
 
+@needs_libtorrent
 def test_torrent_refuses_what_it_cannot_make(make_node: Callable[..., Node]) -> None:
     node = make_node("seed")
     seed(node, "empty.txt", b"")
@@ -210,3 +215,34 @@ def test_torrent_refuses_what_it_cannot_make(make_node: Callable[..., Node]) -> 
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert says in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_without_libtorrent_or_with_a_key_the_role_idles_and_beats(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # A module named libtorrent that fails to import stands for a node without the extra.
+    (tmp_path / "libtorrent.py").write_text("raise ImportError('not here')\n")
+    bare = make_node("bare", PYTHONPATH=tmp_path)
+    keyed = make_node("keyed", P2P_NETWORK_KEY="secret")
+    for node in (bare, keyed):
+        node.start(("server", "torrent"), wait=False)
+        node.wait_alive(("server", "torrent"))
+    assert "not installed" in bare.scalar("SELECT detail FROM heartbeats WHERE role = 'torrent'")
+    assert bare.log("torrent").count("pip install 'p2pshare[bittorrent]'") == 1
+    seed(bare, "x.bin", b"x" * 1000)
+    wait_until(lambda: bare.scalar("SELECT count(*) FROM local_files"), START_TIMEOUT)
+    done = bare.p2pctl("torrent", "x.bin")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: BitTorrent needs the libtorrent bindings, which are not installed: "
+        "pip install 'p2pshare[bittorrent]'"
+    ]
+    if load_libtorrent() is not None:
+        detail = keyed.scalar("SELECT detail FROM heartbeats WHERE role = 'torrent'")
+        assert detail.startswith("off: a network key is set")
+        assert (
+            keyed.scalar(
+                "SELECT value FROM role_settings WHERE role = 'torrent' AND name = 'serving'"
+            )
+            == "no"
+        )
