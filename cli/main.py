@@ -60,6 +60,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "cancel",
         "Cancel unfinished or paused downloads matching NAME (or a download id).",
     ),
+    "torrent": (
+        "p2pshare.cli.torrent",
+        "torrent",
+        "Write a .torrent and print a magnet link for NAME, a file or folder this node holds.",
+    ),
     "share-link": (
         "p2pshare.cli.share",
         "share_link",

@@ -147,6 +147,22 @@ def _to_v6(conn: Connection) -> None:
     )
 
 
+def _to_v7(conn: Connection) -> None:
+    """BitTorrent (issue 24): cached piece hashes per file content, and the torrents made."""
+    sql = conn.exec_driver_sql
+    sql(
+        "CREATE TABLE torrent_pieces (sha256 VARCHAR(64) NOT NULL, kind VARCHAR(8) NOT NULL,"
+        " piece_size INTEGER NOT NULL, phase INTEGER NOT NULL, hashes BLOB NOT NULL,"
+        " computed_at DOUBLE NOT NULL, PRIMARY KEY (sha256, kind, piece_size, phase))"
+    )
+    sql(
+        "CREATE TABLE torrents (id INTEGER NOT NULL, info_hash VARCHAR(64) NOT NULL,"
+        " name VARCHAR NOT NULL, root VARCHAR(16) NOT NULL, format VARCHAR(8) NOT NULL,"
+        " files VARCHAR NOT NULL, metainfo BLOB NOT NULL, created_at DOUBLE NOT NULL,"
+        " PRIMARY KEY (id), UNIQUE (info_hash))"
+    )
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
@@ -156,6 +172,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _to_v4,
     5: _to_v5,
     6: _to_v6,
+    7: _to_v7,
 }
 
 

@@ -341,3 +341,37 @@ class RequestDay(Base):
     requests: Mapped[int]
     files: Mapped[int]  # sum of requests.files
     already_here: Mapped[int]  # sum of requests.already_here
+
+
+class TorrentPieces(Base):
+    """BitTorrent hashes of one file's content (issue 24), computed once and reused until
+    the content changes (a new SHA-256 is a new row; `p2pctl torrent` drops unused ones).
+
+    `kind` 'sha1': the v1 SHA-1 of each whole piece lying inside the file when its first
+    whole piece starts `phase` bytes in (a folder's pieces straddle files; the straddling
+    ones are hashed when a torrent is made, from at most a piece of each neighbour)."""
+
+    __tablename__ = "torrent_pieces"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    piece_size: Mapped[int] = mapped_column(primary_key=True)
+    phase: Mapped[int] = mapped_column(primary_key=True)
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)  # concatenated digests, in order
+    computed_at: Mapped[float]
+
+
+class Torrent(Base):
+    """A .torrent this node made (`p2pctl torrent`); p2p-torrent seeds each from where its
+    files are, while they still hold the content listed in `files`."""
+
+    __tablename__ = "torrents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    info_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex, v1 (or v2 if v2-only)
+    name: Mapped[str]  # as asked: 'demo.bin' or 'album/'
+    root: Mapped[str] = mapped_column(String(16))  # 'share' or 'download'
+    format: Mapped[str] = mapped_column(String(8))  # 'v1', 'v2' or 'hybrid'
+    files: Mapped[str]  # JSON [[name under root, sha256], ...] in the torrent's order
+    metainfo: Mapped[bytes] = mapped_column(LargeBinary)  # the .torrent file's bytes
+    created_at: Mapped[float]

@@ -3,7 +3,7 @@ database without SQLAlchemy (`db.quick`) checks the same version."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class SchemaError(Exception):

@@ -7,7 +7,7 @@
 # the parent's command line. P2P_PYTHON overrides the choice.
 role="$1"
 case "$role" in
-    server|announcer|listener|downloader|web) ;;
+    server|announcer|listener|downloader|web|torrent) ;;
     *) echo "run-role.sh: unknown role '$role'" >&2; exit 2 ;;
 esac
 

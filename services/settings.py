@@ -57,6 +57,9 @@ VARIABLES = (
     "P2P_WEB_PORT",
     "P2P_WEB_SHARE",
     "P2P_HISTORY_DAYS",
+    "P2P_TORRENT_PORT",
+    "P2P_BITTORRENT",
+    "P2P_BITTORRENT_DHT",
 )
 
 
@@ -93,6 +96,17 @@ class Settings:
     web_bind: str = DEFAULT_WEB_BIND
     web_port: int | None = DEFAULT_WEB_PORT
     web_share: bool = False
+    # p2p-torrent (services/torrent): its port (0: any free one), whether it serves
+    # (None: auto, i.e. only without a network key, which BitTorrent cannot check), and
+    # whether DHT, UPnP and NAT-PMP are on.
+    torrent_port: int = 0
+    bittorrent: bool | None = None
+    bittorrent_dht: bool = False
+
+    @property
+    def bittorrent_serves(self) -> bool:
+        """Whether p2p-torrent serves: P2P_BITTORRENT=on/off, or auto (no network key)."""
+        return self.network_key is None if self.bittorrent is None else self.bittorrent
 
     @property
     def db_path(self) -> Path:
@@ -202,6 +216,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         web_bind=_address("P2P_WEB_BIND", get("P2P_WEB_BIND") or DEFAULT_WEB_BIND),
         web_port=_web_port(get("P2P_WEB_PORT")),
         web_share=_flag("P2P_WEB_SHARE", get("P2P_WEB_SHARE")),
+        torrent_port=_port("P2P_TORRENT_PORT", get("P2P_TORRENT_PORT"), 0),
+        bittorrent=_auto_flag("P2P_BITTORRENT", get("P2P_BITTORRENT")),
+        bittorrent_dht=_flag("P2P_BITTORRENT_DHT", get("P2P_BITTORRENT_DHT")),
     )
 
 
@@ -267,6 +284,13 @@ def _flag(name: str, raw: str | None) -> bool:
     if value in ("0", "no", "false", "off"):
         return False
     raise SettingsError(f"{name} must be 0 or 1, not {raw!r}")
+
+
+def _auto_flag(name: str, raw: str | None) -> bool | None:
+    """`auto` (or unset) as None, else a flag."""
+    if raw is None or raw.strip().lower() == "auto":
+        return None
+    return _flag(name, raw)
 
 
 def _non_negative_int(name: str, raw: str | None, default: int) -> int:

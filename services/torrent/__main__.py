@@ -1,0 +1,3 @@
+from p2pshare.services.torrent.role import main
+
+main()
