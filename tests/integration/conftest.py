@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUPERVISORD_CONF = REPO / "supervisord.conf"
 ROLES = ("server", "announcer", "listener", "downloader")
 # Logs checked at teardown: the roles and the web program supervisord runs beside them.
-LOG_NAMES = (*ROLES, "web")
+LOG_NAMES = (*ROLES, "web", "torrent")
 LOOPBACK_BROADCAST = "127.255.255.255"
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 10.0

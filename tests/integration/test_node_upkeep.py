@@ -156,8 +156,10 @@ def test_p2pctl_start_stop_restart(make_node: Callable[..., Node]) -> None:
             r: p
             for r, p in sqlite3.connect(home / "p2p.db").execute("SELECT role, pid FROM heartbeats")
         }
-        # Every program of supervisord.conf: the four roles and p2p-web.
-        assert set(roles_before) == {"server", "announcer", "listener", "downloader", "web"}
+        # Every program of supervisord.conf: the four roles, p2p-web and p2p-torrent.
+        assert set(roles_before) == {
+            "server", "announcer", "listener", "downloader", "web", "torrent"
+        }  # fmt: skip
 
         restarted = node.p2pctl("restart", timeout=180)
         assert restarted.returncode == 0, restarted.stderr

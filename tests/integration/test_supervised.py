@@ -15,8 +15,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROLES = ("server", "announcer", "listener", "downloader")
-# supervisord runs the web program beside the four roles.
-PROGRAMS = (*ROLES, "web")
+# supervisord runs the web program and p2p-torrent beside the four roles.
+PROGRAMS = (*ROLES, "web", "torrent")
 TABLES = ("peers", "files", "chunks", "holdings", "downloads", "uploads")
 
 
@@ -34,7 +34,7 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
         states = dict(re.findall(r"^p2p:(\w+)\s+(\w+)", done.stdout, re.M))
         return states if states == {r: "RUNNING" for r in PROGRAMS} else None
 
-    wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 5 programs RUNNING")
+    wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 6 programs RUNNING")
 
     # p2pctl status --json: every role alive, the real TCP port and our UDP port.
     status = node.p2pctl_json("status")

@@ -134,7 +134,7 @@ def test_kill_9_each_role_mid_download(
     for node in nodes.values():
         states = program_states(node)
         assert {r: s for r, (s, _) in states.items()} == dict.fromkeys(
-            ("server", "announcer", "listener", "downloader", "web"), "RUNNING"
+            ("server", "announcer", "listener", "downloader", "web", "torrent"), "RUNNING"
         ), states
     assert not list((leech.home / "temp").iterdir())
 
