@@ -1,9 +1,9 @@
 """One download: chunks from every peer that holds any, verified, durable, then published.
 
-Threads: one `PeerWorker` per source (peer_worker.py: one connection, pipelined
-requests, each chunk received into reused buffers and verified against the chained
-manifest as it arrives), one `BlockWriter` (block_writer.py), the only thread that
-writes the temp file, and the job's own loop here, which picks sources, decides when
+Threads: one `PeerWorker` per connection to a source (peer_worker.py: pipelined
+requests, each chunk received into one buffer, verified against the chained manifest
+and written from there, one write at a time through the job's `BlockWriter`), and the
+job's own loop here, which picks sources, decides when
 the download waits or fails, and every FLUSH_SECONDS makes the verified chunks
 durable (job_progress.py). When the last chunk is durable the file is proven whole
 and published (job_finish.py).
@@ -35,7 +35,9 @@ log = logging.getLogger("p2p.download")
 FLUSH_SECONDS = 0.5
 SOURCE_REFRESH_SECONDS = 2.0
 MAX_SOURCES = 16
-ENCRYPTED_CONNECTIONS = 2
+# Connections to each source when there are only one or two: each connection's thread
+# receives, hashes and writes, so two keep both cores busy (block_writer.py).
+FEW_SOURCES_CONNECTIONS = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0
 
@@ -71,13 +73,11 @@ class DownloadJob:
         self.ledger = Ledger()  # under self.lock
         self.bad_sources: set[tuple[str, int]] = set()
         self.writer = BlockWriter(
-            # Only the writer marks chunks done (chunk_verified runs on it), so it may read
-            # the picker's state without the lock.
+            # Chunks are marked done only under the writer's lock (chunk_verified runs
+            # there), so it may read the picker's state without the job's.
             is_done=lambda i: self.picker.is_done(i),
             halted=self.halt.is_set,
             failed=self._write_failed,
-            name=f"write-{spec.download_id}",
-            inline=one_cpu(),
         )
         self.sources: dict[tuple[str, int], SourceState] = {}
         self.temp = settings.temp_dir / temp_name(spec.download_id, spec.sha256)
@@ -116,7 +116,6 @@ class DownloadJob:
             self._end("failed", f"internal error: {exc}")
         finally:
             self._halt_workers()
-            self.writer.close()
             if self.fd >= 0:
                 os.close(self.fd)
 
@@ -286,13 +285,10 @@ class DownloadJob:
                     worker.start()
 
     def _connections(self, src: dbdl.Source, sources: int) -> int:
-        """Connections to open to one source. In clear, one: its thread receives and hashes
-        on one core while the writer writes on the other (a second cost more CPU than it
-        gained, bench/bench.py). Under TLS the receiving thread also decrypts, inside
-        recv, and is the one busy core, so a source of one or two gets a second
-        connection that decrypts on the other core."""
-        encrypted = src.tls and self.tls.encrypt
-        return ENCRYPTED_CONNECTIONS if encrypted and sources <= 2 else 1
+        """Connections to open to one source: two while there are one or two sources, so
+        two threads receive, hash and write (under TLS also decrypt) on two cores; one
+        each beyond that, where the sources' threads already keep the cores busy."""
+        return FEW_SOURCES_CONNECTIONS if sources <= 2 else 1
 
     # ------------------------------------------------------------ called by workers
 
@@ -307,9 +303,9 @@ class DownloadJob:
     def chunk_verified(
         self, peer: str, key: tuple[str, int], index: int, size: int, on_disk: bool = True
     ) -> None:
-        """A chunk matched its manifest entry and its bytes were handed to the writer; runs
-        on the writer, after them. `on_disk` False: an endgame copy that was not written
-        because another copy won."""
+        """A chunk matched its manifest entry; runs under the writer's lock, right after
+        its last bytes were written. `on_disk` False: they were not (another copy won,
+        the job is halting, or a write failed)."""
         with self.lock:
             self.ledger.received += size
             if self.halt.is_set():
@@ -374,22 +370,14 @@ class DownloadJob:
     def _halt_workers(self) -> None:
         """Stop the peer workers; when this returns, none writes to the temp file."""
         with self.lock:
-            self.halt.set()  # under the lock: no block starts writing after this
+            self.halt.set()  # the writer checks it under its own lock: no write starts after
             self.lock.notify_all()
         workers = [w for st in self.sources.values() for w in st.workers]
         for w in workers:
             w.interrupt()
         for w in workers:
             w.join(timeout=2.0)
-        self.writer.drain()  # what the workers handed over is written or dropped
-
-
-def one_cpu() -> bool:
-    """Is this process allowed a single CPU (taskset, a cgroup's cpuset)?"""
-    try:
-        return len(os.sched_getaffinity(0)) == 1
-    except (AttributeError, OSError):  # not Linux: assume several
-        return False
+        self.writer.drain()  # a write under way in a worker that did not end has ended
 
 
 def temp_name(download_id: int, sha256: str) -> str:

@@ -1,12 +1,11 @@
 """One peer's share of a download: pipelined chunk requests on one connection, each chunk
-verified from its predecessor's manifest entry as it arrives, then written once by the
-job's writer thread."""
+received whole into one buffer, verified from its predecessor's manifest entry, and
+written from there by this thread (block_writer.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.services import protocol
-from p2pshare.services.block_writer import Block, Verdict, Whole
 from p2pshare.services.peerclient import PeerClient
 from p2pshare.services.sha256chain import INITIAL_STATE, ChainHasher
 
@@ -33,12 +31,11 @@ PIPELINE_BYTES = 8 * 1024 * 1024
 MIN_PIPELINE = 2
 # ...but not so many small chunks that one peer takes the whole file while others wait.
 MAX_PIPELINE = 16
-# Received and hashed in blocks that stay in the CPU cache between the two, then written
-# whole (block_writer.WRITE_PIECE); bench/recvpath.py found 1 MiB+ writes slow into ext4.
-RECV_BLOCK = 256 * 1024
-# Blocks between this thread and the writer: enough to ride out a slow write, little
-# memory (1 MiB a source).
-BLOCKS_IN_FLIGHT = 4
+# A chunk is received into one buffer and hashed in one call: 0.3 CPU-s/GiB less than
+# 256 KiB blocks (fewer, fuller recv calls; see block_writer.py). Chunks larger than
+# this (files over 1 GiB) arrive in pieces of it, each written before the chunk's verdict,
+# as only this connection writes that chunk (endgame copies are held whole).
+RECV_PIECE = 4 * 1024 * 1024
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 10.0
 
@@ -102,9 +99,7 @@ class PeerWorker(threading.Thread):
         spec = job.spec
         wanted = -(-PIPELINE_BYTES // max(spec.chunk_size, 1))
         self.depth = min(MAX_PIPELINE, max(MIN_PIPELINE, wanted))
-        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(BLOCKS_IN_FLIGHT):
-            self.free.put(bytearray(min(RECV_BLOCK, max(spec.chunk_size, 1))))
+        self.buf = memoryview(bytearray(min(RECV_PIECE, max(spec.chunk_size, 1))))
 
     def interrupt(self) -> None:
         client = self.client
@@ -162,8 +157,8 @@ class PeerWorker(threading.Thread):
 
     def _fill_pipeline(self, client: PeerClient) -> None:
         asks = []
-        # One endgame copy in flight a connection: each is held whole in memory until
-        # verified, and a pipeline of them (three seeders, 4 MiB chunks) put the
+        # One endgame copy in flight a connection: a copy of a chunk larger than the
+        # buffer is held whole in memory until verified, and a pipeline of them put the
         # downloader's peak RSS at the 100 MB goal.
         copying = any(duplicate for _, duplicate in self.pending)
         while len(self.pending) < self.depth:
@@ -176,52 +171,44 @@ class PeerWorker(threading.Thread):
         if asks:
             client.send(*asks)  # one segment for all: each send is a trip through the kernel
 
-    def _free_block(self) -> bytearray:
-        """A buffer the writer is done with; waiting here is the backpressure of a slow disk."""
-        while True:
-            try:
-                return self.free.get(timeout=1.0)
-            except queue.Empty:
-                if self.job.halt.is_set():
-                    raise ConnectionAbortedError("the download is ending") from None
-
     def _receive(self, client: PeerClient, index: int, duplicate: bool) -> None:
-        """Receive and hash one chunk, block by block, each handed to the job's one writer
-        (block_writer.py): a byte is copied once from the socket into a buffer, hashed
-        there, and written from there, while this thread receives the next block."""
+        """Receive, hash and write one chunk, a byte copied once from the socket into the
+        buffer, hashed there and written from there; the last piece is written with the
+        chunk's verdict, under one hold of the writer's lock (block_writer.py)."""
         job, spec = self.job, self.job.spec
         size = protocol.chunk_length(spec.size, spec.chunk_size, index)
         client.read_chunk_header(protocol.ChunkRequest(job.key, index, 0, 0), size)
         hasher = job.check.start(index)
-        offset = index * spec.chunk_size
-        if duplicate:
+        if duplicate and size > len(self.buf):
             self._receive_copy(client, index, size, hasher)
             return
-        put = job.writer.put
+        # A chunk that fits the buffer is written only with its verdict: an endgame copy
+        # too, and never over another copy's verified bytes.
+        offset = index * spec.chunk_size
         got = 0
-        while got < size:
-            buf = self._free_block()
-            n = min(len(buf), size - got)
-            view = memoryview(buf)[:n]
+        while True:
+            view = self.buf[: min(len(self.buf), size - got)]
             client.read_exact_into(view)
             hasher.update(view)
-            put(Block(index, buf, n, offset + got, self.free.put))
-            got += n
-        self._verdict(index, size, hasher)
-        put(Verdict(partial(job.chunk_verified, self.peer, self.key, index, size)))
-
-    def _receive_copy(self, client: PeerClient, index: int, size: int, hasher: ChainHasher) -> None:
-        """An endgame copy is held back whole and written only once verified, so it can
-        never mix with the bytes the first peer's copy is writing into the same place."""
-        job = self.job
-        whole = memoryview(bytearray(size))
-        for got in range(0, size, RECV_BLOCK):
-            part = whole[got : got + RECV_BLOCK]
-            client.read_exact_into(part)
-            hasher.update(part)
+            got += len(view)
+            if got == size:
+                break
+            job.writer.write(index, view, offset + got - len(view))
         self._verdict(index, size, hasher)
         verified = partial(job.chunk_verified, self.peer, self.key, index, size)
-        job.writer.put(Whole(index, whole, index * job.spec.chunk_size, verified))
+        job.writer.write(index, view, offset + got - len(view), verified)
+
+    def _receive_copy(self, client: PeerClient, index: int, size: int, hasher: ChainHasher) -> None:
+        """An endgame copy of a chunk larger than the buffer is held back whole and written
+        only once verified, so it can never mix with the pieces the first peer's copy is
+        writing into the same place."""
+        job = self.job
+        whole = memoryview(bytearray(size))
+        client.read_exact_into(whole)
+        hasher.update(whole)
+        self._verdict(index, size, hasher)
+        verified = partial(job.chunk_verified, self.peer, self.key, index, size)
+        job.writer.write(index, whole, index * job.spec.chunk_size, verified)
 
     def _verdict(self, index: int, size: int, hasher: ChainHasher) -> None:
         """Raises BadChunk (after recording it) if the chunk does not match its entry."""
