@@ -80,6 +80,7 @@ class DownloadJob:
             failed=self._write_failed,
         )
         self.sources: dict[tuple[str, int], SourceState] = {}
+        self.one_cpu = one_cpu()
         self.temp = settings.temp_dir / temp_name(spec.download_id, spec.sha256)
         self.fd = -1
         self.waiting_since: float | None = None
@@ -287,8 +288,9 @@ class DownloadJob:
     def _connections(self, src: dbdl.Source, sources: int) -> int:
         """Connections to open to one source: two while there are one or two sources, so
         two threads receive, hash and write (under TLS also decrypt) on two cores; one
-        each beyond that, where the sources' threads already keep the cores busy."""
-        return FEW_SOURCES_CONNECTIONS if sources <= 2 else 1
+        each beyond that, where the sources' threads already keep the cores busy, and one
+        on a process allowed a single CPU, where a second thread only takes turns."""
+        return FEW_SOURCES_CONNECTIONS if sources <= 2 and not self.one_cpu else 1
 
     # ------------------------------------------------------------ called by workers
 
@@ -378,6 +380,14 @@ class DownloadJob:
         for w in workers:
             w.join(timeout=2.0)
         self.writer.drain()  # a write under way in a worker that did not end has ended
+
+
+def one_cpu() -> bool:
+    """Is this process allowed a single CPU (taskset, a cgroup's cpuset)?"""
+    try:
+        return len(os.sched_getaffinity(0)) == 1
+    except (AttributeError, OSError):  # not Linux: assume several
+        return False
 
 
 def temp_name(download_id: int, sha256: str) -> str:
