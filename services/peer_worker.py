@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import socket
 import threading
 import time
@@ -99,7 +100,11 @@ class PeerWorker(threading.Thread):
         spec = job.spec
         wanted = -(-PIPELINE_BYTES // max(spec.chunk_size, 1))
         self.depth = min(MAX_PIPELINE, max(MIN_PIPELINE, wanted))
-        self.buf = memoryview(bytearray(min(RECV_PIECE, max(spec.chunk_size, 1))))
+        # An anonymous mapping, not a bytearray: malloc would serve a 4 MiB request from
+        # its heap once one such block was freed (its mmap threshold rises to it), and
+        # the heap keeps the pages; a mapping's pages go back when the worker ends.
+        self._map = mmap.mmap(-1, min(RECV_PIECE, max(spec.chunk_size, 1)))
+        self.buf = memoryview(self._map)
 
     def interrupt(self) -> None:
         client = self.client
@@ -131,6 +136,11 @@ class PeerWorker(threading.Thread):
             job.peer_lost(self.peer, [i for i, _ in self.pending])
             self.pending.clear()
             self.client = None
+            # A view still held by an exception's traceback keeps the mapping open: then
+            # the garbage collector unmaps it once that is gone.
+            with contextlib.suppress(BufferError):
+                self.buf.release()
+                self._map.close()
 
     def _session(self) -> None:
         job = self.job
