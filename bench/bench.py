@@ -460,14 +460,15 @@ class Bench:
         self._rss_row([leech, *seeders])
         self.stop_all()
 
-    def _floor_row(self, one: Transfer) -> None:
+    def _floor_row(self, one: Transfer, folder: Path | None = None) -> None:
         """The downloader's CPU per GiB against bench/recvpath.py's floor in this run: one
         process receiving the same file over loopback, hashing each chunk from its
-        predecessor's state and writing it in 256 KiB pieces (the cheapest method there),
-        memory warmed the same way before each."""
+        predecessor's state and writing it in 256 KiB pieces (the cheapest method there)
+        into `folder` (where the node's downloads went; tmpfs by default), memory warmed
+        the same way before each."""
         chunk = chunk_size_for(self.size)
         expected = expected_states(self.big, self.size, chunk)
-        dest = self.root / "floor.part"
+        dest = (folder or self.root) / "floor.part"
         runs = []
         for _ in range(self.reps):
             warm(self.root, self.size)
@@ -477,7 +478,8 @@ class Bench:
         dl = one.cpu_per_gib(self.size)[1]
         self.rows.append(
             Row(
-                f"downloader CPU per GiB vs bench/recvpath.py floor ({chunk // MIB} MiB chunks)",
+                f"downloader CPU per GiB vs bench/recvpath.py floor ({chunk // MIB} MiB chunks"
+                + (f", {where(folder)})" if folder else ")"),
                 f"{dl:.2f} s/GiB",
                 f"{floor:.2f} s/GiB ({floor_rate:.0f} MB/s, one thread)",
                 f"{dl / floor:.2f}x CPU",
@@ -486,7 +488,7 @@ class Bench:
                     "floor_cpu_s": [r["cpu"] for r in runs],
                     "floor_wall_s": [r["wall"] for r in runs],
                 },
-                goal_key="floor",
+                goal_key="floor" if folder is None else "",
                 value=dl / floor,
             )
         )
@@ -626,6 +628,7 @@ class Bench:
             f"source {100 * median(one.cached):.0f} % cached"
         )
         self.speed_and_cpu_rows(label, one, http, {"speed": "report", "cpu": "report"})
+        self._floor_row(one, root)
         shutil.rmtree(root, ignore_errors=True)
 
     def index(self) -> None:
