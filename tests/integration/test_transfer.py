@@ -152,6 +152,33 @@ def test_three_seeders_share_the_work(
     assert len(delivered) == 3, delivered
 
 
+def test_a_lone_seeder_gets_two_connections_that_both_carry_chunks(
+    make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
+) -> None:
+    """With one source, two connections each receive, hash and write their own chunks
+    (download_job._connections): both ask for chunks before any passes the gate, and
+    the file still arrives whole."""
+    seeder = gated_seeder(make_node, "seed")
+    leech = make_node("leech")
+    for n in (seeder, leech):
+        n.start(wait=False)
+    for n in (seeder, leech):
+        n.wait_alive()
+    gate = chunk_gate(seeder, leech.udp_port, budget=0)
+    data = os.urandom(64 * CHUNK + 123)
+    seed(seeder, "pair.bin", data)
+    wait_known(leech, "pair.bin")
+
+    assert leech.p2pctl("download", "pair.bin", "--no-wait").returncode == 0
+    wait_until(lambda: gate.chunk_connections == 2, 60, what=f"two connections asking ({gate})")
+    gate.open()
+    d = wait_download(leech)
+
+    assert d["status"] == "done", d
+    assert (leech.home / "downloads" / "pair.bin").read_bytes() == data
+    assert gate.chunk_connections == 2, gate
+
+
 def test_file_no_single_peer_holds_whole(
     make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., ScriptedPeer]
 ) -> None:
