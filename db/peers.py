@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from p2pshare.db.index import ContentKey, HashedFile, ensure_files
+from p2pshare.db.index import ContentKey, HashedFile, ensure_files, orphan_file
 from p2pshare.db.models import Chunk, File, Holding, Peer, RetiredNode
 from p2pshare.db.node import node_state
 
@@ -83,7 +83,9 @@ def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOu
             heard.seq,
             now,
         )
-        return AnnounceOutcome(peer.id, False, peer.catalog_synced != heard.catalog_version)
+        # Only a newer version than the one we hold: a node's catalog version only grows
+        # (a restart is a new node id), so an equal or older one is nothing to fetch.
+        return AnnounceOutcome(peer.id, False, heard.catalog_version > peer.catalog_synced)
     retired = session.get(RetiredNode, heard.node_id)
     if retired is not None:
         if retired.replaced:
@@ -141,6 +143,7 @@ def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
 
 @dataclass(frozen=True)
 class Endpoint:
+    node_id: str
     address: str
     tcp_port: int
     catalog_version: int
@@ -153,7 +156,9 @@ def peer_endpoint(session: Session, peer_id: int) -> Endpoint | None:
     peer = session.get(Peer, peer_id)
     if peer is None:
         return None
-    return Endpoint(peer.address, peer.tcp_port, peer.catalog_version, peer.fingerprint, peer.tls)
+    return Endpoint(
+        peer.node_id, peer.address, peer.tcp_port, peer.catalog_version, peer.fingerprint, peer.tls
+    )
 
 
 @dataclass(frozen=True)
@@ -195,27 +200,20 @@ def apply_catalog(
     manifests: dict[ContentKey, list[str]],
     *,
     now: float,
+    node_id: str | None = None,
 ) -> int | None:
-    """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone.
+    """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone
+    (or, given `node_id`, if `peer_id` now belongs to another node).
 
     Entries whose content is new here but came without a manifest (the caller passes
     only manifests that proved their root), or whose size contradicts what we already
     know of that content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
     """
-    if session.get(Peer, peer_id) is None:
+    peer = session.get(Peer, peer_id)
+    if peer is None or (node_id is not None and peer.node_id != node_id):
         return None
     known = known_contents(session, (o.key for o in offered))
-    missing: dict[ContentKey, HashedFile] = {}
-    for entry in offered:
-        key = entry.key
-        content = known.get(key)
-        if content is not None and content.complete:
-            continue
-        hashes = manifests.get(key)
-        fits = hashes is not None and len(hashes) == -(-entry.size // entry.chunk_size)
-        if fits and hashes is not None and (content is None or content.size == entry.size):
-            missing[key] = _hashed(entry, hashes)
-    created = ensure_files(session, missing.values(), now=now)
+    created = ensure_files(session, _missing(known, offered, manifests).values(), now=now)
     wanted: dict[tuple[int, str], Offered] = {}
     for entry in offered:
         key = entry.key
@@ -226,10 +224,68 @@ def apply_catalog(
         if file_id is not None:
             wanted[(file_id, entry.name)] = entry
     _replace_holdings(session, peer_id, wanted)
-    peer = session.get(Peer, peer_id)
-    assert peer is not None
     peer.catalog_synced = version
     return len(wanted)
+
+
+def record_contents(
+    session: Session,
+    offered: Sequence[Offered],
+    manifests: dict[ContentKey, list[str]],
+    *,
+    now: float,
+) -> int:
+    """Record the contents (`files` and chunk hashes) of catalog entries new here; returns how many.
+
+    So a large catalog can be applied in several short transactions: its contents in
+    slices first, then `apply_catalog` (which records any that went meanwhile) in one.
+    """
+    known = known_contents(session, (o.key for o in offered))
+    missing = _missing(known, offered, manifests)
+    ensure_files(session, missing.values(), now=now)
+    return len(missing)
+
+
+def _missing(
+    known: dict[ContentKey, KnownContent],
+    offered: Sequence[Offered],
+    manifests: dict[ContentKey, list[str]],
+) -> dict[ContentKey, HashedFile]:
+    """Contents offered that this database lacks (or lacks the chunk hashes of) and whose
+    manifest came and fits the offered size."""
+    missing: dict[ContentKey, HashedFile] = {}
+    for entry in offered:
+        key = entry.key
+        content = known.get(key)
+        if content is not None and content.complete:
+            continue
+        hashes = manifests.get(key)
+        fits = hashes is not None and len(hashes) == -(-entry.size // entry.chunk_size)
+        if fits and hashes is not None and (content is None or content.size == entry.size):
+            missing[key] = _hashed(entry, hashes)
+    return missing
+
+
+def live_node_ids(session: Session) -> set[str]:
+    """The node ids of every peer still known."""
+    return set(session.scalars(select(Peer.node_id)))
+
+
+def delete_orphan_files_after(
+    session: Session, after_id: int, limit: int
+) -> tuple[int, int | None]:
+    """Delete the orphans among the `limit` files rows after id `after_id`, so a large table
+    is swept in short transactions. Returns (rows deleted, last id looked at, or None
+    once past the last row)."""
+    ids = list(
+        session.scalars(select(File.id).where(File.id > after_id).order_by(File.id).limit(limit))
+    )
+    if not ids:
+        return 0, None
+    result = session.execute(
+        delete(File).where(File.id >= ids[0], File.id <= ids[-1], orphan_file())
+    )
+    return result.rowcount or 0, ids[-1]  # type: ignore[attr-defined]
 
 
 def _replace_holdings(

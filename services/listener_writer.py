@@ -1,0 +1,314 @@
+"""The listener's one writer: every database write of the listener, on one thread, in short batches.
+
+Announcements heard, catalogs fetched and expiry come in as jobs; the writer takes as
+many as fit in TX_BUDGET seconds into one transaction, then rests before the next, so
+the other roles' writers (the downloader's progress, a heartbeat, p2pctl) wait at most
+one of our transactions: SQLite's busy handler retries a waiting writer at gaps of at
+most about half of what it has waited so far (never more than 100 ms, and 20 ms or less
+in its first 50 ms), so a rest of half the transaction's length, and at least MIN_REST,
+always lets it in. A large catalog records its new contents in slices
+(CONTENT_SLICE entries a transaction) before its holdings are replaced in one. Files
+rows nothing refers to any more are swept in slices of ORPHAN_SLICE rows: after peers
+expire at once, after catalogs change at most every ORPHAN_EVERY seconds (not after
+every write, which costs a scan of `files` each).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from p2pshare.db import peers as dbpeers
+from p2pshare.services import protocol
+from p2pshare.services.catalog_fetch import CatalogFetcher, FetchedCatalog, Wanted
+from p2pshare.services.runtime import RoleContext
+
+log = logging.getLogger("p2p.listener")
+
+TX_BUDGET = 0.05
+MIN_REST = 0.025
+CONTENT_SLICE = 2000
+ORPHAN_EVERY = 10.0
+ORPHAN_SLICE = 5000
+ANNOUNCES_PER_CHECK = 32  # announcements recorded between looks at the clock
+# Catalogs fetched and not yet applied: a fetch thread waits beyond this many, so
+# memory stays bounded however far the writer is behind.
+MAX_PENDING_CATALOGS = 16
+# Announcements waiting: beyond this the UDP loop waits, and the kernel drops what
+# does not fit its socket buffer (a flood), rather than this process growing.
+MAX_PENDING_ANNOUNCES = 50_000
+IDLE_WAIT = 0.25
+RETRY_EVERY = 1.0  # failed fetches due again are looked for this often
+STOP_WAIT = 5.0  # seconds the role waits for the writer's last transaction
+
+
+@dataclass
+class Heard:
+    """Valid announcements, in the order received."""
+
+    items: deque[tuple[protocol.Announce, str]]
+
+
+@dataclass
+class Expire:
+    now: float
+
+
+@dataclass
+class Apply:
+    catalog: FetchedCatalog
+    recorded: int = 0  # entries whose contents are recorded so far (large catalogs)
+
+
+Job = Heard | Expire | Apply
+
+
+@dataclass
+class After:
+    """What to do once a transaction has committed: log lines and fetches to start."""
+
+    new_peers: list[tuple[protocol.Announce, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # ip, why
+    wanted: list[Wanted] = field(default_factory=list)
+    applied: list[tuple[FetchedCatalog, int | None]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    live: set[str] | None = None
+
+
+class ListenerWriter:
+    """Owns every write of the listener; the UDP loop and the fetch threads only hand it jobs."""
+
+    def __init__(self, ctx: RoleContext, on_refused: Callable[[str, str], None]) -> None:
+        self.ctx = ctx
+        self.on_refused = on_refused
+        self.fetcher = CatalogFetcher(ctx, self.put_catalog)
+        self.jobs: deque[Job] = deque()
+        self.lock = threading.Condition()
+        self.announces = 0  # announcements queued
+        self.catalogs = threading.BoundedSemaphore(MAX_PENDING_CATALOGS)
+        self.orphans_dirty = False
+        self.sweep_after: int | None = None  # files id the orphan sweep goes on from
+        self.next_sweep = time.monotonic() + ORPHAN_EVERY
+        self.thread = threading.Thread(target=self._loop, name="writer", daemon=True)
+
+    def start(self) -> None:
+        self.fetcher.start()
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(STOP_WAIT)
+
+    # ------------------------------------------------------------ jobs in
+
+    def put_heard(self, heard: list[tuple[protocol.Announce, str]]) -> None:
+        """Queue announcements; waits while MAX_PENDING_ANNOUNCES are already queued."""
+        with self.lock:
+            while self.announces >= MAX_PENDING_ANNOUNCES and not self.ctx.stop.is_set():
+                self.lock.wait(IDLE_WAIT)
+            self.announces += len(heard)
+            self.jobs.append(Heard(deque(heard)))
+            self.lock.notify_all()
+
+    def put_expire(self, now: float) -> None:
+        with self.lock:
+            self.jobs.append(Expire(now))
+            self.lock.notify_all()
+
+    def put_catalog(self, catalog: FetchedCatalog) -> None:
+        """Queue a fetched catalog (called by fetch threads; waits while the writer is behind)."""
+        while not self.catalogs.acquire(timeout=IDLE_WAIT):
+            if self.ctx.stop.is_set():
+                return
+        with self.lock:
+            self.jobs.append(Apply(catalog))
+            self.lock.notify_all()
+
+    # ------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        swept = False  # the last transaction was a sweep's: jobs go next, however many
+        next_retry = 0.0
+        while not self.ctx.stop.is_set():
+            with self.lock:
+                if not self.jobs and not self._sweep_due():
+                    self.lock.wait(IDLE_WAIT)
+                busy = bool(self.jobs)
+            if time.monotonic() >= next_retry:
+                self.fetcher.retry_due(time.time())
+                next_retry = time.monotonic() + RETRY_EVERY
+            if self._sweep_due() and not (busy and swept):
+                took, swept = self._sweep(), True
+            elif busy:
+                took, swept = self._transaction(), False
+            else:
+                continue
+            # Rest, so a writer waiting in another process gets in (see the module's docstring).
+            self.ctx.stop.wait(max(MIN_REST, took / 2))
+
+    def _take(self) -> Job | None:
+        with self.lock:
+            return self.jobs.popleft() if self.jobs else None
+
+    def _put_back(self, job: Job) -> None:
+        with self.lock:
+            self.jobs.appendleft(job)
+
+    def _transaction(self) -> float:
+        """One transaction of as many jobs as fit in TX_BUDGET; returns its seconds."""
+        started = time.monotonic()
+        after = After()
+        finished: list[Job] = []  # taken and done (a job not finished goes back in the queue)
+        try:
+            with self.ctx.database.write() as s:
+                while time.monotonic() - started < TX_BUDGET:
+                    job = self._take()
+                    if job is None:
+                        break
+                    if not self._step(s, job, started, after):
+                        self._put_back(job)
+                        break
+                    finished.append(job)
+        except Exception:
+            # A bug or a database error: what this transaction held is lost, except the
+            # catalogs, fetched again shortly; announcements come again anyway.
+            log.exception("listener write failed")
+            for job in finished:
+                if isinstance(job, Apply):
+                    self.catalogs.release()
+                    self.fetcher.not_applied(job.catalog.wanted, "could not be written")
+            return time.monotonic() - started
+        self._after(after)
+        return time.monotonic() - started
+
+    def _step(self, s: Session, job: Job, started: float, after: After) -> bool:
+        """Do (part of) a job inside the transaction; False if it is not finished."""
+        if isinstance(job, Heard):
+            return self._record_heard(s, job, started, after)
+        if isinstance(job, Expire):
+            gone = dbpeers.expire_peers(s, now=job.now, ttl=self.ctx.settings.peer_ttl)
+            if gone:
+                after.gone += gone
+                after.live = dbpeers.live_node_ids(s)
+                # What a peer that left offered goes at once (in the next slices), not
+                # at the next scheduled sweep: peers leave seldom, catalogs come often.
+                self.orphans_dirty, self.next_sweep = True, 0.0
+            return True
+        return self._apply(s, job, after)
+
+    def _record_heard(self, s: Session, job: Heard, started: float, after: After) -> bool:
+        waiting = len(job.items)
+        try:
+            self._record_some(s, job, started, after, time.time())
+        finally:
+            with self.lock:
+                self.announces -= waiting - len(job.items)
+                self.lock.notify_all()
+        return not job.items
+
+    def _record_some(
+        self, s: Session, job: Heard, started: float, after: After, now: float
+    ) -> None:
+        done = 0
+        while job.items:
+            if done and done % ANNOUNCES_PER_CHECK == 0 and time.monotonic() - started >= TX_BUDGET:
+                break
+            ann, ip = job.items.popleft()
+            done += 1
+            record = dbpeers.Heard(
+                ann.node_id,
+                ann.username,
+                ip,
+                ann.tcp_port,
+                ann.catalog_version,
+                ann.seq,
+                ann.fingerprint,
+                ann.tls,
+            )
+            outcome = dbpeers.record_announce(s, record, now=now)
+            if outcome.ignored:
+                continue
+            if outcome.peer_id is None:
+                after.refused.append((ip, f"{outcome.refused} from node {ann.node_id[:8]}"))
+                continue
+            if outcome.new:
+                after.new_peers.append((ann, ip))
+            if outcome.needs_catalog:
+                after.wanted.append(Wanted(outcome.peer_id, ann.node_id, ann.catalog_version))
+
+    def _apply(self, s: Session, job: Apply, after: After) -> bool:
+        catalog = job.catalog
+        offered = catalog.offered
+        if catalog.manifests and len(offered) - job.recorded > CONTENT_SLICE:
+            part = offered[job.recorded : job.recorded + CONTENT_SLICE]
+            dbpeers.record_contents(s, part, catalog.manifests, now=time.time())
+            job.recorded += len(part)
+            return False
+        kept = dbpeers.apply_catalog(
+            s,
+            catalog.wanted.peer_id,
+            catalog.version,
+            offered,
+            catalog.manifests,
+            now=time.time(),
+            node_id=catalog.wanted.node_id,
+        )
+        self.orphans_dirty = True  # holdings replaced may leave contents nobody offers
+        after.applied.append((catalog, kept))
+        return True
+
+    def _after(self, after: After) -> None:
+        for ip, why in after.refused:
+            self.on_refused(ip, why)
+        for ann, ip in after.new_peers:
+            log.info(
+                "new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8]
+            )
+        for wanted in after.wanted:
+            self.fetcher.want(wanted)
+        for catalog, kept in after.applied:
+            self.catalogs.release()
+            if kept is None:
+                continue
+            log.info(
+                "catalog v%d of %s:%d: %d files, %d new contents, in %.2f s",
+                catalog.version,
+                catalog.address,
+                catalog.port,
+                len(catalog.offered),
+                len(catalog.manifests),
+                time.monotonic() - catalog.started,
+            )
+        for name in after.gone:
+            log.info("peer %s silent for %.0f s: forgotten", name, self.ctx.settings.peer_ttl)
+        if after.live is not None:
+            self.fetcher.keep_only(after.live)
+
+    # ------------------------------------------------------------ orphans
+
+    def _sweep_due(self) -> bool:
+        return self.sweep_after is not None or (
+            self.orphans_dirty and time.monotonic() >= self.next_sweep
+        )
+
+    def _sweep(self) -> float:
+        """One slice of the orphan sweep, in its own transaction; returns its seconds."""
+        started = time.monotonic()
+        if self.sweep_after is None:
+            self.sweep_after, self.orphans_dirty = 0, False
+        try:
+            with self.ctx.database.write() as s:
+                _, last = dbpeers.delete_orphan_files_after(s, self.sweep_after, ORPHAN_SLICE)
+        except Exception:
+            log.exception("sweeping files nothing refers to failed; retried later")
+            last = None
+            self.orphans_dirty = True
+        self.sweep_after = last
+        if last is None:
+            self.next_sweep = time.monotonic() + ORPHAN_EVERY
+        return time.monotonic() - started
