@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from p2pshare.db.index import ContentKey, HashedFile, ensure_files, orphan_file
-from p2pshare.db.models import Chunk, File, Holding, Peer, RetiredNode
+from p2pshare.db.engine import driver_connection
+from p2pshare.db.index import ContentKey, HashedFile, orphan_file
+from p2pshare.db.models import File, Peer, RetiredNode
 from p2pshare.db.node import node_state
 
 
@@ -36,6 +37,8 @@ class AnnounceOutcome:
     refused: str | None = None  # why it changed nothing
 
 
+# Values bound in one IN (...): well under SQLite's limit on bound parameters.
+SLICE = 500
 OWN = AnnounceOutcome(None, False, False, ignored=True)
 # An announcer sends a few announcements a second at most; a larger jump in
 # sequence numbers is a forgery trying to make the real ones look like replays.
@@ -63,9 +66,33 @@ class Offered:
 
 def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOutcome:
     """Create or refresh the peer; our own, a replayed or an older announcement changes nothing."""
-    if node_state(session).node_id == heard.node_id:
-        return OWN
-    peer = session.scalar(select(Peer).where(Peer.node_id == heard.node_id))
+    return record_announces(session, [heard], now=now)[0]
+
+
+def record_announces(
+    session: Session, heards: Sequence[Heard], *, now: float
+) -> list[AnnounceOutcome]:
+    """record_announce for each of many announcements, in order, with one lookup of the
+    peers they name (a boot storm or a steady round of 1,000 peers is a few statements)."""
+    own = node_state(session).node_id
+    ids = sorted({h.node_id for h in heards})
+    known: dict[str, Peer] = {}
+    for start in range(0, len(ids), 500):
+        for peer in session.scalars(select(Peer).where(Peer.node_id.in_(ids[start : start + 500]))):
+            known[peer.node_id] = peer
+    out = []
+    for heard in heards:
+        if heard.node_id == own:
+            out.append(OWN)
+            continue
+        outcome = _record(session, heard, known.get(heard.node_id), now=now)
+        if outcome.new and outcome.peer_id is not None:
+            known[heard.node_id] = session.get_one(Peer, outcome.peer_id)
+        out.append(outcome)
+    return out
+
+
+def _record(session: Session, heard: Heard, peer: Peer | None, *, now: float) -> AnnounceOutcome:
     if peer is not None:
         if heard.seq <= peer.announce_seq:
             return _refused(f"replayed announcement (seq {heard.seq})")
@@ -142,26 +169,6 @@ def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    node_id: str
-    address: str
-    tcp_port: int
-    catalog_version: int
-    fingerprint: str | None
-    tls: bool
-
-
-def peer_endpoint(session: Session, peer_id: int) -> Endpoint | None:
-    """Where and how to reach a live peer, or None."""
-    peer = session.get(Peer, peer_id)
-    if peer is None:
-        return None
-    return Endpoint(
-        peer.node_id, peer.address, peer.tcp_port, peer.catalog_version, peer.fingerprint, peer.tls
-    )
-
-
-@dataclass(frozen=True)
 class KnownContent:
     file_id: int
     size: int
@@ -170,25 +177,23 @@ class KnownContent:
 
 def known_contents(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, KnownContent]:
     """What this database already knows of each (sha256, chunk_size, root)."""
+    # Plain sqlite3: every catalog fetched runs this twice, and building the statements
+    # through SQLAlchemy cost ten times what SQLite spends answering them.
+    conn = driver_connection(session)
     keys = set(keys)
     shas = sorted({sha for sha, _, _ in keys})
     out: dict[ContentKey, KnownContent] = {}
-    for start in range(0, len(shas), 500):
-        rows = session.execute(
-            select(
-                File.sha256, File.chunk_size, File.root, File.id, File.size, File.chunk_count
-            ).where(File.sha256.in_(shas[start : start + 500]))
-        ).all()
-        hashed = set(
-            session.scalars(
-                select(Chunk.file_id).where(
-                    Chunk.file_id.in_([r[3] for r in rows]), Chunk.chunk_index == 0
-                )
-            )
+    for start in range(0, len(shas), SLICE):
+        part = shas[start : start + SLICE]
+        rows = conn.execute(
+            "SELECT f.sha256, f.chunk_size, f.root, f.id, f.size, f.chunk_count,"
+            " EXISTS (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0)"
+            f" FROM files f WHERE f.sha256 IN ({','.join('?' * len(part))})",
+            part,
         )
-        for sha, cs, root, fid, size, count in rows:
+        for sha, cs, root, fid, size, count, hashed in rows:
             if (sha, cs, root) in keys:
-                out[(sha, cs, root)] = KnownContent(fid, size, count == 0 or fid in hashed)
+                out[(sha, cs, root)] = KnownContent(fid, size, count == 0 or bool(hashed))
     return out
 
 
@@ -213,7 +218,7 @@ def apply_catalog(
     if peer is None or (node_id is not None and peer.node_id != node_id):
         return None
     known = known_contents(session, (o.key for o in offered))
-    created = ensure_files(session, _missing(known, offered, manifests).values(), now=now)
+    created = _add_contents(session, known, _missing(known, offered, manifests), now=now)
     wanted: dict[tuple[int, str], Offered] = {}
     for entry in offered:
         key = entry.key
@@ -242,8 +247,42 @@ def record_contents(
     """
     known = known_contents(session, (o.key for o in offered))
     missing = _missing(known, offered, manifests)
-    ensure_files(session, missing.values(), now=now)
+    _add_contents(session, known, missing, now=now)
     return len(missing)
+
+
+def _add_contents(
+    session: Session,
+    known: dict[ContentKey, KnownContent],
+    missing: dict[ContentKey, HashedFile],
+    *,
+    now: float,
+) -> dict[ContentKey, int]:
+    """Insert the `files` rows (of contents not known) and chunk hashes of `missing`, as
+    `known` found them in this transaction; returns their file ids."""
+    conn = driver_connection(session)
+    ids: dict[ContentKey, int] = {}
+    for key, h in missing.items():
+        content = known.get(key)
+        if content is not None:
+            ids[key] = content.file_id
+            continue
+        cur = conn.execute(
+            "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (h.sha256, h.size, h.chunk_size, h.root, len(h.chunk_hashes), now),
+        )
+        assert cur.lastrowid is not None
+        ids[key] = cur.lastrowid
+    conn.executemany(
+        "INSERT OR IGNORE INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
+        (
+            (ids[key], i, size, digest)
+            for key, h in missing.items()
+            for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
+        ),
+    )
+    return ids
 
 
 def _missing(
@@ -291,36 +330,31 @@ def delete_orphan_files_after(
 def _replace_holdings(
     session: Session, peer_id: int, wanted: dict[tuple[int, str], Offered]
 ) -> None:
+    conn = driver_connection(session)
     existing = {
         (file_id, name): (hid, held, bits)
-        for hid, file_id, name, held, bits in session.execute(
-            select(
-                Holding.id, Holding.file_id, Holding.name, Holding.chunks_held, Holding.bitfield
-            ).where(Holding.peer_id == peer_id)
+        for hid, file_id, name, held, bits in conn.execute(
+            "SELECT id, file_id, name, chunks_held, bitfield FROM holdings WHERE peer_id = ?",
+            (peer_id,),
         )
     }
     gone = [row[0] for key, row in existing.items() if key not in wanted]
-    for start in range(0, len(gone), 500):
-        session.execute(delete(Holding).where(Holding.id.in_(gone[start : start + 500])))
+    for start in range(0, len(gone), SLICE):
+        part = gone[start : start + SLICE]
+        conn.execute(f"DELETE FROM holdings WHERE id IN ({','.join('?' * len(part))})", part)
     new, changed = [], []
     for (file_id, name), entry in wanted.items():
         row = existing.get((file_id, name))
         if row is None:
-            new.append(
-                {
-                    "peer_id": peer_id,
-                    "file_id": file_id,
-                    "name": name,
-                    "chunks_held": entry.chunks_held,
-                    "bitfield": entry.have,
-                }
-            )
+            new.append((peer_id, file_id, name, entry.chunks_held, entry.have))
         elif (row[1], row[2]) != (entry.chunks_held, entry.have):
-            changed.append({"id": row[0], "chunks_held": entry.chunks_held, "bitfield": entry.have})
-    if new:
-        session.execute(insert(Holding), new)
-    if changed:
-        session.execute(update(Holding), changed)
+            changed.append((entry.chunks_held, entry.have, row[0]))
+    conn.executemany(
+        "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
+        " VALUES (?, ?, ?, ?, ?)",
+        new,
+    )
+    conn.executemany("UPDATE holdings SET chunks_held = ?, bitfield = ? WHERE id = ?", changed)
 
 
 def _hashed(entry: Offered, hashes: list[str]) -> HashedFile:

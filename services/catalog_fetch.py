@@ -42,6 +42,11 @@ class Wanted:
     peer_id: int
     node_id: str
     version: int
+    # Where and how to reach it, as announced.
+    address: str
+    port: int
+    fingerprint: str | None
+    tls: bool
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,8 @@ class CatalogFetcher:
         with self.lock:
             if max(self.fetched.get(node, -1), self.inflight.get(node, -1)) >= wanted.version:
                 return
-            queued = self.queued.get(node)
-            if queued is not None:
-                if wanted.version > queued.version:
-                    self.queued[node] = wanted
+            if node in self.queued:
+                self.queued[node] = wanted  # the newest announcement says where it is now
                 return
             failed = self.failed.get(node)
             if failed is not None:  # retried when due (retry_due), at the newest version
@@ -145,8 +148,7 @@ class CatalogFetcher:
                 self._failed(wanted, "internal error")
                 continue
             self._done(wanted, got)
-            if got is not None:
-                self.deliver(got)
+            self.deliver(got)
 
     def _done(self, wanted: Wanted, got: FetchedCatalog | None) -> None:
         with self.lock:
@@ -166,15 +168,13 @@ class CatalogFetcher:
         if previous is None or previous[1] != error:
             log.warning("cannot fetch the catalog of peer %d: %s", wanted.peer_id, error)
 
-    def _fetch(self, wanted: Wanted) -> FetchedCatalog | None:
-        """The peer's catalog with the manifests of contents new here; None if it is gone."""
+    def _fetch(self, wanted: Wanted) -> FetchedCatalog:
+        """The peer's catalog, with the manifests of the contents new here.
+
+        Whether the peer is still known is the writer's to check when it applies it."""
         db = self.ctx.database
-        with db.read() as s:
-            endpoint = dbpeers.peer_endpoint(s, wanted.peer_id)
-        if endpoint is None or endpoint.node_id != wanted.node_id:
-            return None  # expired or replaced meanwhile
-        address, port = endpoint.address, endpoint.tcp_port
-        link = self.ctx.tls.link(endpoint.tls, endpoint.fingerprint)  # raises CannotTalk
+        address, port = wanted.address, wanted.port
+        link = self.ctx.tls.link(wanted.tls, wanted.fingerprint)  # raises CannotTalk
         started = time.monotonic()
         with PeerClient(address, port, key=self.ctx.settings.network_key, link=link) as client:
             client.deadline = time.monotonic() + FETCH_DEADLINE
