@@ -114,6 +114,13 @@ class CatalogFetcher:
                 del self.fetched[wanted.node_id]
         self._failed(wanted, error)
 
+    def not_recorded(self, wanted: Wanted, version: int) -> None:
+        """A fetched catalog found its peer gone: should the node come back under the same
+        id, its catalog is fetched again (its holdings went with it)."""
+        with self.lock:
+            if self.fetched.get(wanted.node_id) == max(version, wanted.version):
+                del self.fetched[wanted.node_id]
+
     def keep_only(self, live: set[str]) -> None:
         """Forget what was fetched from nodes no longer known (expired or replaced)."""
         with self.lock:

@@ -94,6 +94,7 @@ class ListenerWriter:
         self.announces = 0  # announcements queued
         self.catalogs = threading.BoundedSemaphore(MAX_PENDING_CATALOGS)
         self.orphans_dirty = False
+        self.sweep_soon = False  # peers left: sweep at once, not at next_sweep
         self.sweep_after: int | None = None  # files id the orphan sweep goes on from
         self.next_sweep = time.monotonic() + ORPHAN_EVERY
         self.thread = threading.Thread(target=self._loop, name="writer", daemon=True)
@@ -198,7 +199,9 @@ class ListenerWriter:
                 after.live = dbpeers.live_node_ids(s)
                 # What a peer that left offered goes at once (in the next slices), not
                 # at the next scheduled sweep: peers leave seldom, catalogs come often.
-                self.orphans_dirty, self.next_sweep = True, 0.0
+                # A sweep under way goes on, and a whole new one follows it, since rows
+                # it has passed may have become orphans only now.
+                self.orphans_dirty = self.sweep_soon = True
             return True
         return self._apply(s, job, after)
 
@@ -283,11 +286,10 @@ class ListenerWriter:
             log.info(
                 "new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8]
             )
-        for wanted in after.wanted:
-            self.fetcher.want(wanted)
         for catalog, kept in after.applied:
             self.catalogs.release()
             if kept is None:
+                self.fetcher.not_recorded(catalog.wanted, catalog.version)
                 continue
             log.info(
                 "catalog v%d of %s:%d: %d files, %d new contents, in %.2f s",
@@ -302,19 +304,23 @@ class ListenerWriter:
             log.info("peer %s silent for %.0f s: forgotten", name, self.ctx.settings.peer_ttl)
         if after.live is not None:
             self.fetcher.keep_only(after.live)
+        # Last, once the fetcher has forgotten what went with peers gone: a peer back
+        # under its old node id in this very transaction is then fetched again.
+        for wanted in after.wanted:
+            self.fetcher.want(wanted)
 
     # ------------------------------------------------------------ orphans
 
     def _sweep_due(self) -> bool:
         return self.sweep_after is not None or (
-            self.orphans_dirty and time.monotonic() >= self.next_sweep
+            self.orphans_dirty and (self.sweep_soon or time.monotonic() >= self.next_sweep)
         )
 
     def _sweep(self) -> float:
         """One slice of the orphan sweep, in its own transaction; returns its seconds."""
         started = time.monotonic()
         if self.sweep_after is None:
-            self.sweep_after, self.orphans_dirty = 0, False
+            self.sweep_after, self.orphans_dirty, self.sweep_soon = 0, False, False
         try:
             with self.ctx.database.write() as s:
                 _, last = dbpeers.delete_orphan_files_after(s, self.sweep_after, ORPHAN_SLICE)
