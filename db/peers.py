@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import ContentKey, HashedFile, orphan_file
@@ -36,6 +38,8 @@ class AnnounceOutcome:
     ignored: bool = False  # our own announcement, heard back
     refused: str | None = None  # why it changed nothing
 
+
+_T = TypeVar("_T")
 
 # Values bound in one IN (...): well under SQLite's limit on bound parameters.
 SLICE = 500
@@ -74,80 +78,125 @@ def record_announces(
 ) -> list[AnnounceOutcome]:
     """record_announce for each of many announcements, in order, with one lookup of the
     peers they name (a boot storm or a steady round of 1,000 peers is a few statements)."""
-    own = node_state(session).node_id
-    ids = sorted({h.node_id for h in heards})
-    known: dict[str, Peer] = {}
-    for start in range(0, len(ids), 500):
-        for peer in session.scalars(select(Peer).where(Peer.node_id.in_(ids[start : start + 500]))):
-            known[peer.node_id] = peer
-    out = []
-    for heard in heards:
-        if heard.node_id == own:
-            out.append(OWN)
-            continue
-        outcome = _record(session, heard, known.get(heard.node_id), now=now)
-        if outcome.new and outcome.peer_id is not None:
-            known[heard.node_id] = session.get_one(Peer, outcome.peer_id)
-        out.append(outcome)
+    state = node_state(session)
+    batch = _Batch(session, [h for h in heards if h.node_id != state.node_id])
+    out = [OWN if h.node_id == state.node_id else batch.record(h, now) for h in heards]
+    if batch.created:
+        state.announce_wanted_at = now  # the announcer answers newcomers at once
     return out
 
 
-def _record(session: Session, heard: Heard, peer: Peer | None, *, now: float) -> AnnounceOutcome:
-    if peer is not None:
-        if heard.seq <= peer.announce_seq:
-            return _refused(f"replayed announcement (seq {heard.seq})")
-        if heard.seq > peer.announce_seq + MAX_SEQ_JUMP:
-            return _refused(f"sequence number jumps from {peer.announce_seq} to {heard.seq}")
-        if (heard.username, heard.address) != (peer.username, peer.address):
-            # A node id is one run of one announcer: its name and address cannot change.
-            return _refused(f"node id already belongs to {peer.username} at {peer.address}")
-        if (heard.fingerprint, heard.tls) != (peer.fingerprint, peer.tls):
-            # Nor its identity: a restart keeps the certificate but takes a new node id.
-            return _refused(f"node id already belongs to the certificate {peer.fingerprint}")
-        peer.tcp_port = heard.tcp_port
-        peer.catalog_version, peer.announce_seq, peer.last_seen = (
-            heard.catalog_version,
-            heard.seq,
-            now,
-        )
-        # Only a newer version than the one we hold: a node's catalog version only grows
-        # (a restart is a new node id), so an equal or older one is nothing to fetch.
-        return AnnounceOutcome(peer.id, False, heard.catalog_version > peer.catalog_synced)
-    retired = session.get(RetiredNode, heard.node_id)
-    if retired is not None:
-        if retired.replaced:
-            return _refused("announcement from a node id that a restart replaced")
-        if heard.seq <= retired.last_seq:
-            return _refused(f"replayed announcement (seq {heard.seq}) of an expired peer")
-        session.delete(retired)  # an expired peer back after an outage
-    # A node restarted on the same endpoint is the same machine with a new id:
-    # its old self and everything that offered goes now, not after the TTL.
-    for old in session.scalars(
-        select(Peer).where(Peer.address == heard.address, Peer.tcp_port == heard.tcp_port)
-    ):
-        session.merge(
-            RetiredNode(
-                node_id=old.node_id, retired_at=now, last_seq=old.announce_seq, replaced=True
+def _slices(values: Sequence[_T], size: int = SLICE) -> Iterable[Sequence[_T]]:
+    return (values[start : start + size] for start in range(0, len(values), size))
+
+
+class _Batch:
+    """What record_announces looks up, read once for all of its announcements and kept
+    up to date as it goes. The ORM objects are held here: the session's identity map
+    keeps an unchanged object only while something refers to it, and each `get` of
+    one it dropped is a query."""
+
+    def __init__(self, session: Session, heards: Sequence[Heard]) -> None:
+        self.session = session
+        self.created = 0
+        ids = sorted({h.node_id for h in heards})
+        self.peers: dict[str, Peer] = {}
+        for part in _slices(ids):
+            for peer in session.scalars(select(Peer).where(Peer.node_id.in_(part))):
+                self.peers[peer.node_id] = peer
+        unknown = [n for n in ids if n not in self.peers]
+        self.retired: dict[str, RetiredNode] = {}
+        for part in _slices(unknown):
+            for node in session.scalars(select(RetiredNode).where(RetiredNode.node_id.in_(part))):
+                self.retired[node.node_id] = node
+        # Peers at the endpoints where new node ids announce (a restart there replaces them).
+        new = set(unknown)
+        ends = sorted({(h.address, h.tcp_port) for h in heards if h.node_id in new})
+        self.at: dict[tuple[str, int], list[Peer]] = {end: [] for end in ends}
+        for some in _slices(ends, SLICE // 2):
+            query = select(Peer).where(tuple_(Peer.address, Peer.tcp_port).in_(some))
+            for peer in session.scalars(query):
+                self.at[(peer.address, peer.tcp_port)].append(peer)
+
+    def record(self, heard: Heard, now: float) -> AnnounceOutcome:
+        peer = self.peers.get(heard.node_id)
+        if peer is not None:
+            before = (peer.address, peer.tcp_port)
+            outcome = _update(peer, heard, now)
+            if (peer.address, peer.tcp_port) != before:
+                self._moved(peer, before)
+            return outcome
+        return self._create(heard, now)
+
+    def _moved(self, peer: Peer, before: tuple[str, int]) -> None:
+        if before in self.at:
+            self.at[before].remove(peer)
+        if (peer.address, peer.tcp_port) in self.at:
+            self.at[(peer.address, peer.tcp_port)].append(peer)
+
+    def _create(self, heard: Heard, now: float) -> AnnounceOutcome:
+        session = self.session
+        retired = self.retired.get(heard.node_id)
+        if retired is not None:
+            if retired.replaced:
+                return _refused("announcement from a node id that a restart replaced")
+            if heard.seq <= retired.last_seq:
+                return _refused(f"replayed announcement (seq {heard.seq}) of an expired peer")
+            session.delete(retired)  # an expired peer back after an outage
+            del self.retired[heard.node_id]
+        # A node restarted on the same endpoint is the same machine with a new id:
+        # its old self and everything that offered goes now, not after the TTL.
+        here = self.at.setdefault((heard.address, heard.tcp_port), [])
+        for old in here:
+            self.retired[old.node_id] = session.merge(
+                RetiredNode(
+                    node_id=old.node_id, retired_at=now, last_seq=old.announce_seq, replaced=True
+                )
             )
+            session.delete(old)
+            self.peers.pop(old.node_id, None)
+        peer = Peer(
+            node_id=heard.node_id,
+            username=heard.username,
+            address=heard.address,
+            tcp_port=heard.tcp_port,
+            catalog_version=heard.catalog_version,
+            announce_seq=heard.seq,
+            catalog_synced=-1,
+            fingerprint=heard.fingerprint,
+            tls=heard.tls,
+            first_seen=now,
+            last_seen=now,
         )
-        session.delete(old)
-    peer = Peer(
-        node_id=heard.node_id,
-        username=heard.username,
-        address=heard.address,
-        tcp_port=heard.tcp_port,
-        catalog_version=heard.catalog_version,
-        announce_seq=heard.seq,
-        catalog_synced=-1,
-        fingerprint=heard.fingerprint,
-        tls=heard.tls,
-        first_seen=now,
-        last_seen=now,
+        session.add(peer)
+        session.flush()
+        here[:] = [peer]
+        self.peers[heard.node_id] = peer
+        self.created += 1
+        return AnnounceOutcome(peer.id, True, True)
+
+
+def _update(peer: Peer, heard: Heard, now: float) -> AnnounceOutcome:
+    """Refresh a known peer from its announcement, or say why it is refused."""
+    if heard.seq <= peer.announce_seq:
+        return _refused(f"replayed announcement (seq {heard.seq})")
+    if heard.seq > peer.announce_seq + MAX_SEQ_JUMP:
+        return _refused(f"sequence number jumps from {peer.announce_seq} to {heard.seq}")
+    if (heard.username, heard.address) != (peer.username, peer.address):
+        # A node id is one run of one announcer: its name and address cannot change.
+        return _refused(f"node id already belongs to {peer.username} at {peer.address}")
+    if (heard.fingerprint, heard.tls) != (peer.fingerprint, peer.tls):
+        # Nor its identity: a restart keeps the certificate but takes a new node id.
+        return _refused(f"node id already belongs to the certificate {peer.fingerprint}")
+    peer.tcp_port = heard.tcp_port
+    peer.catalog_version, peer.announce_seq, peer.last_seen = (
+        heard.catalog_version,
+        heard.seq,
+        now,
     )
-    session.add(peer)
-    session.flush()
-    node_state(session).announce_wanted_at = now
-    return AnnounceOutcome(peer.id, True, True)
+    # Only a newer version than the one we hold: a node's catalog version only grows
+    # (a restart is a new node id), so an equal or older one is nothing to fetch.
+    return AnnounceOutcome(peer.id, False, heard.catalog_version > peer.catalog_synced)
 
 
 def _refused(reason: str) -> AnnounceOutcome:
@@ -214,8 +263,9 @@ def apply_catalog(
     only manifests that proved their root), or whose size contradicts what we already
     know of that content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
     """
-    peer = session.get(Peer, peer_id)
-    if peer is None or (node_id is not None and peer.node_id != node_id):
+    conn = driver_connection(session)
+    row = conn.execute("SELECT node_id FROM peers WHERE id = ?", (peer_id,)).fetchone()
+    if row is None or (node_id is not None and row[0] != node_id):
         return None
     known = known_contents(session, (o.key for o in offered))
     created = _add_contents(session, known, _missing(known, offered, manifests), now=now)
@@ -229,7 +279,12 @@ def apply_catalog(
         if file_id is not None:
             wanted[(file_id, entry.name)] = entry
     _replace_holdings(session, peer_id, wanted)
-    peer.catalog_synced = version
+    conn.execute("UPDATE peers SET catalog_synced = ? WHERE id = ?", (version, peer_id))
+    # Plain sqlite3 (an ORM `get` per catalog cost as much as the rest): a Peer this
+    # session still holds learns the new value too.
+    cached = session.identity_map.get(session.identity_key(Peer, peer_id))
+    if cached is not None:
+        set_committed_value(cached, "catalog_synced", version)
     return len(wanted)
 
 
