@@ -53,7 +53,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodes import CONF, ROLES, BenchNode, beside_python, wait_for  # noqa: E402
-from procstat import run_timed  # noqa: E402
+from procstat import cpu_seconds, run_timed  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SIMLAN = HERE.parent / "tests" / "integration" / "simlan.py"
@@ -236,6 +236,7 @@ class BigLan:
             steady,
         )
         self.rows: list[LanRow] = []
+        self.sim_cpu = 0.0
 
     def row(
         self, what: str, measured: str, reference: str = "-", ratio: str = "-", **kw: Any
@@ -289,6 +290,7 @@ class BigLan:
     def storm(self, sim: SimLanProcess, seeder: BenchNode, leech: BenchNode, big: Path,
               quiet: list[tuple[float, float, float]]) -> None:  # fmt: skip
         listener_cpu = leech.cpu_seconds("listener")
+        sim_cpu = cpu_seconds(sim.proc.pid)
         began = sim.go()
         watch = Watch(leech, sim.peers, sim.offers, began)
         watch.start()
@@ -299,6 +301,7 @@ class BigLan:
         watch.stop.set()
         watch.join(30)
         storm_cpu = leech.cpu_seconds("listener") - listener_cpu
+        self.sim_cpu = cpu_seconds(sim.proc.pid) - sim_cpu
         after_storm = sim.stats()
         size_after = db_bytes(leech)
         files_out = leech.p2pctl("files", "--json").stdout
@@ -376,6 +379,8 @@ class BigLan:
                  lan_goal="alive", value=watch.oldest_beat)  # fmt: skip
         self.row("listener CPU-s: the storm / a steady round", f"{cpu[0]:.2f} / {cpu[1]:.2f} s",
                  goal=f"{n / 60:.0f} announcements/s steady")  # fmt: skip
+        self.row("simulated LAN's own CPU-s during the storm (other machines' work)",
+                 f"{self.sim_cpu:.2f} s")  # fmt: skip
         udp = stats[1]["announcements"]
         self.row("database after the storm (p2p.db + WAL)", f"{size_after / MIB:.1f} MiB",
                  goal=f"{size_after / max(offers, 1):.0f} bytes an offer")  # fmt: skip
