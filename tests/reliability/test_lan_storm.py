@@ -1,6 +1,6 @@
 """Issue 22 item 7: a boot storm of simulated peers while a real download runs under supervisord.
 
-500 simulated peers (tests/integration/simlan.py: one process, the node's own wire format
+1,000 simulated peers (tests/integration/simlan.py: one process, the node's own wire format
 on loopback, 10 files each) all announce within 2 s, and again a moment later, at a
 leecher run by supervisord with the node's settings while it downloads a file from a
 real seeder, also under supervisord. The seeder sits behind a chunk gate
@@ -29,7 +29,7 @@ from simlan import SimLan
 
 pytestmark = pytest.mark.reliability
 
-PEERS = 500
+PEERS = 1000
 FILES = 10
 CHUNK = 256 * 1024
 SIZE = 128 * CHUNK  # 32 MiB
