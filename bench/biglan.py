@@ -199,6 +199,44 @@ class Watch(threading.Thread):
                 self.done.set()
 
 
+class RunQueueWait(threading.Thread):
+    """Seconds the threads of some processes spent runnable but not running (waiting for a
+    CPU), from /proc/PID/task/TID/schedstat sampled every SAMPLE_EVERY: what separates
+    a download slowed by a busy CPU from one slowed by waiting on a lock (a thread
+    asleep in SQLite's busy handler is not on a run queue). A thread that ends between
+    two samples loses at most its last SAMPLE_EVERY."""
+
+    SAMPLE_EVERY = 0.02
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.first: dict[tuple[int, int], int] = {}
+        self.last: dict[tuple[int, int], int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._sample()
+            self.stop.wait(self.SAMPLE_EVERY)
+        self._sample()
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        text = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+                        waited = int(text.split()[1])
+                        self.first.setdefault((pid, int(tid)), waited)
+                        self.last[(pid, int(tid))] = waited
+
+    def seconds(self) -> float:
+        self.stop.set()
+        self.join(5)
+        return sum(self.last[k] - self.first[k] for k in self.last) / 1e9
+
+
 def supervisorctl(node: BenchNode, *args: str) -> None:
     subprocess.run(
         [beside_python("supervisorctl"), "-c", str(CONF), *args],
@@ -249,13 +287,19 @@ class BigLan:
         self.rows.append(row)
         self.bench.rows.append(row)
 
-    def download(self, leech: BenchNode, big: Path) -> tuple[float, float, float]:
-        """One `p2pctl download big.bin`: (start time, MB/s, downloader CPU-s per GiB)."""
+    def download(
+        self, leech: BenchNode, seeder: BenchNode, big: Path
+    ) -> tuple[float, float, float, float]:
+        """One `p2pctl download big.bin`: (start time, MB/s, downloader CPU-s per GiB, seconds
+        the leecher's downloader and the seeder's server waited for a CPU)."""
         started = time.time()
+        waits = RunQueueWait([leech.role_pid("downloader"), seeder.role_pid("server")])
+        waits.start()
         got = self.bench.download(leech, big.name, ((leech, "downloader"),), size=self.size)
+        waited = waits.seconds()
         self.bench.verify(leech, big.name, big)
         leech.forget_download(big.name)
-        return started, self.size / got.seconds / 1e6, got.cpu[0] * GIB / self.size
+        return started, self.size / got.seconds / 1e6, got.cpu[0] * GIB / self.size, waited
 
     def run(self) -> None:
         root = Path(self.bench.root) / "biglan"
@@ -283,7 +327,7 @@ class BigLan:
             # its own CPU. Here its listener would take the leecher's cores (and fetch every
             # catalog too), so it stops; the leecher alone hears the storm.
             supervisorctl(seeder, "stop", "p2p:listener")
-            quiet = [self.download(leech, big) for _ in range(QUIET_REPS)]
+            quiet = [self.download(leech, seeder, big) for _ in range(QUIET_REPS)]
             self.storm(sim, seeder, leech, big, quiet)
         finally:
             sim.close()
@@ -291,7 +335,7 @@ class BigLan:
                 n.stop()
 
     def storm(self, sim: SimLanProcess, seeder: BenchNode, leech: BenchNode, big: Path,
-              quiet: list[tuple[float, float, float]]) -> None:  # fmt: skip
+              quiet: list[tuple[float, float, float, float]]) -> None:  # fmt: skip
         listener_cpu = leech.cpu_seconds("listener")
         sim_cpu = cpu_seconds(sim.proc.pid)
         # Whole tables counted, against what the leecher held before the storm (the
@@ -304,7 +348,7 @@ class BigLan:
         watch.start()
         stormy = []
         while not watch.done.is_set() and time.time() - began < 300:
-            stormy.append(self.download(leech, big))
+            stormy.append(self.download(leech, seeder, big))
         wait_for(watch.done.is_set, 600, "the leecher to record every offer", 0.1)
         watch.stop.set()
         watch.join(30)
@@ -336,8 +380,8 @@ class BigLan:
         self,
         sim: SimLanProcess,
         watch: Watch,
-        quiet: list[tuple[float, float, float]],
-        stormy: list[tuple[float, float, float]],
+        quiet: list[tuple[float, float, float, float]],
+        stormy: list[tuple[float, float, float, float]],
         cpu: tuple[float, float],
         stats: tuple[dict[str, Any], dict[str, Any]],
         cli: tuple[list[float], list[float], list[float], int],
@@ -369,6 +413,14 @@ class BigLan:
             lan_goal="download",
             value=st / q,
             raw={"quiet": quiet, "storm": stormy},
+        )
+        qwait, swait = median([r[3] for r in quiet]), median([r[3] for r in stormy])
+        self.row(
+            "seconds the downloader and the seeder's server waited for a CPU, a download",
+            f"{swait:.2f} s in the storm",
+            f"{qwait:.2f} s quiet",
+            f"+{swait - qwait:.2f} s",
+            goal=f"download wall +{self.size / st / 1e6 - self.size / q / 1e6:.2f} s",
         )
         self.row(
             "downloader CPU-s/GiB during the storm vs quiet",
