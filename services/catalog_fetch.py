@@ -128,6 +128,12 @@ class CatalogFetcher:
                 for node in [n for n in table if n not in live]:
                     del table[node]
 
+    def knows(self, node_id: str) -> bool:
+        """This node's catalog was fetched, is being fetched, is queued or failed."""
+        with self.lock:
+            tables = (self.fetched, self.inflight, self.queued, self.failed)
+            return any(node_id in table for table in tables)
+
     def pending(self) -> int:
         with self.lock:
             return len(self.queue) + len(self.inflight)

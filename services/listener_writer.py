@@ -49,7 +49,8 @@ MAX_PENDING_CATALOGS = 16
 MAX_PENDING_ANNOUNCES = 50_000
 IDLE_WAIT = 0.25
 # Announcements are gathered this long before they are written: last_seen a tenth of a
-# second late is nothing against P2P_PEER_TTL, and a newcomer is still heard at once.
+# second late is nothing against P2P_PEER_TTL. A newcomer's is written at once (issue 22:
+# discovery from node start <= 2 s).
 GATHER_SECONDS = 0.1
 RETRY_EVERY = 1.0  # failed fetches due again are looked for this often
 STOP_WAIT = 5.0  # seconds the role waits for the writer's last transaction
@@ -61,6 +62,7 @@ class Heard:
 
     items: deque[tuple[protocol.Announce, str]]
     at: float = field(default_factory=time.monotonic)
+    newcomer: bool = False  # from a node whose catalog this listener never fetched
 
 
 @dataclass
@@ -118,11 +120,12 @@ class ListenerWriter:
 
     def put_heard(self, heard: list[tuple[protocol.Announce, str]]) -> None:
         """Queue announcements; waits while MAX_PENDING_ANNOUNCES are already queued."""
+        newcomer = any(not self.fetcher.knows(ann.node_id) for ann, _ in heard)
         with self.lock:
             while self.announces >= MAX_PENDING_ANNOUNCES and not self.ctx.stop.is_set():
                 self.lock.wait(IDLE_WAIT)
             self.announces += len(heard)
-            self.jobs.append(Heard(deque(heard)))
+            self.jobs.append(Heard(deque(heard), newcomer=newcomer))
             self.lock.notify_all()
 
     def put_expire(self, now: float) -> None:
@@ -172,7 +175,7 @@ class ListenerWriter:
         written as they come, each would cost a transaction of its own."""
         if not self.jobs or self.announces >= ANNOUNCES_PER_STEP:
             return 0.0
-        if any(not isinstance(job, Heard) for job in self.jobs):
+        if any(not isinstance(job, Heard) or job.newcomer for job in self.jobs):
             return 0.0
         first = self.jobs[0]
         assert isinstance(first, Heard)

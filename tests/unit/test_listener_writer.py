@@ -233,3 +233,20 @@ def test_a_peer_gone_while_its_catalog_was_fetched_is_fetched_again_when_back(
     node.writer.put_heard([announce(a, 2, 1)])  # back after an outage, same node id
     wait_for("its holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt"])
     assert lan.fetches == {(a, 1): 2}
+
+
+def test_a_newcomer_is_written_without_waiting_for_more(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Announcements of known peers wait to be gathered; a newcomer's must not.
+    monkeypatch.setattr(listener_writer, "GATHER_SECONDS", 10 * WAIT)
+    a, b = "a" * 32, "b" * 32
+    lan.catalogs[a] = {1: ["one.txt"]}
+    lan.catalogs[b] = {1: ["two.txt"]}
+    node.writer.start()
+    node.writer.put_heard([announce(a, 1, 1)])
+    wait_for("a's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt"])
+    node.writer.put_heard([announce(a, 2, 1)])  # known now: may wait to be gathered
+    node.writer.put_heard([announce(b, 1, 1, 5001)])  # a newcomer behind it
+    wait_for("b's holdings", lambda: node.holdings("u-bbbbbb") == ["two.txt"])
+    assert node.seq("u-aaaaaa") == 2
