@@ -36,6 +36,7 @@ from typing import Any
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from biglan import biglan  # noqa: E402
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
 from many import many  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
@@ -1022,6 +1023,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "catalog": Bench.catalog,
     "encrypted": Bench.encrypted,
     "many": many,  # issue 25: a folder of many small files (bench/many.py)
+    "biglan": biglan,  # issue 22: 1,000 peers waking at once (bench/biglan.py)
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli
@@ -1065,6 +1067,7 @@ def main() -> None:
     )
     parser.add_argument("--pin-cpu", default="0", help="CPU for the `pinned` scenario")
     parser.add_argument("--many-files", type=int, nargs="+", default=[1000], help="`many`: N ...")
+    parser.add_argument("--biglan-peers", type=int, default=1000, help="`biglan`: N peers")
     args = parser.parse_args()
     if fs_type(args.tmp_dir) != "tmpfs":
         print(f"note: {args.tmp_dir} is {fs_type(args.tmp_dir)}, not tmpfs", flush=True)
@@ -1072,6 +1075,7 @@ def main() -> None:
     root.chmod(0o755)  # nginx's workers run as an unprivileged user and must read the file
     bench = Bench(root, args.size_mib * MIB, args.reps, args.disk_dir, args.pin_cpu)
     bench.many_files = args.many_files  # type: ignore[attr-defined]
+    bench.biglan_peers = args.biglan_peers  # type: ignore[attr-defined]
     ran = args.only or list(SCENARIOS)
     load = [os.getloadavg()]
     try:

@@ -16,6 +16,8 @@ from typing import Any
 
 from procstat import cpu_seconds, peak_rss_mb
 
+from p2pshare.cli.supervise import wake_supervisord
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "supervisord.conf"
 LOOPBACK = "127.0.0.1"
@@ -102,6 +104,9 @@ class BenchNode:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        # As `p2pctl start` does: supervisord spawns its programs at once, not after a
+        # second's wait for a first event (cli/supervise.py).
+        wake_supervisord(self.home / "supervisor.sock")
         return started
 
     def wait_ready(self, timeout: float = 120) -> None:

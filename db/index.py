@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar, cast
 
-from sqlalchemy import Table, delete, exists, insert, select
+from sqlalchemy import ColumnElement, Table, delete, exists, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
@@ -213,12 +213,16 @@ def remove_local_files(session: Session, root: str, names: Iterable[str]) -> int
     return removed
 
 
-def delete_orphan_files(session: Session) -> int:
-    """Delete `files` rows (and their chunks) that nothing refers to any more."""
-    orphan = (
+def orphan_file() -> ColumnElement[bool]:
+    """True for a `files` row that nothing refers to any more."""
+    return (
         ~exists().where(LocalFile.file_id == File.id)
         & ~exists().where(Holding.file_id == File.id)
         & ~exists().where(Download.file_id == File.id)
     )
-    result = session.execute(delete(File).where(orphan))
+
+
+def delete_orphan_files(session: Session) -> int:
+    """Delete `files` rows (and their chunks) that nothing refers to any more."""
+    result = session.execute(delete(File).where(orphan_file()))
     return result.rowcount or 0  # type: ignore[attr-defined]

@@ -146,9 +146,14 @@ def test_stopped_node_is_forgotten_after_peer_ttl(make_node, wait_until):
     # last_seen read here is never later than b's last one), however slow the machine.
     retired_at = b.scalar("SELECT retired_at FROM retired_nodes WHERE node_id = ?", (a_id,))
     assert retired_at - max(seen) >= 3, (retired_at, max(seen))
-    # What it offered went with it: no holdings, and its file's content is orphaned and gone.
+    # What it offered went with it: no holdings, and its file's content is orphaned and gone
+    # (swept by the listener's writer in its next transactions, after the peer's).
     assert b.scalar("SELECT count(*) FROM holdings") == 0
-    assert b.scalar("SELECT count(*) FROM files") == 0
+    wait_until(
+        lambda: b.scalar("SELECT count(*) FROM files") == 0,
+        DISCOVERY_TIMEOUT,
+        what="the orphaned content to be swept",
+    )
     assert "forgotten" in b.log("listener")
 
 

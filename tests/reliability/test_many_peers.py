@@ -313,9 +313,16 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
             if retired[p.node_id] - last_seen.seen[p.node_id] < PEER_TTL
         }
         assert not early, f"peers forgotten less than {PEER_TTL:g} s after last heard: {early}"
-        assert {
-            t: x.scalar(f"SELECT count(*) FROM {t}") for t in ("holdings", "files", "chunks")
-        } == {"holdings": 0, "files": 0, "chunks": 0}
+        # Holdings go with their peer; files rows nothing refers to any more are swept by
+        # the listener's writer in slices right after (services/listener_writer.py).
+        assert x.scalar("SELECT count(*) FROM holdings") == 0
+        wait_until(
+            lambda: x.scalar("SELECT count(*) FROM files") == 0,
+            RECORD_TIMEOUT,
+            interval=0.1,
+            what="the files rows of the 500 peers gone to be swept",
+        )
+        assert x.scalar("SELECT count(*) FROM chunks") == 0
         assert x.p2pctl_json("files") == []
         listener_log = x.log("listener")
         assert forgotten(x) >= PEERS + expired_while_announcing

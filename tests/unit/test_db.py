@@ -311,6 +311,44 @@ def test_new_node_id_on_the_same_endpoint_replaces_the_old_peer(
     assert sql(db_path, "SELECT count(*) FROM holdings") == [(0,)]
 
 
+def test_record_announces_in_one_batch_agrees_with_one_at_a_time(
+    db: Database, db_path: Path
+) -> None:
+    """A batch sees its own earlier announcements: restarts, moves and replays within it."""
+    batch = [
+        heard(NODE_A, seq=1, port=5001),
+        heard(NODE_A, seq=2, port=5003),  # moves to another port
+        heard("c" * 32, seq=1, port=5001, user="carol"),  # the old port: nobody there now
+        heard(NODE_B, seq=1, port=5003),  # a restart where A is now: A goes
+        heard(NODE_A, seq=3, port=5003),  # the replaced id again
+        heard(NODE_B, seq=1, port=5003),  # a replay
+        heard(NODE_B, seq=2, port=5003, cv=2),
+        heard(OWN),
+    ]
+    with db.write() as s:
+        set_node_id(s, OWN, now=NOW)
+    with db.write() as s:
+        together = dbpeers.record_announces(s, batch, now=NOW)
+    rows = peer_rows(db_path)
+    other = db_path.parent / "one-by-one.db"
+    alone = Database.open(other)
+    try:
+        with alone.write() as s:
+            set_node_id(s, OWN, now=NOW)
+        singly = []
+        for h in batch:
+            with alone.write() as s:
+                singly.append(dbpeers.record_announce(s, h, now=NOW))
+    finally:
+        alone.close()
+    assert [(o.new, o.needs_catalog, o.ignored, o.refused) for o in together] == [
+        (o.new, o.needs_catalog, o.ignored, o.refused) for o in singly
+    ]
+    assert [o.refused is not None for o in together] == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert rows == peer_rows(other)
+    assert [(r[0], r[3], r[4]) for r in rows] == [(NODE_B, 5003, 2), ("c" * 32, 5001, 1)]
+
+
 def test_expire_peers_deletes_silent_peers_and_their_holdings(db: Database, db_path: Path) -> None:
     add_peer_holding(db, NODE_A, b"silent" * 1000, now=NOW - 100)
     fresh = add_peer_holding(db, NODE_B, b"fresh" * 1000, now=NOW, port=5002)

@@ -1,0 +1,508 @@
+"""Issue 22's `biglan` scenario: a node on a big LAN, as 1,000 machines wake at once.
+
+    python bench/biglan.py [--peers 1000] [--files 20] [--size-mib 256] [--steady 65]
+                           [--tmp-dir /dev/shm]
+
+N simulated peers (tests/integration/simlan.py, one child process speaking the node's
+own wire format on loopback: UDP announcements to 127.255.255.255 on the nodes' UDP
+port, each peer's catalog and manifests over TCP on 127.0.0.1) with F files each (one
+they all share, F - 1 of their own) all announce within 2 s, and again a moment later
+(a real node answers the newcomers it hears), then every 60 s, each at its own phase.
+Two real nodes with the node's defaults run under supervisord (bench/nodes.py): a
+seeder sharing a 256 MiB file and a leecher. The seeder stands for another machine,
+which would hear the storm on its own CPU: its listener is stopped once the leecher
+knows the file, so only the leecher hears the storm and fetches the catalogs. The
+leecher downloads the file with `p2pctl download` as a user types it three times
+before the storm (quiet), then over and over from the storm's first datagram until it
+has recorded every offer (storm).
+
+Printed, as a table, with issue 22's goals met or missed:
+- seconds from the storm's start until the leecher's `peers` holds all N, and until
+  `holdings` holds all N x F offers;
+- catalogs fetched per peer and announced version (counted by the simulated peers),
+  after the storm and after one steady round;
+- the download's MB/s and the downloader's CPU-seconds per GiB, storm against quiet;
+- `p2pctl files --json` and `p2pctl status --json` wall seconds on the leecher (medians
+  after the storm; status also taken every second during it, its slowest), against
+  `python -c 'import click, tabulate'` measured alike;
+- the oldest heartbeat of any role seen during the storm (p2pctl calls a role dead past
+  10 s), the listener's CPU-seconds for the storm and for one steady minute, the database
+  size, and the UDP and catalog bytes the simulated LAN sent.
+bench/bench.py runs it as `--only biglan` (then `--biglan-peers` sets N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nodes import CONF, ROLES, BenchNode, beside_python, wait_for  # noqa: E402
+from procstat import cpu_seconds, run_timed  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SIMLAN = HERE.parent / "tests" / "integration" / "simlan.py"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+SIZE = 256 * MIB
+PEERS = 1000
+FILES = 20
+QUIET_REPS = 3
+CLI_REPS = 3
+STEADY_SECONDS = 65.0  # from the storm's start: one steady round (at 60 s) included
+ROUND_SECONDS = 60.0  # simlan.py's announcement interval (the node's default)
+STATUS_EVERY = 1.0  # `p2pctl status --json` during the storm
+WATCH_EVERY = 0.05  # polling the leecher's tables
+ALIVE_WITHIN = 10.0  # db/roles.py: a role silent longer is reported dead
+REFERENCE = ["-c", "import click, tabulate"]
+# Issue 22's goals: key -> (text, comparison, threshold).
+GOALS: dict[str, tuple[str, str, float]] = {
+    "peers": ("all peers in `peers` <= 5 s after the storm began", "<=", 5.0),
+    "offers": ("all offers in `holdings` <= 10 s", "<=", 10.0),
+    "fetches": ("catalogs fetched: one per peer and version", "<=", 1.0),
+    "download": ("download during the storm >= 0.8x quiet", ">=", 0.8),
+    "files": ("`p2pctl files --json` <= 1.0 s", "<=", 1.0),
+    "status": ("`p2pctl status --json` <= 0.5 s", "<=", 0.5),
+    "alive": ("no role reported dead (oldest heartbeat <= 10 s)", "<=", ALIVE_WITHIN),
+}
+
+
+@dataclass
+class LanRow:
+    """A table row, shaped like bench.py's Row so both print and serialize alike."""
+
+    scenario: str
+    p2pshare: str
+    reference: str
+    ratio: str
+    rss: str = ""
+    goal: str = ""
+    raw: dict[str, object] = field(default_factory=dict)
+    goal_key: str = ""  # a key of bench.py's GOALS: never set here
+    value: float | None = None
+    lan_goal: str = ""  # a key of GOALS above
+
+    @property
+    def met(self) -> str:
+        if not self.lan_goal or self.value is None:
+            return ""
+        _text, op, threshold = GOALS[self.lan_goal]
+        ok = self.value >= threshold if op == ">=" else self.value <= threshold
+        return "met" if ok else "MISSED"
+
+
+class SimLanProcess:
+    """tests/integration/simlan.py as a child process, driven line by line."""
+
+    def __init__(self, peers: int, files: int, udp_port: int) -> None:
+        args = [sys.executable, str(SIMLAN), "--udp-port", str(udp_port)]
+        args += ["--peers", str(peers), "--files", str(files)]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.peers = self.offers = self.catalog_bytes = 0
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simlan.py exited ({self.proc.wait()})")
+        return line.strip()
+
+    def _say(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def ready(self) -> None:
+        _, peers, offers, catalog_bytes = self._line().split()
+        self.peers, self.offers, self.catalog_bytes = int(peers), int(offers), int(catalog_bytes)
+
+    def go(self) -> float:
+        self._say("go")
+        return float(self._line().split()[1])
+
+    def stats(self) -> dict[str, Any]:
+        self._say("stats")
+        return dict(json.loads(self._line()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._say("stop")
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Watch(threading.Thread):
+    """Polls the leecher during the storm: when all peers and all offers were recorded,
+    the oldest heartbeat seen, and `p2pctl status --json` every STATUS_EVERY seconds."""
+
+    def __init__(self, node: BenchNode, peers: int, offers: int, began: float) -> None:
+        super().__init__(daemon=True)
+        self.node, self.peers, self.offers, self.began = node, peers, offers, began
+        self.conn: sqlite3.Connection | None = None
+        self.peers_at: float | None = None
+        self.offers_at: float | None = None
+        self.oldest_beat = 0.0
+        self.status_seconds: list[float] = []
+        self.stop = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        next_status = time.time()
+        while not self.stop.is_set():
+            now = time.time()
+            with contextlib.suppress(sqlite3.Error, OSError):  # retried on the next tick
+                self._look(now)
+            if self.offers_at is None and now >= next_status:
+                self.status_seconds.append(
+                    run_timed(ctl(self.node, "status", "--json"), self.node.env)[0]
+                )
+                next_status = time.time() + STATUS_EVERY
+            self.stop.wait(WATCH_EVERY)
+        if self.conn is not None:
+            self.conn.close()
+
+    def _look(self, now: float) -> None:
+        if self.conn is None:  # one connection, read-only, kept for the whole storm
+            self.conn = sqlite3.connect(f"file:{self.node.home / 'p2p.db'}?mode=ro", uri=True)
+        beats = self.conn.execute("SELECT role, beat_at FROM heartbeats").fetchall()
+        ages = [now - at for role, at in beats if role in ROLES]
+        if ages:
+            self.oldest_beat = max(self.oldest_beat, *ages)
+        if self.peers_at is None:
+            n = self.conn.execute("SELECT count(*) FROM peers").fetchone()[0]
+            if n >= self.peers:
+                self.peers_at = time.time() - self.began
+        if self.peers_at is not None and self.offers_at is None:
+            n = self.conn.execute("SELECT count(*) FROM holdings").fetchone()[0]
+            if n >= self.offers:
+                self.offers_at = time.time() - self.began
+                self.done.set()
+
+
+class RunQueueWait(threading.Thread):
+    """Seconds the threads of some processes spent runnable but not running (waiting for a
+    CPU), from /proc/PID/task/TID/schedstat sampled every SAMPLE_EVERY: what separates
+    a download slowed by a busy CPU from one slowed by waiting on a lock (a thread
+    asleep in SQLite's busy handler is not on a run queue). A thread that ends between
+    two samples loses at most its last SAMPLE_EVERY."""
+
+    SAMPLE_EVERY = 0.02
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.first: dict[tuple[int, int], int] = {}
+        self.last: dict[tuple[int, int], int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._sample()
+            self.stop.wait(self.SAMPLE_EVERY)
+        self._sample()
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        text = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+                        waited = int(text.split()[1])
+                        self.first.setdefault((pid, int(tid)), waited)
+                        self.last[(pid, int(tid))] = waited
+
+    def seconds(self) -> float:
+        self.stop.set()
+        self.join(5)
+        return sum(self.last[k] - self.first[k] for k in self.last) / 1e9
+
+
+def supervisorctl(node: BenchNode, *args: str) -> None:
+    subprocess.run(
+        [beside_python("supervisorctl"), "-c", str(CONF), *args],
+        env=node.env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def ctl(node: BenchNode, *args: str) -> list[str]:
+    return [*node.pin, beside_python("p2pctl"), *args]
+
+
+def write_random(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(MIB)
+    with path.open("wb") as f:
+        for i in range(size // MIB):
+            f.write(block[i % 97 :] + block[: i % 97])  # distinct chunks, cheaply
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def db_bytes(node: BenchNode) -> int:
+    return sum(p.stat().st_size for p in node.home.glob("p2p.db*") if p.is_file())
+
+
+class BigLan:
+    def __init__(self, bench: Any, peers: int, files: int, size: int, steady: float) -> None:
+        self.bench, self.peers, self.files, self.size, self.steady = (
+            bench,
+            peers,
+            files,
+            size,
+            steady,
+        )
+        self.rows: list[LanRow] = []
+        self.sim_cpu = 0.0
+
+    def row(
+        self, what: str, measured: str, reference: str = "-", ratio: str = "-", **kw: Any
+    ) -> None:
+        goal = GOALS[kw["lan_goal"]][0] if kw.get("lan_goal") else kw.pop("goal", "")
+        row = LanRow(f"biglan: {what}", measured, reference, ratio, goal=goal, **kw)
+        self.rows.append(row)
+        self.bench.rows.append(row)
+
+    def download(
+        self, leech: BenchNode, seeder: BenchNode, big: Path
+    ) -> tuple[float, float, float, float]:
+        """One `p2pctl download big.bin`: (start time, MB/s, downloader CPU-s per GiB, seconds
+        the leecher's downloader and the seeder's server waited for a CPU)."""
+        started = time.time()
+        waits = RunQueueWait([leech.role_pid("downloader"), seeder.role_pid("server")])
+        waits.start()
+        got = self.bench.download(leech, big.name, ((leech, "downloader"),), size=self.size)
+        waited = waits.seconds()
+        self.bench.verify(leech, big.name, big)
+        leech.forget_download(big.name)
+        return started, self.size / got.seconds / 1e6, got.cpu[0] * GIB / self.size, waited
+
+    def run(self) -> None:
+        root = Path(self.bench.root) / "biglan"
+        big = root / "data" / "big.bin"
+        write_random(big, self.size)
+        seeder = BenchNode(root, "lan-seed", self.bench.udp)
+        leech = BenchNode(root, "lan-leech", self.bench.udp)
+        self.bench.nodes += [seeder, leech]
+        os.link(big, seeder.share / big.name)
+        t0 = time.perf_counter()
+        sim = SimLanProcess(self.peers, self.files, self.bench.udp)
+        try:
+            sim.ready()
+            print(
+                f"simulated {sim.peers} peers, {sim.offers} offers "
+                f"in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+            for n in (seeder, leech):
+                n.start()
+            for n in (seeder, leech):
+                n.wait_ready()
+            wait_for(lambda: leech.knows(big.name), 60, "the leecher to know big.bin")
+            # The seeder stands for another machine: on a real LAN it hears the storm on
+            # its own CPU. Here its listener would take the leecher's cores (and fetch every
+            # catalog too), so it stops; the leecher alone hears the storm.
+            supervisorctl(seeder, "stop", "p2p:listener")
+            quiet = [self.download(leech, seeder, big) for _ in range(QUIET_REPS)]
+            self.storm(sim, seeder, leech, big, quiet)
+        finally:
+            sim.close()
+            for n in (seeder, leech):
+                n.stop()
+
+    def storm(self, sim: SimLanProcess, seeder: BenchNode, leech: BenchNode, big: Path,
+              quiet: list[tuple[float, float, float, float]]) -> None:  # fmt: skip
+        listener_cpu = leech.cpu_seconds("listener")
+        sim_cpu = cpu_seconds(sim.proc.pid)
+        # Whole tables counted, against what the leecher held before the storm (the
+        # seeder and its file): a plain count(*) is what the watch can afford every
+        # WATCH_EVERY without taking CPU from the download it measures.
+        peers = sim.peers + leech.scalar("SELECT count(*) FROM peers")
+        offers = sim.offers + leech.scalar("SELECT count(*) FROM holdings")
+        began = sim.go()
+        watch = Watch(leech, peers, offers, began)
+        watch.start()
+        stormy = []
+        while not watch.done.is_set() and time.time() - began < 300:
+            stormy.append(self.download(leech, seeder, big))
+        wait_for(watch.done.is_set, 600, "the leecher to record every offer", 0.1)
+        watch.stop.set()
+        watch.join(30)
+        storm_cpu = leech.cpu_seconds("listener") - listener_cpu
+        self.sim_cpu = cpu_seconds(sim.proc.pid) - sim_cpu
+        after_storm = sim.stats()
+        size_after = db_bytes(leech)
+        files_out = leech.p2pctl("files", "--json").stdout
+        ref = [run_timed([sys.executable, *REFERENCE], leech.env)[0] for _ in range(CLI_REPS)]
+        files = [run_timed(ctl(leech, "files", "--json"), leech.env)[0] for _ in range(CLI_REPS)]
+        status = [run_timed(ctl(leech, "status", "--json"), leech.env)[0] for _ in range(CLI_REPS)]
+        # One steady round: every peer announces once more, at the same catalog version
+        # (the first that begins after the storm was recorded: 10,000 peers take longer
+        # than a round).
+        steady_end = began + self.steady
+        while steady_end - 15 < time.time():
+            steady_end += ROUND_SECONDS
+        wait_for(lambda: time.time() >= steady_end - 15, ROUND_SECONDS + 60, "the steady round",
+                 0.5)  # fmt: skip
+        steady_cpu = leech.cpu_seconds("listener")
+        wait_for(lambda: time.time() >= steady_end, 30, "the steady round's end", 0.5)
+        steady_cpu = leech.cpu_seconds("listener") - steady_cpu
+        after_steady = sim.stats()
+        self.rows_for(sim, watch, quiet, stormy, (storm_cpu, steady_cpu),
+                      (after_storm, after_steady), (ref, files, status, len(files_out)),
+                      size_after)  # fmt: skip
+
+    def rows_for(
+        self,
+        sim: SimLanProcess,
+        watch: Watch,
+        quiet: list[tuple[float, float, float, float]],
+        stormy: list[tuple[float, float, float, float]],
+        cpu: tuple[float, float],
+        stats: tuple[dict[str, Any], dict[str, Any]],
+        cli: tuple[list[float], list[float], list[float], int],
+        size_after: int,
+    ) -> None:
+        n, offers = sim.peers, sim.offers
+        self.row(f"{n} peers: storm -> all in `peers`", f"{watch.peers_at:.2f} s",
+                 lan_goal="peers", value=watch.peers_at)  # fmt: skip
+        self.row(f"{offers} offers: storm -> all in `holdings`", f"{watch.offers_at:.2f} s",
+                 lan_goal="offers", value=watch.offers_at)  # fmt: skip
+        for label, s in (("after the storm", stats[0]), ("after one steady round", stats[1])):
+            per = s["catalog_fetches"] / max(n, 1)
+            self.row(
+                f"catalogs fetched {label}",
+                f"{s['catalog_fetches']} for {n} peers at one version ({per:.2f} a peer; "
+                f"most for one peer {s['max_fetches_per_peer']})",
+                lan_goal="fetches",
+                value=float(s["max_fetches_per_peer"]),
+                raw=s,
+            )
+        q = median([r[1] for r in quiet])
+        st = median([r[1] for r in stormy])
+        qcpu, scpu = median([r[2] for r in quiet]), median([r[2] for r in stormy])
+        self.row(
+            f"{self.size // MIB} MiB download during the storm vs quiet",
+            f"{st:.0f} MB/s ({len(stormy)} downloads)",
+            f"{q:.0f} MB/s quiet ({len(quiet)})",
+            f"{st / q:.2f}x",
+            lan_goal="download",
+            value=st / q,
+            raw={"quiet": quiet, "storm": stormy},
+        )
+        qwait, swait = median([r[3] for r in quiet]), median([r[3] for r in stormy])
+        self.row(
+            "seconds the downloader and the seeder's server waited for a CPU, a download",
+            f"{swait:.2f} s in the storm",
+            f"{qwait:.2f} s quiet",
+            f"+{swait - qwait:.2f} s",
+            goal=f"download wall +{self.size / st / 1e6 - self.size / q / 1e6:.2f} s",
+        )
+        self.row(
+            "downloader CPU-s/GiB during the storm vs quiet",
+            f"{scpu:.2f} s/GiB",
+            f"{qcpu:.2f} s/GiB",
+            f"{scpu / qcpu:.2f}x",
+        )
+        ref, files, status, out_bytes = cli
+        r = median(ref)
+        self.row(f"`p2pctl files --json` ({out_bytes / 1e6:.1f} MB out), after the storm",
+                 f"{median(files):.3f} s", f"{r:.3f} s (python -c 'import click, tabulate')",
+                 f"{median(files) / r:.2f}x", lan_goal="files", value=median(files))  # fmt: skip
+        self.row("`p2pctl status --json`, after the storm", f"{median(status):.3f} s",
+                 f"{r:.3f} s", f"{median(status) / r:.2f}x", lan_goal="status",
+                 value=median(status))  # fmt: skip
+        slowest = max(watch.status_seconds, default=float("nan"))
+        self.row(f"`p2pctl status --json` during the storm, slowest of {len(watch.status_seconds)}",
+                 f"{slowest:.3f} s", f"{r:.3f} s", f"{slowest / r:.2f}x", lan_goal="status",
+                 value=slowest)  # fmt: skip
+        self.row("oldest heartbeat of any role during the storm", f"{watch.oldest_beat:.1f} s",
+                 lan_goal="alive", value=watch.oldest_beat)  # fmt: skip
+        self.row("listener CPU-s: the storm / a steady round", f"{cpu[0]:.2f} / {cpu[1]:.2f} s",
+                 goal=f"{n / 60:.0f} announcements/s steady")  # fmt: skip
+        self.row("simulated LAN's own CPU-s during the storm (other machines' work)",
+                 f"{self.sim_cpu:.2f} s")  # fmt: skip
+        udp = stats[1]["announcements"]
+        self.row("database after the storm (p2p.db + WAL)", f"{size_after / MIB:.1f} MiB",
+                 goal=f"{size_after / max(offers, 1):.0f} bytes an offer")  # fmt: skip
+        lan = sim.catalog_bytes
+        self.row("simulated LAN sent", f"{udp} announcements, catalogs {lan / MIB:.1f} MiB "
+                 f"({lan / max(n, 1):.0f} B a peer)")  # fmt: skip
+
+
+def goal_table(rows: list[Any]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        if getattr(row, "lan_goal", ""):
+            out.append(
+                [
+                    row.goal,
+                    row.p2pshare if row.ratio == "-" else f"{row.p2pshare} ({row.ratio})",
+                    row.met,
+                ]
+            )
+    return out
+
+
+def biglan(bench: Any) -> None:
+    """bench.py's `biglan` scenario."""
+    peers = getattr(bench, "biglan_peers", PEERS)
+    run = BigLan(bench, peers, FILES, SIZE, STEADY_SECONDS)
+    run.run()
+    print(tabulate(goal_table(run.rows), headers=["goal (issue 22)", "measured", ""]))
+
+
+def main() -> None:
+    from bench import Bench, default_tmp, report  # bench.py imports this module: import it late
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=int, default=PEERS)
+    parser.add_argument("--files", type=int, default=FILES)
+    parser.add_argument("--size-mib", type=int, default=SIZE // MIB)
+    parser.add_argument(
+        "--steady", type=float, default=STEADY_SECONDS, help="seconds from the storm's start"
+    )
+    parser.add_argument("--tmp-dir", type=Path, default=default_tmp())
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "biglan.json")
+    args = parser.parse_args()
+    if args.peers < 1 or args.files < 1 or args.size_mib < 1:
+        parser.error("--peers, --files and --size-mib must be at least 1")
+    root = Path(tempfile.mkdtemp(prefix="p2pbench-lan", dir=args.tmp_dir))
+    bench = Bench(root, args.size_mib * MIB, 1, Path("/var/tmp"), "0")
+    load = [os.getloadavg()]
+    try:
+        run = BigLan(bench, args.peers, args.files, args.size_mib * MIB, max(args.steady, 20.0))
+        run.run()
+    finally:
+        bench.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    load.append(os.getloadavg())
+    report(bench, goal_table(bench.rows), "goal (issue 22)", load, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The listener's one writer and its catalog fetcher: batching, and one fetch per peer and version.
+
+The writer runs on a real temp-file database; the fetch itself (TCP to the peer) is a
+stub that counts what it was asked and can be held open, so announcements arrive while a
+fetch is under way, as they do in a boot storm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from p2pshare.db import peers as dbpeers
+from p2pshare.db.engine import Database
+from p2pshare.services import identity, listener_writer, protocol
+from p2pshare.services.catalog_fetch import FetchedCatalog, Wanted
+from p2pshare.services.listener_writer import ListenerWriter
+from p2pshare.services.runtime import RoleContext
+from p2pshare.services.settings import load_settings
+from p2pshare.services.tls import NodeTls
+
+CS = protocol.MIN_CHUNK
+IP = "127.0.0.1"
+WAIT = 30.0  # a bound on waits for what must happen; a busy machine only takes longer
+
+
+def wait_for(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def file_of(label: str) -> tuple[dbpeers.Offered, tuple[str, int, str], list[str]]:
+    """A one-chunk file offered as `label`: its catalog entry, content key and manifest."""
+    data = hashlib.sha256(label.encode()).digest() * 10
+    sha = hashlib.sha256(data).hexdigest()
+    root = protocol.manifest_root([sha])
+    return dbpeers.Offered(label, sha, CS, root, len(data), None, 1), (sha, CS, root), [sha]
+
+
+class Lan:
+    """Catalogs of simulated peers (node id -> version -> file names) and a fetch stub."""
+
+    def __init__(self) -> None:
+        self.catalogs: dict[str, dict[int, list[str]]] = {}
+        self.fetches: Counter[tuple[str, int]] = Counter()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    def fetch(self, wanted: Wanted) -> FetchedCatalog:
+        with self.lock:
+            self.fetches[(wanted.node_id, wanted.version)] += 1
+        self.gate.wait(WAIT)
+        names = self.catalogs[wanted.node_id][wanted.version]
+        files = [file_of(name) for name in names]
+        return FetchedCatalog(
+            wanted,
+            wanted.version,
+            wanted.address,
+            wanted.port,
+            [offered for offered, _, _ in files],
+            {key: manifest for _, key, manifest in files},
+            time.monotonic(),
+        )
+
+
+class Node:
+    """A ListenerWriter on a temp database, its fetches answered by a Lan."""
+
+    def __init__(self, home: Path, lan: Lan) -> None:
+        settings = load_settings({"P2P_HOME": str(home), "P2P_BROADCAST": "127.255.255.255"})
+        self.db_path = settings.db_path
+        self.database = Database.open(settings.db_path)
+        tls = NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
+        self.ctx = RoleContext("listener", settings, self.database, threading.Event(), tls)
+        self.refused: list[tuple[str, str]] = []
+        self.writer = ListenerWriter(self.ctx, lambda ip, why: self.refused.append((ip, why)))
+        self.writer.fetcher._fetch = lan.fetch  # type: ignore[method-assign]
+        self.transactions = 0
+        write = self.database.write
+
+        def counted() -> AbstractContextManager[Session]:
+            self.transactions += 1
+            return write()
+
+        self.database.write = counted  # type: ignore[method-assign]
+
+    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db_path)
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
+    def holdings(self, username: str) -> list[str]:
+        rows = self.sql(
+            "SELECT h.name FROM holdings h JOIN peers p ON p.id = h.peer_id "
+            "WHERE p.username = ? ORDER BY h.name",
+            username,
+        )
+        return [name for (name,) in rows]
+
+    def seq(self, username: str) -> int:
+        rows = self.sql("SELECT announce_seq FROM peers WHERE username = ?", username)
+        return int(rows[0][0]) if rows else -1
+
+    def close(self) -> None:
+        self.ctx.stop.set()
+        self.writer.join()
+        for thread in self.writer.fetcher.threads:
+            thread.join(5)
+        self.database.close()
+
+
+@pytest.fixture
+def lan() -> Lan:
+    return Lan()
+
+
+@pytest.fixture
+def node(tmp_path: Path, lan: Lan) -> Iterator[Node]:
+    n = Node(tmp_path, lan)
+    yield n
+    lan.gate.set()
+    n.close()
+
+
+def announce(
+    node_id: str, seq: int, version: int, port: int = 5000
+) -> tuple[protocol.Announce, str]:
+    return protocol.Announce(node_id, f"u-{node_id[:6]}", port, version, seq, time.time()), IP
+
+
+def test_repeated_announcements_during_and_after_a_fetch_fetch_once(node: Node, lan: Lan) -> None:
+    a = "a" * 32
+    lan.catalogs[a] = {1: ["one.txt", "two.txt"], 2: ["one.txt", "three.txt"]}
+    lan.gate.clear()  # the first fetch stays open while the peer goes on announcing
+    node.writer.start()
+    node.writer.put_heard([announce(a, 1, 1)])
+    wait_for("the fetch of v1 to begin", lambda: lan.fetches[(a, 1)] == 1)
+    for seq in range(2, 12):  # one a batch, as a trickle arrives
+        node.writer.put_heard([announce(a, seq, 1)])
+    node.writer.put_heard([announce(a, seq, 1) for seq in range(12, 30)])  # and a burst
+    wait_for("seq 29 to be recorded", lambda: node.seq("u-aaaaaa") == 29)
+    lan.gate.set()
+    wait_for("v1's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt", "two.txt"])
+    node.writer.put_heard([announce(a, seq, 1) for seq in range(30, 40)])  # applied: still v1
+    wait_for("seq 39 to be recorded", lambda: node.seq("u-aaaaaa") == 39)
+    node.writer.put_heard([announce(a, 40, 2)])
+    wait_for("v2's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt", "three.txt"])
+    # Reordered: an older version with a newer sequence number, and an older datagram.
+    node.writer.put_heard([announce(a, 41, 1), announce(a, 39, 1), announce(a, 42, 2)])
+    wait_for("seq 42 to be recorded", lambda: node.seq("u-aaaaaa") == 42)
+    assert node.writer.fetcher.pending() == 0
+    assert lan.fetches == {(a, 1): 1, (a, 2): 1}
+    assert node.holdings("u-aaaaaa") == ["one.txt", "three.txt"]
+    assert [why for _, why in node.refused] == ["replayed announcement (seq 39) from node aaaaaaaa"]
+
+
+def test_a_storm_of_shuffled_repeats_fetches_each_catalog_once(node: Node, lan: Lan) -> None:
+    nodes = [f"{i:032x}" for i in range(200)]
+    for i, n in enumerate(nodes):
+        lan.catalogs[n] = {1: ["common.bin", f"p{i}/own.txt"]}
+    # Each peer announces three times; the datagrams arrive shuffled across batches (each
+    # peer's own in order, as their sequence numbers would otherwise be refused).
+    rng = random.Random(22)
+    queue = [list(range(1, 4)) for _ in nodes]
+    order = [i for i, seqs in enumerate(queue) for _ in seqs]
+    rng.shuffle(order)
+    datagrams = [announce(nodes[i], queue[i].pop(0), 1, 5000 + i) for i in order]
+    node.writer.start()
+    for start in range(0, len(datagrams), 37):
+        node.writer.put_heard(datagrams[start : start + 37])
+    wait_for(
+        "every peer's holdings",
+        lambda: node.sql("SELECT count(*) FROM holdings") == [(2 * len(nodes),)],
+    )
+    wait_for("every announcement recorded", lambda: node.writer.announces == 0)
+    assert set(lan.fetches) == {(n, 1) for n in nodes}
+    assert max(lan.fetches.values()) == 1
+    assert node.sql("SELECT count(*) FROM files") == [(1 + len(nodes),)]
+    assert not node.refused
+
+
+def test_announcements_queued_are_written_in_one_transaction(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However slow the machine, a transaction's budget is not what ends it here.
+    monkeypatch.setattr(listener_writer, "TX_BUDGET", WAIT)
+    lan.gate.clear()  # no catalog arrives to be applied meanwhile
+    nodes = [f"{i:032x}" for i in range(1000)]
+    for n in nodes:
+        lan.catalogs[n] = {1: []}
+    for i, n in enumerate(nodes):  # one job each, as datagrams trickling in one by one
+        node.writer.put_heard([announce(n, 1, 1, 5000 + i)])
+    node.writer.start()
+    wait_for("1,000 peers", lambda: node.sql("SELECT count(*) FROM peers") == [(1000,)])
+    assert node.transactions == 1
+
+
+def test_a_peer_gone_while_its_catalog_was_fetched_is_fetched_again_when_back(
+    node: Node, lan: Lan
+) -> None:
+    a = "a" * 32
+    lan.catalogs[a] = {1: ["one.txt"]}
+    lan.gate.clear()
+    node.writer.start()
+    node.writer.put_heard([announce(a, 1, 1)])
+    wait_for("the fetch to begin", lambda: lan.fetches[(a, 1)] == 1)
+    node.writer.put_expire(time.time() + 10 * node.ctx.settings.peer_ttl)  # silent too long
+    wait_for("the peer to be forgotten", lambda: node.seq("u-aaaaaa") == -1)
+    lan.gate.set()  # the catalog arrives for a peer no longer known: nothing recorded
+    # Once the fetch is done, the fetcher forgets the version only when the writer found
+    # the peer gone.
+    wait_for(
+        "the catalog to be found without its peer",
+        lambda: node.writer.fetcher.pending() == 0 and a not in node.writer.fetcher.fetched,
+    )
+    node.writer.put_heard([announce(a, 2, 1)])  # back after an outage, same node id
+    wait_for("its holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt"])
+    assert lan.fetches == {(a, 1): 2}
+
+
+def test_a_newcomer_is_written_without_waiting_for_more(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Announcements of known peers wait to be gathered; a newcomer's must not.
+    monkeypatch.setattr(listener_writer, "GATHER_SECONDS", 10 * WAIT)
+    a, b = "a" * 32, "b" * 32
+    lan.catalogs[a] = {1: ["one.txt"]}
+    lan.catalogs[b] = {1: ["two.txt"]}
+    node.writer.start()
+    node.writer.put_heard([announce(a, 1, 1)])
+    wait_for("a's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt"])
+    node.writer.put_heard([announce(a, 2, 1)])  # known now: may wait to be gathered
+    node.writer.put_heard([announce(b, 1, 1, 5001)])  # a newcomer behind it
+    wait_for("b's holdings", lambda: node.holdings("u-bbbbbb") == ["two.txt"])
+    assert node.seq("u-aaaaaa") == 2
