@@ -79,6 +79,11 @@ def metainfo_of(lt: ModuleType, handle: Any) -> bytes | None:
     return b"d4:info" + bytes(info.info_section()) + b"e"
 
 
+def file_layout(info: Any) -> Any:
+    """A torrent's file_storage: layout() from libtorrent 2.1 (files() is deprecated there)."""
+    return info.layout() if hasattr(info, "layout") else info.files()
+
+
 class Fetcher:
     """The BitTorrent downloads in the session, kept in step with the database."""
 
@@ -280,7 +285,7 @@ class Fetcher:
     def tallies(self, f: Fetching) -> list[dbdl.SourceTally]:
         """What each peer sent since the last flush (chunks: 16 KiB blocks)."""
         out = [
-            dbdl.SourceTally(ip, port, "bittorrent", -(-n // BLOCK_SIZE), n, 0)
+            dbdl.SourceTally(ip, port, "", -(-n // BLOCK_SIZE), n, 0)
             for (ip, port), n in f.peer_bytes.items()
         ]
         f.peer_bytes = {}
@@ -314,7 +319,7 @@ class Fetcher:
         """Each file into the download folder, at its name or a numbered one; returns what
         the download is saved as and each file's name there with its manifest.
         Raises PublishError, OSError, TorrentFailed."""
-        fs = info.files()
+        fs = file_layout(info)
         root = self.settings.download_dir.resolve()
         checked: dict[PurePosixPath, Path] = {}
         out: list[tuple[str, HashedFile]] = []

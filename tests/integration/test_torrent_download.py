@@ -140,6 +140,9 @@ def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
     assert file_id is not None and source == str(seeder.info.info_hashes().v1)
     assert node.sql("SELECT DISTINCT address FROM download_sources") == [("127.0.0.1",)]
     assert node.scalar("SELECT kind FROM requests") == "torrent"
+    # p2pctl status lists p2p-torrent beside the four roles.
+    roles = node.p2pctl_json("status")["roles"]
+    assert roles["torrent"]["alive"] and "fetching 0" in roles["torrent"]["detail"]
     history = node.p2pctl("history")
     assert history.returncode == 0 and "movie.bin" in history.stdout and "done" in history.stdout
     # The partial area holds nothing of it any more.
