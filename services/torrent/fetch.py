@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
@@ -37,6 +37,10 @@ TEMP_PREFIX = "torrent-"
 # A peer named with --peer (or x.pe) is dialled again this often while none is connected:
 # it may start after the download was queued.
 REDIAL_SECONDS = 5.0
+# connect_peer's flags for a peer named by hand: it may speak encryption, and it is dialled
+# over TCP. libtorrent's default also flags uTP, and a peer without uTP redialled while the
+# uTP attempt times out is never tried over TCP at all (seen with a TCP-only peer).
+PEX_ENCRYPTION = 1
 # libtorrent's blocks: what download_sources.chunks counts for a BitTorrent download.
 BLOCK_SIZE = 16 * 1024
 
@@ -95,13 +99,19 @@ class Fetcher:
 
     def sync(self) -> None:
         """Add queued downloads, take paused ones out (keeping their folder), drop cancelled
-        ones with their folder."""
+        ones with their folder, dial peers named since a download started."""
         with self.database.read() as s:
             jobs = {j.download_id: j for j in dbt.torrent_jobs(s)}
         for did in list(self.fetching):
             job = jobs.get(did)
             if job is None or job.status == "paused":
                 self.drop(did, keep=job is not None)
+                continue
+            f = self.fetching[did]
+            named = [p for p in job.peers if p not in f.job.peers]
+            if named:  # `p2pctl download` of the same torrent again, with --peer
+                f.job = replace(f.job, peers=job.peers)
+                self.dial(f, named)
         for did, job in jobs.items():
             if did not in self.fetching and job.status in dbdl.UNFINISHED:
                 self.add(job)
@@ -143,11 +153,12 @@ class Fetcher:
             self.got_metadata(f)
         log.info("fetching %s (download %d, %s)", job.name, job.download_id, job.info_hash)
 
-    def dial(self, f: Fetching) -> None:
+    def dial(self, f: Fetching, peers: list[str] | None = None) -> None:
+        """Connect to the peers named (all the download's by default)."""
         f.dialled = time.monotonic()
-        for peer in f.job.peers:
+        for peer in f.job.peers if peers is None else peers:
             try:
-                f.handle.connect_peer(peer_address(peer))
+                f.handle.connect_peer(peer_address(peer), 0, PEX_ENCRYPTION)
             except (RuntimeError, ValueError) as exc:
                 log.warning("cannot dial %s for %s: %s", peer, f.job.name, exc)
 
@@ -233,10 +244,7 @@ class Fetcher:
                 piece_size=meta.piece_size,
                 metainfo=meta_bytes if f.job.metainfo is None else None,
             )
-        f.job = dbt.TorrentJob(
-            f.job.download_id, f.job.status, name, meta.size, f.job.info_hash,
-            f.job.magnet, meta_bytes, f.job.peers,
-        )  # fmt: skip
+        f.job = replace(f.job, name=name, size=meta.size, metainfo=meta_bytes)
 
     # ------------------------------------------------------------ progress
 

@@ -6,8 +6,12 @@ one sentence, a non-zero exit and no row."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +34,14 @@ FETCH_TIMEOUT = 180
 class Seeder:
     """A bare libtorrent session of the test's own, seeding one file or folder on loopback."""
 
+    @staticmethod
+    def make(folder: Path, name: str) -> bytes:
+        """A v1 .torrent of folder/name, as libtorrent makes it."""
+        assert lt is not None
+        ct = lt.create_torrent(lt.list_files(str(folder / name)), 0, lt.create_torrent.v1_only)
+        lt.set_piece_hashes(ct, str(folder))
+        return bytes(lt.bencode(ct.generate()))
+
     def __init__(self, folder: Path, name: str) -> None:
         assert lt is not None
         self.session = lt.session(
@@ -43,9 +55,7 @@ class Seeder:
                 "allow_multiple_connections_per_ip": True,
             }
         )
-        ct = lt.create_torrent(lt.list_files(str(folder / name)), 0, lt.create_torrent.v1_only)
-        lt.set_piece_hashes(ct, str(folder))
-        self.metainfo = bytes(lt.bencode(ct.generate()))
+        self.metainfo = self.make(folder, name)
         self.info = lt.torrent_info(lt.bdecode(self.metainfo))
         params = lt.add_torrent_params()
         params.ti = self.info
@@ -142,7 +152,7 @@ def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
     assert node.scalar("SELECT kind FROM requests") == "torrent"
     # p2pctl status lists p2p-torrent beside the four roles.
     roles = node.p2pctl_json("status")["roles"]
-    assert roles["torrent"]["alive"] and "fetching 0" in roles["torrent"]["detail"]
+    assert roles["torrent"]["alive"] and "fetching" in roles["torrent"]["detail"]
     history = node.p2pctl("history")
     assert history.returncode == 0 and "movie.bin" in history.stdout and "done" in history.stdout
     # The partial area holds nothing of it any more.
@@ -245,6 +255,107 @@ def test_pause_resume_and_cancel_a_torrent_download(
     assert node.p2pctl("cancel", "later.bin").returncode == 0
     wait_until(lambda: not temp.exists(), START_TIMEOUT, what="the temp folder to go")
     assert status() == "cancelled"
+
+
+class LyingPeer:
+    """A BitTorrent peer on 127.0.0.1 that claims every piece of a torrent and answers every
+    request with zeros: each piece it sends fails libtorrent's hash check."""
+
+    def __init__(self, info_hash: bytes, pieces: int) -> None:
+        self.info_hash, self.pieces = info_hash, pieces
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.sent = 0  # blocks of zeros sent
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.5)
+                with contextlib.suppress(OSError, ConnectionError):
+                    self._serve(conn)
+
+    def _recv(self, conn: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n and not self.stop.is_set():
+            try:
+                part = conn.recv(n - len(data))
+            except TimeoutError:
+                continue
+            if not part:
+                raise ConnectionError("closed")
+            data += part
+        return data
+
+    def _serve(self, conn: socket.socket) -> None:
+        hello = self._recv(conn, 68)
+        if hello[28:48] != self.info_hash:
+            return
+        pstr = b"BitTorrent protocol"
+        conn.sendall(bytes([len(pstr)]) + pstr + bytes(8) + self.info_hash + os.urandom(20))
+        bits = bytearray((self.pieces + 7) // 8)
+        for i in range(self.pieces):
+            bits[i // 8] |= 0x80 >> (i % 8)
+        conn.sendall(struct.pack(">IB", 1 + len(bits), 5) + bits)  # bitfield: all of it
+        conn.sendall(struct.pack(">IB", 1, 1))  # unchoke
+        while not self.stop.is_set():
+            (length,) = struct.unpack(">I", self._recv(conn, 4))
+            body = self._recv(conn, length) if length else b""
+            if body[:1] == b"\x06":  # request: index, begin, length
+                index, begin, size = struct.unpack(">III", body[1:13])
+                conn.sendall(struct.pack(">IBII", 9 + size, 7, index, begin) + bytes(size))
+                self.sent += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@needs_libtorrent
+def test_pieces_failing_their_hash_are_counted_and_fetched_again(
+    make_node: Callable[..., Node], seeders: Callable[[Path, str], Seeder], tmp_path: Path
+) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 99)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "data.bin").write_bytes(data)
+    node = started(make_node)
+    torrent_bytes = Seeder.make(tmp_path / "src", "data.bin")
+    torrent = tmp_path / "data.torrent"
+    torrent.write_bytes(torrent_bytes)
+    assert lt is not None
+    info = lt.torrent_info(lt.bdecode(torrent_bytes))
+    liar = LyingPeer(bytes.fromhex(str(info.info_hashes().v1)), info.num_pieces())
+    try:
+        liar_peer = f"127.0.0.1:{liar.port}"
+        done = node.p2pctl("download", str(torrent), "--peer", liar_peer, "--no-wait")
+        assert done.returncode == 0, done.stderr
+        wait_until(
+            lambda: node.scalar("SELECT bad_chunks FROM downloads WHERE id = 1"),
+            FETCH_TIMEOUT,
+            what="a hash failure to be counted",
+        )
+    finally:
+        liar.close()
+    assert liar.sent > 0
+    assert not (node.home / "downloads" / "data.bin").exists()  # nothing unverified lands
+    # The same torrent again names an honest seeder: the download takes it and finishes.
+    seeder = seeders(tmp_path / "src", "data.bin")
+    done = fetch(node, str(torrent), "--peer", f"127.0.0.1:{seeder.port}")
+    assert "already downloading #1" in done.stdout
+    assert (node.home / "downloads" / "data.bin").read_bytes() == data
+    bad, received, status = node.sql("SELECT bad_chunks, bytes_received, status FROM downloads")[0]
+    assert status == "done" and bad >= 1
+    assert received > len(data)  # the thrown-away pieces were received too
+    history = node.p2pctl("history").stdout
+    assert "data.bin" in history
 
 
 def bad_torrent(path: Path, paths: list[list[str]]) -> Path:
