@@ -62,6 +62,7 @@ class Fetching:
     # block_finished alerts: a peer that finished with us disconnects before any poll).
     peer_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     metadata: bool = False
+    last_piece: tuple[int, int] | None = None  # its index and size, once the metadata is known
     dialled: float = 0.0
     failed: str | None = None
 
@@ -282,11 +283,15 @@ class Fetcher:
             return dbdl.record_progress(s, f.job.download_id, progress, now=time.time())
 
     def count_block(self, f: Fetching, alert: Any) -> None:
+        """One alert a 16 KiB block: kept to plain arithmetic (a GiB is 65,536 of them)."""
         ip, port = alert.endpoint if isinstance(alert.endpoint, tuple) else (alert.ip, 0)
-        info = f.handle.torrent_file()
         size = BLOCK_SIZE
-        if info is not None:
-            size = min(BLOCK_SIZE, info.piece_size(alert.piece_index) - alert.block_index * size)
+        if f.last_piece is None:
+            info = f.handle.torrent_file()
+            if info is not None:
+                f.last_piece = (info.num_pieces() - 1, info.piece_size(info.num_pieces() - 1))
+        if f.last_piece is not None and alert.piece_index == f.last_piece[0]:
+            size = min(BLOCK_SIZE, f.last_piece[1] - alert.block_index * BLOCK_SIZE)
         key = (str(ip), int(port))
         f.peer_bytes[key] = f.peer_bytes.get(key, 0) + size
 
