@@ -42,10 +42,11 @@ class Seeder:
         lt.set_piece_hashes(ct, str(folder))
         return bytes(lt.bencode(ct.generate()))
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, upload_limit: int = 0) -> None:
         assert lt is not None
         self.session = lt.session(
             {
+                "upload_rate_limit": upload_limit,
                 "listen_interfaces": "127.0.0.1:0",
                 "enable_dht": False,
                 "enable_lsd": False,
@@ -55,6 +56,11 @@ class Seeder:
                 "allow_multiple_connections_per_ip": True,
             }
         )
+        if upload_limit:
+            # libtorrent exempts local peers from rate limits; loopback joins the global class.
+            loopback = lt.ip_filter()
+            loopback.add_rule("127.0.0.0", "127.255.255.255", 1 << lt.session.global_peer_class_id)
+            self.session.set_peer_class_filter(loopback)
         self.metainfo = self.make(folder, name)
         self.info = lt.torrent_info(lt.bdecode(self.metainfo))
         params = lt.add_torrent_params()
@@ -79,11 +85,11 @@ class Seeder:
 
 
 @pytest.fixture
-def seeders() -> Iterator[Callable[[Path, str], Seeder]]:
+def seeders() -> Iterator[Callable[..., Seeder]]:
     made: list[Seeder] = []
 
-    def factory(folder: Path, name: str) -> Seeder:
-        made.append(Seeder(folder, name))
+    def factory(folder: Path, name: str, upload_limit: int = 0) -> Seeder:
+        made.append(Seeder(folder, name, upload_limit))
         return made[-1]
 
     yield factory
@@ -125,7 +131,7 @@ def indexed(node: Node, name: str) -> str | None:
 
 @needs_libtorrent
 def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
-    make_node: Callable[..., Node], seeders: Callable[[Path, str], Seeder], tmp_path: Path
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
 ) -> None:
     data = os.urandom(3 * 1024 * 1024 + 4321)
     (tmp_path / "src").mkdir()
@@ -163,7 +169,7 @@ def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
 
 @needs_libtorrent
 def test_a_magnet_is_fetched_and_never_overwrites_a_name(
-    make_node: Callable[..., Node], seeders: Callable[[Path, str], Seeder], tmp_path: Path
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
 ) -> None:
     data = os.urandom(1024 * 1024 + 17)
     (tmp_path / "src").mkdir()
@@ -196,7 +202,7 @@ def test_a_magnet_is_fetched_and_never_overwrites_a_name(
 
 @needs_libtorrent
 def test_a_folder_torrent_keeps_its_tree(
-    make_node: Callable[..., Node], seeders: Callable[[Path, str], Seeder], tmp_path: Path
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
 ) -> None:
     album = {
         "album/a.bin": os.urandom(100_001),
@@ -321,7 +327,7 @@ class LyingPeer:
 
 @needs_libtorrent
 def test_pieces_failing_their_hash_are_counted_and_fetched_again(
-    make_node: Callable[..., Node], seeders: Callable[[Path, str], Seeder], tmp_path: Path
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
 ) -> None:
     data = os.urandom(2 * 1024 * 1024 + 99)
     (tmp_path / "src").mkdir()
@@ -356,6 +362,32 @@ def test_pieces_failing_their_hash_are_counted_and_fetched_again(
     assert received > len(data)  # the thrown-away pieces were received too
     history = node.p2pctl("history").stdout
     assert "data.bin" in history
+
+
+@needs_libtorrent
+def test_a_torrent_download_goes_on_after_p2p_torrent_restarts(
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
+) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "slow.bin").write_bytes(data)
+    # 1 MB/s: the restart comes while most of it is still to fetch.
+    seeder = seeders(tmp_path / "src", "slow.bin", upload_limit=1_000_000)
+    torrent = seeder.write(tmp_path / "slow.torrent")
+    node = started(make_node)
+    done = node.p2pctl("download", str(torrent), "--peer", f"127.0.0.1:{seeder.port}", "--no-wait")
+    assert done.returncode == 0, done.stderr
+
+    def bytes_done() -> int:
+        return int(node.scalar("SELECT bytes_done FROM downloads WHERE id = 1") or 0)
+
+    wait_until(lambda: bytes_done() > 0, START_TIMEOUT, what="the download to start")
+    restarted = node.supervisorctl("restart", "p2p:torrent")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert node.scalar("SELECT status FROM downloads WHERE id = 1") != "done"
+    fetch(node, str(torrent))  # the same torrent: follows the download already there
+    assert (downloads_dir(node) / "slow.bin").read_bytes() == data
+    assert node.log("torrent").count("fetching slow.bin (download 1") == 2
 
 
 def bad_torrent(path: Path, paths: list[list[str]]) -> Path:
