@@ -27,7 +27,7 @@ from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.db.index import HashedFile, Stamp
 from p2pshare.services.hashing import FileChanged, hash_file
-from p2pshare.services.publish import PublishError, publish, safe_destination
+from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
 from p2pshare.services.settings import Settings, chunk_size_for
 from p2pshare.services.torrent import metainfo as mi
 
@@ -329,48 +329,74 @@ class Fetcher:
         log.info("finished %s (download %d): saved as %s", f.job.name, did, saved_as)
 
     def publish_files(self, f: Fetching, info: Any) -> tuple[str, list[tuple[str, HashedFile]]]:
-        """Each file into the download folder, at its name or a numbered one; returns what
-        the download is saved as and each file's name there with its manifest.
-        Raises PublishError, OSError, TorrentFailed."""
+        """A finished torrent's files into the download folder (see publish_tree).
+        Raises PublishError, OSError, TorrentFailed, FileChanged."""
         fs = file_layout(info)
-        root = self.settings.download_dir.resolve()
-        checked: dict[PurePosixPath, Path] = {}
-        out: list[tuple[str, HashedFile]] = []
-        first: Path | None = None  # any file published
-        for i in range(fs.num_files()):
-            if fs.file_flags(i) & fs.flag_pad_file:
-                continue
-            rel = PurePosixPath(*Path(fs.file_path(i)).parts)
-            try:
-                mi.safe_part(rel.parts[0], "name")
-                for part in rel.parts:
-                    mi.safe_part(part, "file path")
-            except mi.MetainfoError as exc:
-                raise TorrentFailed(f"the torrent is refused: {exc}") from None
-            src = f.temp / Path(*rel.parts)
-            if not src.exists() and fs.file_size(i) == 0:
-                src.parent.mkdir(parents=True, exist_ok=True)
-                src.touch()  # libtorrent writes no empty file
-            if src.stat().st_size != fs.file_size(i):
-                raise TorrentFailed(f"{rel} is not the size the torrent says")
-            with open(src, "rb+") as fh:
-                os.fsync(fh.fileno())
-            dest = safe_destination(self.settings.download_dir, str(rel), checked=checked)
-            final = publish(src, dest, lambda _path: None)
-            first = first or final
-            name = final.relative_to(root).as_posix()
-            stamp = Stamp.of(os.stat(final))
-            size = stamp.size
-            out.append((name, hash_file(final, chunk_size_for(size, self.settings.chunk_size),
-                                        expect=stamp)))  # fmt: skip
-        if first is None:
-            raise TorrentFailed("the torrent holds no file")
-        if len(out) == 1 and "/" not in out[0][0]:
-            return out[0][0], out
-        return f"{PurePosixPath(out[0][0]).parts[0]}/", out
+        files = [
+            (PurePosixPath(*Path(fs.file_path(i)).parts), int(fs.file_size(i)))
+            for i in range(fs.num_files())
+            if not fs.file_flags(i) & fs.flag_pad_file
+        ]
+        return publish_tree(self.settings, f.temp, files)
 
     def close(self) -> None:
         """Take every download out of the session; each resumes from its folder next run."""
         for f in self.fetching.values():
             self.session.remove_torrent(f.handle)
         self.fetching.clear()
+
+
+def publish_tree(
+    settings: Settings, temp: Path, files: list[tuple[PurePosixPath, int]]
+) -> tuple[str, list[tuple[str, HashedFile]]]:
+    """Each file of temp (its path in the torrent, its size) into the download folder, at
+    its name or a numbered one, then hashed for the index; returns what the download is
+    saved as and each file's name there with its manifest.
+
+    Each is published through a second hard link, so temp keeps every file until the end:
+    asked again after a crash half-way, a file already linked into the folder is found
+    there (the same inode) rather than fetched and published a second time as "x (1)".
+    Raises PublishError, OSError, TorrentFailed, FileChanged."""
+    root = settings.download_dir.resolve()
+    checked: dict[PurePosixPath, Path] = {}
+    out: list[tuple[str, HashedFile]] = []
+    for rel, size in files:
+        try:
+            for part in rel.parts:
+                mi.safe_part(part, "file path")
+        except mi.MetainfoError as exc:
+            raise TorrentFailed(f"the torrent is refused: {exc}") from None
+        src = temp / Path(*rel.parts)
+        if not src.exists() and size == 0:
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.touch()  # libtorrent writes no empty file
+        if src.stat().st_size != size:
+            raise TorrentFailed(f"{rel} is not the size the torrent says")
+        dest = safe_destination(settings.download_dir, str(rel), checked=checked)
+        final = published_before(src, dest)
+        if final is None:
+            with open(src, "rb+") as fh:
+                os.fsync(fh.fileno())
+            link = src.with_name(f".{src.name}.p2p-publish")
+            link.unlink(missing_ok=True)
+            os.link(src, link)
+            final = publish(link, dest, lambda _path: None)
+        stamp = Stamp.of(os.stat(final))
+        chunk_size = chunk_size_for(stamp.size, settings.chunk_size)
+        out.append((final.relative_to(root).as_posix(), hash_file(final, chunk_size, expect=stamp)))
+    if not out:
+        raise TorrentFailed("the torrent holds no file")
+    if len(out) == 1 and "/" not in out[0][0]:
+        return out[0][0], out
+    return f"{PurePosixPath(out[0][0]).parts[0]}/", out
+
+
+def published_before(src: Path, dest: Path) -> Path | None:
+    """The name among dest's numbered ones that is src itself (linked before a crash)."""
+    for candidate in numbered(dest):
+        try:
+            if os.path.samefile(candidate, src):
+                return candidate
+        except FileNotFoundError:
+            return None  # names are taken in order: past the first free one, none is it
+    return None

@@ -9,7 +9,7 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from hypothesis import given
@@ -22,9 +22,10 @@ from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.db.index import Stamp
 from p2pshare.services.hashing import hash_file
+from p2pshare.services.settings import load_settings
 from p2pshare.services.torrent import load_libtorrent
 from p2pshare.services.torrent import metainfo as mi
-from p2pshare.services.torrent.fetch import file_layout
+from p2pshare.services.torrent.fetch import TorrentFailed, file_layout, publish_tree
 
 lt = load_libtorrent()
 needs_lt = pytest.mark.skipif(lt is None, reason="libtorrent is not installed")
@@ -284,3 +285,54 @@ def test_a_cancel_stays_when_the_role_fails_it_later(database: Database) -> None
         "by the user",
     )
     conn.close()
+
+
+# ------------------------------------------------------------ publishing a finished torrent
+
+
+def test_publish_tree_never_overwrites_and_publishes_once(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255", "P2P_USERNAME": "t"}
+    )
+    settings.make_dirs()
+    temp = settings.temp_dir / "torrent-1"
+    files = {"album/a.bin": b"a" * 1000, "album/cd1/b.bin": b"b" * 10, "album/empty": b""}
+    for name, data in files.items():
+        if data:
+            (temp / name).parent.mkdir(parents=True, exist_ok=True)
+            (temp / name).write_bytes(data)
+    mine = settings.download_dir / "album" / "a.bin"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own")
+    listed = [(PurePosixPath(n), len(d)) for n, d in files.items()]
+
+    saved_as, published = publish_tree(settings, temp, listed)
+    # Asked again (a crash after publishing, before the row said done): the same names.
+    again, republished = publish_tree(settings, temp, listed)
+
+    assert saved_as == again == "album/"
+    names = [n for n, _ in published]
+    assert names == [n for n, _ in republished] == ["album/a (1).bin", "album/cd1/b.bin",
+                                                    "album/empty"]  # fmt: skip
+    assert mine.read_bytes() == b"the user's own"
+    for (name, hashed), data in zip(published, files.values(), strict=True):
+        assert (settings.download_dir / name).read_bytes() == data
+        assert hashed.sha256 == hashlib.sha256(data).hexdigest()
+    assert not list(settings.download_dir.rglob("*(2)*"))
+
+
+@pytest.mark.parametrize(
+    ("rel", "size", "says"),
+    [("x/../../y", 1, "outside the download folder"), ("one.bin", 5, "not the size")],
+)
+def test_publish_tree_refuses(tmp_path: Path, rel: str, size: int, says: str) -> None:
+    settings = load_settings(
+        env={"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255", "P2P_USERNAME": "t"}
+    )
+    settings.make_dirs()
+    temp = settings.temp_dir / "torrent-1"
+    temp.mkdir()
+    (temp / "one.bin").write_bytes(b"x")
+    with pytest.raises(TorrentFailed, match=says):
+        publish_tree(settings, temp, [(PurePosixPath(rel), size)])
+    assert not list(settings.download_dir.iterdir())
