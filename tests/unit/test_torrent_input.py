@@ -25,7 +25,13 @@ from p2pshare.services.hashing import hash_file
 from p2pshare.services.settings import load_settings
 from p2pshare.services.torrent import load_libtorrent
 from p2pshare.services.torrent import metainfo as mi
-from p2pshare.services.torrent.fetch import TorrentFailed, file_layout, publish_tree
+from p2pshare.services.torrent.fetch import (
+    Fetcher,
+    Fetching,
+    TorrentFailed,
+    file_layout,
+    publish_tree,
+)
 
 lt = load_libtorrent()
 needs_lt = pytest.mark.skipif(lt is None, reason="libtorrent is not installed")
@@ -336,3 +342,76 @@ def test_publish_tree_refuses(tmp_path: Path, rel: str, size: int, says: str) ->
     with pytest.raises(TorrentFailed, match=says):
         publish_tree(settings, temp, [(PurePosixPath(rel), size)])
     assert not list(settings.download_dir.iterdir())
+
+
+# ------------------------------------------------------------ a magnet's metadata
+
+
+class FakeInfo:
+    def __init__(self, info: bytes) -> None:
+        self.info = info
+
+    def info_section(self) -> bytes:
+        return self.info
+
+
+class FakeHandle:
+    """What Fetcher asks of a handle when a magnet's metadata arrives."""
+
+    def __init__(self, info: bytes) -> None:
+        self.info = FakeInfo(info)
+
+    def torrent_file(self) -> FakeInfo:
+        return self.info
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.removed: list[object] = []
+
+    def remove_torrent(self, handle: object) -> None:
+        self.removed.append(handle)
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "name"),
+    [
+        ([{"length": 3, "path": [b"cd1", b"a.bin"]}], "queued", "album/"),
+        ([{"length": 3, "path": [b"..", b"..", b"bashrc"]}], "failed", "x.bin"),
+    ],
+)
+def test_a_magnets_metadata_is_checked_as_it_arrives(
+    database: Database, tmp_path: Path, files: list[dict[str, object]], status: str, name: str
+) -> None:
+    """Peers send a magnet's metadata: paths leading out fail the download before any
+    file is published; safe ones give the row its name and size."""
+    settings = load_settings(
+        env={"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255", "P2P_USERNAME": "t"}
+    )
+    queued = queue(database, "e" * 40, [])
+    info = mi.bencode(
+        {"name": b"album", "piece length": 16384, "pieces": b"\0" * 20, "files": files}  # type: ignore[dict-item]
+    )
+    session = FakeSession()
+    fetcher = Fetcher(None, settings, database, session)  # type: ignore[arg-type]
+    with database.read() as s:
+        [job] = dbt.torrent_jobs(s)
+    f = Fetching(job, FakeHandle(info), tmp_path / "t")
+    fetcher.fetching[job.download_id] = f
+
+    fetcher.got_metadata(f)
+    if f.failed is not None:
+        fetcher.flush()
+
+    conn = sqlite3.connect(database.path)
+    row = conn.execute("SELECT status, name, size, reason FROM downloads").fetchone()
+    stored = conn.execute("SELECT metainfo, files FROM torrent_downloads").fetchone()
+    conn.close()
+    assert row[:2] == (status, name)
+    if status == "failed":
+        assert "would write outside the download folder" in row[3]
+        assert session.removed == [f.handle] and not fetcher.fetching
+        assert stored == (None, None)
+    else:
+        assert row[2] == 3 and stored == (b"d4:info" + info + b"e", 1)
+    assert queued.download_id == job.download_id
