@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import Node, wait_until
 
@@ -161,6 +162,14 @@ def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
     assert roles["torrent"]["alive"] and "fetching" in roles["torrent"]["detail"]
     history = node.p2pctl("history")
     assert history.returncode == 0 and "movie.bin" in history.stdout and "done" in history.stdout
+    # The web page lists it among the recent downloads, as any other.
+    port = wait_until(
+        lambda: node.scalar("SELECT value FROM role_settings WHERE role = 'web' AND name = 'port'"),
+        START_TIMEOUT,
+        what="the web port",
+    )
+    page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+    assert page.status_code == 200 and "movie.bin" in page.text
     # The partial area holds nothing of it any more.
     assert not [p for p in (node.home / "temp").iterdir() if p.name.startswith("torrent-")]
     # The downloader never took it: it runs only downloads with a p2pshare offer.
