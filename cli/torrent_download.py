@@ -96,8 +96,12 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
     """Queue a magnet link or .torrent for p2p-torrent and follow it."""
     req = request_for(name, [check_peer(p) for p in peers])
     require_torrent_role(ctl)
-    with quick.writing(ctl.quick) as conn:
-        queued = tq.queue_torrent(conn, req, now=time.time())
+    try:
+        with quick.writing(ctl.quick) as conn:
+            queued = tq.queue_torrent(conn, req, now=time.time())
+    except tq.AlreadyFetched as exc:
+        click.echo(f"already here: {ctl.settings.download_dir / exc.saved_as}")
+        return  # what the user wanted is true: exit 0, as for a name on the network
     verb = "queued" if queued.new else "already downloading"
     size = human_bytes(queued.size) if queued.size else "size known once peers send it"
     click.echo(f"{verb} #{queued.download_id}: {queued.name} ({size}, BitTorrent {req.info_hash})")

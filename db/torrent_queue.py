@@ -43,9 +43,45 @@ class QueuedTorrent:
     size: int
 
 
+class AlreadyFetched(Exception):
+    """The torrent was downloaded here before and is still in the download folder, as
+    `saved_as` (a file, or a folder ending in '/')."""
+
+    def __init__(self, saved_as: str) -> None:
+        super().__init__(f"already here: {saved_as}")
+        self.saved_as = saved_as
+
+
+def fetched_before(conn: sqlite3.Connection, info_hash: str) -> str | None:
+    """Where a finished download of this info-hash lies, while the index still holds it."""
+    for (saved_as,) in conn.execute(
+        "SELECT d.saved_as FROM torrent_downloads t JOIN downloads d ON d.id = t.download_id"
+        " WHERE t.info_hash = ? AND d.status = 'done' AND d.saved_as IS NOT NULL"
+        " ORDER BY d.id DESC",
+        (info_hash,),
+    ):
+        if saved_as.endswith("/"):  # a folder torrent: any of its files still there
+            held = conn.execute(
+                "SELECT 1 FROM local_files WHERE root = 'download'"
+                " AND substr(name, 1, ?) = ? LIMIT 1",
+                (len(saved_as), saved_as),
+            ).fetchone()
+        else:
+            held = conn.execute(
+                "SELECT 1 FROM local_files WHERE root = 'download' AND name = ?", (saved_as,)
+            ).fetchone()
+        if held is not None:
+            return str(saved_as)
+    return None
+
+
 def queue_torrent(conn: sqlite3.Connection, req: TorrentRequest, *, now: float) -> QueuedTorrent:
     """Queue a torrent, or reuse the unfinished (or paused) download of the same
-    info-hash, adding the peers named now to it."""
+    info-hash, adding the peers named now to it. Raises AlreadyFetched when it was
+    downloaded here before and is still in the download folder."""
+    here = fetched_before(conn, req.info_hash)
+    if here is not None:
+        raise AlreadyFetched(here)
     cur = conn.execute(
         "INSERT INTO requests (pattern, kind, requested_at, files, already_here)"
         " VALUES (?, 'torrent', ?, 0, 0)",

@@ -207,6 +207,10 @@ def test_a_magnet_is_fetched_and_never_overwrites_a_name(
         lambda: indexed(node, "talk (1).mp4") == hashlib.sha256(data).hexdigest(), START_TIMEOUT
     )
     assert "talk (1).mp4" in node.p2pctl("history").stdout
+    # Asked again while it is here: said so, exit 0, nothing queued or fetched twice.
+    again = fetch(node, seeder.magnet)
+    assert again.stdout.strip() == f"already here: {saved}"
+    assert node.scalar("SELECT count(*) FROM downloads") == 1
 
 
 @needs_libtorrent
@@ -237,6 +241,8 @@ def test_a_folder_torrent_keeps_its_tree(
     ]
     for name, data in album.items():
         assert indexed(node, name) == hashlib.sha256(data).hexdigest(), name
+    again = fetch(node, str(torrent))
+    assert again.stdout.strip() == f"already here: {got / 'album/'}"
 
 
 @needs_libtorrent

@@ -279,6 +279,26 @@ def test_a_finished_one_file_torrent_points_at_its_indexed_content(
     assert local == [("download", "got.bin")]
 
 
+def test_a_torrent_still_here_is_not_queued_again(database: Database, tmp_path: Path) -> None:
+    queued = queue(database, "f" * 40, [])
+    path = tmp_path / "got.bin"
+    path.write_bytes(b"x" * 100)
+    hashed = hash_file(path, 256 * 1024, expect=Stamp.of(os.stat(path)))
+    with database.write() as s:
+        dbt.finish_torrent_job(
+            s, queued.download_id, status="done", reason=None, now=1.0,
+            saved_as="got (1).bin", published=[("got (1).bin", hashed)],
+        )  # fmt: skip
+    with pytest.raises(tq.AlreadyFetched, match=r"got \(1\)\.bin"):
+        queue(database, "f" * 40, [])
+    # Moved away (the index forgot it): asked again, it is fetched again.
+    conn = sqlite3.connect(database.path)
+    conn.execute("DELETE FROM local_files")
+    conn.commit()
+    conn.close()
+    assert queue(database, "f" * 40, []).new
+
+
 def test_a_cancel_stays_when_the_role_fails_it_later(database: Database) -> None:
     queued = queue(database, "d" * 40, [])
     conn = sqlite3.connect(database.path)
