@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pshare.db import batch as dbbatch
-from p2pshare.db import quick
+from p2pshare.db import history, quick
 from p2pshare.db import torrent_queue as tq
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
@@ -297,6 +297,27 @@ def test_a_torrent_still_here_is_not_queued_again(database: Database, tmp_path: 
     conn.commit()
     conn.close()
     assert queue(database, "f" * 40, []).new
+
+
+def test_a_torrent_download_rolls_up_past_the_horizon_with_its_torrent_row(
+    database: Database,
+) -> None:
+    queued = queue(database, "9" * 40, [])
+    with database.write() as s:
+        dbt.finish_torrent_job(s, queued.download_id, status="failed", reason="x", now=5.0)
+    with database.write() as s:
+        assert history.roll_up_downloads(s, cutoff=1e12) == 1
+        assert history.roll_up_requests(s, cutoff=1e12) == 1
+    conn = sqlite3.connect(database.path)
+    counts = [
+        conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ("downloads", "torrent_downloads", "requests")
+    ]
+    days = conn.execute("SELECT status, downloads FROM download_days").fetchall()
+    kinds = conn.execute("SELECT kind, requests FROM request_days").fetchall()
+    conn.close()
+    assert counts == [0, 0, 0]
+    assert days == [("failed", 1)] and kinds == [("torrent", 1)]
 
 
 def test_a_cancel_stays_when_the_role_fails_it_later(database: Database) -> None:
