@@ -43,6 +43,7 @@ from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
 from procstat import cached_fraction, evict, fs_type, run_timed, warm  # noqa: E402
 from recvpath import expected_states, run_once  # noqa: E402
 from refcopy import fetch  # noqa: E402
+from torrent_transfer import torrent  # noqa: E402
 
 from p2pshare.services.settings import chunk_size_for  # noqa: E402
 
@@ -1024,6 +1025,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "encrypted": Bench.encrypted,
     "many": many,  # issue 25: a folder of many small files (bench/many.py)
     "biglan": biglan,  # issue 22: 1,000 peers waking at once (bench/biglan.py)
+    "torrent": torrent,  # issue 24: BitTorrent vs nginx vs p2pshare (bench/torrent_transfer.py)
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli

@@ -26,14 +26,31 @@ if TYPE_CHECKING:
 @click.argument("name")
 @click.option("--all", "every", is_flag=True, help="Every file NAME matches (a glob or substring).")
 @click.option("--no-wait", is_flag=True, help="Queue the download and return at once.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="IP:PORT",
+    help="A BitTorrent peer to ask (a magnet or .torrent download; repeatable).",
+)
 @pass_ctl
-def download(ctl: Ctl, name: str, every: bool, no_wait: bool) -> None:
+def download(ctl: Ctl, name: str, every: bool, no_wait: bool, peers: tuple[str, ...]) -> None:
     """Download NAME from every peer that has any part of it.
 
     NAME is a file name, a substring or a glob; NAME@SHA256PREFIX picks one of several.
     A NAME ending in / is a folder: every file under it, its tree recreated in the
-    download folder. --all takes every file NAME matches.
+    download folder. --all takes every file NAME matches. A magnet link or a .torrent
+    file is fetched over BitTorrent by p2p-torrent (--peer IP:PORT names a peer).
     """
+    from p2pshare.cli import torrent_download as td  # no libtorrent: pure checks
+
+    if td.is_torrent(name) or (peers and name.lower().endswith(".torrent")):
+        if every:
+            raise UserError("--all takes names on the network, not a torrent")
+        td.download_torrent(ctl, name, peers, no_wait)
+        return
+    if peers:
+        raise UserError("--peer names a BitTorrent peer: give it with a magnet link or .torrent")
     require_downloader(ctl)
     try:  # every refusal leaves the transaction, so it writes nothing
         with quick.writing(ctl.quick) as conn:
@@ -45,7 +62,11 @@ def download(ctl: Ctl, name: str, every: bool, no_wait: bool) -> None:
         root = ctl.settings.share_dir if exc.root == "share" else ctl.settings.download_dir
         click.echo(f"already here: {root / exc.name}")
         return  # what the user wanted is true: exit 0
-    except (queueing.UnknownName, queueing.SeveralVersions) as exc:
+    except queueing.UnknownName as exc:
+        if name.lower().endswith(".torrent"):
+            raise UserError(f"{exc}, and there is no file {name} here") from None
+        raise UserError(str(exc)) from None
+    except queueing.SeveralVersions as exc:
         raise UserError(str(exc)) from None
     announce(queued)
     if not no_wait and queued.downloads:

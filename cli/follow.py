@@ -35,10 +35,15 @@ class Paused(UserError):
     exit_code = 4
 
 
-def follow(ctl: Ctl, queued: queueing.Queued) -> None:
-    """Show progress until every download of the request has ended (or is paused).
+# Requests of one download: a file, or a torrent (a folder torrent too is one download).
+SINGLE = ("file", "torrent")
+
+
+def follow(ctl: Ctl, queued: queueing.Queued, role: str = "downloader") -> None:
+    """Show progress until every download of the request has ended (or is paused), while
+    `role` (the one running them: downloader, or torrent) is alive.
     Returns when all arrived; raises UserError saying how many did not and why."""
-    single = queued.kind == "file"
+    single = queued.kind in SINGLE
     bar = tqdm(
         total=queued.total_bytes,
         unit="B",
@@ -49,7 +54,7 @@ def follow(ctl: Ctl, queued: queueing.Queued) -> None:
         leave=True,
     )
     try:
-        states = _poll(ctl, queued, bar, single)
+        states = _poll(ctl, queued, bar, single, role)
     except KeyboardInterrupt:
         raise Interrupted(
             "stopped following; the download continues in the background "
@@ -60,23 +65,25 @@ def follow(ctl: Ctl, queued: queueing.Queued) -> None:
     _report(ctl, queued, states)
 
 
-def _poll(ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool) -> list[queueing.FollowState]:
+def _poll(
+    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, role: str
+) -> list[queueing.FollowState]:
     watch = ChangeWatch(ctl.settings.db_path)
     try:
-        return _poll_watched(ctl, queued, bar, single, watch)
+        return _poll_watched(ctl, queued, bar, single, watch, role)
     finally:
         watch.close()
 
 
 def _poll_watched(
-    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch
+    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch, role: str
 ) -> list[queueing.FollowState]:
     while True:
         last, cpu = time.monotonic(), time.thread_time()
         watch.changed()  # what the queries below see is what the next change is against
         with quick.reading(ctl.quick) as conn:
             states = queueing.follow_states(conn, queued.downloads)
-            roles = {r.role: r for r in quick.role_statuses(conn, now=time.time())}
+            roles = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
         # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
         queried = time.thread_time() - cpu
         if len(states) != len(queued.downloads):
@@ -96,9 +103,10 @@ def _poll_watched(
         )
         if all(st.status in (*ENDED, "paused") for st in states):
             return states
-        if not roles["downloader"].alive:
+        running = roles.get(role)
+        if running is None or not running.alive:
             raise NodeNotRunning(
-                "the downloader stopped; the download resumes when it "
+                f"the {role} role stopped; the download resumes when it "
                 "runs again (p2pctl history shows it)"
             )
         _wait_for_change(watch, last, queried * (1 + QUERY_PAUSE))
@@ -117,7 +125,7 @@ def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:
 def _report(ctl: Ctl, queued: queueing.Queued, states: list[queueing.FollowState]) -> None:
     """One line per file that did not arrive, then one sentence; exit 0 only if all did."""
     folder = ctl.settings.download_dir
-    if queued.kind == "file":
+    if queued.kind in SINGLE:
         st = states[0]
         if st.status == "done":
             click.echo(f"saved as {folder / (st.saved_as or st.name)}")

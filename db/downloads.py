@@ -299,7 +299,7 @@ def switch_offer(session: Session, download_id: int) -> OfferChange | None:
     waits). The caller ends the job; the downloader starts it again on the new offer.
     """
     d = session.get(Download, download_id)
-    if d is None or d.status not in UNFINISHED:
+    if d is None or d.status not in UNFINISHED or d.file_id is None:  # None: a torrent's
         return None
     offers = offer_peers(session, {d.sha256})[d.sha256]
     if offers.get(d.file_id, 0) > 0:

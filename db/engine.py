@@ -163,6 +163,45 @@ def _to_v7(conn: Connection) -> None:
     )
 
 
+def _to_v8(conn: Connection) -> None:
+    """BitTorrent downloads (issue 24): `torrent_downloads`, and `downloads.file_id` may be
+    NULL (a torrent's content has no `files` row until it arrives). SQLite cannot drop a
+    NOT NULL, so `downloads` is rebuilt keeping its ids (SQLite's documented procedure,
+    foreign keys off around it as for _to_v2)."""
+    sql = conn.exec_driver_sql
+    sql(
+        "CREATE TABLE downloads_v8 (id INTEGER NOT NULL, request_id INTEGER,"
+        " file_id INTEGER, name VARCHAR NOT NULL, sha256 VARCHAR(64) NOT NULL,"
+        " size INTEGER NOT NULL, status VARCHAR(16) NOT NULL, pinned BOOLEAN NOT NULL,"
+        " reason VARCHAR, requested_at DOUBLE NOT NULL, started_at DOUBLE,"
+        " finished_at DOUBLE, bytes_done INTEGER NOT NULL, bytes_received INTEGER NOT NULL,"
+        " bad_chunks INTEGER NOT NULL, have BLOB NOT NULL, temp_path VARCHAR,"
+        " saved_as VARCHAR, switched VARCHAR, PRIMARY KEY (id),"
+        " FOREIGN KEY(request_id) REFERENCES requests (id),"
+        " FOREIGN KEY(file_id) REFERENCES files (id))"
+    )
+    columns = (
+        "id, request_id, file_id, name, sha256, size, status, pinned, reason, requested_at,"
+        " started_at, finished_at, bytes_done, bytes_received, bad_chunks, have, temp_path,"
+        " saved_as, switched"
+    )
+    sql(f"INSERT INTO downloads_v8 ({columns}) SELECT {columns} FROM downloads")
+    sql("DROP TABLE downloads")
+    sql("ALTER TABLE downloads_v8 RENAME TO downloads")
+    sql("CREATE INDEX ix_downloads_request ON downloads (request_id)")
+    sql("CREATE INDEX ix_downloads_status ON downloads (status)")
+    sql("CREATE INDEX ix_downloads_file ON downloads (file_id)")
+    sql("CREATE INDEX ix_downloads_finished_at ON downloads (finished_at)")
+    sql(
+        "CREATE TABLE torrent_downloads (download_id INTEGER NOT NULL,"
+        " info_hash VARCHAR(64) NOT NULL, magnet VARCHAR, metainfo BLOB,"
+        " peers VARCHAR NOT NULL, files INTEGER, piece_size INTEGER,"
+        " PRIMARY KEY (download_id),"
+        " FOREIGN KEY(download_id) REFERENCES downloads (id) ON DELETE CASCADE)"
+    )
+    sql("CREATE INDEX ix_torrent_downloads_info_hash ON torrent_downloads (info_hash)")
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
@@ -173,6 +212,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _to_v5,
     6: _to_v6,
     7: _to_v7,
+    8: _to_v8,
 }
 
 

@@ -228,7 +228,10 @@ class Download(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    # NULL for a BitTorrent download (`torrent_downloads`) until it is done: its content is
+    # known by its info-hash, not a SHA-256, until it arrives (a one-file torrent then
+    # points at the indexed file; a folder's row stays NULL, its files are in local_files).
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
     name: Mapped[str]
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
@@ -375,3 +378,23 @@ class Torrent(Base):
     files: Mapped[str]  # JSON [[name under root, sha256], ...] in the torrent's order
     metainfo: Mapped[bytes] = mapped_column(LargeBinary)  # the .torrent file's bytes
     created_at: Mapped[float]
+
+
+class TorrentDownload(Base):
+    """What `p2pctl download 'magnet:?...'` or `p2pctl download file.torrent` asked for
+    (issue 24): the BitTorrent side of its `downloads` row, which p2p-torrent runs. The
+    downloads row carries its name, size, status, progress, hash failures (bad_chunks)
+    and the temp folder it is fetched into (temp_path)."""
+
+    __tablename__ = "torrent_downloads"
+
+    download_id: Mapped[int] = mapped_column(
+        ForeignKey("downloads.id", ondelete="CASCADE"), primary_key=True
+    )
+    info_hash: Mapped[str] = mapped_column(String(64), index=True)  # hex: v1 SHA-1, else v2
+    magnet: Mapped[str | None]  # the link as given (NULL for a .torrent)
+    # The .torrent's bytes; for a magnet, NULL until peers sent its metadata.
+    metainfo: Mapped[bytes | None] = mapped_column(LargeBinary)
+    peers: Mapped[str] = mapped_column(default="[]")  # JSON ["host:port", ...] from --peer
+    files: Mapped[int | None]  # files in the torrent, once its metadata is known
+    piece_size: Mapped[int | None]

@@ -128,11 +128,12 @@ def reading(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def role_statuses(
     conn: sqlite3.Connection, *, now: float, with_web: bool = False
 ) -> list[dbroles.RoleStatus]:
-    """The four roles; with_web, p2p-web too when it has a heartbeat row (it runs, or died
-    without clearing it): a node without the web program is not missing anything."""
+    """The four roles; with_web, p2p-web and p2p-torrent too when each has a heartbeat row
+    (it runs, or died without clearing it): a node without them is not missing anything."""
     rows = conn.execute("SELECT role, pid, started_at, beat_at, detail FROM heartbeats").fetchall()
-    web = ("web",) if with_web and any(row[0] == "web" for row in rows) else ()
-    return dbroles.statuses(rows, now=now, roles=(*dbroles.ROLES, *web))
+    beating = {row[0] for row in rows}
+    extra = tuple(r for r in dbroles.OPTIONAL_ROLES if with_web and r in beating)
+    return dbroles.statuses(rows, now=now, roles=(*dbroles.ROLES, *extra))
 
 
 def counts(conn: sqlite3.Connection) -> Counts:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 HEARTBEAT_SECONDS = 2.0
 ALIVE_WITHIN_SECONDS = 10.0
 ROLES = ("server", "announcer", "listener", "downloader")
+# Programs a node may run beside them; listed when they have a heartbeat row.
+OPTIONAL_ROLES = ("web", "torrent")
 
 
 @dataclass(frozen=True)

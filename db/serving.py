@@ -106,7 +106,7 @@ def byte_sources_many(
             stamp = Stamp(size, mtime_ns, ctime_ns, inode)
             out[files[fid][0]].append(ByteSource(where, name, size, stamp, None, name))
     for part in _slices(ids):
-        for fid, temp_path, have, name in session.execute(
+        for held_id, temp_path, have, name in session.execute(
             select(Download.file_id, Download.temp_path, Download.have, Download.name)
             .where(
                 Download.file_id.in_(part),
@@ -116,7 +116,8 @@ def byte_sources_many(
             )
             .order_by(Download.id)
         ):
-            key, size = files[fid]
+            assert held_id is not None  # IN (...) matched it
+            key, size = files[held_id]
             out[key].append(ByteSource(None, str(temp_path), size, None, bytes(have), name))
     return out
 

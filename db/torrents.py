@@ -1,19 +1,27 @@
 """Queries behind BitTorrent (issue 24): the files a torrent is made of, cached piece
-hashes per file content, the torrents made here and what p2p-torrent should seed."""
+hashes per file content, the torrents made here and what p2p-torrent should seed, and
+the BitTorrent downloads it runs (queued in plain sqlite3 by `db.torrent_queue`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
-from p2pshare.db.downloads import AmbiguousName, Candidate, UnknownName
-from p2pshare.db.index import Stamp
-from p2pshare.db.models import File, LocalFile, Torrent, TorrentPieces
+from p2pshare.db.downloads import (
+    KEEPING_TEMP,
+    UNFINISHED,
+    AmbiguousName,
+    Candidate,
+    UnknownName,
+)
+from p2pshare.db.index import HashedFile, Stamp, record_local_files
+from p2pshare.db.models import Download, File, LocalFile, Torrent, TorrentDownload, TorrentPieces
+from p2pshare.db.node import bump_catalog_version
 from p2pshare.db.reports import matches
 
 # Roots in the order a name found in both is taken from.
@@ -183,3 +191,104 @@ def torrents(session: Session) -> list[TorrentRow]:
 def held_by_name(session: Session) -> dict[tuple[str, str], HeldFile]:
     """Every file this node holds, by (root, name)."""
     return {(f.root, f.name): f for f in _held(session)}
+
+
+# ------------------------------------------------------------ downloads p2p-torrent runs
+
+
+@dataclass(frozen=True)
+class TorrentJob:
+    """A BitTorrent download as p2p-torrent sees it."""
+
+    download_id: int
+    status: str
+    name: str
+    size: int
+    info_hash: str
+    magnet: str | None
+    metainfo: bytes | None
+    peers: list[str]
+
+
+def torrent_jobs(session: Session) -> list[TorrentJob]:
+    """BitTorrent downloads that keep their temp folder (unfinished or paused), oldest first."""
+    rows = session.execute(
+        select(Download, TorrentDownload)
+        .join(TorrentDownload, TorrentDownload.download_id == Download.id)
+        .where(Download.status.in_(KEEPING_TEMP))
+        .order_by(Download.id)
+    )
+    return [
+        TorrentJob(
+            d.id,
+            d.status,
+            d.name,
+            d.size,
+            t.info_hash,
+            t.magnet,
+            None if t.metainfo is None else bytes(t.metainfo),
+            list(json.loads(t.peers)),
+        )
+        for d, t in rows
+    ]
+
+
+def start_torrent_job(session: Session, download_id: int, temp_path: str, *, now: float) -> None:
+    """p2p-torrent took the download: where it fetches into, and since when."""
+    d = session.get(Download, download_id)
+    if d is None or d.status not in UNFINISHED:
+        return
+    d.temp_path = temp_path
+    d.status = "active"
+    if d.started_at is None:
+        d.started_at = now
+
+
+def record_torrent_metadata(
+    session: Session,
+    download_id: int,
+    *,
+    name: str,
+    size: int,
+    files: int,
+    piece_size: int,
+    metainfo: bytes | None,
+) -> None:
+    """What a torrent holds, once known (a magnet's metadata arrived from peers)."""
+    d = session.get(Download, download_id)
+    t = session.get(TorrentDownload, download_id)
+    if d is None or t is None:
+        return
+    d.name, d.size = name, size
+    t.files, t.piece_size = files, piece_size
+    if metainfo is not None:
+        t.metainfo = metainfo
+
+
+def finish_torrent_job(
+    session: Session,
+    download_id: int,
+    *,
+    status: str,
+    reason: str | None,
+    now: float,
+    saved_as: str | None = None,
+    published: Sequence[tuple[str, HashedFile]] = (),
+) -> None:
+    """End a BitTorrent download: done (its files indexed in the download folder, so the
+    node shares them; a one-file torrent's row then points at its content), failed or
+    cancelled. A cancel that came first stays, unless the files were already published."""
+    d = session.get(Download, download_id)
+    if d is None:
+        return
+    if d.status not in UNFINISHED and status != "done":
+        return
+    d.status, d.reason, d.finished_at, d.temp_path = status, reason, now, None
+    if status != "done":
+        return
+    d.saved_as, d.bytes_done = saved_as, d.size
+    ids = record_local_files(session, "download", list(published), now=now)
+    if len(published) == 1:
+        hashed = published[0][1]
+        d.file_id, d.sha256 = ids[hashed.key], hashed.sha256
+    bump_catalog_version(session, now=now)

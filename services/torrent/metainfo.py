@@ -1,13 +1,17 @@
-"""The BitTorrent v1 metainfo this node writes: bencode, piece plans, info dictionaries,
-magnet links. Pure code: no libtorrent, disk, database or clock (BEP 3, BEP 9).
+"""The BitTorrent v1 metainfo this node writes (bencode, piece plans, info dictionaries,
+magnet links), and the checks of what a user brings to `p2pctl download` (bdecode, a
+.torrent's name and paths, magnet links). Pure code: no libtorrent, disk, database or
+clock (BEP 3, BEP 9, BEP 52).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 SHA1_SIZE = 20
 
@@ -132,3 +136,230 @@ def magnet(btih: str, name: str, *, trackers: Sequence[str] = (), peers: Sequenc
     parts += [f"tr={quote(t, safe='')}" for t in trackers]
     parts += [f"x.pe={p}" for p in peers]
     return "magnet:?" + "&".join(parts)
+
+
+# ------------------------------------------------------------ reading what users bring
+
+# A .torrent larger than this is refused unread: the metainfo of a terabyte in 16 KiB
+# pieces is 1.3 GB of hashes, and nothing this node makes comes near (a GiB: 80 KB).
+MAX_METAINFO = 64 * 1024 * 1024
+MAX_DEPTH = 64
+
+
+def bdecode(data: bytes) -> tuple[Bencodable, dict[str, tuple[int, int]]]:
+    """Decode one bencoded value that is all of `data`; also returns where each key of a
+    top-level dictionary's value lies ((start, end) of its bytes), for hashing `info` as
+    it was written. Raises MetainfoError."""
+    spans: dict[str, tuple[int, int]] = {}
+    try:
+        value, end = _decode(data, 0, 0, spans)
+    except (IndexError, ValueError, RecursionError) as exc:
+        raise MetainfoError(f"not bencoded data ({exc})") from None
+    if end != len(data):
+        raise MetainfoError("not bencoded data (bytes after the end)")
+    return value, spans
+
+
+def _decode(
+    data: bytes, at: int, depth: int, spans: dict[str, tuple[int, int]] | None
+) -> tuple[Bencodable, int]:
+    if depth > MAX_DEPTH:
+        raise ValueError("nested too deep")
+    lead = data[at : at + 1]
+    if lead == b"i":
+        end = data.index(b"e", at)
+        digits = data[at + 1 : end]
+        if not digits or digits.startswith((b"0", b"-0")) and digits not in (b"0",):
+            raise ValueError("bad integer")
+        return int(digits), end + 1
+    if lead.isdigit():
+        colon = data.index(b":", at)
+        length = int(data[at:colon])
+        end = colon + 1 + length
+        if end > len(data):
+            raise ValueError("string past the end")
+        return data[colon + 1 : end], end
+    if lead == b"l":
+        items: list[Bencodable] = []
+        at += 1
+        while data[at : at + 1] != b"e":
+            item, at = _decode(data, at, depth + 1, None)
+            items.append(item)
+        return items, at + 1
+    if lead == b"d":
+        out: dict[str, Bencodable] = {}
+        at += 1
+        while data[at : at + 1] != b"e":
+            raw_key, at = _decode(data, at, depth + 1, None)
+            if not isinstance(raw_key, bytes):
+                raise ValueError("a dictionary key is not a string")
+            key = raw_key.decode("utf-8", "surrogateescape")
+            start = at
+            out[key], at = _decode(data, at, depth + 1, None)
+            if spans is not None:
+                spans[key] = (start, at)
+        return out, at + 1
+    raise ValueError(f"unexpected byte {lead!r} at {at}")
+
+
+@dataclass(frozen=True)
+class TorrentMeta:
+    """What a .torrent asks for, checked: its info-hash, name and files."""
+
+    info_hash: str  # hex: SHA-1 of the info dictionary (v1, hybrid), else its SHA-256 (v2)
+    name: str
+    files: list[tuple[str, int]]  # (path below the download folder, size), pad files left out
+    size: int
+    piece_size: int
+    folder: bool  # files lie under a folder named `name`
+
+
+def _text(value: Bencodable, what: str) -> str:
+    if not isinstance(value, bytes):
+        raise MetainfoError(f"its {what} is not a string")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MetainfoError(f"its {what} is not UTF-8") from None
+
+
+def safe_part(part: str, what: str) -> str:
+    """One path element that stays where it is put: no '..', '/', '\\', NUL or empty.
+    Raises MetainfoError."""
+    if part in ("", ".", "..") or "/" in part or "\\" in part or "\x00" in part:
+        raise MetainfoError(f"its {what} {part!r} would write outside the download folder")
+    if not part.isprintable():
+        raise MetainfoError(f"its {what} {part!r} has control characters")
+    return part
+
+
+def parse_torrent(data: bytes) -> TorrentMeta:
+    """Check a .torrent's bytes: bencoded, an info dictionary with a safe name and safe
+    file paths (v1 `files`/`length`, or a v2 `file tree`). Raises MetainfoError."""
+    if len(data) > MAX_METAINFO:
+        raise MetainfoError(f"it is {len(data)} bytes, more than any torrent we take")
+    top, spans = bdecode(data)
+    if not isinstance(top, dict) or not isinstance(top.get("info"), dict):
+        raise MetainfoError("it has no info dictionary")
+    info = top["info"]
+    assert isinstance(info, dict)
+    start, end = spans["info"]
+    raw_info = data[start:end]
+    name = safe_part(_text(info.get("name", b""), "name"), "name")
+    piece_size = info.get("piece length")
+    if not isinstance(piece_size, int) or piece_size <= 0:
+        raise MetainfoError("its piece length is missing or not positive")
+    pieces = info.get("pieces")
+    if pieces is not None and (not isinstance(pieces, bytes) or len(pieces) % SHA1_SIZE):
+        raise MetainfoError("its pieces are not whole SHA-1 digests")
+    if pieces is None and "file tree" not in info:
+        raise MetainfoError("it has neither v1 pieces nor a v2 file tree")
+    if pieces is not None:
+        files, folder = _v1_files(info, name)
+        btih = hashlib.sha1(raw_info).hexdigest()
+    else:
+        files, folder = _v2_files(info, name)
+        btih = hashlib.sha256(raw_info).hexdigest()
+    return TorrentMeta(btih, name, files, sum(s for _, s in files), piece_size, folder)
+
+
+def _size(value: Bencodable) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise MetainfoError("a file length is missing or negative")
+    return value
+
+
+def _v1_files(info: dict[str, Bencodable], name: str) -> tuple[list[tuple[str, int]], bool]:
+    if "files" not in info:
+        return [(name, _size(info.get("length")))], False
+    listed = info["files"]
+    if not isinstance(listed, list) or not listed:
+        raise MetainfoError("its file list is empty or not a list")
+    out = []
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), list):
+            raise MetainfoError("a file of it has no path")
+        path = [safe_part(_text(p, "file path"), "file path") for p in entry["path"]]
+        if not path:
+            raise MetainfoError("a file of it has an empty path")
+        attr = entry.get("attr", b"")
+        if isinstance(attr, bytes) and b"p" in attr:
+            continue  # a BEP 47 pad file: never written out
+        out.append(("/".join([name, *path]), _size(entry.get("length"))))
+    return out, True
+
+
+def _v2_files(info: dict[str, Bencodable], name: str) -> tuple[list[tuple[str, int]], bool]:
+    tree = info.get("file tree")
+    if not isinstance(tree, dict) or not tree:
+        raise MetainfoError("its file tree is empty")
+    out: list[tuple[str, int]] = []
+    _walk(tree, [], out, 0)
+    if len(out) == 1 and out[0][0] == name:
+        return [(name, out[0][1])], False
+    return [(f"{name}/{path}", size) for path, size in out], True
+
+
+def _walk(
+    tree: dict[str, Bencodable], above: list[str], out: list[tuple[str, int]], depth: int
+) -> None:
+    if depth > MAX_DEPTH:
+        raise MetainfoError("its file tree is nested too deep")
+    for key, sub in sorted(tree.items()):
+        if not isinstance(sub, dict):
+            raise MetainfoError("its file tree is malformed")
+        if key == "":
+            leaf = sub
+            if not above:
+                raise MetainfoError("its file tree is malformed")
+            out.append(("/".join(above), _size(leaf.get("length"))))
+            continue
+        _walk(sub, [*above, safe_part(key, "file path")], out, depth + 1)
+
+
+@dataclass(frozen=True)
+class Magnet:
+    """A BEP 9 magnet link, checked: what it names and where to ask."""
+
+    info_hash: str  # hex: v1 (btih) or, for a v2-only link, the SHA-256 (btmh)
+    name: str | None
+    peers: list[str]  # x.pe: host:port
+
+
+def parse_magnet(link: str) -> Magnet:
+    """Check a magnet link: one v1 (btih, hex or base32) or v2 (btmh) info-hash at least.
+    Raises MetainfoError."""
+    if not link.startswith("magnet:?"):
+        raise MetainfoError("it does not start with magnet:?")
+    btih: str | None = None
+    btmh: str | None = None
+    name: str | None = None
+    peers: list[str] = []
+    for part in link[len("magnet:?") :].split("&"):
+        key, sep, value = part.partition("=")
+        if not sep:
+            continue
+        value = unquote(value)
+        if key.split(".")[0] == "xt" and value.lower().startswith("urn:btih:"):
+            btih = _btih(value[len("urn:btih:") :])
+        elif key.split(".")[0] == "xt" and value.lower().startswith("urn:btmh:"):
+            digest = value[len("urn:btmh:") :].lower()
+            if not re.fullmatch(r"1220[0-9a-f]{64}", digest):
+                raise MetainfoError("its btmh info-hash is not a SHA-256 multihash")
+            btmh = digest[4:]
+        elif key == "dn":
+            name = value
+        elif key == "x.pe":
+            peers.append(value)
+    info_hash = btih or btmh
+    if info_hash is None:
+        raise MetainfoError("it names no BitTorrent info-hash (xt=urn:btih:... or urn:btmh:...)")
+    return Magnet(info_hash, name, peers)
+
+
+def _btih(value: str) -> str:
+    if re.fullmatch(r"[0-9a-fA-F]{40}", value):
+        return value.lower()
+    if re.fullmatch(r"[A-Za-z2-7]{32}", value):
+        return base64.b32decode(value.upper()).hex()
+    raise MetainfoError("its btih info-hash is neither 40 hex digits nor 32 base32 ones")

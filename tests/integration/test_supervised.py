@@ -37,10 +37,17 @@ def test_supervised_node_runs_indexes_and_stops_cleanly(make_node, wait_until):
     wait_until(all_running, 60, interval=0.3, what="supervisorctl to show 6 programs RUNNING")
 
     # p2pctl status --json: every role alive, the real TCP port and our UDP port.
+    wait_until(
+        lambda: (
+            node.scalar("SELECT count(*) FROM heartbeats WHERE role IN ('web', 'torrent')") == 2
+        ),
+        30,
+        what="p2p-web and p2p-torrent to beat",
+    )
     status = node.p2pctl_json("status")
-    # The four roles and p2p-web, which status lists when it runs.
+    # The four roles, and p2p-web and p2p-torrent, which status lists when they run.
     assert {r: v["alive"] for r, v in status["roles"].items()} == dict.fromkeys(
-        (*ROLES, "web"), True
+        (*ROLES, "web", "torrent"), True
     )
     assert status["udp_port"] == node.udp_port
     assert status["broadcast"] == ["127.255.255.255"]

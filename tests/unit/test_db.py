@@ -689,12 +689,19 @@ def test_v1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
 
     Database.open(path).close()
 
-    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(7,)]
+    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(8,)]
     assert "root" in [c[0] for c in columns(path, "files")]
     # The finished download's history is intact, and its file row stays for it (no root:
     # content known before v2 has no manifest any more); content only a peer held is gone.
-    # v3 appended request_id (none: it predates requests), pinned (no) and switched.
-    assert sql(path, "SELECT * FROM downloads WHERE id = 1") == [DONE_ROW + (None, 0, None)]
+    # v3 appended request_id (none: it predates requests), pinned (no) and switched; v8
+    # rebuilt the table in the models' column order (file_id may be NULL for a torrent).
+    v1_columns = (
+        "id, file_id, name, sha256, size, status, reason, requested_at, started_at,"
+        " finished_at, bytes_done, bytes_received, bad_chunks, have, temp_path, saved_as"
+    )
+    assert sql(
+        path, f"SELECT {v1_columns}, request_id, pinned, switched FROM downloads WHERE id = 1"
+    ) == [DONE_ROW + (None, 0, None)]
     assert sql(path, "SELECT id, sha256, size, chunk_size, root, chunk_count FROM files") == [
         (1, V1_SHA, 3 * CS + 5, CS, "", 4)
     ]

@@ -215,10 +215,10 @@ def test_migration_seeds_lifetime_totals_from_uploads(tmp_path: Path) -> None:
     want = conn.execute("SELECT count(*), sum(bytes) FROM uploads").fetchone()
     conn.executescript(
         "DROP TABLE upload_days; DROP TABLE upload_totals; DROP INDEX ix_bad_peers_marked_at;"
-        # and what v6 and v7 added
+        # and what v6, v7 and v8 added
         " DROP TABLE download_days; DROP TABLE request_days; DROP INDEX ix_holdings_name;"
         " DROP INDEX ix_downloads_file; DROP INDEX ix_downloads_finished_at;"
-        " DROP TABLE torrent_pieces; DROP TABLE torrents;"
+        " DROP TABLE torrent_pieces; DROP TABLE torrents; DROP TABLE torrent_downloads;"
         " PRAGMA user_version=4;"
     )
     conn.close()
