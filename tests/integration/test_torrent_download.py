@@ -158,8 +158,15 @@ def test_a_torrent_file_is_fetched_whole_indexed_and_in_history(
     assert node.sql("SELECT DISTINCT address FROM download_sources") == [("127.0.0.1",)]
     assert node.scalar("SELECT kind FROM requests") == "torrent"
     # p2pctl status lists p2p-torrent beside the four roles.
-    roles = node.p2pctl_json("status")["roles"]
-    assert roles["torrent"]["alive"] and "fetching" in roles["torrent"]["detail"]
+    # Its detail comes with its next heartbeat, a few seconds after it started.
+    wait_until(
+        lambda: (
+            (role := node.p2pctl_json("status")["roles"]["torrent"])["alive"]
+            and "fetching" in role["detail"]
+        ),
+        30,
+        what="p2pctl status to list p2p-torrent with its detail",
+    )
     history = node.p2pctl("history")
     assert history.returncode == 0 and "movie.bin" in history.stdout and "done" in history.stdout
     # The web page lists it among the recent downloads, as any other.

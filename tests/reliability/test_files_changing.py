@@ -48,8 +48,10 @@ GATE_BUDGET = 4
 SEEDER_LIMIT = 300_000
 # The second holder alone sends the two files it holds in about 5 s.
 BACKUP_LIMIT = 500_000
-# How long the leecher waits for a holder of chunks no online peer has any more.
-WAIT_TIMEOUT = 4
+# How long the leecher waits for a holder of chunks no online peer has any more. Long
+# enough for the seeder's new version to reach the leecher's catalog on a loaded machine
+# (the reason a pinned download fails with names it): 4 s was not, beside a CPU hog.
+WAIT_TIMEOUT = 10
 
 
 def gated_seeder(make_node: Callable[..., Node], **settings: object) -> Node:
