@@ -33,7 +33,7 @@ OTHER_KEY = "another network entirely"
 CHUNK = 16 * 1024
 # Long enough that no peer expires while a test looks at the peers table.
 PEER_TTL = 60
-# What each listener logs when it drops an announcement (services/protocol.py).
+# What each listener logs when it drops an announcement (services/protocol/announce.py).
 NO_MAC = "announcement carries no valid network key HMAC"
 BAD_MAC = "announcement HMAC does not match our network key"
 UNEXPECTED_MAC = "announcement carries a network key HMAC and we have no network key"

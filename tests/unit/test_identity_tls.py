@@ -18,6 +18,7 @@ import pytest
 
 from p2pshare.services import identity
 from p2pshare.services import protocol as p
+from p2pshare.services.protocol.announce import _canonical as canonical
 from p2pshare.services.tls import CannotTalk, NodeTls, WrongCertificate, check_server
 
 KEY = "k"
@@ -192,7 +193,7 @@ def test_bad_identity_fields_are_refused(extra: dict[str, object]) -> None:
         **extra,
     }
     with pytest.raises(p.MalformedMessage):
-        p.decode_announce(p._canonical(raw), key=None, now=1.0, max_age=30)
+        p.decode_announce(canonical(raw), key=None, now=1.0, max_age=30)
 
 
 def test_the_key_proof_is_bound_to_both_fingerprints_and_the_nonce() -> None:

@@ -1,0 +1,181 @@
+"""The whole wire format of p2pshare: UDP announcements and TCP requests and replies.
+
+No sockets, database, clock or environment here: callers pass `now` and `key`.
+Every `decode_*` raises only `ProtocolError` (or a subclass) on bad bytes.
+
+UDP: one JSON object per datagram, at most MAX_DATAGRAM bytes:
+    {"p2p": 2, "t": "announce", "node": <hex id>, "user": <name>, "port": <tcp>,
+     "cv": <catalog version>, "seq": <n>, "ts": <unix seconds>[, "mac": <hex>]}
+
+TCP: frames of a 4-byte big-endian length and a JSON object. The server speaks
+first (a welcome with a nonce); with a network key the client answers with an
+HMAC of that nonce before anything else. Then the client may pipeline requests;
+replies come in order. A reply whose header has "len" is followed by that many
+raw bytes: chunk data, or a zlib-compressed JSON catalog or manifest.
+
+A file is offered as (sha256, chunk size, root). Its manifest has one 32-byte
+entry per chunk: the SHA-256 chaining state after that chunk, the last entry
+being the file's SHA-256 (see sha256chain). The root is the SHA-256 of the
+entries concatenated, so a manifest proves itself: one that does not hash to
+the root it was offered under is refused, and a peer offering another root
+for the same SHA-256 makes a different offer, never a poisoned one.
+Version 2 of the protocol; version 1 (plain per-chunk hashes, no root) is refused.
+"""
+
+# Each section of the wire format is a module of this package; every public name is
+# re-exported here, so `protocol.X` call sites do not depend on where X lives.
+from p2pshare.services.protocol.announce import Announce, decode_announce, encode_announce
+from p2pshare.services.protocol.bitfield import (
+    bitfield_count,
+    bitfield_empty,
+    bitfield_has,
+    bitfield_indices,
+    bitfield_set,
+)
+from p2pshare.services.protocol.catalog import (
+    EMPTY_SHA256,
+    CatalogEntry,
+    Manifests,
+    check_manifest,
+    decode_catalog,
+    decode_manifests,
+    encode_catalog,
+    encode_manifests,
+)
+from p2pshare.services.protocol.fields import check_chunk_size, check_name, check_sha
+from p2pshare.services.protocol.frames import (
+    AuthRequest,
+    CatalogRequest,
+    ChunkHeader,
+    ChunkRequest,
+    HaveRequest,
+    ManifestRequest,
+    Request,
+    Welcome,
+    auth_mac,
+    check_auth,
+    decode_chunk_header,
+    decode_have,
+    decode_reply,
+    decode_request,
+    decode_welcome,
+    encode_chunk_header,
+    encode_error,
+    encode_have,
+    encode_ok,
+    encode_request,
+    encode_welcome,
+    frame,
+    frame_length,
+    payload_length,
+)
+from p2pshare.services.protocol.limits import (
+    AUTH_CONTEXT,
+    CHUNK_ALIGN,
+    FINGERPRINT_HEX,
+    FRAME_HEADER,
+    HEX_RE,
+    MANIFEST_LABEL_RE,
+    MAX_CATALOG_BYTES,
+    MAX_CHUNK,
+    MAX_CHUNKS_PER_FILE,
+    MAX_DATAGRAM,
+    MAX_FILE_SIZE,
+    MAX_FRAME,
+    MAX_MANIFEST_FILES,
+    MAX_NAME_BYTES,
+    MAX_USERNAME_BYTES,
+    MIN_CHUNK,
+    NODE_ID_HEX,
+    NONCE_HEX,
+    PROTOCOL_VERSION,
+    SHA_RE,
+    FileKey,
+    MalformedMessage,
+    MessageTooLarge,
+    ProtocolError,
+    RemoteRefused,
+    WrongNetworkKey,
+    WrongVersion,
+    chunk_count,
+    chunk_length,
+    manifest_root,
+    short_fingerprint,
+)
+
+__all__ = [
+    "AUTH_CONTEXT",
+    "Announce",
+    "AuthRequest",
+    "CHUNK_ALIGN",
+    "CatalogEntry",
+    "CatalogRequest",
+    "ChunkHeader",
+    "ChunkRequest",
+    "EMPTY_SHA256",
+    "FINGERPRINT_HEX",
+    "FRAME_HEADER",
+    "FileKey",
+    "HEX_RE",
+    "HaveRequest",
+    "MANIFEST_LABEL_RE",
+    "MAX_CATALOG_BYTES",
+    "MAX_CHUNK",
+    "MAX_CHUNKS_PER_FILE",
+    "MAX_DATAGRAM",
+    "MAX_FILE_SIZE",
+    "MAX_FRAME",
+    "MAX_MANIFEST_FILES",
+    "MAX_NAME_BYTES",
+    "MAX_USERNAME_BYTES",
+    "MIN_CHUNK",
+    "MalformedMessage",
+    "ManifestRequest",
+    "Manifests",
+    "MessageTooLarge",
+    "NODE_ID_HEX",
+    "NONCE_HEX",
+    "PROTOCOL_VERSION",
+    "ProtocolError",
+    "RemoteRefused",
+    "Request",
+    "SHA_RE",
+    "Welcome",
+    "WrongNetworkKey",
+    "WrongVersion",
+    "auth_mac",
+    "bitfield_count",
+    "bitfield_empty",
+    "bitfield_has",
+    "bitfield_indices",
+    "bitfield_set",
+    "check_auth",
+    "check_chunk_size",
+    "check_manifest",
+    "check_name",
+    "check_sha",
+    "chunk_count",
+    "chunk_length",
+    "decode_announce",
+    "decode_catalog",
+    "decode_chunk_header",
+    "decode_have",
+    "decode_manifests",
+    "decode_reply",
+    "decode_request",
+    "decode_welcome",
+    "encode_announce",
+    "encode_catalog",
+    "encode_chunk_header",
+    "encode_error",
+    "encode_have",
+    "encode_manifests",
+    "encode_ok",
+    "encode_request",
+    "encode_welcome",
+    "frame",
+    "frame_length",
+    "manifest_root",
+    "payload_length",
+    "short_fingerprint",
+]

@@ -1,0 +1,113 @@
+"""UDP announcements, and the HMAC that signs them on a keyed network."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from p2pshare.services.protocol.fields import _bool, _check_version, _hex, _int, _num, _obj, _str
+from p2pshare.services.protocol.limits import (
+    FINGERPRINT_HEX,
+    MAX_DATAGRAM,
+    MAX_USERNAME_BYTES,
+    NODE_ID_HEX,
+    PROTOCOL_VERSION,
+    MalformedMessage,
+    MessageTooLarge,
+    WrongNetworkKey,
+)
+
+# ---------------------------------------------------------------- HMAC
+
+
+def _mac(key: str, message: bytes) -> str:
+    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def _canonical(raw: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate from JSON escapes
+        raise MalformedMessage("text that is not valid Unicode") from None
+
+
+# ---------------------------------------------------------------- UDP announce
+
+
+@dataclass(frozen=True)
+class Announce:
+    node_id: str
+    username: str
+    tcp_port: int
+    catalog_version: int
+    seq: int
+    sent_at: float
+    # SHA-256 of the node's certificate: its identity, which a client pins when it speaks
+    # TLS to it (inside the HMAC when a network key is set). None from 0.1 nodes.
+    fingerprint: str | None = None
+    tls: bool = False  # it accepts TLS connections only
+
+
+def encode_announce(ann: Announce, *, key: str | None) -> bytes:
+    """One datagram; raises MessageTooLarge if it would not fit (it always should)."""
+    raw: dict[str, Any] = {
+        "p2p": PROTOCOL_VERSION,
+        "t": "announce",
+        "node": ann.node_id,
+        "user": ann.username,
+        "port": ann.tcp_port,
+        "cv": ann.catalog_version,
+        "seq": ann.seq,
+        "ts": round(ann.sent_at, 3),
+    }
+    if ann.fingerprint is not None:
+        raw["fp"] = ann.fingerprint
+    if ann.tls:
+        raw["tls"] = True
+    if key is not None:
+        raw["mac"] = _mac(key, _canonical(raw))
+    data = _canonical(raw)
+    if len(data) > MAX_DATAGRAM:
+        raise MessageTooLarge(f"announcement of {len(data)} bytes")
+    return data
+
+
+def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float) -> Announce:
+    """Parse and validate one datagram. Raises ProtocolError, nothing else.
+
+    With a key, the datagram must carry a valid HMAC and a timestamp within
+    `max_age` seconds of `now`; replays inside that window are the caller's
+    to refuse by `seq`.
+    """
+    raw = _obj(data, MAX_DATAGRAM)
+    _check_version(raw, "the announcement")
+    if raw.get("t") != "announce":
+        raise MalformedMessage("not an announcement")
+    mac = raw.pop("mac", None)
+    if key is None and mac is not None:
+        # A keyed network is not ours: we could never fetch its catalog or chunks.
+        raise WrongNetworkKey("announcement carries a network key HMAC and we have no network key")
+    if key is not None:
+        if not isinstance(mac, str) or not re.fullmatch(r"[0-9a-f]{64}", mac):
+            raise WrongNetworkKey("announcement carries no valid network key HMAC")
+        if not hmac.compare_digest(mac, _mac(key, _canonical(raw))):
+            raise WrongNetworkKey("announcement HMAC does not match our network key")
+    ann = Announce(
+        node_id=_hex(raw, "node", NODE_ID_HEX),
+        username=_str(raw, "user", MAX_USERNAME_BYTES),
+        tcp_port=_int(raw, "port", 1, 65535),
+        catalog_version=_int(raw, "cv", 0, 2**62),
+        seq=_int(raw, "seq", 0, 2**62),
+        sent_at=_num(raw, "ts"),
+        fingerprint=_hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None,
+        tls=_bool(raw, "tls") if "tls" in raw else False,
+    )
+    if ann.tls and ann.fingerprint is None:
+        raise MalformedMessage("announces TLS without a certificate fingerprint")
+    if key is not None and abs(now - ann.sent_at) > max_age:
+        raise WrongNetworkKey(f"announcement timestamp is {now - ann.sent_at:.0f} s off")
+    return ann

@@ -1,0 +1,82 @@
+"""Limits, errors, and what names a file on the wire (FileKey) and its chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from typing import NamedTuple
+
+PROTOCOL_VERSION = 2
+MAX_DATAGRAM = 1400
+MAX_FRAME = 64 * 1024
+MAX_CATALOG_BYTES = 64 * 1024 * 1024  # decompressed; about 300,000 files
+MAX_MANIFEST_FILES = 256  # per request
+MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a lie
+MIN_CHUNK = 16 * 1024
+# A SHA-256 chaining state exists only after whole 64-byte blocks.
+CHUNK_ALIGN = 64
+MAX_CHUNK = 64 * 1024 * 1024
+MAX_CHUNKS_PER_FILE = 1 << 20
+MAX_NAME_BYTES = 1024
+MAX_USERNAME_BYTES = 64
+NODE_ID_HEX = 32
+NONCE_HEX = 32
+FINGERPRINT_HEX = 64
+FRAME_HEADER = struct.Struct(">I")
+SHA_RE = re.compile(r"[0-9a-f]{64}")
+HEX_RE = re.compile(r"[0-9a-f]+")
+MANIFEST_LABEL_RE = re.compile(r"([0-9a-f]{64}):([0-9]{1,9}):([0-9a-f]{64})", re.ASCII)
+AUTH_CONTEXT = b"p2pshare-tcp-auth\0"
+
+
+class ProtocolError(Exception):
+    """Bytes from the network that we refuse."""
+
+
+class MalformedMessage(ProtocolError):
+    """Not the shape the protocol allows."""
+
+
+class MessageTooLarge(ProtocolError):
+    """Larger than the protocol allows."""
+
+
+class WrongVersion(ProtocolError):
+    """Another protocol, or another version of ours."""
+
+
+class WrongNetworkKey(ProtocolError):
+    """Missing, wrong or stale authentication."""
+
+
+class RemoteRefused(ProtocolError):
+    """The other side answered with an error."""
+
+
+class FileKey(NamedTuple):
+    """One offer of a file's content: its SHA-256, its chunking, and its manifest's root."""
+
+    sha256: str
+    chunk_size: int
+    root: str
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """The first 64 bits of a fingerprint, in groups people can read to each other
+    (3F2A-9C1B-77E0-4D21), as Syncthing users compare device IDs."""
+    head = fingerprint[:16].upper()
+    return "-".join(head[i : i + 4] for i in range(0, 16, 4))
+
+
+def manifest_root(entries: list[str]) -> str:
+    """The root a manifest is offered under: SHA-256 of its 32-byte entries concatenated."""
+    return hashlib.sha256(b"".join(bytes.fromhex(e) for e in entries)).hexdigest()
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size)
+
+
+def chunk_length(size: int, chunk_size: int, index: int) -> int:
+    return min(chunk_size, size - index * chunk_size)
