@@ -45,13 +45,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goalrow import ScenarioRow  # noqa: E402
 from nodes import CONF, ROLES, BenchNode, beside_python, wait_for  # noqa: E402
 from procstat import cpu_seconds, run_timed  # noqa: E402
 
@@ -82,28 +82,8 @@ GOALS: dict[str, tuple[str, str, float]] = {
 }
 
 
-@dataclass
-class LanRow:
-    """A table row, shaped like bench.py's Row so both print and serialize alike."""
-
-    scenario: str
-    p2pshare: str
-    reference: str
-    ratio: str
-    rss: str = ""
-    goal: str = ""
-    raw: dict[str, object] = field(default_factory=dict)
-    goal_key: str = ""  # a key of bench.py's GOALS: never set here
-    value: float | None = None
-    lan_goal: str = ""  # a key of GOALS above
-
-    @property
-    def met(self) -> str:
-        if not self.lan_goal or self.value is None:
-            return ""
-        _text, op, threshold = GOALS[self.lan_goal]
-        ok = self.value >= threshold if op == ">=" else self.value <= threshold
-        return "met" if ok else "MISSED"
+class LanRow(ScenarioRow):
+    GOALS = GOALS
 
 
 class SimLanProcess:
@@ -282,7 +262,7 @@ class BigLan:
     def row(
         self, what: str, measured: str, reference: str = "-", ratio: str = "-", **kw: Any
     ) -> None:
-        goal = GOALS[kw["lan_goal"]][0] if kw.get("lan_goal") else kw.pop("goal", "")
+        goal = GOALS[kw["scenario_goal"]][0] if kw.get("scenario_goal") else kw.pop("goal", "")
         row = LanRow(f"biglan: {what}", measured, reference, ratio, goal=goal, **kw)
         self.rows.append(row)
         self.bench.rows.append(row)
@@ -389,16 +369,16 @@ class BigLan:
     ) -> None:
         n, offers = sim.peers, sim.offers
         self.row(f"{n} peers: storm -> all in `peers`", f"{watch.peers_at:.2f} s",
-                 lan_goal="peers", value=watch.peers_at)  # fmt: skip
+                 scenario_goal="peers", value=watch.peers_at)  # fmt: skip
         self.row(f"{offers} offers: storm -> all in `holdings`", f"{watch.offers_at:.2f} s",
-                 lan_goal="offers", value=watch.offers_at)  # fmt: skip
+                 scenario_goal="offers", value=watch.offers_at)  # fmt: skip
         for label, s in (("after the storm", stats[0]), ("after one steady round", stats[1])):
             per = s["catalog_fetches"] / max(n, 1)
             self.row(
                 f"catalogs fetched {label}",
                 f"{s['catalog_fetches']} for {n} peers at one version ({per:.2f} a peer; "
                 f"most for one peer {s['max_fetches_per_peer']})",
-                lan_goal="fetches",
+                scenario_goal="fetches",
                 value=float(s["max_fetches_per_peer"]),
                 raw=s,
             )
@@ -410,7 +390,7 @@ class BigLan:
             f"{st:.0f} MB/s ({len(stormy)} downloads)",
             f"{q:.0f} MB/s quiet ({len(quiet)})",
             f"{st / q:.2f}x",
-            lan_goal="download",
+            scenario_goal="download",
             value=st / q,
             raw={"quiet": quiet, "storm": stormy},
         )
@@ -432,16 +412,17 @@ class BigLan:
         r = median(ref)
         self.row(f"`p2pctl files --json` ({out_bytes / 1e6:.1f} MB out), after the storm",
                  f"{median(files):.3f} s", f"{r:.3f} s (python -c 'import click, tabulate')",
-                 f"{median(files) / r:.2f}x", lan_goal="files", value=median(files))  # fmt: skip
+                 f"{median(files) / r:.2f}x", scenario_goal="files",
+                 value=median(files))  # fmt: skip
         self.row("`p2pctl status --json`, after the storm", f"{median(status):.3f} s",
-                 f"{r:.3f} s", f"{median(status) / r:.2f}x", lan_goal="status",
+                 f"{r:.3f} s", f"{median(status) / r:.2f}x", scenario_goal="status",
                  value=median(status))  # fmt: skip
         slowest = max(watch.status_seconds, default=float("nan"))
         self.row(f"`p2pctl status --json` during the storm, slowest of {len(watch.status_seconds)}",
-                 f"{slowest:.3f} s", f"{r:.3f} s", f"{slowest / r:.2f}x", lan_goal="status",
+                 f"{slowest:.3f} s", f"{r:.3f} s", f"{slowest / r:.2f}x", scenario_goal="status",
                  value=slowest)  # fmt: skip
         self.row("oldest heartbeat of any role during the storm", f"{watch.oldest_beat:.1f} s",
-                 lan_goal="alive", value=watch.oldest_beat)  # fmt: skip
+                 scenario_goal="alive", value=watch.oldest_beat)  # fmt: skip
         self.row("listener CPU-s: the storm / a steady round", f"{cpu[0]:.2f} / {cpu[1]:.2f} s",
                  goal=f"{n / 60:.0f} announcements/s steady")  # fmt: skip
         self.row("simulated LAN's own CPU-s during the storm (other machines' work)",
@@ -457,7 +438,7 @@ class BigLan:
 def goal_table(rows: list[Any]) -> list[list[str]]:
     out = []
     for row in rows:
-        if getattr(row, "lan_goal", ""):
+        if getattr(row, "scenario_goal", ""):
             out.append(
                 [
                     row.goal,

@@ -41,13 +41,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goalrow import ScenarioRow  # noqa: E402
 from httpref import Nginx, installed  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
 from procstat import fs_type, run_timed, total_cpu, warm  # noqa: E402
@@ -70,30 +71,8 @@ GOALS: dict[str, tuple[str, str, float]] = {
 }
 
 
-@dataclass
-class ManyRow:
-    """A table row, shaped like bench.py's Row so both print and serialize alike."""
-
-    scenario: str
-    p2pshare: str
-    reference: str
-    ratio: str
-    rss: str = ""
-    goal: str = ""
-    raw: dict[str, object] = field(default_factory=dict)
-    goal_key: str = ""  # a key of bench.py's GOALS: never set here
-    value: float | None = None
-    many_goal: str = ""  # a key of GOALS above
-
-    @property
-    def met(self) -> str:
-        if not self.many_goal or self.value is None:
-            return ""
-        _text, op, threshold = GOALS[self.many_goal]
-        ok = {">=": self.value >= threshold, "<=": self.value <= threshold}.get(
-            op, self.value < threshold
-        )
-        return "met" if ok else "MISSED"
+class ManyRow(ScenarioRow):
+    GOALS = GOALS
 
 
 @dataclass
@@ -429,7 +408,7 @@ class Many:
                     f"{ratio:.1f}x the time",
                     goal=GOALS["scale"][0] if big == 10 * small else "report",
                     value=ratio,
-                    many_goal="scale" if big == 10 * small else "",
+                    scenario_goal="scale" if big == 10 * small else "",
                 )
             )
         figures = index_vs_sha256sum(self.bench.root, INDEX_FILES)
@@ -444,7 +423,7 @@ class Many:
                 goal=GOALS["index"][0],
                 raw=figures,
                 value=ratio,
-                many_goal="index",
+                scenario_goal="index",
             )
         )
 
@@ -562,7 +541,7 @@ class Many:
                         f"{client}_s": [h.seconds for h in got],
                     },
                     value=ratio,
-                    many_goal=goal_key,
+                    scenario_goal=goal_key,
                 )
             )  # fmt: skip
         cpu = {k: statistics.median(r.cpu[k] for r in runs) for k in runs[0].cpu}
@@ -601,7 +580,7 @@ class Many:
                 goal=GOALS["writes"][0] + f"; heartbeats are ~{beats:.0f} a role of these",
                 raw={"writes": writes},
                 value=per_k if counted else None,
-                many_goal="writes" if counted else "",
+                scenario_goal="writes" if counted else "",
             )
         )
         worst = max(rss.values())
@@ -615,7 +594,7 @@ class Many:
                 GOALS["rss"][0],
                 rss,  # type: ignore[arg-type]
                 value=worst,
-                many_goal="rss",
+                scenario_goal="rss",
             )
         )
         per_file = {k: statistics.median(r.per_file[k] for r in runs) for k in runs[0].per_file}
@@ -637,7 +616,7 @@ def goal_table(rows: list[Any]) -> list[list[str]]:
     """One line per goal of issue 25: the figure that measures it, met or missed."""
     out = []
     for key, (text, _op, _threshold) in GOALS.items():
-        found = [r for r in rows if getattr(r, "many_goal", "") == key]
+        found = [r for r in rows if getattr(r, "scenario_goal", "") == key]
         if not found:
             out.append([text, "-", "not measured"])
             continue
