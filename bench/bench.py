@@ -638,7 +638,7 @@ class Bench:
         sha256sum of the same file, alternating, on tmpfs; `openssl sha256` (libcrypto,
         what hashlib uses) as a second reference when installed."""
         from p2pshare.db.index import Stamp
-        from p2pshare.services.hashing import hash_file
+        from p2pshare.services.hashing.files import hash_file
         from p2pshare.services.settings import chunk_size_for
 
         self.make_big()
@@ -945,7 +945,7 @@ class Bench:
     def catalog(self) -> None:
         """10,000 small files: first index, unchanged restart, time for a peer to learn them."""
         from p2pshare.db.engine import Database
-        from p2pshare.services.indexer import ShareIndexer
+        from p2pshare.services.server.indexer import ShareIndexer
         from p2pshare.services.settings import load_settings
 
         big = self.node("many")

@@ -288,7 +288,7 @@ def run_ledger(root: Path, rows: int, reps: int = REPS) -> dict[str, Any]:
     import sqlite3
 
     from p2pshare.db.quick import COUNT_QUERIES
-    from p2pshare.services.housekeeping import Housekeeping
+    from p2pshare.services.server.housekeeping import Housekeeping
 
     home = root / "ledger"
     seed(home)

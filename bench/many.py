@@ -330,7 +330,7 @@ def index_vs_sha256sum(root: Path, count: int) -> dict[str, float]:
     this process, on a new database, logging to a file as the role logs to supervisord)
     against `find SHARE -type f -exec sha256sum {} +` over the same folder, alternating."""
     from p2pshare.db.engine import Database
-    from p2pshare.services.indexer import ShareIndexer
+    from p2pshare.services.server.indexer import ShareIndexer
     from p2pshare.services.settings import load_settings
 
     top = root / f"index-{count}"

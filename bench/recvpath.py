@@ -65,7 +65,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 try:
-    from p2pshare.services.sha256chain import INITIAL_STATE, ChainHasher
+    from p2pshare.services.hashing.chain import INITIAL_STATE, ChainHasher
 except ImportError:  # tree mid-edit: per-chunk hashlib costs the same; the copy path is the point
     ChainHasher = None
 
@@ -132,7 +132,7 @@ def splice_chunk(sfd: int, pr: int, pw: int, fd: int, off: int, n: int, pipesz: 
 
 def receive_handing_over(sock, fd, size, chunk, expected) -> int:
     """writer-thread: this thread receives and hashes 256 KiB blocks, a second thread
-    writes them (the node's design, services/block_writer.py). Returns bad chunks."""
+    writes them (the node's design, services/downloader/writer.py). Returns bad chunks."""
     free: queue.SimpleQueue = queue.SimpleQueue()
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(4):

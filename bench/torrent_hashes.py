@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from p2pshare.db.engine import Database
-from p2pshare.services.indexer import ShareIndexer
+from p2pshare.services.server.indexer import ShareIndexer
 from p2pshare.services.settings import load_settings
 from p2pshare.services.torrent import make
 

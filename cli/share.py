@@ -9,7 +9,7 @@ import click
 
 from p2pshare.cli.context import Ctl, UserError, pass_ctl
 from p2pshare.db import node as dbnode
-from p2pshare.services import netif
+from p2pshare.services.net import netif
 from p2pshare.services.web import token as webtoken
 
 ANY_ADDRESS = "0.0.0.0"

@@ -16,7 +16,7 @@ import time
 
 from p2pshare.db import node as dbnode
 from p2pshare.services import protocol
-from p2pshare.services.netif import interface_broadcasts
+from p2pshare.services.net.netif import interface_broadcasts
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.announcer")

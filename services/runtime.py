@@ -22,10 +22,10 @@ from pathlib import Path
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
 from p2pshare.db.wal import Checkpointer
-from p2pshare.services import identity
+from p2pshare.services.hashing.chain import ChainUnavailable, check_available
+from p2pshare.services.net import identity
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings, SettingsError, load_settings
-from p2pshare.services.sha256chain import ChainUnavailable, check_available
-from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p")
 

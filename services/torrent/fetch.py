@@ -26,8 +26,8 @@ from p2pshare.db import downloads as dbdl
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.db.index import HashedFile, Stamp
-from p2pshare.services.hashing import FileChanged, hash_file
-from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.settings import Settings, chunk_size_for
 from p2pshare.services.torrent import metainfo as mi
 

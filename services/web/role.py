@@ -11,8 +11,8 @@ import threading
 import time
 
 from p2pshare.db import reports
+from p2pshare.services.net.listen import open_listener
 from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
-from p2pshare.services.server import open_listener
 from p2pshare.services.web import guard
 from p2pshare.services.web import token as webtoken
 from p2pshare.services.web.sampler import SAMPLE_SECONDS, RateSampler

@@ -13,7 +13,7 @@ from test_lazy_cli import imported
 from test_reports import MOVIE, as_json, ok, one_error_line, p2pctl, seed
 
 from p2pshare.db.engine import Database
-from p2pshare.services.housekeeping import Housekeeping
+from p2pshare.services.server.housekeeping import Housekeeping
 
 DAY = 86400
 

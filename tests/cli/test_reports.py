@@ -21,7 +21,7 @@ from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
 from p2pshare.services import protocol
-from p2pshare.services.sha256chain import manifest_entries
+from p2pshare.services.hashing.chain import manifest_entries
 
 CS = 16384
 OWN = "0" * 32

@@ -658,7 +658,7 @@ def catalog_entry(
     """A true catalog entry for `content` under `name` (not checked), and its manifest."""
     import hashlib
 
-    from p2pshare.services.sha256chain import manifest_entries
+    from p2pshare.services.hashing.chain import manifest_entries
 
     hashes = manifest_entries(content, chunk_size)
     key = protocol.FileKey(

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 from p2pshare.services import protocol
+from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.sha256chain import manifest_entries
 
 BROADCAST = "127.255.255.255"
 

@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from p2pshare.services import protocol
-from p2pshare.services.sha256chain import manifest_entries
+from p2pshare.services.hashing.chain import manifest_entries
 
 pytestmark = pytest.mark.integration
 
@@ -640,7 +640,7 @@ def test_slow_peers_do_not_starve_catalog_fetches(
     announce(b.udp_port, node_id=honest.node_id, username=honest.username, tcp_port=honest.port)
     wait_until(lambda: honest.username in b.peers(), 30, what="b to record the honest peer")
     # Unhindered, this takes a few milliseconds. Behind the slow ones it would take their
-    # FETCH_DEADLINE (30 s in services/listener.py): the bound stays below that.
+    # FETCH_DEADLINE (30 s in services/listener/role.py): the bound stays below that.
     wait_until(
         lambda: b.holdings_of(honest.username) == 1,
         25,

@@ -1,4 +1,4 @@
-"""Folders of small files, through the downloader's batches (services/small_batch.py).
+"""Folders of small files, through the downloader's batches (services/downloader/small_batch.py).
 
 - Lying and hanging-up peers among the sources, files of one to four chunks: every file
   still arrives whole from the honest seeder (the batch hands what it cannot finish to

@@ -21,9 +21,10 @@ from conftest import DatagramCapture, Node, pick_udp_port, send_datagram, wait_u
 from nodetools import raw_exchange, seed, split_frames, wait_known
 from taprelay import TapRelay
 
-from p2pshare.services import identity, protocol
-from p2pshare.services.peerclient import PeerClient
-from p2pshare.services.tls import NodeTls
+from p2pshare.services import protocol
+from p2pshare.services.net import identity
+from p2pshare.services.net.client import PeerClient
+from p2pshare.services.net.tls import NodeTls
 
 pytestmark = pytest.mark.reliability
 

@@ -27,8 +27,8 @@ import pytest
 from p2p_integration_harness import LOOPBACK_BROADCAST, wait_until
 
 from p2pshare.services import protocol
+from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 
@@ -314,7 +314,7 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
         }
         assert not early, f"peers forgotten less than {PEER_TTL:g} s after last heard: {early}"
         # Holdings go with their peer; files rows nothing refers to any more are swept by
-        # the listener's writer in slices right after (services/listener_writer.py).
+        # the listener's writer in slices right after (services/listener/writer.py).
         assert x.scalar("SELECT count(*) FROM holdings") == 0
         wait_until(
             lambda: x.scalar("SELECT count(*) FROM files") == 0,

@@ -1,6 +1,6 @@
 """A folder of 1,000 small files, the leecher's downloader killed -9 mid-way.
 
-Small files go through the downloader in batches (services/small_batch.py): fetched
+Small files go through the downloader in batches (services/downloader/small_batch.py): fetched
 over one pipelined connection, made durable, published and recorded in groups. The
 seeder sits behind a gate the test holds (chunkgate.py, counting every file's chunk
 requests together), which lets part of the folder through and holds the rest, so the

@@ -22,9 +22,9 @@ from conftest import LOOPBACK, DatagramCapture, Node, send_datagram, wait_until
 from nodetools import forbidden_log_text, raw_exchange, seed, split_frames, wait_known
 
 from p2pshare.services import protocol
-from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.hashing.chain import manifest_entries
+from p2pshare.services.net.client import PeerClient
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 

@@ -48,11 +48,11 @@ from nodetools import (
 )
 
 from p2pshare.services import protocol
-from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.downloader.publish import PublishError, safe_destination
+from p2pshare.services.hashing.chain import manifest_entries
+from p2pshare.services.net.client import PeerClient
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.publish import PublishError, safe_destination
 from p2pshare.services.settings import chunk_size_for
-from p2pshare.services.sha256chain import manifest_entries
 
 pytestmark = pytest.mark.reliability
 

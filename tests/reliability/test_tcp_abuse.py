@@ -7,7 +7,7 @@ chunk requests for other files under forged hashes, and path traversal or
 absolute names wherever a name could go. Meanwhile a second node downloads a
 file from the attacked one with `p2pctl download`; it must arrive byte-identical.
 The server must close what it should within its timeouts
-(services/chunkserver.py: HANDSHAKE_TIMEOUT 10 s before the first request,
+(services/server/chunkserver.py: HANDSHAKE_TIMEOUT 10 s before the first request,
 FRAME_TIMEOUT 10 s to finish a frame, STALL_TIMEOUT 30 s for a reader that reads
 nothing, IDLE_TIMEOUT 60 s between requests) and its memory must stay bounded.
 """
@@ -30,8 +30,9 @@ from hypothesis import strategies as st
 from nodetools import status_kib
 from p2p_integration_harness import pick_udp_port, wait_until
 
-from p2pshare.services import chunkserver, protocol
-from p2pshare.services.sha256chain import manifest_entries
+from p2pshare.services import protocol
+from p2pshare.services.hashing.chain import manifest_entries
+from p2pshare.services.server import chunkserver
 
 pytestmark = pytest.mark.reliability
 

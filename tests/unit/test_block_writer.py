@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pshare.services.block_writer import WRITE_PIECE, BlockWriter
+from p2pshare.services.downloader.writer import WRITE_PIECE, BlockWriter
 
 CHUNK = 64 * 1024
 

@@ -30,7 +30,7 @@ from p2pshare.db.node import (
     set_node_id,
 )
 from p2pshare.services import protocol
-from p2pshare.services.sha256chain import manifest_entries
+from p2pshare.services.hashing.chain import manifest_entries
 
 CS = 16384
 NOW = 1_700_000_000.0

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from p2pshare.services import protocol
-from p2pshare.services.frames import FrameReader
+from p2pshare.services.server.frames import FrameReader
 
 
 def frame(op: str, **fields: object) -> bytes:

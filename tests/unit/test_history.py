@@ -18,7 +18,7 @@ from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
-from p2pshare.services.housekeeping import Housekeeping
+from p2pshare.services.server.housekeeping import Housekeeping
 
 DAY = 86400
 HOUR = 3600

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pshare.services import identity
 from p2pshare.services import protocol as p
+from p2pshare.services.net import identity
+from p2pshare.services.net.tls import CannotTalk, NodeTls, WrongCertificate, check_server
 from p2pshare.services.protocol.announce import _canonical as canonical
-from p2pshare.services.tls import CannotTalk, NodeTls, WrongCertificate, check_server
 
 KEY = "k"
 FP_A, FP_B = "a" * 64, "b" * 64
@@ -40,7 +40,7 @@ def test_identity_is_made_once_and_kept(tmp_path: Path) -> None:
 CREATE = """
 import sys
 from pathlib import Path
-from p2pshare.services import identity
+from p2pshare.services.net import identity
 sys.stdin.readline()  # the parent releases every process at once
 print(identity.load_or_create(Path(sys.argv[1])).fingerprint)
 """

@@ -16,9 +16,9 @@ import pytest
 
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
-from p2pshare.services.indexer import IndexStats, ShareIndexer
+from p2pshare.services.hashing.chain import manifest_entries
+from p2pshare.services.server.indexer import IndexStats, ShareIndexer
 from p2pshare.services.settings import Settings, load_settings
-from p2pshare.services.sha256chain import manifest_entries
 
 CS = 16384
 
@@ -349,7 +349,7 @@ def test_every_indexed_name_is_one_the_protocol_accepts(node: Node, name: str) -
 
 
 def test_a_rescan_reuses_the_name_checks_of_the_last_scan_and_only_those(node: Node) -> None:
-    from p2pshare.services.scan import scan_tree
+    from p2pshare.services.server.scan import scan_tree
 
     (node.share / "ok.txt").write_bytes(b"ok")
     (node.share / "back\\slash.txt").write_bytes(b"refused name")
@@ -371,7 +371,7 @@ def test_a_rescan_reuses_the_name_checks_of_the_last_scan_and_only_those(node: N
 def test_a_large_batch_is_logged_in_one_line_a_small_one_per_file(
     node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from p2pshare.services import indexer
+    from p2pshare.services.server import indexer
 
     for i in range(indexer.LOG_EACH_UP_TO + 1):
         (node.share / f"many{i:02d}.txt").write_bytes(os.urandom(100))

@@ -18,7 +18,7 @@ from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.models import BadPeer, File
 from p2pshare.db.wal import Checkpointer, sizes
-from p2pshare.services.housekeeping import Housekeeping
+from p2pshare.services.server.housekeeping import Housekeeping
 
 DAY = 86400
 NOW = 1_750_000_000.0  # a fixed "now", mid-day UTC

@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
-from p2pshare.services import identity, listener_writer, protocol
-from p2pshare.services.catalog_fetch import FetchedCatalog, Wanted
-from p2pshare.services.listener_writer import ListenerWriter
+from p2pshare.services import protocol
+from p2pshare.services.listener import writer as listener_writer
+from p2pshare.services.listener.catalog_fetch import FetchedCatalog, Wanted
+from p2pshare.services.listener.writer import ListenerWriter
+from p2pshare.services.net import identity
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.runtime import RoleContext
 from p2pshare.services.settings import load_settings
-from p2pshare.services.tls import NodeTls
 
 CS = protocol.MIN_CHUNK
 IP = "127.0.0.1"

@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from p2pshare.services import protocol
-from p2pshare.services.picker import Picker
-from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.downloader.picker import Picker
+from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
 
 
 def bits(count: int, held: set[int]) -> bytes:

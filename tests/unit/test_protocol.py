@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.services import protocol as p
+from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.protocol import (
     Announce,
     AuthRequest,
@@ -33,7 +34,6 @@ from p2pshare.services.protocol import (
     WrongNetworkKey,
     WrongVersion,
 )
-from p2pshare.services.sha256chain import manifest_entries
 
 NODE = "0123456789abcdef" * 2
 KEY = "correct horse battery staple"

@@ -18,7 +18,7 @@ from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.db.models import BadPeer
 from p2pshare.services import protocol
-from p2pshare.services.sha256chain import manifest_entries
+from p2pshare.services.hashing.chain import manifest_entries
 
 PEER_A = ("127.0.0.2", 5001)
 PEER_B = ("127.0.0.3", 5002)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from p2pshare.db.engine import Database
 from p2pshare.db.node import role_settings
-from p2pshare.services import identity
+from p2pshare.services.net import identity
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.runtime import RoleContext, setting_text
 from p2pshare.services.settings import load_settings
-from p2pshare.services.tls import NodeTls
 
 
 def test_values_are_recorded_as_text_with_the_installed_version(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Chained SHA-256 (services/sha256chain.py) against hashlib and a pure-Python SHA-256.
+"""Chained SHA-256 (services/hashing/chain.py) against hashlib and a pure-Python SHA-256.
 
 hashlib cannot show a chaining state, so the states themselves are checked against
 `PySha256` below: the FIPS 180-4 compression function written out in Python, which
@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.db.index import Stamp
-from p2pshare.services import hashing
 from p2pshare.services import protocol as p
-from p2pshare.services.sha256chain import (
+from p2pshare.services.hashing import files as hashing
+from p2pshare.services.hashing.chain import (
     BLOCK,
     INITIAL_STATE,
     ChainHasher,

@@ -16,8 +16,8 @@ from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
-from p2pshare.services.peer_pool import PeerPool
-from p2pshare.services.small_batch import SMALL_MAX, assign_sources, batchable
+from p2pshare.services.downloader.pool import PeerPool
+from p2pshare.services.downloader.small_batch import SMALL_MAX, assign_sources, batchable
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from p2pshare.db.downloads import AmbiguousName, UnknownName
 from p2pshare.db.engine import Database
-from p2pshare.services.indexer import ShareIndexer
+from p2pshare.services.server.indexer import ShareIndexer
 from p2pshare.services.settings import Settings, SettingsError, load_settings
 from p2pshare.services.torrent import load_libtorrent, make
 from p2pshare.services.torrent import metainfo as mi

@@ -16,8 +16,8 @@ from pathlib import Path
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.db.node import bump_catalog_version
-from p2pshare.services.hashing import FileChanged, hash_file
-from p2pshare.services.scan import FoundFile, scan_tree
+from p2pshare.services.hashing.files import FileChanged, hash_file
+from p2pshare.services.server.scan import FoundFile, scan_tree
 from p2pshare.services.settings import Settings, chunk_size_for
 
 log = logging.getLogger("p2p.index")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.index import ContentKey
 from p2pshare.services import protocol
-from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.net.client import PeerClient
 from p2pshare.services.runtime import RoleContext
 
 log = logging.getLogger("p2p.listener")
@@ -219,5 +219,7 @@ class CatalogFetcher:
             )
             for e in entries
         ]
-        good: dict[ContentKey, list[str]] = {tuple(k): v for k, v in manifests.good.items()}
+        good: dict[ContentKey, list[str]] = {
+            (k.sha256, k.chunk_size, k.root): v for k, v in manifests.good.items()
+        }
         return FetchedCatalog(wanted, version, address, port, offered, good, started)

@@ -14,7 +14,7 @@ from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.index import HashedFile
 from p2pshare.services import protocol
-from p2pshare.services.publish import PublishError, publish, safe_destination
+from p2pshare.services.downloader.publish import PublishError, publish, safe_destination
 from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.download")

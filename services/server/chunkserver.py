@@ -24,11 +24,11 @@ from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.index import ContentKey, Stamp
 from p2pshare.services import protocol
-from p2pshare.services.frames import FrameReader
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.ratelimit import RateLimiter
+from p2pshare.services.server.frames import FrameReader
+from p2pshare.services.server.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
-from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.server")
 

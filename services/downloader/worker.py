@@ -13,15 +13,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.services import protocol
-from p2pshare.services.peerclient import PeerClient
-from p2pshare.services.sha256chain import INITIAL_STATE, ChainHasher
-
-if TYPE_CHECKING:
-    from p2pshare.services.download_job import DownloadJob
+from p2pshare.services.downloader.port import JobPort
+from p2pshare.services.hashing.chain import ChainHasher
+from p2pshare.services.net.client import PeerClient
 
 log = logging.getLogger("p2p.download")
 
@@ -65,30 +62,10 @@ def peer_id(key: tuple[str, int]) -> str:
     return f"{key[0]}:{key[1]}"
 
 
-class ChunkCheck:
-    """Verifies chunk i alone: SHA-256 resumed from entry i-1, compared with entry i.
-
-    For the last chunk the hash is finished and compared with the file's SHA-256,
-    so every chunk verified proves the whole file without a second pass.
-    """
-
-    def __init__(self, entries: list[bytes], chunk_size: int) -> None:
-        self.entries = entries
-        self.chunk_size = chunk_size
-
-    def start(self, index: int) -> ChainHasher:
-        before = self.entries[index - 1] if index else INITIAL_STATE
-        return ChainHasher(before, index * self.chunk_size)
-
-    def matches(self, index: int, hasher: ChainHasher) -> bool:
-        last = index == len(self.entries) - 1
-        return (hasher.digest() if last else hasher.state()) == self.entries[index]
-
-
 class PeerWorker(threading.Thread):
     """Fetches chunks of one file from one peer over one pipelined connection."""
 
-    def __init__(self, job: DownloadJob, state: SourceState) -> None:
+    def __init__(self, job: JobPort, state: SourceState) -> None:
         src = state.source
         super().__init__(name=f"peer-{src.address}:{src.tcp_port}", daemon=True)
         self.job = job
@@ -122,7 +99,7 @@ class PeerWorker(threading.Thread):
             pass  # recorded by chunk_bad; this peer is not asked again for this file
         except (OSError, protocol.ProtocolError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-            if not job.halt.is_set() and error != st.last_error:
+            if not job.halted() and error != st.last_error:
                 log.warning("download %d: peer %s: %s", job.spec.download_id, self.peer, error)
             st.last_error = error
             st.retry_at = time.time() + st.backoff
@@ -145,20 +122,20 @@ class PeerWorker(threading.Thread):
     def _session(self) -> None:
         job = self.job
         src = self.state.source
-        link = job.tls.link(src.tls, src.fingerprint)  # raises CannotTalk
-        with PeerClient(*self.key, key=job.settings.network_key, link=link) as client:
+        link = job.link(src.tls, src.fingerprint)  # raises CannotTalk
+        with PeerClient(*self.key, key=job.network_key, link=link) as client:
             self.client = client
-            if job.halt.is_set():
+            if job.halted():
                 return
             job.peer_bits(self.peer, client.have(job.key, job.count))
             last_have = time.monotonic()
-            while not job.halt.is_set() and self.key not in job.bad_sources:
+            while not job.halted() and not job.is_bad(self.key):
                 self._fill_pipeline(client)
                 if self.pending:
                     self._receive(client, *self.pending[0])
                     self.pending.popleft()
                     continue
-                if job.picker.finished:
+                if job.finished():
                     return
                 if time.monotonic() - last_have > HAVE_REFRESH_SECONDS:
                     job.peer_bits(self.peer, client.have(job.key, job.count))
@@ -203,10 +180,10 @@ class PeerWorker(threading.Thread):
             got += len(view)
             if got == size:
                 break
-            job.writer.write(index, view, offset + got - len(view))
+            job.write(index, view, offset + got - len(view))
         self._verdict(index, size, hasher)
         verified = partial(job.chunk_verified, self.peer, self.key, index, size)
-        job.writer.write(index, view, offset + got - len(view), verified)
+        job.write(index, view, offset + got - len(view), verified)
 
     def _receive_copy(self, client: PeerClient, index: int, size: int, hasher: ChainHasher) -> None:
         """An endgame copy of a chunk larger than the buffer is held back whole and written
@@ -218,7 +195,7 @@ class PeerWorker(threading.Thread):
         hasher.update(whole)
         self._verdict(index, size, hasher)
         verified = partial(job.chunk_verified, self.peer, self.key, index, size)
-        job.writer.write(index, whole, index * job.spec.chunk_size, verified)
+        job.write(index, whole, index * job.spec.chunk_size, verified)
 
     def _verdict(self, index: int, size: int, hasher: ChainHasher) -> None:
         """Raises BadChunk (after recording it) if the chunk does not match its entry."""

@@ -16,19 +16,21 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
-from p2pshare.services.block_writer import BlockWriter
-from p2pshare.services.job_finish import Finisher, JobFailed
-from p2pshare.services.job_progress import DurableProgress, Ledger
-from p2pshare.services.peer_worker import ChunkCheck, PeerWorker, SourceState, peer_id
-from p2pshare.services.picker import Picker
+from p2pshare.services.downloader.finish import Finisher, JobFailed
+from p2pshare.services.downloader.picker import Picker
+from p2pshare.services.downloader.port import ChunkCheck
+from p2pshare.services.downloader.progress import DurableProgress, Ledger
+from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
+from p2pshare.services.downloader.writer import BlockWriter
+from p2pshare.services.net.tls import Link, NodeTls
 from p2pshare.services.settings import Settings
-from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.download")
 
@@ -45,6 +47,8 @@ __all__ = ["DownloadJob", "JobFailed", "temp_name"]
 
 
 class DownloadJob:
+    """One file's download; its peer workers see it only as a `port.JobPort`."""
+
     def __init__(
         self,
         spec: dbdl.JobSpec,
@@ -57,6 +61,7 @@ class DownloadJob:
         self.spec = spec
         self.tls = tls  # how to reach each source: in clear or by pinned TLS
         self.settings = settings
+        self.network_key = settings.network_key
         self.database = database
         self.stop = stop  # the role is stopping: leave the download resumable
         self.halt = threading.Event()  # this job is ending, for any reason
@@ -261,8 +266,7 @@ class DownloadJob:
             listed = dbdl.sources_for(s, self.spec.file_id)
         gone = set(self.sources) - {(src.address, src.tcp_port) for src in listed}
         for key in gone:  # expired peers: what only they held is unavailable now
-            st = self.sources[key]
-            if not st.alive():
+            if not self.sources[key].alive():
                 del self.sources[key]
                 with self.lock:
                     self.picker.drop_peer(peer_id(key))
@@ -292,7 +296,29 @@ class DownloadJob:
         on a process allowed a single CPU, where a second thread only takes turns."""
         return FEW_SOURCES_CONNECTIONS if sources <= 2 and not self.one_cpu else 1
 
-    # ------------------------------------------------------------ called by workers
+    # ------------------------------------------------------------ the JobPort of workers
+
+    def halted(self) -> bool:
+        return self.halt.is_set()
+
+    def is_bad(self, source: tuple[str, int]) -> bool:
+        return source in self.bad_sources
+
+    def link(self, tls: bool, fingerprint: str | None) -> Link:
+        return self.tls.link(tls, fingerprint)
+
+    def write(
+        self,
+        index: int,
+        data: memoryview,
+        offset: int,
+        then: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.writer.write(index, data, offset, then)
+
+    def finished(self) -> bool:
+        with self.lock:
+            return self.picker.finished
 
     def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
         with self.lock:

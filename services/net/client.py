@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from p2pshare.services import protocol
+from p2pshare.services.net.tls import CannotTalk, Link, check_server
 from p2pshare.services.protocol import FileKey
-from p2pshare.services.tls import CannotTalk, Link, check_server
 
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 15.0
@@ -49,7 +50,7 @@ class PeerClient:
         sock.settimeout(self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=READ_BUFFER)
+        self.rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=READ_BUFFER))
         try:
             welcome = protocol.decode_welcome(self._read_frame())
             if welcome.auth_required and self.key is None:
@@ -79,7 +80,7 @@ class PeerClient:
         self.rfile.close()  # held nothing past the welcome: the server waits for our hello
         tls = link.context.wrap_socket(self.sock, server_side=False)
         self.sock = tls
-        self.rfile = tls.makefile("rb", buffering=READ_BUFFER)
+        self.rfile = cast(io.BufferedReader, tls.makefile("rb", buffering=READ_BUFFER))
         check_server(tls, link.peer_fingerprint)
         assert link.peer_fingerprint is not None
         return link.peer_fingerprint, link.own_fingerprint

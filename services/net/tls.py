@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass
 from functools import cached_property
 
-from p2pshare.services.identity import Identity
+from p2pshare.services.net.identity import Identity
 from p2pshare.services.protocol import ProtocolError, short_fingerprint
 
 

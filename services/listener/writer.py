@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from p2pshare.db import peers as dbpeers
 from p2pshare.services import protocol
-from p2pshare.services.catalog_fetch import CatalogFetcher, FetchedCatalog, Wanted
+from p2pshare.services.listener.catalog_fetch import CatalogFetcher, FetchedCatalog, Wanted
 from p2pshare.services.runtime import RoleContext
 
 log = logging.getLogger("p2p.listener")

@@ -14,16 +14,16 @@ from collections.abc import Callable
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
-from p2pshare.services.download_job import DownloadJob
-from p2pshare.services.peer_pool import PeerPool
-from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
-from p2pshare.services.small_batch import (
+from p2pshare.services.downloader.job import DownloadJob
+from p2pshare.services.downloader.pool import PeerPool
+from p2pshare.services.downloader.small_batch import (
     BATCH_FILES,
     SMALL_MAX,
     SMALL_MAX_CHUNKS,
     SmallBatch,
     batchable,
 )
+from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.downloader")
 

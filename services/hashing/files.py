@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from p2pshare.db.index import HashedFile, Stamp
+from p2pshare.services.hashing.chain import ChainHasher
 from p2pshare.services.protocol import EMPTY_SHA256, manifest_root
-from p2pshare.services.sha256chain import ChainHasher
 
 # Large reads: one ctypes call and one read syscall per 4 MiB keeps the per-call
 # cost far below the hashing itself (measured in bench: indexer against sha256sum).

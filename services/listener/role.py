@@ -1,8 +1,8 @@
 """Listener role: hears announcements, records peers, fetches their catalogs, expires the silent.
 
 This thread reads and validates datagrams; catalogs are fetched by a few threads
-(services/catalog_fetch.py), and every write goes through one writer thread in short
-batched transactions (services/listener_writer.py).
+(services/listener/catalog_fetch.py), and every write goes through one writer thread in short
+batched transactions (services/listener/writer.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 import time
 
 from p2pshare.services import protocol
-from p2pshare.services.listener_writer import ListenerWriter
+from p2pshare.services.listener.writer import ListenerWriter
 from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.listener")

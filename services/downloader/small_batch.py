@@ -40,13 +40,13 @@ from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.index import HashedFile
 from p2pshare.services import protocol
-from p2pshare.services.download_job import temp_name
-from p2pshare.services.peer_pool import PeerPool, PoolKey
-from p2pshare.services.peer_worker import ChunkCheck
-from p2pshare.services.peerclient import PeerClient
-from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.downloader.job import temp_name
+from p2pshare.services.downloader.pool import PeerPool, PoolKey
+from p2pshare.services.downloader.port import ChunkCheck
+from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.net.client import PeerClient
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings
-from p2pshare.services.tls import NodeTls
 
 log = logging.getLogger("p2p.download")
 
@@ -551,7 +551,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
         return None
     fn.argtypes = [ctypes.c_int]
     fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    return fn  # type: ignore[no-any-return,unused-ignore]
 
 
 _SYNCFS = _load_syncfs()

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from p2pshare.services.peerclient import PeerClient
+from p2pshare.services.net.client import PeerClient
 
 IDLE_SECONDS = 20.0
 IDLE_PER_PEER = 2

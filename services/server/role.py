@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import resource
 import socket
@@ -11,10 +10,11 @@ import threading
 import time
 
 from p2pshare.db import node as dbnode
-from p2pshare.services.chunkserver import ChunkServer
-from p2pshare.services.housekeeping import Housekeeping, housekeeping_loop
-from p2pshare.services.indexer import ShareIndexer
-from p2pshare.services.runtime import RoleContext, StartupError, run_role, start_heartbeat
+from p2pshare.services.net.listen import open_listener
+from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
+from p2pshare.services.server.chunkserver import ChunkServer
+from p2pshare.services.server.housekeeping import Housekeeping, housekeeping_loop
+from p2pshare.services.server.indexer import ShareIndexer
 
 log = logging.getLogger("p2p.server")
 
@@ -24,24 +24,6 @@ SCAN_INTERVAL = 1.0
 # core (and of the GIL the chunk server's loop needs), and waits at most SCAN_MAX_INTERVAL.
 SCAN_CPU_SHARE = 0.05
 SCAN_MAX_INTERVAL = 10.0
-
-
-def open_listener(
-    bind: str, port: int, *, setting: str = "P2P_TCP_PORT", backlog: int = 512
-) -> socket.socket:
-    """A listening TCP socket. Raises StartupError with one sentence (naming `setting`) when
-    the port is taken or the address cannot be bound."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"TCP port {port} on {bind} is already in use ({setting})") from None
-        raise StartupError(f"cannot listen on {bind}:{port} ({setting}): {exc.strerror}") from None
-    sock.listen(backlog)
-    return sock
 
 
 def index_loop(ctx: RoleContext, indexer: ShareIndexer, address: str) -> None:

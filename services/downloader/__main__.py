@@ -1,0 +1,3 @@
+from p2pshare.services.downloader.role import main
+
+main()

@@ -1,0 +1,106 @@
+"""The seam between a download and its peer workers: `JobPort`, everything a `PeerWorker`
+may ask of its `DownloadJob`, and `ChunkCheck`, how a received chunk is verified.
+
+A worker sees its job only through this Protocol, so neither module imports the other
+(job.py imports worker.py; worker.py imports this) and the job's state stays behind its
+lock. Which calls take which lock is part of the contract, named on each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from p2pshare.db.downloads import JobSpec
+from p2pshare.services.hashing.chain import INITIAL_STATE, ChainHasher
+from p2pshare.services.net.tls import Link
+from p2pshare.services.protocol import FileKey
+
+
+class ChunkCheck:
+    """Verifies chunk i alone: SHA-256 resumed from entry i-1, compared with entry i.
+
+    For the last chunk the hash is finished and compared with the file's SHA-256,
+    so every chunk verified proves the whole file without a second pass.
+    """
+
+    def __init__(self, entries: list[bytes], chunk_size: int) -> None:
+        self.entries = entries
+        self.chunk_size = chunk_size
+
+    def start(self, index: int) -> ChainHasher:
+        before = self.entries[index - 1] if index else INITIAL_STATE
+        return ChainHasher(before, index * self.chunk_size)
+
+    def matches(self, index: int, hasher: ChainHasher) -> bool:
+        last = index == len(self.entries) - 1
+        return (hasher.digest() if last else hasher.state()) == self.entries[index]
+
+
+class JobPort(Protocol):
+    """What a peer worker may read and ask of its download.
+
+    Fixed for the job's life, read without a lock: `spec`, `key`, `count`, `check`,
+    `network_key`. Lock-free by nature: `halted` (an Event), `is_bad` (a set lookup).
+    """
+
+    spec: JobSpec
+    key: FileKey
+    count: int
+    check: ChunkCheck
+    network_key: str | None
+
+    def halted(self) -> bool:
+        """The job is ending, for any reason: stop asking and receiving."""
+        ...
+
+    def is_bad(self, source: tuple[str, int]) -> bool:
+        """Did a chunk from this source fail verification (never asked again here)?"""
+        ...
+
+    def link(self, tls: bool, fingerprint: str | None) -> Link:
+        """How to reach a source: in clear or by pinned TLS. Raises tls.CannotTalk."""
+        ...
+
+    # Each of these takes the job's lock.
+
+    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
+        """The next chunk for `peer` and whether it is an endgame copy, or None."""
+        ...
+
+    def finished(self) -> bool:
+        """Is every chunk verified (nothing left to pick or to wait for)?"""
+        ...
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Sleep until a chunk is released or a peer's bits change, at most `timeout`."""
+        ...
+
+    def chunk_verified(
+        self, peer: str, source: tuple[str, int], index: int, size: int, on_disk: bool = True
+    ) -> None:
+        """A chunk matched its entry; called under the writer's lock (see `write`)."""
+        ...
+
+    def chunk_bad(self, peer: str, source: tuple[str, int], index: int, size: int) -> None:
+        """A chunk did not match: release it and mark the source bad for this file."""
+        ...
+
+    def peer_lost(self, peer: str, pending: list[int]) -> None:
+        """A connection ended with these chunks asked for and not received."""
+        ...
+
+    def peer_bits(self, peer: str, bits: bytes | None) -> None:
+        """What `peer` holds now (None: all of it)."""
+        ...
+
+    # This one takes the writer's lock, never the job's while holding it.
+
+    def write(
+        self, index: int, data: memoryview, offset: int, then: Callable[[bool], None] | None = None
+    ) -> None:
+        """Write bytes of chunk `index` at `offset`; with `then`, the chunk's last bytes,
+        written and recorded under one hold of the writer's lock: `then(on_disk)` runs
+        there (False when the bytes were not written: another copy won, the job is
+        halting, or a write failed), so a chunk is marked done only once it is on disk."""
+        ...

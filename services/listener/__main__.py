@@ -1,0 +1,3 @@
+from p2pshare.services.listener.role import main
+
+main()

@@ -1,0 +1,3 @@
+from p2pshare.services.server.role import main
+
+main()
