@@ -14,18 +14,12 @@ from typing import cast
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from p2pshare.db.downloads import (
-    UNFINISHED,
-    JobSpec,
-    Progress,
-    Source,
-    SourceTally,
-    record_progress,
-    spec_of,
-)
+from p2pshare.db.downloads import UNFINISHED
 from p2pshare.db.index import HashedFile, record_local_files
+from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress, spec_of
 from p2pshare.db.models import BadPeer, Chunk, Download, DownloadSource, File, Holding, Peer
 from p2pshare.db.node import bump_catalog_version
+from p2pshare.services.protocol.bitfield import bitfield_empty, bitfield_set
 
 # The table itself, for statements run once a row (executemany), which skip the ORM.
 DOWNLOADS = cast(Table, Download.__table__)
@@ -269,9 +263,9 @@ def record_bad(session: Session, download_id: int, source: SourceTally, *, now: 
 
 def _all_held(chunks: int) -> bytes:
     """The bitfield of a file whose every chunk is held (chunk 0 the high bit of byte 0)."""
-    bits = bytearray((chunks + 7) // 8)
+    bits = bitfield_empty(chunks)
     for i in range(chunks):
-        bits[i >> 3] |= 0x80 >> (i & 7)
+        bitfield_set(bits, i)
     return bytes(bits)
 
 

@@ -2,70 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, TypeVar, cast
+from typing import TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, delete, exists, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
+from p2pshare.db.values import ContentKey, HashedFile, IndexedStat, Stamp
+
+__all__ = ["ContentKey", "HashedFile", "IndexedStat", "Stamp"]
 
 # The tables behind the models, for Core bulk inserts (see ensure_files).
 _FILES = cast(Table, File.__table__)
 _CHUNKS = cast(Table, Chunk.__table__)
 _LOCAL_FILES = cast(Table, LocalFile.__table__)
-
-
-class Stamp(NamedTuple):
-    """One version of a file on disk, known without reading it.
-
-    Size and mtime alone miss a rewrite that restores mtime (cp -p, rsync -t,
-    tar x): ctime still moves. A file swapped for another (or for a symlink to
-    one) has another inode.
-    """
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Stamp:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-@dataclass(frozen=True)
-class IndexedStat:
-    """What the index remembers of a local file, to skip re-hashing it."""
-
-    stamp: Stamp
-    file_id: int
-
-
-@dataclass(frozen=True)
-class HashedFile:
-    """A file's content as the indexer measured it (stamp fields 0 for a peer's file)."""
-
-    size: int
-    mtime_ns: int
-    sha256: str
-    chunk_size: int
-    # The manifest: per chunk, the SHA-256 chaining state after it (hex); see Chunk.
-    chunk_hashes: Sequence[str]
-    chunk_sizes: Sequence[int]
-    root: str  # SHA-256 over the manifest's entries
-    ctime_ns: int = 0
-    inode: int = 0
-
-    @property
-    def key(self) -> ContentKey:
-        return (self.sha256, self.chunk_size, self.root)
-
-
-# (sha256, chunk_size, root): one offer of a content, the unique key of `files`.
-ContentKey = tuple[str, int, str]
 
 
 def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:

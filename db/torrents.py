@@ -12,13 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
-from p2pshare.db.downloads import (
-    KEEPING_TEMP,
-    UNFINISHED,
-    AmbiguousName,
-    Candidate,
-    UnknownName,
-)
+from p2pshare.db.downloads import KEEPING_TEMP, UNFINISHED, AmbiguousName, Candidate, UnknownName
 from p2pshare.db.index import HashedFile, Stamp, record_local_files
 from p2pshare.db.models import Download, File, LocalFile, Torrent, TorrentDownload, TorrentPieces
 from p2pshare.db.node import bump_catalog_version

@@ -9,10 +9,10 @@ import os
 import time
 from pathlib import Path
 
-from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
-from p2pshare.db.index import HashedFile
+from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.publish import PublishError, publish, safe_destination
 from p2pshare.services.settings import Settings
@@ -25,7 +25,7 @@ class JobFailed(Exception):
 
 
 class Finisher:
-    def __init__(self, spec: dbdl.JobSpec, settings: Settings, database: Database) -> None:
+    def __init__(self, spec: dbjobs.JobSpec, settings: Settings, database: Database) -> None:
         self.spec = spec
         self.settings = settings
         self.database = database
@@ -37,7 +37,7 @@ class Finisher:
 
         def remember(path: Path) -> None:
             with self.database.write() as s:
-                dbdl.set_saved_as(s, self.spec.download_id, self._relative(path))
+                dbjobs.set_saved_as(s, self.spec.download_id, self._relative(path))
 
         try:
             dest = safe_destination(self.settings.download_dir, self.spec.name)
@@ -63,7 +63,7 @@ class Finisher:
             inode=st.st_ino,
         )
         with self.database.write() as s:
-            dbdl.finish_download(
+            dbjobs.finish_download(
                 s,
                 spec.download_id,
                 status="done",

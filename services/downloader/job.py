@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import node as dbnode
+from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.downloader.finish import Finisher, JobFailed
@@ -51,7 +53,7 @@ class DownloadJob:
 
     def __init__(
         self,
-        spec: dbdl.JobSpec,
+        spec: dbjobs.JobSpec,
         settings: Settings,
         database: Database,
         stop: threading.Event,
@@ -149,7 +151,7 @@ class DownloadJob:
                 raise self._disk_full() from None
             raise
         with self.database.write() as s:
-            dbdl.start_job(s, self.spec.download_id, str(self.temp), now=time.time())
+            dbjobs.start_job(s, self.spec.download_id, str(self.temp), now=time.time())
 
     def _reserve_space(self) -> None:
         """Make sure the whole file fits before fetching any of it. Raises OSError (ENOSPC)."""
@@ -214,7 +216,7 @@ class DownloadJob:
         self._halt_workers()
         self._flush(time.time())
         with self.database.write() as s:
-            change = dbdl.switch_offer(s, self.spec.download_id)
+            change = dbswitch.switch_offer(s, self.spec.download_id)
         if change is None:
             self.halt.clear()  # nothing to switch to: carry on waiting
             return False
@@ -263,7 +265,7 @@ class DownloadJob:
 
     def _refresh_sources(self, now: float) -> None:
         with self.database.read() as s:
-            listed = dbdl.sources_for(s, self.spec.file_id)
+            listed = dbjobs.sources_for(s, self.spec.file_id)
         gone = set(self.sources) - {(src.address, src.tcp_port) for src in listed}
         for key in gone:  # expired peers: what only they held is unavailable now
             if not self.sources[key].alive():
@@ -289,7 +291,7 @@ class DownloadJob:
                     st.workers.append(worker)
                     worker.start()
 
-    def _connections(self, src: dbdl.Source, sources: int) -> int:
+    def _connections(self, src: dbjobs.Source, sources: int) -> int:
         """Connections to open to one source: two while there are one or two sources, so
         two threads receive, hash and write (under TLS also decrypt) on two cores; one
         each beyond that, where the sources' threads already keep the cores busy, and one
@@ -391,7 +393,7 @@ class DownloadJob:
         log.warning("download %d %s: %s", self.spec.download_id, status, reason)
         self._discard_temp()
         with self.database.write() as s:
-            dbdl.finish_download(
+            dbjobs.finish_download(
                 s, self.spec.download_id, status=status, reason=reason, now=time.time()
             )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from p2pshare.db.downloads import JobSpec
+from p2pshare.db.jobs import JobSpec
 from p2pshare.services.hashing.chain import INITIAL_STATE, ChainHasher
 from p2pshare.services.net.tls import Link
 from p2pshare.services.protocol import FileKey

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 
@@ -47,7 +47,7 @@ class Ledger:
 class DurableProgress:
     """The bitfield of chunks that are verified and on disk, and its record in `downloads`."""
 
-    def __init__(self, spec: dbdl.JobSpec, count: int, have: bytes) -> None:
+    def __init__(self, spec: dbjobs.JobSpec, count: int, have: bytes) -> None:
         self.spec = spec
         self.count = count
         self.bits = bytearray(have) or protocol.bitfield_empty(count)
@@ -77,13 +77,13 @@ class DurableProgress:
             os.fdatasync(fd)  # one fsync per batch, never per chunk
             for i in batch.verified:
                 protocol.bitfield_set(self.bits, i)
-        progress = dbdl.Progress(
+        progress = dbjobs.Progress(
             have=bytes(self.bits),
             bytes_done=self.bytes_done(),
             new_bytes_received=batch.received,
             new_bad_chunks=sum(t.bad_chunks for t in batch.tallies.values()),
             tallies=[
-                dbdl.SourceTally(a, p, usernames.get((a, p), ""), t.chunks, t.bytes, t.bad_chunks)
+                dbjobs.SourceTally(a, p, usernames.get((a, p), ""), t.chunks, t.bytes, t.bad_chunks)
                 for (a, p), t in batch.tallies.items()
             ],
             new_bad_peers=batch.new_bad,
@@ -91,4 +91,4 @@ class DurableProgress:
             reason=state[1],
         )
         with database.write() as s:
-            return dbdl.record_progress(s, self.spec.download_id, progress, now=now)
+            return dbjobs.record_progress(s, self.spec.download_id, progress, now=now)

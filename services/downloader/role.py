@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from p2pshare.db import batch as dbbatch
-from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (
@@ -150,7 +150,7 @@ class Runner:
     def _start_job(self, download_id: int) -> threading.Thread:
         ctx = self.ctx
         with ctx.database.read() as s:
-            spec = dbdl.job_spec(s, download_id)
+            spec = dbjobs.job_spec(s, download_id)
         assert spec is not None
         job = DownloadJob(
             spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout, ctx.tls
@@ -188,7 +188,7 @@ def sweep_temp(ctx: RoleContext, running: set[int]) -> None:
     if not names:
         return
     with ctx.database.read() as s:
-        kept = dbdl.downloads_keeping_temp(s) | running
+        kept = dbjobs.downloads_keeping_temp(s) | running
     removed = []
     for name in sorted(names):
         owner = name.split("-", 1)[0]

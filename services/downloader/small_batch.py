@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from p2pshare.db import batch as dbbatch
-from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
-from p2pshare.db.index import HashedFile
+from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.job import temp_name
 from p2pshare.services.downloader.pool import PeerPool, PoolKey
@@ -84,9 +84,9 @@ class Stopped(Exception):
 class Ready:
     """A file verified and written into its temp file, not yet durable nor published."""
 
-    spec: dbdl.JobSpec
+    spec: dbjobs.JobSpec
     temp: Path
-    source: dbdl.SourceTally | None
+    source: dbjobs.SourceTally | None
 
 
 class SmallBatch:
@@ -175,10 +175,10 @@ class SmallBatch:
                 with self.database.write() as s:
                     dbnode.bump_catalog_version(s, now=time.time())
 
-    def _temp(self, spec: dbdl.JobSpec) -> Path:
+    def _temp(self, spec: dbjobs.JobSpec) -> Path:
         return self.settings.temp_dir / temp_name(spec.download_id, spec.sha256)
 
-    def _write_empty(self, spec: dbdl.JobSpec, temp: Path) -> None:
+    def _write_empty(self, spec: dbjobs.JobSpec, temp: Path) -> None:
         if spec.sha256 != EMPTY_SHA256:  # a catalog cannot offer this; be sure
             self.left_over.add(spec.download_id)
             return
@@ -202,13 +202,13 @@ class SmallBatch:
             self.fetching -= 1
             self.lock.notify_all()
 
-    def give_back(self, specs: list[dbdl.JobSpec], why: str) -> None:
+    def give_back(self, specs: list[dbjobs.JobSpec], why: str) -> None:
         """Downloads this batch will not finish: the full job runs them."""
         if specs:
             self.left_over.update(sp.download_id for sp in specs)
             log.info("%d small download(s) left to full jobs: %s", len(specs), why)
 
-    def _cannot_write(self, spec: dbdl.JobSpec, exc: OSError) -> None:
+    def _cannot_write(self, spec: dbjobs.JobSpec, exc: OSError) -> None:
         self.give_back([spec], f"cannot write the temp file: {exc.strerror or exc}")
 
     # ------------------------------------------------------------ publishing
@@ -277,7 +277,7 @@ class SmallBatch:
         with self.database.write() as s:
             dbbatch.finish_batch(s, done, now=now, bump=bump)
             for download_id, reason in failed.items():
-                dbdl.finish_download(s, download_id, status="failed", reason=reason, now=now)
+                dbjobs.finish_download(s, download_id, status="failed", reason=reason, now=now)
         if bump:
             self.bumped_at, self.unannounced = now, False
         elif done:
@@ -328,7 +328,7 @@ class Arriving:
     """A file whose chunks are on their way, received into one buffer, each chunk verified
     against its manifest entry as it lands."""
 
-    spec: dbdl.JobSpec
+    spec: dbjobs.JobSpec
     data: memoryview
     check: ChunkCheck
     chunks: int
@@ -336,7 +336,7 @@ class Arriving:
     dropped: bool = False  # refused, failed or given back: its late chunks are discarded
 
     @classmethod
-    def of(cls, spec: dbdl.JobSpec) -> Arriving:
+    def of(cls, spec: dbjobs.JobSpec) -> Arriving:
         entries = [bytes.fromhex(h) for h in spec.chunk_hashes]
         return cls(
             spec,
@@ -352,8 +352,8 @@ class SourceFetch:
     def __init__(
         self,
         batch: SmallBatch,
-        source: dbdl.Source,
-        specs: list[dbdl.JobSpec],
+        source: dbjobs.Source,
+        specs: list[dbjobs.JobSpec],
         temps: dict[int, Path],
     ) -> None:
         self.batch = batch
@@ -458,7 +458,7 @@ class SourceFetch:
         hasher = arriving.check.start(index)
         hasher.update(view)
         if not arriving.check.matches(index, hasher):
-            bad = dbdl.SourceTally(src.address, src.tcp_port, src.username, 0, len(view), 1)
+            bad = dbjobs.SourceTally(src.address, src.tcp_port, src.username, 0, len(view), 1)
             with self.batch.database.write() as s:
                 dbbatch.record_bad(s, spec.download_id, bad, now=time.time())
             log.warning(
@@ -477,7 +477,7 @@ class SourceFetch:
         except OSError as exc:
             self.batch._cannot_write(spec, exc)
             return
-        tally = dbdl.SourceTally(
+        tally = dbjobs.SourceTally(
             src.address, src.tcp_port, src.username, arriving.chunks, spec.size, 0
         )
         self.batch.add_ready(Ready(spec, temp, tally))
@@ -487,9 +487,9 @@ class SourceFetch:
             arriving.dropped = True
             self.batch.give_back([arriving.spec], why)
 
-    def _unfinished(self) -> list[dbdl.JobSpec]:
+    def _unfinished(self) -> list[dbjobs.JobSpec]:
         """Files asked for and not yet complete, oldest first, each once."""
-        seen: dict[int, dbdl.JobSpec] = {}
+        seen: dict[int, dbjobs.JobSpec] = {}
         for arriving, _ in self.pending:
             if not arriving.dropped:
                 seen.setdefault(arriving.spec.download_id, arriving.spec)
@@ -503,12 +503,12 @@ class SourceFetch:
 
 
 def assign_sources(
-    specs: list[dbdl.JobSpec], sources: dict[int, list[dbdl.Source]]
-) -> dict[dbdl.Source, list[dbdl.JobSpec]]:
+    specs: list[dbjobs.JobSpec], sources: dict[int, list[dbjobs.Source]]
+) -> dict[dbjobs.Source, list[dbjobs.JobSpec]]:
     """Each file to one of the sources holding it, the bytes spread evenly: biggest
     first, each to the holder with the fewest bytes so far."""
     load: dict[tuple[str, int], int] = {}
-    out: dict[dbdl.Source, list[dbdl.JobSpec]] = {}
+    out: dict[dbjobs.Source, list[dbjobs.JobSpec]] = {}
     for spec in sorted(specs, key=lambda sp: -sp.size):
         holders = sources[spec.file_id]
         src = min(

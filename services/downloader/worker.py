@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 
-from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.services import protocol
 from p2pshare.services.downloader.port import JobPort
 from p2pshare.services.hashing.chain import ChainHasher
@@ -46,7 +46,7 @@ class BadChunk(Exception):
 class SourceState:
     """One source peer of a download, its connections and its retry schedule."""
 
-    source: dbdl.Source
+    source: dbjobs.Source
     workers: list[PeerWorker] = field(default_factory=list)
     retry_at: float = 0.0
     backoff: float = RETRY_MIN_SECONDS

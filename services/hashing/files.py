@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from p2pshare.db.index import HashedFile, Stamp
+from p2pshare.db.values import HashedFile, Stamp
 from p2pshare.services.hashing.chain import ChainHasher
 from p2pshare.services.protocol import EMPTY_SHA256, manifest_root
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pshare.db import peers as dbpeers
-from p2pshare.db.index import ContentKey
+from p2pshare.db.values import ContentKey
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
 from p2pshare.services.runtime import RoleContext

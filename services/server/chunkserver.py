@@ -22,7 +22,7 @@ from typing import BinaryIO
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.index import ContentKey, Stamp
+from p2pshare.db.values import ContentKey, Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey

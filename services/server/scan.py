@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pshare.db.index import Stamp
+from p2pshare.db.values import Stamp
 from p2pshare.services.protocol import ProtocolError, check_name
 
 

@@ -23,9 +23,10 @@ from types import ModuleType
 from typing import Any
 
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.db.index import HashedFile, Stamp
+from p2pshare.db.values import HashedFile, Stamp
 from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
 from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.settings import Settings, chunk_size_for
@@ -276,11 +277,11 @@ class Fetcher:
             state, reason = "waiting", "no BitTorrent peer connected yet"
         else:
             state, reason = "active", None
-        progress = dbdl.Progress(
+        progress = dbjobs.Progress(
             b"", int(st.total_wanted_done), new_received, failures, tallies, [], state, reason
         )
         with self.database.write() as s:
-            return dbdl.record_progress(s, f.job.download_id, progress, now=time.time())
+            return dbjobs.record_progress(s, f.job.download_id, progress, now=time.time())
 
     def count_block(self, f: Fetching, alert: Any) -> None:
         """One alert a 16 KiB block: kept to plain arithmetic (a GiB is 65,536 of them)."""
@@ -295,10 +296,10 @@ class Fetcher:
         key = (str(ip), int(port))
         f.peer_bytes[key] = f.peer_bytes.get(key, 0) + size
 
-    def tallies(self, f: Fetching) -> list[dbdl.SourceTally]:
+    def tallies(self, f: Fetching) -> list[dbjobs.SourceTally]:
         """What each peer sent since the last flush (chunks: 16 KiB blocks)."""
         out = [
-            dbdl.SourceTally(ip, port, "", -(-n // BLOCK_SIZE), n, 0)
+            dbjobs.SourceTally(ip, port, "", -(-n // BLOCK_SIZE), n, 0)
             for (ip, port), n in f.peer_bytes.items()
         ]
         f.peer_bytes = {}

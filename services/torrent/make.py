@@ -21,7 +21,7 @@ from types import ModuleType
 from p2pshare.db import node as dbnode
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.db.index import Stamp
+from p2pshare.db.values import Stamp
 from p2pshare.services.settings import Settings
 from p2pshare.services.torrent import NOT_INSTALLED, load_libtorrent
 from p2pshare.services.torrent import metainfo as mi

@@ -16,6 +16,7 @@ import pytest
 
 from p2pshare.db import downloads as dbdownloads
 from p2pshare.db import index as dbindex
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
@@ -100,23 +101,23 @@ def seed(home: Path) -> None:
         with database.write() as s:
             movie = dbdownloads.resolve_name(s, "movie.mkv")
             did, _ = dbdownloads.queue_download(s, movie, now=now - 100)
-            dbdownloads.start_job(s, did, str(home / "temp" / "movie.part"), now=now - 90)
-            dbdownloads.record_progress(
+            dbjobs.start_job(s, did, str(home / "temp" / "movie.part"), now=now - 90)
+            dbjobs.record_progress(
                 s,
                 did,
-                dbdownloads.Progress(
+                dbjobs.Progress(
                     have=b"\xf0",
                     bytes_done=len(MOVIE),
                     new_bytes_received=len(MOVIE),
                     new_bad_chunks=0,
-                    tallies=[dbdownloads.SourceTally("127.0.0.2", 5001, "alice", 4, len(MOVIE), 0)],
+                    tallies=[dbjobs.SourceTally("127.0.0.2", 5001, "alice", 4, len(MOVIE), 0)],
                     new_bad_peers=[],
                     status="active",
                     reason=None,
                 ),
                 now=now - 80,
             )
-            dbdownloads.finish_download(
+            dbjobs.finish_download(
                 s,
                 did,
                 status="done",
@@ -126,7 +127,7 @@ def seed(home: Path) -> None:
             )
             todo = dbdownloads.resolve_name(s, "todo")
             tid, _ = dbdownloads.queue_download(s, todo, now=now - 50)
-            dbdownloads.finish_download(
+            dbjobs.finish_download(
                 s, tid, status="failed", reason="no peer holds chunk 1", now=now - 40
             )
             dbserving.record_uploads(

@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
+from p2pshare.db import jobs as dbjobs
+from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import reports as dbreports
 from p2pshare.db.engine import SCHEMA_VERSION, ChangeWatch, Database, SchemaError
@@ -762,7 +764,7 @@ def test_migrated_database_takes_v2_content(tmp_path: Path) -> None:
         with database.write() as s:
             did, new = dbdl.queue_download(s, dbdl.resolve_name(s, "new.bin"), now=NOW)
             assert new
-            spec = dbdl.job_spec(s, did)
+            spec = dbjobs.job_spec(s, did)
         assert spec is not None
         assert (spec.sha256, spec.root, spec.chunk_hashes) == (
             hashlib.sha256(data).hexdigest(),
@@ -830,10 +832,10 @@ def mark_bad(db: Database, download_id: int, *peers: tuple[str, int]) -> None:
     with db.write() as s:
         d = s.get(Download, download_id)
         assert d is not None
-        dbdl.record_progress(
+        dbjobs.record_progress(
             s,
             download_id,
-            dbdl.Progress(
+            dbjobs.Progress(
                 bytes(d.have), d.bytes_done, 0, len(peers), [], list(peers), "active", None
             ),
             now=NOW,
@@ -847,12 +849,12 @@ def queue_on(db: Database, file_id: int, have: set[int]) -> int:
             s, dbdl.Candidate(file_id, "movie.mkv", MOVIE_SHA, len(MOVIE), 1), now=NOW
         )
         assert new
-        dbdl.start_job(s, did, "/tmp/movie.part", now=NOW)
+        dbjobs.start_job(s, did, "/tmp/movie.part", now=NOW)
         bits = protocol.bitfield_empty(4)
         for i in have:
             protocol.bitfield_set(bits, i)
-        progress = dbdl.Progress(bytes(bits), len(have) * CS, 0, 0, [], [], "active", None)
-        dbdl.record_progress(s, did, progress, now=NOW)
+        progress = dbjobs.Progress(bytes(bits), len(have) * CS, 0, 0, [], [], "active", None)
+        dbjobs.record_progress(s, did, progress, now=NOW)
     return did
 
 
@@ -885,7 +887,7 @@ def test_switch_offer_moves_a_download_to_the_honest_offer(
     mark_bad(db, did, LIAR)
 
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     reason = change.reason if change else None
 
     assert reason is not None
@@ -898,7 +900,7 @@ def test_switch_offer_moves_a_download_to_the_honest_offer(
     assert done == len(kept) * CS
     # The job now starts on the honest manifest, from the chunks that carry over.
     with db.read() as s:
-        spec = dbdl.job_spec(s, did)
+        spec = dbjobs.job_spec(s, did)
     assert spec is not None
     assert (spec.file_id, spec.root, spec.chunk_hashes) == (honest_file, root_of(MOVIE), honest)
 
@@ -911,7 +913,7 @@ def test_switch_offer_keeps_nothing_across_chunk_sizes(db: Database) -> None:
     did = queue_on(db, liar_file, {2, 3})
     mark_bad(db, did, LIAR)
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     reason = change.reason if change else None
     assert reason is not None and "0 verified chunks kept" in reason
     file_id, status, _, have, done, _ = download_row(db, did)
@@ -929,7 +931,7 @@ def test_switch_offer_prefers_the_offer_more_good_peers_make(db: Database) -> No
     did = queue_on(db, liar_file, set())
     mark_bad(db, did, LIAR)
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     reason = change.reason if change else None
     assert reason is not None and "2 peers" in reason
     assert download_row(db, did)[0] == honest_file != other_lie
@@ -944,7 +946,7 @@ def test_switch_offer_without_a_usable_other_offer_changes_nothing(db: Database)
 
     # No other offer at all.
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
     # Another offer whose only peer is bad for it.
     honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
     with db.write() as s:
@@ -952,12 +954,12 @@ def test_switch_offer_without_a_usable_other_offer_changes_nothing(db: Database)
             BadPeer(address=HONEST[0][0], tcp_port=HONEST[0][1], file_id=honest_file, marked_at=NOW)
         )
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
     # Another offer whose peer has gone silent and expired.
     offer(db, NODE_C, HONEST[1], "movie.mkv", honest)
     with db.write() as s:
         assert dbpeers.expire_peers(s, now=NOW + 1000, ttl=30)
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
 
     assert download_row(db, did) == before
 
@@ -968,10 +970,10 @@ def test_switch_offer_leaves_a_finished_download_alone(db: Database) -> None:
     offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
     did = queue_on(db, liar_file, set())
     with db.write() as s:
-        dbdl.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
+        dbjobs.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
-        assert dbdl.switch_offer(s, 9999) is None
+        assert dbswitch.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, 9999) is None
     assert download_row(db, did)[:2] == (liar_file, "cancelled")
 
 
@@ -1021,7 +1023,7 @@ def test_queue_download_goes_by_sha256_across_offers(db: Database) -> None:
         candidate = dbdl.Candidate(honest_file, "movie.mkv", MOVIE_SHA, len(MOVIE), 1)
         assert dbdl.queue_download(s, candidate, now=NOW) == (did, False)
     with db.write() as s:
-        dbdl.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
+        dbjobs.finish_download(s, did, status="cancelled", reason="cancelled by the user", now=NOW)
     # The content shared here under another chunk size is already here.
     hashed = dbindex.HashedFile(
         len(MOVIE),
@@ -1048,10 +1050,10 @@ def test_apply_catalog_keeps_two_roots_of_one_sha_apart(db: Database, db_path: P
         (honest_file, root_of(MOVIE)),
     ]
     with db.read() as s:
-        assert dbdl.sources_for(s, honest_file) == [
-            dbdl.Source(HONEST[0][0], HONEST[0][1], "alice", None)
+        assert dbjobs.sources_for(s, honest_file) == [
+            dbjobs.Source(HONEST[0][0], HONEST[0][1], "alice", None)
         ]
-        assert [src.address for src in dbdl.sources_for(s, liar_file)] == [LIAR[0]]
+        assert [src.address for src in dbjobs.sources_for(s, liar_file)] == [LIAR[0]]
         known = dbpeers.known_contents(
             s, [(MOVIE_SHA, CS, root_of(MOVIE)), (MOVIE_SHA, CS, "0" * 64)]
         )

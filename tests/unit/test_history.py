@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pshare.db import downloads as dbdl
 from p2pshare.db import history, quick
 from p2pshare.db import index as dbindex
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
@@ -69,14 +69,16 @@ def one_round(database: Database, peer: dbpeers.Heard, i: int, now: float) -> in
     with database.write() as s:
         [did] = dbreq.queue_request(s, name, every=False, now=now).downloads
     with database.write() as s:
-        dbdl.start_job(s, did, f"/tmp/p2p/{did}.part", now=now + 1)
-        tally = dbdl.SourceTally(
+        dbjobs.start_job(s, did, f"/tmp/p2p/{did}.part", now=now + 1)
+        tally = dbjobs.SourceTally(
             peer.address, peer.tcp_port, peer.username, len(h.chunk_hashes), h.size, 0
         )
-        progress = dbdl.Progress(b"\xff" * 8, h.size, h.size, 0, [tally], [], "active", None)
-        dbdl.record_progress(s, did, progress, now=now + 30)
+        progress = dbjobs.Progress(b"\xff" * 8, h.size, h.size, 0, [tally], [], "active", None)
+        dbjobs.record_progress(s, did, progress, now=now + 30)
     with database.write() as s:
-        dbdl.finish_download(s, did, status="done", reason=None, now=now + 60, published=(name, h))
+        dbjobs.finish_download(
+            s, did, status="done", reason=None, now=now + 60, published=(name, h)
+        )
         if i:
             dbindex.remove_local_files(s, "download", [f"daily/report-{i - 1:04d}.bin"])
             dbindex.delete_orphan_files(s)  # as the indexer does; the download row keeps it
@@ -131,7 +133,7 @@ def test_a_thousand_download_rounds_keep_the_database_flat(database: Database) -
     # Totals stay exact: rolled-up days plus rows still listed are every round.
     with database.read() as s:
         older = history.rolled_up(s)
-        listed = dbdl.unfinished_downloads(s)
+        listed = dbjobs.unfinished_downloads(s)
     assert listed == []
     [done] = older
     assert done.status == "done"

@@ -13,6 +13,8 @@ from test_db import CS, NODE_A, NODE_B, NODE_C, NOW, data_of, heard, sql
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
+from p2pshare.db import jobs as dbjobs
+from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
@@ -102,20 +104,20 @@ def requests(db: Database) -> list[tuple[Any, ...]]:
 def progress(db: Database, did: int, have: set[int], *, status: str = "active") -> None:
     """A running job that verified and fsynced chunks `have` of download `did`."""
     with db.write() as s:
-        spec = dbdl.job_spec(s, did)
+        spec = dbjobs.job_spec(s, did)
         assert spec is not None
-        dbdl.start_job(s, did, f"/tmp/p2p-temp/{did}.part", now=NOW)
+        dbjobs.start_job(s, did, f"/tmp/p2p-temp/{did}.part", now=NOW)
         bits = protocol.bitfield_empty(len(spec.chunk_hashes))
         for i in have:
             protocol.bitfield_set(bits, i)
         done = sum(min(CS, spec.size - i * CS) for i in have)
-        p = dbdl.Progress(bytes(bits), done, done, 0, [], [], status, None)
-        assert dbdl.record_progress(s, did, p, now=NOW) == status
+        p = dbjobs.Progress(bytes(bits), done, done, 0, [], [], status, None)
+        assert dbjobs.record_progress(s, did, p, now=NOW) == status
 
 
 def finish(db: Database, did: int, status: str) -> None:
     with db.write() as s:
-        dbdl.finish_download(s, did, status=status, reason=f"{status} in a test", now=NOW)
+        dbjobs.finish_download(s, did, status=status, reason=f"{status} in a test", now=NOW)
 
 
 # ---------------------------------------------------------------- folders
@@ -549,7 +551,10 @@ def test_resume_touches_only_paused_downloads(db: Database, running: dict[str, i
         n: st for n, st in before.items() if n not in ("a.bin", "album/01 big.flac")
     }
     with db.read() as s:
-        assert set(dbdl.unfinished_downloads(s)) >= {running["a.bin"], running["album/01 big.flac"]}
+        assert set(dbjobs.unfinished_downloads(s)) >= {
+            running["a.bin"],
+            running["album/01 big.flac"],
+        }
 
 
 def test_cancel_takes_unfinished_and_paused_and_clears_the_temp_path(
@@ -557,7 +562,7 @@ def test_cancel_takes_unfinished_and_paused_and_clears_the_temp_path(
 ) -> None:
     with db.write() as s:
         dbreq.pause_downloads(s, "a.bin")
-        with_temp = dbdl.downloads_keeping_temp(s)
+        with_temp = dbjobs.downloads_keeping_temp(s)
     assert running["a.bin"] in with_temp and running["done.bin"] not in with_temp
     before = states(db)
     with db.write() as s:
@@ -576,7 +581,7 @@ def test_cancel_takes_unfinished_and_paused_and_clears_the_temp_path(
     assert after["done.bin"] == before["done.bin"]
     assert after["failed.bin"] == before["failed.bin"]
     with db.read() as s:
-        assert running["a.bin"] not in dbdl.downloads_keeping_temp(s)
+        assert running["a.bin"] not in dbjobs.downloads_keeping_temp(s)
 
 
 # ---------------------------------------------------------------- following
@@ -585,20 +590,20 @@ def test_cancel_takes_unfinished_and_paused_and_clears_the_temp_path(
 def test_follow_states_in_the_order_asked(db: Database, running: dict[str, int]) -> None:
     a, cover, done = running["a.bin"], running["album/cover.jpg"], running["done.bin"]
     with db.write() as s:
-        p = dbdl.Progress(
+        p = dbjobs.Progress(
             b"\xa0",
             2 * CS,
             0,
             0,
             [
-                dbdl.SourceTally(*PEER_A, "alice", 2, 2 * CS, 0),
-                dbdl.SourceTally(*PEER_B, "bob", 0, 0, 1),  # sent only a bad chunk
+                dbjobs.SourceTally(*PEER_A, "alice", 2, 2 * CS, 0),
+                dbjobs.SourceTally(*PEER_B, "bob", 0, 0, 1),  # sent only a bad chunk
             ],
             [],
             "active",
             None,
         )
-        dbdl.record_progress(s, a, p, now=NOW)
+        dbjobs.record_progress(s, a, p, now=NOW)
     with db.read() as s:
         got = dbreq.follow_states(s, [done, 99999, a, cover])
     assert got == [
@@ -646,7 +651,7 @@ def test_bare_name_follows_the_new_version(db: Database, new: bytes, kept: set[i
     rewritten(db, new)
 
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
 
     assert change is not None
     assert (change.ended, change.sha256, change.size) == (False, sha(new), len(new))
@@ -666,7 +671,7 @@ def test_bare_name_follows_the_new_version(db: Database, new: bytes, kept: set[i
     assert set(protocol.bitfield_indices(have, count)) == kept and len(have) == (count + 7) // 8
     assert done == len(kept) * CS
     with db.read() as s:
-        spec = dbdl.job_spec(s, did)
+        spec = dbjobs.job_spec(s, did)
     assert spec is not None and spec.chunk_hashes == manifest_entries(new, CS)
 
 
@@ -676,7 +681,7 @@ def test_following_keeps_nothing_across_chunk_sizes(db: Database) -> None:
     progress(db, did, {0, 1})
     rewritten(db, SAME_START, cs=2 * CS)
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     assert change is not None and "0 verified chunks kept" in change.reason
     fid, digest, *_, have, done, _ = download_row(db, did)
     assert (fid, digest, have, done) == (file_id(db, SAME_START, 2 * CS), sha(SAME_START), b"\0", 0)
@@ -689,7 +694,7 @@ def test_following_takes_the_version_more_peers_offer(db: Database) -> None:
     catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START})
     catalog(db, NODE_C, PEER_C, {"movie.mkv": SAME_START})
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     assert change is not None and change.sha256 == sha(SAME_START)
     assert "offered by 2 peers" in change.reason
 
@@ -704,7 +709,7 @@ def test_pinned_download_ends_naming_the_versions_offered(db: Database) -> None:
     assert before[-1] == 1
 
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
 
     assert change is not None
     assert (change.ended, change.sha256, change.size) == (True, sha(V1), len(V1))
@@ -722,7 +727,7 @@ def test_nothing_moves_while_a_live_peer_offers_the_old_content(db: Database) ->
     rewritten(db, SAME_START)
     before = download_row(db, did)
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
     assert download_row(db, did) == before
     # That peer goes silent and is forgotten: now the name is followed.
     with db.write() as s:
@@ -732,7 +737,7 @@ def test_nothing_moves_while_a_live_peer_offers_the_old_content(db: Database) ->
         assert fresh.peer_id is not None
         assert dbpeers.expire_peers(s, now=NOW + 100, ttl=30) == ["alice (127.0.0.3:5002)"]
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     assert change is not None and change.sha256 == sha(SAME_START)
 
 
@@ -744,7 +749,7 @@ def test_nothing_moves_when_no_other_version_is_offered_under_the_name(db: Datab
     catalog(db, NODE_A, PEER_A, {"movie (new).mkv": SAME_START}, seq=2)
     before = download_row(db, did)
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
     assert download_row(db, did) == before
 
 
@@ -763,12 +768,12 @@ def test_a_bad_peers_version_is_not_followed(db: Database) -> None:
         )
     before = download_row(db, did)
     with db.write() as s:
-        assert dbdl.switch_offer(s, did) is None
+        assert dbswitch.switch_offer(s, did) is None
     assert download_row(db, did) == before
     # A good peer offering the same new version is followed.
     catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START})
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     assert change is not None and "offered by 1 peer:" in change.reason
     assert download_row(db, did)[1] == sha(SAME_START)
 
@@ -782,7 +787,7 @@ def test_a_bad_peer_of_the_old_content_does_not_hold_the_download_back(db: Datab
         )
     catalog(db, NODE_B, PEER_B, {"movie.mkv": ALL_NEW})
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     assert change is not None and change.sha256 == sha(ALL_NEW)
 
 
@@ -819,7 +824,7 @@ def test_asking_name_at_sha_pins_the_version_even_when_a_bare_download_runs(
     [did] = pinned.downloads
     rewritten(db, SAME_START)
     with db.write() as s:
-        change = dbdl.switch_offer(s, did)
+        change = dbswitch.switch_offer(s, did)
     # Whether the running download was reused or a pinned one queued, what the pinned
     # request waits for must not move to another version.
     assert change is not None and change.ended, change

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pshare.db.index import Stamp
+from p2pshare.db.values import Stamp
 from p2pshare.services import protocol as p
 from p2pshare.services.hashing import files as hashing
 from p2pshare.services.hashing.chain import (

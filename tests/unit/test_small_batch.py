@@ -14,6 +14,7 @@ from test_requests import PEER_A, PEER_B, catalog, hashed, sha
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.pool import PeerPool
@@ -81,7 +82,7 @@ def test_sources_leave_out_bad_peers_per_file(db: Database) -> None:
     with db.read() as s:
         specs = {sp.name: sp for sp in dbbatch.job_specs(s, ids)}
     first = specs["album/f000.bin"]
-    bad = dbdl.SourceTally(*PEER_A, "node-a", 0, 100, 1)
+    bad = dbjobs.SourceTally(*PEER_A, "node-a", 0, 100, 1)
     with db.write() as s:
         dbbatch.record_bad(s, first.download_id, bad, now=NOW)
     with db.read() as s:
@@ -90,7 +91,7 @@ def test_sources_leave_out_bad_peers_per_file(db: Database) -> None:
     other = specs["album/f001.bin"].file_id
     assert {(x.address, x.tcp_port) for x in sources[other]} == {PEER_A, PEER_B}
     with db.read() as s:
-        row = dbdl.job_spec(s, first.download_id)
+        row = dbjobs.job_spec(s, first.download_id)
     assert row is not None and row.status in dbdl.UNFINISHED  # full jobs take it from here
 
 
@@ -117,14 +118,14 @@ def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Databa
             sp.download_id,
             sp.name,
             hashed(files[sp.name]),
-            dbdl.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
+            dbjobs.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
         )
         for sp in specs
     ]
     with db.write() as s:
         dbbatch.finish_batch(s, done, now=NOW + 1)
     with db.read() as s:
-        rows = [dbdl.job_spec(s, i) for i in started]
+        rows = [dbjobs.job_spec(s, i) for i in started]
     assert all(r is not None and r.status == "done" and r.have == b"\x80" for r in rows)
     # Each finished download names its source, its bytes and where it was saved.
     sources = sql(db.path, "SELECT download_id, address, chunks, bytes FROM download_sources")
@@ -138,15 +139,15 @@ def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Databa
 # ---------------------------------------------------------------- spreading over sources
 
 
-def spec(i: int, size: int, file_id: int) -> dbdl.JobSpec:
-    return dbdl.JobSpec(
+def spec(i: int, size: int, file_id: int) -> dbjobs.JobSpec:
+    return dbjobs.JobSpec(
         i, file_id, f"f{i}", sha(bytes([i])), size, 1 << 18, "", [], b"", None, None, "queued"
     )
 
 
 def test_files_spread_over_their_holders_by_bytes() -> None:
-    a = dbdl.Source(*PEER_A, "a", None)
-    b = dbdl.Source(*PEER_B, "b", None)
+    a = dbjobs.Source(*PEER_A, "a", None)
+    b = dbjobs.Source(*PEER_B, "b", None)
     specs = [spec(i, 1000 * (i + 1), i) for i in range(10)]
     holders = {i: [a, b] for i in range(10)}
     holders[9] = [a]  # only a holds the biggest

@@ -20,7 +20,7 @@ from p2pshare.db import history, quick
 from p2pshare.db import torrent_queue as tq
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.db.index import Stamp
+from p2pshare.db.values import Stamp
 from p2pshare.services.hashing.files import hash_file
 from p2pshare.services.settings import load_settings
 from p2pshare.services.torrent import load_libtorrent
