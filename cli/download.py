@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
-from p2pshare.cli.render import human_bytes
 from p2pshare.db import queueing, quick
+from p2pshare.services.units import human_bytes
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

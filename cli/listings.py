@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 import click
 
 from p2pshare.cli.context import Ctl, UserError, pass_ctl
-from p2pshare.cli.render import ago, emit_json_stream, emit_jsonl, emit_table, human_bytes
+from p2pshare.cli.render import emit_json_stream, emit_jsonl, emit_table
 from p2pshare.db import listing
 from p2pshare.services.protocol import short_fingerprint
+from p2pshare.services.units import ago, human_bytes
 
 _T = Callable[[Callable[..., None]], Callable[..., None]]
 

@@ -1,59 +1,15 @@
-"""Turning report rows into tables (tabulate) or JSON, and human-friendly units."""
+"""Turning report rows into tables (tabulate) or JSON; the units in them are
+`services.units`, shared with the web page."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import click
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def ago(ts: float | None, *, now: float | None = None) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0.0, (time.time() if now is None else now) - ts)
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} d ago"
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
-
-
-def rate(nbytes: int, seconds: float | None) -> str:
-    if not seconds or seconds <= 0 or not nbytes:
-        return "-"
-    return f"{human_bytes(nbytes / seconds)}/s"
 
 
 def emit_json(rows: Sequence[Any] | Any) -> None:

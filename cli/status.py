@@ -12,10 +12,11 @@ import click
 
 from p2pshare.cli import node_settings
 from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
-from p2pshare.cli.render import ago, emit_json, emit_table, human_bytes
+from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import quick
 from p2pshare.db.roles import ROLES, RoleStatus
 from p2pshare.services.protocol import short_fingerprint
+from p2pshare.services.units import ago, human_bytes
 
 KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from p2pshare.cli.context import Ctl, UserError, pass_ctl
-from p2pshare.cli.render import human_bytes
+from p2pshare.services.units import human_bytes
 
 
 @click.command()

@@ -15,10 +15,10 @@ from pathlib import Path
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
-from p2pshare.cli.render import human_bytes
 from p2pshare.db import queueing, quick
 from p2pshare.db import torrent_queue as tq
 from p2pshare.services.torrent import metainfo as mi
+from p2pshare.services.units import human_bytes
 
 NOT_INSTALLED = (
     "this node's p2p-torrent cannot fetch: the libtorrent bindings are not installed "

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pshare.services.protocol.limits import CHUNK_ALIGN, MAX_CHUNK, MAX_USERNAME_BYTES, MIN_CHUNK
+
 DEFAULT_UDP_PORT = 47474
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 600.0
@@ -247,8 +249,10 @@ def _username(raw: str | None) -> str:
         except (KeyError, OSError):
             user = "user"
         raw = f"{user}@{socket.gethostname()}"
-    if len(raw.encode()) > 64 or not raw.isprintable():
-        raise SettingsError("P2P_USERNAME must be printable and at most 64 bytes")
+    if len(raw.encode()) > MAX_USERNAME_BYTES or not raw.isprintable():
+        raise SettingsError(
+            f"P2P_USERNAME must be printable and at most {MAX_USERNAME_BYTES} bytes"
+        )
     return raw
 
 
@@ -330,13 +334,15 @@ def _chunk_size(raw: str | None) -> int | None:
     if raw is None:
         return None
     value = _int("P2P_CHUNK_SIZE", raw)
-    # 16 KiB keeps per-chunk overhead sane; 64 MiB keeps a chunk in memory bounds.
-    if not 16 * 1024 <= value <= 64 * 1024 * 1024:
-        raise SettingsError(f"P2P_CHUNK_SIZE must be between 16384 and 67108864 bytes, not {value}")
-    # A SHA-256 chaining state, which each manifest entry is, exists only after whole
-    # 64-byte blocks.
-    if value % 64:
-        raise SettingsError(f"P2P_CHUNK_SIZE must be a multiple of 64 bytes, not {value}")
+    # The wire format's bounds: a peer refuses an offer outside them.
+    if not MIN_CHUNK <= value <= MAX_CHUNK:
+        raise SettingsError(
+            f"P2P_CHUNK_SIZE must be between {MIN_CHUNK} and {MAX_CHUNK} bytes, not {value}"
+        )
+    if value % CHUNK_ALIGN:
+        raise SettingsError(
+            f"P2P_CHUNK_SIZE must be a multiple of {CHUNK_ALIGN} bytes, not {value}"
+        )
     return value
 
 

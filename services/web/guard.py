@@ -15,7 +15,19 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+from typing import Any
 from urllib.parse import urlsplit
+
+import jinja2
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
+
+from p2pshare.services.web import token as webtoken
+from p2pshare.services.web.context import client_of, error_response
+
+log = logging.getLogger("p2p.web")
 
 TOKEN_COOKIE = "p2p_token"
 CSRF_FIELD = "csrf"
@@ -80,3 +92,64 @@ def needs_token(path: str, bind: str) -> bool:
     if path.startswith("/static/"):
         return False
     return not is_loopback(bind)
+
+
+# What a page may load: only this origin's own script and style, no frames around it.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",  # a token in the address bar never leaves in a Referer
+    "cache-control": "no-store",
+}
+
+
+class Guard(BaseHTTPMiddleware):
+    """Host check, token, security headers; every refusal a sentence."""
+
+    def __init__(self, app: Any, *, bind: str, token: str, env: jinja2.Environment) -> None:
+        super().__init__(app)
+        self.bind, self.token, self.env = bind, token, env
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await self._checked(request, call_next)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    async def _checked(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        host = request.headers.get("host")
+        if not host_allowed(host, self.bind):
+            log.warning("refused a request for Host %r from %s", host, client_of(request))
+            return self._refuse(
+                request,
+                403,
+                "This address is not one p2p-web answers to; open it by its IP address "
+                "or as localhost.",
+            )
+        given = request.query_params.get("token")
+        if needs_token(request.url.path, self.bind):
+            cookie = request.cookies.get(TOKEN_COOKIE)
+            if not (webtoken.same(given, self.token) or webtoken.same(cookie, self.token)):
+                return self._refuse(
+                    request,
+                    403,
+                    "This page needs the node's web token: open the link that "
+                    "p2pctl share-link prints.",
+                )
+        if request.method not in SAFE_METHODS and not origin_matches(
+            request.headers.get("origin"), host
+        ):
+            return self._refuse(request, 403, "A page from another site cannot change this node.")
+        response = await call_next(request)
+        if webtoken.same(given, self.token):
+            response.set_cookie(
+                TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/"
+            )
+        return response
+
+    def _refuse(self, request: Request, status: int, message: str) -> Response:
+        return error_response(self.env, request, status, message)

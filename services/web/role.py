@@ -43,7 +43,8 @@ def run(ctx: RoleContext) -> None:
     # Imported here: the web stack costs start-up time the idle case does not need.
     import uvicorn
 
-    from p2pshare.services.web.app import Web, make_app
+    from p2pshare.services.web.app import make_app
+    from p2pshare.services.web.context import Web
 
     sampler = RateSampler()
     web = Web(settings, ctx.database, token, sampler, settings.web_bind)

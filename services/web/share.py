@@ -9,6 +9,8 @@ folders, never bytes nobody verified.
 from __future__ import annotations
 
 import contextlib
+import logging
+import mimetypes
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -17,9 +19,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from p2pshare.db.reports import LocalFileRow
 from p2pshare.services.settings import Settings
+from p2pshare.services.web import ranges
+from p2pshare.services.web.context import client_of
+
+log = logging.getLogger("p2p.web")
 
 # URL segment -> local_files.root, and the folder each stands for.
 ROOTS = {"shared": "share", "downloads": "download"}
@@ -116,3 +125,50 @@ def content_disposition(name: str) -> str:
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in base
     )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(base, safe='')}"
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def file_response(request: Request, settings: Settings, row: LocalFileRow) -> Response:
+    """The bytes of one shared file (or the span a Range header asks for), streamed from a
+    descriptor opened and checked by `open_verified`; a refusal is an HTTPException."""
+    try:
+        fd, st = open_verified(settings, row)
+    except NotShared as exc:
+        raise HTTPException(404, str(exc)) from None
+    except Changed as exc:
+        raise HTTPException(409, str(exc)) from None
+    etag = f'"{row.sha256}"'
+    headers = {
+        "accept-ranges": "bytes",
+        "etag": etag,
+        "content-disposition": content_disposition(row.name),
+        "content-type": mimetypes.guess_type(row.name)[0] or "application/octet-stream",
+    }
+    if_range = request.headers.get("if-range")
+    header = request.headers.get("range") if if_range in (None, etag) else None
+    try:
+        span = ranges.parse_range(header, st.st_size)
+    except ranges.Unsatisfiable:
+        _close(fd)
+        return Response(b"", status_code=416, headers={"content-range": f"bytes */{st.st_size}"})
+    status = 200 if span is None else 206
+    start, length = (0, st.st_size) if span is None else (span.start, span.length)
+    if span is not None:
+        headers["content-range"] = span.content_range(st.st_size)
+    headers["content-length"] = str(length)
+    if request.method == "HEAD":
+        _close(fd)
+        return Response(b"", status_code=status, headers=headers)
+    log.info(
+        "share: %s %s (%d bytes from %d) to %s",
+        row.root,
+        row.name,
+        length,
+        start,
+        client_of(request),
+    )
+    return StreamingResponse(read_span(fd, start, length), status_code=status, headers=headers)

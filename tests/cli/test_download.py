@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from test_reports import NODE_A, OWN, PIDS, hashed, offered, one_error_line, p2pctl, sha
 
-from p2pshare.cli.render import human_bytes
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
 from p2pshare.db.node import record_heartbeat, set_node_id
+from p2pshare.services.units import human_bytes
 
 NODE_B = "b" * 32
 

@@ -293,7 +293,7 @@ def test_web_page_shows_the_first_page_and_the_totals(db_path: Path) -> None:
 
 
 def dashboard_html(v: dict[str, object]) -> str:
-    from p2pshare.services.web.app import make_env
+    from p2pshare.services.web.context import make_env
 
     env = make_env()
     return "".join(
