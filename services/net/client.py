@@ -8,8 +8,9 @@ import time
 from typing import Any, cast
 
 from p2pshare.services import protocol
-from p2pshare.services.net.tls import CannotTalk, Link, check_server
+from p2pshare.services.net.tls import Link, check_server
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.protocol.handshake import Channel, ClientHandshake, Stage
 
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 15.0
@@ -52,38 +53,34 @@ class PeerClient:
         self.sock = sock
         self.rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=READ_BUFFER))
         try:
-            welcome = protocol.decode_welcome(self._read_frame())
-            if welcome.auth_required and self.key is None:
-                raise protocol.WrongNetworkKey("the peer requires a network key")
-            channel = self._start_tls(welcome)
-            if self.key is not None:
-                mac = protocol.auth_mac(self.key, welcome.nonce, channel)
-                self.send(protocol.AuthRequest(mac, channel[1] if channel else None))
-                protocol.decode_reply(self._read_frame())
+            self._handshake()
         except BaseException:
             self.close()
             raise
 
-    def _start_tls(self, welcome: protocol.Welcome) -> tuple[str, str] | None:
-        """After the clear welcome: the TLS handshake, pinned to the announced fingerprint.
-        Returns (server, client) fingerprints for the key proof, None in clear. Raises
+    def _handshake(self) -> None:
+        """Welcome, TLS, key proof: in the order `protocol.handshake` keeps. Raises
         CannotTalk, WrongCertificate (an ssl.SSLError, so an OSError), ProtocolError."""
         link = self.link
-        if link is None or link.context is None:
-            if welcome.tls:
-                raise CannotTalk("the peer encrypts (P2P_ENCRYPT) and this node does not")
-            return None
-        if not welcome.tls:
-            # It announced TLS: answering in clear is a downgrade, whoever is doing it.
-            raise protocol.MalformedMessage("the peer announced TLS but answers in clear")
-        assert self.sock is not None
-        self.rfile.close()  # held nothing past the welcome: the server waits for our hello
-        tls = link.context.wrap_socket(self.sock, server_side=False)
-        self.sock = tls
-        self.rfile = cast(io.BufferedReader, tls.makefile("rb", buffering=READ_BUFFER))
-        check_server(tls, link.peer_fingerprint)
-        assert link.peer_fingerprint is not None
-        return link.peer_fingerprint, link.own_fingerprint
+        shake = ClientHandshake(
+            key=self.key, can_encrypt=link is not None and link.context is not None
+        )
+        stage = shake.on_welcome(self._read_frame())
+        channel = None
+        if stage is Stage.TLS:
+            assert link is not None and link.context is not None and self.sock is not None
+            self.rfile.close()  # held nothing past the welcome: the server waits for our hello
+            tls = link.context.wrap_socket(self.sock, server_side=False)
+            self.sock = tls
+            self.rfile = cast(io.BufferedReader, tls.makefile("rb", buffering=READ_BUFFER))
+            check_server(tls, link.peer_fingerprint)
+            assert link.peer_fingerprint is not None
+            channel = Channel(link.peer_fingerprint, link.own_fingerprint)
+            stage = shake.tls_done()
+        if stage is Stage.AUTH:
+            assert self.sock is not None
+            self.sock.sendall(shake.proof(channel))
+            shake.on_auth_reply(self._read_frame())
 
     def close(self) -> None:
         if self.sock is not None:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from p2pshare.services.net.identity import Identity
-from p2pshare.services.protocol import ProtocolError, short_fingerprint
+from p2pshare.services.protocol import short_fingerprint
+from p2pshare.services.protocol.handshake import CannotTalk
 
-
-class CannotTalk(ProtocolError):
-    """This node and a peer disagree on encryption; the message says why, in one sentence."""
+__all__ = ["CannotTalk", "Link", "NodeTls", "WrongCertificate", "check_server"]
 
 
 class WrongCertificate(ssl.SSLError):

@@ -69,6 +69,13 @@ from p2pshare.services.protocol.frames import (
     frame_length,
     payload_length,
 )
+from p2pshare.services.protocol.handshake import (
+    CannotTalk,
+    Channel,
+    ClientHandshake,
+    ServerHandshake,
+    Stage,
+)
 from p2pshare.services.protocol.limits import (
     AUTH_CONTEXT,
     CHUNK_ALIGN,
@@ -104,6 +111,11 @@ from p2pshare.services.protocol.limits import (
 )
 
 __all__ = [
+    "CannotTalk",
+    "Channel",
+    "ClientHandshake",
+    "ServerHandshake",
+    "Stage",
     "AUTH_CONTEXT",
     "Announce",
     "AuthRequest",

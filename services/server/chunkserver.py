@@ -26,6 +26,7 @@ from p2pshare.db.values import ContentKey, Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.protocol.handshake import ServerHandshake, Stage
 from p2pshare.services.server.frames import FrameReader
 from p2pshare.services.server.ratelimit import RateLimiter
 from p2pshare.services.settings import Settings
@@ -177,15 +178,16 @@ class ChunkServer:
     async def _session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: ConnStats
     ) -> None:
-        nonce = secrets.token_hex(protocol.NONCE_HEX // 2)
-        encrypt = self.tls.encrypt
-        writer.write(
-            protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None, encrypt))
+        shake = ServerHandshake(
+            key=self.key,
+            encrypt=self.tls.encrypt,
+            nonce=secrets.token_hex(protocol.NONCE_HEX // 2),
         )
-        if encrypt and not await self._start_tls(writer, stats):
-            return
-        own = self.tls.identity.fingerprint if encrypt else None
-        authed = self.key is None
+        writer.write(shake.welcome())
+        if shake.stage is Stage.TLS:
+            if not await self._start_tls(writer, stats):
+                return
+            shake.tls_done(self.tls.identity.fingerprint)
         frames = FrameReader(reader)
         timeout = HANDSHAKE_TIMEOUT
         while not self.stop.is_set():
@@ -199,16 +201,10 @@ class ChunkServer:
             looked_up = False
             with Batch() as shared:
                 for req in requests:
-                    if isinstance(req, protocol.AuthRequest):
-                        if self.key is not None:
-                            protocol.check_auth(
-                                req, key=self.key, nonce=nonce, server_fingerprint=own
-                            )
-                        authed = True
-                        writer.write(protocol.encode_ok())
+                    reply = shake.on_request(req)  # raises WrongNetworkKey
+                    if reply is not None:  # the answer to a key proof
+                        writer.write(reply)
                         continue
-                    if not authed:
-                        raise protocol.WrongNetworkKey("this node requires the network key")
                     if not looked_up:
                         await self._look_up(requests, shared)
                         looked_up = True
