@@ -1,12 +1,12 @@
 """One download: chunks from every peer that holds any, verified, durable, then published.
 
-Threads: one `PeerWorker` per connection to a source (peer_worker.py: pipelined
+Threads: one `PeerWorker` per connection to a source (worker.py: pipelined
 requests, each chunk received into one buffer, verified against the chained manifest
 and written from there, one write at a time through the job's `BlockWriter`), and the
 job's own loop here, which picks sources, decides when
 the download waits or fails, and every FLUSH_SECONDS makes the verified chunks
-durable (job_progress.py). When the last chunk is durable the file is proven whole
-and published (job_finish.py).
+durable (progress.py). When the last chunk is durable the file is proven whole
+and published (finish.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ FLUSH_SECONDS = 0.5
 SOURCE_REFRESH_SECONDS = 2.0
 MAX_SOURCES = 16
 # Connections to each source when there are only one or two: each connection's thread
-# receives, hashes and writes, so two keep both cores busy (block_writer.py).
+# receives, hashes and writes, so two keep both cores busy (writer.py).
 FEW_SOURCES_CONNECTIONS = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0

@@ -1,6 +1,6 @@
 """Downloader role: runs the downloads p2pctl queued, several at once, resuming any a crash cut.
 
-A big file gets a job of its own (download_job.py); small files go in batches
+A big file gets a job of its own (job.py); small files go in batches
 (small_batch.py), hundreds at a time, and whatever a batch cannot finish simply comes
 back here as a job.
 """

@@ -1,6 +1,6 @@
 """Many small files at once: one batch fetches hundreds of one-chunk downloads.
 
-A download job (download_job.py) is built for a big file: threads, a connection per
+A download job (job.py) is built for a big file: threads, a connection per
 source, a holdings exchange, progress flushes, a publish with its own fsyncs and
 transactions. For a file of a few KiB all of that is the whole cost: a folder of
 1,000 of them spent 79 ms a file. A batch instead
@@ -29,9 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from p2pshare.db import batch as dbbatch
@@ -41,10 +39,9 @@ from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.job import temp_name
-from p2pshare.services.downloader.pool import PeerPool, PoolKey
-from p2pshare.services.downloader.port import ChunkCheck
+from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
-from p2pshare.services.net.client import PeerClient
+from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings
 
@@ -57,10 +54,6 @@ log = logging.getLogger("p2p.download")
 SMALL_MAX = 1024 * 1024
 SMALL_MAX_CHUNKS = 4
 BATCH_FILES = 1000
-# Requests in flight on one connection: enough to hide the round trip, few enough
-# bytes that a slow peer does not sit on much.
-PIPELINE_FILES = 64
-PIPELINE_BYTES = 4 * 1024 * 1024
 # A group is published when this many files are ready or this long after its first.
 GROUP_FILES = 256
 GROUP_SECONDS = 0.25
@@ -74,19 +67,6 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 def batchable(chunks: int, size: int) -> bool:
     """Can a batch run this download (a file of a few chunks, small enough to hold whole)?"""
     return chunks <= SMALL_MAX_CHUNKS and size <= SMALL_MAX
-
-
-class Stopped(Exception):
-    """The role is stopping: leave what is not published for the next start."""
-
-
-@dataclass
-class Ready:
-    """A file verified and written into its temp file, not yet durable nor published."""
-
-    spec: dbjobs.JobSpec
-    temp: Path
-    source: dbjobs.SourceTally | None
 
 
 class SmallBatch:
@@ -185,7 +165,7 @@ class SmallBatch:
         try:
             write_file(temp, memoryview(b""))
         except OSError as exc:
-            self._cannot_write(spec, exc)
+            self.cannot_write(spec, exc)
             return
         self.add_ready(Ready(spec, temp, None))
 
@@ -208,7 +188,7 @@ class SmallBatch:
             self.left_over.update(sp.download_id for sp in specs)
             log.info("%d small download(s) left to full jobs: %s", len(specs), why)
 
-    def _cannot_write(self, spec: dbjobs.JobSpec, exc: OSError) -> None:
+    def cannot_write(self, spec: dbjobs.JobSpec, exc: OSError) -> None:
         self.give_back([spec], f"cannot write the temp file: {exc.strerror or exc}")
 
     # ------------------------------------------------------------ publishing
@@ -323,185 +303,6 @@ class SmallBatch:
         return path.relative_to(self._download_root).as_posix()
 
 
-@dataclass
-class Arriving:
-    """A file whose chunks are on their way, received into one buffer, each chunk verified
-    against its manifest entry as it lands."""
-
-    spec: dbjobs.JobSpec
-    data: memoryview
-    check: ChunkCheck
-    chunks: int
-    got: int = 0
-    dropped: bool = False  # refused, failed or given back: its late chunks are discarded
-
-    @classmethod
-    def of(cls, spec: dbjobs.JobSpec) -> Arriving:
-        entries = [bytes.fromhex(h) for h in spec.chunk_hashes]
-        return cls(
-            spec,
-            memoryview(bytearray(spec.size)),
-            ChunkCheck(entries, spec.chunk_size),
-            len(entries),
-        )
-
-
-class SourceFetch:
-    """One source's share of a batch, over one pooled connection, pipelined."""
-
-    def __init__(
-        self,
-        batch: SmallBatch,
-        source: dbjobs.Source,
-        specs: list[dbjobs.JobSpec],
-        temps: dict[int, Path],
-    ) -> None:
-        self.batch = batch
-        self.source = source
-        self.todo = deque(specs)
-        self.temps = temps
-        # One entry a chunk request in flight, in the order they were sent.
-        self.pending: deque[tuple[Arriving, protocol.ChunkRequest]] = deque()
-        self.peer = f"{source.address}:{source.tcp_port}"
-        self.answered = 0  # replies read, on any connection
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except Stopped:
-            pass
-        except Exception:
-            log.exception("small downloads from %s failed", self.peer)
-            self._give_back_rest("internal error")
-        finally:
-            self.batch.source_done()
-
-    def _run(self) -> None:
-        batch, src = self.batch, self.source
-        try:
-            link = batch.tls.link(src.tls, src.fingerprint)
-        except protocol.ProtocolError as exc:  # CannotTalk
-            self._give_back_rest(f"peer {self.peer}: {exc}")
-            return
-        key: PoolKey = (src.address, src.tcp_port, src.fingerprint, src.tls)
-
-        def connect() -> PeerClient:
-            client = PeerClient(
-                src.address, src.tcp_port, key=batch.settings.network_key, link=link
-            )
-            client.connect()
-            return client
-
-        for attempt in range(2):
-            client: PeerClient | None = None
-            reused = False
-            try:
-                client, reused = batch.pool.take(key, connect)
-                self._fetch_all(client)
-            except (OSError, protocol.ProtocolError) as exc:
-                if client is not None:
-                    client.close()
-                # A pooled connection the peer closed while idle fails before its first
-                # answer: once more on a new one. Anything else is the full jobs' to retry.
-                if attempt == 0 and reused and not self.answered:
-                    self.todo.extendleft(reversed(self._unfinished()))
-                    self.pending.clear()
-                    continue
-                self._give_back_rest(f"peer {self.peer}: {type(exc).__name__}: {exc}")
-                return
-            batch.pool.give(key, client)
-            return
-
-    def _fetch_all(self, client: PeerClient) -> None:
-        """Fetch every assigned file. Raises OSError, ProtocolError (except a refusal of
-        one chunk, which leaves its file to a full job)."""
-        while self.todo or self.pending:
-            if self.batch.stop.is_set():
-                raise Stopped
-            self._fill(client)
-            arriving, req = self.pending[0]
-            spec = arriving.spec
-            size = protocol.chunk_length(spec.size, spec.chunk_size, req.index)
-            try:
-                client.read_chunk_header(req, size)
-            except protocol.RemoteRefused as exc:  # that file only; the connection stays
-                self.pending.popleft()
-                self.answered += 1
-                self._drop(arriving, f"peer {self.peer} refused {spec.name}: {exc}")
-                continue
-            start = req.index * spec.chunk_size
-            view = arriving.data[start : start + size]
-            client.read_exact_into(view)
-            self.pending.popleft()
-            self.answered += 1
-            if not arriving.dropped:
-                self._arrived(arriving, req.index, view)
-
-    def _fill(self, client: PeerClient) -> None:
-        """Ask for whole files, all their chunks in one segment, while the pipeline has room."""
-        asks = []
-        in_flight = sum({id(a): a.spec.size for a, _ in self.pending}.values())
-        while self.todo and len(self.pending) < PIPELINE_FILES and in_flight < PIPELINE_BYTES:
-            arriving = Arriving.of(self.todo.popleft())
-            spec = arriving.spec
-            key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
-            for index in range(arriving.chunks):
-                req = protocol.ChunkRequest(key, index, 0, 0)
-                self.pending.append((arriving, req))
-                asks.append(req)
-            in_flight += spec.size
-        if asks:
-            client.send(*asks)  # one segment for all of them
-
-    def _arrived(self, arriving: Arriving, index: int, view: memoryview) -> None:
-        spec, src = arriving.spec, self.source
-        hasher = arriving.check.start(index)
-        hasher.update(view)
-        if not arriving.check.matches(index, hasher):
-            bad = dbjobs.SourceTally(src.address, src.tcp_port, src.username, 0, len(view), 1)
-            with self.batch.database.write() as s:
-                dbbatch.record_bad(s, spec.download_id, bad, now=time.time())
-            log.warning(
-                "download %d: chunk %d of %s from %s failed verification; "
-                "peer marked bad for this file",
-                spec.download_id, index, spec.name, self.peer,
-            )  # fmt: skip
-            self._drop(arriving, "a peer sent bytes that fail verification")
-            return
-        arriving.got += 1
-        if arriving.got < arriving.chunks:
-            return
-        temp = self.temps[spec.download_id]
-        try:
-            write_file(temp, arriving.data)
-        except OSError as exc:
-            self.batch._cannot_write(spec, exc)
-            return
-        tally = dbjobs.SourceTally(
-            src.address, src.tcp_port, src.username, arriving.chunks, spec.size, 0
-        )
-        self.batch.add_ready(Ready(spec, temp, tally))
-
-    def _drop(self, arriving: Arriving, why: str) -> None:
-        if not arriving.dropped:
-            arriving.dropped = True
-            self.batch.give_back([arriving.spec], why)
-
-    def _unfinished(self) -> list[dbjobs.JobSpec]:
-        """Files asked for and not yet complete, oldest first, each once."""
-        seen: dict[int, dbjobs.JobSpec] = {}
-        for arriving, _ in self.pending:
-            if not arriving.dropped:
-                seen.setdefault(arriving.spec.download_id, arriving.spec)
-        return list(seen.values())
-
-    def _give_back_rest(self, why: str) -> None:
-        rest = self._unfinished() + list(self.todo)
-        self.pending.clear()
-        self.todo.clear()
-        self.batch.give_back(rest, why)
-
-
 def assign_sources(
     specs: list[dbjobs.JobSpec], sources: dict[int, list[dbjobs.Source]]
 ) -> dict[dbjobs.Source, list[dbjobs.JobSpec]]:
@@ -518,17 +319,6 @@ def assign_sources(
         load[key] = load.get(key, 0) + spec.size
         out.setdefault(src, []).append(spec)
     return out
-
-
-def write_file(path: Path, data: memoryview) -> None:
-    """The whole file, from the start, in one thread (never two writers on one file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-    finally:
-        os.close(fd)
 
 
 def _exists(path: Path) -> bool:

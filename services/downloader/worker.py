@@ -1,6 +1,6 @@
 """One peer's share of a download: pipelined chunk requests on one connection, each chunk
 received whole into one buffer, verified from its predecessor's manifest entry, and
-written from there by this thread (block_writer.py)."""
+written from there by this thread (writer.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ MIN_PIPELINE = 2
 # ...but not so many small chunks that one peer takes the whole file while others wait.
 MAX_PIPELINE = 16
 # A chunk is received into one buffer and hashed in one call: 0.3 CPU-s/GiB less than
-# 256 KiB blocks (fewer, fuller recv calls; see block_writer.py). Chunks larger than
+# 256 KiB blocks (fewer, fuller recv calls; see writer.py). Chunks larger than
 # this (files over 1 GiB) arrive in pieces of it, each written before the chunk's verdict,
 # as only this connection writes that chunk (endgame copies are held whole).
 RECV_PIECE = 4 * 1024 * 1024
@@ -161,7 +161,7 @@ class PeerWorker(threading.Thread):
     def _receive(self, client: PeerClient, index: int, duplicate: bool) -> None:
         """Receive, hash and write one chunk, a byte copied once from the socket into the
         buffer, hashed there and written from there; the last piece is written with the
-        chunk's verdict, under one hold of the writer's lock (block_writer.py)."""
+        chunk's verdict, under one hold of the writer's lock (writer.py)."""
         job, spec = self.job, self.job.spec
         size = protocol.chunk_length(spec.size, spec.chunk_size, index)
         client.read_chunk_header(protocol.ChunkRequest(job.key, index, 0, 0), size)

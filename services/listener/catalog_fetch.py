@@ -2,7 +2,7 @@
 
 A fetch reads the peer's catalog over TCP, decodes it, asks for the manifests of the
 contents this database lacks, and hands the result to the listener's one writer
-(`services.listener_writer`); nothing here writes to the database. Which versions were
+(`listener.writer`); nothing here writes to the database. Which versions were
 fetched (or are being fetched) is kept in memory per node id, so a peer announcing the
 same version again, or many times during a boot storm, costs nothing more.
 """

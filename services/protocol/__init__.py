@@ -15,7 +15,7 @@ raw bytes: chunk data, or a zlib-compressed JSON catalog or manifest.
 
 A file is offered as (sha256, chunk size, root). Its manifest has one 32-byte
 entry per chunk: the SHA-256 chaining state after that chunk, the last entry
-being the file's SHA-256 (see sha256chain). The root is the SHA-256 of the
+being the file's SHA-256 (see hashing.chain). The root is the SHA-256 of the
 entries concatenated, so a manifest proves itself: one that does not hash to
 the root it was offered under is refused, and a peer offering another root
 for the same SHA-256 makes a different offer, never a poisoned one.

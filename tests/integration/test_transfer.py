@@ -156,7 +156,7 @@ def test_a_lone_seeder_gets_two_connections_that_both_carry_chunks(
     make_node: Callable[..., Node], chunk_gate: Callable[..., ChunkGate]
 ) -> None:
     """With one source, two connections each receive, hash and write their own chunks
-    (download_job._connections): both ask for chunks before any passes the gate, and
+    (downloader.job's _connections): both ask for chunks before any passes the gate, and
     the file still arrives whole."""
     seeder = gated_seeder(make_node, "seed")
     leech = make_node("leech")
