@@ -16,19 +16,19 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.values import ContentKey, Stamp
+from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.protocol.handshake import ServerHandshake, Stage
-from p2pshare.services.server.frames import FrameReader
+from p2pshare.services.server.frames import Batch, FrameReader, decode_batch
 from p2pshare.services.server.ratelimit import RateLimiter
+from p2pshare.services.server.sender import STALL_TIMEOUT, ByteSender
+from p2pshare.services.server.sources import Refusal, SourceCache
 from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.server")
@@ -38,27 +38,7 @@ MAX_CONNECTIONS = 1024
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 FRAME_TIMEOUT = 10.0
-# A peer that reads nothing of a slice for this long is dropped.
-STALL_TIMEOUT = 30.0
-SEND_SLICE = 4 * 1024 * 1024
-# Under TLS: bytes read per slice, and how much encrypted output may wait to be sent.
-TLS_SLICE = 2 * 1024 * 1024
-TLS_HIGH_WATER = 4 * 1024 * 1024
 UPLOAD_FLUSH_SECONDS = 0.5
-# Where each file's bytes are is cached until the catalog version moves (every change of
-# what this node offers bumps it in the same transaction). The database's change counter
-# says when to read the version; this often it is read regardless.
-VERSION_CHECK_SECONDS = 5.0
-# A node sharing up to this many files loads where all of them are in one read (at most
-# every FULL_LOAD_SECONDS, as its catalog changes) rather than a read per file asked:
-# ~10 MB at the most, and a peer fetching a folder of small files costs no reads at all.
-FULL_LOAD_FILES = 20_000
-FULL_LOAD_SECONDS = 2.0
-MAX_CACHED_SOURCES = FULL_LOAD_FILES + 4096
-
-
-class Refusal(Exception):
-    """A well-formed request we answer with an error reply; the connection stays open."""
 
 
 @dataclass
@@ -78,17 +58,12 @@ class ChunkServer:
         self.stop = stop
         self.key = settings.network_key
         self.tls = tls
-        self.limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
+        limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
+        self.sender = ByteSender(encrypt=tls.encrypt, limiter=limiter)
         self.writers: set[asyncio.StreamWriter] = set()
         self.served: list[dbserving.ServedChunk] = []
         self._catalog: tuple[int, bytes] | None = None
-        self._sources: dict[FileKey, list[dbserving.ByteSource]] = {}
-        self._watch = database.watch()
-        self._version: int | None = None
-        self._version_read = 0.0
-        # The cache holds every file this node offers: a key missing from it is not here.
-        self._complete = False
-        self._full_load_at = -FULL_LOAD_SECONDS
+        self.sources = SourceCache(database, settings)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -105,7 +80,7 @@ class ChunkServer:
             await asyncio.sleep(0.1)
             flusher.cancel()
             await self._flush_uploads()
-            self._watch.close()
+            self.sources.close()
 
     async def _flush_uploads_forever(self) -> None:
         while True:
@@ -206,7 +181,7 @@ class ChunkServer:
                         writer.write(reply)
                         continue
                     if not looked_up:
-                        await self._look_up(requests, shared)
+                        await self.sources.look_up(requests, shared)
                         looked_up = True
                     try:
                         await self._dispatch(req, writer, stats, shared)
@@ -249,7 +224,7 @@ class ChunkServer:
         if isinstance(req, protocol.ChunkRequest):
             await self._send_chunk(req, writer, stats, batch)
         elif isinstance(req, protocol.HaveRequest):
-            writer.write(self._have(req.file, batch))
+            writer.write(self.sources.have(req.file, batch))
         elif isinstance(req, protocol.CatalogRequest):
             payload = await self._catalog_payload()
             writer.write(protocol.encode_ok(len=len(payload)))
@@ -284,107 +259,6 @@ class ChunkServer:
             found = dbserving.chunk_hashes(s, keys)
         return protocol.encode_manifests({FileKey(*k): v for k, v in found.items()})
 
-    async def _look_up(self, requests: list[protocol.Request], batch: Batch) -> None:
-        """Find where the bytes of every file the batch asks about are, in one read: the
-        files not in the cache, and those a `have` asks of that a download in progress
-        holds part of (its bits move between catalog versions)."""
-        self._check_version()
-        asked = [
-            req for req in requests if isinstance(req, protocol.ChunkRequest | protocol.HaveRequest)
-        ]
-        missing = not self._complete and any(req.file not in self._sources for req in asked)
-        if missing and time.monotonic() - self._full_load_at >= FULL_LOAD_SECONDS:
-            self._full_load_at = time.monotonic()
-            # In a thread: tens of milliseconds for thousands of files, which the loop
-            # spends serving other connections meanwhile.
-            version, everything = await asyncio.to_thread(self._load_everything)
-            if everything is not None and version == self._version:  # nothing moved since
-                self._sources = {FileKey(*key): found for key, found in everything.items()}
-                self._complete = True
-                batch.fresh.update(req.file for req in asked)  # read just now
-                return
-        for req in asked:
-            cached = self._sources.get(req.file)
-            if (cached is None and not self._complete) or (
-                cached is not None and isinstance(req, protocol.HaveRequest) and _partial(cached)
-            ):
-                batch.fresh.add(req.file)
-        if not batch.fresh:
-            return
-        with self.database.read() as s:
-            found = dbserving.byte_sources_many(s, batch.fresh)
-        self._forget_if_full(len(found))
-        self._sources.update((FileKey(*key), sources) for key, sources in found.items())
-
-    def _load_everything(
-        self,
-    ) -> tuple[int, dict[ContentKey, list[dbserving.ByteSource]] | None]:
-        """Every source this node offers and the catalog version they belong to, in one
-        read transaction (None when it shares more than FULL_LOAD_FILES files)."""
-        with self.database.read() as s:
-            return dbnode.catalog_version(s), dbserving.all_byte_sources(s, FULL_LOAD_FILES)
-
-    def _forget_if_full(self, adding: int) -> None:
-        if len(self._sources) + adding > MAX_CACHED_SOURCES:
-            self._sources.clear()
-            self._complete = False
-
-    def _check_version(self) -> None:
-        """Forget every cached source when the catalog version moved. Read only after a
-        commit anywhere in the node (or every VERSION_CHECK_SECONDS): between commits,
-        nothing this node offers can have changed."""
-        now = time.monotonic()
-        if not self._watch.changed() and now - self._version_read < VERSION_CHECK_SECONDS:
-            return
-        with self.database.read() as s:
-            version = dbnode.catalog_version(s)
-        self._version_read = now
-        if version != self._version:
-            self._sources.clear()
-            self._complete = False
-            self._version = version
-
-    def _byte_sources(self, key: FileKey, *, fresh: bool = False) -> list[dbserving.ByteSource]:
-        cached = self._sources.get(key)
-        if cached is not None and not fresh:
-            return cached
-        with self.database.read() as s:
-            sources = dbserving.byte_sources(s, key)
-        self._forget_if_full(1)
-        self._sources[key] = sources
-        return sources
-
-    def _have(self, key: FileKey, batch: Batch) -> bytes:
-        cached = self._sources.get(key)
-        # A partial download's bits are read again unless this batch just did.
-        stale = cached is None or (key not in batch.fresh and _partial(cached))
-        sources = self._byte_sources(key, fresh=stale)
-        if not sources:
-            raise Refusal("this node does not have that file")
-        count = protocol.chunk_count(sources[0].size, key.chunk_size)
-        if any(src.have is None for src in sources):
-            return protocol.encode_have(None, count)
-        bits = bytearray(len(sources[0].have or b""))
-        for src in sources:
-            bits = bytearray(a | b for a, b in zip(bits, src.have or b"", strict=False))
-        return protocol.encode_have(bytes(bits), count)
-
-    def _source_for_chunk(self, key: FileKey, index: int) -> dbserving.ByteSource:
-        for fresh in (False, True):
-            for src in self._byte_sources(key, fresh=fresh):
-                count = protocol.chunk_count(src.size, key.chunk_size)
-                if index >= count:
-                    raise Refusal(f"the file has {count} chunks, there is no chunk {index}")
-                if protocol.bitfield_has(src.have, index):
-                    return src
-        raise Refusal(f"this node does not have chunk {index} of that file")
-
-    def _path(self, src: dbserving.ByteSource) -> Path:
-        if src.root is None:
-            return Path(src.path)
-        base = self.settings.share_dir if src.root == "share" else self.settings.download_dir
-        return base / src.path
-
     async def _send_chunk(
         self,
         req: protocol.ChunkRequest,
@@ -393,29 +267,29 @@ class ChunkServer:
         batch: Batch,
     ) -> None:
         key = req.file
-        src = self._source_for_chunk(key, req.index)
+        src = self.sources.for_chunk(key, req.index)
         chunk_len = protocol.chunk_length(src.size, key.chunk_size, req.index)
         length = req.length or chunk_len - req.offset
         if req.offset + length > chunk_len or length <= 0:
             raise Refusal(f"bytes {req.offset}+{length} lie outside chunk {req.index}")
-        path = self._path(src)
+        path = self.sources.path(src)
         try:
             fh = batch.open(path)
         except OSError as exc:
-            self._sources.pop(key, None)
+            self.sources.forget(key)
             raise Refusal(f"cannot read the file: {exc.strerror}") from None
         started = time.monotonic()
         # The open file must be the very version indexed: not rewritten, and not swapped
         # for another file or a symlink leading outside the folder. Checked each request,
         # also when the batch opened it for the chunk before.
         if src.stamp is not None and Stamp.of(os.fstat(fh.fileno())) != src.stamp:
-            self._sources.pop(key, None)
+            self.sources.forget(key)
             batch.close()
             raise Refusal("the file changed since it was indexed")
         writer.write(
             protocol.encode_chunk_header(protocol.ChunkHeader(req.index, req.offset, length))
         )
-        await self._send_bytes(writer, fh, req.index * key.chunk_size + req.offset, length)
+        await self.sender.send(writer, fh, req.index * key.chunk_size + req.offset, length)
         stats.chunks += 1
         stats.bytes += length
         self.served.append(
@@ -430,109 +304,3 @@ class ChunkServer:
                 time.monotonic() - started,
             )
         )
-
-    async def _send_bytes(
-        self, writer: asyncio.StreamWriter, fh: BinaryIO, offset: int, length: int
-    ) -> None:
-        if self.tls.encrypt:
-            await self._send_encrypted(writer, fh, offset, length)
-            return
-        loop = asyncio.get_running_loop()
-        slice_size = self.limiter.slice_size if self.limiter else SEND_SLICE
-        sent = 0
-        while sent < length:
-            n = min(slice_size, length - sent)
-            if self.limiter:
-                await self.limiter.acquire(n)
-            if writer.transport.is_closing():
-                raise ConnectionError("the peer closed the connection")
-            try:
-                async with asyncio.timeout(STALL_TIMEOUT):
-                    done = await loop.sendfile(
-                        writer.transport,
-                        fh,
-                        offset + sent,
-                        n,
-                    )
-            except RuntimeError as exc:  # asyncio's word for a transport closed under us
-                raise ConnectionError(str(exc)) from None
-            if done < n:
-                # The file shrank under us; the reply's length is a promise we cannot
-                # keep, so the connection (not the server) has to go.
-                raise ConnectionError("the file was truncated while being sent")
-            sent += n
-
-    async def _send_encrypted(
-        self, writer: asyncio.StreamWriter, fh: BinaryIO, offset: int, length: int
-    ) -> None:
-        """Under TLS the kernel cannot send the file for us (no kernel TLS here): each slice
-        is read once, into a new bytes object (the TLS transport may keep it until it has
-        encrypted it, so a reused buffer could change under it), and written once,
-        encrypted by OpenSSL in records of the largest size TLS allows (16 KiB)."""
-        slice_size = self.limiter.slice_size if self.limiter else TLS_SLICE
-        fd = fh.fileno()
-        sent = 0
-        while sent < length:
-            n = min(slice_size, length - sent)
-            if self.limiter:
-                await self.limiter.acquire(n)
-            # Inline, as sendfile reads inside the kernel call on the clear path: a thread
-            # hop per slice was a third of the server's CPU under TLS.
-            data = os.pread(fd, n, offset + sent)
-            if len(data) < n:
-                raise ConnectionError("the file was truncated while being sent")
-            if writer.transport.is_closing():
-                raise ConnectionError("the peer closed the connection")
-            writer.write(data)
-            if writer.transport.get_write_buffer_size() > TLS_HIGH_WATER:
-                async with asyncio.timeout(STALL_TIMEOUT):
-                    await writer.drain()
-            sent += n
-
-
-class Batch:
-    """What the requests of one batch share: the keys looked up for it, and the file its
-    last chunk came from, kept open for the next chunk of the same file (one at a time,
-    so a connection holds at most one descriptor however much it pipelines)."""
-
-    def __init__(self) -> None:
-        self.fresh: set[FileKey] = set()
-        self._path: Path | None = None
-        self._fh: BinaryIO | None = None
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def open(self, path: Path) -> BinaryIO:
-        """The file at path, opened for reading (or still open). Raises OSError."""
-        if self._fh is not None and path == self._path:
-            return self._fh
-        self.close()
-        self._fh, self._path = open(path, "rb"), path  # noqa: SIM115 - closed by close()
-        return self._fh
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        self._fh = self._path = None
-
-
-def decode_batch(
-    frames: list[bytes],
-) -> tuple[list[protocol.Request], protocol.ProtocolError | None]:
-    """The requests of a batch of frames up to the first one refused, and why it was."""
-    out: list[protocol.Request] = []
-    for body in frames:
-        try:
-            out.append(protocol.decode_request(body))
-        except protocol.ProtocolError as exc:
-            return out, exc
-    return out, None
-
-
-def _partial(sources: list[dbserving.ByteSource]) -> bool:
-    """Does a download in progress hold any of the file here (bits that move)?"""
-    return any(src.have is not None for src in sources)

@@ -1,4 +1,5 @@
-"""Request frames off one connection of the chunk server, in batches.
+"""Request frames off one connection of the chunk server, in batches, and what the
+requests of one batch share (`Batch`).
 
 A peer that pipelines (many small files, or many chunks of one) sends several request
 frames in one segment. Reading them as they come, a batch at a time, lets the server
@@ -8,8 +9,11 @@ look up where all of their bytes are in one database read instead of one per req
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import BinaryIO
 
 from p2pshare.services import protocol
+from p2pshare.services.protocol import FileKey
 
 # What one read asks the connection for: a whole frame at its largest and its header.
 READ_SIZE = protocol.MAX_FRAME + protocol.FRAME_HEADER.size
@@ -68,3 +72,46 @@ class FrameReader:
         if start:
             del pending[:start]
         return frames
+
+
+class Batch:
+    """What the requests of one batch share: the keys looked up for it, and the file its
+    last chunk came from, kept open for the next chunk of the same file (one at a time,
+    so a connection holds at most one descriptor however much it pipelines)."""
+
+    def __init__(self) -> None:
+        self.fresh: set[FileKey] = set()
+        self._path: Path | None = None
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, path: Path) -> BinaryIO:
+        """The file at path, opened for reading (or still open). Raises OSError."""
+        if self._fh is not None and path == self._path:
+            return self._fh
+        self.close()
+        self._fh, self._path = open(path, "rb"), path  # noqa: SIM115 - closed by close()
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = self._path = None
+
+
+def decode_batch(
+    frames: list[bytes],
+) -> tuple[list[protocol.Request], protocol.ProtocolError | None]:
+    """The requests of a batch of frames up to the first one refused, and why it was."""
+    out: list[protocol.Request] = []
+    for body in frames:
+        try:
+            out.append(protocol.decode_request(body))
+        except protocol.ProtocolError as exc:
+            return out, exc
+    return out, None
