@@ -42,6 +42,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
 from p2pshare.db.node import ROLES, record_heartbeat, set_node_id, set_tcp_port
@@ -98,7 +99,7 @@ def _content(label: str, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def _offer(name: str, data: bytes) -> tuple[dbpeers.Offered, Any, list[str]]:
+def _offer(name: str, data: bytes) -> tuple[dbcatalogs.Offered, Any, list[str]]:
     """A catalog entry for `data`, its manifest key and its manifest (one hash per chunk)."""
     sha = hashlib.sha256(data).hexdigest()
     count = protocol.chunk_count(len(data), CHUNK)
@@ -112,9 +113,9 @@ def _offer(name: str, data: bytes) -> tuple[dbpeers.Offered, Any, list[str]]:
         "chunks_held": count,
     }
     # The manifest root, where this version of the database has one.
-    if "root" in {f.name for f in dataclasses.fields(dbpeers.Offered)}:
+    if "root" in {f.name for f in dataclasses.fields(dbcatalogs.Offered)}:
         fields["root"] = protocol.manifest_root(entries)  # type: ignore[attr-defined]
-    offered = dbpeers.Offered(**fields)
+    offered = dbcatalogs.Offered(**fields)
     key = getattr(offered, "key", (sha, CHUNK))
     return offered, key, entries
 
@@ -157,7 +158,7 @@ def seed(home: Path, peers: int = PEERS, files: int = FILES) -> None:
             with database.write() as s:
                 peer_id = dbpeers.record_announce(s, heard, now=now).peer_id
                 assert peer_id is not None
-                kept = dbpeers.apply_catalog(
+                kept = dbcatalogs.apply_catalog(
                     s,
                     peer_id,
                     1,

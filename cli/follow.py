@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
-from p2pshare.db import queueing, quick
+from p2pshare.db import following, queueing, quick
 from p2pshare.db.watch import ChangeWatch
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
@@ -67,7 +67,7 @@ def follow(ctl: Ctl, queued: queueing.Queued, role: str = "downloader") -> None:
 
 def _poll(
     ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, role: str
-) -> list[queueing.FollowState]:
+) -> list[following.FollowState]:
     watch = ChangeWatch(ctl.settings.db_path)
     try:
         return _poll_watched(ctl, queued, bar, single, watch, role)
@@ -77,12 +77,12 @@ def _poll(
 
 def _poll_watched(
     ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch, role: str
-) -> list[queueing.FollowState]:
+) -> list[following.FollowState]:
     while True:
         last, cpu = time.monotonic(), time.thread_time()
         watch.changed()  # what the queries below see is what the next change is against
         with quick.reading(ctl.quick) as conn:
-            states = queueing.follow_states(conn, queued.downloads)
+            states = following.follow_states(conn, queued.downloads)
             roles = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
         # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
         queried = time.thread_time() - cpu
@@ -122,7 +122,7 @@ def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:
             return
 
 
-def _report(ctl: Ctl, queued: queueing.Queued, states: list[queueing.FollowState]) -> None:
+def _report(ctl: Ctl, queued: queueing.Queued, states: list[following.FollowState]) -> None:
     """One line per file that did not arrive, then one sentence; exit 0 only if all did."""
     folder = ctl.settings.download_dir
     if queued.kind in SINGLE:

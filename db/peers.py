@@ -1,4 +1,5 @@
-"""Queries behind discovery: peers, their catalogs and which chunks they hold."""
+"""Queries behind discovery: peers as their announcements make them known, and forgotten
+when silent (their catalogs are `db.catalogs`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ from typing import TypeVar
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from p2pshare.db.engine import driver_connection
-from p2pshare.db.index import ContentKey, HashedFile, orphan_file
-from p2pshare.db.models import File, Peer, RetiredNode
+from p2pshare.db.models import Peer, RetiredNode
 from p2pshare.db.node import node_state
 
 
@@ -49,23 +47,6 @@ OWN = AnnounceOutcome(None, False, False, ignored=True)
 MAX_SEQ_JUMP = 100_000
 # Far longer than any replay window (a few announce intervals).
 RETIRED_KEEP_SECONDS = 24 * 3600
-
-
-@dataclass(frozen=True)
-class Offered:
-    """One entry of a peer's catalog, after validation."""
-
-    name: str
-    sha256: str
-    chunk_size: int
-    root: str
-    size: int
-    have: bytes | None  # None: every chunk
-    chunks_held: int
-
-    @property
-    def key(self) -> ContentKey:
-        return (self.sha256, self.chunk_size, self.root)
 
 
 def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOutcome:
@@ -217,201 +198,6 @@ def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
     return [f"{p.username} ({p.address}:{p.tcp_port})" for p in gone]
 
 
-@dataclass(frozen=True)
-class KnownContent:
-    file_id: int
-    size: int
-    complete: bool  # chunk hashes are here (or the file is empty)
-
-
-def known_contents(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, KnownContent]:
-    """What this database already knows of each (sha256, chunk_size, root)."""
-    # Plain sqlite3: every catalog fetched runs this twice, and building the statements
-    # through SQLAlchemy cost ten times what SQLite spends answering them.
-    conn = driver_connection(session)
-    keys = set(keys)
-    shas = sorted({sha for sha, _, _ in keys})
-    out: dict[ContentKey, KnownContent] = {}
-    for start in range(0, len(shas), SLICE):
-        part = shas[start : start + SLICE]
-        rows = conn.execute(
-            "SELECT f.sha256, f.chunk_size, f.root, f.id, f.size, f.chunk_count,"
-            " EXISTS (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0)"
-            f" FROM files f WHERE f.sha256 IN ({','.join('?' * len(part))})",
-            part,
-        )
-        for sha, cs, root, fid, size, count, hashed in rows:
-            if (sha, cs, root) in keys:
-                out[(sha, cs, root)] = KnownContent(fid, size, count == 0 or bool(hashed))
-    return out
-
-
-def apply_catalog(
-    session: Session,
-    peer_id: int,
-    version: int,
-    offered: Sequence[Offered],
-    manifests: dict[ContentKey, list[str]],
-    *,
-    now: float,
-    node_id: str | None = None,
-) -> int | None:
-    """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone
-    (or, given `node_id`, if `peer_id` now belongs to another node).
-
-    Entries whose content is new here but came without a manifest (the caller passes
-    only manifests that proved their root), or whose size contradicts what we already
-    know of that content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
-    """
-    conn = driver_connection(session)
-    row = conn.execute("SELECT node_id FROM peers WHERE id = ?", (peer_id,)).fetchone()
-    if row is None or (node_id is not None and row[0] != node_id):
-        return None
-    known = known_contents(session, (o.key for o in offered))
-    created = _add_contents(session, known, _missing(known, offered, manifests), now=now)
-    wanted: dict[tuple[int, str], Offered] = {}
-    for entry in offered:
-        key = entry.key
-        content = known.get(key)
-        if content is not None and content.size != entry.size:
-            continue  # a lie, or a collision; never let it overwrite what we know
-        file_id = created.get(key) if content is None or not content.complete else content.file_id
-        if file_id is not None:
-            wanted[(file_id, entry.name)] = entry
-    _replace_holdings(session, peer_id, wanted)
-    conn.execute("UPDATE peers SET catalog_synced = ? WHERE id = ?", (version, peer_id))
-    # Plain sqlite3 (an ORM `get` per catalog cost as much as the rest): a Peer this
-    # session still holds learns the new value too.
-    cached = session.identity_map.get(session.identity_key(Peer, peer_id))
-    if cached is not None:
-        set_committed_value(cached, "catalog_synced", version)
-    return len(wanted)
-
-
-def record_contents(
-    session: Session,
-    offered: Sequence[Offered],
-    manifests: dict[ContentKey, list[str]],
-    *,
-    now: float,
-) -> int:
-    """Record the contents (`files` and chunk hashes) of catalog entries new here; returns how many.
-
-    So a large catalog can be applied in several short transactions: its contents in
-    slices first, then `apply_catalog` (which records any that went meanwhile) in one.
-    """
-    known = known_contents(session, (o.key for o in offered))
-    missing = _missing(known, offered, manifests)
-    _add_contents(session, known, missing, now=now)
-    return len(missing)
-
-
-def _add_contents(
-    session: Session,
-    known: dict[ContentKey, KnownContent],
-    missing: dict[ContentKey, HashedFile],
-    *,
-    now: float,
-) -> dict[ContentKey, int]:
-    """Insert the `files` rows (of contents not known) and chunk hashes of `missing`, as
-    `known` found them in this transaction; returns their file ids."""
-    conn = driver_connection(session)
-    ids: dict[ContentKey, int] = {}
-    for key, h in missing.items():
-        content = known.get(key)
-        if content is not None:
-            ids[key] = content.file_id
-            continue
-        cur = conn.execute(
-            "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (h.sha256, h.size, h.chunk_size, h.root, len(h.chunk_hashes), now),
-        )
-        assert cur.lastrowid is not None
-        ids[key] = cur.lastrowid
-    conn.executemany(
-        "INSERT OR IGNORE INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
-        (
-            (ids[key], i, size, digest)
-            for key, h in missing.items()
-            for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
-        ),
-    )
-    return ids
-
-
-def _missing(
-    known: dict[ContentKey, KnownContent],
-    offered: Sequence[Offered],
-    manifests: dict[ContentKey, list[str]],
-) -> dict[ContentKey, HashedFile]:
-    """Contents offered that this database lacks (or lacks the chunk hashes of) and whose
-    manifest came and fits the offered size."""
-    missing: dict[ContentKey, HashedFile] = {}
-    for entry in offered:
-        key = entry.key
-        content = known.get(key)
-        if content is not None and content.complete:
-            continue
-        hashes = manifests.get(key)
-        fits = hashes is not None and len(hashes) == -(-entry.size // entry.chunk_size)
-        if fits and hashes is not None and (content is None or content.size == entry.size):
-            missing[key] = _hashed(entry, hashes)
-    return missing
-
-
 def live_node_ids(session: Session) -> set[str]:
     """The node ids of every peer still known."""
     return set(session.scalars(select(Peer.node_id)))
-
-
-def delete_orphan_files_after(
-    session: Session, after_id: int, limit: int
-) -> tuple[int, int | None]:
-    """Delete the orphans among the `limit` files rows after id `after_id`, so a large table
-    is swept in short transactions. Returns (rows deleted, last id looked at, or None
-    once past the last row)."""
-    ids = list(
-        session.scalars(select(File.id).where(File.id > after_id).order_by(File.id).limit(limit))
-    )
-    if not ids:
-        return 0, None
-    result = session.execute(
-        delete(File).where(File.id >= ids[0], File.id <= ids[-1], orphan_file())
-    )
-    return result.rowcount or 0, ids[-1]  # type: ignore[attr-defined]
-
-
-def _replace_holdings(
-    session: Session, peer_id: int, wanted: dict[tuple[int, str], Offered]
-) -> None:
-    conn = driver_connection(session)
-    existing = {
-        (file_id, name): (hid, held, bits)
-        for hid, file_id, name, held, bits in conn.execute(
-            "SELECT id, file_id, name, chunks_held, bitfield FROM holdings WHERE peer_id = ?",
-            (peer_id,),
-        )
-    }
-    gone = [row[0] for key, row in existing.items() if key not in wanted]
-    for start in range(0, len(gone), SLICE):
-        part = gone[start : start + SLICE]
-        conn.execute(f"DELETE FROM holdings WHERE id IN ({','.join('?' * len(part))})", part)
-    new, changed = [], []
-    for (file_id, name), entry in wanted.items():
-        row = existing.get((file_id, name))
-        if row is None:
-            new.append((peer_id, file_id, name, entry.chunks_held, entry.have))
-        elif (row[1], row[2]) != (entry.chunks_held, entry.have):
-            changed.append((entry.chunks_held, entry.have, row[0]))
-    conn.executemany(
-        "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
-        " VALUES (?, ?, ?, ?, ?)",
-        new,
-    )
-    conn.executemany("UPDATE holdings SET chunks_held = ?, bitfield = ? WHERE id = ?", changed)
-
-
-def _hashed(entry: Offered, hashes: list[str]) -> HashedFile:
-    sizes = [min(entry.chunk_size, entry.size - i * entry.chunk_size) for i in range(len(hashes))]
-    return HashedFile(entry.size, 0, entry.sha256, entry.chunk_size, hashes, sizes, entry.root)

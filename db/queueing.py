@@ -73,7 +73,7 @@ class Queued:
     candidates: list[Candidate]  # what `downloads` fetch, in the same order
 
 
-def _in(values: object) -> str:
+def json_list(values: object) -> str:
     """One parameter standing for a list (`x IN (SELECT value FROM json_each(?))`): no
     limit on how many, one statement text whatever their number."""
     return json.dumps(values)
@@ -129,7 +129,7 @@ def offer_peers(conn: sqlite3.Connection, shas: set[str]) -> dict[str, dict[int,
         " AND NOT EXISTS (SELECT 1 FROM bad_peers b WHERE b.file_id = f.id"
         " AND b.address = p.address AND b.tcp_port = p.tcp_port)"
         " GROUP BY f.id",
-        (_in(sorted(shas)),),
+        (json_list(sorted(shas)),),
     ):
         out[sha][fid] = peers
     for sha, offers in out.items():
@@ -281,7 +281,7 @@ def _queue_many(
     counts = dict(
         conn.execute(
             "SELECT id, chunk_count FROM files WHERE id IN (SELECT value FROM json_each(?))",
-            (_in(sorted({c.file_id for c in chosen})),),
+            (json_list(sorted({c.file_id for c in chosen})),),
         ).fetchall()
     )
     ids, new = [], 0
@@ -381,56 +381,10 @@ def offered_files(conn: sqlite3.Connection, pattern: str, *, folder: bool) -> li
     sizes = dict(
         conn.execute(
             "SELECT id, size FROM files WHERE id IN (SELECT value FROM json_each(?))",
-            (_in(sorted({fid for fid, _ in best.values()})),),
+            (json_list(sorted({fid for fid, _ in best.values()})),),
         ).fetchall()
     )
     return [
         Candidate(best[sha][0], name, sha, int(sizes[best[sha][0]]), best[sha][1])
         for name, sha in sorted(chosen)
     ]
-
-
-# ------------------------------------------------------------ following
-
-
-@dataclass(frozen=True)
-class FollowState:
-    id: int
-    name: str
-    size: int
-    status: str
-    reason: str | None
-    bytes_done: int
-    saved_as: str | None
-    peers: int  # peers that have sent at least one verified chunk
-
-
-def follow_states(conn: sqlite3.Connection, download_ids: list[int]) -> list[FollowState]:
-    """What `p2pctl download` shows while it follows a request, in the order given."""
-    ids = _in(download_ids)
-    peers = dict(
-        conn.execute(
-            "SELECT download_id, count(*) FROM download_sources"
-            " WHERE download_id IN (SELECT value FROM json_each(?)) AND chunks > 0"
-            " GROUP BY download_id",
-            (ids,),
-        ).fetchall()
-    )
-    rows = {
-        row[0]: row
-        for row in conn.execute(
-            "SELECT id, name, size, status, reason, bytes_done, saved_as FROM downloads"
-            " WHERE id IN (SELECT value FROM json_each(?))",
-            (ids,),
-        )
-    }
-    out = []
-    for i in download_ids:
-        if i in rows:
-            did, name, size, status, reason, bytes_done, saved_as = rows[i]
-            out.append(
-                FollowState(
-                    did, name, size, status, reason, bytes_done, saved_as, peers.get(did, 0)
-                )
-            )
-    return out

@@ -1,24 +1,24 @@
 """What p2pctl asks of the downloader: one file, a folder or a glob as one request, each
 file it covers its own `downloads` row; and pausing, resuming and following them.
 
-Queueing and following are written in plain sqlite3 (`db.queueing`, which `p2pctl
-download` uses without importing SQLAlchemy); here they run inside a Session's
-transaction for the web page."""
+Queueing and following are written in plain sqlite3 (`db.queueing`, `db.following`,
+which `p2pctl download` uses without importing SQLAlchemy); here they run inside a
+Session's transaction for the web page."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from p2pshare.db import queueing
+from p2pshare.db import following, queueing
 from p2pshare.db.engine import driver_connection
+from p2pshare.db.following import FollowState
 from p2pshare.db.models import Download
 from p2pshare.db.names import matches
 from p2pshare.db.queueing import (
     KEEPING_TEMP,
     UNFINISHED,
     AlreadyHere,
-    FollowState,
     Queued,
     SeveralVersions,
     UnknownName,
@@ -101,4 +101,4 @@ def cancel_downloads(session: Session, pattern: str, *, now: float) -> list[str]
 
 def follow_states(session: Session, download_ids: list[int]) -> list[FollowState]:
     """`queueing.follow_states` inside the session's transaction."""
-    return queueing.follow_states(driver_connection(session), download_ids)
+    return following.follow_states(driver_connection(session), download_ids)

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
@@ -29,6 +28,7 @@ from p2pshare.services.downloader.finish import Finisher, JobFailed
 from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
+from p2pshare.services.downloader.tempfiles import reserve_space, temp_name
 from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
 from p2pshare.services.downloader.writer import BlockWriter
 from p2pshare.services.net.tls import Link, NodeTls
@@ -45,7 +45,7 @@ FEW_SOURCES_CONNECTIONS = 2
 # Announce new chunks (reshare) at most this often.
 CATALOG_BUMP_SECONDS = 1.0
 
-__all__ = ["DownloadJob", "JobFailed", "temp_name"]
+__all__ = ["DownloadJob", "JobFailed"]
 
 
 class DownloadJob:
@@ -145,26 +145,13 @@ class DownloadJob:
         try:
             os.ftruncate(self.fd, self.spec.size)
             if self.spec.size:
-                self._reserve_space()
+                reserve_space(self.fd, self.spec.size, self.settings.temp_dir)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._disk_full() from None
             raise
         with self.database.write() as s:
             dbjobs.start_job(s, self.spec.download_id, str(self.temp), now=time.time())
-
-    def _reserve_space(self) -> None:
-        """Make sure the whole file fits before fetching any of it. Raises OSError (ENOSPC)."""
-        if not _on_tmpfs(self.settings.temp_dir):
-            os.posix_fallocate(self.fd, 0, self.spec.size)  # cheap: unwritten extents
-            return
-        # On tmpfs fallocate zero-fills memory that the download then overwrites: a
-        # quarter of a verified download's CPU. Check the free space instead; a write
-        # that still finds it full fails the job the same way (write_block).
-        st = os.fstatvfs(self.fd)
-        allocated = os.fstat(self.fd).st_blocks * 512
-        if st.f_bavail * st.f_frsize < self.spec.size - allocated:
-            raise OSError(errno.ENOSPC, "no space left on the temp folder's filesystem")
 
     def _disk_full(self) -> JobFailed:
         return JobFailed(
@@ -416,27 +403,3 @@ def one_cpu() -> bool:
         return len(os.sched_getaffinity(0)) == 1
     except (AttributeError, OSError):  # not Linux: assume several
         return False
-
-
-def temp_name(download_id: int, sha256: str) -> str:
-    """The temp file of a download of that content: its id first, for the downloader's sweep."""
-    return f"{download_id}-{sha256[:16]}.part"
-
-
-def _on_tmpfs(folder: Path) -> bool:
-    """Is `folder` on tmpfs (memory), by the longest mount point above it?"""
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    real = str(folder.resolve())
-    best, fstype = "", ""
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best):
-            best, fstype = point, fields[2]
-    return fstype == "tmpfs"

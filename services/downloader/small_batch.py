@@ -38,10 +38,10 @@ from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
-from p2pshare.services.downloader.job import temp_name
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
+from p2pshare.services.downloader.tempfiles import temp_name
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pshare.db import peers as dbpeers
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db.values import ContentKey
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
@@ -57,7 +57,7 @@ class FetchedCatalog:
     version: int  # the catalog's own
     address: str
     port: int
-    offered: list[dbpeers.Offered]
+    offered: list[dbcatalogs.Offered]
     manifests: dict[ContentKey, list[str]]
     started: float  # monotonic
 
@@ -193,7 +193,7 @@ class CatalogFetcher:
             client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
             with db.read() as s:
-                known = dbpeers.known_contents(s, (e.file for e in entries))
+                known = dbcatalogs.known_contents(s, (e.file for e in entries))
             need = {
                 e.file: e.size for e in entries if e.file not in known or not known[e.file].complete
             }
@@ -208,7 +208,7 @@ class CatalogFetcher:
                 why,
             )
         offered = [
-            dbpeers.Offered(
+            dbcatalogs.Offered(
                 e.name,
                 e.file.sha256,
                 e.file.chunk_size,

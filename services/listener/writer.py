@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import peers as dbpeers
 from p2pshare.services import protocol
 from p2pshare.services.listener.catalog_fetch import CatalogFetcher, FetchedCatalog, Wanted
@@ -291,10 +292,10 @@ class ListenerWriter:
         offered = catalog.offered
         if catalog.manifests and len(offered) - job.recorded > CONTENT_SLICE:
             part = offered[job.recorded : job.recorded + CONTENT_SLICE]
-            dbpeers.record_contents(s, part, catalog.manifests, now=time.time())
+            dbcatalogs.record_contents(s, part, catalog.manifests, now=time.time())
             job.recorded += len(part)
             return False
-        kept = dbpeers.apply_catalog(
+        kept = dbcatalogs.apply_catalog(
             s,
             catalog.wanted.peer_id,
             catalog.version,
@@ -351,7 +352,7 @@ class ListenerWriter:
             self.sweep_after, self.orphans_dirty, self.sweep_soon = 0, False, False
         try:
             with self.ctx.database.write() as s:
-                _, last = dbpeers.delete_orphan_files_after(s, self.sweep_after, ORPHAN_SLICE)
+                _, last = dbcatalogs.delete_orphan_files_after(s, self.sweep_after, ORPHAN_SLICE)
         except Exception:
             log.exception("sweeping files nothing refers to failed; retried later")
             last = None

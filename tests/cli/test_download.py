@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from test_reports import NODE_A, OWN, PIDS, hashed, offered, one_error_line, p2pctl, sha
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import index as dbindex
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
@@ -75,7 +76,7 @@ def home(tmp_path: Path) -> Path:
                     s, heard_peer(node, address, port), now=now
                 ).peer_id
                 assert peer_id is not None
-                kept = dbpeers.apply_catalog(
+                kept = dbcatalogs.apply_catalog(
                     s,
                     peer_id,
                     1,

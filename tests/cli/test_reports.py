@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import downloads as dbdownloads
 from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
@@ -48,10 +49,10 @@ def hashed(data: bytes) -> dbindex.HashedFile:
     )
 
 
-def offered(name: str, data: bytes, have: bytes | None = None) -> dbpeers.Offered:
+def offered(name: str, data: bytes, have: bytes | None = None) -> dbcatalogs.Offered:
     count = protocol.chunk_count(len(data), CS)
     held = count if have is None else protocol.bitfield_count(have)
-    return dbpeers.Offered(name, sha(data), CS, hashed(data).root, len(data), have, held)
+    return dbcatalogs.Offered(name, sha(data), CS, hashed(data).root, len(data), have, held)
 
 
 # ---------------------------------------------------------------- seeding
@@ -83,7 +84,7 @@ def seed(home: Path) -> None:
             assert peer_id is not None
             partial = protocol.bitfield_empty(2)
             protocol.bitfield_set(partial, 0)
-            kept = dbpeers.apply_catalog(
+            kept = dbcatalogs.apply_catalog(
                 s,
                 peer_id,
                 1,

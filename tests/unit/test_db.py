@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
@@ -375,10 +376,10 @@ def root_of(data: bytes) -> str:
     return protocol.manifest_root(chunked(data)[1])
 
 
-def offered(name: str, data: bytes, have: bytes | None = None) -> dbpeers.Offered:
+def offered(name: str, data: bytes, have: bytes | None = None) -> dbcatalogs.Offered:
     sha, hashes = chunked(data)
     held = len(hashes) if have is None else protocol.bitfield_count(have)
-    return dbpeers.Offered(name, sha, CS, root_of(data), len(data), have, held)
+    return dbcatalogs.Offered(name, sha, CS, root_of(data), len(data), have, held)
 
 
 def manifest(*datas: bytes) -> dict[dbindex.ContentKey, list[str]]:
@@ -391,7 +392,7 @@ def add_peer_holding(
     with db.write() as s:
         peer_id = dbpeers.record_announce(s, heard(node, port=port), now=now).peer_id
         assert peer_id is not None
-        kept = dbpeers.apply_catalog(
+        kept = dbcatalogs.apply_catalog(
             s, peer_id, 1, [offered(f"{node[:4]}.bin", data)], manifest(data), now=now
         )
     assert kept == 1
@@ -421,11 +422,11 @@ def test_apply_catalog_keeps_what_it_can_verify(db: Database, db_path: Path) -> 
     bits = protocol.bitfield_empty(4)
     protocol.bitfield_set(bits, 2)
     liar = offered("mine-liar.txt", mine)
-    liar = dbpeers.Offered(liar.name, liar.sha256, CS, liar.root, 999, None, 1)
+    liar = dbcatalogs.Offered(liar.name, liar.sha256, CS, liar.root, 999, None, 1)
     with db.write() as s:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
-        kept = dbpeers.apply_catalog(
+        kept = dbcatalogs.apply_catalog(
             s,
             peer_id,
             7,
@@ -478,25 +479,27 @@ def test_apply_catalog_removes_holdings_no_longer_offered(db: Database, db_path:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
         assert (
-            dbpeers.apply_catalog(
+            dbcatalogs.apply_catalog(
                 s, peer_id, 1, [offered("a", a), offered("b", b)], manifest(a, b), now=NOW
             )
             == 2
         )
     with db.write() as s:
         assert (
-            dbpeers.apply_catalog(s, peer_id, 2, [offered("b", b), offered("b2", b)], {}, now=NOW)
+            dbcatalogs.apply_catalog(
+                s, peer_id, 2, [offered("b", b), offered("b2", b)], {}, now=NOW
+            )
             == 2
         )
     assert sql(db_path, "SELECT name FROM holdings ORDER BY name") == [("b",), ("b2",)]
     with db.write() as s:
-        assert dbpeers.apply_catalog(s, peer_id, 3, [], {}, now=NOW) == 0
+        assert dbcatalogs.apply_catalog(s, peer_id, 3, [], {}, now=NOW) == 0
     assert sql(db_path, "SELECT count(*) FROM holdings") == [(0,)]
 
 
 def test_apply_catalog_for_a_gone_peer_returns_none(db: Database) -> None:
     with db.write() as s:
-        assert dbpeers.apply_catalog(s, 999, 1, [], {}, now=NOW) is None
+        assert dbcatalogs.apply_catalog(s, 999, 1, [], {}, now=NOW) is None
 
 
 def test_empty_file_needs_no_chunk_hashes(db: Database, db_path: Path) -> None:
@@ -504,7 +507,7 @@ def test_empty_file_needs_no_chunk_hashes(db: Database, db_path: Path) -> None:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
         assert (
-            dbpeers.apply_catalog(s, peer_id, 1, [offered("empty", b"")], manifest(b""), now=NOW)
+            dbcatalogs.apply_catalog(s, peer_id, 1, [offered("empty", b"")], manifest(b""), now=NOW)
             == 1
         )
     assert sql(db_path, "SELECT size, chunk_count FROM files") == [(0, 0)]
@@ -516,13 +519,15 @@ def test_apply_catalog_never_stores_a_file_whose_chunks_contradict_its_size(
     small = data_of(7, CS)
     sha, hashes = chunked(small)
     root = root_of(small)
-    big_lie = dbpeers.Offered("big.bin", sha, CS, root, 6 * CS + 1, None, 7)
-    truth = dbpeers.Offered("small.bin", sha, CS, root, CS, None, 1)
+    big_lie = dbcatalogs.Offered("big.bin", sha, CS, root, 6 * CS + 1, None, 7)
+    truth = dbcatalogs.Offered("small.bin", sha, CS, root, CS, None, 1)
     # What the listener fetches: manifests validated against the last size seen per key.
     with db.write() as s:
         peer_id = dbpeers.record_announce(s, heard(), now=NOW).peer_id
         assert peer_id is not None
-        dbpeers.apply_catalog(s, peer_id, 1, [big_lie, truth], {(sha, CS, root): hashes}, now=NOW)
+        dbcatalogs.apply_catalog(
+            s, peer_id, 1, [big_lie, truth], {(sha, CS, root): hashes}, now=NOW
+        )
     for size, cs, count, chunk_bytes, chunk_rows in sql(
         db_path,
         "SELECT f.size, f.chunk_size, f.chunk_count, coalesce(sum(c.size), 0), count(c.size) "
@@ -757,7 +762,7 @@ def test_migrated_database_takes_v2_content(tmp_path: Path) -> None:
         with database.write() as s:
             peer_id = dbpeers.record_announce(s, heard(seq=8, cv=4), now=NOW).peer_id
             assert peer_id is not None
-            kept = dbpeers.apply_catalog(
+            kept = dbcatalogs.apply_catalog(
                 s, peer_id, 4, [offered("new.bin", data)], manifest(data), now=NOW
             )
             assert kept == 1
@@ -812,8 +817,8 @@ def offer(
             s, heard(node, seq, address=endpoint[0], port=endpoint[1], cv=seq), now=NOW
         ).peer_id
         assert peer_id is not None
-        entry = dbpeers.Offered(name, MOVIE_SHA, cs, root, len(MOVIE), None, len(entries))
-        kept = dbpeers.apply_catalog(
+        entry = dbcatalogs.Offered(name, MOVIE_SHA, cs, root, len(MOVIE), None, len(entries))
+        kept = dbcatalogs.apply_catalog(
             s, peer_id, seq, [entry], {(MOVIE_SHA, cs, root): entries}, now=NOW
         )
         assert kept == 1
@@ -1054,7 +1059,7 @@ def test_apply_catalog_keeps_two_roots_of_one_sha_apart(db: Database, db_path: P
             dbjobs.Source(HONEST[0][0], HONEST[0][1], "alice", None)
         ]
         assert [src.address for src in dbjobs.sources_for(s, liar_file)] == [LIAR[0]]
-        known = dbpeers.known_contents(
+        known = dbcatalogs.known_contents(
             s, [(MOVIE_SHA, CS, root_of(MOVIE)), (MOVIE_SHA, CS, "0" * 64)]
         )
     assert list(known) == [(MOVIE_SHA, CS, root_of(MOVIE))]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import history, quick
 from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
@@ -56,14 +57,14 @@ def one_round(database: Database, peer: dbpeers.Heard, i: int, now: float) -> in
     the previous round's file out of the download folder. Returns its bytes."""
     h = hashed(i)
     name = f"daily/report-{i:04d}.bin"
-    offer = dbpeers.Offered(name, h.sha256, CS, h.root, h.size, None, len(h.chunk_hashes))
+    offer = dbcatalogs.Offered(name, h.sha256, CS, h.root, h.size, None, len(h.chunk_hashes))
     with database.write() as s:
         heard = dbpeers.Heard(
             peer.node_id, peer.username, peer.address, peer.tcp_port, i + 1, i + 1
         )
         outcome = dbpeers.record_announce(s, heard, now=now)
         assert outcome.peer_id is not None
-        dbpeers.apply_catalog(
+        dbcatalogs.apply_catalog(
             s, outcome.peer_id, i + 1, [offer], {offer.key: list(h.chunk_hashes)}, now=now
         )
     with database.write() as s:
@@ -165,13 +166,15 @@ def test_unfinished_and_recent_downloads_stay(database: Database) -> None:
     for i in range(3):
         one_round(database, peer, i, T0 + i * DAY)
     h = hashed(99)
-    offer = dbpeers.Offered("queued.bin", h.sha256, CS, h.root, h.size, None, len(h.chunk_hashes))
+    offer = dbcatalogs.Offered(
+        "queued.bin", h.sha256, CS, h.root, h.size, None, len(h.chunk_hashes)
+    )
     with database.write() as s:
         peer_id = dbpeers.record_announce(
             s, dbpeers.Heard("b" * 32, "bob", "127.0.0.3", 5002, 9, 9), now=T0
         ).peer_id
         assert peer_id is not None
-        dbpeers.apply_catalog(s, peer_id, 9, [offer], {offer.key: list(h.chunk_hashes)}, now=T0)
+        dbcatalogs.apply_catalog(s, peer_id, 9, [offer], {offer.key: list(h.chunk_hashes)}, now=T0)
         [waiting] = dbreq.queue_request(s, "queued.bin", every=False, now=T0).downloads
     with database.write() as s:  # ended 2 and 1 days before "now"; one never ends
         cutoff = T0 + 3 * DAY - 1.5 * DAY

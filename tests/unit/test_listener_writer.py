@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from p2pshare.db import peers as dbpeers
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.listener import writer as listener_writer
@@ -45,12 +45,12 @@ def wait_for(what: str, check: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
-def file_of(label: str) -> tuple[dbpeers.Offered, tuple[str, int, str], list[str]]:
+def file_of(label: str) -> tuple[dbcatalogs.Offered, tuple[str, int, str], list[str]]:
     """A one-chunk file offered as `label`: its catalog entry, content key and manifest."""
     data = hashlib.sha256(label.encode()).digest() * 10
     sha = hashlib.sha256(data).hexdigest()
     root = protocol.manifest_root([sha])
-    return dbpeers.Offered(label, sha, CS, root, len(data), None, 1), (sha, CS, root), [sha]
+    return dbcatalogs.Offered(label, sha, CS, root, len(data), None, 1), (sha, CS, root), [sha]
 
 
 class Lan:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from test_db import CS, NODE_A, NODE_B, NODE_C, NOW, data_of, heard, sql
 
+from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
@@ -63,7 +64,7 @@ def catalog(
     for name, data in files.items():
         h = hashed(data, cs)
         offers.append(
-            dbpeers.Offered(name, h.sha256, cs, h.root, len(data), None, len(h.chunk_hashes))
+            dbcatalogs.Offered(name, h.sha256, cs, h.root, len(data), None, len(h.chunk_hashes))
         )
         manifests[h.key] = list(h.chunk_hashes)
     with db.write() as s:
@@ -71,7 +72,7 @@ def catalog(
             s, heard(node, seq, address=endpoint[0], port=endpoint[1], cv=seq), now=NOW
         ).peer_id
         assert peer_id is not None
-        assert dbpeers.apply_catalog(s, peer_id, seq, offers, manifests, now=NOW) == len(files)
+        assert dbcatalogs.apply_catalog(s, peer_id, seq, offers, manifests, now=NOW) == len(files)
     return peer_id
 
 
