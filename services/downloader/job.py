@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
@@ -30,7 +29,7 @@ from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.downloader.tempfiles import reserve_space, temp_name
 from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
-from p2pshare.services.downloader.writer import BlockWriter
+from p2pshare.services.downloader.writer import BlockWriter, Verdict
 from p2pshare.services.net.tls import Link, NodeTls
 from p2pshare.services.settings import Settings
 
@@ -296,14 +295,8 @@ class DownloadJob:
     def link(self, tls: bool, fingerprint: str | None) -> Link:
         return self.tls.link(tls, fingerprint)
 
-    def write(
-        self,
-        index: int,
-        data: memoryview,
-        offset: int,
-        then: Callable[[bool], None] | None = None,
-    ) -> None:
-        self.writer.write(index, data, offset, then)
+    def write(self, index: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
+        return self.writer.write(index, data, offset, then)
 
     def finished(self) -> bool:
         with self.lock:

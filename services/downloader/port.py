@@ -8,10 +8,10 @@ lock. Which calls take which lock is part of the contract, named on each one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from p2pshare.db.jobs import JobSpec
+from p2pshare.services.downloader.writer import Verdict
 from p2pshare.services.hashing.chain import INITIAL_STATE, ChainHasher
 from p2pshare.services.net.tls import Link
 from p2pshare.services.protocol import FileKey
@@ -94,11 +94,10 @@ class JobPort(Protocol):
         """What `peer` holds now (None: all of it)."""
         ...
 
-    # This one takes the writer's lock, never the job's while holding it.
+    # This one takes the writer's lock; its `then` (chunk_verified) takes the job's inside
+    # it. The order is always writer, then job: no call holding the job's lock writes.
 
-    def write(
-        self, index: int, data: memoryview, offset: int, then: Callable[[bool], None] | None = None
-    ) -> None:
+    def write(self, index: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
         """Write bytes of chunk `index` at `offset`; with `then`, the chunk's last bytes,
         written and recorded under one hold of the writer's lock: `then(on_disk)` runs
         there (False when the bytes were not written: another copy won, the job is

@@ -5,6 +5,7 @@ ready. What it cannot finish it gives back to the batch, which leaves it to full
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -116,9 +117,8 @@ class SourceFetch:
 
     def run(self) -> None:
         try:
-            self._run()
-        except Stopped:
-            pass
+            with contextlib.suppress(Stopped):  # the role is stopping: nothing to give back
+                self._run()
         except Exception:
             log.exception("small downloads from %s failed", self.peer)
             self._give_back_rest("internal error")

@@ -28,6 +28,10 @@ from collections.abc import Callable
 
 log = logging.getLogger("p2p.download")
 
+# Runs under the writer's lock right after a chunk's last write: True when the bytes are
+# on disk, False when they were not (another copy won, the job halted, a write failed).
+Verdict = Callable[[bool], None]
+
 # bench/recvpath.py: ext4 writes 256 KiB pieces at half the CPU of 1 MiB+ ones (small
 # folios), and tmpfs writes them at the same cost.
 WRITE_PIECE = 256 * 1024
@@ -64,7 +68,7 @@ class BlockWriter:
         index: int,
         data: memoryview,
         offset: int,
-        then: Callable[[bool], None] | None = None,
+        then: Verdict | None = None,
     ) -> bool:
         """Write `data` of chunk `index` at `offset` unless the chunk is done, the job
         halted or an earlier write failed; then run `then(written)` under the same

@@ -17,7 +17,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
 
 from p2pshare.db import history, ledger
 from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database
@@ -44,15 +47,8 @@ class Housekeeping:
         cutoff = ledger.horizon(now, self.history_days)
         with self.database.read() as s:
             backlog = ledger.has_rows_before(s, cutoff)
-        moved = 0
         started = time.monotonic()
-        while backlog and not self.stop.is_set():
-            with self.database.write() as s:
-                n = ledger.roll_up_batch(s, cutoff)
-            moved += n
-            if n == 0:
-                break
-            time.sleep(BATCH_GAP_SECONDS)
+        moved = self._in_batches(ledger.roll_up_batch, cutoff) if backlog else 0
         with self.database.write() as s:
             forgiven = ledger.expire_bad_peers(s, cutoff)
         if forgiven:
@@ -73,25 +69,13 @@ class Housekeeping:
         nothing refers to any more; returns rows moved or deleted."""
         with self.database.read() as s:
             backlog = history.has_old_downloads(s, cutoff)
-        downloads = requests = files = 0
+        requests = files = 0
         started = time.monotonic()
-        while backlog and not self.stop.is_set():
-            with self.database.write() as s:
-                n = history.roll_up_downloads(s, cutoff)
-            downloads += n
-            if n == 0:
-                break
-            time.sleep(BATCH_GAP_SECONDS)
+        downloads = self._in_batches(history.roll_up_downloads, cutoff) if backlog else 0
         if downloads or self._files_due:
             with self.database.write() as s:
                 requests = history.roll_up_requests(s, cutoff)
-            while not self.stop.is_set():
-                with self.database.write() as s:
-                    n = history.forget_files(s, cutoff)
-                files += n
-                if n == 0:
-                    break
-                time.sleep(BATCH_GAP_SECONDS)
+            files = self._in_batches(history.forget_files, cutoff)
             self._files_due = False
         if downloads or requests or files:
             log.info(
@@ -104,6 +88,19 @@ class Housekeeping:
                 time.monotonic() - started,
             )
         return downloads + requests + files
+
+    def _in_batches(self, batch: Callable[[Session, float], int], cutoff: float) -> int:
+        """Run one batch a short transaction until it finds nothing more (or the role
+        stops), leaving the lock to other writers between two; returns rows moved."""
+        total = 0
+        while not self.stop.is_set():
+            with self.database.write() as s:
+                n = batch(s, cutoff)
+            total += n
+            if n == 0:
+                break
+            time.sleep(BATCH_GAP_SECONDS)
+        return total
 
     def vacuum(self) -> None:
         """Return free pages to the file system; switch an old database to incremental
