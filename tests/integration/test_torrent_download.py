@@ -404,8 +404,16 @@ def test_a_torrent_download_goes_on_after_p2p_torrent_restarts(
         return int(node.scalar("SELECT bytes_done FROM downloads WHERE id = 1") or 0)
 
     wait_until(lambda: bytes_done() > 0, START_TIMEOUT, what="the download to start")
+    before = node.heartbeats()["torrent"][0]
     restarted = node.supervisorctl("restart", "p2p:torrent")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    # p2pctl knows a role runs by its heartbeat: the new process's first one (a moment
+    # after supervisord calls it running, longer on a busy machine).
+    wait_until(
+        lambda: node.heartbeats().get("torrent", (before, 0.0))[0] != before,
+        START_TIMEOUT,
+        what="the restarted p2p-torrent's first heartbeat",
+    )
     assert node.scalar("SELECT status FROM downloads WHERE id = 1") != "done"
     fetch(node, str(torrent))  # the same torrent: follows the download already there
     assert (downloads_dir(node) / "slow.bin").read_bytes() == data
