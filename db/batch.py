@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import UNFINISHED
+from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import HashedFile, record_local_files
-from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress, spec_of
-from p2pshare.db.models import BadPeer, Chunk, Download, DownloadSource, File, Holding, Peer
+from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress
+from p2pshare.db.models import BadPeer, Download, DownloadSource, File, Holding, Peer
 from p2pshare.db.node import bump_catalog_version
 from p2pshare.services.protocol.bitfield import bitfield_empty, bitfield_set
 
@@ -58,26 +59,35 @@ def runnable_downloads(
 
 
 def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
-    """What each of these downloads' jobs needs, in two queries however many."""
-    rows: list[tuple[Download, File]] = []
+    """What each of these downloads' jobs needs, in two queries however many.
+
+    Plain sqlite3 on the session's connection: building a thousand Download and File
+    objects took most of a batch's 0.1 s start before its first request went out."""
+    conn = driver_connection(session)
+    rows: list[tuple[Any, ...]] = []
     for part in _slices(download_ids):
         rows.extend(
-            session.execute(
-                select(Download, File)
-                .join(File, File.id == Download.file_id)
-                .where(Download.id.in_(part))
-                .order_by(Download.id)
-            ).all()
+            conn.execute(
+                "SELECT d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, d.have,"
+                " d.temp_path, d.saved_as, d.status"
+                " FROM downloads d JOIN files f ON f.id = d.file_id"
+                f" WHERE d.id IN ({','.join('?' * len(part))}) ORDER BY d.id",
+                list(part),
+            ).fetchall()
         )
-    entries: dict[int, list[str]] = {f.id: [] for _, f in rows}
+    entries: dict[int, list[str]] = {row[1]: [] for row in rows}
     for part in _slices(list(entries)):
-        for file_id, entry in session.execute(
-            select(Chunk.file_id, Chunk.sha256)
-            .where(Chunk.file_id.in_(part))
-            .order_by(Chunk.file_id, Chunk.chunk_index)
+        for file_id, entry in conn.execute(
+            "SELECT file_id, sha256 FROM chunks"
+            f" WHERE file_id IN ({','.join('?' * len(part))}) ORDER BY file_id, chunk_index",
+            list(part),
         ):
             entries[file_id].append(entry)
-    return [spec_of(d, f, entries[f.id]) for d, f in rows]
+    return [
+        JobSpec(did, fid, name, sha, size, cs, root, entries[fid], bytes(have or b""),
+                temp, saved, status)
+        for did, fid, name, sha, size, cs, root, have, temp, saved, status in rows
+    ]  # fmt: skip
 
 
 def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, list[Source]]:
