@@ -114,6 +114,7 @@ class SourceFetch:
         self.pending: deque[tuple[Arriving, protocol.ChunkRequest]] = deque()
         self.peer = f"{source.address}:{source.tcp_port}"
         self.answered = 0  # replies read, on any connection
+        self.in_flight = 0  # bytes of the files with a request in `pending`
 
     def run(self) -> None:
         try:
@@ -155,6 +156,7 @@ class SourceFetch:
                 if attempt == 0 and reused and not self.answered:
                     self.todo.extendleft(reversed(self._unfinished()))
                     self.pending.clear()
+                    self.in_flight = 0
                     continue
                 self._give_back_rest(f"peer {self.peer}: {type(exc).__name__}: {exc}")
                 return
@@ -174,23 +176,20 @@ class SourceFetch:
             try:
                 client.read_chunk_header(req, size)
             except protocol.RemoteRefused as exc:  # that file only; the connection stays
-                self.pending.popleft()
-                self.answered += 1
+                self._answered()
                 self._drop(arriving, f"peer {self.peer} refused {spec.name}: {exc}")
                 continue
             start = req.index * spec.chunk_size
             view = arriving.data[start : start + size]
             client.read_exact_into(view)
-            self.pending.popleft()
-            self.answered += 1
+            self._answered()
             if not arriving.dropped:
                 self._arrived(arriving, req.index, view)
 
     def _fill(self, client: PeerClient) -> None:
         """Ask for whole files, all their chunks in one segment, while the pipeline has room."""
         asks = []
-        in_flight = sum({id(a): a.spec.size for a, _ in self.pending}.values())
-        while self.todo and len(self.pending) < PIPELINE_FILES and in_flight < PIPELINE_BYTES:
+        while self.todo and len(self.pending) < PIPELINE_FILES and self.in_flight < PIPELINE_BYTES:
             arriving = Arriving.of(self.todo.popleft())
             spec = arriving.spec
             key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
@@ -198,9 +197,16 @@ class SourceFetch:
                 req = protocol.ChunkRequest(key, index, 0, 0)
                 self.pending.append((arriving, req))
                 asks.append(req)
-            in_flight += spec.size
+            self.in_flight += spec.size
         if asks:
             client.send(*asks)  # one segment for all of them
+
+    def _answered(self) -> None:
+        """The oldest request's reply was read (or refused)."""
+        arriving, req = self.pending.popleft()
+        self.answered += 1
+        if req.index == arriving.chunks - 1:  # its file's last request (asked in order)
+            self.in_flight -= arriving.spec.size
 
     def _arrived(self, arriving: Arriving, index: int, view: memoryview) -> None:
         spec, src = arriving.spec, self.source
@@ -247,6 +253,7 @@ class SourceFetch:
     def _give_back_rest(self, why: str) -> None:
         rest = self._unfinished() + list(self.todo)
         self.pending.clear()
+        self.in_flight = 0
         self.todo.clear()
         self.batch.give_back(rest, why)
 
