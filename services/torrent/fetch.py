@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -29,7 +30,10 @@ from p2pshare.db.index import HashedFile, Stamp
 from p2pshare.services.hashing import FileChanged, hash_file
 from p2pshare.services.publish import PublishError, numbered, publish, safe_destination
 from p2pshare.services.settings import Settings, chunk_size_for
+from p2pshare.services.tls import NodeTls
+from p2pshare.services.torrent import hints
 from p2pshare.services.torrent import metainfo as mi
+from p2pshare.services.torrent.lan import LanRun
 
 log = logging.getLogger("p2p.torrent")
 
@@ -43,6 +47,8 @@ REDIAL_SECONDS = 5.0
 PEX_ENCRYPTION = 1
 # libtorrent's blocks: what download_sources.chunks counts for a BitTorrent download.
 BLOCK_SIZE = 16 * 1024
+# A job fetching from p2pshare peers notices the stop flag within its flush interval.
+LAN_STOP_SECONDS = 5.0
 
 
 class TorrentFailed(Exception):
@@ -92,9 +98,23 @@ def file_layout(info: Any) -> Any:
 class Fetcher:
     """The BitTorrent downloads in the session, kept in step with the database."""
 
-    def __init__(self, lt: ModuleType, settings: Settings, database: Database, session: Any):
+    def __init__(
+        self,
+        lt: ModuleType,
+        settings: Settings,
+        database: Database,
+        session: Any,
+        *,
+        stop: threading.Event | None = None,
+        tls: NodeTls | None = None,
+    ):
         self.lt, self.settings, self.database, self.session = lt, settings, database, session
         self.fetching: dict[int, Fetching] = {}
+        # Taking files from p2pshare peers (lan.py) needs the role's stop flag and TLS.
+        self.stop, self.tls = stop or threading.Event(), tls
+        self.lan: dict[int, LanRun] = {}  # downloads whose files p2pshare peers are sending
+        self.lan_tried: set[int] = set()  # asked p2pshare peers already (this run)
+        self.lan_served: dict[int, int] = {}  # files p2pshare peers sent, per download
 
     # ------------------------------------------------------------ following the queue
 
@@ -103,6 +123,10 @@ class Fetcher:
         ones with their folder, dial peers named since a download started."""
         with self.database.read() as s:
             jobs = {j.download_id: j for j in dbt.torrent_jobs(s)}
+        for did, run in list(self.lan.items()):
+            if not run.alive():
+                del self.lan[did]
+                self.after_lan(run, jobs.get(did))
         for did in list(self.fetching):
             job = jobs.get(did)
             if job is None or job.status == "paused":
@@ -114,11 +138,13 @@ class Fetcher:
                 f.job = replace(f.job, peers=job.peers)
                 self.dial(f, named)
         for did, job in jobs.items():
-            if did not in self.fetching and job.status in dbdl.UNFINISHED:
+            if did not in self.fetching and did not in self.lan and job.status in dbdl.UNFINISHED:
                 self.add(job)
-        self.sweep(set(jobs))
+        self.sweep(set(jobs) | set(self.lan))
 
     def add(self, job: dbt.TorrentJob) -> None:
+        if self.start_lan(job):
+            return  # p2pshare peers first; libtorrent, if needed, when they are done
         lt = self.lt
         temp = temp_folder(self.settings, job.download_id)
         try:
@@ -192,6 +218,97 @@ class Fetcher:
         with self.database.write() as s:
             dbt.finish_torrent_job(s, download_id, status="failed", reason=reason, now=time.time())
         shutil.rmtree(temp_folder(self.settings, download_id), ignore_errors=True)
+
+    # ------------------------------------------------------------ p2pshare peers first
+
+    def hints_of(self, job: dbt.TorrentJob) -> hints.Hints:
+        """The SHA-256 hints the .torrent or magnet link carries (a malformed one is
+        logged once and ignored)."""
+        try:
+            found = (
+                hints.from_torrent(job.metainfo)
+                if job.metainfo is not None
+                else hints.from_magnet(job.magnet or "")
+            )
+        except mi.MetainfoError:
+            return hints.Hints()  # add() says why the torrent itself is refused
+        if found.warning:
+            log.warning("download %d: %s", job.download_id, found.warning)
+        return found
+
+    def start_lan(self, job: dbt.TorrentJob) -> bool:
+        """Start taking the torrent's files that p2pshare peers hold (same SHA-256 and
+        size) from them; False when none does (or this run asked them already)."""
+        did = job.download_id
+        if self.tls is None or did in self.lan_tried:
+            return False
+        self.lan_tried.add(did)
+        hinted = self.hints_of(job)
+        if not hinted.files:
+            return False
+        with self.database.read() as s:
+            offers = dbt.lan_offers(s, [(h.sha256, h.size) for h in hinted.files])
+        planned = [(h, offers[h.sha256]) for h in hinted.files if h.sha256 in offers]
+        if not planned:
+            log.info("download %d: no p2pshare peer holds any of its %d files; BitTorrent "
+                     "fetches them", did, len(hinted.files))  # fmt: skip
+            return False
+        temp = temp_folder(self.settings, did)
+        try:
+            temp.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False  # add() meets it again and fails the download with the reason
+        with self.database.write() as s:
+            dbt.start_torrent_job(s, did, str(temp), now=time.time())
+            if job.metainfo is None and job.size == 0:  # a magnet: the hint's, until proven
+                one, piece = hinted.files[0], hinted.piece_size
+                dbt.record_torrent_metadata(s, did, name=one.path, size=one.size, files=1,
+                                            piece_size=piece, metainfo=None)  # fmt: skip
+        run = LanRun(did, job.info_hash, job.metainfo, hinted, temp, planned)
+        run.start(self.settings, self.database, self.stop, self.tls)
+        self.lan[did] = run
+        log.info("download %d: %d of its %d files from p2pshare peers first", did,
+                 len(planned), len(hinted.files))  # fmt: skip
+        return True
+
+    def after_lan(self, run: LanRun, job: dbt.TorrentJob | None) -> None:
+        """p2pshare peers are done with a download: publish it when they sent all of it and
+        the torrent proved it, else hand it to libtorrent (which checks what they sent)."""
+        did = run.download_id
+        if run.stopped or job is None or job.status not in dbdl.UNFINISHED:
+            self.lan_tried.discard(did)  # paused or stopped: ask them again on resuming
+            return
+        self.lan_served[did] = 0 if run.unproven else len(run.got)
+        if run.proof is None:
+            self.add(job)
+            return
+        meta = mi.parse_torrent(run.proof)
+        if job.metainfo is None:  # a magnet: its metadata, rebuilt and proven
+            with self.database.write() as s:
+                dbt.record_torrent_metadata(
+                    s, did, name=meta.name, size=meta.size, files=len(meta.files),
+                    piece_size=meta.piece_size, metainfo=run.proof,
+                )  # fmt: skip
+        files = [(PurePosixPath(path), size) for path, size in meta.files]
+        try:
+            saved_as, published = publish_tree(self.settings, run.temp, files)
+        except (PublishError, OSError, TorrentFailed, FileChanged) as exc:
+            self.fail(did, str(exc) if isinstance(exc, PublishError | TorrentFailed)
+                      else f"cannot publish it: {exc}")  # fmt: skip
+            return
+        note = "from p2pshare peers; BitTorrent not used"
+        with self.database.write() as s:
+            dbt.finish_torrent_job(s, did, status="done", reason=note, now=time.time(),
+                                   saved_as=saved_as, published=published)  # fmt: skip
+        shutil.rmtree(run.temp, ignore_errors=True)
+        log.info("finished %s (download %d) %s: saved as %s", meta.name, did, note, saved_as)
+
+    def source_note(self, did: int, files: int) -> str | None:
+        """What a download finished by libtorrent says of its sources."""
+        served = self.lan_served.pop(did, 0)
+        if not served:
+            return None
+        return f"{served} of {files} files from p2pshare peers, the rest by BitTorrent"
 
     # ------------------------------------------------------------ alerts
 
@@ -322,8 +439,8 @@ class Fetcher:
             return
         with self.database.write() as s:
             dbt.finish_torrent_job(
-                s, did, status="done", reason=None, now=time.time(),
-                saved_as=saved_as, published=published,
+                s, did, status="done", reason=self.source_note(did, len(published)),
+                now=time.time(), saved_as=saved_as, published=published,
             )  # fmt: skip
         shutil.rmtree(f.temp, ignore_errors=True)
         log.info("finished %s (download %d): saved as %s", f.job.name, did, saved_as)
@@ -340,10 +457,14 @@ class Fetcher:
         return publish_tree(self.settings, f.temp, files)
 
     def close(self) -> None:
-        """Take every download out of the session; each resumes from its folder next run."""
+        """Take every download out of the session; each resumes from its folder next run
+        (p2pshare peers' jobs see the role's stop flag and leave theirs resumable)."""
         for f in self.fetching.values():
             self.session.remove_torrent(f.handle)
         self.fetching.clear()
+        for run in self.lan.values():
+            if run.thread is not None:
+                run.thread.join(timeout=LAN_STOP_SECONDS)
 
 
 def publish_tree(

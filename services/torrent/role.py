@@ -250,7 +250,7 @@ def run(ctx: RoleContext) -> None:
         }
     )
     log.info("libtorrent %s listening on %s:%d", lt.__version__, settings.bind, seeder.port)
-    fetcher = Fetcher(lt, settings, ctx.database, seeder.session)
+    fetcher = Fetcher(lt, settings, ctx.database, seeder.session, stop=ctx.stop, tls=ctx.tls)
     watch = ctx.database.watch()
     try:
         seeder.sync()
@@ -274,7 +274,9 @@ def run(ctx: RoleContext) -> None:
             if now - flushed > FLUSH_SECONDS:
                 seeder.flush(time.time())
                 flushed = now
-            ctx.detail = f"{seeder.detail}, fetching {len(fetcher.fetching)}"
+            ctx.detail = f"{seeder.detail}, fetching {len(fetcher.fetching)}" + (
+                f", {len(fetcher.lan)} from p2pshare peers" if fetcher.lan else ""
+            )
     finally:
         watch.close()
         fetcher.close()
