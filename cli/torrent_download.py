@@ -18,6 +18,7 @@ from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.cli.render import human_bytes
 from p2pshare.db import queueing, quick
 from p2pshare.db import torrent_queue as tq
+from p2pshare.services.torrent import hints
 from p2pshare.services.torrent import metainfo as mi
 
 NOT_INSTALLED = (
@@ -47,6 +48,12 @@ def check_peer(text: str) -> str:
     return f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}"
 
 
+def warn_of_hints(found: hints.Hints, what: str) -> None:
+    """One line on stderr for a malformed SHA-256 hint, which p2p-torrent ignores."""
+    if found.warning:
+        click.echo(f"warning: {what}: {found.warning}", err=True)
+
+
 def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
     """The request a magnet link or .torrent makes. Raises UserError."""
     if name.lower().startswith("magnet:"):
@@ -54,6 +61,7 @@ def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
             magnet = mi.parse_magnet(name)
         except mi.MetainfoError as exc:
             raise UserError(f"that magnet link is refused: {exc}") from None
+        warn_of_hints(hints.from_magnet(name), "that magnet link")
         shown = magnet.name if magnet.name and magnet.name.isprintable() else magnet.info_hash
         return tq.TorrentRequest(name, magnet.info_hash, shown, 0, name, None, peers, None, None)
     path = Path(name).expanduser()
@@ -67,6 +75,7 @@ def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
         meta = mi.parse_torrent(data)
     except mi.MetainfoError as exc:
         raise UserError(f"{name} is refused: {exc}") from None
+    warn_of_hints(hints.from_torrent(data), name)
     shown = f"{meta.name}/" if meta.folder else meta.name
     return tq.TorrentRequest(
         str(path.resolve()), meta.info_hash, shown, meta.size, None, data, peers,
@@ -124,3 +133,7 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
         ),  # fmt: skip
         role="torrent",
     )
+    with quick.reading(ctl.quick) as conn:
+        note = tq.done_note(conn, queued.download_id)
+    if note:
+        click.echo(note)  # where it came from: p2pshare peers, BitTorrent or both

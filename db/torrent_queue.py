@@ -138,3 +138,11 @@ def torrent_role_state(conn: sqlite3.Connection) -> dict[str, str]:
             "SELECT name, value FROM role_settings WHERE role = 'torrent'"
         )
     }
+
+
+def done_note(conn: sqlite3.Connection, download_id: int) -> str | None:
+    """What a finished torrent download says of its sources (p2pshare peers, BitTorrent)."""
+    row = conn.execute(
+        "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
+    ).fetchone()
+    return None if row is None or not row[0] else str(row[0])

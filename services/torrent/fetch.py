@@ -126,7 +126,8 @@ class Fetcher:
         for did, run in list(self.lan.items()):
             if not run.alive():
                 del self.lan[did]
-                self.after_lan(run, jobs.get(did))
+                if self.after_lan(run, jobs.get(did)):
+                    jobs.pop(did)  # done (or failed) now: the snapshot above is stale
         for did in list(self.fetching):
             job = jobs.get(did)
             if job is None or job.status == "paused":
@@ -271,17 +272,18 @@ class Fetcher:
                  len(planned), len(hinted.files))  # fmt: skip
         return True
 
-    def after_lan(self, run: LanRun, job: dbt.TorrentJob | None) -> None:
+    def after_lan(self, run: LanRun, job: dbt.TorrentJob | None) -> bool:
         """p2pshare peers are done with a download: publish it when they sent all of it and
-        the torrent proved it, else hand it to libtorrent (which checks what they sent)."""
+        the torrent proved it, else hand it to libtorrent (which checks what they sent).
+        Returns whether the download ended here (done, or failed publishing)."""
         did = run.download_id
         if run.stopped or job is None or job.status not in dbdl.UNFINISHED:
             self.lan_tried.discard(did)  # paused or stopped: ask them again on resuming
-            return
+            return False
         self.lan_served[did] = 0 if run.unproven else len(run.got)
         if run.proof is None:
             self.add(job)
-            return
+            return False
         meta = mi.parse_torrent(run.proof)
         if job.metainfo is None:  # a magnet: its metadata, rebuilt and proven
             with self.database.write() as s:
@@ -295,13 +297,14 @@ class Fetcher:
         except (PublishError, OSError, TorrentFailed, FileChanged) as exc:
             self.fail(did, str(exc) if isinstance(exc, PublishError | TorrentFailed)
                       else f"cannot publish it: {exc}")  # fmt: skip
-            return
+            return True
         note = "from p2pshare peers; BitTorrent not used"
         with self.database.write() as s:
             dbt.finish_torrent_job(s, did, status="done", reason=note, now=time.time(),
                                    saved_as=saved_as, published=published)  # fmt: skip
         shutil.rmtree(run.temp, ignore_errors=True)
         log.info("finished %s (download %d) %s: saved as %s", meta.name, did, note, saved_as)
+        return True
 
     def source_note(self, did: int, files: int) -> str | None:
         """What a download finished by libtorrent says of its sources."""

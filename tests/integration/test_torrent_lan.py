@@ -1,0 +1,207 @@
+"""A torrent whose files a p2pshare peer holds is taken from that peer (issue 24 item 3):
+node A shares files and makes their torrents (each file's SHA-256 rides outside the info
+dictionary, and in a one-file magnet as x.sha256); node B, whose only way to the bytes
+is p2pshare (A's BitTorrent is off, no other BitTorrent peer exists), downloads by the
+magnet link and by the .torrent, and the bytes arrive from A: A's uploads ledger served
+them, B's history names A. With hints that no p2pshare peer can honour, libtorrent
+fetches, and a hint naming the wrong content never yields a wrong file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Node, seed, wait_until
+from test_torrent_download import Seeder
+from test_torrent_download import seeders as seeders  # the fixture, used by name
+
+from p2pshare.services.torrent import load_libtorrent
+from p2pshare.services.torrent import metainfo as mi
+from p2pshare.services.torrent.hints import HINT_KEY, torrent_value
+
+pytestmark = pytest.mark.integration
+lt = load_libtorrent()
+needs_libtorrent = pytest.mark.skipif(lt is None, reason="libtorrent is not installed")
+
+START_TIMEOUT = 30
+FETCH_TIMEOUT = 180
+
+
+def started(node: Node) -> Node:
+    node.start_supervised()
+    wait_until(
+        lambda: node.scalar(
+            "SELECT value FROM role_settings WHERE role = 'torrent' AND name = 'serving'"
+        ),
+        START_TIMEOUT,
+        what=f"{node}'s p2p-torrent to start",
+    )
+    return node
+
+
+def indexed(node: Node, root: str, name: str) -> str | None:
+    return node.scalar(
+        "SELECT f.sha256 FROM local_files l JOIN files f ON f.id = l.file_id"
+        " WHERE l.root = ? AND l.name = ?",
+        (root, name),
+    )
+
+
+def offered(node: Node, sha256: str) -> bool:
+    return bool(
+        node.scalar(
+            "SELECT count(*) FROM holdings h JOIN files f ON f.id = h.file_id"
+            " WHERE f.sha256 = ? AND h.chunks_held > 0",
+            (sha256,),
+        )
+    )
+
+
+def fetch(node: Node, *args: str) -> str:
+    done = node.p2pctl("download", *args, timeout=FETCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return done.stdout + done.stderr
+
+
+def served_to_b(a: Node, sha256: str) -> int:
+    return int(
+        a.scalar("SELECT coalesce(sum(bytes), 0) FROM uploads WHERE sha256 = ?", (sha256,)) or 0
+    )
+
+
+def last_download(node: Node) -> tuple[int, str, str | None, str | None, str]:
+    row = node.sql(
+        "SELECT d.id, d.status, d.reason, d.saved_as, d.sha256 FROM downloads d"
+        " JOIN torrent_downloads t ON t.download_id = d.id ORDER BY d.id DESC LIMIT 1"
+    )[0]
+    return int(row[0]), str(row[1]), row[2], row[3], str(row[4])
+
+
+def sources(node: Node, download_id: int) -> dict[str, int]:
+    return {
+        str(name or addr): int(n)
+        for addr, name, n in node.sql(
+            "SELECT address, username, bytes FROM download_sources WHERE download_id = ?",
+            (download_id,),
+        )
+    }
+
+
+@needs_libtorrent
+def test_a_torrent_held_by_a_p2pshare_peer_comes_from_it_without_bittorrent(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # A serves no BitTorrent at all: whatever B gets, it got over p2pshare.
+    a = make_node("holder", P2P_BITTORRENT="off")
+    one, two = os.urandom(3 * 1024 * 1024 + 77), os.urandom(2 * 1024 * 1024 + 5)
+    sha_one, sha_two = hashlib.sha256(one).hexdigest(), hashlib.sha256(two).hexdigest()
+    seed(a, "one.bin", one)
+    seed(a, "two.bin", two)
+    a.start_supervised()
+    wait_until(lambda: indexed(a, "share", "two.bin"), START_TIMEOUT, what="A to index")
+    made = a.p2pctl("torrent", "one.bin", "-o", str(tmp_path / "one.torrent"))
+    assert made.returncode == 0, made.stderr
+    link = next(w for w in made.stdout.split() if w.startswith("magnet:?"))
+    assert f"x.sha256={sha_one}" in link and "x.pe=" not in link
+    made = a.p2pctl("torrent", "two.bin", "-o", str(tmp_path / "two.torrent"))
+    assert made.returncode == 0, made.stderr
+    top, _ = mi.bdecode((tmp_path / "two.torrent").read_bytes())
+    assert isinstance(top, dict) and HINT_KEY in top
+
+    b = started(make_node("fetcher"))
+    wait_until(lambda: offered(b, sha_one) and offered(b, sha_two), START_TIMEOUT,
+               what="B to learn A's files")  # fmt: skip
+
+    # By the magnet link: no metadata from anywhere but the file itself.
+    out = fetch(b, link)
+    did, status, reason, saved_as, sha = last_download(b)
+    assert (status, saved_as, sha) == ("done", "one.bin", sha_one)
+    assert reason is not None and "p2pshare" in reason and "BitTorrent not used" in reason
+    assert "BitTorrent not used" in out  # p2pctl download says where it came from
+    assert (b.home / "downloads" / "one.bin").read_bytes() == one
+    assert sources(b, did) == {a.username: len(one)}
+    assert served_to_b(a, sha_one) >= len(one)
+    meta = b.scalar("SELECT metainfo FROM torrent_downloads WHERE download_id = ?", (did,))
+    assert meta is not None  # rebuilt from the file, and proven by the link's info-hash
+    assert mi.parse_torrent(bytes(meta)).info_hash in link.lower()
+
+    # By the .torrent.
+    fetch(b, str(tmp_path / "two.torrent"))
+    did, status, reason, saved_as, sha = last_download(b)
+    assert (status, saved_as, sha) == ("done", "two.bin", sha_two)
+    assert reason is not None and "BitTorrent not used" in reason
+    assert (b.home / "downloads" / "two.bin").read_bytes() == two
+    assert sources(b, did) == {a.username: len(two)}
+    assert served_to_b(a, sha_two) >= len(two)
+
+    history = b.p2pctl("history")
+    assert history.returncode == 0
+    assert history.stdout.count("BitTorrent not used") == 2
+    assert not any(p.name.startswith("torrent-") for p in (b.home / "temp").iterdir())
+
+
+def hinted(metainfo: bytes, sha256s: list[str]) -> bytes:
+    """The .torrent with a p2pshare hint added beside its info dictionary."""
+    top, _ = mi.bdecode(metainfo)
+    assert isinstance(top, dict)
+    top[HINT_KEY] = torrent_value(sha256s)
+    out = mi.bencode(top)
+    assert mi.parse_torrent(out).info_hash == mi.parse_torrent(metainfo).info_hash
+    return out
+
+
+@needs_libtorrent
+def test_hints_no_p2pshare_peer_holds_leave_it_to_bittorrent(
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 99)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "far.bin").write_bytes(data)
+    seeder = seeders(tmp_path / "src", "far.bin")
+    torrent = tmp_path / "far.torrent"
+    torrent.write_bytes(hinted(seeder.metainfo, [hashlib.sha256(data).hexdigest()]))
+
+    b = started(make_node("fetcher"))
+    fetch(b, str(torrent), "--peer", f"127.0.0.1:{seeder.port}")
+    did, status, reason, saved_as, _ = last_download(b)
+    assert (status, saved_as, reason) == ("done", "far.bin", None)
+    assert (b.home / "downloads" / "far.bin").read_bytes() == data
+    got = sources(b, did)
+    assert got and all(re.fullmatch(r"127\.0\.0\.1", who) for who in got)  # BitTorrent peers
+    assert "no p2pshare peer holds any of its 1 files" in b.log("torrent")
+
+
+@needs_libtorrent
+def test_a_wrong_hint_never_makes_a_wrong_file(
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
+) -> None:
+    # A offers other bytes of the very size the torrent's file has, and the hint names them.
+    size = 2 * 1024 * 1024 + 321
+    right, wrong = os.urandom(size), os.urandom(size)
+    sha_wrong = hashlib.sha256(wrong).hexdigest()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x.bin").write_bytes(right)
+    seeder = seeders(tmp_path / "src", "x.bin")
+    torrent = tmp_path / "x.torrent"
+    torrent.write_bytes(hinted(seeder.metainfo, [sha_wrong]))
+
+    a = make_node("liar", P2P_BITTORRENT="off")
+    seed(a, "x.bin", wrong)
+    a.start_supervised()
+    b = started(make_node("fetcher"))
+    wait_until(lambda: offered(b, sha_wrong), START_TIMEOUT, what="B to learn A's file")
+
+    fetch(b, str(torrent), "--peer", f"127.0.0.1:{seeder.port}")
+    did, status, reason, saved_as, sha = last_download(b)
+    assert (status, saved_as) == ("done", "x.bin")
+    assert (b.home / "downloads" / "x.bin").read_bytes() == right
+    assert sha == hashlib.sha256(right).hexdigest()
+    assert reason is None  # nothing of what A sent was kept
+    assert served_to_b(a, sha_wrong) >= size  # the hint was honoured, then refused
+    assert "not the torrent's" in b.log("torrent")
+    assert sorted(p.name for p in (b.home / "downloads").iterdir()) == ["x.bin"]
