@@ -205,3 +205,40 @@ def test_a_wrong_hint_never_makes_a_wrong_file(
     assert served_to_b(a, sha_wrong) >= size  # the hint was honoured, then refused
     assert "not the torrent's" in b.log("torrent")
     assert sorted(p.name for p in (b.home / "downloads").iterdir()) == ["x.bin"]
+
+
+@needs_libtorrent
+def test_a_folder_takes_what_a_p2pshare_peer_holds_and_the_rest_by_bittorrent(
+    make_node: Callable[..., Node], seeders: Callable[..., Seeder], tmp_path: Path
+) -> None:
+    near, far = os.urandom(3 * 1024 * 1024 + 17), os.urandom(1024 * 1024 + 3)
+    sha_near, sha_far = hashlib.sha256(near).hexdigest(), hashlib.sha256(far).hexdigest()
+    (tmp_path / "src" / "album").mkdir(parents=True)
+    (tmp_path / "src" / "album" / "a.bin").write_bytes(near)
+    (tmp_path / "src" / "album" / "b.bin").write_bytes(far)
+    seeder = seeders(tmp_path / "src", "album")
+    files = [p for p, _ in mi.parse_torrent(seeder.metainfo).files]
+    torrent = tmp_path / "album.torrent"
+    torrent.write_bytes(
+        hinted(seeder.metainfo, [sha_near if p.endswith("a.bin") else sha_far for p in files])
+    )
+
+    a = make_node("holder", P2P_BITTORRENT="off")
+    seed(a, "elsewhere/a-copy.bin", near)  # another name: the content is what counts
+    a.start_supervised()
+    b = started(make_node("fetcher"))
+    wait_until(lambda: offered(b, sha_near), START_TIMEOUT, what="B to learn A's file")
+
+    out = fetch(b, str(torrent), "--peer", f"127.0.0.1:{seeder.port}")
+    did, status, reason, saved_as, _ = last_download(b)
+    assert (status, saved_as) == ("done", "album/")
+    assert reason == "1 of 2 files from p2pshare peers, the rest by BitTorrent"
+    assert reason in out
+    assert (b.home / "downloads" / "album" / "a.bin").read_bytes() == near
+    assert (b.home / "downloads" / "album" / "b.bin").read_bytes() == far
+    got = sources(b, did)
+    assert got[a.username] == len(near)  # a.bin whole from A
+    assert served_to_b(a, sha_near) >= len(near)
+    assert served_to_b(a, sha_far) == 0
+    # BitTorrent sent b.bin and at most the pieces that straddle into a.bin, never a.bin.
+    assert 0 < got.get("127.0.0.1", 0) < len(near)
