@@ -242,3 +242,65 @@ def test_a_folder_takes_what_a_p2pshare_peer_holds_and_the_rest_by_bittorrent(
     assert served_to_b(a, sha_far) == 0
     # BitTorrent sent b.bin and at most the pieces that straddle into a.bin, never a.bin.
     assert 0 < got.get("127.0.0.1", 0) < len(near)
+
+
+def row(node: Node, download_id: int) -> tuple[str, str | None, int]:
+    status, reason, done = node.sql(
+        "SELECT status, reason, bytes_done FROM downloads WHERE id = ?", (download_id,)
+    )[0]
+    return str(status), reason, int(done)
+
+
+def queued_id(node: Node, *args: str) -> int:
+    done = node.p2pctl("download", *args, "--no-wait")
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"#(\d+)", done.stdout)
+    assert found, done.stdout
+    return int(found.group(1))
+
+
+@needs_libtorrent
+def test_pause_resume_and_cancel_while_a_p2pshare_peer_sends(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # A sends at 1 MB/s, so each download is under way for seconds when it is paused.
+    a = make_node("holder", P2P_BITTORRENT="off", P2P_UPLOAD_LIMIT=1_000_000)
+    slow, other = os.urandom(6 * 1024 * 1024 + 1), os.urandom(6 * 1024 * 1024 + 2)
+    seed(a, "slow.bin", slow)
+    seed(a, "other.bin", other)
+    a.start_supervised()
+    wait_until(lambda: indexed(a, "share", "other.bin"), START_TIMEOUT, what="A to index")
+    for name in ("slow", "other"):
+        made = a.p2pctl("torrent", f"{name}.bin", "-o", str(tmp_path / f"{name}.torrent"))
+        assert made.returncode == 0, made.stderr
+    b = started(make_node("fetcher"))
+    wait_until(lambda: offered(b, hashlib.sha256(other).hexdigest()), START_TIMEOUT,
+               what="B to learn A's files")  # fmt: skip
+
+    did = queued_id(b, str(tmp_path / "slow.torrent"))
+    wait_until(lambda: row(b, did)[2] > 0, FETCH_TIMEOUT, what="bytes from A")
+    status, reason, _ = row(b, did)
+    assert status == "active" and reason is not None and "p2pshare peer" in reason
+    wait_until(lambda: "from p2pshare peers" in b.p2pctl("status").stdout, START_TIMEOUT,
+               what="p2pctl status to say so (with p2p-torrent's next heartbeat)")  # fmt: skip
+    assert b.p2pctl("pause", str(did)).returncode == 0
+    wait_until(lambda: row(b, did)[0] == "paused", START_TIMEOUT, what="the pause")
+    assert (b.home / "temp" / f"torrent-{did}").is_dir()  # kept for the resume
+    assert b.p2pctl("resume", str(did)).returncode == 0
+    wait_until(lambda: row(b, did)[0] == "done", FETCH_TIMEOUT, what="the download")
+    assert row(b, did)[1] == "from p2pshare peers; BitTorrent not used"
+    assert (b.home / "downloads" / "slow.bin").read_bytes() == slow
+
+    gone = queued_id(b, str(tmp_path / "other.torrent"))
+    wait_until(lambda: row(b, gone)[2] > 0, FETCH_TIMEOUT, what="bytes from A")
+    assert b.p2pctl("cancel", str(gone)).returncode == 0
+    wait_until(
+        lambda: (
+            not (b.home / "temp" / f"torrent-{gone}").exists()
+            and not list((b.home / "temp").glob(f"{gone}-*.part"))
+        ),
+        START_TIMEOUT,
+        what="the cancelled download's temp files to go",
+    )
+    assert row(b, gone)[0] == "cancelled"
+    assert not (b.home / "downloads" / "other.bin").exists()
