@@ -54,6 +54,26 @@ def warn_of_hints(found: hints.Hints, what: str) -> None:
         click.echo(f"warning: {what}: {found.warning}", err=True)
 
 
+def hints_for(req: tq.TorrentRequest) -> hints.Hints:
+    """The request's SHA-256 hints (already checked: no warning twice)."""
+    try:
+        if req.metainfo is not None:
+            return hints.from_torrent(req.metainfo)
+        return hints.from_magnet(req.magnet or "")
+    except mi.MetainfoError:
+        return hints.Hints()
+
+
+def lan_words(ctl: Ctl, req: tq.TorrentRequest) -> str:
+    """'; 1 of 2 files held by p2pshare peers' when its hints name content they offer."""
+    found = hints_for(req)
+    if not found.files:
+        return ""
+    with quick.reading(ctl.quick) as conn:
+        held = tq.offered_on_lan(conn, [(h.sha256, h.size) for h in found.files])
+    return f"; {held} of {len(found.files)} files held by p2pshare peers" if held else ""
+
+
 def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
     """The request a magnet link or .torrent makes. Raises UserError."""
     if name.lower().startswith("magnet:"):
@@ -113,7 +133,10 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
         return  # what the user wanted is true: exit 0, as for a name on the network
     verb = "queued" if queued.new else "already downloading"
     size = human_bytes(queued.size) if queued.size else "size known once peers send it"
-    click.echo(f"{verb} #{queued.download_id}: {queued.name} ({size}, BitTorrent {req.info_hash})")
+    lan = lan_words(ctl, req)
+    click.echo(
+        f"{verb} #{queued.download_id}: {queued.name} ({size}, BitTorrent {req.info_hash}{lan})"
+    )
     if no_wait:
         return
     from p2pshare.cli.follow import follow  # tqdm: only when following

@@ -146,3 +146,16 @@ def done_note(conn: sqlite3.Connection, download_id: int) -> str | None:
         "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
     ).fetchone()
     return None if row is None or not row[0] else str(row[0])
+
+
+def offered_on_lan(conn: sqlite3.Connection, wanted: list[tuple[str, int]]) -> int:
+    """How many of these contents (SHA-256, size) some p2pshare peer offers now."""
+    found = 0
+    for sha256, size in wanted:
+        row = conn.execute(
+            "SELECT 1 FROM files f JOIN holdings h ON h.file_id = f.id"
+            " WHERE f.sha256 = ? AND f.size = ? AND h.chunks_held > 0 LIMIT 1",
+            (sha256, size),
+        ).fetchone()
+        found += row is not None
+    return found

@@ -122,6 +122,7 @@ def test_a_torrent_held_by_a_p2pshare_peer_comes_from_it_without_bittorrent(
     did, status, reason, saved_as, sha = last_download(b)
     assert (status, saved_as, sha) == ("done", "one.bin", sha_one)
     assert reason is not None and "p2pshare" in reason and "BitTorrent not used" in reason
+    assert "1 of 1 files held by p2pshare peers" in out
     assert "BitTorrent not used" in out  # p2pctl download says where it came from
     assert (b.home / "downloads" / "one.bin").read_bytes() == one
     assert sources(b, did) == {a.username: len(one)}
