@@ -155,6 +155,14 @@ class LanRun:
 
     def run(self, settings: Settings, database: Database, stop: threading.Event,
             tls: NodeTls) -> None:  # fmt: skip
+        try:
+            self._run(settings, database, stop, tls)
+        except Exception as exc:  # a bug here must not end the role: BitTorrent takes over
+            log.exception("download %d: taking files from p2pshare peers failed", self.download_id)
+            self.failed.append(f"internal error: {exc}")
+
+    def _run(self, settings: Settings, database: Database, stop: threading.Event,
+             tls: NodeTls) -> None:  # fmt: skip
         before = 0
         for n, (hint, offer) in enumerate(self.planned, 1):
             dest = self.temp / hint.path
