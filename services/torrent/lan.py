@@ -136,6 +136,7 @@ class LanRun:
     temp: Path  # the torrent's temp folder
     planned: list[tuple[FileHint, dbt.LanOffer]]
     got: list[str] = field(default_factory=list)  # paths proven by their manifest, in temp
+    fetched: list[str] = field(default_factory=list)  # of those, the ones this run fetched
     failed: list[str] = field(default_factory=list)
     stopped: bool = False  # paused, cancelled or the role stopping: nothing more done
     proof: bytes | None = None  # every file came, and the torrent proves them: its metainfo
@@ -182,6 +183,7 @@ class LanRun:
             leg.run()
             if leg.into.done:
                 self.got.append(hint.path)
+                self.fetched.append(hint.path)
                 before += hint.size
                 log.info("download %d: %s from p2pshare peers in %.1f s", self.download_id,
                          hint.path, time.monotonic() - started)  # fmt: skip
@@ -203,8 +205,10 @@ class LanRun:
             self.unproven = f"cannot read what arrived: {exc}"
         if self.proof is None:
             self.unproven = self.unproven or "the torrent's hashes do not match the SHA-256 hint"
-            for path in paths:
-                path.unlink(missing_ok=True)
+            # What this run fetched goes; a file found here already may be libtorrent's own
+            # work from before a restart, which its check keeps what it can of.
+            for path in self.fetched:
+                (self.temp / path).unlink(missing_ok=True)
             log.warning("download %d: the files p2pshare peers sent are not the torrent's (%s); "
                         "fetching it by BitTorrent", self.download_id, self.unproven)  # fmt: skip
 

@@ -201,5 +201,8 @@ def test_what_the_torrent_refuses_is_removed_before_bittorrent_fetches(tmp_path:
     found = hints.from_magnet(link)
     (tmp_path / "x.bin").write_bytes(wrong)
     run = LanRun(1, mi.parse_magnet(link).info_hash, None, found, tmp_path, [])
+    run.check_whole()  # found here, not fetched by this run: libtorrent's to check
+    assert run.proof is None and run.unproven and (tmp_path / "x.bin").exists()
+    run.fetched.append("x.bin")
     run.check_whole()
     assert run.proof is None and run.unproven and not (tmp_path / "x.bin").exists()
