@@ -349,12 +349,15 @@ def lan_offers(session: Session, wanted: Iterable[tuple[str, int]]) -> dict[str,
     return out
 
 
-def record_torrent_source(session: Session, download_id: int, note: str) -> None:
+def record_torrent_source(session: Session, download_id: int, note: str) -> bytes:
     """Say on an unfinished BitTorrent download where it is being fetched from (its
-    `reason`, which p2pctl download, status and history show)."""
+    `reason`, which p2pctl download, status and history show); returns its `have`."""
     d = session.get(Download, download_id)
-    if d is not None and d.status in UNFINISHED:
+    if d is None:
+        return b""
+    if d.status in UNFINISHED:
         d.reason = note
+    return bytes(d.have)
 
 
 def mark_lan_bad(

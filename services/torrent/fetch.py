@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -292,8 +293,11 @@ class Fetcher:
                     piece_size=meta.piece_size, metainfo=run.proof,
                 )  # fmt: skip
         files = [(PurePosixPath(path), size) for path, size in meta.files]
+        # Only what this run fetched is proven by its offer's manifest: a file found in the
+        # folder may be libtorrent's, the torrent's content whatever the hint said.
+        proven = {PurePosixPath(h.path): o for h, o in run.planned if h.path in run.fetched}
         try:
-            saved_as, published = publish_tree(self.settings, run.temp, files)
+            saved_as, published = publish_tree(self.settings, run.temp, files, proven)
         except (PublishError, OSError, TorrentFailed, FileChanged) as exc:
             self.fail(did, str(exc) if isinstance(exc, PublishError | TorrentFailed)
                       else f"cannot publish it: {exc}")  # fmt: skip
@@ -305,6 +309,10 @@ class Fetcher:
         shutil.rmtree(run.temp, ignore_errors=True)
         log.info("finished %s (download %d) %s: saved as %s", meta.name, did, note, saved_as)
         return True
+
+    def lan_ended(self) -> bool:
+        """Whether p2pshare peers are done with some download (sync takes it on)."""
+        return any(not run.alive() for run in self.lan.values())
 
     def source_note(self, did: int, files: int) -> str | None:
         """What a download finished by libtorrent says of its sources."""
@@ -471,11 +479,16 @@ class Fetcher:
 
 
 def publish_tree(
-    settings: Settings, temp: Path, files: list[tuple[PurePosixPath, int]]
+    settings: Settings,
+    temp: Path,
+    files: list[tuple[PurePosixPath, int]],
+    proven: Mapping[PurePosixPath, dbt.LanOffer] | None = None,
 ) -> tuple[str, list[tuple[str, HashedFile]]]:
     """Each file of temp (its path in the torrent, its size) into the download folder, at
     its name or a numbered one, then hashed for the index; returns what the download is
-    saved as and each file's name there with its manifest.
+    saved as and each file's name there with its manifest. A file in `proven` arrived
+    from p2pshare peers with every chunk verified against that offer's manifest, which
+    proves its SHA-256: it is indexed under that manifest, not read again.
 
     Each is published through a second hard link, so temp keeps every file until the end:
     asked again after a crash half-way, a file already linked into the folder is found
@@ -506,13 +519,25 @@ def publish_tree(
             os.link(src, link)
             final = publish(link, dest, lambda _path: None)
         stamp = Stamp.of(os.stat(final))
-        chunk_size = chunk_size_for(stamp.size, settings.chunk_size)
-        out.append((final.relative_to(root).as_posix(), hash_file(final, chunk_size, expect=stamp)))
+        offer = (proven or {}).get(rel)
+        if offer is not None and offer.size == stamp.size:
+            hashed = manifest_of(offer, stamp)
+        else:
+            hashed = hash_file(final, chunk_size_for(stamp.size, settings.chunk_size), expect=stamp)
+        out.append((final.relative_to(root).as_posix(), hashed))
     if not out:
         raise TorrentFailed("the torrent holds no file")
     if len(out) == 1 and "/" not in out[0][0]:
         return out[0][0], out
     return f"{PurePosixPath(out[0][0]).parts[0]}/", out
+
+
+def manifest_of(offer: dbt.LanOffer, stamp: Stamp) -> HashedFile:
+    """The index entry of a file verified chunk by chunk against this offer's manifest."""
+    size, cs = offer.size, offer.chunk_size
+    sizes = [min(cs, size - i * cs) for i in range(len(offer.entries))]
+    return HashedFile(stamp.size, stamp.mtime_ns, offer.sha256, cs, offer.entries, sizes,
+                      offer.root, ctime_ns=stamp.ctime_ns, inode=stamp.inode)  # fmt: skip
 
 
 def published_before(src: Path, dest: Path) -> Path | None:

@@ -35,11 +35,13 @@ from p2pshare.services.torrent.pieces import pieces_match, stream_pieces
 log = logging.getLogger("p2p.torrent")
 
 
-def lan_spec(offer: dbt.LanOffer, download_id: int, hint: FileHint) -> dbdl.JobSpec:
+def lan_spec(
+    offer: dbt.LanOffer, download_id: int, hint: FileHint, have: bytes = b""
+) -> dbdl.JobSpec:
     """The download job of one torrent file from p2pshare peers, on the torrent's row."""
     return dbdl.JobSpec(
         download_id, offer.file_id, hint.path, offer.sha256, offer.size, offer.chunk_size,
-        offer.root, offer.entries, b"", None, None, "active",
+        offer.root, offer.entries, have, None, None, "active",
     )  # fmt: skip
 
 
@@ -47,8 +49,8 @@ class _Offset(DurableProgress):
     """The torrent's progress: this file's verified chunks after the files done before it.
     A peer that lied is marked bad for the offer (the torrent's row names no file)."""
 
-    def __init__(self, spec: dbdl.JobSpec, count: int, before: int) -> None:
-        super().__init__(spec, count, b"")
+    def __init__(self, spec: dbdl.JobSpec, count: int, have: bytes, before: int) -> None:
+        super().__init__(spec, count, have)
         self.before = before
 
     def bytes_done(self) -> int:
@@ -104,7 +106,8 @@ class LanLeg(DownloadJob):
         note: str,
     ) -> None:
         super().__init__(spec, settings, database, stop, settings.wait_timeout, tls)
-        self.durable = _Offset(spec, self.count, before)
+        have = spec.have if len(spec.have) == (self.count + 7) // 8 else b""
+        self.durable = _Offset(spec, self.count, have, before)
         self.into = _IntoTemp(dest)
         self.finisher = self.into  # type: ignore[assignment]
         self.note = note
@@ -176,9 +179,12 @@ class LanRun:
                 f"(file {n} of {len(self.planned)} held on the LAN)"
             )
             with database.write() as s:
-                dbt.record_torrent_source(s, self.download_id, note)
-            leg = LanLeg(lan_spec(offer, self.download_id, hint), settings, database, stop,
-                         tls, dest, before=before, note=note)  # fmt: skip
+                # The row's bitfield is the chunks of the file last fetched into it, fsynced:
+                # a paused file's, whose temp file (named by the download and content) is
+                # still there, resumes from it (DownloadJob starts over if it is gone).
+                have = dbt.record_torrent_source(s, self.download_id, note)
+            spec = lan_spec(offer, self.download_id, hint, have)
+            leg = LanLeg(spec, settings, database, stop, tls, dest, before=before, note=note)
             started = time.monotonic()
             leg.run()
             if leg.into.done:

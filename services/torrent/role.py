@@ -264,7 +264,8 @@ def run(ctx: RoleContext) -> None:
             # Every role commits a heartbeat every 2 s, so a commit alone is no reason to
             # read the index more often than that; a download queued waits as long at most.
             due = now - synced > SYNC_MIN_SECONDS and watch.changed()
-            if due or now - synced > RESYNC_SECONDS:
+            # p2pshare peers sent a torrent's files: publish it (or start libtorrent) now.
+            if due or now - synced > RESYNC_SECONDS or fetcher.lan_ended():
                 seeder.sync()
                 fetcher.sync()
                 synced = now

@@ -287,8 +287,13 @@ def test_pause_resume_and_cancel_while_a_p2pshare_peer_sends(
     assert b.p2pctl("pause", str(did)).returncode == 0
     wait_until(lambda: row(b, did)[0] == "paused", START_TIMEOUT, what="the pause")
     assert (b.home / "temp" / f"torrent-{did}").is_dir()  # kept for the resume
+    kept = row(b, did)[2]
+    assert 0 < kept < len(slow)
     assert b.p2pctl("resume", str(did)).returncode == 0
     wait_until(lambda: row(b, did)[0] == "done", FETCH_TIMEOUT, what="the download")
+    # Resumed where it stopped: the job started again with the chunks verified before.
+    assert re.search(r"slow\.bin \(\d+ bytes, \d+ chunks, [1-9]\d* already here\)",
+                     b.log("torrent")), b.log("torrent")[-3000:]  # fmt: skip
     assert row(b, did)[1] == "from p2pshare peers; BitTorrent not used"
     assert (b.home / "downloads" / "slow.bin").read_bytes() == slow
 
