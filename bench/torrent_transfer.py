@@ -202,9 +202,14 @@ def bench_torrent_download(
     pids = [leech.role_pid("torrent"), seeder.role_pid("torrent" if port else "server")]
     before = total_cpu(pids[:1]), total_cpu(pids[1:])
     peer = ["--peer", f"127.0.0.1:{port}"] if port else []
-    wall, _ = run_timed(
-        [beside_python("p2pctl"), "download", str(torrent_file), *peer], env=leech.env
-    )
+    try:
+        wall, _ = run_timed(
+            [beside_python("p2pctl"), "download", str(torrent_file), *peer], env=leech.env
+        )
+    except subprocess.CalledProcessError:
+        row = leech.sql("SELECT id, status, reason FROM downloads ORDER BY id DESC LIMIT 1")
+        log = (leech.home / "logs" / "torrent.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"p2pctl download {torrent_file.name} failed: {row}\n{log}") from None
     status = leech.scalar("SELECT status FROM downloads ORDER BY id DESC LIMIT 1")
     if status != "done":
         raise RuntimeError(f"the torrent download ended {status}")

@@ -50,6 +50,9 @@ PEX_ENCRYPTION = 1
 BLOCK_SIZE = 16 * 1024
 # A job fetching from p2pshare peers notices the stop flag within its flush interval.
 LAN_STOP_SECONDS = 5.0
+# A published file whose stamp moved while it was hashed for the index (hash_settled).
+HASH_ATTEMPTS = 3
+SETTLE_SECONDS = 0.5
 
 
 class TorrentFailed(Exception):
@@ -518,18 +521,33 @@ def publish_tree(
             link.unlink(missing_ok=True)
             os.link(src, link)
             final = publish(link, dest, lambda _path: None)
-        stamp = Stamp.of(os.stat(final))
         offer = (proven or {}).get(rel)
-        if offer is not None and offer.size == stamp.size:
-            hashed = manifest_of(offer, stamp)
+        if offer is not None and offer.size == os.stat(final).st_size:
+            hashed = manifest_of(offer, Stamp.of(os.stat(final)))
         else:
-            hashed = hash_file(final, chunk_size_for(stamp.size, settings.chunk_size), expect=stamp)
+            hashed = hash_settled(final, settings)
         out.append((final.relative_to(root).as_posix(), hashed))
     if not out:
         raise TorrentFailed("the torrent holds no file")
     if len(out) == 1 and "/" not in out[0][0]:
         return out[0][0], out
     return f"{PurePosixPath(out[0][0]).parts[0]}/", out
+
+
+def hash_settled(path: Path, settings: Settings) -> HashedFile:
+    """The file's manifest for the index, hashed again if its stamp moved meanwhile:
+    libtorrent closes a removed torrent's files in its own time, and closing a file it
+    wrote can move its mtime and ctime (seen under load: a 1 GiB publish failed with the
+    file "changed", its bytes the same). Raises FileChanged (still moving), OSError."""
+    for attempt in range(HASH_ATTEMPTS):
+        stamp = Stamp.of(os.stat(path))
+        try:
+            return hash_file(path, chunk_size_for(stamp.size, settings.chunk_size), expect=stamp)
+        except FileChanged:
+            if attempt == HASH_ATTEMPTS - 1:
+                raise
+            time.sleep(SETTLE_SECONDS)
+    raise AssertionError("unreachable")
 
 
 def manifest_of(offer: dbt.LanOffer, stamp: Stamp) -> HashedFile:
