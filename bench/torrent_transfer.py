@@ -156,7 +156,7 @@ def torrent(bench: Any) -> None:
          f"{per_gib(via_bt[2]):.2f}"),
         ("`p2pctl download big.torrent` with its SHA-256 hint (from the p2pshare peer)",
          via_hint[0], via_hint[1] + via_hint[2],
-         f"leech p2p-torrent {per_gib(via_hint[1]):.2f} (SHA-1 proof and index hash too) + "
+         f"leech p2p-torrent {per_gib(via_hint[1]):.2f} (the torrent's SHA-1 proof too) + "
          f"seed server {per_gib(via_hint[2]):.2f}"),
     ]  # fmt: skip
     for what, seconds, cpu, split in rows:

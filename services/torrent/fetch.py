@@ -536,9 +536,10 @@ def publish_tree(
 
 def hash_settled(path: Path, settings: Settings) -> HashedFile:
     """The file's manifest for the index, hashed again if its stamp moved meanwhile:
-    libtorrent closes a removed torrent's files in its own time, and closing a file it
-    wrote can move its mtime and ctime (seen under load: a 1 GiB publish failed with the
-    file "changed", its bytes the same). Raises FileChanged (still moving), OSError."""
+    libtorrent releases a removed torrent's files in its own time, and under load a 1 GiB
+    publish failed twice with the file "changed" (its stamp moved after publishing; likely
+    libtorrent closing or truncating it late), never since with this retry. Raises
+    FileChanged (still moving), OSError."""
     for attempt in range(HASH_ATTEMPTS):
         stamp = Stamp.of(os.stat(path))
         try:
@@ -546,6 +547,7 @@ def hash_settled(path: Path, settings: Settings) -> HashedFile:
         except FileChanged:
             if attempt == HASH_ATTEMPTS - 1:
                 raise
+            log.info("%s changed while hashed for the index; hashing it again", path.name)
             time.sleep(SETTLE_SECONDS)
     raise AssertionError("unreachable")
 
