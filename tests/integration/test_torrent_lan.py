@@ -131,12 +131,14 @@ def test_a_torrent_held_by_a_p2pshare_peer_comes_from_it_without_bittorrent(
     assert meta is not None  # rebuilt from the file, and proven by the link's info-hash
     assert mi.parse_torrent(bytes(meta)).info_hash in link.lower()
 
-    # By the .torrent.
+    # By the .torrent, into a download folder where the user has a two.bin of their own.
+    (b.home / "downloads" / "two.bin").write_bytes(b"the user's own")
     fetch(b, str(tmp_path / "two.torrent"))
     did, status, reason, saved_as, sha = last_download(b)
-    assert (status, saved_as, sha) == ("done", "two.bin", sha_two)
+    assert (status, saved_as, sha) == ("done", "two (1).bin", sha_two)
     assert reason is not None and "BitTorrent not used" in reason
-    assert (b.home / "downloads" / "two.bin").read_bytes() == two
+    assert (b.home / "downloads" / "two (1).bin").read_bytes() == two
+    assert (b.home / "downloads" / "two.bin").read_bytes() == b"the user's own"
     assert sources(b, did) == {a.username: len(two)}
     assert served_to_b(a, sha_two) >= len(two)
 
