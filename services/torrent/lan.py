@@ -174,6 +174,8 @@ class LanRun:
                 self.got.append(hint.path)
                 before += hint.size
                 continue
+            if dest.exists():  # libtorrent's, partly written before a restart: its to finish
+                continue
             note = (
                 f"from {offer.peers} p2pshare peer{'s' if offer.peers != 1 else ''} "
                 f"(file {n} of {len(self.planned)} held on the LAN)"

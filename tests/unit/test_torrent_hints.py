@@ -233,3 +233,18 @@ def test_a_published_file_whose_stamp_moves_while_hashed_is_hashed_again(
     hashed = fetch.hash_settled(path, settings)
     assert len(calls) == 2 and hashed.sha256 == hashlib.sha256(b"x" * 5000).hexdigest()
     assert hashed.mtime_ns == 1
+
+
+def test_files_already_in_the_torrent_folder_are_not_fetched_again(tmp_path: Path) -> None:
+    from p2pshare.db.torrents import LanOffer
+
+    whole, partial = hints.FileHint("a.bin", 10, SHA_A), hints.FileHint("b.bin", 10, SHA_B)
+    (tmp_path / "a.bin").write_bytes(b"x" * 10)  # a file the LAN sent before a pause
+    (tmp_path / "b.bin").write_bytes(b"x" * 4)  # libtorrent's, cut short by a restart
+    offer = LanOffer(1, SHA_A, 10, 10, "r", ["e"], 1)
+    found = hints.Hints((whole, partial), PIECE)
+    run = LanRun(1, "c" * 40, None, found, tmp_path, [(whole, offer), (partial, offer)])
+    run.run(None, None, None, None)  # type: ignore[arg-type]  # no leg may start
+    assert (run.got, run.fetched, run.failed, run.stopped) == (["a.bin"], [], [], False)
+    assert run.proof is None and run.unproven is None  # not whole: libtorrent checks it
+    assert (tmp_path / "b.bin").read_bytes() == b"x" * 4
