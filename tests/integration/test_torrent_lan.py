@@ -312,3 +312,33 @@ def test_pause_resume_and_cancel_while_a_p2pshare_peer_sends(
     )
     assert row(b, gone)[0] == "cancelled"
     assert not (b.home / "downloads" / "other.bin").exists()
+
+
+@needs_libtorrent
+def test_a_fetch_from_a_p2pshare_peer_goes_on_after_p2p_torrent_restarts(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    a = make_node("holder", P2P_BITTORRENT="off", P2P_UPLOAD_LIMIT=1_000_000)
+    data = os.urandom(6 * 1024 * 1024 + 9)
+    seed(a, "slow.bin", data)
+    a.start_supervised()
+    wait_until(lambda: indexed(a, "share", "slow.bin"), START_TIMEOUT, what="A to index")
+    made = a.p2pctl("torrent", "slow.bin", "-o", str(tmp_path / "slow.torrent"))
+    assert made.returncode == 0, made.stderr
+    b = started(make_node("fetcher"))
+    wait_until(lambda: offered(b, hashlib.sha256(data).hexdigest()), START_TIMEOUT,
+               what="B to learn A's file")  # fmt: skip
+
+    did = queued_id(b, str(tmp_path / "slow.torrent"))
+    wait_until(lambda: row(b, did)[2] > 0, FETCH_TIMEOUT, what="bytes from A")
+    # SIGTERM mid-file: the role leaves it resumable and exits 0 (supervisorctl waits).
+    restarted = b.supervisorctl("restart", "p2p:torrent")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert row(b, did)[0] != "done"
+    fetch(b, str(tmp_path / "slow.torrent"))  # follows the download already there
+    status, reason, _ = row(b, did)
+    assert (status, reason) == ("done", "from p2pshare peers; BitTorrent not used")
+    assert (b.home / "downloads" / "slow.bin").read_bytes() == data
+    assert b.log("torrent").count(f"download {did}: 1 of its 1 files from p2pshare") == 2
+    assert re.search(r"slow\.bin \(\d+ bytes, \d+ chunks, [1-9]\d* already here\)",
+                     b.log("torrent")), b.log("torrent")[-3000:]  # fmt: skip
