@@ -8,7 +8,9 @@ tiny HTTP tracker of the benchmark's own on 127.0.0.1 that names the node: aria2
 peer address on its command line). Then, each once (the run takes minutes): aria2c fetches
 it by the .torrent from the node's p2p-torrent (DHT, LPD, PEX off); aria2c fetches it from
 nginx (one connection); a leecher node's `p2pctl download big.bin` (p2pshare); and the
-leecher's `p2pctl download big.torrent --peer` (its p2p-torrent from the seeder's). Rows:
+leecher's `p2pctl download big.torrent --peer` (its p2p-torrent from the seeder's, the
+.torrent's SHA-256 hint taken out); and the same .torrent with its hint, which the
+leecher's p2p-torrent takes from the seeder over p2pshare (hints.py). Rows:
 MB/s and CPU-seconds per GiB (client + serving side) of each, as ratios to aria2c from nginx.
 """
 
@@ -127,7 +129,14 @@ def torrent(bench: Any) -> None:
     own = bench.download(leech, "big.bin", ((leech, "downloader"), (seeder, "server")))
     bench.verify(leech, "big.bin")
     leech.forget_download("big.bin")
-    via_bt = bench_torrent_download(bench, leech, seeder, torrent_file, port)
+    # The .torrent carries big.bin's SHA-256 (services/torrent/hints.py), and the leecher
+    # sees the seeder offer it over p2pshare: without the hint, this row stays BitTorrent.
+    plain = bench.root / "plain.torrent"
+    plain.write_bytes(without_hint(torrent_file.read_bytes()))
+    via_bt = bench_torrent_download(bench, leech, seeder, plain, port)
+    bench.verify(leech, "big.bin")
+    leech.forget_download("big.bin")
+    via_hint = bench_torrent_download(bench, leech, seeder, torrent_file, None)
     bench.verify(leech, "big.bin")
 
     def per_gib(cpu: float) -> float:
@@ -145,6 +154,10 @@ def torrent(bench: Any) -> None:
          via_bt[1] + via_bt[2],
          f"leech {per_gib(via_bt[1]):.2f} (hashing it for the index too) + seed "
          f"{per_gib(via_bt[2]):.2f}"),
+        ("`p2pctl download big.torrent` with its SHA-256 hint (from the p2pshare peer)",
+         via_hint[0], via_hint[1] + via_hint[2],
+         f"leech p2p-torrent {per_gib(via_hint[1]):.2f} (the torrent's SHA-1 proof too) + "
+         f"seed server {per_gib(via_hint[2]):.2f}"),
     ]  # fmt: skip
     for what, seconds, cpu, split in rows:
         speed = f"{mbps(size, seconds):.0f} MB/s"
@@ -169,17 +182,34 @@ def torrent(bench: Any) -> None:
         )
 
 
+def without_hint(metainfo: bytes) -> bytes:
+    """The .torrent without its p2pshare SHA-256 hint (the same info-hash)."""
+    from p2pshare.services.torrent.hints import HINT_KEY
+    from p2pshare.services.torrent.metainfo import bdecode, bencode
+
+    top, _ = bdecode(metainfo)
+    assert isinstance(top, dict)
+    top.pop(HINT_KEY, None)
+    return bencode(top)
+
+
 def bench_torrent_download(
-    bench: Any, leech: Any, seeder: Any, torrent_file: Path, port: int
+    bench: Any, leech: Any, seeder: Any, torrent_file: Path, port: int | None
 ) -> tuple[float, float, float]:
-    """The leecher's `p2pctl download big.torrent --peer` to its exit: (wall s, leech
-    p2p-torrent CPU s, seeder p2p-torrent CPU s)."""
-    pids = [leech.role_pid("torrent"), seeder.role_pid("torrent")]
+    """The leecher's `p2pctl download big.torrent [--peer]` to its exit: (wall s, leech
+    p2p-torrent CPU s, seeder CPU s: its p2p-torrent with --peer, else its server, which
+    serves the hinted file over p2pshare)."""
+    pids = [leech.role_pid("torrent"), seeder.role_pid("torrent" if port else "server")]
     before = total_cpu(pids[:1]), total_cpu(pids[1:])
-    wall, _ = run_timed(
-        [beside_python("p2pctl"), "download", str(torrent_file), "--peer", f"127.0.0.1:{port}"],
-        env=leech.env,
-    )
+    peer = ["--peer", f"127.0.0.1:{port}"] if port else []
+    try:
+        wall, _ = run_timed(
+            [beside_python("p2pctl"), "download", str(torrent_file), *peer], env=leech.env
+        )
+    except subprocess.CalledProcessError:
+        row = leech.sql("SELECT id, status, reason FROM downloads ORDER BY id DESC LIMIT 1")
+        log = (leech.home / "logs" / "torrent.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"p2pctl download {torrent_file.name} failed: {row}\n{log}") from None
     status = leech.scalar("SELECT status FROM downloads ORDER BY id DESC LIMIT 1")
     if status != "done":
         raise RuntimeError(f"the torrent download ended {status}")

@@ -17,6 +17,7 @@ import click
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.db import queueing, quick
 from p2pshare.db import torrent_queue as tq
+from p2pshare.services.torrent import hints
 from p2pshare.services.torrent import metainfo as mi
 from p2pshare.services.units import human_bytes
 
@@ -47,6 +48,32 @@ def check_peer(text: str) -> str:
     return f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}"
 
 
+def warn_of_hints(found: hints.Hints, what: str) -> None:
+    """One line on stderr for a malformed SHA-256 hint, which p2p-torrent ignores."""
+    if found.warning:
+        click.echo(f"warning: {what}: {found.warning}", err=True)
+
+
+def hints_for(req: tq.TorrentRequest) -> hints.Hints:
+    """The request's SHA-256 hints (already checked: no warning twice)."""
+    try:
+        if req.metainfo is not None:
+            return hints.from_torrent(req.metainfo)
+        return hints.from_magnet(req.magnet or "")
+    except mi.MetainfoError:
+        return hints.Hints()
+
+
+def lan_words(ctl: Ctl, req: tq.TorrentRequest) -> str:
+    """'; 1 of 2 files held by p2pshare peers' when its hints name content they offer."""
+    found = hints_for(req)
+    if not found.files:
+        return ""
+    with quick.reading(ctl.quick) as conn:
+        held = tq.offered_on_lan(conn, [(h.sha256, h.size) for h in found.files])
+    return f"; {held} of {len(found.files)} files held by p2pshare peers" if held else ""
+
+
 def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
     """The request a magnet link or .torrent makes. Raises UserError."""
     if name.lower().startswith("magnet:"):
@@ -54,6 +81,7 @@ def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
             magnet = mi.parse_magnet(name)
         except mi.MetainfoError as exc:
             raise UserError(f"that magnet link is refused: {exc}") from None
+        warn_of_hints(hints.from_magnet(name), "that magnet link")
         shown = magnet.name if magnet.name and magnet.name.isprintable() else magnet.info_hash
         return tq.TorrentRequest(name, magnet.info_hash, shown, 0, name, None, peers, None, None)
     path = Path(name).expanduser()
@@ -67,6 +95,7 @@ def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
         meta = mi.parse_torrent(data)
     except mi.MetainfoError as exc:
         raise UserError(f"{name} is refused: {exc}") from None
+    warn_of_hints(hints.from_torrent(data), name)
     shown = f"{meta.name}/" if meta.folder else meta.name
     return tq.TorrentRequest(
         str(path.resolve()), meta.info_hash, shown, meta.size, None, data, peers,
@@ -104,7 +133,10 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
         return  # what the user wanted is true: exit 0, as for a name on the network
     verb = "queued" if queued.new else "already downloading"
     size = human_bytes(queued.size) if queued.size else "size known once peers send it"
-    click.echo(f"{verb} #{queued.download_id}: {queued.name} ({size}, BitTorrent {req.info_hash})")
+    lan = lan_words(ctl, req)
+    click.echo(
+        f"{verb} #{queued.download_id}: {queued.name} ({size}, BitTorrent {req.info_hash}{lan})"
+    )
     if no_wait:
         return
     from p2pshare.cli.follow import follow  # tqdm: only when following
@@ -124,3 +156,7 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
         ),  # fmt: skip
         role="torrent",
     )
+    with quick.reading(ctl.quick) as conn:
+        note = tq.done_note(conn, queued.download_id)
+    if note:
+        click.echo(note)  # where it came from: p2pshare peers, BitTorrent or both

@@ -138,3 +138,24 @@ def torrent_role_state(conn: sqlite3.Connection) -> dict[str, str]:
             "SELECT name, value FROM role_settings WHERE role = 'torrent'"
         )
     }
+
+
+def done_note(conn: sqlite3.Connection, download_id: int) -> str | None:
+    """What a finished torrent download says of its sources (p2pshare peers, BitTorrent)."""
+    row = conn.execute(
+        "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
+    ).fetchone()
+    return None if row is None or not row[0] else str(row[0])
+
+
+def offered_on_lan(conn: sqlite3.Connection, wanted: list[tuple[str, int]]) -> int:
+    """How many of these contents (SHA-256, size) some p2pshare peer offers now."""
+    found = 0
+    for sha256, size in wanted:
+        row = conn.execute(
+            "SELECT 1 FROM files f JOIN holdings h ON h.file_id = f.id"
+            " WHERE f.sha256 = ? AND f.size = ? AND h.chunks_held > 0 LIMIT 1",
+            (sha256, size),
+        ).fetchone()
+        found += row is not None
+    return found

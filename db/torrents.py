@@ -12,9 +12,25 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
-from p2pshare.db.downloads import KEEPING_TEMP, UNFINISHED, AmbiguousName, Candidate, UnknownName
+from p2pshare.db.downloads import (
+    KEEPING_TEMP,
+    UNFINISHED,
+    AmbiguousName,
+    Candidate,
+    UnknownName,
+    offer_peers,
+)
 from p2pshare.db.index import HashedFile, Stamp, record_local_files
-from p2pshare.db.models import Download, File, LocalFile, Torrent, TorrentDownload, TorrentPieces
+from p2pshare.db.models import (
+    BadPeer,
+    Chunk,
+    Download,
+    File,
+    LocalFile,
+    Torrent,
+    TorrentDownload,
+    TorrentPieces,
+)
 from p2pshare.db.node import bump_catalog_version
 from p2pshare.db.reports import matches
 
@@ -286,3 +302,80 @@ def finish_torrent_job(
         hashed = published[0][1]
         d.file_id, d.sha256 = ids[hashed.key], hashed.sha256
     bump_catalog_version(session, now=now)
+
+
+# ------------------------------------------------------------ p2pshare peers holding its files
+
+
+@dataclass(frozen=True)
+class LanOffer:
+    """A content p2pshare peers offer, with what a verified download of it needs."""
+
+    file_id: int
+    sha256: str
+    size: int
+    chunk_size: int
+    root: str  # the manifest's root
+    entries: list[str]  # per chunk, the SHA-256 chaining state after it (hex)
+    peers: int  # live peers offering it, not counting bad ones
+
+
+def lan_offer(session: Session, sha256: str, size: int) -> LanOffer | None:
+    """The offer of this content (SHA-256 and size) that most p2pshare peers make, not
+    counting peers marked bad for it, among those whose manifest is known here; None when
+    no peer offers it."""
+    offers = offer_peers(session, {sha256})[sha256]
+    for fid, peers in sorted(offers.items(), key=lambda kv: (-kv[1], kv[0])):
+        f = session.get(File, fid)
+        if peers == 0 or f is None or f.size != size:
+            continue
+        entries = list(
+            session.scalars(
+                select(Chunk.sha256).where(Chunk.file_id == fid).order_by(Chunk.chunk_index)
+            )
+        )
+        if len(entries) == f.chunk_count:
+            return LanOffer(fid, f.sha256, f.size, f.chunk_size, f.root, entries, peers)
+    return None
+
+
+def lan_offers(session: Session, wanted: Iterable[tuple[str, int]]) -> dict[str, LanOffer]:
+    """lan_offer for each (SHA-256, size), by SHA-256; contents no peer offers left out."""
+    out = {}
+    for sha256, size in set(wanted):
+        offer = lan_offer(session, sha256, size)
+        if offer is not None:
+            out[sha256] = offer
+    return out
+
+
+def record_torrent_source(session: Session, download_id: int, note: str) -> bytes:
+    """Say on an unfinished BitTorrent download where it is being fetched from (its
+    `reason`, which p2pctl download, status and history show); returns its `have`."""
+    d = session.get(Download, download_id)
+    if d is None:
+        return b""
+    if d.status in UNFINISHED:
+        d.reason = note
+    return bytes(d.have)
+
+
+def mark_lan_bad(
+    session: Session, file_id: int, peers: Sequence[tuple[str, int]], *, now: float
+) -> None:
+    """Peers whose chunk of this offer failed verification while a torrent's file was
+    fetched from them: avoided for it, as a plain download records them."""
+    for address, port in peers:
+        bad = session.scalar(
+            select(BadPeer).where(
+                BadPeer.address == address, BadPeer.tcp_port == port, BadPeer.file_id == file_id
+            )
+        )
+        if bad is None:
+            session.add(
+                BadPeer(address=address, tcp_port=port, file_id=file_id, bad_chunks=1,
+                        marked_at=now)
+            )  # fmt: skip
+        else:
+            bad.bad_chunks += 1
+            bad.marked_at = now

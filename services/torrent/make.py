@@ -23,7 +23,7 @@ from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.db.values import Stamp
 from p2pshare.services.settings import Settings
-from p2pshare.services.torrent import NOT_INSTALLED, load_libtorrent
+from p2pshare.services.torrent import NOT_INSTALLED, hints, load_libtorrent
 from p2pshare.services.torrent import metainfo as mi
 from p2pshare.services.torrent.pieces import inner_pieces, piece_at
 
@@ -181,7 +181,9 @@ def make_torrent(
             now=now,
         )
         dbt.drop_unused_pieces(s)
-    link = magnet_for(lt, meta, fmt, trackers, peer_address(recorded))
+    one = held[0] if fmt == "v1" and len(held) == 1 and not lay.inner[0] else None
+    extra = hints.magnet_params(one.sha256, total, piece_size) if one else []
+    link = magnet_for(lt, meta, fmt, trackers, peer_address(recorded), extra)
     return Made(path, btih, link, lay.name, held[0].root, len(held), total, piece_size, fmt, hashed)
 
 
@@ -193,7 +195,12 @@ def _make_v1(
         mi.TorrentFile(inner, f.stamp.size) for f, inner in zip(lay.held, lay.inner, strict=True)
     ]
     info = mi.info_dict(lay.name, files, piece_size, pieces)
-    meta = mi.metainfo(info, trackers=trackers, created_by="p2pshare", created_at=int(time.time()))
+    # Each file's SHA-256, outside `info` (hints.py): a node fetching this takes from a
+    # p2pshare peer on its LAN what one holds; stock clients ignore the key.
+    hint = {hints.HINT_KEY: hints.torrent_value([f.sha256 for f in lay.held])}
+    meta = mi.metainfo(
+        info, trackers=trackers, created_by="p2pshare", created_at=int(time.time()), extra=hint
+    )
     return meta, mi.info_hash(info), hashed
 
 
@@ -211,12 +218,18 @@ def _make_v2(lt: ModuleType, lay: Layout, fmt: str, trackers: Sequence[str]) -> 
 
 
 def magnet_for(
-    lt: ModuleType, meta: bytes, fmt: str, trackers: Sequence[str], peer: str | None
+    lt: ModuleType,
+    meta: bytes,
+    fmt: str,
+    trackers: Sequence[str],
+    peer: str | None,
+    extra: Sequence[str] = (),
 ) -> str:
+    """The magnet link; `extra`: a one-file v1 torrent's SHA-256 hint (hints.py)."""
     info = lt.torrent_info(lt.bdecode(meta))
     if fmt == "v1":
         return mi.magnet(str(info.info_hashes().v1), info.name(), trackers=trackers,
-                         peers=[peer] if peer else [])  # fmt: skip
+                         peers=[peer] if peer else [], extra=extra)  # fmt: skip
     link = str(lt.make_magnet_uri(info))
     return f"{link}&x.pe={peer}" if peer else link
 

@@ -110,10 +110,17 @@ def info_dict(
 
 
 def metainfo(
-    info: dict[str, Bencodable], *, trackers: Sequence[str], created_by: str, created_at: int
+    info: dict[str, Bencodable],
+    *,
+    trackers: Sequence[str],
+    created_by: str,
+    created_at: int,
+    extra: dict[str, Bencodable] | None = None,
 ) -> bytes:
-    """The .torrent file's bytes."""
+    """The .torrent file's bytes; `extra`: top-level keys beside `info` (outside it, so
+    the info-hash is the same with or without them)."""
     top: dict[str, Bencodable] = {
+        **(extra or {}),
         "info": info,
         "created by": created_by,
         "creation date": created_at,
@@ -130,11 +137,20 @@ def info_hash(info: dict[str, Bencodable]) -> str:
     return hashlib.sha1(bencode(info)).hexdigest()
 
 
-def magnet(btih: str, name: str, *, trackers: Sequence[str] = (), peers: Sequence[str] = ()) -> str:
-    """A BEP 9 magnet link: info-hash, display name, trackers and peer addresses (x.pe)."""
+def magnet(
+    btih: str,
+    name: str,
+    *,
+    trackers: Sequence[str] = (),
+    peers: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> str:
+    """A BEP 9 magnet link: info-hash, display name, trackers, peer addresses (x.pe) and
+    `extra` parameters as given (key=value)."""
     parts = [f"xt=urn:btih:{btih}", f"dn={quote(name, safe='')}"]
     parts += [f"tr={quote(t, safe='')}" for t in trackers]
     parts += [f"x.pe={p}" for p in peers]
+    parts += list(extra)
     return "magnet:?" + "&".join(parts)
 
 
@@ -212,6 +228,8 @@ class TorrentMeta:
     size: int
     piece_size: int
     folder: bool  # files lie under a folder named `name`
+    pieces: bytes | None = None  # v1 SHA-1 pieces; None for a v2-only torrent
+    padded: bool = False  # BEP 47 pad files lie between its files (left out of `files`)
 
 
 def _text(value: Bencodable, what: str) -> str:
@@ -260,7 +278,14 @@ def parse_torrent(data: bytes) -> TorrentMeta:
     else:
         files, folder = _v2_files(info, name)
         btih = hashlib.sha256(raw_info).hexdigest()
-    return TorrentMeta(btih, name, files, sum(s for _, s in files), piece_size, folder)
+    listed = info.get("files")
+    padded = isinstance(listed, list) and any(
+        isinstance(e, dict) and isinstance(e.get("attr"), bytes) and b"p" in e["attr"]  # type: ignore[operator]
+        for e in listed
+    )
+    return TorrentMeta(
+        btih, name, files, sum(s for _, s in files), piece_size, folder, pieces, padded
+    )
 
 
 def _size(value: Bencodable) -> int:

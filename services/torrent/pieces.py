@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from p2pshare.services.torrent.metainfo import PlannedFile
@@ -61,3 +61,34 @@ def piece_at(
             raise OSError(f"{path} is shorter than it was when indexed")
         h.update(data)
     return h.digest()
+
+
+def stream_pieces(paths: Sequence[Path], piece_size: int) -> Iterator[bytes]:
+    """SHA-1 of each piece of these files laid end to end (BEP 3, no padding), the short
+    last one included, reading each byte once. Raises OSError."""
+    buf = bytearray(max(piece_size, READ_BYTES // piece_size * piece_size))
+    view = memoryview(buf)
+    h, filled = hashlib.sha1(), 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while r := f.readinto(view):
+                at = 0
+                while at < r:
+                    take = min(r - at, piece_size - filled)
+                    h.update(view[at : at + take])
+                    at, filled = at + take, filled + take
+                    if filled == piece_size:
+                        yield h.digest()
+                        h, filled = hashlib.sha1(), 0
+    if filled:
+        yield h.digest()
+
+
+def pieces_match(paths: Sequence[Path], piece_size: int, pieces: bytes) -> bool:
+    """Whether these files are exactly what the torrent's pieces say. Raises OSError."""
+    at = 0
+    for digest in stream_pieces(paths, piece_size):
+        if pieces[at : at + len(digest)] != digest:
+            return False
+        at += len(digest)
+    return at == len(pieces)

@@ -250,7 +250,7 @@ def run(ctx: RoleContext) -> None:
         }
     )
     log.info("libtorrent %s listening on %s:%d", lt.__version__, settings.bind, seeder.port)
-    fetcher = Fetcher(lt, settings, ctx.database, seeder.session)
+    fetcher = Fetcher(lt, settings, ctx.database, seeder.session, stop=ctx.stop, tls=ctx.tls)
     watch = ctx.database.watch()
     try:
         seeder.sync()
@@ -264,7 +264,8 @@ def run(ctx: RoleContext) -> None:
             # Every role commits a heartbeat every 2 s, so a commit alone is no reason to
             # read the index more often than that; a download queued waits as long at most.
             due = now - synced > SYNC_MIN_SECONDS and watch.changed()
-            if due or now - synced > RESYNC_SECONDS:
+            # p2pshare peers sent a torrent's files: publish it (or start libtorrent) now.
+            if due or now - synced > RESYNC_SECONDS or fetcher.lan_ended():
                 seeder.sync()
                 fetcher.sync()
                 synced = now
@@ -274,7 +275,9 @@ def run(ctx: RoleContext) -> None:
             if now - flushed > FLUSH_SECONDS:
                 seeder.flush(time.time())
                 flushed = now
-            ctx.detail = f"{seeder.detail}, fetching {len(fetcher.fetching)}"
+            ctx.detail = f"{seeder.detail}, fetching {len(fetcher.fetching)}" + (
+                f", {len(fetcher.lan)} from p2pshare peers" if fetcher.lan else ""
+            )
     finally:
         watch.close()
         fetcher.close()

@@ -79,7 +79,7 @@ def seeding(node: Node, count: int) -> bool:
     return f"seeding {count}" in detail
 
 
-def aria2c(torrent: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def aria2c(torrent: Path | str, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "aria2c",
@@ -157,6 +157,34 @@ def test_aria2c_fetches_a_file_the_node_seeds(
     assert again.returncode == 0, again.stderr
     assert node.sql("SELECT computed_at FROM torrent_pieces") == [(computed_at,)]
     assert "hashed 3 MiB now" not in again.stdout
+
+
+@needs_libtorrent
+@needs_aria2c
+def test_aria2c_fetches_by_a_magnet_link_carrying_the_sha256_hint(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # x.sha256, xl and x.pl (services/torrent/hints.py) must cost a stock client nothing.
+    node = make_node("seed")
+    data = os.urandom(2 * 1024 * 1024 + 999)
+    seed(node, "hinted.bin", data)
+    node.start_supervised()
+    wait_until(
+        lambda: node.scalar("SELECT count(*) FROM local_files WHERE name = 'hinted.bin'"),
+        START_TIMEOUT,
+        what="the file to be indexed",
+    )
+    tracker = Tracker(torrent_port(node))
+    try:
+        out = make_torrent(node, "hinted.bin", tmp_path / "hinted.torrent", tracker)
+        link = next(w for w in out.split() if w.startswith("magnet:?"))
+        assert f"x.sha256={hashlib.sha256(data).hexdigest()}" in link and "&xl=" in link
+        wait_until(lambda: seeding(node, 1), START_TIMEOUT, what="p2p-torrent to seed it")
+        got = aria2c(link, tmp_path / "got")
+        assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+    finally:
+        tracker.close()
+    assert (tmp_path / "got" / "hinted.bin").read_bytes() == data
 
 
 @needs_libtorrent
