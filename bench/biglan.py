@@ -109,10 +109,13 @@ class Download:
 
 class CpuSplit:
     """CPU-seconds of every process on the machine that takes part: the leecher's roles
-    (from its heartbeats), the seeder's server, the simulated LAN and `p2pctl download`."""
+    (from its heartbeats) and its supervisord, the seeder's server, the simulated LAN and
+    `p2pctl download`."""
 
     def __init__(self, leech: BenchNode, seeder: BenchNode, sim_pid: int) -> None:
         self.pids = {role: int(pid) for role, pid in leech.sql("SELECT role, pid FROM heartbeats")}
+        if leech.proc is not None:  # it writes every role's log lines to their files
+            self.pids["supervisord"] = leech.proc.pid
         self.pids["seeder's server"] = seeder.role_pid("server")
         self.pids["simulated LAN"] = sim_pid
 
@@ -537,7 +540,8 @@ class BigLan:
         machines, whose CPU a real LAN does not take from this one."""
         storm = self.storm_cpu
         sim = storm.get("simulated LAN", 0.0)
-        node = sum(v for k, v in storm.items() if k not in ("simulated LAN", "seeder's server"))
+        others = ("simulated LAN", "seeder's server")
+        node = sum(v for k, v in storm.items() if k not in others)
         self.row(f"CPU-s in the storm ({storm_seconds:.1f} s): simulated LAN / this node",
                  f"{sim:.2f} / {node:.2f} s", goal=f"two cores: {2 * storm_seconds:.1f} CPU-s",
                  raw=storm)  # fmt: skip
