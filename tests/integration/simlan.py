@@ -148,6 +148,7 @@ class CatalogServer:
             for _ in catalogs
         ]
         shared = Counter(e.file for entries in catalogs for e in entries)
+        self.catalog_bytes = 0  # every peer's catalog, encoded
         self.replies = [self._prepare(entries, shared) for entries in catalogs]
 
     def _prepare(
@@ -155,7 +156,9 @@ class CatalogServer:
     ) -> dict[bytes, Reply]:
         """This peer's replies by request body: its catalog, and the manifests of all its
         files and of those no other peer has (what a listener asks once it knows the rest)."""
-        out = {CATALOG_REQUEST: Reply("catalog", 0, ok(protocol.encode_catalog(list(entries), 1)))}
+        catalog = protocol.encode_catalog(list(entries), 1)
+        self.catalog_bytes += len(catalog)
+        out = {CATALOG_REQUEST: Reply("catalog", 0, ok(catalog))}
         keys = [e.file for e in entries]
         for wanted in (keys, [k for k in keys if shared[k] == 1]):
             if 0 < len(wanted) <= protocol.MAX_MANIFEST_FILES:
@@ -339,7 +342,7 @@ class SimLan:
 
     @property
     def catalog_bytes(self) -> int:
-        return sum(len(r[CATALOG_REQUEST].data) for r in self.server.replies)
+        return self.server.catalog_bytes
 
     def listen(self) -> None:
         """Open every peer's listening socket."""
