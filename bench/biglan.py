@@ -484,7 +484,8 @@ class BigLan:
         qcpu, scpu = median([r.cpu_per_gib for r in quiet]), median([r.cpu_per_gib for r in stormy])
         self.row(
             f"{self.size // MIB} MiB download during the storm vs quiet",
-            f"{st:.0f} MB/s ({len(stormy)} downloads)",
+            f"{st:.0f} MB/s ({len(stormy)} downloads; meanwhile the simulated LAN took "
+            f"{mean_cpu([r.cpu for r in stormy]).get('simulated LAN', 0.0):.2f} CPU-s a download)",
             f"{q:.0f} MB/s quiet ({len(quiet)}: half before the storm, half after)",
             f"{st / q:.2f}x",
             scenario_goal="download",
