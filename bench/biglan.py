@@ -13,8 +13,8 @@ seeder sharing a 256 MiB file and a leecher. The seeder stands for another machi
 which would hear the storm on its own CPU: its listener is stopped once the leecher
 knows the file, so only the leecher hears the storm and fetches the catalogs. The
 leecher downloads the file with `p2pctl download` as a user types it three times
-before the storm (quiet), then over and over from the storm's first datagram until it
-has recorded every offer (storm).
+before the storm and three times once it has recorded the storm (quiet), and over and
+over from the storm's first datagram until it has recorded every offer (storm).
 
 Printed, as a table, with issue 22's goals met or missed:
 - seconds from the storm's start until the leecher's `peers` holds all N, and until
@@ -27,7 +27,10 @@ Printed, as a table, with issue 22's goals met or missed:
   `python -c 'import click, tabulate'` measured alike;
 - the oldest heartbeat of any role seen during the storm (p2pctl calls a role dead past
   10 s), the listener's CPU-seconds for the storm and for one steady minute, the database
-  size, and the UDP and catalog bytes the simulated LAN sent.
+  size, and the UDP and catalog bytes the simulated LAN sent;
+- where the CPU went, by process (CpuSplit), in the storm and in a download storm vs
+  quiet: the simulated LAN's apart from the node's, since on a real LAN those peers'
+  CPU is on other machines; and a download's phases (queued, picked up, finished).
 bench/bench.py runs it as `--only biglan` (then `--biglan-peers` sets N).
 """
 
@@ -38,6 +41,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goalrow import ScenarioRow  # noqa: E402
 from nodes import CONF, ROLES, BenchNode, beside_python, wait_for  # noqa: E402
-from procstat import cpu_seconds, run_timed  # noqa: E402
+from procstat import TICKS, cpu_seconds, run_timed  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SIMLAN = HERE.parent / "tests" / "integration" / "simlan.py"
@@ -84,6 +89,72 @@ GOALS: dict[str, tuple[str, str, float]] = {
 
 class LanRow(ScenarioRow):
     GOALS = GOALS
+
+
+Cpu = dict[str, float]  # process (e.g. "listener", "simulated LAN") -> CPU-seconds
+
+
+@dataclass
+class Download:
+    """One `p2pctl download` of the big file, as measured."""
+
+    started: float  # wall clock
+    mbps: float
+    cpu_per_gib: float  # the downloader's
+    waited: float  # seconds the downloader and the seeder's server waited for a CPU
+    cpu: Cpu  # CPU-seconds of every process watched (CpuSplit), over the download
+    # From the downloads row: queued -> picked up by the downloader -> finished; and
+    # `p2pctl download`'s own wall seconds (queued by it, exits when it sees the end).
+    pickup: float = 0.0
+    transfer: float = 0.0
+    wall: float = 0.0
+
+
+class CpuSplit:
+    """CPU-seconds of every process on the machine that takes part: the leecher's roles
+    (from its heartbeats) and its supervisord, the seeder's server, the simulated LAN and
+    `p2pctl download`."""
+
+    def __init__(self, leech: BenchNode, seeder: BenchNode, sim_pid: int) -> None:
+        self.pids = {role: int(pid) for role, pid in leech.sql("SELECT role, pid FROM heartbeats")}
+        if leech.proc is not None:  # it writes every role's log lines to their files
+            self.pids["supervisord"] = leech.proc.pid
+        self.pids["seeder's server"] = seeder.role_pid("server")
+        self.pids["simulated LAN"] = sim_pid
+
+    def now(self) -> Cpu:
+        out = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                out[name] = cpu_seconds(pid)
+        return out
+
+    @staticmethod
+    def since(before: Cpu, after: Cpu) -> Cpu:
+        return {k: after[k] - before[k] for k in before if k in after}
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU-seconds of each live thread of a process, by thread id (what py-spy shows)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                fields = text[text.rindex(")") + 2 :].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+def mean_cpu(rounds: list[Cpu]) -> Cpu:
+    keys = {k for r in rounds for k in r}
+    return {k: sum(r.get(k, 0.0) for r in rounds) / max(len(rounds), 1) for k in keys}
+
+
+def cpu_text(cpu: Cpu, top: int = 6) -> str:
+    """The largest shares, as `listener 2.10, simulated LAN 1.50, ...` (CPU-seconds)."""
+    big = sorted(cpu.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{k} {v:.2f}" for k, v in big if v >= 0.005) or "-"
 
 
 class SimLanProcess:
@@ -135,9 +206,13 @@ class Watch(threading.Thread):
     """Polls the leecher during the storm: when all peers and all offers were recorded,
     the oldest heartbeat seen, and `p2pctl status --json` every STATUS_EVERY seconds."""
 
-    def __init__(self, node: BenchNode, peers: int, offers: int, began: float) -> None:
+    def __init__(
+        self, node: BenchNode, peers: int, offers: int, began: float, split: CpuSplit
+    ) -> None:
         super().__init__(daemon=True)
         self.node, self.peers, self.offers, self.began = node, peers, offers, began
+        self.split = split
+        self.cpu_at_done: Cpu = {}  # every process's CPU-seconds when all offers were recorded
         self.conn: sqlite3.Connection | None = None
         self.peers_at: float | None = None
         self.offers_at: float | None = None
@@ -176,6 +251,7 @@ class Watch(threading.Thread):
             n = self.conn.execute("SELECT count(*) FROM holdings").fetchone()[0]
             if n >= self.offers:
                 self.offers_at = time.time() - self.began
+                self.cpu_at_done = self.split.now()
                 self.done.set()
 
 
@@ -257,7 +333,9 @@ class BigLan:
             steady,
         )
         self.rows: list[LanRow] = []
-        self.sim_cpu = 0.0
+        self.split: CpuSplit | None = None
+        self.storm_cpu: Cpu = {}
+        self.profile: Path | None = None  # py-spy the listener and the simulated LAN in the storm
 
     def row(
         self, what: str, measured: str, reference: str = "-", ratio: str = "-", **kw: Any
@@ -267,19 +345,25 @@ class BigLan:
         self.rows.append(row)
         self.bench.rows.append(row)
 
-    def download(
-        self, leech: BenchNode, seeder: BenchNode, big: Path
-    ) -> tuple[float, float, float, float]:
-        """One `p2pctl download big.bin`: (start time, MB/s, downloader CPU-s per GiB, seconds
-        the leecher's downloader and the seeder's server waited for a CPU)."""
+    def download(self, leech: BenchNode, seeder: BenchNode, big: Path) -> Download:
+        """One `p2pctl download big.bin`, measured."""
+        assert self.split is not None
         started = time.time()
         waits = RunQueueWait([leech.role_pid("downloader"), seeder.role_pid("server")])
         waits.start()
+        before = self.split.now()
         got = self.bench.download(leech, big.name, ((leech, "downloader"),), size=self.size)
+        cpu = CpuSplit.since(before, self.split.now())
+        cpu["p2pctl download"] = got.p2pctl_cpu
         waited = waits.seconds()
         self.bench.verify(leech, big.name, big)
         leech.forget_download(big.name)
-        return started, self.size / got.seconds / 1e6, got.cpu[0] * GIB / self.size, waited
+        mbps = self.size / got.seconds / 1e6
+        requested, picked, finished = leech.sql(
+            "SELECT requested_at, started_at, finished_at FROM downloads ORDER BY id DESC LIMIT 1"
+        )[0]
+        return Download(started, mbps, got.cpu[0] * GIB / self.size, waited, cpu,
+                        picked - requested, finished - picked, got.seconds)  # fmt: skip
 
     def run(self) -> None:
         root = Path(self.bench.root) / "biglan"
@@ -307,6 +391,7 @@ class BigLan:
             # its own CPU. Here its listener would take the leecher's cores (and fetch every
             # catalog too), so it stops; the leecher alone hears the storm.
             supervisorctl(seeder, "stop", "p2p:listener")
+            self.split = CpuSplit(leech, seeder, sim.proc.pid)
             quiet = [self.download(leech, seeder, big) for _ in range(QUIET_REPS)]
             self.storm(sim, seeder, leech, big, quiet)
         finally:
@@ -315,31 +400,43 @@ class BigLan:
                 n.stop()
 
     def storm(self, sim: SimLanProcess, seeder: BenchNode, leech: BenchNode, big: Path,
-              quiet: list[tuple[float, float, float, float]]) -> None:  # fmt: skip
+              quiet: list[Download]) -> None:  # fmt: skip
+        assert self.split is not None
         listener_cpu = leech.cpu_seconds("listener")
-        sim_cpu = cpu_seconds(sim.proc.pid)
         # Whole tables counted, against what the leecher held before the storm (the
         # seeder and its file): a plain count(*) is what the watch can afford every
         # WATCH_EVERY without taking CPU from the download it measures.
         peers = sim.peers + leech.scalar("SELECT count(*) FROM peers")
         offers = sim.offers + leech.scalar("SELECT count(*) FROM holdings")
+        cpu_before = self.split.now()
         began = sim.go()
-        watch = Watch(leech, peers, offers, began)
+        watch = Watch(leech, peers, offers, began, self.split)
         watch.start()
+        spies = self.spy(leech, sim)
+        threads = thread_cpu(leech.role_pid("listener"))
         stormy = []
         while not watch.done.is_set() and time.time() - began < 300:
             stormy.append(self.download(leech, seeder, big))
         wait_for(watch.done.is_set, 600, "the leecher to record every offer", 0.1)
+        self.unspy(spies)
+        if self.profile is not None:  # the listener's CPU-s in the storm, by thread id
+            after = thread_cpu(leech.role_pid("listener"))
+            split = {t: round(after[t] - threads.get(t, 0.0), 2) for t in after}
+            (self.profile / "listener-threads.json").write_text(json.dumps(split, indent=1))
         watch.stop.set()
         watch.join(30)
         storm_cpu = leech.cpu_seconds("listener") - listener_cpu
-        self.sim_cpu = cpu_seconds(sim.proc.pid) - sim_cpu
+        self.storm_cpu = CpuSplit.since(cpu_before, watch.cpu_at_done)
         after_storm = sim.stats()
         size_after = db_bytes(leech)
         files_out = leech.p2pctl("files", "--json").stdout
         ref = [run_timed([sys.executable, *REFERENCE], leech.env)[0] for _ in range(CLI_REPS)]
         files = [run_timed(ctl(leech, "files", "--json"), leech.env)[0] for _ in range(CLI_REPS)]
         status = [run_timed(ctl(leech, "status", "--json"), leech.env)[0] for _ in range(CLI_REPS)]
+        # Quiet again, once the storm is recorded (the steady rounds come later): the
+        # reference taken on both sides of the storm, so load from elsewhere that comes or
+        # goes meanwhile (a shared machine) weighs on it as on the storm's downloads.
+        quiet = quiet + [self.download(leech, seeder, big) for _ in range(QUIET_REPS)]
         # One steady round: every peer announces once more, at the same catalog version
         # (the first that begins after the storm was recorded: 10,000 peers take longer
         # than a round).
@@ -360,8 +457,8 @@ class BigLan:
         self,
         sim: SimLanProcess,
         watch: Watch,
-        quiet: list[tuple[float, float, float, float]],
-        stormy: list[tuple[float, float, float, float]],
+        quiet: list[Download],
+        stormy: list[Download],
         cpu: tuple[float, float],
         stats: tuple[dict[str, Any], dict[str, Any]],
         cli: tuple[list[float], list[float], list[float], int],
@@ -382,25 +479,36 @@ class BigLan:
                 value=float(s["max_fetches_per_peer"]),
                 raw=s,
             )
-        q = median([r[1] for r in quiet])
-        st = median([r[1] for r in stormy])
-        qcpu, scpu = median([r[2] for r in quiet]), median([r[2] for r in stormy])
+        q = median([r.mbps for r in quiet])
+        st = median([r.mbps for r in stormy])
+        qcpu, scpu = median([r.cpu_per_gib for r in quiet]), median([r.cpu_per_gib for r in stormy])
         self.row(
             f"{self.size // MIB} MiB download during the storm vs quiet",
-            f"{st:.0f} MB/s ({len(stormy)} downloads)",
-            f"{q:.0f} MB/s quiet ({len(quiet)})",
+            f"{st:.0f} MB/s ({len(stormy)} downloads; meanwhile the simulated LAN took "
+            f"{mean_cpu([r.cpu for r in stormy]).get('simulated LAN', 0.0):.2f} CPU-s a download)",
+            f"{q:.0f} MB/s quiet ({len(quiet)}: half before the storm, half after)",
             f"{st / q:.2f}x",
             scenario_goal="download",
             value=st / q,
-            raw={"quiet": quiet, "storm": stormy},
+            raw={"quiet": [asdict(r) for r in quiet], "storm": [asdict(r) for r in stormy]},
         )
-        qwait, swait = median([r[3] for r in quiet]), median([r[3] for r in stormy])
+        qwait, swait = median([r.waited for r in quiet]), median([r.waited for r in stormy])
         self.row(
             "seconds the downloader and the seeder's server waited for a CPU, a download",
             f"{swait:.2f} s in the storm",
             f"{qwait:.2f} s quiet",
             f"+{swait - qwait:.2f} s",
             goal=f"download wall +{self.size / st / 1e6 - self.size / q / 1e6:.2f} s",
+        )
+        phases = [
+            (median([r.pickup for r in rs]), median([r.transfer for r in rs]),
+             median([r.wall - r.pickup - r.transfer for r in rs]))
+            for rs in (stormy, quiet)
+        ]  # fmt: skip
+        self.row(
+            "a download's seconds: queued -> picked up / -> finished / p2pctl's rest",
+            " / ".join(f"{x:.3f}" for x in phases[0]) + " s in the storm",
+            " / ".join(f"{x:.3f}" for x in phases[1]) + " s quiet",
         )
         self.row(
             "downloader CPU-s/GiB during the storm vs quiet",
@@ -425,14 +533,59 @@ class BigLan:
                  scenario_goal="alive", value=watch.oldest_beat)  # fmt: skip
         self.row("listener CPU-s: the storm / a steady round", f"{cpu[0]:.2f} / {cpu[1]:.2f} s",
                  goal=f"{n / 60:.0f} announcements/s steady")  # fmt: skip
-        self.row("simulated LAN's own CPU-s during the storm (other machines' work)",
-                 f"{self.sim_cpu:.2f} s")  # fmt: skip
+        self.cpu_rows(quiet, stormy, watch.offers_at or float("nan"))
         udp = stats[1]["announcements"]
         self.row("database after the storm (p2p.db + WAL)", f"{size_after / MIB:.1f} MiB",
                  goal=f"{size_after / max(offers, 1):.0f} bytes an offer")  # fmt: skip
         lan = sim.catalog_bytes
         self.row("simulated LAN sent", f"{udp} announcements, catalogs {lan / MIB:.1f} MiB "
                  f"({lan / max(n, 1):.0f} B a peer)")  # fmt: skip
+
+    def cpu_rows(self, quiet: list[Download], stormy: list[Download], storm_seconds: float) -> None:
+        """Where the CPU went: in the storm (from its first datagram until every offer was
+        recorded), and in a download quiet and stormy (each from `p2pctl download` to one
+        heartbeat after its exit), by process; the simulated LAN stands for 1,000 other
+        machines, whose CPU a real LAN does not take from this one."""
+        storm = self.storm_cpu
+        sim = storm.get("simulated LAN", 0.0)
+        others = ("simulated LAN", "seeder's server")
+        node = sum(v for k, v in storm.items() if k not in others)
+        self.row(f"CPU-s in the storm ({storm_seconds:.1f} s): simulated LAN / this node",
+                 f"{sim:.2f} / {node:.2f} s", goal=f"two cores: {2 * storm_seconds:.1f} CPU-s",
+                 raw=storm)  # fmt: skip
+        self.row("CPU-s in the storm by process", cpu_text(storm), raw=storm)
+        q, st = mean_cpu([r.cpu for r in quiet]), mean_cpu([r.cpu for r in stormy])
+        self.row("CPU-s a download by process, storm vs quiet", cpu_text(st), cpu_text(q),
+                 raw={"quiet": q, "storm": st})  # fmt: skip
+
+    def spy(self, leech: BenchNode, sim: SimLanProcess) -> list[subprocess.Popen[bytes]]:
+        """With --profile: py-spy the leecher's listener and the simulated LAN (raw stacks)."""
+        if self.profile is None:
+            return []
+        self.profile.mkdir(parents=True, exist_ok=True)
+        targets = {"listener": leech.role_pid("listener"), "simlan": sim.proc.pid}
+        # --gil: only the thread holding the GIL is sampled, so a thread waiting for a CPU
+        # (runnable, which py-spy otherwise counts as busy) is not mistaken for work.
+        record = ["py-spy", "record", "--nonblocking", "--gil", "--threads", "--format", "raw"]
+        return [
+            subprocess.Popen(
+                [*record, "-o", str(self.profile / f"{name}.txt"), "--pid", str(pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in targets.items()
+        ]
+
+    @staticmethod
+    def unspy(spies: list[subprocess.Popen[bytes]]) -> None:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 def goal_table(rows: list[Any]) -> list[list[str]]:
@@ -469,6 +622,10 @@ def main() -> None:
     )
     parser.add_argument("--tmp-dir", type=Path, default=default_tmp())
     parser.add_argument("--out", type=Path, default=HERE / "results" / "biglan.json")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the listener and the simulated LAN during the storm "
+        "into this folder (raw stacks; costs CPU, so not for the figures)"
+    )  # fmt: skip
     args = parser.parse_args()
     if args.peers < 1 or args.files < 1 or args.size_mib < 1:
         parser.error("--peers, --files and --size-mib must be at least 1")
@@ -477,6 +634,7 @@ def main() -> None:
     load = [os.getloadavg()]
     try:
         run = BigLan(bench, args.peers, args.files, args.size_mib * MIB, max(args.steady, 20.0))
+        run.profile = args.profile
         run.run()
     finally:
         bench.stop_all()

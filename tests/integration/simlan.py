@@ -2,13 +2,16 @@
 
 Every simulated peer has a node id, a listening TCP socket on 127.0.0.1 (its own
 port) and a catalog of F files: one file every peer has and F - 1 of its own,
-each one chunk. One selector thread serves every peer's welcome, catalog and
-manifests; one thread sends every peer's announcement over UDP to the loopback
-broadcast (or 127.0.0.1) on the node's UDP port: a boot storm (every peer
-announces within `storm` seconds, and again a moment later, as a real node
-answers the newcomers it hears), then every `interval` seconds, each peer at its
-own phase. What was asked of each peer is counted, so a caller sees how often
-each catalog was fetched.
+each one chunk. One selector thread (CatalogServer, which
+tests/reliability/test_many_peers.py uses for its own peers too) serves every peer's
+welcome, catalog and manifests from replies encoded once; one thread sends every
+peer's announcement over UDP to the loopback broadcast (or 127.0.0.1) on the node's
+UDP port, each round's datagrams encoded as it begins: a boot storm (every peer
+announces within `storm` seconds, and again a moment later, as a real node answers
+the newcomers it hears), then every `interval` seconds, each peer at its own phase.
+What was asked of each peer is counted, so a caller sees how often each catalog was
+fetched. The process stands for many other machines, so it does as little as it can
+on this one (bench/biglan.py reports its CPU-seconds beside the node's).
 
 Used in-process (`SimLan(...).start()`) by tests/reliability/test_lan_storm.py,
 and as a child process by bench/biglan.py:
@@ -34,8 +37,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
@@ -72,7 +76,6 @@ class SimPeer:
     node_id: str
     username: str
     entries: list[protocol.CatalogEntry]
-    catalog: bytes  # encoded, version 1
     port: int = 0
     seq: int = 0
 
@@ -108,6 +111,189 @@ class Stats:
         }
 
 
+class Reply(NamedTuple):
+    """A request's answer, encoded once: what it was (for Stats) and the bytes sent."""
+
+    kind: str  # "catalog" or "manifest"
+    files: int  # manifests asked for
+    data: bytes
+
+
+class CatalogServer:
+    """The TCP side of many simulated peers: a listening socket each on 127.0.0.1, all
+    served by one selector thread as a node's server would (welcome, catalog, manifests).
+
+    It is test infrastructure standing for many other machines, so it does as little as
+    it can on this one: every welcome and catalog reply, and the manifest replies a
+    listener asks for (a peer's files, and those only it has), are encoded once up front
+    and found by the request's bytes; other requests are decoded and answered as they
+    come. Replies go out in the same pass that reads the request.
+    """
+
+    def __init__(
+        self,
+        catalogs: Sequence[Sequence[protocol.CatalogEntry]],
+        manifests: dict[FileKey, list[str]],
+        stats: Stats | None = None,
+    ) -> None:
+        self.catalogs, self.manifests = catalogs, manifests
+        self.stats = stats if stats is not None else Stats()
+        self.selector = selectors.DefaultSelector()
+        self.ports: list[int] = []
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        # No network key here, so the welcome's nonce is never used: one per peer will do.
+        self.welcomes = [
+            protocol.encode_welcome(protocol.Welcome(secrets.token_hex(16), False))
+            for _ in catalogs
+        ]
+        shared = Counter(e.file for entries in catalogs for e in entries)
+        self.catalog_bytes = 0  # every peer's catalog, encoded
+        self.replies = [self._prepare(entries, shared) for entries in catalogs]
+
+    def _prepare(
+        self, entries: Sequence[protocol.CatalogEntry], shared: Counter[FileKey]
+    ) -> dict[bytes, Reply]:
+        """This peer's replies by request body: its catalog, and the manifests of all its
+        files and of those no other peer has (what a listener asks once it knows the rest)."""
+        catalog = protocol.encode_catalog(list(entries), 1)
+        self.catalog_bytes += len(catalog)
+        out = {CATALOG_REQUEST: Reply("catalog", 0, ok(catalog))}
+        keys = [e.file for e in entries]
+        for wanted in (keys, [k for k in keys if shared[k] == 1]):
+            if 0 < len(wanted) <= protocol.MAX_MANIFEST_FILES:
+                request = protocol.encode_request(protocol.ManifestRequest(tuple(wanted)))
+                out[request[4:]] = Reply("manifest", len(wanted), self._manifests(wanted))
+        return out
+
+    def _manifests(self, keys: Iterable[FileKey]) -> bytes:
+        return ok(
+            protocol.encode_manifests({k: self.manifests[k] for k in keys if k in self.manifests})
+        )
+
+    def listen(self) -> list[int]:
+        """Open every peer's listening socket (raising the open-file limit as far as allowed)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = len(self.catalogs) + 1024
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+        for index in range(len(self.catalogs)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOOPBACK, 0))
+            sock.listen(64)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, (None, index))
+            self.ports.append(sock.getsockname()[1])
+        return self.ports
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._serve, name="catalogs", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            for key, mask in self.selector.select(0.1):
+                conn, index = key.data
+                if conn is None:
+                    self._accept(key.fileobj, index)  # type: ignore[arg-type]
+                else:
+                    self._io(conn, mask)
+
+    def _accept(self, listener: socket.socket, index: int) -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        conn = Conn(sock, index)
+        self.selector.register(sock, selectors.EVENT_READ, (conn, index))
+        self._send(conn, self.welcomes[index])
+
+    def _io(self, conn: Conn, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                data = conn.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                conn.inbox += data
+                self._answer(conn)
+            elif conn.outbox:
+                self._send(conn, b"")
+        except (OSError, protocol.ProtocolError):
+            self.selector.unregister(conn.sock)
+            conn.sock.close()
+
+    def _send(self, conn: Conn, data: bytes) -> None:
+        """Send now what the socket takes; wait for it to be writable only for the rest."""
+        conn.outbox += data
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        del conn.outbox[:sent]
+        writing = bool(conn.outbox)
+        if writing != conn.writing:
+            conn.writing = writing
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+            self.selector.modify(conn.sock, events, (conn, conn.index))
+
+    def _answer(self, conn: Conn) -> None:
+        buf, out = conn.inbox, bytearray()
+        while len(buf) >= 4:
+            (length,) = struct.unpack_from(">I", buf)
+            if len(buf) < 4 + length:
+                break
+            body = bytes(buf[4 : 4 + length])
+            del buf[: 4 + length]
+            reply = self.replies[conn.index].get(body) or self._decode(body, conn.index)
+            if reply.kind == "catalog":
+                self.stats.catalogs[conn.index] += 1
+            elif reply.kind == "manifest":
+                self.stats.manifest_requests += 1
+                self.stats.manifest_files += reply.files
+            else:
+                self.stats.other += 1
+            out += reply.data
+        if out:
+            self._send(conn, bytes(out))
+
+    def _decode(self, body: bytes, index: int) -> Reply:
+        """A request nothing was prepared for. Raises ProtocolError."""
+        req = protocol.decode_request(body)
+        if isinstance(req, protocol.CatalogRequest):
+            return self.replies[index][CATALOG_REQUEST]
+        if isinstance(req, protocol.ManifestRequest):
+            return Reply("manifest", len(req.files), self._manifests(req.files))
+        return Reply("other", 0, protocol.encode_error("simulated peer"))
+
+
+@dataclass
+class Conn:
+    """One accepted connection: bytes read and not yet answered, bytes not yet sent."""
+
+    sock: socket.socket
+    index: int  # the peer's
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+    writing: bool = False  # registered for EVENT_WRITE
+
+
+def ok(payload: bytes) -> bytes:
+    """A reply header with its payload, as a node's server sends it."""
+    return protocol.encode_ok(len=len(payload)) + payload
+
+
+CATALOG_REQUEST = protocol.encode_request(protocol.CatalogRequest())[4:]
+
+
 class SimLan:
     """N simulated peers with F files each (F >= 1), serving and announcing on loopback."""
 
@@ -128,9 +314,9 @@ class SimLan:
         self.udp_port, self.target = udp_port, target
         self.storm, self.interval, self.repeat_after = storm, interval, repeat_after
         self.stats = Stats()
-        self.manifests: dict[FileKey, list[str]] = {}
+        manifests: dict[FileKey, list[str]] = {}
         common_key, common_manifest = one_chunk_key(content(f"{prefix}-common"))
-        self.manifests[common_key] = common_manifest
+        manifests[common_key] = common_manifest
         common = protocol.CatalogEntry(
             "common.bin", common_key, len(content(f"{prefix}-common")), None
         )
@@ -140,20 +326,12 @@ class SimLan:
             for j in range(files - 1):
                 data = content(f"{prefix}-{i}-{j}")
                 key, manifest = one_chunk_key(data)
-                self.manifests[key] = manifest
+                manifests[key] = manifest
                 entries.append(
                     protocol.CatalogEntry(f"{prefix}{i:05d}/f{j:02d}.txt", key, len(data), None)
                 )
-            self.peers.append(
-                SimPeer(
-                    i,
-                    secrets.token_hex(16),
-                    f"{prefix}-{i:05d}",
-                    entries,
-                    protocol.encode_catalog(entries, 1),
-                )
-            )
-        self.selector = selectors.DefaultSelector()
+            self.peers.append(SimPeer(i, secrets.token_hex(16), f"{prefix}-{i:05d}", entries))
+        self.server = CatalogServer([p.entries for p in self.peers], manifests, self.stats)
         self.stop = threading.Event()
         self.go = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -164,21 +342,12 @@ class SimLan:
 
     @property
     def catalog_bytes(self) -> int:
-        return sum(len(p.catalog) for p in self.peers)
+        return self.server.catalog_bytes
 
     def listen(self) -> None:
-        """Open every peer's listening socket (raising the open-file limit as far as allowed)."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = len(self.peers) + 1024
-        if soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-        for peer in self.peers:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            sock.listen(64)
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ, ("listen", peer.index))
-            peer.port = sock.getsockname()[1]
+        """Open every peer's listening socket."""
+        for peer, port in zip(self.peers, self.server.listen(), strict=True):
+            peer.port = port
 
     def start(self) -> SimLan:
         """Listen, serve, and begin the storm at once."""
@@ -187,10 +356,10 @@ class SimLan:
         return self.run_threads()
 
     def run_threads(self) -> SimLan:
-        for target in (self._serve, self._announce):
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        self.server.start()
+        thread = threading.Thread(target=self._announce, name="announce", daemon=True)
+        thread.start()
+        self.threads.append(thread)
         return self
 
     def close(self) -> None:
@@ -198,9 +367,7 @@ class SimLan:
         self.go.set()
         for thread in self.threads:
             thread.join(5)
-        for key in list(self.selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self.selector.close()
+        self.server.close()
 
     # ------------------------------------------------------------ announcing
 
@@ -221,101 +388,43 @@ class SimLan:
             sock.bind((LOOPBACK, 0))
             began = time.time()
             self.stats.storm_began = began
-            self._send_due(sock, began, self._schedule())
+            self._send_due(sock, began, self._encode(self._schedule()))
             self.stats.storm_ended = time.time()
             # Steady: each peer again every interval, at the phase it had in the storm.
             first = {i: self.storm * i / max(len(self.peers), 1) for i in range(len(self.peers))}
             rounds = 1
             while not self.stop.is_set():
                 slots = sorted((rounds * self.interval + t, i) for i, t in first.items())
-                self._send_due(sock, began, slots)
+                self.stop.wait(max(0.0, began + slots[0][0] - time.time()))
+                self._send_due(sock, began, self._encode(slots))
                 rounds += 1
 
-    def _send_due(self, sock: socket.socket, began: float, slots: list[tuple[float, int]]) -> None:
-        k = 0
+    def _encode(self, slots: list[tuple[float, int]]) -> list[tuple[float, bytes]]:
+        """A round's datagrams, encoded as it begins (each dated then: a round is a few
+        seconds, far inside the age a listener accepts) rather than one by one as sent."""
+        now, out = time.time(), []
+        for at, i in slots:
+            peer = self.peers[i]
+            peer.seq += 1
+            ann = protocol.Announce(peer.node_id, peer.username, peer.port, 1, peer.seq, now)
+            out.append((at, protocol.encode_announce(ann, key=None)))
+        return out
+
+    def _send_due(
+        self, sock: socket.socket, began: float, slots: list[tuple[float, bytes]]
+    ) -> None:
+        k, target = 0, (self.target, self.udp_port)
         while k < len(slots) and not self.stop.is_set():
             now = time.time() - began
             while k < len(slots) and slots[k][0] <= now:
-                self._send(sock, self.peers[slots[k][1]])
+                try:
+                    sock.sendto(slots[k][1], target)
+                    self.stats.announcements += 1
+                except OSError:
+                    self.stats.send_errors += 1
                 k += 1
             if k < len(slots):
                 self.stop.wait(min(SEND_SLICE, max(0.0, slots[k][0] - (time.time() - began))))
-
-    def _send(self, sock: socket.socket, peer: SimPeer) -> None:
-        peer.seq += 1
-        data = protocol.encode_announce(
-            protocol.Announce(peer.node_id, peer.username, peer.port, 1, peer.seq, time.time()),
-            key=None,
-        )
-        try:
-            sock.sendto(data, (self.target, self.udp_port))
-            self.stats.announcements += 1
-        except OSError:
-            self.stats.send_errors += 1
-
-    # ------------------------------------------------------------ serving
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            for key, mask in self.selector.select(0.1):
-                kind, state = key.data
-                if kind == "listen":
-                    self._accept(key.fileobj, state)  # type: ignore[arg-type]
-                else:
-                    self._io(key.fileobj, state, mask)  # type: ignore[arg-type]
-
-    def _accept(self, listener: socket.socket, index: int) -> None:
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        conn.setblocking(False)
-        welcome = protocol.encode_welcome(protocol.Welcome(secrets.token_hex(16), False))
-        state = {"index": index, "in": bytearray(), "out": bytearray(welcome)}
-        self.selector.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", state))
-
-    def _io(self, conn: socket.socket, state: dict[str, Any], mask: int) -> None:
-        try:
-            if mask & selectors.EVENT_READ:
-                data = conn.recv(65536)
-                if not data:
-                    raise ConnectionError("closed")
-                state["in"] += data
-                self._answer(state)
-            if state["out"]:
-                sent = conn.send(state["out"])
-                del state["out"][:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (OSError, protocol.ProtocolError):
-            self.selector.unregister(conn)
-            conn.close()
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0)
-        self.selector.modify(conn, events, ("conn", state))
-
-    def _answer(self, state: dict[str, Any]) -> None:
-        buf = state["in"]
-        while len(buf) >= 4:
-            (length,) = struct.unpack(">I", buf[:4])
-            if len(buf) < 4 + length:
-                return
-            req = protocol.decode_request(bytes(buf[4 : 4 + length]))
-            del buf[: 4 + length]
-            if isinstance(req, protocol.CatalogRequest):
-                self.stats.catalogs[state["index"]] += 1
-                payload = self.peers[state["index"]].catalog
-            elif isinstance(req, protocol.ManifestRequest):
-                self.stats.manifest_requests += 1
-                self.stats.manifest_files += len(req.files)
-                payload = protocol.encode_manifests(
-                    {k: self.manifests[k] for k in req.files if k in self.manifests}
-                )
-            else:
-                self.stats.other += 1
-                state["out"] += protocol.encode_error("simulated peer")
-                continue
-            state["out"] += protocol.encode_ok(len=len(payload)) + payload
 
 
 def main() -> None:

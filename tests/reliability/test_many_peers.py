@@ -3,7 +3,8 @@
 The peers are simulated: the test forges their announcements to
 127.255.255.255 on the test's own UDP port, each pointing at one of 500
 listening sockets on 127.0.0.1 that a single selector thread serves as small
-p2pshare catalog servers (welcome, catalog, manifests). Each peer offers three
+p2pshare catalog servers (welcome, catalog, manifests: simlan.py's CatalogServer,
+which bench/biglan.py's 1,000 peers use too). Each peer offers three
 files: one that every peer has, two of its own. The node must record every
 peer and every holding, list them all in `p2pctl peers/files --json`, and once
 the announcements stop forget all of them after P2P_PEER_TTL (never sooner), with
@@ -17,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import selectors
 import socket
-import struct
 import threading
 import time
 
 import pytest
 from p2p_integration_harness import LOOPBACK_BROADCAST, wait_until
+from simlan import CatalogServer
 
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
@@ -67,105 +67,13 @@ class SimulatedPeer:
             f"peer{index:03d}/a.txt": content(f"{index}-a", 1000 + index),
             f"peer{index:03d}/b.bin": content(f"{index}-b", CHUNK + 1 + 7 * index),  # two chunks
         }
-        entries = [
+        self.entries = [
             protocol.CatalogEntry(name, offer_of(data), len(data), None)
             for name, data in self.files.items()
         ]
-        self.catalog = protocol.encode_catalog(entries, 1)
 
     def hashes(self) -> dict[FileKey, list[str]]:
         return {offer_of(data): manifest_entries(data, CHUNK) for data in self.files.values()}
-
-
-class CatalogFarm(threading.Thread):
-    """500 listening sockets on 127.0.0.1 served by one selector thread."""
-
-    def __init__(self, peers: list[SimulatedPeer]) -> None:
-        super().__init__(daemon=True)
-        self.peers = peers
-        self.hashes: dict[FileKey, list[str]] = {}
-        for peer in peers:
-            self.hashes.update(peer.hashes())
-        self.selector = selectors.DefaultSelector()
-        self.ports: list[int] = []
-        for index in range(len(peers)):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(16)
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ, ("listen", index))
-            self.ports.append(sock.getsockname()[1])
-        self.served = {"catalog": 0, "manifest": 0, "other": 0}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for key, mask in self.selector.select(0.1):
-                kind, state = key.data
-                if kind == "listen":
-                    self._accept(key.fileobj, state)
-                else:
-                    self._io(key.fileobj, state, mask)
-
-    def _accept(self, listener: socket.socket, index: int) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        welcome = protocol.encode_welcome(protocol.Welcome(secrets.token_hex(16), False))
-        state = {"index": index, "in": bytearray(), "out": bytearray(welcome)}
-        self.selector.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", state))
-
-    def _io(self, conn: socket.socket, state: dict, mask: int) -> None:
-        try:
-            if mask & selectors.EVENT_READ:
-                data = conn.recv(65536)
-                if not data:
-                    raise ConnectionError("closed")
-                state["in"] += data
-                self._answer(state)
-            if state["out"]:
-                sent = conn.send(state["out"])
-                del state["out"][:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (OSError, protocol.ProtocolError):
-            self.selector.unregister(conn)
-            conn.close()
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0)
-        self.selector.modify(conn, events, ("conn", state))
-
-    def _answer(self, state: dict) -> None:
-        buf = state["in"]
-        while len(buf) >= 4:
-            (length,) = struct.unpack(">I", buf[:4])
-            if len(buf) < 4 + length:
-                return
-            req = protocol.decode_request(bytes(buf[4 : 4 + length]))
-            del buf[: 4 + length]
-            if isinstance(req, protocol.CatalogRequest):
-                self.served["catalog"] += 1
-                payload = self.peers[state["index"]].catalog
-            elif isinstance(req, protocol.ManifestRequest):
-                self.served["manifest"] += 1
-                payload = protocol.encode_manifests(
-                    {k: self.hashes[k] for k in req.files if k in self.hashes}
-                )
-            else:
-                self.served["other"] += 1
-                state["out"] += protocol.encode_error("simulated peer")
-                continue
-            state["out"] += protocol.encode_ok(len=len(payload)) + payload
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.is_alive():
-            self.join(5)
-        for key in list(self.selector.get_map().values()):
-            key.fileobj.close()
-        self.selector.close()
 
 
 class Announcer(threading.Thread):
@@ -240,7 +148,9 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
     x.start()
     common = content("common", 3 * CHUNK + 11)
     peers = [SimulatedPeer(i, common) for i in range(PEERS)]
-    farm = CatalogFarm(peers)
+    hashes = {key: entries for peer in peers for key, entries in peer.hashes().items()}
+    farm = CatalogServer([peer.entries for peer in peers], hashes)
+    farm.listen()
     farm.start()
     sender = Announcer(peers, farm.ports, x.udp_port)
     try:
@@ -332,9 +242,11 @@ def test_five_hundred_peers_are_recorded_listed_and_expire(make_node):
     finally:
         sender.stop.set()
         farm.close()
+    stats = farm.stats.as_dict(PEERS)
+    served = {k: stats[k] for k in ("catalog_fetches", "manifest_requests", "other_requests")}
     print(
         f"\nmany peers: {PEERS} peers x 3 files recorded in {recorded_after:.1f} s "
-        f"({sender.rounds} announcement rounds, farm served {farm.served}); every peers and "
+        f"({sender.rounds} announcement rounds; the peers served {served}); every peers and "
         f"files report listed all of them; {expired_while_announcing} peers expired while "
         f"still announcing every {ANNOUNCE_EVERY:g} s; after the last round all expired "
         f"within {gone_after:.1f} s (P2P_PEER_TTL {PEER_TTL:g} s, none sooner), "

@@ -214,6 +214,36 @@ def test_announcements_queued_are_written_in_one_transaction(
     assert node.transactions == 1
 
 
+def test_announcements_queued_one_by_one_are_recorded_a_step_at_a_time(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Datagrams trickling in join the job queued before them, so each step records
+    ANNOUNCES_PER_STEP of them with one set of lookups, not one job each."""
+    monkeypatch.setattr(listener_writer, "TX_BUDGET", WAIT)
+    record = dbpeers.record_announces
+    sizes: list[int] = []
+
+    def counting(s: Session, heards: Any, *, now: float) -> Any:
+        sizes.append(len(heards))
+        return record(s, heards, now=now)
+
+    monkeypatch.setattr(dbpeers, "record_announces", counting)
+    lan.gate.clear()
+    nodes = [f"{i:032x}" for i in range(1000)]
+    for n in nodes:
+        lan.catalogs[n] = {1: []}
+    for i, n in enumerate(nodes):
+        node.writer.put_heard([announce(n, 1, 1, 5000 + i)])
+    node.writer.put_expire(time.time())  # a job of another kind ends the run of announcements
+    node.writer.put_heard([announce(nodes[0], 2, 1, 5000)])
+    node.writer.start()
+    wait_for("1,000 peers", lambda: node.sql("SELECT count(*) FROM peers") == [(1000,)])
+    last = "SELECT announce_seq FROM peers WHERE node_id = ?"
+    wait_for("the last announcement", lambda: node.sql(last, nodes[0]) == [(2,)])
+    step = listener_writer.ANNOUNCES_PER_STEP
+    assert sizes == [step] * (1000 // step) + [1000 % step, 1]
+
+
 def test_a_peer_gone_while_its_catalog_was_fetched_is_fetched_again_when_back(
     node: Node, lan: Lan
 ) -> None:
