@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from p2pshare.db import catalogs as dbcatalogs
+from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.listener import writer as listener_writer
