@@ -9,16 +9,17 @@ download's bad_chunks and fetched again) are its files published into the downlo
 folder, each as any download is (hard-linked at its name or a numbered one, never over
 an existing file, never outside the folder), then indexed, so the node shares them.
 Paused downloads leave the session and keep their folder; cancelled ones lose it.
+
+A download whose files p2pshare peers hold goes to them first (lan.py); publishing a
+finished download's files is publishing.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -28,18 +29,22 @@ from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.db.values import HashedFile, Stamp
-from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
-from p2pshare.services.hashing.files import FileChanged, hash_file
+from p2pshare.db.values import HashedFile
+from p2pshare.services.downloader.publish import PublishError
+from p2pshare.services.hashing.files import FileChanged
 from p2pshare.services.net.tls import NodeTls
-from p2pshare.services.settings import Settings, chunk_size_for
-from p2pshare.services.torrent import hints
+from p2pshare.services.settings import Settings
 from p2pshare.services.torrent import metainfo as mi
-from p2pshare.services.torrent.lan import LanRun
+from p2pshare.services.torrent.lan import LanFirst, LanRun
+from p2pshare.services.torrent.publishing import (
+    TEMP_PREFIX,
+    TorrentFailed,
+    publish_tree,
+    temp_folder,
+)
 
 log = logging.getLogger("p2p.torrent")
 
-TEMP_PREFIX = "torrent-"
 # A peer named with --peer (or x.pe) is dialled again this often while none is connected:
 # it may start after the download was queued.
 REDIAL_SECONDS = 5.0
@@ -49,15 +54,6 @@ REDIAL_SECONDS = 5.0
 PEX_ENCRYPTION = 1
 # libtorrent's blocks: what download_sources.chunks counts for a BitTorrent download.
 BLOCK_SIZE = 16 * 1024
-# A job fetching from p2pshare peers notices the stop flag within its flush interval.
-LAN_STOP_SECONDS = 5.0
-# A published file whose stamp moved while it was hashed for the index (hash_settled).
-HASH_ATTEMPTS = 3
-SETTLE_SECONDS = 0.5
-
-
-class TorrentFailed(Exception):
-    """A download that cannot go on; the message is the reason the user reads."""
 
 
 @dataclass
@@ -76,10 +72,6 @@ class Fetching:
     last_piece: tuple[int, int] | None = None  # its index and size, once the metadata is known
     dialled: float = 0.0
     failed: str | None = None
-
-
-def temp_folder(settings: Settings, download_id: int) -> Path:
-    return settings.temp_dir / f"{TEMP_PREFIX}{download_id}"
 
 
 def peer_address(text: str) -> tuple[str, int]:
@@ -117,9 +109,7 @@ class Fetcher:
         self.fetching: dict[int, Fetching] = {}
         # Taking files from p2pshare peers (lan.py) needs the role's stop flag and TLS.
         self.stop, self.tls = stop or threading.Event(), tls
-        self.lan: dict[int, LanRun] = {}  # downloads whose files p2pshare peers are sending
-        self.lan_tried: set[int] = set()  # asked p2pshare peers already (this run)
-        self.lan_served: dict[int, int] = {}  # files p2pshare peers sent, per download
+        self.lan = LanFirst(settings, database, self.stop, tls)
 
     # ------------------------------------------------------------ following the queue
 
@@ -128,11 +118,10 @@ class Fetcher:
         ones with their folder, dial peers named since a download started."""
         with self.database.read() as s:
             jobs = {j.download_id: j for j in dbt.torrent_jobs(s)}
-        for did, run in list(self.lan.items()):
-            if not run.alive():
-                del self.lan[did]
-                if self.after_lan(run, jobs.get(did)):
-                    jobs.pop(did)  # done (or failed) now: the snapshot above is stale
+        for run in self.lan.ended_runs():
+            did = run.download_id
+            if self.after_lan(run, jobs.get(did)):
+                jobs.pop(did)  # done (or failed) now: the snapshot above is stale
         for did in list(self.fetching):
             job = jobs.get(did)
             if job is None or job.status == "paused":
@@ -144,12 +133,13 @@ class Fetcher:
                 f.job = replace(f.job, peers=job.peers)
                 self.dial(f, named)
         for did, job in jobs.items():
-            if did not in self.fetching and did not in self.lan and job.status in dbdl.UNFINISHED:
+            busy = did in self.fetching or did in self.lan.runs
+            if not busy and job.status in dbdl.UNFINISHED:
                 self.add(job)
-        self.sweep(set(jobs) | set(self.lan))
+        self.sweep(set(jobs) | set(self.lan.runs))
 
     def add(self, job: dbt.TorrentJob) -> None:
-        if self.start_lan(job):
+        if self.lan.start(job):
             return  # p2pshare peers first; libtorrent, if needed, when they are done
         lt = self.lt
         temp = temp_folder(self.settings, job.download_id)
@@ -227,65 +217,15 @@ class Fetcher:
 
     # ------------------------------------------------------------ p2pshare peers first
 
-    def hints_of(self, job: dbt.TorrentJob) -> hints.Hints:
-        """The SHA-256 hints the .torrent or magnet link carries (a malformed one is
-        logged once and ignored)."""
-        try:
-            found = (
-                hints.from_torrent(job.metainfo)
-                if job.metainfo is not None
-                else hints.from_magnet(job.magnet or "")
-            )
-        except mi.MetainfoError:
-            return hints.Hints()  # add() says why the torrent itself is refused
-        if found.warning:
-            log.warning("download %d: %s", job.download_id, found.warning)
-        return found
-
-    def start_lan(self, job: dbt.TorrentJob) -> bool:
-        """Start taking the torrent's files that p2pshare peers hold (same SHA-256 and
-        size) from them; False when none does (or this run asked them already)."""
-        did = job.download_id
-        if self.tls is None or did in self.lan_tried:
-            return False
-        self.lan_tried.add(did)
-        hinted = self.hints_of(job)
-        if not hinted.files:
-            return False
-        with self.database.read() as s:
-            offers = dbt.lan_offers(s, [(h.sha256, h.size) for h in hinted.files])
-        planned = [(h, offers[h.sha256]) for h in hinted.files if h.sha256 in offers]
-        if not planned:
-            log.info("download %d: no p2pshare peer holds any of its %d files; BitTorrent "
-                     "fetches them", did, len(hinted.files))  # fmt: skip
-            return False
-        temp = temp_folder(self.settings, did)
-        try:
-            temp.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return False  # add() meets it again and fails the download with the reason
-        with self.database.write() as s:
-            dbt.start_torrent_job(s, did, str(temp), now=time.time())
-            if job.metainfo is None and job.size == 0:  # a magnet: the hint's, until proven
-                one, piece = hinted.files[0], hinted.piece_size
-                dbt.record_torrent_metadata(s, did, name=one.path, size=one.size, files=1,
-                                            piece_size=piece, metainfo=None)  # fmt: skip
-        run = LanRun(did, job.info_hash, job.metainfo, hinted, temp, planned)
-        run.start(self.settings, self.database, self.stop, self.tls)
-        self.lan[did] = run
-        log.info("download %d: %d of its %d files from p2pshare peers first", did,
-                 len(planned), len(hinted.files))  # fmt: skip
-        return True
-
     def after_lan(self, run: LanRun, job: dbt.TorrentJob | None) -> bool:
         """p2pshare peers are done with a download: publish it when they sent all of it and
         the torrent proved it, else hand it to libtorrent (which checks what they sent).
         Returns whether the download ended here (done, or failed publishing)."""
         did = run.download_id
         if run.stopped or job is None or job.status not in dbdl.UNFINISHED:
-            self.lan_tried.discard(did)  # paused or stopped: ask them again on resuming
+            self.lan.tried.discard(did)  # paused or stopped: ask them again on resuming
             return False
-        self.lan_served[did] = 0 if run.unproven else len(run.got)
+        self.lan.served[did] = 0 if run.unproven else len(run.got)
         if run.proof is None:
             self.add(job)
             return False
@@ -313,17 +253,6 @@ class Fetcher:
         shutil.rmtree(run.temp, ignore_errors=True)
         log.info("finished %s (download %d) %s: saved as %s", meta.name, did, note, saved_as)
         return True
-
-    def lan_ended(self) -> bool:
-        """Whether p2pshare peers are done with some download (sync takes it on)."""
-        return any(not run.alive() for run in self.lan.values())
-
-    def source_note(self, did: int, files: int) -> str | None:
-        """What a download finished by libtorrent says of its sources."""
-        served = self.lan_served.pop(did, 0)
-        if not served:
-            return None
-        return f"{served} of {files} files from p2pshare peers, the rest by BitTorrent"
 
     # ------------------------------------------------------------ alerts
 
@@ -454,7 +383,7 @@ class Fetcher:
             return
         with self.database.write() as s:
             dbt.finish_torrent_job(
-                s, did, status="done", reason=self.source_note(did, len(published)),
+                s, did, status="done", reason=self.lan.source_note(did, len(published)),
                 now=time.time(), saved_as=saved_as, published=published,
             )  # fmt: skip
         shutil.rmtree(f.temp, ignore_errors=True)
@@ -477,96 +406,4 @@ class Fetcher:
         for f in self.fetching.values():
             self.session.remove_torrent(f.handle)
         self.fetching.clear()
-        for run in self.lan.values():
-            if run.thread is not None:
-                run.thread.join(timeout=LAN_STOP_SECONDS)
-
-
-def publish_tree(
-    settings: Settings,
-    temp: Path,
-    files: list[tuple[PurePosixPath, int]],
-    proven: Mapping[PurePosixPath, dbt.LanOffer] | None = None,
-) -> tuple[str, list[tuple[str, HashedFile]]]:
-    """Each file of temp (its path in the torrent, its size) into the download folder, at
-    its name or a numbered one, then hashed for the index; returns what the download is
-    saved as and each file's name there with its manifest. A file in `proven` arrived
-    from p2pshare peers with every chunk verified against that offer's manifest, which
-    proves its SHA-256: it is indexed under that manifest, not read again.
-
-    Each is published through a second hard link, so temp keeps every file until the end:
-    asked again after a crash half-way, a file already linked into the folder is found
-    there (the same inode) rather than fetched and published a second time as "x (1)".
-    Raises PublishError, OSError, TorrentFailed, FileChanged."""
-    root = settings.download_dir.resolve()
-    checked: dict[PurePosixPath, Path] = {}
-    out: list[tuple[str, HashedFile]] = []
-    for rel, size in files:
-        try:
-            for part in rel.parts:
-                mi.safe_part(part, "file path")
-        except mi.MetainfoError as exc:
-            raise TorrentFailed(f"the torrent is refused: {exc}") from None
-        src = temp / Path(*rel.parts)
-        if not src.exists() and size == 0:
-            src.parent.mkdir(parents=True, exist_ok=True)
-            src.touch()  # libtorrent writes no empty file
-        if src.stat().st_size != size:
-            raise TorrentFailed(f"{rel} is not the size the torrent says")
-        dest = safe_destination(settings.download_dir, str(rel), checked=checked)
-        final = published_before(src, dest)
-        if final is None:
-            with open(src, "rb+") as fh:
-                os.fsync(fh.fileno())
-            link = src.with_name(f".{src.name}.p2p-publish")
-            link.unlink(missing_ok=True)
-            os.link(src, link)
-            final = publish(link, dest, lambda _path: None)
-        offer = (proven or {}).get(rel)
-        if offer is not None and offer.size == os.stat(final).st_size:
-            hashed = manifest_of(offer, Stamp.of(os.stat(final)))
-        else:
-            hashed = hash_settled(final, settings)
-        out.append((final.relative_to(root).as_posix(), hashed))
-    if not out:
-        raise TorrentFailed("the torrent holds no file")
-    if len(out) == 1 and "/" not in out[0][0]:
-        return out[0][0], out
-    return f"{PurePosixPath(out[0][0]).parts[0]}/", out
-
-
-def hash_settled(path: Path, settings: Settings) -> HashedFile:
-    """The file's manifest for the index, hashed again if its stamp moved meanwhile:
-    libtorrent releases a removed torrent's files in its own time, and under load a 1 GiB
-    publish failed twice with the file "changed" (its stamp moved after publishing; likely
-    libtorrent closing or truncating it late), never since with this retry. Raises
-    FileChanged (still moving), OSError."""
-    for attempt in range(HASH_ATTEMPTS):
-        stamp = Stamp.of(os.stat(path))
-        try:
-            return hash_file(path, chunk_size_for(stamp.size, settings.chunk_size), expect=stamp)
-        except FileChanged:
-            if attempt == HASH_ATTEMPTS - 1:
-                raise
-            log.info("%s changed while hashed for the index; hashing it again", path.name)
-            time.sleep(SETTLE_SECONDS)
-    raise AssertionError("unreachable")
-
-
-def manifest_of(offer: dbt.LanOffer, stamp: Stamp) -> HashedFile:
-    """The index entry of a file verified chunk by chunk against this offer's manifest."""
-    size, cs = offer.size, offer.chunk_size
-    sizes = [min(cs, size - i * cs) for i in range(len(offer.entries))]
-    return HashedFile(stamp.size, stamp.mtime_ns, offer.sha256, cs, offer.entries, sizes,
-                      offer.root, ctime_ns=stamp.ctime_ns, inode=stamp.inode)  # fmt: skip
-
-
-def published_before(src: Path, dest: Path) -> Path | None:
-    """The name among dest's numbered ones that is src itself (linked before a crash)."""
-    for candidate in numbered(dest):
-        try:
-            if os.path.samefile(candidate, src):
-                return candidate
-        except FileNotFoundError:
-            return None  # names are taken in order: past the first free one, none is it
-    return None
+        self.lan.close()

@@ -31,8 +31,12 @@ from p2pshare.services.torrent import hints
 from p2pshare.services.torrent import metainfo as mi
 from p2pshare.services.torrent.hints import FileHint, Hints
 from p2pshare.services.torrent.pieces import pieces_match, stream_pieces
+from p2pshare.services.torrent.publishing import temp_folder
 
 log = logging.getLogger("p2p.torrent")
+
+# A job fetching from p2pshare peers notices the stop flag within its flush interval.
+LAN_STOP_SECONDS = 5.0
 
 
 def lan_spec(
@@ -243,3 +247,91 @@ def _holds(path: Path, size: int) -> bool:
         return path.stat().st_size == size
     except OSError:
         return False
+
+
+class LanFirst:
+    """A torrent's downloads while p2pshare peers send the files they hold of it: fetch.py
+    offers each download here first (`start`) and takes it back when its run ended."""
+
+    def __init__(
+        self, settings: Settings, database: Database, stop: threading.Event, tls: NodeTls | None
+    ) -> None:
+        self.settings, self.database, self.stop, self.tls = settings, database, stop, tls
+        self.runs: dict[int, LanRun] = {}  # downloads whose files p2pshare peers are sending
+        self.tried: set[int] = set()  # asked p2pshare peers already (this run)
+        self.served: dict[int, int] = {}  # files p2pshare peers sent, per download
+
+    def hints_of(self, job: dbt.TorrentJob) -> hints.Hints:
+        """The SHA-256 hints the .torrent or magnet link carries (a malformed one is
+        logged once and ignored)."""
+        try:
+            found = (
+                hints.from_torrent(job.metainfo)
+                if job.metainfo is not None
+                else hints.from_magnet(job.magnet or "")
+            )
+        except mi.MetainfoError:
+            return hints.Hints()  # add() says why the torrent itself is refused
+        if found.warning:
+            log.warning("download %d: %s", job.download_id, found.warning)
+        return found
+
+    def start(self, job: dbt.TorrentJob) -> bool:
+        """Start taking the torrent's files that p2pshare peers hold (same SHA-256 and
+        size) from them; False when none does (or this run asked them already)."""
+        did = job.download_id
+        if self.tls is None or did in self.tried:
+            return False
+        self.tried.add(did)
+        hinted = self.hints_of(job)
+        if not hinted.files:
+            return False
+        with self.database.read() as s:
+            offers = dbt.lan_offers(s, [(h.sha256, h.size) for h in hinted.files])
+        planned = [(h, offers[h.sha256]) for h in hinted.files if h.sha256 in offers]
+        if not planned:
+            log.info("download %d: no p2pshare peer holds any of its %d files; BitTorrent "
+                     "fetches them", did, len(hinted.files))  # fmt: skip
+            return False
+        temp = temp_folder(self.settings, did)
+        try:
+            temp.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False  # add() meets it again and fails the download with the reason
+        with self.database.write() as s:
+            dbt.start_torrent_job(s, did, str(temp), now=time.time())
+            if job.metainfo is None and job.size == 0:  # a magnet: the hint's, until proven
+                one, piece = hinted.files[0], hinted.piece_size
+                dbt.record_torrent_metadata(s, did, name=one.path, size=one.size, files=1,
+                                            piece_size=piece, metainfo=None)  # fmt: skip
+        run = LanRun(did, job.info_hash, job.metainfo, hinted, temp, planned)
+        run.start(self.settings, self.database, self.stop, self.tls)
+        self.runs[did] = run
+        log.info("download %d: %d of its %d files from p2pshare peers first", did,
+                 len(planned), len(hinted.files))  # fmt: skip
+        return True
+
+    def ended(self) -> bool:
+        """Whether p2pshare peers are done with some download (sync takes it on)."""
+        return any(not run.alive() for run in self.runs.values())
+
+    def source_note(self, did: int, files: int) -> str | None:
+        """What a download finished by libtorrent says of its sources."""
+        served = self.served.pop(did, 0)
+        if not served:
+            return None
+        return f"{served} of {files} files from p2pshare peers, the rest by BitTorrent"
+
+    def ended_runs(self) -> list[LanRun]:
+        """The runs that ended since last asked, no longer counted as sending."""
+        ended = [run for run in self.runs.values() if not run.alive()]
+        for run in ended:
+            del self.runs[run.download_id]
+        return ended
+
+    def close(self) -> None:
+        """Wait for the runs' jobs, which see the role's stop flag and leave their files
+        resumable."""
+        for run in self.runs.values():
+            if run.thread is not None:
+                run.thread.join(timeout=LAN_STOP_SECONDS)

@@ -265,7 +265,7 @@ def run(ctx: RoleContext) -> None:
             # read the index more often than that; a download queued waits as long at most.
             due = now - synced > SYNC_MIN_SECONDS and watch.changed()
             # p2pshare peers sent a torrent's files: publish it (or start libtorrent) now.
-            if due or now - synced > RESYNC_SECONDS or fetcher.lan_ended():
+            if due or now - synced > RESYNC_SECONDS or fetcher.lan.ended():
                 seeder.sync()
                 fetcher.sync()
                 synced = now
@@ -276,7 +276,7 @@ def run(ctx: RoleContext) -> None:
                 seeder.flush(time.time())
                 flushed = now
             ctx.detail = f"{seeder.detail}, fetching {len(fetcher.fetching)}" + (
-                f", {len(fetcher.lan)} from p2pshare peers" if fetcher.lan else ""
+                f", {len(fetcher.lan.runs)} from p2pshare peers" if fetcher.lan.runs else ""
             )
     finally:
         watch.close()

@@ -213,24 +213,24 @@ def test_a_published_file_whose_stamp_moves_while_hashed_is_hashed_again(
 ) -> None:
     # libtorrent closing a removed torrent's file late moves its mtime and ctime.
     from p2pshare.services.settings import load_settings
-    from p2pshare.services.torrent import fetch
+    from p2pshare.services.torrent import publishing
 
     settings = load_settings(
         env={"P2P_HOME": str(tmp_path), "P2P_BROADCAST": "127.255.255.255", "P2P_USERNAME": "t"}
     )
     path = tmp_path / "x.bin"
     path.write_bytes(b"x" * 5000)
-    real, calls = fetch.hash_file, []
+    real, calls = publishing.hash_file, []
 
-    def moved_once(p: Path, chunk_size: int, *, expect: fetch.Stamp) -> fetch.HashedFile:
+    def moved_once(p: Path, chunk_size: int, *, expect: publishing.Stamp) -> publishing.HashedFile:
         calls.append(p)
         if len(calls) == 1:
             os.utime(p, ns=(1, 1))  # as a late close would
         return real(p, chunk_size, expect=expect)
 
-    monkeypatch.setattr(fetch, "hash_file", moved_once)
-    monkeypatch.setattr(fetch, "SETTLE_SECONDS", 0.0)
-    hashed = fetch.hash_settled(path, settings)
+    monkeypatch.setattr(publishing, "hash_file", moved_once)
+    monkeypatch.setattr(publishing, "SETTLE_SECONDS", 0.0)
+    hashed = publishing.hash_settled(path, settings)
     assert len(calls) == 2 and hashed.sha256 == hashlib.sha256(b"x" * 5000).hexdigest()
     assert hashed.mtime_ns == 1
 

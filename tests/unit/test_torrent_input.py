@@ -25,13 +25,8 @@ from p2pshare.services.hashing.files import hash_file
 from p2pshare.services.settings import load_settings
 from p2pshare.services.torrent import load_libtorrent
 from p2pshare.services.torrent import metainfo as mi
-from p2pshare.services.torrent.fetch import (
-    Fetcher,
-    Fetching,
-    TorrentFailed,
-    file_layout,
-    publish_tree,
-)
+from p2pshare.services.torrent.fetch import Fetcher, Fetching, file_layout
+from p2pshare.services.torrent.publishing import TorrentFailed, publish_tree
 
 lt = load_libtorrent()
 needs_lt = pytest.mark.skipif(lt is None, reason="libtorrent is not installed")
