@@ -27,6 +27,10 @@ from p2pshare.services.net import identity
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings, SettingsError, load_settings
 
+# How soon a role notices SIGTERM (see stop_on_signals): well within supervisord's
+# stopwaitsecs and the tests' 10 s.
+SIGNAL_POLL_SECONDS = 0.05
+
 log = logging.getLogger("p2p")
 
 
@@ -103,13 +107,27 @@ def setup_logging(role: str) -> None:
 
 
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT; loops poll it between short socket timeouts."""
+    """An event set by SIGTERM or SIGINT; loops poll it between short socket timeouts.
+
+    The handler runs in the main thread between two bytecodes, possibly inside that
+    thread's own `stop.wait()` just after it took the event's lock, or inside logging or
+    Thread.start holding theirs: setting the event, logging or starting a thread there
+    can deadlock the thread with itself, and the role then ignores SIGTERM until it is
+    killed (seen: the downloader, which waits on `stop` a hundred times a second). So
+    the handler only notes the signal, and a thread of its own sets the event."""
     stop = threading.Event()
+    received: list[int] = []
 
     def _handler(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
+        received.append(signum)  # takes no lock any Python code can be holding
+
+    def _watch() -> None:
+        while not received:
+            time.sleep(SIGNAL_POLL_SECONDS)
+        log.info("received %s, stopping", signal.Signals(received[0]).name)
         stop.set()
 
+    threading.Thread(target=_watch, name="signals", daemon=True).start()
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
     return stop

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -45,3 +47,43 @@ def test_setting_text_keeps_fractions_and_large_whole_seconds() -> None:
         "yes",
         "auto",
     ]
+
+
+# A process whose main thread waits on its stop event in a tight loop (as the downloader
+# does, a hundred times a second) while SIGTERMs keep arriving. A handler that logged and
+# set the event itself either deadlocked that thread on the event's own lock (the role
+# then ignored SIGTERM until killed: seen in the suite) or, signals landing inside the
+# handler's own logging, died of a RecursionError; this one must finish.
+SIGNAL_STORM = """
+import os, signal, threading, time
+from p2pshare.services.runtime import stop_on_signals
+
+stop = stop_on_signals()
+sent = threading.Event()
+
+def pester():
+    for _ in range(3000):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.0002)
+    sent.set()
+
+threading.Thread(target=pester, daemon=True).start()
+while not sent.is_set():
+    stop.wait(0.00001)
+print("stopped" if stop.wait(10) else "never stopped", flush=True)
+"""
+
+
+def test_sigterms_while_waiting_on_stop_neither_deadlock_nor_break_the_role(tmp_path: Path) -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SIGNAL_STORM],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the main thread deadlocked in a SIGTERM handler") from None
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
