@@ -122,6 +122,10 @@ class Fetcher:
             did = run.download_id
             if self.after_lan(run, jobs.get(did)):
                 jobs.pop(did)  # done (or failed) now: the snapshot above is stale
+        if self.stop.is_set():
+            # The role is stopping (a run from p2pshare peers ended for that reason): start
+            # nothing new; every download resumes from its folder next run.
+            return
         for did in list(self.fetching):
             job = jobs.get(did)
             if job is None or job.status == "paused":
