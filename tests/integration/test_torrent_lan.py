@@ -288,6 +288,10 @@ def test_pause_resume_and_cancel_while_a_p2pshare_peer_sends(
                what="p2pctl status to say so (with p2p-torrent's next heartbeat)")  # fmt: skip
     assert b.p2pctl("pause", str(did)).returncode == 0
     wait_until(lambda: row(b, did)[0] == "paused", START_TIMEOUT, what="the pause")
+    # The job sees the pause at its next flush; a resume before that (beside a CPU hog)
+    # would find it still running and test nothing.
+    wait_until(lambda: f"download {did} paused" in b.log("torrent"), START_TIMEOUT,
+               what="p2p-torrent's job to stop for the pause")  # fmt: skip
     assert (b.home / "temp" / f"torrent-{did}").is_dir()  # kept for the resume
     kept = row(b, did)[2]
     assert 0 < kept < len(slow)
