@@ -37,6 +37,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from biglan import biglan  # noqa: E402
+from goalrow import GoalRow  # noqa: E402
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
 from many import many  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
@@ -74,28 +75,10 @@ GOALS: dict[str, tuple[str, str, float, str]] = {
 }
 
 
-@dataclass
-class Row:
-    scenario: str
-    p2pshare: str
-    reference: str
-    ratio: str
-    rss: str = ""
-    goal: str = ""
-    raw: dict[str, object] = field(default_factory=dict)
-    # For a row that measures one of GOALS: its key and the figure compared.
-    goal_key: str = ""
-    value: float | None = None
+class Row(GoalRow):
+    """A row of bench.py's own scenarios; `goal_key` names one of GOALS."""
 
-    @property
-    def met(self) -> str:
-        if not self.goal_key or self.value is None:
-            return ""
-        _text, op, threshold, _scenario = GOALS[self.goal_key]
-        ok = {">=": self.value >= threshold, "<=": self.value <= threshold}.get(
-            op, self.value < threshold
-        )
-        return "met" if ok else "MISSED"
+    GOALS = GOALS
 
 
 @dataclass
