@@ -108,7 +108,7 @@ class Fetcher:
         self.lt, self.settings, self.database, self.session = lt, settings, database, session
         self.fetching: dict[int, Fetching] = {}
         # Taking files from p2pshare peers (lan.py) needs the role's stop flag and TLS.
-        self.stop, self.tls = stop or threading.Event(), tls
+        self.stop = stop or threading.Event()
         self.lan = LanFirst(settings, database, self.stop, tls)
 
     # ------------------------------------------------------------ following the queue

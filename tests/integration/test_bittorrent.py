@@ -74,6 +74,19 @@ def torrent_port(node: Node) -> int:
     return int(port)
 
 
+def seeding_node(make_node: Callable[..., Node], name: str, data: bytes) -> Node:
+    """A supervised node sharing one file, once its index lists it."""
+    node = make_node("seed")
+    seed(node, name, data)
+    node.start_supervised()
+    wait_until(
+        lambda: node.scalar("SELECT count(*) FROM local_files WHERE name = ?", (name,)),
+        START_TIMEOUT,
+        what="the file to be indexed",
+    )
+    return node
+
+
 def seeding(node: Node, count: int) -> bool:
     detail = node.scalar("SELECT detail FROM heartbeats WHERE role = 'torrent'") or ""
     return f"seeding {count}" in detail
@@ -114,15 +127,8 @@ def make_torrent(node: Node, name: str, out: Path, tracker: Tracker) -> str:
 def test_aria2c_fetches_a_file_the_node_seeds(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    node = make_node("seed")
     data = os.urandom(3 * 1024 * 1024 + 12345)
-    seed(node, "sub/demo.bin", data)
-    node.start_supervised()
-    wait_until(
-        lambda: node.scalar("SELECT count(*) FROM local_files WHERE name = 'sub/demo.bin'"),
-        START_TIMEOUT,
-        what="the file to be indexed",
-    )
+    node = seeding_node(make_node, "sub/demo.bin", data)
     tracker = Tracker(torrent_port(node))
     try:
         out = make_torrent(node, "demo.bin", tmp_path / "demo.torrent", tracker)
@@ -165,15 +171,8 @@ def test_aria2c_fetches_by_a_magnet_link_carrying_the_sha256_hint(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
     # x.sha256, xl and x.pl (services/torrent/hints.py) must cost a stock client nothing.
-    node = make_node("seed")
     data = os.urandom(2 * 1024 * 1024 + 999)
-    seed(node, "hinted.bin", data)
-    node.start_supervised()
-    wait_until(
-        lambda: node.scalar("SELECT count(*) FROM local_files WHERE name = 'hinted.bin'"),
-        START_TIMEOUT,
-        what="the file to be indexed",
-    )
+    node = seeding_node(make_node, "hinted.bin", data)
     tracker = Tracker(torrent_port(node))
     try:
         out = make_torrent(node, "hinted.bin", tmp_path / "hinted.torrent", tracker)
@@ -225,14 +224,7 @@ def test_folder_torrent_keeps_its_tree(make_node: Callable[..., Node], tmp_path:
 
 @needs_libtorrent
 def test_torrent_refuses_what_it_cannot_make(make_node: Callable[..., Node]) -> None:
-    node = make_node("seed")
-    seed(node, "empty.txt", b"")
-    node.start_supervised()
-    wait_until(
-        lambda: node.scalar("SELECT count(*) FROM local_files"),
-        START_TIMEOUT,
-        what="the file to be indexed",
-    )
+    node = seeding_node(make_node, "empty.txt", b"")
     for args, says in [
         (("nothing-like-this",), "holds no file matching"),
         (("nowhere/",), "holds no file under"),
