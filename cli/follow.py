@@ -78,30 +78,21 @@ def _poll(
 def _poll_watched(
     ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch, role: str
 ) -> list[following.FollowState]:
+    ids = queueing.json_list(queued.downloads)
     while True:
         last, cpu = time.monotonic(), time.thread_time()
         watch.changed()  # what the queries below see is what the next change is against
         with quick.reading(ctl.quick) as conn:
-            states = following.follow_states(conn, queued.downloads)
+            progress = following.request_progress(conn, ids)
             roles = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
+            if all(s in (*ENDED, "paused") for s in progress.counts):
+                states = following.follow_states(conn, queued.downloads)
         # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
         queried = time.thread_time() - cpu
-        if len(states) != len(queued.downloads):
+        if progress.downloads != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
-        total = sum(st.size for st in states)
-        if total != bar.total:  # a download moved to another version of its file
-            bar.total = total
-        bar.update(sum(st.bytes_done for st in states) - bar.n)
-        counts = Counter(st.status for st in states)
-        if not single:
-            bar.set_description_str(f"{counts['done']}/{len(states)} files", refresh=False)
-        notes = [f"{st.name}: {st.reason}" if not single else st.reason for st in states]
-        waiting = [n for st, n in zip(states, notes, strict=True) if st.status == "waiting"]
-        peers = max((st.peers for st in states), default=0)
-        bar.set_postfix_str(
-            f"{peers} peers" + (f", {waiting[0]}" if waiting else ""), refresh=False
-        )
-        if all(st.status in (*ENDED, "paused") for st in states):
+        _show(bar, progress, single, len(queued.downloads))
+        if all(s in (*ENDED, "paused") for s in progress.counts):
             return states
         running = roles.get(role)
         if running is None or not running.alive:
@@ -110,6 +101,20 @@ def _poll_watched(
                 "runs again (p2pctl history shows it)"
             )
         _wait_for_change(watch, last, queried * (1 + QUERY_PAUSE))
+
+
+def _show(bar: tqdm, progress: following.RequestProgress, single: bool, files: int) -> None:
+    """The bar's bytes, its file count (a folder or --all) and its peers and waiting note."""
+    if progress.size != bar.total:  # a download moved to another version of its file
+        bar.total = progress.size
+    bar.update(progress.bytes_done - bar.n)
+    if not single:
+        bar.set_description_str(f"{progress.counts.get('done', 0)}/{files} files", refresh=False)
+    note = ""
+    if progress.waiting:
+        name, reason = progress.waiting
+        note = f", {reason}" if single else f", {name}: {reason}"
+    bar.set_postfix_str(f"{progress.peers} peers{note}", refresh=False)
 
 
 def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:

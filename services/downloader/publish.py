@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from p2pshare.services.protocol import ProtocolError, check_name
 
 MAX_COPIES = 1000
+ROOT = PurePosixPath(".")  # the download folder's own key in a `checked` map
 
 
 class PublishError(Exception):
@@ -22,35 +23,39 @@ def safe_destination(
 ) -> Path:
     """download_dir/name, refusing any name that would land outside it. Raises PublishError.
 
-    `checked` remembers folders already made and found inside (name's folder -> its real
-    path), for a caller placing many files at once: a folder of a thousand files is then
-    checked once, not a thousand times (the checks are most of a small file's publish)."""
+    `checked` remembers folders already made and found inside (a folder's name -> its real
+    path, the download folder's own under "."), for a caller placing many files at once: a
+    folder of ten thousand files in hundreds of folders is then checked a folder at a
+    time, each from its checked parent (an lstat and a mkdir), where resolving each from
+    the root (an lstat a component, twice) was most of a small file's publish."""
     try:
         check_name(name)
     except ProtocolError as exc:
         raise PublishError(f"refusing the name {name!r}: {exc}") from None
+    checked = {} if checked is None else checked
+    if ROOT not in checked:
+        checked[ROOT] = download_dir.resolve()
+    root = checked[ROOT]
     parent = PurePosixPath(name).parent
-    known = checked.get(parent) if checked is not None else None
-    if known is not None:
-        return known / PurePosixPath(name).name
-    root = download_dir.resolve()
-    folder = root
-    for part in PurePosixPath(name).parts[:-1]:
+    parts = parent.parts
+    done = next(i for i in range(len(parts), -1, -1) if PurePosixPath(*parts[:i]) in checked)
+    folder = checked[PurePosixPath(*parts[:done])]
+    for i in range(done, len(parts)):
         # A folder in the download dir may be a symlink leading out: check each
         # one before creating anything below it.
-        folder = folder / part
-        if folder.is_symlink() and not _within(folder.resolve(), root):
-            raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
+        folder = folder / parts[i]
+        if folder.is_symlink():
+            folder = folder.resolve()
+            if not _within(folder, root):
+                raise PublishError(
+                    f"refusing the name {name!r}: it leads outside the download folder"
+                )
         try:
             folder.mkdir(exist_ok=True)
         except OSError as exc:
             raise PublishError(f"cannot create the folder {folder}: {exc.strerror}") from None
-    real_parent = folder.resolve()
-    if not _within(real_parent, root):
-        raise PublishError(f"refusing the name {name!r}: it leads outside the download folder")
-    if checked is not None:
-        checked[parent] = real_parent
-    return real_parent / PurePosixPath(name).name
+        checked[PurePosixPath(*parts[: i + 1])] = folder
+    return folder / PurePosixPath(name).name
 
 
 def _within(path: Path, root: Path) -> bool:

@@ -118,7 +118,18 @@ def test_folders_checked_once_for_many_names_still_refuse_bad_names(tmp_path: Pa
     second = safe_destination(downloads, "album/a/2.bin", checked=checked)
     assert first == downloads.resolve() / "album" / "a" / "1.bin"
     assert second.parent == first.parent and (downloads / "album" / "a").is_dir()
-    assert checked == {PurePosixPath("album/a"): downloads.resolve() / "album" / "a"}
+    real = downloads.resolve()
+    assert checked == {
+        PurePosixPath("."): real,
+        PurePosixPath("album"): real / "album",
+        PurePosixPath("album/a"): real / "album" / "a",
+    }
+    # A sibling folder starts from its checked parent; a symlink inside the folder is
+    # followed to where it really is.
+    (downloads / "inside").symlink_to(real / "album")
+    assert safe_destination(downloads, "inside/b/3.bin", checked=checked) == (
+        real / "album" / "b" / "3.bin"
+    )
     # Each name is still checked, and a folder not yet seen is checked in full.
     with pytest.raises(PublishError):
         safe_destination(downloads, "album/a/../../../x", checked=checked)

@@ -13,13 +13,15 @@ from test_db import CS, NODE_A, NODE_B, NODE_C, NOW, data_of, heard, sql
 
 from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import downloads as dbdl
+from p2pshare.db import following
 from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
-from p2pshare.db.engine import Database
+from p2pshare.db.engine import Database, driver_connection
 from p2pshare.db.models import BadPeer
+from p2pshare.db.queueing import json_list
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
 
@@ -612,6 +614,45 @@ def test_follow_states_in_the_order_asked(db: Database, running: dict[str, int])
         dbreq.FollowState(a, "a.bin", 3 * CS, "active", None, 2 * CS, None, 1),
         dbreq.FollowState(cover, "album/cover.jpg", len(A_SMALL), "queued", None, 0, None, 0),
     ]
+
+
+def test_request_progress_sums_what_follow_states_lists(
+    db: Database, running: dict[str, int]
+) -> None:
+    """The bar of a folder of 10,000 files reads aggregates, not rows: they must add up to
+    the rows, and name a waiting download and its reason."""
+    a, cover, done = running["a.bin"], running["album/cover.jpg"], running["done.bin"]
+    ids = json_list([done, 99999, a, cover])
+    with db.write() as s:
+        dbjobs.record_progress(
+            s,
+            a,
+            dbjobs.Progress(
+                b"\xa0",
+                2 * CS,
+                0,
+                0,
+                [dbjobs.SourceTally(*PEER_A, "alice", 2, 2 * CS, 0)],
+                [],
+                "active",
+                None,
+            ),  # fmt: skip
+            now=NOW,
+        )
+    with db.read() as s:
+        got = following.request_progress(driver_connection(s), ids)
+        rows = dbreq.follow_states(s, [done, 99999, a, cover])
+    assert got.counts == {"done": 1, "active": 1, "queued": 1} and got.downloads == len(rows)
+    assert (got.size, got.bytes_done) == (sum(r.size for r in rows), 2 * CS)
+    assert (got.peers, got.waiting) == (1, None)
+    with db.write() as s:
+        driver_connection(s).execute(
+            "UPDATE downloads SET status = 'waiting', reason = 'no peer' WHERE id = ?", (a,)
+        )
+    with db.read() as s:
+        got = following.request_progress(driver_connection(s), ids)
+    assert got.counts == {"done": 1, "waiting": 1, "queued": 1}
+    assert got.waiting == ("a.bin", "no peer")
 
 
 # ---------------------------------------------------------------- following a name
