@@ -6,12 +6,12 @@ import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from p2pshare.services.protocol import ProtocolError, check_name
 
 MAX_COPIES = 1000
-ROOT = PurePosixPath(".")  # the download folder's own key in a `checked` map
+ROOT = ""  # the download folder's own key in a `checked` map
 
 
 class PublishError(Exception):
@@ -19,15 +19,16 @@ class PublishError(Exception):
 
 
 def safe_destination(
-    download_dir: Path, name: str, *, checked: dict[PurePosixPath, Path] | None = None
+    download_dir: Path, name: str, *, checked: dict[str, Path] | None = None
 ) -> Path:
     """download_dir/name, refusing any name that would land outside it. Raises PublishError.
 
-    `checked` remembers folders already made and found inside (a folder's name -> its real
-    path, the download folder's own under "."), for a caller placing many files at once: a
-    folder of ten thousand files in hundreds of folders is then checked a folder at a
-    time, each from its checked parent (an lstat and a mkdir), where resolving each from
-    the root (an lstat a component, twice) was most of a small file's publish."""
+    `checked` remembers folders already made and found inside (a folder's name, as in
+    "album/2024", -> its real path; the download folder's own under ""), for a caller
+    placing many files at once: a folder of ten thousand files in hundreds of folders is
+    then checked a folder at a time, each from its checked parent (an lstat and a mkdir),
+    where resolving each from the root (an lstat a component, twice) was most of a small
+    file's publish."""
     try:
         check_name(name)
     except ProtocolError as exc:
@@ -36,10 +37,9 @@ def safe_destination(
     if ROOT not in checked:
         checked[ROOT] = download_dir.resolve()
     root = checked[ROOT]
-    parent = PurePosixPath(name).parent
-    parts = parent.parts
-    done = next(i for i in range(len(parts), -1, -1) if PurePosixPath(*parts[:i]) in checked)
-    folder = checked[PurePosixPath(*parts[:done])]
+    parts = name.split("/")[:-1]  # no empty, "." or ".." part: check_name refused those
+    done = next(i for i in range(len(parts), -1, -1) if "/".join(parts[:i]) in checked)
+    folder = checked["/".join(parts[:done])]
     for i in range(done, len(parts)):
         # A folder in the download dir may be a symlink leading out: check each
         # one before creating anything below it.
@@ -54,8 +54,8 @@ def safe_destination(
             folder.mkdir(exist_ok=True)
         except OSError as exc:
             raise PublishError(f"cannot create the folder {folder}: {exc.strerror}") from None
-        checked[PurePosixPath(*parts[: i + 1])] = folder
-    return folder / PurePosixPath(name).name
+        checked["/".join(parts[: i + 1])] = folder
+    return folder / name.rsplit("/", 1)[-1]
 
 
 def _within(path: Path, root: Path) -> bool:

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
@@ -218,7 +218,7 @@ class SmallBatch:
         chosen: dict[int, tuple[Path, Path]] = {}  # download id -> (destination, free name)
         failed: dict[int, str] = {}
         taken: set[Path] = set()
-        checked: dict[PurePosixPath, Path] = {}  # for this group only: folders move
+        checked: dict[str, Path] = {}  # for this group only: folders move
         for item in group:
             try:
                 dest = safe_destination(self.settings.download_dir, item.spec.name, checked=checked)

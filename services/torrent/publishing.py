@@ -52,7 +52,7 @@ def publish_tree(
     there (the same inode) rather than fetched and published a second time as "x (1)".
     Raises PublishError, OSError, TorrentFailed, FileChanged."""
     root = settings.download_dir.resolve()
-    checked: dict[PurePosixPath, Path] = {}
+    checked: dict[str, Path] = {}
     out: list[tuple[str, HashedFile]] = []
     for rel, size in files:
         try:
