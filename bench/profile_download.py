@@ -14,6 +14,10 @@ Needs py-spy (pip install py-spy) and root, or ptrace permission.
 samples the same role with `perf record -g -p PID` instead (kernel and C stacks of every
 thread: the copies, the locks, libcrypto), and prints `perf report`'s own-time shares by
 symbol; the data stays in bench/results/perf.data. Needs Debian's linux-perf.
+
+    python bench/profile_download.py --network-key KEY
+
+profiles a keyed pair, so every byte goes over TLS 1.3 (the `encrypted` scenario's path).
 """
 
 from __future__ import annotations
@@ -87,11 +91,15 @@ def main() -> None:
     parser.add_argument(
         "--perf", action="store_true", help="perf record -g (kernel + C) instead of py-spy"
     )
+    parser.add_argument(
+        "--network-key", default=None, help="a keyed pair: the transfer runs over TLS"
+    )
     args = parser.parse_args()
+    keyed = {"P2P_NETWORK_KEY": args.network_key} if args.network_key else {}
     root = args.root or Path(tempfile.mkdtemp(prefix="p2p-prof-", dir="/dev/shm"))
     port = 20000 + os.getpid() % 10000
-    seed = BenchNode(root, "seed", port)
-    leech = BenchNode(root, "leech", port)
+    seed = BenchNode(root, "seed", port, **keyed)
+    leech = BenchNode(root, "leech", port, **keyed)
     try:
         big = seed.share / "big.bin"
         with open(big, "wb") as fh:

@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, Table, delete, exists, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
+from p2pshare.db.queueing import KEEPING_TEMP
 from p2pshare.db.values import ContentKey, HashedFile, IndexedStat, Stamp
 
 __all__ = ["ContentKey", "HashedFile", "IndexedStat", "Stamp"]
@@ -101,6 +102,19 @@ def _file_ids(session: Session, wanted: dict[ContentKey, HashedFile]) -> dict[Co
             if (sha, cs, root) in wanted:
                 ids[(sha, cs, root)] = fid
     return ids
+
+
+def publishing_names(session: Session) -> set[str]:
+    """Names in the download folder that downloads are publishing: a download records its
+    `saved_as` before it links the file there, and ends (its local_files row written in the
+    same transaction) after. Until then the name is the downloader's to record."""
+    return set(
+        session.scalars(
+            select(Download.saved_as).where(
+                Download.status.in_(KEEPING_TEMP), Download.saved_as.is_not(None)
+            )
+        )
+    )
 
 
 def record_local_files(

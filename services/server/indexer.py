@@ -9,6 +9,7 @@ unchanged for SETTLE_SECONDS, so a copy in progress is not announced half-done.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,19 @@ BATCH_SECONDS = 0.5
 # copied in) one line for all: 10,000 lines cost the role and supervisord more than
 # the inserts they describe.
 LOG_EACH_UP_TO = 20
+
+
+# The kernel stamps ctime from a coarse clock, a few milliseconds behind time.time_ns().
+CTIME_SLACK_NS = 50_000_000
+
+
+def _arrived_since(path: Path, since_ns: int) -> bool:
+    """Was the file at path linked or created (its ctime) after since_ns? A file published
+    into the download folder after the scan passed its folder is not a file gone."""
+    try:
+        return os.lstat(path).st_ctime_ns >= since_ns - CTIME_SLACK_NS
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -91,12 +105,21 @@ class ShareIndexer:
         return stats
 
     def _index_root(self, root: Root, stats: IndexStats, *, now: float) -> None:
+        scan_started_ns = time.time_ns()
         scan = scan_tree(root.path, exclude=root.exclude, checked=self._checked.get(root.label))
         self._checked[root.label] = scan.checked
         self._report_skips(scan.skipped)
         with self.database.read() as s:
             known = dbindex.indexed_stats(s, root.label)
-        gone = [name for name in known if name not in scan.files]
+            # The downloader links a file, then records it: one it is publishing is its
+            # to record, not this scan's to hash again (and bump the catalog for).
+            publishing = dbindex.publishing_names(s) if root.label == "download" else set()
+        # A name recorded after the scan passed its folder is not gone: it arrived.
+        gone = [
+            name
+            for name in known
+            if name not in scan.files and not _arrived_since(root.path / name, scan_started_ns)
+        ]
         if gone:
             with self.database.write() as s:
                 stats.removed += dbindex.remove_local_files(s, root.label, gone)
@@ -105,6 +128,8 @@ class ShareIndexer:
         todo: list[tuple[str, FoundFile]] = []
         for name, found in scan.files.items():
             old = known.get(name)
+            if name in publishing and old is None:
+                continue
             if old is not None and old.stamp == found.stamp:
                 stats.unchanged += 1
             elif now - found.stamp.mtime_ns / 1e9 < SETTLE_SECONDS:

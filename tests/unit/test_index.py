@@ -14,9 +14,14 @@ from typing import Any
 
 import pytest
 
+from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
+from p2pshare.db.models import Download
+from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
+from p2pshare.services.hashing.files import hash_file
+from p2pshare.services.server import indexer
 from p2pshare.services.server.indexer import IndexStats, ShareIndexer
 from p2pshare.services.settings import Settings, load_settings
 
@@ -87,6 +92,15 @@ def chunk_rows(node: Node, sha: str) -> list[tuple[int, int, str]]:
         "ON f.id = c.file_id WHERE f.sha256 = ? ORDER BY c.chunk_index",
         sha,
     )
+
+
+def sql_write(node: Node, query: str, *args: Any) -> None:
+    conn = sqlite3.connect(node.settings.db_path)
+    try:
+        with conn:
+            conn.execute(query, args)
+    finally:
+        conn.close()
 
 
 def catalog_version(node: Node) -> int:
@@ -301,6 +315,56 @@ def test_download_dir_is_indexed_under_its_own_root(node: Node) -> None:
     assert node.step().added == 2
     assert indexed(node, "share") == {"mine.txt": sha(shared)}
     assert indexed(node, "download") == {"got/it.bin": sha(got)}
+
+
+def test_a_file_a_download_is_publishing_is_left_to_the_downloader(node: Node) -> None:
+    """The downloader links a file, then records it: a scan between the two must not hash
+    it again and bump the catalog (a folder of 10,000 files did, a few hundred times)."""
+    got = write(node.settings.download_dir / "album" / "a.bin", b"arriving")
+    with node.database.write() as s:
+        s.add(
+            Download(
+                name="album/a.bin",
+                sha256=sha(got),
+                size=len(got),
+                status="active",
+                requested_at=1.0,
+                saved_as="album/a.bin",
+            )  # fmt: skip
+        )
+    version = catalog_version(node)
+    assert node.step().added == 0
+    assert indexed(node, "download") == {} and catalog_version(node) == version
+    sql_write(node, "UPDATE downloads SET status = 'failed'")  # it never recorded it
+    assert node.step().added == 1
+    assert indexed(node, "download") == {"album/a.bin": sha(got)}
+
+
+def test_a_file_linked_after_the_scan_passed_is_not_forgotten(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The downloader links and records a file after the scan read its folder: the row is
+    new, not a file gone (forgetting it bumped the catalog and hashed it again)."""
+    kept = write(node.share / "kept.bin", b"kept")
+    node.step()
+    late = node.share / "late.bin"
+    real_scan = indexer.scan_tree
+
+    def scan_then_a_file_arrives(*args: Any, **kwargs: Any) -> Any:
+        scanned = real_scan(*args, **kwargs)
+        write(late, b"late")
+        with node.database.write() as s:
+            hashed = hash_file(late, CS, expect=Stamp.of(late.stat()))
+            dbindex.record_local_files(s, "share", [("late.bin", hashed)], now=time.time())
+        return scanned
+
+    monkeypatch.setattr(indexer, "scan_tree", scan_then_a_file_arrives)
+    assert node.step().removed == 0
+    assert indexed(node) == {"kept.bin": sha(kept), "late.bin": sha(b"late")}
+    monkeypatch.undo()
+    late.unlink()  # and a file really gone still goes
+    assert node.step().removed == 1
+    assert indexed(node) == {"kept.bin": sha(kept)}
 
 
 def test_share_dir_equal_to_home_never_indexes_the_nodes_own_files(tmp_path: Path) -> None:
