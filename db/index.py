@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, delete, exists, insert, select
+from sqlalchemy import ColumnElement, Table, delete, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
@@ -102,6 +102,11 @@ def _file_ids(session: Session, wanted: dict[ContentKey, HashedFile]) -> dict[Co
             if (sha, cs, root) in wanted:
                 ids[(sha, cs, root)] = fid
     return ids
+
+
+def local_file_count(session: Session) -> int:
+    """How many files this node offers whole: about the size of its catalog."""
+    return session.scalar(select(func.count()).select_from(LocalFile)) or 0
 
 
 def publishing_names(session: Session) -> set[str]:

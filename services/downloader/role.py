@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
+from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (
@@ -59,6 +60,7 @@ def run(ctx: RoleContext) -> None:
     try:
         while not ctx.stop.wait(CHECK_SECONDS):
             woken = runner.wake.is_set()
+            runner.bumps.settle(ctx.database)  # a move a batch owes, once its gap has passed
             if not watch.changed() and not woken and time.monotonic() - last_poll < POLL_SECONDS:
                 continue
             runner.wake.clear()
@@ -77,6 +79,7 @@ def run(ctx: RoleContext) -> None:
         watch.close()
         runner.join(STOP_GRACE_SECONDS)
         runner.pool.close()
+        runner.bumps.settle(ctx.database, force=True)
 
 
 class Runner:
@@ -89,6 +92,7 @@ class Runner:
         self.in_batches: set[int] = set()
         self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
         self.pool = PeerPool()
+        self.bumps = CatalogBumps()
         self.wake = threading.Event()  # a job or batch ended: its slot is free
         self.looked_for_big = 0.0
 
@@ -139,7 +143,9 @@ class Runner:
 
     def _start_batch(self, download_ids: list[int]) -> None:
         ctx = self.ctx
-        batch = SmallBatch(download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool)
+        batch = SmallBatch(
+            download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool, self.bumps
+        )
         thread = threading.Thread(
             target=self._then_wake(batch.run), name="small-batch", daemon=True
         )

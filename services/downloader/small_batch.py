@@ -33,11 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
+from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
+from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
@@ -57,10 +58,6 @@ BATCH_FILES = 1000
 # A group is published when this many files are ready or this long after its first.
 GROUP_FILES = 256
 GROUP_SECONDS = 0.25
-# Each catalog version costs every peer a catalog fetch (the whole catalog, however
-# little changed): a batch moves it at most this often, and once more at its end.
-CATALOG_BUMP_SECONDS = 2.0
-
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
@@ -80,6 +77,7 @@ class SmallBatch:
         stop: threading.Event,
         tls: NodeTls,
         pool: PeerPool,
+        bumps: CatalogBumps,
     ) -> None:
         self.download_ids = download_ids
         self.settings = settings
@@ -87,13 +85,12 @@ class SmallBatch:
         self.stop = stop
         self.tls = tls
         self.pool = pool
+        self.bumps = bumps  # the catalog moves, shared by every batch of the role
         self.left_over: set[int] = set()  # for full jobs
         self.lock = threading.Condition()
         self.ready: list[Ready] = []  # under lock
         self.fetching = 0  # source threads still running, under lock
-        self.bumped_at = 0.0
         self._download_root: Path | None = None  # resolved once a batch
-        self.unannounced = False  # files published since the catalog version last moved
 
     def run(self) -> None:
         try:
@@ -151,9 +148,6 @@ class SmallBatch:
         finally:
             for thread in threads:
                 thread.join()
-            if self.unannounced:
-                with self.database.write() as s:
-                    dbnode.bump_catalog_version(s, now=time.time())
 
     def _temp(self, spec: dbjobs.JobSpec) -> Path:
         return self.settings.temp_dir / temp_name(spec.download_id, spec.sha256)
@@ -253,15 +247,14 @@ class SmallBatch:
             item.temp.unlink(missing_ok=True)
         done = [self._fetched(item, final) for item, final in published]
         now = time.time()
-        bump = now - self.bumped_at >= CATALOG_BUMP_SECONDS
+        bump = bool(done) and self.bumps.due()
         with self.database.write() as s:
             dbbatch.finish_batch(s, done, now=now, bump=bump)
             for download_id, reason in failed.items():
                 dbjobs.finish_download(s, download_id, status="failed", reason=reason, now=now)
+            entries = dbindex.local_file_count(s) if bump else 0
         if bump:
-            self.bumped_at, self.unannounced = now, False
-        elif done:
-            self.unannounced = True
+            self.bumps.moved(entries)
         for item in group:
             if item.spec.download_id in failed:
                 item.temp.unlink(missing_ok=True)
