@@ -39,16 +39,23 @@ class Runnable:
 
 
 def runnable_downloads(
-    session: Session, *, only_big: tuple[int, int] | None = None, also: Collection[int] = ()
+    session: Session,
+    *,
+    only_big: tuple[int, int] | None = None,
+    also: Collection[int] = (),
+    only_queued: bool = False,
 ) -> list[Runnable]:
     """Downloads to run, oldest first (queued ones and any a crash interrupted). With
     `only_big` (a batch's limits: chunks, bytes), only those a batch cannot take, and
     `also`: when no batch could start, ten thousand queued small files need not be read
-    to find none."""
+    to find none. With `only_queued`, only those never started: what a change to the
+    queue can have added (the running ones are most of the rest, and a folder's batch
+    commits several times a second)."""
+    statuses = ("queued",) if only_queued else UNFINISHED
     query = (
         select(Download.id, File.chunk_count, File.size, Download.saved_as)
         .join(File, File.id == Download.file_id)
-        .where(Download.status.in_(UNFINISHED))
+        .where(Download.status.in_(statuses))
         .order_by(Download.id)
     )
     if only_big is not None:

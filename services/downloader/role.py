@@ -95,6 +95,7 @@ class Runner:
         self.bumps = CatalogBumps()
         self.wake = threading.Event()  # a job or batch ended: its slot is free
         self.looked_for_big = 0.0
+        self.read_all_at = 0.0
 
     def running(self) -> set[int]:
         return set(self.jobs) | self.in_batches
@@ -114,17 +115,25 @@ class Runner:
         job_slot = len(self.jobs) < MAX_ACTIVE
         if not (batch_slot or job_slot):
             return  # nothing could start: spare the query (10,000 queued rows cost 10 ms)
-        if not batch_slot and not woken and time.monotonic() - self.looked_for_big < POLL_SECONDS:
+        now = time.monotonic()
+        if not batch_slot and not woken and now - self.looked_for_big < POLL_SECONDS:
             # Batches commit a group every fraction of a second and each commit wakes this
             # loop: a big download queued meanwhile waits at most POLL_SECONDS.
             return
-        self.looked_for_big = time.monotonic()
+        self.looked_for_big = now
+        # Every unfinished download when a job or batch ended (what it gave back), or
+        # POLL_SECONDS passed; else only the queued ones, what a change can have added.
+        full = woken or now - self.read_all_at >= POLL_SECONDS
+        if full:
+            self.read_all_at = now
         running = self.running()
         only_big = None if batch_slot else (SMALL_MAX_CHUNKS, SMALL_MAX)
         with self.ctx.database.read() as s:
-            runnable = dbbatch.runnable_downloads(s, only_big=only_big, also=self.not_batchable)
+            runnable = dbbatch.runnable_downloads(
+                s, only_big=only_big, also=self.not_batchable, only_queued=not full
+            )
         waiting = [r for r in runnable if r.download_id not in running]
-        if only_big is None:  # every runnable download was read: forget the ended ones
+        if only_big is None and full:  # every runnable download was read: forget the ended
             self.not_batchable.intersection_update(r.download_id for r in waiting)
         small = [
             r.download_id
