@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db.engine import driver_connection
 from p2pshare.db.models import Peer, RetiredNode
 from p2pshare.db.node import node_state
 
@@ -62,6 +63,7 @@ def record_announces(
     state = node_state(session)
     batch = _Batch(session, [h for h in heards if h.node_id != state.node_id])
     out = [OWN if h.node_id == state.node_id else batch.record(h, now) for h in heards]
+    batch.write()
     if batch.created:
         state.announce_wanted_at = now  # the announcer answers newcomers at once
     return out
@@ -71,32 +73,69 @@ def _slices(values: Sequence[_T], size: int = SLICE) -> Iterable[Sequence[_T]]:
     return (values[start : start + size] for start in range(0, len(values), size))
 
 
+_PEER_COLUMNS = (
+    "id, node_id, username, address, tcp_port, catalog_version, announce_seq, catalog_synced,"
+    " fingerprint, tls"
+)
+
+
+class _Row:
+    """A `peers` row as a batch reads and changes it (plain values: an ORM object and a
+    flush for each of a boot storm's 1,000 new peers were most of the listener's writes)."""
+
+    __slots__ = (
+        "id", "node_id", "username", "address", "tcp_port", "catalog_version",
+        "announce_seq", "catalog_synced", "fingerprint", "tls", "last_seen",
+    )  # fmt: skip
+
+    def __init__(self, row: Sequence[Any], last_seen: float | None = None) -> None:
+        (self.id, self.node_id, self.username, self.address, self.tcp_port,
+         self.catalog_version, self.announce_seq, self.catalog_synced, self.fingerprint,
+         tls) = row  # fmt: skip
+        self.tls = bool(tls)
+        self.last_seen = last_seen  # set: changed by this batch, written at its end
+
+
 class _Batch:
     """What record_announces looks up, read once for all of its announcements and kept
-    up to date as it goes. The ORM objects are held here: the session's identity map
-    keeps an unchanged object only while something refers to it, and each `get` of
-    one it dropped is a query."""
+    up to date as it goes; peers refreshed are written back together at the end (`write`).
+
+    Plain sqlite3 on the session's connection, whose pending ORM changes are flushed
+    first; any Peer or RetiredNode the session holds is expired once the batch is written."""
 
     def __init__(self, session: Session, heards: Sequence[Heard]) -> None:
         self.session = session
+        self.conn = driver_connection(session)
         self.created = 0
+        self.touched = False  # rows changed behind the session's back
         ids = sorted({h.node_id for h in heards})
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, _Row] = {}
         for part in _slices(ids):
-            for peer in session.scalars(select(Peer).where(Peer.node_id.in_(part))):
-                self.peers[peer.node_id] = peer
+            marks = ",".join("?" * len(part))
+            query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id IN ({marks})"
+            for row in self.conn.execute(query, part):
+                self.peers[row[1]] = _Row(row)
         unknown = [n for n in ids if n not in self.peers]
-        self.retired: dict[str, RetiredNode] = {}
+        # node id -> (last_seq, replaced)
+        self.retired: dict[str, tuple[int, bool]] = {}
         for part in _slices(unknown):
-            for node in session.scalars(select(RetiredNode).where(RetiredNode.node_id.in_(part))):
-                self.retired[node.node_id] = node
+            marks = ",".join("?" * len(part))
+            query = (
+                f"SELECT node_id, last_seq, replaced FROM retired_nodes WHERE node_id IN ({marks})"
+            )
+            for node_id, last_seq, replaced in self.conn.execute(query, part):
+                self.retired[node_id] = (last_seq, bool(replaced))
         # Peers at the endpoints where new node ids announce (a restart there replaces them).
         new = set(unknown)
         ends = sorted({(h.address, h.tcp_port) for h in heards if h.node_id in new})
-        self.at: dict[tuple[str, int], list[Peer]] = {end: [] for end in ends}
+        self.at: dict[tuple[str, int], list[_Row]] = {end: [] for end in ends}
         for some in _slices(ends, SLICE // 2):
-            query = select(Peer).where(tuple_(Peer.address, Peer.tcp_port).in_(some))
-            for peer in session.scalars(query):
+            pairs = ",".join("(?, ?)" for _ in some)
+            query = (
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE (address, tcp_port) IN (VALUES {pairs})"
+            )
+            for row in self.conn.execute(query, [v for end in some for v in end]):
+                peer = self.peers.get(row[1]) or _Row(row)
                 self.at[(peer.address, peer.tcp_port)].append(peer)
 
     def record(self, heard: Heard, now: float) -> AnnounceOutcome:
@@ -109,55 +148,80 @@ class _Batch:
             return outcome
         return self._create(heard, now)
 
-    def _moved(self, peer: Peer, before: tuple[str, int]) -> None:
+    def _moved(self, peer: _Row, before: tuple[str, int]) -> None:
         if before in self.at:
             self.at[before].remove(peer)
         if (peer.address, peer.tcp_port) in self.at:
             self.at[(peer.address, peer.tcp_port)].append(peer)
 
     def _create(self, heard: Heard, now: float) -> AnnounceOutcome:
-        session = self.session
+        conn = self.conn
         retired = self.retired.get(heard.node_id)
         if retired is not None:
-            if retired.replaced:
+            last_seq, replaced = retired
+            if replaced:
                 return _refused("announcement from a node id that a restart replaced")
-            if heard.seq <= retired.last_seq:
+            if heard.seq <= last_seq:
                 return _refused(f"replayed announcement (seq {heard.seq}) of an expired peer")
-            session.delete(retired)  # an expired peer back after an outage
+            # An expired peer back after an outage.
+            conn.execute("DELETE FROM retired_nodes WHERE node_id = ?", (heard.node_id,))
             del self.retired[heard.node_id]
+        self.touched = True
         # A node restarted on the same endpoint is the same machine with a new id:
         # its old self and everything that offered goes now, not after the TTL.
         here = self.at.setdefault((heard.address, heard.tcp_port), [])
         for old in here:
-            self.retired[old.node_id] = session.merge(
-                RetiredNode(
-                    node_id=old.node_id, retired_at=now, last_seq=old.announce_seq, replaced=True
-                )
+            conn.execute(
+                "INSERT OR REPLACE INTO retired_nodes (node_id, retired_at, last_seq, replaced)"
+                " VALUES (?, ?, ?, 1)",
+                (old.node_id, now, old.announce_seq),
             )
-            session.delete(old)
+            self.retired[old.node_id] = (old.announce_seq, True)
+            conn.execute("DELETE FROM peers WHERE id = ?", (old.id,))  # holdings cascade
             self.peers.pop(old.node_id, None)
-        peer = Peer(
-            node_id=heard.node_id,
-            username=heard.username,
-            address=heard.address,
-            tcp_port=heard.tcp_port,
-            catalog_version=heard.catalog_version,
-            announce_seq=heard.seq,
-            catalog_synced=-1,
-            fingerprint=heard.fingerprint,
-            tls=heard.tls,
-            first_seen=now,
-            last_seen=now,
-        )
-        session.add(peer)
-        session.flush()
+        cur = conn.execute(
+            "INSERT INTO peers (node_id, username, address, tcp_port, catalog_version,"
+            " announce_seq, catalog_synced, fingerprint, tls, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?, -1, ?, ?, ?, ?)",
+            (heard.node_id, heard.username, heard.address, heard.tcp_port,
+             heard.catalog_version, heard.seq, heard.fingerprint, heard.tls, now, now),
+        )  # fmt: skip
+        assert cur.lastrowid is not None
+        peer = _Row(
+            (cur.lastrowid, heard.node_id, heard.username, heard.address, heard.tcp_port,
+             heard.catalog_version, heard.seq, -1, heard.fingerprint, heard.tls),
+        )  # fmt: skip
         here[:] = [peer]
         self.peers[heard.node_id] = peer
         self.created += 1
         return AnnounceOutcome(peer.id, True, True)
 
+    def write(self) -> None:
+        """Write back the peers refreshed, in one statement, and expire what the session
+        held of the rows changed."""
+        changed = [
+            (p.tcp_port, p.catalog_version, p.announce_seq, p.last_seen, p.id)
+            for p in self.peers.values()
+            if p.last_seen is not None
+        ]
+        if changed:
+            self.conn.executemany(
+                "UPDATE peers SET tcp_port = ?, catalog_version = ?, announce_seq = ?,"
+                " last_seen = ? WHERE id = ?",
+                changed,
+            )
+        if changed or self.touched:
+            _expire_cached(self.session, (Peer, RetiredNode))
 
-def _update(peer: Peer, heard: Heard, now: float) -> AnnounceOutcome:
+
+def _expire_cached(session: Session, models: tuple[type[Any], ...]) -> None:
+    """Expire the session's objects of these models: rows changed through the driver
+    connection are newer than what it holds."""
+    for obj in [o for o in session.identity_map.values() if isinstance(o, models)]:
+        session.expire(obj)
+
+
+def _update(peer: _Row, heard: Heard, now: float) -> AnnounceOutcome:
     """Refresh a known peer from its announcement, or say why it is refused."""
     if heard.seq <= peer.announce_seq:
         return _refused(f"replayed announcement (seq {heard.seq})")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from p2pshare.db import catalogs as dbcatalogs
@@ -24,7 +24,7 @@ from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import reports as dbreports
 from p2pshare.db.engine import SCHEMA_VERSION, ChangeWatch, Database, SchemaError
-from p2pshare.db.models import BadPeer, Chunk, Download
+from p2pshare.db.models import BadPeer, Chunk, Download, Peer, RetiredNode
 from p2pshare.db.node import (
     node_state,
     record_heartbeat,
@@ -350,6 +350,40 @@ def test_record_announces_in_one_batch_agrees_with_one_at_a_time(
     assert [o.refused is not None for o in together] == [0, 0, 0, 0, 1, 1, 0, 0]
     assert rows == peer_rows(other)
     assert [(r[0], r[3], r[4]) for r in rows] == [(NODE_B, 5003, 2), ("c" * 32, 5001, 1)]
+
+
+def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
+    db: Database, db_path: Path
+) -> None:
+    """Peers are written in plain SQL: each outcome names its own row, and ORM objects the
+    session held before (here a Peer and a RetiredNode) show what the batch wrote."""
+    with db.write() as s:
+        first = dbpeers.record_announce(s, heard(NODE_A, seq=1, port=5001), now=NOW)
+    with db.write() as s:
+        held = s.get(Peer, first.peer_id)
+        assert held is not None and held.announce_seq == 1
+        nodes = [f"{i:032x}" for i in range(1, 301)]
+        batch = [heard(n, seq=1, port=6000 + i, user=f"u{i}") for i, n in enumerate(nodes)]
+        batch += [heard(NODE_A, seq=7, port=5009, cv=3), heard(NODE_B, seq=1, port=5009)]
+        outcomes = dbpeers.record_announces(s, batch, now=NOW + 5)
+        # NODE_A moved to 5009 and NODE_B restarted there: A is replaced, in this session too.
+        retired = s.get(RetiredNode, NODE_A)
+        assert retired is not None and retired.replaced and retired.last_seq == 7
+        assert s.scalar(select(Peer.id).where(Peer.node_id == NODE_A)) is None
+    ids = dict(sql(db_path, "SELECT node_id, id FROM peers"))
+    assert [o.peer_id for o in outcomes[:300]] == [ids[n] for n in nodes]
+    assert all(o.new and o.needs_catalog for o in outcomes[:300])
+    assert outcomes[300].peer_id == first.peer_id and not outcomes[300].new
+    assert outcomes[301].new and outcomes[301].peer_id == ids[NODE_B]
+    assert sql(db_path, "SELECT count(*), min(last_seen) FROM peers") == [(301, NOW + 5)]
+    with db.write() as s:
+        again = dbpeers.record_announce(s, heard(NODE_A, seq=8, port=5009), now=NOW + 6)
+        assert again.refused is not None and "restart replaced" in again.refused
+        peer = s.get(Peer, ids[nodes[0]])
+        assert peer is not None and peer.tcp_port == 6000
+        move = heard(nodes[0], seq=2, port=7000, user="u0")
+        assert dbpeers.record_announce(s, move, now=NOW + 6).peer_id == peer.id
+        assert (peer.tcp_port, peer.announce_seq, peer.last_seen) == (7000, 2, NOW + 6)
 
 
 def test_expire_peers_deletes_silent_peers_and_their_holdings(db: Database, db_path: Path) -> None:
