@@ -4,6 +4,7 @@ several short transactions)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,9 +44,16 @@ class KnownContent:
 
 def known_contents(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, KnownContent]:
     """What this database already knows of each (sha256, chunk_size, root)."""
+    return known_contents_in(driver_connection(session), keys)
+
+
+def known_contents_in(
+    conn: sqlite3.Connection, keys: Iterable[ContentKey]
+) -> dict[ContentKey, KnownContent]:
+    """known_contents on a plain connection (the listener's fetch threads keep one each:
+    a SQLAlchemy session and transaction per catalog cost more than the query)."""
     # Plain sqlite3: every catalog fetched runs this twice, and building the statements
     # through SQLAlchemy cost ten times what SQLite spends answering them.
-    conn = driver_connection(session)
     keys = set(keys)
     shas = sorted({sha for sha, _, _ in keys})
     out: dict[ContentKey, KnownContent] = {}

@@ -10,6 +10,7 @@ same version again, or many times during a boot storm, costs nothing more.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pshare.db import catalogs as dbcatalogs
+from p2pshare.db import quick
 from p2pshare.db.values import ContentKey
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
@@ -75,6 +77,7 @@ class CatalogFetcher:
         self.fetched: dict[str, int] = {}  # node id -> version fetched (applied or on its way)
         self.failed: dict[str, tuple[float, str, Wanted]] = {}  # retry at, error logged
         self.threads: list[threading.Thread] = []
+        self.local = threading.local()  # each fetch thread's read connection
 
     def start(self) -> None:
         for i in range(FETCH_THREADS):
@@ -140,7 +143,22 @@ class CatalogFetcher:
 
     # ------------------------------------------------------------ threads
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection to the node database, opened at first use."""
+        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = quick.connect(self.ctx.database.path)
+        return conn
+
     def _loop(self) -> None:
+        try:
+            self._fetch_while_running()
+        finally:
+            conn = getattr(self.local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+    def _fetch_while_running(self) -> None:
         while not self.ctx.stop.is_set():
             with self.lock:
                 if not self.queue:
@@ -185,15 +203,14 @@ class CatalogFetcher:
         """The peer's catalog, with the manifests of the contents new here.
 
         Whether the peer is still known is the writer's to check when it applies it."""
-        db = self.ctx.database
         address, port = wanted.address, wanted.port
         link = self.ctx.tls.link(wanted.tls, wanted.fingerprint)  # raises CannotTalk
         started = time.monotonic()
         with PeerClient(address, port, key=self.ctx.settings.network_key, link=link) as client:
             client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
-            with db.read() as s:
-                known = dbcatalogs.known_contents(s, (e.file for e in entries))
+            with quick.reading(self._reader()) as conn:
+                known = dbcatalogs.known_contents_in(conn, (e.file for e in entries))
             need = {
                 e.file: e.size for e in entries if e.file not in known or not known[e.file].complete
             }
