@@ -26,10 +26,16 @@ from p2pshare.services.runtime import RoleContext
 
 log = logging.getLogger("p2p.listener")
 
-# Fetches at once. A fetch is mostly waiting on the peer and decoding under the GIL, so
-# a few threads keep two cores busy; more only queue on the writer. A peer that answers
-# slowly holds one thread for at most FETCH_DEADLINE.
+# Fetches at once: at most FETCH_THREADS, of which at most BUSY_FETCHES younger than
+# SLOW_FETCH. A fetch is a few round trips to the peer and some decoding under the GIL;
+# on loopback two at a time keep up with the writer, and every thread more that runs
+# at once costs CPU in handing the GIL round (a 1,000-peer storm: 1.6 CPU-s of fetching
+# with eight busy threads, 1.2 with four, 0.8 with two, all recorded as fast). A peer
+# that answers slowly holds one thread for at most FETCH_DEADLINE, but counts as busy
+# only for SLOW_FETCH, so slow peers never hold up the others.
 FETCH_THREADS = 8
+BUSY_FETCHES = 2
+SLOW_FETCH = 0.5
 FETCH_DEADLINE = 30.0
 RETRY_SECONDS = 5.0
 # A liar may send thousands of bad manifests; a few lines say enough.
@@ -74,6 +80,7 @@ class CatalogFetcher:
         self.queue: deque[str] = deque()  # node ids, in the order first wanted
         self.queued: dict[str, Wanted] = {}
         self.inflight: dict[str, int] = {}  # node id -> version being fetched
+        self.began: dict[str, float] = {}  # node id -> monotonic start of its fetch
         self.fetched: dict[str, int] = {}  # node id -> version fetched (applied or on its way)
         self.failed: dict[str, tuple[float, str, Wanted]] = {}  # retry at, error logged
         self.threads: list[threading.Thread] = []
@@ -161,12 +168,14 @@ class CatalogFetcher:
     def _fetch_while_running(self) -> None:
         while not self.ctx.stop.is_set():
             with self.lock:
-                if not self.queue:
-                    self.lock.wait(IDLE_WAIT)
+                wait = self._turn_in(time.monotonic())
+                if wait > 0:
+                    self.lock.wait(wait)
                     continue
                 node = self.queue.popleft()
                 wanted = self.queued.pop(node)
                 self.inflight[node] = wanted.version
+                self.began[node] = time.monotonic()
             try:
                 got = self._fetch(wanted)
             except (OSError, protocol.ProtocolError) as exc:
@@ -181,9 +190,22 @@ class CatalogFetcher:
             self._done(wanted, got)
             self.deliver(got)
 
+    def _turn_in(self, now: float) -> float:
+        """0 if this thread may start the next fetch now, else how long to wait before
+        looking again (lock held): nothing queued, or BUSY_FETCHES under way that are
+        not yet slow."""
+        if not self.queue:
+            return IDLE_WAIT
+        young = [at for at in self.began.values() if now - at < SLOW_FETCH]
+        if len(young) < BUSY_FETCHES:
+            return 0.0
+        return min(IDLE_WAIT, min(young) + SLOW_FETCH - now)
+
     def _done(self, wanted: Wanted, got: FetchedCatalog | None) -> None:
         with self.lock:
             self.inflight.pop(wanted.node_id, None)
+            self.began.pop(wanted.node_id, None)
+            self.lock.notify()  # a turn is free
             if got is not None:
                 # Never older than announced: a catalog older than its announcement (a
                 # peer's clock of versions gone wrong) is not fetched again for it.

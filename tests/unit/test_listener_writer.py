@@ -25,6 +25,7 @@ from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import peers as dbpeers
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
+from p2pshare.services.listener import catalog_fetch
 from p2pshare.services.listener import writer as listener_writer
 from p2pshare.services.listener.catalog_fetch import FetchedCatalog, Wanted
 from p2pshare.services.listener.writer import ListenerWriter
@@ -63,11 +64,19 @@ class Lan:
         self.gate = threading.Event()
         self.gate.set()
         self.lock = threading.Lock()
+        self.open = 0  # fetches under way now, and the most at once
+        self.most_open = 0
 
     def fetch(self, wanted: Wanted) -> FetchedCatalog:
         with self.lock:
             self.fetches[(wanted.node_id, wanted.version)] += 1
-        self.gate.wait(WAIT)
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        try:
+            self.gate.wait(WAIT)
+        finally:
+            with self.lock:
+                self.open -= 1
         names = self.catalogs[wanted.node_id][wanted.version]
         files = [file_of(name) for name in names]
         return FetchedCatalog(
@@ -283,3 +292,41 @@ def test_a_newcomer_is_written_without_waiting_for_more(
     node.writer.put_heard([announce(b, 1, 1, 5001)])  # a newcomer behind it
     wait_for("b's holdings", lambda: node.holdings("u-bbbbbb") == ["two.txt"])
     assert node.seq("u-aaaaaa") == 2
+
+
+def test_at_most_busy_fetches_run_at_once_while_none_is_slow(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetch threads beyond BUSY_FETCHES only cost CPU handing the GIL round, unless
+    the fetches under way are slow (here none ever counts as slow)."""
+    monkeypatch.setattr(catalog_fetch, "SLOW_FETCH", 10 * WAIT)
+    busy = catalog_fetch.BUSY_FETCHES
+    assert busy < catalog_fetch.FETCH_THREADS
+    nodes = [f"{i:032x}" for i in range(20)]
+    for n in nodes:
+        lan.catalogs[n] = {1: [f"{n}.txt"]}
+    lan.gate.clear()
+    node.writer.start()
+    node.writer.put_heard([announce(n, 1, 1, 5000 + i) for i, n in enumerate(nodes)])
+    wait_for(f"{busy} fetches under way", lambda: lan.open == busy)
+    lan.gate.set()
+    wait_for("every catalog", lambda: node.sql("SELECT count(*) FROM holdings") == [(20,)])
+    assert lan.most_open == busy
+    assert sum(lan.fetches.values()) == 20
+
+
+def test_slow_fetches_leave_their_turn_to_others_up_to_every_thread(
+    node: Node, lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_fetch, "SLOW_FETCH", 0.05)
+    threads = catalog_fetch.FETCH_THREADS
+    nodes = [f"{i:032x}" for i in range(threads + 4)]
+    for n in nodes:
+        lan.catalogs[n] = {1: [f"{n}.txt"]}
+    lan.gate.clear()  # every fetch hangs: a LAN of slow peers
+    node.writer.start()
+    node.writer.put_heard([announce(n, 1, 1, 5000 + i) for i, n in enumerate(nodes)])
+    wait_for("every fetch thread busy", lambda: lan.open == threads)
+    lan.gate.set()
+    wait_for("every catalog", lambda: node.sql("SELECT count(*) FROM holdings") == [(len(nodes),)])
+    assert lan.most_open == threads
