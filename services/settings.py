@@ -28,6 +28,16 @@ DEFAULT_WEB_PORT = 47480
 DEFAULT_HISTORY_DAYS = 30
 # A century: more is a typo, and keeps day arithmetic far from float limits.
 MAX_HISTORY_DAYS = 36500
+# The listener's niceness (P2P_LISTENER_NICE), as Syncthing's setLowPriority lowers its
+# whole process (to nice 9): discovery is bookkeeping nobody waits on by the millisecond,
+# so when 1,000 peers wake at once on a 2-core machine the downloader, the chunk server
+# and p2pctl go first. At 10 it still gets about a tenth of a core beside a busy one, so
+# heartbeats and the storm's catalogs keep coming (bench biglan: a download during the
+# storm went from 0.50x to 0.69-0.80x of quiet at 10, the storm recorded as fast; once
+# the storm cost the listener 2.2 CPU-s rather than 3.4, 19 and SCHED_IDLE showed no
+# clear gain over 10, one run each, and would starve it beside a busy core).
+DEFAULT_LISTENER_NICE = 10
+MAX_NICE = 19
 # A peer is forgotten after this many missed announcements.
 TTL_INTERVALS = 3
 MIN_CHUNK_SIZE = 256 * 1024
@@ -62,6 +72,7 @@ VARIABLES = (
     "P2P_TORRENT_PORT",
     "P2P_BITTORRENT",
     "P2P_BITTORRENT_DHT",
+    "P2P_LISTENER_NICE",
 )
 
 
@@ -104,6 +115,8 @@ class Settings:
     torrent_port: int = 0
     bittorrent: bool | None = None
     bittorrent_dht: bool = False
+    # How much nicer than the other roles the listener runs (0: as started).
+    listener_nice: int = DEFAULT_LISTENER_NICE
 
     @property
     def bittorrent_serves(self) -> bool:
@@ -221,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         torrent_port=_port("P2P_TORRENT_PORT", get("P2P_TORRENT_PORT"), 0),
         bittorrent=_auto_flag("P2P_BITTORRENT", get("P2P_BITTORRENT")),
         bittorrent_dht=_flag("P2P_BITTORRENT_DHT", get("P2P_BITTORRENT_DHT")),
+        listener_nice=_nice("P2P_LISTENER_NICE", get("P2P_LISTENER_NICE")),
     )
 
 
@@ -327,6 +341,16 @@ def _history_days(raw: str | None) -> int:
             f"P2P_HISTORY_DAYS must be a whole number of days from 1 to {MAX_HISTORY_DAYS}, "
             f"not {value}"
         )
+    return value
+
+
+def _nice(name: str, raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LISTENER_NICE
+    value = _int(name, raw)
+    if not 0 <= value <= MAX_NICE:
+        # Only lower: raising a priority needs privileges a role should not have.
+        raise SettingsError(f"{name} must be a niceness from 0 to {MAX_NICE}, not {value}")
     return value
 
 

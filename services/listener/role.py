@@ -7,9 +7,11 @@ batched transactions (services/listener/writer.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 
 from p2pshare.services import protocol
@@ -25,13 +27,6 @@ MAX_BATCH = 256
 # Dropped datagrams are logged one line each up to this many per second; a
 # flood gets a summary line instead of filling the disk.
 DROP_LOG_PER_SECOND = 10
-# The listener's work is bookkeeping a user never waits on by the millisecond; when
-# the CPU is short (1,000 peers waking at once on a 2-core machine) the downloader,
-# the chunk server and p2pctl go first. At 10 it still gets about a tenth of a core
-# beside a busy one, so heartbeats and the storm's catalogs keep coming (bench biglan:
-# a download during the storm went from 0.50x to 0.69x of quiet, the storm recorded
-# in the same 5.5 s).
-NICE = 10
 
 
 def open_udp(port: int) -> socket.socket:
@@ -78,10 +73,20 @@ class DropLog:
 
 def lower_priority(increment: int) -> None:
     """Be nicer to the CPU by `increment` (this thread, and the threads it starts later)."""
+    if increment <= 0:
+        return
     try:
-        os.nice(increment)
+        nice = os.nice(increment)
     except OSError as exc:  # not allowed here (a container's policy): run as we are
         log.info("running at normal priority: %s", exc)
+        return
+    # On Linux niceness is per thread: those already running (run_role's signal watcher)
+    # are lowered one by one. A thread that ended meanwhile is nothing to lower.
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) != threading.get_native_id():
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
 
 
 def receive_batch(sock: socket.socket) -> list[tuple[bytes, str]]:
@@ -120,10 +125,12 @@ def run(ctx: RoleContext) -> None:
             "peer_ttl": settings.peer_ttl,
             "network_key": settings.network_key is not None,
             "encrypt": ctx.tls.encrypt,
+            "listener_nice": settings.listener_nice,
         }
     )
-    # Before any thread starts: threads take the niceness of the one that made them.
-    lower_priority(NICE)
+    # Before any thread starts: threads take the niceness of the one that made them (see
+    # settings.DEFAULT_LISTENER_NICE for why the listener yields).
+    lower_priority(settings.listener_nice)
     start_heartbeat(ctx)
     drops = DropLog()
     writer = ListenerWriter(ctx, drops.drop)

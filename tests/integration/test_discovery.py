@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -646,6 +647,36 @@ def test_slow_peers_do_not_starve_catalog_fetches(
         25,
         what="b to fetch the honest peer's catalog beside the slow ones",
     )
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The niceness of every thread of a process (/proc/PID/task/TID/stat, field 19)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        out.add(int(text[text.rindex(")") + 2 :].split()[16]))
+    return out
+
+
+@pytest.mark.parametrize("nice", [None, "0", "4"])
+def test_the_listener_runs_at_p2p_listener_nice_and_the_others_as_started(
+    make_node, wait_until, nice
+):
+    """Every thread of the listener (its heartbeat and fetch threads too) runs that much
+    nicer than the roles beside it (default 10), and records the setting for p2pctl status."""
+    a, b = make_node("a", P2P_LISTENER_NICE=nice), make_node("b")
+    start_all(a, b)
+    # b's catalog fetched: the fetch threads exist and have been at work.
+    wait_until(lambda: a.sees(b), DISCOVERY_TIMEOUT, what="a to see b")
+    base = os.nice(0)  # the roles start at the test's own niceness
+    expected = base + (10 if nice is None else int(nice))
+    beats = a.heartbeats()
+    assert thread_nices(beats["listener"][0]) == {min(expected, 19)}
+    assert thread_nices(beats["downloader"][0]) == {base}
+    assert thread_nices(beats["server"][0]) == {base}
+    setting = a.sql("SELECT value FROM role_settings WHERE role = 'listener' AND name = ?",
+                    ("listener_nice",))  # fmt: skip
+    assert setting == [(str(10 if nice is None else int(nice)),)]
 
 
 def test_restarted_server_alone_is_followed_to_its_new_port(make_node, wait_until):

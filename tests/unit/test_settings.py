@@ -272,3 +272,22 @@ def test_bad_history_days_is_one_sentence_naming_it(tmp_path: Path, raw: str) ->
     with pytest.raises(SettingsError, match="P2P_HISTORY_DAYS") as info:
         load_settings(env=base_env(tmp_path, P2P_HISTORY_DAYS=raw))
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- listener priority
+
+
+def test_listener_nice_defaults_to_ten(tmp_path: Path) -> None:
+    assert load_settings(env=base_env(tmp_path)).listener_nice == 10
+
+
+def test_listener_nice_from_the_environment(tmp_path: Path) -> None:
+    assert load_settings(env=base_env(tmp_path, P2P_LISTENER_NICE="0")).listener_nice == 0
+    assert load_settings(env=base_env(tmp_path, P2P_LISTENER_NICE="19")).listener_nice == 19
+
+
+@pytest.mark.parametrize("raw", ["-1", "20", "1.5", "low"])
+def test_bad_listener_nice_is_one_sentence_naming_it(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(SettingsError, match="P2P_LISTENER_NICE") as info:
+        load_settings(env=base_env(tmp_path, P2P_LISTENER_NICE=raw))
+    assert "\n" not in str(info.value)
