@@ -7,6 +7,7 @@ each step is one query or one transaction for the whole batch.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -63,6 +64,20 @@ def runnable_downloads(
         batchable = (File.chunk_count <= chunks) & (File.size <= size) & Download.saved_as.is_(None)
         query = query.where(~batchable | Download.id.in_(sorted(also)[:SLICE]))
     return [Runnable(i, n, size, saved is not None) for i, n, size, saved in session.execute(query)]
+
+
+def unfinished_mark(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """A cheap summary of which downloads are unfinished (count, highest id, sum of ids),
+    on a plain connection: it changes whenever a download is queued, resumed or ends, and
+    not when one only goes from queued to active or records progress, so the downloader
+    rereads its queue when this moves rather than after every commit of any role (a boot
+    storm: the listener's twenty a second)."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(max(id), 0), coalesce(sum(id), 0) FROM downloads"
+        f" WHERE status IN ({','.join('?' * len(UNFINISHED))})",
+        UNFINISHED,
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:

@@ -8,12 +8,15 @@ back here as a job.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
+from p2pshare.db import quick
+from p2pshare.db.schema import SchemaError
 from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.pool import PeerPool
@@ -80,6 +83,7 @@ def run(ctx: RoleContext) -> None:
         runner.join(STOP_GRACE_SECONDS)
         runner.pool.close()
         runner.bumps.settle(ctx.database, force=True)
+        runner.close()
 
 
 class Runner:
@@ -96,6 +100,8 @@ class Runner:
         self.wake = threading.Event()  # a job or batch ended: its slot is free
         self.looked_for_big = 0.0
         self.read_all_at = 0.0
+        self.mark: tuple[int, int, int] | None = None  # unfinished downloads at the last read
+        self.conn: sqlite3.Connection | None = None  # for the mark: no SQLAlchemy
 
     def running(self) -> set[int]:
         return set(self.jobs) | self.in_batches
@@ -122,8 +128,16 @@ class Runner:
             return
         self.looked_for_big = now
         # Every unfinished download when a job or batch ended (what it gave back), or
-        # POLL_SECONDS passed; else only the queued ones, what a change can have added.
+        # POLL_SECONDS passed; else only the queued ones, what a change can have added:
+        # and not even those when nothing was queued, resumed or ended since the last
+        # read (the queue's query and its session cost the downloader a millisecond at
+        # every commit of another role, the listener's twenty a second in a boot storm,
+        # under the GIL its download threads need).
         full = woken or now - self.read_all_at >= POLL_SECONDS
+        mark = self._mark()
+        if not full and mark is not None and mark == self.mark:
+            return
+        self.mark = mark
         if full:
             self.read_all_at = now
         running = self.running()
@@ -149,6 +163,20 @@ class Runner:
             big = [r.download_id for r in waiting if r.download_id not in batched]
             for download_id in big[: MAX_ACTIVE - len(self.jobs)]:
                 self.jobs[download_id] = self._start_job(download_id)
+
+    def _mark(self) -> tuple[int, int, int] | None:
+        """dbbatch.unfinished_mark, or None when it cannot be read (the full read then
+        runs, and its own query says what is wrong)."""
+        try:
+            if self.conn is None:
+                self.conn = quick.connect(self.ctx.database.path)
+            return dbbatch.unfinished_mark(self.conn)
+        except (sqlite3.Error, SchemaError):
+            return None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
     def _start_batch(self, download_ids: list[int]) -> None:
         ctx = self.ctx

@@ -663,7 +663,7 @@ def test_the_listener_runs_at_p2p_listener_nice_and_the_others_as_started(
     make_node, wait_until, nice
 ):
     """Every thread of the listener (its heartbeat and fetch threads too) runs that much
-    nicer than the roles beside it (default 10), and records the setting for p2pctl status."""
+    nicer than the roles beside it (default 10), and records the setting in role_settings."""
     a, b = make_node("a", P2P_LISTENER_NICE=nice), make_node("b")
     start_all(a, b)
     # b's catalog fetched: the fetch threads exist and have been at work.

@@ -15,6 +15,7 @@ from test_requests import PEER_A, PEER_B, catalog, hashed, sha
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
+from p2pshare.db import quick
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.pool import PeerPool
@@ -72,6 +73,35 @@ def test_a_folder_is_queued_in_order_and_reused_when_asked_again(db: Database) -
         runnable = dbbatch.runnable_downloads(s)
     assert [r.download_id for r in runnable] == sorted(ids)
     assert all(r.chunks == 1 and not r.resuming for r in runnable)
+
+
+def test_the_unfinished_mark_moves_when_the_queue_does_not_when_a_download_runs(
+    db: Database,
+) -> None:
+    """The downloader rereads its queue when this mark moves: a download queued, resumed,
+    cancelled or ended moves it; one going active, or any other table changing, does not."""
+    catalog(db, "node-a", PEER_A, folder(3))
+    conn = quick.connect(db.path)
+    try:
+        empty = dbbatch.unfinished_mark(conn)
+        ids = queue_folder(db)
+        queued = dbbatch.unfinished_mark(conn)
+        assert empty == (0, 0, 0) and queued == (3, max(ids), sum(ids))
+
+        def set_status(download_id: int, status: str) -> tuple[int, int, int]:
+            with quick.writing(conn):
+                conn.execute("UPDATE downloads SET status = ? WHERE id = ?", (status, download_id))
+            return dbbatch.unfinished_mark(conn)
+
+        assert set_status(ids[0], "active") == queued
+        assert set_status(ids[0], "waiting") == queued
+        catalog(db, "node-b", PEER_B, folder(5))  # peers and holdings change: no move
+        assert dbbatch.unfinished_mark(conn) == queued
+        assert set_status(ids[0], "paused") != queued
+        assert set_status(ids[0], "queued") == queued
+        assert set_status(ids[1], "done") not in (queued, empty)
+    finally:
+        conn.close()
 
 
 def test_sources_leave_out_bad_peers_per_file(db: Database) -> None:
