@@ -205,10 +205,13 @@ class Bench:
         name: str,
         watch: tuple[tuple[BenchNode, str], ...] = (),
         size: int | None = None,
+        *,
+        settle: bool = True,
     ) -> Fetched:
         """`p2pctl download NAME` as a user types it (following its progress bar) to its
         exit: its wall seconds and CPU, the row's own seconds, db writes, and the
-        CPU-seconds each watched (node, role) used meanwhile."""
+        CPU-seconds each watched (node, role) used meanwhile. settle=False skips the wait
+        for one more heartbeat (then the write count may miss the last batch)."""
         warm(node.home, size or self.size)
         writes_before = node.db_writes()
         cpu_before = [n.cpu_seconds(role) for n, role in watch]
@@ -224,7 +227,8 @@ class Bench:
         )[0]
         if status != "done":
             raise RuntimeError(f"download {status}: {reason}")
-        time.sleep(2.5)  # one heartbeat, so the write count includes the last batch
+        if settle:
+            time.sleep(2.5)  # one heartbeat, so the write count includes the last batch
         return Fetched(wall, done - requested, p2pctl_cpu, node.db_writes() - writes_before, cpu)
 
     def verify(self, node: BenchNode, name: str, original: Path | None = None) -> None:
