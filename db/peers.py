@@ -88,12 +88,12 @@ class _Row:
         "announce_seq", "catalog_synced", "fingerprint", "tls", "last_seen",
     )  # fmt: skip
 
-    def __init__(self, row: Sequence[Any], last_seen: float | None = None) -> None:
+    def __init__(self, row: Sequence[Any]) -> None:
         (self.id, self.node_id, self.username, self.address, self.tcp_port,
          self.catalog_version, self.announce_seq, self.catalog_synced, self.fingerprint,
          tls) = row  # fmt: skip
         self.tls = bool(tls)
-        self.last_seen = last_seen  # set: changed by this batch, written at its end
+        self.last_seen: float | None = None  # set: refreshed by this batch, written at its end
 
 
 class _Batch:
