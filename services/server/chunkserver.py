@@ -130,6 +130,10 @@ class ChunkServer:
         except protocol.ProtocolError as exc:
             log.warning("dropped connection from %s: %s", peer, exc)
             self._try_write(writer, protocol.encode_error(str(exc)))
+        except ssl.SSLError as exc:
+            # Bytes that are not TLS inside the TLS stream (a broken peer, a meddling
+            # wire, or data after the peer's close_notify): network input, one line.
+            log.info("TLS connection from %s ended: %s", peer, exc.reason or exc)
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,3 +225,37 @@ def test_under_tls_a_wrong_key_learns_nothing_not_even_the_catalog(
     with PeerClient(LOOPBACK, port, key=KEY, link=link) as client:
         _, entries = client.catalog()
     assert [e.name for e in entries] == ["plans.bin"]
+
+
+def test_bytes_that_are_not_tls_inside_a_tls_connection_cost_one_line(
+    make_node: Callable[..., Node],
+) -> None:
+    """A peer (or the wire) breaking the TLS stream after the handshake is bad network
+    input: the server ends that connection with one line, no traceback, and serves on."""
+    a = make_node("keyed-a", P2P_NETWORK_KEY=KEY)
+    b = make_node("keyed-b", P2P_NETWORK_KEY=KEY)
+    seed(a, "plans.bin", b"the plans" * 1000)
+    for node in (a, b):
+        node.start()
+    wait_known(b, "plans.bin", timeout=TIMEOUT)
+    [(a_fp,)] = b.sql("SELECT fingerprint FROM peers")
+    port = a.tcp_port()
+    assert port
+    link = NodeTls(identity.load_or_create(b.home / "identity"), encrypt=True).link(True, a_fp)
+    client = PeerClient(LOOPBACK, port, key=KEY, link=link)
+    client.connect()
+    try:
+        raw = socket.socket(fileno=os.dup(client.sock.fileno()))
+        raw.sendall(b"\x17\x03\x03\x00\x10" + b"not a sealed record")
+        wait_until(
+            lambda: "TLS connection from 127.0.0.1 ended" in a.log("server"),
+            TIMEOUT,
+            what="the broken TLS stream logged",
+        )
+        raw.close()
+    finally:
+        client.close()
+    with PeerClient(LOOPBACK, port, key=KEY, link=link) as again:
+        _, entries = again.catalog()
+    assert [e.name for e in entries] == ["plans.bin"]
+    assert "Traceback" not in a.log("server")
