@@ -87,14 +87,15 @@ def _poll_watched(
         with quick.reading(ctl.quick) as conn:
             progress = following.request_progress(conn, ids)
             roles = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
-            if all(s in (*ENDED, "paused") for s in progress.counts):
+            ended = all(s in (*ENDED, "paused") for s in progress.counts)
+            if ended:  # the rows, once, for the report
                 states = following.follow_states(conn, queued.downloads)
         # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
         queried = time.thread_time() - cpu
         if progress.downloads != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
         _show(bar, progress, single, len(queued.downloads))
-        if all(s in (*ENDED, "paused") for s in progress.counts):
+        if ended:
             return states
         running = roles.get(role)
         if running is None or not running.alive:
