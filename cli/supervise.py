@@ -85,12 +85,19 @@ def supervisord_pid(settings: Settings) -> int | None:
         pid = int((settings.home / "supervisord.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+    # A stale pidfile may name a pid now used by something else.
+    return pid if supervisord_alive(pid) else None
+
+
+def supervisord_alive(pid: int) -> bool:
+    """True while `pid` is still a supervisord that has not exited. The pidfile goes
+    before the process does (supervisord removes it while it shuts down), and a zombie
+    has an empty cmdline, so this looks at the process itself."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return None
-    # A stale pidfile may name a pid now used by something else.
-    return pid if b"supervisord" in cmdline else None
+        return False
+    return b"supervisord" in cmdline
 
 
 def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
@@ -171,7 +178,7 @@ def stop_node(ctl: Ctl) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
-    if not wait_for(lambda: supervisord_pid(settings) is None, STOP_WAIT_SECONDS):
+    if not wait_for(lambda: not supervisord_alive(pid), STOP_WAIT_SECONDS):
         raise UserError(
             f"supervisord (pid {pid}) did not stop within {STOP_WAIT_SECONDS:.0f} s; "
             f"see {settings.log_dir / 'supervisord.log'}"
