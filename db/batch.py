@@ -10,21 +10,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import UNFINISHED
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import HashedFile, record_local_files
 from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress
-from p2pshare.db.models import BadPeer, Download, DownloadSource, File, Holding, Peer
+from p2pshare.db.models import Download
 from p2pshare.db.node import bump_catalog_version
 from p2pshare.services.protocol.bitfield import bitfield_empty, bitfield_set
 
-# The table itself, for statements run once a row (executemany), which skip the ORM.
-DOWNLOADS = cast(Table, Download.__table__)
 # SQLite's limit on bound parameters per statement is 32,766 since 3.32; stay well under.
 SLICE = 500
 
@@ -51,19 +48,25 @@ def runnable_downloads(
     `also`: when no batch could start, ten thousand queued small files need not be read
     to find none. With `only_queued`, only those never started: what a change to the
     queue can have added (the running ones are most of the rest, and a folder's batch
-    commits several times a second)."""
+    commits several times a second). Plain sqlite3: a thousand rows through the ORM's
+    result machinery were most of a folder's pick-up."""
     statuses = ("queued",) if only_queued else UNFINISHED
-    query = (
-        select(Download.id, File.chunk_count, File.size, Download.saved_as)
-        .join(File, File.id == Download.file_id)
-        .where(Download.status.in_(statuses))
-        .order_by(Download.id)
+    sql = (
+        "SELECT d.id, f.chunk_count, f.size, d.saved_as IS NOT NULL"
+        " FROM downloads d JOIN files f ON f.id = d.file_id"
+        f" WHERE d.status IN ({_marks(statuses)})"
     )
+    params: list[object] = list(statuses)
     if only_big is not None:
         chunks, size = only_big
-        batchable = (File.chunk_count <= chunks) & (File.size <= size) & Download.saved_as.is_(None)
-        query = query.where(~batchable | Download.id.in_(sorted(also)[:SLICE]))
-    return [Runnable(i, n, size, saved is not None) for i, n, size, saved in session.execute(query)]
+        kept = sorted(also)[:SLICE]
+        sql += (
+            " AND (NOT (f.chunk_count <= ? AND f.size <= ? AND d.saved_as IS NULL)"
+            f" OR d.id IN ({_marks(kept) or 'NULL'}))"
+        )
+        params += [chunks, size, *kept]
+    rows = driver_connection(session).execute(sql + " ORDER BY d.id", params)
+    return [Runnable(i, n, size, bool(resuming)) for i, n, size, resuming in rows]
 
 
 def unfinished_mark(conn: sqlite3.Connection) -> tuple[int, int, int]:
@@ -116,32 +119,23 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
     """Per file, the live peers that hold all of it (a batch asks one source for a whole
     file; partial holders are the full job's), minus those marked bad for it; in one
     pass however many files."""
+    conn = driver_connection(session)
     out: dict[int, dict[tuple[str, int], Source]] = {fid: {} for fid in file_ids}
     bad: set[tuple[int, str, int]] = set()
     for part in _slices(list(file_ids)):
         bad.update(
-            session.execute(
-                select(BadPeer.file_id, BadPeer.address, BadPeer.tcp_port).where(
-                    BadPeer.file_id.in_(part)
-                )
-            ).all()
-        )
-        for fid, address, port, username, fingerprint, tls in session.execute(
-            select(
-                Holding.file_id,
-                Peer.address,
-                Peer.tcp_port,
-                Peer.username,
-                Peer.fingerprint,
-                Peer.tls,
-            )  # fmt: skip
-            .join(Peer, Peer.id == Holding.peer_id)
-            .join(File, File.id == Holding.file_id)
-            .where(
-                Holding.file_id.in_(part),
-                Holding.chunks_held > 0,
-                Holding.chunks_held >= File.chunk_count,
+            conn.execute(
+                "SELECT file_id, address, tcp_port FROM bad_peers"
+                f" WHERE file_id IN ({_marks(part)})",
+                part,
             )
+        )
+        for fid, address, port, username, fingerprint, tls in conn.execute(
+            "SELECT h.file_id, p.address, p.tcp_port, p.username, p.fingerprint, p.tls"
+            " FROM holdings h JOIN peers p ON p.id = h.peer_id JOIN files f ON f.id = h.file_id"
+            f" WHERE h.file_id IN ({_marks(part)})"
+            " AND h.chunks_held > 0 AND h.chunks_held >= f.chunk_count",
+            part,
         ):
             if (fid, address, port) not in bad:
                 out[fid][(address, port)] = Source(
@@ -153,19 +147,13 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
 def start_batch(session: Session, temp_paths: dict[int, str], *, now: float) -> list[int]:
     """Mark these downloads active with their temp files; returns those still unfinished
     (a cancel or pause in between keeps the user's word)."""
-    started = _unfinished(session, list(temp_paths))
-    if started:
-        session.execute(
-            update(DOWNLOADS)
-            .where(DOWNLOADS.c.id == bindparam("b_id"))
-            .values(
-                status="active",
-                reason=None,
-                temp_path=bindparam("b_temp"),
-                started_at=func.coalesce(DOWNLOADS.c.started_at, now),
-            ),
-            [{"b_id": i, "b_temp": temp_paths[i]} for i in started],
-        )
+    conn = driver_connection(session)
+    started = _unfinished(conn, list(temp_paths))
+    conn.executemany(
+        "UPDATE downloads SET status = 'active', reason = NULL, temp_path = ?,"
+        " started_at = coalesce(started_at, ?) WHERE id = ?",
+        [(temp_paths[i], now, i) for i in started],
+    )
     return started
 
 
@@ -173,24 +161,24 @@ def set_saved_as_many(session: Session, names: dict[int, str]) -> set[int]:
     """Remember where each file is about to be published, so a crash mid-publish resumes
     there (the full job's Finisher.already_published). Returns the downloads recorded:
     one paused or cancelled meanwhile is not published (the user's word wins)."""
-    recorded = _unfinished(session, list(names))
-    if recorded:
-        session.execute(
-            update(DOWNLOADS)
-            .where(DOWNLOADS.c.id == bindparam("b_id"))
-            .values(saved_as=bindparam("b_name")),
-            [{"b_id": i, "b_name": names[i]} for i in recorded],
-        )
+    conn = driver_connection(session)
+    recorded = _unfinished(conn, list(names))
+    conn.executemany(
+        "UPDATE downloads SET saved_as = ? WHERE id = ?", [(names[i], i) for i in recorded]
+    )
     return set(recorded)
 
 
-def _unfinished(session: Session, download_ids: list[int]) -> list[int]:
+def _unfinished(conn: sqlite3.Connection, download_ids: list[int]) -> list[int]:
     """Those of these downloads still queued, active or waiting, in id order."""
     out: list[int] = []
     for part in _slices(sorted(download_ids)):
         out.extend(
-            session.scalars(
-                select(Download.id).where(Download.id.in_(part), Download.status.in_(UNFINISHED))
+            i
+            for (i,) in conn.execute(
+                f"SELECT id FROM downloads WHERE id IN ({_marks(part)})"
+                f" AND status IN ({_marks(UNFINISHED)})",
+                [*part, *UNFINISHED],
             )
         )
     return sorted(out)
@@ -216,67 +204,36 @@ def finish_batch(
     if not done:
         return
     # Published is published: a pause or cancel that came meanwhile cannot unpublish it.
-    # One statement run for every row (executemany): loading and flushing ORM objects
-    # was most of a small file's bookkeeping.
-    table = DOWNLOADS
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(
-            status="done",
-            reason=None,
-            finished_at=now,
-            temp_path=None,
-            saved_as=bindparam("b_name"),
-            bytes_done=table.c.size,
-            have=bindparam("b_have"),
-            bytes_received=table.c.bytes_received + table.c.size,
-        ),
-        [
-            {
-                "b_id": f.download_id,
-                "b_name": f.saved_as,
-                "b_have": _all_held(len(f.hashed.chunk_sizes)),
-            }
-            for f in done
-        ],
+    # Plain sqlite3, one statement run for every row: the ORM, then Core's parameter
+    # processing, each cost more per file than the file's own bytes.
+    conn = driver_connection(session)
+    conn.executemany(
+        "UPDATE downloads SET status = 'done', reason = NULL, finished_at = ?, temp_path = NULL,"
+        " saved_as = ?, bytes_done = size, have = ?, bytes_received = bytes_received + size"
+        " WHERE id = ?",
+        [(now, f.saved_as, _all_held(len(f.hashed.chunk_sizes)), f.download_id) for f in done],
     )
-    _add_tallies(session, [(f.download_id, f.source) for f in done if f.source is not None])
+    _add_tallies(conn, [(f.download_id, f.source) for f in done if f.source is not None])
     record_local_files(session, "download", [(f.saved_as, f.hashed) for f in done], now=now)
     if bump:
         bump_catalog_version(session, now=now)
 
 
-def _add_tallies(session: Session, tallies: Sequence[tuple[int, SourceTally]]) -> None:
-    """Add each source's chunks and bytes to `download_sources`: rows a retry left are
-    updated, the rest inserted in one statement."""
-    existing: dict[tuple[int, str, int], DownloadSource] = {}
-    for part in _slices(sorted({i for i, _ in tallies})):
-        for row in session.scalars(
-            select(DownloadSource).where(DownloadSource.download_id.in_(part))
-        ):
-            existing[(row.download_id, row.address, row.tcp_port)] = row
-    new: list[dict[str, object]] = []
-    for download_id, t in tallies:
-        found = existing.get((download_id, t.address, t.tcp_port))
-        if found is None:
-            new.append(
-                {
-                    "download_id": download_id,
-                    "address": t.address,
-                    "tcp_port": t.tcp_port,
-                    "username": t.username,
-                    "chunks": t.chunks,
-                    "bytes": t.bytes,
-                    "bad_chunks": t.bad_chunks,
-                }  # fmt: skip
-            )
-        else:
-            found.chunks += t.chunks
-            found.bytes += t.bytes
-            found.bad_chunks += t.bad_chunks
-    if new:
-        session.execute(insert(DownloadSource), new)
+def _add_tallies(conn: sqlite3.Connection, tallies: Sequence[tuple[int, SourceTally]]) -> None:
+    """Add each source's chunks and bytes to `download_sources`: a row a retry left is
+    added to, else one is inserted."""
+    conn.executemany(
+        "INSERT INTO download_sources"
+        " (download_id, address, tcp_port, username, chunks, bytes, bad_chunks)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (download_id, address, tcp_port) DO UPDATE SET"
+        " chunks = chunks + excluded.chunks, bytes = bytes + excluded.bytes,"
+        " bad_chunks = bad_chunks + excluded.bad_chunks",
+        [
+            (i, t.address, t.tcp_port, t.username, t.chunks, t.bytes, t.bad_chunks)
+            for i, t in tallies
+        ],
+    )
 
 
 def record_bad(session: Session, download_id: int, source: SourceTally, *, now: float) -> None:
@@ -299,6 +256,11 @@ def _all_held(chunks: int) -> bytes:
     for i in range(chunks):
         bitfield_set(bits, i)
     return bytes(bits)
+
+
+def _marks(items: Sequence[object]) -> str:
+    """One ? per item, for an IN list."""
+    return ",".join("?" * len(items))
 
 
 def _slices(items: Sequence[int]) -> list[Sequence[int]]:

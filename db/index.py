@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import TypeVar, cast
+from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Table, delete, exists, func, insert, select
+from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db.engine import driver_connection
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
 from p2pshare.db.queueing import KEEPING_TEMP
 from p2pshare.db.values import ContentKey, HashedFile, IndexedStat, Stamp
 
 __all__ = ["ContentKey", "HashedFile", "IndexedStat", "Stamp"]
-
-# The tables behind the models, for Core bulk inserts (see ensure_files).
-_FILES = cast(Table, File.__table__)
-_CHUNKS = cast(Table, Chunk.__table__)
-_LOCAL_FILES = cast(Table, LocalFile.__table__)
 
 
 def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
@@ -52,56 +49,67 @@ def ensure_files(
 ) -> dict[ContentKey, int]:
     """Ids of the `files` rows for these contents, inserting missing rows and chunk hashes.
 
-    In bulk: a catalog or a first index of 10,000 files is a few statements, not 30,000.
+    In bulk and in plain sqlite3 (executemany): a catalog, a first index of 10,000 files
+    or a folder's download is a few statements, not 30,000, and the ORM's or Core's
+    parameter handling per row cost more than hashing a small file takes.
     """
+    conn = driver_connection(session)
     wanted = {h.key: h for h in contents}
-    ids = _file_ids(session, wanted)
+    ids = _file_ids(conn, wanted)
     new = [h for key, h in wanted.items() if key not in ids]
     if new:
-        # Core inserts (the tables, not the classes): the ORM's bulk path spent more time
-        # per row than hashing a small file takes.
-        session.execute(
-            insert(_FILES),
-            [
-                {
-                    "sha256": h.sha256,
-                    "size": h.size,
-                    "chunk_size": h.chunk_size,
-                    "root": h.root,
-                    "chunk_count": len(h.chunk_hashes),
-                    "first_seen": now,
-                }
-                for h in new
-            ],
+        conn.executemany(
+            "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(h.sha256, h.size, h.chunk_size, h.root, len(h.chunk_hashes), now) for h in new],
         )
-        ids.update(_file_ids(session, {h.key: h for h in new}))
+        ids.update(_file_ids(conn, {h.key: h for h in new}))
     hashed: set[int] = set()
     for part in _slices(list(ids.values())):
         hashed.update(
-            session.scalars(
-                select(Chunk.file_id).where(Chunk.file_id.in_(part), Chunk.chunk_index == 0)
+            fid
+            for (fid,) in conn.execute(
+                f"SELECT file_id FROM chunks WHERE chunk_index = 0 AND file_id IN ({_marks(part)})",
+                part,
             )
         )
-    rows = [
-        {"file_id": ids[key], "chunk_index": i, "size": size, "sha256": digest}
-        for key, h in wanted.items()
-        if ids[key] not in hashed
-        for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
-    ]
-    if rows:
-        session.execute(insert(_CHUNKS), rows)
+    conn.executemany(
+        "INSERT INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
+        [
+            (ids[key], i, size, digest)
+            for key, h in wanted.items()
+            if ids[key] not in hashed
+            for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
+        ],
+    )
+    _expire(session, (File, Chunk))
     return ids
 
 
-def _file_ids(session: Session, wanted: dict[ContentKey, HashedFile]) -> dict[ContentKey, int]:
+def _file_ids(
+    conn: sqlite3.Connection, wanted: dict[ContentKey, HashedFile]
+) -> dict[ContentKey, int]:
     ids: dict[ContentKey, int] = {}
     for part in _slices(sorted({sha for sha, _, _ in wanted})):
-        for sha, cs, root, fid in session.execute(
-            select(File.sha256, File.chunk_size, File.root, File.id).where(File.sha256.in_(part))
+        for sha, cs, root, fid in conn.execute(
+            f"SELECT sha256, chunk_size, root, id FROM files WHERE sha256 IN ({_marks(part)})",
+            part,
         ):
             if (sha, cs, root) in wanted:
                 ids[(sha, cs, root)] = fid
     return ids
+
+
+def _marks(items: Sequence[object]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _expire(session: Session, classes: tuple[type, ...]) -> None:
+    """Rows of these classes were changed under the session (driver_connection): any it
+    holds are read again when next used."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, classes):
+            session.expire(obj)
 
 
 def local_file_count(session: Session) -> int:
@@ -127,36 +135,19 @@ def record_local_files(
 ) -> dict[ContentKey, int]:
     """Insert or update the local_files rows for these names under root; returns file ids."""
     ids = ensure_files(session, (h for _, h in items), now=now)
-    existing: dict[str, LocalFile] = {}
-    for part in _slices([name for name, _ in items]):
-        existing.update(
-            (row.name, row)
-            for row in session.scalars(
-                select(LocalFile).where(LocalFile.root == root, LocalFile.name.in_(part))
-            )
-        )
-    new = []
-    for name, h in items:
-        file_id = ids[h.key]
-        row = existing.get(name)
-        if row is None:
-            new.append(
-                {
-                    "root": root,
-                    "name": name,
-                    "file_id": file_id,
-                    "size": h.size,
-                    "mtime_ns": h.mtime_ns,
-                    "ctime_ns": h.ctime_ns,
-                    "inode": h.inode,
-                    "indexed_at": now,
-                }
-            )
-        else:
-            row.file_id, row.size, row.mtime_ns, row.indexed_at = file_id, h.size, h.mtime_ns, now
-            row.ctime_ns, row.inode = h.ctime_ns, h.inode
-    if new:
-        session.execute(insert(_LOCAL_FILES), new)
+    conn = driver_connection(session)
+    conn.executemany(
+        "INSERT INTO local_files (root, name, file_id, size, mtime_ns, ctime_ns, inode, indexed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (root, name) DO UPDATE SET file_id = excluded.file_id,"
+        " size = excluded.size, mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns,"
+        " inode = excluded.inode, indexed_at = excluded.indexed_at",
+        [
+            (root, name, ids[h.key], h.size, h.mtime_ns, h.ctime_ns, h.inode, now)
+            for name, h in items
+        ],
+    )
+    _expire(session, (LocalFile,))
     return ids
 
 

@@ -166,6 +166,47 @@ def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Databa
     assert status == [("cancelled",)]
 
 
+def test_finish_adds_to_the_row_an_earlier_bad_chunk_left(db: Database) -> None:
+    files = folder(2)
+    catalog(db, "node-a", PEER_A, files)
+    ids = queue_folder(db)
+    with db.write() as s:
+        dbbatch.start_batch(s, {i: f"/tmp/{i}.part" for i in ids}, now=NOW)
+    with db.read() as s:
+        specs = dbbatch.job_specs(s, ids)
+    first = specs[0]
+    with db.write() as s:  # a lying copy from the same peer, counted, then a good one
+        dbbatch.record_bad(
+            s, first.download_id, dbjobs.SourceTally(*PEER_A, "node-a", 0, 7, 1), now=NOW
+        )
+    done = [
+        dbbatch.Fetched(
+            sp.download_id,
+            sp.name,
+            hashed(files[sp.name]),
+            dbjobs.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
+        )  # fmt: skip
+        for sp in specs
+    ]
+    with db.write() as s:
+        dbbatch.finish_batch(s, done, now=NOW + 1)
+    rows = sql(
+        db.path,
+        "SELECT download_id, chunks, bytes, bad_chunks FROM download_sources ORDER BY download_id",
+    )
+    assert rows == [
+        (first.download_id, 1, first.size + 7, 1),
+        (specs[1].download_id, 1, specs[1].size, 0),
+    ]
+    # Published again under a name already indexed (a re-download): one row, updated.
+    with db.write() as s:
+        dbbatch.finish_batch(s, done[:1], now=NOW + 2)
+    again = sql(
+        db.path, "SELECT count(*), max(indexed_at) FROM local_files WHERE name = ?", first.name
+    )
+    assert again == [(1, NOW + 2)]
+
+
 # ---------------------------------------------------------------- spreading over sources
 
 
