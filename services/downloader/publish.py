@@ -19,23 +19,30 @@ class PublishError(Exception):
 
 
 def safe_destination(
-    download_dir: Path, name: str, *, checked: dict[str, Path] | None = None
+    download_dir: Path, name: str, *, checked: dict[str, str] | None = None
 ) -> Path:
     """download_dir/name, refusing any name that would land outside it. Raises PublishError.
+    See safe_folder, which this completes with the file's own name."""
+    return Path(safe_folder(download_dir, name, checked=checked), name.rsplit("/", 1)[-1])
+
+
+def safe_folder(download_dir: Path, name: str, *, checked: dict[str, str] | None = None) -> str:
+    """The real folder that download_dir/name goes in, made if missing, as a string;
+    refusing any name that would land outside the download folder. Raises PublishError.
 
     `checked` remembers folders already made and found inside (a folder's name, as in
     "album/2024", -> its real path; the download folder's own under ""), for a caller
     placing many files at once: a folder of ten thousand files in hundreds of folders is
     then checked a folder at a time, each from its checked parent (an lstat and a mkdir),
     where resolving each from the root (an lstat a component, twice) was most of a small
-    file's publish."""
+    file's publish. Strings, not Paths: pathlib's parsing cost more than the syscalls."""
     try:
         check_name(name)
     except ProtocolError as exc:
         raise PublishError(f"refusing the name {name!r}: {exc}") from None
     checked = {} if checked is None else checked
     if ROOT not in checked:
-        checked[ROOT] = download_dir.resolve()
+        checked[ROOT] = str(download_dir.resolve())
     root = checked[ROOT]
     parts = name.split("/")[:-1]  # no empty, "." or ".." part: check_name refused those
     done = next(i for i in range(len(parts), -1, -1) if "/".join(parts[:i]) in checked)
@@ -43,32 +50,43 @@ def safe_destination(
     for i in range(done, len(parts)):
         # A folder in the download dir may be a symlink leading out: check each
         # one before creating anything below it.
-        folder = folder / parts[i]
-        if folder.is_symlink():
-            folder = folder.resolve()
-            if not _within(folder, root):
+        folder = os.path.join(folder, parts[i])
+        if os.path.islink(folder):
+            folder = os.path.realpath(folder)
+            if not within(folder, root):
                 raise PublishError(
                     f"refusing the name {name!r}: it leads outside the download folder"
                 )
         try:
-            folder.mkdir(exist_ok=True)
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise PublishError(f"cannot create the folder {folder}: it is a file") from None
         except OSError as exc:
             raise PublishError(f"cannot create the folder {folder}: {exc.strerror}") from None
         checked["/".join(parts[: i + 1])] = folder
-    return folder / name.rsplit("/", 1)[-1]
+    return folder
 
 
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def within(path: str, root: str) -> bool:
+    """Is `path` the folder `root` or below it (both real, absolute paths)?"""
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def numbered(dest: Path) -> Iterator[Path]:
     """dest, then 'stem (1).ext', 'stem (2).ext', ..."""
-    yield dest
-    suffix = "".join(dest.suffixes[-1:])
-    stem = dest.name[: len(dest.name) - len(suffix)] if suffix else dest.name
+    return (dest.with_name(name) for name in copy_names(dest.name))
+
+
+def copy_names(filename: str) -> Iterator[str]:
+    """filename, then 'stem (1).ext', 'stem (2).ext', ... (the suffix as pathlib's: the
+    last dot's, unless the name starts or ends with it)."""
+    yield filename
+    dot = filename.rfind(".")
+    suffix = filename[dot:] if 0 < dot < len(filename) - 1 else ""
+    stem = filename[: len(filename) - len(suffix)]
     for n in range(1, MAX_COPIES):
-        yield dest.with_name(f"{stem} ({n}){suffix}")
+        yield f"{stem} ({n}){suffix}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,6 +22,7 @@ to other offers are the one place those rules live.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -40,7 +41,7 @@ from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.pool import PeerPool
-from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
 from p2pshare.services.downloader.tempfiles import temp_name
 from p2pshare.services.net.tls import NodeTls
@@ -90,7 +91,7 @@ class SmallBatch:
         self.lock = threading.Condition()
         self.ready: list[Ready] = []  # under lock
         self.fetching = 0  # source threads still running, under lock
-        self._download_root: Path | None = None  # resolved once a batch
+        self._download_root: str | None = None  # resolved once a batch, ending in "/"
 
     def run(self) -> None:
         try:
@@ -115,11 +116,13 @@ class SmallBatch:
                 todo.append(spec)
             else:  # waiting for a source, or a crash mid-publish: the full job's cases
                 self.left_over.add(spec.download_id)
-        temps = {sp.download_id: self._temp(sp) for sp in todo}
+        temp_dir = str(self.settings.temp_dir)
+        temps = {
+            sp.download_id: os.path.join(temp_dir, temp_name(sp.download_id, sp.sha256))
+            for sp in todo
+        }
         with self.database.write() as s:
-            started = set(
-                dbbatch.start_batch(s, {i: str(p) for i, p in temps.items()}, now=time.time())
-            )
+            started = set(dbbatch.start_batch(s, temps, now=time.time()))
         todo = [sp for sp in todo if sp.download_id in started]
         if not todo:
             return
@@ -149,10 +152,7 @@ class SmallBatch:
             for thread in threads:
                 thread.join()
 
-    def _temp(self, spec: dbjobs.JobSpec) -> Path:
-        return self.settings.temp_dir / temp_name(spec.download_id, spec.sha256)
-
-    def _write_empty(self, spec: dbjobs.JobSpec, temp: Path) -> None:
+    def _write_empty(self, spec: dbjobs.JobSpec, temp: str) -> None:
         if spec.sha256 != EMPTY_SHA256:  # a catalog cannot offer this; be sure
             self.left_over.add(spec.download_id)
             return
@@ -209,42 +209,52 @@ class SmallBatch:
         """Durable, then named, then linked, then durable again, then recorded: the order
         Finisher.publish keeps for one file, paid once for the whole group."""
         sync_filesystem(self.settings.temp_dir)
-        chosen: dict[int, tuple[Path, Path]] = {}  # download id -> (destination, free name)
+        # Strings, not Paths, from here on: pathlib's parsing, hashing and relative_to
+        # cost a small file more than its link, stat and unlink.
+        chosen: dict[int, tuple[str, str]] = {}  # download id -> (real folder, free name)
         failed: dict[int, str] = {}
-        taken: set[Path] = set()
-        checked: dict[str, Path] = {}  # for this group only: folders move
+        taken: set[str] = set()
+        checked: dict[str, str] = {}  # for this group only: folders move
         for item in group:
             try:
-                dest = safe_destination(self.settings.download_dir, item.spec.name, checked=checked)
+                folder = safe_folder(self.settings.download_dir, item.spec.name, checked=checked)
             except PublishError as exc:
                 failed[item.spec.download_id] = str(exc)
                 continue
-            name = next((p for p in numbered(dest) if p not in taken and not _exists(p)), None)
+            filename = item.spec.name.rsplit("/", 1)[-1]
+            name = next(
+                (
+                    path
+                    for path in (f"{folder}/{n}" for n in copy_names(filename))
+                    if path not in taken and not _exists(path)
+                ),
+                None,
+            )
             if name is None:
-                failed[item.spec.download_id] = f"too many files named like {dest.name} exist"
+                failed[item.spec.download_id] = f"too many files named like {filename} exist"
                 continue
             taken.add(name)
-            chosen[item.spec.download_id] = (dest, name)
+            chosen[item.spec.download_id] = (folder, name)
         with self.database.write() as s:
             names = {i: self._relative(n) for i, (_, n) in chosen.items()}
             recorded = dbbatch.set_saved_as_many(s, names)
-        published: list[tuple[Ready, Path]] = []
+        published: list[tuple[Ready, str]] = []
         for item in group:
             if item.spec.download_id not in recorded:
                 if item.spec.download_id not in failed:  # paused or cancelled meanwhile
-                    item.temp.unlink(missing_ok=True)
+                    _unlink(item.temp)
                 continue
-            dest, name = chosen[item.spec.download_id]
+            folder, name = chosen[item.spec.download_id]
             try:
                 os.link(item.temp, name)  # never replaces a name taken meanwhile
                 published.append((item, name))
             except OSError:
-                final = self._publish_alone(item, dest)
+                final = self._publish_alone(item, folder)
                 if final is not None:
                     published.append((item, final))
         sync_filesystem(self.settings.download_dir)
         for item, _ in published:
-            item.temp.unlink(missing_ok=True)
+            _unlink(item.temp)
         done = [self._fetched(item, final) for item, final in published]
         now = time.time()
         bump = bool(done) and self.bumps.due()
@@ -257,29 +267,30 @@ class SmallBatch:
             self.bumps.moved(entries)
         for item in group:
             if item.spec.download_id in failed:
-                item.temp.unlink(missing_ok=True)
+                _unlink(item.temp)
                 log.warning(
                     "download %d failed: %s", item.spec.download_id, failed[item.spec.download_id]
                 )
         log.info("%d small file(s) published, %d failed", len(done), len(failed))
 
-    def _publish_alone(self, item: Ready, dest: Path) -> Path | None:
+    def _publish_alone(self, item: Ready, folder: str) -> str | None:
         """The name was taken meanwhile, or the download folder is on another filesystem:
         the one-file path, with its own choice of name, copy and fsyncs."""
 
         def remember(path: Path) -> None:
             with self.database.write() as s:
-                dbbatch.set_saved_as_many(s, {item.spec.download_id: self._relative(path)})
+                dbbatch.set_saved_as_many(s, {item.spec.download_id: self._relative(str(path))})
 
+        dest = Path(folder, item.spec.name.rsplit("/", 1)[-1])
         try:
-            return publish(item.temp, dest, remember)
+            return str(publish(Path(item.temp), dest, remember))
         except PublishError as exc:
             self.give_back([item.spec], str(exc))
             return None
 
-    def _fetched(self, item: Ready, final: Path) -> dbbatch.Fetched:
+    def _fetched(self, item: Ready, final: str) -> dbbatch.Fetched:
         spec = item.spec
-        st = final.stat()  # after the temp name is gone: unlinking it moves ctime
+        st = os.stat(final)  # after the temp name is gone: unlinking it moves ctime
         sizes = [
             protocol.chunk_length(spec.size, spec.chunk_size, i)
             for i in range(protocol.chunk_count(spec.size, spec.chunk_size))
@@ -290,10 +301,14 @@ class SmallBatch:
         )  # fmt: skip
         return dbbatch.Fetched(spec.download_id, self._relative(final), hashed, item.source)
 
-    def _relative(self, path: Path) -> str:
+    def _relative(self, path: str) -> str:
+        """A published file's name under the download folder, '/'-separated (safe_folder
+        placed it there: below the folder's real path)."""
         if self._download_root is None:
-            self._download_root = self.settings.download_dir.resolve()
-        return path.relative_to(self._download_root).as_posix()
+            self._download_root = str(self.settings.download_dir.resolve()).rstrip("/") + "/"
+        if not path.startswith(self._download_root):
+            raise ValueError(f"{path} is not in the download folder {self._download_root}")
+        return path[len(self._download_root) :]
 
 
 def assign_sources(
@@ -314,7 +329,12 @@ def assign_sources(
     return out
 
 
-def _exists(path: Path) -> bool:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _exists(path: str) -> bool:
     """Is the name taken, by anything, a dangling symlink too (one lstat)?"""
     try:
         os.lstat(path)

@@ -42,7 +42,7 @@ class Ready:
     """A file verified and written into its temp file, not yet durable nor published."""
 
     spec: dbjobs.JobSpec
-    temp: Path
+    temp: str
     source: dbjobs.SourceTally | None
 
 
@@ -104,7 +104,7 @@ class SourceFetch:
         batch: BatchPort,
         source: dbjobs.Source,
         specs: list[dbjobs.JobSpec],
-        temps: dict[int, Path],
+        temps: dict[int, str],
     ) -> None:
         self.batch = batch
         self.source = source
@@ -210,9 +210,7 @@ class SourceFetch:
 
     def _arrived(self, arriving: Arriving, index: int, view: memoryview) -> None:
         spec, src = arriving.spec, self.source
-        hasher = arriving.check.start(index)
-        hasher.update(view)
-        if not arriving.check.matches(index, hasher):
+        if not arriving.check.verify(index, view):
             bad = dbjobs.SourceTally(src.address, src.tcp_port, src.username, 0, len(view), 1)
             with self.batch.database.write() as s:
                 dbbatch.record_bad(s, spec.download_id, bad, now=time.time())
@@ -258,7 +256,7 @@ class SourceFetch:
         self.batch.give_back(rest, why)
 
 
-def write_file(path: Path, data: memoryview) -> None:
+def write_file(path: str | Path, data: memoryview) -> None:
     """The whole file, from the start, in one thread (never two writers on one file)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

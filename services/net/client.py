@@ -111,6 +111,12 @@ class PeerClient:
             got += n
 
     def _read_exact(self, n: int) -> bytes:
+        if self.deadline is None:
+            # The buffered reader loops until n bytes or the end: one call, no copy.
+            data = self.rfile.read(n)
+            if len(data) < n:
+                raise ConnectionError("the peer closed the connection")
+            return data
         buf = bytearray(n)
         self.read_exact_into(memoryview(buf))
         return bytes(buf)

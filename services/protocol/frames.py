@@ -115,8 +115,25 @@ def check_auth(
         raise WrongNetworkKey("wrong network key")
 
 
+# A chunk request and its reply header go once a chunk: for a folder of small files,
+# once a file on each side, where json.dumps of a dict cost a tenth of the downloader's
+# CPU. They are formatted directly, byte for byte what json.dumps(separators=(",", ":"))
+# makes of the same fields in the same order, so every decoder reads them unchanged.
+_GET = '{"op":"get","sha":"%s","cs":%d,"rt":"%s","i":%d,"off":%d,"len":%d}'
+_CHUNK_HEADER = b'{"ok":true,"i":%d,"off":%d,"len":%d}'
+
+
 def encode_request(req: Request) -> bytes:
     raw: dict[str, Any]
+    if type(req) is ChunkRequest:
+        key = req.file
+        # Only hex reaches the wire this way (alphanumerics need no JSON escaping); any
+        # other value takes json.dumps below, which escapes it.
+        if key.sha256.isalnum() and (key.root.isalnum() or not key.root):
+            body = (
+                _GET % (key.sha256, key.chunk_size, key.root, req.index, req.offset, req.length)
+            ).encode()
+            return FRAME_HEADER.pack(len(body)) + body
     if isinstance(req, AuthRequest):
         raw = {"op": "auth", "mac": req.mac}
         if req.fingerprint is not None:
@@ -231,18 +248,21 @@ def payload_length(reply: dict[str, Any], limit: int) -> int:
 
 
 def encode_chunk_header(h: ChunkHeader) -> bytes:
-    return encode_ok(i=h.index, off=h.offset, len=h.length)
+    body = _CHUNK_HEADER % (h.index, h.offset, h.length)
+    return FRAME_HEADER.pack(len(body)) + body
 
 
 def decode_chunk_header(body: bytes, *, expect: ChunkRequest, chunk_len: int) -> ChunkHeader:
     """The header before chunk bytes; must answer exactly what was asked. Raises ProtocolError."""
+    want = expect.length or chunk_len - expect.offset
+    if body == _CHUNK_HEADER % (expect.index, expect.offset, want):
+        return ChunkHeader(expect.index, expect.offset, want)  # as we encode it: no parse
     raw = decode_reply(body)
     header = ChunkHeader(
         _int(raw, "i", 0, MAX_CHUNKS_PER_FILE),
         _int(raw, "off", 0, MAX_CHUNK),
         _int(raw, "len", 0, MAX_CHUNK),
     )
-    want = expect.length or chunk_len - expect.offset
     if (header.index, header.offset, header.length) != (expect.index, expect.offset, want):
         raise MalformedMessage("chunk reply does not match the request")
     return header

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -9,7 +10,13 @@ import pytest
 
 from p2pshare.services import protocol
 from p2pshare.services.downloader.picker import Picker
-from p2pshare.services.downloader.publish import PublishError, numbered, publish, safe_destination
+from p2pshare.services.downloader.publish import (
+    PublishError,
+    copy_names,
+    numbered,
+    publish,
+    safe_destination,
+)
 
 
 def bits(count: int, held: set[int]) -> bytes:
@@ -91,6 +98,20 @@ def test_numbered_names() -> None:
     assert names == ["README", "README (1)"]
 
 
+@pytest.mark.parametrize("name", ["a.tar.gz", ".bashrc", "trailing.", "x", "..b", "a.b.c"])
+def test_copy_names_keep_the_suffix_pathlib_sees(name: str) -> None:
+    stem, suffix = Path(name).stem, Path(name).suffix
+    assert list(itertools.islice(copy_names(name), 3)) == [
+        name, f"{stem} (1){suffix}", f"{stem} (2){suffix}"
+    ]  # fmt: skip
+
+
+def test_a_file_where_a_folder_goes_is_a_clear_refusal(tmp_path: Path) -> None:
+    (tmp_path / "album").write_bytes(b"not a folder")
+    with pytest.raises(PublishError, match="it is a file"):
+        safe_destination(tmp_path, "album/1.bin")
+
+
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "a\\b", "a/./b", "a\x00b"])
 def test_names_leading_outside_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(PublishError):
@@ -113,16 +134,16 @@ def test_folders_checked_once_for_many_names_still_refuse_bad_names(tmp_path: Pa
     outside = tmp_path / "outside"
     outside.mkdir()
     (downloads / "link").symlink_to(outside)
-    checked: dict[str, Path] = {}
+    checked: dict[str, str] = {}
     first = safe_destination(downloads, "album/a/1.bin", checked=checked)
     second = safe_destination(downloads, "album/a/2.bin", checked=checked)
     assert first == downloads.resolve() / "album" / "a" / "1.bin"
     assert second.parent == first.parent and (downloads / "album" / "a").is_dir()
     real = downloads.resolve()
     assert checked == {
-        "": real,
-        "album": real / "album",
-        "album/a": real / "album" / "a",
+        "": str(real),
+        "album": str(real / "album"),
+        "album/a": str(real / "album" / "a"),
     }
     # A sibling folder starts from its checked parent; a symlink inside the folder is
     # followed to where it really is.

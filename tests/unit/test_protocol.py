@@ -254,6 +254,28 @@ def test_chunk_header_answering_something_else_is_refused(header: ChunkHeader) -
         p.decode_chunk_header(data, expect=ChunkRequest(FK, 2, 0, 0), chunk_len=CS)
 
 
+def test_chunk_frames_are_the_json_a_dict_would_make() -> None:
+    """The chunk request and header are formatted directly for speed: byte for byte what
+    json.dumps makes of the fields, so any decoder reads them; a header formatted some
+    other way (spaces, another order) is still read, by the JSON parser."""
+    req = ChunkRequest(FK, 7, 100, 20)
+    as_dict = {"op": "get", "sha": SHA_A, "cs": CS, "rt": ROOT_A, "i": 7, "off": 100, "len": 20}
+    assert p.encode_request(req) == p.frame(as_dict)
+    no_root = ChunkRequest(FileKey(SHA_A, CS, ""), 0, 0, 0)
+    assert p.encode_request(no_root) == p.frame(
+        {"op": "get", "sha": SHA_A, "cs": CS, "rt": "", "i": 0, "off": 0, "len": 0}
+    )
+    assert p.encode_chunk_header(ChunkHeader(7, 100, 20)) == p.encode_ok(i=7, off=100, len=20)
+    spaced = json.dumps({"len": 20, "off": 100, "i": 7, "ok": True}).encode()
+    assert p.decode_chunk_header(spaced, expect=req, chunk_len=CS) == ChunkHeader(7, 100, 20)
+
+
+def test_a_key_that_is_not_hex_is_escaped_not_pasted_into_the_frame() -> None:
+    odd = ChunkRequest(FileKey('a"b\\c', CS, 'x","op":"catalog'), 0, 0, 0)
+    raw = json.loads(frame_body(p.encode_request(odd)))
+    assert raw["op"] == "get" and raw["sha"] == 'a"b\\c' and raw["rt"] == 'x","op":"catalog'
+
+
 def test_have_round_trip() -> None:
     bits = p.bitfield_empty(10)
     for i in (0, 3, 9):

@@ -1,6 +1,6 @@
 """Batches of small downloads: the queries they run in bulk, how files are spread over
-sources, the connection pool, and one batch run against a real chunk server on loopback
-(tests/integration has the whole node; here the batch's own decisions)."""
+sources, the connection pool, how a chunk is verified (tests/integration has the whole
+node and its real sockets; here the batch's own decisions)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from p2pshare.db import quick
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.pool import PeerPool
+from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.small_batch import SMALL_MAX, assign_sources, batchable
+from p2pshare.services.hashing.chain import manifest_entries
 
 
 @pytest.fixture
@@ -300,3 +302,16 @@ def test_pool_is_safe_across_threads() -> None:
     assert len(taken) == 800
     # Never more than IDLE_PER_PEER kept: the rest were closed on the way back.
     assert sum(1 for c in {id(c): c for c in taken}.values() if not c.closed) <= 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [1, 64, 1000, 4096, 4097, 3 * 4096 + 5])
+def test_a_chunk_verifies_against_its_entry_one_chunk_or_several(size: int) -> None:
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    entries = [bytes.fromhex(e) for e in manifest_entries(data, 4096)]
+    check = ChunkCheck(entries, 4096)
+    for i in range(len(entries)):
+        chunk = memoryview(bytearray(data[i * 4096 : (i + 1) * 4096]))
+        assert check.verify(i, chunk)
+        chunk[0] ^= 1
+        assert not check.verify(i, chunk)
