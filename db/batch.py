@@ -17,13 +17,11 @@ from sqlalchemy.orm import Session
 from p2pshare.db.downloads import UNFINISHED
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import HashedFile, record_local_files
+from p2pshare.db.inlists import SLICE, in_slices, marks, padded
 from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress
 from p2pshare.db.models import Download
 from p2pshare.db.node import bump_catalog_version
 from p2pshare.services.protocol.bitfield import bitfield_empty, bitfield_set
-
-# SQLite's limit on bound parameters per statement is 32,766 since 3.32; stay well under.
-SLICE = 500
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,15 @@ def runnable_downloads(
     sql = (
         "SELECT d.id, f.chunk_count, f.size, d.saved_as IS NOT NULL"
         " FROM downloads d JOIN files f ON f.id = d.file_id"
-        f" WHERE d.status IN ({_marks(statuses)})"
+        f" WHERE d.status IN ({marks(statuses)})"
     )
     params: list[object] = list(statuses)
     if only_big is not None:
         chunks, size = only_big
-        kept = sorted(also)[:SLICE]
+        kept = padded(sorted(also)[:SLICE]) if also else []
         sql += (
             " AND (NOT (f.chunk_count <= ? AND f.size <= ? AND d.saved_as IS NULL)"
-            f" OR d.id IN ({_marks(kept) or 'NULL'}))"
+            f" OR d.id IN ({marks(kept) or 'NULL'}))"
         )
         params += [chunks, size, *kept]
     rows = driver_connection(session).execute(sql + " ORDER BY d.id", params)
@@ -90,22 +88,22 @@ def job_specs(session: Session, download_ids: Sequence[int]) -> list[JobSpec]:
     objects took most of a batch's 0.1 s start before its first request went out."""
     conn = driver_connection(session)
     rows: list[tuple[Any, ...]] = []
-    for part in _slices(download_ids):
+    for part in in_slices(sorted(set(download_ids))):
         rows.extend(
             conn.execute(
                 "SELECT d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, d.have,"
                 " d.temp_path, d.saved_as, d.status"
                 " FROM downloads d JOIN files f ON f.id = d.file_id"
-                f" WHERE d.id IN ({','.join('?' * len(part))}) ORDER BY d.id",
-                list(part),
+                f" WHERE d.id IN ({marks(part)}) ORDER BY d.id",
+                part,
             ).fetchall()
         )
     entries: dict[int, list[str]] = {row[1]: [] for row in rows}
-    for part in _slices(list(entries)):
+    for part in in_slices(list(entries)):
         for file_id, entry in conn.execute(
             "SELECT file_id, sha256 FROM chunks"
-            f" WHERE file_id IN ({','.join('?' * len(part))}) ORDER BY file_id, chunk_index",
-            list(part),
+            f" WHERE file_id IN ({marks(part)}) ORDER BY file_id, chunk_index",
+            part,
         ):
             entries[file_id].append(entry)
     return [
@@ -122,18 +120,18 @@ def sources_for_files(session: Session, file_ids: Sequence[int]) -> dict[int, li
     conn = driver_connection(session)
     out: dict[int, dict[tuple[str, int], Source]] = {fid: {} for fid in file_ids}
     bad: set[tuple[int, str, int]] = set()
-    for part in _slices(list(file_ids)):
+    for part in in_slices(list(file_ids)):
         bad.update(
             conn.execute(
                 "SELECT file_id, address, tcp_port FROM bad_peers"
-                f" WHERE file_id IN ({_marks(part)})",
+                f" WHERE file_id IN ({marks(part)})",
                 part,
             )
         )
         for fid, address, port, username, fingerprint, tls in conn.execute(
             "SELECT h.file_id, p.address, p.tcp_port, p.username, p.fingerprint, p.tls"
             " FROM holdings h JOIN peers p ON p.id = h.peer_id JOIN files f ON f.id = h.file_id"
-            f" WHERE h.file_id IN ({_marks(part)})"
+            f" WHERE h.file_id IN ({marks(part)})"
             " AND h.chunks_held > 0 AND h.chunks_held >= f.chunk_count",
             part,
         ):
@@ -172,12 +170,12 @@ def set_saved_as_many(session: Session, names: dict[int, str]) -> set[int]:
 def _unfinished(conn: sqlite3.Connection, download_ids: list[int]) -> list[int]:
     """Those of these downloads still queued, active or waiting, in id order."""
     out: list[int] = []
-    for part in _slices(sorted(download_ids)):
+    for part in in_slices(sorted(download_ids)):
         out.extend(
             i
             for (i,) in conn.execute(
-                f"SELECT id FROM downloads WHERE id IN ({_marks(part)})"
-                f" AND status IN ({_marks(UNFINISHED)})",
+                f"SELECT id FROM downloads WHERE id IN ({marks(part)})"
+                f" AND status IN ({marks(UNFINISHED)})",
                 [*part, *UNFINISHED],
             )
         )
@@ -256,12 +254,3 @@ def _all_held(chunks: int) -> bytes:
     for i in range(chunks):
         bitfield_set(bits, i)
     return bytes(bits)
-
-
-def _marks(items: Sequence[object]) -> str:
-    """One ? per item, for an IN list."""
-    return ",".join("?" * len(items))
-
-
-def _slices(items: Sequence[int]) -> list[Sequence[int]]:
-    return [items[i : i + SLICE] for i in range(0, len(items), SLICE)]

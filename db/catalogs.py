@@ -14,8 +14,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import ContentKey, HashedFile, orphan_file
+from p2pshare.db.inlists import in_slices, marks
 from p2pshare.db.models import File, Peer
-from p2pshare.db.peers import SLICE
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,11 @@ def known_contents_in(
     keys = set(keys)
     shas = sorted({sha for sha, _, _ in keys})
     out: dict[ContentKey, KnownContent] = {}
-    for start in range(0, len(shas), SLICE):
-        part = shas[start : start + SLICE]
+    for part in in_slices(shas):
         rows = conn.execute(
             "SELECT f.sha256, f.chunk_size, f.root, f.id, f.size, f.chunk_count,"
             " EXISTS (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0)"
-            f" FROM files f WHERE f.sha256 IN ({','.join('?' * len(part))})",
+            f" FROM files f WHERE f.sha256 IN ({marks(part)})",
             part,
         )
         for sha, cs, root, fid, size, count, hashed in rows:
@@ -214,9 +213,8 @@ def _replace_holdings(
         )
     }
     gone = [row[0] for key, row in existing.items() if key not in wanted]
-    for start in range(0, len(gone), SLICE):
-        part = gone[start : start + SLICE]
-        conn.execute(f"DELETE FROM holdings WHERE id IN ({','.join('?' * len(part))})", part)
+    for part in in_slices(gone):
+        conn.execute(f"DELETE FROM holdings WHERE id IN ({marks(part)})", part)
     new, changed = [], []
     for (file_id, name), entry in wanted.items():
         row = existing.get((file_id, name))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
 
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.engine import driver_connection
+from p2pshare.db.inlists import in_slices, marks
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
 from p2pshare.db.queueing import KEEPING_TEMP
 from p2pshare.db.values import ContentKey, HashedFile, IndexedStat, Stamp
@@ -35,15 +35,6 @@ def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
     }
 
 
-T = TypeVar("T")
-BATCH = 500  # SQLite caps bound parameters per statement; IN lists go in slices
-
-
-def _slices(items: Sequence[T]) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), BATCH):
-        yield items[start : start + BATCH]
-
-
 def ensure_files(
     session: Session, contents: Iterable[HashedFile], *, now: float
 ) -> dict[ContentKey, int]:
@@ -65,11 +56,11 @@ def ensure_files(
         )
         ids.update(_file_ids(conn, {h.key: h for h in new}))
     hashed: set[int] = set()
-    for part in _slices(list(ids.values())):
+    for part in in_slices(list(ids.values())):
         hashed.update(
             fid
             for (fid,) in conn.execute(
-                f"SELECT file_id FROM chunks WHERE chunk_index = 0 AND file_id IN ({_marks(part)})",
+                f"SELECT file_id FROM chunks WHERE chunk_index = 0 AND file_id IN ({marks(part)})",
                 part,
             )
         )
@@ -90,18 +81,14 @@ def _file_ids(
     conn: sqlite3.Connection, wanted: dict[ContentKey, HashedFile]
 ) -> dict[ContentKey, int]:
     ids: dict[ContentKey, int] = {}
-    for part in _slices(sorted({sha for sha, _, _ in wanted})):
+    for part in in_slices(sorted({sha for sha, _, _ in wanted})):
         for sha, cs, root, fid in conn.execute(
-            f"SELECT sha256, chunk_size, root, id FROM files WHERE sha256 IN ({_marks(part)})",
+            f"SELECT sha256, chunk_size, root, id FROM files WHERE sha256 IN ({marks(part)})",
             part,
         ):
             if (sha, cs, root) in wanted:
                 ids[(sha, cs, root)] = fid
     return ids
-
-
-def _marks(items: Sequence[object]) -> str:
-    return ",".join("?" * len(items))
 
 
 def _expire(session: Session, classes: tuple[type, ...]) -> None:
@@ -163,12 +150,9 @@ def remove_local_files(session: Session, root: str, names: Iterable[str]) -> int
     """Forget local files that are gone; returns how many rows went."""
     names = list(names)
     removed = 0
-    # SQLite limits bound parameters per statement; delete in slices.
-    for start in range(0, len(names), 500):
+    for part in in_slices(names):
         result = session.execute(
-            delete(LocalFile).where(
-                LocalFile.root == root, LocalFile.name.in_(names[start : start + 500])
-            )
+            delete(LocalFile).where(LocalFile.root == root, LocalFile.name.in_(part))
         )
         removed += result.rowcount or 0  # type: ignore[attr-defined]
     return removed

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from p2pshare.db.inlists import in_slices, marks
 from p2pshare.db.names import matches
 
 __all__ = [
@@ -152,13 +153,11 @@ def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
 def name_versions(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
     """For each name, how many different contents (SHA-256s) it is listed with."""
     out: dict[str, int] = {}
-    for start in range(0, len(names), 500):  # SQLite's bound-parameter limit
-        part = sorted(set(names[start : start + 500]))
-        marks = ", ".join("?" * len(part))
+    for part in in_slices(sorted(set(names))):
         query = (
             "SELECT k.name, count(DISTINCT f.sha256) FROM ("
-            f"SELECT name, file_id FROM holdings WHERE name IN ({marks}) UNION "
-            f"SELECT name, file_id FROM local_files WHERE name IN ({marks})"
+            f"SELECT name, file_id FROM holdings WHERE name IN ({marks(part)}) UNION "
+            f"SELECT name, file_id FROM local_files WHERE name IN ({marks(part)})"
             ") k JOIN files f ON f.id = k.file_id GROUP BY k.name"
         )
         out.update((name, int(n)) for name, n in conn.execute(query, [*part, *part]))

@@ -3,7 +3,7 @@ when silent (their catalogs are `db.catalogs`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.engine import driver_connection
+from p2pshare.db.inlists import SLICE, in_slices, marks
 from p2pshare.db.models import Peer, RetiredNode
 from p2pshare.db.node import node_state
 
@@ -40,8 +41,6 @@ class AnnounceOutcome:
 
 _T = TypeVar("_T")
 
-# Values bound in one IN (...): well under SQLite's limit on bound parameters.
-SLICE = 500
 OWN = AnnounceOutcome(None, False, False, ignored=True)
 # An announcer sends a few announcements a second at most; a larger jump in
 # sequence numbers is a forgery trying to make the real ones look like replays.
@@ -67,10 +66,6 @@ def record_announces(
     if batch.created:
         state.announce_wanted_at = now  # the announcer answers newcomers at once
     return out
-
-
-def _slices(values: Sequence[_T], size: int = SLICE) -> Iterable[Sequence[_T]]:
-    return (values[start : start + size] for start in range(0, len(values), size))
 
 
 _PEER_COLUMNS = (
@@ -110,18 +105,17 @@ class _Batch:
         self.touched = False  # rows changed behind the session's back
         ids = sorted({h.node_id for h in heards})
         self.peers: dict[str, _Row] = {}
-        for part in _slices(ids):
-            marks = ",".join("?" * len(part))
-            query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id IN ({marks})"
+        for part in in_slices(ids):
+            query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id IN ({marks(part)})"
             for row in self.conn.execute(query, part):
                 self.peers[row[1]] = _Row(row)
         unknown = [n for n in ids if n not in self.peers]
         # node id -> (last_seq, replaced)
         self.retired: dict[str, tuple[int, bool]] = {}
-        for part in _slices(unknown):
-            marks = ",".join("?" * len(part))
+        for part in in_slices(unknown):
             query = (
-                f"SELECT node_id, last_seq, replaced FROM retired_nodes WHERE node_id IN ({marks})"
+                "SELECT node_id, last_seq, replaced FROM retired_nodes"
+                f" WHERE node_id IN ({marks(part)})"
             )
             for node_id, last_seq, replaced in self.conn.execute(query, part):
                 self.retired[node_id] = (last_seq, bool(replaced))
@@ -129,7 +123,7 @@ class _Batch:
         new = set(unknown)
         ends = sorted({(h.address, h.tcp_port) for h in heards if h.node_id in new})
         self.at: dict[tuple[str, int], list[_Row]] = {end: [] for end in ends}
-        for some in _slices(ends, SLICE // 2):
+        for some in in_slices(ends, SLICE // 2):
             pairs = ",".join("(?, ?)" for _ in some)
             query = (
                 f"SELECT {_PEER_COLUMNS} FROM peers WHERE (address, tcp_port) IN (VALUES {pairs})"

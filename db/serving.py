@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import KEEPING_TEMP
 from p2pshare.db.index import ContentKey, Stamp
+from p2pshare.db.inlists import in_slices
 from p2pshare.db.ledger import add_to_totals
 from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
 
@@ -80,7 +81,7 @@ def byte_sources_many(
     looks up a batch of pipelined requests this way); an unknown key maps to []."""
     out: dict[ContentKey, list[ByteSource]] = {key: [] for key in keys}
     files: dict[int, tuple[ContentKey, int]] = {}  # files.id -> (key, size)
-    for shas in _slices(sorted({sha for sha, _, _ in out})):
+    for shas in in_slices(sorted({sha for sha, _, _ in out})):
         for fid, sha, chunk_size, root, size in session.execute(
             select(File.id, File.sha256, File.chunk_size, File.root, File.size).where(
                 File.sha256.in_(shas)
@@ -89,7 +90,7 @@ def byte_sources_many(
             if (sha, chunk_size, root) in out:
                 files[fid] = ((sha, chunk_size, root), size)
     ids = sorted(files)
-    for part in _slices(ids):
+    for part in in_slices(ids):
         for fid, where, name, size, mtime_ns, ctime_ns, inode in session.execute(
             select(
                 LocalFile.file_id,
@@ -105,7 +106,7 @@ def byte_sources_many(
         ):
             stamp = Stamp(size, mtime_ns, ctime_ns, inode)
             out[files[fid][0]].append(ByteSource(where, name, size, stamp, None, name))
-    for part in _slices(ids):
+    for part in in_slices(ids):
         for held_id, temp_path, have, name in session.execute(
             select(Download.file_id, Download.temp_path, Download.have, Download.name)
             .where(
@@ -171,23 +172,17 @@ def all_byte_sources(session: Session, limit: int) -> dict[ContentKey, list[Byte
     return out
 
 
-def _slices(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """SQLite caps bound parameters per statement: IN lists go in slices of 500."""
-    for start in range(0, len(items), 500):
-        yield items[start : start + 500]
-
-
 def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, list[str]]:
     """The manifest entries, in order, of each file this node knows completely, in bulk."""
     wanted = set(keys)
     shas = sorted({sha for sha, _, _ in wanted})
     out: dict[ContentKey, list[str]] = {}
     counts: dict[ContentKey, int] = {}
-    for start in range(0, len(shas), 500):
+    for part in in_slices(shas):
         rows = session.execute(
             select(File.sha256, File.chunk_size, File.root, File.chunk_count, Chunk.sha256)
             .outerjoin(Chunk, Chunk.file_id == File.id)
-            .where(File.sha256.in_(shas[start : start + 500]))
+            .where(File.sha256.in_(part))
             .order_by(File.id, Chunk.chunk_index)
         )
         for sha, cs, root, count, chunk_sha in rows:
