@@ -51,24 +51,30 @@ def open_udp(port: int) -> socket.socket:
 
 
 class DropLog:
-    """One log line per dropped datagram, up to a rate; then a count."""
+    """One log line per dropped datagram, up to a rate; then a count.
+
+    Called from the receiving loop (bad bytes) and the writer's thread (replays), so
+    under a lock: without it both threads wrote the same second's count, and the log
+    claimed twice the drops there were."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.window = 0
         self.logged = 0
         self.suppressed = 0
 
     def drop(self, ip: str, reason: str) -> None:
         second = int(time.monotonic())
-        if second != self.window:
-            if self.suppressed:
-                log.warning("dropped %d more bad datagrams", self.suppressed)
-            self.window, self.logged, self.suppressed = second, 0, 0
-        if self.logged < DROP_LOG_PER_SECOND:
-            self.logged += 1
-            log.warning("dropped datagram from %s: %s", ip, reason)
-        else:
-            self.suppressed += 1
+        with self.lock:
+            if second != self.window:
+                if self.suppressed:
+                    log.warning("dropped %d more bad datagrams", self.suppressed)
+                self.window, self.logged, self.suppressed = second, 0, 0
+            if self.logged < DROP_LOG_PER_SECOND:
+                self.logged += 1
+                log.warning("dropped datagram from %s: %s", ip, reason)
+            else:
+                self.suppressed += 1
 
 
 def lower_priority(increment: int) -> None:
