@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import click
-from tqdm import tqdm
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.db import following, queueing, quick
 from p2pshare.db.watch import ChangeWatch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
 # So look often, but cheaply: the database's change counter (3 us) every CHECK_SECONDS,
@@ -45,18 +48,9 @@ def follow(ctl: Ctl, queued: queueing.Queued, role: str = "downloader") -> None:
     """Show progress until every download of the request has ended (or is paused), while
     `role` (the one running them: downloader, or torrent) is alive.
     Returns when all arrived; raises UserError saying how many did not and why."""
-    single = queued.kind in SINGLE
-    bar = tqdm(
-        total=queued.total_bytes,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=queued.candidates[0].name[-32:] if single else f"0/{len(queued.downloads)} files",
-        dynamic_ncols=True,
-        leave=True,
-    )
+    bar = LazyBar(queued)
     try:
-        states = _poll(ctl, queued, bar, single, role)
+        states = _poll(ctl, queued, bar, role)
     except KeyboardInterrupt:
         raise Interrupted(
             "stopped following; the download continues in the background "
@@ -67,18 +61,53 @@ def follow(ctl: Ctl, queued: queueing.Queued, role: str = "downloader") -> None:
     _report(ctl, queued, states)
 
 
+class LazyBar:
+    """The progress bar, made at the first look that finds the request still running.
+
+    Importing tqdm costs 30-45 ms (its version lookup reads package metadata): a small
+    file is often done before p2pctl first looks, and then needs no bar, only its one
+    line saying so."""
+
+    def __init__(self, queued: queueing.Queued) -> None:
+        self.queued = queued
+        self.single = queued.kind in SINGLE
+        self.bar: tqdm | None = None
+
+    def show(self, progress: following.RequestProgress, *, ended: bool) -> None:
+        if self.bar is None:
+            if ended:
+                return
+            from tqdm import tqdm
+
+            name = self.queued.candidates[0].name[-32:]
+            self.bar = tqdm(
+                total=self.queued.total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=name if self.single else f"0/{len(self.queued.downloads)} files",
+                dynamic_ncols=True,
+                leave=True,
+            )
+        _show(self.bar, progress, self.single, len(self.queued.downloads))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _poll(
-    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, role: str
+    ctl: Ctl, queued: queueing.Queued, bar: LazyBar, role: str
 ) -> list[following.FollowState]:
     watch = ChangeWatch(ctl.settings.db_path)
     try:
-        return _poll_watched(ctl, queued, bar, single, watch, role)
+        return _poll_watched(ctl, queued, bar, watch, role)
     finally:
         watch.close()
 
 
 def _poll_watched(
-    ctl: Ctl, queued: queueing.Queued, bar: tqdm, single: bool, watch: ChangeWatch, role: str
+    ctl: Ctl, queued: queueing.Queued, bar: LazyBar, watch: ChangeWatch, role: str
 ) -> list[following.FollowState]:
     ids = queueing.json_list(queued.downloads)
     while True:
@@ -94,7 +123,7 @@ def _poll_watched(
         queried = time.thread_time() - cpu
         if progress.downloads != len(queued.downloads):
             raise UserError("a download of this request is gone from the database")
-        _show(bar, progress, single, len(queued.downloads))
+        bar.show(progress, ended=ended)
         if ended:
             return states
         running = roles.get(role)
