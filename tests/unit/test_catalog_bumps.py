@@ -3,9 +3,6 @@ catalog's size, and a move they owe is made later, never lost."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from p2pshare.db import node as dbnode
@@ -27,13 +24,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     monkeypatch.setattr(catalog_bumps.time, "monotonic", c)
     return c
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(tmp_path / "p2p.db")
-    yield database
-    database.close()
 
 
 def version(db: Database) -> int:

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,6 @@ def sql(path: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "p2p.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database.open(db_path)
-    yield database
-    database.close()
 
 
 # ---------------------------------------------------------------- schema and engine

@@ -4,8 +4,6 @@ and following them; and a download following its name to a rewritten file's new 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +26,6 @@ from p2pshare.services.hashing.chain import manifest_entries
 PEER_A = ("127.0.0.2", 5001)
 PEER_B = ("127.0.0.3", 5002)
 PEER_C = ("127.0.0.4", 5003)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(tmp_path / "p2p.db")
-    yield database
-    database.close()
 
 
 # ---------------------------------------------------------------- helpers

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from p2pshare.db import index as dbindex
 from p2pshare.db import serving as dbserving
@@ -15,13 +11,6 @@ from p2pshare.db.models import Download
 from p2pshare.services import protocol
 
 CS = 16384
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(tmp_path / "p2p.db")
-    yield database
-    database.close()
 
 
 def hashed(seed: int, size: int = 3 * CS + 5, inode: int = 0) -> dbindex.HashedFile:

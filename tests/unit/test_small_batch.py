@@ -5,8 +5,6 @@ node and its real sockets; here the batch's own decisions)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from test_db import NOW, sql
@@ -22,13 +20,6 @@ from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.small_batch import SMALL_MAX, assign_sources, batchable
 from p2pshare.services.hashing.chain import manifest_entries
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(tmp_path / "p2p.db")
-    yield database
-    database.close()
 
 
 def folder(n: int, prefix: str = "album/") -> dict[str, bytes]:
