@@ -26,6 +26,19 @@ def folder(n: int, prefix: str = "album/") -> dict[str, bytes]:
     return {f"{prefix}f{i:03d}.bin": bytes([i % 251]) * (100 + i) for i in range(n)}
 
 
+def fetched_from_a(specs: list[dbjobs.JobSpec], files: dict[str, bytes]) -> list[dbbatch.Fetched]:
+    """Each of these downloads fetched whole from PEER_A, one chunk each."""
+    return [
+        dbbatch.Fetched(
+            sp.download_id,
+            sp.name,
+            hashed(files[sp.name]),
+            dbjobs.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
+        )
+        for sp in specs
+    ]
+
+
 def queue_folder(db: Database, pattern: str = "album/") -> list[int]:
     with db.write() as s:
         return dbreq.queue_request(s, pattern, every=False, now=NOW).downloads
@@ -136,15 +149,7 @@ def test_start_keeps_a_cancel_and_finish_records_everything_in_one_go(db: Databa
         dbreq.resume_downloads(s, str(started[0]))
     with db.read() as s:
         specs = dbbatch.job_specs(s, started)
-    done = [
-        dbbatch.Fetched(
-            sp.download_id,
-            sp.name,
-            hashed(files[sp.name]),
-            dbjobs.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
-        )
-        for sp in specs
-    ]
+    done = fetched_from_a(specs, files)
     with db.write() as s:
         dbbatch.finish_batch(s, done, now=NOW + 1)
     with db.read() as s:
@@ -172,15 +177,7 @@ def test_finish_adds_to_the_row_an_earlier_bad_chunk_left(db: Database) -> None:
         dbbatch.record_bad(
             s, first.download_id, dbjobs.SourceTally(*PEER_A, "node-a", 0, 7, 1), now=NOW
         )
-    done = [
-        dbbatch.Fetched(
-            sp.download_id,
-            sp.name,
-            hashed(files[sp.name]),
-            dbjobs.SourceTally(*PEER_A, "node-a", 1, sp.size, 0),
-        )  # fmt: skip
-        for sp in specs
-    ]
+    done = fetched_from_a(specs, files)
     with db.write() as s:
         dbbatch.finish_batch(s, done, now=NOW + 1)
     rows = sql(
