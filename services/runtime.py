@@ -7,6 +7,7 @@ SIGTERM into exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,10 +27,6 @@ from p2pshare.services.hashing.chain import ChainUnavailable, check_available
 from p2pshare.services.net import identity
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings, SettingsError, load_settings
-
-# How soon a role notices SIGTERM (see stop_on_signals): well within supervisord's
-# stopwaitsecs and the tests' 10 s.
-SIGNAL_POLL_SECONDS = 0.05
 
 log = logging.getLogger("p2p")
 
@@ -114,16 +111,22 @@ def stop_on_signals() -> threading.Event:
     Thread.start holding theirs: setting the event, logging or starting a thread there
     can deadlock the thread with itself, and the role then ignores SIGTERM until it is
     killed (seen: the downloader, which waits on `stop` a hundred times a second). So
-    the handler only notes the signal, and a thread of its own sets the event."""
+    the handler only notes the signal and writes a byte to a pipe, which take no lock
+    Python code can hold, and a thread of its own, asleep on the pipe, sets the event.
+    (It used to look every 50 ms instead: twenty wakeups a second in every role, a
+    visible share of an idle node's CPU.)"""
     stop = threading.Event()
     received: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)  # a storm of signals must never block the handler
 
     def _handler(signum: int, _frame: object) -> None:
-        received.append(signum)  # takes no lock any Python code can be holding
+        received.append(signum)
+        with contextlib.suppress(BlockingIOError):  # full: the watcher is awake already
+            os.write(wake_w, b"\0")
 
     def _watch() -> None:
-        while not received:
-            time.sleep(SIGNAL_POLL_SECONDS)
+        os.read(wake_r, 1)
         log.info("received %s, stopping", signal.Signals(received[0]).name)
         stop.set()
 
