@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
-# So look often, but cheaply: the database's change counter (3 us) every CHECK_SECONDS,
-# and the real queries only when it moved, or MAX_POLL_SECONDS passed. After a change
-# they wait QUERY_PAUSE times the CPU time they last took: a single file's take well under
-# a millisecond, so its end is seen within CHECK_SECONDS, while a folder of thousands of
-# files on a node that commits all the time keeps its queries to a tenth of a core. (At
-# 10,000 files a round of queries takes 12 ms, so the end is seen within 0.1 s of 6 s;
-# with a pause of 3 p2pctl took a quarter of a core from the downloader, 1.5 CPU-s.)
-CHECK_SECONDS = 0.005
+# So wait on the database's change counter (watch.py: asleep until a commit where inotify
+# is, else a 3 us look every 10 ms), and run the real queries only when it moved, or
+# MAX_POLL_SECONDS passed. After a change they wait QUERY_PAUSE times the CPU time they
+# last took: a single file's take well under a millisecond, so its end is seen within a
+# few milliseconds, while a folder of thousands of files on a node that commits all the
+# time keeps its queries to a tenth of a core. (At 10,000 files a round of queries takes
+# 12 ms, so the end is seen within 0.1 s of 6 s; with a pause of 3 p2pctl took a quarter
+# of a core from the downloader, 1.5 CPU-s.)
 QUERY_PAUSE = 9.0
 MAX_POLL_SECONDS = 1.0
 ENDED = ("done", "failed", "cancelled")
@@ -152,11 +152,10 @@ def _show(bar: tqdm, progress: following.RequestProgress, single: bool, files: i
 def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:
     """Until the database changed (and `least` seconds passed since `last`) or
     MAX_POLL_SECONDS did."""
-    while True:
-        time.sleep(CHECK_SECONDS)
-        waited = time.monotonic() - last
-        if waited >= MAX_POLL_SECONDS or (waited >= least and watch.changed()):
-            return
+    pause = last + least - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    watch.wait_changed(max(0.0, last + MAX_POLL_SECONDS - time.monotonic()))
 
 
 def _report(ctl: Ctl, queued: queueing.Queued, states: list[following.FollowState]) -> None:

@@ -17,6 +17,7 @@ from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
+from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.pool import PeerPool
@@ -31,9 +32,10 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.downloader")
 
-# A queued download is picked up within CHECK_SECONDS: the database's change counter is
-# read that often (microseconds), the queue itself only when it moved, a job or batch
-# ended, or POLL_SECONDS passed.
+# A queued download is picked up the moment its request is committed: the loop sleeps on
+# the database's change counter (watch.py: inotify, else a look every 10 ms) and reads the
+# queue itself only when it moved, a job or batch ended, or POLL_SECONDS passed. A batch's
+# catalog move owed is made within CHECK_SECONDS of its gap's end.
 CHECK_SECONDS = 0.01
 POLL_SECONDS = 0.5
 MAX_ACTIVE = 3
@@ -59,12 +61,23 @@ def run(ctx: RoleContext) -> None:
     sweep_temp(ctx, set())
     next_sweep = time.monotonic() + SWEEP_SECONDS
     watch = ctx.database.watch()
-    last_poll = 0.0
+    watch.enable_poke()
+    runner.poke = watch.poke  # a job's end wakes the loop: its slot is free
+    # SIGTERM too, from a thread asleep on the stop event (no polling).
+    threading.Thread(target=_poke_on_stop, args=(ctx, watch), name="stop-poke", daemon=True).start()
+    last_poll = woke = 0.0
     try:
-        while not ctx.stop.wait(CHECK_SECONDS):
+        while not ctx.stop.is_set():
+            # At most one look every CHECK_SECONDS, however often other roles commit.
+            time.sleep(max(0.0, woke + CHECK_SECONDS - time.monotonic()))
+            wait = max(0.0, POLL_SECONDS - (time.monotonic() - last_poll))
+            changed = watch.wait_changed(min(wait, CHECK_SECONDS) if runner.bumps.owed else wait)
+            woke = time.monotonic()
+            if ctx.stop.is_set():
+                break
             woken = runner.wake.is_set()
             runner.bumps.settle(ctx.database)  # a move a batch owes, once its gap has passed
-            if not watch.changed() and not woken and time.monotonic() - last_poll < POLL_SECONDS:
+            if not changed and not woken and time.monotonic() - last_poll < POLL_SECONDS:
                 continue
             runner.wake.clear()
             last_poll = time.monotonic()
@@ -86,6 +99,11 @@ def run(ctx: RoleContext) -> None:
         runner.close()
 
 
+def _poke_on_stop(ctx: RoleContext, watch: ChangeWatch) -> None:
+    ctx.stop.wait()
+    watch.poke()
+
+
 class Runner:
     """The running jobs and batches, and which downloads go to which."""
 
@@ -98,6 +116,7 @@ class Runner:
         self.pool = PeerPool()
         self.bumps = CatalogBumps()
         self.wake = threading.Event()  # a job or batch ended: its slot is free
+        self.poke: Callable[[], None] = lambda: None  # ...and this wakes the role's loop
         self.looked_for_big = 0.0
         self.read_all_at = 0.0
         self.mark: tuple[int, int, int] | None = None  # unfinished downloads at the last read
@@ -210,6 +229,7 @@ class Runner:
                 run()
             finally:
                 self.wake.set()
+                self.poke()
 
         return wrapped
 

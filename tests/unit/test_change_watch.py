@@ -1,0 +1,126 @@
+"""ChangeWatch.wait_changed: asleep until another connection commits, a poke, or the
+timeout. The waits here are long (60 s) and the joins generous, so a wake that never
+comes fails the test however busy the machine, and nothing is timed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pshare.db import watch as watchmod
+from p2pshare.db.engine import Database
+from p2pshare.db.watch import ChangeWatch, WriteNotify
+
+LONG = 60.0
+JOIN = 30.0
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def watch(
+    request: pytest.FixtureRequest, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ChangeWatch]:
+    if request.param == "polling":
+        monkeypatch.setattr(WriteNotify, "open", classmethod(lambda cls, path: None))
+    else:
+        probe = WriteNotify.open(db.path)
+        if probe is None:
+            pytest.skip("no inotify here")
+        probe.close()
+    w = db.watch()
+    w.enable_poke()
+    assert w.changed()  # the first look; from here on only new commits count
+    yield w
+    w.close()
+
+
+def waiting(watch: ChangeWatch) -> tuple[threading.Thread, list[bool], threading.Event]:
+    """A thread in wait_changed(LONG), and its answer once it returns."""
+    answer: list[bool] = []
+    started = threading.Event()
+
+    def run() -> None:
+        started.set()
+        answer.append(watch.wait_changed(LONG))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(JOIN)
+    return thread, answer, started
+
+
+def commit(path: Path) -> None:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
+    other.execute("INSERT INTO scratch VALUES (1)")
+    other.close()
+
+
+def finished(thread: threading.Thread, answer: list[bool]) -> bool:
+    thread.join(JOIN)
+    return not thread.is_alive() and len(answer) == 1
+
+
+def test_a_commit_by_another_connection_ends_the_wait(watch: ChangeWatch) -> None:
+    thread, answer, _ = waiting(watch)
+    commit(watch.path)
+    assert finished(thread, answer), "a commit did not wake the waiter"
+    assert answer == [True]
+    assert not watch.changed()  # that commit was the one it reported
+
+
+def test_a_poke_ends_the_wait_saying_nothing_changed(watch: ChangeWatch) -> None:
+    thread, answer, _ = waiting(watch)
+    watch.poke()
+    assert finished(thread, answer), "a poke did not wake the waiter"
+    assert answer == [False]
+
+
+def test_a_poke_before_the_wait_ends_it_at_once(watch: ChangeWatch) -> None:
+    watch.poke()  # e.g. a job ended while the loop was busy: the next wait must not sleep
+    thread, answer, _ = waiting(watch)
+    assert finished(thread, answer)
+    assert answer == [False]
+
+
+def test_a_commit_made_before_the_wait_is_reported_at_once(watch: ChangeWatch) -> None:
+    commit(watch.path)
+    thread, answer, _ = waiting(watch)
+    assert finished(thread, answer)
+    assert answer == [True]
+
+
+def test_a_wait_that_times_out_says_nothing_changed(watch: ChangeWatch) -> None:
+    assert watch.wait_changed(0.0) is False
+
+
+def test_writes_to_other_files_in_the_folder_are_not_the_databases(db: Database) -> None:
+    notify = WriteNotify.open(db.path)
+    if notify is None:
+        pytest.skip("no inotify here")
+    try:
+        assert not notify.drain()
+        (db.path.parent / "other.log").write_text("a line\n")
+        assert not notify.drain()  # an event, but not about the database
+        commit(db.path)
+        assert notify.drain()
+        assert not notify.drain()  # drained
+    finally:
+        notify.close()
+
+
+def test_a_poke_after_close_writes_nowhere(db: Database) -> None:
+    w = db.watch()
+    w.enable_poke()
+    w.close()
+    w.poke()  # a job ending while the role stops: no error, and no stray byte in a reused fd
+
+
+def test_without_inotify_the_watch_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Callable[..., object]] = []
+    monkeypatch.setattr(watchmod.ctypes, "CDLL", lambda *a, **k: calls.append(a) or object())
+    assert WriteNotify.open(Path("/nonexistent/p2p.db")) is None
+    assert calls
