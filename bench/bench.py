@@ -52,6 +52,8 @@ HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 RATE_LIMIT = 32 * MIB  # per seeder in the rate-limited scenario
+IDLE_SETTLE_SECONDS = 3.0
+IDLE_SECONDS = 20.0
 CATALOG_FILES = 10_000
 SMALL_SIZE = 1 * MIB  # the `small` scenario: what a user waits for beyond the transfer
 SMALL_REPS_MIN = 5
@@ -883,6 +885,39 @@ class Bench:
             )
         self.stop_all()
 
+    def idle(self) -> None:
+        """What a node costs while nothing happens: every role's CPU over IDLE_SECONDS on
+        a node with the defaults (web on), after it settled. A node runs all day on every
+        machine; a role that polls pays for it in wakeups, and on a one-core board or a
+        laptop on battery that is the whole cost of having it. Report only: no reference
+        runs idle the same way here."""
+        node = self.node("idle")
+        self.start(node)
+        every = {"server", "announcer", "listener", "downloader", "web", "torrent"}
+
+        def beating() -> list[str]:
+            return [str(r) for (r,) in node.sql("SELECT role FROM heartbeats ORDER BY role")]
+
+        roles = wait_for(lambda: set(beating()) >= every and beating(), 60, "every role to beat")
+        time.sleep(IDLE_SETTLE_SECONDS)  # the start-up index and first announcements end
+        before = {r: node.cpu_seconds(r) for r in roles}
+        t0 = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        spent = {r: node.cpu_seconds(r) - before[r] for r in roles}
+        took = time.monotonic() - t0
+        self.stop_all()
+        share = {r: 100 * cpu / took for r, cpu in spent.items()}
+        self.rows.append(
+            Row(
+                f"idle node, {IDLE_SECONDS:.0f} s: % of a core, every role",
+                f"{sum(share.values()):.2f} %",
+                "-",
+                "-",
+                goal="report: " + ", ".join(f"{r} {v:.2f}" for r, v in share.items()),
+                raw={"cpu_s": spent, "seconds": took},
+            )
+        )
+
     def discovery(self) -> None:
         """Start-to-peers and new-file-to-peer latencies."""
         a = self.node("disc-a")
@@ -1010,6 +1045,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "discovery": Bench.discovery,
     "catalog": Bench.catalog,
     "encrypted": Bench.encrypted,
+    "idle": Bench.idle,
     "many": many,  # issue 25: a folder of many small files (bench/many.py)
     "biglan": biglan,  # issue 22: 1,000 peers waking at once (bench/biglan.py)
     "torrent": torrent,  # issue 24: BitTorrent vs nginx vs p2pshare (bench/torrent_transfer.py)
