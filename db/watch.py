@@ -17,11 +17,10 @@ from p2pshare.db.quick import BUSY_TIMEOUT_MS
 
 # Without inotify, how often `wait_changed` reads the change counter.
 POLL_SECONDS = 0.01
-# A commit's last write into the WAL comes a moment before SQLite publishes the commit in
-# the WAL index (shared memory, which raises no event): after a write is seen, the
-# counter is read again this often, this many times, before waiting for the next write.
-SETTLE_SECONDS = 0.001
-SETTLE_LOOKS = 20
+# After a write to the WAL with no commit visible yet, the counter is read again after
+# 1, 2, 4 ... 256 ms (see ChangeWatch._settle): nine more looks, half a second at most.
+SETTLE_FIRST_SECONDS = 0.001
+SETTLE_LAST_SECONDS = 0.256
 
 # <sys/inotify.h>
 IN_MODIFY = 0x00000002
@@ -84,9 +83,16 @@ class ChangeWatch:
         """Wait until another connection commits (True), `timeout` seconds pass or `poke`
         is called (False, unless a commit came too)."""
         deadline = time.monotonic() + timeout
+        fresh = not self._notify_tried
+        notify = self._notifier()  # first: a commit from here on raises an event
         if self.changed():
             return True
-        notify = self._notifier()
+        if fresh and notify is not None:
+            # A commit whose last write came just before the watch began raised no event
+            # and may not be visible yet: give it the same looks as a write seen.
+            changed, poked = self._settle(deadline, False)
+            if changed or poked:
+                return changed
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -97,15 +103,29 @@ class ChangeWatch:
                     return True
             else:
                 poked = self._sleep(remaining, notify.fd)
-                wrote = notify.drain()
-                if self.changed():
-                    return True
-                for _ in range(SETTLE_LOOKS if wrote else 0):
-                    time.sleep(SETTLE_SECONDS)
-                    if self.changed():
+                if notify.drain():  # the WAL was written
+                    changed, poked = self._settle(deadline, poked)
+                    if changed:
                         return True
+                elif self.changed():
+                    return True
             if poked:
                 return False
+
+    def _settle(self, deadline: float, poked: bool) -> tuple[bool, bool]:
+        """The WAL was written: is a commit visible (and was there a poke meanwhile)?
+        SQLite publishes a commit in the WAL index (shared memory, which raises no event)
+        just after its last write, and a busy machine can hold the writer between the two;
+        a big transaction writes pages before it commits. So look again at growing
+        intervals, and stop at a poke."""
+        pause = SETTLE_FIRST_SECONDS
+        while True:
+            if self.changed():
+                return True, poked
+            if poked or pause > SETTLE_LAST_SECONDS or time.monotonic() + pause >= deadline:
+                return False, poked
+            poked = self._sleep(pause, None)
+            pause *= 2
 
     def _sleep(self, seconds: float, fd: int | None) -> bool:
         """Until `fd` is readable, a poke or `seconds`; whether it was a poke."""
@@ -138,11 +158,13 @@ class ChangeWatch:
 
 
 class WriteNotify:
-    """inotify on the database's folder: readable when the database or its WAL is written."""
+    """inotify on the database's folder: readable when a file in it is written; `drain`
+    says whether one was the database's WAL, where every commit is written (a checkpoint
+    writes the database file itself, and commits nothing)."""
 
-    def __init__(self, fd: int, prefix: bytes) -> None:
+    def __init__(self, fd: int, wal: bytes) -> None:
         self.fd = fd
-        self.prefix = prefix
+        self.wal = wal
 
     @classmethod
     def open(cls, db_path: Path) -> WriteNotify | None:
@@ -160,10 +182,10 @@ class WriteNotify:
         if add(fd, folder, IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0:
             os.close(fd)
             return None
-        return cls(fd, os.fsencode(db_path.name))
+        return cls(fd, os.fsencode(db_path.name) + b"-wal")
 
     def drain(self) -> bool:
-        """Read the pending events; whether one was about the database's files (or lost)."""
+        """Read the pending events; whether one was about the WAL (or events were lost)."""
         ours = False
         while True:
             try:
@@ -174,7 +196,7 @@ class WriteNotify:
             while offset + EVENT.size <= len(data):
                 _, mask, _, length = EVENT.unpack_from(data, offset)
                 name = data[offset + EVENT.size : offset + EVENT.size + length]
-                ours = ours or bool(mask & IN_Q_OVERFLOW) or name.startswith(self.prefix)
+                ours = ours or bool(mask & IN_Q_OVERFLOW) or name.rstrip(b"\0") == self.wal
                 offset += EVENT.size + length
 
     def close(self) -> None:

@@ -53,9 +53,11 @@ def waiting(watch: ChangeWatch) -> tuple[threading.Thread, list[bool], threading
 
 
 def commit(path: Path) -> None:
+    """One commit by another connection (one transaction: two would be two changes)."""
     other = sqlite3.connect(path, isolation_level=None)
-    other.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
-    other.execute("INSERT INTO scratch VALUES (1)")
+    other.executescript(
+        "BEGIN; CREATE TABLE IF NOT EXISTS scratch (x); INSERT INTO scratch VALUES (1); COMMIT;"
+    )
     other.close()
 
 
