@@ -122,6 +122,11 @@ def mbps(size: int, seconds: float) -> float:
     return size / seconds / 1e6
 
 
+def cpu_count() -> int:
+    """The CPUs this benchmark (and so every node it starts) may run on."""
+    return len(os.sched_getaffinity(0))
+
+
 def http_cpu_per_gib(fetches: list[Fetch], size: int) -> tuple[float, float, float]:
     """Medians of (client + nginx, client, nginx) CPU-seconds per GiB."""
     both = [f.client_cpu + f.server_cpu for f in fetches]
@@ -296,9 +301,12 @@ class Bench:
         http: dict[str, list[Fetch]],
         goals: dict[str, str],
         via: str = "from nginx",
+        cores: int | None = None,
     ) -> None:
         """Rows comparing a one-seeder Transfer with curl (+ aria2c) from nginx: MB/s and
-        CPU-seconds per GiB. goals maps "speed"/"cpu" to a GOALS key or a goal text."""
+        CPU-seconds per GiB. goals maps "speed"/"cpu" to a GOALS key or a goal text.
+        `cores`: the CPUs both nodes may use (all of them, or the one they are pinned to),
+        for the ceiling row."""
         rate = mbps(self.size, median(t.seconds))
         both, dl, srv = t.cpu_per_gib(self.size)
         cpu_text = f"{both:.2f} s/GiB (dl {dl:.2f}, srv {srv:.2f})"
@@ -352,6 +360,24 @@ class Bench:
                     value=both / ref,
                 )
             )
+            self._ceiling_row(label, both, mbps(self.size, median(secs)), cores or cpu_count())
+
+    def _ceiling_row(self, label: str, cpu_per_gib: float, curl_rate: float, cores: int) -> None:
+        """The fastest the node could go here if every core it may use did nothing but the
+        downloader's and the server's work (at their measured CPU per GiB), against curl's
+        measured rate: a speed goal above this ratio cannot be met on this machine, and
+        the gap below it is what start-up, p2pctl, the other roles and idle cores cost."""
+        ceiling = cores / cpu_per_gib * GIB / 1e6
+        self.rows.append(
+            Row(
+                f"{label}: ceiling, {cores} core(s) busy only with dl + srv",
+                f"{ceiling:.0f} MB/s",
+                f"curl {curl_rate:.0f} MB/s",
+                f"{ceiling / curl_rate:.2f}x",
+                goal="report: the most the speed ratio can be on this machine",
+                raw={"cores": cores, "cpu_s_per_gib": cpu_per_gib},
+            )
+        )
 
     # ------------------------------------------------------------ scenarios
 
@@ -420,6 +446,18 @@ class Bench:
                 raw={"three_s": three, "aria2c_3_mirrors_s": aria3, "aria2c_1_s": aria1},
                 goal_key="three",
                 value=ratio,
+            )
+        )
+        # At one seeder's CPU per GiB, what 1.5x one seeder's rate would take.
+        need = 1.5 * one_rate * 1e6 / GIB * one.cpu_per_gib(self.size)[0]
+        self.rows.append(
+            Row(
+                "3 seeders: cores that 1.5x one seeder would take at its CPU per GiB",
+                f"{need:.2f} cores",
+                f"{cpu_count()} here",
+                "-",
+                goal="report: above the cores here, three seeders on loopback cannot reach 1.5x",
+                raw={"cores_needed": need},
             )
         )
         lt3 = self._libtorrent(3, 0)
@@ -587,7 +625,7 @@ class Bench:
         one, http = self.one_seeder(seeder, leech, self.big, cpus=cpu, clients=("curl",))
         self.stop_all()
         label = f"1 seeder, {self.size // MIB} MiB ({where(self.root.parent)}), all on CPU {cpu}"
-        self.speed_and_cpu_rows(label, one, http, {"speed": "pinned", "cpu": "report"})
+        self.speed_and_cpu_rows(label, one, http, {"speed": "pinned", "cpu": "report"}, cores=1)
 
     def disk(self) -> None:
         """The one-seeder transfer in a folder on a real disk, the source dropped from the
