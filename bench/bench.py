@@ -46,6 +46,7 @@ from recvpath import expected_states, run_once  # noqa: E402
 from refcopy import fetch  # noqa: E402
 from torrent_transfer import torrent  # noqa: E402
 
+from p2pshare.db import roles as dbroles  # noqa: E402
 from p2pshare.services.settings import chunk_size_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -931,12 +932,13 @@ class Bench:
         runs idle the same way here."""
         node = self.node("idle")
         self.start(node)
-        every = {"server", "announcer", "listener", "downloader", "web", "torrent"}
+        every = {*dbroles.ROLES, *dbroles.OPTIONAL_ROLES}
 
-        def beating() -> list[str]:
-            return [str(r) for (r,) in node.sql("SELECT role FROM heartbeats ORDER BY role")]
+        def all_beating() -> list[str]:
+            found = [str(r) for (r,) in node.sql("SELECT role FROM heartbeats ORDER BY role")]
+            return found if set(found) >= every else []
 
-        roles = wait_for(lambda: set(beating()) >= every and beating(), 60, "every role to beat")
+        roles = wait_for(all_beating, 60, "every role to beat")
         time.sleep(IDLE_SETTLE_SECONDS)  # the start-up index and first announcements end
         before = {r: node.cpu_seconds(r) for r in roles}
         t0 = time.monotonic()
