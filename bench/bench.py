@@ -37,6 +37,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from biglan import biglan  # noqa: E402
+from bigshare import bigshare  # noqa: E402
 from goalrow import GoalRow  # noqa: E402
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
 from many import many  # noqa: E402
@@ -1089,6 +1090,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "many": many,  # issue 25: a folder of many small files (bench/many.py)
     "biglan": biglan,  # issue 22: 1,000 peers waking at once (bench/biglan.py)
     "torrent": torrent,  # issue 24: BitTorrent vs nginx vs p2pshare (bench/torrent_transfer.py)
+    "bigshare": bigshare,  # issue 34: 100,000 files shared, one changed (bench/bigshare.py)
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli
@@ -1133,6 +1135,9 @@ def main() -> None:
     parser.add_argument("--pin-cpu", default="0", help="CPU for the `pinned` scenario")
     parser.add_argument("--many-files", type=int, nargs="+", default=[1000], help="`many`: N ...")
     parser.add_argument("--biglan-peers", type=int, default=1000, help="`biglan`: N peers")
+    parser.add_argument(
+        "--bigshare-files", type=int, default=100_000, help="`bigshare`: N files (or 1000000)"
+    )
     args = parser.parse_args()
     if fs_type(args.tmp_dir) != "tmpfs":
         print(f"note: {args.tmp_dir} is {fs_type(args.tmp_dir)}, not tmpfs", flush=True)
@@ -1141,6 +1146,7 @@ def main() -> None:
     bench = Bench(root, args.size_mib * MIB, args.reps, args.disk_dir, args.pin_cpu)
     bench.many_files = args.many_files  # type: ignore[attr-defined]
     bench.biglan_peers = args.biglan_peers  # type: ignore[attr-defined]
+    bench.bigshare_files = args.bigshare_files  # type: ignore[attr-defined]
     ran = args.only or list(SCENARIOS)
     load = [os.getloadavg()]
     try:
