@@ -6,9 +6,10 @@ through it (`Ctl.database`), never for `--help` or `status`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import click
@@ -16,6 +17,8 @@ import click
 from p2pshare.db import quick
 from p2pshare.db.roles import ALIVE_WITHIN_SECONDS, RoleStatus
 from p2pshare.db.schema import SchemaError
+from p2pshare.services import node_config
+from p2pshare.services.node_config import record_path
 from p2pshare.services.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -46,15 +49,42 @@ class Ctl:
     _settings: Settings | None = None
     _database: Database | None = None
     _quick: sqlite3.Connection | None = None
+    # The variables this shell sets differently from the node's record.
+    shell_differs: list[str] = field(default_factory=list)
+    # Whether resolving the settings says so on stderr (status shows it its own way).
+    note_shell: bool = True
 
     @property
     def settings(self) -> Settings:
+        """The node's settings: what `p2pctl start` recorded in its home, else this
+        shell's. A variable of this shell that differs gets one note line."""
         if self._settings is None:
             try:
-                self._settings = load_settings()
+                self._settings, self.shell_differs = node_config.node_settings(os.environ)
             except SettingsError as exc:
                 raise UserError(str(exc)) from None
+            if self.shell_differs and self.note_shell:
+                click.echo(
+                    f"note: this shell's {', '.join(self.shell_differs)} "
+                    f"{'differs' if len(self.shell_differs) == 1 else 'differ'} from the "
+                    f"node's ({record_path(self._settings.home)}); "
+                    f"p2pctl restart from this shell applies "
+                    f"{'it' if len(self.shell_differs) == 1 else 'them'}",
+                    err=True,
+                )
         return self._settings
+
+    def use_settings(self, settings: Settings) -> Settings:
+        """Act on the node with `settings` (a start's own), not resolving them again."""
+        self._settings = settings
+        return settings
+
+    def shell_settings(self) -> Settings:
+        """This shell's own settings (environment over config file), for comparing."""
+        try:
+            return load_settings()
+        except SettingsError as exc:
+            raise UserError(str(exc)) from None
 
     @property
     def database(self) -> Database:

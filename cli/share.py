@@ -9,6 +9,7 @@ import click
 
 from p2pshare.cli.context import Ctl, UserError, pass_ctl
 from p2pshare.db import node as dbnode
+from p2pshare.db.roles import START_ERROR
 from p2pshare.services.net import netif
 from p2pshare.services.web import token as webtoken
 
@@ -27,23 +28,25 @@ def share_link(ctl: Ctl, host: str | None, no_qr: bool) -> None:
     """Print the browser share's URL, with its token, and a QR code for a phone's camera.
 
     Anyone with the link can read this node's shared and downloaded files; remove
-    $P2P_HOME/web-token and restart p2p:web to revoke every link.
+    $P2P_HOME/web-token and run p2pctl restart to revoke every link.
     """
     with ctl.database.read() as s:
         recorded = dbnode.role_settings(s).get("web", {})
         beats = {r.role: r for r in dbnode.role_statuses(s, now=time.time(), roles=("web",))}
+    if START_ERROR in recorded and not beats["web"].alive:
+        raise UserError(
+            f"the web program cannot start: {recorded[START_ERROR]}; "
+            "fix that and run p2pctl restart"
+        )
     if not recorded:
-        raise UserError(
-            "the web program has not run on this node yet; start the node "
-            "(supervisord -c supervisord.conf)"
-        )
+        raise UserError("the web program has not run on this node yet; start it with p2pctl start")
     if recorded.get("port") == "off":
-        raise UserError("the web program is off (P2P_WEB_PORT=off); set a port and restart p2p:web")
-    if recorded.get("share") != "yes":
         raise UserError(
-            "the browser share is off; set P2P_WEB_SHARE=1 and run "
-            "supervisorctl -c supervisord.conf restart p2p:web"
+            "the web program is off (P2P_WEB_PORT=off); give it a port with "
+            "P2P_WEB_PORT=47480 p2pctl restart"
         )
+    if recorded.get("share") != "yes":
+        raise UserError("the browser share is off; turn it on with P2P_WEB_SHARE=1 p2pctl restart")
     try:
         token = webtoken.ensure_token(ctl.settings.home)
     except webtoken.TokenError as exc:

@@ -14,7 +14,7 @@ from p2pshare.cli import node_settings
 from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import quick
-from p2pshare.db.roles import ROLES, RoleStatus
+from p2pshare.db.roles import OPTIONAL_ROLES, ROLES, START_ERROR, RoleStatus
 from p2pshare.services.protocol import short_fingerprint
 from p2pshare.services.units import ago, human_bytes
 
@@ -26,18 +26,21 @@ KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
 @pass_ctl
 def status(ctl: Ctl, as_json: bool) -> None:
     """This node: name, address, ports, folders, which roles are alive, counts."""
+    ctl.note_shell = False  # the note line below says it
     shell = ctl.settings
     now = time.time()
     facts = quick.status_facts(ctl.quick, shell.db_path, now=now)
-    roles, state, recorded, counts = facts.roles, facts.node, facts.recorded, facts.counts
+    state, recorded, counts = facts.node, facts.recorded, facts.counts
+    roles = every_program(facts.roles, recorded)
     node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)
     # The live port while the server runs; what it last recorded once it stopped.
     tcp_port = (state.tcp_port if state else None) or node.tcp_port
-    differs = node_settings.shell_differs(shell, node)
+    differs = node_settings.shell_differs(ctl.shell_settings(), node)
+    differs += [name for name in ctl.shell_differs if name not in differs]
     if as_json:
         emit_json(
             {
-                **status_info(node, tcp_port, roles),
+                **status_info(node, tcp_port, roles, recorded),
                 "home": str(shell.home),
                 "node_id": state.node_id if state else None,
                 "catalog_version": state.catalog_version if state else 0,
@@ -66,10 +69,10 @@ def status(ctl: Ctl, as_json: bool) -> None:
             [
                 [
                     r.role,
-                    "alive" if r.alive else "DOWN",
+                    state_word(r, recorded),
                     r.pid or "-",
                     ago(r.beat_at, now=now),
-                    r.detail,
+                    last_error(r, recorded) or r.detail,
                 ]
                 for r in roles
             ],
@@ -80,7 +83,10 @@ def status(ctl: Ctl, as_json: bool) -> None:
 
 
 def status_info(
-    node: node_settings.NodeSettings, tcp_port: int | None, roles: list[RoleStatus]
+    node: node_settings.NodeSettings,
+    tcp_port: int | None,
+    roles: list[RoleStatus],
+    recorded: dict[str, dict[str, str]],
 ) -> dict[str, object]:
     """The settings part of `status --json`."""
     return {
@@ -99,10 +105,40 @@ def status_info(
         "fingerprint": node.fingerprint,
         "versions": node.versions,
         "roles": {
-            r.role: {"alive": r.alive, "pid": r.pid, "beat_at": r.beat_at, "detail": r.detail}
+            r.role: {
+                "alive": r.alive,
+                "pid": r.pid,
+                "beat_at": r.beat_at,
+                "detail": r.detail,
+                "error": last_error(r, recorded),
+            }
             for r in roles
         },
     }
+
+
+def every_program(roles: list[RoleStatus], recorded: dict[str, dict[str, str]]) -> list[RoleStatus]:
+    """The four roles, and web and torrent when they beat or ever started (or tried):
+    a program that cannot start has no heartbeat, only the sentence it recorded."""
+    listed = {r.role for r in roles}
+    extra = [
+        RoleStatus(role, False, None, None, None, "")
+        for role in OPTIONAL_ROLES
+        if role not in listed and role in recorded
+    ]
+    return [*roles, *extra]
+
+
+def last_error(role: RoleStatus, recorded: dict[str, dict[str, str]]) -> str | None:
+    """Why the program's last start failed, unless it runs now."""
+    error = recorded.get(role.role, {}).get(START_ERROR)
+    return None if error is None or role.alive else f"cannot start: {error}"
+
+
+def state_word(role: RoleStatus, recorded: dict[str, dict[str, str]]) -> str:
+    if role.alive:
+        return "alive"
+    return "FAILED" if last_error(role, recorded) else "DOWN"
 
 
 def settings_lines(

@@ -4,6 +4,8 @@ The home is resolved as every role resolves it (`load_settings`), its folders ar
 and supervisord runs the project's one configuration file with P2P_HOME set: the
 `supervisord.conf` beside the installed packages (p2pshare/supervisord.conf in an
 installed wheel, the checkout's own file in a checkout or an editable install).
+The settings a start is given are recorded in the home first (`services.node_config`),
+and supervisord gets none from this shell: the node runs as its record says.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from pathlib import Path
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
-from p2pshare.services.settings import Settings
+from p2pshare.db import quick
+from p2pshare.db.roles import OPTIONAL_ROLES, ROLES
+from p2pshare.services import node_config
+from p2pshare.services.settings import Settings, SettingsError
 
 CONF_NAME = "supervisord.conf"
+# Every program of supervisord.conf: a start waits until each runs or says why not.
+PROGRAMS = (*ROLES, *OPTIONAL_ROLES)
 # Roles need a second or two to open the database and beat; a busy machine more.
 START_WAIT_SECONDS = 30.0
 # supervisord gives each role stopwaitsecs=10 after SIGTERM, then kills it.
@@ -118,18 +125,40 @@ def alive_roles(ctl: Ctl) -> list[str]:
         return []
 
 
-def start_node(ctl: Ctl) -> None:
-    settings = ctl.settings
+def plan_start() -> node_config.StartPlan:
+    """What a start will run the node with; raises UserError for a bad value."""
+    try:
+        return node_config.plan_start(os.environ)
+    except SettingsError as exc:
+        raise UserError(str(exc)) from None
+
+
+def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
+    settings = ctl.use_settings(plan.settings)
     pid = supervisord_pid(settings)
     if pid is not None:
         click.echo(f"the node at {settings.home} is already running (supervisord pid {pid})")
+        if plan.changes:
+            click.echo(
+                f"note: this shell's {', '.join(c.variable for c in plan.changes)} "
+                "differ from the node's; p2pctl restart from this shell applies them",
+                err=True,
+            )
         return
     try:
         settings.make_dirs()
+        plan.save()
     except OSError as exc:
         raise UserError(f"cannot create the node's folders under {settings.home}: {exc}") from None
+    if plan.first:
+        click.echo(f"recorded the node's settings in {plan.record}")
+    elif plan.changes:
+        changed = ", ".join(change.words() for change in plan.changes)
+        click.echo(f"applied from this shell: {changed} (recorded in {plan.record})")
     started_at = time.time()
-    env = {**os.environ, "P2P_HOME": str(settings.home)}
+    # Only the record reaches the programs: a variable of this shell is either in it
+    # (given to this start) or not the node's.
+    env = {**node_config.without_settings(os.environ), "P2P_HOME": str(settings.home)}
     result = subprocess.run(
         [supervisord_command(), "-c", str(conf_path())],
         env=env,
@@ -142,18 +171,26 @@ def start_node(ctl: Ctl) -> None:
         raise UserError(f"supervisord did not start: {reason[-1] if reason else result.returncode}")
     wake_supervisord(settings.home / "supervisor.sock")
 
-    def all_alive() -> bool:
-        fresh = [
-            r
-            for r in (ctl.role_statuses() if settings.db_path.is_file() else [])
-            if r.alive and (r.started_at or 0) >= started_at - 1
-        ]
-        return len(fresh) == 4
+    failed: dict[str, str] = {}
 
-    if not wait_for(lambda: _quietly(all_alive), START_WAIT_SECONDS):
+    def settled() -> bool:
+        if not settings.db_path.is_file():
+            return False
+        running, failures = quick.started_since(ctl.quick, started_at - 1)
+        failed.update(failures)
+        return bool(failed) or set(PROGRAMS) <= running
+
+    settled_in_time = wait_for(lambda: _quietly(settled), START_WAIT_SECONDS)
+    if failed:
+        # A program that cannot start is retried by supervisord every few seconds for
+        # ever; a node half up is worse than one that is plainly stopped.
+        program, reason = sorted(failed.items())[0]
+        stop_node(ctl)
+        raise UserError(f"p2p-{program} cannot start: {reason}; the node is stopped")
+    if not settled_in_time:
         raise UserError(
-            f"the node's roles did not all start within {START_WAIT_SECONDS:.0f} s "
-            f"(alive: {', '.join(alive_roles(ctl)) or 'none'}); see {settings.log_dir}"
+            f"the node's programs did not all start within {START_WAIT_SECONDS:.0f} s "
+            f"(running: {', '.join(alive_roles(ctl)) or 'none'}); see {settings.log_dir}"
         )
     click.echo(
         f"started the node at {settings.home} (supervisord pid {supervisord_pid(settings)}); "
@@ -190,7 +227,7 @@ def stop_node(ctl: Ctl) -> bool:
 @pass_ctl
 def start(ctl: Ctl) -> None:
     """Start the node in P2P_HOME under supervisord."""
-    start_node(ctl)
+    start_node(ctl, plan_start())
 
 
 @click.command()
@@ -206,6 +243,8 @@ def stop(ctl: Ctl) -> None:
 @pass_ctl
 def restart(ctl: Ctl) -> None:
     """Stop the node if it runs, then start it."""
+    plan = plan_start()  # a bad value stops nothing
+    ctl.use_settings(plan.settings)
     if stop_node(ctl):
-        click.echo(f"stopped the node at {ctl.settings.home}")
-    start_node(ctl)
+        click.echo(f"stopped the node at {plan.home}")
+    start_node(ctl, plan)

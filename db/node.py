@@ -11,6 +11,7 @@ from p2pshare.db.models import Heartbeat, NodeState, RoleSetting
 from p2pshare.db.roles import ALIVE_WITHIN_SECONDS as ALIVE_WITHIN_SECONDS
 from p2pshare.db.roles import HEARTBEAT_SECONDS as HEARTBEAT_SECONDS
 from p2pshare.db.roles import ROLES as ROLES
+from p2pshare.db.roles import START_ERROR as START_ERROR
 from p2pshare.db.roles import RoleStatus as RoleStatus
 from p2pshare.db.roles import statuses
 
@@ -89,6 +90,11 @@ def record_role_settings(
         RoleSetting(role=role, name=name, value=value, recorded_at=now)
         for name, value in values.items()
     )
+
+
+def record_start_error(session: Session, role: str, error: str, *, now: float) -> None:
+    """Note beside what `role` last ran with why it cannot start now."""
+    session.merge(RoleSetting(role=role, name=START_ERROR, value=error, recorded_at=now))
 
 
 def role_settings(session: Session) -> dict[str, dict[str, str]]:

@@ -163,3 +163,17 @@ def status_facts(conn: sqlite3.Connection, path: Path, *, now: float) -> StatusF
     finally:
         conn.execute("COMMIT")
     return StatusFacts(roles, node, recorded, facts, sizes(path))
+
+
+def started_since(conn: sqlite3.Connection, since: float) -> tuple[set[str], dict[str, str]]:
+    """The programs that began beating after `since`, and those that recorded since
+    then why they cannot start (program -> its sentence): what `p2pctl start` waits on."""
+    query = "SELECT role FROM heartbeats WHERE started_at >= ?"
+    beating = {row[0] for row in conn.execute(query, (since,))}
+    failed = dict(
+        conn.execute(
+            "SELECT role, value FROM role_settings WHERE name = ? AND recorded_at >= ?",
+            (dbroles.START_ERROR, since),
+        ).fetchall()
+    )
+    return beating - set(failed), failed

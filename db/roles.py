@@ -12,6 +12,9 @@ ALIVE_WITHIN_SECONDS = 10.0
 ROLES = ("server", "announcer", "listener", "downloader")
 # Programs a node may run beside them; listed when they have a heartbeat row.
 OPTIONAL_ROLES = ("web", "torrent")
+# The `role_settings` row a program writes when it cannot start (its one sentence); the
+# next start that succeeds replaces the program's rows, and with them this one.
+START_ERROR = "start_error"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
@@ -157,11 +158,12 @@ def _heartbeat_loop(ctx: RoleContext) -> None:
 def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
     """Start a role and run it until SIGTERM; exits the process with its status."""
     setup_logging(role)
+    database: Database | None = None
     try:
         check_available()  # every role hashes or serves chained manifests
         settings = load_settings()
         settings.make_dirs()
-        database = Database.open(settings.db_path)
+        opened = database = Database.open(settings.db_path)
         tls = NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
     except (
         SettingsError,
@@ -170,27 +172,37 @@ def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
         ChainUnavailable,
         identity.IdentityError,
     ) as exc:
-        print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        cannot_start(role, str(exc), database)
     except OSError as exc:
-        print(f"p2p-{role}: cannot start: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    ctx = RoleContext(role, settings, database, stop_on_signals(), tls)
+        cannot_start(role, f"cannot start: {exc}", database)
+    ctx = RoleContext(role, settings, opened, stop_on_signals(), tls)
     log.info("starting (pid %d, home %s)", os.getpid(), settings.home)
     try:
         body(ctx)
     except StartupError as exc:
-        print(f"p2p-{role}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        cannot_start(role, str(exc), opened)
     finally:
         try:
-            with database.write() as s:
+            with opened.write() as s:
                 dbnode.clear_heartbeat(s, role, pid=os.getpid())
         except Exception:
             log.exception("could not clear the heartbeat")
-        database.close()
+        opened.close()
     log.info("stopped")
     sys.exit(0)
+
+
+def cannot_start(role: str, reason: str, database: Database | None) -> NoReturn:
+    """Say why in one sentence, note it in the database when there is one (so `p2pctl
+    start` and `status` can say it too, not only this log), and exit 2."""
+    print(f"p2p-{role}: {reason}", file=sys.stderr, flush=True)
+    if database is not None:
+        try:
+            with database.write() as s:
+                dbnode.record_start_error(s, role, reason, now=time.time())
+        except Exception:  # the sentence above is in the log whatever happens here
+            log.exception("could not record why this role cannot start")
+    sys.exit(2)
 
 
 def start_heartbeat(ctx: RoleContext) -> threading.Thread:

@@ -174,7 +174,7 @@ def queue(database: Database, pattern: str) -> Action:
         return Action(
             False,
             "The downloader of this node is not running, so nothing was queued; "
-            "check supervisorctl -c supervisord.conf status.",
+            "p2pctl status says why.",
         )
     every = pattern.endswith("/")
     try:

@@ -2,7 +2,7 @@
 
 The browser share always needs it; the dashboard needs it too when the web program
 listens off loopback. `p2pctl share-link` prints it inside the share URL. Removing the
-file and restarting the web program (`supervisorctl restart p2p:web`) revokes every link.
+file and restarting the node (`p2pctl restart`) revokes every link.
 """
 
 from __future__ import annotations
