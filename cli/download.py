@@ -60,6 +60,9 @@ def download(ctl: Ctl, name: str, every: bool, no_wait: bool, peers: tuple[str, 
             queued = queueing.queue_request(conn, name, every=every, now=time.time())
     except queueing.AmbiguousName as exc:
         show_candidates(exc.candidates)
+        names = [c.name for c in exc.candidates]
+        if len(set(names)) < len(names):  # --all refuses a name in several versions
+            raise UserError(str(exc)) from None
         raise UserError(f"{exc}, or --all for every one of them") from None
     except queueing.AlreadyHere as exc:
         root = ctl.settings.share_dir if exc.root == "share" else ctl.settings.download_dir

@@ -145,10 +145,31 @@ def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
     if not candidates:
         raise UnknownName(f"no file on the network matches {pattern!r}; see p2pctl files")
     if len(candidates) > 1:
+        # Contents this node holds already are no choice: of the versions of one name,
+        # the one not here is what is meant; else the choices are those not here.
+        here = _held_here(conn, {c.sha256 for c in candidates})
+        fresh = [c for c in candidates if c.sha256 not in here]
+        if len(fresh) == 1 and len({c.name for c in candidates}) == 1:
+            return fresh[0]
+        shown = fresh if 1 < len(fresh) < len(candidates) else candidates
         raise AmbiguousName(
-            f"{pattern!r} matches {len(candidates)} files; add @SHA to pick one", candidates
+            f"{pattern!r} matches {len(shown)} files{' not here' if shown is fresh else ''}; "
+            "add @SHA to pick one",
+            shown,
         )
     return candidates[0]
+
+
+def _held_here(conn: sqlite3.Connection, shas: set[str]) -> set[str]:
+    """Which of these contents this node shares (under any name)."""
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT f.sha256 FROM local_files lf JOIN files f ON f.id = lf.file_id"
+            " WHERE f.sha256 IN (SELECT value FROM json_each(?))",
+            (json_list(sorted(shas)),),
+        )
+    }
 
 
 # ------------------------------------------------------------ queueing

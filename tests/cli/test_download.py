@@ -199,6 +199,27 @@ def test_ambiguous_name_lists_the_files_and_hints_at_all(home: Path) -> None:
     assert downloads(home) == [(1, "talk.txt", "queued"), (2, "talk.mp4", "queued")]
 
 
+def test_a_name_in_two_versions_hints_only_at_what_works(home: Path) -> None:
+    result = p2pctl(home, "download", "photos/a.jpg", "--no-wait")
+    assert result.returncode == 1
+    # --all would refuse a name offered in several versions: it is not suggested.
+    *table, error = result.stderr.strip().splitlines()
+    assert error == "error: 'photos/a.jpg' matches 2 files; add @SHA to pick one"
+    assert len(table) == 4  # header, rule, the two versions
+    assert downloads(home) == []
+
+
+def test_a_version_held_here_is_no_choice(home: Path) -> None:
+    database = Database.open(home / "p2p.db")
+    try:
+        with database.write() as s:
+            dbindex.record_local_file(s, "share", "photos/a.jpg", hashed(PHOTO_A), now=1.0)
+    finally:
+        database.close()
+    out = succeeds(home, "download", "photos/a.jpg", "--no-wait")
+    assert out.startswith(f"queued #1: photos/a.jpg ({len(PHOTO_B)} B, sha256 {sha(PHOTO_B)[:12]}")
+
+
 def test_folder_with_a_name_in_two_versions_is_one_sentence(home: Path) -> None:
     result = p2pctl(home, "download", "photos/", "--no-wait")
     assert result.returncode == 1
