@@ -20,7 +20,6 @@ from p2pshare.db.index import HashedFile, record_local_files
 from p2pshare.db.inlists import SLICE, in_slices, marks, padded
 from p2pshare.db.jobs import JobSpec, Progress, Source, SourceTally, record_progress
 from p2pshare.db.models import Download
-from p2pshare.db.node import bump_catalog_version
 from p2pshare.services.protocol.bitfield import bitfield_empty, bitfield_set
 
 
@@ -192,9 +191,7 @@ class Fetched:
     source: SourceTally | None  # None: an empty file, fetched from nobody
 
 
-def finish_batch(
-    session: Session, done: Sequence[Fetched], *, now: float, bump: bool = True
-) -> None:
+def finish_batch(session: Session, done: Sequence[Fetched], *, now: float) -> None:
     """Record published files as done and shared from the download folder, with where
     they came from; with `bump`, the catalog's version moves once for all of them. A
     handful of statements for the whole group: a row-by-row ORM walk cost a millisecond
@@ -213,8 +210,6 @@ def finish_batch(
     )
     _add_tallies(conn, [(f.download_id, f.source) for f in done if f.source is not None])
     record_local_files(session, "download", [(f.saved_as, f.hashed) for f in done], now=now)
-    if bump:
-        bump_catalog_version(session, now=now)
 
 
 def _add_tallies(conn: sqlite3.Connection, tallies: Sequence[tuple[int, SourceTally]]) -> None:

@@ -22,7 +22,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from p2pshare.db.models import Base
+from p2pshare.db import catalog_log
+from p2pshare.db.models import Base, CatalogLogEntry
 from p2pshare.db.quick import BUSY_TIMEOUT_MS, configure
 from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
 from p2pshare.db.watch import ChangeWatch
@@ -202,6 +203,24 @@ def _to_v8(conn: Connection) -> None:
     sql("CREATE INDEX ix_torrent_downloads_info_hash ON torrent_downloads (info_hash)")
 
 
+def _to_v9(conn: Connection) -> None:
+    """Catalogs by change (issue 34): `catalog_log` and its triggers, the log's epoch and
+    floor in `node`, and the epoch of each peer's log that `peers.catalog_synced` counts in
+    (NULL: every peer's catalog is fetched whole once more, then by changes)."""
+    sql = conn.exec_driver_sql
+    sql("ALTER TABLE node ADD COLUMN catalog_epoch VARCHAR(16)")
+    sql("ALTER TABLE node ADD COLUMN catalog_floor INTEGER NOT NULL DEFAULT 0")
+    sql("ALTER TABLE peers ADD COLUMN catalog_epoch VARCHAR(16)")
+    CatalogLogEntry.__table__.create(conn)  # type: ignore[attr-defined]
+    catalog_log.start(_driver(conn))
+
+
+def _driver(conn: Connection) -> sqlite3.Connection:
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
+
+
 # Version N is reached by running MIGRATIONS[N] on a database at version N - 1; a
 # new database is created at SCHEMA_VERSION from the models. A new version appends
 # a function; old ones never change.
@@ -213,6 +232,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     6: _to_v6,
     7: _to_v7,
     8: _to_v8,
+    9: _to_v9,
 }
 
 
@@ -289,6 +309,7 @@ def ensure_schema(engine: Engine) -> int:
                     )
                 if version == 0:
                     Base.metadata.create_all(conn)
+                    catalog_log.start(driver)
                 else:
                     for target in range(version + 1, SCHEMA_VERSION + 1):
                         MIGRATIONS[target](conn)

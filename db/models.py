@@ -7,7 +7,7 @@ Unix seconds rather than DATETIME because the roles compare them constantly
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,10 +27,44 @@ class NodeState(Base):
     tcp_port: Mapped[int | None]
     # The announcer's id for this run; a restart makes a new one.
     node_id: Mapped[str | None] = mapped_column(String(64))
+    # The name of this node's catalog log (db/catalog_log.py): new with the database, so
+    # a peer that knew another log of ours fetches the catalog whole again.
+    catalog_epoch: Mapped[str | None] = mapped_column(String(16))
+    # Tombstones up to this sequence number were compacted away: a peer behind it
+    # cannot catch up by changes.
+    catalog_floor: Mapped[int] = mapped_column(default=0)
     # Set by the listener when a new peer appears, so the announcer answers at
     # once and the newcomer need not wait a whole interval to hear of us.
     announce_wanted_at: Mapped[float] = mapped_column(default=0.0)
     updated_at: Mapped[float] = mapped_column(default=0.0)
+
+
+class CatalogLogEntry(Base):
+    """One entry this node offers (a file's content under a name), with the sequence
+    number of its last change; kept by triggers on local_files and downloads
+    (db/catalog_log.py). An entry no longer offered stays as a tombstone (`removed`)
+    until compacted, so peers catching up by changes learn that it went."""
+
+    __tablename__ = "catalog_log"
+    __table_args__ = (
+        UniqueConstraint("file_id", "name"),
+        Index("ix_catalog_log_seq", "seq"),
+        # The tombstones alone: counted and compacted without a scan of the whole log.
+        Index("ix_catalog_log_gone", "seq", sqlite_where=text("removed = 1")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # NULL once a tombstone's content is forgotten (nothing else refers to it): a
+    # tombstone never keeps a `files` row, nor its chunk hashes, alive.
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    name: Mapped[str]
+    # node.catalog_version when the entry last changed: unique, only ever growing.
+    seq: Mapped[int]
+    # NULL: offered whole; else the bitfield of the chunks held (a download under way).
+    have: Mapped[bytes | None] = mapped_column(LargeBinary)
+    removed: Mapped[bool] = mapped_column(default=False)
+    # A tombstone's SHA-256, copied when it went: what peers remove it by.
+    gone_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Heartbeat(Base):
@@ -126,6 +160,9 @@ class Peer(Base):
     announce_seq: Mapped[int] = mapped_column(default=0)
     # The catalog version whose contents are in `holdings`; -1 before the first fetch.
     catalog_synced: Mapped[int] = mapped_column(default=-1)
+    # The catalog log (its epoch) that catalog_synced counts in; NULL before the first
+    # fetch, and for a node of protocol 2.0 that has no log (fetched whole each time).
+    catalog_epoch: Mapped[str | None] = mapped_column(String(16))
     # SHA-256 of its certificate, as announced (NULL from a node without one), and
     # whether it takes TLS connections only.
     fingerprint: Mapped[str | None] = mapped_column(String(64))

@@ -31,7 +31,6 @@ from p2pshare.db.models import (
     TorrentDownload,
     TorrentPieces,
 )
-from p2pshare.db.node import bump_catalog_version
 from p2pshare.db.reports import matches
 
 # Roots in the order a name found in both is taken from.
@@ -301,7 +300,6 @@ def finish_torrent_job(
     if len(published) == 1:
         hashed = published[0][1]
         d.file_id, d.sha256 = ids[hashed.key], hashed.sha256
-    bump_catalog_version(session, now=now)
 
 
 # ------------------------------------------------------------ p2pshare peers holding its files

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
@@ -71,7 +70,6 @@ class Finisher:
                 now=time.time(),
                 published=(self._relative(final), hashed),
             )
-            dbnode.bump_catalog_version(s, now=time.time())
         log.info(
             "download %d done: %s (%d bytes, sha256 %s)",
             spec.download_id,

@@ -19,7 +19,6 @@ import time
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import node as dbnode
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
@@ -41,8 +40,6 @@ MAX_SOURCES = 16
 # Connections to each source when there are only one or two: each connection's thread
 # receives, hashes and writes, so two keep both cores busy (writer.py).
 FEW_SOURCES_CONNECTIONS = 2
-# Announce new chunks (reshare) at most this often.
-CATALOG_BUMP_SECONDS = 1.0
 
 __all__ = ["DownloadJob", "JobFailed"]
 
@@ -162,7 +159,6 @@ class DownloadJob:
     def _transfer(self) -> bool:
         """Fetch until every chunk is durable. False when stopped, cancelled or switched."""
         next_refresh = 0.0
-        last_bump = 0.0
         while True:
             now = time.time()
             refreshed = now >= next_refresh
@@ -173,7 +169,7 @@ class DownloadJob:
                 self.lock.wait_for(
                     lambda: self.picker.finished or self.stop.is_set(), FLUSH_SECONDS
                 )
-            status, grew = self._flush(now)
+            status = self._flush(now)
             if status == "paused":
                 log.info("download %d paused", self.spec.download_id)
                 return False  # the temp file and its verified chunks stay for the resume
@@ -181,10 +177,6 @@ class DownloadJob:
                 log.info("download %d %s", self.spec.download_id, status)
                 self._discard_temp()
                 return False
-            if grew and time.time() - last_bump >= CATALOG_BUMP_SECONDS:
-                with self.database.write() as s:
-                    dbnode.bump_catalog_version(s, now=time.time())
-                last_bump = time.time()
             if self.failure is not None:
                 raise self.failure
             if self.stop.is_set():
@@ -239,15 +231,16 @@ class DownloadJob:
             raise JobFailed(f"{reason} for {self.wait_timeout:.0f} s")
         return ("waiting" if self.picker.in_flight() == 0 else "active"), reason
 
-    def _flush(self, now: float) -> tuple[str, bool]:
-        """Make what was verified durable and record it. Returns (status in the db, grew)."""
+    def _flush(self, now: float) -> str:
+        """Make what was verified durable and record it (the new chunks are offered onward
+        by the same write: db/catalog_log.py). Returns the download's status in the db."""
         with self.lock:
             batch, self.ledger = self.ledger, Ledger()
         usernames = {key: st.source.username for key, st in self.sources.items()}
         status = self.durable.flush(
             self.database, self.fd, batch, self._state(now), usernames, now=now
         )
-        return status, bool(batch.verified)
+        return status
 
     def _refresh_sources(self, now: float) -> None:
         with self.database.read() as s:

@@ -18,7 +18,6 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
 from p2pshare.db.watch import ChangeWatch
-from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (
@@ -71,12 +70,11 @@ def run(ctx: RoleContext) -> None:
             # At most one look every CHECK_SECONDS, however often other roles commit.
             time.sleep(max(0.0, woke + CHECK_SECONDS - time.monotonic()))
             wait = max(0.0, POLL_SECONDS - (time.monotonic() - last_poll))
-            changed = watch.wait_changed(min(wait, CHECK_SECONDS) if runner.bumps.owed else wait)
+            changed = watch.wait_changed(wait)
             woke = time.monotonic()
             if ctx.stop.is_set():
                 break
             woken = runner.wake.is_set()
-            runner.bumps.settle(ctx.database)  # a move a batch owes, once its gap has passed
             if not changed and not woken and time.monotonic() - last_poll < POLL_SECONDS:
                 continue
             runner.wake.clear()
@@ -95,7 +93,6 @@ def run(ctx: RoleContext) -> None:
         watch.close()
         runner.join(STOP_GRACE_SECONDS)
         runner.pool.close()
-        runner.bumps.settle(ctx.database, force=True)
         runner.close()
 
 
@@ -114,7 +111,6 @@ class Runner:
         self.in_batches: set[int] = set()
         self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
         self.pool = PeerPool()
-        self.bumps = CatalogBumps()
         self.wake = threading.Event()  # a job or batch ended: its slot is free
         self.poke: Callable[[], None] = lambda: None  # ...and this wakes the role's loop
         self.looked_for_big = 0.0
@@ -199,9 +195,7 @@ class Runner:
 
     def _start_batch(self, download_ids: list[int]) -> None:
         ctx = self.ctx
-        batch = SmallBatch(
-            download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool, self.bumps
-        )
+        batch = SmallBatch(download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool)
         thread = threading.Thread(
             target=self._then_wake(batch.run), name="small-batch", daemon=True
         )

@@ -34,12 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
-from p2pshare.db import index as dbindex
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
-from p2pshare.services.downloader.catalog_bumps import CatalogBumps
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
@@ -78,7 +76,6 @@ class SmallBatch:
         stop: threading.Event,
         tls: NodeTls,
         pool: PeerPool,
-        bumps: CatalogBumps,
     ) -> None:
         self.download_ids = download_ids
         self.settings = settings
@@ -86,7 +83,6 @@ class SmallBatch:
         self.stop = stop
         self.tls = tls
         self.pool = pool
-        self.bumps = bumps  # the catalog moves, shared by every batch of the role
         self.left_over: set[int] = set()  # for full jobs
         self.lock = threading.Condition()
         self.ready: list[Ready] = []  # under lock
@@ -257,14 +253,10 @@ class SmallBatch:
             _unlink(item.temp)
         done = [self._fetched(item, final) for item, final in published]
         now = time.time()
-        bump = bool(done) and self.bumps.due()
         with self.database.write() as s:
-            dbbatch.finish_batch(s, done, now=now, bump=bump)
+            dbbatch.finish_batch(s, done, now=now)
             for download_id, reason in failed.items():
                 dbjobs.finish_download(s, download_id, status="failed", reason=reason, now=now)
-            entries = dbindex.local_file_count(s) if bump else 0
-        if bump:
-            self.bumps.moved(entries)
         for item in group:
             if item.spec.download_id in failed:
                 _unlink(item.temp)

@@ -6,6 +6,7 @@ probes for rows older than the horizon (one index lookup) and, if there are any,
 moves them into `upload_days` in batches of short transactions. Downloads that ended
 before the horizon go the same way into `download_days`, then requests left without
 downloads into `request_days`, then `files` rows nothing refers to any more (`db.history`).
+The catalog log's oldest tombstones go beyond its bound (`db.catalog_log.compact`).
 Then it gives the freed pages back to the file system (`PRAGMA incremental_vacuum`). A
 database from before schema v5 has auto_vacuum off; the first rollup that empties its
 backlog switches it with one VACUUM, when the file is at its smallest.
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from p2pshare.db import history, ledger
-from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database
+from p2pshare.db import catalog_log, history, ledger
+from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database, driver_connection
 
 log = logging.getLogger("p2p.housekeeping")
 
@@ -54,6 +55,10 @@ class Housekeeping:
         if forgiven:
             log.info("forgave %d bad-peer marks older than %d days", forgiven, self.history_days)
         moved += self.roll_up_history(cutoff)
+        with self.database.write() as s:
+            compacted = catalog_log.compact(driver_connection(s))
+        if compacted:
+            log.info("compacted %d removed entries out of the catalog log", compacted)
         if moved:
             log.info(
                 "rolled up %d uploads rows older than %d days into upload_days in %.1f s",

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
-from p2pshare.db.node import bump_catalog_version
 from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.server.scan import FoundFile, scan_tree
 from p2pshare.services.settings import Settings, chunk_size_for
@@ -124,7 +123,6 @@ class ShareIndexer:
             with self.database.write() as s:
                 stats.removed += dbindex.remove_local_files(s, root.label, gone)
                 dbindex.delete_orphan_files(s)
-                bump_catalog_version(s, now=now)
         todo: list[tuple[str, FoundFile]] = []
         for name, found in scan.files.items():
             old = known.get(name)
@@ -184,7 +182,6 @@ class ShareIndexer:
             dbindex.record_local_files(s, root.label, batch, now=now)
             if replaced:  # only a changed file can leave its old content unreferenced
                 dbindex.delete_orphan_files(s)
-            bump_catalog_version(s, now=now)
         if len(batch) > LOG_EACH_UP_TO:
             log.info(
                 "indexed %d files in %s (%d bytes), %s ... %s",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_db import sql
 
-from p2pshare.db import ledger, quick
+from p2pshare.db import catalog_log, ledger, quick
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.models import BadPeer, File
@@ -219,6 +219,10 @@ def test_migration_seeds_lifetime_totals_from_uploads(tmp_path: Path) -> None:
         " DROP TABLE download_days; DROP TABLE request_days; DROP INDEX ix_holdings_name;"
         " DROP INDEX ix_downloads_file; DROP INDEX ix_downloads_finished_at;"
         " DROP TABLE torrent_pieces; DROP TABLE torrents; DROP TABLE torrent_downloads;"
+        # and what v9 added
+        + "".join(f" DROP TRIGGER {name};" for name in catalog_log.TRIGGER_NAMES)
+        + " DROP TABLE catalog_log; ALTER TABLE node DROP COLUMN catalog_epoch;"
+        " ALTER TABLE node DROP COLUMN catalog_floor; ALTER TABLE peers DROP COLUMN catalog_epoch;"
         " PRAGMA user_version=4;"
     )
     conn.close()
