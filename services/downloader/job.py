@@ -214,13 +214,18 @@ class DownloadJob:
 
     def _state(self, now: float) -> tuple[str, str | None]:
         missing = self.picker.unavailable()
-        if not missing:
+        blocked = self._unreachable()
+        usable = any(key not in self.bad_sources and key not in blocked for key in self.sources)
+        if not missing and (usable or not blocked):
             self.waiting_since = None
-            return "active", None
+            # Still named while others serve: a peer with another key is worth knowing of.
+            return "active", cannot_talk(blocked) if blocked else None
         if self.waiting_since is None:
             self.waiting_since = now
         if not self.sources:
             reason = "no online peer has this file"
+        elif blocked and not usable:
+            reason = cannot_talk(blocked)
         else:
             listed = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
             reason = (
@@ -230,6 +235,15 @@ class DownloadJob:
         if now - self.waiting_since > self.wait_timeout:
             raise JobFailed(f"{reason} for {self.wait_timeout:.0f} s")
         return ("waiting" if self.picker.in_flight() == 0 else "active"), reason
+
+    def _unreachable(self) -> dict[tuple[str, int], str]:
+        """Sources whose last connection failed (refused, another key, another
+        encryption), as `name (address:port): why`, until one answers again."""
+        return {
+            key: f"{st.source.username or 'a peer'} ({peer_id(key)}): {st.last_error}"
+            for key, st in self.sources.items()
+            if st.last_error and key not in self.bad_sources
+        }
 
     def _flush(self, now: float) -> str:
         """Make what was verified durable and record it (the new chunks are offered onward
@@ -381,6 +395,13 @@ class DownloadJob:
         for w in workers:
             w.join(timeout=2.0)
         self.writer.drain()  # a write under way in a worker that did not end has ended
+
+
+def cannot_talk(blocked: dict[tuple[str, int], str]) -> str:
+    """The reason a download gives for the sources it cannot talk to (three at most)."""
+    named = sorted(blocked.values())
+    more = f"; and {len(named) - 3} more" if len(named) > 3 else ""
+    return f"cannot talk to {'; '.join(named[:3])}{more}"
 
 
 def one_cpu() -> bool:

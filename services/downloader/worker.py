@@ -8,6 +8,7 @@ import contextlib
 import logging
 import mmap
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -50,11 +51,19 @@ class SourceState:
     workers: list[PeerWorker] = field(default_factory=list)
     retry_at: float = 0.0
     backoff: float = RETRY_MIN_SECONDS
+    # Why the last connection failed, until one gets an answer again.
     last_error: str = ""
 
     def alive(self) -> list[PeerWorker]:
         self.workers = [w for w in self.workers if w.is_alive()]
         return self.workers
+
+
+def talk_error(exc: OSError | protocol.ProtocolError) -> str:
+    """Why a peer could not be talked to, in words (`history` shows them)."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, ssl.SSLError):
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 def peer_id(key: tuple[str, int]) -> str:
@@ -98,9 +107,15 @@ class PeerWorker(threading.Thread):
         except BadChunk:
             pass  # recorded by chunk_bad; this peer is not asked again for this file
         except (OSError, protocol.ProtocolError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = talk_error(exc)
             if not job.halted() and error != st.last_error:
-                log.warning("download %d: peer %s: %s", job.spec.download_id, self.peer, error)
+                log.warning(
+                    "download %d: peer %s: %s: %s",
+                    job.spec.download_id,
+                    self.peer,
+                    type(exc).__name__,
+                    error,
+                )
             st.last_error = error
             st.retry_at = time.time() + st.backoff
             st.backoff = min(RETRY_MAX_SECONDS, st.backoff * 2)
@@ -128,6 +143,7 @@ class PeerWorker(threading.Thread):
             if job.halted():
                 return
             job.peer_bits(self.peer, client.have(job.key, job.count))
+            self.state.last_error = ""  # it answers: whatever failed before is over
             last_have = time.monotonic()
             while not job.halted() and not job.is_bad(self.key):
                 self._fill_pipeline(client)

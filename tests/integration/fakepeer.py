@@ -80,6 +80,7 @@ class FakePeer:
         self.node_id = secrets.token_hex(16)
         self.seq = 0
         self.stop = threading.Event()
+        self.refusing = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -106,6 +107,12 @@ class FakePeer:
         self.sock.close()
         self.udp.close()
 
+    def refuse_connections(self) -> None:
+        """Close the TCP port but go on announcing: a peer then gets 'connection refused'
+        from an offer it still sees (a restarted node's old port, a server that died)."""
+        self.refusing.set()
+        self.threads[0].join(timeout=5)  # the accept loop closes the socket as it leaves
+
     def announce(self) -> None:
         self.seq += 1
         data = protocol.encode_announce(
@@ -120,12 +127,14 @@ class FakePeer:
             self.stop.wait(every)
 
     def _accept_loop(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.refusing.is_set():
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
                 continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        if self.refusing.is_set():
+            self.sock.close()
 
     # ------------------------------------------------------------ serving
 
