@@ -15,7 +15,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from p2pshare.db.names import matches
+from p2pshare.db.names import in_folder, matches, same_name
 
 UNFINISHED = ("queued", "active", "waiting")
 # Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
@@ -98,7 +98,7 @@ def find_candidates(conn: sqlite3.Connection, pattern: str) -> list[Candidate]:
         " FROM holdings h JOIN files f ON f.id = h.file_id GROUP BY h.name, f.id"
     ).fetchall()
     rows = [r for r in rows if r[2].startswith(sha_prefix)] if sha_prefix else rows
-    exact = [r for r in rows if r[0] == name_part]
+    exact = [r for r in rows if same_name(r[0], name_part)]
     chosen = exact or [r for r in rows if matches(r[0], name_part)]
     names: dict[str, str] = {}
     for name, _, sha, _, _ in sorted(chosen):
@@ -394,7 +394,7 @@ def offered_files(conn: sqlite3.Connection, pattern: str, *, folder: bool) -> li
         "SELECT DISTINCT h.name, f.sha256 FROM holdings h JOIN files f ON f.id = h.file_id"
     ).fetchall()
     if folder:
-        chosen = {(n, sha) for n, sha in rows if n.startswith(pattern)}
+        chosen = {(n, sha) for n, sha in rows if in_folder(n, pattern)}
     else:
         chosen = {(n, sha) for n, sha in rows if matches(n, pattern)}
     offers = offer_peers(conn, {sha for _, sha in chosen})

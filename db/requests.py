@@ -14,7 +14,7 @@ from p2pshare.db import following, queueing
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.following import FollowState
 from p2pshare.db.models import Download
-from p2pshare.db.names import matches
+from p2pshare.db.names import in_folder, matches
 from p2pshare.db.queueing import (
     KEEPING_TEMP,
     UNFINISHED,
@@ -59,7 +59,7 @@ def _matching(session: Session, pattern: str, statuses: tuple[str, ...]) -> list
         return list(session.scalars(query.where(Download.name == pattern)))
     rows = list(session.scalars(query))
     if pattern.endswith("/"):
-        return [d for d in rows if d.name.startswith(pattern)]
+        return [d for d in rows if in_folder(d.name, pattern)]
     return [d for d in rows if matches(d.name, pattern)]
 
 

@@ -4,6 +4,7 @@ and following them; and a download following its name to a rewritten file's new 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Any
 
 import pytest
@@ -139,19 +140,21 @@ def test_folder_request_queues_every_file_under_it_and_nothing_beside_it(db: Dat
     catalog(db, NODE_A, PEER_A, {**ALBUM, **OUTSIDE})
     q = queue(db, "album/")
 
-    smallest_first = ["album/cover.jpg", "album/Ünïcødé – 日本語.txt"]
+    # A folder is named in any case, as `files` and --all name files: Album/ is album/.
+    under = {**ALBUM, "Album/upper.flac": OUTSIDE["Album/upper.flac"]}
+    smallest_first = ["Album/upper.flac", "album/cover.jpg", "album/Ünïcødé – 日本語.txt"]
     smallest_first += ["album/disc 2/deep/02.flac", "album/01 big.flac"]
-    assert (q.kind, q.pattern, q.new, q.already_here) == ("folder", "album/", 4, [])
+    assert (q.kind, q.pattern, q.new, q.already_here) == ("folder", "album/", 5, [])
     assert [c.name for c in q.candidates] == smallest_first
-    assert q.total_bytes == sum(len(d) for d in ALBUM.values())
+    assert q.total_bytes == sum(len(d) for d in under.values())
     assert downloads(db, "id, request_id, name, sha256, size, status, pinned") == [
-        (did, q.request_id, name, sha(ALBUM[name]), len(ALBUM[name]), "queued", 0)
+        (did, q.request_id, name, sha(under[name]), len(under[name]), "queued", 0)
         for did, name in zip(q.downloads, smallest_first, strict=True)
     ]
     assert q.downloads == sorted(q.downloads)  # the queue runs by id: smallest first
-    assert requests(db) == [(q.request_id, "album/", "folder", 4, 0)]
+    assert requests(db) == [(q.request_id, "album/", "folder", 5, 0)]
     # Each download's bitfield has room for its chunks and nothing is held yet.
-    assert downloads(db, "have") == [(bytes(1),)] * 4
+    assert downloads(db, "have") == [(bytes(1),)] * 5
 
 
 def test_folder_is_a_whole_path_component(db: Database) -> None:
@@ -249,10 +252,21 @@ def test_several_versions_lists_five_names_and_keeps_them_all(db: Database) -> N
     assert ", ".join(names[:5]) + ", ..." in str(exc.value)
 
 
+def test_a_name_matches_as_typed_whatever_its_unicode_form_or_case(db: Database) -> None:
+    nfd = unicodedata.normalize("NFD", "Docs/café menü.txt")  # as macOS writes it
+    catalog(db, NODE_A, PEER_A, {nfd: A_SMALL, "Docs/other.txt": A_MID})
+    q = queue(db, "Docs/café menü.txt")  # typed composed (NFC)
+    assert [c.name for c in q.candidates] == [nfd]
+    q = queue(db, "docs/", every=False)  # a folder in any case, as --all and files
+    assert sorted(c.name for c in q.candidates) == sorted([nfd, "Docs/other.txt"])
+    q = queue(db, "*MENÜ*", every=True)
+    assert [c.name for c in q.candidates] == [nfd]
+
+
 def test_empty_or_unknown_folder_is_unknown_name(db: Database) -> None:
     with db.write() as s, pytest.raises(dbdl.UnknownName, match="under 'album/'"):
         dbreq.queue_request(s, "album/", every=False, now=NOW)
-    catalog(db, NODE_A, PEER_A, OUTSIDE)
+    catalog(db, NODE_A, PEER_A, {n: d for n, d in OUTSIDE.items() if n != "Album/upper.flac"})
     with db.write() as s, pytest.raises(dbdl.UnknownName, match="under 'album/'"):
         dbreq.queue_request(s, "album/", every=False, now=NOW)
     with db.write() as s, pytest.raises(dbdl.UnknownName, match="matches 'nothing\\*'"):
