@@ -100,6 +100,15 @@ CHANGE_SEEN = (
     " (SELECT count(*) FROM holdings WHERE name = ? AND peer_id IN"
     "  (SELECT id FROM peers WHERE username = ?))"
 )
+# The same change in A's own index: when A's indexer had recorded it (root and name: the
+# unique index's order).
+A_INDEXED = (
+    "SELECT "
+    " (SELECT count(*) FROM local_files l JOIN files f ON f.id = l.file_id"
+    "  WHERE l.root = 'share' AND l.name = ? AND f.sha256 = ?),"
+    " (SELECT count(*) FROM local_files WHERE root = 'share' AND name = ?)"
+)
+A_HAS = "SELECT 1 FROM local_files WHERE root = 'share' AND name = ?"
 NAME_OFFERED = (
     "SELECT count(*) FROM holdings WHERE name = ? AND peer_id IN"
     " (SELECT id FROM peers WHERE username = ?)"
@@ -398,7 +407,11 @@ class BigShare:
         sha = hashlib.sha256(content).hexdigest()
         label = self.a.label
 
+        indexed: list[float] = []  # when A's own local_files showed both
+
         def seen() -> bool:
+            if not indexed and all(self.a.sql(A_INDEXED, (rewritten, sha, added))[0]):
+                indexed.append(time.time())
             got = self.b.sql(CHANGE_SEEN, (rewritten, sha, label, added, label))[0]
             return bool(got[0] and got[1])
 
@@ -424,9 +437,11 @@ class BigShare:
             "one file rewritten + one added -> both in B's holdings",
             f"{step.seconds:.2f} s",
             "change",
+            reference=f"in A's local_files after {indexed[0] - step.t0:.2f} s" if indexed else "-",
             value=step.seconds,
-            raw={"s": step.seconds, "rewritten": rewritten, "added": added},
-        )
+            raw={"s": step.seconds, "rewritten": rewritten, "added": added,
+                 "a_indexed_s": indexed[0] - step.t0 if indexed else None},
+        )  # fmt: skip
         self.row(
             "CPU for that change, sender: A's server + announcer, write -> seen",
             f"{sender:.3f} s (server {step.cpu['A/server']:.3f}, "
@@ -459,9 +474,16 @@ class BigShare:
         step = Step(time.time())
         (self.a.share / removed).unlink()
         bound = 60 + self.count / 2000
+        gone: list[float] = []  # when A's own local_files no longer had it
+
+        def dropped() -> bool:
+            if not gone and not self.a.scalar(A_HAS, (removed,)):
+                gone.append(time.time())
+            return not self.b.scalar(NAME_OFFERED, (removed, label))
+
         try:
             wait_for(
-                lambda: not self.b.scalar(NAME_OFFERED, (removed, label)),
+                dropped,
                 bound,
                 "B to drop the removed file",
                 WATCH_EVERY,
@@ -476,9 +498,18 @@ class BigShare:
         self.row(
             "one file removed -> gone from B's holdings",
             f"{step.seconds:.2f} s",
-            reference="CPU " + ", ".join(f"{k} {v:.3f} s" for k, v in step.cpu.items()),
+            reference=(
+                f"gone from A's local_files after {gone[0] - step.t0:.2f} s; " if gone else ""
+            )
+            + "CPU "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in step.cpu.items()),
             goal="report (the change goal's 2 s would apply)",
-            raw={"s": step.seconds, "cpu_s": step.cpu, "removed": removed},
+            raw={
+                "s": step.seconds,
+                "cpu_s": step.cpu,
+                "removed": removed,
+                "a_gone_s": gone[0] - step.t0 if gone else None,
+            },
         )
 
     def _cli(self) -> None:
