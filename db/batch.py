@@ -31,6 +31,8 @@ class Runnable:
     chunks: int
     size: int
     resuming: bool  # a crash may have left it mid-publish (saved_as set): the full job's case
+    file_id: int
+    hashed: bool  # its chunk hashes are here (a manifest is fetched first otherwise)
 
 
 def runnable_downloads(
@@ -49,7 +51,8 @@ def runnable_downloads(
     result machinery were most of a folder's pick-up."""
     statuses = ("queued",) if only_queued else UNFINISHED
     sql = (
-        "SELECT d.id, f.chunk_count, f.size, d.saved_as IS NOT NULL"
+        "SELECT d.id, f.chunk_count, f.size, d.saved_as IS NOT NULL, f.id, f.chunk_count = 0"
+        " OR EXISTS (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0)"
         " FROM downloads d JOIN files f ON f.id = d.file_id"
         f" WHERE d.status IN ({marks(statuses)})"
     )
@@ -63,7 +66,10 @@ def runnable_downloads(
         )
         params += [chunks, size, *kept]
     rows = driver_connection(session).execute(sql + " ORDER BY d.id", params)
-    return [Runnable(i, n, size, bool(resuming)) for i, n, size, resuming in rows]
+    return [
+        Runnable(i, n, size, bool(resuming), fid, bool(hashed))
+        for i, n, size, resuming, fid, hashed in rows
+    ]
 
 
 def unfinished_mark(conn: sqlite3.Connection) -> tuple[int, int, int]:

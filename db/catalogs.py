@@ -42,6 +42,96 @@ class KnownContent:
     complete: bool  # chunk hashes are here (or the file is empty)
 
 
+@dataclass(frozen=True)
+class Page:
+    """Part of a peer's catalog, after validation: the changes after version `start` up
+    to `end` of its log `epoch` (None: a protocol 2.0 peer, whose whole catalog is one
+    page). `reset`: the catalog from the start, so what was held of the peer goes first."""
+
+    epoch: str | None
+    start: int
+    end: int
+    reset: bool
+    offered: list[Offered]
+    gone: list[tuple[str, str]]  # (name, sha256)
+
+
+class NotContinuous(Exception):
+    """A page that does not follow what this database holds of the peer's catalog."""
+
+
+def apply_page(
+    session: Session, peer_id: int, node_id: str, page: Page, *, now: float
+) -> int | None:
+    """Apply a page of a peer's catalog to its holdings. Returns the entries recorded,
+    None if the peer is gone (or `peer_id` now belongs to another node). Raises
+    NotContinuous when the page does not start where the peer's holdings stand.
+
+    Contents new here get a `files` row without chunk hashes: the downloader fetches a
+    manifest when a download needs it. An entry whose size contradicts what is known of
+    its content is left out (a lie, or a collision; never let it overwrite what we know).
+    """
+    conn = driver_connection(session)
+    row = conn.execute(
+        "SELECT node_id, catalog_epoch, catalog_synced FROM peers WHERE id = ?", (peer_id,)
+    ).fetchone()
+    if row is None or row[0] != node_id:
+        return None
+    if page.reset and page.start == 0:
+        conn.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
+    elif (page.epoch, page.start) != (row[1], row[2]):
+        raise NotContinuous(f"page from v{page.start} of {page.epoch}; held: v{row[2]} of {row[1]}")
+    known = _known_or_added(conn, page.offered, now=now)
+    holdings = []
+    for entry in page.offered:
+        content = known.get(entry.key)
+        if content is not None and content.size == entry.size:
+            holdings.append((peer_id, content.file_id, entry.name, entry.chunks_held, entry.have))
+    conn.executemany(
+        "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (peer_id, file_id, name) DO UPDATE SET"
+        " chunks_held = excluded.chunks_held, bitfield = excluded.bitfield",
+        holdings,
+    )
+    conn.executemany(
+        "DELETE FROM holdings WHERE peer_id = ? AND name = ?"
+        " AND file_id IN (SELECT id FROM files WHERE sha256 = ?)",
+        [(peer_id, name, sha) for name, sha in page.gone],
+    )
+    conn.execute(
+        "UPDATE peers SET catalog_synced = ?, catalog_epoch = ? WHERE id = ?",
+        (page.end, page.epoch, peer_id),
+    )
+    _expire_peer(session, peer_id)
+    return len(holdings)
+
+
+def _known_or_added(
+    conn: sqlite3.Connection, offered: Sequence[Offered], *, now: float
+) -> dict[ContentKey, KnownContent]:
+    """What this database knows of each content offered, adding a `files` row (without
+    chunk hashes) for each one it did not know."""
+    known = known_contents_in(conn, (o.key for o in offered))
+    new = {o.key: o for o in offered if o.key not in known}
+    if not new:
+        return known
+    conn.executemany(
+        "INSERT OR IGNORE INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(o.sha256, o.size, o.chunk_size, o.root, -(-o.size // o.chunk_size), now)
+         for o in new.values()],
+    )  # fmt: skip
+    known.update(known_contents_in(conn, new))
+    return known
+
+
+def _expire_peer(session: Session, peer_id: int) -> None:
+    """A Peer this session still holds is older than what was written through the driver."""
+    cached = session.identity_map.get(session.identity_key(Peer, peer_id))
+    if cached is not None:
+        session.expire(cached)
+
+
 def known_contents(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, KnownContent]:
     """What this database already knows of each (sha256, chunk_size, root)."""
     return known_contents_in(driver_connection(session), keys)

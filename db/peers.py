@@ -28,6 +28,7 @@ class Heard:
     seq: int
     fingerprint: str | None = None
     tls: bool = False
+    catalog_epoch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def record_announces(
 
 _PEER_COLUMNS = (
     "id, node_id, username, address, tcp_port, catalog_version, announce_seq, catalog_synced,"
-    " fingerprint, tls"
+    " fingerprint, tls, catalog_epoch"
 )
 
 
@@ -80,13 +81,13 @@ class _Row:
 
     __slots__ = (
         "id", "node_id", "username", "address", "tcp_port", "catalog_version",
-        "announce_seq", "catalog_synced", "fingerprint", "tls", "last_seen",
+        "announce_seq", "catalog_synced", "fingerprint", "tls", "last_seen", "catalog_epoch",
     )  # fmt: skip
 
     def __init__(self, row: Sequence[Any]) -> None:
         (self.id, self.node_id, self.username, self.address, self.tcp_port,
          self.catalog_version, self.announce_seq, self.catalog_synced, self.fingerprint,
-         tls) = row  # fmt: skip
+         tls, self.catalog_epoch) = row  # fmt: skip
         self.tls = bool(tls)
         self.last_seen: float | None = None  # set: refreshed by this batch, written at its end
 
@@ -183,7 +184,7 @@ class _Batch:
         assert cur.lastrowid is not None
         peer = _Row(
             (cur.lastrowid, heard.node_id, heard.username, heard.address, heard.tcp_port,
-             heard.catalog_version, heard.seq, -1, heard.fingerprint, heard.tls),
+             heard.catalog_version, heard.seq, -1, heard.fingerprint, heard.tls, None),
         )  # fmt: skip
         here[:] = [peer]
         self.peers[heard.node_id] = peer
@@ -233,9 +234,11 @@ def _update(peer: _Row, heard: Heard, now: float) -> AnnounceOutcome:
         heard.seq,
         now,
     )
-    # Only a newer version than the one we hold: a node's catalog version only grows
-    # (a restart is a new node id), so an equal or older one is nothing to fetch.
-    return AnnounceOutcome(peer.id, False, heard.catalog_version > peer.catalog_synced)
+    # Only a newer version than the one we hold, of the same log: a log's version only
+    # grows, so an equal or older one is nothing to fetch; another log (the peer's
+    # database was replaced) is fetched whole.
+    behind = heard.catalog_version > peer.catalog_synced
+    return AnnounceOutcome(peer.id, False, behind or heard.catalog_epoch != peer.catalog_epoch)
 
 
 def _refused(reason: str) -> AnnounceOutcome:

@@ -77,7 +77,7 @@ class Announcer:
         )
         self.recorded_targets = targets
 
-    def send(self, catalog_version: int, tcp_port: int, now: float) -> None:
+    def send(self, catalog_version: int, tcp_port: int, now: float, epoch: str | None) -> None:
         self.seq += 1
         data = protocol.encode_announce(
             protocol.Announce(
@@ -89,6 +89,7 @@ class Announcer:
                 now,
                 self.ctx.tls.identity.fingerprint,
                 self.ctx.tls.encrypt,
+                epoch,
             ),
             key=self.settings.network_key,
         )
@@ -141,7 +142,7 @@ class Announcer:
             if asked and not (due or changed):
                 time.sleep(random.uniform(0, ANSWER_JITTER_SECONDS))
             self.answered_at = state.announce_wanted_at
-            self.send(state.catalog_version, state.tcp_port, time.time())
+            self.send(state.catalog_version, state.tcp_port, time.time(), state.catalog_epoch)
             self.owed = False
 
 

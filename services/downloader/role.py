@@ -19,6 +19,7 @@ from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
 from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.downloader.job import DownloadJob
+from p2pshare.services.downloader.manifests import ManifestFetcher
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (
     BATCH_FILES,
@@ -111,12 +112,17 @@ class Runner:
         self.in_batches: set[int] = set()
         self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
         self.pool = PeerPool()
+        self.manifests = ManifestFetcher(ctx, self._woken)
         self.wake = threading.Event()  # a job or batch ended: its slot is free
         self.poke: Callable[[], None] = lambda: None  # ...and this wakes the role's loop
         self.looked_for_big = 0.0
         self.read_all_at = 0.0
         self.mark: tuple[int, int, int] | None = None  # unfinished downloads at the last read
         self.conn: sqlite3.Connection | None = None  # for the mark: no SQLAlchemy
+
+    def _woken(self) -> None:
+        self.wake.set()
+        self.poke()
 
     def running(self) -> set[int]:
         return set(self.jobs) | self.in_batches
@@ -162,6 +168,10 @@ class Runner:
                 s, only_big=only_big, also=self.not_batchable, only_queued=not full
             )
         waiting = [r for r in runnable if r.download_id not in running]
+        unhashed = {r.file_id for r in waiting if not r.hashed}
+        if unhashed:  # started once their manifests are here (the fetcher wakes us)
+            self.manifests.want(unhashed)
+            waiting = [r for r in waiting if r.hashed]
         if only_big is None and full:  # every runnable download was read: forget the ended
             self.not_batchable.intersection_update(r.download_id for r in waiting)
         small = [

@@ -1,10 +1,15 @@
 """The listener's catalog fetches: a few threads, each peer's catalog once per announced version.
 
-A fetch reads the peer's catalog over TCP, decodes it, asks for the manifests of the
-contents this database lacks, and hands the result to the listener's one writer
-(`listener.writer`); nothing here writes to the database. Which versions were
-fetched (or are being fetched) is kept in memory per node id, so a peer announcing the
-same version again, or many times during a boot storm, costs nothing more.
+A fetch asks the peer for the changes of its catalog since the version this node holds
+(`protocol.ChangesRequest`; the whole catalog the first time, or when the peer's log was
+replaced), and hands each page to the listener's one writer (`listener.writer`) as it
+arrives; nothing here writes to the database. A page waits for the writer when it is
+behind, so memory holds a few pages whatever the size of the peer's share. A peer of
+protocol 2.0 announces no catalog log: its whole catalog is fetched as one page.
+Manifests are not fetched here: the downloader asks for one when a download needs it.
+Which versions were fetched (or are being fetched), and up to where pages were handed
+over, is kept in memory per node id, so a peer announcing the same version again, or
+many times during a boot storm, costs nothing more.
 """
 
 from __future__ import annotations
@@ -14,12 +19,11 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import quick
-from p2pshare.db.values import ContentKey
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
 from p2pshare.services.runtime import RoleContext
@@ -36,10 +40,8 @@ log = logging.getLogger("p2p.listener")
 FETCH_THREADS = 8
 BUSY_FETCHES = 2
 SLOW_FETCH = 0.5
-FETCH_DEADLINE = 30.0
+FETCH_DEADLINE = 30.0  # a whole catalog of protocol 2.0, or one page
 RETRY_SECONDS = 5.0
-# A liar may send thousands of bad manifests; a few lines say enough.
-MAX_REFUSED_LOGGED = 5
 IDLE_WAIT = 0.5  # a fetch thread looks at the stop flag this often
 
 
@@ -55,25 +57,28 @@ class Wanted:
     port: int
     fingerprint: str | None
     tls: bool
+    epoch: str | None = None  # of the peer's catalog log; None: protocol 2.0, whole catalogs
 
 
 @dataclass(frozen=True)
-class FetchedCatalog:
-    """A catalog as fetched and decoded, ready for the writer to apply."""
+class FetchedPage:
+    """A page of a peer's catalog as fetched and decoded, ready for the writer to apply."""
 
     wanted: Wanted
-    version: int  # the catalog's own
+    page: dbcatalogs.Page
     address: str
     port: int
-    offered: list[dbcatalogs.Offered]
-    manifests: dict[ContentKey, list[str]]
-    started: float  # monotonic
+    started: float  # monotonic, when the fetch began
+    number: int  # pages of this fetch so far, this one included
+    entries: int  # entries (and entries gone) of this fetch so far
+    first_start: int  # the version the fetch went on from (0: whole)
+    last: bool  # the fetch's last page
 
 
 class CatalogFetcher:
     """FETCH_THREADS threads fetching the catalogs wanted, each node's at most once per version."""
 
-    def __init__(self, ctx: RoleContext, deliver: Callable[[FetchedCatalog], None]) -> None:
+    def __init__(self, ctx: RoleContext, deliver: Callable[[FetchedPage], None]) -> None:
         self.ctx = ctx
         self.deliver = deliver  # may block while the writer is behind
         self.lock = threading.Condition()
@@ -83,6 +88,9 @@ class CatalogFetcher:
         self.began: dict[str, float] = {}  # node id -> monotonic start of its fetch
         self.fetched: dict[str, int] = {}  # node id -> version fetched (applied or on its way)
         self.failed: dict[str, tuple[float, str, Wanted]] = {}  # retry at, error logged
+        # node id -> (epoch, version) of the last page handed to the writer: the next fetch
+        # goes on from there, not from what the database holds while pages still queue.
+        self.handed: dict[str, tuple[str | None, int]] = {}
         self.threads: list[threading.Thread] = []
         self.local = threading.local()  # each fetch thread's read connection
 
@@ -118,10 +126,11 @@ class CatalogFetcher:
             self.want(wanted)
 
     def not_applied(self, wanted: Wanted, error: str) -> None:
-        """The writer could not apply a fetched catalog: fetch it again after RETRY_SECONDS."""
+        """The writer could not apply a fetched page: fetch again after RETRY_SECONDS, from
+        what the database holds."""
         with self.lock:
-            if self.fetched.get(wanted.node_id, -1) >= wanted.version:
-                del self.fetched[wanted.node_id]
+            self.fetched.pop(wanted.node_id, None)
+            self.handed.pop(wanted.node_id, None)
         self._failed(wanted, error)
 
     def not_recorded(self, wanted: Wanted, version: int) -> None:
@@ -130,11 +139,12 @@ class CatalogFetcher:
         with self.lock:
             if self.fetched.get(wanted.node_id) == max(version, wanted.version):
                 del self.fetched[wanted.node_id]
+            self.handed.pop(wanted.node_id, None)
 
     def keep_only(self, live: set[str]) -> None:
         """Forget what was fetched from nodes no longer known (expired or replaced)."""
         with self.lock:
-            for table in (self.fetched, self.failed):
+            for table in (self.fetched, self.failed, self.handed):
                 for node in [n for n in table if n not in live]:
                     del table[node]
 
@@ -188,7 +198,6 @@ class CatalogFetcher:
                 self._failed(wanted, "internal error")
                 continue
             self._done(wanted, got)
-            self.deliver(got)
 
     def _turn_in(self, now: float) -> float:
         """0 if this thread may start the next fetch now, else how long to wait before
@@ -201,7 +210,7 @@ class CatalogFetcher:
             return 0.0
         return min(IDLE_WAIT, min(young) + SLOW_FETCH - now)
 
-    def _done(self, wanted: Wanted, got: FetchedCatalog | None) -> None:
+    def _done(self, wanted: Wanted, got: int | None) -> None:
         with self.lock:
             self.inflight.pop(wanted.node_id, None)
             self.began.pop(wanted.node_id, None)
@@ -209,7 +218,7 @@ class CatalogFetcher:
             if got is not None:
                 # Never older than announced: a catalog older than its announcement (a
                 # peer's clock of versions gone wrong) is not fetched again for it.
-                self.fetched[wanted.node_id] = max(got.version, wanted.version)
+                self.fetched[wanted.node_id] = max(got, wanted.version)
                 previous = self.failed.pop(wanted.node_id, None)
                 if previous is not None:
                     log.info("catalog of peer %d fetched again", wanted.peer_id)
@@ -221,44 +230,67 @@ class CatalogFetcher:
         if previous is None or previous[1] != error:
             log.warning("cannot fetch the catalog of peer %d: %s", wanted.peer_id, error)
 
-    def _fetch(self, wanted: Wanted) -> FetchedCatalog:
-        """The peer's catalog, with the manifests of the contents new here.
-
-        Whether the peer is still known is the writer's to check when it applies it."""
+    def _fetch(self, wanted: Wanted) -> int:
+        """Hand the peer's catalog changes to the writer page by page; returns the
+        version they reach. Whether the peer is still known is the writer's to check."""
         address, port = wanted.address, wanted.port
         link = self.ctx.tls.link(wanted.tls, wanted.fingerprint)  # raises CannotTalk
         started = time.monotonic()
+        number = entries = last = 0
         with PeerClient(address, port, key=self.ctx.settings.network_key, link=link) as client:
+            first = -1
+            for page, more in self._pages(client, wanted):
+                number += 1
+                entries += len(page.offered) + len(page.gone)
+                first = page.start if first < 0 else first
+                with self.lock:
+                    self.handed[wanted.node_id] = (page.epoch, page.end)
+                self.deliver(
+                    FetchedPage(
+                        wanted, page, address, port, started, number, entries, first, not more
+                    )
+                )
+                last = page.end
+        return last
+
+    def _pages(self, client: PeerClient, wanted: Wanted) -> Iterator[tuple[dbcatalogs.Page, bool]]:
+        """The pages, each with whether another follows."""
+        if wanted.epoch is None:  # protocol 2.0: the whole catalog, as one page
             client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
-            with quick.reading(self._reader()) as conn:
-                known = dbcatalogs.known_contents_in(conn, (e.file for e in entries))
-            need = {
-                e.file: e.size for e in entries if e.file not in known or not known[e.file].complete
-            }
-            manifests = client.manifests(need) if need else protocol.Manifests({}, {})
-        for key, why in list(manifests.refused.items())[:MAX_REFUSED_LOGGED]:
-            log.warning(
-                "refused the manifest of %s (root %s) from %s:%d: %s",
-                key.sha256[:12],
-                key.root[:12],
-                address,
-                port,
-                why,
+            yield dbcatalogs.Page(None, 0, version, True, [_offered(e) for e in entries], []), False
+            return
+        epoch, since = self._held(wanted)
+        for page in client.changes(epoch, since, page_seconds=FETCH_DEADLINE):
+            offered = [_offered(e) for e in page.entries]
+            yield (
+                dbcatalogs.Page(page.epoch, page.start, page.end, page.reset, offered, page.gone),
+                page.more,
             )
-        offered = [
-            dbcatalogs.Offered(
-                e.name,
-                e.file.sha256,
-                e.file.chunk_size,
-                e.file.root,
-                e.size,
-                e.have,
-                e.chunks if e.have is None else protocol.bitfield_count(e.have),
-            )
-            for e in entries
-        ]
-        good: dict[ContentKey, list[str]] = {
-            (k.sha256, k.chunk_size, k.root): v for k, v in manifests.good.items()
-        }
-        return FetchedCatalog(wanted, version, address, port, offered, good, started)
+
+    def _held(self, wanted: Wanted) -> tuple[str | None, int]:
+        """(epoch, version) of the peer's catalog that this node holds or is applying."""
+        with self.lock:
+            handed = self.handed.get(wanted.node_id)
+        if handed is not None:
+            return handed
+        with quick.reading(self._reader()) as conn:
+            row = conn.execute(
+                "SELECT catalog_epoch, catalog_synced FROM peers WHERE id = ? AND node_id = ?",
+                (wanted.peer_id, wanted.node_id),
+            ).fetchone()
+        if row is None or row[0] is None or row[1] < 0:
+            return None, 0
+        return row[0], row[1]
+
+
+def _offered(e: protocol.CatalogEntry) -> dbcatalogs.Offered:
+    return dbcatalogs.Offered(
+        e.name,
+        e.file.sha256,
+        e.file.chunk_size,
+        e.file.root,
+        e.size,
+        e.have,
+        e.chunks if e.have is None else protocol.bitfield_count(e.have),
+    )

@@ -6,8 +6,8 @@ the other roles' writers (the downloader's progress, a heartbeat, p2pctl) wait a
 one of our transactions: SQLite's busy handler retries a waiting writer at gaps of at
 most about half of what it has waited so far (never more than 100 ms, and 20 ms or less
 in its first 50 ms), so a rest of half the transaction's length, and at least MIN_REST,
-always lets it in. A large catalog records its new contents in slices
-(CONTENT_SLICE entries a transaction) before its holdings are replaced in one. Files
+always lets it in. A catalog comes in pages (protocol.PAGE_ENTRIES entries at most),
+each applied in a transaction of its own. Files
 rows nothing refers to any more are swept in slices of ORPHAN_SLICE rows: after peers
 expire at once, after catalogs change at most every ORPHAN_EVERY seconds (not after
 every write, which costs a scan of `files` each).
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import peers as dbpeers
 from p2pshare.services import protocol
-from p2pshare.services.listener.catalog_fetch import CatalogFetcher, FetchedCatalog, Wanted
+from p2pshare.services.listener.catalog_fetch import CatalogFetcher, FetchedPage, Wanted
 from p2pshare.services.runtime import RoleContext
 
 log = logging.getLogger("p2p.listener")
@@ -38,12 +38,11 @@ log = logging.getLogger("p2p.listener")
 # 50 ms; the storm recorded in 7.6 s, 5.1-6.9 s at 50 ms).
 TX_BUDGET = 0.02
 MIN_REST = 0.025
-CONTENT_SLICE = 2000
 ORPHAN_EVERY = 10.0
 ORPHAN_SLICE = 5000
 ANNOUNCES_PER_STEP = 64  # announcements recorded with one lookup, between looks at the clock
-# Catalogs fetched and not yet applied: a fetch thread waits beyond this many, so
-# memory stays bounded however far the writer is behind.
+# Catalog pages fetched and not yet applied: a fetch thread waits beyond this many, so
+# memory stays bounded however far the writer is behind (and however large a catalog).
 MAX_PENDING_CATALOGS = 16
 # Announcements waiting: beyond this the UDP loop waits, and the kernel drops what
 # does not fit its socket buffer (a flood), rather than this process growing.
@@ -73,8 +72,7 @@ class Expire:
 
 @dataclass
 class Apply:
-    catalog: FetchedCatalog
-    recorded: int = 0  # entries whose contents are recorded so far (large catalogs)
+    catalog: FetchedPage
 
 
 Job = Heard | Expire | Apply
@@ -88,7 +86,8 @@ class After:
     refused: list[tuple[str, str]] = field(default_factory=list)  # ip, why
     announced: int = 0
     wanted: list[Wanted] = field(default_factory=list)
-    applied: list[tuple[FetchedCatalog, int | None]] = field(default_factory=list)
+    applied: list[tuple[FetchedPage, int | None]] = field(default_factory=list)
+    broken: list[tuple[FetchedPage, str]] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     live: set[str] | None = None
 
@@ -145,7 +144,7 @@ class ListenerWriter:
             self.jobs.append(Expire(now))
             self.lock.notify_all()
 
-    def put_catalog(self, catalog: FetchedCatalog) -> None:
+    def put_catalog(self, catalog: FetchedPage) -> None:
         """Queue a fetched catalog (called by fetch threads; waits while the writer is behind)."""
         while not self.catalogs.acquire(timeout=IDLE_WAIT):
             if self.ctx.stop.is_set():
@@ -272,6 +271,7 @@ class ListenerWriter:
                     ann.seq,
                     ann.fingerprint,
                     ann.tls,
+                    ann.catalog_epoch,
                 )
                 for ann, ip in part
             ]
@@ -295,28 +295,22 @@ class ListenerWriter:
                             ann.tcp_port,
                             ann.fingerprint,
                             ann.tls,
+                            ann.catalog_epoch,
                         )
                     )
 
     def _apply(self, s: Session, job: Apply, after: After) -> bool:
-        catalog = job.catalog
-        offered = catalog.offered
-        if catalog.manifests and len(offered) - job.recorded > CONTENT_SLICE:
-            part = offered[job.recorded : job.recorded + CONTENT_SLICE]
-            dbcatalogs.record_contents(s, part, catalog.manifests, now=time.time())
-            job.recorded += len(part)
-            return False
-        kept = dbcatalogs.apply_catalog(
-            s,
-            catalog.wanted.peer_id,
-            catalog.version,
-            offered,
-            catalog.manifests,
-            now=time.time(),
-            node_id=catalog.wanted.node_id,
-        )
-        self.orphans_dirty = True  # holdings replaced may leave contents nobody offers
-        after.applied.append((catalog, kept))
+        fetched = job.catalog
+        try:
+            kept = dbcatalogs.apply_page(
+                s, fetched.wanted.peer_id, fetched.wanted.node_id, fetched.page, now=time.time()
+            )
+        except dbcatalogs.NotContinuous as exc:
+            after.broken.append((fetched, str(exc)))
+            return True
+        if fetched.page.gone or fetched.page.reset:
+            self.orphans_dirty = True  # holdings gone may leave contents nobody offers
+        after.applied.append((fetched, kept))
         return True
 
     def _after(self, after: After) -> None:
@@ -326,19 +320,27 @@ class ListenerWriter:
             log.info(
                 "new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8]
             )
-        for catalog, kept in after.applied:
+        for fetched, why in after.broken:
             self.catalogs.release()
+            self.fetcher.not_applied(fetched.wanted, why)
+        for fetched, kept in after.applied:
+            self.catalogs.release()
+            page = fetched.page
             if kept is None:
-                self.fetcher.not_recorded(catalog.wanted, catalog.version)
+                self.fetcher.not_recorded(fetched.wanted, page.end)
                 continue
+            if not fetched.last:
+                continue  # one line for the whole fetch, at its last page
             log.info(
-                "catalog v%d of %s:%d: %d files, %d new contents, in %.2f s",
-                catalog.version,
-                catalog.address,
-                catalog.port,
-                len(catalog.offered),
-                len(catalog.manifests),
-                time.monotonic() - catalog.started,
+                "catalog of %s:%d %s v%d: %d entries in %d page%s, in %.2f s",
+                fetched.address,
+                fetched.port,
+                "whole at" if page.reset else f"changes v{fetched.first_start}..",
+                page.end,
+                fetched.entries,
+                fetched.number,
+                "" if fetched.number == 1 else "s",
+                time.monotonic() - fetched.started,
             )
         for name in after.gone:
             log.info("peer %s silent for %.0f s: forgotten", name, self.ctx.settings.peer_ttl)

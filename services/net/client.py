@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 from p2pshare.services import protocol
@@ -136,6 +137,29 @@ class PeerClient:
     def catalog(self) -> tuple[int, list[protocol.CatalogEntry]]:
         self.send(protocol.CatalogRequest())
         return protocol.decode_catalog(self._payload(protocol.MAX_CATALOG_BYTES))
+
+    def changes(
+        self, epoch: str | None, since: int, *, page_seconds: float
+    ) -> Iterator[protocol.CatalogPage]:
+        """The peer's catalog changes after `since` in its log `epoch`, a page at a time
+        (each within `page_seconds`), or its whole catalog (the first page says `reset`).
+        Raises ProtocolError if the pages do not follow each other."""
+        self.send(protocol.ChangesRequest(epoch, since))
+        first: protocol.CatalogPage | None = None
+        expect = since
+        while True:
+            self.deadline = time.monotonic() + page_seconds
+            header = self.read_reply()
+            page = protocol.decode_page(header, self._read_exact(protocol.page_length(header)))
+            if first is None:
+                first = page
+                expect = 0 if page.reset else since
+            if (page.start, page.epoch, page.reset) != (expect, first.epoch, first.reset):
+                raise protocol.MalformedMessage("a catalog page that does not follow the last")
+            yield page
+            if not page.more:
+                return
+            expect = page.end
 
     def manifests(self, sizes: dict[FileKey, int]) -> protocol.Manifests:
         """Manifests of the given files, asked in batches the protocol allows."""

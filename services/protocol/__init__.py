@@ -42,17 +42,23 @@ if TYPE_CHECKING:
     from p2pshare.services.protocol.catalog import (
         EMPTY_SHA256,
         CatalogEntry,
+        CatalogPage,
         Manifests,
         check_manifest,
         decode_catalog,
         decode_manifests,
+        decode_page,
         encode_catalog,
         encode_manifests,
+        encode_page,
+        one_chunk_root,
+        page_length,
     )
     from p2pshare.services.protocol.fields import check_chunk_size, check_name, check_sha
     from p2pshare.services.protocol.frames import (
         AuthRequest,
         CatalogRequest,
+        ChangesRequest,
         ChunkHeader,
         ChunkRequest,
         HaveRequest,
@@ -85,6 +91,7 @@ if TYPE_CHECKING:
     )
     from p2pshare.services.protocol.limits import (
         AUTH_CONTEXT,
+        CATALOG_EPOCH_HEX,
         CHUNK_ALIGN,
         FINGERPRINT_HEX,
         FRAME_HEADER,
@@ -98,10 +105,12 @@ if TYPE_CHECKING:
         MAX_FRAME,
         MAX_MANIFEST_FILES,
         MAX_NAME_BYTES,
+        MAX_PAGE_BYTES,
         MAX_USERNAME_BYTES,
         MIN_CHUNK,
         NODE_ID_HEX,
         NONCE_HEX,
+        PAGE_ENTRIES,
         PROTOCOL_VERSION,
         SHA_RE,
         FileKey,
@@ -133,6 +142,15 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CatalogPage",
+    "decode_page",
+    "encode_page",
+    "one_chunk_root",
+    "page_length",
+    "ChangesRequest",
+    "CATALOG_EPOCH_HEX",
+    "MAX_PAGE_BYTES",
+    "PAGE_ENTRIES",
     "CannotTalk",
     "Channel",
     "ClientHandshake",

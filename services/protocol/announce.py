@@ -11,6 +11,7 @@ from typing import Any
 
 from p2pshare.services.protocol.fields import _bool, _check_version, _hex, _int, _num, _obj, _str
 from p2pshare.services.protocol.limits import (
+    CATALOG_EPOCH_HEX,
     FINGERPRINT_HEX,
     MAX_DATAGRAM,
     MAX_USERNAME_BYTES,
@@ -50,6 +51,9 @@ class Announce:
     # TLS to it (inside the HMAC when a network key is set). None from 0.1 nodes.
     fingerprint: str | None = None
     tls: bool = False  # it accepts TLS connections only
+    # The name of its catalog log (`cv` counts in it): peers ask it for changes since the
+    # version they hold. None from a node before catalogs by change (fetched whole).
+    catalog_epoch: str | None = None
 
 
 def encode_announce(ann: Announce, *, key: str | None) -> bytes:
@@ -68,6 +72,8 @@ def encode_announce(ann: Announce, *, key: str | None) -> bytes:
         raw["fp"] = ann.fingerprint
     if ann.tls:
         raw["tls"] = True
+    if ann.catalog_epoch is not None:
+        raw["ce"] = ann.catalog_epoch
     if key is not None:
         raw["mac"] = _mac(key, _canonical(raw))
     data = _canonical(raw)
@@ -105,6 +111,7 @@ def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float)
         sent_at=_num(raw, "ts"),
         fingerprint=_hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None,
         tls=_bool(raw, "tls") if "tls" in raw else False,
+        catalog_epoch=_hex(raw, "ce", CATALOG_EPOCH_HEX) if "ce" in raw else None,
     )
     if ann.tls and ann.fingerprint is None:
         raise MalformedMessage("announces TLS without a certificate fingerprint")

@@ -8,14 +8,26 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
-from p2pshare.services.protocol.fields import _file_key, _int, _obj, check_name
-from p2pshare.services.protocol.frames import _bits
+from p2pshare.services.protocol.fields import (
+    _bool,
+    _file_key,
+    _hex,
+    _int,
+    _obj,
+    check_name,
+    check_sha,
+)
+from p2pshare.services.protocol.frames import _bits, frame
 from p2pshare.services.protocol.limits import (
+    CATALOG_EPOCH_HEX,
     MANIFEST_LABEL_RE,
     MAX_CATALOG_BYTES,
     MAX_CHUNKS_PER_FILE,
     MAX_FILE_SIZE,
+    MAX_PAGE_BYTES,
+    PAGE_ENTRIES,
     FileKey,
     MalformedMessage,
     MessageTooLarge,
@@ -36,30 +48,12 @@ class CatalogEntry:
         return chunk_count(self.size, self.file.chunk_size)
 
 
-def encode_catalog(entries: list[CatalogEntry], version: int) -> bytes:
-    files = [
-        [
-            e.name,
-            e.file.sha256,
-            e.size,
-            e.file.chunk_size,
-            e.file.root,
-            None if e.have is None else base64.b64encode(e.have).decode(),
-        ]
-        for e in entries
-    ]
-    body = json.dumps(
-        {"cv": version, "files": files}, separators=(",", ":"), ensure_ascii=False
-    ).encode()
-    return zlib.compress(body, 1)
-
-
-def _inflate(payload: bytes) -> bytes:
+def _inflate(payload: bytes, limit: int) -> bytes:
     try:
         d = zlib.decompressobj()
-        body = d.decompress(payload, MAX_CATALOG_BYTES)
+        body = d.decompress(payload, limit)
         if d.unconsumed_tail:
-            raise MessageTooLarge(f"payload inflates past {MAX_CATALOG_BYTES} bytes")
+            raise MessageTooLarge(f"payload inflates past {limit} bytes")
         if not d.eof:
             raise MalformedMessage("payload is truncated")
         if d.unused_data:
@@ -69,11 +63,23 @@ def _inflate(payload: bytes) -> bytes:
         raise MalformedMessage(f"payload is not zlib data: {exc}") from None
 
 
+def _row(e: CatalogEntry) -> list[object]:
+    have = None if e.have is None else base64.b64encode(e.have).decode()
+    return [e.name, e.file.sha256, e.size, e.file.chunk_size, e.file.root, have]
+
+
+def encode_catalog(entries: list[CatalogEntry], version: int) -> bytes:
+    body = {"cv": version, "files": [_row(e) for e in entries]}
+    return zlib.compress(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), 1)
+
+
 def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
     """A peer's catalog: (version, entries). Raises ProtocolError on anything that lies."""
-    raw = _obj(_inflate(payload), MAX_CATALOG_BYTES)
-    version = _int(raw, "cv", 0, 2**62)
-    files = raw.get("files")
+    raw = _obj(_inflate(payload, MAX_CATALOG_BYTES), MAX_CATALOG_BYTES)
+    return _int(raw, "cv", 0, 2**62), _entries(raw.get("files"))
+
+
+def _entries(files: object) -> list[CatalogEntry]:
     if not isinstance(files, list):
         raise MalformedMessage("'files' must be a list")
     entries = []
@@ -87,10 +93,78 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
         count = chunk_count(size, key.chunk_size)
         if count > MAX_CHUNKS_PER_FILE:
             raise MalformedMessage("file has too many chunks")
+        if count == 1 and key.root != one_chunk_root(key.sha256):
+            # Its manifest is its SHA-256 alone: an entry proves it or lies.
+            raise MalformedMessage("a one-chunk file offered under a root it cannot have")
         if sizes.setdefault(key, size) != size:
             raise MalformedMessage("the catalog gives one file two sizes")
         entries.append(CatalogEntry(check_name(name), key, size, _bits(have, count)))
-    return version, entries
+    return entries
+
+
+def one_chunk_root(sha256: str) -> str:
+    """The root of a one-chunk file's manifest, whose only entry is the file's SHA-256."""
+    return hashlib.sha256(bytes.fromhex(sha256)).hexdigest()
+
+
+@dataclass(frozen=True)
+class CatalogPage:
+    """Part of a catalog by change: the changes after sequence number `start` up to and
+    including `end`, of the log named `epoch`. `reset`: the whole catalog, from the
+    start (whatever the asker held of this peer before is to go); `more`: the next page
+    follows on the connection, from `end`."""
+
+    epoch: str
+    start: int
+    end: int
+    reset: bool
+    more: bool
+    entries: list[CatalogEntry]
+    gone: list[tuple[str, str]]  # (name, sha256) offered no more
+
+
+def encode_page(page: CatalogPage) -> bytes:
+    """A page as sent: its header frame, then its compressed body."""
+    body = {"files": [_row(e) for e in page.entries], "gone": [list(g) for g in page.gone]}
+    payload = zlib.compress(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), 1)
+    header = frame(
+        {"ok": True, "ce": page.epoch, "from": page.start, "to": page.end,
+         "reset": page.reset, "more": page.more, "len": len(payload)}
+    )  # fmt: skip
+    return header + payload
+
+
+def page_length(header: dict[str, Any]) -> int:
+    """The compressed body's length a page header announces. Raises ProtocolError."""
+    return _int(header, "len", 0, MAX_PAGE_BYTES)
+
+
+def decode_page(header: dict[str, Any], payload: bytes) -> CatalogPage:
+    """A page from its decoded header and its body. Raises ProtocolError."""
+    epoch = _hex(header, "ce", CATALOG_EPOCH_HEX)
+    start, end = _int(header, "from", 0, 2**62), _int(header, "to", 0, 2**62)
+    if end < start:
+        raise MalformedMessage("a page that ends before it starts")
+    raw = _obj(_inflate(payload, MAX_PAGE_BYTES), MAX_PAGE_BYTES)
+    files, gone = raw.get("files"), raw.get("gone")
+    if not isinstance(files, list) or not isinstance(gone, list):
+        raise MalformedMessage("a page needs 'files' and 'gone' lists")
+    if len(files) + len(gone) > PAGE_ENTRIES:
+        raise MessageTooLarge(f"a page of {len(files) + len(gone)} entries")
+    removed = []
+    for item in gone:
+        if not isinstance(item, list) or len(item) != 2:
+            raise MalformedMessage("each entry gone must be [name, sha256]")
+        removed.append((check_name(item[0]), check_sha(item[1])))
+    return CatalogPage(
+        epoch,
+        start,
+        end,
+        _bool(header, "reset"),
+        _bool(header, "more"),
+        _entries(files),
+        removed,
+    )
 
 
 def encode_manifests(manifests: dict[FileKey, list[str]]) -> bytes:
@@ -136,7 +210,7 @@ def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> Manifests:
     the file's SHA-256) is refused alone, with its reason. Raises ProtocolError if
     the reply itself is malformed or answers for a file not asked about.
     """
-    raw = _obj(_inflate(payload), MAX_CATALOG_BYTES)
+    raw = _obj(_inflate(payload, MAX_CATALOG_BYTES), MAX_CATALOG_BYTES)
     good: dict[FileKey, list[str]] = {}
     refused: dict[FileKey, str] = {}
     for label, value in raw.items():

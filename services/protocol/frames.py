@@ -22,6 +22,7 @@ from p2pshare.services.protocol.fields import (
 )
 from p2pshare.services.protocol.limits import (
     AUTH_CONTEXT,
+    CATALOG_EPOCH_HEX,
     FINGERPRINT_HEX,
     FRAME_HEADER,
     MAX_CHUNK,
@@ -73,6 +74,15 @@ class CatalogRequest:
 
 
 @dataclass(frozen=True)
+class ChangesRequest:
+    """The catalog's changes after sequence number `since` of the log named `epoch`; with
+    another epoch (or none), or a `since` the log cannot answer from, the whole catalog."""
+
+    epoch: str | None
+    since: int
+
+
+@dataclass(frozen=True)
 class ManifestRequest:
     files: tuple[FileKey, ...]
 
@@ -90,7 +100,9 @@ class ChunkRequest:
     length: int  # 0: to the end of the chunk
 
 
-Request = AuthRequest | CatalogRequest | ManifestRequest | HaveRequest | ChunkRequest
+Request = (
+    AuthRequest | CatalogRequest | ChangesRequest | ManifestRequest | HaveRequest | ChunkRequest
+)
 
 
 def auth_mac(key: str, nonce: str, channel: tuple[str, str] | None = None) -> str:
@@ -140,6 +152,8 @@ def encode_request(req: Request) -> bytes:
             raw["fp"] = req.fingerprint
     elif isinstance(req, CatalogRequest):
         raw = {"op": "catalog"}
+    elif isinstance(req, ChangesRequest):
+        raw = {"op": "changes", "ce": req.epoch, "since": req.since}
     elif isinstance(req, ManifestRequest):
         raw = {"op": "manifest", "files": [list(f) for f in req.files]}
     elif isinstance(req, HaveRequest):
@@ -170,6 +184,9 @@ def decode_request(body: bytes) -> Request:
         return HaveRequest(_file_key(raw))
     if op == "catalog":
         return CatalogRequest()
+    if op == "changes":
+        epoch = None if raw.get("ce") is None else _hex(raw, "ce", CATALOG_EPOCH_HEX)
+        return ChangesRequest(epoch, _int(raw, "since", 0, 2**62))
     if op == "auth":
         fp = _hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None
         return AuthRequest(_hex(raw, "mac", 64), fp)

@@ -10,7 +10,16 @@ from typing import NamedTuple
 PROTOCOL_VERSION = 2
 MAX_DATAGRAM = 1400
 MAX_FRAME = 64 * 1024
-MAX_CATALOG_BYTES = 64 * 1024 * 1024  # decompressed; about 300,000 files
+# A whole catalog in one message: what nodes before catalogs by change ask for, and all
+# they can take (about 300,000 files); a node with more answers them with an error.
+MAX_CATALOG_BYTES = 64 * 1024 * 1024  # decompressed
+# Catalogs by change come in pages: what one page may hold once inflated, and how many
+# entries. A page is what a peer holds in memory at once, however large the share: a
+# million-file catalog is some 200 pages. The largest entry (a 1,024-byte name) still
+# fits PAGE_ENTRIES times in MAX_PAGE_BYTES.
+MAX_PAGE_BYTES = 8 * 1024 * 1024
+PAGE_ENTRIES = 5000
+CATALOG_EPOCH_HEX = 16
 MAX_MANIFEST_FILES = 256  # per request
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a lie
 MIN_CHUNK = 16 * 1024

@@ -13,13 +13,16 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
 
+from p2pshare.db import catalog_log
+from p2pshare.db import index as dbindex
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
-from p2pshare.db.engine import Database
+from p2pshare.db.engine import Database, driver_connection
 from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
@@ -34,6 +37,9 @@ from p2pshare.services.settings import Settings
 log = logging.getLogger("p2p.server")
 
 MAX_CONNECTIONS = 1024
+# A whole catalog (protocol 2.0 peers) must inflate to at most MAX_CATALOG_BYTES: about
+# 300,000 entries of typical names; beyond this a peer that old is told to upgrade.
+LEGACY_CATALOG_ENTRIES = 250_000
 # A client must say something soon after connecting, and finish a frame it started.
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
@@ -229,6 +235,8 @@ class ChunkServer:
             await self._send_chunk(req, writer, stats, batch)
         elif isinstance(req, protocol.HaveRequest):
             writer.write(self.sources.have(req.file, batch))
+        elif isinstance(req, protocol.ChangesRequest):
+            await self._send_changes(req, writer)
         elif isinstance(req, protocol.CatalogRequest):
             payload = await self._catalog_payload()
             writer.write(protocol.encode_ok(len=len(payload)))
@@ -240,12 +248,68 @@ class ChunkServer:
 
     # ------------------------------------------------------------ answers
 
+    async def _send_changes(
+        self, req: protocol.ChangesRequest, writer: asyncio.StreamWriter
+    ) -> None:
+        """The catalog's changes since what the peer holds, page after page on the
+        connection; the peer's reading paces it (drain), so one page at a time is in
+        memory here, whatever the share's size."""
+        page = await asyncio.to_thread(self._first_page, req)
+        while True:
+            writer.write(protocol.encode_page(page))
+            async with asyncio.timeout(STALL_TIMEOUT):  # a peer that stops reading
+                await writer.drain()
+            if not page.more:
+                return
+            page = await asyncio.to_thread(self._next_page, page)
+
+    def _first_page(self, req: protocol.ChangesRequest) -> protocol.CatalogPage:
+        with self.database.read() as s:
+            conn = driver_connection(s)
+            log_now = catalog_log.state(conn)
+            # Changes answer only a peer that holds this very log up to a point it still
+            # covers; any other gets the whole catalog (a reset).
+            reset = req.epoch != log_now.epoch or not log_now.floor <= req.since <= log_now.version
+            return self._page(conn, log_now, 0 if reset else req.since, reset)
+
+    def _next_page(self, last: protocol.CatalogPage) -> protocol.CatalogPage:
+        with self.database.read() as s:
+            conn = driver_connection(s)
+            log_now = catalog_log.state(conn)
+            if log_now.epoch != last.epoch:
+                raise Refusal("this node's catalog log was replaced; ask again")
+            return self._page(conn, log_now, last.end, last.reset)
+
+    @staticmethod
+    def _page(
+        conn: sqlite3.Connection, log_now: catalog_log.LogState, after: int, reset: bool
+    ) -> protocol.CatalogPage:
+        # Whole, there is nothing to remove: tombstones are left out.
+        rows = catalog_log.rows_after(conn, after, protocol.PAGE_ENTRIES, removed=not reset)
+        more = len(rows) == protocol.PAGE_ENTRIES
+        end = rows[-1].seq if more else max(after, log_now.version)
+        entries = [
+            protocol.CatalogEntry(r.name, FileKey(r.sha256, r.chunk_size, r.root), r.size, r.have)
+            for r in rows
+            if not r.removed
+        ]
+        gone = [(r.name, r.sha256) for r in rows if r.removed]
+        return protocol.CatalogPage(log_now.epoch, after, end, reset, more, entries, gone)
+
     async def _catalog_payload(self) -> bytes:
+        """The whole catalog in one message, for peers of protocol 2.0 (before catalogs
+        by change)."""
+
         def build() -> tuple[int, bytes]:
             with self.database.read() as s:
                 version = dbnode.catalog_version(s)
                 if self._catalog and self._catalog[0] == version:
                     return self._catalog
+                if dbindex.local_file_count(s) > LEGACY_CATALOG_ENTRIES:
+                    raise Refusal(
+                        f"this node offers more than {LEGACY_CATALOG_ENTRIES} files, more than "
+                        "a whole catalog can hold; upgrade p2pshare to fetch it by changes"
+                    )
                 offers = dbserving.offers(s)
             entries = [
                 protocol.CatalogEntry(
