@@ -166,6 +166,8 @@ def _report(ctl: Ctl, queued: queueing.Queued, states: list[following.FollowStat
         if st.status == "done":
             click.echo(f"saved as {folder / (st.saved_as or st.name)}")
             return
+        if st.status == "paused" and st.reason and st.reason != queueing.PAUSED_BY_USER:
+            raise Paused(f"download paused: {st.reason}")  # the node's reason says what next
         if st.status == "paused":
             raise Paused(f"download paused; p2pctl resume {st.id} continues it")
         raise UserError(f"download {st.status}: {st.reason or 'no reason recorded'}")

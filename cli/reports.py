@@ -15,6 +15,7 @@ from p2pshare.cli.context import Ctl, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import history as history_db
 from p2pshare.db import ledger, reports
+from p2pshare.db.queueing import PAUSED_BY_USER, UNFINISHED
 from p2pshare.services.units import duration, human_bytes, rate, when
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -53,7 +54,7 @@ def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None
     table = []
     for d in rows:
         took = (d.finished_at - d.started_at) if d.finished_at and d.started_at else None
-        status = d.status if not d.reason else f"{d.status}: {d.reason}"
+        status = status_words(d)
         if d.switched and d.switched != d.reason:
             status += f" ({d.switched})"
         table.append(
@@ -78,6 +79,17 @@ def history(ctl: Ctl, limit: int | None, addresses: bool, as_json: bool) -> None
     )
     if older:
         click.echo(rolled_up_words(older))
+
+
+def status_words(d: reports.DownloadRow) -> str:
+    """`active 42%: why`: how far an unfinished download is, and its reason unless it
+    only repeats the status (`paused: paused by the user`)."""
+    words = d.status
+    if d.status in (*UNFINISHED, "paused") and d.size:
+        words += f" {100 * d.bytes_done // d.size}%"
+    if d.reason and d.reason != PAUSED_BY_USER:
+        words += f": {d.reason}"
+    return words
 
 
 def rolled_up_words(older: list[history_db.RolledUp]) -> str:

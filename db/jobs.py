@@ -181,6 +181,16 @@ def set_saved_as(session: Session, download_id: int, saved_as: str) -> None:
     d.saved_as = saved_as
 
 
+def hold_download(session: Session, download_id: int, reason: str) -> None:
+    """Pause a whole, verified download the node cannot publish yet (its folder full or
+    unwritable): its temp file stays, and `p2pctl resume` publishes it once fixed."""
+    d = session.get(Download, download_id)
+    assert d is not None
+    if d.status not in UNFINISHED:
+        return  # cancelled or paused by the user meanwhile; keep their word
+    d.status, d.reason, d.saved_as = "paused", reason, None
+
+
 def finish_download(
     session: Session,
     download_id: int,
@@ -197,6 +207,8 @@ def finish_download(
         return  # cancelled meanwhile; keep the user's word
     d.status, d.reason, d.finished_at = status, reason, now
     d.temp_path = None
+    if status != "done":
+        d.saved_as = None  # a name chosen for it before publishing failed is not its
     if published is not None:
         name, hashed = published
         d.saved_as = name

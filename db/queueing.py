@@ -20,6 +20,8 @@ from p2pshare.db.names import in_folder, matches, same_name
 UNFINISHED = ("queued", "active", "waiting")
 # Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
 KEEPING_TEMP = (*UNFINISHED, "paused")
+# The reason of a download `p2pctl pause` paused (the node pauses one too: see db.jobs).
+PAUSED_BY_USER = "paused by the user"
 
 
 class UnknownName(Exception):

@@ -17,6 +17,7 @@ from p2pshare.db.models import Download
 from p2pshare.db.names import in_folder, matches
 from p2pshare.db.queueing import (
     KEEPING_TEMP,
+    PAUSED_BY_USER,
     UNFINISHED,
     AlreadyHere,
     Queued,
@@ -73,7 +74,7 @@ def pause_downloads(session: Session, pattern: str) -> list[str]:
     temp file (and offer those chunks) until resumed. Returns their names."""
     chosen = _matching(session, pattern, UNFINISHED)
     for d in chosen:
-        d.status, d.reason = "paused", "paused by the user"
+        d.status, d.reason = "paused", PAUSED_BY_USER
     return [d.name for d in chosen]
 
 

@@ -23,6 +23,11 @@ class JobFailed(Exception):
     """The download cannot finish; the message is the reason shown to the user."""
 
 
+class CannotPublish(Exception):
+    """The verified file cannot go into the download folder now (full, unwritable); the
+    temp file is kept, and the message says why."""
+
+
 class Finisher:
     def __init__(self, spec: dbjobs.JobSpec, settings: Settings, database: Database) -> None:
         self.spec = spec
@@ -31,7 +36,7 @@ class Finisher:
 
     def publish(self, temp: Path, fd: int) -> None:
         """Every chunk verified against the chained manifest proves the file's SHA-256, so the
-        temp file is published as it is: no second pass. Raises JobFailed."""
+        temp file is published as it is: no second pass. Raises CannotPublish."""
         os.fsync(fd)
 
         def remember(path: Path) -> None:
@@ -42,8 +47,8 @@ class Finisher:
             dest = safe_destination(self.settings.download_dir, self.spec.name)
             final = publish(temp, dest, remember)
         except PublishError as exc:
-            temp.unlink(missing_ok=True)
-            raise JobFailed(str(exc)) from None
+            # Every byte of it is verified: fetching it again would not fix the folder.
+            raise CannotPublish(str(exc)) from None
         self.record_done(final)
 
     def record_done(self, final: Path) -> None:

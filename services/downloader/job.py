@@ -11,6 +11,7 @@ and published (finish.py).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -22,7 +23,7 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
-from p2pshare.services.downloader.finish import Finisher, JobFailed
+from p2pshare.services.downloader.finish import CannotPublish, Finisher, JobFailed
 from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
@@ -31,6 +32,7 @@ from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
 from p2pshare.services.downloader.writer import BlockWriter, Verdict
 from p2pshare.services.net.tls import Link, NodeTls
 from p2pshare.services.settings import Settings
+from p2pshare.services.units import human_bytes
 
 log = logging.getLogger("p2p.download")
 
@@ -99,6 +101,7 @@ class DownloadJob:
         try:
             if self.finisher.already_published(self.temp):
                 return
+            check_download_folder(self.settings, self.spec.size, self.spec.download_id)
             self._open_temp()
             self.writer.open(self.fd)
             log.info(
@@ -113,6 +116,8 @@ class DownloadJob:
                 return  # stopped, cancelled or switched
             self._halt_workers()
             self.finisher.publish(self.temp, self.fd)
+        except CannotPublish as exc:
+            self._hold(str(exc))
         except JobFailed as exc:
             self._end("failed", str(exc))
         except Exception as exc:
@@ -376,6 +381,15 @@ class DownloadJob:
         self._halt_workers()
         self.temp.unlink(missing_ok=True)
 
+    def _hold(self, why: str) -> None:
+        """Whole and verified, but the download folder cannot take it: keep the temp file
+        and pause, so a resume once the folder is fixed publishes it, fetching nothing."""
+        did = self.spec.download_id
+        reason = f"{why}; the verified file is kept: p2pctl resume {did} puts it there"
+        log.warning("download %d paused: %s", did, reason)
+        with self.database.write() as s:
+            dbjobs.hold_download(s, did, reason)
+
     def _end(self, status: str, reason: str) -> None:
         log.warning("download %d %s: %s", self.spec.download_id, status, reason)
         self._discard_temp()
@@ -395,6 +409,35 @@ class DownloadJob:
         for w in workers:
             w.join(timeout=2.0)
         self.writer.drain()  # a write under way in a worker that did not end has ended
+
+
+def check_download_folder(settings: Settings, size: int, download_id: int) -> None:
+    """Before fetching anything: can the download folder take the finished file? A file
+    fetched whole only to find the folder read-only or full costs the whole transfer.
+    Raises JobFailed."""
+    folder = settings.download_dir
+    probe = folder / f".p2p-probe-{download_id}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        settings.temp_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # left by a crash: it was writable
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+        # Into a folder on temp/'s file system the file is linked, taking no more room
+        # (temp/ reserved it); into another one it is copied.
+        if os.stat(folder).st_dev == os.stat(settings.temp_dir).st_dev:
+            return
+        st = os.statvfs(folder)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise JobFailed(f"the download folder {folder} is full: {exc.strerror}") from None
+        raise JobFailed(f"cannot write into the download folder {folder}: {exc.strerror}") from None
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise JobFailed(
+            f"the download folder {folder} is full: {human_bytes(free)} free, "
+            f"{human_bytes(size)} needed"
+        )
 
 
 def cannot_talk(blocked: dict[tuple[str, int], str]) -> str:

@@ -265,6 +265,17 @@ def test_unknown_name_is_one_sentence(home: Path, args: list[str], sentence: str
 # ---------------------------------------------------------------- pause, resume, cancel
 
 
+def test_history_shows_how_far_and_not_the_status_twice(home: Path) -> None:
+    succeeds(home, "download", "talk.mp4", "--no-wait")
+    conn = sqlite3.connect(home / "p2p.db")
+    with conn:
+        conn.execute("UPDATE downloads SET bytes_done = size / 2")
+    conn.close()
+    succeeds(home, "pause", "talk.mp4")
+    [line] = [row for row in succeeds(home, "history").splitlines() if "talk.mp4" in row]
+    assert " paused 50% " in line and "by the user" not in line
+
+
 def test_pause_resume_cancel_a_folder(home: Path) -> None:
     succeeds(home, "download", "album/", "--no-wait")
     succeeds(home, "download", "talk.mp4", "--no-wait")

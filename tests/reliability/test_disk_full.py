@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Node
+from conftest import Node, wait_until
+from fakepeer import FakeFile, FakePeer
 from nodetools import (
+    download,
     forbidden_log_text,
     queue,
     seed,
@@ -127,3 +129,65 @@ def test_disk_full_fails_cleanly_and_the_node_keeps_working(
         assert set(beats) == {"server", "announcer", "listener", "downloader"}, beats
         assert all(node.procs[r].poll() is None for r in beats), node
         assert forbidden_log_text(node) == []
+
+
+def test_a_folder_too_full_is_found_before_fetching_and_a_whole_file_is_kept(
+    small_disk: Callable[..., Path], make_node: Callable[..., Node], udp_port: int
+) -> None:
+    """Issue 36: the download folder's room is checked before a byte is fetched; a folder
+    that fills while the file arrives pauses the download with the verified file kept,
+    and `p2pctl resume` publishes it without fetching it again."""
+    folder = small_disk(Path(tempfile.mkdtemp(prefix="p2pfull")))
+    leech = make_node("leech", P2P_DOWNLOAD_DIR=folder)
+    too_big = FakeFile("too-big.bin", os.urandom(TMPFS_SIZE + CHUNK), CHUNK)
+    fits = FakeFile("fits.bin", os.urandom(3 * 1024 * 1024), 4 * CHUNK)
+    last = fits.count - 1
+    # One peer lacks the last chunk of fits.bin, so the download waits there; the other,
+    # with the whole file, comes once the folder has filled up.
+    partial = FakeFile(fits.name, fits.data, fits.chunk_size, have=set(range(last)))
+    early = FakePeer([too_big, partial], udp_port, username="early").start()
+    late: FakePeer | None = None
+    try:
+        leech.start()
+        wait_known(leech, "too-big.bin")
+        wait_known(leech, "fits.bin")
+        refused = wait_ended(leech, queue(leech, "too-big.bin"))
+        assert refused["status"] == "failed"
+        assert f"the download folder {folder} is full" in refused["reason"]
+        assert early.chunks_served == 0  # found before fetching
+
+        held = queue(leech, "fits.bin")
+        wait_until(
+            lambda: (
+                download(leech, held)["status"] == "waiting"
+                and download(leech, held)["bytes_done"] == last * fits.chunk_size
+            ),
+            60,
+            what="fits.bin to wait for its last chunk",
+        )
+        filler = folder / "filler"
+        filler.write_bytes(b"\0" * (TMPFS_SIZE - 2 * 1024 * 1024))
+        late = FakePeer([fits], udp_port, username="late").start()
+        d = wait_until(
+            lambda: (row := download(leech, held))["status"] == "paused" and row,
+            60,
+            what="fits.bin to pause with its folder full",
+        )
+        assert "the download folder is full" in d["reason"]
+        assert f"p2pctl resume {held}" in d["reason"]
+        assert set(tree(folder)) == {"filler"}  # no partial file in the folder
+        kept = list((leech.home / "temp").iterdir())
+        assert len(kept) == 1 and kept[0].stat().st_size == len(fits.data)
+        served = early.chunks_served + late.chunks_served
+
+        filler.unlink()
+        resumed = leech.p2pctl("resume", str(held))
+        assert resumed.returncode == 0, resumed.stderr
+        done = wait_ended(leech, held)
+        assert done["status"] == "done", done
+        assert (folder / "fits.bin").read_bytes() == fits.data
+        assert early.chunks_served + late.chunks_served == served  # nothing fetched again
+    finally:
+        early.close()
+        if late is not None:
+            late.close()
