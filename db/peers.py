@@ -104,6 +104,7 @@ class _Batch:
         self.conn = driver_connection(session)
         self.created = 0
         self.touched = False  # rows changed behind the session's back
+        self.gone: set[int] = set()  # ids of the peers a restart replaced in this batch
         ids = sorted({h.node_id for h in heards})
         self.peers: dict[str, _Row] = {}
         for part in in_slices(ids):
@@ -132,6 +133,22 @@ class _Batch:
             for row in self.conn.execute(query, [v for end in some for v in end]):
                 peer = self.peers.get(row[1]) or _Row(row)
                 self.at[(peer.address, peer.tcp_port)].append(peer)
+        # And the peers with their address and certificate: a restart with P2P_TCP_PORT=0
+        # takes another port, and its old self would offer its files from a closed one
+        # until the TTL (issue 36: "3 peers" and refused connections for 3 minutes).
+        selves = sorted(
+            {(h.address, h.fingerprint) for h in heards if h.node_id in new and h.fingerprint}
+        )
+        self.twins: dict[tuple[str, str], list[_Row]] = {key: [] for key in selves}
+        for group in in_slices(selves, SLICE // 2):
+            pairs = ",".join("(?, ?)" for _ in group)
+            query = (
+                f"SELECT {_PEER_COLUMNS} FROM peers"
+                f" WHERE (address, fingerprint) IN (VALUES {pairs})"
+            )
+            for row in self.conn.execute(query, [v for key in group for v in key]):
+                peer = self.peers.get(row[1]) or _Row(row)
+                self.twins[(peer.address, peer.fingerprint)].append(peer)
 
     def record(self, heard: Heard, now: float) -> AnnounceOutcome:
         peer = self.peers.get(heard.node_id)
@@ -162,10 +179,16 @@ class _Batch:
             conn.execute("DELETE FROM retired_nodes WHERE node_id = ?", (heard.node_id,))
             del self.retired[heard.node_id]
         self.touched = True
-        # A node restarted on the same endpoint is the same machine with a new id:
-        # its old self and everything that offered goes now, not after the TTL.
+        # A node restarted on the same endpoint, or from the same address with the same
+        # certificate, is the same machine with a new id: its old self and everything
+        # that offered goes now, not after the TTL.
         here = self.at.setdefault((heard.address, heard.tcp_port), [])
-        for old in here:
+        twins = self.twins.setdefault((heard.address, heard.fingerprint or ""), [])
+        olds = {old.id: old for old in (*here, *(twins if heard.fingerprint else ()))}
+        for old in olds.values():
+            if old.id in self.gone:
+                continue
+            self.gone.add(old.id)
             conn.execute(
                 "INSERT OR REPLACE INTO retired_nodes (node_id, retired_at, last_seq, replaced)"
                 " VALUES (?, ?, ?, 1)",
@@ -187,6 +210,8 @@ class _Batch:
              heard.catalog_version, heard.seq, -1, heard.fingerprint, heard.tls, None),
         )  # fmt: skip
         here[:] = [peer]
+        if heard.fingerprint:
+            twins[:] = [peer]
         self.peers[heard.node_id] = peer
         self.created += 1
         return AnnounceOutcome(peer.id, True, True)

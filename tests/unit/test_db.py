@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import sqlite3
@@ -305,6 +306,31 @@ def test_new_node_id_on_the_same_endpoint_replaces_the_old_peer(
     assert [r[0] for r in peer_rows(db_path)] == [NODE_B, "c" * 32]
     assert other_port.peer_id is not None
     assert sql(db_path, "SELECT count(*) FROM holdings") == [(0,)]
+
+
+def test_a_restart_on_another_port_with_the_same_certificate_replaces_the_old_peer(
+    db: Database, db_path: Path
+) -> None:
+    """Issue 36: with P2P_TCP_PORT=0 a restarted node takes another port; its old row
+    must not offer its files from the closed one until the TTL."""
+    cert, other = "f" * 64, "e" * 64
+    with db.write() as s:
+        first = dbpeers.record_announce(
+            s, dataclasses.replace(heard(NODE_A), fingerprint=cert), now=NOW
+        )
+        # Another node on the same machine (its own certificate) stays.
+        beside = dbpeers.record_announce(
+            s, dataclasses.replace(heard("c" * 32, port=6000), fingerprint=other), now=NOW
+        )
+        again = dbpeers.record_announce(
+            s, dataclasses.replace(heard(NODE_B, port=7000), fingerprint=cert), now=NOW + 1
+        )
+        replay = dbpeers.record_announce(
+            s, dataclasses.replace(heard(NODE_A, seq=2), fingerprint=cert), now=NOW + 2
+        )
+    assert again.new and again.peer_id not in (first.peer_id, beside.peer_id)
+    assert sorted(r[0] for r in peer_rows(db_path)) == sorted([NODE_B, "c" * 32])
+    assert replay.refused is not None and "restart replaced" in replay.refused
 
 
 def test_record_announces_in_one_batch_agrees_with_one_at_a_time(
