@@ -241,9 +241,10 @@ def test_ten_thousand_files_are_learned_with_small_datagrams(make_node, wait_unt
         f"after the last write ({learned - started:.1f} s after the first)"
     )
 
-    # Every content b learned is complete: one chunk hash per (tiny) file.
+    # Every content b learned is known by its key and size; no manifest was fetched for
+    # any (a download asks for one; a one-chunk file's is its SHA-256).
     assert b.scalar("SELECT count(*) FROM files") == TEN_THOUSAND
-    assert b.scalar("SELECT count(*) FROM chunks") == TEN_THOUSAND
+    assert b.scalar("SELECT count(*) FROM chunks") == 0
     # b's view of a settles on the catalog a serves now: announced and synced.
     final = a.scalar("SELECT catalog_version FROM node")
     wait_until(
@@ -537,9 +538,10 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
     good_twice = protocol.CatalogEntry(
         "good-again.txt", good.file._replace(root="cd" * 32), good.size, None
     )
+    many_lies, _ = catalog_entry("many-lies.txt", os.urandom(40_000))
     manifest_liars = {
         "manifest with the wrong number of entries": fake_peer(
-            catalog=protocol.encode_catalog([ok_entry], 1), manifests=wrong_hash_count
+            catalog=protocol.encode_catalog([many_lies], 1), manifests=wrong_hash_count
         ),
         "manifest that does not hash to its root": fake_peer(
             catalog=protocol.encode_catalog([good_twice], 1), manifests=bogus_manifest
@@ -564,14 +566,29 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
             10,
             what=f"b to process {peer.username}'s catalog",
         )
-    assert b.log("listener").count("refused the manifest of") == len(manifest_liars)
-
-    assert {p.username: b.holdings_of(p.username) for p in everyone} == dict.fromkeys(
-        (p.username for p in everyone), 0
-    )
-    assert b.sql("SELECT name FROM holdings") == [("good.txt",)]
-    assert b.sql("SELECT * FROM files ORDER BY id") == files_before
+    # Manifests come with downloads, not catalogs: nothing proves these offers wrong yet,
+    # so they are recorded (one each), and the listener asked for no manifest.
+    assert b.log("listener").count("refused the manifest of") == 0
+    liars_held = {p.username: b.holdings_of(p.username) for p in everyone}
+    assert liars_held == {p.username: int(p in manifest_liars.values()) for p in everyone}
+    assert sorted(b.sql("SELECT name FROM holdings")) == [
+        ("good-again.txt",),
+        ("good.txt",),
+        ("many-lies.txt",),
+    ]
     assert b.sql("SELECT * FROM chunks ORDER BY file_id, chunk_index") == chunks_before
+    # A download of the offer whose manifest lies asks for it, refuses it, and trusts no
+    # chunk hash of it: the download waits for a peer with a manifest that proves itself.
+    asked = b.p2pctl("download", "many-lies.txt", "--no-wait")
+    assert asked.returncode == 0, asked.stderr
+    wait_until(
+        lambda: "refused the manifest of" in b.log("downloader"),
+        20,
+        what="b's downloader to refuse the manifest with the wrong number of entries",
+    )
+    assert b.sql("SELECT * FROM chunks ORDER BY file_id, chunk_index") == chunks_before
+    assert b.sql("SELECT status FROM downloads") == [("queued",)]
+    assert files_before[0] in b.sql("SELECT * FROM files ORDER BY id")
     # The liars whose catalogs failed stay unsynced; b retries them, never believes them.
     for peer in liars.values():
         assert b.peers()[peer.username][-1] == -1
