@@ -56,7 +56,7 @@ def download(ctl: Ctl, name: str, every: bool, no_wait: bool, peers: tuple[str, 
         raise UserError("--peer names a BitTorrent peer: give it with a magnet link or .torrent")
     require_downloader(ctl)
     try:  # every refusal leaves the transaction, so it writes nothing
-        with quick.writing(ctl.quick) as conn:
+        with quick.writing(ctl.quick, durable=True) as conn:
             queued = queueing.queue_request(conn, name, every=every, now=time.time())
     except queueing.AmbiguousName as exc:
         show_candidates(exc.candidates)
@@ -131,7 +131,7 @@ def change_downloads(
     ctl: Ctl, name: str, change: Callable[[Session], list[str]], verb: str, none: str
 ) -> None:
     ctl.require_running()
-    with ctl.database.write() as s:
+    with ctl.database.write(durable=True) as s:
         names = change(s)
     if not names:
         raise UserError(f"no {none} download matches {name!r}; see p2pctl history")

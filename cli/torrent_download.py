@@ -126,7 +126,7 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
     req = request_for(name, [check_peer(p) for p in peers])
     require_torrent_role(ctl)
     try:
-        with quick.writing(ctl.quick) as conn:
+        with quick.writing(ctl.quick, durable=True) as conn:
             queued = tq.queue_torrent(conn, req, now=time.time())
     except tq.AlreadyFetched as exc:
         click.echo(f"already here: {ctl.settings.download_dir / exc.saved_as}")

@@ -11,6 +11,7 @@ Four processes write to this file. What keeps them from ever seeing
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from sqlalchemy.pool import QueuePool
 
 from p2pshare.db import catalog_log
 from p2pshare.db.models import Base, CatalogLogEntry
-from p2pshare.db.quick import BUSY_TIMEOUT_MS, configure
+from p2pshare.db.quick import BUSY_TIMEOUT_MS, FULL, NORMAL, configure
 from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
 from p2pshare.db.watch import ChangeWatch
 
@@ -254,7 +255,14 @@ def make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get("p2p_begin", "IMMEDIATE")
+        options = conn.get_execution_options()
+        # Durability is chosen per transaction, before BEGIN (SQLite refuses to change it
+        # inside one); the level a pooled connection was left at is remembered with it.
+        level = FULL if options.get("p2p_durable") else NORMAL
+        if conn.info.get("p2p_synchronous", NORMAL) != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.info["p2p_synchronous"] = level
+        mode = options.get("p2p_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
@@ -290,7 +298,9 @@ def ensure_schema(engine: Engine) -> int:
     Raises SchemaError for a database written by a newer p2pshare.
     """
     _set_wal(engine)
-    with engine.connect() as conn:
+    # Durable before any role uses it: a power cut in a fresh node's first second must not
+    # leave a database without tables (or without the version a migration reached).
+    with engine.connect().execution_options(p2p_durable=True) as conn:
         # Rebuilding a table that others refer to (files, in _to_v2) needs foreign keys
         # off around the transaction, checked before it commits: with them on, DROP TABLE's
         # implicit DELETE leaves deferred violations that fail the COMMIT even once the new
@@ -322,7 +332,21 @@ def ensure_schema(engine: Engine) -> int:
                     conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
         finally:
             driver.execute("PRAGMA foreign_keys=ON")
+    if engine.url.database:
+        _fsync_file_and_folder(Path(engine.url.database))
     return SCHEMA_VERSION
+
+
+def _fsync_file_and_folder(path: Path) -> None:
+    """The database file's first page (written when it switched to WAL, outside the
+    transaction above) and its name and its WAL's name in the folder. SQLite deletes a
+    WAL beside an empty database file, so the file must be durable as well as the WAL."""
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(target, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class Database:
@@ -332,6 +356,9 @@ class Database:
         self.path = path
         self.engine = make_engine(path)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._durable_writer = sessionmaker(
+            self.engine.execution_options(p2p_durable=True), expire_on_commit=False
+        )
         self._reader = sessionmaker(
             self.engine.execution_options(p2p_begin="DEFERRED"), expire_on_commit=False
         )
@@ -363,10 +390,15 @@ class Database:
         return database
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
+    def write(self, *, durable: bool = False) -> Iterator[Session]:
+        """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error.
+
+        durable: its commit survives a power cut once this returns (synchronous=FULL, one
+        fsync of the WAL, which makes every earlier commit durable too). For what a user or
+        a peer is told next; bookkeeping a restart can recompute stays cheap without it."""
         self.write_count += 1
-        with self._writer() as session, session.begin():
+        maker = self._durable_writer if durable else self._writer
+        with maker() as session, session.begin():
             yield session
 
     @contextmanager

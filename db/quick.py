@@ -22,6 +22,9 @@ from p2pshare.db.wal import WAL_SIZE_LIMIT, Sizes, sizes
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.
 BUSY_TIMEOUT_MS = 30_000
 RUNNING_STATUSES = ("queued", "active", "waiting")
+# PRAGMA synchronous levels (https://sqlite.org/pragma.html#pragma_synchronous).
+NORMAL = 1
+FULL = 2
 
 COUNT_QUERIES = {
     "shared": "SELECT count(*), coalesce(sum(size), 0) FROM local_files",
@@ -76,9 +79,11 @@ def configure(conn: sqlite3.Connection) -> None:
     cur = conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
-    # NORMAL is durable across a crash of the process in WAL mode; a power
-    # cut may lose the last commits, which only means refetching chunks.
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # NORMAL is durable across a crash of the process in WAL mode; a power cut may lose
+    # the commits since the last checkpoint. That is right for bookkeeping a node can
+    # recompute (progress, heartbeats, catalogs); what someone is told is committed with
+    # `durable=True` (FULL: the WAL is fsynced at that commit, and with it every earlier one).
+    cur.execute(f"PRAGMA synchronous={NORMAL}")
     # A WAL that a long reader let grow is cut back when a writer next restarts it.
     cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cur.close()
@@ -104,15 +109,24 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def writing(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error."""
-    conn.execute("BEGIN IMMEDIATE")
+def writing(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    """A BEGIN IMMEDIATE transaction, committed on success, rolled back on error.
+
+    durable: the commit survives a power cut once it returns (what the user is told next,
+    "queued", must be true after one)."""
+    if durable:  # SQLite refuses to change it inside a transaction
+        conn.execute(f"PRAGMA synchronous={FULL}")
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        if durable and not conn.in_transaction:  # a failed COMMIT leaves it to its caller
+            conn.execute(f"PRAGMA synchronous={NORMAL}")
 
 
 @contextmanager

@@ -40,7 +40,10 @@ class Finisher:
         os.fsync(fd)
 
         def remember(path: Path) -> None:
-            with self.database.write() as s:
+            # Durable before the name is taken: after a power cut that kept the link, a
+            # restart must find the download's name, or it fetches the file all over again
+            # as "name (1)".
+            with self.database.write(durable=True) as s:
                 dbjobs.set_saved_as(s, self.spec.download_id, self._relative(path))
 
         try:
@@ -66,7 +69,7 @@ class Finisher:
             ctime_ns=st.st_ctime_ns,
             inode=st.st_ino,
         )
-        with self.database.write() as s:
+        with self.database.write(durable=True) as s:  # "done" is what p2pctl reports next
             dbjobs.finish_download(
                 s,
                 spec.download_id,

@@ -23,14 +23,10 @@ to other offers are the one place those rules live.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
@@ -38,6 +34,7 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
+from p2pshare.services.downloader.durable import fsync_folders, sync_filesystem, syncfs_persists
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
@@ -88,6 +85,9 @@ class SmallBatch:
         self.ready: list[Ready] = []  # under lock
         self.fetching = 0  # source threads still running, under lock
         self._download_root: str | None = None  # resolved once a batch, ending in "/"
+        # Each file fsynced as it is written, where one syncfs a group persists nothing
+        # (durable.py); decided once a batch, by the temp folder's file system.
+        self.fsync_each = False
 
     def run(self) -> None:
         try:
@@ -123,6 +123,7 @@ class SmallBatch:
         if not todo:
             return
         self.settings.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.fsync_each = not syncfs_persists(self.settings.temp_dir)
         for spec in todo:
             if not spec.size:
                 self._write_empty(spec, temps[spec.download_id])
@@ -153,7 +154,7 @@ class SmallBatch:
             self.left_over.add(spec.download_id)
             return
         try:
-            write_file(temp, memoryview(b""))
+            write_file(temp, memoryview(b""), fsync=self.fsync_each)
         except OSError as exc:
             self.cannot_write(spec, exc)
             return
@@ -203,8 +204,10 @@ class SmallBatch:
 
     def _publish(self, group: list[Ready]) -> None:
         """Durable, then named, then linked, then durable again, then recorded: the order
-        Finisher.publish keeps for one file, paid once for the whole group."""
-        sync_filesystem(self.settings.temp_dir)
+        Finisher.publish keeps for one file, paid once for the whole group (a file at a
+        time where the file system does not honour syncfs: durable.py)."""
+        if not self.fsync_each:  # else each file was fsynced as it was written
+            sync_filesystem(self.settings.temp_dir)
         # Strings, not Paths, from here on: pathlib's parsing, hashing and relative_to
         # cost a small file more than its link, stat and unlink.
         chosen: dict[int, tuple[str, str]] = {}  # download id -> (real folder, free name)
@@ -231,7 +234,7 @@ class SmallBatch:
                 continue
             taken.add(name)
             chosen[item.spec.download_id] = (folder, name)
-        with self.database.write() as s:
+        with self.database.write(durable=True) as s:  # before the links: see Finisher.publish
             names = {i: self._relative(n) for i, (_, n) in chosen.items()}
             recorded = dbbatch.set_saved_as_many(s, names)
         published: list[tuple[Ready, str]] = []
@@ -248,12 +251,15 @@ class SmallBatch:
                 final = self._publish_alone(item, folder)
                 if final is not None:
                     published.append((item, final))
-        sync_filesystem(self.settings.download_dir)
+        if syncfs_persists(self.settings.download_dir):
+            sync_filesystem(self.settings.download_dir)
+        else:
+            fsync_folders(os.path.dirname(final) for _, final in published)
         for item, _ in published:
             _unlink(item.temp)
         done = [self._fetched(item, final) for item, final in published]
         now = time.time()
-        with self.database.write() as s:
+        with self.database.write(durable=True) as s:
             dbbatch.finish_batch(s, done, now=now)
             for download_id, reason in failed.items():
                 dbjobs.finish_download(s, download_id, status="failed", reason=reason, now=now)
@@ -270,7 +276,7 @@ class SmallBatch:
         the one-file path, with its own choice of name, copy and fsyncs."""
 
         def remember(path: Path) -> None:
-            with self.database.write() as s:
+            with self.database.write(durable=True) as s:
                 dbbatch.set_saved_as_many(s, {item.spec.download_id: self._relative(str(path))})
 
         dest = Path(folder, item.spec.name.rsplit("/", 1)[-1])
@@ -335,34 +341,3 @@ def _exists(path: str) -> bool:
     except OSError:
         return True  # unreadable: taken, as far as publishing goes
     return True
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return,unused-ignore]
-
-
-_SYNCFS = _load_syncfs()
-
-
-def sync_filesystem(folder: Path) -> None:
-    """Make everything written to the filesystem holding `folder` durable: one syncfs(2)
-    for a whole group of files, where a fsync each would commit the journal once a file.
-    Raises OSError."""
-    if _SYNCFS is None:
-        os.sync()  # not Linux: every filesystem, still once a group
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err or errno.EIO))
-    finally:
-        os.close(fd)

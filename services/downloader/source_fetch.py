@@ -55,6 +55,7 @@ class BatchPort(Protocol):
     stop: threading.Event
     tls: NodeTls
     pool: PeerPool
+    fsync_each: bool  # fsync each file as it is written (durable.py)
 
     def add_ready(self, item: Ready) -> None:
         """A file verified and in its temp file: publish it with the next group."""
@@ -226,7 +227,7 @@ class SourceFetch:
             return
         temp = self.temps[spec.download_id]
         try:
-            write_file(temp, arriving.data)
+            write_file(temp, arriving.data, fsync=self.batch.fsync_each)
         except OSError as exc:
             self.batch.cannot_write(spec, exc)
             return
@@ -256,12 +257,15 @@ class SourceFetch:
         self.batch.give_back(rest, why)
 
 
-def write_file(path: str | Path, data: memoryview) -> None:
-    """The whole file, from the start, in one thread (never two writers on one file)."""
+def write_file(path: str | Path, data: memoryview, *, fsync: bool) -> None:
+    """The whole file, from the start, in one thread (never two writers on one file);
+    fsync: durable before this returns (in the source's thread, beside its receiving)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)

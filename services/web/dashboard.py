@@ -178,7 +178,7 @@ def queue(database: Database, pattern: str) -> Action:
         )
     every = pattern.endswith("/")
     try:
-        with database.write() as s:
+        with database.write(durable=True) as s:
             q = dbreq.queue_request(s, pattern, every=every, now=time.time())
     except dbdl.AlreadyHere as exc:
         return Action(True, f"{exc.name} is already here.")
@@ -195,7 +195,7 @@ def change(database: Database, verb: str, download_id: str) -> Action:
     """Pause, resume or cancel one download by id, as p2pctl does."""
     if not (download_id.isascii() and download_id.isdecimal()):
         return Action(False, "That is not a download number.")
-    with database.write() as s:
+    with database.write(durable=True) as s:
         if verb == "pause":
             names = dbreq.pause_downloads(s, download_id)
         elif verb == "resume":

@@ -1,0 +1,90 @@
+"""Durability chosen per write, and how a folder's file system is made durable.
+
+What survives a real power cut is tested in tests/reliability/test_power_loss.py (LazyFS);
+here, that each write runs at the level it asked for and the file system is told apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from p2pshare.db import quick
+from p2pshare.db.engine import Database
+from p2pshare.services.downloader import durable
+from p2pshare.services.downloader.source_fetch import write_file
+
+
+def level(session_or_conn: object) -> int:
+    if isinstance(session_or_conn, sqlite3.Connection):
+        return int(session_or_conn.execute("PRAGMA synchronous").fetchone()[0])
+    return int(session_or_conn.execute(text("PRAGMA synchronous")).scalar_one())  # type: ignore[attr-defined]
+
+
+def test_a_durable_write_is_full_and_the_next_plain_one_normal_again(db: Database) -> None:
+    # One pooled connection serves them all in turn, so a level left behind would show.
+    for _ in range(3):
+        with db.write(durable=True) as s:
+            assert level(s) == quick.FULL
+        with db.write() as s:
+            assert level(s) == quick.NORMAL
+        with db.read() as s:
+            assert level(s) == quick.NORMAL
+
+
+def test_a_failed_durable_write_leaves_the_connection_normal(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.write(durable=True) as s:
+        raise RuntimeError("refused")
+    with db.write() as s:
+        assert level(s) == quick.NORMAL
+
+
+def test_p2pctl_durable_writing_is_full_then_normal(db: Database, tmp_path: Path) -> None:
+    conn = quick.connect(tmp_path / "p2p.db")
+    try:
+        with quick.writing(conn, durable=True) as c:
+            assert level(c) == quick.FULL
+        assert level(conn) == quick.NORMAL
+        with quick.writing(conn) as c:
+            assert level(c) == quick.NORMAL
+        with pytest.raises(RuntimeError), quick.writing(conn, durable=True):
+            raise RuntimeError("refused")
+        assert level(conn) == quick.NORMAL
+    finally:
+        conn.close()
+
+
+def _mount_type(folder: str) -> str:
+    """The type /proc/self/mounts gives the longest mount point above folder."""
+    best, fstype = "", ""
+    real = os.path.realpath(folder)
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point, kind = line.split()[1:3]
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fstype = point, kind
+    return fstype
+
+
+def test_statfs_tells_tmpfs_and_the_disk_apart(tmp_path: Path) -> None:
+    if _mount_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not tmpfs here")
+    assert durable.fs_type("/dev/shm") == 0x01021994
+    assert durable.syncfs_persists("/dev/shm")
+    kind = _mount_type(str(tmp_path))
+    if kind not in ("ext4", "xfs", "btrfs", "overlay", "tmpfs"):
+        pytest.skip(f"the temp folder is on {kind}")
+    assert durable.fs_type(tmp_path) in durable.SYNCFS_HONOURED
+    assert durable.fs_type(tmp_path / "missing") is None
+
+
+def test_write_file_writes_the_whole_file_with_or_without_fsync(tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+    for fsync in (False, True):
+        path = tmp_path / f"f{fsync}"
+        write_file(path, memoryview(data), fsync=fsync)
+        assert path.read_bytes() == data
+    durable.fsync_folders([str(tmp_path), str(tmp_path)])
