@@ -328,21 +328,27 @@ def ensure_schema(engine: Engine) -> int:
                             f"upgrading the database from schema version {version} left rows "
                             "pointing at nothing; nothing was changed"
                         )
-                if version != SCHEMA_VERSION:
+                created = version != SCHEMA_VERSION
+                if created:
                     conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
         finally:
             driver.execute("PRAGMA foreign_keys=ON")
-    if engine.url.database:
-        _fsync_file_and_folder(Path(engine.url.database))
+    if created:
+        _checkpoint_and_fsync_folder(engine)
     return SCHEMA_VERSION
 
 
-def _fsync_file_and_folder(path: Path) -> None:
-    """The database file's first page (written when it switched to WAL, outside the
-    transaction above) and its name and its WAL's name in the folder. SQLite deletes a
-    WAL beside an empty database file, so the file must be durable as well as the WAL."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags)
+def _checkpoint_and_fsync_folder(engine: Engine) -> None:
+    """A new or upgraded schema into the database file itself, synced (SQLite deletes a WAL
+    found beside an empty database file, so a durable WAL alone is not enough), and the
+    file's and its WAL's names made durable in their folder. Never os.open the database
+    file here: closing any descriptor of it drops this process's SQLite locks on it."""
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)")  # syncs the WAL, then the file
+    if engine.url.database:
+        fd = os.open(Path(engine.url.database).parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
