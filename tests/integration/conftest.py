@@ -138,9 +138,12 @@ def _supervisor_bin(name: str) -> str:
 class Node:
     """One p2pshare node: a temp P2P_HOME, its environment, and its processes."""
 
-    def __init__(self, label: str, udp_port: int, **settings: object) -> None:
+    def __init__(
+        self, label: str, udp_port: int, *, home: Path | None = None, **settings: object
+    ) -> None:
         # mkdtemp under /tmp: the supervisor socket path must stay under 107 bytes.
-        self.home = Path(tempfile.mkdtemp(prefix="p2p"))
+        self.home = Path(tempfile.mkdtemp(prefix="p2p")) if home is None else home
+        self.home.mkdir(parents=True, exist_ok=True)
         self.label = label
         self.username = f"{label}-{secrets.token_hex(3)}"
         self.udp_port = udp_port

@@ -1,0 +1,59 @@
+"""Power cuts (LazyFS) at each kind of cut point: nothing acknowledged is lost, nothing wrong
+is ever visible or offered, nothing is fetched twice, the database stays sound.
+
+One round per cut point (tests/reliability/powerloss.py says what a round does and
+counts); `bench/powerloss.py` runs 20 random ones and prints the table. LazyFS is built
+from ../shared/tools/powerloss by its build.sh (Debian packages installed as root when
+missing); where it cannot build or FUSE cannot mount, the test skips saying why.
+P2P_POWERLOSS_SEED=N repeats a run's random cut points.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+from conftest import Node
+from powerloss import HEADERS, KINDS, LazyFS, Rounds, Unavailable, build_lazyfs, seed_content
+from tabulate import tabulate
+
+pytestmark = pytest.mark.reliability
+
+# Small enough for CI's budget (a round is a node started twice), slow enough (the
+# seeder's upload limit) that each cut point falls inside what it names.
+BIG_MIB = 16
+SMALL_FILES = 120
+UPLOAD_LIMIT = 8_000_000
+
+
+def test_power_cuts_lose_nothing_acknowledged_and_show_nothing_wrong(
+    make_node: Callable[..., Node], udp_port: int
+) -> None:
+    try:
+        build_lazyfs()
+        fs = LazyFS()
+        fs.mount()
+    except Unavailable as exc:
+        pytest.skip(f"power loss cannot be simulated here: {exc}")
+    seed = int(os.environ.get("P2P_POWERLOSS_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    seeder = make_node("seed", P2P_UPLOAD_LIMIT=UPLOAD_LIMIT)
+    content = seed_content(seeder, big_mib=BIG_MIB, small_files=SMALL_FILES, rng=rng)
+    seeder.start(("server", "announcer", "listener"))
+    rounds = Rounds(seeder, content, fs, udp_port)
+    failed = True
+    try:
+        for kind in KINDS:
+            rounds.run(kind, rng)
+        failed = False
+    finally:
+        print(f"P2P_POWERLOSS_SEED={seed}")
+        print(tabulate([r.row() for r in rounds.results], headers=HEADERS))
+        for r in rounds.results:
+            print(f"round {r.number}: {r.timeline()}")
+        rounds.close(keep=failed)
+        fs.close() if not failed else fs.umount()
+    problems = [f"round {r.number} ({r.kind}): {p}" for r in rounds.results for p in r.problems]
+    assert not problems, "\n".join(problems)
