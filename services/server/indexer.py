@@ -17,6 +17,7 @@ from pathlib import Path
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.services.hashing.files import FileChanged, hash_file
+from p2pshare.services.server.repair import screen_published
 from p2pshare.services.server.scan import FoundFile, scan_tree
 from p2pshare.services.settings import Settings, chunk_size_for
 
@@ -136,6 +137,8 @@ class ShareIndexer:
                 stats.settles_at = min(stats.settles_at or settles, settles)
             else:
                 todo.append((name, found))
+        if root.label == "download" and todo:  # a download's file is offered only intact
+            todo = screen_published(self.database, root.path, todo)
         self._hash_and_record(root, todo, known, stats)
 
     def _hash_and_record(

@@ -643,7 +643,8 @@ class Rounds:
                     lost.append(f"download #{ack.download_id} ({ack.pattern})")
             else:
                 n = leech.scalar(
-                    "SELECT count(*) FROM downloads WHERE request_id = ?", (ack.request_id,)
+                    "SELECT count(DISTINCT name) FROM downloads WHERE request_id = ?",
+                    (ack.request_id,),
                 )
                 if int(n or 0) != ack.files:
                     lost.append(f"request {ack.request_id}: {n} of {ack.files} downloads")
@@ -668,11 +669,15 @@ class Rounds:
             interval=0.2,
             what=f"{leech}: every acknowledged download to end",
         )
+        # A download that ends other than done is lost, unless another one (the node's
+        # repair of a damaged file) got the same name done.
+        done = {r[0] for r in leech.sql("SELECT name FROM downloads WHERE status = 'done'")}
         for did, name, status, reason in leech.sql(
             f"SELECT id, name, status, reason FROM downloads WHERE {where} AND status != 'done'",
             (*ids, *requests),
         ):
-            result.lost_acks.append(f"download #{did} ({name}) ended {status}: {reason}")
+            if name not in done:
+                result.lost_acks.append(f"download #{did} ({name}) ended {status}: {reason}")
 
     def _wait_indexed(self, leech: Node) -> None:
         """The server has indexed the download folder as it now is (so a wrong offer, if
