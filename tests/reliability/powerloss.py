@@ -680,13 +680,21 @@ class Rounds:
                 result.lost_acks.append(f"download #{did} ({name}) ended {status}: {reason}")
 
     def _wait_indexed(self, leech: Node) -> None:
-        """The server has indexed the download folder as it now is (so a wrong offer, if
-        any, has had its chance to show)."""
+        """The server has indexed the download folder as it now is, every file with its
+        present size and mtime (so a wrong offer, if any, has had its chance to show)."""
 
         def indexed() -> bool:
-            done = leech.sql("SELECT saved_as FROM downloads WHERE status = 'done'")
-            rows = leech.sql("SELECT name FROM local_files WHERE root = 'download'")
-            return {r[0] for r in done} <= {r[0] for r in rows}
+            folder = leech.home / "downloads"
+            on_disk = {}
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for f in filenames:
+                    if not f.startswith("."):
+                        st = os.stat(os.path.join(dirpath, f))
+                        name = os.path.relpath(os.path.join(dirpath, f), folder)
+                        on_disk[name] = (st.st_size, st.st_mtime_ns)
+            rows = leech.sql("SELECT name, size, mtime_ns FROM local_files WHERE root = 'download'")
+            return on_disk == {name: (size, mtime) for name, size, mtime in rows}
 
         wait_until(indexed, START_TIMEOUT, interval=0.2, what=f"{leech}: the index to catch up")
 
