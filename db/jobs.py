@@ -44,13 +44,15 @@ class JobSpec:
     temp_path: str | None
     saved_as: str | None
     status: str
+    # When it was asked for: a file at `saved_as` older than this is not one it published.
+    requested_at: float = 0.0
 
 
 def spec_of(d: Download, f: File, entries: list[str]) -> JobSpec:
     """A job's spec from its download row, its file row and its manifest entries."""
     return JobSpec(
         d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, entries,
-        bytes(d.have), d.temp_path, d.saved_as, d.status,
+        bytes(d.have), d.temp_path, d.saved_as, d.status, d.requested_at,
     )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.inlists import in_slices, marks
-from p2pshare.db.node import bump_catalog_version
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,5 @@ def refetch_damaged(session: Session, published: Published, why: str, *, now: fl
     )
     session.expire_all()  # rows changed under the session
     dbindex.remove_local_files(session, "download", [published.saved_as])
-    dbindex.delete_orphan_files(session)
-    bump_catalog_version(session, now=now)
+    dbindex.delete_orphan_files(session)  # (the catalog log's triggers record the change)
     return new_id

@@ -18,6 +18,9 @@ from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.download")
 
+# Seconds: mtimes come from a coarse file system clock, requested_at from time.time().
+CLOCK_SLACK = 2.0
+
 
 class JobFailed(Exception):
     """The download cannot finish; the message is the reason shown to the user."""
@@ -97,10 +100,30 @@ class Finisher:
         elif temp.exists() or not path.exists():
             return False
         # Rare (a crash in a window of milliseconds), so a full read is fine here.
-        if path.stat().st_size != self.spec.size or _sha256_of(path) != self.spec.sha256:
-            return False  # that name now holds something else; publish anew
+        st = path.stat()
+        if st.st_size != self.spec.size or _sha256_of(path) != self.spec.sha256:
+            if st.st_mtime >= self.spec.requested_at - CLOCK_SLACK:
+                self._remove_damaged(path)  # publish anew under its own name
+            return False  # else that name holds someone else's file: publish beside it
         self.record_done(path)
         return True
+
+    def _remove_damaged(self, path: Path) -> None:
+        """The file this download linked at its recorded name, damaged since (a power cut on
+        a file system that lost its bytes): never offered, never left beside the good copy.
+        Out of sight first (the indexer skips hidden names), then gone."""
+        aside = path.with_name(f".{path.name}.p2p-damaged")
+        try:
+            os.replace(path, aside)
+            aside.unlink()
+        except OSError as exc:
+            log.warning("cannot remove the damaged %s: %s", path, exc.strerror)
+            return
+        log.warning(
+            "download %d: its published file %s was damaged (a power cut?); fetching it again",
+            self.spec.download_id,
+            path,
+        )
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.settings.download_dir.resolve()).as_posix()
