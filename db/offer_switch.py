@@ -84,6 +84,32 @@ def _peers(n: int) -> str:
     return f"{n} peer{'s' if n != 1 else ''}"
 
 
+def offers_to_hash(session: Session, download_id: int) -> set[int]:
+    """The offers switch_offer could move this download to but for their manifests,
+    which are fetched when a download needs one: the caller fetches these first."""
+    d = session.get(Download, download_id)
+    if d is None or d.status not in UNFINISHED or d.file_id is None:
+        return set()
+    offers = offer_peers(session, {d.sha256})[d.sha256]
+    if offers.get(d.file_id, 0) > 0:
+        return set()
+    lacking = {f for f, n in offers.items() if n > 0 and not _manifest_known(session, f)}
+    shas = _names_other_shas(session, d.name, d.sha256)
+    for other in offer_peers(session, shas).values():
+        lacking |= {f for f, n in other.items() if n > 0 and not _manifest_known(session, f)}
+    return lacking
+
+
+def _names_other_shas(session: Session, name: str, sha256: str) -> set[str]:
+    return set(
+        session.scalars(
+            select(File.sha256)
+            .join(Holding, Holding.file_id == File.id)
+            .where(Holding.name == name, File.sha256 != sha256)
+        )
+    )
+
+
 def _manifest_known(session: Session, file_id: int) -> bool:
     file = session.get(File, file_id)
     return file is not None and len(_entries(session, file_id)) == file.chunk_count
@@ -92,13 +118,7 @@ def _manifest_known(session: Session, file_id: int) -> bool:
 def _other_versions(session: Session, name: str, sha256: str) -> dict[str, tuple[int, int]]:
     """Other contents live, not-bad peers offer under `name`: per SHA-256, the offer most
     of them make (file id, peers). Only offers whose manifest is here can be fetched."""
-    shas = set(
-        session.scalars(
-            select(File.sha256)
-            .join(Holding, Holding.file_id == File.id)
-            .where(Holding.name == name, File.sha256 != sha256)
-        )
-    )
+    shas = _names_other_shas(session, name, sha256)
     out = {}
     for sha, offers in offer_peers(session, shas).items():
         usable = {f: n for f, n in offers.items() if n > 0 and _manifest_known(session, f)}

@@ -18,11 +18,13 @@ from collections.abc import Callable
 
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import quick
-from p2pshare.db.engine import driver_connection
+from p2pshare.db.engine import Database, driver_connection
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
+from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
 from p2pshare.services.runtime import RoleContext
+from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.downloader")
 
@@ -78,53 +80,70 @@ class ManifestFetcher:
         """Try once for every content due; returns those whose manifest is here now."""
         if self.conn is None:
             self.conn = quick.connect(self.ctx.database.path)
-        with quick.reading(self.conn) as conn:
-            missing = dbmanifests.unhashed(conn, sorted(due))
-            holders = dbmanifests.holders(conn, [c.file_id for c in missing])
-        done = due - {c.file_id for c in missing}  # hashed meanwhile (or empty)
-        found: dict[dbmanifests.Unhashed, list[str]] = {}
-        by_peer: dict[dbmanifests.Holder, list[dbmanifests.Unhashed]] = {}
-        for content in missing:
-            if content.chunks == 1:
-                entries = dbmanifests.one_chunk_entries(content)
-                if entries is not None:
-                    found[content] = entries
-                continue
-            for holder in holders[content.file_id][:PEERS_TRIED]:
-                by_peer.setdefault(holder, []).append(content)
-        for holder, contents in by_peer.items():
-            if self.ctx.stop.is_set():
-                break
-            todo = [c for c in contents if c not in found]
-            if todo:
-                found.update(self._ask(holder, todo))
-        if found:
-            with self.ctx.database.write() as s:
-                dbmanifests.record_manifests(driver_connection(s), found)
-        return done | {c.file_id for c in found}
+        return fetch_manifests(
+            self.conn, self.ctx.database, self.ctx.settings, self.ctx.tls, due, self.ctx.stop
+        )
 
-    def _ask(
-        self, holder: dbmanifests.Holder, contents: list[dbmanifests.Unhashed]
-    ) -> dict[dbmanifests.Unhashed, list[str]]:
-        sizes = {FileKey(*c.key): c.size for c in contents}
-        try:
-            link = self.ctx.tls.link(holder.tls, holder.fingerprint)
-            with PeerClient(
-                holder.address, holder.tcp_port, key=self.ctx.settings.network_key, link=link
-            ) as client:
-                client.deadline = time.monotonic() + DEADLINE_SECONDS
-                got = client.manifests(sizes)
-        except (OSError, protocol.ProtocolError) as exc:
-            log.warning(
-                "cannot fetch manifests from %s:%d: %s", holder.address, holder.tcp_port, exc
-            )
-            return {}
-        for key, why in list(got.refused.items())[:5]:
-            log.warning(
-                "refused the manifest of %s from %s:%d: %s",
-                key.sha256[:12],
-                holder.address,
-                holder.tcp_port,
-                why,
-            )
-        return {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
+
+def fetch_manifests(
+    conn: sqlite3.Connection,
+    database: Database,
+    settings: Settings,
+    tls: NodeTls,
+    file_ids: set[int],
+    stop: threading.Event,
+) -> set[int]:
+    """Fetch (or derive) and record the manifests these contents lack, from the peers that
+    offer them; returns the contents whose manifest is here now. `conn` reads."""
+    with quick.reading(conn):
+        missing = dbmanifests.unhashed(conn, sorted(file_ids))
+        holders = dbmanifests.holders(conn, [c.file_id for c in missing])
+    done = file_ids - {c.file_id for c in missing}  # hashed meanwhile (or empty)
+    found: dict[dbmanifests.Unhashed, list[str]] = {}
+    by_peer: dict[dbmanifests.Holder, list[dbmanifests.Unhashed]] = {}
+    for content in missing:
+        if content.chunks == 1:
+            entries = dbmanifests.one_chunk_entries(content)
+            if entries is not None:
+                found[content] = entries
+            continue
+        for holder in holders[content.file_id][:PEERS_TRIED]:
+            by_peer.setdefault(holder, []).append(content)
+    for holder, contents in by_peer.items():
+        if stop.is_set():
+            break
+        todo = [c for c in contents if c not in found]
+        if todo:
+            found.update(_ask(settings, tls, holder, todo))
+    if found:
+        with database.write() as s:
+            dbmanifests.record_manifests(driver_connection(s), found)
+    return done | {c.file_id for c in found}
+
+
+def _ask(
+    settings: Settings,
+    tls: NodeTls,
+    holder: dbmanifests.Holder,
+    contents: list[dbmanifests.Unhashed],
+) -> dict[dbmanifests.Unhashed, list[str]]:
+    sizes = {FileKey(*c.key): c.size for c in contents}
+    try:
+        link = tls.link(holder.tls, holder.fingerprint)
+        with PeerClient(
+            holder.address, holder.tcp_port, key=settings.network_key, link=link
+        ) as client:
+            client.deadline = time.monotonic() + DEADLINE_SECONDS
+            got = client.manifests(sizes)
+    except (OSError, protocol.ProtocolError) as exc:
+        log.warning("cannot fetch manifests from %s:%d: %s", holder.address, holder.tcp_port, exc)
+        return {}
+    for key, why in list(got.refused.items())[:5]:
+        log.warning(
+            "refused the manifest of %s from %s:%d: %s",
+            key.sha256[:12],
+            holder.address,
+            holder.tcp_port,
+            why,
+        )
+    return {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
