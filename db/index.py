@@ -47,34 +47,52 @@ def ensure_files(
     conn = driver_connection(session)
     wanted = {h.key: h for h in contents}
     ids = _file_ids(conn, wanted)
-    new = [h for key, h in wanted.items() if key not in ids]
+    # A content already known may lack its manifest (chunk rows); a new one lacks it surely.
+    unhashed = set(ids) - _hashed_keys(conn, ids)
+    # New rows in key order: the unique index over the SHA-256 takes them in order.
+    new = sorted(key for key in wanted if key not in ids)
     if new:
+        # This write transaction is the only writer, so the new rows take the ids after the
+        # largest (as SQLite itself would give them) and need not be read back.
+        (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM files").fetchone()
+        fresh = dict(zip(new, range(top + 1, top + 1 + len(new)), strict=True))
         conn.executemany(
-            "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(h.sha256, h.size, h.chunk_size, h.root, len(h.chunk_hashes), now) for h in new],
+            "INSERT INTO files (id, sha256, size, chunk_size, root, chunk_count, first_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (fid, h.sha256, h.size, h.chunk_size, h.root, len(h.chunk_hashes), now)
+                for fid, h in ((fid, wanted[key]) for key, fid in fresh.items())
+            ],
         )
-        ids.update(_file_ids(conn, {h.key: h for h in new}))
-    hashed: set[int] = set()
-    for part in in_slices(list(ids.values())):
+        ids.update(fresh)
+        unhashed.update(new)
+    conn.executemany(
+        "INSERT INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
+        [
+            (ids[key], i, size, digest)
+            for key in sorted(unhashed, key=ids.__getitem__)  # in id order: rows appended
+            for i, (size, digest) in enumerate(
+                zip(wanted[key].chunk_sizes, wanted[key].chunk_hashes, strict=True)
+            )
+        ],
+    )
+    _expire(session, (File, Chunk))
+    return ids
+
+
+def _hashed_keys(conn: sqlite3.Connection, ids: dict[ContentKey, int]) -> set[ContentKey]:
+    """Those of these contents whose chunk rows (their manifest) are recorded."""
+    by_id = {fid: key for key, fid in ids.items()}
+    hashed: set[ContentKey] = set()
+    for part in in_slices(list(by_id)):
         hashed.update(
-            fid
+            by_id[fid]
             for (fid,) in conn.execute(
                 f"SELECT file_id FROM chunks WHERE chunk_index = 0 AND file_id IN ({marks(part)})",
                 part,
             )
         )
-    conn.executemany(
-        "INSERT INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
-        [
-            (ids[key], i, size, digest)
-            for key, h in wanted.items()
-            if ids[key] not in hashed
-            for i, (size, digest) in enumerate(zip(h.chunk_sizes, h.chunk_hashes, strict=True))
-        ],
-    )
-    _expire(session, (File, Chunk))
-    return ids
+    return hashed
 
 
 def _file_ids(

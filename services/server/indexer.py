@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +26,9 @@ from p2pshare.services.settings import Settings, chunk_size_for
 log = logging.getLogger("p2p.index")
 
 SETTLE_SECONDS = 0.5
-# Commit hashed files in batches so a first index of 10,000 files is not 10,000 commits,
-# yet each transaction stays short (1,000 small files: about 20 ms of inserts).
-BATCH_FILES = 1000
+# Commit hashed files in batches so a first index of 100,000 files is not 100,000 commits,
+# yet each transaction stays short (a few tens of milliseconds for 2,000 small files).
+BATCH_FILES = 2000
 BATCH_SECONDS = 0.5
 # A batch up to this size logs a line per file; a larger one (a first index, a folder
 # copied in) one line for all: 10,000 lines cost the role and supervisord more than
@@ -148,21 +150,47 @@ class ShareIndexer:
         known: dict[str, dbindex.IndexedStat],
         stats: IndexStats,
     ) -> None:
+        if len(todo) <= BATCH_FILES:
+            for batch, replaced in self._hashed_batches(root, todo, known, stats):
+                self._flush(root, batch, replaced)
+            return
+        # Many files (a first index, a folder copied in): each batch is recorded on a
+        # thread of its own while the next is hashed. SQLite and the file reads release
+        # the GIL, so the two overlap on two cores; one batch waits at most, so memory
+        # stays a batch or two whatever the share's size.
+        with ThreadPoolExecutor(1, thread_name_prefix="index-write") as writer:
+            pending: Future[None] | None = None
+            for batch, replaced in self._hashed_batches(root, todo, known, stats):
+                if pending is not None:
+                    pending.result()  # raises what the write raised
+                pending = writer.submit(self._flush, root, batch, replaced)
+            if pending is not None:
+                pending.result()
+
+    def _hashed_batches(
+        self,
+        root: Root,
+        todo: list[tuple[str, FoundFile]],
+        known: dict[str, dbindex.IndexedStat],
+        stats: IndexStats,
+    ) -> Iterator[tuple[list[tuple[str, dbindex.HashedFile]], bool]]:
+        """Hash the files to do in name order; yields (batch, whether it changes a known
+        name: its old content may be orphaned) every BATCH_FILES or BATCH_SECONDS."""
         batch: list[tuple[str, dbindex.HashedFile]] = []
-        replaced = False  # the batch changes a known name: its old content may be orphaned
+        replaced = False
+        override = self.settings.chunk_size
         started = time.monotonic()
         for name, found in sorted(todo):
+            stamp = found.stamp
             try:
                 hashed = hash_file(
-                    found.path,
-                    chunk_size_for(found.stamp.size, self.settings.chunk_size),
-                    expect=found.stamp,
+                    found.location, chunk_size_for(stamp.size, override), expect=stamp
                 )
             except FileChanged:
                 stats.waiting += 1
                 continue
             except OSError as exc:
-                self._report_skips({str(found.path): f"cannot be read ({exc.strerror})"})
+                self._report_skips({found.location: f"cannot be read ({exc.strerror})"})
                 continue
             batch.append((name, hashed))
             if name in known:
@@ -171,9 +199,10 @@ class ShareIndexer:
             else:
                 stats.added += 1
             if len(batch) >= BATCH_FILES or time.monotonic() - started > BATCH_SECONDS:
-                self._flush(root, batch, replaced)
+                yield batch, replaced
                 batch, replaced, started = [], False, time.monotonic()
-        self._flush(root, batch, replaced)
+        if batch:
+            yield batch, replaced
 
     def _flush(
         self, root: Root, batch: list[tuple[str, dbindex.HashedFile]], replaced: bool

@@ -459,3 +459,89 @@ def test_a_changed_file_leaves_no_orphan_content_behind(node: Node) -> None:
     node.step()
     assert sql(node, "SELECT count(*) FROM files")[0][0] == 1
     assert indexed(node) == {"doc.txt": sha(b"second version, longer")}
+
+
+# ---------------------------------------------------------------- many files at once
+
+
+def test_more_files_than_a_batch_are_recorded_batch_by_batch_and_whole(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past BATCH_FILES the batches are written on a thread of their own while the next is
+    # hashed: every file arrives, each batch in one transaction, and the same as one by one.
+    monkeypatch.setattr(indexer, "BATCH_FILES", 7)
+    datas = {f"d{i % 4}/f{i:03d}.bin": data_of(i, 50 + i * 37) for i in range(45)}
+    datas["d0/twin.bin"] = datas["d1/f001.bin"]  # one content under two names
+    datas["d2/big.bin"] = data_of(99, 3 * CS + 5)  # a chained manifest among them
+    for name, data in datas.items():
+        write(node.share / name, data)
+    writes = node.database.write_count
+
+    stats = node.step()
+
+    assert stats.added == len(datas)
+    assert indexed(node) == {name: sha(data) for name, data in datas.items()}
+    assert node.database.write_count - writes == -(-len(datas) // 7)
+    for data in datas.values():
+        assert chunk_rows(node, sha(data)) == expected_chunks(data)
+    assert sql(node, "SELECT count(*) FROM files")[0][0] == len(datas) - 1
+
+
+def test_a_write_that_fails_fails_the_step_and_the_next_one_records_everything(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexer, "BATCH_FILES", 3)
+    for i in range(10):
+        write(node.share / f"f{i}.bin", data_of(i, 100))
+    real = dbindex.record_local_files
+    calls = []
+
+    def fail_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dbindex, "record_local_files", fail_second)
+    with pytest.raises(sqlite3.OperationalError):
+        node.step()
+    monkeypatch.setattr(dbindex, "record_local_files", real)
+    node.step()
+    assert len(indexed(node)) == 10
+
+
+def test_content_known_without_its_manifest_gets_its_chunks(node: Node) -> None:
+    # A peer's offer may be known (a files row) before this node hashes the same content.
+    data = write(node.share / "a.bin", data_of(5, 2 * CS + 1))
+    hashed = hash_file(node.share / "a.bin", CS, expect=Stamp.of(os.stat(node.share / "a.bin")))
+    sql_write(
+        node,
+        "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+        " VALUES (?, ?, ?, ?, 3, 0)",
+        hashed.sha256,
+        hashed.size,
+        CS,
+        hashed.root,
+    )
+    (known_id,) = sql(node, "SELECT id FROM files")[0]
+    write(node.share / "b.bin", b"new content")
+    node.step()
+    assert sql(node, "SELECT file_id FROM local_files WHERE name = 'a.bin'") == [(known_id,)]
+    assert chunk_rows(node, sha(data)) == expected_chunks(data)
+    assert chunk_rows(node, sha(b"new content")) == expected_chunks(b"new content")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o400, 0o200, 0o000])
+def test_a_file_is_found_exactly_when_this_process_may_read_it(node: Node, mode: int) -> None:
+    from p2pshare.services.server.scan import scan_tree
+
+    path = node.share / "f.txt"
+    write(path, b"data")
+    path.chmod(mode)
+    try:
+        readable = os.access(path, os.R_OK)
+        scan = scan_tree(node.share)
+    finally:
+        path.chmod(0o644)
+    assert ("f.txt" in scan.files) == readable
+    assert (str(path) in scan.skipped) == (not readable)

@@ -393,11 +393,14 @@ def stamp(path: Path) -> Stamp:
     "size", [0, 1, 63, 64, 65, CS - 64, CS - 1, CS, CS + 1, CS + 64, 2 * CS, 3 * CS - 1, 3 * CS + 5]
 )
 @pytest.mark.parametrize("read_block", [hashing.READ_BLOCK, 1000], ids=["big-reads", "1000B-reads"])
+@pytest.mark.parametrize("whole_read", [hashing.WHOLE_READ, 0], ids=["one-read", "chained"])
 def test_hash_file_matches_an_independent_manifest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, read_block: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, read_block: int, whole_read: int
 ) -> None:
     # 1000-byte reads: the chunk hashing continues across reads that are not whole blocks.
     monkeypatch.setattr(hashing, "READ_BLOCK", read_block)
+    # A one-chunk file is read whole and hashed by hashlib; the chained path gives the same.
+    monkeypatch.setattr(hashing, "WHOLE_READ", whole_read)
     data = data_of(size, size)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
@@ -436,3 +439,40 @@ def test_hash_file_notices_a_file_that_changed(tmp_path: Path) -> None:
     path.write_bytes(b"y" * 200)
     with pytest.raises(hashing.FileChanged):
         hashing.hash_file(path, CS, expect=before)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p.write_bytes(b"y" * 100), id="rewritten-same-size"),
+        pytest.param(lambda p: p.write_bytes(b"x" * 101), id="grew"),
+        pytest.param(lambda p: p.write_bytes(b"x" * 99), id="shrank"),
+        pytest.param(lambda p: os.utime(p, ns=(1, 1)), id="mtime-set-back"),
+        pytest.param(
+            lambda p: (p.rename(p.with_name("old")), p.write_bytes(b"x" * 100)), id="swapped"
+        ),
+    ],
+)
+def test_a_one_chunk_file_changed_after_its_stat_is_noticed(tmp_path: Path, change: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100)
+    # Settled, as the indexer hashes only files SETTLE_SECONDS old: a write now stamps
+    # another mtime even within one tick of the kernel's coarse clock.
+    os.utime(path, ns=(10**18, 10**18))
+    before = stamp(path)
+    change(path)
+    with pytest.raises(hashing.FileChanged):
+        hashing.hash_file(path, CS, expect=before)
+
+
+def test_a_short_read_is_read_on_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FUSE file systems may answer a read with fewer bytes than asked, before the end.
+    data = data_of(3, 3000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 700)))
+    hashed = hashing.hash_file(path, CS, expect=stamp(path))
+    assert hashed.sha256 == hashlib.sha256(data).hexdigest()
