@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,8 @@ from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.server.repair import screen_published
-from p2pshare.services.server.scan import FoundFile, scan_tree
+from p2pshare.services.server.scan import FoundFile, scan_names, scan_tree
+from p2pshare.services.server.watch import FolderWatch
 from p2pshare.services.settings import Settings, chunk_size_for
 
 log = logging.getLogger("p2p.index")
@@ -65,6 +66,9 @@ class IndexStats:
     waiting: int = 0
     # Wall-clock time at which the first file still settling will have settled.
     settles_at: float | None = None
+    # Seconds spent looking (scan, reading the index, comparing), hashing left out: what
+    # a rescan of an unchanged share costs, for the scan loop's pacing.
+    looked_seconds: float = 0.0
 
     @property
     def touched(self) -> int:
@@ -79,6 +83,10 @@ class ShareIndexer:
     _reported: set[str] = field(default_factory=set)
     # Per root, the name checks of its last scan, reused by the next (scan_tree).
     _checked: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # Per root, names to look at again (still settling, or changed while hashed), as only
+    # a watch's events would otherwise bring them back.
+    _pending: dict[str, set[str]] = field(default_factory=dict)
+    watch: FolderWatch | None = None
 
     def roots(self) -> list[Root]:
         """The folders to index; one nested in the other is indexed once, under its own root."""
@@ -91,11 +99,45 @@ class ShareIndexer:
             Root("download", download, (*private, share)),
         ]
 
+    def start_watching(self) -> FolderWatch | None:
+        """Watch every folder the scans meet from now on (inotify); None where it cannot."""
+        if self.watch is None:
+            self.watch = FolderWatch.open()
+        return self.watch
+
+    @property
+    def pending(self) -> bool:
+        """Names wait to be looked at again (see IndexStats.settles_at for when)."""
+        return any(self._pending.values())
+
     def step(self, *, now: float | None = None) -> IndexStats:
         """Scan every root once and bring the database in step. Returns what changed."""
         stats = IndexStats()
+        self._pending.clear()  # the whole scan looks at them all
         for root in self.roots():
             self._index_root(root, stats, now=time.time() if now is None else now)
+        self._log(stats)
+        return stats
+
+    def step_changes(
+        self, names: Mapping[str, Collection[str]], *, now: float | None = None
+    ) -> IndexStats:
+        """Bring in step only these relative names (per root label: files, or folders with
+        their trees) and those pending from the last step; what a watch reports changed."""
+        stats = IndexStats()
+        wanted = {label: set(found) for label, found in names.items()}
+        for label, waiting in self._pending.items():
+            wanted.setdefault(label, set()).update(waiting)
+        self._pending.clear()
+        for root in self.roots():
+            if wanted.get(root.label):
+                self._index_names(
+                    root, wanted[root.label], stats, now=time.time() if now is None else now
+                )
+        self._log(stats)
+        return stats
+
+    def _log(self, stats: IndexStats) -> None:
         if stats.touched:
             log.info(
                 "index: %d added, %d changed, %d removed, %d unchanged",
@@ -104,11 +146,22 @@ class ShareIndexer:
                 stats.removed,
                 stats.unchanged,
             )
-        return stats
+
+    def _on_folder(self, root: Root) -> Callable[[str, str], None] | None:
+        watch = self.watch
+        if watch is None:
+            return None
+        return lambda path, prefix: watch.watch(root.label, path, prefix)
 
     def _index_root(self, root: Root, stats: IndexStats, *, now: float) -> None:
+        started = time.monotonic()
         scan_started_ns = time.time_ns()
-        scan = scan_tree(root.path, exclude=root.exclude, checked=self._checked.get(root.label))
+        scan = scan_tree(
+            root.path,
+            exclude=root.exclude,
+            checked=self._checked.get(root.label),
+            on_folder=self._on_folder(root),
+        )
         self._checked[root.label] = scan.checked
         self._report_skips(scan.skipped)
         with self.database.read() as s:
@@ -116,32 +169,63 @@ class ShareIndexer:
             # The downloader links a file, then records it: one it is publishing is its
             # to record, not this scan's to hash again (and bump the catalog for).
             publishing = dbindex.publishing_names(s) if root.label == "download" else set()
+        self._reconcile(root, scan.files, known, publishing, scan_started_ns, stats, now, started)
+
+    def _index_names(self, root: Root, names: set[str], stats: IndexStats, *, now: float) -> None:
+        started = time.monotonic()
+        scan_started_ns = time.time_ns()
+        scan = scan_names(root.path, names, exclude=root.exclude, on_folder=self._on_folder(root))
+        self._checked.setdefault(root.label, {}).update(scan.checked)
+        self._report_skips(scan.skipped)
+        with self.database.read() as s:
+            # The same names (and trees) as the look: what it did not find is gone.
+            known = dbindex.indexed_stats_of(s, root.label, names)
+            publishing = dbindex.publishing_names(s) if root.label == "download" else set()
+        self._reconcile(root, scan.files, known, publishing, scan_started_ns, stats, now, started)
+
+    def _reconcile(
+        self,
+        root: Root,
+        files: dict[str, FoundFile],
+        known: dict[str, dbindex.IndexedStat],
+        publishing: set[str],
+        scan_started_ns: int,
+        stats: IndexStats,
+        now: float,
+        started: float,
+    ) -> None:
+        """Record what the look found against what the index knew of the same names."""
         # A name recorded after the scan passed its folder is not gone: it arrived.
         gone = [
             name
             for name in known
-            if name not in scan.files and not _arrived_since(root.path / name, scan_started_ns)
+            if name not in files and not _arrived_since(root.path / name, scan_started_ns)
         ]
         if gone:
             with self.database.write() as s:
                 stats.removed += dbindex.remove_local_files(s, root.label, gone)
                 dbindex.delete_orphan_files(s)
         todo: list[tuple[str, FoundFile]] = []
-        for name, found in scan.files.items():
+        for name, found in files.items():
             old = known.get(name)
             if name in publishing and old is None:
                 continue
             if old is not None and old.stamp == found.stamp:
                 stats.unchanged += 1
             elif now - found.stamp.mtime_ns / 1e9 < SETTLE_SECONDS:
-                stats.waiting += 1
+                self._wait_for(root, name, stats)
                 settles = found.stamp.mtime_ns / 1e9 + SETTLE_SECONDS
                 stats.settles_at = min(stats.settles_at or settles, settles)
             else:
                 todo.append((name, found))
+        stats.looked_seconds += time.monotonic() - started
         if root.label == "download" and todo:  # a download's file is offered only intact
             todo = screen_published(self.database, root.path, todo)
         self._hash_and_record(root, todo, known, stats)
+
+    def _wait_for(self, root: Root, name: str, stats: IndexStats) -> None:
+        stats.waiting += 1
+        self._pending.setdefault(root.label, set()).add(name)
 
     def _hash_and_record(
         self,
@@ -187,7 +271,7 @@ class ShareIndexer:
                     found.location, chunk_size_for(stamp.size, override), expect=stamp
                 )
             except FileChanged:
-                stats.waiting += 1
+                self._wait_for(root, name, stats)
                 continue
             except OSError as exc:
                 self._report_skips({found.location: f"cannot be read ({exc.strerror})"})

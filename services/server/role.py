@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import select
 import socket
 import threading
 import time
@@ -15,39 +16,69 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 from p2pshare.services.server.chunkserver import ChunkServer
 from p2pshare.services.server.housekeeping import Housekeeping, housekeeping_loop
 from p2pshare.services.server.indexer import ShareIndexer
+from p2pshare.services.server.watch import Changes
 
 log = logging.getLogger("p2p.server")
 
 SCAN_INTERVAL = 1.0
-# A rescan stats every shared file (10,000 unchanged ones take about 0.15 s): a large
-# share is rescanned less often, so looking for changes takes at most this share of a
-# core (and of the GIL the chunk server's loop needs), and waits at most SCAN_MAX_INTERVAL.
+# Without a watch (not Linux, or past the inotify watch limit) the share is rescanned: every
+# SCAN_INTERVAL, and a share so large that its rescan (a stat per file) takes longer less
+# often, so rescanning takes at most this share of a core (and of the GIL the chunk
+# server's loop needs) whatever the share's size.
 SCAN_CPU_SHARE = 0.05
-SCAN_MAX_INTERVAL = 10.0
+# With a watch, changes are seen as they happen (their names looked at, nothing else) and
+# the whole share is rescanned only as a safety net, for what inotify cannot see (another
+# host writing to a network file system): every WATCHED_RESCAN_INTERVAL, or less often for
+# a share whose rescan would otherwise take more than WATCHED_CPU_SHARE of a core.
+WATCHED_RESCAN_INTERVAL = 600.0
+WATCHED_CPU_SHARE = 0.01
+# Events are gathered this long after the first: a folder copied in is one look and one
+# batch, not one per file (files are hashed only once settled anyway).
+GATHER_SECONDS = 0.05
 
 
 def index_loop(ctx: RoleContext, indexer: ShareIndexer, address: str) -> None:
-    """Rescan every SCAN_INTERVAL (longer for a large share), or as soon as a new file has
-    settled, until stopped.
+    """Index the shared folders until stopped: a whole scan at start, then the changes a
+    watch reports (or, without one, whole rescans paced to SCAN_CPU_SHARE).
 
     An error in one scan is logged, not fatal.
     """
+    watch = indexer.start_watching()
+    changes = Changes()
+    rescan_at = 0.0  # monotonic time of the next whole rescan
     while not ctx.stop.is_set():
         # The write transactions so far ride on the heartbeat, as the downloader's do:
         # the benchmark reads them to show the server's bookkeeping is batched.
         ctx.detail = f"{address}, {ctx.database.write_count} db writes"
-        pause = SCAN_INTERVAL
+        watched = watch is not None and not watch.full
+        settles_at = None
         try:
-            started = time.monotonic()
-            stats = indexer.step()
-            took = time.monotonic() - started
-            if not stats.touched:  # a step that hashed files says nothing of a rescan's cost
-                pause = min(SCAN_MAX_INTERVAL, max(SCAN_INTERVAL, took / SCAN_CPU_SHARE))
-            if stats.settles_at is not None:
-                pause = min(pause, max(0.05, stats.settles_at - time.time() + 0.01))
+            if changes.lost or time.monotonic() >= rescan_at:
+                changes = Changes()  # events read so far: this scan sees what they name
+                stats = indexer.step()
+                share = WATCHED_CPU_SHARE if watched else SCAN_CPU_SHARE
+                floor = WATCHED_RESCAN_INTERVAL if watched else SCAN_INTERVAL
+                rescan_at = time.monotonic() + max(floor, stats.looked_seconds / share)
+                settles_at = stats.settles_at
+            elif changes or indexer.pending:
+                names, changes = changes.names, Changes()
+                settles_at = indexer.step_changes(names).settles_at
         except Exception:
+            # A whole rescan in a second: it sees what the failed look was to record.
             log.exception("index scan failed; retrying")
-        ctx.stop.wait(pause)
+            rescan_at = time.monotonic() + SCAN_INTERVAL
+        pause = rescan_at - time.monotonic()
+        if indexer.pending:  # a file settling, or one that changed while it was hashed
+            wait = SCAN_INTERVAL if settles_at is None else settles_at - time.time() + 0.01
+            pause = min(pause, max(0.05, wait))
+        # Wake at least every SCAN_INTERVAL to see the stop flag.
+        pause = max(0.0, min(pause, SCAN_INTERVAL))
+        if watch is None:
+            ctx.stop.wait(pause)
+            continue
+        if select.select([watch.fd], [], [], pause)[0]:
+            ctx.stop.wait(GATHER_SECONDS)
+            watch.read(changes)
 
 
 def serve(ctx: RoleContext) -> None:

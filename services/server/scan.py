@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -53,6 +53,9 @@ def scan_tree(
     *,
     exclude: Collection[Path] = (),
     checked: Mapping[str, str | None] | None = None,
+    start: str = "",
+    on_folder: Callable[[str, str], None] | None = None,
+    result: ScanResult | None = None,
 ) -> ScanResult:
     """Every regular file under root, recursively, by '/'-separated relative name.
 
@@ -62,8 +65,11 @@ def scan_tree(
     silently: editors and copy tools write their temporary files that way.
     `checked` is a previous scan's `checked`: a name's verdict depends on the name
     alone, so a rescan of a large share checks only the names it has not met.
+    `start` (a folder's relative name) scans that folder's tree only; `on_folder` is
+    called with each folder's path and its names' prefix ('' or 'a/b/') as it is read;
+    `result` is added to rather than a new one made.
     """
-    result = ScanResult()
+    result = ScanResult() if result is None else result
     known = checked or {}
     verdicts, files = result.checked, result.files
     real_root = os.path.realpath(root)
@@ -71,7 +77,7 @@ def scan_tree(
     top = os.path.abspath(root)
     excluded = {os.path.abspath(p) for p in exclude}
     me = os.geteuid()
-    stack = [(top, "")]
+    stack = [(os.path.join(top, start) if start else top, start + "/" if start else "")]
     while stack:
         folder, prefix = stack.pop()
         try:
@@ -81,6 +87,8 @@ def scan_tree(
                 return result
             result.skipped[folder] = f"folder cannot be read ({exc.strerror})"
             continue
+        if on_folder is not None:
+            on_folder(folder, prefix)
         for entry in entries:
             if entry.name.startswith(".") or entry.path in excluded:
                 continue
@@ -105,39 +113,77 @@ def scan_tree(
                     ):
                         files[name] = FoundFile(entry.path, Stamp.of(st))
                         continue
-            reason = _visit(entry, name, real_root, stack, result)
+            reason = _visit(entry.path, name, entry.is_symlink(), real_root, stack, result)
             if reason is not None:
                 result.skipped[entry.path] = reason
     return result
 
 
+def scan_names(
+    root: Path,
+    names: Iterable[str],
+    *,
+    exclude: Collection[Path] = (),
+    on_folder: Callable[[str, str], None] | None = None,
+) -> ScanResult:
+    """These relative names as a whole scan would find them: a file, a folder's whole
+    tree, or nothing (gone, hidden, excluded; or skipped, with its reason). For a watch's
+    events: what changed is looked at, not the share."""
+    result = ScanResult()
+    real_root = os.path.realpath(root)
+    top = os.path.abspath(root)
+    excluded = {os.path.abspath(p) for p in exclude}
+    for name in names:
+        path = os.path.join(top, name)
+        if any(part.startswith(".") for part in name.split("/")) or path in excluded:
+            continue
+        reason = _bad_name(name)
+        result.checked[name] = reason
+        if reason is None:
+            try:
+                is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue  # gone
+            except OSError as exc:
+                reason = f"cannot be read ({exc.strerror})"
+            else:
+                stack: list[tuple[str, str]] = []
+                reason = _visit(path, name, is_link, real_root, stack, result)
+                if stack:  # a folder: its tree
+                    scan_tree(root, exclude=exclude, start=name, on_folder=on_folder, result=result)
+        if reason is not None:
+            result.skipped[path] = reason
+    return result
+
+
 def _visit(
-    entry: os.DirEntry[str],
+    path: str,
     name: str,
+    is_link: bool,
     real_root: str,
     stack: list[tuple[str, str]],
     result: ScanResult,
 ) -> str | None:
-    """Add one entry to the scan; returns why it is skipped, or None."""
+    """Add one entry to the scan (a folder to the stack); returns why it is skipped, or None."""
     try:
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
+        if is_link:
+            target = os.path.realpath(path)
             if not _is_within(target, real_root):
                 return "symlink leads outside the shared folder"
-            st = os.stat(entry.path)
+            st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
                 # Followed folder links can loop or duplicate the tree.
                 return "symlink to a folder is not followed"
         else:
-            st = entry.stat(follow_symlinks=False)
+            st = os.lstat(path)
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
     if stat.S_ISDIR(st.st_mode):
-        stack.append((entry.path, name + "/"))
+        stack.append((path, name + "/"))
         return None
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (FIFO, socket or device)"
-    if not os.access(entry.path, os.R_OK):
+    if not os.access(path, os.R_OK):
         return "cannot be read (permission denied)"
-    result.files[name] = FoundFile(entry.path, Stamp.of(st))
+    result.files[name] = FoundFile(path, Stamp.of(st))
     return None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import select
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.hashing.files import hash_file
 from p2pshare.services.server import indexer
 from p2pshare.services.server.indexer import IndexStats, ShareIndexer
+from p2pshare.services.server.watch import IN_Q_OVERFLOW, Changes
 from p2pshare.services.settings import Settings, load_settings
 
 CS = 16384
@@ -545,3 +548,97 @@ def test_a_file_is_found_exactly_when_this_process_may_read_it(node: Node, mode:
         path.chmod(0o644)
     assert ("f.txt" in scan.files) == readable
     assert (str(path) in scan.skipped) == (not readable)
+
+
+# ---------------------------------------------------------------- a watch's changes
+
+
+@pytest.fixture
+def watched(node: Node) -> Iterator[Node]:
+    watch = node.indexer.start_watching()
+    if watch is None:
+        pytest.skip("no inotify here")
+    yield node
+    watch.close()
+
+
+def changes_of(node: Node, action: Callable[[], object]) -> Changes:
+    """Do action and gather the watch's events about it (waiting until some arrive)."""
+    watch = node.indexer.watch
+    assert watch is not None
+    action()
+    changes = Changes()
+    deadline = time.monotonic() + 10
+    while not changes and time.monotonic() < deadline:
+        select.select([watch.fd], [], [], 0.1)
+        watch.read(changes)
+    while select.select([watch.fd], [], [], 0.05)[0]:  # the rest of a burst
+        watch.read(changes)
+    return changes
+
+
+def step_changes(node: Node, action: Callable[[], object]) -> IndexStats:
+    changes = changes_of(node, action)
+    assert changes and not changes.lost
+    return node.indexer.step_changes(changes.names, now=time.time() + 5)
+
+
+def test_a_watch_sees_files_added_changed_renamed_and_removed(watched: Node) -> None:
+    node = watched
+    write(node.share / "keep.txt", b"keep")
+    write(node.share / "sub/old.txt", b"old")
+    node.step()
+
+    stats = step_changes(node, lambda: write(node.share / "sub/new.txt", b"new"))
+    assert (stats.added, stats.unchanged) == (1, 0)  # only what changed was looked at
+    step_changes(node, lambda: write(node.share / "sub/old.txt", b"old, rewritten"))
+    step_changes(node, lambda: (node.share / "sub/new.txt").rename(node.share / "moved.txt"))
+    step_changes(node, lambda: (node.share / "keep.txt").unlink())
+
+    assert indexed(node) == {"sub/old.txt": sha(b"old, rewritten"), "moved.txt": sha(b"new")}
+    assert node.step().touched == 0  # a whole rescan agrees
+
+
+def test_a_watch_sees_folders_moved_in_renamed_and_removed(watched: Node, tmp_path: Path) -> None:
+    node = watched
+    node.step()
+    outside = tmp_path / "outside"
+    write(outside / "a.txt", b"a")
+    write(outside / "deep/b.txt", b"b")
+
+    step_changes(node, lambda: outside.rename(node.share / "album"))
+    assert indexed(node) == {"album/a.txt": sha(b"a"), "album/deep/b.txt": sha(b"b")}
+    step_changes(node, lambda: (node.share / "album").rename(node.share / "photos"))
+    assert indexed(node) == {"photos/a.txt": sha(b"a"), "photos/deep/b.txt": sha(b"b")}
+    # The renamed folder's watch now names its files under the new name.
+    step_changes(node, lambda: write(node.share / "photos/deep/c.txt", b"c"))
+    assert indexed(node)["photos/deep/c.txt"] == sha(b"c")
+    step_changes(node, lambda: shutil.rmtree(node.share / "photos"))
+    assert indexed(node) == {}
+    assert node.step().touched == 0
+
+
+def test_hidden_files_raise_no_look(watched: Node) -> None:
+    node = watched
+    node.step()
+    changes = changes_of(node, lambda: write(node.share / ".partial.tmp", b"x"))
+    assert not changes
+
+
+def test_a_file_still_settling_is_looked_at_again_once_settled(watched: Node) -> None:
+    node = watched
+    node.step()
+    changes = changes_of(node, lambda: write(node.share / "fresh.txt", b"fresh"))
+    stats = node.indexer.step_changes(changes.names, now=time.time())
+    assert stats.waiting == 1 and stats.settles_at is not None and node.indexer.pending
+    stats = node.indexer.step_changes({}, now=stats.settles_at + 0.01)
+    assert stats.added == 1 and not node.indexer.pending
+    assert indexed(node) == {"fresh.txt": sha(b"fresh")}
+
+
+def test_lost_events_ask_for_a_whole_rescan(watched: Node) -> None:
+    watch = watched.indexer.watch
+    assert watch is not None
+    changes = Changes()
+    watch._event(-1, IN_Q_OVERFLOW, b"", changes)
+    assert changes.lost
