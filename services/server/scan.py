@@ -66,7 +66,7 @@ def scan_tree(
     `checked` is a previous scan's `checked`: a name's verdict depends on the name
     alone, so a rescan of a large share checks only the names it has not met.
     `start` (a folder's relative name) scans that folder's tree only; `on_folder` is
-    called with each folder's path and its names' prefix ('' or 'a/b/') as it is read;
+    called with each folder's path and its names' prefix ('' or 'a/b/') before it is read;
     `result` is added to rather than a new one made.
     """
     result = ScanResult() if result is None else result
@@ -80,6 +80,8 @@ def scan_tree(
     stack = [(os.path.join(top, start) if start else top, start + "/" if start else "")]
     while stack:
         folder, prefix = stack.pop()
+        if on_folder is not None:
+            on_folder(folder, prefix)  # before reading it: what arrives after is an event
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
@@ -87,8 +89,6 @@ def scan_tree(
                 return result
             result.skipped[folder] = f"folder cannot be read ({exc.strerror})"
             continue
-        if on_folder is not None:
-            on_folder(folder, prefix)
         for entry in entries:
             if entry.name.startswith(".") or entry.path in excluded:
                 continue

@@ -132,6 +132,10 @@ class FolderWatch:
         if folder is None:
             return
         label, prefix = folder
+        if not prefix and mask & (IN_IGNORED | IN_MOVE_SELF):
+            # A shared folder itself went (or moved): a folder made in its place is seen
+            # by a whole scan, which watches it again.
+            changes.lost = True
         if mask & IN_IGNORED:  # the folder is gone (or unmounted): its watch with it
             del self._folders[wd]
             return

@@ -642,3 +642,11 @@ def test_lost_events_ask_for_a_whole_rescan(watched: Node) -> None:
     changes = Changes()
     watch._event(-1, IN_Q_OVERFLOW, b"", changes)
     assert changes.lost
+
+
+def test_a_shared_folder_itself_removed_asks_for_a_whole_rescan(watched: Node) -> None:
+    node = watched
+    write(node.share / "a.txt", b"a")
+    node.step()
+    changes = changes_of(node, lambda: shutil.rmtree(node.share))
+    assert changes.lost
