@@ -42,6 +42,10 @@ class KnownContent:
     complete: bool  # chunk hashes are here (or the file is empty)
 
 
+# KiB of page cache for the connection applying catalog pages.
+APPLY_CACHE_KIB = 32 * 1024
+
+
 @dataclass(frozen=True)
 class Page:
     """Part of a peer's catalog, after validation: the changes after version `start` up
@@ -81,12 +85,16 @@ def apply_page(
         conn.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
     elif (page.epoch, page.start) != (row[1], row[2]):
         raise NotContinuous(f"page from v{page.start} of {page.epoch}; held: v{row[2]} of {row[1]}")
+    # A page's rows land all over the indexes of files and holdings (SHA-256s and names
+    # in no order): a larger page cache than SQLite's 2 MB default keeps the b-tree pages
+    # they touch, a third of a page's time (this connection is the listener's).
+    conn.execute(f"PRAGMA cache_size=-{APPLY_CACHE_KIB}")
     known = _known_or_added(conn, page.offered, now=now)
     holdings = []
     for entry in page.offered:
         content = known.get(entry.key)
-        if content is not None and content.size == entry.size:
-            holdings.append((peer_id, content.file_id, entry.name, entry.chunks_held, entry.have))
+        if content is not None and content[1] == entry.size:
+            holdings.append((peer_id, content[0], entry.name, entry.chunks_held, entry.have))
     conn.executemany(
         "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (peer_id, file_id, name) DO UPDATE SET"
@@ -108,10 +116,10 @@ def apply_page(
 
 def _known_or_added(
     conn: sqlite3.Connection, offered: Sequence[Offered], *, now: float
-) -> dict[ContentKey, KnownContent]:
-    """What this database knows of each content offered, adding a `files` row (without
-    chunk hashes) for each one it did not know."""
-    known = known_contents_in(conn, (o.key for o in offered))
+) -> dict[ContentKey, tuple[int, int]]:
+    """(file id, size) of each content offered, adding a `files` row (without chunk
+    hashes) for each one this database did not know."""
+    known = _content_ids(conn, {o.key for o in offered})
     new = {o.key: o for o in offered if o.key not in known}
     if not new:
         return known
@@ -121,8 +129,23 @@ def _known_or_added(
         [(o.sha256, o.size, o.chunk_size, o.root, -(-o.size // o.chunk_size), now)
          for o in new.values()],
     )  # fmt: skip
-    known.update(known_contents_in(conn, new))
+    known.update(_content_ids(conn, set(new)))
     return known
+
+
+def _content_ids(
+    conn: sqlite3.Connection, keys: set[ContentKey]
+) -> dict[ContentKey, tuple[int, int]]:
+    """(file id, size) of each of these contents this database knows."""
+    out: dict[ContentKey, tuple[int, int]] = {}
+    for part in in_slices(sorted({sha for sha, _, _ in keys})):
+        for sha, cs, root, fid, size in conn.execute(
+            f"SELECT sha256, chunk_size, root, id, size FROM files WHERE sha256 IN ({marks(part)})",
+            part,
+        ):
+            if (sha, cs, root) in keys:
+                out[(sha, cs, root)] = (fid, size)
+    return out
 
 
 def _expire_peer(session: Session, peer_id: int) -> None:

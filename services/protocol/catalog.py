@@ -22,12 +22,16 @@ from p2pshare.services.protocol.fields import (
 from p2pshare.services.protocol.frames import _bits, frame
 from p2pshare.services.protocol.limits import (
     CATALOG_EPOCH_HEX,
+    CHUNK_ALIGN,
     MANIFEST_LABEL_RE,
     MAX_CATALOG_BYTES,
+    MAX_CHUNK,
     MAX_CHUNKS_PER_FILE,
     MAX_FILE_SIZE,
     MAX_PAGE_BYTES,
+    MIN_CHUNK,
     PAGE_ENTRIES,
+    SHA_RE,
     FileKey,
     MalformedMessage,
     MessageTooLarge,
@@ -88,9 +92,10 @@ def _entries(files: object) -> list[CatalogEntry]:
         if not isinstance(item, list) or len(item) != 6:
             raise MalformedMessage("each catalog entry must have 6 fields")
         name, sha, size, cs, root, have = item
-        size = _int({"size": size}, "size", 0, MAX_FILE_SIZE)
-        key = _file_key({"sha": sha, "cs": cs, "rt": root})
-        count = chunk_count(size, key.chunk_size)
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            raise MalformedMessage(f"'size' must be an integer in [0, {MAX_FILE_SIZE}]")
+        key = _entry_key(sha, cs, root)
+        count = -(-size // key.chunk_size)
         if count > MAX_CHUNKS_PER_FILE:
             raise MalformedMessage("file has too many chunks")
         if count == 1 and key.root != one_chunk_root(key.sha256):
@@ -100,6 +105,21 @@ def _entries(files: object) -> list[CatalogEntry]:
             raise MalformedMessage("the catalog gives one file two sizes")
         entries.append(CatalogEntry(check_name(name), key, size, _bits(have, count)))
     return entries
+
+
+def _entry_key(sha: object, cs: object, root: object) -> FileKey:
+    """_file_key without a dict a field: a catalog entry's key, checked alike."""
+    if (
+        type(sha) is str
+        and type(root) is str
+        and type(cs) is int
+        and SHA_RE.fullmatch(sha)
+        and SHA_RE.fullmatch(root)
+        and MIN_CHUNK <= cs <= MAX_CHUNK
+        and cs % CHUNK_ALIGN == 0
+    ):
+        return FileKey(sha, cs, root)
+    return _file_key({"sha": sha, "cs": cs, "rt": root})  # raises, saying which field
 
 
 def one_chunk_root(sha256: str) -> str:
