@@ -148,13 +148,30 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
         return
     _table(
         peer_table(rows),
-        ["username", "address", "port", "fingerprint", "link", "files", "last seen", "bad"],
+        [
+            "username",
+            "address",
+            "port",
+            "fingerprint",
+            "link",
+            "files",
+            "catalog",
+            "last seen",
+            "bad",
+        ],
         "No peers heard yet; other nodes appear here once their announcements arrive.",
         noun="peers",
         paged=limit is not None or offset > 0,
         offset=offset,
         total=lambda: listing.count_peers(conn),
     )
+
+
+def catalog_state(behind: int | None) -> str:
+    """How far this node's copy of a peer's catalog is behind what the peer announced."""
+    if behind is None:
+        return "not fetched yet"
+    return "up to date" if behind == 0 else f"{behind} change{'s' if behind != 1 else ''} behind"
 
 
 def peer_table(rows: Iterable[listing.PeerRow]) -> list[list[object]]:
@@ -167,6 +184,7 @@ def peer_table(rows: Iterable[listing.PeerRow]) -> list[list[object]]:
             short_fingerprint(p.fingerprint) if p.fingerprint else "-",
             p.link,
             p.files,
+            catalog_state(p.catalog_behind),
             ago(p.last_seen, now=now),
             f"yes ({p.bad_files} files)" if p.bad_files else "no",
         ]

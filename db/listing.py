@@ -44,6 +44,15 @@ class PeerRow:
     tls: bool  # it takes TLS connections only
     # tls, clear, or why this node and it cannot talk (one encrypts, the other not)
     link: str
+    catalog_version: int  # as it announced it
+    catalog_synced: int  # the version this node holds (-1: not fetched yet)
+
+    @property
+    def catalog_behind(self) -> int | None:
+        """Changes of its catalog this node has yet to take in; None before the first fetch."""
+        return (
+            None if self.catalog_synced < 0 else max(0, self.catalog_version - self.catalog_synced)
+        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ SELECT p.username, p.address, p.tcp_port,
        (SELECT count(DISTINCT h.file_id) FROM holdings h WHERE h.peer_id = p.id),
        p.last_seen,
        (SELECT count(*) FROM bad_peers b WHERE b.address = p.address AND b.tcp_port = p.tcp_port),
-       p.node_id, p.fingerprint, p.tls
+       p.node_id, p.fingerprint, p.tls, p.catalog_version, p.catalog_synced
 FROM peers p ORDER BY p.last_seen DESC, p.id DESC LIMIT :limit OFFSET :offset"""
 COUNT_PEERS_SQL = "SELECT count(*) FROM peers"
 OWN_ENCRYPT_SQL = "SELECT value FROM role_settings WHERE role = 'listener' AND name = 'encrypt'"
@@ -171,7 +180,7 @@ def iter_peers(
     many it is marked bad."""
     found = conn.execute(OWN_ENCRYPT_SQL).fetchone()
     own = None if found is None else found[0] == "yes"
-    for user, address, port, files, seen, bad, node_id, fp, tls in conn.execute(
+    for user, address, port, files, seen, bad, node_id, fp, tls, cv, synced in conn.execute(
         PEERS_SQL, _page(None, limit, offset)
     ):
         yield PeerRow(
@@ -185,6 +194,8 @@ def iter_peers(
             fp,
             bool(tls),
             link_state(own, bool(tls)),
+            cv,
+            synced,
         )
 
 

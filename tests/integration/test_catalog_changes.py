@@ -98,6 +98,10 @@ def test_a_change_moves_only_what_changed_and_a_removal_reaches_the_peer(make_no
         TIMEOUT,
         what="b's record of a's catalog to reach a's version",
     )
+    [row] = b.p2pctl_json("peers")
+    assert (row["catalog_version"], row["catalog_synced"]) == (version, version)
+    table = b.p2pctl("peers")
+    assert table.returncode == 0 and "up to date" in table.stdout, table.stdout
 
 
 def test_a_catalog_of_several_pages_arrives_whole_and_a_reset_log_is_fetched_whole(
