@@ -185,6 +185,34 @@ class _Batch:
         here = self.at.setdefault((heard.address, heard.tcp_port), [])
         twins = self.twins.setdefault((heard.address, heard.fingerprint or ""), [])
         olds = {old.id: old for old in (*here, *(twins if heard.fingerprint else ()))}
+        # The old self's holdings stay, under the new id, when it announces the same
+        # catalog log: a restart then costs the changes made meanwhile, not the catalog
+        # (a million entries) again. Another log (its database replaced) is fetched whole.
+        heir = next(
+            (
+                old
+                for old in olds.values()
+                if old.id not in self.gone
+                and heard.catalog_epoch is not None
+                and old.catalog_epoch == heard.catalog_epoch
+                and old.catalog_synced >= 0
+            ),
+            None,
+        )
+        synced, epoch = (heir.catalog_synced, heir.catalog_epoch) if heir else (-1, None)
+        cur = conn.execute(
+            "INSERT INTO peers (node_id, username, address, tcp_port, catalog_version,"
+            " announce_seq, catalog_synced, catalog_epoch, fingerprint, tls, first_seen,"
+            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (heard.node_id, heard.username, heard.address, heard.tcp_port,
+             heard.catalog_version, heard.seq, synced, epoch, heard.fingerprint, heard.tls,
+             now, now),
+        )  # fmt: skip
+        assert cur.lastrowid is not None
+        if heir is not None:
+            conn.execute(
+                "UPDATE holdings SET peer_id = ? WHERE peer_id = ?", (cur.lastrowid, heir.id)
+            )
         for old in olds.values():
             if old.id in self.gone:
                 continue
@@ -197,24 +225,17 @@ class _Batch:
             self.retired[old.node_id] = (old.announce_seq, True)
             conn.execute("DELETE FROM peers WHERE id = ?", (old.id,))  # holdings cascade
             self.peers.pop(old.node_id, None)
-        cur = conn.execute(
-            "INSERT INTO peers (node_id, username, address, tcp_port, catalog_version,"
-            " announce_seq, catalog_synced, fingerprint, tls, first_seen, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?, -1, ?, ?, ?, ?)",
-            (heard.node_id, heard.username, heard.address, heard.tcp_port,
-             heard.catalog_version, heard.seq, heard.fingerprint, heard.tls, now, now),
-        )  # fmt: skip
-        assert cur.lastrowid is not None
         peer = _Row(
             (cur.lastrowid, heard.node_id, heard.username, heard.address, heard.tcp_port,
-             heard.catalog_version, heard.seq, -1, heard.fingerprint, heard.tls, None),
+             heard.catalog_version, heard.seq, synced, heard.fingerprint, heard.tls, epoch),
         )  # fmt: skip
         here[:] = [peer]
         if heard.fingerprint:
             twins[:] = [peer]
         self.peers[heard.node_id] = peer
         self.created += 1
-        return AnnounceOutcome(peer.id, True, True)
+        needs = heir is None or heard.catalog_version > synced
+        return AnnounceOutcome(peer.id, True, needs)
 
     def write(self) -> None:
         """Write back the peers refreshed, in one statement, and expire what the session

@@ -147,3 +147,29 @@ def test_a_node_of_protocol_2_0_still_gets_the_whole_catalog(make_node, wait_unt
         version, entries = client.catalog()
     assert version == a.scalar("SELECT catalog_version FROM node")
     assert {e.name: e.file.sha256 for e in entries} == offered(a)
+
+
+def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(
+    make_node, wait_until
+):
+    a, b = make_node("a"), make_node("b")
+    for i in range(30):
+        (a.share / f"{i:02d}.txt").write_bytes(f"file {i}\n".encode())
+    a.start()
+    wait_until(lambda: len(offered(a)) == 30, TIMEOUT, what="a to index its files")
+    b.start()
+    wait_until(lambda: held(b, a) == offered(a), TIMEOUT, what="b to hold a's catalog")
+    first_id = a.node_id()
+    mark = len(b.log("listener"))
+
+    a.restart()  # a new node id, the same database and certificate
+    wait_until(lambda: a.node_id() not in (None, first_id), TIMEOUT, what="a's new node id")
+    (a.share / "after.txt").write_bytes(b"written after the restart\n")
+    wait_until(lambda: "after.txt" in held(b, a), TIMEOUT, what="b to see a's new file")
+    # One row for a, holding what it held before plus the one change.
+    assert b.sql("SELECT node_id FROM peers WHERE username = ?", (a.username,)) == [
+        (a.node_id(),)
+    ]
+    assert held(b, a) == offered(a)
+    moved = fetches(b, mark)
+    assert [(kind, entries) for kind, _, entries, _ in moved] == [("changes", 1)], moved
