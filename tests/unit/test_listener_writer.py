@@ -27,7 +27,7 @@ from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.listener import catalog_fetch
 from p2pshare.services.listener import writer as listener_writer
-from p2pshare.services.listener.catalog_fetch import FetchedCatalog, Wanted
+from p2pshare.services.listener.catalog_fetch import FetchedPage, Wanted
 from p2pshare.services.listener.writer import ListenerWriter
 from p2pshare.services.net import identity
 from p2pshare.services.net.tls import NodeTls
@@ -67,7 +67,9 @@ class Lan:
         self.open = 0  # fetches under way now, and the most at once
         self.most_open = 0
 
-    def fetch(self, wanted: Wanted) -> FetchedCatalog:
+    def fetch(self, wanted: Wanted, deliver: Callable[[FetchedPage], None]) -> int:
+        """The whole catalog at the wanted version, handed over as one page (as a peer of
+        protocol 2.0 sends it); returns the version."""
         with self.lock:
             self.fetches[(wanted.node_id, wanted.version)] += 1
             self.open += 1
@@ -78,16 +80,15 @@ class Lan:
             with self.lock:
                 self.open -= 1
         names = self.catalogs[wanted.node_id][wanted.version]
-        files = [file_of(name) for name in names]
-        return FetchedCatalog(
-            wanted,
-            wanted.version,
-            wanted.address,
-            wanted.port,
-            [offered for offered, _, _ in files],
-            {key: manifest for _, key, manifest in files},
-            time.monotonic(),
+        offered = [file_of(name)[0] for name in names]
+        page = dbcatalogs.Page(None, 0, wanted.version, True, offered, [])
+        started = time.monotonic()
+        deliver(
+            FetchedPage(
+                wanted, page, wanted.address, wanted.port, started, 1, len(offered), 0, True
+            )
         )
+        return wanted.version
 
 
 class Node:
@@ -101,7 +102,8 @@ class Node:
         self.ctx = RoleContext("listener", settings, self.database, threading.Event(), tls)
         self.refused: list[tuple[str, str]] = []
         self.writer = ListenerWriter(self.ctx, lambda ip, why: self.refused.append((ip, why)))
-        self.writer.fetcher._fetch = lan.fetch  # type: ignore[method-assign]
+        fetcher = self.writer.fetcher
+        fetcher._fetch = lambda wanted: lan.fetch(wanted, fetcher.deliver)  # type: ignore[method-assign]
         self.transactions = 0
         write = self.database.write
 

@@ -640,7 +640,8 @@ def test_bad_have_bitfield_is_refused(bits: Any, chunks: int) -> None:
 
 # ================================================================ catalogs that lie
 
-GOOD_ENTRY = ["a.txt", SHA_A, 100, CS, ROOT_A, None]
+# A three-chunk file: a one-chunk entry must carry the root of its SHA-256 alone.
+GOOD_ENTRY = ["a.txt", SHA_A, len(DATA_A), CS, ROOT_A, None]
 
 
 def entry(**changes: Any) -> list[Any]:
@@ -651,7 +652,7 @@ def entry(**changes: Any) -> list[Any]:
 
 def test_good_catalog_entry_helper_is_accepted() -> None:
     [got] = p.decode_catalog(catalog_payload([entry()]))[1]
-    assert got == CatalogEntry("a.txt", FK, 100, None)
+    assert got == CatalogEntry("a.txt", FK, len(DATA_A), None)
 
 
 BAD_CATALOGS = [
@@ -697,7 +698,7 @@ BAD_CATALOGS = [
         id="bitfield-too-short",
     ),
     pytest.param(
-        catalog_payload([entry(have=b64(b"\x40"))]), MalformedMessage, id="bitfield-spare-bits"
+        catalog_payload([entry(have=b64(b"\x10"))]), MalformedMessage, id="bitfield-spare-bits"
     ),
     pytest.param(catalog_payload([entry(have="%%%")]), MalformedMessage, id="bitfield-not-b64"),
     pytest.param(catalog_payload([entry()[:5]]), MalformedMessage, id="five-fields"),
@@ -1066,3 +1067,89 @@ def test_tampered_manifests_never_come_back_as_good(
     else:
         assert got.refused[FK]
         assert bytes(raw) != b"".join(bytes.fromhex(e) for e in ENTRIES_A)
+
+
+# ================================================================ catalog pages (issue 34)
+
+EPOCH = "0123456789abcdef"
+
+
+def page_bytes(page: p.CatalogPage) -> tuple[dict[str, Any], bytes]:
+    raw = p.encode_page(page)
+    n = p.frame_length(raw[:4])
+    return p.decode_reply(raw[4 : 4 + n]), raw[4 + n :]
+
+
+def test_catalog_page_round_trip() -> None:
+    entries = [
+        CatalogEntry("a.txt", FK, len(DATA_A), None),
+        CatalogEntry("b", FK_B, len(DATA_B), b"\x80"),
+    ]
+    page = p.CatalogPage(EPOCH, 7, 19, False, True, entries, [("gone.txt", SHA_B)])
+    header, payload = page_bytes(page)
+    assert p.page_length(header) == len(payload)
+    assert p.decode_page(header, payload) == page
+
+
+def test_changes_request_round_trip() -> None:
+    for req in (p.ChangesRequest(None, 0), p.ChangesRequest(EPOCH, 2**40)):
+        assert p.decode_request(p.encode_request(req)[4:]) == req
+
+
+def test_announcement_carries_the_catalog_log() -> None:
+    ann = p.Announce("1" * 32, "u", 5, 3, 1, TS, catalog_epoch=EPOCH)
+    assert p.decode_announce(p.encode_announce(ann, key=None), key=None, now=TS, max_age=5) == ann
+
+
+def one_chunk_entry(root: str) -> CatalogEntry:
+    sha = hashlib.sha256(b"x").hexdigest()
+    return CatalogEntry("x", FileKey(sha, CS, root), 1, None)
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "error"),
+    [
+        pytest.param({"from": 9, "to": 3}, None, MalformedMessage, id="ends-before-start"),
+        pytest.param({"ce": "XYZ"}, None, MalformedMessage, id="bad-epoch"),
+        pytest.param({"reset": 1}, None, MalformedMessage, id="reset-not-bool"),
+        pytest.param({}, zlib.compress(b'{"files":[]}'), MalformedMessage, id="no-gone"),
+        pytest.param(
+            {},
+            zlib.compress(b'{"files":[],"gone":[["../x","' + b"a" * 64 + b'"]]}'),
+            MalformedMessage,
+            id="gone-unsafe-name",
+        ),
+        pytest.param(
+            {},
+            zlib.compress(b'{"files":[],"gone":[["x","A"]]}'),
+            MalformedMessage,
+            id="gone-bad-sha",
+        ),
+        pytest.param(
+            {},
+            zlib.compress(json.dumps({"files": [], "gone": [["x", "a" * 64]] * 5001}).encode()),
+            MessageTooLarge,
+            id="too-many-entries",
+        ),
+        pytest.param(
+            {}, zlib.compress(b" " * (p.MAX_PAGE_BYTES + 1)), MessageTooLarge, id="inflates-past"
+        ),
+    ],
+)
+def test_lying_catalog_page_is_refused(
+    header: dict[str, Any], payload: bytes | None, error: type[Exception]
+) -> None:
+    good_header, good_payload = page_bytes(p.CatalogPage(EPOCH, 0, 1, False, False, [], []))
+    with pytest.raises(error):
+        p.decode_page({**good_header, **header}, good_payload if payload is None else payload)
+
+
+def test_one_chunk_entry_must_carry_the_root_of_its_sha256() -> None:
+    sha = hashlib.sha256(b"x").hexdigest()
+    good = one_chunk_entry(p.one_chunk_root(sha))
+    header, payload = page_bytes(p.CatalogPage(EPOCH, 0, 1, False, False, [good], []))
+    assert p.decode_page(header, payload).entries == [good]
+    lying = one_chunk_entry("ab" * 32)
+    header, payload = page_bytes(p.CatalogPage(EPOCH, 0, 1, False, False, [lying], []))
+    with pytest.raises(MalformedMessage, match="root"):
+        p.decode_page(header, payload)
