@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodes import LOOPBACK, LOOPBACK_BROADCAST, beside_python  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import cpu_seconds, peak_rss_mb  # noqa: E402
 
 SEED = 34  # the number
 MIN_SIZE, MAX_SIZE = 200, 2048
@@ -130,8 +130,9 @@ def run_role(top: Path, share: Path, count: int, idle: float) -> dict[str, float
         text=True,
     )
     seen: dict[str, float] = {}
-    done = threading.Event()
-    added = re.compile(r"index: (\d+) added")
+    done, changed = threading.Event(), threading.Event()
+    added = re.compile(r"index: (\d+) added, (\d+) changed")
+    later = [0, 0]  # added, changed after the first index
 
     def read() -> None:
         assert proc.stdout is not None
@@ -140,9 +141,18 @@ def run_role(top: Path, share: Path, count: int, idle: float) -> dict[str, float
             if "listening on" in line:
                 seen.setdefault("listening", now)
             match = added.search(line)
-            if match and int(match.group(1)) >= count:
-                seen["indexed"] = now
-                done.set()
+            if not match:
+                continue
+            if not done.is_set():
+                if int(match.group(1)) >= count:
+                    seen["indexed"] = now
+                    done.set()
+                continue
+            later[0] += int(match.group(1))
+            later[1] += int(match.group(2))
+            if later[0] >= 1 and later[1] >= 1:
+                seen["changed"] = now
+                changed.set()
 
     threading.Thread(target=read, daemon=True).start()
     spawned = time.perf_counter()
@@ -152,6 +162,17 @@ def run_role(top: Path, share: Path, count: int, idle: float) -> dict[str, float
         indexed_cpu = cpu_seconds(proc.pid)
         time.sleep(idle)
         idle_cpu = cpu_seconds(proc.pid) - indexed_cpu
+        # One file added and one rewritten: seen through the watch, or the next rescan.
+        before = cpu_seconds(proc.pid)
+        wrote = time.perf_counter()
+        (share / "d000" / "new.bin").write_bytes(b"a new file")
+        (share / "d001" / "f0000001.bin").write_bytes(b"rewritten")
+        if not changed.wait(timeout=600):
+            raise RuntimeError("the server did not see the change within 600 s")
+        change_s = seen["changed"] - wrote
+        time.sleep(0.5)  # its last writes and log lines
+        change_cpu = cpu_seconds(proc.pid) - before
+        rss = peak_rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -160,6 +181,9 @@ def run_role(top: Path, share: Path, count: int, idle: float) -> dict[str, float
         "role_index_s": seen["indexed"] - seen["listening"],
         "role_cpu_to_indexed": indexed_cpu,
         "role_idle_share": idle_cpu / idle,
+        "role_peak_rss_mb": rss,
+        "role_change_s": change_s,
+        "role_change_cpu": change_cpu,
     }
 
 
@@ -203,7 +227,12 @@ def main() -> None:
                 f"p2p-server:     {role['role_index_s']:6.2f} s from 'listening on' to indexed "
                 f"(start-up {role['role_startup_s']:.2f} s, {role['role_cpu_to_indexed']:.2f} "
                 f"CPU-s)  ratio {sums[0] / role['role_index_s']:.2f}x; idle rescans "
-                f"{role['role_idle_share'] * 100:.1f}% of a core over {args.idle:g} s"
+                f"{role['role_idle_share'] * 100:.1f}% of a core over {args.idle:g} s; "
+                f"peak RSS {role['role_peak_rss_mb']:.0f} MB"
+            )
+            print(
+                f"one file added + one rewritten: indexed {role['role_change_s']:.2f} s after "
+                f"the write (0.5 s of it the settle time), {role['role_change_cpu']:.3f} CPU-s"
             )
     finally:
         shutil.rmtree(top, ignore_errors=True)
