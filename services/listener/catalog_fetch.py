@@ -74,6 +74,11 @@ class FetchedPage:
     first_start: int  # the version the fetch went on from (0: whole)
     last: bool  # the fetch's last page
 
+    @property
+    def size(self) -> int:
+        """Entries in the page (and entries gone): what it weighs while it waits."""
+        return len(self.page.offered) + len(self.page.gone)
+
 
 class CatalogFetcher:
     """FETCH_THREADS threads fetching the catalogs wanted, each node's at most once per version."""

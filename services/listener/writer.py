@@ -41,9 +41,12 @@ MIN_REST = 0.025
 ORPHAN_EVERY = 10.0
 ORPHAN_SLICE = 5000
 ANNOUNCES_PER_STEP = 64  # announcements recorded with one lookup, between looks at the clock
-# Catalog pages fetched and not yet applied: a fetch thread waits beyond this many, so
-# memory stays bounded however far the writer is behind (and however large a catalog).
+# Catalog pages fetched and not yet applied: a fetch thread waits beyond this many pages,
+# or this many entries in them (a page of 5,000 entries is some 5 MB of Python objects),
+# so memory stays bounded however far the writer is behind and however large a catalog;
+# a page is always let in when none waits.
 MAX_PENDING_CATALOGS = 16
+MAX_PENDING_ENTRIES = 12_000
 # Announcements waiting: beyond this the UDP loop waits, and the kernel drops what
 # does not fit its socket buffer (a flood), rather than this process growing.
 MAX_PENDING_ANNOUNCES = 50_000
@@ -92,6 +95,35 @@ class After:
     live: set[str] | None = None
 
 
+class PageBudget:
+    """What fetch threads may hand the writer before they wait: MAX_PENDING_CATALOGS pages
+    holding MAX_PENDING_ENTRIES entries at most (one page always)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pages = 0
+        self.entries = 0
+
+    def take(self, entries: int, stop: threading.Event) -> bool:
+        """Wait for room for a page of `entries`; False if the role stops first."""
+        with self.cond:
+            while self.pages and (
+                self.pages >= MAX_PENDING_CATALOGS or self.entries + entries > MAX_PENDING_ENTRIES
+            ):
+                if stop.is_set():
+                    return False
+                self.cond.wait(IDLE_WAIT)
+            self.pages += 1
+            self.entries += entries
+            return True
+
+    def give_back(self, entries: int) -> None:
+        with self.cond:
+            self.pages -= 1
+            self.entries -= entries
+            self.cond.notify_all()
+
+
 class ListenerWriter:
     """Owns every write of the listener; the UDP loop and the fetch threads only hand it jobs."""
 
@@ -102,7 +134,7 @@ class ListenerWriter:
         self.jobs: deque[Job] = deque()
         self.lock = threading.Condition()
         self.announces = 0  # announcements queued
-        self.catalogs = threading.BoundedSemaphore(MAX_PENDING_CATALOGS)
+        self.catalogs = PageBudget()
         self.orphans_dirty = False
         self.sweep_soon = False  # peers left: sweep at once, not at next_sweep
         self.sweep_after: int | None = None  # files id the orphan sweep goes on from
@@ -146,9 +178,8 @@ class ListenerWriter:
 
     def put_catalog(self, catalog: FetchedPage) -> None:
         """Queue a fetched catalog (called by fetch threads; waits while the writer is behind)."""
-        while not self.catalogs.acquire(timeout=IDLE_WAIT):
-            if self.ctx.stop.is_set():
-                return
+        if not self.catalogs.take(catalog.size, self.ctx.stop):
+            return
         with self.lock:
             self.jobs.append(Apply(catalog))
             self.lock.notify_all()
@@ -205,6 +236,7 @@ class ListenerWriter:
         started = time.monotonic()
         after = After()
         finished: list[Job] = []  # taken and done (a job not finished goes back in the queue)
+        job: Job | None = None
         try:
             with self.ctx.database.write() as s:
                 while time.monotonic() - started < TX_BUDGET:
@@ -219,10 +251,11 @@ class ListenerWriter:
             # A bug or a database error: what this transaction held is lost, except the
             # catalogs, fetched again shortly; announcements come again anyway.
             log.exception("listener write failed")
-            for job in finished:
-                if isinstance(job, Apply):
-                    self.catalogs.release()
-                    self.fetcher.not_applied(job.catalog.wanted, "could not be written")
+            lost = finished if job is None or job in finished else [*finished, job]
+            for done in lost:
+                if isinstance(done, Apply):
+                    self.catalogs.give_back(done.catalog.size)
+                    self.fetcher.not_applied(done.catalog.wanted, "could not be written")
             return time.monotonic() - started
         self._after(after)
         return time.monotonic() - started
@@ -321,10 +354,10 @@ class ListenerWriter:
                 "new peer %s at %s:%d (node %s)", ann.username, ip, ann.tcp_port, ann.node_id[:8]
             )
         for fetched, why in after.broken:
-            self.catalogs.release()
+            self.catalogs.give_back(fetched.size)
             self.fetcher.not_applied(fetched.wanted, why)
         for fetched, kept in after.applied:
-            self.catalogs.release()
+            self.catalogs.give_back(fetched.size)
             page = fetched.page
             if kept is None:
                 self.fetcher.not_recorded(fetched.wanted, page.end)
