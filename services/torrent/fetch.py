@@ -251,7 +251,9 @@ class Fetcher:
                       else f"cannot publish it: {exc}")  # fmt: skip
             return True
         note = "from p2pshare peers; BitTorrent not used"
-        with self.database.write() as s:
+        # Durable before the temp folder goes: its links are how a resume after a power
+        # cut would know the files are published already (publish_tree).
+        with self.database.write(durable=True) as s:
             dbt.finish_torrent_job(s, did, status="done", reason=note, now=time.time(),
                                    saved_as=saved_as, published=published)  # fmt: skip
         shutil.rmtree(run.temp, ignore_errors=True)
@@ -385,7 +387,7 @@ class Fetcher:
             )  # fmt: skip
             self.fail(did, reason)
             return
-        with self.database.write() as s:
+        with self.database.write(durable=True) as s:  # before the temp folder goes, as above
             dbt.finish_torrent_job(
                 s, did, status="done", reason=self.lan.source_note(did, len(published)),
                 now=time.time(), saved_as=saved_as, published=published,
