@@ -3,6 +3,7 @@ user changed after it was published is indexed as it is."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from p2pshare.db import index as dbindex
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
 from p2pshare.db.values import Stamp
+from p2pshare.services.downloader.finish import Finisher
 from p2pshare.services.hashing.files import hash_file
 from p2pshare.services.server.indexer import ShareIndexer
 from p2pshare.services.settings import Settings, load_settings
@@ -128,3 +131,35 @@ def test_an_intact_published_file_stays_offered_when_only_its_stamp_moved(
     indexer.step(now=time.time() + 5)
     assert offered(database) == {"c.bin": len(DATA)}
     assert rows(database, "SELECT status FROM downloads") == [("done",)]
+
+
+def resuming_spec(saved_as: str, *, requested_at: float) -> dbjobs.JobSpec:
+    """A download that recorded its name, linked its file there and never recorded done."""
+    sha = hashlib.sha256(DATA).hexdigest()
+    return dbjobs.JobSpec(
+        1, 1, saved_as, sha, len(DATA), CS, "", [], b"", None, saved_as, "active", requested_at
+    )
+
+
+def test_a_resumed_download_removes_the_damaged_copy_it_published_and_publishes_anew(
+    node: tuple[Settings, Database, ShareIndexer], tmp_path: Path
+) -> None:
+    settings, database, _ = node
+    path = settings.download_dir / "d.bin"
+    path.write_bytes(b"")  # linked before the cut, its bytes lost with it
+    finisher = Finisher(resuming_spec("d.bin", requested_at=time.time() - 10), settings, database)
+    assert not finisher.already_published(tmp_path / "gone.part")
+    assert not path.exists()
+    assert not list(settings.download_dir.iterdir())  # nor moved aside and left
+
+
+def test_a_resumed_download_leaves_an_older_file_at_its_name_alone(
+    node: tuple[Settings, Database, ShareIndexer], tmp_path: Path
+) -> None:
+    settings, database, _ = node
+    path = settings.download_dir / "e.bin"
+    path.write_bytes(b"someone else's")
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    finisher = Finisher(resuming_spec("e.bin", requested_at=time.time() - 10), settings, database)
+    assert not finisher.already_published(tmp_path / "gone.part")
+    assert path.read_bytes() == b"someone else's"
