@@ -152,7 +152,8 @@ def test_a_node_of_protocol_2_0_still_gets_the_whole_catalog(make_node, wait_unt
 def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(
     make_node, wait_until
 ):
-    a, b = make_node("a"), make_node("b")
+    # b must not forget a while it restarts (a peer silent for the TTL goes with its offers).
+    a, b = make_node("a"), make_node("b", P2P_PEER_TTL=120)
     for i in range(30):
         (a.share / f"{i:02d}.txt").write_bytes(f"file {i}\n".encode())
     a.start()
