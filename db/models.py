@@ -89,7 +89,6 @@ class File(Base):
     __tablename__ = "files"
     __table_args__ = (
         UniqueConstraint("sha256", "chunk_size", "root"),
-        Index("ix_files_sha256", "sha256"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
