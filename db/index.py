@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
@@ -33,6 +33,24 @@ def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
         name: IndexedStat(Stamp(size, mtime, ctime, inode), fid)
         for name, size, mtime, ctime, inode, fid in rows
     }
+
+
+def indexed_stats_page(
+    session: Session, root: str, after: str | None, limit: int
+) -> list[tuple[str, IndexedStat]]:
+    """Up to `limit` indexed files under one root whose names follow `after` (None: from the
+    first), in name order through the (root, name) index: a whole scan reads the index a
+    page at a time, each in a short read of its own, never all of a large share at once."""
+    conn = driver_connection(session)
+    rows = conn.execute(
+        "SELECT name, size, mtime_ns, ctime_ns, inode, file_id FROM local_files"
+        " WHERE root = ? AND name > ? ORDER BY name LIMIT ?",
+        (root, "" if after is None else after, limit),
+    )
+    return [
+        (name, IndexedStat(Stamp(size, mtime, ctime, inode), fid))
+        for name, size, mtime, ctime, inode, fid in rows
+    ]
 
 
 def indexed_stats_of(session: Session, root: str, names: Iterable[str]) -> dict[str, IndexedStat]:
@@ -207,7 +225,15 @@ def orphan_file() -> ColumnElement[bool]:
     )
 
 
-def delete_orphan_files(session: Session) -> int:
-    """Delete `files` rows (and their chunks) that nothing refers to any more."""
-    result = session.execute(delete(File).where(orphan_file()))
-    return result.rowcount or 0  # type: ignore[attr-defined]
+def delete_orphan_files(session: Session, among: Collection[int] | None = None) -> int:
+    """Delete `files` rows (and their chunks) that nothing refers to any more; only those
+    `among` these ids when given (the contents of rows just removed or replaced: one probe
+    each rather than a pass over every content known)."""
+    if among is None:
+        result = session.execute(delete(File).where(orphan_file()))
+        return result.rowcount or 0  # type: ignore[attr-defined]
+    deleted = 0
+    for part in in_slices(sorted(among)):
+        result = session.execute(delete(File).where(File.id.in_(part), orphan_file()))
+        deleted += result.rowcount or 0  # type: ignore[attr-defined]
+    return deleted

@@ -9,6 +9,7 @@ unchanged for SETTLE_SECONDS, so a copy in progress is not announced half-done.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.server.repair import screen_published
-from p2pshare.services.server.scan import FoundFile, scan_names, scan_tree
+from p2pshare.services.server.scan import FoundFile, scan_names, walk_tree
 from p2pshare.services.server.watch import FolderWatch
 from p2pshare.services.settings import Settings, chunk_size_for
 
@@ -33,6 +34,8 @@ SETTLE_SECONDS = 0.5
 # yet each transaction stays short (a few tens of milliseconds for 2,000 small files).
 BATCH_FILES = 2000
 BATCH_SECONDS = 0.5
+# A whole scan reads the index this many rows at a time, each page in a read of its own.
+KNOWN_PAGE = 5000
 # A batch up to this size logs a line per file; a larger one (a first index, a folder
 # copied in) one line for all: 10,000 lines cost the role and supervisord more than
 # the inserts they describe.
@@ -68,6 +71,10 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+# A file to hash: its name, what the scan found, and the file id its name had (None: new).
+Todo = tuple[str, FoundFile, int | None]
+
+
 @dataclass(frozen=True)
 class Root:
     label: str  # 'share' or 'download'
@@ -99,8 +106,6 @@ class ShareIndexer:
     settings: Settings
     # Paths already reported as skipped, so each gets one log line, not one per scan.
     _reported: set[str] = field(default_factory=set)
-    # Per root, the name checks of its last scan, reused by the next (scan_tree).
-    _checked: dict[str, dict[str, str | None]] = field(default_factory=dict)
     # Per root, names to look at again (still settling, or changed while hashed), as only
     # a watch's events would otherwise bring them back.
     _pending: dict[str, set[str]] = field(default_factory=dict)
@@ -173,118 +178,173 @@ class ShareIndexer:
         return lambda path, prefix: watch.watch(root.label, path, prefix)
 
     def _index_root(self, root: Root, stats: IndexStats, *, now: float) -> None:
+        """The whole tree merged with the index, both in name order, a folder and a page of
+        rows at a time: memory holds a batch, whatever the share's size."""
         started = time.monotonic()
         scan_started_ns = time.time_ns()
-        scan = scan_tree(
-            root.path,
-            exclude=root.exclude,
-            checked=self._checked.get(root.label),
-            on_folder=self._on_folder(root),
-        )
-        self._checked[root.label] = scan.checked
-        self._report_skips(scan.skipped)
+        skipped: dict[str, str] = {}
         with self.database.read() as s:
-            known = dbindex.indexed_stats(s, root.label)
             # The downloader links a file, then records it: one it is publishing is its
             # to record, not this scan's to hash again (and bump the catalog for).
             publishing = dbindex.publishing_names(s) if root.label == "download" else set()
-        self._reconcile(root, scan.files, known, publishing, scan_started_ns, stats, now, started)
+        found = walk_tree(
+            root.path, exclude=root.exclude, on_folder=self._on_folder(root), skipped=skipped
+        )
+        todo = self._merged(root, found, publishing, scan_started_ns, stats, now)
+        busy = self._hash_and_record(root, self._screened(root, todo), stats)
+        stats.looked_seconds += time.monotonic() - started - busy
+        self._report_skips(skipped)
+
+    def _known_in_order(self, label: str) -> Iterator[tuple[str, dbindex.IndexedStat]]:
+        after: str | None = None
+        while True:
+            with self.database.read() as s:
+                page = dbindex.indexed_stats_page(s, label, after, KNOWN_PAGE)
+            yield from page
+            if len(page) < KNOWN_PAGE:
+                return
+            after = page[-1][0]
+
+    def _merged(
+        self,
+        root: Root,
+        found: Iterator[tuple[str, FoundFile]],
+        publishing: set[str],
+        scan_started_ns: int,
+        stats: IndexStats,
+        now: float,
+    ) -> Iterator[Todo]:
+        """The files to hash, from the scan and the index both in name order (Python orders
+        str by code point, SQLite by UTF-8 bytes: the same order); removes on the way the
+        indexed names the scan did not find."""
+        gone: list[tuple[str, int]] = []
+        known = self._known_in_order(root.label)
+        row = next(known, None)
+        for name, file in found:
+            while row is not None and row[0] < name:
+                gone.append((row[0], row[1].file_id))
+                row = next(known, None)
+            if len(gone) >= BATCH_FILES:
+                self._remove(root, gone, scan_started_ns, stats)
+                gone = []
+            old = None
+            if row is not None and row[0] == name:
+                old, row = row[1], next(known, None)
+            if self._to_hash(root, name, file, old, publishing, stats, now):
+                yield name, file, None if old is None else old.file_id
+        while row is not None:
+            gone.append((row[0], row[1].file_id))
+            row = next(known, None)
+        self._remove(root, gone, scan_started_ns, stats)
 
     def _index_names(self, root: Root, names: set[str], stats: IndexStats, *, now: float) -> None:
         started = time.monotonic()
         scan_started_ns = time.time_ns()
         scan = scan_names(root.path, names, exclude=root.exclude, on_folder=self._on_folder(root))
-        self._checked.setdefault(root.label, {}).update(scan.checked)
         self._report_skips(scan.skipped)
         with self.database.read() as s:
             # The same names (and trees) as the look: what it did not find is gone.
             known = dbindex.indexed_stats_of(s, root.label, names)
             publishing = dbindex.publishing_names(s) if root.label == "download" else set()
-        self._reconcile(root, scan.files, known, publishing, scan_started_ns, stats, now, started)
+        gone = [(name, old.file_id) for name, old in known.items() if name not in scan.files]
+        self._remove(root, gone, scan_started_ns, stats)
+        todo = [
+            (name, file, None if old is None else old.file_id)
+            for name, file in sorted(scan.files.items())
+            for old in (known.get(name),)
+            if self._to_hash(root, name, file, old, publishing, stats, now)
+        ]
+        busy = self._hash_and_record(root, self._screened(root, iter(todo)), stats)
+        stats.looked_seconds += time.monotonic() - started - busy
 
-    def _reconcile(
+    def _to_hash(
         self,
         root: Root,
-        files: dict[str, FoundFile],
-        known: dict[str, dbindex.IndexedStat],
+        name: str,
+        found: FoundFile,
+        old: dbindex.IndexedStat | None,
         publishing: set[str],
-        scan_started_ns: int,
         stats: IndexStats,
         now: float,
-        started: float,
+    ) -> bool:
+        """Is this file (and the index's row of its name, if any) one to hash now?"""
+        if old is None and name in publishing:
+            return False
+        if old is not None and old.stamp == found.stamp:
+            stats.unchanged += 1
+            return False
+        if now - found.stamp.mtime_ns / 1e9 < SETTLE_SECONDS:
+            self._wait_for(root, name, stats)
+            settles = found.stamp.mtime_ns / 1e9 + SETTLE_SECONDS
+            stats.settles_at = min(stats.settles_at or settles, settles)
+            return False
+        return True
+
+    def _remove(
+        self, root: Root, gone: list[tuple[str, int]], scan_started_ns: int, stats: IndexStats
     ) -> None:
-        """Record what the look found against what the index knew of the same names."""
-        # A name recorded after the scan passed its folder is not gone: it arrived.
+        """Forget these indexed names (with their file ids), but for one recorded after the
+        scan passed its folder: that one arrived, it is not gone."""
         gone = [
-            name
-            for name in known
-            if name not in files and not _arrived_since(root.path / name, scan_started_ns)
+            (name, fid)
+            for name, fid in gone
+            if not _arrived_since(root.path / name, scan_started_ns)
         ]
-        if gone:
-            with self.database.write() as s:
-                stats.removed += dbindex.remove_local_files(s, root.label, gone)
-                dbindex.delete_orphan_files(s)
-        todo: list[tuple[str, FoundFile]] = []
-        for name, found in files.items():
-            old = known.get(name)
-            if name in publishing and old is None:
-                continue
-            if old is not None and old.stamp == found.stamp:
-                stats.unchanged += 1
-            elif now - found.stamp.mtime_ns / 1e9 < SETTLE_SECONDS:
-                self._wait_for(root, name, stats)
-                settles = found.stamp.mtime_ns / 1e9 + SETTLE_SECONDS
-                stats.settles_at = min(stats.settles_at or settles, settles)
-            else:
-                todo.append((name, found))
-        stats.looked_seconds += time.monotonic() - started
-        if root.label == "download" and todo:  # a download's file is offered only intact
-            todo = screen_published(self.database, root.path, todo)
-        self._hash_and_record(root, todo, known, stats)
+        if not gone:
+            return
+        with self.database.write() as s:
+            stats.removed += dbindex.remove_local_files(s, root.label, [n for n, _ in gone])
+            dbindex.delete_orphan_files(s, {fid for _, fid in gone})
+
+    def _screened(self, root: Root, todo: Iterator[Todo]) -> Iterator[Todo]:
+        """A download's file is offered only intact (repair.screen_published), a batch at a
+        time; the share's files as they come."""
+        if root.label != "download":
+            yield from todo
+            return
+        while chunk := list(itertools.islice(todo, BATCH_FILES)):
+            by_name = {item[0]: item for item in chunk}
+            kept = screen_published(self.database, root.path, [(n, f) for n, f, _ in chunk])
+            yield from (by_name[name] for name, _ in kept)
 
     def _wait_for(self, root: Root, name: str, stats: IndexStats) -> None:
         stats.waiting += 1
         self._pending.setdefault(root.label, set()).add(name)
 
-    def _hash_and_record(
-        self,
-        root: Root,
-        todo: list[tuple[str, FoundFile]],
-        known: dict[str, dbindex.IndexedStat],
-        stats: IndexStats,
-    ) -> None:
-        if len(todo) <= BATCH_FILES:
-            for batch, replaced in self._hashed_batches(root, todo, known, stats):
-                self._flush(root, batch, replaced)
-            return
-        # Many files (a first index, a folder copied in): each batch is recorded on a
-        # thread of its own while the next is hashed. SQLite and the file reads release
-        # the GIL, so the two overlap on two cores; one batch waits at most, so memory
-        # stays a batch or two whatever the share's size.
+    def _hash_and_record(self, root: Root, todo: Iterator[Todo], stats: IndexStats) -> float:
+        """Hash the files to do and record them, a batch at a time; returns the seconds this
+        thread spent on it (hashing, and waiting for the writes), which are not looking.
+
+        Each batch is recorded on a thread of its own while the next is hashed: SQLite and
+        the file reads release the GIL, so the two overlap on two cores; one batch waits
+        at most, so memory stays a batch or two whatever the share's size."""
+        busy = [0.0]
         with ThreadPoolExecutor(1, thread_name_prefix="index-write") as writer:
             pending: Future[None] | None = None
-            for batch, replaced in self._hashed_batches(root, todo, known, stats):
+            for batch, replaced in self._hashed_batches(root, todo, stats, busy):
+                waited = time.monotonic()
                 if pending is not None:
                     pending.result()  # raises what the write raised
                 pending = writer.submit(self._flush, root, batch, replaced)
+                busy[0] += time.monotonic() - waited
+            waited = time.monotonic()
             if pending is not None:
                 pending.result()
+            busy[0] += time.monotonic() - waited
+        return busy[0]
 
     def _hashed_batches(
-        self,
-        root: Root,
-        todo: list[tuple[str, FoundFile]],
-        known: dict[str, dbindex.IndexedStat],
-        stats: IndexStats,
-    ) -> Iterator[tuple[list[tuple[str, dbindex.HashedFile]], bool]]:
-        """Hash the files to do in name order; yields (batch, whether it changes a known
-        name: its old content may be orphaned) every BATCH_FILES or BATCH_SECONDS."""
+        self, root: Root, todo: Iterator[Todo], stats: IndexStats, busy: list[float]
+    ) -> Iterator[tuple[list[tuple[str, dbindex.HashedFile]], set[int]]]:
+        """Hash the files to do; yields (batch, the file ids of the contents it replaces,
+        which may be left orphaned) every BATCH_FILES or BATCH_SECONDS."""
         batch: list[tuple[str, dbindex.HashedFile]] = []
-        replaced = False
+        replaced: set[int] = set()
         override = self.settings.chunk_size
         started = time.monotonic()
-        for name, found in sorted(todo):
+        for name, found, old_id in todo:
             stamp = found.stamp
+            hashing = time.monotonic()
             try:
                 hashed = hash_file(
                     found.location, chunk_size_for(stamp.size, override), expect=stamp
@@ -295,20 +355,22 @@ class ShareIndexer:
             except OSError as exc:
                 self._report_skips({found.location: f"cannot be read ({exc.strerror})"})
                 continue
+            finally:
+                busy[0] += time.monotonic() - hashing
             batch.append((name, hashed))
-            if name in known:
-                stats.changed += 1
-                replaced = True
-            else:
+            if old_id is None:
                 stats.added += 1
+            else:
+                stats.changed += 1
+                replaced.add(old_id)
             if len(batch) >= BATCH_FILES or time.monotonic() - started > BATCH_SECONDS:
                 yield batch, replaced
-                batch, replaced, started = [], False, time.monotonic()
+                batch, replaced, started = [], set(), time.monotonic()
         if batch:
             yield batch, replaced
 
     def _flush(
-        self, root: Root, batch: list[tuple[str, dbindex.HashedFile]], replaced: bool
+        self, root: Root, batch: list[tuple[str, dbindex.HashedFile]], replaced: set[int]
     ) -> None:
         if not batch:
             return
@@ -316,7 +378,7 @@ class ShareIndexer:
         with self.database.write() as s:
             dbindex.record_local_files(s, root.label, batch, now=now)
             if replaced:  # only a changed file can leave its old content unreferenced
-                dbindex.delete_orphan_files(s)
+                dbindex.delete_orphan_files(s, replaced)
         if len(batch) > LOG_EACH_UP_TO:
             log.info(
                 "indexed %d files in %s (%d bytes), %s ... %s",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -117,6 +117,97 @@ def scan_tree(
             if reason is not None:
                 result.skipped[entry.path] = reason
     return result
+
+
+def walk_tree(
+    root: Path,
+    *,
+    exclude: Collection[Path] = (),
+    on_folder: Callable[[str, str], None] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> Iterator[tuple[str, FoundFile]]:
+    """scan_tree's files one at a time, in the order SQLite sorts their names (UTF-8 byte
+    order, which is code point order: a folder's files come where 'folder/' sorts among its
+    siblings), so a whole scan can be merged with the index read in name order. It holds
+    one folder's entries per level, not the share: a million files cost what a folder
+    does. Skips go into `skipped`, as scan_tree's do."""
+    skipped = {} if skipped is None else skipped
+    real_root = os.path.realpath(root)
+    top = os.path.abspath(root)
+    excluded = {os.path.abspath(p) for p in exclude}
+    me = os.geteuid()
+    first = _sorted_entries(top, "", top, excluded, on_folder, skipped)
+    stack: list[tuple[Iterator[tuple[str, os.DirEntry[str]]], str]] = [(iter(first), "")]
+    while stack:
+        entries, prefix = stack[-1]
+        item = next(entries, None)
+        if item is None:
+            stack.pop()
+            continue
+        entry = item[1]
+        name = prefix + entry.name
+        reason = _bad_name(name)
+        if reason is not None:
+            skipped[entry.path] = reason
+            continue
+        if entry.is_file(follow_symlinks=False):  # the common case inline, as in scan_tree
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                pass
+            else:
+                mode = st.st_mode
+                if stat.S_ISREG(mode) and (
+                    mode & stat.S_IROTH or (mode & stat.S_IRUSR and st.st_uid == me) or not me
+                ):
+                    yield name, FoundFile(entry.path, Stamp.of(st))
+                    continue
+        folders: list[tuple[str, str]] = []
+        one = ScanResult()
+        reason = _visit(entry.path, name, entry.is_symlink(), real_root, folders, one)
+        if reason is not None:
+            skipped[entry.path] = reason
+        elif folders:
+            path, sub = folders[0]
+            inner = _sorted_entries(path, sub, top, excluded, on_folder, skipped)
+            stack.append((iter(inner), sub))
+        else:
+            yield from one.files.items()
+
+
+def _sorted_entries(
+    folder: str,
+    prefix: str,
+    top: str,
+    excluded: set[str],
+    on_folder: Callable[[str, str], None] | None,
+    skipped: dict[str, str],
+) -> list[tuple[str, os.DirEntry[str]]]:
+    """A folder's entries to look at (not hidden, not excluded), by the key their names sort
+    under: a folder's is its name and '/'."""
+    if on_folder is not None:
+        on_folder(folder, prefix)  # before reading it: what arrives after is an event
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        if not (folder == top and isinstance(exc, FileNotFoundError)):
+            skipped[folder] = f"folder cannot be read ({exc.strerror})"
+        return []
+    keyed = []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.path in excluded:
+            continue
+        try:
+            folder_like = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            folder_like = False
+        keyed.append((entry.name + "/" if folder_like else entry.name, entry))
+    keyed.sort(key=_first)
+    return keyed
+
+
+def _first(item: tuple[str, os.DirEntry[str]]) -> str:
+    return item[0]
 
 
 def scan_names(

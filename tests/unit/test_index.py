@@ -351,17 +351,20 @@ def test_a_file_linked_after_the_scan_passed_is_not_forgotten(
     kept = write(node.share / "kept.bin", b"kept")
     node.step()
     late = node.share / "late.bin"
-    real_scan = indexer.scan_tree
+    real_walk = indexer.walk_tree
 
-    def scan_then_a_file_arrives(*args: Any, **kwargs: Any) -> Any:
-        scanned = real_scan(*args, **kwargs)
-        write(late, b"late")
-        with node.database.write() as s:
-            hashed = hash_file(late, CS, expect=Stamp.of(late.stat()))
-            dbindex.record_local_files(s, "share", [("late.bin", hashed)], now=time.time())
-        return scanned
+    def walk_then_a_file_arrives(*args: Any, **kwargs: Any) -> Any:
+        for i, item in enumerate(real_walk(*args, **kwargs)):
+            if i == 0:  # the folder is read: the file arrives, and is recorded
+                write(late, b"late")
+                with node.database.write() as s:
+                    hashed = hash_file(late, CS, expect=Stamp.of(late.stat()))
+                    dbindex.record_local_files(s, "share", [("late.bin", hashed)], now=time.time())
+            yield item
 
-    monkeypatch.setattr(indexer, "scan_tree", scan_then_a_file_arrives)
+    monkeypatch.setattr(indexer, "walk_tree", walk_then_a_file_arrives)
+    # A row a page: the index's row for it is read after the scan passed its folder.
+    monkeypatch.setattr(indexer, "KNOWN_PAGE", 1)
     assert node.step().removed == 0
     assert indexed(node) == {"kept.bin": sha(kept), "late.bin": sha(b"late")}
     monkeypatch.undo()
@@ -650,3 +653,29 @@ def test_a_shared_folder_itself_removed_asks_for_a_whole_rescan(watched: Node) -
     node.step()
     changes = changes_of(node, lambda: shutil.rmtree(node.share))
     assert changes.lost
+
+
+def test_a_whole_scan_merges_with_the_index_page_by_page_in_name_order(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Names whose order differs between "folder first" and byte order ('-' and '.' sort
+    # before '/', '0' after it; non-ASCII last): the scan and the index must agree.
+    monkeypatch.setattr(indexer, "KNOWN_PAGE", 2)
+    monkeypatch.setattr(indexer, "BATCH_FILES", 3)
+    names = ["x/a", "x-1.txt", "x.txt", "x0", "x-y/b", "a", "é/z", "e/z", "Z", "x/y/z", "x/y0"]
+    datas = {name: write(node.share / name, name.encode()) for name in names}
+    node.step()
+    assert indexed(node) == {name: sha(data) for name, data in datas.items()}
+
+    for gone in ("x-1.txt", "x/y/z", "é/z"):
+        (node.share / gone).unlink()
+        del datas[gone]
+    for changed in ("x.txt", "Z"):
+        datas[changed] = write(node.share / changed, b"changed " + changed.encode())
+    for new in ("x/y1", "x-0", "ü"):
+        datas[new] = write(node.share / new, new.encode())
+    stats = node.step()
+
+    assert (stats.added, stats.changed, stats.removed) == (3, 2, 3)
+    assert indexed(node) == {name: sha(data) for name, data in datas.items()}
+    assert node.step().touched == 0
