@@ -40,6 +40,11 @@ def bump_catalog_version(session: Session, *, now: float) -> int:
     return state.catalog_version
 
 
+def touch(session: Session, *, now: float) -> None:
+    """A real write to the node's row (its `updated_at`), for a durable commit to fsync."""
+    node_state(session).updated_at = now
+
+
 def set_tcp_port(session: Session, port: int | None, *, now: float) -> None:
     state = node_state(session)
     state.tcp_port = port

@@ -31,6 +31,7 @@ from p2pshare.services.protocol.handshake import ServerHandshake, Stage
 from p2pshare.services.server.frames import Batch, FrameReader, decode_batch
 from p2pshare.services.server.ratelimit import RateLimiter
 from p2pshare.services.server.sender import STALL_TIMEOUT, ByteSender
+from p2pshare.services.server.served import ServedDurably
 from p2pshare.services.server.sources import Refusal, SourceCache
 from p2pshare.services.settings import Settings
 
@@ -70,6 +71,7 @@ class ChunkServer:
         self.served: list[dbserving.ServedChunk] = []
         self._catalog: tuple[int, bytes] | None = None
         self.sources = SourceCache(database, settings)
+        self.served_durably = ServedDurably(database)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -270,7 +272,9 @@ class ChunkServer:
             # Changes answer only a peer that holds this very log up to a point it still
             # covers; any other gets the whole catalog (a reset).
             reset = req.epoch != log_now.epoch or not log_now.floor <= req.since <= log_now.version
-            return self._page(conn, log_now, 0 if reset else req.since, reset)
+            page = self._page(conn, log_now, 0 if reset else req.since, reset)
+        self.served_durably(page.end)
+        return page
 
     def _next_page(self, last: protocol.CatalogPage) -> protocol.CatalogPage:
         with self.database.read() as s:
@@ -278,7 +282,9 @@ class ChunkServer:
             log_now = catalog_log.state(conn)
             if log_now.epoch != last.epoch:
                 raise Refusal("this node's catalog log was replaced; ask again")
-            return self._page(conn, log_now, last.end, last.reset)
+            page = self._page(conn, log_now, last.end, last.reset)
+        self.served_durably(page.end)
+        return page
 
     @staticmethod
     def _page(
@@ -317,6 +323,7 @@ class ChunkServer:
                 )
                 for o in offers
             ]
+            self.served_durably(version)
             return version, protocol.encode_catalog(entries, version)
 
         self._catalog = await asyncio.to_thread(build)

@@ -17,6 +17,7 @@ from p2pshare.db import quick
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader import durable
 from p2pshare.services.downloader.source_fetch import write_file
+from p2pshare.services.server.served import ServedDurably
 
 
 def level(session_or_conn: object) -> int:
@@ -88,3 +89,15 @@ def test_write_file_writes_the_whole_file_with_or_without_fsync(tmp_path: Path) 
         write_file(path, memoryview(data), fsync=fsync)
         assert path.read_bytes() == data
     durable.fsync_folders([str(tmp_path), str(tmp_path)])
+
+
+def test_a_catalog_version_is_made_durable_once_before_it_is_served(db: Database) -> None:
+    served = ServedDurably(db)
+    writes = db.write_count
+    served(5)
+    assert db.write_count == writes + 1  # a durable commit: every earlier one survives too
+    served(5)
+    served(3)
+    assert db.write_count == writes + 1  # already durable: no fsync per peer
+    served(6)
+    assert db.write_count == writes + 2
