@@ -93,3 +93,16 @@ def fsync_folders(folders: Iterable[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def folders_up_to(root: str, files: Iterable[str]) -> set[str]:
+    """Each file's folder and every folder above it up to `root` (real paths): each holds
+    the name of the one below it, which may have just been made."""
+    top = root.rstrip("/")
+    out: set[str] = set()
+    for path in files:
+        folder = os.path.dirname(path)
+        while folder not in out and len(folder) >= len(top):
+            out.add(folder)
+            folder = os.path.dirname(folder)
+    return out

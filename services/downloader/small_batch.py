@@ -34,7 +34,12 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
-from p2pshare.services.downloader.durable import fsync_folders, sync_filesystem, syncfs_persists
+from p2pshare.services.downloader.durable import (
+    folders_up_to,
+    fsync_folders,
+    sync_filesystem,
+    syncfs_persists,
+)
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
@@ -254,7 +259,7 @@ class SmallBatch:
         if syncfs_persists(self.settings.download_dir):
             sync_filesystem(self.settings.download_dir)
         else:
-            fsync_folders(os.path.dirname(final) for _, final in published)
+            fsync_folders(folders_up_to(self._root(), (final for _, final in published)))
         for item, _ in published:
             _unlink(item.temp)
         done = [self._fetched(item, final) for item, final in published]
@@ -302,11 +307,16 @@ class SmallBatch:
     def _relative(self, path: str) -> str:
         """A published file's name under the download folder, '/'-separated (safe_folder
         placed it there: below the folder's real path)."""
+        root = self._root()
+        if not path.startswith(root):
+            raise ValueError(f"{path} is not in the download folder {root}")
+        return path[len(root) :]
+
+    def _root(self) -> str:
+        """The download folder's real path, ending in "/" (resolved once a batch)."""
         if self._download_root is None:
             self._download_root = str(self.settings.download_dir.resolve()).rstrip("/") + "/"
-        if not path.startswith(self._download_root):
-            raise ValueError(f"{path} is not in the download folder {self._download_root}")
-        return path[len(self._download_root) :]
+        return self._download_root
 
 
 def assign_sources(

@@ -101,3 +101,9 @@ def test_a_catalog_version_is_made_durable_once_before_it_is_served(db: Database
     assert db.write_count == writes + 1  # already durable: no fsync per peer
     served(6)
     assert db.write_count == writes + 2
+
+
+def test_the_folders_to_fsync_are_each_files_and_those_above_it_up_to_the_root() -> None:
+    files = ["/d/dl/a/b/c.bin", "/d/dl/x.bin", "/d/dl/a/y.bin"]
+    assert durable.folders_up_to("/d/dl/", files) == {"/d/dl", "/d/dl/a", "/d/dl/a/b"}
+    assert durable.folders_up_to("/d/dl/", []) == set()
