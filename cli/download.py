@@ -16,7 +16,7 @@ import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
 from p2pshare.db import queueing, quick
-from p2pshare.services.units import human_bytes
+from p2pshare.services.units import human_bytes, plural
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -112,17 +112,20 @@ def announce(q: queueing.Queued) -> None:
         verb = "queued" if q.new else "already downloading"
         click.echo(
             f"{verb} #{q.downloads[0]}: {c.name} ({human_bytes(c.size)}, "
-            f"sha256 {c.sha256[:12]}, {c.peers} peers)"
+            f"sha256 {c.sha256[:12]}, {plural(c.peers, 'peer')})"
         )
         return
     if not q.downloads:
-        click.echo(f"nothing to fetch: all {len(q.already_here)} files are already here")
+        verb = "is" if len(q.already_here) == 1 else "are"
+        click.echo(
+            f"nothing to fetch: all {plural(len(q.already_here), 'file')} {verb} already here"
+        )
         return
     here = f", {len(q.already_here)} already here" if q.already_here else ""
     running = len(q.downloads) - q.new
     also = f" ({running} already downloading)" if running else ""
     click.echo(
-        f"request {q.request_id}: {len(q.downloads)} files, {human_bytes(q.total_bytes)}"
+        f"request {q.request_id}: {plural(len(q.downloads), 'file')}, {human_bytes(q.total_bytes)}"
         f"{also}{here}"
     )
 

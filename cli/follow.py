@@ -14,6 +14,7 @@ import click
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.db import following, queueing, quick
 from p2pshare.db.watch import ChangeWatch
+from p2pshare.services.units import plural
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -33,7 +34,12 @@ ENDED = ("done", "failed", "cancelled")
 
 
 class Interrupted(UserError):
+    """Ctrl-C while following: no mistake, so no `error:` before what it says."""
+
     exit_code = 130
+
+    def show(self, file: object = None) -> None:
+        click.echo(self.message, err=True)
 
 
 class Paused(UserError):
@@ -82,6 +88,8 @@ class LazyBar:
             name = self.queued.candidates[0].name[-32:]
             self.bar = tqdm(
                 total=self.queued.total_bytes,
+                # What a resumed download held already is no part of its rate or ETA.
+                initial=progress.bytes_done,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
@@ -146,7 +154,7 @@ def _show(bar: tqdm, progress: following.RequestProgress, single: bool, files: i
     if progress.waiting:
         name, reason = progress.waiting
         note = f", {reason}" if single else f", {name}: {reason}"
-    bar.set_postfix_str(f"{progress.peers} peers{note}", refresh=False)
+    bar.set_postfix_str(f"{plural(progress.peers, 'peer')}{note}", refresh=False)
 
 
 def _wait_for_change(watch: ChangeWatch, last: float, least: float) -> None:
@@ -177,7 +185,7 @@ def _report(ctl: Ctl, queued: queueing.Queued, states: list[following.FollowStat
     counts = Counter(st.status for st in states)
     here = f" ({len(queued.already_here)} already here)" if queued.already_here else ""
     where = f" under {folder / queued.pattern}" if queued.kind == "folder" else ""
-    arrived = f"{counts['done']} of {len(states)} files arrived{where}{here}"
+    arrived = f"{counts['done']} of {plural(len(states), 'file')} arrived{where}{here}"
     if counts["done"] == len(states):
         click.echo(arrived)
         return

@@ -17,7 +17,7 @@ from p2pshare.cli.context import Ctl, UserError, pass_ctl
 from p2pshare.cli.render import emit_json_stream, emit_jsonl, emit_table
 from p2pshare.db import listing
 from p2pshare.services.protocol import short_fingerprint
-from p2pshare.services.units import ago, human_bytes
+from p2pshare.services.units import ago, human_bytes, plural
 
 _T = Callable[[Callable[..., None]], Callable[..., None]]
 
@@ -186,7 +186,7 @@ def peer_table(rows: Iterable[listing.PeerRow]) -> list[list[object]]:
             p.files,
             catalog_state(p.catalog_behind),
             ago(p.last_seen, now=now),
-            f"yes ({p.bad_files} files)" if p.bad_files else "no",
+            f"yes ({plural(p.bad_files, 'file')})" if p.bad_files else "no",
         ]
         for p in rows
     ]

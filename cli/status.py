@@ -16,7 +16,7 @@ from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import quick
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES, START_ERROR, RoleStatus
 from p2pshare.services.protocol import short_fingerprint
-from p2pshare.services.units import ago, human_bytes
+from p2pshare.services.units import ago, human_bytes, plural
 
 KEY_WORDS = {True: "network key set", False: "no network key", None: "-"}
 
@@ -55,10 +55,16 @@ def status(ctl: Ctl, as_json: bool) -> None:
         click.echo(f"node      {node.username or '-'}  ({shell.home})")
         for line in settings_lines(node, tcp_port, differs):
             click.echo(line)
-        click.echo(f"shared    {counts.shared_files} files, {human_bytes(counts.shared_bytes)}")
-        click.echo(f"network   {counts.peers} peers, {counts.network_files} files")
+        click.echo(
+            f"shared    {plural(counts.shared_files, 'file')}, {human_bytes(counts.shared_bytes)}"
+        )
+        click.echo(
+            f"network   {plural(counts.peers, 'peer')}, {plural(counts.network_files, 'file')}"
+        )
         click.echo(f"downloads {counts.downloads_running} running, {counts.downloads_done} done")
-        click.echo(f"uploads   {counts.uploads} chunks, {human_bytes(counts.uploaded_bytes)}")
+        click.echo(
+            f"uploads   {plural(counts.uploads, 'chunk')}, {human_bytes(counts.uploaded_bytes)}"
+        )
         click.echo(
             f"database  {human_bytes(facts.sizes.database)}, "
             f"WAL {human_bytes(facts.sizes.wal)}  ({shell.db_path})"
@@ -160,7 +166,8 @@ def settings_lines(
         )
     if differs:
         lines.append(
-            f"note      this shell's {', '.join(differs)} differ; above is what the node runs with"
+            f"note      this shell's {', '.join(differs)} "
+            f"{'differs' if len(differs) == 1 else 'differ'}; above is what the node runs with"
         )
     return lines
 

@@ -64,3 +64,9 @@ def human_eta(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def plural(n: int, word: str) -> str:
+    """`1 peer`, `2 peers`: a count and its noun (a plain -s plural serves every noun
+    p2pctl counts)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

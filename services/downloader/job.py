@@ -137,7 +137,8 @@ class DownloadJob:
             raise JobFailed("the manifest of this file is not known here")
         self.settings.temp_dir.mkdir(parents=True, exist_ok=True)
         fresh = not self.temp.exists() or self.temp.stat().st_size != self.spec.size
-        self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o600)
+        # As any program writes a file (the umask decides): it is published as it is.
+        self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o666)
         if fresh and self.picker.remaining != self.count:
             # The temp file is gone or wrong: nothing recorded can be trusted.
             log.warning(

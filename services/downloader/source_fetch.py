@@ -260,7 +260,8 @@ class SourceFetch:
 def write_file(path: str | Path, data: memoryview, *, fsync: bool) -> None:
     """The whole file, from the start, in one thread (never two writers on one file);
     fsync: durable before this returns (in the source's thread, beside its receiving)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # As any program writes a file (the umask decides): it is published as it is.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         written = 0
         while written < len(data):

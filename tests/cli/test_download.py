@@ -3,14 +3,30 @@ they print, their exit codes and the rows they leave. No downloader runs."""
 
 from __future__ import annotations
 
+import os
 import random
+import select
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_reports import NODE_A, OWN, PIDS, hashed, offered, one_error_line, p2pctl, sha
+from test_reports import (
+    NODE_A,
+    OWN,
+    PIDS,
+    beat,
+    ctl_env,
+    hashed,
+    offered,
+    one_error_line,
+    p2pctl,
+    sha,
+)
 
 from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import index as dbindex
@@ -117,7 +133,7 @@ def succeeds(home: Path, *args: str) -> str:
 def test_one_file_is_queued(home: Path) -> None:
     out = succeeds(home, "download", "talk.mp4", "--no-wait")
     assert out == (
-        f"queued #1: talk.mp4 ({human_bytes(len(TALK))}, sha256 {sha(TALK)[:12]}, 1 peers)\n"
+        f"queued #1: talk.mp4 ({human_bytes(len(TALK))}, sha256 {sha(TALK)[:12]}, 1 peer)\n"
     )
     assert rows(
         home, "SELECT id, request_id, name, sha256, size, status, pinned FROM downloads"
@@ -159,7 +175,7 @@ def test_folder_is_one_request_of_many_downloads(home: Path) -> None:
 
 def test_folder_all_here_is_nothing_to_fetch(home: Path) -> None:
     out = succeeds(home, "download", "docs/", "--no-wait")
-    assert out == "nothing to fetch: all 1 files are already here\n"
+    assert out == "nothing to fetch: all 1 file is already here\n"
     assert downloads(home) == []
 
 
@@ -177,6 +193,36 @@ def test_already_here_leaves_no_request_that_says_otherwise(home: Path) -> None:
         [],
         [("report-copy.pdf", "file", 0, 1)],
     )
+
+
+def test_ctrl_c_while_following_is_no_error(home: Path) -> None:
+    beat(home, time.time())  # the downloader "runs": nothing will move, so it follows
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "p2pshare.cli.main", "download", "talk.mp4"],
+        env=ctl_env(home),
+        cwd=home.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert follow.stderr is not None
+        shown = b""
+        deadline = time.monotonic() + 30
+        while b"talk.mp4" not in shown and time.monotonic() < deadline:  # the bar is up
+            ready, _, _ = select.select([follow.stderr], [], [], 0.5)
+            if ready:
+                shown += os.read(follow.stderr.fileno(), 4096)
+        assert b"talk.mp4" in shown, shown
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 130
+    last = err.decode().splitlines()[-1]
+    assert last.startswith("stopped following; the download continues"), last
+    assert b"error" not in err and b"Traceback" not in err
 
 
 def test_ambiguous_name_lists_the_files_and_hints_at_all(home: Path) -> None:

@@ -230,9 +230,9 @@ def test_status(seeded: Path) -> None:
     assert "this shell's own" in fallback
     assert not [line for line in lines if line.startswith("note ")]
     assert "shared    2 files" in out  # report.pdf and the finished download
-    assert "network   1 peers, 2 files" in out
+    assert "network   1 peer, 2 files" in out
     assert "downloads 0 running, 1 done" in out
-    assert "uploads   1 chunks" in out
+    assert "uploads   1 chunk," in out
     for role, pid in PIDS.items():
         assert row_of(out, role).split()[:3] == [role, "alive", str(pid)]
 

@@ -123,6 +123,21 @@ def test_a_shell_that_agrees_gets_no_note(node_home: Path) -> None:
     assert lines_of(out, "note") == [] and lines_of(out, "settings") == []
 
 
+def test_one_variable_that_differs_is_said_in_the_singular(node_home: Path) -> None:
+    out = ok(
+        p2pctl(
+            node_home,
+            "status",
+            P2P_BIND="127.0.0.1",
+            P2P_BROADCAST="127.255.255.255",
+            P2P_USERNAME="alice-node",
+        )
+    )
+    assert lines_of(out, "note") == [
+        "note      this shell's P2P_UDP_PORT differs; above is what the node runs with"
+    ]
+
+
 def test_interface_targets_and_a_half_done_upgrade_are_shown(tmp_path: Path) -> None:
     home = tmp_path / "home"
     seed(home)

@@ -112,6 +112,13 @@ def free_tcp_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def umask() -> int:
+    """This process's umask, which the roles it starts inherit."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def pid_running(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
     try:

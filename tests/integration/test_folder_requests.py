@@ -123,7 +123,7 @@ def test_folder_download_recreates_the_tree_and_skips_what_is_here(
     )
     glob = leech.p2pctl("download", "--all", "album/cd1/*.flac", timeout=DONE_TIMEOUT)
     assert glob.returncode == 0, glob.stderr
-    assert "1 of 1 files arrived (1 already here)" in glob.stdout
+    assert "1 of 1 file arrived (1 already here)" in glob.stdout
     assert (downloads / lost).read_bytes() == ALBUM[lost]
 
     # Bad requests get one sentence and a non-zero exit.

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+import stat
 from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, wait_until
+from conftest import Node, pick_udp_port, seed, umask, wait_until
 from fakepeer import FakeFile, FakePeer
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,8 @@ def test_two_folders_share_one_connection(
         assert done.returncode == 0, done.stdout + done.stderr
         for name, data in files.items():
             assert (leech.home / "downloads" / name).read_bytes() == data
+            mode = (leech.home / "downloads" / name).stat().st_mode
+            assert stat.S_IMODE(mode) == 0o666 & ~umask()  # as cp would make it
     # 120 files, two requests, one connection: opened for the first, kept for the second.
     assert gate.chunk_connections == 1, gate
     assert gate.passed_total() == len(first) + len(second)

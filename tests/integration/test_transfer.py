@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, wait_until
+from conftest import Node, pick_udp_port, seed, umask, wait_until
 from fakepeer import FakeFile
 from fakepeer import FakePeer as ScriptedPeer
 
@@ -85,6 +86,7 @@ def test_one_peer_byte_identical_then_reshared(make_node: Callable[..., Node]) -
     assert "Traceback" not in done.stdout + done.stderr
     got = leech.home / "downloads" / "videos" / "talk.bin"
     assert got.read_bytes() == data
+    assert stat.S_IMODE(got.stat().st_mode) == 0o666 & ~umask()  # as cp would make it
     d = last_download(leech)
     assert d["status"] == "done" and d["saved_as"] == "videos/talk.bin"
     assert d["bytes_done"] == len(data) and d["bad_chunks"] == 0
