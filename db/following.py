@@ -60,7 +60,9 @@ def request_progress(conn: sqlite3.Connection, ids_json: str) -> RequestProgress
         (ids_json,),
     ).fetchone()
     waiting = conn.execute(
-        f"SELECT name, reason FROM downloads WHERE id IN ({_IDS}) AND status = 'waiting'"
+        f"SELECT name, reason FROM downloads WHERE id IN ({_IDS}) AND (status = 'waiting'"
+        # a queued one with a reason has not started: no peer could give its manifest
+        " OR (status = 'queued' AND reason IS NOT NULL))"
         " ORDER BY id LIMIT 1",
         (ids_json,),
     ).fetchone()

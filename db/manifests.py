@@ -32,6 +32,7 @@ class Holder:
     tcp_port: int
     fingerprint: str | None
     tls: bool
+    username: str = ""
 
 
 def unhashed(conn: sqlite3.Connection, file_ids: Sequence[int]) -> list[Unhashed]:
@@ -54,15 +55,15 @@ def holders(conn: sqlite3.Connection, file_ids: Sequence[int]) -> dict[int, list
     """Per content, the live peers offering any of it, minus those marked bad for it."""
     out: dict[int, list[Holder]] = {fid: [] for fid in file_ids}
     for part in in_slices(sorted(set(file_ids))):
-        for fid, address, port, fingerprint, tls in conn.execute(
-            "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls"
+        for fid, address, port, fingerprint, tls, username in conn.execute(
+            "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls, p.username"
             " FROM holdings h JOIN peers p ON p.id = h.peer_id"
             f" WHERE h.file_id IN ({marks(part)}) AND NOT EXISTS (SELECT 1 FROM bad_peers b"
             " WHERE b.file_id = h.file_id AND b.address = p.address AND b.tcp_port = p.tcp_port)"
             " ORDER BY p.last_seen DESC",
             part,
         ):
-            out[fid].append(Holder(address, port, fingerprint, bool(tls)))
+            out[fid].append(Holder(address, port, fingerprint, bool(tls), username))
     return out
 
 
@@ -86,3 +87,27 @@ def record_manifests(conn: sqlite3.Connection, manifests: dict[Unhashed, list[st
             for i, entry in enumerate(entries)
         ),
     )
+
+
+def note_unreachable(conn: sqlite3.Connection, reasons: dict[int, str]) -> None:
+    """Say on the queued downloads of these contents why they have not started: no peer
+    offering them answered for the manifest (inside a write transaction)."""
+    conn.executemany(
+        "UPDATE downloads SET reason = ? WHERE file_id = ? AND status = 'queued'"
+        " AND reason IS NOT ?",
+        ((why, fid, why) for fid, why in reasons.items()),
+    )
+
+
+def queued_for(conn: sqlite3.Connection, file_ids: Sequence[int]) -> list[int]:
+    """The queued downloads of these contents."""
+    out: list[int] = []
+    for part in in_slices(sorted(set(file_ids))):
+        out.extend(
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM downloads WHERE file_id IN ({marks(part)}) AND status = 'queued'",
+                part,
+            )
+        )
+    return out

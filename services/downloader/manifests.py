@@ -5,7 +5,9 @@ network offers is never downloaded here. So the downloader's loop leaves a downl
 whose content lacks them to this thread, which derives a one-chunk file's manifest
 from its key, asks the peers offering the others (a few hundred files a request),
 keeps only manifests that hash to the root they were offered under, records them and
-wakes the loop. A content no peer answers for is tried again after RETRY_SECONDS.
+wakes the loop. A content no peer answers for is tried again after RETRY_SECONDS; its
+queued downloads say why meanwhile (`cannot talk to bob (...): connection refused`), and
+fail with that reason after P2P_WAIT_TIMEOUT, as a download waiting for a chunk does.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import quick
 from p2pshare.db.engine import Database, driver_connection
 from p2pshare.services import protocol
+from p2pshare.services.downloader.worker import talk_error
 from p2pshare.services.net.client import PeerClient
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
@@ -42,6 +46,7 @@ class ManifestFetcher:
         self.lock = threading.Condition()
         self.wanted: set[int] = set()  # file ids
         self.not_before: dict[int, float] = {}  # file id -> monotonic time of its next try
+        self.failing_since: dict[int, float] = {}  # file id -> when no peer first answered
         self.conn: sqlite3.Connection | None = None  # the thread's own, for reading
         self.thread = threading.Thread(target=self._loop, name="manifests", daemon=True)
         self.thread.start()
@@ -61,27 +66,53 @@ class ManifestFetcher:
                 if not due:
                     self.lock.wait(0.5)
                     continue
+            why: dict[int, str] = {}
             try:
-                got = self._round(due)
+                got = self._round(due, why)
+                given_up = self._say_why(got, why)
             except Exception:  # a bug or the database: log it, try again later
                 log.exception("fetching manifests failed")
-                got = set()
+                got, given_up = set(), set()
             with self.lock:
-                self.wanted -= got
-                for fid in got:
+                self.wanted -= got | given_up
+                for fid in got | given_up:
                     self.not_before.pop(fid, None)
                 later = time.monotonic() + RETRY_SECONDS
-                for fid in due - got:
+                for fid in due - got - given_up:
                     self.not_before[fid] = later
             if got:
                 self.wake()
 
-    def _round(self, due: set[int]) -> set[int]:
+    def _say_why(self, got: set[int], why: dict[int, str]) -> set[int]:
+        """Record why the contents still lacking a manifest lack it on their queued
+        downloads, and fail those waiting longer than P2P_WAIT_TIMEOUT; returns the
+        contents given up."""
+        now = time.time()
+        for fid in got | (set(self.failing_since) - set(why)):
+            self.failing_since.pop(fid, None)
+        if not why:
+            return set()
+        for fid in why:
+            self.failing_since.setdefault(fid, now)
+        timeout = self.ctx.settings.wait_timeout
+        over = {fid for fid in why if now - self.failing_since[fid] > timeout}
+        with self.ctx.database.write() as s:
+            conn = driver_connection(s)
+            dbmanifests.note_unreachable(conn, {f: w for f, w in why.items() if f not in over})
+            for fid in sorted(over):
+                reason = f"{why[fid]} for {timeout:.0f} s"
+                for did in dbmanifests.queued_for(conn, [fid]):
+                    dbjobs.finish_download(s, did, status="failed", reason=reason, now=now)
+        for fid in over:
+            self.failing_since.pop(fid, None)
+        return over
+
+    def _round(self, due: set[int], why: dict[int, str]) -> set[int]:
         """Try once for every content due; returns those whose manifest is here now."""
         if self.conn is None:
             self.conn = quick.connect(self.ctx.database.path)
         return fetch_manifests(
-            self.conn, self.ctx.database, self.ctx.settings, self.ctx.tls, due, self.ctx.stop
+            self.conn, self.ctx.database, self.ctx.settings, self.ctx.tls, due, self.ctx.stop, why
         )
 
 
@@ -92,9 +123,11 @@ def fetch_manifests(
     tls: NodeTls,
     file_ids: set[int],
     stop: threading.Event,
+    why: dict[int, str] | None = None,
 ) -> set[int]:
     """Fetch (or derive) and record the manifests these contents lack, from the peers that
-    offer them; returns the contents whose manifest is here now. `conn` reads."""
+    offer them; returns the contents whose manifest is here now. `conn` reads. `why`
+    gets, for a content no peer could be asked, the peers that could not and why."""
     with quick.reading(conn):
         missing = dbmanifests.unhashed(conn, sorted(file_ids))
         holders = dbmanifests.holders(conn, [c.file_id for c in missing])
@@ -109,12 +142,23 @@ def fetch_manifests(
             continue
         for holder in holders[content.file_id][:PEERS_TRIED]:
             by_peer.setdefault(holder, []).append(content)
+    failed: dict[int, list[str]] = {}
     for holder, contents in by_peer.items():
         if stop.is_set():
             break
         todo = [c for c in contents if c not in found]
         if todo:
-            found.update(_ask(settings, tls, holder, todo))
+            answered, error = _ask(settings, tls, holder, todo)
+            found.update(answered)
+            if error is not None:
+                name = f"{holder.username or 'a peer'} ({holder.address}:{holder.tcp_port})"
+                for c in todo:
+                    failed.setdefault(c.file_id, []).append(f"{name}: {error}")
+    if why is not None:
+        for fid, named in failed.items():
+            if fid not in {c.file_id for c in found}:
+                more = f"; and {len(named) - 3} more" if len(named) > 3 else ""
+                why[fid] = f"cannot talk to {'; '.join(sorted(named)[:3])}{more}"
     if found:
         with database.write() as s:
             dbmanifests.record_manifests(driver_connection(s), found)
@@ -126,7 +170,8 @@ def _ask(
     tls: NodeTls,
     holder: dbmanifests.Holder,
     contents: list[dbmanifests.Unhashed],
-) -> dict[dbmanifests.Unhashed, list[str]]:
+) -> tuple[dict[dbmanifests.Unhashed, list[str]], str | None]:
+    """The manifests `holder` gave, and why it could not be asked (None: it answered)."""
     sizes = {FileKey(*c.key): c.size for c in contents}
     try:
         link = tls.link(holder.tls, holder.fingerprint)
@@ -137,7 +182,7 @@ def _ask(
             got = client.manifests(sizes)
     except (OSError, protocol.ProtocolError) as exc:
         log.warning("cannot fetch manifests from %s:%d: %s", holder.address, holder.tcp_port, exc)
-        return {}
+        return {}, talk_error(exc)
     for key, why in list(got.refused.items())[:5]:
         log.warning(
             "refused the manifest of %s from %s:%d: %s",
@@ -146,4 +191,5 @@ def _ask(
             holder.tcp_port,
             why,
         )
-    return {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
+    good = {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
+    return good, None

@@ -72,6 +72,8 @@ class FakePeer:
     lie: set[int] = field(default_factory=set)  # chunk indices answered with wrong bytes
     lie_all: bool = False
     hangup: set[int] = field(default_factory=set)  # close mid-chunk
+    # Asked for this chunk, it dies: hangs up and refuses every connection after.
+    quit_at: int | None = None
     extra_catalog: list[list[object]] = field(default_factory=list)  # raw, possibly lying
     chunks_served: int = 0
     bytes_served: int = 0
@@ -170,6 +172,8 @@ class FakePeer:
         return next((f for f in self.files if f.key == key), None)
 
     def _answer(self, conn: socket.socket, req: protocol.Request) -> bool:
+        if self.refusing.is_set():
+            return False
         if isinstance(req, protocol.AuthRequest):
             conn.sendall(protocol.encode_ok())
         elif isinstance(req, protocol.CatalogRequest):
@@ -204,6 +208,9 @@ class FakePeer:
         if f is None or (f.have is not None and req.index not in f.have):
             conn.sendall(protocol.encode_error("no such chunk"))
             return True
+        if req.index == self.quit_at:
+            self.refusing.set()
+            return False
         data = f.chunk(req.index)
         if self.lie_all or req.index in self.lie:
             data = os.urandom(len(data))
