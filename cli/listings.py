@@ -165,6 +165,12 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
         offset=offset,
         total=lambda: listing.count_peers(conn),
     )
+    for name, addresses in listing.shared_usernames(conn).items():
+        click.echo(
+            f"note: {len(addresses)} machines announce the name {name} ({', '.join(addresses)}); "
+            "give each its own P2P_USERNAME (history tells them apart by address meanwhile)",
+            err=True,
+        )
 
 
 def catalog_state(behind: int | None) -> str:

@@ -109,8 +109,15 @@ def rolled_up_words(older: list[history_db.RolledUp]) -> str:
 
 
 def source_names(d: reports.DownloadRow) -> list[str]:
-    """Each source by the name it announced, once; by address:port when it announced none."""
-    names = [name or address for name, address in zip(d.peer_names, d.peers, strict=True)]
+    """Each source by the name it announced, once; by address:port when it announced none,
+    and with its address when machines at several addresses announced that name."""
+    hosts: dict[str, set[str]] = {}
+    for name, peer in zip(d.peer_names, d.peers, strict=True):
+        hosts.setdefault(name, set()).add(peer.rpartition(":")[0])
+    names = [
+        (f"{name} ({peer.rpartition(':')[0]})" if len(hosts[name]) > 1 else name) if name else peer
+        for name, peer in zip(d.peer_names, d.peers, strict=True)
+    ]
     return list(dict.fromkeys(names))
 
 

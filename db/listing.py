@@ -203,6 +203,18 @@ def count_peers(conn: sqlite3.Connection) -> int:
     return int(conn.execute(COUNT_PEERS_SQL).fetchone()[0])
 
 
+def shared_usernames(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Names that more than one machine announces (by address): name -> addresses. A
+    name is what `history` and the page show a source by, so two machines under one
+    name would look like one."""
+    rows = conn.execute(
+        "SELECT username, group_concat(address, ', ') FROM"
+        " (SELECT DISTINCT username, address FROM peers ORDER BY username, address)"
+        " GROUP BY username HAVING count(*) > 1"
+    ).fetchall()
+    return {name: addresses.split(", ") for name, addresses in rows}
+
+
 def link_state(own_encrypt: bool | None, peer_tls: bool) -> str:
     """How this node talks to a peer, as `p2pctl peers` says it."""
     if own_encrypt is None or own_encrypt == peer_tls:

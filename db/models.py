@@ -87,9 +87,7 @@ class File(Base):
     """
 
     __tablename__ = "files"
-    __table_args__ = (
-        UniqueConstraint("sha256", "chunk_size", "root"),
-    )
+    __table_args__ = (UniqueConstraint("sha256", "chunk_size", "root"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))

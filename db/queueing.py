@@ -11,15 +11,18 @@ Functions take a connection inside a transaction and never commit; the caller ow
 
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 from dataclasses import dataclass
 
-from p2pshare.db.names import in_folder, matches, same_name
+from p2pshare.db.names import fold, in_folder, matches, same_name
 
 UNFINISHED = ("queued", "active", "waiting")
 # Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
 KEEPING_TEMP = (*UNFINISHED, "paused")
+# A typo's "did you mean" looks through at most this many names (difflib, ~10 us each).
+SUGGEST_FROM = 20_000
 # The reason of a download `p2pctl pause` paused (the node pauses one too: see db.jobs).
 PAUSED_BY_USER = "paused by the user"
 
@@ -145,7 +148,9 @@ def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
     """The one file NAME means. Raises UnknownName, AmbiguousName."""
     candidates = find_candidates(conn, pattern)
     if not candidates:
-        raise UnknownName(f"no file on the network matches {pattern!r}; see p2pctl files")
+        close = close_names(conn, pattern)
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UnknownName(f"no file on the network matches {pattern!r}; {guess}see p2pctl files")
     if len(candidates) > 1:
         # Contents this node holds already are no choice: of the versions of one name,
         # the one not here is what is meant; else the choices are those not here.
@@ -160,6 +165,21 @@ def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
             shown,
         )
     return candidates[0]
+
+
+def close_names(conn: sqlite3.Connection, typed: str) -> list[str]:
+    """Up to three names offered that look like a typo of `typed` (any case, NFC); none
+    on a network offering more than SUGGEST_FROM names, where looking would cost more
+    than the answer is worth."""
+    rows = conn.execute(
+        "SELECT DISTINCT name FROM holdings LIMIT ?", (SUGGEST_FROM + 1,)
+    ).fetchall()
+    if len(rows) > SUGGEST_FROM or any(ch in typed for ch in "*?["):
+        return []
+    by_folded = {fold(name): name for (name,) in rows}
+    base = {fold(name.rsplit("/", 1)[-1]): name for (name,) in rows}
+    found = difflib.get_close_matches(fold(typed), [*by_folded, *base], n=3, cutoff=0.75)
+    return list(dict.fromkeys(by_folded.get(f) or base[f] for f in found))
 
 
 def _held_here(conn: sqlite3.Connection, shas: set[str]) -> set[str]:

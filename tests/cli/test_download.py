@@ -322,6 +322,42 @@ def test_history_shows_how_far_and_not_the_status_twice(home: Path) -> None:
     assert " paused 50% " in line and "by the user" not in line
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("tlak.mp4", "talk.mp4"), ("02.flca", "album/02.flac")],
+)
+def test_a_typo_gets_a_did_you_mean(home: Path, typed: str, meant: str) -> None:
+    result = p2pctl(home, "download", typed, "--no-wait")
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        f"error: no file on the network matches {typed!r}; did you mean {meant}? see p2pctl files"
+    )
+
+
+def test_peers_notes_two_machines_under_one_name(home: Path) -> None:
+    database = Database.open(home / "p2p.db")
+    try:
+        with database.write() as s:
+            dbpeers.record_announce(s, heard_peer("c" * 32, "127.0.0.9", 5009), now=time.time())
+    finally:
+        database.close()
+    # heard_peer names a peer by its node id's first letter: "c-user" is not "a-user".
+    assert p2pctl(home, "peers").stderr == ""
+    database = Database.open(home / "p2p.db")
+    try:
+        with database.write() as s:
+            twin = dbpeers.Heard("d" * 32, "a-user", "127.0.0.8", 5008, 1, 1)
+            dbpeers.record_announce(s, twin, now=time.time())
+    finally:
+        database.close()
+    result = p2pctl(home, "peers")
+    assert result.returncode == 0
+    assert result.stderr.startswith(
+        "note: 2 machines announce the name a-user (127.0.0.2, 127.0.0.8); "
+        "give each its own P2P_USERNAME"
+    )
+
+
 def test_pause_resume_cancel_a_folder(home: Path) -> None:
     succeeds(home, "download", "album/", "--no-wait")
     succeeds(home, "download", "talk.mp4", "--no-wait")

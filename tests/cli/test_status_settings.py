@@ -186,6 +186,15 @@ def test_source_names_fall_back_to_the_address_and_name_a_user_once() -> None:
     assert source_names(row) == ["alice", "127.0.0.3:5001"]
 
 
+def test_two_machines_under_one_name_are_told_apart_by_address() -> None:
+    row = DownloadRow(
+        1, "x", 1, "done", None, 0.0, None, None, 0, 0, 0, None, "0" * 64,
+        ["127.0.0.2:5001", "127.0.0.4:5001", "127.0.0.2:5002"],
+        ["bob", "bob", "bob"], None, None,
+    )  # fmt: skip
+    assert source_names(row) == ["bob (127.0.0.2)", "bob (127.0.0.4)"]
+
+
 # ---------------------------------------------------------------- --version
 
 
