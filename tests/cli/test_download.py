@@ -185,6 +185,18 @@ def test_file_held_here_is_already_here_with_exit_0(home: Path) -> None:
     assert downloads(home) == []
 
 
+def test_the_nodes_recorded_folders_win_over_this_shells(home: Path) -> None:
+    # What `p2pctl start` records: the node's folders are its home's, whatever a shell says.
+    (home / "p2p.toml").write_text(
+        f'P2P_SHARE_DIR = "{home / "shared"}"\nP2P_USERNAME = "tester"\n'
+        'P2P_BROADCAST = "127.255.255.255"\n'  # as this test's shell says (ctl_env)
+    )
+    result = p2pctl(home, "download", "report-copy.pdf", "--no-wait", P2P_SHARE_DIR="/elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"already here: {home / 'shared' / 'report.pdf'}\n"
+    assert result.stderr.startswith("note: this shell's P2P_SHARE_DIR differs from the node's")
+
+
 def test_already_here_leaves_no_request_that_says_otherwise(home: Path) -> None:
     succeeds(home, "download", "report-copy.pdf", "--no-wait")
     # Like an unknown or ambiguous name, it queued nothing: no request row, or one that
