@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
@@ -15,6 +16,10 @@ from p2pshare.db.queueing import KEEPING_TEMP
 from p2pshare.db.values import ContentKey, HashedFile, IndexedStat, Stamp
 
 __all__ = ["ContentKey", "HashedFile", "IndexedStat", "Stamp"]
+
+# A batch of at least ROOMY_ROWS files is recorded with BATCH_CACHE_KIB of page cache.
+ROOMY_ROWS = 500
+BATCH_CACHE_KIB = 32 * 1024
 
 
 def indexed_stats(session: Session, root: str) -> dict[str, IndexedStat]:
@@ -179,8 +184,39 @@ def record_local_files(
     session: Session, root: str, items: Sequence[tuple[str, HashedFile]], *, now: float
 ) -> dict[ContentKey, int]:
     """Insert or update the local_files rows for these names under root; returns file ids."""
-    ids = ensure_files(session, (h for _, h in items), now=now)
     conn = driver_connection(session)
+    with _roomy_cache(conn, len(items)):
+        ids = ensure_files(session, (h for _, h in items), now=now)
+        _insert_local_files(conn, root, items, ids, now=now)
+    _expire(session, (LocalFile,))
+    return ids
+
+
+@contextmanager
+def _roomy_cache(conn: sqlite3.Connection, rows: int) -> Iterator[None]:
+    """A batch of many files (a first index) lands all over the indexes of files, local_files
+    and the catalog log (SHA-256s in no order): a page cache larger than SQLite's 2 MB
+    default, for this batch only, keeps the b-tree pages it touches rather than reading
+    and spilling them again. Set back after, so a pooled connection keeps no more."""
+    if rows < ROOMY_ROWS:
+        yield
+        return
+    (before,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size=-{BATCH_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA cache_size={int(before)}")
+
+
+def _insert_local_files(
+    conn: sqlite3.Connection,
+    root: str,
+    items: Sequence[tuple[str, HashedFile]],
+    ids: dict[ContentKey, int],
+    *,
+    now: float,
+) -> None:
     conn.executemany(
         "INSERT INTO local_files (root, name, file_id, size, mtime_ns, ctime_ns, inode, indexed_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -192,8 +228,6 @@ def record_local_files(
             for name, h in items
         ],
     )
-    _expire(session, (LocalFile,))
-    return ids
 
 
 def record_local_file(
