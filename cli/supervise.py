@@ -25,6 +25,7 @@ import click
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
 from p2pshare.db import quick
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES
+from p2pshare.db.schema import SchemaError
 from p2pshare.services import node_config
 from p2pshare.services.settings import Settings, SettingsError
 
@@ -128,9 +129,29 @@ def alive_roles(ctl: Ctl) -> list[str]:
 def plan_start() -> node_config.StartPlan:
     """What a start will run the node with; raises UserError for a bad value."""
     try:
-        return node_config.plan_start(os.environ)
+        return node_config.plan_start(os.environ, last_run())
     except SettingsError as exc:
         raise UserError(str(exc)) from None
+
+
+def last_run() -> dict[str, dict[str, str]]:
+    """What the roles of a node without a record last ran with (nothing for a new node,
+    or one that has its record)."""
+    home = node_config.home_of(os.environ)
+    if node_config.record_path(home).is_file():
+        return {}
+    from p2pshare.db import node as dbnode
+    from p2pshare.db.engine import Database  # SQLAlchemy: only for a node without a record
+
+    try:
+        database = Database.open_existing(home / "p2p.db")
+    except SchemaError:  # no database yet, or another version's: nothing to carry over
+        return {}
+    try:
+        with database.read() as s:
+            return dbnode.role_settings(s)
+    finally:
+        database.close()
 
 
 def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
@@ -150,7 +171,12 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
         plan.save()
     except OSError as exc:
         raise UserError(f"cannot create the node's folders under {settings.home}: {exc}") from None
-    if plan.first:
+    if plan.inherited:
+        click.echo(
+            f"recorded the node's settings in {plan.record}: what it last ran with, "
+            "where this shell gives none"
+        )
+    elif plan.first:
         click.echo(f"recorded the node's settings in {plan.record}")
     elif plan.changes:
         changed = ", ".join(change.words() for change in plan.changes)

@@ -71,6 +71,7 @@ class StartPlan:
     new_values: dict[str, str]  # what the record gains or changes
     changes: list[Change]  # against the record as it was; empty on a first start
     first: bool  # no record existed
+    inherited: bool = False  # a first record, from what the roles last ran with
 
     def save(self) -> None:
         write_record(self.record, self.new_values)
@@ -98,16 +99,26 @@ def shell_values(env: Mapping[str, str]) -> dict[str, str]:
     return {name: env[name] for name in RECORDED if env.get(name)}
 
 
-def plan_start(env: Mapping[str, str]) -> StartPlan:
+def plan_start(
+    env: Mapping[str, str], last_run: Mapping[str, Mapping[str, str]] | None = None
+) -> StartPlan:
     """The settings a start uses: the record, then `$P2P_CONFIG`, then the shell.
 
     Merging onto the record (rather than reading one file or the other) is what keeps a
-    network key or an announcement target that a shell leaves out. Raises SettingsError
-    for a value no role would accept, before anything is written or stopped.
+    network key or an announcement target that a shell leaves out. A node with no record
+    yet (started before there was one) takes what its roles last ran with (`last_run`,
+    their `role_settings`) where the shell gives nothing, and refuses to start without
+    the network key it ran with. Raises SettingsError for a value no role would accept,
+    before anything is written or stopped.
     """
     home = home_of(env)
     path = record_path(home)
     recorded = read_config_file(path)
+    first = not path.is_file()
+    inherited = bool(first and last_run)
+    if inherited:
+        assert last_run is not None
+        recorded = ran_with(last_run)
     explicit = env.get("P2P_CONFIG")
     given: dict[str, str] = {}
     if explicit:
@@ -121,11 +132,61 @@ def plan_start(env: Mapping[str, str]) -> StartPlan:
         if name in given:
             given[name] = str(Path(given[name]).expanduser().absolute())
     values = {**recorded, **given}
+    keyed = inherited and last_run is not None and _ran_keyed(last_run)
+    if keyed and "P2P_NETWORK_KEY" not in values:
+        raise SettingsError(
+            "this node last ran with a network key, which neither this shell nor its config "
+            "gives; start it with P2P_NETWORK_KEY set (it is then kept in "
+            f"{path}), so that it does not restart open"
+        )
     settings = load_settings({**without_settings(env), **values, "P2P_HOME": str(home)})
     new_values = {name: value for name, value in given.items() if recorded.get(name) != value}
     changes = [Change(name, recorded.get(name), value) for name, value in new_values.items()]
-    first = not path.is_file()
-    return StartPlan(home, settings, path, new_values, [] if first else changes, first)
+    if first:  # the programs read the record alone: all of it goes in
+        return StartPlan(home, settings, path, values, [], True, inherited)
+    return StartPlan(home, settings, path, new_values, changes, False)
+
+
+# role_settings name -> the variable a start gives, per role that records it.
+RAN_WITH = {
+    ("announcer", "username"): "P2P_USERNAME",
+    ("server", "bind"): "P2P_BIND",
+    ("listener", "udp_port"): "P2P_UDP_PORT",
+    ("announcer", "announce_interval"): "P2P_ANNOUNCE_INTERVAL",
+    ("listener", "peer_ttl"): "P2P_PEER_TTL",
+    ("server", "share_dir"): "P2P_SHARE_DIR",
+    ("server", "download_dir"): "P2P_DOWNLOAD_DIR",
+    ("server", "upload_limit"): "P2P_UPLOAD_LIMIT",
+    ("server", "history_days"): "P2P_HISTORY_DAYS",
+    ("downloader", "wait_timeout"): "P2P_WAIT_TIMEOUT",
+    ("web", "bind"): "P2P_WEB_BIND",
+    ("web", "port"): "P2P_WEB_PORT",
+}
+
+
+def ran_with(last_run: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The variables that give what the roles last ran with (their `role_settings`):
+    not the TCP port (the real one of P2P_TCP_PORT=0 may be another's now), not the
+    key (never recorded), interface broadcast addresses left to be found again."""
+    out = {
+        variable: last_run[role][name]
+        for (role, name), variable in RAN_WITH.items()
+        if name in last_run.get(role, {})
+    }
+    announcer = last_run.get("announcer", {})
+    if announcer.get("broadcast_from") == "P2P_BROADCAST" and announcer.get("broadcast"):
+        out["P2P_BROADCAST"] = announcer["broadcast"]
+    if last_run.get("web", {}).get("share") == "yes":
+        out["P2P_WEB_SHARE"] = "1"
+    if announcer.get("encrypt") == "yes" and announcer.get("network_key") == "no":
+        out["P2P_ENCRYPT"] = "on"
+    if last_run.get("server", {}).get("chunk_size", "auto") != "auto":
+        out["P2P_CHUNK_SIZE"] = last_run["server"]["chunk_size"]
+    return out
+
+
+def _ran_keyed(last_run: Mapping[str, Mapping[str, str]]) -> bool:
+    return "yes" in (last_run.get(r, {}).get("network_key") for r in ("announcer", "listener"))
 
 
 def write_record(path: Path, values: Mapping[str, str]) -> None:

@@ -799,9 +799,11 @@ def test_migrated_database_has_the_schema_of_a_new_one(tmp_path: Path) -> None:
     assert schema_shape(old) == schema_shape(new)
     # The unique key of an offer, which also serves a lookup by SHA-256 alone (its first
     # column): no index of its own for that since v9.
-    assert sql(old, "PRAGMA index_list(files)") and sql(
-        old, "SELECT name FROM sqlite_master WHERE type='index' AND name='ix_files_sha256'"
-    ) == []
+    assert (
+        sql(old, "PRAGMA index_list(files)")
+        and sql(old, "SELECT name FROM sqlite_master WHERE type='index' AND name='ix_files_sha256'")
+        == []
+    )
     plan = sql(old, "EXPLAIN QUERY PLAN SELECT id FROM files WHERE sha256 = 'ab'")
     assert "USING INDEX sqlite_autoindex_files" in plan[0][-1] or "COVERING INDEX" in plan[0][-1]
     unique = [

@@ -4,6 +4,7 @@ it changes and says, and what a later command takes from it."""
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,58 @@ def test_the_programs_get_no_setting_from_the_shell(tmp_path: Path) -> None:
         shell(tmp_path, P2P_NETWORK_KEY="k", P2P_CONFIG="/x", P2P_PYTHON="/py")
     )
     assert env == {"PATH": "/usr/bin", "P2P_HOME": str(tmp_path), "P2P_PYTHON": "/py"}
+
+
+LAST_RUN = {
+    "announcer": {
+        "username": "carol",
+        "broadcast": "127.255.255.255",
+        "broadcast_from": "P2P_BROADCAST",
+        "network_key": "yes",
+        "encrypt": "yes",
+    },
+    "listener": {"udp_port": "40404", "network_key": "yes"},
+    "server": {"bind": "127.0.0.1", "upload_limit": "1000", "chunk_size": "auto"},
+    "web": {"bind": "127.0.0.1", "port": "47481", "share": "no"},
+}
+
+
+def test_a_node_without_a_record_restarts_as_it_last_ran_but_never_open(
+    tmp_path: Path,
+) -> None:
+    """A node started before p2pctl kept a record: what its roles recorded carries over,
+    and the one thing they never record, the key, must be given."""
+    plain = {"PATH": "/usr/bin", "P2P_HOME": str(tmp_path)}
+    with pytest.raises(SettingsError, match="last ran with a network key"):
+        node_config.plan_start(plain, LAST_RUN)
+    assert not (tmp_path / "p2p.toml").exists()
+    plan = node_config.plan_start({**plain, "P2P_NETWORK_KEY": "k"}, LAST_RUN)
+    plan.save()
+    s = plan.settings
+    assert (s.username, s.bind, s.udp_port, s.upload_limit) == ("carol", "127.0.0.1", 40404, 1000)
+    assert (s.broadcast, s.web_port, s.network_key) == (("127.255.255.255",), 47481, "k")
+    assert plan.inherited
+    # Every value is in the record, since the programs read nothing else.
+    again = node_config.plan_start(plain)
+    assert replace(again.settings, config_file=None) == replace(s, config_file=None)
+    assert again.changes == []
+
+
+def test_last_run_is_read_from_the_nodes_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2pshare.cli import supervise
+    from p2pshare.db.engine import Database
+    from p2pshare.db.node import record_role_settings
+
+    database = Database.open(tmp_path / "p2p.db")
+    try:
+        with database.write() as s:
+            for role, values in LAST_RUN.items():
+                record_role_settings(s, role, values, now=1.0)
+    finally:
+        database.close()
+    monkeypatch.setenv("P2P_HOME", str(tmp_path))
+    assert supervise.last_run() == LAST_RUN
+    (tmp_path / "p2p.toml").write_text("")
+    assert supervise.last_run() == {}  # a record wins: it is what the node runs with
