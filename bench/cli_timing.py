@@ -245,11 +245,11 @@ def query_plans(db_path: Path) -> dict[str, str]:
     from p2pshare.db.quick import COUNT_QUERIES
 
     conn = listing.prepare(sqlite3.connect(db_path))
-    page = {"pattern": None, "limit": 100, "offset": 0}
+    page = listing.page_params(None, 100, 0)
     queries: dict[str, tuple[str, dict[str, Any]]] = {
         "files (a page)": (listing.FILES_SQL, page),
-        "files PATTERN": (listing.FILES_SQL, page | {"pattern": "peer0500/*"}),
-        "files count": (listing.COUNT_FILES_SQL, {"pattern": None}),
+        "files PATTERN": (listing.FILES_SQL, listing.page_params("peer0500/*", 100, 0)),
+        "files count": (listing.COUNT_FILES_SQL, listing.page_params(None, None, 0)),
         "peers (a page)": (listing.PEERS_SQL, page),
         **{f"status: {name}": (q, {}) for name, q in COUNT_QUERIES.items()},
     }

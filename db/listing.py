@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from p2pshare.db.inlists import in_slices, marks
-from p2pshare.db.names import matches
+from p2pshare.db.names import like_prefilter, matches
 
 __all__ = [
     "FileRow",
@@ -79,11 +79,16 @@ def _sql_matches(name: str, pattern: str) -> int:
 _KEYS = """
 WITH k(name, file_id, peers, whole, here) AS (
   SELECT name, file_id, count(*), sum(bitfield IS NULL), 0 FROM holdings
-  WHERE :pattern IS NULL OR p2p_matches(name, :pattern) GROUP BY name, file_id
+  WHERE :pattern IS NULL OR ({prefilter} AND p2p_matches(name, :pattern)) GROUP BY name, file_id
   UNION ALL
   SELECT name, file_id, 0, 0, 1 FROM local_files
-  WHERE :pattern IS NULL OR p2p_matches(name, :pattern)
-)"""
+  WHERE :pattern IS NULL OR ({prefilter} AND p2p_matches(name, :pattern))
+)""".format(
+    # names.like_prefilter: a test in C that every name the pattern matches passes (a
+    # name with a character outside printable ASCII always does), so p2p_matches runs
+    # in Python only on the few that may match.
+    prefilter="(:like IS NULL OR name LIKE :like ESCAPE '\\' OR name GLOB '*[^ -~]*')"
+)
 _FILES = """
 SELECT k.name, f.size, f.chunk_count, f.sha256, sum(k.here) > 0, sum(k.peers), sum(k.whole),
        min(f.id){total}
@@ -120,9 +125,14 @@ def prepare(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
-def _page(pattern: str | None, limit: int | None, offset: int) -> dict[str, object]:
+def page_params(pattern: str | None, limit: int | None, offset: int) -> dict[str, object]:
     # LIMIT -1 is SQLite's "no limit".
-    return {"pattern": pattern or None, "limit": -1 if limit is None else limit, "offset": offset}
+    return {
+        "pattern": pattern or None,
+        "like": like_prefilter(pattern),
+        "limit": -1 if limit is None else limit,
+        "offset": offset,
+    }
 
 
 def iter_files(
@@ -134,7 +144,7 @@ def iter_files(
 ) -> Iterator[FileRow]:
     """Files shared here and known on the network, one row per (name, SHA-256), by name
     then SHA-256; PATTERN as `matches` reads it; rows fetched as they are consumed."""
-    cursor = prepare(conn).execute(FILES_SQL, _page(pattern, limit, offset))
+    cursor = prepare(conn).execute(FILES_SQL, page_params(pattern, limit, offset))
     for name, size, chunks, sha, here, peers, whole, _ in cursor:
         yield FileRow(name, size, chunks, sha, bool(here), int(peers), int(whole or 0))
 
@@ -143,7 +153,7 @@ def files_page(
     conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
 ) -> tuple[list[FileRow], int]:
     """One page of `iter_files` and how many rows there are in all, in one pass."""
-    rows = prepare(conn).execute(FILES_PAGE_SQL, _page(pattern, limit, offset)).fetchall()
+    rows = prepare(conn).execute(FILES_PAGE_SQL, page_params(pattern, limit, offset)).fetchall()
     if not rows:  # past the end (or nothing at all): the total still says how many
         return [], count_files(conn, pattern) if offset else 0
     page = [
@@ -155,7 +165,7 @@ def files_page(
 
 def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
     """How many rows `iter_files` gives without a limit."""
-    row = prepare(conn).execute(COUNT_FILES_SQL, {"pattern": pattern or None}).fetchone()
+    row = prepare(conn).execute(COUNT_FILES_SQL, page_params(pattern, None, 0)).fetchone()
     return int(row[0])
 
 
@@ -181,7 +191,7 @@ def iter_peers(
     found = conn.execute(OWN_ENCRYPT_SQL).fetchone()
     own = None if found is None else found[0] == "yes"
     for user, address, port, files, seen, bad, node_id, fp, tls, cv, synced in conn.execute(
-        PEERS_SQL, _page(None, limit, offset)
+        PEERS_SQL, page_params(None, limit, offset)
     ):
         yield PeerRow(
             user,

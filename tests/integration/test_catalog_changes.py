@@ -149,9 +149,7 @@ def test_a_node_of_protocol_2_0_still_gets_the_whole_catalog(make_node, wait_unt
     assert {e.name: e.file.sha256 for e in entries} == offered(a)
 
 
-def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(
-    make_node, wait_until
-):
+def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(make_node, wait_until):
     # b must not forget a while it restarts (a peer silent for the TTL goes with its offers).
     a, b = make_node("a"), make_node("b", P2P_PEER_TTL=120)
     for i in range(30):
@@ -168,9 +166,7 @@ def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(
     (a.share / "after.txt").write_bytes(b"written after the restart\n")
     wait_until(lambda: "after.txt" in held(b, a), TIMEOUT, what="b to see a's new file")
     # One row for a, holding what it held before plus the one change.
-    assert b.sql("SELECT node_id FROM peers WHERE username = ?", (a.username,)) == [
-        (a.node_id(),)
-    ]
+    assert b.sql("SELECT node_id FROM peers WHERE username = ?", (a.username,)) == [(a.node_id(),)]
     assert held(b, a) == offered(a)
     moved = fetches(b, mark)
     assert [(kind, entries) for kind, _, entries, _ in moved] == [("changes", 1)], moved

@@ -212,7 +212,7 @@ def test_query_plans_use_the_indexes(db_path: Path) -> None:
     def plan(sql: str, params: dict[str, object]) -> str:
         return " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
-    page = {"pattern": None, "limit": 100, "offset": 0}
+    page = listing.page_params(None, 100, 0)
     files = plan(listing.FILES_SQL, page)
     # Every offer is read once, in name order from the index (grouped without a sort);
     # only the (name, SHA-256) groups are sorted, and each file is one rowid lookup.
