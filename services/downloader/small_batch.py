@@ -40,6 +40,8 @@ from p2pshare.services.downloader.durable import (
     sync_filesystem,
     syncfs_persists,
 )
+from p2pshare.services.downloader.finish import JobFailed
+from p2pshare.services.downloader.job import check_download_folder
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
@@ -117,6 +119,13 @@ class SmallBatch:
                 todo.append(spec)
             else:  # waiting for a source, or a crash mid-publish: the full job's cases
                 self.left_over.add(spec.download_id)
+        try:  # before fetching anything; each full job then fails with its own reason
+            check_download_folder(
+                self.settings, sum(sp.size for sp in todo), min(self.download_ids)
+            )
+        except JobFailed as exc:
+            self.give_back(todo, str(exc))
+            return
         temp_dir = str(self.settings.temp_dir)
         temps = {
             sp.download_id: os.path.join(temp_dir, temp_name(sp.download_id, sp.sha256))

@@ -191,3 +191,33 @@ def test_a_folder_too_full_is_found_before_fetching_and_a_whole_file_is_kept(
         early.close()
         if late is not None:
             late.close()
+
+
+def test_a_read_only_download_folder_fails_small_and_big_files_before_fetching(
+    small_disk: Callable[..., Path], make_node: Callable[..., Node], udp_port: int
+) -> None:
+    """Issue 36: a download folder that takes no files fails a download at once, one
+    sentence, whether the file goes in a small-file batch or a job of its own."""
+    folder = small_disk(Path(tempfile.mkdtemp(prefix="p2pro")))
+    done = subprocess.run(
+        ["mount", "-o", "remount,ro", str(folder)], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {done.stderr.strip() or done.returncode}")
+    leech = make_node("leech", P2P_DOWNLOAD_DIR=folder)
+    small = FakeFile("small.txt", os.urandom(3000), CHUNK)
+    big = FakeFile("big.bin", os.urandom(20 * CHUNK), CHUNK)
+    peer = FakePeer([small, big], udp_port, username="seed").start()
+    try:
+        leech.start()
+        wait_known(leech, "small.txt")
+        wait_known(leech, "big.bin")
+        for name in ("small.txt", "big.bin"):
+            d = wait_ended(leech, queue(leech, name))
+            assert d["status"] == "failed", d
+            assert d["reason"] == (
+                f"cannot write into the download folder {folder}: Read-only file system"
+            )
+        assert peer.chunks_served == 0  # found before fetching
+    finally:
+        peer.close()
