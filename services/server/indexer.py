@@ -1,9 +1,11 @@
 """Keep `files`, `chunks` and `local_files` in step with the share and download folders.
 
-A cheap periodic scan (scandir + stat) finds added, changed and removed files;
-only files whose size or mtime changed are hashed again, so a restart over many
-unchanged files costs one stat each. A file is hashed only once it has settled:
-unchanged for SETTLE_SECONDS, so a copy in progress is not announced half-done.
+A whole scan (scandir + stat, merged with the index in name order) finds added, changed
+and removed files; only files whose stamp changed are hashed again, so a restart over
+many unchanged files costs one stat each. Between whole scans a watch (watch.py) names
+what changed, and `step_changes` looks at those names only. A file is hashed only once
+it has settled: unchanged for SETTLE_SECONDS, so a copy in progress is not announced
+half-done.
 """
 
 from __future__ import annotations
