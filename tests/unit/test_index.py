@@ -679,3 +679,24 @@ def test_a_whole_scan_merges_with_the_index_page_by_page_in_name_order(
     assert (stats.added, stats.changed, stats.removed) == (3, 2, 3)
     assert indexed(node) == {name: sha(data) for name, data in datas.items()}
     assert node.step().touched == 0
+
+
+def test_files_a_rescan_records_are_not_taken_for_gone_by_its_later_pages(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index is read a page at a time while the scan's own batches are written: a row
+    # it wrote behind the walk must not be read back as a name the walk did not find.
+    monkeypatch.setattr(indexer, "KNOWN_PAGE", 2)
+    monkeypatch.setattr(indexer, "BATCH_FILES", 1)
+    old = {f"f{i:02d}": write(node.share / f"f{i:02d}", b"old %d" % i) for i in range(0, 20, 2)}
+    node.step()
+    new = {f"f{i:02d}": write(node.share / f"f{i:02d}", b"new %d" % i) for i in range(1, 20, 2)}
+    # Files older than the scan (as after a restart), so none looks as if it just arrived.
+    newest = max((node.share / name).stat().st_ctime_ns for name in new)
+    while time.time_ns() <= newest + indexer.CTIME_SLACK_NS:
+        time.sleep(0.01)
+
+    stats = node.step()
+
+    assert (stats.added, stats.removed) == (len(new), 0)
+    assert indexed(node) == {name: sha(data) for name, data in {**old, **new}.items()}
