@@ -1,8 +1,8 @@
 """A download that cannot progress says so at once (issue 36): a peer that still offers
-the file but refuses connections is named, with why, in `history` and on the progress
-bar within seconds, whether it refused before giving the file's manifest or died in the
-middle of the transfer; the download fails after P2P_WAIT_TIMEOUT with that reason
-rather than sitting at 0 % for ever."""
+the file but refuses connections is named, with why, in `history`, on the progress bar
+and on the page within seconds, whether it refused before giving the file's manifest or
+died in the middle of the transfer; the download fails after P2P_WAIT_TIMEOUT with that
+reason rather than sitting at 0 % for ever."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from conftest import Node
+import httpx
+from conftest import ROLES, Node
 from fakepeer import FakeFile, FakePeer
 
 CHUNK = 256 * 1024
@@ -33,7 +34,7 @@ def test_a_peer_that_refuses_is_named_and_the_download_fails_with_why(
         [FakeFile("dies.bin", DIES, CHUNK)], udp_port, username="dies", quit_at=4
     ).start()
     try:
-        leech.start()
+        leech.start((*ROLES, "web"))  # the page says it too
         for name in ("refused.bin", "dies.bin"):
             wait_until(lambda n=name: known(leech, n), 60, what=f"the offer of {name}")
         gone.refuse_connections()  # before the leech asked for the manifest
@@ -74,6 +75,9 @@ def follow_refused(
             )
 
         wait_until(both_say_why, WAIT * 3, what="history naming the peers that refuse")
+        port = leech.scalar("SELECT value FROM role_settings WHERE role='web' AND name='port'")
+        page = httpx.get(f"http://127.0.0.1:{port}/live", timeout=30).text
+        assert named in page and died in page
         _, err = follow.communicate(timeout=120)
     finally:
         if follow.poll() is None:
