@@ -76,6 +76,17 @@ def one_chunk_entries(content: Unhashed) -> list[str] | None:
     return [sha]
 
 
+def note_waiting(conn: sqlite3.Connection, file_ids: Sequence[int], reason: str) -> None:
+    """Say why queued downloads of these contents have not started: their manifest did not
+    come (inside a write transaction); `history` and `p2pctl download` show it."""
+    for part in in_slices(sorted(set(file_ids))):
+        conn.execute(
+            f"UPDATE downloads SET reason = ? WHERE file_id IN ({marks(part)})"
+            " AND status = 'queued' AND reason IS NOT ?",
+            [reason, *part, reason],
+        )
+
+
 def record_manifests(conn: sqlite3.Connection, manifests: dict[Unhashed, list[str]]) -> None:
     """Record chunk hashes of manifests that proved their roots (inside a write
     transaction); a content hashed meanwhile keeps what it has."""

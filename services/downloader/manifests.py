@@ -35,6 +35,7 @@ log = logging.getLogger("p2p.downloader")
 RETRY_SECONDS = 5.0
 DEADLINE_SECONDS = 30.0  # for one peer's answers
 PEERS_TRIED = 4  # per content, per round
+WAITING_REASON = "waiting for its manifest: no peer offering it has sent one that proves itself"
 
 
 class ManifestFetcher:
@@ -159,9 +160,12 @@ def fetch_manifests(
             if fid not in {c.file_id for c in found}:
                 more = f"; and {len(named) - 3} more" if len(named) > 3 else ""
                 why[fid] = f"cannot talk to {'; '.join(sorted(named)[:3])}{more}"
-    if found:
+    missed = [c.file_id for c in missing if c not in found]
+    if found or missed:
         with database.write() as s:
             dbmanifests.record_manifests(driver_connection(s), found)
+            if missed:
+                dbmanifests.note_waiting(driver_connection(s), missed, WAITING_REASON)
     return done | {c.file_id for c in found}
 
 

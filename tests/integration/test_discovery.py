@@ -587,7 +587,19 @@ def test_lying_catalogs_are_dropped_and_record_nothing(
         what="b's downloader to refuse the manifest with the wrong number of entries",
     )
     assert b.sql("SELECT * FROM chunks ORDER BY file_id, chunk_index") == chunks_before
-    assert b.sql("SELECT status FROM downloads") == [("queued",)]
+    wait_until(
+        lambda: (
+            b.sql("SELECT status, reason FROM downloads")
+            == [
+                (
+                    "queued",
+                    "waiting for its manifest: no peer offering it has sent one that proves itself",
+                )
+            ]
+        ),
+        20,
+        what="the download to say why it waits",
+    )
     assert files_before[0] in b.sql("SELECT * FROM files ORDER BY id")
     # The liars whose catalogs failed stay unsynced; b retries them, never believes them.
     for peer in liars.values():
