@@ -16,7 +16,7 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 from p2pshare.services.server.chunkserver import ChunkServer
 from p2pshare.services.server.housekeeping import Housekeeping, housekeeping_loop
 from p2pshare.services.server.indexer import ShareIndexer
-from p2pshare.services.server.watch import Changes
+from p2pshare.services.server.watch import Changes, remote_file_system
 
 log = logging.getLogger("p2p.server")
 
@@ -44,13 +44,20 @@ def index_loop(ctx: RoleContext, indexer: ShareIndexer, address: str) -> None:
     An error in one scan is logged, not fatal.
     """
     watch = indexer.start_watching()
+    remote = sorted({kind for root in indexer.roots() if (kind := remote_file_system(root.path))})
+    if watch is not None and remote:
+        log.info(
+            "a shared folder is on %s: changes other hosts make raise no event there, so "
+            "it is rescanned as without a watch",
+            " and ".join(remote),
+        )
     changes = Changes()
     rescan_at = 0.0  # monotonic time of the next whole rescan
     while not ctx.stop.is_set():
         # The write transactions so far ride on the heartbeat, as the downloader's do:
         # the benchmark reads them to show the server's bookkeeping is batched.
         ctx.detail = f"{address}, {ctx.database.write_count} db writes"
-        watched = watch is not None and not watch.full
+        watched = watch is not None and not watch.full and not remote
         settles_at = None
         try:
             if changes.lost or time.monotonic() >= rescan_at:

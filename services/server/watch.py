@@ -11,8 +11,10 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("p2p.index")
@@ -43,6 +45,37 @@ MASK = (
     | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
 )  # fmt: skip
 READ_BYTES = 256 * 1024
+
+
+# File systems whose files other hosts change: inotify reports only what this host does,
+# so a share on one is rescanned as without a watch (mount types as /proc/self/mounts
+# names them; FUSE ones by their subtype).
+REMOTE_TYPES = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre",
+     "davfs", "fuse.sshfs", "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs"}
+)  # fmt: skip
+MOUNTS = "/proc/self/mounts"
+OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def remote_file_system(path: Path, mounts: str = MOUNTS) -> str | None:
+    """The type of the network file system holding path, or None (local, or unknown)."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Spaces and the like in a mount point are octal escapes (\040).
+        point = OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind if kind in REMOTE_TYPES else None
 
 
 @dataclass

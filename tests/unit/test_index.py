@@ -700,3 +700,23 @@ def test_files_a_rescan_records_are_not_taken_for_gone_by_its_later_pages(
 
     assert (stats.added, stats.removed) == (len(new), 0)
     assert indexed(node) == {name: sha(data) for name, data in {**old, **new}.items()}
+
+
+def test_a_share_on_a_network_file_system_is_known_for_one(tmp_path: Path) -> None:
+    from p2pshare.services.server.watch import remote_file_system
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "nas:/photos /mnt/nas nfs4 rw 0 0\n"
+        "/dev/sdb1 /mnt/nas/cache ext4 rw 0 0\n"
+        "//srv/share /mnt/my\\040share cifs rw 0 0\n"
+        "host:/home /mnt/ssh fuse.sshfs rw 0 0\n"
+    )
+    look = lambda p: remote_file_system(Path(p), str(mounts))  # noqa: E731
+    assert look("/home/me/shared") is None
+    assert look("/mnt/nas/2024/a.jpg") == "nfs4"
+    assert look("/mnt/nas/cache/x") is None  # the longest mount point holding it wins
+    assert look("/mnt/nasty") is None
+    assert look("/mnt/my share/docs") == "cifs"
+    assert look("/mnt/ssh") == "fuse.sshfs"
