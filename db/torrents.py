@@ -31,7 +31,7 @@ from p2pshare.db.models import (
     TorrentDownload,
     TorrentPieces,
 )
-from p2pshare.db.reports import matches
+from p2pshare.db.names import in_folder, matches, same_name
 
 # Roots in the order a name found in both is taken from.
 ROOTS = ("share", "download")
@@ -93,7 +93,7 @@ def held_files(session: Session, pattern: str) -> list[HeldFile]:
     if pattern.endswith("/"):
         for root in ROOTS:
             found = sorted(
-                (f for f in held if f.root == root and f.name.startswith(pattern)),
+                (f for f in held if f.root == root and in_folder(f.name, pattern)),
                 key=lambda f: f.name,
             )
             if found:
@@ -101,7 +101,7 @@ def held_files(session: Session, pattern: str) -> list[HeldFile]:
         raise UnknownName(f"this node holds no file under {pattern!r}; see p2pctl files")
     name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
     rows = [f for f in held if f.sha256.startswith(sha_prefix.lower())]
-    chosen = [f for f in rows if f.name == name_part] or [
+    chosen = [f for f in rows if same_name(f.name, name_part)] or [
         f for f in rows if matches(f.name, name_part)
     ]
     if not chosen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pshare.db import torrents as dbt
 from p2pshare.db.downloads import AmbiguousName, UnknownName
 from p2pshare.db.engine import Database
 from p2pshare.services.server.indexer import ShareIndexer
@@ -171,3 +173,15 @@ def test_bittorrent_settings() -> None:
         load_settings(env={**base, "P2P_TORRENT_PORT": "70000"})
     with pytest.raises(SettingsError, match="P2P_BITTORRENT_DHT"):
         load_settings(env={**base, "P2P_BITTORRENT_DHT": "maybe"})
+
+
+def test_p2pctl_torrent_names_files_by_the_one_rule(node: tuple[Settings, Database]) -> None:
+    """A folder in any case, a name in either Unicode form, as `p2pctl download` reads
+    names (issue 36)."""
+    settings, database = node
+    nfd = unicodedata.normalize("NFD", "docs/café.txt")
+    put(settings, {"Music/a.bin": b"a" * 100, nfd: b"c" * 100})
+    index(settings, database)
+    with database.read() as s:
+        assert [f.name for f in dbt.held_files(s, "music/")] == ["Music/a.bin"]
+        assert [f.name for f in dbt.held_files(s, "docs/café.txt")] == [nfd]
