@@ -35,7 +35,9 @@ FROM_SETTING = "P2P_BROADCAST"
 class NodeSettings:
     """The settings status reports; None where no role recorded one."""
 
-    source: str  # "node": what the roles recorded; "shell": this shell's settings
+    # "node": what the roles recorded; "record": the node's p2p.toml, before any role
+    # recorded; "shell": this shell's settings (a node p2pctl never started)
+    source: str
     username: str | None
     bind: str | None
     tcp_port: int | None

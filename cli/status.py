@@ -7,6 +7,7 @@ SQLAlchemy import, and every count a single row or an index lookup.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import click
 
@@ -15,6 +16,7 @@ from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import quick
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES, START_ERROR, RoleStatus
+from p2pshare.services.node_config import record_path
 from p2pshare.services.protocol import short_fingerprint
 from p2pshare.services.units import ago, human_bytes, plural
 
@@ -33,6 +35,8 @@ def status(ctl: Ctl, as_json: bool) -> None:
     state, recorded, counts = facts.node, facts.recorded, facts.counts
     roles = every_program(facts.roles, recorded)
     node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)
+    if not recorded and record_path(shell.home).is_file():
+        node = replace(node, source="record")  # the fallback is the node's p2p.toml
     # The live port while the server runs; what it last recorded once it stopped.
     tcp_port = (state.tcp_port if state else None) or node.tcp_port
     differs = node_settings.shell_differs(ctl.shell_settings(), node)
@@ -163,6 +167,10 @@ def settings_lines(
     if node.source == "shell":
         lines.append(
             "settings  this shell's own: no role of this node has recorded what it runs with"
+        )
+    if node.source == "record":
+        lines.append(
+            "settings  the node's p2p.toml: no role of this node has recorded what it runs with"
         )
     if differs:
         lines.append(

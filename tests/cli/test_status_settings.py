@@ -123,6 +123,23 @@ def test_a_shell_that_agrees_gets_no_note(node_home: Path) -> None:
     assert lines_of(out, "note") == [] and lines_of(out, "settings") == []
 
 
+def test_before_any_role_recorded_status_shows_the_nodes_record(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    seed(home)  # roles beat, none recorded its settings
+    (home / "p2p.toml").write_text(
+        'P2P_USERNAME = "carol"\nP2P_UDP_PORT = "40404"\nP2P_BROADCAST = "127.255.255.255"\n'
+    )
+    out = ok(p2pctl(home, "status", P2P_USERNAME=None))
+    assert lines_of(out, "node")[0].split() == ["node", "carol", f"({home})"]
+    assert "udp 40404" in lines_of(out, "address")[0]
+    assert lines_of(out, "settings") == [
+        "settings  the node's p2p.toml: no role of this node has recorded what it runs with"
+    ]
+    info = as_json(p2pctl(home, "status", "--json", P2P_USERNAME="dave"))
+    assert (info["settings_from"], info["username"]) == ("record", "carol")
+    assert info["shell_differs"] == ["P2P_USERNAME"]
+
+
 def test_one_variable_that_differs_is_said_in_the_singular(node_home: Path) -> None:
     out = ok(
         p2pctl(
