@@ -60,3 +60,5 @@ def test_share_link_says_why_not_in_one_sentence(tmp_path):
         assert done.returncode == 1
         assert re.fullmatch(r"error: [^\n]+\n", done.stderr) and words in done.stderr
         assert "Traceback" not in done.stderr and done.stdout == ""
+        # What to do next works from any folder: no supervisord.conf path to get right.
+        assert "supervisor" not in done.stderr and "p2pctl " in done.stderr
