@@ -160,9 +160,11 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
     if pid is not None:
         click.echo(f"the node at {settings.home} is already running (supervisord pid {pid})")
         if plan.changes:
+            one = len(plan.changes) == 1
             click.echo(
                 f"note: this shell's {', '.join(c.variable for c in plan.changes)} "
-                "differ from the node's; p2pctl restart from this shell applies them",
+                f"{'differs' if one else 'differ'} from the node's; p2pctl restart from this "
+                f"shell applies {'it' if one else 'them'}",
                 err=True,
             )
         return
@@ -170,7 +172,9 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
         settings.make_dirs()
         plan.save()
     except OSError as exc:
-        raise UserError(f"cannot create the node's folders under {settings.home}: {exc}") from None
+        raise UserError(
+            f"cannot create the node's folders or {plan.record.name} under {settings.home}: {exc}"
+        ) from None
     if plan.inherited:
         click.echo(
             f"recorded the node's settings in {plan.record}: what it last ran with, "
