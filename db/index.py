@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
 
+from p2pshare.db import catalog_log
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.inlists import in_slices, marks
 from p2pshare.db.models import Chunk, Download, File, Holding, LocalFile
@@ -187,7 +188,12 @@ def record_local_files(
     conn = driver_connection(session)
     with _roomy_cache(conn, len(items)):
         ids = ensure_files(session, (h for _, h in items), now=now)
+        (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM local_files").fetchone()
         _insert_local_files(conn, root, items, ids, now=now)
+        # New rows take ids above every earlier one (SQLite's rowid without AUTOINCREMENT):
+        # their catalog entries go in with one statement (a name that changed content is
+        # an update, which the log's trigger follows).
+        catalog_log.offer_new_local_files(conn, after_id=before)
     _expire(session, (LocalFile,))
     return ids
 

@@ -73,6 +73,12 @@ def test_a_change_moves_only_what_changed_and_a_removal_reaches_the_peer(make_no
         what="b to see the rewritten and the new file",
     )
     wait_until(lambda: held(b, a) == offered(a), TIMEOUT, what="b to settle on a's catalog")
+    # The listener logs a fetch once its last page is committed: wait for the line.
+    wait_until(
+        lambda: sum(entries for _, _, entries, _ in fetches(b, mark)) >= 3,
+        TIMEOUT,
+        what="b's listener to log the fetches",
+    )
     moved = fetches(b, mark)
     assert moved and all(kind == "changes" for kind, *_ in moved), moved
     assert sum(entries for _, _, entries, _ in moved) == 3, moved
@@ -84,6 +90,7 @@ def test_a_change_moves_only_what_changed_and_a_removal_reaches_the_peer(make_no
         lambda: "docs/13.txt" not in held(b, a), TIMEOUT, what="b to forget the removed file"
     )
     assert held(b, a) == offered(a)
+    wait_until(lambda: fetches(b, mark), TIMEOUT, what="b's listener to log the fetch")
     moved = fetches(b, mark)
     assert [(kind, entries) for kind, _, entries, _ in moved] == [("changes", 1)], moved
     # b holds a's catalog up to the version a has reached, in a's log.
@@ -117,6 +124,7 @@ def test_a_catalog_of_several_pages_arrives_whole_and_a_reset_log_is_fetched_who
     wait_until(lambda: len(offered(a)) == count, 300, what=f"a to index {count} files")
     b.start()
     wait_until(lambda: held(b, a) == offered(a), 300, what="b to hold a's whole catalog")
+    wait_until(lambda: fetches(b), TIMEOUT, what="b's listener to log the fetch")
     [(kind, version, entries, pages)] = fetches(b)
     assert (kind, entries, pages) == ("whole", count, 3)
 
@@ -132,6 +140,7 @@ def test_a_catalog_of_several_pages_arrives_whole_and_a_reset_log_is_fetched_who
     a.start()
     wait_until(lambda: len(offered(a)) == 11, TIMEOUT, what="a to index what is left")
     wait_until(lambda: held(b, a) == offered(a), TIMEOUT, what="b to hold a's new catalog")
+    wait_until(lambda: fetches(b, mark), TIMEOUT, what="b's listener to log the fetch")
     assert fetches(b, mark)[0][0] == "whole"
 
 
@@ -168,5 +177,6 @@ def test_a_restarted_peer_costs_the_changes_made_meanwhile_not_its_catalog(make_
     # One row for a, holding what it held before plus the one change.
     assert b.sql("SELECT node_id FROM peers WHERE username = ?", (a.username,)) == [(a.node_id(),)]
     assert held(b, a) == offered(a)
+    wait_until(lambda: fetches(b, mark), TIMEOUT, what="b's listener to log the fetch")
     moved = fetches(b, mark)
     assert [(kind, entries) for kind, _, entries, _ in moved] == [("changes", 1)], moved
