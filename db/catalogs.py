@@ -123,13 +123,23 @@ def _known_or_added(
     new = {o.key: o for o in offered if o.key not in known}
     if not new:
         return known
+    (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM files").fetchone()
     conn.executemany(
         "INSERT OR IGNORE INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [(o.sha256, o.size, o.chunk_size, o.root, -(-o.size // o.chunk_size), now)
          for o in new.values()],
     )  # fmt: skip
-    known.update(_content_ids(conn, set(new)))
+    # The rows just added take ids above every earlier one: read back as one range, not
+    # a lookup by SHA-256 each (a page's new contents land all over that index).
+    for sha, cs, root, fid, size in conn.execute(
+        "SELECT sha256, chunk_size, root, id, size FROM files WHERE id > ?", (before,)
+    ):
+        if (sha, cs, root) in new:
+            known[(sha, cs, root)] = (fid, size)
+    missed = {key for key in new if key not in known}  # none, unless a row was there after all
+    if missed:
+        known.update(_content_ids(conn, missed))
     return known
 
 
