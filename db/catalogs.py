@@ -1,6 +1,6 @@
-"""Queries behind peers' catalogs: what this database knows of each content, and a peer's
-holdings replaced by its catalog (contents and chunk hashes first, for large catalogs in
-several short transactions)."""
+"""Queries behind peers' catalogs: a page of a peer's catalog applied to its holdings (the
+listener's way), a whole catalog with its manifests at once (how the benchmark and tests
+seed a database), and the sweep of contents nothing refers to any more."""
 
 from __future__ import annotations
 
@@ -203,8 +203,11 @@ def apply_catalog(
     now: float,
     node_id: str | None = None,
 ) -> int | None:
-    """Replace a peer's holdings with its catalog. Returns entries kept, None if the peer is gone
-    (or, given `node_id`, if `peer_id` now belongs to another node).
+    """Replace a peer's holdings with its whole catalog and the manifests given, at once.
+    Returns entries kept, None if the peer is gone (or, given `node_id`, if `peer_id` now
+    belongs to another node). The listener applies catalogs page by page (`apply_page`)
+    and leaves manifests to downloads; this is how the benchmark and the tests seed a
+    database with peers' catalogs whose manifests are here already.
 
     Entries whose content is new here but came without a manifest (the caller passes
     only manifests that proved their root), or whose size contradicts what we already
@@ -233,24 +236,6 @@ def apply_catalog(
     if cached is not None:
         set_committed_value(cached, "catalog_synced", version)
     return len(wanted)
-
-
-def record_contents(
-    session: Session,
-    offered: Sequence[Offered],
-    manifests: dict[ContentKey, list[str]],
-    *,
-    now: float,
-) -> int:
-    """Record the contents (`files` and chunk hashes) of catalog entries new here; returns how many.
-
-    So a large catalog can be applied in several short transactions: its contents in
-    slices first, then `apply_catalog` (which records any that went meanwhile) in one.
-    """
-    known = known_contents(session, (o.key for o in offered))
-    missing = _missing(known, offered, manifests)
-    _add_contents(session, known, missing, now=now)
-    return len(missing)
 
 
 def _add_contents(
