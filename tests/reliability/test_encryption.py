@@ -80,7 +80,7 @@ def test_a_keyed_download_shows_no_plaintext_on_the_wire(
     assert len(wire) > len(data), relay  # the whole file crossed the relay
     [(tls,)] = leech.sql("SELECT tls FROM peers")
     # Only the welcome is in clear under TLS; the key proof and the requests are not.
-    requests = (b'"op":"auth"', b'"op":"catalog"', b'"op":"get"')
+    requests = (b'"op":"auth"', b'"op":"changes"', b'"op":"get"')
     if encrypt == "auto":  # a network key: TLS on every connection
         assert tls == 1
         assert marker not in wire, "the file's bytes crossed the wire in clear"
