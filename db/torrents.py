@@ -337,6 +337,22 @@ def lan_offer(session: Session, sha256: str, size: int) -> LanOffer | None:
     return None
 
 
+def lan_unhashed(session: Session, wanted: Iterable[tuple[str, int]]) -> set[int]:
+    """The offers of these contents (SHA-256, size) that live peers make but whose manifest
+    is not here yet (manifests come when a download needs one): fetch these first."""
+    lacking: set[int] = set()
+    shas = {sha for sha, _ in wanted}
+    sizes = dict(wanted)
+    for sha, offers in offer_peers(session, shas).items():
+        for fid, peers in offers.items():
+            f = session.get(File, fid)
+            if peers == 0 or f is None or f.size != sizes[sha] or f.chunk_count == 0:
+                continue
+            if session.scalar(select(Chunk.file_id).where(Chunk.file_id == fid).limit(1)) is None:
+                lacking.add(fid)
+    return lacking
+
+
 def lan_offers(session: Session, wanted: Iterable[tuple[str, int]]) -> dict[str, LanOffer]:
     """lan_offer for each (SHA-256, size), by SHA-256; contents no peer offers left out."""
     out = {}

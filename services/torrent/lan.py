@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pshare.db import jobs as dbjobs
+from p2pshare.db import quick
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.job import DownloadJob
+from p2pshare.services.downloader.manifests import fetch_manifests
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings
@@ -286,8 +288,17 @@ class LanFirst:
         hinted = self.hints_of(job)
         if not hinted.files:
             return False
+        wanted = [(h.sha256, h.size) for h in hinted.files]
         with self.database.read() as s:
-            offers = dbt.lan_offers(s, [(h.sha256, h.size) for h in hinted.files])
+            lacking = dbt.lan_unhashed(s, wanted)
+        if lacking:  # manifests come when a download needs one: this one does
+            conn = quick.connect(self.database.path)
+            try:
+                fetch_manifests(conn, self.database, self.settings, self.tls, lacking, self.stop)
+            finally:
+                conn.close()
+        with self.database.read() as s:
+            offers = dbt.lan_offers(s, wanted)
         planned = [(h, offers[h.sha256]) for h in hinted.files if h.sha256 in offers]
         if not planned:
             log.info("download %d: no p2pshare peer holds any of its %d files; BitTorrent "
