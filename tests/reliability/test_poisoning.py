@@ -64,15 +64,11 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
     )
     announce(leech.udp_port, node_id=thief.node_id, username="thief", tcp_port=thief.port)
 
+    # Manifests come when a download needs one: both offers are recorded, neither proven.
     wait_until(
-        lambda: leech.scalar("SELECT count(*) FROM holdings WHERE name = 'popular.bin'") == 1,
+        lambda: leech.scalar("SELECT count(*) FROM holdings WHERE name = 'popular.bin'") == 2,
         20,
-        what="the leech to record the liar's offer",
-    )
-    wait_until(
-        lambda: "refused the manifest of" in leech.log("listener"),
-        20,
-        what="the leech to refuse the thief's manifest",
+        what="the leech to record the liar's and the thief's offers",
     )
     download_id = queue(leech, "popular.bin")
     # Only the liar offers the file yet: its chunks fail and it is marked bad.
@@ -82,6 +78,13 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
         what="the liar to be marked bad",
     )
     assert leech.sql("SELECT address, tcp_port FROM bad_peers") == [("127.0.0.1", liar.port)]
+    # The download looks for another offer: the thief's manifest of the honest root is
+    # asked for, and refused alone.
+    wait_until(
+        lambda: "refused the manifest of" in leech.log("downloader"),
+        30,
+        what="the leech to refuse the thief's manifest",
+    )
     assert download(leech, download_id)["status"] in ("active", "waiting", "queued")
 
     # Now the honest seeders come: the download moves to their offer and completes.
