@@ -76,6 +76,19 @@ def one_chunk_entries(content: Unhashed) -> list[str] | None:
     return [sha]
 
 
+def mark_liars(
+    conn: sqlite3.Connection, liars: Sequence[tuple[int, str, int]], *, now: float
+) -> None:
+    """Mark each (file id, address, port) bad for that file: it sent a manifest that does
+    not hash to the root it offered (inside a write transaction)."""
+    conn.executemany(
+        "INSERT INTO bad_peers (address, tcp_port, file_id, bad_chunks, marked_at)"
+        " VALUES (?, ?, ?, 1, ?) ON CONFLICT (address, tcp_port, file_id) DO UPDATE SET"
+        " bad_chunks = bad_chunks + 1, marked_at = excluded.marked_at",
+        [(address, port, fid, now) for fid, address, port in liars],
+    )
+
+
 def note_waiting(conn: sqlite3.Connection, file_ids: Sequence[int], reason: str) -> None:
     """Say why queued downloads of these contents have not started: their manifest did not
     come (inside a write transaction); `history` and `p2pctl download` show it."""

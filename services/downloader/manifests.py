@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
+from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import quick
 from p2pshare.db.engine import Database, driver_connection
 from p2pshare.services import protocol
@@ -68,9 +69,11 @@ class ManifestFetcher:
                     self.lock.wait(0.5)
                     continue
             why: dict[int, str] = {}
+            moved = False
             try:
                 got = self._round(due, why)
                 given_up = self._say_why(got, why)
+                moved = self._move_stuck(due - got - given_up)
             except Exception:  # a bug or the database: log it, try again later
                 log.exception("fetching manifests failed")
                 got, given_up = set(), set()
@@ -81,8 +84,35 @@ class ManifestFetcher:
                 later = time.monotonic() + RETRY_SECONDS
                 for fid in due - got - given_up:
                     self.not_before[fid] = later
-            if got:
+            if got or moved:
                 self.wake()
+
+    def _move_stuck(self, missed: set[int]) -> bool:
+        """Move queued downloads of contents whose manifest did not come to another offer
+        of the same file (or the version now offered under its name), as a running job
+        does when its offer fails it: their offer's peers lied about the manifest (marked
+        bad) or went. Returns whether any moved (its new offer needs the loop)."""
+        if not missed:
+            return False
+        database = self.ctx.database
+        with database.read() as s:
+            stuck = dbmanifests.queued_for(driver_connection(s), sorted(missed))
+        moved = False
+        for download_id in stuck:
+            with database.read() as s:
+                lacking = dbswitch.offers_to_hash(s, download_id)
+            if lacking:
+                self._round(lacking, {})
+            with database.write() as s:
+                change = dbswitch.switch_offer(s, download_id)
+                if change is not None and change.ended:  # NAME@SHA: that version or nothing
+                    dbjobs.finish_download(
+                        s, download_id, status="failed", reason=change.reason, now=time.time()
+                    )
+            if change is not None:
+                log.warning("download %d: %s", download_id, change.reason)
+                moved = True
+        return moved
 
     def _say_why(self, got: set[int], why: dict[int, str]) -> set[int]:
         """Record why the contents still lacking a manifest lack it on their queued
@@ -144,13 +174,15 @@ def fetch_manifests(
         for holder in holders[content.file_id][:PEERS_TRIED]:
             by_peer.setdefault(holder, []).append(content)
     failed: dict[int, list[str]] = {}
+    liars: list[tuple[int, str, int]] = []  # (file id, address, port) of manifests refused
     for holder, contents in by_peer.items():
         if stop.is_set():
             break
         todo = [c for c in contents if c not in found]
         if todo:
-            answered, error = _ask(settings, tls, holder, todo)
+            answered, error, refused = _ask(settings, tls, holder, todo)
             found.update(answered)
+            liars.extend((c.file_id, holder.address, holder.tcp_port) for c in refused)
             if error is not None:
                 name = f"{holder.username or 'a peer'} ({holder.address}:{holder.tcp_port})"
                 for c in todo:
@@ -161,9 +193,13 @@ def fetch_manifests(
                 more = f"; and {len(named) - 3} more" if len(named) > 3 else ""
                 why[fid] = f"cannot talk to {'; '.join(sorted(named)[:3])}{more}"
     missed = [c.file_id for c in missing if c not in found]
-    if found or missed:
+    if found or missed or liars:
         with database.write() as s:
             dbmanifests.record_manifests(driver_connection(s), found)
+            # A peer whose manifest does not prove the root it offered lies about that
+            # file: marked bad for it, as a peer sending a bad chunk is, so the download
+            # may move to another offer rather than wait on it.
+            dbmanifests.mark_liars(driver_connection(s), liars, now=time.time())
             if missed:
                 dbmanifests.note_waiting(driver_connection(s), missed, WAITING_REASON)
     return done | {c.file_id for c in found}
@@ -174,8 +210,9 @@ def _ask(
     tls: NodeTls,
     holder: dbmanifests.Holder,
     contents: list[dbmanifests.Unhashed],
-) -> tuple[dict[dbmanifests.Unhashed, list[str]], str | None]:
-    """The manifests `holder` gave, and why it could not be asked (None: it answered)."""
+) -> tuple[dict[dbmanifests.Unhashed, list[str]], str | None, list[dbmanifests.Unhashed]]:
+    """The manifests `holder` gave, why it could not be asked (None: it answered), and
+    the contents whose manifest it sent but that did not prove itself."""
     sizes = {FileKey(*c.key): c.size for c in contents}
     try:
         link = tls.link(holder.tls, holder.fingerprint)
@@ -186,7 +223,7 @@ def _ask(
             got = client.manifests(sizes)
     except (OSError, protocol.ProtocolError) as exc:
         log.warning("cannot fetch manifests from %s:%d: %s", holder.address, holder.tcp_port, exc)
-        return {}, talk_error(exc)
+        return {}, talk_error(exc), []
     for key, why in list(got.refused.items())[:5]:
         log.warning(
             "refused the manifest of %s from %s:%d: %s",
@@ -196,4 +233,4 @@ def _ask(
             why,
         )
     good = {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
-    return good, None
+    return good, None, [c for c in contents if FileKey(*c.key) in got.refused]
