@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
@@ -36,6 +37,7 @@ log = logging.getLogger("p2p.downloader")
 RETRY_SECONDS = 5.0
 DEADLINE_SECONDS = 30.0  # for one peer's answers
 PEERS_TRIED = 4  # per content, per round
+ASK_AT_ONCE = 8  # peers asked for manifests at once
 WAITING_REASON = "waiting for its manifest: no peer offering it has sent one that proves itself"
 
 
@@ -175,18 +177,29 @@ def fetch_manifests(
             by_peer.setdefault(holder, []).append(content)
     failed: dict[int, list[str]] = {}
     liars: list[tuple[int, str, int]] = []  # (file id, address, port) of manifests refused
-    for holder, contents in by_peer.items():
-        if stop.is_set():
-            break
-        todo = [c for c in contents if c not in found]
-        if todo:
-            answered, error, refused = _ask(settings, tls, holder, todo)
+    # Every peer is asked at once: a peer that hangs (stopped, or behind a dead link) must
+    # not hold up the answer another gives at once. The round ends when every content has
+    # a manifest or every peer answered; one still hanging ends on its own timeout.
+    pool = ThreadPoolExecutor(max_workers=ASK_AT_ONCE, thread_name_prefix="manifest")
+    asked = {
+        pool.submit(_ask, settings, tls, holder, contents): (holder, contents)
+        for holder, contents in by_peer.items()
+    }
+    wanted = {c for contents in by_peer.values() for c in contents}
+    try:
+        for future in as_completed(asked):
+            holder, contents = asked[future]
+            answered, error, refused = future.result()
             found.update(answered)
             liars.extend((c.file_id, holder.address, holder.tcp_port) for c in refused)
             if error is not None:
                 name = f"{holder.username or 'a peer'} ({holder.address}:{holder.tcp_port})"
-                for c in todo:
+                for c in contents:
                     failed.setdefault(c.file_id, []).append(f"{name}: {error}")
+            if stop.is_set() or wanted <= found.keys():
+                break
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     if why is not None:
         for fid, named in failed.items():
             if fid not in {c.file_id for c in found}:
