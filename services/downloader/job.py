@@ -21,11 +21,10 @@ import time
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
-from p2pshare.db import quick
 from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.downloader.finish import CannotPublish, Finisher, JobFailed
-from p2pshare.services.downloader.manifests import fetch_manifests
+from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.port import ChunkCheck
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
@@ -204,11 +203,7 @@ class DownloadJob:
         with self.database.read() as s:
             lacking = dbswitch.offers_to_hash(s, self.spec.download_id)
         if lacking:  # manifests come when a download needs them: this one does now
-            conn = quick.connect(self.database.path)
-            try:
-                fetch_manifests(conn, self.database, self.settings, self.tls, lacking, self.stop)
-            finally:
-                conn.close()
+            fetch_manifests_now(self.database, self.settings, self.tls, lacking, self.stop)
         with self.database.write() as s:
             change = dbswitch.switch_offer(s, self.spec.download_id)
         if change is None:

@@ -149,6 +149,22 @@ class ManifestFetcher:
         )
 
 
+def fetch_manifests_now(
+    database: Database,
+    settings: Settings,
+    tls: NodeTls,
+    file_ids: set[int],
+    stop: threading.Event,
+) -> set[int]:
+    """fetch_manifests on a read connection of its own, for a caller that has none (a job
+    moving to another offer, the torrent role's LAN copy)."""
+    conn = quick.connect(database.path)
+    try:
+        return fetch_manifests(conn, database, settings, tls, file_ids, stop)
+    finally:
+        conn.close()
+
+
 def fetch_manifests(
     conn: sqlite3.Connection,
     database: Database,

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import quick
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.job import DownloadJob
-from p2pshare.services.downloader.manifests import fetch_manifests
+from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings
@@ -292,11 +291,7 @@ class LanFirst:
         with self.database.read() as s:
             lacking = dbt.lan_unhashed(s, wanted)
         if lacking:  # manifests come when a download needs one: this one does
-            conn = quick.connect(self.database.path)
-            try:
-                fetch_manifests(conn, self.database, self.settings, self.tls, lacking, self.stop)
-            finally:
-                conn.close()
+            fetch_manifests_now(self.database, self.settings, self.tls, lacking, self.stop)
         with self.database.read() as s:
             offers = dbt.lan_offers(s, wanted)
         planned = [(h, offers[h.sha256]) for h in hinted.files if h.sha256 in offers]
