@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from p2pshare.db.quick import BUSY_TIMEOUT_MS
 
@@ -30,6 +31,23 @@ IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+def inotify_instance() -> tuple[int, Any] | None:
+    """A new inotify instance (non-blocking, close-on-exec) and libc's inotify_add_watch,
+    whose errno ctypes.get_errno() reads; None where there is no inotify (not Linux).
+    Raises OSError when none can be made (the per-user limit of instances)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        init, add = libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError):
+        return None
+    add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    fd = init(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd, add
 
 
 class ChangeWatch:
@@ -170,14 +188,12 @@ class WriteNotify:
     def open(cls, db_path: Path) -> WriteNotify | None:
         """None where inotify is missing or its per-user limit is reached: poll instead."""
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            init, add = libc.inotify_init1, libc.inotify_add_watch
-        except (OSError, AttributeError):
+            instance = inotify_instance()
+        except OSError:
             return None
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        fd = init(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
+        if instance is None:
             return None
+        fd, add = instance
         folder = os.fsencode(db_path.parent)
         if add(fd, folder, IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0:
             os.close(fd)

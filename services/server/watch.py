@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pshare.db.watch import inotify_instance
+
 log = logging.getLogger("p2p.index")
 
 # <sys/inotify.h>
@@ -33,8 +35,6 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_DONT_FOLLOW = 0x02000000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 # What can change a file's content, stamp or presence. IN_MODIFY as well as
@@ -109,19 +109,13 @@ class FolderWatch:
         """None where inotify is missing (not Linux) or no instance is left: then the
         indexer rescans the whole share, paced, as without a watch."""
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            init, add = libc.inotify_init1, libc.inotify_add_watch
-        except (OSError, AttributeError):
-            return None
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        fd = init(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
+            instance = inotify_instance()
+        except OSError as exc:
             log.warning(
-                "cannot watch the shared folders (%s): rescanning them instead",
-                os.strerror(ctypes.get_errno()),
+                "cannot watch the shared folders (%s): rescanning them instead", exc.strerror
             )
             return None
-        return cls(fd, add)
+        return None if instance is None else cls(*instance)
 
     @property
     def folders(self) -> int:
