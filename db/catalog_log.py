@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from p2pshare.db.queueing import KEEPING_TEMP
@@ -259,14 +258,3 @@ def compact(conn: sqlite3.Connection) -> int:
     conn.execute("DELETE FROM catalog_log WHERE removed = 1 AND seq <= ?", (floor,))
     conn.execute("UPDATE node SET catalog_floor = max(catalog_floor, ?) WHERE id = 1", (floor,))
     return excess
-
-
-def iter_all(conn: sqlite3.Connection, page: int = 5000) -> Iterator[LogRow]:
-    """Every entry offered now, page by page (for the full catalog older peers ask for)."""
-    after = -1
-    while True:
-        rows = rows_after(conn, after, page, removed=False)
-        yield from rows
-        if len(rows) < page:
-            return
-        after = rows[-1].seq
