@@ -247,9 +247,9 @@ def query_plans(db_path: Path) -> dict[str, str]:
     conn = listing.prepare(sqlite3.connect(db_path))
     page = listing.page_params(None, 100, 0)
     queries: dict[str, tuple[str, dict[str, Any]]] = {
-        "files (a page)": (listing.FILES_SQL, page),
-        "files PATTERN": (listing.FILES_SQL, listing.page_params("peer0500/*", 100, 0)),
-        "files count": (listing.COUNT_FILES_SQL, listing.page_params(None, None, 0)),
+        "files (a page)": listing.files_query(None, 100, 0),
+        "files PATTERN": listing.files_query("peer0500/*", 100, 0),
+        "files count": listing.files_query(None, kind="count"),
         "peers (a page)": (listing.PEERS_SQL, page),
         **{f"status: {name}": (q, {}) for name, q in COUNT_QUERIES.items()},
     }

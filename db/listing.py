@@ -10,12 +10,14 @@ are checked by bench/cli_timing.py (every table is read through an index).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from p2pshare.db.inlists import in_slices, marks
-from p2pshare.db.names import like_prefilter, matches
+from p2pshare.db.names import like_prefilter, matches, name_ranges
 
 __all__ = [
     "FileRow",
@@ -72,37 +74,80 @@ def _sql_matches(name: str, pattern: str) -> int:
 
 # One row per (name, SHA-256): offers of one content under several manifest roots (a
 # liar's among them) are one row, and a name shared here and offered by peers too is
-# one row. Holdings are grouped on ix_holdings_name (name, file_id, in order, no sort);
-# count(*) is the peers of a (name, file) since a peer offers it under a name once
-# (UNIQUE peer_id, file_id, name). Size and chunks come from the lowest file id of the
-# group (SQLite gives bare columns the row of the one min()).
+# one row. Holdings are read as ranges of ix_holdings_name (names.name_ranges: where a
+# pattern's names can be, every name without one), grouped on (name, file_id) in index
+# order; count(*) is the peers of a (name, file) since a peer offers it under a name
+# once (UNIQUE peer_id, file_id, name). Size and chunks come from the lowest file id of
+# the group (SQLite gives bare columns the row of the one min()).
 _KEYS = """
-WITH k(name, file_id, peers, whole, here) AS (
-  SELECT name, file_id, count(*), sum(bitfield IS NULL), 0 FROM holdings
-  WHERE :pattern IS NULL OR ({prefilter} AND p2p_matches(name, :pattern)) GROUP BY name, file_id
+WITH r(low, high) AS (VALUES {ranges}),
+k(name, file_id, peers, whole, here) AS (
+  SELECT h.name, h.file_id, count(*), sum(h.bitfield IS NULL), 0
+  FROM {holdings}
+  WHERE h.name >= {low} AND h.name < {high} AND {held}
+  GROUP BY h.name, h.file_id
   UNION ALL
-  SELECT name, file_id, 0, 0, 1 FROM local_files
-  WHERE :pattern IS NULL OR ({prefilter} AND p2p_matches(name, :pattern))
-)""".format(
-    # names.like_prefilter: a test in C that every name the pattern matches passes (a
-    # name with a character outside printable ASCII always does), so p2p_matches runs
-    # in Python only on the few that may match.
-    prefilter="(:like IS NULL OR name LIKE :like ESCAPE '\\' OR name GLOB '*[^ -~]*')"
-)
+  SELECT name, file_id, 0, 0, 1 FROM local_files WHERE {here}
+)"""
 _FILES = """
 SELECT k.name, f.size, f.chunk_count, f.sha256, sum(k.here) > 0, sum(k.peers), sum(k.whole),
        min(f.id){total}
 FROM k JOIN files f ON f.id = k.file_id
 GROUP BY k.name, f.sha256 ORDER BY k.name, f.sha256 LIMIT :limit OFFSET :offset"""
-FILES_SQL = _KEYS + _FILES.format(total="")
-# The same, each row carrying the number of rows without the limit: a page and its total
-# from one pass over the offers (the window is computed after grouping, before LIMIT).
-FILES_PAGE_SQL = _KEYS + _FILES.format(total=", count(*) OVER ()")
-COUNT_FILES_SQL = (
-    _KEYS
-    + """
+_COUNT = """
 SELECT count(*) FROM (SELECT 1 FROM k JOIN files f ON f.id = k.file_id GROUP BY k.name, f.sha256)"""
-)
+
+
+def _matching(column: str) -> str:
+    # names.like_prefilter: a test in C that every name the pattern matches passes (a
+    # name with a character outside printable ASCII always does), so p2p_matches runs
+    # in Python only on the few that may match.
+    prefilter = f"(:like IS NULL OR {column} LIKE :like ESCAPE '\\' OR {column} GLOB '*[^ -~]*')"
+    return f"(:pattern IS NULL OR ({prefilter} AND p2p_matches({column}, :pattern)))"
+
+
+@functools.lru_cache(maxsize=64)
+def _files_sql(ranges: int, tail: str) -> str:
+    values = ", ".join(f"(:low{i}, :high{i})" for i in range(ranges))
+    # One range (every name, or one prefix of one case) is read in index order and
+    # grouped without a sort; several are read one after another, and their (few) rows
+    # sorted for the grouping.
+    one = ranges == 1
+    return (
+        _KEYS.format(
+            ranges=values,
+            holdings="holdings h" if one else "r CROSS JOIN holdings h",
+            low=":low0" if one else "r.low",
+            high=":high0" if one else "r.high",
+            held=_matching("h.name"),
+            here=_matching("name"),
+        )
+        + tail
+    )
+
+
+class Query(NamedTuple):
+    sql: str
+    params: dict[str, object]
+
+
+def files_query(
+    pattern: str | None, limit: int | None = None, offset: int = 0, *, kind: str = "rows"
+) -> Query:
+    """The files listing as one statement: "rows" (a page), "page" (each row also
+    carrying how many rows there are without the limit: the window is computed after
+    grouping, before LIMIT) or "count"."""
+    ranges = name_ranges(pattern)
+    params = page_params(pattern, limit, offset)
+    for i, (low, high) in enumerate(ranges):
+        params[f"low{i}"], params[f"high{i}"] = low, high
+    tail = {
+        "rows": _FILES.format(total=""),
+        "page": _FILES.format(total=", count(*) OVER ()"),
+        "count": _COUNT,
+    }[kind]
+    return Query(_files_sql(len(ranges), tail), params)
+
 
 # Most recently heard first (ix_peers_last_seen, whose entries end in the rowid: no
 # sort); the files and bad marks of only the rows on the page, each an index range.
@@ -144,7 +189,7 @@ def iter_files(
 ) -> Iterator[FileRow]:
     """Files shared here and known on the network, one row per (name, SHA-256), by name
     then SHA-256; PATTERN as `matches` reads it; rows fetched as they are consumed."""
-    cursor = prepare(conn).execute(FILES_SQL, page_params(pattern, limit, offset))
+    cursor = prepare(conn).execute(*files_query(pattern, limit, offset))
     for name, size, chunks, sha, here, peers, whole, _ in cursor:
         yield FileRow(name, size, chunks, sha, bool(here), int(peers), int(whole or 0))
 
@@ -153,7 +198,7 @@ def files_page(
     conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
 ) -> tuple[list[FileRow], int]:
     """One page of `iter_files` and how many rows there are in all, in one pass."""
-    rows = prepare(conn).execute(FILES_PAGE_SQL, page_params(pattern, limit, offset)).fetchall()
+    rows = prepare(conn).execute(*files_query(pattern, limit, offset, kind="page")).fetchall()
     if not rows:  # past the end (or nothing at all): the total still says how many
         return [], count_files(conn, pattern) if offset else 0
     page = [
@@ -165,7 +210,7 @@ def files_page(
 
 def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
     """How many rows `iter_files` gives without a limit."""
-    row = prepare(conn).execute(COUNT_FILES_SQL, page_params(pattern, None, 0)).fetchone()
+    row = prepare(conn).execute(*files_query(pattern, kind="count")).fetchone()
     return int(row[0])
 
 

@@ -17,9 +17,11 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pshare.cli import render
-from p2pshare.db import listing
+from p2pshare.db import listing, names
 from p2pshare.db.engine import Database
 from p2pshare.db.listing import FileRow
 from p2pshare.services.web import dashboard
@@ -59,6 +61,14 @@ PATTERNS = [
     "Å",
     "/",
     "zzz",
+    # anchored globs: read as ranges of the name index (names.name_ranges)
+    "k*",
+    "KEL*",
+    "album/*",
+    "Album/0?.*",
+    "x/y/*",
+    "report.*",
+    "é*",
 ]
 
 
@@ -174,6 +184,34 @@ def test_files_are_the_rows_the_python_gave(db_path: Path, seed: int) -> None:
     conn.close()
 
 
+# Letters whose case folding or NFC composition crosses between ASCII and the rest.
+FOLDING = "aAkKsSeEiIfF/1.\u212a\u017f\u0301\u0307\u00e9\u0130\u00df\ufb00\ufb01"
+
+
+@given(
+    name=st.text(FOLDING, max_size=8),
+    start=st.text(FOLDING, max_size=6),
+    rest=st.sampled_from(["*", "?*", "[ks]*", "*e", "?"]),
+)
+@settings(max_examples=3000, deadline=None)
+def test_every_matching_name_lies_in_a_range(name: str, start: str, rest: str) -> None:
+    pattern = start + rest
+    ranges = names.name_ranges(pattern)
+    inside = any(
+        low <= name and (high == names.END_OF_NAMES or name < high) for low, high in ranges
+    )
+    assert inside or not names.matches(name, pattern), (name, pattern, ranges)
+
+
+def test_an_anchored_glob_reads_a_few_ranges() -> None:
+    assert names.name_ranges("photos") == [("", names.END_OF_NAMES)]  # a substring
+    assert names.name_ranges("*.jpg") == [("", names.END_OF_NAMES)]
+    ranges = names.name_ranges("d125/*")
+    assert ("d125/", "d1250") in ranges and ("D125/", "D1250") in ranges
+    assert len(ranges) == 11  # two cases of d, and a non-ASCII character after each start
+    assert len(names.name_ranges("abcdefghij/*")) <= 1 + 2 * 2**5  # cut at five letters
+
+
 def test_pages_add_up_to_the_whole(db_path: Path) -> None:
     seed_network(db_path, random.Random(4))
     conn = sqlite3.connect(db_path)
@@ -213,12 +251,16 @@ def test_query_plans_use_the_indexes(db_path: Path) -> None:
         return " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
     page = listing.page_params(None, 100, 0)
-    files = plan(listing.FILES_SQL, page)
+    files = plan(*listing.files_query(None, 100, 0))
     # Every offer is read once, in name order from the index (grouped without a sort);
     # only the (name, SHA-256) groups are sorted, and each file is one rowid lookup.
-    assert "SCAN holdings USING INDEX ix_holdings_name" in files, files
+    assert "SEARCH h USING INDEX ix_holdings_name (name>? AND name<?)" in files, files
     assert "SEARCH f USING INTEGER PRIMARY KEY" in files, files
     assert files.count("TEMP B-TREE") == 1, files
+    # An anchored glob seeks its ranges of the name index instead of reading every offer.
+    anchored = plan(*listing.files_query("peer0500/*", 100, 0))
+    assert "SEARCH h USING INDEX ix_holdings_name (name>? AND name<?)" in anchored, anchored
+    assert "SCAN h" not in anchored and "SCAN holdings" not in anchored, anchored
     peers = plan(listing.PEERS_SQL, page)
     assert "ix_peers_last_seen" in peers, peers
     assert "TEMP B-TREE" not in peers, peers  # no sort of every peer for one page
