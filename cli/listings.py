@@ -21,6 +21,11 @@ from p2pshare.services.units import ago, human_bytes, plural
 
 _T = Callable[[Callable[..., None]], Callable[..., None]]
 
+# A table is formatted whole (its columns sized to its widest cell), so one of a million
+# offers would hold them all in memory: without --limit a table shows this many rows and
+# says how to see the rest; --json and --jsonl stream every row.
+TABLE_ROWS = 1000
+
 
 def listing_options(noun: str) -> _T:
     """--limit, --offset, --json and --jsonl, as `files` and `peers` both take them."""
@@ -58,13 +63,15 @@ def _emit_rows(kind: str, rows: Iterator[object]) -> bool:
     return kind != "table"
 
 
-def page_note(noun: str, shown: int, offset: int, total: int) -> str | None:
-    """Which rows of how many a paged table shows, and how to see the next ones."""
+def page_note(noun: str, shown: int, offset: int, total: int, *, cut: bool = False) -> str | None:
+    """Which rows of how many a paged table shows, and how to see the next ones (`cut`:
+    the page is TABLE_ROWS long because no --limit was given)."""
     if shown == 0:
         return None
     last = offset + shown
     more = f"; --offset {last} for the next ones" if last < total else ""
-    return f"{noun} {offset + 1}-{last} of {total}{more}"
+    every = ", --jsonl for all of them" if cut and last < total else ""
+    return f"{noun} {offset + 1}-{last} of {total}{more}{every}"
 
 
 def _table(
@@ -73,7 +80,7 @@ def _table(
     empty: str,
     *,
     noun: str,
-    paged: bool,
+    limit: int | None,
     offset: int,
     total: Callable[[], int],
 ) -> None:
@@ -81,8 +88,9 @@ def _table(
         click.echo(f"No {noun} from offset {offset}: there are {total()}.")
         return
     emit_table(headers, rows, empty)
-    if paged:
-        note = page_note(noun, len(rows), offset, total())
+    cut = limit is None and len(rows) == TABLE_ROWS
+    if limit is not None or offset > 0 or cut:
+        note = page_note(noun, len(rows), offset, total(), cut=cut)
         if note:
             click.echo(note)
 
@@ -103,11 +111,9 @@ def files(
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
     conn = ctl.quick
-    total: Callable[[], int] = lambda: listing.count_files(conn, pattern)  # noqa: E731
-    if kind == "table" and limit is not None:  # a page and its total from one pass
-        page, n = listing.files_page(conn, pattern, limit=limit, offset=offset)
+    if kind == "table":  # a page and its total from one pass
+        page, n = listing.files_page(conn, pattern, limit=limit or TABLE_ROWS, offset=offset)
         rows: Iterator[listing.FileRow] = iter(page)
-        total = lambda: n  # noqa: E731
     else:
         rows = listing.iter_files(conn, pattern, limit=limit, offset=offset)
     if _emit_rows(kind, rows):
@@ -129,9 +135,9 @@ def files(
         if pattern
         else "No files yet: put some in the share folder, or wait for peers to announce theirs.",
         noun="files",
-        paged=limit is not None or offset > 0,
+        limit=limit,
         offset=offset,
-        total=total,
+        total=lambda: n,
     )
 
 
@@ -143,7 +149,8 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
     conn = ctl.quick
-    rows = listing.iter_peers(conn, limit=limit, offset=offset)
+    table = kind == "table" and limit is None
+    rows = listing.iter_peers(conn, limit=TABLE_ROWS if table else limit, offset=offset)
     if _emit_rows(kind, rows):
         return
     _table(
@@ -161,7 +168,7 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
         ],
         "No peers heard yet; other nodes appear here once their announcements arrive.",
         noun="peers",
-        paged=limit is not None or offset > 0,
+        limit=limit,
         offset=offset,
         total=lambda: listing.count_peers(conn),
     )

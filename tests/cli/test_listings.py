@@ -4,6 +4,7 @@ history and status stay honest once old downloads are rolled up past the horizon
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from test_lazy_cli import imported
 from test_reports import MOVIE, as_json, ok, one_error_line, p2pctl, seed
 
+from p2pshare.cli.listings import TABLE_ROWS
 from p2pshare.db.engine import Database
 from p2pshare.services.server.housekeeping import Housekeeping
 
@@ -46,6 +48,36 @@ def test_files_page_by_page(node: Path) -> None:
     assert [r["name"] for r in page] == names[1:2]
     # Unpaged, the table is as it was: no note under it.
     assert ok(p2pctl(node, "files")).rstrip().splitlines()[-1].startswith(names[-1])
+
+
+def test_a_long_table_shows_its_first_rows_and_says_how_to_see_the_rest(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    seed(home)
+    conn = sqlite3.connect(home / "p2p.db")
+    (peer,) = conn.execute("SELECT min(id) FROM peers").fetchone()
+    for i in range(TABLE_ROWS):
+        (fid,) = conn.execute(
+            "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+            " VALUES (?, 1, 16384, ?, 1, 0) RETURNING id",
+            (f"{i:064x}", f"{i:064x}"),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
+            " VALUES (?, ?, ?, 1, NULL)",
+            (peer, fid, f"many/{i:04d}.bin"),
+        )
+    conn.commit()
+    conn.close()
+    total = len(as_json(p2pctl(home, "files", "--json")))
+    assert total == TABLE_ROWS + 3
+    table = ok(p2pctl(home, "files")).rstrip().splitlines()
+    assert table[-1] == (
+        f"files 1-{TABLE_ROWS} of {total}; --offset {TABLE_ROWS} for the next ones,"
+        " --jsonl for all of them"
+    )
+    assert len([line for line in table if ".bin" in line or "MOVIE" in line]) <= TABLE_ROWS
+    assert "many/0999.bin" not in "\n".join(table)  # the last rows are past the page
+    assert len(ok(p2pctl(home, "files", "--jsonl")).splitlines()) == total
 
 
 def test_files_and_peers_stream_json_lines(node: Path) -> None:
