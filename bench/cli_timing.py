@@ -247,9 +247,10 @@ def query_plans(db_path: Path) -> dict[str, str]:
     conn = listing.prepare(sqlite3.connect(db_path))
     page = listing.page_params(None, 100, 0)
     queries: dict[str, tuple[str, dict[str, Any]]] = {
-        "files (a page)": listing.files_query(None, 100, 0),
-        "files PATTERN": listing.files_query("peer0500/*", 100, 0),
-        "files count": listing.files_query(None, kind="count"),
+        "files (offers)": listing.files_queries(None)["held"],
+        "files (shared here)": listing.files_queries(None)["here"],
+        "files PATTERN": listing.files_queries("peer0500/*")["held"],
+        "files count": listing.files_queries(None)["count"],
         "peers (a page)": (listing.PEERS_SQL, page),
         **{f"status: {name}": (q, {}) for name, q in COUNT_QUERIES.items()},
     }

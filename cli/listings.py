@@ -1,7 +1,7 @@
 """p2pctl files and p2pctl peers: the listings that grow with the network.
 
-They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`), let
-SQLite filter, group, sort and page, and print rows as they come: `--limit`/`--offset`
+They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`),
+whose rows come in name order as SQLite reads its index, and print them as they come: `--limit`/`--offset`
 show one page (the table then says which rows of how many), `--jsonl` streams one JSON
 object a line, and `--json` prints the same list as before, formatted by the C encoder.
 """
@@ -111,7 +111,7 @@ def files(
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
     conn = ctl.quick
-    if kind == "table":  # a page and its total from one pass
+    if kind == "table":
         page, n = listing.files_page(conn, pattern, limit=limit or TABLE_ROWS, offset=offset)
         rows: Iterator[listing.FileRow] = iter(page)
     else:

@@ -11,8 +11,10 @@ are checked by bench/cli_timing.py (every table is read through an index).
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -74,28 +76,32 @@ def _sql_matches(name: str, pattern: str) -> int:
 
 # One row per (name, SHA-256): offers of one content under several manifest roots (a
 # liar's among them) are one row, and a name shared here and offered by peers too is
-# one row. Holdings are read as ranges of ix_holdings_name (names.name_ranges: where a
-# pattern's names can be, every name without one), grouped on (name, file_id) in index
-# order; count(*) is the peers of a (name, file) since a peer offers it under a name
-# once (UNIQUE peer_id, file_id, name). Size and chunks come from the lowest file id of
-# the group (SQLite gives bare columns the row of the one min()).
-_KEYS = """
-WITH r(low, high) AS (VALUES {ranges}),
-k(name, file_id, peers, whole, here) AS (
-  SELECT h.name, h.file_id, count(*), sum(h.bitfield IS NULL), 0
-  FROM {holdings}
-  WHERE h.name >= {low} AND h.name < {high} AND {held}
-  GROUP BY h.name, h.file_id
-  UNION ALL
-  SELECT name, file_id, 0, 0, 1 FROM local_files WHERE {here}
-)"""
-_FILES = """
-SELECT k.name, f.size, f.chunk_count, f.sha256, sum(k.here) > 0, sum(k.peers), sum(k.whole),
-       min(f.id){total}
-FROM k JOIN files f ON f.id = k.file_id
-GROUP BY k.name, f.sha256 ORDER BY k.name, f.sha256 LIMIT :limit OFFSET :offset"""
+# one row. SQLite reads the offers in name order off ix_holdings_name, as ranges
+# (names.name_ranges: where a pattern's names can be; every name without one), grouped
+# per (name, file_id) as they come, so nothing is sorted and the first rows come at
+# once; count(*) is the peers of a (name, file) since a peer offers it under a name once
+# (UNIQUE peer_id, file_id, name). `_merged` joins what is shared here and folds the
+# roots of one content, a name at a time.
+_HELD = """
+WITH r(low, high) AS (VALUES {ranges})
+SELECT h.name, f.sha256, f.size, f.chunk_count, f.id, count(*), sum(h.bitfield IS NULL)
+FROM {holdings} JOIN files f ON f.id = h.file_id
+WHERE h.name >= {low} AND h.name < {high} AND {held}
+GROUP BY h.name, h.file_id ORDER BY h.name, h.file_id"""
+_HERE = """
+SELECT l.name, f.sha256, f.size, f.chunk_count, f.id, 0, 0
+FROM local_files l JOIN files f ON f.id = l.file_id WHERE {here} ORDER BY l.name"""
+# The (name, SHA-256) pairs offered, and those shared here that no peer offers.
 _COUNT = """
-SELECT count(*) FROM (SELECT 1 FROM k JOIN files f ON f.id = k.file_id GROUP BY k.name, f.sha256)"""
+WITH r(low, high) AS (VALUES {ranges})
+SELECT (SELECT count(*) FROM (
+          SELECT DISTINCT h.name, f.sha256 FROM {holdings} JOIN files f ON f.id = h.file_id
+          WHERE h.name >= {low} AND h.name < {high} AND {held}))
+     + (SELECT count(*) FROM (
+          SELECT DISTINCT l.name, f.sha256 FROM local_files l JOIN files f ON f.id = l.file_id
+          WHERE {here} AND NOT EXISTS (
+            SELECT 1 FROM holdings o JOIN files g ON g.id = o.file_id
+            WHERE o.name = l.name AND g.sha256 = f.sha256)))"""
 
 
 def _matching(column: str) -> str:
@@ -107,22 +113,17 @@ def _matching(column: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _files_sql(ranges: int, tail: str) -> str:
-    values = ", ".join(f"(:low{i}, :high{i})" for i in range(ranges))
-    # One range (every name, or one prefix of one case) is read in index order and
-    # grouped without a sort; several are read one after another, and their (few) rows
-    # sorted for the grouping.
+def _files_sql(template: str, ranges: int) -> str:
+    # One range (every name, or one prefix in one case) is read in index order, with no
+    # sort; several are read one after another, and their (few) rows sorted.
     one = ranges == 1
-    return (
-        _KEYS.format(
-            ranges=values,
-            holdings="holdings h" if one else "r CROSS JOIN holdings h",
-            low=":low0" if one else "r.low",
-            high=":high0" if one else "r.high",
-            held=_matching("h.name"),
-            here=_matching("name"),
-        )
-        + tail
+    return template.format(
+        ranges=", ".join(f"(:low{i}, :high{i})" for i in range(ranges)),
+        holdings="holdings h" if one else "r CROSS JOIN holdings h",
+        low=":low0" if one else "r.low",
+        high=":high0" if one else "r.high",
+        held=_matching("h.name"),
+        here=_matching("l.name"),
     )
 
 
@@ -131,22 +132,43 @@ class Query(NamedTuple):
     params: dict[str, object]
 
 
-def files_query(
-    pattern: str | None, limit: int | None = None, offset: int = 0, *, kind: str = "rows"
-) -> Query:
-    """The files listing as one statement: "rows" (a page), "page" (each row also
-    carrying how many rows there are without the limit: the window is computed after
-    grouping, before LIMIT) or "count"."""
+def files_queries(pattern: str | None) -> dict[str, Query]:
+    """The statements of the files listing: "held" (the offers), "here" (shared here)
+    and "count" (how many rows the listing has)."""
     ranges = name_ranges(pattern)
-    params = page_params(pattern, limit, offset)
+    params = page_params(pattern, None, 0)
     for i, (low, high) in enumerate(ranges):
         params[f"low{i}"], params[f"high{i}"] = low, high
-    tail = {
-        "rows": _FILES.format(total=""),
-        "page": _FILES.format(total=", count(*) OVER ()"),
-        "count": _COUNT,
-    }[kind]
-    return Query(_files_sql(len(ranges), tail), params)
+    return {
+        kind: Query(_files_sql(template, len(ranges)), params)
+        for kind, template in (("held", _HELD), ("here", _HERE), ("count", _COUNT))
+    }
+
+
+_Offer = tuple[str, str, int, int, int, int, int]  # name, sha256, size, chunks, id, peers, whole
+
+
+def _merged(held: Iterable[_Offer], here: Iterable[_Offer]) -> Iterator[FileRow]:
+    """Offers and local files, both by name, as rows by name then SHA-256; a content's
+    size and chunks are those of its lowest file id."""
+    tagged = heapq.merge(
+        ((o, False) for o in held), ((o, True) for o in here), key=lambda t: t[0][0]
+    )
+    for name, group in itertools.groupby(tagged, key=lambda t: t[0][0]):
+        rows: dict[str, list[int]] = {}  # sha256 -> [lowest id, size, chunks, here, peers, whole]
+        for (_, sha, size, chunks, fid, peers, whole), local in group:
+            row = rows.get(sha)
+            if row is None:
+                rows[sha] = [fid, size, chunks, int(local), peers, whole or 0]
+                continue
+            if fid < row[0]:
+                row[:3] = [fid, size, chunks]
+            row[3] |= local
+            row[4] += peers
+            row[5] += whole or 0
+        for sha in sorted(rows):
+            _, size, chunks, is_here, peers, whole = rows[sha]
+            yield FileRow(name, size, chunks, sha, bool(is_here), peers, whole)
 
 
 # Most recently heard first (ix_peers_last_seen, whose entries end in the rowid: no
@@ -188,29 +210,24 @@ def iter_files(
     offset: int = 0,
 ) -> Iterator[FileRow]:
     """Files shared here and known on the network, one row per (name, SHA-256), by name
-    then SHA-256; PATTERN as `matches` reads it; rows fetched as they are consumed."""
-    cursor = prepare(conn).execute(*files_query(pattern, limit, offset))
-    for name, size, chunks, sha, here, peers, whole, _ in cursor:
-        yield FileRow(name, size, chunks, sha, bool(here), int(peers), int(whole or 0))
+    then SHA-256; PATTERN as `matches` reads it; rows made as they are consumed."""
+    queries = files_queries(pattern)
+    conn = prepare(conn)
+    held, here = (conn.execute(*queries[kind]) for kind in ("held", "here"))
+    end = None if limit is None else offset + limit
+    yield from itertools.islice(_merged(held, here), offset, end)
 
 
 def files_page(
     conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
 ) -> tuple[list[FileRow], int]:
-    """One page of `iter_files` and how many rows there are in all, in one pass."""
-    rows = prepare(conn).execute(*files_query(pattern, limit, offset, kind="page")).fetchall()
-    if not rows:  # past the end (or nothing at all): the total still says how many
-        return [], count_files(conn, pattern) if offset else 0
-    page = [
-        FileRow(n, size, c, sha, bool(h), int(p), int(w or 0))
-        for n, size, c, sha, h, p, w, _, _ in rows
-    ]
-    return page, int(rows[0][-1])
+    """One page of `iter_files` and how many rows there are in all."""
+    return list(iter_files(conn, pattern, limit=limit, offset=offset)), count_files(conn, pattern)
 
 
 def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
     """How many rows `iter_files` gives without a limit."""
-    row = prepare(conn).execute(*files_query(pattern, kind="count")).fetchone()
+    row = prepare(conn).execute(*files_queries(pattern)["count"]).fetchone()
     return int(row[0])
 
 
