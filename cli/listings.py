@@ -165,6 +165,7 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
             "catalog",
             "last seen",
             "bad",
+            "over budget",
         ],
         "No peers heard yet; other nodes appear here once their announcements arrive.",
         noun="peers",
@@ -200,6 +201,7 @@ def peer_table(rows: Iterable[listing.PeerRow]) -> list[list[object]]:
             catalog_state(p.catalog_behind),
             ago(p.last_seen, now=now),
             f"yes ({plural(p.bad_files, 'file')})" if p.bad_files else "no",
+            p.over_budget or "no",
         ]
         for p in rows
     ]

@@ -12,10 +12,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from p2pshare.db.budgets import within_catalog_budget
 from p2pshare.db.engine import driver_connection
 from p2pshare.db.index import ContentKey, HashedFile, orphan_file
 from p2pshare.db.inlists import in_slices, marks
 from p2pshare.db.models import File, Peer
+from p2pshare.services.settings import DEFAULT_PEER_CATALOG_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,13 @@ class NotContinuous(Exception):
 
 
 def apply_page(
-    session: Session, peer_id: int, node_id: str, page: Page, *, now: float
+    session: Session,
+    peer_id: int,
+    node_id: str,
+    page: Page,
+    *,
+    now: float,
+    entry_budget: int = DEFAULT_PEER_CATALOG_ENTRIES,
 ) -> int | None:
     """Apply a page of a peer's catalog to its holdings. Returns the entries recorded,
     None if the peer is gone (or `peer_id` now belongs to another node). Raises
@@ -73,7 +81,8 @@ def apply_page(
 
     Contents new here get a `files` row without chunk hashes: the downloader fetches a
     manifest when a download needs it. An entry whose size contradicts what is known of
-    its content is left out (a lie, or a collision; never let it overwrite what we know).
+    its content is left out (a lie, or a collision; never let it overwrite what we know),
+    and so are entries past the peer's `entry_budget` (P2P_PEER_CATALOG_ENTRIES).
     """
     conn = driver_connection(session)
     row = conn.execute(
@@ -89,9 +98,13 @@ def apply_page(
     # in no order): a larger page cache than SQLite's 2 MB default keeps the b-tree pages
     # they touch, a third of a page's time (this connection is the listener's).
     conn.execute(f"PRAGMA cache_size=-{APPLY_CACHE_KIB}")
-    known = _known_or_added(conn, page.offered, now=now)
+    offered = within_catalog_budget(
+        conn, peer_id, page.offered, reset=page.reset and page.start == 0,
+        limit=entry_budget, now=now,
+    )  # fmt: skip
+    known = _known_or_added(conn, offered, now=now)
     holdings = []
-    for entry in page.offered:
+    for entry in offered:
         content = known.get(entry.key)
         if content is not None and content[1] == entry.size:
             holdings.append((peer_id, content[0], entry.name, entry.chunks_held, entry.have))

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from p2pshare.db import catalog_log
-from p2pshare.db.models import Base, CatalogLogEntry
+from p2pshare.db.models import Base, CatalogLogEntry, ManifestSource
 from p2pshare.db.quick import BUSY_TIMEOUT_MS, FULL, NORMAL, configure
 from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
 from p2pshare.db.watch import ChangeWatch
@@ -220,6 +220,20 @@ def _to_v9(conn: Connection) -> None:
     catalog_log.start(_driver(conn))
 
 
+def _to_v10(conn: Connection) -> None:
+    """Budgets per peer (issue 37): each peer's catalog entries counted and what budget it
+    reached, and which peer's manifest gave a content its chunk hashes (those known before
+    are left unattributed: no peer is charged for them)."""
+    sql = conn.exec_driver_sql
+    sql("ALTER TABLE peers ADD COLUMN catalog_entries INTEGER NOT NULL DEFAULT 0")
+    sql("ALTER TABLE peers ADD COLUMN over_budget VARCHAR")
+    sql(
+        "UPDATE peers SET catalog_entries ="
+        " (SELECT count(*) FROM holdings h WHERE h.peer_id = peers.id)"
+    )
+    ManifestSource.__table__.create(conn)  # type: ignore[attr-defined]
+
+
 def _driver(conn: Connection) -> sqlite3.Connection:
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
@@ -238,6 +252,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     7: _to_v7,
     8: _to_v8,
     9: _to_v9,
+    10: _to_v10,
 }
 
 

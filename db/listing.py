@@ -50,6 +50,8 @@ class PeerRow:
     link: str
     catalog_version: int  # as it announced it
     catalog_synced: int  # the version this node holds (-1: not fetched yet)
+    # Which of its budgets per peer it reached and when (peers.over_budget); None: none.
+    over_budget: str | None = None
 
     @property
     def catalog_behind(self) -> int | None:
@@ -178,7 +180,7 @@ SELECT p.username, p.address, p.tcp_port,
        (SELECT count(DISTINCT h.file_id) FROM holdings h WHERE h.peer_id = p.id),
        p.last_seen,
        (SELECT count(*) FROM bad_peers b WHERE b.address = p.address AND b.tcp_port = p.tcp_port),
-       p.node_id, p.fingerprint, p.tls, p.catalog_version, p.catalog_synced
+       p.node_id, p.fingerprint, p.tls, p.catalog_version, p.catalog_synced, p.over_budget
 FROM peers p ORDER BY p.last_seen DESC, p.id DESC LIMIT :limit OFFSET :offset"""
 COUNT_PEERS_SQL = "SELECT count(*) FROM peers"
 OWN_ENCRYPT_SQL = "SELECT value FROM role_settings WHERE role = 'listener' AND name = 'encrypt'"
@@ -252,7 +254,7 @@ def iter_peers(
     many it is marked bad."""
     found = conn.execute(OWN_ENCRYPT_SQL).fetchone()
     own = None if found is None else found[0] == "yes"
-    for user, address, port, files, seen, bad, node_id, fp, tls, cv, synced in conn.execute(
+    for user, address, port, files, seen, bad, node_id, fp, tls, cv, synced, over in conn.execute(
         PEERS_SQL, page_params(None, limit, offset)
     ):
         yield PeerRow(
@@ -268,6 +270,7 @@ def iter_peers(
             link_state(own, bool(tls)),
             cv,
             synced,
+            over,
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from p2pshare.db.inlists import in_slices, marks
@@ -33,6 +33,7 @@ class Holder:
     fingerprint: str | None
     tls: bool
     username: str = ""
+    peer_id: int = 0  # whose budget its manifests count against
 
 
 def unhashed(conn: sqlite3.Connection, file_ids: Sequence[int]) -> list[Unhashed]:
@@ -55,15 +56,16 @@ def holders(conn: sqlite3.Connection, file_ids: Sequence[int]) -> dict[int, list
     """Per content, the live peers offering any of it, minus those marked bad for it."""
     out: dict[int, list[Holder]] = {fid: [] for fid in file_ids}
     for part in in_slices(sorted(set(file_ids))):
-        for fid, address, port, fingerprint, tls, username in conn.execute(
-            "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls, p.username"
+        for fid, address, port, fingerprint, tls, username, peer_id in conn.execute(
+            "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls, p.username,"
+            " p.id"
             " FROM holdings h JOIN peers p ON p.id = h.peer_id"
             f" WHERE h.file_id IN ({marks(part)}) AND NOT EXISTS (SELECT 1 FROM bad_peers b"
             " WHERE b.file_id = h.file_id AND b.address = p.address AND b.tcp_port = p.tcp_port)"
             " ORDER BY p.last_seen DESC",
             part,
         ):
-            out[fid].append(Holder(address, port, fingerprint, bool(tls), username))
+            out[fid].append(Holder(address, port, fingerprint, bool(tls), username, peer_id))
     return out
 
 
@@ -100,16 +102,28 @@ def note_waiting(conn: sqlite3.Connection, file_ids: Sequence[int], reason: str)
         )
 
 
-def record_manifests(conn: sqlite3.Connection, manifests: dict[Unhashed, list[str]]) -> None:
+def manifest_rows(
+    manifests: dict[Unhashed, list[str]],
+) -> Iterator[tuple[Unhashed, int, str]]:
+    """The chunk rows of these manifests, as (content, index, entry), each content's first
+    row after its others: a content counts as hashed once its first row is in (`unhashed`,
+    the catalog's `known_contents`), so a manifest written in several transactions is
+    never taken for whole before its last one."""
+    for content, entries in manifests.items():
+        for i in range(1, len(entries)):
+            yield content, i, entries[i]
+        if entries:
+            yield content, 0, entries[0]
+
+
+def record_manifest_rows(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Unhashed, int, str]]
+) -> None:
     """Record chunk hashes of manifests that proved their roots (inside a write
     transaction); a content hashed meanwhile keeps what it has."""
     conn.executemany(
         "INSERT OR IGNORE INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
-        (
-            (c.file_id, i, min(c.key[1], c.size - i * c.key[1]), entry)
-            for c, entries in manifests.items()
-            for i, entry in enumerate(entries)
-        ),
+        ((c.file_id, i, min(c.key[1], c.size - i * c.key[1]), e) for c, i, e in rows),
     )
 
 

@@ -119,6 +119,21 @@ class Chunk(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+class ManifestSource(Base):
+    """Which peer's manifest gave a content its chunk hashes: what counts against that
+    peer's P2P_PEER_MANIFEST_ROWS until the content is this node's own (db/budgets.py)."""
+
+    __tablename__ = "manifest_sources"
+    __table_args__ = (Index("ix_manifest_sources_peer", "peer_id"),)
+
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id", ondelete="CASCADE"))
+    chunk_rows: Mapped[int]
+    learned_at: Mapped[float]
+
+
 class LocalFile(Base):
     """A file this node shares: from the share folder or a finished download."""
 
@@ -166,6 +181,12 @@ class Peer(Base):
     tls: Mapped[bool] = mapped_column(default=False)
     first_seen: Mapped[float]
     last_seen: Mapped[float]
+    # Entries of its catalog in `holdings`, counted from above (db/budgets.py): the
+    # exact count is taken only when this passes its budget.
+    catalog_entries: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # Which of its budgets (README "Budgets per peer") it reached and when, e.g.
+    # "P2P_PEER_MANIFEST_ROWS (262144) at 2026-12-07T23:10:00Z"; NULL: none.
+    over_budget: Mapped[str | None]
 
 
 class RetiredNode(Base):

@@ -213,6 +213,12 @@ class _Batch:
             conn.execute(
                 "UPDATE holdings SET peer_id = ? WHERE peer_id = ?", (cur.lastrowid, heir.id)
             )
+            # Its catalog's count goes with its holdings: a restart is no fresh budget.
+            conn.execute(
+                "UPDATE peers SET (catalog_entries, over_budget) = (SELECT catalog_entries,"
+                " over_budget FROM peers WHERE id = ?) WHERE id = ?",
+                (heir.id, cur.lastrowid),
+            )
         for old in olds.values():
             if old.id in self.gone:
                 continue

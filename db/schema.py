@@ -3,7 +3,7 @@ database without SQLAlchemy (`db.quick`) checks the same version."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class SchemaError(Exception):

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import KEEPING_TEMP
@@ -173,7 +173,10 @@ def all_byte_sources(session: Session, limit: int) -> dict[ContentKey, list[Byte
 
 
 def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, list[str]]:
-    """The manifest entries, in order, of each file this node knows completely, in bulk."""
+    """The manifest entries, in order, of each file this node offers and knows completely,
+    in bulk. A manifest only learned from a peer is not served: nothing but bytes this
+    node verified under it (a file of its own, a download's verified chunks) vouches for
+    it, and serving it onward would spread a lie as this node's own."""
     wanted = set(keys)
     shas = sorted({sha for sha, _, _ in wanted})
     out: dict[ContentKey, list[str]] = {}
@@ -182,7 +185,7 @@ def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKe
         rows = session.execute(
             select(File.sha256, File.chunk_size, File.root, File.chunk_count, Chunk.sha256)
             .outerjoin(Chunk, Chunk.file_id == File.id)
-            .where(File.sha256.in_(part))
+            .where(File.sha256.in_(part), _offered_here())
             .order_by(File.id, Chunk.chunk_index)
         )
         for sha, cs, root, count, chunk_sha in rows:
@@ -193,6 +196,15 @@ def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKe
                 if chunk_sha is not None:
                     hashes.append(chunk_sha)
     return {k: v for k, v in out.items() if len(v) == counts[k]}
+
+
+def _offered_here() -> ColumnElement[bool]:
+    """True for a `files` row this node offers: a local file, or a download's verified chunks."""
+    return exists().where(LocalFile.file_id == File.id) | exists().where(
+        Download.file_id == File.id,
+        Download.status.in_(OFFERING_STATUSES),
+        Download.bytes_done > 0,
+    )
 
 
 @dataclass(frozen=True)

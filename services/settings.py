@@ -48,6 +48,13 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 # plenty to share, and resuming loses at most one chunk per peer.
 TARGET_MAX_CHUNKS = 256
 CONFIG_NAME = "p2p.toml"
+# Budgets per peer (README "Budgets per peer"): what one peer's catalog and offers may
+# make this node store. Entries: a share of a million files must fit, with room for
+# its churn. Manifest rows: chunk hashes learned from the peer and not yet proven by
+# downloaded bytes, about 100 bytes of database each; 2^18 of them is some 27 MB, a
+# 4 TiB file at 16 MiB chunks, or a thousand of the usual 256-chunk files at once.
+DEFAULT_PEER_CATALOG_ENTRIES = 1_500_000
+DEFAULT_PEER_MANIFEST_ROWS = 1 << 18
 
 VARIABLES = (
     "P2P_HOME",
@@ -73,6 +80,8 @@ VARIABLES = (
     "P2P_BITTORRENT",
     "P2P_BITTORRENT_DHT",
     "P2P_LISTENER_NICE",
+    "P2P_PEER_CATALOG_ENTRIES",
+    "P2P_PEER_MANIFEST_ROWS",
 )
 
 
@@ -117,6 +126,10 @@ class Settings:
     bittorrent_dht: bool = False
     # How much nicer than the other roles the listener runs (0: as started).
     listener_nice: int = DEFAULT_LISTENER_NICE
+    # Budgets per peer: entries of its catalog kept, and chunk rows its manifests may
+    # make this node store before bytes prove them.
+    peer_catalog_entries: int = DEFAULT_PEER_CATALOG_ENTRIES
+    peer_manifest_rows: int = DEFAULT_PEER_MANIFEST_ROWS
 
     @property
     def bittorrent_serves(self) -> bool:
@@ -235,6 +248,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bittorrent=_auto_flag("P2P_BITTORRENT", get("P2P_BITTORRENT")),
         bittorrent_dht=_flag("P2P_BITTORRENT_DHT", get("P2P_BITTORRENT_DHT")),
         listener_nice=_nice("P2P_LISTENER_NICE", get("P2P_LISTENER_NICE")),
+        peer_catalog_entries=_budget(
+            "P2P_PEER_CATALOG_ENTRIES",
+            get("P2P_PEER_CATALOG_ENTRIES"),
+            DEFAULT_PEER_CATALOG_ENTRIES,
+        ),
+        peer_manifest_rows=_budget(
+            "P2P_PEER_MANIFEST_ROWS", get("P2P_PEER_MANIFEST_ROWS"), DEFAULT_PEER_MANIFEST_ROWS
+        ),
     )
 
 
@@ -317,6 +338,15 @@ def _non_negative_int(name: str, raw: str | None, default: int) -> int:
     value = _int(name, raw)
     if value < 0:
         raise SettingsError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
+def _budget(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    value = _int(name, raw)
+    if value < 1:
+        raise SettingsError(f"{name} must be 1 or more, not {value}")
     return value
 
 

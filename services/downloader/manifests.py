@@ -5,7 +5,11 @@ network offers is never downloaded here. So the downloader's loop leaves a downl
 whose content lacks them to this thread, which derives a one-chunk file's manifest
 from its key, asks the peers offering the others (a few hundred files a request),
 keeps only manifests that hash to the root they were offered under, records them and
-wakes the loop. A content no peer answers for is tried again after RETRY_SECONDS; its
+wakes the loop. What one peer's manifests may make this node store is its budget,
+P2P_PEER_MANIFEST_ROWS (db/budgets.py): a manifest's size is known from the catalog
+before it is asked for, so one that would pass it is never fetched, and the peer is
+recorded over budget; one peer is asked at most MANIFEST_FETCHES_PER_PEER requests at
+once, each of at most MANIFEST_ENTRIES_PER_REQUEST entries. A content no peer answers for is tried again after RETRY_SECONDS; its
 queued downloads say why meanwhile (`cannot talk to bob (...): connection refused`), and
 fail with that reason after P2P_WAIT_TIMEOUT, as a download waiting for a chunk does.
 """
@@ -16,9 +20,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
 
+from p2pshare.db import budgets as dbbudgets
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import offer_switch as dbswitch
@@ -38,6 +46,9 @@ RETRY_SECONDS = 5.0
 DEADLINE_SECONDS = 30.0  # for one peer's answers
 PEERS_TRIED = 4  # per content, per round
 ASK_AT_ONCE = 8  # peers asked for manifests at once
+# Chunk rows per write transaction: a manifest of P2P_PEER_MANIFEST_ROWS is written in a
+# few dozen short transactions, so no other role waits long for the write lock.
+STORE_ROWS = 8192
 WAITING_REASON = "waiting for its manifest: no peer offering it has sent one that proves itself"
 
 
@@ -175,22 +186,19 @@ def fetch_manifests(
     why: dict[int, str] | None = None,
 ) -> set[int]:
     """Fetch (or derive) and record the manifests these contents lack, from the peers that
-    offer them; returns the contents whose manifest is here now. `conn` reads. `why`
-    gets, for a content no peer could be asked, the peers that could not and why."""
+    offer them, within each peer's P2P_PEER_MANIFEST_ROWS; returns the contents whose
+    manifest is here now. `conn` reads. `why` gets, for a content no peer could be asked,
+    the peers that could not and why."""
     with quick.reading(conn):
         missing = dbmanifests.unhashed(conn, sorted(file_ids))
         holders = dbmanifests.holders(conn, [c.file_id for c in missing])
+        used = dbbudgets.manifest_rows_used(
+            conn, {h.peer_id for found in holders.values() for h in found}
+        )
     done = file_ids - {c.file_id for c in missing}  # hashed meanwhile (or empty)
-    found: dict[dbmanifests.Unhashed, list[str]] = {}
-    by_peer: dict[dbmanifests.Holder, list[dbmanifests.Unhashed]] = {}
-    for content in missing:
-        if content.chunks == 1:
-            entries = dbmanifests.one_chunk_entries(content)
-            if entries is not None:
-                found[content] = entries
-            continue
-        for holder in holders[content.file_id][:PEERS_TRIED]:
-            by_peer.setdefault(holder, []).append(content)
+    plan = _plan(missing, holders, used, settings.peer_manifest_rows)
+    found = dict(plan.derived)
+    source: dict[dbmanifests.Unhashed, int] = {}  # content -> peer id its manifest came from
     failed: dict[int, list[str]] = {}
     liars: list[tuple[int, str, int]] = []  # (file id, address, port) of manifests refused
     # Every peer is asked at once: a peer that hangs (stopped, or behind a dead link) must
@@ -199,39 +207,180 @@ def fetch_manifests(
     pool = ThreadPoolExecutor(max_workers=ASK_AT_ONCE, thread_name_prefix="manifest")
     asked = {
         pool.submit(_ask, settings, tls, holder, contents): (holder, contents)
-        for holder, contents in by_peer.items()
+        for holder, contents in plan.by_peer.items()
     }
-    wanted = {c for contents in by_peer.values() for c in contents}
+    wanted = {c for contents in plan.by_peer.values() for c in contents}
     try:
         for future in as_completed(asked):
             holder, contents = asked[future]
             answered, error, refused = future.result()
-            found.update(answered)
+            for content, entries in answered.items():
+                if content not in found:
+                    found[content] = entries
+                    source[content] = holder.peer_id
             liars.extend((c.file_id, holder.address, holder.tcp_port) for c in refused)
             if error is not None:
-                name = f"{holder.username or 'a peer'} ({holder.address}:{holder.tcp_port})"
                 for c in contents:
-                    failed.setdefault(c.file_id, []).append(f"{name}: {error}")
+                    failed.setdefault(c.file_id, []).append(f"{_name(holder)}: {error}")
             if stop.is_set() or wanted <= found.keys():
                 break
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+    got = {c.file_id for c in found}
     if why is not None:
         for fid, named in failed.items():
-            if fid not in {c.file_id for c in found}:
+            if fid not in got:
                 more = f"; and {len(named) - 3} more" if len(named) > 3 else ""
                 why[fid] = f"cannot talk to {'; '.join(sorted(named)[:3])}{more}"
+        for fid, named in plan.over_budget.items():
+            if fid not in got and fid not in why:
+                why[fid] = (
+                    f"its manifest would pass the budget of {_name_peers(named)} "
+                    f"({settings.peer_manifest_rows} chunk rows a peer's manifests may add "
+                    "before downloaded bytes prove them, P2P_PEER_MANIFEST_ROWS)"
+                )
+    _record(database, found, source)
     missed = [c.file_id for c in missing if c not in found]
-    if found or missed or liars:
+    if missed or liars or plan.over_peers:
+        now = time.time()
         with database.write() as s:
-            dbmanifests.record_manifests(driver_connection(s), found)
             # A peer whose manifest does not prove the root it offered lies about that
             # file: marked bad for it, as a peer sending a bad chunk is, so the download
             # may move to another offer rather than wait on it.
-            dbmanifests.mark_liars(driver_connection(s), liars, now=time.time())
+            dbmanifests.mark_liars(driver_connection(s), liars, now=now)
             if missed:
                 dbmanifests.note_waiting(driver_connection(s), missed, WAITING_REASON)
-    return done | {c.file_id for c in found}
+            newly = [
+                holder
+                for peer_id, holder in sorted(plan.over_peers.items())
+                if dbbudgets.record_over_budget(
+                    driver_connection(s),
+                    peer_id,
+                    dbbudgets.MANIFEST_BUDGET,
+                    settings.peer_manifest_rows,
+                    now=now,
+                )
+            ]
+        for holder in newly:
+            log.warning(
+                "%s reached its manifest budget (P2P_PEER_MANIFEST_ROWS=%d): manifests that "
+                "would pass it are not asked for",
+                _name(holder),
+                settings.peer_manifest_rows,
+            )
+    return done | got
+
+
+@dataclass
+class _Plan:
+    """Which peer is asked for which manifests this round, within their budgets."""
+
+    derived: dict[dbmanifests.Unhashed, list[str]] = field(default_factory=dict)
+    by_peer: dict[dbmanifests.Holder, list[dbmanifests.Unhashed]] = field(default_factory=dict)
+    over_peers: dict[int, dbmanifests.Holder] = field(default_factory=dict)  # by peer id
+    over_budget: dict[int, list[str]] = field(default_factory=dict)  # file id -> peers
+
+
+def _plan(
+    missing: list[dbmanifests.Unhashed],
+    holders: dict[int, list[dbmanifests.Holder]],
+    used: dict[int, int],
+    limit: int,
+) -> _Plan:
+    """Derive one-chunk manifests from their keys; ask up to PEERS_TRIED holders for each
+    other content, each only while the manifests asked of it this round and those it gave
+    before stay within `limit` chunk rows (a peer over it is not asked: a manifest's size
+    is known from the catalog before it is asked for)."""
+    plan = _Plan()
+    used = dict(used)
+    for content in missing:
+        if content.chunks == 1:
+            entries = dbmanifests.one_chunk_entries(content)
+            if entries is not None:
+                plan.derived[content] = entries
+            continue
+        asked = 0
+        for holder in holders[content.file_id]:
+            if asked == PEERS_TRIED:
+                break
+            if used.get(holder.peer_id, 0) + content.chunks > limit:
+                plan.over_peers[holder.peer_id] = holder
+                plan.over_budget.setdefault(content.file_id, []).append(_name(holder))
+                continue
+            used[holder.peer_id] = used.get(holder.peer_id, 0) + content.chunks
+            plan.by_peer.setdefault(holder, []).append(content)
+            asked += 1
+    return plan
+
+
+def _record(
+    database: Database,
+    found: dict[dbmanifests.Unhashed, list[str]],
+    source: dict[dbmanifests.Unhashed, int],
+) -> None:
+    """Record the manifests found, STORE_ROWS chunk rows per write transaction (a large
+    manifest never holds the write lock long enough for another role to wait it out),
+    each charged to the peer it came from."""
+    rows = dbmanifests.manifest_rows(found)
+    now = time.time()
+    while batch := list(islice(rows, STORE_ROWS)):
+        sources = [
+            (c.file_id, source[c], len(found[c])) for c, i, _ in batch if i == 0 and c in source
+        ]
+        with database.write() as s:
+            dbmanifests.record_manifest_rows(driver_connection(s), batch)
+            dbbudgets.record_manifest_sources(driver_connection(s), sources, now=now)
+
+
+def _name(holder: dbmanifests.Holder) -> str:
+    return f"{holder.username or 'a peer'} ({holder.address}:{holder.tcp_port})"
+
+
+def _name_peers(named: list[str]) -> str:
+    more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+    return ", ".join(sorted(named)[:3]) + more
+
+
+class _PeerSlots:
+    """MANIFEST_FETCHES_PER_PEER requests under way to each peer, for the whole process
+    (the downloader's manifest thread and its jobs moving to other offers ask alike)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+    @contextmanager
+    def hold(self, address: str, port: int) -> Iterator[None]:
+        """Raises TimeoutError when the peer's slots stay taken for DEADLINE_SECONDS."""
+        with self.lock:
+            slot = self.slots.setdefault(
+                (address, port), threading.BoundedSemaphore(protocol.MANIFEST_FETCHES_PER_PEER)
+            )
+        if not slot.acquire(timeout=DEADLINE_SECONDS):
+            raise TimeoutError("another manifest request to this peer is still under way")
+        try:
+            yield
+        finally:
+            slot.release()
+
+
+_SLOTS = _PeerSlots()
+
+
+def _requests(contents: list[dbmanifests.Unhashed]) -> Iterator[list[dbmanifests.Unhashed]]:
+    """The contents in requests of at most MANIFEST_ENTRIES_PER_REQUEST entries (a larger
+    manifest alone) and MAX_MANIFEST_FILES files."""
+    group: list[dbmanifests.Unhashed] = []
+    entries = 0
+    for content in contents:
+        full = len(group) == protocol.MAX_MANIFEST_FILES
+        if group and (full or entries + content.chunks > protocol.MANIFEST_ENTRIES_PER_REQUEST):
+            yield group
+            group, entries = [], 0
+        group.append(content)
+        entries += content.chunks
+    if group:
+        yield group
 
 
 def _ask(
@@ -242,18 +391,30 @@ def _ask(
 ) -> tuple[dict[dbmanifests.Unhashed, list[str]], str | None, list[dbmanifests.Unhashed]]:
     """The manifests `holder` gave, why it could not be asked (None: it answered), and
     the contents whose manifest it sent but that did not prove itself."""
-    sizes = {FileKey(*c.key): c.size for c in contents}
+    good: dict[dbmanifests.Unhashed, list[str]] = {}
+    refused: list[dbmanifests.Unhashed] = []
     try:
-        link = tls.link(holder.tls, holder.fingerprint)
-        with PeerClient(
-            holder.address, holder.tcp_port, key=settings.network_key, link=link
-        ) as client:
-            client.deadline = time.monotonic() + DEADLINE_SECONDS
-            got = client.manifests(sizes)
+        with _SLOTS.hold(holder.address, holder.tcp_port):
+            link = tls.link(holder.tls, holder.fingerprint)
+            with PeerClient(
+                holder.address, holder.tcp_port, key=settings.network_key, link=link
+            ) as client:
+                client.deadline = time.monotonic() + DEADLINE_SECONDS
+                for group in _requests(contents):
+                    got = client.manifests({FileKey(*c.key): c.size for c in group})
+                    _log_refused(holder, got.refused)
+                    good.update(
+                        (c, got.good[FileKey(*c.key)]) for c in group if FileKey(*c.key) in got.good
+                    )
+                    refused.extend(c for c in group if FileKey(*c.key) in got.refused)
     except (OSError, protocol.ProtocolError) as exc:
         log.warning("cannot fetch manifests from %s:%d: %s", holder.address, holder.tcp_port, exc)
-        return {}, talk_error(exc), []
-    for key, why in list(got.refused.items())[:5]:
+        return good, talk_error(exc), refused
+    return good, None, refused
+
+
+def _log_refused(holder: dbmanifests.Holder, refused: dict[FileKey, str]) -> None:
+    for key, why in list(refused.items())[:5]:
         log.warning(
             "refused the manifest of %s from %s:%d: %s",
             key.sha256[:12],
@@ -261,5 +422,3 @@ def _ask(
             holder.tcp_port,
             why,
         )
-    good = {c: got.good[FileKey(*c.key)] for c in contents if FileKey(*c.key) in got.good}
-    return good, None, [c for c in contents if FileKey(*c.key) in got.refused]

@@ -336,8 +336,9 @@ class ListenerWriter:
         fetched = job.catalog
         try:
             kept = dbcatalogs.apply_page(
-                s, fetched.wanted.peer_id, fetched.wanted.node_id, fetched.page, now=time.time()
-            )
+                s, fetched.wanted.peer_id, fetched.wanted.node_id, fetched.page, now=time.time(),
+                entry_budget=self.ctx.settings.peer_catalog_entries,
+            )  # fmt: skip
         except dbcatalogs.NotContinuous as exc:
             after.broken.append((fetched, str(exc)))
             return True

@@ -170,7 +170,10 @@ class PeerClient:
             self.send(protocol.ManifestRequest(tuple(keys[start : start + step])))
         for start in range(0, len(keys), step):
             batch = {k: sizes[k] for k in keys[start : start + step]}
-            got = protocol.decode_manifests(self._payload(protocol.MAX_CATALOG_BYTES), batch)
+            # Compressed, a reply is at most a little larger than inflated (stored blocks).
+            most = protocol.manifest_reply_bytes(batch)
+            limit = min(protocol.MAX_CATALOG_BYTES, most + most // 100 + 64)
+            got = protocol.decode_manifests(self._payload(limit), batch)
             out.good.update(got.good)
             out.refused.update(got.refused)
         return out

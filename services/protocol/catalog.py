@@ -223,14 +223,34 @@ def check_manifest(key: FileKey, size: int, digests: bytes) -> list[str]:
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
+# Room in a manifest reply beyond what the manifests asked for take: a reply somewhat
+# off (a manifest of the wrong length, spaces in its JSON) is still read, and each
+# manifest in it refused alone or taken, rather than the whole reply dropped.
+MANIFEST_REPLY_SLACK = 64 * 1024
+
+
+def manifest_reply_bytes(sizes: dict[FileKey, int]) -> int:
+    """The most a reply with the manifests of these files (of these sizes) may take once
+    inflated: twice each label and its base64 entries as encode_manifests writes them,
+    and MANIFEST_REPLY_SLACK. A reply is refused past it, so what a peer can make this
+    node hold is bounded by what it asked for, not by MAX_CATALOG_BYTES."""
+    label = 64 + 1 + 9 + 1 + 64 + 2 + 4  # sha:cs:root, quotes, colon and comma
+    exact = 2 + sum(
+        label + 4 * -(-32 * chunk_count(size, key.chunk_size) // 3) for key, size in sizes.items()
+    )
+    return 2 * exact + MANIFEST_REPLY_SLACK
+
+
 def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> Manifests:
     """Manifests for the files asked about (`sizes`); files the peer lacks are absent.
 
     A manifest that does not prove itself (wrong root, wrong count, not ending in
     the file's SHA-256) is refused alone, with its reason. Raises ProtocolError if
-    the reply itself is malformed or answers for a file not asked about.
+    the reply itself is malformed, larger than those manifests can be, or answers for
+    a file not asked about.
     """
-    raw = _obj(_inflate(payload, MAX_CATALOG_BYTES), MAX_CATALOG_BYTES)
+    limit = min(MAX_CATALOG_BYTES, manifest_reply_bytes(sizes))
+    raw = _obj(_inflate(payload, limit), limit)
     good: dict[FileKey, list[str]] = {}
     refused: dict[FileKey, str] = {}
     for label, value in raw.items():

@@ -21,6 +21,13 @@ MAX_PAGE_BYTES = 8 * 1024 * 1024
 PAGE_ENTRIES = 5000
 CATALOG_EPOCH_HEX = 16
 MAX_MANIFEST_FILES = 256  # per request
+# Manifest entries asked of one peer in one request (a larger manifest goes alone): what
+# a reply may hold once decoded is known before it is asked for, so one peer's replies
+# hold at most this much memory at once (4 MiB of entries, 11 MiB as they arrive).
+MANIFEST_ENTRIES_PER_REQUEST = 1 << 17
+# Manifest requests under way to one peer at once, from one process: a peer answering
+# slowly holds one of the asker's threads, never all of them.
+MANIFEST_FETCHES_PER_PEER = 1
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a lie
 MIN_CHUNK = 16 * 1024
 # A SHA-256 chaining state exists only after whole 64-byte blocks.

@@ -758,7 +758,7 @@ def test_v1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
 
     Database.open(path).close()
 
-    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(9,)]
+    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(10,)]
     assert "root" in [c[0] for c in columns(path, "files")]
     # The finished download's history is intact, and its file row stays for it (no root:
     # content known before v2 has no manifest any more); content only a peer held is gone.

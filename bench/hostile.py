@@ -1,0 +1,187 @@
+"""Issue 37's first goal, measured once: one hostile peer offering 20 made-up contents of
+2^20 chunks each (manifests that prove themselves) for 60 s, while an honest 64 MiB
+download runs on the victim.
+
+Reports the victim's database growth (p2p.db and its WAL, goal <= 64 MB), every role's
+peak RSS (<= 150 MB), role restarts (0), "database is locked" lines in its logs (0), and
+the honest download's rate against its rate on a quiet network (>= 0.8x). The victim's
+user asks for every hostile content by name (the way such a manifest is fetched: a
+download needs it).
+
+    python bench/hostile.py [--seconds 60] [--tmp-dir DIR]
+
+Loopback only: nodes bind 127.0.0.1 and announce to 127.255.255.255.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from nodes import BenchNode, wait_for
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
+from hostilepeer import HostilePeer, make_bomb  # noqa: E402
+
+MIB = 1024 * 1024
+MB = 1_000_000
+HONEST_SIZE = 64 * MIB
+BOMBS = 20
+ROLES = ("server", "announcer", "listener", "downloader", "web", "torrent")
+
+
+def db_bytes(node: BenchNode) -> int:
+    return sum(
+        p.stat().st_size for p in (node.home / "p2p.db", node.home / "p2p.db-wal") if p.exists()
+    )
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def timed_download(node: BenchNode, name: str) -> float:
+    """`p2pctl download NAME` to its end; returns the MB/s."""
+    started = time.monotonic()
+    done = node.p2pctl("download", name)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"download {name} failed: {done.stdout}{done.stderr}")
+    return HONEST_SIZE / MB / seconds
+
+
+def role_pids(node: BenchNode) -> dict[str, int]:
+    return {role: pid for role, pid in node.sql("SELECT role, pid FROM heartbeats")}
+
+
+def locked_lines(node: BenchNode) -> int:
+    return sum(
+        path.read_text(errors="replace").count("database is locked")
+        for path in (node.home / "logs").glob("*.log")
+    )
+
+
+def peak_rss(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def run(root: Path, seconds: float) -> list[list[object]]:
+    udp = free_udp_port()
+    seeder = BenchNode(root, "seeder", udp)
+    victim = BenchNode(root, "victim", udp, P2P_WAIT_TIMEOUT=3600)
+    with open(seeder.share / "honest.bin", "wb") as fh:
+        fh.write(os.urandom(HONEST_SIZE))
+    for node in (seeder, victim):
+        node.start()
+    try:
+        for node in (seeder, victim):
+            node.wait_ready()
+        wait_for(lambda: victim.knows("honest.bin"), 120, "the victim to learn honest.bin")
+        quiet = timed_download(victim, "honest.bin")
+        victim.forget_download("honest.bin")
+        pids = role_pids(victim)
+
+        bombs = [make_bomb(f"bomb-{i:02d}.bin") for i in range(BOMBS)]
+        mallory = HostilePeer(bombs, udp)
+        before = db_bytes(victim)
+        growth = [0]
+        rss = {role: 0.0 for role in pids}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.5):
+                growth[0] = max(growth[0], db_bytes(victim) - before)
+                for role, pid in pids.items():
+                    rss[role] = max(rss[role], peak_rss(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        attack_started = time.monotonic()
+        mallory.start()
+        try:
+            wait_for(lambda: _held(victim, mallory.username) >= BOMBS, 60, "the hostile catalog")
+            for bomb in bombs:
+                victim.p2pctl("download", bomb.name, "--no-wait")
+            attacked = timed_download(victim, "honest.bin")
+            left = seconds - (time.monotonic() - attack_started)
+            if left > 0:
+                time.sleep(left)  # the attack's full length, as the goal states it
+        finally:
+            stop.set()
+            sampler.join()
+            mallory.close()
+        restarts = sum(1 for role, pid in role_pids(victim).items() if pids.get(role) != pid)
+        rows = victim.scalar("SELECT count(*) FROM chunks")
+        try:
+            record = victim.sql("SELECT over_budget FROM peers WHERE username = 'mallory'")
+        except Exception:  # a node before budgets per peer
+            record = [("(no budgets)",)]
+        locked = locked_lines(victim)
+    finally:
+        for node in (victim, seeder):
+            node.stop()
+    load = os.getloadavg()
+    out: list[list[object]] = [
+        ["victim DB growth", f"{growth[0] / MB:.1f} MB", "<= 64 MB", growth[0] <= 64 * MB],
+        *(
+            [f"peak RSS {role}", f"{mb:.0f} MB", "<= 150 MB", mb <= 150]
+            for role, mb in sorted(rss.items())
+        ),
+        ["restarts", restarts, "0", restarts == 0],
+        ['"database is locked" lines', locked, "0", locked == 0],
+        [
+            "honest download under attack",
+            f"{attacked:.1f} MB/s vs {quiet:.1f} quiet = {attacked / quiet:.2f}x",
+            ">= 0.8x",
+            attacked >= 0.8 * quiet,
+        ],
+        ["chunk rows stored", rows, "", ""],
+        ["hostile peer recorded", record[0][0] if record else "(gone)", "", ""],
+        ["manifest requests answered", mallory.manifests_sent, "", ""],
+        ["load average (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in load), "", ""],
+    ]
+    return out
+
+
+def _held(node: BenchNode, username: str) -> int:
+    return int(
+        node.scalar(
+            "SELECT count(*) FROM holdings h JOIN peers p ON p.id = h.peer_id WHERE p.username = ?",
+            (username,),
+        )
+        or 0
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--tmp-dir", type=Path, default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="p2p-hostile-", dir=args.tmp_dir))
+    try:
+        rows = run(root, args.seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(tabulate(rows, headers=["measure", "value", "goal", "met"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Budgets per peer (issue 37, item 1): a hostile peer's made-up contents cost a node a
+bounded share of its database and memory, and nothing of what other peers give it.
+
+The scripted peer (hostilepeer.py) offers contents that claim 2^20 chunks of 16 KiB, each
+with a manifest that proves itself (zero entries ending in the claimed SHA-256, offered
+under their hash): 40 KiB on the wire, 2^20 chunk rows stored, served onward as this
+node's own. Downloads of those names are how such manifests get asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+import pytest
+from hostilepeer import HostilePeer, make_bomb
+from nodetools import queue, seed, sha256_bytes, sha256_file, status_kib, wait_ended
+from p2p_integration_harness import wait_until
+
+from p2pshare.services import protocol
+from p2pshare.services.net.client import PeerClient
+
+pytestmark = pytest.mark.reliability
+
+MB = 1_000_000
+HONEST_SIZE = 6 * 1024 * 1024
+BOMBS_ASKED = 4
+GROWTH_BOUND = 64 * MB
+RSS_BOUND_KIB = 150 * 1024
+MANIFEST_ROWS = 1 << 18  # P2P_PEER_MANIFEST_ROWS's default
+
+
+def db_bytes(node: Any) -> int:
+    return sum(
+        p.stat().st_size for p in (node.db_path, node.db_path.with_name("p2p.db-wal")) if p.exists()
+    )
+
+
+def over_budget(node: Any, username: str) -> str | None:
+    try:
+        return node.scalar("SELECT over_budget FROM peers WHERE username = ?", (username,))
+    except sqlite3.OperationalError:  # a node without budgets has no such column
+        return None
+
+
+@pytest.fixture
+def hostile_peers():
+    peers: list[HostilePeer] = []
+    yield peers
+    for peer in peers:
+        peer.close()
+
+
+def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
+    make_node, udp_port, hostile_peers
+):
+    victim = make_node("victim", P2P_WAIT_TIMEOUT=600)
+    victim.start_supervised()
+    seeder = make_node("seeder")
+    honest = os.urandom(HONEST_SIZE)
+    seed(seeder, "honest.bin", honest)
+    seeder.start()
+    mallory = HostilePeer([make_bomb(f"bomb-{i:02d}.bin") for i in range(20)], udp_port)
+    hostile_peers.append(mallory.start())
+
+    wait_until(
+        lambda: victim.holdings_of(mallory.username) == 20 and victim.holdings_of(seeder.username),
+        60,
+        what="the victim to record both peers' catalogs",
+    )
+    before = db_bytes(victim)
+    bomb_downloads = [queue(victim, f"bomb-{i:02d}.bin") for i in range(BOMBS_ASKED)]
+    honest_id = queue(victim, "honest.bin")
+
+    done = wait_ended(victim, honest_id, timeout=120)
+    assert done["status"] == "done", done
+    assert sha256_file(victim.home / "downloads" / "honest.bin") == sha256_bytes(honest)
+    record = wait_until(
+        lambda: over_budget(victim, mallory.username),
+        60,
+        what="the victim to record the hostile peer over its manifest budget",
+    )
+    assert "P2P_PEER_MANIFEST_ROWS" in record
+    assert over_budget(victim, seeder.username) is None
+
+    rows = victim.scalar("SELECT count(*) FROM chunks")
+    assert rows <= MANIFEST_ROWS + protocol.chunk_count(HONEST_SIZE, 256 * 1024)
+    assert db_bytes(victim) - before <= GROWTH_BOUND, (before, db_bytes(victim))
+    # The bombs' downloads wait, saying why, rather than storing what the peer claims.
+    reasons = victim.sql(
+        f"SELECT reason FROM downloads WHERE id IN ({','.join('?' * len(bomb_downloads))})",
+        tuple(bomb_downloads),
+    )
+    assert all(r and "budget" in r for (r,) in reasons), reasons
+    for role, (pid, _) in victim.heartbeats().items():
+        assert status_kib(pid, "VmHWM") <= RSS_BOUND_KIB, role
+    # Nothing learned from a peer and not proven by bytes is served as this node's own.
+    bomb = mallory.bombs[0]
+    with PeerClient("127.0.0.1", victim.tcp_port() or 0, key=None) as client:
+        assert client.manifests({bomb.key: bomb.size}).good == {}
+
+
+def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_peers):
+    budget = 2_000
+    victim = make_node("victim", P2P_PEER_CATALOG_ENTRIES=budget)
+    victim.start_supervised()
+    seeder = make_node("seeder")
+    seed(seeder, "honest.bin", os.urandom(1000))
+    seeder.start()
+    mallory = HostilePeer([], udp_port, filler=3 * protocol.PAGE_ENTRIES)
+    hostile_peers.append(mallory.start())
+
+    record = wait_until(
+        lambda: over_budget(victim, mallory.username),
+        60,
+        what="the victim to record the hostile peer over its catalog budget",
+    )
+    assert "P2P_PEER_CATALOG_ENTRIES" in record
+    assert victim.holdings_of(mallory.username) <= budget
+    assert victim.scalar("SELECT count(*) FROM files") <= budget + 1
+    wait_until(lambda: victim.holdings_of(seeder.username) == 1, 30, what="the honest catalog")
+    assert over_budget(victim, seeder.username) is None
