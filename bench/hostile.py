@@ -8,7 +8,10 @@ the honest download's rate against its rate on a quiet network (>= 0.8x). The vi
 user asks for every hostile content by name (the way such a manifest is fetched: a
 download needs it).
 
-    python bench/hostile.py [--seconds 60] [--tmp-dir DIR]
+    python bench/hostile.py [--seconds 60] [--chunks 1048576] [--tmp-dir DIR]
+
+`--chunks 262144` makes each made-up content just fit P2P_PEER_MANIFEST_ROWS, so the
+victim stores one of them before the budget refuses the rest (the worst a peer can do).
 
 Loopback only: nodes bind 127.0.0.1 and announce to 127.255.255.255.
 """
@@ -28,7 +31,7 @@ from nodes import BenchNode, wait_for
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
-from hostilepeer import HostilePeer, make_bomb  # noqa: E402
+from hostilepeer import BOMB_CHUNKS, HostilePeer, make_bomb  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -82,7 +85,7 @@ def peak_rss(pid: int) -> float:
     return float("nan")
 
 
-def run(root: Path, seconds: float) -> list[list[object]]:
+def run(root: Path, seconds: float, chunks: int) -> list[list[object]]:
     udp = free_udp_port()
     seeder = BenchNode(root, "seeder", udp)
     victim = BenchNode(root, "victim", udp, P2P_WAIT_TIMEOUT=3600)
@@ -98,7 +101,7 @@ def run(root: Path, seconds: float) -> list[list[object]]:
         victim.forget_download("honest.bin")
         pids = role_pids(victim)
 
-        bombs = [make_bomb(f"bomb-{i:02d}.bin") for i in range(BOMBS)]
+        bombs = [make_bomb(f"bomb-{i:02d}.bin", chunks) for i in range(BOMBS)]
         mallory = HostilePeer(bombs, udp)
         before = db_bytes(victim)
         growth = [0]
@@ -173,11 +176,12 @@ def _held(node: BenchNode, username: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--chunks", type=int, default=BOMB_CHUNKS, help="per made-up content")
     parser.add_argument("--tmp-dir", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="p2p-hostile-", dir=args.tmp_dir))
     try:
-        rows = run(root, args.seconds)
+        rows = run(root, args.seconds, args.chunks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(tabulate(rows, headers=["measure", "value", "goal", "met"]))

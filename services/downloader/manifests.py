@@ -9,9 +9,10 @@ wakes the loop. What one peer's manifests may make this node store is its budget
 P2P_PEER_MANIFEST_ROWS (db/budgets.py): a manifest's size is known from the catalog
 before it is asked for, so one that would pass it is never fetched, and the peer is
 recorded over budget; one peer is asked at most MANIFEST_FETCHES_PER_PEER requests at
-once, each of at most MANIFEST_ENTRIES_PER_REQUEST entries. A content no peer answers for is tried again after RETRY_SECONDS; its
-queued downloads say why meanwhile (`cannot talk to bob (...): connection refused`), and
-fail with that reason after P2P_WAIT_TIMEOUT, as a download waiting for a chunk does.
+once, each of at most MANIFEST_ENTRIES_PER_REQUEST entries. A content no peer answers
+for is tried again after RETRY_SECONDS; its queued downloads say why meanwhile
+(`cannot talk to bob (...): connection refused`), and fail with that reason after
+P2P_WAIT_TIMEOUT, as a download waiting for a chunk does.
 """
 
 from __future__ import annotations

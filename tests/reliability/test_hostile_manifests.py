@@ -9,8 +9,10 @@ node's own. Downloads of those names are how such manifests get asked for.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import urllib.request
 from typing import Any
 
 import pytest
@@ -42,6 +44,17 @@ def over_budget(node: Any, username: str) -> str | None:
         return node.scalar("SELECT over_budget FROM peers WHERE username = ?", (username,))
     except sqlite3.OperationalError:  # a node without budgets has no such column
         return None
+
+
+def web_peers(node: Any) -> str:
+    """The peers section of the web page, as the dashboard fetches it."""
+    port = wait_until(
+        lambda: node.scalar("SELECT value FROM role_settings WHERE role='web' AND name='port'"),
+        60,
+        what="the web program's port",
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=30) as reply:
+        return str(json.load(reply)["sections"]["peers"])
 
 
 @pytest.fixture
@@ -83,6 +96,9 @@ def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
     )
     assert "P2P_PEER_MANIFEST_ROWS" in record
     assert over_budget(victim, seeder.username) is None
+    shown = {p["username"]: p["over_budget"] for p in victim.p2pctl_json("peers")}
+    assert shown == {mallory.username: record, seeder.username: None}
+    assert f"over budget: {record}" in web_peers(victim)
 
     rows = victim.scalar("SELECT count(*) FROM chunks")
     assert rows <= MANIFEST_ROWS + protocol.chunk_count(HONEST_SIZE, 256 * 1024)
