@@ -1,9 +1,10 @@
 """p2pctl files and p2pctl peers: the listings that grow with the network.
 
 They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`),
-whose rows come in name order as SQLite reads its index, and print them as they come: `--limit`/`--offset`
-show one page (the table then says which rows of how many), `--jsonl` streams one JSON
-object a line, and `--json` prints the same list as before, formatted by the C encoder.
+whose rows come in name order as SQLite reads its index, and print them as they come:
+`--limit`/`--offset` show one page (the table then says which rows of how many),
+`--jsonl` streams one JSON object a line, and `--json` prints the same list as before,
+formatted by the C encoder.
 """
 
 from __future__ import annotations

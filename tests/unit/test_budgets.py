@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from test_serving import hashed
 
 from p2pshare.db import budgets
 from p2pshare.db import index as dbindex
@@ -136,22 +137,6 @@ def test_budget_settings_take_a_positive_count(tmp_path: Path, name: str) -> Non
     for bad in ("0", "many"):
         with pytest.raises(SettingsError, match=name):
             load_settings({**env, name: bad})
-
-
-def hashed(seed: int, size: int = 3 * CS + 5) -> dbindex.HashedFile:
-    count = protocol.chunk_count(size, CS)
-    entries = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(count)]
-    return dbindex.HashedFile(
-        size=size,
-        mtime_ns=1000 + seed,
-        sha256=entries[-1],
-        chunk_size=CS,
-        chunk_hashes=entries,
-        chunk_sizes=[protocol.chunk_length(size, CS, i) for i in range(count)],
-        root=protocol.manifest_root(entries),
-        ctime_ns=2000 + seed,
-        inode=3000 + seed,
-    )
 
 
 def db_rows(db: Database, query: str) -> list[tuple[object, ...]]:
