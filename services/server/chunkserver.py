@@ -32,17 +32,19 @@ from p2pshare.services.server.frames import Batch, FrameReader, decode_batch
 from p2pshare.services.server.ratelimit import RateLimiter
 from p2pshare.services.server.sender import STALL_TIMEOUT, ByteSender
 from p2pshare.services.server.served import ServedDurably
+from p2pshare.services.server.slots import ConnectionSlots
 from p2pshare.services.server.sources import Refusal, SourceCache
 from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.server")
 
-MAX_CONNECTIONS = 1024
 # A whole catalog (protocol 2.0 peers) must inflate to at most MAX_CATALOG_BYTES: about
 # 300,000 entries of typical names; beyond this a peer that old is told to upgrade.
 LEGACY_CATALOG_ENTRIES = 250_000
-# A client must say something soon after connecting, and finish a frame it started.
-HANDSHAKE_TIMEOUT = 10.0
+# Before a client has proven the network key (or, without a key, asked its first
+# request) it holds a slot for at most this long in all, TLS handshake included: an honest
+# client takes milliseconds, so a slot held longer is a host holding slots for nothing.
+PREAUTH_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 FRAME_TIMEOUT = 10.0
 UPLOAD_FLUSH_SECONDS = 0.5
@@ -68,6 +70,7 @@ class ChunkServer:
         limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
         self.sender = ByteSender(encrypt=tls.encrypt, limiter=limiter)
         self.writers: set[asyncio.StreamWriter] = set()
+        self.slots = ConnectionSlots()
         self.served: list[dbserving.ServedChunk] = []
         self._catalog: tuple[int, bytes] | None = None
         self.sources = SourceCache(database, settings)
@@ -117,10 +120,9 @@ class ChunkServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str(writer.get_extra_info("peername", ("?", 0))[0])
-        if len(self.writers) >= MAX_CONNECTIONS:
-            log.warning("refused connection from %s: %d connections open", peer, MAX_CONNECTIONS)
-            writer.write(protocol.encode_error("server busy"))
-            writer.close()
+        refused = self.slots.take(peer)
+        if refused is not None:
+            self._refuse(writer, peer, refused)
             return
         self.writers.add(writer)
         stats = ConnStats(peer)
@@ -145,6 +147,7 @@ class ChunkServer:
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
+            self.slots.give_back(peer)
             self.writers.discard(writer)
             writer.close()
             if stats.chunks:
@@ -156,6 +159,15 @@ class ChunkServer:
                     peer,
                     took,
                 )
+
+    def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str) -> None:
+        """Close a connection there is no slot for, saying why; logged once a while per
+        host, as a host at its limit may keep trying."""
+        count = self.slots.refusal_to_log(peer, time.monotonic())
+        if count is not None:
+            log.warning("refused %d connection(s) from %s: %s", count, peer, reason)
+        self._try_write(writer, protocol.encode_error(reason))
+        writer.close()
 
     @staticmethod
     def _try_write(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -170,20 +182,26 @@ class ChunkServer:
             encrypt=self.tls.encrypt,
             nonce=secrets.token_hex(protocol.NONCE_HEX // 2),
         )
+        loop = asyncio.get_running_loop()
+        preauth_ends = loop.time() + PREAUTH_TIMEOUT
         writer.write(shake.welcome())
         if shake.stage is Stage.TLS:
-            if not await self._start_tls(writer, stats):
+            if not await self._start_tls(writer, stats, preauth_ends):
                 return
             shake.tls_done(self.tls.identity.fingerprint)
         frames = FrameReader(reader)
-        timeout = HANDSHAKE_TIMEOUT
+        first = True
         while not self.stop.is_set():
             # Every request already received is one batch: one database read finds the
             # bytes of all of them, one open serves a file's chunks asked in a row.
             # asyncio.timeout inside, not wait_for: wait_for wraps each call in a new
             # task, which per request was a large share of the server's CPU.
-            received = await frames.batch(timeout, FRAME_TIMEOUT)
-            timeout = IDLE_TIMEOUT
+            if first:  # the first request (or key proof) within what is left of the limit
+                left = preauth_ends - loop.time()
+                received = await frames.batch(left, min(FRAME_TIMEOUT, left))
+                first = False
+            else:
+                received = await frames.batch(IDLE_TIMEOUT, FRAME_TIMEOUT)
             requests, bad = decode_batch(received)
             looked_up = False
             with Batch() as shared:
@@ -206,12 +224,14 @@ class ChunkServer:
             if bad is not None:
                 raise bad  # after answering the good requests before it, as they came
 
-    async def _start_tls(self, writer: asyncio.StreamWriter, stats: ConnStats) -> bool:
-        """The TLS handshake that must follow our welcome. False (logged, in one line) when
-        the client does not speak TLS or gives up."""
+    async def _start_tls(
+        self, writer: asyncio.StreamWriter, stats: ConnStats, deadline: float
+    ) -> bool:
+        """The TLS handshake that must follow our welcome, done by `deadline` (loop time).
+        False (logged, in one line) when the client does not speak TLS or gives up."""
         clear = writer.transport
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout_at(deadline):
                 await writer.start_tls(self.tls.server_context)
         except ssl.SSLError as exc:
             log.warning(
