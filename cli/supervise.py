@@ -188,7 +188,11 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
     started_at = time.time()
     # Only the record reaches the programs: a variable of this shell is either in it
     # (given to this start) or not the node's.
-    env = {**node_config.without_settings(os.environ), "P2P_HOME": str(settings.home)}
+    env = {
+        **node_config.without_settings(os.environ),
+        "P2P_HOME": str(settings.home),
+        "P2P_USER_UMASK": f"{current_umask():03o}",  # see services/run-role.sh
+    }
     result = subprocess.run(
         [supervisord_command(), "-c", str(conf_path())],
         env=env,
@@ -226,6 +230,12 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
         f"started the node at {settings.home} (supervisord pid {supervisord_pid(settings)}); "
         f"logs in {settings.log_dir}"
     )
+
+
+def current_umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _quietly(check: Callable[[], bool]) -> bool:

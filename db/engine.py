@@ -395,6 +395,9 @@ class Database:
     def open(cls, path: Path) -> Database:
         """Open (creating or upgrading) the database. Raises SchemaError."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Made private before SQLite first writes it, whatever the umask: SQLite gives its
+        # WAL and shared-memory files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         database = cls(path)
         ensure_schema(database.engine)
         return database

@@ -28,4 +28,11 @@ if [ -z "$py" ]; then
     echo "p2p-$role: no Python with p2pshare installed was found; run the README's install command or set P2P_PYTHON" >&2
     exit 2
 fi
+# supervisord runs with umask 077, so its logs, socket and pidfile are private; a role
+# writes what the user sees (published downloads) as the user's own programs would, with
+# the umask of the shell that ran `p2pctl start` (P2P_USER_UMASK). Run by hand without
+# it, a role keeps 077. The node's private files have modes of their own either way.
+case "${P2P_USER_UMASK:-}" in
+    [0-7][0-7][0-7]|[0-7][0-7][0-7][0-7]) umask "$P2P_USER_UMASK" ;;
+esac
 exec "$py" -m "p2pshare.services.$role"

@@ -11,11 +11,13 @@ import getpass
 import ipaddress
 import os
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pshare.services.private import PRIVATE_DIR_MODE, make_private
 from p2pshare.services.protocol.limits import CHUNK_ALIGN, MAX_CHUNK, MAX_USERNAME_BYTES, MIN_CHUNK
 
 DEFAULT_UDP_PORT = 47474
@@ -55,6 +57,9 @@ CONFIG_NAME = "p2p.toml"
 # 4 TiB file at 16 MiB chunks, or a thousand of the usual 256-chunk files at once.
 DEFAULT_PEER_CATALOG_ENTRIES = 1_500_000
 DEFAULT_PEER_MANIFEST_ROWS = 1 << 18
+# A config file holding the network key may be read by its owner alone (group and others:
+# no read bit), as ssh insists of a private key.
+OTHERS_MAY_READ = 0o044
 
 VARIABLES = (
     "P2P_HOME",
@@ -173,8 +178,13 @@ class Settings:
         return tuple(paths)
 
     def make_dirs(self) -> None:
-        for path in (self.home, self.share_dir, self.download_dir, self.temp_dir, self.log_dir):
+        """Create the node's folders, its own ones private (services/private.py), and make
+        an older home private. Raises OSError."""
+        for path in (self.home, self.temp_dir, self.log_dir):
+            path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        for path in (self.share_dir, self.download_dir):
             path.mkdir(parents=True, exist_ok=True)
+        make_private(self)
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -187,6 +197,7 @@ def read_config_file(path: Path) -> dict[str, str]:
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
+            mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -198,6 +209,12 @@ def read_config_file(path: Path) -> dict[str, str]:
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         values[key] = str(value)
+    if "P2P_NETWORK_KEY" in values and mode & OTHERS_MAY_READ:
+        # Whoever can read the key can join the network and read what it shares.
+        raise SettingsError(
+            f"config file {path} holds P2P_NETWORK_KEY but other users may read it "
+            f"(mode {mode:04o}); run chmod 600 {path}"
+        )
     return values
 
 

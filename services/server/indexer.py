@@ -24,6 +24,7 @@ from pathlib import Path
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.services.hashing.files import FileChanged, hash_file
+from p2pshare.services.private import without_secrets
 from p2pshare.services.server.repair import screen_published
 from p2pshare.services.server.scan import FoundFile, scan_names, walk_tree
 from p2pshare.services.server.watch import FolderWatch
@@ -189,8 +190,12 @@ class ShareIndexer:
             # The downloader links a file, then records it: one it is publishing is its
             # to record, not this scan's to hash again (and bump the catalog for).
             publishing = dbindex.publishing_names(s) if root.label == "download" else set()
-        found = walk_tree(
-            root.path, exclude=root.exclude, on_folder=self._on_folder(root), skipped=skipped
+        found = without_secrets(
+            walk_tree(
+                root.path, exclude=root.exclude, on_folder=self._on_folder(root), skipped=skipped
+            ),
+            self.settings,
+            skipped,
         )
         todo = self._merged(root, found, publishing, scan_started_ns, stats, now)
         busy = self._hash_and_record(root, self._screened(root, todo), stats)
@@ -243,6 +248,7 @@ class ShareIndexer:
         started = time.monotonic()
         scan_started_ns = time.time_ns()
         scan = scan_names(root.path, names, exclude=root.exclude, on_folder=self._on_folder(root))
+        scan.files = dict(without_secrets(scan.files.items(), self.settings, scan.skipped))
         self._report_skips(scan.skipped)
         with self.database.read() as s:
             # The same names (and trees) as the look: what it did not find is gone.

@@ -294,8 +294,17 @@ def _size(value: Bencodable) -> int:
     return value
 
 
+def refuse_symlink(entry: dict[str, Bencodable], path: str) -> None:
+    """A BEP 47 symlink (`attr` with `l`, or a `symlink path`): libtorrent would make it in
+    the download, where it could name any file of this machine. Raises MetainfoError."""
+    attr = entry.get("attr", b"")
+    if "symlink path" in entry or (isinstance(attr, bytes) and b"l" in attr):
+        raise MetainfoError(f"its file {path!r} is a symlink, which this node never makes")
+
+
 def _v1_files(info: dict[str, Bencodable], name: str) -> tuple[list[tuple[str, int]], bool]:
     if "files" not in info:
+        refuse_symlink(info, name)
         return [(name, _size(info.get("length")))], False
     listed = info["files"]
     if not isinstance(listed, list) or not listed:
@@ -307,6 +316,7 @@ def _v1_files(info: dict[str, Bencodable], name: str) -> tuple[list[tuple[str, i
         path = [safe_part(_text(p, "file path"), "file path") for p in entry["path"]]
         if not path:
             raise MetainfoError("a file of it has an empty path")
+        refuse_symlink(entry, "/".join(path))
         attr = entry.get("attr", b"")
         if isinstance(attr, bytes) and b"p" in attr:
             continue  # a BEP 47 pad file: never written out
@@ -337,6 +347,7 @@ def _walk(
             leaf = sub
             if not above:
                 raise MetainfoError("its file tree is malformed")
+            refuse_symlink(leaf, "/".join(above))
             out.append(("/".join(above), _size(leaf.get("length"))))
             continue
         _walk(sub, [*above, safe_part(key, "file path")], out, depth + 1)

@@ -6,8 +6,10 @@
   the Host must be `localhost` or a loopback address; off loopback an IP address or
   `localhost` (a rebinding attack needs a DNS name, and the token guards the rest).
 - Token: `/share/` always needs the node's web token; the dashboard needs it when the
-  program listens off loopback. Given once as `?token=`, it is kept in an HttpOnly,
-  SameSite=Strict cookie.
+  program listens off loopback. Given once as `?token=`, an HttpOnly, SameSite=Strict
+  cookie named for this port stands for it, holding not the token but a value derived
+  from it for this port that expires (token.cookie_value): every other port of the
+  host receives the cookie too.
 - CSRF: every state-changing request is a POST carrying the CSRF token (a form field
   or the X-CSRF-Token header); an Origin header, when sent, must match the Host.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +32,6 @@ from p2pshare.services.web.context import client_of, error_response
 
 log = logging.getLogger("p2p.web")
 
-TOKEN_COOKIE = "p2p_token"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = ("GET", "HEAD")
@@ -85,6 +87,12 @@ def origin_matches(origin: str | None, host_header: str | None) -> bool:
     return urlsplit(origin).netloc.lower() == host_header.strip().lower()
 
 
+def local_port(request: Request) -> int:
+    """The port this request came in on (the listening socket's, not the Host header's)."""
+    server = request.scope.get("server")
+    return int(server[1]) if server and server[1] is not None else 0
+
+
 def needs_token(path: str, bind: str) -> bool:
     """The share always needs the token; everything else only off loopback."""
     if path == "/share" or path.startswith("/share/"):
@@ -131,9 +139,13 @@ class Guard(BaseHTTPMiddleware):
                 "or as localhost.",
             )
         given = request.query_params.get("token")
+        port = local_port(request)
         if needs_token(request.url.path, self.bind):
-            cookie = request.cookies.get(TOKEN_COOKIE)
-            if not (webtoken.same(given, self.token) or webtoken.same(cookie, self.token)):
+            cookie = request.cookies.get(webtoken.cookie_name(port))
+            if not (
+                webtoken.same(given, self.token)
+                or webtoken.cookie_valid(cookie, self.token, port, time.time())
+            ):
                 return self._refuse(
                     request,
                     403,
@@ -147,7 +159,12 @@ class Guard(BaseHTTPMiddleware):
         response = await call_next(request)
         if webtoken.same(given, self.token):
             response.set_cookie(
-                TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/"
+                webtoken.cookie_name(port),
+                webtoken.cookie_value(self.token, port, time.time()),
+                max_age=webtoken.COOKIE_SECONDS,
+                httponly=True,
+                samesite="strict",
+                path="/",
             )
         return response
 

@@ -16,6 +16,13 @@ from pathlib import Path
 
 TOKEN_NAME = "web-token"
 TOKEN_BYTES = 24  # 192 bits, 32 URL-safe characters
+# A browser sends a host's cookies to every port of that host (RFC 6265 scopes them by
+# host alone), so any other web service on this address receives ours. So the cookie is
+# named for this port (two nodes' pages on one host keep theirs apart) and never holds
+# the token: it holds a value derived from it for this port, good for COOKIE_SECONDS, so
+# what another port receives opens this share alone, for a while, and reveals no token.
+COOKIE_PREFIX = "p2p_share_"
+COOKIE_SECONDS = 12 * 3600
 
 
 class TokenError(Exception):
@@ -80,3 +87,29 @@ def csrf_token(token: str) -> str:
     page on another site cannot read it (the Host check and same-origin keep it out).
     """
     return hmac.new(token.encode(), b"p2pshare csrf", hashlib.sha256).hexdigest()[:32]
+
+
+def cookie_name(port: int) -> str:
+    return f"{COOKIE_PREFIX}{port}"
+
+
+def _cookie_mac(token: str, port: int, expires: int) -> str:
+    message = f"p2pshare cookie {port} {expires}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def cookie_value(token: str, port: int, now: float) -> str:
+    """What the cookie of the web program on `port` holds: when it expires, and a MAC of
+    that and the port under the token."""
+    expires = int(now) + COOKIE_SECONDS
+    return f"{expires}.{_cookie_mac(token, port, expires)}"
+
+
+def cookie_valid(value: str | None, token: str, port: int, now: float) -> bool:
+    """Whether a cookie's value is one this port made, and has not expired."""
+    if value is None:
+        return False
+    expires, dot, mac = value.partition(".")
+    if not dot or not expires.isdigit() or int(expires) <= now:
+        return False
+    return hmac.compare_digest(mac.encode(), _cookie_mac(token, port, int(expires)).encode())

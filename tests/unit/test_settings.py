@@ -96,6 +96,7 @@ def test_environment_beats_config_file_in_home(tmp_path: Path) -> None:
         'P2P_TCP_PORT = 5000\nP2P_USERNAME = "from-file"\nP2P_ANNOUNCE_INTERVAL = 5\n'
         'P2P_NETWORK_KEY = "file-secret"\n'
     )
+    config.chmod(0o600)  # it holds the key: others may not read it
     env = {"P2P_HOME": str(tmp_path), "P2P_BROADCAST": LOOPBACK_BROADCAST, "P2P_TCP_PORT": "6000"}
     settings = load_settings(env=env)
 
