@@ -33,15 +33,21 @@ def private_folders(settings: Settings) -> tuple[Path, ...]:
     return (settings.home, settings.temp_dir, settings.log_dir, settings.identity_dir)
 
 
-def secret_files(settings: Settings) -> list[Path]:
-    """The node's private files as they are now (the logs rotate, so they are listed)."""
+def home_files(settings: Settings) -> list[Path]:
+    """The node's private files in its home as they are now (the logs rotate, so they are
+    listed)."""
     files = [settings.home / name for name in SECRET_NAMES]
-    if settings.config_file is not None:
-        files.append(settings.config_file)
     for folder in (settings.identity_dir, settings.log_dir):
         with contextlib.suppress(OSError):
             files += [Path(e.path) for e in os.scandir(folder)]
     return files
+
+
+def secret_files(settings: Settings) -> list[Path]:
+    """The files never to share: the home's private ones and a config file elsewhere
+    (P2P_CONFIG), which may hold the key."""
+    config = [] if settings.config_file is None else [settings.config_file]
+    return [*home_files(settings), *config]
 
 
 def make_private(settings: Settings) -> None:
@@ -50,7 +56,7 @@ def make_private(settings: Settings) -> None:
     me = os.geteuid()
     for path, mode in [
         *((p, PRIVATE_DIR_MODE) for p in private_folders(settings)),
-        *((p, PRIVATE_FILE_MODE) for p in secret_files(settings)),
+        *((p, PRIVATE_FILE_MODE) for p in home_files(settings)),
     ]:
         try:
             st = os.lstat(path)
