@@ -10,7 +10,7 @@ download needs it).
 
     python bench/hostile.py [--seconds 60] [--chunks 1048576] [--tmp-dir DIR]
 
-`--chunks 262144` makes each made-up content just fit P2P_PEER_MANIFEST_ROWS, so the
+`--chunks 131072` makes each made-up content just fit P2P_PEER_MANIFEST_ROWS, so the
 victim stores one of them before the budget refuses the rest (the worst a peer can do).
 
 Loopback only: nodes bind 127.0.0.1 and announce to 127.255.255.255.

@@ -185,7 +185,7 @@ class Peer(Base):
     # exact count is taken only when this passes its budget.
     catalog_entries: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     # Which of its budgets (README "Budgets per peer") it reached and when, e.g.
-    # "P2P_PEER_MANIFEST_ROWS (262144) at 2026-12-07T23:10:00Z"; NULL: none.
+    # "P2P_PEER_MANIFEST_ROWS (131072) at 2026-12-07T23:10:00Z"; NULL: none.
     over_budget: Mapped[str | None]
 
 

@@ -53,10 +53,11 @@ CONFIG_NAME = "p2p.toml"
 # Budgets per peer (README "Budgets per peer"): what one peer's catalog and offers may
 # make this node store. Entries: a share of a million files must fit, with room for
 # its churn. Manifest rows: chunk hashes learned from the peer and not yet proven by
-# downloaded bytes, about 100 bytes of database each; 2^18 of them is some 27 MB, a
-# 4 TiB file at 16 MiB chunks, or a thousand of the usual 256-chunk files at once.
+# downloaded bytes, about 100 bytes of database each; 2^17 of them is some 14 MB, a
+# 2 TiB file at 16 MiB chunks, or 500 of the usual 256-chunk files at once. A download
+# of that many chunks holds them in memory too, so this bounds the downloader's as well.
 DEFAULT_PEER_CATALOG_ENTRIES = 1_500_000
-DEFAULT_PEER_MANIFEST_ROWS = 1 << 18
+DEFAULT_PEER_MANIFEST_ROWS = 1 << 17
 # A config file holding the network key may be read by its owner alone (group and others:
 # no read bit), as ssh insists of a private key.
 OTHERS_MAY_READ = 0o044

@@ -30,7 +30,7 @@ HONEST_SIZE = 6 * 1024 * 1024
 BOMBS_ASKED = 4
 GROWTH_BOUND = 64 * MB
 RSS_BOUND_KIB = 150 * 1024
-MANIFEST_ROWS = 1 << 18  # P2P_PEER_MANIFEST_ROWS's default
+MANIFEST_ROWS = 1 << 17  # P2P_PEER_MANIFEST_ROWS's default
 
 
 def db_bytes(node: Any) -> int:
