@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -20,9 +21,8 @@ from p2pshare.db.models import File, Peer
 from p2pshare.services.settings import DEFAULT_PEER_CATALOG_ENTRIES
 
 
-@dataclass(frozen=True)
-class Offered:
-    """One entry of a peer's catalog, after validation."""
+class Offered(NamedTuple):
+    """One entry of a peer's catalog, after validation (a tuple: a page holds thousands)."""
 
     name: str
     sha256: str
@@ -94,26 +94,11 @@ def apply_page(
         conn.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
     elif (page.epoch, page.start) != (row[1], row[2]):
         raise NotContinuous(f"page from v{page.start} of {page.epoch}; held: v{row[2]} of {row[1]}")
-    # A page's rows land all over the indexes of files and holdings (SHA-256s and names
-    # in no order): a larger page cache than SQLite's 2 MB default keeps the b-tree pages
-    # they touch, a third of a page's time (this connection is the listener's).
-    conn.execute(f"PRAGMA cache_size=-{APPLY_CACHE_KIB}")
     offered = within_catalog_budget(
         conn, peer_id, page.offered, reset=page.reset and page.start == 0,
         limit=entry_budget, now=now,
     )  # fmt: skip
-    known = _known_or_added(conn, offered, now=now)
-    holdings = []
-    for entry in offered:
-        content = known.get(entry.key)
-        if content is not None and content[1] == entry.size:
-            holdings.append((peer_id, content[0], entry.name, entry.chunks_held, entry.have))
-    conn.executemany(
-        "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (peer_id, file_id, name) DO UPDATE SET"
-        " chunks_held = excluded.chunks_held, bitfield = excluded.bitfield",
-        holdings,
-    )
+    kept = _record_offers(conn, peer_id, offered, now=now) if offered else 0
     conn.executemany(
         "DELETE FROM holdings WHERE peer_id = ? AND name = ?"
         " AND file_id IN (SELECT id FROM files WHERE sha256 = ?)",
@@ -124,51 +109,45 @@ def apply_page(
         (page.end, page.epoch, peer_id),
     )
     _expire_peer(session, peer_id)
-    return len(holdings)
+    return kept
 
 
-def _known_or_added(
-    conn: sqlite3.Connection, offered: Sequence[Offered], *, now: float
-) -> dict[ContentKey, tuple[int, int]]:
-    """(file id, size) of each content offered, adding a `files` row (without chunk
-    hashes) for each one this database did not know."""
-    known = _content_ids(conn, {o.key for o in offered})
-    new = {o.key: o for o in offered if o.key not in known}
-    if not new:
-        return known
-    (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM files").fetchone()
-    conn.executemany(
-        "INSERT OR IGNORE INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(o.sha256, o.size, o.chunk_size, o.root, -(-o.size // o.chunk_size), now)
-         for o in new.values()],
-    )  # fmt: skip
-    # The rows just added take ids above every earlier one: read back as one range, not
-    # a lookup by SHA-256 each (a page's new contents land all over that index).
-    for sha, cs, root, fid, size in conn.execute(
-        "SELECT sha256, chunk_size, root, id, size FROM files WHERE id > ?", (before,)
-    ):
-        if (sha, cs, root) in new:
-            known[(sha, cs, root)] = (fid, size)
-    missed = {key for key in new if key not in known}  # none, unless a row was there after all
-    if missed:
-        known.update(_content_ids(conn, missed))
-    return known
-
-
-def _content_ids(
-    conn: sqlite3.Connection, keys: set[ContentKey]
-) -> dict[ContentKey, tuple[int, int]]:
-    """(file id, size) of each of these contents this database knows."""
-    out: dict[ContentKey, tuple[int, int]] = {}
-    for part in in_slices(sorted({sha for sha, _, _ in keys})):
-        for sha, cs, root, fid, size in conn.execute(
-            f"SELECT sha256, chunk_size, root, id, size FROM files WHERE sha256 IN ({marks(part)})",
-            part,
-        ):
-            if (sha, cs, root) in keys:
-                out[(sha, cs, root)] = (fid, size)
-    return out
+def _record_offers(
+    conn: sqlite3.Connection, peer_id: int, offered: Sequence[Offered], *, now: float
+) -> int:
+    """Record a page's entries as the peer's holdings, adding a `files` row (without
+    chunk hashes) for each content not known here; returns the entries kept. The page
+    goes into a temporary table in one statement, and from there into `files` and
+    `holdings` in one statement each: SQLite matches entries to contents itself, rather
+    than Python row by row."""
+    # A page's rows land all over the index of files by SHA-256: a larger page cache than
+    # SQLite's 2 MB default keeps the b-tree pages they touch (this connection is the
+    # listener's).
+    conn.execute(f"PRAGMA cache_size=-{APPLY_CACHE_KIB}")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS page_offers (name TEXT, sha256 TEXT,"
+        " chunk_size INTEGER, root TEXT, size INTEGER, bitfield BLOB, chunks_held INTEGER)"
+    )
+    conn.executemany("INSERT INTO temp.page_offers VALUES (?, ?, ?, ?, ?, ?, ?)", offered)
+    try:
+        conn.execute(
+            "INSERT OR IGNORE INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
+            " SELECT sha256, size, chunk_size, root, (size + chunk_size - 1) / chunk_size, ?"
+            " FROM temp.page_offers",
+            (now,),
+        )
+        # Joined on size too: an entry whose size contradicts its content's is left out.
+        return conn.execute(
+            "INSERT INTO holdings (peer_id, file_id, name, chunks_held, bitfield)"
+            " SELECT ?, f.id, o.name, o.chunks_held, o.bitfield FROM temp.page_offers o"
+            " JOIN files f ON f.sha256 = o.sha256 AND f.chunk_size = o.chunk_size"
+            " AND f.root = o.root AND f.size = o.size WHERE true"
+            " ON CONFLICT (peer_id, file_id, name) DO UPDATE SET"
+            " chunks_held = excluded.chunks_held, bitfield = excluded.bitfield",
+            (peer_id,),
+        ).rowcount
+    finally:
+        conn.execute("DELETE FROM temp.page_offers")
 
 
 def _expire_peer(session: Session, peer_id: int) -> None:

@@ -263,11 +263,11 @@ class CatalogFetcher:
         if wanted.epoch is None:  # protocol 2.0: the whole catalog, as one page
             client.deadline = time.monotonic() + FETCH_DEADLINE
             version, entries = client.catalog()
-            yield dbcatalogs.Page(None, 0, version, True, [_offered(e) for e in entries], []), False
+            yield dbcatalogs.Page(None, 0, version, True, _offered(entries), []), False
             return
         epoch, since = self._held(wanted)
         for page in client.changes(epoch, since, page_seconds=FETCH_DEADLINE):
-            offered = [_offered(e) for e in page.entries]
+            offered = _offered(page.entries)
             yield (
                 dbcatalogs.Page(page.epoch, page.start, page.end, page.reset, offered, page.gone),
                 page.more,
@@ -289,13 +289,11 @@ class CatalogFetcher:
         return row[0], row[1]
 
 
-def _offered(e: protocol.CatalogEntry) -> dbcatalogs.Offered:
-    return dbcatalogs.Offered(
-        e.name,
-        e.file.sha256,
-        e.file.chunk_size,
-        e.file.root,
-        e.size,
-        e.have,
-        e.chunks if e.have is None else protocol.bitfield_count(e.have),
-    )
+def _offered(entries: list[protocol.CatalogEntry]) -> list[dbcatalogs.Offered]:
+    count, chunk_count = protocol.bitfield_count, protocol.chunk_count
+    return [
+        dbcatalogs.Offered(
+            name, sha, cs, root, size, have, chunk_count(size, cs) if have is None else count(have)
+        )
+        for name, (sha, cs, root), size, have in entries
+    ]

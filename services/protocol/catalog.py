@@ -6,11 +6,13 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from p2pshare.services.protocol.fields import (
+    MAX_PART_BYTES,
     _bool,
     _file_key,
     _hex,
@@ -39,8 +41,9 @@ from p2pshare.services.protocol.limits import (
 )
 
 
-@dataclass(frozen=True)
-class CatalogEntry:
+class CatalogEntry(NamedTuple):
+    """One entry of a catalog (a tuple: a page holds thousands, made in bulk)."""
+
     name: str
     file: FileKey
     size: int
@@ -86,6 +89,91 @@ def decode_catalog(payload: bytes) -> tuple[int, list[CatalogEntry]]:
 def _entries(files: object) -> list[CatalogEntry]:
     if not isinstance(files, list):
         raise MalformedMessage("'files' must be a list")
+    # Every rule is checked over the whole list at once, in C where it can be (a page is
+    # thousands of entries); anything that fails one is looked at again entry by entry,
+    # which refuses it with its own reason (or takes it, where the bulk check was stricter).
+    try:
+        entries = _entries_at_once(files)
+    except (TypeError, ValueError):  # an entry of another shape; a name not UTF-8
+        entries = None
+    return _entries_one_by_one(files) if entries is None else entries
+
+
+# Characters a name of at most this many may hold are at most MAX_PART_BYTES bytes in
+# UTF-8: neither it nor any part of it can be too long.
+_SHORT_NAME = MAX_PART_BYTES // 4
+# In names joined by newlines (which a name, being printable, cannot hold), between
+# newlines at both ends: a part that is empty, '.' or '..' (so also an absolute name),
+# and a name that starts with a drive.
+_BAD_PARTS_JOINED = tuple(
+    f"{before}{part}{after}" for before in "\n/" for part in ("", ".", "..") for after in "\n/"
+)
+_DRIVE_JOINED_RE = re.compile(r"\n[A-Za-z]:")
+_HEX_DIGITS = b"0123456789abcdef"
+
+
+def _entries_at_once(files: list[Any]) -> list[CatalogEntry] | None:
+    """The entries, if each passes every rule of `_entries_one_by_one`; None if any may not.
+    Raises TypeError or ValueError for some entries of the wrong shape."""
+    if not files:
+        return []
+    if set(map(type, files)) != {list} or set(map(len, files)) != {6}:
+        return None
+    names, shas, sizes, sizes_of_chunks, roots, haves = zip(*files, strict=True)
+    if set(map(type, sizes)) != {int} or set(map(type, sizes_of_chunks)) != {int}:
+        return None
+    if min(sizes) < 0 or max(sizes) > MAX_FILE_SIZE:
+        return None
+    if not all(
+        MIN_CHUNK <= cs <= MAX_CHUNK and cs % CHUNK_ALIGN == 0 for cs in set(sizes_of_chunks)
+    ):
+        return None
+    for digests in (shas, roots):
+        if set(map(len, digests)) != {64} or "".join(digests).encode().translate(None, _HEX_DIGITS):
+            return None
+    if not _names_pass(names):
+        return None
+    counts = [-(-size // cs) for size, cs in zip(sizes, sizes_of_chunks, strict=True)]
+    if max(counts) > MAX_CHUNKS_PER_FILE:
+        return None
+    sha256, fromhex = hashlib.sha256, bytes.fromhex
+    if any(
+        count == 1 and root != sha256(fromhex(sha)).hexdigest()
+        for sha, root, count in zip(shas, roots, counts, strict=True)
+    ):
+        return None
+    keys = list(map(FileKey, shas, sizes_of_chunks, roots))
+    size_of = dict(zip(keys, sizes, strict=True))
+    if len(size_of) < len(keys) and any(
+        size_of[key] != size for key, size in zip(keys, sizes, strict=True)
+    ):
+        return None
+    if haves.count(None) != len(haves):
+        haves = tuple(map(_bits, haves, counts))
+    return list(map(CatalogEntry, names, keys, sizes, haves))
+
+
+def _names_pass(names: tuple[Any, ...]) -> bool:
+    """Every name passes check_name (False: some may not). Raises TypeError for a name
+    that is not a string, UnicodeEncodeError (a ValueError) for one that is not UTF-8."""
+    joined = "\n" + "\n".join(names) + "\n"
+    joined.encode("utf-8")
+    if min(map(len, names)) == 0 or not all(map(str.isprintable, names)):
+        return False
+    if "\\" in joined or any(bad in joined for bad in _BAD_PARTS_JOINED):
+        return False
+    if ":" in joined and _DRIVE_JOINED_RE.search(joined):
+        return False
+    try:
+        for name in names:
+            if len(name) > _SHORT_NAME:
+                check_name(name)  # a name too long, or with a part too long
+    except (MalformedMessage, MessageTooLarge):
+        return False
+    return True
+
+
+def _entries_one_by_one(files: list[Any]) -> list[CatalogEntry]:
     entries = []
     sizes: dict[FileKey, int] = {}
     for item in files:

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import zlib
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.services import protocol as p
+from p2pshare.services.protocol import catalog
 from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.protocol import (
     Announce,
@@ -1153,3 +1155,94 @@ def test_one_chunk_entry_must_carry_the_root_of_its_sha256() -> None:
     header, payload = page_bytes(p.CatalogPage(EPOCH, 0, 1, False, False, [lying], []))
     with pytest.raises(MalformedMessage, match="root"):
         p.decode_page(header, payload)
+
+
+# ================================================================ a page's entries checked at once
+
+# Entries that lie in one field each, and names that look odd but are allowed: checked
+# among many good entries, a page's entries go through the bulk check first.
+LYING_ENTRIES = [
+    entry(name="/etc/passwd"),
+    entry(name="C:/x.txt"),
+    entry(name="a/../../b"),
+    entry(name=".."),
+    entry(name="a/./b"),
+    entry(name="./a"),
+    entry(name="a/."),
+    entry(name="a\nb"),
+    entry(name="a\\b"),
+    entry(name="a//b"),
+    entry(name="a/"),
+    entry(name=""),
+    entry(name=5),
+    entry(name="\ud800"),
+    entry(name="x" * 256),
+    entry(name="d/" + "ü" * 128),
+    entry(name="a/" * 600 + "b"),
+    entry(size=-1),
+    entry(size=True),
+    entry(size=2**50 + 1),
+    entry(size=100.0),
+    entry(cs=CS + 32),
+    entry(cs=16383),
+    entry(rt=ROOT_A.upper()),
+    entry(rt=ROOT_A[:63] + "g"),
+    entry(rt=ROOT_A[:32]),
+    entry(sha=SHA_A[:63] + "é"),
+    entry(sha=None),
+    entry(size=2**40),
+    entry(size=100, rt=ROOT_A),
+    entry(have=b64(b"\x10")),
+    entry(have="%%%"),
+    entry()[:5],
+    [*entry(), 0],
+    {"name": "a.txt"},
+    "a.txt",
+]
+ODD_GOOD_NAMES = ["...", "..hidden", "a..b/c", "ab:c/d", "1:x", "x" * 255, "d/" + "ü" * 127, "日本/語.md"]
+
+
+def many_good(count: int) -> list[list[Any]]:
+    return [entry(name=f"d{i // 10}/f{i}.bin") for i in range(count)]
+
+
+@pytest.mark.parametrize("lie", LYING_ENTRIES, ids=range(len(LYING_ENTRIES)))
+def test_a_lie_among_many_good_entries_is_refused_for_its_own_reason(lie: Any) -> None:
+    files = [*many_good(50), lie, *many_good(3), entry(size=-2)]
+    with pytest.raises(ProtocolError) as one_by_one:
+        catalog._entries_one_by_one(files)
+    with pytest.raises(type(one_by_one.value), match=f"^{re.escape(str(one_by_one.value))}$"):
+        p.decode_catalog(catalog_payload(files))
+
+
+def test_odd_but_allowed_names_among_many_are_taken() -> None:
+    files = [*many_good(50), *(entry(name=name) for name in ODD_GOOD_NAMES)]
+    entries = p.decode_catalog(catalog_payload(files))[1]
+    assert [e.name for e in entries[50:]] == ODD_GOOD_NAMES
+    assert entries == catalog._entries_one_by_one(files)
+
+
+@SHAPED
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*ODD_GOOD_NAMES, "a.txt", "b/c", "/x", "a//b", "..", "C:x", "a\\b"]),
+            st.sampled_from([SHA_A, SHA_B, SHA_A.upper()]),
+            st.sampled_from([len(DATA_A), len(DATA_B), 0, 1, -1]),
+            st.sampled_from([CS, 2 * CS, CS + 1]),
+            st.sampled_from([ROOT_A, ROOT_B, p.one_chunk_root(SHA_A)]),
+            st.sampled_from([None, b64(b"\xe0"), b64(b"\xc0"), b64(b"\x10"), "%"]),
+        ).map(list),
+        max_size=8,
+    )
+)
+def test_entries_checked_at_once_agree_with_one_by_one(files: list[Any]) -> None:
+    try:
+        expected: Any = catalog._entries_one_by_one(files)
+    except ProtocolError as exc:
+        expected = (type(exc), str(exc))
+    try:
+        got: Any = catalog._entries(files)
+    except ProtocolError as exc:
+        got = (type(exc), str(exc))
+    assert got == expected
