@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pshare.services import protocol as p
-from p2pshare.services.protocol import catalog
 from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.protocol import (
     Announce,
@@ -35,6 +34,7 @@ from p2pshare.services.protocol import (
     Welcome,
     WrongNetworkKey,
     WrongVersion,
+    catalog,
 )
 
 NODE = "0123456789abcdef" * 2
@@ -1199,7 +1199,16 @@ LYING_ENTRIES = [
     {"name": "a.txt"},
     "a.txt",
 ]
-ODD_GOOD_NAMES = ["...", "..hidden", "a..b/c", "ab:c/d", "1:x", "x" * 255, "d/" + "ü" * 127, "日本/語.md"]
+ODD_GOOD_NAMES = [
+    "...",
+    "..hidden",
+    "a..b/c",
+    "ab:c/d",
+    "1:x",
+    "x" * 255,
+    "d/" + "ü" * 127,
+    "日本/語.md",
+]
 
 
 def many_good(count: int) -> list[list[Any]]:
