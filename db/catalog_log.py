@@ -26,6 +26,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from p2pshare.db.queueing import KEEPING_TEMP
 
@@ -201,8 +202,9 @@ def state(conn: sqlite3.Connection) -> LogState:
     return LogState(row[0], row[1], row[2])
 
 
-@dataclass(frozen=True)
-class LogRow:
+class LogRow(NamedTuple):
+    """One change of the log (a tuple: a page is thousands)."""
+
     seq: int
     name: str
     sha256: str

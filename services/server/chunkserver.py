@@ -274,18 +274,28 @@ class ChunkServer:
         self, req: protocol.ChangesRequest, writer: asyncio.StreamWriter
     ) -> None:
         """The catalog's changes since what the peer holds, page after page on the
-        connection; the peer's reading paces it (drain), so one page at a time is in
-        memory here, whatever the share's size."""
-        page = await asyncio.to_thread(self._first_page, req)
+        connection; the peer's reading paces it (drain). The next page is read and encoded
+        while the last one drains, so the link never waits for the database, and at most
+        two pages are in memory here, whatever the share's size."""
+        page, sent = await asyncio.to_thread(self._first_page, req)
         while True:
-            writer.write(protocol.encode_page(page))
-            async with asyncio.timeout(STALL_TIMEOUT):  # a peer that stops reading
-                await writer.drain()
-            if not page.more:
+            writer.write(sent)
+            upcoming = asyncio.ensure_future(self._after(page)) if page.more else None
+            try:
+                async with asyncio.timeout(STALL_TIMEOUT):  # a peer that stops reading
+                    await writer.drain()
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
+            if upcoming is None:
                 return
-            page = await asyncio.to_thread(self._next_page, page)
+            page, sent = await upcoming
 
-    def _first_page(self, req: protocol.ChangesRequest) -> protocol.CatalogPage:
+    async def _after(self, last: protocol.CatalogPage) -> tuple[protocol.CatalogPage, bytes]:
+        return await asyncio.to_thread(self._next_page, last)
+
+    def _first_page(self, req: protocol.ChangesRequest) -> tuple[protocol.CatalogPage, bytes]:
         with self.database.read() as s:
             conn = driver_connection(s)
             log_now = catalog_log.state(conn)
@@ -294,9 +304,9 @@ class ChunkServer:
             reset = req.epoch != log_now.epoch or not log_now.floor <= req.since <= log_now.version
             page = self._page(conn, log_now, 0 if reset else req.since, reset)
         self.served_durably(page.end)
-        return page
+        return page, protocol.encode_page(page)
 
-    def _next_page(self, last: protocol.CatalogPage) -> protocol.CatalogPage:
+    def _next_page(self, last: protocol.CatalogPage) -> tuple[protocol.CatalogPage, bytes]:
         with self.database.read() as s:
             conn = driver_connection(s)
             log_now = catalog_log.state(conn)
@@ -304,7 +314,7 @@ class ChunkServer:
                 raise Refusal("this node's catalog log was replaced; ask again")
             page = self._page(conn, log_now, last.end, last.reset)
         self.served_durably(page.end)
-        return page
+        return page, protocol.encode_page(page)
 
     @staticmethod
     def _page(
@@ -315,9 +325,9 @@ class ChunkServer:
         more = len(rows) == protocol.PAGE_ENTRIES
         end = rows[-1].seq if more else max(after, log_now.version)
         entries = [
-            protocol.CatalogEntry(r.name, FileKey(r.sha256, r.chunk_size, r.root), r.size, r.have)
-            for r in rows
-            if not r.removed
+            protocol.CatalogEntry(name, FileKey(sha, cs, root), size, have)
+            for _, name, sha, size, cs, root, have, removed in rows
+            if not removed
         ]
         gone = [(r.name, r.sha256) for r in rows if r.removed]
         return protocol.CatalogPage(log_now.epoch, after, end, reset, more, entries, gone)
