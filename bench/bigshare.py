@@ -36,9 +36,11 @@ import argparse
 import hashlib
 import os
 import random
+import secrets
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goalrow import ScenarioRow  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
 from procstat import TICKS, peak_rss_mb, run_timed  # noqa: E402
-from wirecap import Capture, WireBytes  # noqa: E402
+from wirecap import PROTO_TCP, Capture, WireBytes  # noqa: E402
 
 from p2pshare.db import roles as dbroles  # noqa: E402
 
@@ -88,6 +90,7 @@ GOALS: dict[str, tuple[str, str, float]] = {
     "cpu_receiver": ("CPU for that change, receiver (listener) <= 0.05 s", "<=", 0.05),
     "wire": ("bytes on the wire for that change <= 10 KB", "<=", 10_000.0),
     "rss": ("every role's peak RSS <= 150 MB", "<=", 150.0),
+    "vpn": ("over the VPN-like link, the catalog arrives in <= 1.2x its bytes' time", "<=", 1.2),
     "files": ("`p2pctl files PATTERN` <= 0.5 s", "<=", 0.5),
     "status": ("`p2pctl status` <= 0.5 s", "<=", 0.5),
 }
@@ -120,6 +123,45 @@ NAME_OFFERED = (
 
 class BigRow(ScenarioRow):
     GOALS = GOALS
+
+
+# --vpn: the two nodes in two network namespaces joined by ../shared/tools/latency (20 ms
+# each way, 100 Mbit/s), on addresses that exist only inside them. P2P_LATENCY_TOOLS names
+# the tool's folder where the checkout has no ../shared beside it (a worktree elsewhere).
+LATENCY_TOOL = (
+    Path(os.environ.get("P2P_LATENCY_TOOLS", HERE.parent.parent / "shared" / "tools" / "latency"))
+    / "link.sh"
+)
+VPN_DELAY_MS = 20
+VPN_RATE_BITS = 100_000_000
+VPN_SUBNET = "10.231.77"
+VPN_IFACE = "eth0"
+
+
+class VpnLink:
+    """Two namespaces joined by the latency tool's link while the block runs."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(2)
+        self.names = (f"p2pb-{tag}-a", f"p2pb-{tag}-b")
+        self.addresses = (f"{VPN_SUBNET}.1", f"{VPN_SUBNET}.2")
+        self.broadcast = f"{VPN_SUBNET}.255"
+
+    def node(self, side: int) -> tuple[str, str, str]:
+        """(namespace, address, broadcast) of side 0 (A) or 1 (B), for BenchNode."""
+        return self.names[side], self.addresses[side], self.broadcast
+
+    def __enter__(self) -> VpnLink:
+        # The relay at nice 0, as the tool's README asks for measurements.
+        subprocess.run(
+            [str(LATENCY_TOOL), "up", *self.names, *self.addresses, str(VPN_DELAY_MS),
+             f"{VPN_RATE_BITS // 1_000_000}mbit"],
+            check=True, env={**os.environ, "LAT_NICE": "0"}, capture_output=True,
+        )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([str(LATENCY_TOOL), "down", *self.names], check=False, capture_output=True)
 
 
 class NotReached(Exception):
@@ -240,12 +282,14 @@ def save_logs(nodes: list[tuple[str, BenchNode]], dest: Path) -> None:
 class BigShare:
     """The scenario over a bench.py Bench (its root, node list, rows and UDP port)."""
 
-    def __init__(self, bench: Any, count: int) -> None:
+    def __init__(self, bench: Any, count: int, vpn: VpnLink | None = None) -> None:
         self.bench = bench
         self.count = count
+        self.vpn = vpn
+        self.port = 0  # A's TCP port, once A runs
         self.top = Path(bench.root) / f"bigshare-{count}"
-        self.a = BenchNode(self.top, "big-a", bench.udp)
-        self.b = BenchNode(self.top, "big-b", bench.udp)
+        self.a = BenchNode(self.top, "big-a", bench.udp, netns=vpn.node(0) if vpn else None)
+        self.b = BenchNode(self.top, "big-b", bench.udp, netns=vpn.node(1) if vpn else None)
         bench.nodes += [self.a, self.b]
         self.rows: list[BigRow] = []
         self.capture: Capture | None = None
@@ -266,7 +310,8 @@ class BigShare:
 
     def row(self, scenario: str, figure: str, key: str = "", **kw: Any) -> None:
         goal = GOALS[key][0] if key else kw.pop("goal", "report")
-        r = BigRow(f"bigshare {self.count:,}: {scenario}", figure, kw.pop("reference", "-"),
+        where = " over the VPN-like link" if self.vpn else ""
+        r = BigRow(f"bigshare {self.count:,}{where}: {scenario}", figure, kw.pop("reference", "-"),
                    kw.pop("ratio", "-"), kw.pop("rss", ""), goal, kw.pop("raw", {}),
                    value=kw.pop("value", None), scenario_goal=key)  # fmt: skip
         self.rows.append(r)
@@ -353,8 +398,9 @@ class BigShare:
 
     def _known(self) -> None:
         """B's start until B holds every offer of A; the capture starts just before."""
-        port = int(self.a.scalar("SELECT tcp_port FROM node"))
-        self.capture = Capture(self.top / "wire.pcap", [port], [self.bench.udp])
+        port = self.port = int(self.a.scalar("SELECT tcp_port FROM node"))
+        where = {"netns": self.vpn.names[1], "interface": VPN_IFACE} if self.vpn else {}
+        self.capture = Capture(self.top / "wire.pcap", [port], [self.bench.udp], **where)
         self.capture.start()
         if self.capture.why_not:
             print(f"   wire bytes not measured: {self.capture.why_not}", flush=True)
@@ -568,9 +614,42 @@ class BigShare:
                 self.row(text, "not measured", key, reference=self.capture.why_not)
                 continue
             dropped = "?" if self.capture.dropped is None else self.capture.dropped
-            note = f"tcpdump on lo, A's TCP port + UDP port; {dropped} dropped by the kernel"
+            iface = f"{VPN_IFACE} of B's namespace" if self.vpn else "lo"
+            note = f"tcpdump on {iface}, A's TCP port + UDP port; {dropped} dropped by the kernel"
             self.row(text, got.text(), key, reference=note, value=float(got.total),
                      raw={"wire": wire_raw(got)})  # fmt: skip
+        if self.vpn is not None and self.known is not None and not self.capture.why_not:
+            self._vpn_row(self.known)
+
+    def _vpn_row(self, step: Step) -> None:
+        """The catalog's connection, from its SYN to its last byte, against the time its
+        payload takes at the link's rate."""
+        assert self.capture is not None
+        packets = [
+            p
+            for p in self.capture.packets
+            if step.t0 <= p.at <= step.t1
+            and p.proto == PROTO_TCP
+            and self.port in (p.sport, p.dport)
+        ]
+        opened = [p.at for p in packets if p.syn]
+        carried = [p for p in packets if p.payload]
+        if not opened or not carried:
+            self.row("the catalog's connection", "not measured", "vpn", reference="no packets")
+            return
+        seconds = carried[-1].at - opened[0]
+        payload = sum(p.payload for p in carried)
+        bytes_time = payload * 8 / VPN_RATE_BITS
+        self.row(
+            "the whole catalog: its connection's SYN -> its last byte",
+            f"{seconds:.2f} s",
+            "vpn",
+            reference=f"{bytes_time:.2f} s: {payload:,} B of payload at "
+            f"{VPN_RATE_BITS / 1e6:g} Mbit/s ({VPN_DELAY_MS} ms each way)",
+            ratio=f"{seconds / bytes_time:.2f}x",
+            value=seconds / bytes_time,
+            raw={"s": seconds, "payload": payload, "bytes_s": bytes_time},
+        )
 
     def _rss(self) -> None:
         rss = every_role_rss([("A", self.a), ("B", self.b)])
@@ -642,6 +721,12 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=FILES, help="files shared (1000000 too)")
     parser.add_argument("--tmp-dir", type=Path, default=default_tmp())
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bigshare.json")
+    parser.add_argument(
+        "--vpn",
+        action="store_true",
+        help="the nodes in two network namespaces joined by ../shared/tools/latency "
+        f"({VPN_DELAY_MS} ms each way, {VPN_RATE_BITS // 1_000_000} Mbit/s; needs root)",
+    )
     args = parser.parse_args()
     if args.files < FOLDERS:
         parser.error(f"--files must be at least {FOLDERS} (one a folder)")
@@ -649,7 +734,11 @@ def main() -> None:
     bench = Bench(root, 0, 1, Path("/var/tmp"), "0")
     load = [os.getloadavg()]
     try:
-        BigShare(bench, args.files).run()
+        if args.vpn:
+            with VpnLink() as link:
+                BigShare(bench, args.files, link).run()
+        else:
+            BigShare(bench, args.files).run()
     finally:
         bench.stop_all()
         shutil.rmtree(root, ignore_errors=True)

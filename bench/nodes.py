@@ -73,11 +73,21 @@ class BenchNode:
     """
 
     def __init__(
-        self, root: Path, label: str, udp_port: int, cpus: str | None = None, **settings: object
+        self,
+        root: Path,
+        label: str,
+        udp_port: int,
+        cpus: str | None = None,
+        netns: tuple[str, str, str] | None = None,
+        **settings: object,
     ) -> None:
+        """netns: (namespace, address, broadcast) to run the node in a network namespace
+        the caller made (bench/bigshare.py --vpn), bound to that address."""
         self.home = root / label
         self.label = label
         self.pin = ["taskset", "-c", cpus] if cpus is not None else []
+        if netns is not None:
+            self.pin = ["ip", "netns", "exec", netns[0], *self.pin]
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         (self.home / "shared").mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
@@ -92,6 +102,8 @@ class BenchNode:
             # and the web program, on a port of its own (several nodes share this host).
             P2P_WEB_PORT=str(free_tcp_port()),
         )
+        if netns is not None:
+            env.update(P2P_BIND=netns[1], P2P_BROADCAST=netns[2])
         env.update({k: str(v) for k, v in settings.items()})
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

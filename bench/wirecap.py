@@ -65,8 +65,19 @@ class WireBytes:
 class Capture:
     """tcpdump on `lo` for `tcp port T or udp port U ...` while the block runs."""
 
-    def __init__(self, out: Path, tcp_ports: list[int], udp_ports: list[int]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        tcp_ports: list[int],
+        udp_ports: list[int],
+        *,
+        netns: str | None = None,
+        interface: str = "lo",
+    ) -> None:
+        """netns, interface: capture on that interface of that network namespace instead."""
         self.out = out
+        self.where = ["ip", "netns", "exec", netns] if netns else []
+        self.interface = interface
         terms = [f"tcp port {p}" for p in tcp_ports] + [f"udp port {p}" for p in udp_ports]
         self.filter = " or ".join(terms)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,8 +100,8 @@ class Capture:
         err = self.out.with_suffix(".err")
         with open(err, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [tool, "-i", "lo", "-n", "-U", "--immediate-mode", "-B", "16384",
-                 "-s", str(SNAPLEN), "-w", str(self.out), self.filter],
+                [*self.where, tool, "-i", self.interface, "-n", "-U", "--immediate-mode",
+                 "-B", "16384", "-s", str(SNAPLEN), "-w", str(self.out), self.filter],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
