@@ -25,6 +25,7 @@ from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
 from p2pshare.services.hashing.files import FileChanged, hash_file
 from p2pshare.services.private import without_secrets
+from p2pshare.services.server.index_writer import WriterProcess
 from p2pshare.services.server.repair import screen_published
 from p2pshare.services.server.scan import FoundFile, scan_names, walk_tree
 from p2pshare.services.server.watch import FolderWatch
@@ -37,6 +38,9 @@ SETTLE_SECONDS = 0.5
 # yet each transaction stays short (a few tens of milliseconds for 2,000 small files).
 BATCH_FILES = 2000
 BATCH_SECONDS = 0.5
+# A batch this large (a first index, a folder copied in) starts a writer process for the
+# rest of the pass; a smaller one, a change, is written here, sparing the process's start.
+WRITER_ROWS = 1000
 # A whole scan reads the index this many rows at a time, each page in a read of its own.
 KNOWN_PAGE = 5000
 # A batch up to this size logs a line per file; a larger one (a first index, a folder
@@ -323,22 +327,31 @@ class ShareIndexer:
         """Hash the files to do and record them, a batch at a time; returns the seconds this
         thread spent on it (hashing, and waiting for the writes), which are not looking.
 
-        Each batch is recorded on a thread of its own while the next is hashed: SQLite and
-        the file reads release the GIL, so the two overlap on two cores; one batch waits
-        at most, so memory stays a batch or two whatever the share's size."""
+        Each batch is recorded while the next is hashed, from a thread of its own: one that
+        waits while a writer process (index_writer.py) records a batch of WRITER_ROWS or
+        more (and every batch after it, in order), or records a smaller one itself. One
+        batch waits at most, so memory stays a batch or two whatever the share's size."""
         busy = [0.0]
-        with ThreadPoolExecutor(1, thread_name_prefix="index-write") as writer:
-            pending: Future[None] | None = None
-            for batch, replaced in self._hashed_batches(root, todo, stats, busy):
+        writers: list[WriterProcess] = []
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="index-write") as thread:
+                pending: Future[None] | None = None
+                for batch, replaced in self._hashed_batches(root, todo, stats, busy):
+                    if not writers and len(batch) >= WRITER_ROWS:
+                        # Started now, it gets going while this thread hashes the next batch.
+                        writers.append(WriterProcess(self.database.path))
+                    waited = time.monotonic()
+                    if pending is not None:
+                        pending.result()  # raises what the write raised
+                    pending = thread.submit(self._flush, root, batch, replaced, writers)
+                    busy[0] += time.monotonic() - waited
                 waited = time.monotonic()
                 if pending is not None:
-                    pending.result()  # raises what the write raised
-                pending = writer.submit(self._flush, root, batch, replaced)
+                    pending.result()
                 busy[0] += time.monotonic() - waited
-            waited = time.monotonic()
-            if pending is not None:
-                pending.result()
-            busy[0] += time.monotonic() - waited
+        finally:
+            for writer in writers:
+                writer.close()
         return busy[0]
 
     def _hashed_batches(
@@ -378,15 +391,23 @@ class ShareIndexer:
             yield batch, replaced
 
     def _flush(
-        self, root: Root, batch: list[tuple[str, dbindex.HashedFile]], replaced: set[int]
+        self,
+        root: Root,
+        batch: list[tuple[str, dbindex.HashedFile]],
+        replaced: set[int],
+        writers: list[WriterProcess],
     ) -> None:
         if not batch:
             return
         now = time.time()
-        with self.database.write() as s:
-            dbindex.record_local_files(s, root.label, batch, now=now)
-            if replaced:  # only a changed file can leave its old content unreferenced
-                dbindex.delete_orphan_files(s, replaced)
+        if writers and not replaced:
+            self.database.write_count += 1
+            writers[0].record(root.label, batch, now=now)
+        else:
+            with self.database.write() as s:
+                dbindex.record_local_files(s, root.label, batch, now=now)
+                if replaced:  # only a changed file can leave its old content unreferenced
+                    dbindex.delete_orphan_files(s, replaced)
         if len(batch) > LOG_EACH_UP_TO:
             log.info(
                 "indexed %d files in %s (%d bytes), %s ... %s",

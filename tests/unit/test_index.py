@@ -24,6 +24,7 @@ from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
 from p2pshare.services.hashing.files import hash_file
 from p2pshare.services.server import indexer
+from p2pshare.services.server.index_writer import WriterFailed
 from p2pshare.services.server.indexer import IndexStats, ShareIndexer
 from p2pshare.services.server.watch import IN_Q_OVERFLOW, Changes
 from p2pshare.services.settings import Settings, load_settings
@@ -471,12 +472,15 @@ def test_a_changed_file_leaves_no_orphan_content_behind(node: Node) -> None:
 # ---------------------------------------------------------------- many files at once
 
 
+@pytest.mark.parametrize("writer_rows", [7, 1000], ids=["writer-process", "in-process"])
 def test_more_files_than_a_batch_are_recorded_batch_by_batch_and_whole(
-    node: Node, monkeypatch: pytest.MonkeyPatch
+    node: Node, monkeypatch: pytest.MonkeyPatch, writer_rows: int
 ) -> None:
-    # Past BATCH_FILES the batches are written on a thread of their own while the next is
-    # hashed: every file arrives, each batch in one transaction, and the same as one by one.
+    # Past BATCH_FILES the batches are written (by a writer process from a batch of
+    # WRITER_ROWS on) while the next is hashed: every file arrives, each batch in one
+    # transaction, and the same as one by one.
     monkeypatch.setattr(indexer, "BATCH_FILES", 7)
+    monkeypatch.setattr(indexer, "WRITER_ROWS", writer_rows)
     datas = {f"d{i % 4}/f{i:03d}.bin": data_of(i, 50 + i * 37) for i in range(45)}
     datas["d0/twin.bin"] = datas["d1/f001.bin"]  # one content under two names
     datas["d2/big.bin"] = data_of(99, 3 * CS + 5)  # a chained manifest among them
@@ -492,6 +496,29 @@ def test_more_files_than_a_batch_are_recorded_batch_by_batch_and_whole(
     for data in datas.values():
         assert chunk_rows(node, sha(data)) == expected_chunks(data)
     assert sql(node, "SELECT count(*) FROM files")[0][0] == len(datas) - 1
+    # Each name offered once, numbered on from the version, the version at the last one.
+    offered = sql(node, "SELECT name, seq FROM catalog_log WHERE removed = 0 ORDER BY seq")
+    assert sorted(name for name, _ in offered) == sorted(datas)
+    assert [seq for _, seq in offered] == list(range(1, len(datas) + 1))
+    assert catalog_version(node) == len(datas)
+
+
+def test_a_writer_process_that_fails_fails_the_step_and_the_next_one_records_everything(
+    node: Node, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(indexer, "BATCH_FILES", 3)
+    monkeypatch.setattr(indexer, "WRITER_ROWS", 3)
+    for i in range(10):
+        write(node.share / f"f{i}.bin", data_of(i, 100))
+    real = indexer.WriterProcess
+    # A database it cannot open: the process says so on its stderr and is gone.
+    monkeypatch.setattr(indexer, "WriterProcess", lambda _path: real(tmp_path / "none.db"))
+    with pytest.raises(WriterFailed):
+        node.step()
+    assert indexed(node) == {}
+    monkeypatch.setattr(indexer, "WriterProcess", real)
+    node.step()
+    assert len(indexed(node)) == 10
 
 
 def test_a_write_that_fails_fails_the_step_and_the_next_one_records_everything(
