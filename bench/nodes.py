@@ -179,9 +179,10 @@ class BenchNode:
         """VmHWM of a role: the most resident memory it ever had, in MB."""
         return peak_rss_mb(self.role_pid(role))
 
-    def cpu_seconds(self, role: str) -> float:
-        """CPU-seconds the role's process has used since it started."""
-        return cpu_seconds(self.role_pid(role))
+    def cpu_seconds(self, role: str, *, waited_children: bool = False) -> float:
+        """CPU-seconds the role's process has used since it started (with waited_children,
+        its children's it has waited for too)."""
+        return cpu_seconds(self.role_pid(role), waited_children=waited_children)
 
     def db_writes(self) -> int:
         detail = str(self.scalar("SELECT detail FROM heartbeats WHERE role = 'downloader'"))

@@ -38,11 +38,16 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process so far. Raises OSError if it is gone."""
+def cpu_seconds(pid: int, *, waited_children: bool = False) -> float:
+    """utime + stime of the whole process so far (with waited_children, those of the
+    children it has waited for too: the server's index writer process). Raises OSError if
+    it is gone."""
     fields = _stat_fields(pid)
-    # After the name: state is field 3 of stat(5), utime 14, stime 15.
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    # After the name: state is field 3 of stat(5), utime 14, stime 15, cutime 16, cstime 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if waited_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
 
 
 def total_cpu(pids: Iterable[int]) -> float:
