@@ -28,20 +28,26 @@ class FileChanged(Exception):
     """The file changed while it was being hashed; hash it again once it settles."""
 
 
-def hash_file(path: StrPath, chunk_size: int, *, expect: Stamp) -> HashedFile:
+def hash_file(
+    path: StrPath, chunk_size: int, *, expect: Stamp, device: int | None = None
+) -> HashedFile:
     """The manifest of `path` in chunks of `chunk_size`; it must stay as `expect` throughout.
 
-    Raises FileChanged or OSError.
+    With `device` (a scan's: the path is the file's own, no symlink), the file is opened
+    without following a symlink and must be that device's inode `expect.inode`: a path whose
+    folders were swapped for links since the scan cannot lead to another file. Raises
+    FileChanged or OSError.
     """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if device is None else os.O_NOFOLLOW)
     if expect.size <= min(chunk_size, WHOLE_READ):
-        return _hash_one_chunk(path, chunk_size, expect)
+        return _hash_one_chunk(path, chunk_size, expect, flags, device)
     hasher = ChainHasher()
     entries: list[str] = []
     chunk_sizes: list[int] = []
     buf = bytearray(min(READ_BLOCK, chunk_size))
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        if Stamp.of(os.fstat(fh.fileno())) != expect:
+    with open(os.open(path, flags), "rb", buffering=0) as fh:
+        if not _is(os.fstat(fh.fileno()), expect, device):
             raise FileChanged(str(path))
         remaining = expect.size
         while remaining > 0:
@@ -56,8 +62,8 @@ def hash_file(path: StrPath, chunk_size: int, *, expect: Stamp) -> HashedFile:
             remaining -= want
             entries.append(hasher.hexdigest() if remaining == 0 else hasher.state().hex())
             chunk_sizes.append(want)
-        after = Stamp.of(os.fstat(fh.fileno()))
-    if after != expect:
+        after = os.fstat(fh.fileno())
+    if not _is(after, expect, device):
         raise FileChanged(str(path))
     return HashedFile(
         size=expect.size,
@@ -72,7 +78,14 @@ def hash_file(path: StrPath, chunk_size: int, *, expect: Stamp) -> HashedFile:
     )
 
 
-def _hash_one_chunk(path: StrPath, chunk_size: int, expect: Stamp) -> HashedFile:
+def _is(st: os.stat_result, expect: Stamp, device: int | None) -> bool:
+    """Is this the file (and version) expected?"""
+    return Stamp.of(st) == expect and (device is None or st.st_dev == device)
+
+
+def _hash_one_chunk(
+    path: StrPath, chunk_size: int, expect: Stamp, flags: int, device: int | None
+) -> HashedFile:
     """hash_file for a file of one chunk (or none): one open, one read, one fstat.
 
     One fstat, after the read, is enough: a write, truncate or utime stamps ctime with the
@@ -81,7 +94,7 @@ def _hash_one_chunk(path: StrPath, chunk_size: int, expect: Stamp) -> HashedFile
     the kernel's coarse clock is what SETTLE_SECONDS covers, here as with two fstats).
     Raises FileChanged or OSError.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, flags)
     try:
         data = os.read(fd, expect.size + 1)  # a byte more: a file that grew shows it at once
         while 0 < len(data) < expect.size:  # a short read (FUSE may give one): read on
@@ -89,7 +102,7 @@ def _hash_one_chunk(path: StrPath, chunk_size: int, expect: Stamp) -> HashedFile
             if not more:
                 break
             data += more
-        if len(data) != expect.size or Stamp.of(os.fstat(fd)) != expect:
+        if len(data) != expect.size or not _is(os.fstat(fd), expect, device):
             raise FileChanged(str(path))
     finally:
         os.close(fd)

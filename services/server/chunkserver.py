@@ -379,7 +379,7 @@ class ChunkServer:
             raise Refusal(f"bytes {req.offset}+{length} lie outside chunk {req.index}")
         path = self.sources.path(src)
         try:
-            fh = batch.open(path)
+            fh = batch.open(path, within=self.sources.folder(src))
         except OSError as exc:
             self.sources.forget(key)
             raise Refusal(f"cannot read the file: {exc.strerror}") from None

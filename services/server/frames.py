@@ -9,6 +9,8 @@ look up where all of their bytes are in one database read instead of one per req
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,7 @@ from p2pshare.services.protocol import FileKey
 READ_SIZE = protocol.MAX_FRAME + protocol.FRAME_HEADER.size
 # Frames handed over at most per batch; the rest wait in the buffer for the next one.
 MAX_BATCH = 64
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
 
 class FrameReader:
@@ -90,18 +93,37 @@ class Batch:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self, path: Path) -> BinaryIO:
-        """The file at path, opened for reading (or still open). Raises OSError."""
+    def open(self, path: Path, *, within: Path | None) -> BinaryIO:
+        """The file at path, opened for reading (or still open): see open_offered. Raises
+        OSError."""
         if self._fh is not None and path == self._path:
             return self._fh
         self.close()
-        self._fh, self._path = open(path, "rb"), path  # noqa: SIM115 - closed by close()
+        self._fh, self._path = open_offered(path, within), path
         return self._fh
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
         self._fh = self._path = None
+
+
+def open_offered(path: Path, within: Path | None) -> BinaryIO:
+    """An offered file opened for reading without following a symlink, but for one that now
+    leads to a file inside `within` (the folder it is offered from: the indexer offers a
+    symlink to a file of the share, under the link's name). The caller still checks it is
+    the very file indexed (its stamp). Raises OSError."""
+    try:
+        fd = os.open(path, OPEN_FLAGS | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP or within is None:
+            raise
+        target = os.path.realpath(path)
+        folder = os.path.realpath(within)
+        if not target.startswith(folder.rstrip(os.sep) + os.sep):
+            raise PermissionError(errno.EACCES, "it is a symlink leading outside") from None
+        fd = os.open(target, OPEN_FLAGS | os.O_NOFOLLOW)
+    return open(fd, "rb")
 
 
 def decode_batch(

@@ -368,7 +368,10 @@ class ShareIndexer:
             hashing = time.monotonic()
             try:
                 hashed = hash_file(
-                    found.location, chunk_size_for(stamp.size, override), expect=stamp
+                    found.location,
+                    chunk_size_for(stamp.size, override),
+                    expect=stamp,
+                    device=found.device,
                 )
             except FileChanged:
                 self._wait_for(root, name, stats)

@@ -150,10 +150,14 @@ class SourceCache:
         raise Refusal(f"this node does not have chunk {index} of that file")
 
     def path(self, src: dbserving.ByteSource) -> Path:
+        folder = self.folder(src)
+        return Path(src.path) if folder is None else folder / src.path
+
+    def folder(self, src: dbserving.ByteSource) -> Path | None:
+        """The folder a source is offered from (None for a download's temp file)."""
         if src.root is None:
-            return Path(src.path)
-        base = self.settings.share_dir if src.root == "share" else self.settings.download_dir
-        return base / src.path
+            return None
+        return self.settings.share_dir if src.root == "share" else self.settings.download_dir
 
 
 def _partial(sources: list[dbserving.ByteSource]) -> bool:
