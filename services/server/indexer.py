@@ -41,6 +41,10 @@ BATCH_SECONDS = 0.5
 # A batch this large (a first index, a folder copied in) starts a writer process for the
 # rest of the pass; a smaller one, a change, is written here, sparing the process's start.
 WRITER_ROWS = 1000
+# Its batches may be larger: each one's new `files` rows land all over the index of their
+# SHA-256s, so a commit writes about as many pages whether it holds 2,000 files or 6,000
+# (the lock is held a little longer, about a tenth of a second).
+WRITER_BATCH_FILES = 6000
 # A whole scan reads the index this many rows at a time, each page in a read of its own.
 KNOWN_PAGE = 5000
 # A batch up to this size logs a line per file; a larger one (a first index, a folder
@@ -336,7 +340,7 @@ class ShareIndexer:
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="index-write") as thread:
                 pending: Future[None] | None = None
-                for batch, replaced in self._hashed_batches(root, todo, stats, busy):
+                for batch, replaced in self._hashed_batches(root, todo, stats, busy, writers):
                     if not writers and len(batch) >= WRITER_ROWS:
                         # Started now, it gets going while this thread hashes the next batch.
                         writers.append(WriterProcess(self.database.path))
@@ -355,10 +359,16 @@ class ShareIndexer:
         return busy[0]
 
     def _hashed_batches(
-        self, root: Root, todo: Iterator[Todo], stats: IndexStats, busy: list[float]
+        self,
+        root: Root,
+        todo: Iterator[Todo],
+        stats: IndexStats,
+        busy: list[float],
+        writers: list[WriterProcess],
     ) -> Iterator[tuple[list[tuple[str, dbindex.HashedFile]], set[int]]]:
         """Hash the files to do; yields (batch, the file ids of the contents it replaces,
-        which may be left orphaned) every BATCH_FILES or BATCH_SECONDS."""
+        which may be left orphaned) every BATCH_FILES (WRITER_BATCH_FILES once a writer
+        process records them) or BATCH_SECONDS."""
         batch: list[tuple[str, dbindex.HashedFile]] = []
         replaced: set[int] = set()
         override = self.settings.chunk_size
@@ -387,7 +397,8 @@ class ShareIndexer:
             else:
                 stats.changed += 1
                 replaced.add(old_id)
-            if len(batch) >= BATCH_FILES or time.monotonic() - started > BATCH_SECONDS:
+            limit = WRITER_BATCH_FILES if writers else BATCH_FILES
+            if len(batch) >= limit or time.monotonic() - started > BATCH_SECONDS:
                 yield batch, replaced
                 batch, replaced, started = [], set(), time.monotonic()
         if batch:

@@ -472,15 +472,20 @@ def test_a_changed_file_leaves_no_orphan_content_behind(node: Node) -> None:
 # ---------------------------------------------------------------- many files at once
 
 
-@pytest.mark.parametrize("writer_rows", [7, 1000], ids=["writer-process", "in-process"])
+@pytest.mark.parametrize(
+    ("writer_rows", "batches"),
+    [(7, [7, 14, 14, 12]), (1000, [7] * 6 + [5])],
+    ids=["writer-process", "in-process"],
+)
 def test_more_files_than_a_batch_are_recorded_batch_by_batch_and_whole(
-    node: Node, monkeypatch: pytest.MonkeyPatch, writer_rows: int
+    node: Node, monkeypatch: pytest.MonkeyPatch, writer_rows: int, batches: list[int]
 ) -> None:
     # Past BATCH_FILES the batches are written (by a writer process from a batch of
-    # WRITER_ROWS on) while the next is hashed: every file arrives, each batch in one
-    # transaction, and the same as one by one.
+    # WRITER_ROWS on, in batches of WRITER_BATCH_FILES after that) while the next is
+    # hashed: every file arrives, each batch in one transaction, and the same as one by one.
     monkeypatch.setattr(indexer, "BATCH_FILES", 7)
     monkeypatch.setattr(indexer, "WRITER_ROWS", writer_rows)
+    monkeypatch.setattr(indexer, "WRITER_BATCH_FILES", 14)
     datas = {f"d{i % 4}/f{i:03d}.bin": data_of(i, 50 + i * 37) for i in range(45)}
     datas["d0/twin.bin"] = datas["d1/f001.bin"]  # one content under two names
     datas["d2/big.bin"] = data_of(99, 3 * CS + 5)  # a chained manifest among them
@@ -492,7 +497,8 @@ def test_more_files_than_a_batch_are_recorded_batch_by_batch_and_whole(
 
     assert stats.added == len(datas)
     assert indexed(node) == {name: sha(data) for name, data in datas.items()}
-    assert node.database.write_count - writes == -(-len(datas) // 7)
+    assert sum(batches) == len(datas)
+    assert node.database.write_count - writes == len(batches)
     for data in datas.values():
         assert chunk_rows(node, sha(data)) == expected_chunks(data)
     assert sql(node, "SELECT count(*) FROM files")[0][0] == len(datas) - 1
