@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from biglan import biglan  # noqa: E402
 from bigshare import bigshare  # noqa: E402
 from goalrow import GoalRow  # noqa: E402
+from hostile import hostile  # noqa: E402
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
 from many import many  # noqa: E402
 from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
@@ -1091,6 +1092,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "biglan": biglan,  # issue 22: 1,000 peers waking at once (bench/biglan.py)
     "torrent": torrent,  # issue 24: BitTorrent vs nginx vs p2pshare (bench/torrent_transfer.py)
     "bigshare": bigshare,  # issue 34: 100,000 files shared, one changed (bench/bigshare.py)
+    "hostile": hostile,  # issue 37: a manifest bomb for 60 s (bench/hostile.py)
 }
 if (HERE / "cli_timing.py").exists():
     SCENARIOS["cli"] = Bench.cli

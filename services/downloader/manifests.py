@@ -50,6 +50,11 @@ ASK_AT_ONCE = 8  # peers asked for manifests at once
 # Chunk rows per write transaction: a manifest of P2P_PEER_MANIFEST_ROWS is written in a
 # few dozen short transactions, so no other role waits long for the write lock.
 STORE_ROWS = 8192
+# Manifest entries asked in one round, of every peer together (a larger manifest alone):
+# what a round holds in memory until it is recorded, however many peers (or node ids of
+# one attacker, each with a budget of its own) offer what is wanted. The rest wait for
+# the next round.
+ROUND_ENTRIES = 1 << 18
 WAITING_REASON = "waiting for its manifest: no peer offering it has sent one that proves itself"
 
 
@@ -291,9 +296,11 @@ def _plan(
     """Derive one-chunk manifests from their keys; ask up to PEERS_TRIED holders for each
     other content, each only while the manifests asked of it this round and those it gave
     before stay within `limit` chunk rows (a peer over it is not asked: a manifest's size
-    is known from the catalog before it is asked for)."""
+    is known from the catalog before it is asked for), and while the round asks at most
+    ROUND_ENTRIES entries in all."""
     plan = _Plan()
     used = dict(used)
+    planned = 0  # entries asked this round
     for content in missing:
         if content.chunks == 1:
             entries = dbmanifests.one_chunk_entries(content)
@@ -308,6 +315,9 @@ def _plan(
                 plan.over_peers[holder.peer_id] = holder
                 plan.over_budget.setdefault(content.file_id, []).append(_name(holder))
                 continue
+            if planned and planned + content.chunks > ROUND_ENTRIES:
+                break  # the next round asks
+            planned += content.chunks
             used[holder.peer_id] = used.get(holder.peer_id, 0) + content.chunks
             plan.by_peer.setdefault(holder, []).append(content)
             asked += 1

@@ -10,9 +10,11 @@ from test_serving import hashed
 
 from p2pshare.db import budgets
 from p2pshare.db import index as dbindex
+from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database, driver_connection
 from p2pshare.services import protocol
+from p2pshare.services.downloader import manifests as fetch
 from p2pshare.services.settings import SettingsError, load_settings
 
 CS = 16384
@@ -142,3 +144,45 @@ def test_budget_settings_take_a_positive_count(tmp_path: Path, name: str) -> Non
 def db_rows(db: Database, query: str) -> list[tuple[object, ...]]:
     with db.read() as s:
         return list(driver_connection(s).execute(query))
+
+
+def content(file_id: int, chunks: int) -> dbmanifests.Unhashed:
+    sha = hashlib.sha256(str(file_id).encode()).hexdigest()
+    return dbmanifests.Unhashed(file_id, (sha, CS, "0" * 64), chunks * CS, chunks)
+
+
+def test_a_peer_is_asked_only_for_manifests_within_its_budget() -> None:
+    mallory = dbmanifests.Holder("127.0.0.3", 5003, None, False, "mallory", peer_id=3)
+    honest = dbmanifests.Holder("127.0.0.2", 5002, None, False, "bob", peer_id=2)
+    bomb, big, small, shared = content(1, 1 << 20), content(2, 600), content(3, 300), content(4, 50)
+    holders = {1: [mallory], 2: [mallory], 3: [mallory], 4: [mallory, honest]}
+    # mallory's earlier manifests, not yet proven, count: 200 of its 1,000 rows are used.
+    plan = fetch._plan([bomb, big, small, shared], holders, {3: 200, 2: 0}, 1000)
+    # 200 + 600 fit, 300 more would not; 50 more still do (and bob is asked for them too).
+    assert plan.by_peer == {mallory: [big, shared], honest: [shared]}
+    assert plan.over_peers == {3: mallory}
+    assert plan.over_budget == {1: ["mallory (127.0.0.3:5003)"], 3: ["mallory (127.0.0.3:5003)"]}
+
+
+def test_manifest_requests_hold_a_bounded_number_of_entries() -> None:
+    step = protocol.MANIFEST_ENTRIES_PER_REQUEST
+    contents = [content(1, step // 2), content(2, step // 2), content(3, 1), content(4, 2 * step)]
+    assert [[c.file_id for c in group] for group in fetch._requests(contents)] == [
+        [1, 2],
+        [3],
+        [4],
+    ]
+    many = [content(i, 1) for i in range(protocol.MAX_MANIFEST_FILES + 1)]
+    assert [len(group) for group in fetch._requests(many)] == [protocol.MAX_MANIFEST_FILES, 1]
+
+
+def test_a_round_asks_a_bounded_number_of_entries_of_all_peers_together() -> None:
+    peers = [
+        dbmanifests.Holder("127.0.0.2", 5000 + i, None, False, f"id{i}", peer_id=i)
+        for i in range(8)
+    ]
+    half = fetch.ROUND_ENTRIES // 2
+    contents = [content(i, half) for i in range(8)]
+    plan = fetch._plan(contents, {i: [peers[i]] for i in range(8)}, {}, 1 << 20)
+    assert plan.by_peer == {peers[0]: [contents[0]], peers[1]: [contents[1]]}
+    assert not plan.over_peers
