@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from p2pshare.db.inlists import in_slices, marks
@@ -103,7 +103,7 @@ def note_waiting(conn: sqlite3.Connection, file_ids: Sequence[int], reason: str)
 
 
 def manifest_rows(
-    manifests: dict[Unhashed, list[str]],
+    manifests: Mapping[Unhashed, Sequence[str]],
 ) -> Iterator[tuple[Unhashed, int, str]]:
     """The chunk rows of these manifests, as (content, index, entry), each content's first
     row after its others: a content counts as hashed once its first row is in (`unhashed`,

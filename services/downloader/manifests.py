@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -281,7 +281,7 @@ def fetch_manifests(
 class _Plan:
     """Which peer is asked for which manifests this round, within their budgets."""
 
-    derived: dict[dbmanifests.Unhashed, list[str]] = field(default_factory=dict)
+    derived: dict[dbmanifests.Unhashed, Sequence[str]] = field(default_factory=dict)
     by_peer: dict[dbmanifests.Holder, list[dbmanifests.Unhashed]] = field(default_factory=dict)
     over_peers: dict[int, dbmanifests.Holder] = field(default_factory=dict)  # by peer id
     over_budget: dict[int, list[str]] = field(default_factory=dict)  # file id -> peers
@@ -326,7 +326,7 @@ def _plan(
 
 def _record(
     database: Database,
-    found: dict[dbmanifests.Unhashed, list[str]],
+    found: dict[dbmanifests.Unhashed, Sequence[str]],
     source: dict[dbmanifests.Unhashed, int],
 ) -> None:
     """Record the manifests found, STORE_ROWS chunk rows per write transaction (a large
@@ -399,10 +399,10 @@ def _ask(
     tls: NodeTls,
     holder: dbmanifests.Holder,
     contents: list[dbmanifests.Unhashed],
-) -> tuple[dict[dbmanifests.Unhashed, list[str]], str | None, list[dbmanifests.Unhashed]]:
+) -> tuple[dict[dbmanifests.Unhashed, Sequence[str]], str | None, list[dbmanifests.Unhashed]]:
     """The manifests `holder` gave, why it could not be asked (None: it answered), and
     the contents whose manifest it sent but that did not prove itself."""
-    good: dict[dbmanifests.Unhashed, list[str]] = {}
+    good: dict[dbmanifests.Unhashed, Sequence[str]] = {}
     refused: list[dbmanifests.Unhashed] = []
     try:
         with _SLOTS.hold(holder.address, holder.tcp_port):

@@ -8,8 +8,9 @@ import hashlib
 import json
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from p2pshare.services.protocol.fields import (
     MAX_PART_BYTES,
@@ -292,26 +293,66 @@ def encode_manifests(manifests: dict[FileKey, list[str]]) -> bytes:
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 1)
 
 
+class ManifestEntries(Sequence[str]):
+    """A manifest's entries kept as they came, 32-byte values in one bytes object, each
+    read as hex when asked for: a list of hex strings would hold three and a half times
+    the memory while a large manifest waits to be recorded. Equal to a list of the same
+    hex entries."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.raw) // 32
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        at = index + len(self) if index < 0 else index
+        if not 0 <= at < len(self):
+            raise IndexError("manifest entry out of range")
+        return self.raw[32 * at : 32 * at + 32].hex()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ManifestEntries):
+            return self.raw == other.raw
+        if isinstance(other, list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ManifestEntries({len(self)} entries)"
+
+
 @dataclass(frozen=True)
 class Manifests:
     """A manifest reply: the entries of each file that proved itself, and why others did not."""
 
-    good: dict[FileKey, list[str]]
+    good: dict[FileKey, Sequence[str]]
     refused: dict[FileKey, str]
 
 
-def check_manifest(key: FileKey, size: int, digests: bytes) -> list[str]:
+def check_manifest(key: FileKey, size: int, digests: bytes) -> ManifestEntries:
     """The entries of one manifest, if it is the one `key` promises. Raises MalformedMessage."""
     count = chunk_count(size, key.chunk_size)
     if len(digests) != 32 * count:
         raise MalformedMessage(f"manifest has {len(digests) // 32} entries, not {count}")
     if hashlib.sha256(digests).hexdigest() != key.root:
         raise MalformedMessage("manifest does not hash to the root it was offered under")
-    entries = [digests[i : i + 32].hex() for i in range(0, len(digests), 32)]
-    last = entries[-1] if entries else EMPTY_SHA256
+    last = digests[-32:].hex() if digests else EMPTY_SHA256
     if last != key.sha256:
         raise MalformedMessage("manifest does not end in the file's SHA-256")
-    return entries
+    return ManifestEntries(digests)
 
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -345,7 +386,7 @@ def decode_manifests(payload: bytes, sizes: dict[FileKey, int]) -> Manifests:
     """
     limit = min(MAX_CATALOG_BYTES, manifest_reply_bytes(sizes))
     raw = _obj(_inflate(payload, limit), limit)
-    good: dict[FileKey, list[str]] = {}
+    good: dict[FileKey, Sequence[str]] = {}
     refused: dict[FileKey, str] = {}
     for label, value in raw.items():
         match = MANIFEST_LABEL_RE.fullmatch(label)
