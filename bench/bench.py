@@ -557,7 +557,7 @@ class Bench:
         """One keyed seeder (TLS 1.3, P2P_ENCRYPT=auto) against curl over HTTPS from nginx
         (TLS 1.3), and against a keyed pair with P2P_ENCRYPT=off, the same file in one run."""
         self.make_big()
-        key = {"P2P_NETWORK_KEY": "bench"}
+        key = {"P2P_NETWORK_KEY": "bench network key 0123"}
         seeder, leech = self.node("tls-seed", **key), self.node("tls-leech", **key)
         clear = [self.node(f"clear-{n}", P2P_ENCRYPT="off", **key) for n in ("seed", "leech")]
         self.start(seeder, leech, *clear)

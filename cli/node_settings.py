@@ -98,7 +98,7 @@ def from_shell(settings: Settings) -> NodeSettings:
         announce_interval=settings.announce_interval,
         share_dir=str(settings.share_dir),
         download_dir=str(settings.download_dir),
-        network_key=settings.network_key is not None,
+        network_key=settings.keyed,
         versions={},
         encrypt=settings.encrypt,
     )

@@ -70,7 +70,7 @@ class Announcer:
                 "broadcast": ",".join(targets),
                 "broadcast_from": "interfaces" if settings.broadcast is None else "P2P_BROADCAST",
                 "announce_interval": settings.announce_interval,
-                "network_key": settings.network_key is not None,
+                "network_key": settings.keyed,
                 "encrypt": self.ctx.tls.encrypt,
                 "fingerprint": self.ctx.tls.identity.fingerprint,
             }

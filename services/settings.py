@@ -15,10 +15,12 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from p2pshare.services.private import PRIVATE_DIR_MODE, make_private
 from p2pshare.services.protocol.limits import CHUNK_ALIGN, MAX_CHUNK, MAX_USERNAME_BYTES, MIN_CHUNK
+from p2pshare.services.protocol.netkey import WeakNetworkKey, check_key_strength, derive_network_key
 
 DEFAULT_UDP_PORT = 47474
 DEFAULT_ANNOUNCE_INTERVAL = 60.0
@@ -111,7 +113,8 @@ class Settings:
     peer_ttl: float
     chunk_size: int | None
     upload_limit: int
-    network_key: str | None
+    # P2P_NETWORK_KEY as set; the wire uses `network_key`, derived from it.
+    network_secret: str | None
     # TLS on every TCP connection (P2P_ENCRYPT; auto: exactly when a network key is set).
     encrypt: bool
     # How long a download waits for a peer holding its missing chunks before it fails.
@@ -138,9 +141,20 @@ class Settings:
     peer_manifest_rows: int = DEFAULT_PEER_MANIFEST_ROWS
 
     @property
+    def keyed(self) -> bool:
+        """Whether a network key is set (without paying for its derivation)."""
+        return self.network_secret is not None
+
+    @cached_property
+    def network_key(self) -> str | None:
+        """The key every HMAC on the wire uses: P2P_NETWORK_KEY through scrypt, derived at
+        first use (p2pctl, which speaks to no peer, never pays for it)."""
+        return None if self.network_secret is None else derive_network_key(self.network_secret)
+
+    @property
     def bittorrent_serves(self) -> bool:
         """Whether p2p-torrent serves: P2P_BITTORRENT=on/off, or auto (no network key)."""
-        return self.network_key is None if self.bittorrent is None else self.bittorrent
+        return not self.keyed if self.bittorrent is None else self.bittorrent
 
     @property
     def db_path(self) -> Path:
@@ -252,7 +266,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         peer_ttl=_positive_float("P2P_PEER_TTL", get("P2P_PEER_TTL"), TTL_INTERVALS * interval),
         chunk_size=_chunk_size(get("P2P_CHUNK_SIZE")),
         upload_limit=_non_negative_int("P2P_UPLOAD_LIMIT", get("P2P_UPLOAD_LIMIT"), 0),
-        network_key=get("P2P_NETWORK_KEY"),
+        network_secret=_network_key(get("P2P_NETWORK_KEY")),
         encrypt=_encrypt(get("P2P_ENCRYPT"), keyed=get("P2P_NETWORK_KEY") is not None),
         wait_timeout=_positive_float(
             "P2P_WAIT_TIMEOUT", get("P2P_WAIT_TIMEOUT"), DEFAULT_WAIT_TIMEOUT
@@ -416,6 +430,15 @@ def _chunk_size(raw: str | None) -> int | None:
             f"P2P_CHUNK_SIZE must be a multiple of {CHUNK_ALIGN} bytes, not {value}"
         )
     return value
+
+
+def _network_key(raw: str | None) -> str | None:
+    if raw is not None:
+        try:
+            check_key_strength(raw)
+        except WeakNetworkKey as exc:
+            raise SettingsError(str(exc)) from None
+    return raw
 
 
 def _encrypt(raw: str | None, *, keyed: bool) -> bool:

@@ -129,7 +129,7 @@ def run(ctx: RoleContext) -> None:
         {
             "udp_port": settings.udp_port,
             "peer_ttl": settings.peer_ttl,
-            "network_key": settings.network_key is not None,
+            "network_key": settings.keyed,
             "encrypt": ctx.tls.encrypt,
             "listener_nice": settings.listener_nice,
         }
@@ -151,7 +151,11 @@ def run(ctx: RoleContext) -> None:
             for data, ip in batch:
                 try:
                     ann = protocol.decode_announce(
-                        data, key=settings.network_key, now=time.time(), max_age=max_age
+                        data,
+                        key=settings.network_key,
+                        now=time.time(),
+                        max_age=max_age,
+                        old_key=settings.network_secret,
                     )
                 except protocol.ProtocolError as exc:
                     drops.drop(ip, f"{type(exc).__name__}: {exc}")

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         Welcome,
         auth_mac,
         check_auth,
+        check_server_auth,
         decode_chunk_header,
         decode_have,
         decode_reply,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
         frame,
         frame_length,
         payload_length,
+        server_auth_mac,
     )
     from p2pshare.services.protocol.handshake import (
         CannotTalk,
@@ -129,9 +131,19 @@ if TYPE_CHECKING:
         manifest_root,
         short_fingerprint,
     )
+    from p2pshare.services.protocol.netkey import derive_network_key
 
 # Searched in this order for a name not yet imported: the cheap sections first.
-_SECTIONS = ("limits", "fields", "bitfield", "frames", "catalog", "announce", "handshake")
+_SECTIONS = (
+    "limits",
+    "fields",
+    "bitfield",
+    "frames",
+    "catalog",
+    "announce",
+    "handshake",
+    "netkey",
+)
 
 
 def __getattr__(name: str) -> object:
@@ -210,6 +222,9 @@ __all__ = [
     "bitfield_indices",
     "bitfield_set",
     "check_auth",
+    "check_server_auth",
+    "server_auth_mac",
+    "derive_network_key",
     "check_chunk_size",
     "check_manifest",
     "check_name",

@@ -24,6 +24,11 @@ from p2pshare.services.protocol.limits import (
 
 # ---------------------------------------------------------------- HMAC
 
+OLD_VERSION_KEY = (
+    "a node of an older p2pshare: it uses the network key without derivation; "
+    "upgrade it to talk to this one"
+)
+
 
 def _mac(key: str, message: bytes) -> str:
     return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
@@ -82,12 +87,15 @@ def encode_announce(ann: Announce, *, key: str | None) -> bytes:
     return data
 
 
-def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float) -> Announce:
+def decode_announce(
+    data: bytes, *, key: str | None, now: float, max_age: float, old_key: str | None = None
+) -> Announce:
     """Parse and validate one datagram. Raises ProtocolError, nothing else.
 
     With a key, the datagram must carry a valid HMAC and a timestamp within
     `max_age` seconds of `now`; replays inside that window are the caller's
-    to refuse by `seq`.
+    to refuse by `seq`. `old_key` is the network key as set, which p2pshare before
+    key derivation used raw: a datagram signed with it is named for what it is.
     """
     raw = _obj(data, MAX_DATAGRAM)
     _check_version(raw, "the announcement")
@@ -100,7 +108,10 @@ def decode_announce(data: bytes, *, key: str | None, now: float, max_age: float)
     if key is not None:
         if not isinstance(mac, str) or not re.fullmatch(r"[0-9a-f]{64}", mac):
             raise WrongNetworkKey("announcement carries no valid network key HMAC")
-        if not hmac.compare_digest(mac, _mac(key, _canonical(raw))):
+        signed = _canonical(raw)
+        if not hmac.compare_digest(mac, _mac(key, signed)):
+            if old_key is not None and hmac.compare_digest(mac, _mac(old_key, signed)):
+                raise WrongNetworkKey(OLD_VERSION_KEY)
             raise WrongNetworkKey("announcement HMAC does not match our network key")
     ann = Announce(
         node_id=_hex(raw, "node", NODE_ID_HEX),

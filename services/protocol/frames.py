@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from p2pshare.services.protocol.announce import _mac
+from p2pshare.services.protocol.announce import OLD_VERSION_KEY, _mac
 from p2pshare.services.protocol.bitfield import _check_bitfield
 from p2pshare.services.protocol.fields import (
     _bool,
@@ -31,6 +31,7 @@ from p2pshare.services.protocol.limits import (
     MAX_MANIFEST_FILES,
     NONCE_HEX,
     PROTOCOL_VERSION,
+    SERVER_AUTH_CONTEXT,
     FileKey,
     MalformedMessage,
     MessageTooLarge,
@@ -66,6 +67,9 @@ class AuthRequest:
     mac: str
     # Under TLS, the client's own fingerprint, bound into the MAC with the server's.
     fingerprint: str | None = None
+    # The client's own nonce: the server proves the key in turn by an HMAC of it, so a
+    # client learns it speaks to a node of its network, with or without TLS.
+    nonce: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,18 +117,58 @@ def auth_mac(key: str, nonce: str, channel: tuple[str, str] | None = None) -> st
     return _mac(key, AUTH_CONTEXT + nonce.encode() + bound)
 
 
+def server_auth_mac(
+    key: str, nonce: str, client_nonce: str, channel: tuple[str, str] | None = None
+) -> str:
+    """The server's proof of the key: an HMAC of both nonces (and, under TLS, the channel)
+    under its own label, so a client's proof can never be sent back as the server's."""
+    bound = b"" if channel is None else b"\0".join((b"", *(fp.encode() for fp in channel)))
+    return _mac(key, SERVER_AUTH_CONTEXT + nonce.encode() + b"\0" + client_nonce.encode() + bound)
+
+
 def check_auth(
-    req: AuthRequest, *, key: str, nonce: str, server_fingerprint: str | None = None
-) -> None:
+    req: AuthRequest,
+    *,
+    key: str,
+    nonce: str,
+    server_fingerprint: str | None = None,
+    old_key: str | None = None,
+) -> tuple[str, str] | None:
     """Raises WrongNetworkKey unless the client proved it holds our key (under TLS: for this
-    server's fingerprint and the client fingerprint it names)."""
+    server's fingerprint and the client fingerprint it names). Returns the channel the
+    proof is bound to (None in clear). `old_key`: the key as set, which p2pshare before key
+    derivation used raw, so such a client is told what it is."""
     channel = None
     if server_fingerprint is not None:
         if req.fingerprint is None:
             raise WrongNetworkKey("the key proof is not bound to this TLS connection")
         channel = (server_fingerprint, req.fingerprint)
     if not hmac.compare_digest(req.mac, auth_mac(key, nonce, channel)):
+        old = None if old_key is None else auth_mac(old_key, nonce, channel)
+        if old is not None and hmac.compare_digest(req.mac, old):
+            raise WrongNetworkKey(OLD_VERSION_KEY)
         raise WrongNetworkKey("wrong network key")
+    if req.nonce is None:
+        raise WrongNetworkKey("the key proof asks for no proof in return")
+    return channel
+
+
+def check_server_auth(
+    reply: dict[str, Any],
+    *,
+    key: str,
+    nonce: str,
+    client_nonce: str,
+    channel: tuple[str, str] | None,
+) -> None:
+    """Raises WrongNetworkKey unless the server's ok to our proof proves the key in turn."""
+    mac = reply.get("mac")
+    want = server_auth_mac(key, nonce, client_nonce, channel)
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, want):
+        raise WrongNetworkKey(
+            "the peer did not prove the network key (a node without it, "
+            "or of an older p2pshare); refusing it"
+        )
 
 
 # A chunk request and its reply header go once a chunk: for a folder of small files,
@@ -150,6 +194,8 @@ def encode_request(req: Request) -> bytes:
         raw = {"op": "auth", "mac": req.mac}
         if req.fingerprint is not None:
             raw["fp"] = req.fingerprint
+        if req.nonce is not None:
+            raw["cn"] = req.nonce
     elif isinstance(req, CatalogRequest):
         raw = {"op": "catalog"}
     elif isinstance(req, ChangesRequest):
@@ -189,7 +235,8 @@ def decode_request(body: bytes) -> Request:
         return ChangesRequest(epoch, _int(raw, "since", 0, 2**62))
     if op == "auth":
         fp = _hex(raw, "fp", FINGERPRINT_HEX) if "fp" in raw else None
-        return AuthRequest(_hex(raw, "mac", 64), fp)
+        client_nonce = _hex(raw, "cn", NONCE_HEX) if "cn" in raw else None
+        return AuthRequest(_hex(raw, "mac", 64), fp, client_nonce)
     if op == "manifest":
         files = raw.get("files")
         if not isinstance(files, list) or not 0 < len(files) <= MAX_MANIFEST_FILES:

@@ -3,8 +3,10 @@
     server                                   client
     welcome (clear: nonce, auth?, tls?)  ->
                     <- TLS handshake, when the welcome says tls (pinned fingerprints)
-                    <- auth: HMAC of the nonce (and, under TLS, both fingerprints)
-    ok                                   ->
+                    <- auth: HMAC of the nonce (and, under TLS, both fingerprints),
+                             and a nonce of its own
+    ok: HMAC of both nonces              ->
+                                            (with a key, both ends prove it, TLS or not)
                     <- requests ...      -> replies, in order
 
 The chunk server (asyncio) and `net.client.PeerClient` (blocking sockets) each move
@@ -15,6 +17,7 @@ order, so the two ends cannot drift apart. Tests drive them by feeding frames.
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 
 from p2pshare.services.protocol.frames import (
@@ -23,11 +26,13 @@ from p2pshare.services.protocol.frames import (
     Welcome,
     auth_mac,
     check_auth,
+    check_server_auth,
     decode_reply,
     decode_welcome,
     encode_ok,
     encode_request,
     encode_welcome,
+    server_auth_mac,
 )
 from p2pshare.services.protocol.limits import (
     NONCE_HEX,
@@ -60,11 +65,14 @@ class ClientHandshake:
     """The client's side. Feed it the welcome, report the TLS handshake, send what it
     returns, feed it the reply to the proof; `stage` is OPEN when requests may flow."""
 
-    def __init__(self, *, key: str | None, can_encrypt: bool) -> None:
+    def __init__(self, *, key: str | None, can_encrypt: bool, nonce: str | None = None) -> None:
         self.key = key
         self.can_encrypt = can_encrypt  # a pinned TLS link to this peer is known
         self.stage = Stage.WELCOME
         self.welcome: Welcome | None = None
+        # What the server must prove the key over: a server without it cannot answer.
+        self.nonce = secrets.token_hex(NONCE_HEX // 2) if nonce is None else nonce
+        self.channel: Channel | None = None
 
     def on_welcome(self, body: bytes) -> Stage:
         """The server's first frame. Returns the next stage: TLS (run the handshake, then
@@ -73,6 +81,9 @@ class ClientHandshake:
         welcome = self.welcome = decode_welcome(body)
         if welcome.auth_required and self.key is None:
             raise WrongNetworkKey("the peer requires a network key")
+        if self.key is not None and not welcome.auth_required:
+            # Anyone can open a port: a node of our network asks us for the key.
+            raise WrongNetworkKey("the peer does not ask for the network key; refusing it")
         if welcome.tls and not self.can_encrypt:
             raise CannotTalk("the peer encrypts (P2P_ENCRYPT) and this node does not")
         if self.can_encrypt and not welcome.tls:
@@ -93,14 +104,23 @@ class ClientHandshake:
         assert self.key is not None and self.welcome is not None
         if (channel is None) != (not self.welcome.tls):
             raise ValueError("a TLS connection's proof names its channel; a clear one's not")
-        pair = None if channel is None else (channel.server, channel.client)
-        mac = auth_mac(self.key, self.welcome.nonce, pair)
-        return encode_request(AuthRequest(mac, None if channel is None else channel.client))
+        self.channel = channel
+        mac = auth_mac(self.key, self.welcome.nonce, _pair(channel))
+        client_fp = None if channel is None else channel.client
+        return encode_request(AuthRequest(mac, client_fp, self.nonce))
 
     def on_auth_reply(self, body: bytes) -> Stage:
-        """The server's answer to the proof: ok, or an error (RemoteRefused)."""
+        """The server's answer to the proof: an ok proving the key in turn, else an error
+        (RemoteRefused) or WrongNetworkKey."""
         self._expect(Stage.AUTH)
-        decode_reply(body)
+        assert self.key is not None and self.welcome is not None
+        check_server_auth(
+            decode_reply(body),
+            key=self.key,
+            nonce=self.welcome.nonce,
+            client_nonce=self.nonce,
+            channel=_pair(self.channel),
+        )
         self.stage = Stage.OPEN
         return self.stage
 
@@ -114,15 +134,22 @@ class ClientHandshake:
             )
 
 
+def _pair(channel: Channel | None) -> tuple[str, str] | None:
+    return None if channel is None else (channel.server, channel.client)
+
+
 class ServerHandshake:
     """The server's side. Send `welcome()`, run TLS when `encrypt`, then pass every request
     through `on_request`: a key proof is answered here (the bytes to send), anything else
     is let through only once the key is proven (or none is needed)."""
 
-    def __init__(self, *, key: str | None, encrypt: bool, nonce: str) -> None:
+    def __init__(
+        self, *, key: str | None, encrypt: bool, nonce: str, old_key: str | None = None
+    ) -> None:
         if len(nonce) != NONCE_HEX:
             raise ValueError("a nonce is NONCE_HEX hex digits")
         self.key = key
+        self.old_key = old_key  # the key as set: names a client of an older p2pshare
         self.encrypt = encrypt
         self.nonce = nonce
         self.stage = Stage.WELCOME
@@ -152,12 +179,19 @@ class ServerHandshake:
         if self.stage in (Stage.WELCOME, Stage.TLS):
             raise MalformedMessage("a request before the handshake")
         if isinstance(req, AuthRequest):
-            if self.key is not None:
-                check_auth(
-                    req, key=self.key, nonce=self.nonce, server_fingerprint=self.own_fingerprint
-                )
+            if self.key is None:
+                self.stage = Stage.OPEN
+                return encode_ok()
+            channel = check_auth(
+                req,
+                key=self.key,
+                nonce=self.nonce,
+                server_fingerprint=self.own_fingerprint,
+                old_key=self.old_key,
+            )
+            assert req.nonce is not None  # check_auth refuses a proof without one
             self.stage = Stage.OPEN
-            return encode_ok()
+            return encode_ok(mac=server_auth_mac(self.key, self.nonce, req.nonce, channel))
         if self.stage is not Stage.OPEN:
             raise WrongNetworkKey("this node requires the network key")
         return None

@@ -44,6 +44,7 @@ SHA_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"[0-9a-f]+")
 MANIFEST_LABEL_RE = re.compile(r"([0-9a-f]{64}):([0-9]{1,9}):([0-9a-f]{64})", re.ASCII)
 AUTH_CONTEXT = b"p2pshare-tcp-auth\0"
+SERVER_AUTH_CONTEXT = b"p2pshare-tcp-server-auth\0"
 
 
 class ProtocolError(Exception):

@@ -66,6 +66,7 @@ class ChunkServer:
         self.database = database
         self.stop = stop
         self.key = settings.network_key
+        self.old_key = settings.network_secret
         self.tls = tls
         limiter = RateLimiter(settings.upload_limit) if settings.upload_limit else None
         self.sender = ByteSender(encrypt=tls.encrypt, limiter=limiter)
@@ -181,6 +182,7 @@ class ChunkServer:
             key=self.key,
             encrypt=self.tls.encrypt,
             nonce=secrets.token_hex(protocol.NONCE_HEX // 2),
+            old_key=self.old_key,
         )
         loop = asyncio.get_running_loop()
         preauth_ends = loop.time() + PREAUTH_TIMEOUT

@@ -68,7 +68,12 @@ class FakePeer:
     files: list[FakeFile]
     udp_port: int
     username: str = "fake"
-    key: str | None = None
+    key: str | None = None  # as the wire uses it (protocol.derive_network_key)
+    # Without the key, ask for one anyway and answer any proof with a bare ok: a server
+    # pretending to belong to a keyed network.
+    pretend_key: bool = False
+    # Requests it received after the key proof (or without one): what a client gave it.
+    requests_after_auth: int = 0
     lie: set[int] = field(default_factory=set)  # chunk indices answered with wrong bytes
     lie_all: bool = False
     hangup: set[int] = field(default_factory=set)  # close mid-chunk
@@ -158,9 +163,14 @@ class FakePeer:
         conn.settimeout(60)  # a downloader on a loaded machine may idle a while between asks
         nonce = secrets.token_hex(16)
         try:
-            conn.sendall(protocol.encode_welcome(protocol.Welcome(nonce, self.key is not None)))
+            asks = self.key is not None or self.pretend_key
+            conn.sendall(protocol.encode_welcome(protocol.Welcome(nonce, asks)))
             while not self.stop.is_set():
                 req = protocol.decode_request(self._read_frame(conn))
+                if isinstance(req, protocol.AuthRequest):
+                    conn.sendall(self._auth_reply(req, nonce))
+                    continue
+                self.requests_after_auth += 1
                 if not self._answer(conn, req):
                     return
         except (OSError, protocol.ProtocolError):
@@ -168,15 +178,19 @@ class FakePeer:
         finally:
             conn.close()
 
+    def _auth_reply(self, req: protocol.AuthRequest, nonce: str) -> bytes:
+        """An honest peer proves the key in turn; a pretender answers a bare ok."""
+        if self.key is None or req.nonce is None:
+            return protocol.encode_ok()
+        return protocol.encode_ok(mac=protocol.server_auth_mac(self.key, nonce, req.nonce))
+
     def _file(self, key: FileKey) -> FakeFile | None:
         return next((f for f in self.files if f.key == key), None)
 
     def _answer(self, conn: socket.socket, req: protocol.Request) -> bool:
         if self.refusing.is_set():
             return False
-        if isinstance(req, protocol.AuthRequest):
-            conn.sendall(protocol.encode_ok())
-        elif isinstance(req, protocol.CatalogRequest):
+        if isinstance(req, protocol.CatalogRequest):
             entries = [
                 protocol.CatalogEntry(f.name, f.key, len(f.data), f.bits()) for f in self.files
             ]

@@ -243,7 +243,7 @@ def test_without_libtorrent_or_with_a_key_the_role_idles_and_beats(
     # A module named libtorrent that fails to import stands for a node without the extra.
     (tmp_path / "libtorrent.py").write_text("raise ImportError('not here')\n")
     bare = make_node("bare", PYTHONPATH=tmp_path)
-    keyed = make_node("keyed", P2P_NETWORK_KEY="secret")
+    keyed = make_node("keyed", P2P_NETWORK_KEY="a network secret key")
     for node in (bare, keyed):
         node.start(("server", "torrent"), wait=False)
         node.wait_alive(("server", "torrent"))

@@ -401,7 +401,11 @@ def _fetch_catalog_raw(port: int, auth: str | None) -> dict:
         if auth is not None:
             sock.sendall(
                 protocol.encode_request(
-                    protocol.AuthRequest(protocol.auth_mac(auth, welcome.nonce))
+                    protocol.AuthRequest(
+                        protocol.auth_mac(protocol.derive_network_key(auth), welcome.nonce),
+                        None,
+                        "ab" * 16,
+                    )
                 )
             )
             reply = json.loads(read_frame())
@@ -417,9 +421,9 @@ def test_network_key_separates_nodes(make_node, wait_until):
     # In clear, so the raw client below speaks to the server as an outsider would (under
     # TLS, tests/reliability/test_encryption.py).
     fast = {"P2P_ANNOUNCE_INTERVAL": 1, "P2P_ENCRYPT": "off"}
-    a = make_node("a", P2P_NETWORK_KEY="our secret", **fast)
-    b = make_node("b", P2P_NETWORK_KEY="our secret", **fast)
-    c = make_node("c", P2P_NETWORK_KEY="their secret", **fast)
+    a = make_node("a", P2P_NETWORK_KEY="our network secret", **fast)
+    b = make_node("b", P2P_NETWORK_KEY="our network secret", **fast)
+    c = make_node("c", P2P_NETWORK_KEY="their network secret", **fast)
     d = make_node("d", **fast)  # no key
     start_all(a, b, c, d)
     wait_until(
@@ -446,13 +450,13 @@ def test_network_key_separates_nodes(make_node, wait_until):
     port = a.tcp_port()
     refused = _fetch_catalog_raw(port, auth=None)
     assert refused["auth_required"] is True and refused["ok"] is False
-    assert _fetch_catalog_raw(port, auth="their secret")["ok"] is False
-    assert _fetch_catalog_raw(port, auth="our secret")["ok"] is True
+    assert _fetch_catalog_raw(port, auth="their network secret")["ok"] is False
+    assert _fetch_catalog_raw(port, auth="our network secret")["ok"] is True
 
 
 def test_node_without_key_does_not_list_keyed_nodes(make_node, wait_until):
     fast = {"P2P_ANNOUNCE_INTERVAL": 1}
-    a = make_node("a", P2P_NETWORK_KEY="our secret", **fast)
+    a = make_node("a", P2P_NETWORK_KEY="our network secret", **fast)
     d = make_node("d", **fast)  # no key
     start_all(a, d)
     wait_until(

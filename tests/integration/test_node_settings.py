@@ -48,7 +48,7 @@ def p2pctl(
 def test_the_node_keeps_how_it_was_started_and_says_what_cannot_start(
     make_node: Callable[..., Node],
 ) -> None:
-    key = secrets.token_hex(8)
+    key = secrets.token_hex(16)
     node = make_node("kept", P2P_NETWORK_KEY=key, P2P_UPLOAD_LIMIT="123456")
     downloads = node.home / "elsewhere"
     node.env["P2P_DOWNLOAD_DIR"] = str(downloads)

@@ -30,6 +30,9 @@ from p2pshare.services.net.tls import NodeTls
 pytestmark = pytest.mark.reliability
 
 KEY = "correct horse battery staple"
+WRONG_KEY = "another key entirely"
+# What the wire uses (P2P_NETWORK_KEY through scrypt), for raw clients and relays.
+WIRE_KEY = protocol.derive_network_key(KEY)
 LOOPBACK = "127.0.0.1"
 TIMEOUT = 90.0  # a bound for a busy machine, not an expectation
 
@@ -69,7 +72,7 @@ def test_a_keyed_download_shows_no_plaintext_on_the_wire(
     seed(seeder, name, data)
     seeder.start()
     leech.start()
-    relay = relays(seeder, leech.udp_port, key=KEY)
+    relay = relays(seeder, leech.udp_port, key=WIRE_KEY)
     wait_known(leech, name, timeout=TIMEOUT)
 
     done = leech.p2pctl("download", name, timeout=TIMEOUT)
@@ -196,7 +199,7 @@ def test_under_tls_a_wrong_key_learns_nothing_not_even_the_catalog(
 ) -> None:
     a = make_node("keyed-a", P2P_NETWORK_KEY=KEY)
     b = make_node("keyed-b", P2P_NETWORK_KEY=KEY)
-    wrong = make_node("wrong", P2P_NETWORK_KEY="another key")
+    wrong = make_node("wrong", P2P_NETWORK_KEY=WRONG_KEY)
     seed(a, "plans.bin", b"the plans" * 1000)
     for node in (a, b, wrong):
         node.start()
@@ -217,12 +220,12 @@ def test_under_tls_a_wrong_key_learns_nothing_not_even_the_catalog(
     with pytest.raises(protocol.WrongNetworkKey):
         PeerClient(LOOPBACK, port, key=None, link=link).connect()
     with pytest.raises(protocol.RemoteRefused):
-        PeerClient(LOOPBACK, port, key="another key", link=link).connect()
+        PeerClient(LOOPBACK, port, key=protocol.derive_network_key(WRONG_KEY), link=link).connect()
     clear = split_frames(raw_exchange(port, protocol.encode_request(protocol.CatalogRequest())))
     assert len(clear) == 1 and clear[0]["op"] == "welcome" and clear[0]["tls"] is True
     wait_until(lambda: "does not speak TLS" in a.log("server"), TIMEOUT, what="the refusal logged")
     # The right key, through the same pinned TLS: the catalog.
-    with PeerClient(LOOPBACK, port, key=KEY, link=link) as client:
+    with PeerClient(LOOPBACK, port, key=WIRE_KEY, link=link) as client:
         _, entries = client.catalog()
     assert [e.name for e in entries] == ["plans.bin"]
 
@@ -242,7 +245,7 @@ def test_bytes_that_are_not_tls_inside_a_tls_connection_cost_one_line(
     port = a.tcp_port()
     assert port
     link = NodeTls(identity.load_or_create(b.home / "identity"), encrypt=True).link(True, a_fp)
-    client = PeerClient(LOOPBACK, port, key=KEY, link=link)
+    client = PeerClient(LOOPBACK, port, key=WIRE_KEY, link=link)
     client.connect()
     try:
         raw = socket.socket(fileno=os.dup(client.sock.fileno()))
@@ -255,7 +258,7 @@ def test_bytes_that_are_not_tls_inside_a_tls_connection_cost_one_line(
         raw.close()
     finally:
         client.close()
-    with PeerClient(LOOPBACK, port, key=KEY, link=link) as again:
+    with PeerClient(LOOPBACK, port, key=WIRE_KEY, link=link) as again:
         _, entries = again.catalog()
     assert [e.name for e in entries] == ["plans.bin"]
     assert "Traceback" not in a.log("server")

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.reliability
 
 KEY = "correct horse battery staple"
 OTHER_KEY = "another network entirely"
+# What the wire uses (P2P_NETWORK_KEY through scrypt), for raw clients.
+WIRE_KEY = protocol.derive_network_key(KEY)
 CHUNK = 16 * 1024
 # Long enough that no peer expires while a test looks at the peers table.
 PEER_TTL = 60
@@ -130,7 +132,7 @@ def test_outsiders_are_ignored_and_refused(make_node: Callable[..., Node]) -> No
         PeerClient(LOOPBACK, port, key=None).connect()
     # With a wrong key the server refuses the proof.
     with pytest.raises(protocol.RemoteRefused):
-        PeerClient(LOOPBACK, port, key=OTHER_KEY).connect()
+        PeerClient(LOOPBACK, port, key=protocol.derive_network_key(OTHER_KEY)).connect()
     # A raw client that skips the proof, or sends a wrong one, pipelining requests
     # behind it: the welcome, one error, then the connection closes. No chunk bytes.
     wrong_auth = protocol.encode_request(protocol.AuthRequest("0" * 64))
@@ -145,7 +147,7 @@ def test_outsiders_are_ignored_and_refused(make_node: Callable[..., Node]) -> No
         assert reply[1].get("ok") is False, (label, reply)
         print(f"{label}: {reply[1]}")
     # With the key the same requests work: the refusals above were about the key.
-    with PeerClient(LOOPBACK, port, key=KEY) as client:
+    with PeerClient(LOOPBACK, port, key=WIRE_KEY) as client:
         version, entries = client.catalog()
         assert [e.name for e in entries] == ["secret.bin"]
         client.send(protocol.ChunkRequest(key, 0, 0, 0))

@@ -72,6 +72,37 @@ def test_a_wrong_key_is_refused_and_the_server_stays_closed() -> None:
     assert not server.authed
 
 
+@pytest.mark.parametrize("encrypt", [False, True], ids=["clear", "tls"])
+def test_a_server_that_does_not_prove_the_key_is_refused(encrypt: bool) -> None:
+    """A server without the key answers the client's proof with a bare ok, or one whose
+    proof is made with another key or for another nonce: the client refuses it."""
+    server = ServerHandshake(key=KEY, encrypt=encrypt, nonce=NONCE)
+    welcome = body(server.welcome())
+    channel = Channel(SERVER_FP, CLIENT_FP) if encrypt else None
+    pair = None if channel is None else (channel.server, channel.client)
+    fakes = {
+        "a bare ok": p.encode_ok(),
+        "another key": p.encode_ok(mac=p.server_auth_mac("other", NONCE, "cd" * 16, pair)),
+        "another nonce": p.encode_ok(mac=p.server_auth_mac(KEY, NONCE, "ef" * 16, pair)),
+        "the client's own proof": p.encode_ok(mac=p.auth_mac(KEY, NONCE, pair)),
+    }
+    for label, reply in fakes.items():
+        client = ClientHandshake(key=KEY, can_encrypt=encrypt, nonce="cd" * 16)
+        if client.on_welcome(welcome) is Stage.TLS:
+            client.tls_done()
+        client.proof(channel)
+        with pytest.raises(p.WrongNetworkKey, match="did not prove the network key"):
+            client.on_auth_reply(body(reply))
+        assert client.stage is Stage.AUTH, label
+
+
+def test_a_keyed_client_refuses_a_server_that_asks_for_no_key() -> None:
+    client = ClientHandshake(key=KEY, can_encrypt=False)
+    keyless = ServerHandshake(key=None, encrypt=False, nonce=NONCE).welcome()
+    with pytest.raises(p.WrongNetworkKey, match="does not ask for the network key"):
+        client.on_welcome(body(keyless))
+
+
 def test_a_proof_for_another_tls_channel_is_refused() -> None:
     """A proof relayed through a machine in the middle names that machine's certificate."""
     server = ServerHandshake(key=KEY, encrypt=True, nonce=NONCE)

@@ -197,28 +197,30 @@ def test_bad_identity_fields_are_refused(extra: dict[str, object]) -> None:
 
 
 def test_the_key_proof_is_bound_to_both_fingerprints_and_the_nonce() -> None:
-    nonce = "ab" * 16
+    nonce, cn = "ab" * 16, "ef" * 16
     mac = p.auth_mac(KEY, nonce, (FP_A, FP_B))
-    p.check_auth(p.AuthRequest(mac, FP_B), key=KEY, nonce=nonce, server_fingerprint=FP_A)
+    p.check_auth(p.AuthRequest(mac, FP_B, cn), key=KEY, nonce=nonce, server_fingerprint=FP_A)
     for req, server, why in [
-        (p.AuthRequest(mac, FP_B), FP_B, "relayed to another server"),
-        (p.AuthRequest(mac, FP_A), FP_A, "another client named"),
-        (p.AuthRequest(mac, None), FP_A, "no client fingerprint under TLS"),
-        (p.AuthRequest(p.auth_mac(KEY, nonce), None), FP_A, "a clear proof under TLS"),
+        (p.AuthRequest(mac, FP_B, cn), FP_B, "relayed to another server"),
+        (p.AuthRequest(mac, FP_A, cn), FP_A, "another client named"),
+        (p.AuthRequest(mac, None, cn), FP_A, "no client fingerprint under TLS"),
+        (p.AuthRequest(p.auth_mac(KEY, nonce), None, cn), FP_A, "a clear proof under TLS"),
     ]:
         with pytest.raises(p.WrongNetworkKey):
             p.check_auth(req, key=KEY, nonce=nonce, server_fingerprint=server)
             pytest.fail(why)
     with pytest.raises(p.WrongNetworkKey):
-        p.check_auth(p.AuthRequest(mac, FP_B), key=KEY, nonce="cd" * 16, server_fingerprint=FP_A)
-    # In clear the proof is the 0.1 one, so clear keyed nodes of both versions still talk.
+        p.check_auth(
+            p.AuthRequest(mac, FP_B, cn), key=KEY, nonce="cd" * 16, server_fingerprint=FP_A
+        )
+    # In clear the proof covers the nonce alone.
     clear = p.auth_mac(KEY, nonce)
-    p.check_auth(p.AuthRequest(clear), key=KEY, nonce=nonce)
+    p.check_auth(p.AuthRequest(clear, None, cn), key=KEY, nonce=nonce)
     assert clear != mac
 
 
 def test_auth_and_welcome_round_trip_their_new_fields() -> None:
-    req = p.AuthRequest("0" * 64, FP_A)
+    req = p.AuthRequest("0" * 64, FP_A, "ef" * 16)
     assert p.decode_request(p.encode_request(req)[4:]) == req
     w = p.Welcome("ab" * 16, True, True)
     assert p.decode_welcome(p.encode_welcome(w)[4:]) == w

@@ -394,11 +394,11 @@ def test_share_dir_equal_to_home_never_indexes_the_nodes_own_files(tmp_path: Pat
 
 
 def test_share_dir_equal_to_home_never_offers_the_config_file(tmp_path: Path) -> None:
-    (tmp_path / "p2p.toml").write_text('P2P_NETWORK_KEY = "secret"\n')
+    (tmp_path / "p2p.toml").write_text('P2P_NETWORK_KEY = "secret-network-key"\n')
     (tmp_path / "p2p.toml").chmod(0o600)  # it holds the key: others may not read it
     n = make_node(tmp_path, P2P_SHARE_DIR=str(tmp_path))
     try:
-        assert n.settings.network_key == "secret"
+        assert n.settings.network_secret == "secret-network-key"
         n.step()
         assert "p2p.toml" not in indexed(n)
     finally:

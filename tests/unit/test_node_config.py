@@ -27,7 +27,12 @@ def start(env: dict[str, str]) -> node_config.StartPlan:
 
 def test_a_restart_from_a_shell_without_the_settings_keeps_them(tmp_path: Path) -> None:
     first = start(
-        shell(tmp_path, P2P_USERNAME="carol", P2P_NETWORK_KEY="s3cret", P2P_UPLOAD_LIMIT="9")
+        shell(
+            tmp_path,
+            P2P_USERNAME="carol",
+            P2P_NETWORK_KEY="s3cret-network-key",
+            P2P_UPLOAD_LIMIT="9",
+        )
     )
     assert first.first and first.changes == []
     record = tmp_path / "p2p.toml"
@@ -35,7 +40,7 @@ def test_a_restart_from_a_shell_without_the_settings_keeps_them(tmp_path: Path) 
     again = start({"PATH": "/usr/bin", "P2P_HOME": str(tmp_path)})
     assert again.changes == [] and not again.first
     s = again.settings
-    assert (s.username, s.network_key, s.upload_limit) == ("carol", "s3cret", 9)
+    assert (s.username, s.network_secret, s.upload_limit) == ("carol", "s3cret-network-key", 9)
     assert s.broadcast == ("127.255.255.255",)  # never widened to every interface
     assert s.encrypt  # a keyed node stays encrypted
 
@@ -43,12 +48,12 @@ def test_a_restart_from_a_shell_without_the_settings_keeps_them(tmp_path: Path) 
 def test_a_differing_shell_variable_applies_and_is_named_without_the_secret(
     tmp_path: Path,
 ) -> None:
-    start(shell(tmp_path, P2P_USERNAME="carol", P2P_NETWORK_KEY="s3cret"))
-    plan = start(shell(tmp_path, P2P_USERNAME="dave", P2P_NETWORK_KEY="other"))
+    start(shell(tmp_path, P2P_USERNAME="carol", P2P_NETWORK_KEY="s3cret-network-key"))
+    plan = start(shell(tmp_path, P2P_USERNAME="dave", P2P_NETWORK_KEY="other-network-key"))
     words = [c.words() for c in plan.changes]
     assert words == ["P2P_USERNAME carol -> dave", "P2P_NETWORK_KEY changed"]
-    assert plan.settings.username == "dave" and plan.settings.network_key == "other"
-    assert "other" not in " ".join(words)
+    assert plan.settings.username == "dave" and plan.settings.network_secret == "other-network-key"
+    assert "other-network-key" not in " ".join(words)
 
 
 def test_editing_keeps_a_persons_comments_and_lines(tmp_path: Path) -> None:
@@ -89,7 +94,9 @@ def test_later_commands_read_the_record_and_name_what_the_shell_says_otherwise(
 
 def test_the_programs_get_no_setting_from_the_shell(tmp_path: Path) -> None:
     env = node_config.without_settings(
-        shell(tmp_path, P2P_NETWORK_KEY="k", P2P_CONFIG="/x", P2P_PYTHON="/py")
+        shell(
+            tmp_path, P2P_NETWORK_KEY="a network key 0123456789", P2P_CONFIG="/x", P2P_PYTHON="/py"
+        )
     )
     assert env == {"PATH": "/usr/bin", "P2P_HOME": str(tmp_path), "P2P_PYTHON": "/py"}
 
@@ -117,11 +124,17 @@ def test_a_node_without_a_record_restarts_as_it_last_ran_but_never_open(
     with pytest.raises(SettingsError, match="last ran with a network key"):
         node_config.plan_start(plain, LAST_RUN)
     assert not (tmp_path / "p2p.toml").exists()
-    plan = node_config.plan_start({**plain, "P2P_NETWORK_KEY": "k"}, LAST_RUN)
+    plan = node_config.plan_start(
+        {**plain, "P2P_NETWORK_KEY": "a network key 0123456789"}, LAST_RUN
+    )
     plan.save()
     s = plan.settings
     assert (s.username, s.bind, s.udp_port, s.upload_limit) == ("carol", "127.0.0.1", 40404, 1000)
-    assert (s.broadcast, s.web_port, s.network_key) == (("127.255.255.255",), 47481, "k")
+    assert (s.broadcast, s.web_port, s.network_secret) == (
+        ("127.255.255.255",),
+        47481,
+        "a network key 0123456789",
+    )
     assert plan.inherited
     # Every value is in the record, since the programs read nothing else.
     again = node_config.plan_start(plain)

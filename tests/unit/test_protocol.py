@@ -119,6 +119,25 @@ def test_announce_round_trip_with_key() -> None:
     assert p.decode_announce(data, key=KEY, now=TS + 5, max_age=60) == ann
 
 
+def test_an_announcement_with_the_key_used_raw_is_named_an_older_version() -> None:
+    """p2pshare before key derivation signs with the key as set: refused, and said so."""
+    ann = Announce(NODE, "alice", 5000, 7, 3, TS)
+    old = p.encode_announce(ann, key=KEY)
+    wire = p.derive_network_key(KEY)
+    with pytest.raises(WrongNetworkKey, match="older p2pshare"):
+        p.decode_announce(old, key=wire, now=TS, max_age=60, old_key=KEY)
+    with pytest.raises(WrongNetworkKey, match="does not match"):
+        p.decode_announce(old, key=wire, now=TS, max_age=60)
+    assert p.decode_announce(p.encode_announce(ann, key=wire), key=wire, now=TS, max_age=60) == ann
+
+
+def test_the_network_key_derivation_is_fixed() -> None:
+    """Every node of a network derives the same key: the derivation is part of the wire."""
+    assert p.derive_network_key(KEY) == p.derive_network_key(KEY) != KEY
+    assert len(p.derive_network_key(KEY)) == 64
+    assert p.derive_network_key(KEY) != p.derive_network_key(KEY + " ")
+
+
 def test_announce_signed_as_spec_describes_is_accepted() -> None:
     ann = p.decode_announce(signed(), key=KEY, now=TS, max_age=60)
     assert ann == Announce(NODE, "alice", 5000, 3, 9, TS)
@@ -204,12 +223,23 @@ def test_chunk_size_not_a_multiple_of_64_is_malformed(cs: int) -> None:
 
 
 def test_auth_check_accepts_the_key_and_refuses_another() -> None:
-    nonce = "0f" * 16
-    p.check_auth(AuthRequest(p.auth_mac(KEY, nonce)), key=KEY, nonce=nonce)
+    nonce, theirs = "0f" * 16, "2e" * 16
+    p.check_auth(AuthRequest(p.auth_mac(KEY, nonce), None, theirs), key=KEY, nonce=nonce)
     with pytest.raises(WrongNetworkKey):
-        p.check_auth(AuthRequest(p.auth_mac("other", nonce)), key=KEY, nonce=nonce)
+        p.check_auth(AuthRequest(p.auth_mac("other", nonce), None, theirs), key=KEY, nonce=nonce)
     with pytest.raises(WrongNetworkKey):
-        p.check_auth(AuthRequest(p.auth_mac(KEY, "1f" * 16)), key=KEY, nonce=nonce)
+        p.check_auth(AuthRequest(p.auth_mac(KEY, "1f" * 16), None, theirs), key=KEY, nonce=nonce)
+    # A proof asking for none in return: the client could not tell a stranger from us.
+    with pytest.raises(WrongNetworkKey, match="no proof in return"):
+        p.check_auth(AuthRequest(p.auth_mac(KEY, nonce)), key=KEY, nonce=nonce)
+    # A client of the version before key derivation proves the key as set: named so.
+    with pytest.raises(WrongNetworkKey, match="older p2pshare"):
+        p.check_auth(
+            AuthRequest(p.auth_mac("as set", nonce), None, theirs),
+            key=KEY,
+            nonce=nonce,
+            old_key="as set",
+        )
 
 
 @pytest.mark.parametrize("auth", [True, False])

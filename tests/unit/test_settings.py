@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pshare.services.protocol.netkey import derive_network_key
 from p2pshare.services.settings import (
     DEFAULT_ANNOUNCE_INTERVAL,
     DEFAULT_UDP_PORT,
@@ -57,7 +58,7 @@ def test_defaults_of_every_other_setting(tmp_path: Path) -> None:
     assert settings.peer_ttl == 3 * 60
     assert settings.chunk_size is None
     assert settings.upload_limit == 0
-    assert settings.network_key is None
+    assert settings.network_key is None and not settings.keyed
     assert settings.config_file is None
     user, _, host = settings.username.partition("@")
     assert user and host == socket.gethostname()
@@ -94,7 +95,7 @@ def test_environment_beats_config_file_in_home(tmp_path: Path) -> None:
     config = tmp_path / "p2p.toml"
     config.write_text(
         'P2P_TCP_PORT = 5000\nP2P_USERNAME = "from-file"\nP2P_ANNOUNCE_INTERVAL = 5\n'
-        'P2P_NETWORK_KEY = "file-secret"\n'
+        'P2P_NETWORK_KEY = "file-secret-0123456789"\n'
     )
     config.chmod(0o600)  # it holds the key: others may not read it
     env = {"P2P_HOME": str(tmp_path), "P2P_BROADCAST": LOOPBACK_BROADCAST, "P2P_TCP_PORT": "6000"}
@@ -105,7 +106,7 @@ def test_environment_beats_config_file_in_home(tmp_path: Path) -> None:
     assert settings.username == "from-file"  # file
     assert settings.announce_interval == 5
     assert settings.peer_ttl == 15
-    assert settings.network_key == "file-secret"
+    assert settings.network_secret == "file-secret-0123456789"
 
 
 def test_empty_environment_value_falls_back_to_the_file(tmp_path: Path) -> None:
@@ -292,3 +293,19 @@ def test_bad_listener_nice_is_one_sentence_naming_it(tmp_path: Path, raw: str) -
     with pytest.raises(SettingsError, match="P2P_LISTENER_NICE") as info:
         load_settings(env=base_env(tmp_path, P2P_LISTENER_NICE=raw))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["secret", "short key 12345", "aaaaaaaaaaaaaaaaaaaaaaaa", "abababab01010101"]
+)
+def test_a_weak_network_key_is_refused_in_one_sentence(tmp_path: Path, key: str) -> None:
+    with pytest.raises(SettingsError, match="P2P_NETWORK_KEY must be at least 16 characters"):
+        load_settings({"P2P_HOME": str(tmp_path), "P2P_NETWORK_KEY": key})
+
+
+def test_the_wire_key_is_derived_from_the_key_as_set(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"P2P_HOME": str(tmp_path), "P2P_NETWORK_KEY": "a long enough key 123"}
+    )
+    assert settings.keyed and settings.network_secret == "a long enough key 123"
+    assert settings.network_key == derive_network_key("a long enough key 123")

@@ -164,7 +164,7 @@ def test_without_libtorrent_one_sentence(
 def test_bittorrent_settings() -> None:
     base = {"P2P_HOME": "/tmp/x", "P2P_BROADCAST": "127.255.255.255"}
     assert load_settings(env=base).bittorrent_serves
-    keyed = {**base, "P2P_NETWORK_KEY": "k"}
+    keyed = {**base, "P2P_NETWORK_KEY": "a network key 0123456789"}
     assert not load_settings(env=keyed).bittorrent_serves
     assert load_settings(env={**keyed, "P2P_BITTORRENT": "on"}).bittorrent_serves
     assert not load_settings(env={**base, "P2P_BITTORRENT": "off"}).bittorrent_serves
