@@ -234,6 +234,12 @@ def _to_v10(conn: Connection) -> None:
     ManifestSource.__table__.create(conn)  # type: ignore[attr-defined]
 
 
+def _to_v11(conn: Connection) -> None:
+    """Who offered what a download fetches (issue 37): the certificates, proven over TLS,
+    whose new version of its name it may follow (NULL: none, it follows no new version)."""
+    conn.exec_driver_sql("ALTER TABLE downloads ADD COLUMN offered_by VARCHAR")
+
+
 def _driver(conn: Connection) -> sqlite3.Connection:
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
@@ -253,6 +259,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     8: _to_v8,
     9: _to_v9,
     10: _to_v10,
+    11: _to_v11,
 }
 
 

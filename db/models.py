@@ -293,7 +293,8 @@ class Download(Base):
     # queued, active, waiting, paused, done, failed, cancelled
     status: Mapped[str] = mapped_column(String(16))
     # Requested as NAME@SHA: this version or nothing. Otherwise the download follows
-    # its name to the version peers offer now when its own has left every peer.
+    # its name to the version offered now when its own has left every peer, but only
+    # one offered by an identity in `offered_by`.
     pinned: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None]
     requested_at: Mapped[float]
@@ -310,6 +311,10 @@ class Download(Base):
     saved_as: Mapped[str | None]
     # The last move to another version or manifest, and why (reason changes as it runs).
     switched: Mapped[str | None]
+    # The certificate fingerprints (comma-separated) of the peers that offered its name
+    # and content over TLS when it was queued (schema v11): the identities whose new version of the
+    # name it may follow. NULL: none proven (no TLS), so it follows no new version.
+    offered_by: Mapped[str | None]
 
 
 class DownloadSource(Base):

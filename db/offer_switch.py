@@ -1,12 +1,14 @@
 """Moving a download whose offer no usable peer makes any more to another offer: the same
-content under another manifest, or the version now offered under its name."""
+content under another manifest, or the version now offered under its name by the identity
+that offered the original (a certificate proven over TLS), never another's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from p2pshare.db.downloads import offer_peers
@@ -31,7 +33,9 @@ def switch_offer(session: Session, download_id: int) -> OfferChange | None:
     peers make: another offer of the same SHA-256 (another manifest root or chunk size),
     else, when that SHA-256 has left every peer, the version now offered under its name.
 
-    A pinned download (asked as NAME@SHA) never changes version: it fails, naming the
+    A bare-name download follows its name to another version only when a peer with a
+    certificate in `offered_by` offers it (proven over TLS: the identity that offered the
+    original); otherwise, like a pinned download (asked as NAME@SHA), it fails naming the
     versions offered instead. Returns None when there is nothing to move to (the download
     waits). The caller ends the job; the downloader starts it again on the new offer.
     """
@@ -57,13 +61,19 @@ def switch_offer(session: Session, download_id: int) -> OfferChange | None:
                 f"({kept} verified chunks kept)"
             ),
         )
-    versions = _other_versions(session, d.name, d.sha256)
-    if not versions:
+    offered = _versions_offered(session, d.name, d.sha256)
+    if not offered:
         return None
+    listed = ", ".join(f"{d.name}@{sha[:8]}" for sha in sorted(offered))
+    gone = f"no online peer offers {d.name}@{d.sha256[:8]} any more"
     if d.pinned:
-        listed = ", ".join(f"{d.name}@{sha[:8]}" for sha in sorted(versions))
-        reason = f"no online peer offers {d.name}@{d.sha256[:8]} any more; offered now: {listed}"
-        return OfferChange(reason, True, d.sha256, d.size)
+        return OfferChange(f"{gone}; offered now: {listed}", True, d.sha256, d.size)
+    identities = _identities(d.offered_by)
+    versions = _versions_from(session, d.name, d.sha256, identities)
+    if not versions:
+        if _offered_by_identities(session, d.name, d.sha256, identities):
+            return None  # its identity offers a version whose manifest did not come yet
+        return OfferChange(f"{gone}; {_not_followed(identities)}: {listed}", True, d.sha256, d.size)
     sha = max(versions, key=lambda v: (versions[v][1], v))
     fid, peers = versions[sha]
     new = session.get(File, fid)
@@ -74,9 +84,23 @@ def switch_offer(session: Session, download_id: int) -> OfferChange | None:
         d,
         new,
         lambda kept: (
-            f"switched to {d.name}@{sha[:8]} offered by {_peers(peers)}: no online "
-            f"peer offers the version {old_sha[:8]} any more ({kept} verified chunks kept)"
+            f"switched to {d.name}@{sha[:8]} offered by {_peers(peers)} with the certificate "
+            f"that offered {old_sha[:8]}: no online peer offers that version any more "
+            f"({kept} verified chunks kept)"
         ),
+    )
+
+
+def _not_followed(identities: set[str]) -> str:
+    """Why the download does not take the versions offered now, for its reason."""
+    if not identities:
+        return (
+            "no peer that offered it proved its certificate over TLS, so it follows no "
+            "other version (download NAME@SHA to take one); offered now"
+        )
+    return (
+        "the peers that offered it offer no other version, and it follows no other "
+        "identity's (download NAME@SHA to take one); offered now by others"
     )
 
 
@@ -94,9 +118,12 @@ def offers_to_hash(session: Session, download_id: int) -> set[int]:
     if offers.get(d.file_id, 0) > 0:
         return set()
     lacking = {f for f, n in offers.items() if n > 0 and not _manifest_known(session, f)}
-    shas = _names_other_shas(session, d.name, d.sha256)
-    for other in offer_peers(session, shas).values():
-        lacking |= {f for f, n in other.items() if n > 0 and not _manifest_known(session, f)}
+    if d.pinned:
+        return lacking
+    # Only the versions it may follow: another identity's offers are never fetched for it.
+    for fid in _offered_by_identities(session, d.name, d.sha256, _identities(d.offered_by)):
+        if not _manifest_known(session, fid):
+            lacking.add(fid)
     return lacking
 
 
@@ -115,16 +142,51 @@ def _manifest_known(session: Session, file_id: int) -> bool:
     return file is not None and len(_entries(session, file_id)) == file.chunk_count
 
 
-def _other_versions(session: Session, name: str, sha256: str) -> dict[str, tuple[int, int]]:
-    """Other contents live, not-bad peers offer under `name`: per SHA-256, the offer most
-    of them make (file id, peers). Only offers whose manifest is here can be fetched."""
+def _identities(offered_by: str | None) -> set[str]:
+    return set(offered_by.split(",")) if offered_by else set()
+
+
+def _versions_offered(session: Session, name: str, sha256: str) -> set[str]:
+    """The other contents live, not-bad peers offer under `name`, whoever they are."""
     shas = _names_other_shas(session, name, sha256)
-    out = {}
-    for sha, offers in offer_peers(session, shas).items():
-        usable = {f: n for f, n in offers.items() if n > 0 and _manifest_known(session, f)}
-        if usable:
-            fid = max(usable, key=lambda f: (usable[f], -f))
-            out[sha] = (fid, usable[fid])
+    return {sha for sha, offers in offer_peers(session, shas).items() if any(offers.values())}
+
+
+def _offered_by_identities(
+    session: Session, name: str, sha256: str, identities: set[str]
+) -> dict[int, int]:
+    """Offers (file id -> peers) of other contents under `name` made by live, not-bad
+    peers whose certificate, proven over TLS, is one of `identities`."""
+    if not identities:
+        return {}
+    rows = session.execute(
+        text(
+            "SELECT f.id, count(DISTINCT p.id) FROM holdings h"
+            " JOIN files f ON f.id = h.file_id JOIN peers p ON p.id = h.peer_id"
+            " WHERE h.name = :name AND f.sha256 != :sha AND h.chunks_held > 0"
+            " AND p.tls AND p.fingerprint IN (SELECT value FROM json_each(:fps))"
+            " AND NOT EXISTS (SELECT 1 FROM bad_peers b WHERE b.file_id = f.id"
+            " AND b.address = p.address AND b.tcp_port = p.tcp_port)"
+            " GROUP BY f.id"
+        ),
+        {"name": name, "sha": sha256, "fps": json.dumps(sorted(identities))},
+    )
+    return {int(fid): int(n) for fid, n in rows}
+
+
+def _versions_from(
+    session: Session, name: str, sha256: str, identities: set[str]
+) -> dict[str, tuple[int, int]]:
+    """Other contents the download's identities offer under `name`: per SHA-256, the offer
+    most of their peers make (file id, peers). Only offers whose manifest is here count."""
+    out: dict[str, tuple[int, int]] = {}
+    for fid, n in _offered_by_identities(session, name, sha256, identities).items():
+        file = session.get(File, fid)
+        if file is None or not _manifest_known(session, fid):
+            continue
+        best = out.get(file.sha256)
+        if best is None or (n, -fid) > (best[1], -best[0]):
+            out[file.sha256] = (fid, n)
     return out
 
 

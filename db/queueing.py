@@ -272,6 +272,17 @@ def _new_download(
     return _insert_download(conn, candidate, int(row[0]), request_id, pinned, now)
 
 
+# The certificates, proven by a TLS catalog fetch, of the live peers offering a name (first
+# parameter) with a content (second): the identities a download of it may follow to a new
+# version (db.offer_switch). A clear peer's announced fingerprint is anyone's to claim.
+OFFERED_BY_SQL = (
+    "SELECT group_concat(DISTINCT p.fingerprint) FROM holdings h"
+    " JOIN files f ON f.id = h.file_id JOIN peers p ON p.id = h.peer_id"
+    " WHERE h.name = ? AND f.sha256 = ? AND h.chunks_held > 0"
+    " AND p.tls AND p.fingerprint IS NOT NULL"
+)
+
+
 def _insert_download(
     conn: sqlite3.Connection,
     candidate: Candidate,
@@ -285,8 +296,9 @@ def _insert_download(
     cur = conn.execute(
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
-        " bad_chunks, have, temp_path, saved_as, switched)"
-        " VALUES (?, ?, ?, ?, ?, 'queued', ?, NULL, ?, NULL, NULL, 0, 0, 0, ?, NULL, NULL, NULL)",
+        " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
+        " VALUES (?, ?, ?, ?, ?, 'queued', ?, NULL, ?, NULL, NULL, 0, 0, 0, ?, NULL, NULL, NULL,"
+        f" ({OFFERED_BY_SQL}))",
         (
             request_id,
             candidate.file_id,
@@ -296,6 +308,8 @@ def _insert_download(
             int(pinned),
             now,
             bytes((chunk_count + 7) // 8),
+            candidate.name,
+            candidate.sha256,
         ),
     )
     assert cur.lastrowid is not None

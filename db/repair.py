@@ -48,9 +48,10 @@ def refetch_damaged(session: Session, published: Published, why: str, *, now: fl
     cur = conn.execute(
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
-        " bad_chunks, have, temp_path, saved_as, switched)"
+        " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
         " SELECT d.request_id, d.file_id, d.name, d.sha256, d.size, 'queued', d.pinned, NULL,"
-        " ?, NULL, NULL, 0, 0, 0, zeroblob((f.chunk_count + 7) / 8), NULL, NULL, NULL"
+        " ?, NULL, NULL, 0, 0, 0, zeroblob((f.chunk_count + 7) / 8), NULL, NULL, NULL,"
+        " d.offered_by"
         " FROM downloads d JOIN files f ON f.id = d.file_id WHERE d.id = ?",
         (now, published.download_id),
     )

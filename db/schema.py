@@ -3,7 +3,7 @@ database without SQLAlchemy (`db.quick`) checks the same version."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class SchemaError(Exception):

@@ -758,7 +758,7 @@ def test_v1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
 
     Database.open(path).close()
 
-    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(10,)]
+    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(11,)]
     assert "root" in [c[0] for c in columns(path, "files")]
     # The finished download's history is intact, and its file row stays for it (no root:
     # content known before v2 has no manifest any more); content only a peer held is gone.
@@ -768,9 +768,12 @@ def test_v1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
         "id, file_id, name, sha256, size, status, reason, requested_at, started_at,"
         " finished_at, bytes_done, bytes_received, bad_chunks, have, temp_path, saved_as"
     )
+    # v11 appended offered_by (NULL: no identity proven, it follows no other version).
     assert sql(
-        path, f"SELECT {v1_columns}, request_id, pinned, switched FROM downloads WHERE id = 1"
-    ) == [DONE_ROW + (None, 0, None)]
+        path,
+        f"SELECT {v1_columns}, request_id, pinned, switched, offered_by FROM downloads"
+        " WHERE id = 1",
+    ) == [DONE_ROW + (None, 0, None, None)]
     assert sql(path, "SELECT id, sha256, size, chunk_size, root, chunk_count FROM files") == [
         (1, V1_SHA, 3 * CS + 5, CS, "", 4)
     ]

@@ -3,6 +3,7 @@ and following them; and a download following its name to a rewritten file's new 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import unicodedata
 from typing import Any
@@ -44,6 +45,23 @@ def hashed(data: bytes, cs: int = CS) -> dbindex.HashedFile:
     )
 
 
+def certificate(node: str) -> str:
+    """The fingerprint of a test peer's certificate: one per node id unless a test says."""
+    return sha(node.encode())
+
+
+def proven(
+    node: str, seq: int, endpoint: tuple[str, int], cv: int, fingerprint: str | None = None
+) -> dbpeers.Heard:
+    """An announcement of a peer that speaks TLS: its certificate is proven when its
+    catalog is fetched (pinned to the fingerprint), as every catalog here is."""
+    return dataclasses.replace(
+        heard(node, seq, address=endpoint[0], port=endpoint[1], cv=cv),
+        fingerprint=fingerprint or certificate(node),
+        tls=True,
+    )
+
+
 def catalog(
     db: Database,
     node: str,
@@ -52,8 +70,12 @@ def catalog(
     *,
     seq: int = 1,
     cs: int = CS,
+    fingerprint: str | None = None,
+    tls: bool = True,
 ) -> int:
-    """A peer announcing (again, with a higher `seq`) a catalog of whole files; its peer id."""
+    """A peer announcing (again, with a higher `seq`) a catalog of whole files; its peer id.
+    It speaks TLS with the certificate `fingerprint` (by default one of its own) unless
+    `tls` is False."""
     offers, manifests = [], {}
     for name, data in files.items():
         h = hashed(data, cs)
@@ -62,9 +84,10 @@ def catalog(
         )
         manifests[h.key] = list(h.chunk_hashes)
     with db.write() as s:
-        peer_id = dbpeers.record_announce(
-            s, heard(node, seq, address=endpoint[0], port=endpoint[1], cv=seq), now=NOW
-        ).peer_id
+        announced = proven(node, seq, endpoint, seq, fingerprint)
+        if not tls:
+            announced = dataclasses.replace(announced, fingerprint=None, tls=False)
+        peer_id = dbpeers.record_announce(s, announced, now=NOW).peer_id
         assert peer_id is not None
         assert dbcatalogs.apply_catalog(s, peer_id, seq, offers, manifests, now=NOW) == len(files)
     return peer_id
@@ -736,14 +759,66 @@ def test_following_keeps_nothing_across_chunk_sizes(db: Database) -> None:
 
 def test_following_takes_the_version_more_peers_offer(db: Database) -> None:
     catalog(db, NODE_A, PEER_A, {"movie.mkv": V1})
+    catalog(db, NODE_B, PEER_B, {"movie.mkv": V1})
     did = queue(db, "movie.mkv").downloads[0]
-    rewritten(db, ALL_NEW)
-    catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START})
-    catalog(db, NODE_C, PEER_C, {"movie.mkv": SAME_START})
+    rewritten(db, SAME_START)
+    catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START}, seq=2)
+    catalog(db, NODE_C, PEER_C, {"movie.mkv": ALL_NEW})  # another identity: never taken
     with db.write() as s:
         change = dbswitch.switch_offer(s, did)
     assert change is not None and change.sha256 == sha(SAME_START)
     assert "offered by 2 peers" in change.reason
+
+
+def test_a_bare_name_never_follows_another_identitys_version(db: Database) -> None:
+    """The seeder's version is gone and only another certificate offers the name: the
+    download ends naming what is offered, as a pinned one does, and takes none of it."""
+    catalog(db, NODE_A, PEER_A, {"movie.mkv": V1})
+    did = queue(db, "movie.mkv").downloads[0]
+    progress(db, did, {0, 1})
+    catalog(db, NODE_A, PEER_A, {}, seq=2)  # the seeder stopped offering it
+    # Another node at the same endpoint with a certificate of its own (a spoof, or a
+    # new machine there), and one elsewhere.
+    catalog(db, NODE_B, PEER_A, {"movie.mkv": ALL_NEW})
+    catalog(db, NODE_C, PEER_C, {"movie.mkv": SAME_START})
+    before = download_row(db, did)
+    with db.write() as s:
+        assert dbswitch.offers_to_hash(s, did) == set()  # their manifests are not fetched
+        change = dbswitch.switch_offer(s, did)
+    assert change is not None and change.ended
+    assert (change.sha256, change.size) == (sha(V1), len(V1))
+    for version in (SAME_START, ALL_NEW):
+        assert f"movie.mkv@{sha(version)[:8]}" in change.reason
+    assert "offered now by others" in change.reason
+    assert download_row(db, did) == before
+
+
+def test_without_tls_a_bare_name_follows_no_other_version(db: Database) -> None:
+    """In clear, a fingerprint is only claimed: nothing proves the new version comes from
+    who offered the original, so the download ends naming the versions offered."""
+    catalog(db, NODE_A, PEER_A, {"movie.mkv": V1}, tls=False)
+    did = queue(db, "movie.mkv").downloads[0]
+    assert download_row(db, did)[1] == sha(V1)
+    assert sql(db.path, "SELECT offered_by FROM downloads WHERE id = ?", did) == [(None,)]
+    catalog(db, NODE_A, PEER_A, {"movie.mkv": SAME_START}, seq=2, tls=False)
+    with db.write() as s:
+        change = dbswitch.switch_offer(s, did)
+    assert change is not None and change.ended
+    assert "proved its certificate over TLS" in change.reason
+    assert f"movie.mkv@{sha(SAME_START)[:8]}" in change.reason
+    assert download_row(db, did)[1] == sha(V1)
+
+
+def test_the_same_certificate_on_another_node_id_is_followed(db: Database) -> None:
+    """A restart (a new node id, another port) keeps the certificate: still the seeder."""
+    catalog(db, NODE_A, PEER_A, {"movie.mkv": V1})
+    did = queue(db, "movie.mkv").downloads[0]
+    catalog(db, NODE_A, PEER_A, {}, seq=2)
+    catalog(db, NODE_B, PEER_B, {"movie.mkv": ALL_NEW}, fingerprint=certificate(NODE_A))
+    with db.write() as s:
+        change = dbswitch.switch_offer(s, did)
+    assert change is not None and not change.ended and change.sha256 == sha(ALL_NEW)
+    assert "with the certificate that offered" in change.reason
 
 
 def test_pinned_download_ends_naming_the_versions_offered(db: Database) -> None:
@@ -778,9 +853,7 @@ def test_nothing_moves_while_a_live_peer_offers_the_old_content(db: Database) ->
     assert download_row(db, did) == before
     # That peer goes silent and is forgotten: now the name is followed.
     with db.write() as s:
-        fresh = dbpeers.record_announce(
-            s, heard(NODE_A, 3, address=PEER_A[0], port=PEER_A[1], cv=2), now=NOW + 100
-        )
+        fresh = dbpeers.record_announce(s, proven(NODE_A, 3, PEER_A, 2), now=NOW + 100)
         assert fresh.peer_id is not None
         assert dbpeers.expire_peers(s, now=NOW + 100, ttl=30) == ["alice (127.0.0.3:5002)"]
     with db.write() as s:
@@ -817,11 +890,11 @@ def test_a_bad_peers_version_is_not_followed(db: Database) -> None:
     with db.write() as s:
         assert dbswitch.switch_offer(s, did) is None
     assert download_row(db, did) == before
-    # A good peer offering the same new version is followed.
-    catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START})
+    # A good peer with the same certificate offering the same new version is followed.
+    catalog(db, NODE_B, PEER_B, {"movie.mkv": SAME_START}, fingerprint=certificate(NODE_A))
     with db.write() as s:
         change = dbswitch.switch_offer(s, did)
-    assert change is not None and "offered by 1 peer:" in change.reason
+    assert change is not None and "offered by 1 peer with the certificate" in change.reason
     assert download_row(db, did)[1] == sha(SAME_START)
 
 
@@ -832,7 +905,7 @@ def test_a_bad_peer_of_the_old_content_does_not_hold_the_download_back(db: Datab
         s.add(
             BadPeer(address=PEER_A[0], tcp_port=PEER_A[1], file_id=file_id(db, V1), marked_at=NOW)
         )
-    catalog(db, NODE_B, PEER_B, {"movie.mkv": ALL_NEW})
+    catalog(db, NODE_B, PEER_B, {"movie.mkv": ALL_NEW}, fingerprint=certificate(NODE_A))
     with db.write() as s:
         change = dbswitch.switch_offer(s, did)
     assert change is not None and change.sha256 == sha(ALL_NEW)
