@@ -3,8 +3,8 @@ when silent (their catalogs are `db.catalogs`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
@@ -29,6 +29,10 @@ class Heard:
     fingerprint: str | None = None
     tls: bool = False
     catalog_epoch: str | None = None
+    # Whether the announcement is signed by the key of `fingerprint` (its certificate):
+    # asked only when it would retire another node id or move one to another address,
+    # since checking a signature costs far more than recording an announcement.
+    proof: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -181,10 +185,18 @@ class _Batch:
         self.touched = True
         # A node restarted on the same endpoint, or from the same address with the same
         # certificate, is the same machine with a new id: its old self and everything
-        # that offered goes now, not after the TTL.
+        # that offered goes now, not after the TTL. Only when the announcement proves
+        # that certificate (its signature): anyone can send a fresh node id from
+        # another's address and port, or claim its fingerprint.
         here = self.at.setdefault((heard.address, heard.tcp_port), [])
         twins = self.twins.setdefault((heard.address, heard.fingerprint or ""), [])
-        olds = {old.id: old for old in (*here, *(twins if heard.fingerprint else ()))}
+        olds = {
+            old.id: old
+            for old in (*here, *(twins if heard.fingerprint else ()))
+            if old.fingerprint and old.fingerprint == heard.fingerprint
+        }
+        if olds and not heard.proof():
+            olds = {}
         # The old self's holdings stay, under the new id, when it announces the same
         # catalog log: a restart then costs the changes made meanwhile, not the catalog
         # (a million entries) again. Another log (its database replaced) is fetched whole.
@@ -235,9 +247,9 @@ class _Batch:
             (cur.lastrowid, heard.node_id, heard.username, heard.address, heard.tcp_port,
              heard.catalog_version, heard.seq, synced, heard.fingerprint, heard.tls, epoch),
         )  # fmt: skip
-        here[:] = [peer]
+        here[:] = [p for p in here if p.id not in self.gone] + [peer]
         if heard.fingerprint:
-            twins[:] = [peer]
+            twins[:] = [p for p in twins if p.id not in self.gone] + [peer]
         self.peers[heard.node_id] = peer
         self.created += 1
         needs = heir is None or heard.catalog_version > synced
@@ -247,14 +259,14 @@ class _Batch:
         """Write back the peers refreshed, in one statement, and expire what the session
         held of the rows changed."""
         changed = [
-            (p.tcp_port, p.catalog_version, p.announce_seq, p.last_seen, p.id)
+            (p.address, p.tcp_port, p.catalog_version, p.announce_seq, p.last_seen, p.id)
             for p in self.peers.values()
             if p.last_seen is not None
         ]
         if changed:
             self.conn.executemany(
-                "UPDATE peers SET tcp_port = ?, catalog_version = ?, announce_seq = ?,"
-                " last_seen = ? WHERE id = ?",
+                "UPDATE peers SET address = ?, tcp_port = ?, catalog_version = ?,"
+                " announce_seq = ?, last_seen = ? WHERE id = ?",
                 changed,
             )
         if changed or self.touched:
@@ -274,12 +286,18 @@ def _update(peer: _Row, heard: Heard, now: float) -> AnnounceOutcome:
         return _refused(f"replayed announcement (seq {heard.seq})")
     if heard.seq > peer.announce_seq + MAX_SEQ_JUMP:
         return _refused(f"sequence number jumps from {peer.announce_seq} to {heard.seq}")
-    if (heard.username, heard.address) != (peer.username, peer.address):
-        # A node id is one run of one announcer: its name and address cannot change.
-        return _refused(f"node id already belongs to {peer.username} at {peer.address}")
     if (heard.fingerprint, heard.tls) != (peer.fingerprint, peer.tls):
-        # Nor its identity: a restart keeps the certificate but takes a new node id.
+        # A node id is one run of one announcer: its identity cannot change (a restart
+        # keeps the certificate but takes a new node id).
         return _refused(f"node id already belongs to the certificate {peer.fingerprint}")
+    if heard.username != peer.username:
+        return _refused(f"node id already belongs to {peer.username} at {peer.address}")
+    if heard.address != peer.address and not (peer.fingerprint and heard.proof()):
+        # Its address moves only with its certificate's signature: the first address a
+        # node id was heard from may have been a replay of it sent from elsewhere, and the
+        # node's own later announcements (a higher seq, signed) must still be heard.
+        return _refused(f"node id already belongs to {peer.username} at {peer.address}")
+    peer.address = heard.address
     peer.tcp_port = heard.tcp_port
     peer.catalog_version, peer.announce_seq, peer.last_seen = (
         heard.catalog_version,

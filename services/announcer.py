@@ -16,6 +16,7 @@ import time
 
 from p2pshare.db import node as dbnode
 from p2pshare.services import protocol
+from p2pshare.services.net import identity
 from p2pshare.services.net.netif import interface_broadcasts
 from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
@@ -38,6 +39,9 @@ class Announcer:
         self.settings = ctx.settings
         self.node_id = secrets.token_hex(protocol.NODE_ID_HEX // 2)
         self.seq = 0
+        # Every announcement is signed by the node's certificate key, so a peer can tell
+        # this node's next node id (a restart) from someone claiming its address.
+        self.signer = identity.signer(ctx.tls.identity)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if self.settings.bind != "0.0.0.0":
@@ -92,6 +96,7 @@ class Announcer:
                 epoch,
             ),
             key=self.settings.network_key,
+            signer=self.signer,
         )
         targets = self.targets()
         if not targets:

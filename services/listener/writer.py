@@ -305,6 +305,7 @@ class ListenerWriter:
                     ann.fingerprint,
                     ann.tls,
                     ann.catalog_epoch,
+                    ann.proves_identity,
                 )
                 for ann, ip in part
             ]

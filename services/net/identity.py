@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from p2pshare.services.protocol.announce import AnnounceSigner
+
 IDENTITY_FILE = "identity.pem"  # the key, then the certificate: one file, one atomic link
 # No certificate authority ever checks it; the fingerprint is what peers pin.
 VALID_DAYS = 100 * 365
@@ -67,6 +69,29 @@ def load(path: Path) -> Identity:
         )
     der = cert.public_bytes(serialization.Encoding.DER)
     return Identity(path, hashlib.sha256(der).hexdigest())
+
+
+def signer(identity: Identity) -> AnnounceSigner:
+    """What signs this node's announcements: its certificate and its key. Raises
+    IdentityError as `load` does."""
+    path = identity.path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(f"cannot read the node identity {path}: {exc.strerror}") from None
+    at = data.find(CERT_BEGIN)
+    try:
+        key = serialization.load_pem_private_key(data[:at], password=None) if at > 0 else None
+        der = x509.load_pem_x509_certificate(data[at:]).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise IdentityError(f"{path} holds no EC key and certificate to sign announcements with")
+
+    def sign(message: bytes) -> bytes:
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    return AnnounceSigner(der, sign)
 
 
 def _create(path: Path) -> None:

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING
 # every section (json, zlib, hmac, ssl's names, a dozen dataclasses) was 20 of the 40 ms
 # each p2pctl command spent before its first query.
 if TYPE_CHECKING:
-    from p2pshare.services.protocol.announce import Announce, decode_announce, encode_announce
+    from p2pshare.services.protocol.announce import (
+        Announce,
+        AnnounceSigner,
+        decode_announce,
+        encode_announce,
+    )
     from p2pshare.services.protocol.bitfield import (
         bitfield_count,
         bitfield_empty,
@@ -174,6 +179,7 @@ __all__ = [
     "Stage",
     "AUTH_CONTEXT",
     "Announce",
+    "AnnounceSigner",
     "AuthRequest",
     "CHUNK_ALIGN",
     "CatalogEntry",

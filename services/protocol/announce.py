@@ -1,12 +1,17 @@
-"""UDP announcements, and the HMAC that signs them on a keyed network."""
+"""UDP announcements, the HMAC that authenticates them on a keyed network, and the
+signature by the node's certificate key that proves which identity sent one."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from p2pshare.services.protocol.fields import _bool, _check_version, _hex, _int, _num, _obj, _str
@@ -43,6 +48,38 @@ def _canonical(raw: dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------- UDP announce
 
+MAX_SIGNATURE_BYTES = 160  # an ECDSA signature in DER is at most about 140
+
+
+def _with_signature(ann: Announce, raw: dict[str, Any]) -> Announce:
+    """The announcement with its certificate and signature, as they came (unchecked)."""
+    sig_text, cert_text = raw.pop("sig"), raw.get("cert")
+    if not isinstance(sig_text, str) or not isinstance(cert_text, str):
+        raise MalformedMessage("a signature needs 'sig' and 'cert' as base64 text")
+    if ann.fingerprint is None:
+        raise MalformedMessage("a signed announcement names no certificate fingerprint")
+    try:
+        signature = base64.b64decode(sig_text, validate=True)
+        certificate = base64.b64decode(cert_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMessage("'sig' or 'cert' is not base64") from None
+    if len(signature) > MAX_SIGNATURE_BYTES:
+        raise MalformedMessage("a signature longer than any ECDSA one")
+    return Announce(
+        ann.node_id,
+        ann.username,
+        ann.tcp_port,
+        ann.catalog_version,
+        ann.seq,
+        ann.sent_at,
+        ann.fingerprint,
+        ann.tls,
+        ann.catalog_epoch,
+        certificate,
+        signature,
+        _canonical(raw),
+    )
+
 
 @dataclass(frozen=True)
 class Announce:
@@ -59,9 +96,53 @@ class Announce:
     # The name of its catalog log (`cv` counts in it): peers ask it for changes since the
     # version they hold. None from a node before catalogs by change (fetched whole).
     catalog_epoch: str | None = None
+    # Its certificate (DER), and a signature by that certificate's key over the rest of
+    # the announcement (`signed`): proof that the holder of `fingerprint` sent it. Absent
+    # from nodes before issue 37; checked only when a decision needs it (proves_identity).
+    certificate: bytes | None = field(default=None, compare=False, repr=False)
+    signature: bytes | None = field(default=None, compare=False, repr=False)
+    signed: bytes = field(default=b"", compare=False, repr=False)
+
+    def proves_identity(self) -> bool:
+        """Whether the announcement is signed by the key of the certificate it names."""
+        if self.certificate is None or self.signature is None or self.fingerprint is None:
+            return False
+        return _signed_by(self.certificate, self.fingerprint, self.signature, self.signed)
 
 
-def encode_announce(ann: Announce, *, key: str | None) -> bytes:
+@dataclass(frozen=True)
+class AnnounceSigner:
+    """What the announcer signs with: its certificate (DER) and its key's signing call."""
+
+    certificate: bytes
+    sign: Callable[[bytes], bytes]
+
+
+# Verifying costs a millisecond or so: only announcements that would retire or move a
+# node id are checked, and each at most once.
+@functools.lru_cache(maxsize=256)
+def _signed_by(certificate: bytes, fingerprint: str, signature: bytes, signed: bytes) -> bool:
+    # Here, not at the top: the listener's other work and p2pctl never need x509.
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not hmac.compare_digest(hashlib.sha256(certificate).hexdigest(), fingerprint):
+        return False
+    try:
+        public = x509.load_der_x509_certificate(certificate).public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            return False
+        public.verify(signature, signed, ec.ECDSA(hashes.SHA256()))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def encode_announce(
+    ann: Announce, *, key: str | None, signer: AnnounceSigner | None = None
+) -> bytes:
     """One datagram; raises MessageTooLarge if it would not fit (it always should)."""
     raw: dict[str, Any] = {
         "p2p": PROTOCOL_VERSION,
@@ -79,6 +160,9 @@ def encode_announce(ann: Announce, *, key: str | None) -> bytes:
         raw["tls"] = True
     if ann.catalog_epoch is not None:
         raw["ce"] = ann.catalog_epoch
+    if signer is not None:
+        raw["cert"] = base64.b64encode(signer.certificate).decode()
+        raw["sig"] = base64.b64encode(signer.sign(_canonical(raw))).decode()
     if key is not None:
         raw["mac"] = _mac(key, _canonical(raw))
     data = _canonical(raw)
@@ -126,6 +210,8 @@ def decode_announce(
     )
     if ann.tls and ann.fingerprint is None:
         raise MalformedMessage("announces TLS without a certificate fingerprint")
+    if "sig" in raw:
+        ann = _with_signature(ann, raw)
     if key is not None and abs(now - ann.sent_at) > max_age:
         raise WrongNetworkKey(f"announcement timestamp is {now - ann.sent_at:.0f} s off")
     return ann

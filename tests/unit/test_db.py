@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 import sqlite3
@@ -232,8 +231,16 @@ def heard(
     port: int = 5001,
     cv: int = 1,
     user: str = "alice",
+    cert: str | None = None,
+    proven: bool = False,
 ) -> dbpeers.Heard:
-    return dbpeers.Heard(node, user, address, port, cv, seq)
+    """An announcement; with `cert` it names that certificate, and with `proven` its
+    signature by that certificate's key checks out (a real node's own announcement)."""
+    return dbpeers.Heard(node, user, address, port, cv, seq, cert, proof=lambda: proven)
+
+
+# A certificate, as a restarted node keeps it across node ids.
+CERT = "f" * 64
 
 
 def peer_rows(path: Path) -> list[tuple[Any, ...]]:
@@ -298,14 +305,60 @@ def test_own_announcement_is_ignored(db: Database, db_path: Path) -> None:
 def test_new_node_id_on_the_same_endpoint_replaces_the_old_peer(
     db: Database, db_path: Path
 ) -> None:
-    old = add_peer_holding(db, NODE_A, b"old content" * 100)
+    old = add_peer_holding(db, NODE_A, b"old content" * 100, cert=CERT)
     with db.write() as s:
         other_port = dbpeers.record_announce(s, heard("c" * 32, port=6000), now=NOW)
-        replaced = dbpeers.record_announce(s, heard(NODE_B, seq=1), now=NOW + 1)
+        replaced = dbpeers.record_announce(
+            s, heard(NODE_B, seq=1, cert=CERT, proven=True), now=NOW + 1
+        )
     assert replaced.new and replaced.peer_id != old
     assert [r[0] for r in peer_rows(db_path)] == [NODE_B, "c" * 32]
     assert other_port.peer_id is not None
     assert sql(db_path, "SELECT count(*) FROM holdings") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("cert", "proven"),
+    [(None, False), ("e" * 64, True), (CERT, False)],
+    ids=["no-certificate", "another-certificate", "its-certificate-unproven"],
+)
+def test_a_new_node_id_that_does_not_prove_the_certificate_retires_nobody(
+    db: Database, db_path: Path, cert: str | None, proven: bool
+) -> None:
+    """A spoof: a fresh node id from the seeder's address and port, naming no certificate,
+    its own, or the seeder's without its signature. The seeder stays, and so do its offers
+    and its next announcements."""
+    seeder = add_peer_holding(db, NODE_A, b"old content" * 100, cert=CERT)
+    with db.write() as s:
+        spoof = dbpeers.record_announce(
+            s, heard(NODE_B, seq=1, cert=cert, proven=proven), now=NOW + 1
+        )
+        later = dbpeers.record_announce(s, heard(NODE_A, seq=2, cert=CERT), now=NOW + 2)
+    assert spoof.new and spoof.peer_id != seeder
+    assert later.peer_id == seeder and later.refused is None
+    assert sorted(r[0] for r in peer_rows(db_path)) == [NODE_A, NODE_B]
+    assert sql(db_path, "SELECT count(*) FROM retired_nodes") == [(0,)]
+    assert sql(db_path, "SELECT peer_id FROM holdings") == [(seeder,)]
+
+
+def test_a_node_id_moves_to_another_address_only_with_its_signature(
+    db: Database, db_path: Path
+) -> None:
+    """Its announcement replayed from elsewhere got there first: the node's own next one
+    (a higher seq, signed) takes its node id back; an unsigned one does not."""
+    with db.write() as s:
+        replayed = dbpeers.record_announce(
+            s, heard(NODE_A, seq=1, address="127.0.0.9", cert=CERT), now=NOW
+        )
+        claimed = dbpeers.record_announce(s, heard(NODE_A, seq=2, cert=CERT), now=NOW + 1)
+        real = dbpeers.record_announce(s, heard(NODE_A, seq=3, cert=CERT, proven=True), now=NOW + 2)
+        back = dbpeers.record_announce(
+            s, heard(NODE_A, seq=3, address="127.0.0.9", cert=CERT, proven=True), now=NOW + 3
+        )
+    assert claimed.refused is not None and "already belongs to alice" in claimed.refused
+    assert real.peer_id == replayed.peer_id and real.refused is None
+    assert back.refused is not None and "replayed" in back.refused  # the replay, again
+    assert peer_rows(db_path) == [(NODE_A, "alice", "127.0.0.2", 5001, 3, NOW + 2)]
 
 
 def test_a_restart_on_another_port_with_the_same_certificate_replaces_the_old_peer(
@@ -313,20 +366,18 @@ def test_a_restart_on_another_port_with_the_same_certificate_replaces_the_old_pe
 ) -> None:
     """Issue 36: with P2P_TCP_PORT=0 a restarted node takes another port; its old row
     must not offer its files from the closed one until the TTL."""
-    cert, other = "f" * 64, "e" * 64
+    cert, other = CERT, "e" * 64
     with db.write() as s:
-        first = dbpeers.record_announce(
-            s, dataclasses.replace(heard(NODE_A), fingerprint=cert), now=NOW
-        )
+        first = dbpeers.record_announce(s, heard(NODE_A, cert=cert, proven=True), now=NOW)
         # Another node on the same machine (its own certificate) stays.
         beside = dbpeers.record_announce(
-            s, dataclasses.replace(heard("c" * 32, port=6000), fingerprint=other), now=NOW
+            s, heard("c" * 32, port=6000, cert=other, proven=True), now=NOW
         )
         again = dbpeers.record_announce(
-            s, dataclasses.replace(heard(NODE_B, port=7000), fingerprint=cert), now=NOW + 1
+            s, heard(NODE_B, port=7000, cert=cert, proven=True), now=NOW + 1
         )
         replay = dbpeers.record_announce(
-            s, dataclasses.replace(heard(NODE_A, seq=2), fingerprint=cert), now=NOW + 2
+            s, heard(NODE_A, seq=2, cert=cert, proven=True), now=NOW + 2
         )
     assert again.new and again.peer_id not in (first.peer_id, beside.peer_id)
     assert sorted(r[0] for r in peer_rows(db_path)) == sorted([NODE_B, "c" * 32])
@@ -337,14 +388,15 @@ def test_record_announces_in_one_batch_agrees_with_one_at_a_time(
     db: Database, db_path: Path
 ) -> None:
     """A batch sees its own earlier announcements: restarts, moves and replays within it."""
+    mine = {"cert": CERT, "proven": True}  # A and its restart B: one machine
     batch = [
-        heard(NODE_A, seq=1, port=5001),
-        heard(NODE_A, seq=2, port=5003),  # moves to another port
+        heard(NODE_A, seq=1, port=5001, **mine),
+        heard(NODE_A, seq=2, port=5003, **mine),  # moves to another port
         heard("c" * 32, seq=1, port=5001, user="carol"),  # the old port: nobody there now
-        heard(NODE_B, seq=1, port=5003),  # a restart where A is now: A goes
-        heard(NODE_A, seq=3, port=5003),  # the replaced id again
-        heard(NODE_B, seq=1, port=5003),  # a replay
-        heard(NODE_B, seq=2, port=5003, cv=2),
+        heard(NODE_B, seq=1, port=5003, **mine),  # a restart where A is now: A goes
+        heard(NODE_A, seq=3, port=5003, **mine),  # the replaced id again
+        heard(NODE_B, seq=1, port=5003, **mine),  # a replay
+        heard(NODE_B, seq=2, port=5003, cv=2, **mine),
         heard(OWN),
     ]
     with db.write() as s:
@@ -377,13 +429,18 @@ def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
     """Peers are written in plain SQL: each outcome names its own row, and ORM objects the
     session held before (here a Peer and a RetiredNode) show what the batch wrote."""
     with db.write() as s:
-        first = dbpeers.record_announce(s, heard(NODE_A, seq=1, port=5001), now=NOW)
+        first = dbpeers.record_announce(
+            s, heard(NODE_A, seq=1, port=5001, cert=CERT, proven=True), now=NOW
+        )
     with db.write() as s:
         held = s.get(Peer, first.peer_id)
         assert held is not None and held.announce_seq == 1
         nodes = [f"{i:032x}" for i in range(1, 301)]
         batch = [heard(n, seq=1, port=6000 + i, user=f"u{i}") for i, n in enumerate(nodes)]
-        batch += [heard(NODE_A, seq=7, port=5009, cv=3), heard(NODE_B, seq=1, port=5009)]
+        batch += [
+            heard(NODE_A, seq=7, port=5009, cv=3, cert=CERT, proven=True),
+            heard(NODE_B, seq=1, port=5009, cert=CERT, proven=True),
+        ]
         outcomes = dbpeers.record_announces(s, batch, now=NOW + 5)
         # NODE_A moved to 5009 and NODE_B restarted there: A is replaced, in this session too.
         retired = s.get(RetiredNode, NODE_A)
@@ -396,7 +453,7 @@ def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
     assert outcomes[301].new and outcomes[301].peer_id == ids[NODE_B]
     assert sql(db_path, "SELECT count(*), min(last_seen) FROM peers") == [(301, NOW + 5)]
     with db.write() as s:
-        again = dbpeers.record_announce(s, heard(NODE_A, seq=8, port=5009), now=NOW + 6)
+        again = dbpeers.record_announce(s, heard(NODE_A, seq=8, port=5009, cert=CERT), now=NOW + 6)
         assert again.refused is not None and "restart replaced" in again.refused
         peer = s.get(Peer, ids[nodes[0]])
         assert peer is not None and peer.tcp_port == 6000
@@ -440,10 +497,18 @@ def manifest(*datas: bytes) -> dict[dbindex.ContentKey, list[str]]:
 
 
 def add_peer_holding(
-    db: Database, node: str, data: bytes, *, now: float = NOW, port: int = 5001
+    db: Database,
+    node: str,
+    data: bytes,
+    *,
+    now: float = NOW,
+    port: int = 5001,
+    cert: str | None = None,
 ) -> int:
     with db.write() as s:
-        peer_id = dbpeers.record_announce(s, heard(node, port=port), now=now).peer_id
+        peer_id = dbpeers.record_announce(
+            s, heard(node, port=port, cert=cert, proven=True), now=now
+        ).peer_id
         assert peer_id is not None
         kept = dbcatalogs.apply_catalog(
             s, peer_id, 1, [offered(f"{node[:4]}.bin", data)], manifest(data), now=now

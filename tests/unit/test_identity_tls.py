@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import ssl
 import stat
@@ -225,3 +226,44 @@ def test_auth_and_welcome_round_trip_their_new_fields() -> None:
     w = p.Welcome("ab" * 16, True, True)
     assert p.decode_welcome(p.encode_welcome(w)[4:]) == w
     assert p.short_fingerprint("3f2a9c1b77e04d21" + "0" * 48) == "3F2A-9C1B-77E0-4D21"
+
+
+def test_an_announcement_signed_by_its_certificate_proves_it(tmp_path: Path) -> None:
+    """The signature proves the holder of the fingerprint's key sent the announcement;
+    anything else (no signature, another's, a changed field) proves nothing."""
+    me = identity.load_or_create(tmp_path / "me")
+    other = identity.load_or_create(tmp_path / "other")
+    signer, theirs = identity.signer(me), identity.signer(other)
+    now = round(time.time(), 3)
+    ann = p.Announce("1" * 32, "x" * 64, 40000, 7, 3, now, me.fingerprint, True)
+    wire = p.derive_network_key("a network key 0123456789")
+    for key in (None, wire):
+        data = p.encode_announce(ann, key=key, signer=signer)
+        assert len(data) <= p.MAX_DATAGRAM
+        got = p.decode_announce(data, key=key, now=now, max_age=30)
+        assert got == ann and got.proves_identity()
+    assert not p.decode_announce(
+        p.encode_announce(ann, key=None), key=None, now=0, max_age=0
+    ).proves_identity()
+    # Signed by another key, under our fingerprint: it proves nothing.
+    forged = p.encode_announce(
+        ann, key=None, signer=p.AnnounceSigner(signer.certificate, theirs.sign)
+    )
+    assert not p.decode_announce(forged, key=None, now=0, max_age=0).proves_identity()
+    # Our certificate and signature copied onto another node id.
+    raw = json.loads(p.encode_announce(ann, key=None, signer=signer))
+    raw["node"] = "2" * 32
+    assert not p.decode_announce(canonical(raw), key=None, now=0, max_age=0).proves_identity()
+    # Another's certificate under our fingerprint: it does not hash to it.
+    raw = json.loads(p.encode_announce(ann, key=None, signer=theirs))
+    assert not p.decode_announce(canonical(raw), key=None, now=0, max_age=0).proves_identity()
+    for bad in ({"sig": "not base64!"}, {"sig": "AAAA"}, {"cert": 5}):
+        raw = json.loads(p.encode_announce(ann, key=None, signer=signer))
+        raw.update(bad)
+        if bad == {"sig": "AAAA"}:
+            assert not p.decode_announce(
+                canonical(raw), key=None, now=0, max_age=0
+            ).proves_identity()
+            continue
+        with pytest.raises(p.MalformedMessage):
+            p.decode_announce(canonical(raw), key=None, now=0, max_age=0)
