@@ -5,11 +5,15 @@ Every `decode_*` raises only `ProtocolError` (or a subclass) on bad bytes.
 
 UDP: one JSON object per datagram, at most MAX_DATAGRAM bytes:
     {"p2p": 2, "t": "announce", "node": <hex id>, "user": <name>, "port": <tcp>,
-     "cv": <catalog version>, "seq": <n>, "ts": <unix seconds>[, "mac": <hex>]}
+     "cv": <catalog version>, "seq": <n>, "ts": <unix seconds>[, "fp": <fingerprint>,
+     "cert": <base64 DER>, "sig": <base64 ECDSA over the rest>][, "mac": <hex>]}
+
+With a network key every HMAC uses the key derived from it with scrypt (netkey.py).
 
 TCP: frames of a 4-byte big-endian length and a JSON object. The server speaks
 first (a welcome with a nonce); with a network key the client answers with an
-HMAC of that nonce before anything else. Then the client may pipeline requests;
+HMAC of that nonce and a nonce of its own ("cn"), and the server's ok carries an
+HMAC of both ("mac"), before anything else. Then the client may pipeline requests;
 replies come in order. A reply whose header has "len" is followed by that many
 raw bytes: chunk data, or a zlib-compressed JSON catalog or manifest.
 

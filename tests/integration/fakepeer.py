@@ -80,6 +80,8 @@ class FakePeer:
     # Asked for this chunk, it dies: hangs up and refuses every connection after.
     quit_at: int | None = None
     extra_catalog: list[list[object]] = field(default_factory=list)  # raw, possibly lying
+    # The TCP port to listen on (0: any free one): a peer's, once it closed it.
+    tcp_port: int = 0
     chunks_served: int = 0
     bytes_served: int = 0
 
@@ -90,7 +92,7 @@ class FakePeer:
         self.refusing = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", self.tcp_port))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -100,8 +102,12 @@ class FakePeer:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, announce_every: float = 0.5) -> FakePeer:
-        for target in (self._accept_loop, lambda: self._announce_loop(announce_every)):
+    def start(self, announce_every: float | None = 0.5) -> FakePeer:
+        """Serve, and announce every `announce_every` seconds (None: never)."""
+        loops = [self._accept_loop]
+        if announce_every is not None:
+            loops.append(lambda: self._announce_loop(announce_every))
+        for target in loops:
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self.threads.append(t)
