@@ -223,6 +223,9 @@ def test_migration_seeds_lifetime_totals_from_uploads(tmp_path: Path) -> None:
         + "".join(f" DROP TRIGGER {name};" for name in catalog_log.TRIGGER_NAMES)
         + " DROP TABLE catalog_log; ALTER TABLE node DROP COLUMN catalog_epoch;"
         " ALTER TABLE node DROP COLUMN catalog_floor; ALTER TABLE peers DROP COLUMN catalog_epoch;"
+        # and what v10 and v11 added
+        " DROP TABLE manifest_sources; ALTER TABLE peers DROP COLUMN catalog_entries;"
+        " ALTER TABLE peers DROP COLUMN over_budget; ALTER TABLE downloads DROP COLUMN offered_by;"
         " PRAGMA user_version=4;"
     )
     conn.close()
