@@ -86,6 +86,7 @@ class _Row:
     __slots__ = (
         "id", "node_id", "username", "address", "tcp_port", "catalog_version",
         "announce_seq", "catalog_synced", "fingerprint", "tls", "last_seen", "catalog_epoch",
+        "moved",
     )  # fmt: skip
 
     def __init__(self, row: Sequence[Any]) -> None:
@@ -94,6 +95,7 @@ class _Row:
          tls, self.catalog_epoch) = row  # fmt: skip
         self.tls = bool(tls)
         self.last_seen: float | None = None  # set: refreshed by this batch, written at its end
+        self.moved = False  # to another address: its catalog is fetched whole again
 
 
 class _Batch:
@@ -269,6 +271,11 @@ class _Batch:
                 " announce_seq = ?, last_seen = ? WHERE id = ?",
                 changed,
             )
+        moved = [(p.id,) for p in self.peers.values() if p.moved]
+        if moved:
+            self.conn.executemany(
+                "UPDATE peers SET catalog_synced = -1, catalog_epoch = NULL WHERE id = ?", moved
+            )
         if changed or self.touched:
             _expire_cached(self.session, (Peer, RetiredNode))
 
@@ -297,7 +304,10 @@ def _update(peer: _Row, heard: Heard, now: float) -> AnnounceOutcome:
         # node id was heard from may have been a replay of it sent from elsewhere, and the
         # node's own later announcements (a higher seq, signed) must still be heard.
         return _refused(f"node id already belongs to {peer.username} at {peer.address}")
-    peer.address = heard.address
+    if heard.address != peer.address:
+        # What was fetched at the other address may not be this node's catalog at all.
+        peer.address, peer.catalog_synced, peer.catalog_epoch = heard.address, -1, None
+        peer.moved = True
     peer.tcp_port = heard.tcp_port
     peer.catalog_version, peer.announce_seq, peer.last_seen = (
         heard.catalog_version,

@@ -357,6 +357,9 @@ def test_a_node_id_moves_to_another_address_only_with_its_signature(
         )
     assert claimed.refused is not None and "already belongs to alice" in claimed.refused
     assert real.peer_id == replayed.peer_id and real.refused is None
+    # Whatever was fetched at the other address is not trusted: its catalog comes again.
+    assert real.needs_catalog
+    assert sql(db_path, "SELECT catalog_synced, catalog_epoch FROM peers") == [(-1, None)]
     assert back.refused is not None and "replayed" in back.refused  # the replay, again
     assert peer_rows(db_path) == [(NODE_A, "alice", "127.0.0.2", 5001, 3, NOW + 2)]
 
