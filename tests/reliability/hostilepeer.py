@@ -43,8 +43,11 @@ class Bomb:
         return bytes(32 * (self.chunks - 1)) + bytes.fromhex(self.key.sha256)
 
 
-def make_bomb(name: str, chunks: int = BOMB_CHUNKS, chunk_size: int = BOMB_CHUNK) -> Bomb:
-    sha = secrets.token_hex(32)
+def make_bomb(
+    name: str, chunks: int = BOMB_CHUNKS, chunk_size: int = BOMB_CHUNK, sha: str | None = None
+) -> Bomb:
+    """A made-up content, or (given `sha`) a made-up offer of a real file's SHA-256."""
+    sha = secrets.token_hex(32) if sha is None else sha
     digests = bytes(32 * (chunks - 1)) + bytes.fromhex(sha)
     key = FileKey(sha, chunk_size, hashlib.sha256(digests).hexdigest())
     return Bomb(name, key, chunks * chunk_size, chunks)

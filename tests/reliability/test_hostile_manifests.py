@@ -137,3 +137,33 @@ def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_pe
     assert victim.scalar("SELECT count(*) FROM files") <= budget + 1
     wait_until(lambda: victim.holdings_of(seeder.username) == 1, 30, what="the honest catalog")
     assert over_budget(victim, seeder.username) is None
+
+
+def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
+    make_node, udp_port, hostile_peers
+):
+    """A download whose seeder left looks at other offers of its SHA-256: a made-up one
+    (the real SHA-256, another root, 2^20 chunks claimed) is not fetched, and the download
+    keeps to the file asked for rather than moving to a 16 GiB claim."""
+    victim = make_node("victim", P2P_WAIT_TIMEOUT=600)
+    victim.start_supervised()
+    seeder = make_node("seeder")
+    honest = os.urandom(HONEST_SIZE)
+    seed(seeder, "honest.bin", honest)
+    seeder.start()
+    wait_until(lambda: victim.holdings_of(seeder.username) == 1, 60, what="the honest catalog")
+    seeder.stop()
+    download_id = queue(victim, "honest.bin")  # its peer is still listed, until its TTL
+    mallory = HostilePeer([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
+    hostile_peers.append(mallory.start())
+
+    record = wait_until(
+        lambda: over_budget(victim, mallory.username),
+        90,
+        what="the victim to refuse the decoy's manifest for the download's offer switch",
+    )
+    assert "P2P_PEER_MANIFEST_ROWS" in record
+    assert victim.scalar("SELECT count(*) FROM chunks") == 0
+    assert mallory.manifests_asked == 0
+    row = victim.sql("SELECT sha256, size, status FROM downloads WHERE id = ?", (download_id,))
+    assert row == [(sha256_bytes(honest), HONEST_SIZE, "queued")]
