@@ -290,6 +290,18 @@ def test_symlink_inside_is_indexed_but_folder_links_are_not_followed(node: Node)
     assert indexed(node) == {"real/file.txt": sha(data), "alias.txt": sha(data)}
 
 
+def test_a_name_looked_at_below_a_folder_link_is_nothing(node: Node, tmp_path: Path) -> None:
+    # A watch's names are reached from the share through no link, as a whole scan reaches
+    # them: a name whose folder became a link leading out finds nothing there.
+    from p2pshare.services.server.scan import scan_names
+
+    write(tmp_path / "outside" / "secret.txt", b"not for sharing")
+    (node.share / "docs").symlink_to(tmp_path / "outside", target_is_directory=True)
+    scan = scan_names(node.share, ["docs/secret.txt", "docs"])
+    assert scan.files == {}
+    assert scan.skipped == {str(node.share / "docs"): "symlink leads outside the shared folder"}
+
+
 def test_dangling_symlink_is_skipped(node: Node) -> None:
     (node.share / "dangling").symlink_to(node.share / "nothing-here")
     write(node.share / "ok.txt", b"ok")

@@ -422,6 +422,25 @@ def test_hash_file_matches_an_independent_manifest(
     assert p.check_manifest(key, size, raw) == want
 
 
+@pytest.mark.parametrize("size", [100, 3 * CS + 1], ids=["one-chunk", "chained"])
+def test_hash_file_given_a_device_hashes_that_very_file_or_none(tmp_path: Path, size: int) -> None:
+    # The indexer passes the device its scan met: a path that now leads to another file
+    # (a folder swapped for a link) or through a link is not hashed.
+    path = tmp_path / "f.bin"
+    data = data_of(size, size)
+    path.write_bytes(data)
+    st = os.stat(path)
+    sha = hashlib.sha256(data).hexdigest()
+    assert hashing.hash_file(path, CS, expect=Stamp.of(st), device=st.st_dev).sha256 == sha
+    with pytest.raises(hashing.FileChanged):
+        hashing.hash_file(path, CS, expect=Stamp.of(st), device=st.st_dev + 1)
+    link = tmp_path / "link.bin"
+    link.symlink_to(path)
+    with pytest.raises(OSError):
+        hashing.hash_file(link, CS, expect=Stamp.of(st), device=st.st_dev)
+    assert hashing.hash_file(link, CS, expect=Stamp.of(st)).sha256 == sha  # no device: followed
+
+
 @pytest.mark.parametrize("chunk_size", [64, 128, 4096 + 64])
 def test_hash_file_with_small_odd_chunk_sizes(tmp_path: Path, chunk_size: int) -> None:
     data = data_of(chunk_size, 5 * chunk_size + 17)
