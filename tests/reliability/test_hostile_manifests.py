@@ -46,6 +46,16 @@ def over_budget(node: Any, username: str) -> str | None:
         return None
 
 
+def wait_over_budget(node: Any, username: str, budget: str, timeout: float = 60) -> str:
+    """Wait until the node records the peer over `budget`; returns what it recorded."""
+    record: str = wait_until(
+        lambda: (found := over_budget(node, username)) and budget in found and found,
+        timeout,
+        what=f"{node} to record {username} over {budget}",
+    )
+    return record
+
+
 def web_peers(node: Any) -> str:
     """The peers section of the web page, as the dashboard fetches it."""
     port = wait_until(
@@ -89,12 +99,7 @@ def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
     done = wait_ended(victim, honest_id, timeout=120)
     assert done["status"] == "done", done
     assert sha256_file(victim.home / "downloads" / "honest.bin") == sha256_bytes(honest)
-    record = wait_until(
-        lambda: over_budget(victim, mallory.username),
-        60,
-        what="the victim to record the hostile peer over its manifest budget",
-    )
-    assert "P2P_PEER_MANIFEST_ROWS" in record
+    record = wait_over_budget(victim, mallory.username, "P2P_PEER_MANIFEST_ROWS")
     assert over_budget(victim, seeder.username) is None
     shown = {p["username"]: p["over_budget"] for p in victim.p2pctl_json("peers")}
     assert shown == {mallory.username: record, seeder.username: None}
@@ -127,12 +132,7 @@ def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_pe
     mallory = HostilePeer([], udp_port, filler=3 * protocol.PAGE_ENTRIES)
     hostile_peers.append(mallory.start())
 
-    record = wait_until(
-        lambda: over_budget(victim, mallory.username),
-        60,
-        what="the victim to record the hostile peer over its catalog budget",
-    )
-    assert "P2P_PEER_CATALOG_ENTRIES" in record
+    wait_over_budget(victim, mallory.username, "P2P_PEER_CATALOG_ENTRIES")
     assert victim.holdings_of(mallory.username) <= budget
     assert victim.scalar("SELECT count(*) FROM files") <= budget + 1
     wait_until(lambda: victim.holdings_of(seeder.username) == 1, 30, what="the honest catalog")
@@ -157,12 +157,7 @@ def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
     mallory = HostilePeer([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
     hostile_peers.append(mallory.start())
 
-    record = wait_until(
-        lambda: over_budget(victim, mallory.username),
-        90,
-        what="the victim to refuse the decoy's manifest for the download's offer switch",
-    )
-    assert "P2P_PEER_MANIFEST_ROWS" in record
+    wait_over_budget(victim, mallory.username, "P2P_PEER_MANIFEST_ROWS", timeout=90)
     assert victim.scalar("SELECT count(*) FROM chunks") == 0
     assert mallory.manifests_asked == 0
     row = victim.sql("SELECT sha256, size, status FROM downloads WHERE id = ?", (download_id,))
