@@ -92,7 +92,9 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
 
     assert ended["status"] == "done", ended
     assert sha256_file(leech.home / "downloads" / "popular.bin") == sha
-    assert bad() == liars  # no honest seeder among them
+    # No honest seeder among them. (A liar's mark may be gone by now: a mark goes with its
+    # offer's files row once the liar's announcement expired and nothing refers to it.)
+    assert bad() <= liars
     honest_ports = {node.tcp_port() for node in seeders}
     contributed = leech.sql(
         "SELECT tcp_port, chunks FROM download_sources WHERE download_id = ? AND chunks > 0",
