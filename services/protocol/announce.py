@@ -118,8 +118,8 @@ class AnnounceSigner:
     sign: Callable[[bytes], bytes]
 
 
-# Verifying costs a millisecond or so: only announcements that would retire or move a
-# node id are checked, and each at most once.
+# Verifying costs many times what decoding does: only announcements that would retire or
+# move a node id are checked, and each at most once.
 @functools.lru_cache(maxsize=256)
 def _signed_by(certificate: bytes, fingerprint: str, signature: bytes, signed: bytes) -> bool:
     # Here, not at the top: the listener's other work and p2pctl never need x509.

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-# scrypt's cost: 2^15 x 8 x 128 bytes = 32 MiB and some tens of milliseconds, paid once
-# by each role and each p2pctl command at start, and by a guesser for every guess.
+# scrypt's cost: 2^15 x 8 x 128 bytes = 32 MiB of memory and its time, paid once by each
+# role that speaks to peers, and by a guesser for every guess.
 SCRYPT_N = 1 << 15
 SCRYPT_R = 8
 SCRYPT_P = 1
