@@ -7,6 +7,7 @@ batched transactions (services/listener/writer.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -24,6 +25,8 @@ RECV_TIMEOUT = 0.5
 EXPIRE_EVERY = 1.0
 EXPIRE_LATEST = 5.0
 MAX_BATCH = 256
+# Node ids whose last address the proof warmer remembers: more than the peers of a LAN.
+PROOFS_REMEMBERED = 4096
 # Dropped datagrams are logged one line each up to this many per second; a
 # flood gets a summary line instead of filling the disk.
 DROP_LOG_PER_SECOND = 10
@@ -95,6 +98,27 @@ def lower_priority(increment: int) -> None:
                     os.setpriority(os.PRIO_PROCESS, int(tid), nice)
 
 
+class ProofWarmer:
+    """Checks here, in the receiving thread, the signatures the writer may ask about inside
+    its transaction (`Announce.proves_identity` remembers the answer): those of a node id
+    this process has not heard yet, or heard from another address. Checking a signature
+    costs many times what recording an announcement does, and the database is locked
+    for every role while the writer's transaction is open."""
+
+    def __init__(self) -> None:
+        self.seen: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def warm(self, ann: protocol.Announce, ip: str) -> None:
+        if ann.signature is None:
+            return
+        if self.seen.get(ann.node_id) != ip:
+            ann.proves_identity()
+            self.seen[ann.node_id] = ip
+        self.seen.move_to_end(ann.node_id)
+        if len(self.seen) > PROOFS_REMEMBERED:
+            self.seen.popitem(last=False)
+
+
 def receive_batch(sock: socket.socket) -> list[tuple[bytes, str]]:
     """Wait up to RECV_TIMEOUT for a datagram, then take what else is queued, up to MAX_BATCH.
 
@@ -139,6 +163,7 @@ def run(ctx: RoleContext) -> None:
     lower_priority(settings.listener_nice)
     start_heartbeat(ctx)
     drops = DropLog()
+    proofs = ProofWarmer()
     writer = ListenerWriter(ctx, drops.drop)
     writer.start()
     max_age = max(3 * settings.announce_interval, 30.0)
@@ -160,6 +185,7 @@ def run(ctx: RoleContext) -> None:
                 except protocol.ProtocolError as exc:
                     drops.drop(ip, f"{type(exc).__name__}: {exc}")
                     continue
+                proofs.warm(ann, ip)
                 heard.append((ann, ip))
             if heard:
                 writer.put_heard(heard)

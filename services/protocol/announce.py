@@ -49,6 +49,9 @@ def _canonical(raw: dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------- UDP announce
 
 MAX_SIGNATURE_BYTES = 160  # an ECDSA signature in DER is at most about 140
+# Signatures checked and remembered: the listener checks a batch's before its writer asks
+# about them (MAX_BATCH datagrams, 256, at most), with room for a few batches.
+MAX_PROOFS_CACHED = 1024
 
 
 def _with_signature(ann: Announce, raw: dict[str, Any]) -> Announce:
@@ -120,7 +123,7 @@ class AnnounceSigner:
 
 # Verifying costs many times what decoding does: only announcements that would retire or
 # move a node id are checked, and each at most once.
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=MAX_PROOFS_CACHED)
 def _signed_by(certificate: bytes, fingerprint: str, signature: bytes, signed: bytes) -> bool:
     # Here, not at the top: the listener's other work and p2pctl never need x509.
     from cryptography import x509

@@ -267,3 +267,27 @@ def test_an_announcement_signed_by_its_certificate_proves_it(tmp_path: Path) -> 
             continue
         with pytest.raises(p.MalformedMessage):
             p.decode_announce(canonical(raw), key=None, now=0, max_age=0)
+
+
+def test_the_listener_checks_a_signature_once_per_node_id_and_address(tmp_path: Path) -> None:
+    """Outside the writer's transaction: a new node id's first announcement, and one from
+    another address; its next ones from the same address are not checked again."""
+    from p2pshare.services.listener.role import ProofWarmer
+    from p2pshare.services.protocol.announce import _signed_by
+
+    me = identity.load_or_create(tmp_path / "me")
+    signer = identity.signer(me)
+    warmer = ProofWarmer()
+    _signed_by.cache_clear()
+
+    def heard(seq: int, ip: str, *, signed: bool = True) -> None:
+        ann = p.Announce("1" * 32, "alice", 40000, 7, seq, 1.0, me.fingerprint)
+        data = p.encode_announce(ann, key=None, signer=signer if signed else None)
+        warmer.warm(p.decode_announce(data, key=None, now=1.0, max_age=30), ip)
+
+    heard(1, "127.0.0.1")
+    heard(2, "127.0.0.1")
+    heard(3, "127.0.0.1", signed=False)
+    assert _signed_by.cache_info().misses == 1
+    heard(4, "127.0.0.9")
+    assert _signed_by.cache_info().misses == 2
