@@ -62,6 +62,14 @@ class Page:
     gone: list[tuple[str, str]]  # (name, sha256)
 
 
+class Applied(NamedTuple):
+    """What applying a page did: entries recorded, and holdings it removed (a reset's
+    old ones, entries gone), which may leave contents nobody offers."""
+
+    kept: int
+    dropped: int
+
+
 class NotContinuous(Exception):
     """A page that does not follow what this database holds of the peer's catalog."""
 
@@ -74,9 +82,9 @@ def apply_page(
     *,
     now: float,
     entry_budget: int = DEFAULT_PEER_CATALOG_ENTRIES,
-) -> int | None:
-    """Apply a page of a peer's catalog to its holdings. Returns the entries recorded,
-    None if the peer is gone (or `peer_id` now belongs to another node). Raises
+) -> Applied | None:
+    """Apply a page of a peer's catalog to its holdings. Returns what it did, None if
+    the peer is gone (or `peer_id` now belongs to another node). Raises
     NotContinuous when the page does not start where the peer's holdings stand.
 
     Contents new here get a `files` row without chunk hashes: the downloader fetches a
@@ -90,8 +98,9 @@ def apply_page(
     ).fetchone()
     if row is None or row[0] != node_id:
         return None
+    dropped = 0
     if page.reset and page.start == 0:
-        conn.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
+        dropped = conn.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,)).rowcount
     elif (page.epoch, page.start) != (row[1], row[2]):
         raise NotContinuous(f"page from v{page.start} of {page.epoch}; held: v{row[2]} of {row[1]}")
     offered = within_catalog_budget(
@@ -99,17 +108,18 @@ def apply_page(
         limit=entry_budget, now=now,
     )  # fmt: skip
     kept = _record_offers(conn, peer_id, offered, now=now) if offered else 0
-    conn.executemany(
-        "DELETE FROM holdings WHERE peer_id = ? AND name = ?"
-        " AND file_id IN (SELECT id FROM files WHERE sha256 = ?)",
-        [(peer_id, name, sha) for name, sha in page.gone],
-    )
+    if page.gone:
+        dropped += conn.executemany(
+            "DELETE FROM holdings WHERE peer_id = ? AND name = ?"
+            " AND file_id IN (SELECT id FROM files WHERE sha256 = ?)",
+            [(peer_id, name, sha) for name, sha in page.gone],
+        ).rowcount
     conn.execute(
         "UPDATE peers SET catalog_synced = ?, catalog_epoch = ? WHERE id = ?",
         (page.end, page.epoch, peer_id),
     )
     _expire_peer(session, peer_id)
-    return kept
+    return Applied(kept, dropped)
 
 
 def _record_offers(

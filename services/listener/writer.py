@@ -336,16 +336,19 @@ class ListenerWriter:
     def _apply(self, s: Session, job: Apply, after: After) -> bool:
         fetched = job.catalog
         try:
-            kept = dbcatalogs.apply_page(
+            applied = dbcatalogs.apply_page(
                 s, fetched.wanted.peer_id, fetched.wanted.node_id, fetched.page, now=time.time(),
                 entry_budget=self.ctx.settings.peer_catalog_entries,
             )  # fmt: skip
         except dbcatalogs.NotContinuous as exc:
             after.broken.append((fetched, str(exc)))
             return True
-        if fetched.page.gone or fetched.page.reset:
-            self.orphans_dirty = True  # holdings gone may leave contents nobody offers
-        after.applied.append((fetched, kept))
+        # Holdings gone may leave contents nobody offers. A first fetch removes none: its
+        # pages must not set off a sweep of every content (a slice of it between each two
+        # of a million-entry catalog's pages).
+        if applied is not None and applied.dropped:
+            self.orphans_dirty = True
+        after.applied.append((fetched, None if applied is None else applied.kept))
         return True
 
     def _after(self, after: After) -> None:

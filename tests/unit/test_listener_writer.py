@@ -332,3 +332,18 @@ def test_slow_fetches_leave_their_turn_to_others_up_to_every_thread(
     lan.gate.set()
     wait_for("every catalog", lambda: node.sql("SELECT count(*) FROM holdings") == [(len(nodes),)])
     assert lan.most_open == threads
+
+
+def test_only_holdings_removed_make_the_writer_sweep_for_orphans(node: Node, lan: Lan) -> None:
+    a = "a" * 32
+    lan.catalogs[a] = {1: ["one.txt", "two.txt"], 2: ["one.txt", "three.txt"]}
+    node.writer.next_sweep = time.monotonic() + 3600  # a sweep due is left to wait
+    node.writer.start()
+    node.writer.put_heard([announce(a, 1, 1)])
+    wait_for("v1's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt", "two.txt"])
+    # A first catalog removed nothing: no content can have lost its last offer.
+    assert not node.writer.orphans_dirty
+    node.writer.put_heard([announce(a, 2, 2)])
+    wait_for("v2's holdings", lambda: node.holdings("u-aaaaaa") == ["one.txt", "three.txt"])
+    # v2 came whole, so v1's holdings went first: two.txt's content may be offered by none.
+    assert node.writer.orphans_dirty
