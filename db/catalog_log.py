@@ -220,25 +220,30 @@ def rows_after(
 ) -> list[LogRow]:
     """The next `limit` changes after sequence number `after`, oldest first (tombstones
     left out with removed=False: a peer fetching whole has nothing to remove)."""
-    where = "" if removed else " AND c.removed = 0"
     return [
-        LogRow(
-            seq,
-            name,
-            sha,
-            size or 0,
-            cs or 0,
-            root or "",
-            None if have is None else bytes(have),
-            bool(gone),
-        )
-        for seq, name, sha, size, cs, root, have, gone in conn.execute(
-            "SELECT c.seq, c.name, coalesce(c.gone_sha256, f.sha256), f.size, f.chunk_size,"
-            " f.root, c.have, c.removed FROM catalog_log c LEFT JOIN files f ON f.id = c.file_id"
-            f" WHERE c.seq > ?{where} ORDER BY c.seq LIMIT ?",
-            (after, limit),
+        LogRow(seq, name, sha, size or 0, cs or 0, root or "", have, bool(gone))
+        for seq, gone, name, sha, size, cs, root, have in page_rows(
+            conn, after, limit, removed=removed
         )
     ]
+
+
+PageRow = tuple[int, int, str, str, int | None, int | None, str | None, bytes | None]
+
+
+def page_rows(
+    conn: sqlite3.Connection, after: int, limit: int, *, removed: bool = True
+) -> list[PageRow]:
+    """rows_after as SQLite gives them, for the server's pages (thousands a page: no
+    object each): (seq, removed, name, sha256, size, chunk_size, root, have); a
+    tombstone's size, chunk size and root are NULL once its content is forgotten."""
+    where = "" if removed else " AND c.removed = 0"
+    return conn.execute(
+        "SELECT c.seq, c.removed, c.name, coalesce(c.gone_sha256, f.sha256), f.size,"
+        " f.chunk_size, f.root, c.have FROM catalog_log c LEFT JOIN files f ON f.id = c.file_id"
+        f" WHERE c.seq > ?{where} ORDER BY c.seq LIMIT ?",
+        (after, limit),
+    ).fetchall()
 
 
 def compact(conn: sqlite3.Connection) -> int:

@@ -71,19 +71,30 @@ def _inflate(payload: bytes, limit: int) -> bytes:
         raise MalformedMessage(f"payload is not zlib data: {exc}") from None
 
 
-def _rows(entries: list[CatalogEntry]) -> list[tuple[object, ...]]:
-    """Entries as they go on the wire (JSON arrays). Tuples, not lists: the garbage
-    collector stops tracking a tuple of strings and numbers, so a page's thousands do not
-    set off full collections of a large process."""
+# An entry as the sender has it: name, SHA-256, size, chunk size, root, and the bitfield
+# of the chunks held (None: all).
+FlatEntry = tuple[str, str, int, int, str, bytes | None]
+
+
+def _rows(entries: Sequence[FlatEntry]) -> Sequence[tuple[object, ...]]:
+    """Entries as they go on the wire (JSON arrays, the bitfield in base64). Tuples, not
+    lists: the garbage collector stops tracking a tuple of strings and numbers, so a
+    page's thousands do not set off full collections of a large process."""
+    if all(entry[5] is None for entry in entries):
+        return entries
     b64 = base64.b64encode
     return [
         (name, sha, size, cs, root, None if have is None else b64(have).decode())
-        for name, (sha, cs, root), size, have in entries
+        for name, sha, size, cs, root, have in entries
     ]
 
 
+def _flat(entries: list[CatalogEntry]) -> list[FlatEntry]:
+    return [(name, sha, size, cs, root, have) for name, (sha, cs, root), size, have in entries]
+
+
 def encode_catalog(entries: list[CatalogEntry], version: int) -> bytes:
-    body = {"cv": version, "files": _rows(entries)}
+    body = {"cv": version, "files": _rows(_flat(entries))}
     return zlib.compress(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), 1)
 
 
@@ -240,11 +251,27 @@ class CatalogPage:
 
 def encode_page(page: CatalogPage) -> bytes:
     """A page as sent: its header frame, then its compressed body."""
-    body = {"files": _rows(page.entries), "gone": [list(g) for g in page.gone]}
+    return encode_page_rows(
+        page.epoch, page.start, page.end, page.reset, page.more, _flat(page.entries), page.gone
+    )
+
+
+def encode_page_rows(
+    epoch: str,
+    start: int,
+    end: int,
+    reset: bool,
+    more: bool,
+    entries: Sequence[FlatEntry],
+    gone: Sequence[tuple[str, str]],
+) -> bytes:
+    """encode_page from the entries as the sender reads them: a server builds no entry
+    objects for the thousands of a page."""
+    body = {"files": _rows(entries), "gone": gone}
     payload = zlib.compress(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), 1)
     header = frame(
-        {"ok": True, "ce": page.epoch, "from": page.start, "to": page.end,
-         "reset": page.reset, "more": page.more, "len": len(payload)}
+        {"ok": True, "ce": epoch, "from": start, "to": end,
+         "reset": reset, "more": more, "len": len(payload)}
     )  # fmt: skip
     return header + payload
 

@@ -17,6 +17,7 @@ import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple, cast
 
 from p2pshare.db import catalog_log
 from p2pshare.db import index as dbindex
@@ -27,6 +28,7 @@ from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.protocol.catalog import FlatEntry
 from p2pshare.services.protocol.handshake import ServerHandshake, Stage
 from p2pshare.services.server.frames import Batch, FrameReader, decode_batch
 from p2pshare.services.server.ratelimit import RateLimiter
@@ -48,6 +50,15 @@ PREAUTH_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 FRAME_TIMEOUT = 10.0
 UPLOAD_FLUSH_SECONDS = 0.5
+
+
+class PageSent(NamedTuple):
+    """Where a page of catalog changes left off: what the next one goes on from."""
+
+    epoch: str
+    end: int
+    reset: bool
+    more: bool
 
 
 @dataclass
@@ -279,9 +290,9 @@ class ChunkServer:
         connection; the peer's reading paces it (drain). The next page is read and encoded
         while the last one drains, so the link never waits for the database, and at most
         two pages are in memory here, whatever the share's size."""
-        page, sent = await asyncio.to_thread(self._first_page, req)
+        page, data = await asyncio.to_thread(self._first_page, req)
         while True:
-            writer.write(sent)
+            writer.write(data)
             upcoming = asyncio.ensure_future(self._after(page)) if page.more else None
             try:
                 async with asyncio.timeout(STALL_TIMEOUT):  # a peer that stops reading
@@ -292,12 +303,12 @@ class ChunkServer:
                 raise
             if upcoming is None:
                 return
-            page, sent = await upcoming
+            page, data = await upcoming
 
-    async def _after(self, last: protocol.CatalogPage) -> tuple[protocol.CatalogPage, bytes]:
+    async def _after(self, last: PageSent) -> tuple[PageSent, bytes]:
         return await asyncio.to_thread(self._next_page, last)
 
-    def _first_page(self, req: protocol.ChangesRequest) -> tuple[protocol.CatalogPage, bytes]:
+    def _first_page(self, req: protocol.ChangesRequest) -> tuple[PageSent, bytes]:
         with self.database.read() as s:
             conn = driver_connection(s)
             log_now = catalog_log.state(conn)
@@ -305,34 +316,41 @@ class ChunkServer:
             # covers; any other gets the whole catalog (a reset).
             reset = req.epoch != log_now.epoch or not log_now.floor <= req.since <= log_now.version
             page = self._page(conn, log_now, 0 if reset else req.since, reset)
-        self.served_durably(page.end)
-        return page, protocol.encode_page(page)
+        self.served_durably(page[0].end)
+        return page
 
-    def _next_page(self, last: protocol.CatalogPage) -> tuple[protocol.CatalogPage, bytes]:
+    def _next_page(self, last: PageSent) -> tuple[PageSent, bytes]:
         with self.database.read() as s:
             conn = driver_connection(s)
             log_now = catalog_log.state(conn)
             if log_now.epoch != last.epoch:
                 raise Refusal("this node's catalog log was replaced; ask again")
             page = self._page(conn, log_now, last.end, last.reset)
-        self.served_durably(page.end)
-        return page, protocol.encode_page(page)
+        self.served_durably(page[0].end)
+        return page
 
     @staticmethod
     def _page(
         conn: sqlite3.Connection, log_now: catalog_log.LogState, after: int, reset: bool
-    ) -> protocol.CatalogPage:
+    ) -> tuple[PageSent, bytes]:
         # Whole, there is nothing to remove: tombstones are left out.
-        rows = catalog_log.rows_after(conn, after, protocol.PAGE_ENTRIES, removed=not reset)
+        rows = catalog_log.page_rows(conn, after, protocol.PAGE_ENTRIES, removed=not reset)
         more = len(rows) == protocol.PAGE_ENTRIES
-        end = rows[-1].seq if more else max(after, log_now.version)
-        entries = [
-            protocol.CatalogEntry(name, FileKey(sha, cs, root), size, have)
-            for _, name, sha, size, cs, root, have, removed in rows
-            if not removed
-        ]
-        gone = [(r.name, r.sha256) for r in rows if r.removed]
-        return protocol.CatalogPage(log_now.epoch, after, end, reset, more, entries, gone)
+        end = rows[-1][0] if more else max(after, log_now.version)
+        # An entry still offered has its content's row: only a tombstone's fields are NULL.
+        entries = cast(
+            list[FlatEntry],
+            [
+                (name, sha, size, cs, root, have)
+                for _, removed, name, sha, size, cs, root, have in rows
+                if not removed
+            ],
+        )
+        gone = [(name, sha) for _, removed, name, sha, *_ in rows if removed]
+        sent = PageSent(log_now.epoch, end, reset, more)
+        return sent, protocol.encode_page_rows(
+            log_now.epoch, after, end, reset, more, entries, gone
+        )
 
     async def _catalog_payload(self) -> bytes:
         """The whole catalog in one message, for peers of protocol 2.0 (before catalogs
