@@ -9,13 +9,13 @@ look up where all of their bytes are in one database read instead of one per req
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from pathlib import Path
 from typing import BinaryIO
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
+from p2pshare.services.server.scan import open_beneath
 
 # What one read asks the connection for: a whole frame at its largest and its header.
 READ_SIZE = protocol.MAX_FRAME + protocol.FRAME_HEADER.size
@@ -109,21 +109,13 @@ class Batch:
 
 
 def open_offered(path: Path, within: Path | None) -> BinaryIO:
-    """An offered file opened for reading without following a symlink, but for one that now
-    leads to a file inside `within` (the folder it is offered from: the indexer offers a
-    symlink to a file of the share, under the link's name). The caller still checks it is
-    the very file indexed (its stamp). Raises OSError."""
-    try:
-        fd = os.open(path, OPEN_FLAGS | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP or within is None:
-            raise
-        target = os.path.realpath(path)
-        folder = os.path.realpath(within)
-        if not target.startswith(folder.rstrip(os.sep) + os.sep):
-            raise PermissionError(errno.EACCES, "it is a symlink leading outside") from None
-        fd = os.open(target, OPEN_FLAGS | os.O_NOFOLLOW)
-    return open(fd, "rb")
+    """An offered file opened for reading: from `within` (the folder it is offered from)
+    through no symlink (scan.open_beneath), or without following a last-part link for a
+    download's temp file (None). The caller still checks it is the very file indexed (its
+    stamp). Raises OSError."""
+    if within is None:
+        return open(os.open(path, OPEN_FLAGS | os.O_NOFOLLOW), "rb")
+    return open(open_beneath(within, path.relative_to(within).as_posix()), "rb")
 
 
 def decode_batch(

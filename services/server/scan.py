@@ -256,6 +256,38 @@ def _open_folder_beneath(root_fd: int, parts: list[str]) -> int:
     return fd
 
 
+def open_beneath(folder: Path, name: str) -> int:
+    """The file `name` ('/'-separated) of `folder` opened for reading through no symlink:
+    each of its folders opened through the last one's descriptor with O_NOFOLLOW, from
+    `folder`'s own (which may be a link: the user chose it). A symlink to a file inside
+    `folder` (the index offers one under the link's name) is followed only as far as it
+    leads there, and then opened the same way. The caller closes the descriptor. Raises
+    OSError (PermissionError for a link leading outside)."""
+    root_fd = os.open(folder, ROOT_FLAGS)
+    try:
+        try:
+            return _open_file_beneath(root_fd, name.split("/"))
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+        # A link on the way: where it all leads now, if that is inside the folder.
+        target = os.path.realpath(os.path.join(folder, name))
+        real_root = os.path.realpath(folder)
+        if target == real_root or not _is_within(target, real_root):
+            raise PermissionError(errno.EACCES, "it leads outside its folder")
+        return _open_file_beneath(root_fd, os.path.relpath(target, real_root).split(os.sep))
+    finally:
+        os.close(root_fd)
+
+
+def _open_file_beneath(root_fd: int, parts: list[str]) -> int:
+    fd = _open_folder_beneath(root_fd, parts[:-1])
+    try:
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _stat_beneath(root_fd: int, parts: list[str]) -> os.stat_result:
     """lstat of root/parts[0]/.../parts[-1], its folders opened through no symlink."""
     fd = _open_folder_beneath(root_fd, parts[:-1])

@@ -302,6 +302,31 @@ def test_a_name_looked_at_below_a_folder_link_is_nothing(node: Node, tmp_path: P
     assert scan.skipped == {str(node.share / "docs"): "symlink leads outside the shared folder"}
 
 
+def test_what_the_server_opens_is_reached_from_its_folder_through_no_link_out(
+    node: Node, tmp_path: Path
+) -> None:
+    from p2pshare.services.server.scan import open_beneath
+
+    def read(name: str) -> bytes:
+        fd = open_beneath(node.share, name)
+        with open(fd, "rb") as fh:
+            return fh.read()
+
+    write(node.share / "docs" / "a.txt", b"inside")
+    write(tmp_path / "outside" / "a.txt", b"outside")
+    (node.share / "alias.txt").symlink_to(node.share / "docs" / "a.txt")
+    (node.share / "out.txt").symlink_to(tmp_path / "outside" / "a.txt")
+    assert read("docs/a.txt") == b"inside"
+    assert read("alias.txt") == b"inside"  # a link to a file of the share, as indexed
+    with pytest.raises(PermissionError):
+        read("out.txt")
+    # The folder swapped for a link leading out: its name leads nowhere.
+    (node.share / "docs").rename(node.share / ".docs")
+    (node.share / "docs").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(PermissionError):
+        read("docs/a.txt")
+
+
 def test_dangling_symlink_is_skipped(node: Node) -> None:
     (node.share / "dangling").symlink_to(node.share / "nothing-here")
     write(node.share / "ok.txt", b"ok")
