@@ -364,22 +364,21 @@ def _auto_flag(name: str, raw: str | None) -> bool | None:
     return _flag(name, raw)
 
 
-def _non_negative_int(name: str, raw: str | None, default: int) -> int:
+def _int_at_least(least: int, name: str, raw: str | None, default: int) -> int:
     if raw is None:
         return default
     value = _int(name, raw)
-    if value < 0:
-        raise SettingsError(f"{name} must be 0 or more, not {value}")
+    if value < least:
+        raise SettingsError(f"{name} must be {least} or more, not {value}")
     return value
+
+
+def _non_negative_int(name: str, raw: str | None, default: int) -> int:
+    return _int_at_least(0, name, raw, default)
 
 
 def _budget(name: str, raw: str | None, default: int) -> int:
-    if raw is None:
-        return default
-    value = _int(name, raw)
-    if value < 1:
-        raise SettingsError(f"{name} must be 1 or more, not {value}")
-    return value
+    return _int_at_least(1, name, raw, default)
 
 
 def _positive_float(name: str, raw: str | None, default: float) -> float:
