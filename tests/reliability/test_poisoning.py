@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 
 import pytest
 from fakepeer import FakeFile, FakePeer
@@ -62,11 +63,32 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
         manifests=lambda req: protocol.encode_manifests({stolen: lie.hashes()}),
         username="thief",
     )
-    announce(leech.udp_port, node_id=thief.node_id, username="thief", tcp_port=thief.port)
+    # The thief announces until it is marked bad, as a live node would: heard once, it
+    # would expire after P2P_PEER_TTL, and its offer (with its mark) with it.
+    thief_seq = iter(range(1, 10_000))
+    last_heard = [0.0]
+
+    def thief_heard() -> None:
+        if time.monotonic() - last_heard[0] < 1.0:  # once a second, as a node would
+            return
+        last_heard[0] = time.monotonic()
+        announce(
+            leech.udp_port,
+            node_id=thief.node_id,
+            username="thief",
+            tcp_port=thief.port,
+            seq=next(thief_seq),
+        )
+
+    thief_heard()
 
     # Manifests come when a download needs one: both offers are recorded, neither proven.
+    def offers() -> int:
+        thief_heard()
+        return leech.scalar("SELECT count(*) FROM holdings WHERE name = 'popular.bin'")
+
     wait_until(
-        lambda: leech.scalar("SELECT count(*) FROM holdings WHERE name = 'popular.bin'") == 2,
+        lambda: offers() == 2,
         20,
         what="the leech to record the liar's and the thief's offers",
     )
@@ -78,8 +100,12 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
     def bad() -> set[tuple[str, int]]:
         return set(leech.sql("SELECT address, tcp_port FROM bad_peers"))
 
+    def both_marked() -> bool:
+        thief_heard()
+        return bad() == liars
+
     liars = {("127.0.0.1", liar.port), ("127.0.0.1", thief.port)}
-    wait_until(lambda: bad() == liars, 30, what="the liar and the thief to be marked bad")
+    wait_until(both_marked, 30, what="the liar and the thief to be marked bad")
     assert "refused the manifest of" in leech.log("downloader")
     assert download(leech, download_id)["status"] in ("active", "waiting", "queued")
 
