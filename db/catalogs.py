@@ -45,7 +45,7 @@ class KnownContent:
 
 
 # KiB of page cache for the connection applying catalog pages.
-APPLY_CACHE_KIB = 32 * 1024
+APPLY_CACHE_KIB = 24 * 1024
 
 
 @dataclass(frozen=True)
