@@ -138,7 +138,8 @@ def files_queries(pattern: str | None) -> dict[str, Query]:
     """The statements of the files listing: "held" (the offers), "here" (shared here)
     and "count" (how many rows the listing has)."""
     ranges = name_ranges(pattern)
-    params = page_params(pattern, None, 0)
+    # Paging is done on the merged rows (iter_files), so no LIMIT or OFFSET here.
+    params: dict[str, object] = {"pattern": pattern or None, "like": like_prefilter(pattern)}
     for i, (low, high) in enumerate(ranges):
         params[f"low{i}"], params[f"high{i}"] = low, high
     return {
