@@ -75,15 +75,21 @@ def hostile_peers():
         peer.close()
 
 
-def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
-    make_node, udp_port, hostile_peers
-):
+def victim_and_honest_seeder(make_node):
+    """A victim under supervisord, and a seeder sharing honest.bin (its bytes returned)."""
     victim = make_node("victim", P2P_WAIT_TIMEOUT=600)
     victim.start_supervised()
     seeder = make_node("seeder")
     honest = os.urandom(HONEST_SIZE)
     seed(seeder, "honest.bin", honest)
     seeder.start()
+    return victim, seeder, honest
+
+
+def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
+    make_node, udp_port, hostile_peers
+):
+    victim, seeder, honest = victim_and_honest_seeder(make_node)
     mallory = HostilePeer([make_bomb(f"bomb-{i:02d}.bin") for i in range(20)], udp_port)
     hostile_peers.append(mallory.start())
 
@@ -145,12 +151,7 @@ def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
     """A download whose seeder left looks at other offers of its SHA-256: a made-up one
     (the real SHA-256, another root, 2^20 chunks claimed) is not fetched, and the download
     keeps to the file asked for rather than moving to a 16 GiB claim."""
-    victim = make_node("victim", P2P_WAIT_TIMEOUT=600)
-    victim.start_supervised()
-    seeder = make_node("seeder")
-    honest = os.urandom(HONEST_SIZE)
-    seed(seeder, "honest.bin", honest)
-    seeder.start()
+    victim, seeder, honest = victim_and_honest_seeder(make_node)
     wait_until(lambda: victim.holdings_of(seeder.username) == 1, 60, what="the honest catalog")
     seeder.stop()
     download_id = queue(victim, "honest.bin")  # its peer is still listed, until its TTL
