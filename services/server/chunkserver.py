@@ -208,7 +208,7 @@ class ChunkServer:
             # Every request already received is one batch: one database read finds the
             # bytes of all of them, one open serves a file's chunks asked in a row.
             # asyncio.timeout inside, not wait_for: wait_for wraps each call in a new
-            # task, which per request was a large share of the server's CPU.
+            # task, a cost every request would pay.
             if first:  # the first request (or key proof) within what is left of the limit
                 left = preauth_ends - loop.time()
                 received = await frames.batch(left, min(FRAME_TIMEOUT, left))

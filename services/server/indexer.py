@@ -43,7 +43,7 @@ BATCH_SECONDS = 0.5
 WRITER_ROWS = 1000
 # Its batches may be larger: each one's new `files` rows land all over the index of their
 # SHA-256s, so a commit writes about as many pages whether it holds 2,000 files or 6,000
-# (the lock is held a little longer, about a tenth of a second).
+# (the write lock is held a little longer).
 WRITER_BATCH_FILES = 6000
 # A whole scan reads the index this many rows at a time, each page in a read of its own.
 KNOWN_PAGE = 5000
@@ -70,8 +70,8 @@ def _arrived_since(path: Path, since_ns: int) -> bool:
 def _collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for a while. A whole scan makes several objects
     per file (the scan's and the index's per-name maps, then what hashing makes, alive
-    until its batch is written), none in a cycle: the collector's passes over them all were
-    a tenth of a first index's CPU, and found nothing to free."""
+    until its batch is written), none in a cycle: the collector's passes over them all cost
+    CPU in proportion to the share and find nothing to free."""
     if not gc.isenabled():
         yield
         return

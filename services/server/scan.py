@@ -23,7 +23,7 @@ ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 class FoundFile(NamedTuple):
     """A regular file the scan met. A tuple, the cheapest object to make: a scan of a large
-    share makes one per file (a Path per file once cost a third of a rescan)."""
+    share makes one per file, so what each costs to make is paid a million times over."""
 
     # Its absolute path: the root's path and its name (for a symlink to a file of the
     # share, the real path of that file).

@@ -16,14 +16,13 @@ STALL_TIMEOUT = 30.0
 SEND_SLICE = 4 * 1024 * 1024
 # Under TLS: bytes read per slice, and how much encrypted output may wait to be sent.
 # asyncio's TLS encrypts a write into a memory buffer and hands the transport a copy of
-# it: a slice of 2 MiB made each of those buffers fresh memory (the kernel zeroing pages
-# was a quarter of the server's CPU in perf), where 256 KiB slices reuse warm memory:
-# 1.2 CPU-s/GiB against 2.1 (bench: a keyed pair, 512 MiB, three runs each).
+# it: a large slice makes each of those buffers fresh memory, which the kernel must zero
+# page by page, where slices this small keep reusing memory that is already warm.
 TLS_SLICE = 256 * 1024
 TLS_HIGH_WATER = 4 * 1024 * 1024
 # In clear, a span up to this size is read and written rather than sent by loop.sendfile:
-# the copy of 64 KiB costs microseconds, where loop.sendfile's waits and checks cost about
-# 100 us of Python a call, most of the seeder's CPU for a folder of small files.
+# copying a small span costs less than the Python of loop.sendfile's waits and checks,
+# which every call pays, and a folder of small files is a call per file.
 READ_SEND_MAX = 128 * 1024
 
 
@@ -80,8 +79,8 @@ class ByteSender:
             n = min(slice_size, length - sent)
             if self.limiter:
                 await self.limiter.acquire(n)
-            # Inline, as sendfile reads inside the kernel call on the clear path: a thread
-            # hop per slice was a third of the server's CPU under TLS.
+            # Inline, as sendfile reads inside the kernel call on the clear path: a hop to
+            # a thread and back for each slice costs more than the read it would move.
             data = os.pread(fd, n, offset + sent)
             if len(data) < n:
                 raise ConnectionError("the file was truncated while being sent")
