@@ -33,8 +33,7 @@ log = logging.getLogger("p2p.listener")
 # Fetches at once: at most FETCH_THREADS, of which at most BUSY_FETCHES younger than
 # SLOW_FETCH. A fetch is a few round trips to the peer and some decoding under the GIL;
 # on loopback two at a time keep up with the writer, and every thread more that runs
-# at once costs CPU in handing the GIL round (a 1,000-peer storm: 1.6 CPU-s of fetching
-# with eight busy threads, 1.2 with four, 0.8 with two, all recorded as fast). A peer
+# at once costs CPU in handing the GIL round without recording a storm any sooner. A peer
 # that answers slowly holds one thread for at most FETCH_DEADLINE, but counts as busy
 # only for SLOW_FETCH, so slow peers never hold up the others.
 FETCH_THREADS = 8

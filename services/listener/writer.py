@@ -32,10 +32,10 @@ from p2pshare.services.runtime import RoleContext
 
 log = logging.getLogger("p2p.listener")
 
-# A transaction's length: what another role's write waits at most. 20 ms rather than 50:
-# a 256 MiB download takes half a second, and each of its few writes (start, progress,
-# finish) may wait one (biglan: download during the storm 0.88x of quiet, 0.75-0.89x at
-# 50 ms; the storm recorded in 7.6 s, 5.1-6.9 s at 50 ms).
+# A transaction's length: what another role's write waits at most. Short, because a
+# download of a few hundred MiB takes well under a second, and each of its few writes
+# (start, progress, finish) may wait one; a longer one records a storm sooner at the cost
+# of downloads beside it.
 TX_BUDGET = 0.02
 MIN_REST = 0.025
 ORPHAN_EVERY = 10.0
@@ -52,8 +52,8 @@ MAX_PENDING_ENTRIES = 12_000
 MAX_PENDING_ANNOUNCES = 50_000
 IDLE_WAIT = 0.25
 # Announcements are gathered this long before they are written: last_seen a tenth of a
-# second late is nothing against P2P_PEER_TTL. A newcomer's is written at once (issue 22:
-# discovery from node start <= 2 s).
+# second late is nothing against P2P_PEER_TTL. A newcomer's is written at once: a node
+# that just started is waited for by whoever started it.
 GATHER_SECONDS = 0.1
 RETRY_EVERY = 1.0  # failed fetches due again are looked for this often
 STOP_WAIT = 5.0  # seconds the role waits for the writer's last transaction
@@ -156,7 +156,7 @@ class ListenerWriter:
         Announcements that follow others still queued join their job: in a boot storm
         they come a few datagrams at a time, and each job recorded on its own costs the
         lookups of a whole step (the node's state, the peers it names) for a handful of
-        rows (biglan: those lookups were three quarters of the writer's announcement time).
+        rows, most of the writer's time for announcements in a storm.
         """
         newcomer = any(not self.fetcher.knows(ann.node_id) for ann, _ in heard)
         with self.lock:
