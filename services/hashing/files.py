@@ -20,7 +20,8 @@ StrPath: TypeAlias = str | Path  # the indexer passes scandir's strings: no Path
 WHOLE_READ = 1024 * 1024
 
 # Large reads: one ctypes call and one read syscall per 4 MiB keeps the per-call
-# cost far below the hashing itself (measured in bench: indexer against sha256sum).
+# cost far below the hashing itself (the benchmark's `index` scenario compares the
+# indexer with sha256sum).
 READ_BLOCK = 4 * 1024 * 1024
 
 

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 # Each section of the wire format is a module of this package; every public name is
 # re-exported here, so `protocol.X` call sites do not depend on where X lives. They are
 # imported at first use (PEP 562): p2pctl's settings need only `limits`, and importing
-# every section (json, zlib, hmac, ssl's names, a dozen dataclasses) was 20 of the 40 ms
-# each p2pctl command spent before its first query.
+# every section (json, zlib, hmac, ssl's names, a dozen dataclasses) would be a good part
+# of what each p2pctl command spends before its first query.
 if TYPE_CHECKING:
     from p2pshare.services.protocol.announce import (
         Announce,

@@ -101,7 +101,8 @@ class Announce:
     catalog_epoch: str | None = None
     # Its certificate (DER), and a signature by that certificate's key over the rest of
     # the announcement (`signed`): proof that the holder of `fingerprint` sent it. Absent
-    # from nodes before issue 37; checked only when a decision needs it (proves_identity).
+    # from nodes that predate signed announcements; checked only when a decision needs it
+    # (proves_identity).
     certificate: bytes | None = field(default=None, compare=False, repr=False)
     signature: bytes | None = field(default=None, compare=False, repr=False)
     signed: bytes = field(default=b"", compare=False, repr=False)

@@ -11,7 +11,8 @@ PROTOCOL_VERSION = 2
 MAX_DATAGRAM = 1400
 MAX_FRAME = 64 * 1024
 # A whole catalog in one message: what nodes before catalogs by change ask for, and all
-# they can take (about 300,000 files); a node with more answers them with an error.
+# they can take; a node offering more files than fit (the chunk server's
+# LEGACY_CATALOG_ENTRIES) answers them with an error.
 MAX_CATALOG_BYTES = 64 * 1024 * 1024  # decompressed
 # Catalogs by change come in pages: what one page may hold once inflated, and how many
 # entries. A page is what a peer holds in memory at once, however large the share: a
