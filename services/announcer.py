@@ -53,8 +53,8 @@ class Announcer:
         self.answered_at = 0.0
         self.recorded_targets: list[str] | None = None
         # The node state is read only when another connection committed since the last
-        # read, the interval is due, or an announcement is owed: reading it five times a
-        # second through the ORM was most of an idle announcer's CPU.
+        # read, the interval is due, or an announcement is owed: reading it on a timer
+        # several times a second would be most of what an idle announcer costs.
         self.watch = ctx.database.watch()
         self.owed = True  # a change seen but not yet announced (MIN_GAP_SECONDS)
 

@@ -1,8 +1,8 @@
 """The node's own record of its settings: `$P2P_HOME/p2p.toml`, written by `p2pctl start`.
 
 A node started with settings in its shell's environment would otherwise forget them the
-moment it is restarted from another shell (issue 36: a keyed node restarted open, a
-loopback node announcing on the LAN). So `p2pctl start` writes every setting it was
+moment it is restarted from another shell (a keyed node would restart open, a loopback
+node would announce on the LAN). So `p2pctl start` writes every setting it was
 started with into the home's config file, and runs supervisord without the P2P_*
 settings of its shell: the roles, the web page and every later `p2pctl` read the one
 file. A person may edit it; a variable given to `p2pctl start`/`restart` replaces its

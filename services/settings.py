@@ -34,25 +34,22 @@ DEFAULT_HISTORY_DAYS = 30
 MAX_HISTORY_DAYS = 36500
 # The listener's niceness (P2P_LISTENER_NICE), as Syncthing's setLowPriority lowers its
 # whole process (to nice 9): discovery is bookkeeping nobody waits on by the millisecond,
-# so when 1,000 peers wake at once on a 2-core machine the downloader, the chunk server
-# and p2pctl go first. At 10 it still gets about a tenth of a core beside a busy one, so
-# heartbeats and the storm's catalogs keep coming (bench biglan: a download during the
-# storm went from 0.50x to 0.69-0.80x of quiet at 10, the storm recorded as fast; once
-# the storm cost the listener 2.2 CPU-s rather than 3.4, 19 and SCHED_IDLE showed no
-# clear gain over 10, one run each, and would starve it beside a busy core).
+# so when a LAN's machines all wake at once on a small machine the downloader, the chunk
+# server and p2pctl go first. At 10 it still gets a share of a core beside a busy one
+# (the kernel's weight for nice 10 is about a tenth of nice 0's), so heartbeats and the
+# storm's catalogs keep coming; 19 or SCHED_IDLE would starve it beside a busy core.
 DEFAULT_LISTENER_NICE = 10
 MAX_NICE = 19
 # A peer is forgotten after this many missed announcements.
 TTL_INTERVALS = 3
 MIN_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
-# Each chunk is one request, and a request costs both sides far more than its bytes:
-# the seeder's server spent 1.1 CPU-s per GiB at 512 KiB chunks, 0.5 at 4 MiB
-# (bench/bench.py, one seeder). 256 chunks still give a LAN's handful of peers
-# plenty to share, and resuming loses at most one chunk per peer.
+# Each chunk is one request, and a request costs both sides far more than its bytes,
+# so fewer, larger chunks cost less CPU per GiB. 256 chunks still give a LAN's handful of
+# peers plenty to share, and resuming loses at most one chunk per peer.
 TARGET_MAX_CHUNKS = 256
 CONFIG_NAME = "p2p.toml"
-# Budgets per peer (README "Budgets per peer"): what one peer's catalog and offers may
+# Budgets per peer (docs/security.md, "Budgets per peer"): what one peer's catalog and offers may
 # make this node store. Entries: a share of a million files must fit, with room for
 # its churn. Manifest rows: chunk hashes learned from the peer and not yet proven by
 # downloaded bytes, about 100 bytes of database each; 2^17 of them is some 14 MB, a

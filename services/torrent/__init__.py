@@ -1,4 +1,4 @@
-"""p2p-torrent: BitTorrent through the libtorrent bindings (issue 24), an optional extra.
+"""p2p-torrent: BitTorrent through the libtorrent bindings, an optional extra.
 
 metainfo.py (bencode, the v1 info dictionary, piece plans, magnet links: pure code),
 pieces.py (SHA-1 of pieces read from disk), make.py (`p2pctl torrent`: a torrent from

@@ -90,10 +90,9 @@ def publish_tree(
 
 def hash_settled(path: Path, settings: Settings) -> HashedFile:
     """The file's manifest for the index, hashed again if its stamp moved meanwhile:
-    libtorrent releases a removed torrent's files in its own time, and under load a 1 GiB
-    publish failed twice with the file "changed" (its stamp moved after publishing; likely
-    libtorrent closing or truncating it late), never since with this retry. Raises
-    FileChanged (still moving), OSError."""
+    libtorrent releases a removed torrent's files in its own time, and may close or
+    truncate one late, moving its stamp after it was published. Raises FileChanged (still
+    moving), OSError."""
     for attempt in range(HASH_ATTEMPTS):
         stamp = Stamp.of(os.stat(path))
         try:
