@@ -2,7 +2,7 @@
 following them to their end.
 
 `download` queues and follows in plain sqlite3 (`db.queueing`, `db.quick`): importing
-SQLAlchemy's ORM took 0.3 s of its 0.45 s start, where a small file downloads in 0.04 s.
+SQLAlchemy's ORM would cost more of its start than a small file takes to download.
 pause, resume and cancel import the ORM queries when they run.
 """
 
@@ -91,7 +91,7 @@ def require_downloader(ctl: Ctl) -> None:
 
 
 def show_candidates(candidates: list[queueing.Candidate]) -> None:
-    from tabulate import tabulate  # 40 ms to import: a download that is not ambiguous skips it
+    from tabulate import tabulate  # slow to import: a download that is not ambiguous skips it
 
     click.echo(
         tabulate(

@@ -21,13 +21,12 @@ if TYPE_CHECKING:
 
 # A small file is done in milliseconds; a slow poll would be most of what the user waits.
 # So wait on the database's change counter (watch.py: asleep until a commit where inotify
-# is, else a 3 us look every 10 ms), and run the real queries only when it moved, or
-# MAX_POLL_SECONDS passed. After a change they wait QUERY_PAUSE times the CPU time they
-# last took: a single file's take well under a millisecond, so its end is seen within a
-# few milliseconds, while a folder of thousands of files on a node that commits all the
-# time keeps its queries to a tenth of a core. (At 10,000 files a round of queries takes
-# 12 ms, so the end is seen within 0.1 s of 6 s; with a pause of 3 p2pctl took a quarter
-# of a core from the downloader, 1.5 CPU-s.)
+# is, else a look of microseconds every 10 ms), and run the real queries only when it
+# moved, or MAX_POLL_SECONDS passed. After a change they wait QUERY_PAUSE times the CPU
+# time they last took: a single file's take well under a millisecond, so its end is seen
+# within a few milliseconds, while a folder of thousands of files on a node that commits
+# all the time keeps its queries to a tenth of a core; a shorter pause would take CPU
+# from the downloader it is waiting for.
 QUERY_PAUSE = 9.0
 MAX_POLL_SECONDS = 1.0
 ENDED = ("done", "failed", "cancelled")
@@ -70,7 +69,7 @@ def follow(ctl: Ctl, queued: queueing.Queued, role: str = "downloader") -> None:
 class LazyBar:
     """The progress bar, made at the first look that finds the request still running.
 
-    Importing tqdm costs 30-45 ms (its version lookup reads package metadata): a small
+    Importing tqdm is slow (its version lookup reads package metadata): a small
     file is often done before p2pctl first looks, and then needs no bar, only its one
     line saying so."""
 

@@ -65,6 +65,6 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
     if not rows:
         click.echo(empty)
         return
-    from tabulate import tabulate  # 40 ms to import: only commands that print a table pay
+    from tabulate import tabulate  # slow to import: only commands that print a table pay
 
     click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))

@@ -62,7 +62,7 @@ def wake_supervisord(sock: Path, seconds: float = WAKE_WAIT_SECONDS) -> bool:
 
     supervisord spawns its programs only after its event loop's first poll, which waits
     up to a second for an event on its sockets: without one, every node start takes a
-    second longer before a role even begins (issue 22: discovery from start <= 2 s).
+    second longer before a role even begins, and discovery waits for the roles.
     """
     deadline = time.monotonic() + seconds
     while True:
