@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
@@ -44,29 +45,32 @@ MAX_SOURCES = 16
 # receives, hashes and writes, so two keep both cores busy (writer.py).
 FEW_SOURCES_CONNECTIONS = 2
 
-__all__ = ["DownloadJob", "JobFailed"]
+__all__ = ["DownloadJob", "JobFailed", "Shared"]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a download uses of the role running it."""
+
+    settings: Settings
+    database: Database
+    stop: threading.Event  # the role is stopping
+    tls: NodeTls
 
 
 class DownloadJob:
     """One file's download; its peer workers see it only as a `port.JobPort`."""
 
-    def __init__(
-        self,
-        spec: dbjobs.JobSpec,
-        settings: Settings,
-        database: Database,
-        stop: threading.Event,
-        wait_timeout: float,
-        tls: NodeTls,
-    ) -> None:
+    def __init__(self, spec: dbjobs.JobSpec, shared: Shared) -> None:
+        settings = shared.settings
         self.spec = spec
-        self.tls = tls  # how to reach each source: in clear or by pinned TLS
+        self.tls = shared.tls  # how to reach each source: in clear or by pinned TLS
         self.settings = settings
         self.network_key = settings.network_key
-        self.database = database
-        self.stop = stop  # the role is stopping: leave the download resumable
+        self.database = shared.database
+        self.stop = shared.stop  # the role is stopping: leave the download resumable
         self.halt = threading.Event()  # this job is ending, for any reason
-        self.wait_timeout = wait_timeout
+        self.wait_timeout = settings.wait_timeout
         self.key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
         self.count = protocol.chunk_count(spec.size, spec.chunk_size)
         self.check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
@@ -91,7 +95,7 @@ class DownloadJob:
         self.fd = -1
         self.waiting_since: float | None = None
         self.failure: JobFailed | None = None  # set by a peer thread: the job must end
-        self.finisher = Finisher(spec, settings, database)
+        self.finisher = Finisher(spec, settings, self.database)
 
     # ------------------------------------------------------------ entry
 

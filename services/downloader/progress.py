@@ -61,6 +61,10 @@ class DurableProgress:
             for i in protocol.bitfield_indices(bytes(self.bits), self.count)
         )
 
+    def take_bad(self, database: Database, batch: Ledger, *, now: float) -> list[tuple[str, int]]:
+        """The sources found lying since the last flush, to mark on the download's row."""
+        return batch.new_bad
+
     def flush(
         self,
         database: Database,
@@ -86,7 +90,7 @@ class DurableProgress:
                 dbjobs.SourceTally(a, p, usernames.get((a, p), ""), t.chunks, t.bytes, t.bad_chunks)
                 for (a, p), t in batch.tallies.items()
             ],
-            new_bad_peers=batch.new_bad,
+            new_bad_peers=self.take_bad(database, batch, now=now),
             status=state[0],
             reason=state[1],
         )

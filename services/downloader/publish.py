@@ -34,8 +34,9 @@ def safe_folder(download_dir: Path, name: str, *, checked: dict[str, str] | None
     "album/2024", -> its real path; the download folder's own under ""), for a caller
     placing many files at once: a folder of ten thousand files in hundreds of folders is
     then checked a folder at a time, each from its checked parent (an lstat and a mkdir),
-    where resolving each from the root (an lstat a component, twice) was most of a small
-    file's publish. Strings, not Paths: pathlib's parsing cost more than the syscalls."""
+    where resolving each from the root costs an lstat a component, twice, more than the
+    small file's own link. Strings, not Paths: pathlib's parsing costs more than the
+    syscalls."""
     try:
         check_name(name)
     except ProtocolError as exc:

@@ -18,7 +18,7 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
 from p2pshare.db.watch import ChangeWatch
-from p2pshare.services.downloader.job import DownloadJob
+from p2pshare.services.downloader.job import DownloadJob, Shared
 from p2pshare.services.downloader.manifests import ManifestFetcher
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (
@@ -107,6 +107,7 @@ class Runner:
 
     def __init__(self, ctx: RoleContext) -> None:
         self.ctx = ctx
+        self.shared = Shared(ctx.settings, ctx.database, ctx.stop, ctx.tls)
         self.jobs: dict[int, threading.Thread] = {}
         self.batches: list[tuple[threading.Thread, SmallBatch]] = []
         self.in_batches: set[int] = set()
@@ -141,7 +142,7 @@ class Runner:
         batch_slot = len(self.batches) < MAX_BATCHES
         job_slot = len(self.jobs) < MAX_ACTIVE
         if not (batch_slot or job_slot):
-            return  # nothing could start: spare the query (10,000 queued rows cost 10 ms)
+            return  # nothing could start: spare the query, which grows with the queue
         now = time.monotonic()
         if not batch_slot and not woken and now - self.looked_for_big < POLL_SECONDS:
             # Batches commit a group every fraction of a second and each commit wakes this
@@ -151,9 +152,8 @@ class Runner:
         # Every unfinished download when a job or batch ended (what it gave back), or
         # POLL_SECONDS passed; else only the queued ones, what a change can have added:
         # and not even those when nothing was queued, resumed or ended since the last
-        # read (the queue's query and its session cost the downloader a millisecond at
-        # every commit of another role, the listener's twenty a second in a boot storm,
-        # under the GIL its download threads need).
+        # read (the queue's query would otherwise run at every commit of another role,
+        # many a second in a boot storm, under the GIL its download threads need).
         full = woken or now - self.read_all_at >= POLL_SECONDS
         mark = self._mark()
         if not full and mark is not None and mark == self.mark:
@@ -204,8 +204,7 @@ class Runner:
             self.conn.close()
 
     def _start_batch(self, download_ids: list[int]) -> None:
-        ctx = self.ctx
-        batch = SmallBatch(download_ids, ctx.settings, ctx.database, ctx.stop, ctx.tls, self.pool)
+        batch = SmallBatch(download_ids, self.shared, self.pool)
         thread = threading.Thread(
             target=self._then_wake(batch.run), name="small-batch", daemon=True
         )
@@ -218,9 +217,7 @@ class Runner:
         with ctx.database.read() as s:
             spec = dbjobs.job_spec(s, download_id)
         assert spec is not None
-        job = DownloadJob(
-            spec, ctx.settings, ctx.database, ctx.stop, ctx.settings.wait_timeout, ctx.tls
-        )
+        job = DownloadJob(spec, self.shared)
         thread = threading.Thread(
             target=self._then_wake(job.run), name=f"download-{download_id}", daemon=True
         )

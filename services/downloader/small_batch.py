@@ -2,8 +2,7 @@
 
 A download job (job.py) is built for a big file: threads, a connection per
 source, a holdings exchange, progress flushes, a publish with its own fsyncs and
-transactions. For a file of a few KiB all of that is the whole cost: a folder of
-1,000 of them spent 79 ms a file. A batch instead
+transactions. For a file of a few KiB all of that is the whole cost. A batch instead
 - reads every download's spec and sources in one query each, and starts them all in
   one transaction;
 - fetches from each source over one connection (kept in the role's PeerPool for the
@@ -31,7 +30,6 @@ from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.durable import (
@@ -41,13 +39,11 @@ from p2pshare.services.downloader.durable import (
     syncfs_persists,
 )
 from p2pshare.services.downloader.finish import JobFailed
-from p2pshare.services.downloader.job import check_download_folder
+from p2pshare.services.downloader.job import Shared, check_download_folder
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
 from p2pshare.services.downloader.tempfiles import temp_name
-from p2pshare.services.net.tls import NodeTls
-from p2pshare.services.settings import Settings
 
 log = logging.getLogger("p2p.download")
 
@@ -75,17 +71,14 @@ class SmallBatch:
     def __init__(
         self,
         download_ids: list[int],
-        settings: Settings,
-        database: Database,
-        stop: threading.Event,
-        tls: NodeTls,
+        shared: Shared,
         pool: PeerPool,
     ) -> None:
         self.download_ids = download_ids
-        self.settings = settings
-        self.database = database
-        self.stop = stop
-        self.tls = tls
+        self.settings = shared.settings
+        self.database = shared.database
+        self.stop = shared.stop
+        self.tls = shared.tls
         self.pool = pool
         self.left_over: set[int] = set()  # for full jobs
         self.lock = threading.Condition()

@@ -18,8 +18,8 @@ def reserve_space(fd: int, size: int, folder: Path) -> None:
     if not on_tmpfs(folder):
         os.posix_fallocate(fd, 0, size)  # cheap: unwritten extents
         return
-    # On tmpfs fallocate zero-fills memory that the download then overwrites: a
-    # quarter of a verified download's CPU. Check the free space instead; a write
+    # On tmpfs fallocate zero-fills memory that the download then overwrites, a cost
+    # as large as the hashing's. Check the free space instead; a write
     # that still finds it full fails the job the same way (writer.py).
     st = os.fstatvfs(fd)
     allocated = os.fstat(fd).st_blocks * 512

@@ -30,8 +30,8 @@ PIPELINE_BYTES = 8 * 1024 * 1024
 MIN_PIPELINE = 2
 # ...but not so many small chunks that one peer takes the whole file while others wait.
 MAX_PIPELINE = 16
-# A chunk is received into one buffer and hashed in one call: 0.3 CPU-s/GiB less than
-# 256 KiB blocks (fewer, fuller recv calls; see writer.py). Chunks larger than
+# A chunk is received into one buffer and hashed in one call: fewer, fuller recv and hash
+# calls than small blocks (see writer.py). Chunks larger than
 # this (files over 1 GiB) arrive in pieces of it, each written before the chunk's verdict,
 # as only this connection writes that chunk (endgame copies are held whole).
 RECV_PIECE = 4 * 1024 * 1024
@@ -161,8 +161,8 @@ class PeerWorker(threading.Thread):
     def _fill_pipeline(self, client: PeerClient) -> None:
         asks = []
         # One endgame copy in flight a connection: a copy of a chunk larger than the
-        # buffer is held whole in memory until verified, and a pipeline of them put the
-        # downloader's peak RSS at the 100 MB goal.
+        # buffer is held whole in memory until verified, and a pipeline of them would hold
+        # many such chunks at once.
         copying = any(duplicate for _, duplicate in self.pending)
         while len(self.pending) < self.depth:
             pick = self.job.pick(self.peer, duplicates=not copying)

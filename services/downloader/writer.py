@@ -1,17 +1,12 @@
 """Writes a download's temp file for every peer thread, one write at a time.
 
 Each peer thread receives a piece (a whole chunk, up to RECV_PIECE), hashes it, and
-writes it itself, under this object's lock. bench/recvpath.py and the node measured
-the alternatives on a 2-core machine, 1 GiB, 4 MiB chunks, same run:
-
-- one thread per connection doing recv + hash + pwrite of whole chunks, two
-  connections, writes under this lock: 1.16-1.24 CPU-s/GiB, the same as the
-  single-threaded floor (1.19-1.23), at up to 1.6x its rate;
-- the same without the lock: the waiter spins on the file's inode lock
-  (`rwsem_spin_on_owner`), 1.23-1.33 s and slower: a Python lock sleeps instead;
-- receiving and hashing 256 KiB blocks, handed to a writer thread (the design before):
-  1.53-1.86 s. The handoff (a futex wake per block, the block read on the other core)
-  and the small recv/hash units cost more than the overlap gained.
+writes it itself, under this object's lock. A thread per connection doing receive, hash
+and write of whole chunks costs no more CPU than one thread doing all of it, and keeps
+two cores busy. Without the lock the waiting writer spins on the file's inode lock,
+where a Python lock sleeps; handing blocks to a writer thread costs a wake-up and a
+read on the other core per block, more than the overlap gains (bench/recvpath.py
+measures these).
 
 Because every write and every verdict happens under the one lock, the endgame needs
 no locks of its own: a chunk is marked done under it, right after the bytes that
@@ -32,8 +27,8 @@ log = logging.getLogger("p2p.download")
 # on disk, False when they were not (another copy won, the job halted, a write failed).
 Verdict = Callable[[bool], None]
 
-# bench/recvpath.py: ext4 writes 256 KiB pieces at half the CPU of 1 MiB+ ones (small
-# folios), and tmpfs writes them at the same cost.
+# ext4 writes pieces of this size at less CPU than larger ones (small folios), and tmpfs
+# at the same cost (bench/recvpath.py).
 WRITE_PIECE = 256 * 1024
 
 

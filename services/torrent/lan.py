@@ -23,7 +23,7 @@ from pathlib import Path
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.services.downloader.job import DownloadJob
+from p2pshare.services.downloader.job import DownloadJob, Shared
 from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.net.tls import NodeTls
@@ -61,21 +61,11 @@ class _Offset(DurableProgress):
     def bytes_done(self) -> int:
         return self.before + super().bytes_done()
 
-    def flush(
-        self,
-        database: Database,
-        fd: int,
-        batch: Ledger,
-        state: tuple[str, str | None],
-        usernames: dict[tuple[str, int], str],
-        *,
-        now: float,
-    ) -> str:
-        bad, batch.new_bad = batch.new_bad, []
-        if bad:
+    def take_bad(self, database: Database, batch: Ledger, *, now: float) -> list[tuple[str, int]]:
+        if batch.new_bad:
             with database.write() as s:
-                dbt.mark_lan_bad(s, self.spec.file_id, bad, now=now)
-        return super().flush(database, fd, batch, state, usernames, now=now)
+                dbt.mark_lan_bad(s, self.spec.file_id, batch.new_bad, now=now)
+        return []
 
 
 class _IntoTemp:
@@ -99,18 +89,9 @@ class LanLeg(DownloadJob):
     """One file of a torrent from p2pshare peers (see the module's docstring)."""
 
     def __init__(
-        self,
-        spec: dbjobs.JobSpec,
-        settings: Settings,
-        database: Database,
-        stop: threading.Event,
-        tls: NodeTls,
-        dest: Path,
-        *,
-        before: int,
-        note: str,
+        self, spec: dbjobs.JobSpec, shared: Shared, dest: Path, *, before: int, note: str
     ) -> None:
-        super().__init__(spec, settings, database, stop, settings.wait_timeout, tls)
+        super().__init__(spec, shared)
         have = spec.have if len(spec.have) == (self.count + 7) // 8 else b""
         self.durable = _Offset(spec, self.count, have, before)
         self.into = _IntoTemp(dest)
@@ -191,7 +172,8 @@ class LanRun:
                 # still there, resumes from it (DownloadJob starts over if it is gone).
                 have = dbt.record_torrent_source(s, self.download_id, note)
             spec = lan_spec(offer, self.download_id, hint, have)
-            leg = LanLeg(spec, settings, database, stop, tls, dest, before=before, note=note)
+            shared = Shared(settings, database, stop, tls)
+            leg = LanLeg(spec, shared, dest, before=before, note=note)
             started = time.monotonic()
             leg.run()
             if leg.into.done:
