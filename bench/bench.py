@@ -8,8 +8,8 @@ Every node runs under its own supervisord with its own P2P_HOME, on loopback
 (--tmp-dir); the `disk` scenario repeats the one-seeder transfer in a folder on a
 real disk (--disk-dir). References are measured in the same run: a bare
 sendfile -> recv_into copy always; curl and aria2c from nginx, sha256sum, and a
-libtorrent swarm when those are installed (skipped with a note otherwise; the
-README says how to install them). CPU-seconds and peak RSS come from /proc. Prints
+libtorrent swarm when those are installed (skipped with a note otherwise;
+docs/benchmark.md says how to install them). CPU-seconds and peak RSS come from /proc. Prints
 a table, then issue 10's goals met or missed, and writes the raw figures to
 bench/results/latest.json. Nothing here asserts: a missed goal is a figure.
 """
