@@ -3,7 +3,7 @@
 They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`),
 whose rows come in name order as SQLite reads its index, and print them as they come:
 `--limit`/`--offset` show one page (the table then says which rows of how many),
-`--jsonl` streams one JSON object a line, and `--json` prints the same list as before,
+`--jsonl` streams one JSON object a line, and `--json` prints the whole list at once,
 formatted by the C encoder.
 """
 

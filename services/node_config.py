@@ -217,7 +217,7 @@ def write_record(path: Path, values: Mapping[str, str]) -> None:
 def node_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
     """The settings of the node whose home this shell names, and the variables this
     shell sets differently: from the record when there is one (the node was started
-    by `p2pctl start`), else this shell's own as before. Raises SettingsError."""
+    by `p2pctl start`), else this shell's own. Raises SettingsError."""
     home = home_of(env)
     if not record_path(home).is_file():
         return load_settings(env), []
