@@ -318,13 +318,10 @@ class Bench:
             fetches = http.get(client)
             if not fetches:
                 self.rows.append(
-                    Row(
+                    Row.skipped(
                         f"{label} vs {client} {via}",
-                        "-",
-                        "skipped",
-                        "-",
-                        goal=GOALS[speed_goal][0] if speed_goal in GOALS else speed_goal,
-                        raw={"note": f"nginx or {client} not installed"},
+                        f"nginx or {client} not installed",
+                        GOALS[speed_goal][0] if speed_goal in GOALS else speed_goal,
                     )
                 )
                 continue
@@ -480,13 +477,8 @@ class Bench:
             )
         else:
             self.rows.append(
-                Row(
-                    "3 seeders vs libtorrent",
-                    "-",
-                    "skipped",
-                    "-",
-                    goal=GOALS["lt3"][0],
-                    raw={"note": "python libtorrent not installed"},
+                Row.skipped(
+                    "3 seeders vs libtorrent", "python libtorrent not installed", GOALS["lt3"][0]
                 )
             )
         self._rss_row([leech, *seeders])
@@ -610,13 +602,8 @@ class Bench:
         cpu = self.pin_cpu
         if not shutil.which("taskset"):
             self.rows.append(
-                Row(
-                    "1 seeder pinned to one core",
-                    "-",
-                    "skipped",
-                    "-",
-                    goal=GOALS["pinned"][0],
-                    raw={"note": "taskset not installed"},
+                Row.skipped(
+                    "1 seeder pinned to one core", "taskset not installed", GOALS["pinned"][0]
                 )
             )
             return
@@ -638,9 +625,7 @@ class Bench:
         free = shutil.disk_usage(self.disk_dir).free
         if kind == "tmpfs" or free < need:
             why = "is tmpfs" if kind == "tmpfs" else f"has {free // MIB} MiB free of {need // MIB}"
-            self.rows.append(
-                Row("1 seeder on disk", "-", "skipped", "-", raw={"note": f"{self.disk_dir} {why}"})
-            )
+            self.rows.append(Row.skipped("1 seeder on disk", f"{self.disk_dir} {why}"))
             return
         root = Path(tempfile.mkdtemp(prefix="p2pbench-disk", dir=self.disk_dir))
         root.chmod(0o755)  # nginx's workers run as an unprivileged user
@@ -1143,24 +1128,57 @@ def main() -> None:
     args = parser.parse_args()
     if fs_type(args.tmp_dir) != "tmpfs":
         print(f"note: {args.tmp_dir} is {fs_type(args.tmp_dir)}, not tmpfs", flush=True)
-    root = Path(tempfile.mkdtemp(prefix="p2pbench", dir=args.tmp_dir))
-    root.chmod(0o755)  # nginx's workers run as an unprivileged user and must read the file
-    bench = Bench(root, args.size_mib * MIB, args.reps, args.disk_dir, args.pin_cpu)
-    bench.many_files = args.many_files  # type: ignore[attr-defined]
-    bench.biglan_peers = args.biglan_peers  # type: ignore[attr-defined]
-    bench.bigshare_files = args.bigshare_files  # type: ignore[attr-defined]
     ran = args.only or list(SCENARIOS)
-    load = [os.getloadavg()]
-    try:
+
+    def scenarios(bench: Bench) -> None:
+        bench.many_files = args.many_files  # type: ignore[attr-defined]
+        bench.biglan_peers = args.biglan_peers  # type: ignore[attr-defined]
+        bench.bigshare_files = args.bigshare_files  # type: ignore[attr-defined]
         for name in ran:
             print(f"== {name}", flush=True)
             SCENARIOS[name](bench)
+
+    run_alone(
+        "p2pbench",
+        args.tmp_dir,
+        scenarios,
+        lambda rows: goal_table(rows, ran),
+        "goal (issues 10 and 12)",
+        args.out,
+        size=args.size_mib * MIB,
+        reps=args.reps,
+        disk_dir=args.disk_dir,
+        pin_cpu=args.pin_cpu,
+    )
+
+
+def run_alone(
+    prefix: str,
+    tmp_dir: Path,
+    scenario: Callable[[Bench], None],
+    goals: Callable[[list[Any]], list[list[str]]],
+    goal_header: str,
+    out: Path,
+    *,
+    size: int = 0,
+    reps: int = 1,
+    disk_dir: Path = Path("/var/tmp"),
+    pin_cpu: str = "0",
+) -> None:
+    """A benchmark's command line: `scenario` on a Bench in a new folder under `tmp_dir`,
+    then its report with the load average before and after; every folder it made removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_dir))
+    root.chmod(0o755)  # nginx's workers run as an unprivileged user and must read the files
+    bench = Bench(root, size, reps, disk_dir, pin_cpu)
+    load = [os.getloadavg()]
+    try:
+        scenario(bench)
     finally:
         bench.stop_all()
         for path in [root, *bench.cleanup]:
             shutil.rmtree(path, ignore_errors=True)
     load.append(os.getloadavg())
-    report(bench, goal_table(bench.rows, ran), "goal (issues 10 and 12)", load, args.out)
+    report(bench, goals(bench.rows), goal_header, load, out)
 
 
 def report(

@@ -40,13 +40,11 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -615,7 +613,7 @@ def biglan(bench: Any) -> None:
 
 
 def main() -> None:
-    from bench import Bench, default_tmp, report  # bench.py imports this module: import it late
+    from bench import default_tmp, run_alone  # bench.py imports this module: import it late
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=PEERS)
@@ -633,18 +631,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.peers < 1 or args.files < 1 or args.size_mib < 1:
         parser.error("--peers, --files and --size-mib must be at least 1")
-    root = Path(tempfile.mkdtemp(prefix="p2pbench-lan", dir=args.tmp_dir))
-    bench = Bench(root, args.size_mib * MIB, 1, Path("/var/tmp"), "0")
-    load = [os.getloadavg()]
-    try:
+
+    def storm(bench: Any) -> None:
         run = BigLan(bench, args.peers, args.files, args.size_mib * MIB, max(args.steady, 20.0))
         run.profile = args.profile
         run.run()
-    finally:
-        bench.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
-    load.append(os.getloadavg())
-    report(bench, goal_table(bench.rows), "goal (issue 22)", load, args.out)
+
+    run_alone(
+        "p2pbench-lan", args.tmp_dir, storm, goal_table, "goal (issue 22)", args.out,
+        size=args.size_mib * MIB,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

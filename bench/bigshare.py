@@ -42,8 +42,8 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,6 +458,24 @@ class BigShare:
             print(f"   note: A's server/announcer or B's listener still busy {QUIET_TIMEOUT:g} s "
                   f"before the {before}; measured anyway", flush=True)  # fmt: skip
 
+    def _timed(
+        self, act: Callable[[], object], seen: Callable[[], bool], what: str, missed: str
+    ) -> Step:
+        """`act`, then wait until `seen` (the bound grows with the tree): the Step from one
+        to the other, with the CPU-seconds of the watched roles. Raises NotReached."""
+        before = role_cpu(self.watched)
+        step = Step(time.time())
+        act()
+        bound = 60 + self.count / 2000
+        try:
+            wait_for(seen, bound, what, WATCH_EVERY)
+        except TimeoutError:
+            raise NotReached(f"{missed} {bound:.0f} s") from None
+        step.t1 = time.time()
+        after = role_cpu(self.watched)
+        step.cpu = {k: after[k] - before[k] for k in after}
+        return step
+
     def _change(self) -> None:
         """One file rewritten and one added, at once: until B's database shows both."""
         self._quiet("change")
@@ -475,19 +493,12 @@ class BigShare:
             got = self.b.sql(CHANGE_SEEN, (rewritten, sha, label, added, label))[0]
             return bool(got[0] and got[1])
 
+        def write() -> None:
+            (self.a.share / rewritten).write_bytes(content)
+            (self.a.share / added).write_bytes(os.urandom(len(content)))
+
         before_all = role_cpu(self.every_role)
-        before = role_cpu(self.watched)
-        step = Step(time.time())
-        (self.a.share / rewritten).write_bytes(content)
-        (self.a.share / added).write_bytes(os.urandom(len(content)))
-        bound = 60 + self.count / 2000
-        try:
-            wait_for(seen, bound, "B to see the change", WATCH_EVERY)
-        except TimeoutError:
-            raise NotReached(f"B did not see the change within {bound:.0f} s") from None
-        step.t1 = time.time()
-        after = role_cpu(self.watched)
-        step.cpu = {k: after[k] - before[k] for k in after}
+        step = self._timed(write, seen, "B to see the change", "B did not see the change within")
         self.change = step
         quiet = wait_quiet(self.watched)
         settled = role_cpu(self.every_role)
@@ -532,10 +543,6 @@ class BigShare:
         self._quiet("removal")
         removed = rel_path(self.count // 3, self.count)
         label = self.a.label
-        before = role_cpu(self.watched)
-        step = Step(time.time())
-        (self.a.share / removed).unlink()
-        bound = 60 + self.count / 2000
         gone: list[float] = []  # when A's own local_files no longer had it
 
         def dropped() -> bool:
@@ -543,18 +550,12 @@ class BigShare:
                 gone.append(time.time())
             return not self.b.scalar(NAME_OFFERED, (removed, label))
 
-        try:
-            wait_for(
-                dropped,
-                bound,
-                "B to drop the removed file",
-                WATCH_EVERY,
-            )
-        except TimeoutError:
-            raise NotReached(f"B still listed the removed file after {bound:.0f} s") from None
-        step.t1 = time.time()
-        after = role_cpu(self.watched)
-        step.cpu = {k: after[k] - before[k] for k in after}
+        step = self._timed(
+            (self.a.share / removed).unlink,
+            dropped,
+            "B to drop the removed file",
+            "B still listed the removed file after",
+        )
         self.removal = step
         print(f"   removal seen after {step.seconds:.2f} s", flush=True)
         self.row(
@@ -716,7 +717,7 @@ def bigshare(bench: Any) -> None:
 
 
 def main() -> None:
-    from bench import Bench, default_tmp, report  # bench.py imports this module: import it late
+    from bench import default_tmp, run_alone  # bench.py imports this module: import it late
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=FILES, help="files shared (1000000 too)")
@@ -731,20 +732,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.files < FOLDERS:
         parser.error(f"--files must be at least {FOLDERS} (one a folder)")
-    root = Path(tempfile.mkdtemp(prefix="p2pbench-big", dir=args.tmp_dir))
-    bench = Bench(root, 0, 1, Path("/var/tmp"), "0")
-    load = [os.getloadavg()]
-    try:
+
+    def share(bench: Any) -> None:
         if args.vpn:
             with VpnLink() as link:
                 BigShare(bench, args.files, link).run()
         else:
             BigShare(bench, args.files).run()
-    finally:
-        bench.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
-    load.append(os.getloadavg())
-    report(bench, goal_table(bench.rows), "goal (issue 34)", load, args.out)
+
+    run_alone("p2pbench-big", args.tmp_dir, share, goal_table, "goal (issue 34)", args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ serializes every row alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 
 @dataclass
@@ -25,6 +25,11 @@ class GoalRow:
 
     # (text, operator, threshold, ...) by key, set by each kind of row.
     GOALS: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @classmethod
+    def skipped(cls, scenario: str, note: str, goal: str = "") -> Self:
+        """A row for a scenario that could not run on this machine, saying why."""
+        return cls(scenario, "-", "skipped", "-", goal=goal, raw={"note": note})
 
     def goal_name(self) -> str:
         return self.goal_key

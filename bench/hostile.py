@@ -33,8 +33,8 @@ from goalrow import ScenarioRow
 from nodes import BenchNode, wait_for
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
-from hostilepeer import BOMB_CHUNKS, HostilePeer, make_bomb  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from fakepeer import BOMB_CHUNKS, hostile_peer, make_bomb  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -124,7 +124,7 @@ def run(root: Path, seconds: float, chunks: int) -> dict[str, Any]:
         pids = role_pids(victim)
 
         bombs = [make_bomb(f"bomb-{i:02d}.bin", chunks) for i in range(BOMBS)]
-        mallory = HostilePeer(bombs, udp)
+        mallory = hostile_peer(bombs, udp)
         before = db_bytes(victim)
         growth = [0]
         rss = {role: 0.0 for role in pids}
@@ -171,7 +171,7 @@ def run(root: Path, seconds: float, chunks: int) -> dict[str, Any]:
         "attacked_mbps": attacked,
         "chunk_rows": rows,
         "recorded": record[0][0] if record else "(gone)",
-        "manifests_sent": mallory.manifests_sent,
+        "manifests_sent": mallory.count("manifest"),  # its every offer is a bomb
         "load": os.getloadavg(),
     }
 

@@ -433,9 +433,7 @@ class Many:
         disk = Path(self.bench.disk_dir)
         kind = fs_type(disk)
         if kind == "tmpfs":
-            self.rows(
-                ManyRow("many on disk", "-", "skipped", "-", raw={"note": f"{disk} is tmpfs"})
-            )
+            self.rows(ManyRow.skipped("many on disk", f"{disk} is tmpfs"))
             return None
         root = Path(tempfile.mkdtemp(prefix="p2pbench-many", dir=disk))
         root.chmod(0o755)  # nginx's workers run as an unprivileged user
@@ -521,9 +519,10 @@ class Many:
             got = http.get(client)
             if not got:
                 self.rows(
-                    ManyRow(f"many: {label} vs {client}", "-", "skipped", "-",
-                            raw={"note": f"nginx or {client} not installed"})
-                )  # fmt: skip
+                    ManyRow.skipped(
+                        f"many: {label} vs {client}", f"nginx or {client} not installed"
+                    )
+                )
                 continue
             ref = statistics.median(h.seconds for h in got)
             ratio = ref / wall
@@ -637,7 +636,7 @@ def many(bench: Any) -> None:
 
 
 def main() -> None:
-    from bench import Bench, default_tmp, report  # bench.py imports this module: import it late
+    from bench import default_tmp, run_alone  # bench.py imports this module: import it late
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--many-files", type=int, nargs="+", default=[1000])
@@ -648,18 +647,16 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="py-spy and strace output")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "many.json")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="p2pbench-many", dir=args.tmp_dir))
-    root.chmod(0o755)  # nginx's workers run as an unprivileged user
-    bench = Bench(root, 0, args.reps, args.disk_dir, "0")
-    load = [os.getloadavg()]
-    try:
-        Many(bench, sorted(args.many_files), args.where, args.profile).run()
-    finally:
-        bench.stop_all()
-        for path in [root, *bench.cleanup]:
-            shutil.rmtree(path, ignore_errors=True)
-    load.append(os.getloadavg())
-    report(bench, goal_table(bench.rows), "goal (issue 25)", load, args.out)
+    run_alone(
+        "p2pbench-many",
+        args.tmp_dir,
+        lambda bench: Many(bench, sorted(args.many_files), args.where, args.profile).run(),
+        goal_table,
+        "goal (issue 25)",
+        args.out,
+        reps=args.reps,
+        disk_dir=args.disk_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 from procstat import cpu_seconds, peak_rss_mb
 
 from p2pshare.cli.supervise import wake_supervisord
+from p2pshare.services.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "supervisord.conf"
@@ -106,15 +107,17 @@ class BenchNode:
             env.update(P2P_BIND=netns[1], P2P_BROADCAST=netns[2])
         env.update({k: str(v) for k, v in settings.items()})
         self.env = env
+        # Where the roles will keep things, as they will resolve it from this environment.
+        self.settings = load_settings(env)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def share(self) -> Path:
-        return self.home / "shared"
+        return self.settings.share_dir
 
     @property
     def downloads(self) -> Path:
-        return self.home / "downloads"
+        return self.settings.download_dir
 
     def start(self) -> float:
         """Start supervisord; returns the wall-clock time it was launched."""
@@ -153,7 +156,7 @@ class BenchNode:
         self.proc = None
 
     def sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        db = self.home / "p2p.db"
+        db = self.settings.db_path
         if not db.exists():
             raise FileNotFoundError(db)
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 for folder in ("integration", "reliability"):  # the reliability harness, as the tests use it
     sys.path.insert(0, str(HERE.parent / "tests" / folder))
 
-from conftest import Node, pick_udp_port  # noqa: E402
+from node import Node, pick_udp_port  # noqa: E402
 from powerloss import (  # noqa: E402
     HEADERS,
     KINDS,

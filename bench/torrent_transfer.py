@@ -17,11 +17,8 @@ MB/s and CPU-seconds per GiB (client + serving side) of each, as ratios to aria2
 from __future__ import annotations
 
 import shutil
-import socket
-import struct
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,38 +26,10 @@ from httpref import Nginx, installed
 from nodes import beside_python, wait_for
 from procstat import run_timed, total_cpu
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from tracker import Tracker  # noqa: E402  (the BitTorrent tests' own)
+
 GIB = 1024 * 1024 * 1024
-
-
-def bencoded_peers(port: int) -> bytes:
-    """A tracker's answer naming one peer, 127.0.0.1:port (compact, BEP 23)."""
-    peers = socket.inet_aton("127.0.0.1") + struct.pack(">H", port)
-    return b"d8:intervali60e5:peers6:" + peers + b"e"
-
-
-class Tracker:
-    """An HTTP tracker on 127.0.0.1 whose every announce answer is one peer."""
-
-    def __init__(self, peer_port: int) -> None:
-        body = bencoded_peers(peer_port)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/announce"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def aria2c_bt(torrent: Path, out: Path) -> tuple[float, float]:

@@ -30,6 +30,7 @@ import threading
 from collections import Counter
 from typing import Protocol
 
+from fakepeer import read_frame
 from taprelay import relay_announcements, relay_sockets
 
 from p2pshare.services import protocol
@@ -40,7 +41,7 @@ CONNECT_TIMEOUT = 5.0
 
 
 class Seeder(Protocol):
-    """What the gate needs of a node (conftest.Node has it)."""
+    """What the gate needs of a node (node.Node has it)."""
 
     udp_port: int
 
@@ -176,12 +177,7 @@ class ChunkGate:
         asked = False
         try:
             while True:
-                header = _recv_exact(client, 4)
-                if header is None:
-                    return
-                body = _recv_exact(client, protocol.frame_length(header))
-                if body is None:
-                    return
+                body = read_frame(client)
                 try:
                     req = protocol.decode_request(body)
                 except protocol.ProtocolError:
@@ -194,7 +190,7 @@ class ChunkGate:
                     req.file.sha256 if self.per_file else ALL_FILES, client
                 ):
                     return
-                upstream.sendall(header + body)
+                upstream.sendall(protocol.FRAME_HEADER.pack(len(body)) + body)
         except (OSError, protocol.ProtocolError):
             pass
         finally:
@@ -221,16 +217,6 @@ class ChunkGate:
                 return False
             self.passed[sha256] += 1
             return True
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        part = sock.recv(n - len(buf))
-        if not part:
-            return None
-        buf += part
-    return bytes(buf)
 
 
 def _hung_up(sock: socket.socket) -> bool:

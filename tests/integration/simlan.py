@@ -32,7 +32,6 @@ import resource
 import secrets
 import selectors
 import socket
-import struct
 import sys
 import threading
 import time
@@ -40,6 +39,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from fakepeer import take_frames
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
@@ -246,13 +247,8 @@ class CatalogServer:
             self.selector.modify(conn.sock, events, (conn, conn.index))
 
     def _answer(self, conn: Conn) -> None:
-        buf, out = conn.inbox, bytearray()
-        while len(buf) >= 4:
-            (length,) = struct.unpack_from(">I", buf)
-            if len(buf) < 4 + length:
-                break
-            body = bytes(buf[4 : 4 + length])
-            del buf[: 4 + length]
+        out = bytearray()
+        for body in take_frames(conn.inbox):
             reply = self.replies[conn.index].get(body) or self._decode(body, conn.index)
             if reply.kind == "catalog":
                 self.stats.catalogs[conn.index] += 1

@@ -8,19 +8,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
-import struct
 import subprocess
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import Node, seed, wait_until
+from node import Node, seed, wait_until
+from tracker import Tracker
 
 from p2pshare.services.torrent import load_libtorrent
-from p2pshare.services.torrent.metainfo import bencode
 
 pytestmark = pytest.mark.integration
 needs_libtorrent = pytest.mark.skipif(
@@ -30,37 +26,6 @@ needs_aria2c = pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c
 
 START_TIMEOUT = 30
 FETCH_TIMEOUT = 180
-
-
-class Tracker:
-    """An HTTP tracker on 127.0.0.1 whose every announce answer is one peer: the node."""
-
-    def __init__(self, peer_port: int) -> None:
-        compact = socket.inet_aton("127.0.0.1") + struct.pack(">H", peer_port)
-        body = bencode({"interval": 60, "peers": compact})
-        self.announces = 0
-        tracker = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                tracker.announces += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/announce"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def torrent_port(node: Node) -> int:

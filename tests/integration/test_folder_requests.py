@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import ROLES, Node, pick_udp_port, seed, wait_until
+from node import ROLES, Node, pick_udp_port, seed, wait_until
 
 pytestmark = pytest.mark.integration
 

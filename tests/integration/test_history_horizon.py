@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
-from conftest import Node, wait_until
+from node import Node, wait_until
 from test_transfer import seed, wait_known
 
 pytestmark = pytest.mark.integration

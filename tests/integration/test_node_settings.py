@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import LOOPBACK, LOOPBACK_BROADCAST, Node, pid_running, wait_until
+from node import LOOPBACK, LOOPBACK_BROADCAST, Node, pid_running, wait_until
 
 
 def supervisord_pid(home: Path) -> int | None:

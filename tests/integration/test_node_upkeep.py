@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Node, pid_running, wait_until
+from node import Node, pid_running, wait_until
 from test_transfer import seed, wait_known
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 
 import pytest
 
@@ -26,11 +25,7 @@ class Conn:
         self.welcome = protocol.decode_welcome(self.frame())
 
     def frame(self) -> bytes:
-        header = self.rfile.read(4)
-        if len(header) < 4:
-            raise ConnectionError("closed")
-        (length,) = struct.unpack(">I", header)
-        return self.rfile.read(length)
+        return self.rfile.read(protocol.frame_length(self.rfile.read(protocol.FRAME_HEADER.size)))
 
     def reply(self) -> dict:
         return json.loads(self.frame())
@@ -70,9 +65,9 @@ def test_bad_tcp_requests_are_refused_and_the_server_keeps_serving(make_node, wa
 
     # Requests that break the protocol: an error reply, then the server hangs up.
     fatal = {
-        "frame longer than the limit": struct.pack(">I", 0xFFFFFFFF),
-        "body not JSON": struct.pack(">I", 5) + b"\xff\xfe{{{",
-        "JSON but not an object": struct.pack(">I", 7) + b"[1,2,3]",
+        "frame longer than the limit": protocol.FRAME_HEADER.pack(0xFFFFFFFF),
+        "body not JSON": protocol.FRAME_HEADER.pack(5) + b"\xff\xfe{{{",
+        "JSON but not an object": protocol.FRAME_HEADER.pack(7) + b"[1,2,3]",
         "unknown op": protocol.frame({"op": "rm -rf"}),
         "chunk request with a bad sha": protocol.frame(
             {"op": "get", "sha": "x" * 64, "cs": CHUNK, "rt": root, "i": 0, "off": 0, "len": 0}

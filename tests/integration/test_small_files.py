@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, umask, wait_until
 from fakepeer import FakeFile, FakePeer
+from node import Node, pick_udp_port, seed, umask, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Node, wait_until
+from node import Node, wait_until
 
 from p2pshare.services.torrent import load_libtorrent
 from p2pshare.services.torrent.metainfo import TorrentFile, bencode, info_dict, metainfo

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Node, seed, wait_until
+from node import Node, seed, wait_until
 from test_torrent_download import Seeder
 from test_torrent_download import seeders as seeders  # the fixture, used by name
 

@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, umask, wait_until
-from fakepeer import FakeFile
-from fakepeer import FakePeer as ScriptedPeer
+from fakepeer import FakeFile, FakePeer
+from node import Node, pick_udp_port, seed, umask, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +53,15 @@ def sources(node: Node) -> dict[int, int]:
     return dict(node.sql("SELECT tcp_port, chunks FROM download_sources"))
 
 
-def scripted_peer(udp_port: int, files: list[FakeFile], **kwargs: object) -> ScriptedPeer:
-    return ScriptedPeer(files=files, udp_port=udp_port, **kwargs).start()  # type: ignore[arg-type]
+def scripted_peer(udp_port: int, files: list[FakeFile], **kwargs: object) -> FakePeer:
+    return FakePeer(files=files, udp_port=udp_port, **kwargs).start()  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def scripted() -> object:
-    peers: list[ScriptedPeer] = []
+    peers: list[FakePeer] = []
 
-    def factory(udp_port: int, files: list[FakeFile], **kwargs: object) -> ScriptedPeer:
+    def factory(udp_port: int, files: list[FakeFile], **kwargs: object) -> FakePeer:
         peer = scripted_peer(udp_port, files, **kwargs)
         peers.append(peer)
         return peer
@@ -189,7 +188,7 @@ def test_a_lone_seeder_gets_two_connections_that_both_carry_chunks(
 
 
 def test_file_no_single_peer_holds_whole(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., ScriptedPeer]
+    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
 ) -> None:
     leech = make_node("leech")
     leech.start()
@@ -211,7 +210,7 @@ def test_file_no_single_peer_holds_whole(
 
 
 def test_lying_peer_is_marked_bad_and_the_file_still_arrives(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., ScriptedPeer]
+    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
 ) -> None:
     honest = make_node("honest", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=1_000_000)
     leech = make_node("leech")
@@ -332,7 +331,7 @@ def test_an_existing_file_is_never_overwritten(make_node: Callable[..., Node]) -
 
 
 def test_missing_chunks_make_the_download_wait_then_fail_with_the_reason(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., ScriptedPeer]
+    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
 ) -> None:
     leech = make_node("leech", P2P_WAIT_TIMEOUT=3)
     leech.start()

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from conftest import ROLES, Node
 from fakepeer import FakeFile, FakePeer
+from node import ROLES, Node
 
 CHUNK = 256 * 1024
 # Over the small-file batch's limit (1 MiB, four chunks): a job of its own.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, wait_until
+from node import Node, pick_udp_port, seed, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,11 @@
-"""Make the integration harness (Node, make_node, wait_until, fake peers ...) usable here.
+"""Make the integration fixtures (make_node, fake_peer, capture ...) apply here too.
 
 tests/integration/conftest.py is loaded under its own module name (a plain
 `from conftest import *` would import this very file, which pytest also names
 `conftest`), and everything public in it is re-exported: its fixtures and its
 report hook then apply to the tests in this folder too. The folder goes on
-sys.path so `fakepeer` imports as it does for the integration tests.
+sys.path so the helper modules (`node`, `fakepeer`, ...) import as they do for the
+integration tests; tests import what they use from those, never from a conftest.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from conftest import LOOPBACK, Node, wait_until
-from conftest import seed as seed  # the reliability tests take it from here
+from fakepeer import take_frames
+from node import LOOPBACK, Node, wait_until
+from node import seed as seed  # the reliability tests take it from here
 
 from p2pshare.services import protocol
 
@@ -185,13 +186,10 @@ def raw_exchange(port: int, frames: bytes, *, timeout: float = 30.0) -> bytes:
 
 def split_frames(data: bytes) -> list[dict[str, Any]]:
     """The JSON frames `data` consists of; fails if anything else (raw bytes) is in it."""
-    out = []
-    while data:
-        length = protocol.frame_length(data[:4])
-        body, data = data[4 : 4 + length], data[4 + length :]
-        assert len(body) == length, "a truncated frame"
-        out.append(json.loads(body))
-    return out
+    buf = bytearray(data)
+    frames = take_frames(buf)
+    assert not buf, "a truncated frame"
+    return [json.loads(body) for body in frames]
 
 
 def raw_frame(raw: dict[str, Any]) -> bytes:

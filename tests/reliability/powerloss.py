@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, ROLES, Node, pid_running, seed, wait_until
+from node import REPO, ROLES, Node, pid_running, seed, wait_until
 
 TOOLS = Path(os.environ.get("P2P_POWERLOSS_TOOLS", REPO.parent / "shared" / "tools" / "powerloss"))
 KINDS = ("big", "batch", "queued", "publish", "fresh")

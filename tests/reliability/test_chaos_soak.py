@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import Node, wait_until
+from node import Node, wait_until
 from nodetools import (
     ENDED,
     downloads,

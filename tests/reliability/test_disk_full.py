@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Node, wait_until
 from fakepeer import FakeFile, FakePeer
+from node import Node, wait_until
 from nodetools import (
     download,
     forbidden_log_text,

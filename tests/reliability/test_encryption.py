@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DatagramCapture, Node, pick_udp_port, send_datagram, wait_until
+from fakepeer import DatagramCapture, send_datagram
+from node import Node, pick_udp_port, wait_until
 from nodetools import raw_exchange, seed, split_frames, wait_known
 from taprelay import TapRelay
 

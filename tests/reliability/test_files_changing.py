@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, wait_until
+from node import Node, pick_udp_port, wait_until
 from nodetools import (
     download,
     forbidden_log_text,

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import LOOPBACK, LOOPBACK_BROADCAST, DatagramCapture, Node, send_datagram, wait_until
-from fakepeer import FakeFile, FakePeer
+from fakepeer import DatagramCapture, FakeFile, FakePeer, send_datagram
+from node import LOOPBACK, LOOPBACK_BROADCAST, Node, wait_until
 from nodetools import (
     download,
     forbidden_log_text,
@@ -337,10 +337,10 @@ def test_a_client_refuses_a_server_that_does_not_prove_the_key(
     assert port
     stop_role(a, "server")  # its announcer goes on announcing the port
     impostor = FakePeer(
-        [FakeFile("plans.bin", data, CHUNK)], udp_port, pretend_key=True, tcp_port=port
-    )
+        [FakeFile("plans.bin", data, CHUNK)], pretend_key=True, tcp_port=port
+    )  # no UDP port: it never announces
     try:
-        impostor.start(announce_every=None)
+        impostor.start()
         download_id = queue(victim, "plans.bin")
         wait_until(
             lambda: (

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LOOPBACK, Node, seed, wait_until
+from node import LOOPBACK, Node, seed, wait_until
 from nodetools import forbidden_log_text
 
 from p2pshare.services import protocol

@@ -1,7 +1,7 @@
 """Budgets per peer (issue 37, item 1): a hostile peer's made-up contents cost a node a
 bounded share of its database and memory, and nothing of what other peers give it.
 
-The scripted peer (hostilepeer.py) offers contents that claim 2^20 chunks of 16 KiB, each
+The scripted peer (fakepeer.hostile_peer) offers contents that claim 2^20 chunks of 16 KiB, each
 with a manifest that proves itself (zero entries ending in the claimed SHA-256, offered
 under their hash): 40 KiB on the wire, 2^20 chunk rows stored, served onward as this
 node's own. Downloads of those names are how such manifests get asked for.
@@ -16,9 +16,9 @@ import urllib.request
 from typing import Any
 
 import pytest
-from hostilepeer import HostilePeer, make_bomb
+from fakepeer import FakePeer, hostile_peer, make_bomb
+from node import wait_until
 from nodetools import queue, seed, sha256_bytes, sha256_file, status_kib, wait_ended
-from p2p_integration_harness import wait_until
 
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
@@ -69,7 +69,7 @@ def web_peers(node: Any) -> str:
 
 @pytest.fixture
 def hostile_peers():
-    peers: list[HostilePeer] = []
+    peers: list[FakePeer] = []
     yield peers
     for peer in peers:
         peer.close()
@@ -90,7 +90,8 @@ def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
     make_node, udp_port, hostile_peers
 ):
     victim, seeder, honest = victim_and_honest_seeder(make_node)
-    mallory = HostilePeer([make_bomb(f"bomb-{i:02d}.bin") for i in range(20)], udp_port)
+    bombs = [make_bomb(f"bomb-{i:02d}.bin") for i in range(20)]
+    mallory = hostile_peer(bombs, udp_port)
     hostile_peers.append(mallory.start())
 
     wait_until(
@@ -123,7 +124,7 @@ def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
     for role, (pid, _) in victim.heartbeats().items():
         assert status_kib(pid, "VmHWM") <= RSS_BOUND_KIB, role
     # Nothing learned from a peer and not proven by bytes is served as this node's own.
-    bomb = mallory.bombs[0]
+    bomb = bombs[0]
     with PeerClient("127.0.0.1", victim.tcp_port() or 0, key=None) as client:
         assert client.manifests({bomb.key: bomb.size}).good == {}
 
@@ -135,7 +136,7 @@ def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_pe
     seeder = make_node("seeder")
     seed(seeder, "honest.bin", os.urandom(1000))
     seeder.start()
-    mallory = HostilePeer([], udp_port, filler=3 * protocol.PAGE_ENTRIES)
+    mallory = hostile_peer([], udp_port, filler=3 * protocol.PAGE_ENTRIES)
     hostile_peers.append(mallory.start())
 
     wait_over_budget(victim, mallory.username, "P2P_PEER_CATALOG_ENTRIES")
@@ -155,11 +156,11 @@ def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
     wait_until(lambda: victim.holdings_of(seeder.username) == 1, 60, what="the honest catalog")
     seeder.stop()
     download_id = queue(victim, "honest.bin")  # its peer is still listed, until its TTL
-    mallory = HostilePeer([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
+    mallory = hostile_peer([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
     hostile_peers.append(mallory.start())
 
     wait_over_budget(victim, mallory.username, "P2P_PEER_MANIFEST_ROWS", timeout=90)
     assert victim.scalar("SELECT count(*) FROM chunks") == 0
-    assert mallory.manifests_asked == 0
+    assert mallory.count("manifest") == 0
     row = victim.sql("SELECT sha256, size, status FROM downloads WHERE id = ?", (download_id,))
     assert row == [(sha256_bytes(honest), HONEST_SIZE, "queued")]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from p2p_integration_harness import Node, seed, wait_until
+from node import Node, seed, wait_until
 
 from p2pshare.services.torrent.metainfo import bencode
 

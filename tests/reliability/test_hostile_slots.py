@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from fakepeer import read_frame, take_frames
+from node import LOOPBACK, Node, pick_udp_port, seed, wait_until
 from nodetools import queue, sha256_bytes, wait_ended, wait_known
-from p2p_integration_harness import LOOPBACK, Node, pick_udp_port, seed, wait_until
 
 from p2pshare.services import protocol
 from p2pshare.services.protocol import FileKey
@@ -52,7 +53,7 @@ SLOW_TLS_CONNECTIONS = 4
 class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()
         self.held_at: float | None = None  # when its welcome came and its request left
         self.sent_at = 0.0
 
@@ -132,11 +133,7 @@ class SlotHog(threading.Thread):
             self._close(conn)
             return
         conn.buf += data
-        while len(conn.buf) >= 4:
-            length = protocol.frame_length(conn.buf[:4])
-            if len(conn.buf) < 4 + length:
-                break
-            body, conn.buf = conn.buf[4 : 4 + length], conn.buf[4 + length :]
+        for body in take_frames(conn.buf):
             if conn.held_at is None and b'"welcome"' in body:
                 conn.held_at = time.monotonic()
                 self._send(conn)
@@ -239,8 +236,7 @@ def test_a_slow_tls_handshake_counts_against_the_preauth_limit(
             raw.settimeout(60)
             raw.connect((LOOPBACK, port))
             opened = time.monotonic()
-            (length,) = protocol.FRAME_HEADER.unpack(raw.recv(4, socket.MSG_WAITALL))
-            assert protocol.decode_welcome(raw.recv(length, socket.MSG_WAITALL)).tls
+            assert protocol.decode_welcome(read_frame(raw)).tls
             time.sleep(delay)  # the slow part: most of the limit before the handshake
             with context.wrap_socket(raw) as tls:
                 try:

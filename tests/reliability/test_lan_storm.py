@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from chunkgate import ChunkGate
-from p2p_integration_harness import ROLES, Node, pick_udp_port, seed, wait_until
+from node import ROLES, Node, pick_udp_port, seed, wait_until
 from simlan import SimLan
 
 pytestmark = pytest.mark.reliability

@@ -23,7 +23,7 @@ import threading
 import time
 
 import pytest
-from p2p_integration_harness import LOOPBACK_BROADCAST, wait_until
+from node import LOOPBACK_BROADCAST, wait_until
 from simlan import CatalogServer
 
 from p2pshare.services import protocol

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pytest
 from chunkgate import ChunkGate
-from conftest import Node, pick_udp_port, seed, wait_until
+from node import Node, pick_udp_port, seed, wait_until
 from nodetools import forbidden_log_text, integrity, tree
 from test_supervised_recovery import program_states, running_pid, wait_restarted
 

@@ -20,8 +20,9 @@ import statistics
 import time
 
 import pytest
+from fakepeer import announce
+from node import wait_until
 from nodetools import rss_kib, seed
-from p2p_integration_harness import announce, wait_until
 
 pytestmark = pytest.mark.reliability
 

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import ROLES
 from netns import ip, ip_ok, require_netns
+from node import ROLES
 
 pytestmark = pytest.mark.reliability
 
@@ -89,7 +89,7 @@ def lan():
 def start_in_namespace(node, ns: str) -> None:
     """`supervisord -c <repo>/supervisord.conf -n` inside `ns`; `ip netns exec` execs it,
     so the PID we hold is supervisord's own (SIGTERM at teardown, exit 0)."""
-    from p2p_integration_harness import SUPERVISORD_CONF, _supervisor_bin
+    from node import SUPERVISORD_CONF, _supervisor_bin
 
     with open(node.home / "logs" / "supervisord.out", "ab") as out:
         node.supervisord = subprocess.Popen(

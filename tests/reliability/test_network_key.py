@@ -18,7 +18,8 @@ import os
 from collections.abc import Callable
 
 import pytest
-from conftest import LOOPBACK, DatagramCapture, Node, send_datagram, wait_until
+from fakepeer import DatagramCapture, send_datagram
+from node import LOOPBACK, Node, wait_until
 from nodetools import forbidden_log_text, raw_exchange, seed, split_frames, wait_known
 
 from p2pshare.services import protocol

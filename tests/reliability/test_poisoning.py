@@ -15,8 +15,8 @@ import time
 
 import pytest
 from fakepeer import FakeFile, FakePeer
+from node import wait_until
 from nodetools import download, queue, seed, sha256_file, wait_ended
-from p2p_integration_harness import wait_until
 
 from p2pshare.services import protocol
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import Node
+from node import Node
 from powerloss import HEADERS, KINDS, LazyFS, Rounds, Unavailable, build_lazyfs, seed_content
 from tabulate import tabulate
 

@@ -32,9 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LOOPBACK, Node, wait_until
-from fakepeer import FakeFile
-from fakepeer import FakePeer as ScriptedPeer
+from fakepeer import FakeFile, FakePeer
+from node import LOOPBACK, Node, wait_until
 from nodetools import (
     forbidden_log_text,
     queue,
@@ -243,9 +242,9 @@ def test_lying_catalog_names_are_refused_and_taken_names_never_written_through(
     extra = [
         [name, good.key.sha256, len(good.data), CHUNK, good.key.root, None] for name in lying_names
     ]
-    liar = ScriptedPeer(files=[good], udp_port=udp_port, username="liar", extra_catalog=extra)
+    liar = FakePeer(files=[good], udp_port=udp_port, username="liar", extra_catalog=extra)
     taken = FakeFile("taken.bin", os.urandom(CHUNK), CHUNK)
-    honest = ScriptedPeer(files=[taken], udp_port=udp_port, username="honest")
+    honest = FakePeer(files=[taken], udp_port=udp_port, username="honest")
     try:
         liar.start()
         honest.start()
@@ -291,7 +290,7 @@ def test_a_download_through_a_folder_link_out_fails_with_a_reason(
         FakeFile("linked/x.bin", os.urandom(CHUNK), CHUNK),
         FakeFile("linked/deeper/y.bin", os.urandom(CHUNK), CHUNK),
     ]
-    peer = ScriptedPeer(files=files, udp_port=udp_port, username="links")
+    peer = FakePeer(files=files, udp_port=udp_port, username="links")
     try:
         peer.start()
         for f in files:

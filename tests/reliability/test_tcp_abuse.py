@@ -21,15 +21,15 @@ import os
 import random
 import selectors
 import socket
-import struct
 import threading
 import time
 
 import pytest
+from fakepeer import read_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from node import pick_udp_port, wait_until
 from nodetools import status_kib
-from p2p_integration_harness import pick_udp_port, wait_until
 
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
@@ -87,29 +87,19 @@ class Raw:
         self.sock.settimeout(10)
         self.sock.bind((next_source(), 0))
         self.sock.connect(("127.0.0.1", port))
-        self.buf = b""
         if welcome:
             protocol.decode_welcome(self.frame())
 
-    def recv_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            part = self.sock.recv(max(65536, n - len(self.buf)))
-            if not part:
-                raise ConnectionError("closed by the server")
-            self.buf += part
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
     def frame(self) -> bytes:
-        (length,) = struct.unpack(">I", self.recv_exact(4))
-        return self.recv_exact(length)
+        return read_frame(self.sock)
 
     def reply(self) -> dict:
         return json.loads(self.frame())
 
     def send(self, raw: object) -> None:
+        # Not protocol.frame: any JSON value at all, of any size, as json.dumps writes it.
         body = json.dumps(raw).encode()
-        self.sock.sendall(struct.pack(">I", len(body)) + body)
+        self.sock.sendall(protocol.FRAME_HEADER.pack(len(body)) + body)
 
     def close(self) -> None:
         self.sock.close()
@@ -318,7 +308,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
         # 3. Half-sent: a header promising 1000 bytes, then 10 of them, then silence.
         for _ in range(HALF_SENT):
             conn = Raw(port)
-            conn.sock.sendall(struct.pack(">I", 1000) + b'{"op":"get')
+            conn.sock.sendall(protocol.FRAME_HEADER.pack(1000) + b'{"op":"get')
             watch.add(conn.sock, "half", time.monotonic())
         # 4. One good request, then idle (IDLE_TIMEOUT applies from here).
         for _ in range(IDLE_AFTER_REQUEST):
@@ -401,7 +391,7 @@ def test_chunk_server_survives_abuse_and_serves_a_genuine_download(make_node):
                 valid = False
             conn = Raw(port)
             try:
-                conn.sock.sendall(struct.pack(">I", len(body)) + body)
+                conn.sock.sendall(protocol.FRAME_HEADER.pack(len(body)) + body)
                 reply = conn.reply()
             except ConnectionError:
                 fuzz_outcomes["closed"] += 1

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
+from node import wait_until
 from nodetools import status_kib
-from p2p_integration_harness import wait_until
 
 from p2pshare.services import protocol
 
