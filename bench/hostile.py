@@ -34,7 +34,7 @@ from nodes import BenchNode, wait_for
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from fakepeer import BOMB_CHUNKS, hostile_peer, make_bomb  # noqa: E402
+from fakepeer import BOMB_CHUNKS, FakePeer, hostile_fields, make_bomb  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -124,7 +124,7 @@ def run(root: Path, seconds: float, chunks: int) -> dict[str, Any]:
         pids = role_pids(victim)
 
         bombs = [make_bomb(f"bomb-{i:02d}.bin", chunks) for i in range(BOMBS)]
-        mallory = hostile_peer(bombs, udp)
+        mallory = FakePeer(**hostile_fields(bombs, udp))
         before = db_bytes(victim)
         growth = [0]
         rss = {role: 0.0 for role in pids}

@@ -74,11 +74,11 @@ def make_node(request: pytest.FixtureRequest, udp_port: int) -> Iterator[Callabl
 
 @pytest.fixture
 def fake_peer() -> Iterator[Callable[..., FakePeer]]:
-    """Factory for FakePeer servers, closed at teardown."""
+    """Factory: fake_peer(files=[...], udp_port=P, ...) -> a FakePeer, started (announcing
+    when it has a UDP port), closed at teardown."""
     peers: list[FakePeer] = []
 
     def factory(**kwargs: Any) -> FakePeer:
-        kwargs.setdefault("idle_timeout", 5)  # as a node's own server, short of the listener's
         peer = FakePeer(**kwargs).start()
         peers.append(peer)
         return peer

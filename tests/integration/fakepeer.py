@@ -6,8 +6,8 @@ read off a socket.
 the loopback broadcast address like a real node. It serves a catalog, manifests,
 holdings and chunks of its `files` (true ones, or lies: `lie` sends wrong bytes for
 chosen chunks, `hangup` closes the connection in the middle of one), or exactly the
-raw replies it is given (`catalog`, `manifests`), or stalls. `hostile_peer` makes one
-that offers made-up contents ("bombs") whose manifests prove themselves.
+raw replies it is given (`catalog`, `manifests`), or stalls. `hostile_fields` gives the
+fields of one that offers made-up contents ("bombs") whose manifests prove themselves.
 
 THE NETWORK RULE: TCP on 127.0.0.1 only; datagrams to 127.255.255.255 or 127.0.0.1 only.
 """
@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
@@ -508,17 +509,17 @@ class FakePeer:
         return True
 
 
-def hostile_peer(bombs: list[Bomb], udp_port: int, *, filler: int = 0) -> FakePeer:
-    """Mallory, for the budget tests and bench/hostile.py: offers `bombs` (and `filler`
-    made-up one-chunk contents) from a catalog log, so it is asked for changes, and answers
-    each manifest request with one bomb's manifest. About 40 KiB on the wire a bomb, 2^20
-    chunk rows stored. Not started."""
+def hostile_fields(bombs: list[Bomb], udp_port: int, *, filler: int = 0) -> dict[str, Any]:
+    """The FakePeer fields of Mallory, for the budget tests and bench/hostile.py: it offers
+    `bombs` (and `filler` made-up one-chunk contents) from a catalog log, so it is asked for
+    changes, and answers each manifest request with one bomb's manifest. About 40 KiB on
+    the wire a bomb, 2^20 chunk rows stored."""
     filling = [one_chunk_offer(f"filler/{i:07d}.bin") for i in range(filler)]
-    return FakePeer(
-        udp_port=udp_port,
-        username="mallory",
-        offers=[b.entry for b in bombs] + filling,
-        manifests=bomb_manifests(bombs),
-        epoch=secrets.token_hex(8),
-        idle_timeout=30,
-    )
+    return {
+        "udp_port": udp_port,
+        "username": "mallory",
+        "offers": [b.entry for b in bombs] + filling,
+        "manifests": bomb_manifests(bombs),
+        "epoch": secrets.token_hex(8),
+        "idle_timeout": 30,
+    }

@@ -53,24 +53,6 @@ def sources(node: Node) -> dict[int, int]:
     return dict(node.sql("SELECT tcp_port, chunks FROM download_sources"))
 
 
-def scripted_peer(udp_port: int, files: list[FakeFile], **kwargs: object) -> FakePeer:
-    return FakePeer(files=files, udp_port=udp_port, **kwargs).start()  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def scripted() -> object:
-    peers: list[FakePeer] = []
-
-    def factory(udp_port: int, files: list[FakeFile], **kwargs: object) -> FakePeer:
-        peer = scripted_peer(udp_port, files, **kwargs)
-        peers.append(peer)
-        return peer
-
-    yield factory
-    for peer in peers:
-        peer.close()
-
-
 def test_one_peer_byte_identical_then_reshared(make_node: Callable[..., Node]) -> None:
     seeder, leech = make_node("seed", P2P_CHUNK_SIZE=CHUNK), make_node("leech")
     seeder.start()
@@ -188,7 +170,7 @@ def test_a_lone_seeder_gets_two_connections_that_both_carry_chunks(
 
 
 def test_file_no_single_peer_holds_whole(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
+    make_node: Callable[..., Node], udp_port: int, fake_peer: Callable[..., FakePeer]
 ) -> None:
     leech = make_node("leech")
     leech.start()
@@ -196,8 +178,8 @@ def test_file_no_single_peer_holds_whole(
     count = 21
     evens = FakeFile("split.bin", data, CHUNK, have={i for i in range(count) if i % 2 == 0})
     odds = FakeFile("split.bin", data, CHUNK, have={i for i in range(count) if i % 2 == 1})
-    a = scripted(udp_port, [evens], username="evens")
-    b = scripted(udp_port, [odds], username="odds")
+    a = fake_peer(files=[evens], udp_port=udp_port, username="evens")
+    b = fake_peer(files=[odds], udp_port=udp_port, username="odds")
     wait_known(leech, "split.bin", peers=2)
     assert holders(leech, "split.bin", whole=True) == 0
 
@@ -210,7 +192,7 @@ def test_file_no_single_peer_holds_whole(
 
 
 def test_lying_peer_is_marked_bad_and_the_file_still_arrives(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
+    make_node: Callable[..., Node], udp_port: int, fake_peer: Callable[..., FakePeer]
 ) -> None:
     honest = make_node("honest", P2P_CHUNK_SIZE=CHUNK, P2P_UPLOAD_LIMIT=1_000_000)
     leech = make_node("leech")
@@ -218,7 +200,9 @@ def test_lying_peer_is_marked_bad_and_the_file_still_arrives(
     leech.start()
     data = os.urandom(64 * CHUNK)
     seed(honest, "doc.bin", data)
-    liar = scripted(udp_port, [FakeFile("doc.bin", data, CHUNK)], username="liar", lie_all=True)
+    liar = fake_peer(
+        files=[FakeFile("doc.bin", data, CHUNK)], udp_port=udp_port, username="liar", lie_all=True
+    )
     wait_known(leech, "doc.bin", peers=2)
 
     done = leech.p2pctl("download", "doc.bin", timeout=120)
@@ -331,12 +315,16 @@ def test_an_existing_file_is_never_overwritten(make_node: Callable[..., Node]) -
 
 
 def test_missing_chunks_make_the_download_wait_then_fail_with_the_reason(
-    make_node: Callable[..., Node], udp_port: int, scripted: Callable[..., FakePeer]
+    make_node: Callable[..., Node], udp_port: int, fake_peer: Callable[..., FakePeer]
 ) -> None:
     leech = make_node("leech", P2P_WAIT_TIMEOUT=3)
     leech.start()
     data = os.urandom(8 * CHUNK)
-    scripted(udp_port, [FakeFile("half.bin", data, CHUNK, have={0, 1, 2, 3})], username="half")
+    fake_peer(
+        files=[FakeFile("half.bin", data, CHUNK, have={0, 1, 2, 3})],
+        udp_port=udp_port,
+        username="half",
+    )
     wait_known(leech, "half.bin")
 
     done = leech.p2pctl("download", "half.bin", timeout=60)

@@ -1,10 +1,11 @@
 """Budgets per peer (issue 37, item 1): a hostile peer's made-up contents cost a node a
 bounded share of its database and memory, and nothing of what other peers give it.
 
-The scripted peer (fakepeer.hostile_peer) offers contents that claim 2^20 chunks of 16 KiB, each
-with a manifest that proves itself (zero entries ending in the claimed SHA-256, offered
-under their hash): 40 KiB on the wire, 2^20 chunk rows stored, served onward as this
-node's own. Downloads of those names are how such manifests get asked for.
+The scripted peer (fakepeer.FakePeer with fakepeer.hostile_fields) offers contents that
+claim 2^20 chunks of 16 KiB, each with a manifest that proves itself (zero entries ending
+in the claimed SHA-256, offered under their hash): 40 KiB on the wire, 2^20 chunk rows
+stored, served onward as this node's own. Downloads of those names are how such manifests
+get asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from fakepeer import FakePeer, hostile_peer, make_bomb
+from fakepeer import hostile_fields, make_bomb
 from node import wait_until
 from nodetools import queue, seed, sha256_bytes, sha256_file, status_kib, wait_ended
 
@@ -67,14 +68,6 @@ def web_peers(node: Any) -> str:
         return str(json.load(reply)["sections"]["peers"])
 
 
-@pytest.fixture
-def hostile_peers():
-    peers: list[FakePeer] = []
-    yield peers
-    for peer in peers:
-        peer.close()
-
-
 def victim_and_honest_seeder(make_node):
     """A victim under supervisord, and a seeder sharing honest.bin (its bytes returned)."""
     victim = make_node("victim", P2P_WAIT_TIMEOUT=600)
@@ -86,13 +79,10 @@ def victim_and_honest_seeder(make_node):
     return victim, seeder, honest
 
 
-def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
-    make_node, udp_port, hostile_peers
-):
+def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(make_node, udp_port, fake_peer):
     victim, seeder, honest = victim_and_honest_seeder(make_node)
     bombs = [make_bomb(f"bomb-{i:02d}.bin") for i in range(20)]
-    mallory = hostile_peer(bombs, udp_port)
-    hostile_peers.append(mallory.start())
+    mallory = fake_peer(**hostile_fields(bombs, udp_port))
 
     wait_until(
         lambda: victim.holdings_of(mallory.username) == 20 and victim.holdings_of(seeder.username),
@@ -129,15 +119,14 @@ def test_a_manifest_bomb_is_refused_and_an_honest_download_goes_on(
         assert client.manifests({bomb.key: bomb.size}).good == {}
 
 
-def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_peers):
+def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, fake_peer):
     budget = 2_000
     victim = make_node("victim", P2P_PEER_CATALOG_ENTRIES=budget)
     victim.start_supervised()
     seeder = make_node("seeder")
     seed(seeder, "honest.bin", os.urandom(1000))
     seeder.start()
-    mallory = hostile_peer([], udp_port, filler=3 * protocol.PAGE_ENTRIES)
-    hostile_peers.append(mallory.start())
+    mallory = fake_peer(**hostile_fields([], udp_port, filler=3 * protocol.PAGE_ENTRIES))
 
     wait_over_budget(victim, mallory.username, "P2P_PEER_CATALOG_ENTRIES")
     assert victim.holdings_of(mallory.username) <= budget
@@ -147,7 +136,7 @@ def test_a_catalog_past_its_budget_is_not_stored(make_node, udp_port, hostile_pe
 
 
 def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
-    make_node, udp_port, hostile_peers
+    make_node, udp_port, fake_peer
 ):
     """A download whose seeder left looks at other offers of its SHA-256: a made-up one
     (the real SHA-256, another root, 2^20 chunks claimed) is not fetched, and the download
@@ -156,8 +145,9 @@ def test_an_offer_switch_does_not_fetch_a_bomb_offered_for_the_same_file(
     wait_until(lambda: victim.holdings_of(seeder.username) == 1, 60, what="the honest catalog")
     seeder.stop()
     download_id = queue(victim, "honest.bin")  # its peer is still listed, until its TTL
-    mallory = hostile_peer([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
-    hostile_peers.append(mallory.start())
+    mallory = fake_peer(
+        **hostile_fields([make_bomb("decoy.bin", sha=sha256_bytes(honest))], udp_port)
+    )
 
     wait_over_budget(victim, mallory.username, "P2P_PEER_MANIFEST_ROWS", timeout=90)
     assert victim.scalar("SELECT count(*) FROM chunks") == 0

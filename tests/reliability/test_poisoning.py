@@ -14,7 +14,7 @@ import secrets
 import time
 
 import pytest
-from fakepeer import FakeFile, FakePeer
+from fakepeer import FakeFile
 from node import wait_until
 from nodetools import download, queue, seed, sha256_file, wait_ended
 
@@ -31,16 +31,8 @@ def bogus_manifest(sha: str, count: int) -> list[str]:
     return [secrets.token_hex(32) for _ in range(count - 1)] + [sha]
 
 
-@pytest.fixture
-def scripted_peers():
-    peers: list[FakePeer] = []
-    yield peers
-    for peer in peers:
-        peer.close()
-
-
 def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
-    make_node, udp_port, fake_peer, announce, scripted_peers
+    make_node, udp_port, fake_peer, announce
 ):
     data = os.urandom(CHUNKS * CHUNK)
     sha = hashlib.sha256(data).hexdigest()
@@ -50,8 +42,7 @@ def test_a_bogus_manifest_announced_first_cannot_poison_the_download(
     # The liar serves the real bytes, but under a manifest it made up (self-consistent:
     # the root it offers is what its entries hash to), so every chunk it sends fails.
     lie = FakeFile("popular.bin", data, CHUNK, manifest=bogus_manifest(sha, CHUNKS))
-    liar = FakePeer(files=[lie], udp_port=udp_port, username="liar").start()
-    scripted_peers.append(liar)
+    liar = fake_peer(files=[lie], udp_port=udp_port, username="liar")
     # A thief offers the honest root (which it can copy from any catalog) with a made-up
     # manifest: the manifest does not hash to that root, so it is refused alone.
     honest_root = protocol.manifest_root(FakeFile("x", data, CHUNK).hashes())
