@@ -20,9 +20,7 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,7 @@ from goalrow import GoalRow  # noqa: E402
 from hostile import hostile  # noqa: E402
 from httpref import CLIENTS, Fetch, Nginx, fetch_mirrors, installed  # noqa: E402
 from many import many  # noqa: E402
-from nodes import ROLES, BenchNode, beside_python, wait_for  # noqa: E402
+from nodes import ROLES, BenchNode, beside_python, free_udp_port, start_nodes, wait_for  # noqa: E402
 from procstat import cached_fraction, evict, fs_type, run_timed, warm  # noqa: E402
 from recvpath import expected_states, run_once  # noqa: E402
 from refcopy import fetch  # noqa: E402
@@ -138,19 +136,6 @@ def http_cpu_per_gib(fetches: list[Fetch], size: int) -> tuple[float, float, flo
     return tuple(median(xs) * GIB / size for xs in (both, client, server))  # type: ignore[return-value]
 
 
-def free_udp_port() -> int:
-    rng = random.SystemRandom()
-    for _ in range(100):
-        port = rng.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free UDP port")
-
-
 def write_random(path: Path, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -190,10 +175,7 @@ class Bench:
         return n
 
     def start(self, *nodes: BenchNode) -> None:
-        for n in nodes:
-            n.start()
-        for n in nodes:
-            n.wait_ready()
+        start_nodes(*nodes)
 
     def stop_all(self) -> None:
         for n in self.nodes:
@@ -856,10 +838,7 @@ class Bench:
             dst.write(src.read(size))
         seeders = [self.node(f"lim{i}", P2P_UPLOAD_LIMIT=RATE_LIMIT) for i in range(4)]
         leech = self.node("limleech")
-        for n in (*seeders, leech):
-            n.start()
-        for n in (*seeders, leech):
-            n.wait_ready()
+        self.start(*seeders, leech)
         os.link(path, seeders[0].share / "limited.bin")
         wait_for(lambda: leech.knows("limited.bin", 1), 60, "the leecher to learn the file")
         one = []

@@ -55,7 +55,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goalrow import ScenarioRow  # noqa: E402
-from nodes import CONF, ROLES, BenchNode, beside_python, wait_for  # noqa: E402
+from nodes import CONF, ROLES, BenchNode, beside_python, start_nodes, wait_for  # noqa: E402
 from procstat import TICKS, cpu_seconds, run_timed  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -384,10 +384,7 @@ class BigLan:
                 f"in {time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
-            for n in (seeder, leech):
-                n.start()
-            for n in (seeder, leech):
-                n.wait_ready()
+            start_nodes(seeder, leech)
             wait_for(lambda: leech.knows(big.name), 60, "the leecher to know big.bin")
             # The seeder stands for another machine: on a real LAN it hears the storm on
             # its own CPU. Here its listener would take the leecher's cores (and fetch every

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from goalrow import ScenarioRow
-from nodes import BenchNode, wait_for
+from nodes import BenchNode, free_udp_port, start_nodes, wait_for
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
@@ -58,14 +58,6 @@ def db_bytes(node: BenchNode) -> int:
     return sum(
         p.stat().st_size for p in (node.home / "p2p.db", node.home / "p2p.db-wal") if p.exists()
     )
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timed_download(node: BenchNode, name: str) -> float:
@@ -114,11 +106,8 @@ def run(root: Path, seconds: float, chunks: int) -> dict[str, Any]:
     victim = BenchNode(root, "victim", udp, P2P_WAIT_TIMEOUT=3600)
     with open(seeder.share / "honest.bin", "wb") as fh:
         fh.write(os.urandom(HONEST_SIZE))
-    for node in (seeder, victim):
-        node.start()
     try:
-        for node in (seeder, victim):
-            node.wait_ready()
+        start_nodes(seeder, victim)
         wait_for(lambda: victim.knows("honest.bin"), 120, "the victim to learn honest.bin")
         quiet = median_rate(victim)
         pids = role_pids(victim)

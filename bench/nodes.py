@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import compileall
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,6 +46,29 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing on this host holds now, random so parallel runs do not cross
+    (below the ephemeral range, so no outgoing socket holds it by chance)."""
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port")
+
+
+def start_nodes(*nodes: BenchNode) -> None:
+    """Start every node, then wait until each is ready: they start side by side."""
+    for n in nodes:
+        n.start()
+    for n in nodes:
+        n.wait_ready()
 
 
 def beside_python(name: str) -> str:
