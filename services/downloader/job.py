@@ -27,7 +27,7 @@ from p2pshare.services import protocol
 from p2pshare.services.downloader.finish import CannotPublish, Finisher, JobFailed
 from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.picker import Picker
-from p2pshare.services.downloader.port import ChunkCheck
+from p2pshare.services.downloader.port import Chunk, ChunkCheck, Pipeline
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.downloader.tempfiles import reserve_space, temp_name
 from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
@@ -41,6 +41,10 @@ log = logging.getLogger("p2p.download")
 FLUSH_SECONDS = 0.5
 SOURCE_REFRESH_SECONDS = 2.0
 MAX_SOURCES = 16
+# Requests in flight per connection: enough bytes to keep a fast link busy while the
+# previous chunk is hashed and written, but not so many small chunks that one peer takes
+# the whole file while others wait.
+ONE_FILE = Pipeline(bytes=8 * 1024 * 1024, min_requests=2, max_requests=16)
 # Connections to each source when there are only one or two: each connection's thread
 # receives, hashes and writes, so two keep both cores busy (writer.py).
 FEW_SOURCES_CONNECTIONS = 2
@@ -74,6 +78,10 @@ class DownloadJob:
         self.key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
         self.count = protocol.chunk_count(spec.size, spec.chunk_size)
         self.check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
+        self.label = f"download {spec.download_id}"
+        self.largest_chunk = min(spec.chunk_size, spec.size)
+        self.pipeline = ONE_FILE
+        self.have_key: tuple[protocol.FileKey, int] | None = (self.key, self.count)
         self.lock = threading.Condition()
         have = spec.have if len(spec.have) == (self.count + 7) // 8 else b""
         self.picker = Picker(
@@ -307,6 +315,13 @@ class DownloadJob:
         return FEW_SOURCES_CONNECTIONS if sources <= 2 and not self.one_cpu else 1
 
     # ------------------------------------------------------------ the JobPort of workers
+
+    def chunk(self, g: int) -> Chunk:
+        size = protocol.chunk_length(self.spec.size, self.spec.chunk_size, g)
+        return Chunk(self.key, g, size, g * self.spec.chunk_size, self.check)
+
+    def chunk_refused(self, peer: str, g: int, why: str) -> bool:
+        return False  # the peer holds less than it said: its bits are asked anew
 
     def halted(self) -> bool:
         return self.halt.is_set()

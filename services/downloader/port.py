@@ -1,17 +1,21 @@
 """The seam between a download and its peer workers: `JobPort`, everything a `PeerWorker`
-may ask of its `DownloadJob`, and `ChunkCheck`, how a received chunk is verified.
+may ask of its download (one big file, or a set of small ones), `Pipeline`, how it asks,
+and `ChunkCheck`, how a received chunk is verified.
 
-A worker sees its job only through this Protocol, so neither module imports the other
-(job.py imports worker.py; worker.py imports this) and the job's state stays behind its
-lock. Which calls take which lock is part of the contract, named on each one.
+A worker sees its download only through this Protocol, so neither module imports the
+other (job.py and small_batch.py import worker.py; worker.py imports this) and the
+download's state stays behind its lock. Which calls take which lock is part of the
+contract, named on each one. A chunk is named by its place in the download: the chunks
+of its files one after another (`chunk(g)` says which file's which chunk).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Protocol
 
-from p2pshare.db.jobs import JobSpec
+from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.writer import Verdict
 from p2pshare.services.hashing.chain import INITIAL_STATE, ChainHasher
 from p2pshare.services.net.tls import Link
@@ -48,18 +52,48 @@ class ChunkCheck:
         return self.matches(index, hasher)
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """How a worker asks: requests in flight (at least `min_requests`, more while under
+    `bytes`, never over `max_requests`), and where its connection comes from and goes
+    back to (`pool`; None: its own, closed at its end)."""
+
+    bytes: int
+    min_requests: int
+    max_requests: int
+    pool: PeerPool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk of a download: which file's which chunk, its size and place in that file."""
+
+    key: FileKey
+    index: int
+    size: int
+    offset: int
+    check: ChunkCheck
+
+
 class JobPort(Protocol):
     """What a peer worker may read and ask of its download.
 
-    Fixed for the job's life, read without a lock: `spec`, `key`, `count`, `check`,
-    `network_key`. Lock-free by nature: `halted` (an Event), `is_bad` (a set lookup).
+    Fixed for the download's life, read without a lock: `label` (for log lines),
+    `count` (chunks), `largest_chunk`, `pipeline`, `have_key` (the file whose holdings a
+    worker asks for and refreshes; None: the catalog's say is enough), `network_key`,
+    `chunk`. Lock-free by nature: `halted` (an Event), `is_bad` (a set lookup).
     """
 
-    spec: JobSpec
-    key: FileKey
+    label: str
     count: int
-    check: ChunkCheck
+    largest_chunk: int
+    pipeline: Pipeline
+    have_key: tuple[FileKey, int] | None
     network_key: str | None
+
+    def chunk(self, g: int) -> Chunk:
+        """Chunk `g` of the download."""
+        ...
 
     def halted(self) -> bool:
         """The job is ending, for any reason: stop asking and receiving."""
@@ -95,6 +129,11 @@ class JobPort(Protocol):
 
     def chunk_bad(self, peer: str, source: tuple[str, int], index: int, size: int) -> None:
         """A chunk did not match: release it and mark the source bad for this file."""
+        ...
+
+    def chunk_refused(self, peer: str, g: int, why: str) -> bool:
+        """The peer refused chunk `g`. True: the download took it (the connection goes on);
+        False: the worker ends its session."""
         ...
 
     def peer_lost(self, peer: str, pending: list[int]) -> None:

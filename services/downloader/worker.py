@@ -1,6 +1,9 @@
-"""One peer's share of a download: pipelined chunk requests on one connection, each chunk
-received whole into one buffer, verified from its predecessor's manifest entry, and
-written from there by this thread (writer.py)."""
+"""One connection to one source of a download: pipelined chunk requests, each chunk
+received into one buffer, verified against its manifest entry and written from there by
+this thread (writer.py). A download may be one big file or a set of small ones: the
+worker asks for chunks by their place in the set (`JobPort.chunk`), and how deep its
+pipeline is and whether its connection is kept for the next set is the download's
+policy (`Pipeline`)."""
 
 from __future__ import annotations
 
@@ -17,19 +20,13 @@ from functools import partial
 
 from p2pshare.db import jobs as dbjobs
 from p2pshare.services import protocol
+from p2pshare.services.downloader.pool import PoolKey
 from p2pshare.services.downloader.port import JobPort
-from p2pshare.services.hashing.chain import ChainHasher
 from p2pshare.services.net.client import PeerClient
 
 log = logging.getLogger("p2p.download")
 
 HAVE_REFRESH_SECONDS = 2.0
-# Requests in flight per peer: enough bytes to keep a fast link busy while the
-# previous chunk is hashed and written.
-PIPELINE_BYTES = 8 * 1024 * 1024
-MIN_PIPELINE = 2
-# ...but not so many small chunks that one peer takes the whole file while others wait.
-MAX_PIPELINE = 16
 # A chunk is received into one buffer and hashed in one call: fewer, fuller recv and hash
 # calls than small blocks (see writer.py). Chunks larger than
 # this (files over 1 GiB) arrive in pieces of it, each written before the chunk's verdict,
@@ -72,7 +69,7 @@ def peer_id(key: tuple[str, int]) -> str:
 
 
 class PeerWorker(threading.Thread):
-    """Fetches chunks of one file from one peer over one pipelined connection."""
+    """Fetches chunks of one download from one peer over one pipelined connection."""
 
     def __init__(self, job: JobPort, state: SourceState) -> None:
         src = state.source
@@ -83,13 +80,12 @@ class PeerWorker(threading.Thread):
         self.peer = peer_id(self.key)
         self.client: PeerClient | None = None
         self.pending: deque[tuple[int, bool]] = deque()
-        spec = job.spec
-        wanted = -(-PIPELINE_BYTES // max(spec.chunk_size, 1))
-        self.depth = min(MAX_PIPELINE, max(MIN_PIPELINE, wanted))
+        self.pending_bytes = 0
+        self.answered = 0  # replies read, on any connection
         # An anonymous mapping, not a bytearray: malloc would serve a 4 MiB request from
         # its heap once one such block was freed (its mmap threshold rises to it), and
         # the heap keeps the pages; a mapping's pages go back when the worker ends.
-        self._map = mmap.mmap(-1, min(RECV_PIECE, max(spec.chunk_size, 1)))
+        self._map = mmap.mmap(-1, min(RECV_PIECE, max(job.largest_chunk, 1)))
         self.buf = memoryview(self._map)
 
     def interrupt(self) -> None:
@@ -110,11 +106,7 @@ class PeerWorker(threading.Thread):
             error = talk_error(exc)
             if not job.halted() and error != st.last_error:
                 log.warning(
-                    "download %d: peer %s: %s: %s",
-                    job.spec.download_id,
-                    self.peer,
-                    type(exc).__name__,
-                    error,
+                    "%s: peer %s: %s: %s", job.label, self.peer, type(exc).__name__, error
                 )
             st.last_error = error
             st.retry_at = time.time() + st.backoff
@@ -122,7 +114,7 @@ class PeerWorker(threading.Thread):
             if isinstance(exc, protocol.RemoteRefused):
                 job.peer_bits(self.peer, b"\0" * ((job.count + 7) // 8))
         except Exception:
-            log.exception("download %d: peer %s worker failed", job.spec.download_id, self.peer)
+            log.exception("%s: peer %s worker failed", job.label, self.peer)
             st.retry_at = time.time() + RETRY_MAX_SECONDS
         finally:
             job.peer_lost(self.peer, [i for i, _ in self.pending])
@@ -138,56 +130,122 @@ class PeerWorker(threading.Thread):
         job = self.job
         src = self.state.source
         link = job.link(src.tls, src.fingerprint)  # raises CannotTalk
-        with PeerClient(*self.key, key=job.network_key, link=link) as client:
-            self.client = client
-            if job.halted():
-                return
-            job.peer_bits(self.peer, client.have(job.key, job.count))
-            self.state.last_error = ""  # it answers: whatever failed before is over
-            last_have = time.monotonic()
-            while not job.halted() and not job.is_bad(self.key):
-                self._fill_pipeline(client)
-                if self.pending:
-                    self._receive(client, *self.pending[0])
-                    self.pending.popleft()
+        pool = job.pipeline.pool
+        if pool is None:
+            with PeerClient(*self.key, key=job.network_key, link=link) as client:
+                self._talk(client)
+            return
+        pool_key: PoolKey = (src.address, src.tcp_port, src.fingerprint, src.tls)
+
+        def connect() -> PeerClient:
+            client = PeerClient(*self.key, key=job.network_key, link=link)
+            client.connect()
+            return client
+
+        for attempt in range(2):
+            client, reused = pool.take(pool_key, connect)
+            try:
+                self._talk(client)
+            except (OSError, protocol.ProtocolError):
+                client.close()
+                # A pooled connection the peer closed while idle fails before its first
+                # answer: once more on a new one, asking again for what was asked.
+                if attempt == 0 and reused and not self.answered:
                     continue
-                if job.finished():
-                    return
-                if time.monotonic() - last_have > HAVE_REFRESH_SECONDS:
-                    job.peer_bits(self.peer, client.have(job.key, job.count))
-                    last_have = time.monotonic()
-                job.wait_for_work(0.25)
+                raise
+            except BaseException:
+                client.close()
+                raise
+            if self.pending:
+                client.close()
+            else:
+                pool.give(pool_key, client)
+            return
+
+    def _talk(self, client: PeerClient) -> None:
+        job = self.job
+        self.client = client
+        if job.halted():
+            return
+        if self.pending:  # asked on a pooled connection that failed unanswered
+            client.send(*(self._request(g) for g, _ in self.pending))
+        if job.have_key is not None:
+            job.peer_bits(self.peer, client.have(*job.have_key))
+        self.state.last_error = ""  # it answers: whatever failed before is over
+        last_have = time.monotonic()
+        while not job.halted() and not job.is_bad(self.key):
+            self._fill_pipeline(client)
+            if self.pending:
+                g, duplicate = self.pending[0]
+                size = self._receive(client, g, duplicate)
+                self.pending.popleft()
+                self.pending_bytes -= size
+                continue
+            if job.finished():
+                return
+            if job.have_key is not None and time.monotonic() - last_have > HAVE_REFRESH_SECONDS:
+                job.peer_bits(self.peer, client.have(*job.have_key))
+                last_have = time.monotonic()
+            job.wait_for_work(0.25)
+
+    def _request(self, g: int) -> protocol.ChunkRequest:
+        chunk = self.job.chunk(g)
+        return protocol.ChunkRequest(chunk.key, chunk.index, 0, 0)
 
     def _fill_pipeline(self, client: PeerClient) -> None:
         asks = []
+        pipeline = self.job.pipeline
         # One endgame copy in flight a connection: a copy of a chunk larger than the
         # buffer is held whole in memory until verified, and a pipeline of them would hold
         # many such chunks at once.
         copying = any(duplicate for _, duplicate in self.pending)
-        while len(self.pending) < self.depth:
+        while len(self.pending) < pipeline.min_requests or (
+            len(self.pending) < pipeline.max_requests and self.pending_bytes < pipeline.bytes
+        ):
             pick = self.job.pick(self.peer, duplicates=not copying)
             if pick is None:
                 break
             copying = copying or pick[1]
-            asks.append(protocol.ChunkRequest(self.job.key, pick[0], 0, 0))
+            request = self._request(pick[0])
+            asks.append(request)
             self.pending.append(pick)
+            self.pending_bytes += self.job.chunk(pick[0]).size
         if asks:
             client.send(*asks)  # one segment for all: each send is a trip through the kernel
 
-    def _receive(self, client: PeerClient, index: int, duplicate: bool) -> None:
-        """Receive, hash and write one chunk, a byte copied once from the socket into the
+    def _receive(self, client: PeerClient, g: int, duplicate: bool) -> int:
+        """Receive, verify and write one chunk, a byte copied once from the socket into the
         buffer, hashed there and written from there; the last piece is written with the
-        chunk's verdict, under one hold of the writer's lock (writer.py)."""
-        job, spec = self.job, self.job.spec
-        size = protocol.chunk_length(spec.size, spec.chunk_size, index)
-        client.read_chunk_header(protocol.ChunkRequest(job.key, index, 0, 0), size)
-        hasher = job.check.start(index)
-        if duplicate and size > len(self.buf):
-            self._receive_copy(client, index, size, hasher)
-            return
-        # A chunk that fits the buffer is written only with its verdict: an endgame copy
-        # too, and never over another copy's verified bytes.
-        offset = index * spec.chunk_size
+        chunk's verdict, under one hold of the writer's lock (writer.py). Returns its size."""
+        job = self.job
+        chunk = job.chunk(g)
+        size = chunk.size
+        try:
+            client.read_chunk_header(protocol.ChunkRequest(chunk.key, chunk.index, 0, 0), size)
+        except protocol.RemoteRefused as exc:
+            self.answered += 1
+            if not job.chunk_refused(self.peer, g, str(exc)):
+                raise
+            return size
+        self.answered += 1
+        verified = partial(job.chunk_verified, self.peer, self.key, g, size)
+        if size <= len(self.buf):
+            view = self.buf[:size]
+            client.read_exact_into(view)
+            self._verdict(g, size, chunk.check.verify(chunk.index, view))
+            job.write(g, view, chunk.offset, verified)
+            return size
+        hasher = chunk.check.start(chunk.index)
+        if duplicate:
+            # An endgame copy of a chunk larger than the buffer is held back whole and
+            # written only once verified, so it can never mix with the pieces the first
+            # peer's copy is writing into the same place.
+            whole = memoryview(bytearray(size))
+            client.read_exact_into(whole)
+            hasher.update(whole)
+            self._verdict(g, size, chunk.check.matches(chunk.index, hasher))
+            job.write(g, whole, chunk.offset, verified)
+            return size
         got = 0
         while True:
             view = self.buf[: min(len(self.buf), size - got)]
@@ -196,25 +254,13 @@ class PeerWorker(threading.Thread):
             got += len(view)
             if got == size:
                 break
-            job.write(index, view, offset + got - len(view))
-        self._verdict(index, size, hasher)
-        verified = partial(job.chunk_verified, self.peer, self.key, index, size)
-        job.write(index, view, offset + got - len(view), verified)
+            job.write(g, view, chunk.offset + got - len(view))
+        self._verdict(g, size, chunk.check.matches(chunk.index, hasher))
+        job.write(g, view, chunk.offset + got - len(view), verified)
+        return size
 
-    def _receive_copy(self, client: PeerClient, index: int, size: int, hasher: ChainHasher) -> None:
-        """An endgame copy of a chunk larger than the buffer is held back whole and written
-        only once verified, so it can never mix with the pieces the first peer's copy is
-        writing into the same place."""
-        job = self.job
-        whole = memoryview(bytearray(size))
-        client.read_exact_into(whole)
-        hasher.update(whole)
-        self._verdict(index, size, hasher)
-        verified = partial(job.chunk_verified, self.peer, self.key, index, size)
-        job.write(index, whole, index * job.spec.chunk_size, verified)
-
-    def _verdict(self, index: int, size: int, hasher: ChainHasher) -> None:
+    def _verdict(self, g: int, size: int, matches: bool) -> None:
         """Raises BadChunk (after recording it) if the chunk does not match its entry."""
-        if not self.job.check.matches(index, hasher):
-            self.job.chunk_bad(self.peer, self.key, index, size)
-            raise BadChunk(f"chunk {index}")
+        if not matches:
+            self.job.chunk_bad(self.peer, self.key, g, size)
+            raise BadChunk(f"chunk {g}")
