@@ -106,3 +106,18 @@ def folders_up_to(root: str, files: Iterable[str]) -> set[str]:
             out.add(folder)
             folder = os.path.dirname(folder)
     return out
+
+
+def write_file(path: str | Path, data: memoryview, *, fsync: bool) -> None:
+    """The whole file, from the start, in one thread (never two writers on one file);
+    fsync: durable before this returns (in the source's thread, beside its receiving)."""
+    # As any program writes a file (the umask decides): it is published as it is.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

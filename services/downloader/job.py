@@ -374,7 +374,7 @@ class DownloadJob:
             self.halt.set()
             self.lock.notify_all()
 
-    def chunk_bad(self, peer: str, key: tuple[str, int], index: int, size: int) -> None:
+    def chunk_bad(self, peer: str, key: tuple[str, int], index: int, size: int) -> bool:
         with self.lock:
             self.ledger.received += size
             self.picker.release(peer, index)
@@ -388,6 +388,7 @@ class DownloadJob:
             index,
             peer,
         )
+        return True
 
     def peer_lost(self, peer: str, pending: list[int]) -> None:
         with self.lock:

@@ -127,8 +127,9 @@ class JobPort(Protocol):
         """A chunk matched its entry; called under the writer's lock (see `write`)."""
         ...
 
-    def chunk_bad(self, peer: str, source: tuple[str, int], index: int, size: int) -> None:
-        """A chunk did not match: release it and mark the source bad for this file."""
+    def chunk_bad(self, peer: str, source: tuple[str, int], index: int, size: int) -> bool:
+        """A chunk did not match: release it and mark the source bad for its file. True:
+        nothing more is asked of this source (the worker ends)."""
         ...
 
     def chunk_refused(self, peer: str, g: int, why: str) -> bool:

@@ -1,17 +1,19 @@
-"""Many small files at once: one batch fetches hundreds of one-chunk downloads.
+"""Many small files at once: one batch fetches hundreds of downloads of a few chunks.
 
-A download job (job.py) is built for a big file: threads, a connection per
-source, a holdings exchange, progress flushes, a publish with its own fsyncs and
-transactions. For a file of a few KiB all of that is the whole cost. A batch instead
-- reads every download's spec and sources in one query each, and starts them all in
+A download job (job.py) is built for a big file: a connection or two per source, a
+holdings exchange, progress flushes, a publish with its own fsyncs and transactions.
+For a file of a few KiB all of that is the whole cost. A batch runs the same peer
+workers (worker.py) with another policy:
+- it reads every download's spec and sources in one query each, and starts them all in
   one transaction;
-- fetches from each source over one connection (kept in the role's PeerPool for the
-  next batch), many requests pipelined in one segment, each file verified against
-  its manifest entry as it arrives and written once into its own temp file;
-- makes the verified files durable, publishes and records them in groups: one sync
-  of the filesystem, one transaction naming where each goes, the links, one sync,
-  one transaction recording them done. A crash at any moment loses at most the files
-  of the group in flight, and a resume fetches only those.
+- each file is asked of one source (the bytes spread evenly), over one connection a
+  source kept in the role's PeerPool for the next batch, many requests pipelined in
+  one segment, each chunk verified against its manifest entry as it lands and the file
+  written once, whole, into its own temp file;
+- the verified files are made durable, published and recorded in groups: one sync of
+  the filesystem, one transaction naming where each goes, the links, one sync, one
+  transaction recording them done. A crash at any moment loses at most the files of
+  the group in flight, and a resume fetches only those.
 
 Whatever a batch cannot finish simply (no source now, a refusal, a lying peer, a
 failed connection, a disk error) it leaves unfinished and names in `left_over`; the
@@ -26,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
@@ -37,13 +40,18 @@ from p2pshare.services.downloader.durable import (
     fsync_folders,
     sync_filesystem,
     syncfs_persists,
+    write_file,
 )
 from p2pshare.services.downloader.finish import JobFailed
 from p2pshare.services.downloader.job import Shared, check_download_folder
+from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.pool import PeerPool
+from p2pshare.services.downloader.port import Chunk, ChunkCheck, Pipeline
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
-from p2pshare.services.downloader.source_fetch import Ready, SourceFetch, Stopped, write_file
 from p2pshare.services.downloader.tempfiles import temp_name
+from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
+from p2pshare.services.downloader.writer import Verdict
+from p2pshare.services.net.tls import Link
 
 log = logging.getLogger("p2p.download")
 
@@ -58,6 +66,14 @@ BATCH_FILES = 1000
 GROUP_FILES = 256
 GROUP_SECONDS = 0.25
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# Requests in flight on one connection: enough to hide the round trip, few enough
+# bytes that a slow peer does not sit on much.
+PIPELINE_CHUNKS = 64
+PIPELINE_BYTES = 4 * 1024 * 1024
+
+
+class Stopped(Exception):
+    """The role is stopping: leave what is not published for the next start."""
 
 
 def batchable(chunks: int, size: int) -> bool:
@@ -65,25 +81,64 @@ def batchable(chunks: int, size: int) -> bool:
     return chunks <= SMALL_MAX_CHUNKS and size <= SMALL_MAX
 
 
-class SmallBatch:
-    """Runs a batch of small downloads to the end; see the module's docstring."""
+@dataclass
+class BatchFile:
+    """A file of the batch: its chunks are the batch's first..first+chunks-1."""
 
-    def __init__(
-        self,
-        download_ids: list[int],
-        shared: Shared,
-        pool: PeerPool,
-    ) -> None:
+    spec: dbjobs.JobSpec
+    temp: str
+    first: int
+    key: protocol.FileKey
+    check: ChunkCheck
+    data: bytearray | None = None  # chunks so far, for a file of several
+    got: int = 0
+    source: tuple[str, int] | None = None  # who sent its last chunk
+    dropped: bool = False  # given back: its late chunks are discarded
+    ready: bool = False
+
+    @property
+    def chunks(self) -> range:
+        """Its chunks' places in the batch."""
+        return range(self.first, self.first + len(self.check.entries))
+
+
+@dataclass
+class Ready:
+    """A file verified and written into its temp file, not yet durable nor published."""
+
+    spec: dbjobs.JobSpec
+    temp: str
+    source: dbjobs.SourceTally | None
+
+
+class SmallBatch:
+    """Runs a batch of small downloads to the end; see the module's docstring. Its peer
+    workers see it as a `port.JobPort` over the chunks of all its files."""
+
+    # Each file's holders hold all of it, as the catalog says: no holdings are asked.
+    have_key: tuple[protocol.FileKey, int] | None = None
+
+    def __init__(self, download_ids: list[int], shared: Shared, pool: PeerPool) -> None:
         self.download_ids = download_ids
         self.settings = shared.settings
+        self.network_key = shared.settings.network_key
         self.database = shared.database
         self.stop = shared.stop
         self.tls = shared.tls
-        self.pool = pool
+        self.pipeline = Pipeline(PIPELINE_BYTES, 1, PIPELINE_CHUNKS, pool)
+        self.label = "a batch of small downloads"
         self.left_over: set[int] = set()  # for full jobs
         self.lock = threading.Condition()
+        self.halt = threading.Event()
+        self.files: list[BatchFile] = []
+        self.owner: list[int] = []  # chunk -> its file's place in `files`
+        self.count = 0
+        self.largest_chunk = 0
+        self.picker = Picker(0)
+        self.bad_sources: set[tuple[str, int]] = set()
         self.ready: list[Ready] = []  # under lock
-        self.fetching = 0  # source threads still running, under lock
+        self.unresolved = 0  # files neither ready nor given back, under lock
+        self.usernames: dict[tuple[str, int], str] = {}
         self._download_root: str | None = None  # resolved once a batch, ending in "/"
         # Each file fsynced as it is written, where one syncfs a group persists nothing
         # (durable.py); decided once a batch, by the temp folder's file system.
@@ -97,6 +152,8 @@ class SmallBatch:
         except Exception:
             log.exception("a batch of %d small downloads failed", len(self.download_ids))
             self.left_over.update(self.download_ids)
+        finally:
+            self.halt.set()
 
     # ------------------------------------------------------------ the batch
 
@@ -140,21 +197,46 @@ class SmallBatch:
             len(todo), len(by_source),
             f"; {len(self.left_over)} left to full jobs" if self.left_over else "",
         )  # fmt: skip
-        threads = []
-        with self.lock:
-            self.fetching = len(by_source)
-        for src, assigned in by_source.items():
-            fetch = SourceFetch(self, src, assigned, temps)
-            thread = threading.Thread(
-                target=fetch.run, name=f"small-{src.address}:{src.tcp_port}", daemon=True
-            )
-            threads.append(thread)
-            thread.start()
+        workers = self._start_workers(by_source, temps)
         try:
-            self._publish_as_ready()
+            self._publish_as_ready(workers)
         finally:
-            for thread in threads:
-                thread.join()
+            self.halt.set()
+            with self.lock:
+                self.lock.notify_all()
+            for worker in workers:
+                worker.join()
+
+    def _start_workers(
+        self, by_source: dict[dbjobs.Source, list[dbjobs.JobSpec]], temps: dict[int, str]
+    ) -> list[PeerWorker]:
+        """Lay the files' chunks end to end, each source holding those of its own files,
+        and start a worker a source."""
+        held: dict[str, list[BatchFile]] = {}
+        for src, assigned in by_source.items():
+            key = (src.address, src.tcp_port)
+            self.usernames[key] = src.username
+            mine = held[peer_id(key)] = []
+            for spec in assigned:
+                check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
+                file_key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
+                f = BatchFile(spec, temps[spec.download_id], self.count, file_key, check)
+                mine.append(f)
+                self.files.append(f)
+                self.owner.extend([len(self.files) - 1] * len(check.entries))
+                self.count += len(check.entries)
+                self.largest_chunk = max(self.largest_chunk, min(spec.size, spec.chunk_size))
+        self.unresolved += len(self.files)
+        self.picker = Picker(self.count)
+        for peer, files in held.items():
+            bits = protocol.bitfield_empty(self.count)
+            for g in (g for f in files for g in f.chunks):
+                protocol.bitfield_set(bits, g)
+            self.picker.set_peer(peer, bytes(bits))
+        workers = [PeerWorker(self, SourceState(src)) for src in by_source]
+        for worker in workers:
+            worker.start()
+        return workers
 
     def _write_empty(self, spec: dbjobs.JobSpec, temp: str) -> None:
         if spec.sha256 != EMPTY_SHA256:  # a catalog cannot offer this; be sure
@@ -165,20 +247,7 @@ class SmallBatch:
         except OSError as exc:
             self.cannot_write(spec, exc)
             return
-        self.add_ready(Ready(spec, temp, None))
-
-    # ------------------------------------------------------------ called by source threads
-
-    def add_ready(self, item: Ready) -> None:
-        with self.lock:
-            self.ready.append(item)
-            if len(self.ready) >= GROUP_FILES:
-                self.lock.notify_all()
-
-    def source_done(self) -> None:
-        with self.lock:
-            self.fetching -= 1
-            self.lock.notify_all()
+        self.ready.append(Ready(spec, temp, None))
 
     def give_back(self, specs: list[dbjobs.JobSpec], why: str) -> None:
         """Downloads this batch will not finish: the full job runs them."""
@@ -189,25 +258,166 @@ class SmallBatch:
     def cannot_write(self, spec: dbjobs.JobSpec, exc: OSError) -> None:
         self.give_back([spec], f"cannot write the temp file: {exc.strerror or exc}")
 
+    def _drop(self, f: BatchFile) -> bool:
+        """Under the lock: the file leaves the batch, none of its chunks asked again.
+        False when it had left already or is ready."""
+        if f.dropped or f.ready:
+            return False
+        f.dropped = True
+        f.data = None
+        self.unresolved -= 1
+        for g in f.chunks:
+            if not self.picker.is_done(g):
+                self.picker.complete("", g)
+        self.lock.notify_all()
+        return True
+
+    # ------------------------------------------------------------ the JobPort of workers
+
+    def chunk(self, g: int) -> Chunk:
+        f = self.files[self.owner[g]]
+        index = g - f.first
+        size = protocol.chunk_length(f.spec.size, f.spec.chunk_size, index)
+        return Chunk(f.key, index, size, index * f.spec.chunk_size, f.check)
+
+    def halted(self) -> bool:
+        return self.halt.is_set() or self.stop.is_set()
+
+    def is_bad(self, source: tuple[str, int]) -> bool:
+        return source in self.bad_sources
+
+    def link(self, tls: bool, fingerprint: str | None) -> Link:
+        return self.tls.link(tls, fingerprint)
+
+    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
+        with self.lock:
+            return self.picker.pick(peer, duplicates=duplicates)
+
+    def finished(self) -> bool:
+        with self.lock:
+            return self.picker.finished
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self.lock:
+            self.lock.wait(timeout)
+
+    def write(self, g: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
+        """A verified chunk (the batch's chunks fit the worker's buffer, so each comes
+        whole with its verdict): kept until its file is whole, which is then written
+        once, from this worker's thread."""
+        with self.lock:
+            f = self.files[self.owner[g]]
+            keep = not (f.dropped or self.halted() or self.picker.is_done(g))
+            chunks = len(f.check.entries)
+            if keep and chunks > 1:
+                if f.data is None:
+                    f.data = bytearray(f.spec.size)
+                f.data[offset : offset + len(data)] = data
+            if keep:
+                f.got += 1
+            if then is not None:
+                then(keep)
+            whole = keep and f.got == chunks
+        if not whole:
+            return keep
+        try:
+            whole_file = data if f.data is None else memoryview(f.data)
+            write_file(f.temp, whole_file, fsync=self.fsync_each)
+        except OSError as exc:
+            with self.lock:
+                self._drop(f)
+            self.cannot_write(f.spec, exc)
+            return False
+        assert f.source is not None
+        tally = dbjobs.SourceTally(
+            *f.source, self.usernames.get(f.source, ""), chunks, f.spec.size, 0
+        )
+        with self.lock:
+            f.data = None
+            f.ready = True
+            self.unresolved -= 1
+            self.ready.append(Ready(f.spec, f.temp, tally))
+            if len(self.ready) >= GROUP_FILES or not self.unresolved:
+                self.lock.notify_all()
+        return True
+
+    def chunk_verified(
+        self, peer: str, key: tuple[str, int], g: int, size: int, on_disk: bool = True
+    ) -> None:
+        """Runs under the lock, inside `write`: the chunk is kept (`on_disk`) or dropped."""
+        if on_disk:
+            self.picker.complete(peer, g)
+            self.files[self.owner[g]].source = key
+        else:
+            self.picker.release(peer, g)
+
+    def chunk_bad(self, peer: str, key: tuple[str, int], g: int, size: int) -> bool:
+        f = self.files[self.owner[g]]
+        bad = dbjobs.SourceTally(*key, self.usernames.get(key, ""), 0, size, 1)
+        with self.database.write() as s:
+            dbbatch.record_bad(s, f.spec.download_id, bad, now=time.time())
+        log.warning(
+            "download %d: chunk %d of %s from %s failed verification; "
+            "peer marked bad for this file",
+            f.spec.download_id, g - f.first, f.spec.name, peer,
+        )  # fmt: skip
+        with self.lock:
+            self.picker.release(peer, g)
+            dropped = self._drop(f)
+        if dropped:
+            self.give_back([f.spec], "a peer sent bytes that fail verification")
+        return False  # its other files may still come from it
+
+    def chunk_refused(self, peer: str, g: int, why: str) -> bool:
+        f = self.files[self.owner[g]]
+        with self.lock:
+            self.picker.release(peer, g)
+            dropped = self._drop(f)
+        if dropped:
+            self.give_back([f.spec], f"peer {peer} refused {f.spec.name}: {why}")
+        return True
+
+    def peer_lost(self, peer: str, pending: list[int]) -> None:
+        """A source's worker ended: what it did not send goes to full jobs."""
+        with self.lock:
+            for g in pending:
+                self.picker.release(peer, g)
+            self.picker.drop_peer(peer)
+            lost = {self.owner[g] for g in self.picker.unavailable()}
+            files = [self.files[i] for i in sorted(lost) if self._drop(self.files[i])]
+        if files and not self.halted():
+            self.give_back([f.spec for f in files], f"peer {peer} did not send them")
+
+    def peer_bits(self, peer: str, bits: bytes | None) -> None:
+        with self.lock:
+            self.picker.set_peer(peer, bits)
+            self.lock.notify_all()
+
     # ------------------------------------------------------------ publishing
 
-    def _publish_as_ready(self) -> None:
+    def _publish_as_ready(self, workers: list[PeerWorker]) -> None:
         while True:
             with self.lock:
                 self.lock.wait_for(
                     lambda: (
-                        len(self.ready) >= GROUP_FILES or self.fetching == 0 or self.stop.is_set()
+                        len(self.ready) >= GROUP_FILES or not self.unresolved or self.stop.is_set()
                     ),
                     GROUP_SECONDS,
                 )
                 group, self.ready = self.ready, []
-                finished = self.fetching == 0
+                # Workers all ended with files unresolved: a bug's safety net.
+                left = [] if any(w.is_alive() for w in workers) else self._drop_unresolved()
+                finished = not self.unresolved
             if self.stop.is_set():
                 raise Stopped
+            self.give_back(left, "their source's connection ended")
             if group:
                 self._publish(group)
             if finished and not group:
                 return
+
+    def _drop_unresolved(self) -> list[dbjobs.JobSpec]:
+        return [f.spec for f in self.files if self._drop(f)]
 
     def _publish(self, group: list[Ready]) -> None:
         """Durable, then named, then linked, then durable again, then recorded: the order

@@ -105,9 +105,7 @@ class PeerWorker(threading.Thread):
         except (OSError, protocol.ProtocolError) as exc:
             error = talk_error(exc)
             if not job.halted() and error != st.last_error:
-                log.warning(
-                    "%s: peer %s: %s: %s", job.label, self.peer, type(exc).__name__, error
-                )
+                log.warning("%s: peer %s: %s: %s", job.label, self.peer, type(exc).__name__, error)
             st.last_error = error
             st.retry_at = time.time() + st.backoff
             st.backoff = min(RETRY_MAX_SECONDS, st.backoff * 2)
@@ -232,8 +230,8 @@ class PeerWorker(threading.Thread):
         if size <= len(self.buf):
             view = self.buf[:size]
             client.read_exact_into(view)
-            self._verdict(g, size, chunk.check.verify(chunk.index, view))
-            job.write(g, view, chunk.offset, verified)
+            if self._verdict(g, size, chunk.check.verify(chunk.index, view)):
+                job.write(g, view, chunk.offset, verified)
             return size
         hasher = chunk.check.start(chunk.index)
         if duplicate:
@@ -243,8 +241,8 @@ class PeerWorker(threading.Thread):
             whole = memoryview(bytearray(size))
             client.read_exact_into(whole)
             hasher.update(whole)
-            self._verdict(g, size, chunk.check.matches(chunk.index, hasher))
-            job.write(g, whole, chunk.offset, verified)
+            if self._verdict(g, size, chunk.check.matches(chunk.index, hasher)):
+                job.write(g, whole, chunk.offset, verified)
             return size
         got = 0
         while True:
@@ -255,12 +253,15 @@ class PeerWorker(threading.Thread):
             if got == size:
                 break
             job.write(g, view, chunk.offset + got - len(view))
-        self._verdict(g, size, chunk.check.matches(chunk.index, hasher))
-        job.write(g, view, chunk.offset + got - len(view), verified)
+        if self._verdict(g, size, chunk.check.matches(chunk.index, hasher)):
+            job.write(g, view, chunk.offset + got - len(view), verified)
         return size
 
-    def _verdict(self, g: int, size: int, matches: bool) -> None:
-        """Raises BadChunk (after recording it) if the chunk does not match its entry."""
-        if not matches:
-            self.job.chunk_bad(self.peer, self.key, g, size)
+    def _verdict(self, g: int, size: int, matches: bool) -> bool:
+        """Whether the chunk matches its entry. Raises BadChunk (after recording it) if it
+        does not and the download asks no more of this peer."""
+        if matches:
+            return True
+        if self.job.chunk_bad(self.peer, self.key, g, size):
             raise BadChunk(f"chunk {g}")
+        return False

@@ -16,7 +16,6 @@ from sqlalchemy import text
 from p2pshare.db import quick
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader import durable
-from p2pshare.services.downloader.source_fetch import write_file
 from p2pshare.services.server.served import ServedDurably
 
 
@@ -86,7 +85,7 @@ def test_write_file_writes_the_whole_file_with_or_without_fsync(tmp_path: Path) 
     data = os.urandom(70_000)
     for fsync in (False, True):
         path = tmp_path / f"f{fsync}"
-        write_file(path, memoryview(data), fsync=fsync)
+        durable.write_file(path, memoryview(data), fsync=fsync)
         assert path.read_bytes() == data
     durable.fsync_folders([str(tmp_path), str(tmp_path)])
 
