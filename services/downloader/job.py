@@ -15,24 +15,21 @@ import contextlib
 import errno
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
 
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
-from p2pshare.db.engine import Database
 from p2pshare.services import protocol
+from p2pshare.services.downloader.engine import Download, Part, Shared
 from p2pshare.services.downloader.finish import CannotPublish, Finisher, JobFailed
 from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.picker import Picker
-from p2pshare.services.downloader.port import Chunk, ChunkCheck, Pipeline
+from p2pshare.services.downloader.port import Pipeline
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.downloader.tempfiles import reserve_space, temp_name
 from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
 from p2pshare.services.downloader.writer import BlockWriter, Verdict
-from p2pshare.services.net.tls import Link, NodeTls
 from p2pshare.services.settings import Settings
 from p2pshare.services.units import human_bytes
 
@@ -49,47 +46,28 @@ ONE_FILE = Pipeline(bytes=8 * 1024 * 1024, min_requests=2, max_requests=16)
 # receives, hashes and writes, so two keep both cores busy (writer.py).
 FEW_SOURCES_CONNECTIONS = 2
 
-__all__ = ["DownloadJob", "JobFailed", "Shared"]
+__all__ = ["DownloadJob", "JobFailed"]
 
 
-@dataclass(frozen=True)
-class Shared:
-    """What a download uses of the role running it."""
-
-    settings: Settings
-    database: Database
-    stop: threading.Event  # the role is stopping
-    tls: NodeTls
-
-
-class DownloadJob:
-    """One file's download; its peer workers see it only as a `port.JobPort`."""
+class DownloadJob(Download):
+    """A download of one big file (see engine.py); its peer workers see it only as a
+    `port.JobPort`."""
 
     def __init__(self, spec: dbjobs.JobSpec, shared: Shared) -> None:
-        settings = shared.settings
+        super().__init__(shared, ONE_FILE, f"download {spec.download_id}")
+        settings = self.settings
         self.spec = spec
-        self.tls = shared.tls  # how to reach each source: in clear or by pinned TLS
-        self.settings = settings
-        self.network_key = settings.network_key
-        self.database = shared.database
-        self.stop = shared.stop  # the role is stopping: leave the download resumable
-        self.halt = threading.Event()  # this job is ending, for any reason
         self.wait_timeout = settings.wait_timeout
-        self.key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
+        self.key = self.add_part(Part, spec).key
+        # Of its size: with its manifest not known here the job fails (_open_temp).
         self.count = protocol.chunk_count(spec.size, spec.chunk_size)
-        self.check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
-        self.label = f"download {spec.download_id}"
-        self.largest_chunk = min(spec.chunk_size, spec.size)
-        self.pipeline = ONE_FILE
-        self.have_key: tuple[protocol.FileKey, int] | None = (self.key, self.count)
-        self.lock = threading.Condition()
+        self.have_key = (self.key, self.count)
         have = spec.have if len(spec.have) == (self.count + 7) // 8 else b""
         self.picker = Picker(
             self.count, protocol.bitfield_indices(have, self.count) if have else []
         )
         self.durable = DurableProgress(spec, self.count, have)
         self.ledger = Ledger()  # under self.lock
-        self.bad_sources: set[tuple[str, int]] = set()
         self.writer = BlockWriter(
             # Chunks are marked done only under the writer's lock (chunk_verified runs
             # there), so it may read the picker's state without the job's.
@@ -316,36 +294,11 @@ class DownloadJob:
 
     # ------------------------------------------------------------ the JobPort of workers
 
-    def chunk(self, g: int) -> Chunk:
-        size = protocol.chunk_length(self.spec.size, self.spec.chunk_size, g)
-        return Chunk(self.key, g, size, g * self.spec.chunk_size, self.check)
-
     def chunk_refused(self, peer: str, g: int, why: str) -> bool:
         return False  # the peer holds less than it said: its bits are asked anew
 
-    def halted(self) -> bool:
-        return self.halt.is_set()
-
-    def is_bad(self, source: tuple[str, int]) -> bool:
-        return source in self.bad_sources
-
-    def link(self, tls: bool, fingerprint: str | None) -> Link:
-        return self.tls.link(tls, fingerprint)
-
     def write(self, index: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
         return self.writer.write(index, data, offset, then)
-
-    def finished(self) -> bool:
-        with self.lock:
-            return self.picker.finished
-
-    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
-        with self.lock:
-            return self.picker.pick(peer, duplicates=duplicates)
-
-    def wait_for_work(self, timeout: float) -> None:
-        with self.lock:
-            self.lock.wait(timeout)
 
     def chunk_verified(
         self, peer: str, key: tuple[str, int], index: int, size: int, on_disk: bool = True
@@ -394,11 +347,6 @@ class DownloadJob:
         with self.lock:
             for index in pending:
                 self.picker.release(peer, index)
-            self.lock.notify_all()
-
-    def peer_bits(self, peer: str, bits: bytes | None) -> None:
-        with self.lock:
-            self.picker.set_peer(peer, bits)
             self.lock.notify_all()
 
     # ------------------------------------------------------------ the end

@@ -18,7 +18,8 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
 from p2pshare.db.watch import ChangeWatch
-from p2pshare.services.downloader.job import DownloadJob, Shared
+from p2pshare.services.downloader.engine import Shared
+from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import ManifestFetcher
 from p2pshare.services.downloader.pool import PeerPool
 from p2pshare.services.downloader.small_batch import (

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +41,16 @@ from p2pshare.services.downloader.durable import (
     syncfs_persists,
     write_file,
 )
+from p2pshare.services.downloader.engine import Download, Part, Shared
 from p2pshare.services.downloader.finish import JobFailed
-from p2pshare.services.downloader.job import Shared, check_download_folder
+from p2pshare.services.downloader.job import check_download_folder
 from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.pool import PeerPool
-from p2pshare.services.downloader.port import Chunk, ChunkCheck, Pipeline
+from p2pshare.services.downloader.port import Pipeline
 from p2pshare.services.downloader.publish import PublishError, copy_names, publish, safe_folder
 from p2pshare.services.downloader.tempfiles import temp_name
 from p2pshare.services.downloader.worker import PeerWorker, SourceState, peer_id
 from p2pshare.services.downloader.writer import Verdict
-from p2pshare.services.net.tls import Link
 
 log = logging.getLogger("p2p.download")
 
@@ -82,24 +81,15 @@ def batchable(chunks: int, size: int) -> bool:
 
 
 @dataclass
-class BatchFile:
-    """A file of the batch: its chunks are the batch's first..first+chunks-1."""
+class BatchFile(Part):
+    """A file of the batch and what has come of it."""
 
-    spec: dbjobs.JobSpec
-    temp: str
-    first: int
-    key: protocol.FileKey
-    check: ChunkCheck
+    temp: str = ""
     data: bytearray | None = None  # chunks so far, for a file of several
     got: int = 0
     source: tuple[str, int] | None = None  # who sent its last chunk
     dropped: bool = False  # given back: its late chunks are discarded
     ready: bool = False
-
-    @property
-    def chunks(self) -> range:
-        """Its chunks' places in the batch."""
-        return range(self.first, self.first + len(self.check.entries))
 
 
 @dataclass
@@ -111,31 +101,16 @@ class Ready:
     source: dbjobs.SourceTally | None
 
 
-class SmallBatch:
-    """Runs a batch of small downloads to the end; see the module's docstring. Its peer
+class SmallBatch(Download):
+    """Runs a batch of small downloads to the end (see the module's docstring); its peer
     workers see it as a `port.JobPort` over the chunks of all its files."""
 
-    # Each file's holders hold all of it, as the catalog says: no holdings are asked.
-    have_key: tuple[protocol.FileKey, int] | None = None
-
     def __init__(self, download_ids: list[int], shared: Shared, pool: PeerPool) -> None:
+        pipeline = Pipeline(PIPELINE_BYTES, 1, PIPELINE_CHUNKS, pool)
+        super().__init__(shared, pipeline, "a batch of small downloads")
         self.download_ids = download_ids
-        self.settings = shared.settings
-        self.network_key = shared.settings.network_key
-        self.database = shared.database
-        self.stop = shared.stop
-        self.tls = shared.tls
-        self.pipeline = Pipeline(PIPELINE_BYTES, 1, PIPELINE_CHUNKS, pool)
-        self.label = "a batch of small downloads"
         self.left_over: set[int] = set()  # for full jobs
-        self.lock = threading.Condition()
-        self.halt = threading.Event()
         self.files: list[BatchFile] = []
-        self.owner: list[int] = []  # chunk -> its file's place in `files`
-        self.count = 0
-        self.largest_chunk = 0
-        self.picker = Picker(0)
-        self.bad_sources: set[tuple[str, int]] = set()
         self.ready: list[Ready] = []  # under lock
         self.unresolved = 0  # files neither ready nor given back, under lock
         self.usernames: dict[tuple[str, int], str] = {}
@@ -218,14 +193,9 @@ class SmallBatch:
             self.usernames[key] = src.username
             mine = held[peer_id(key)] = []
             for spec in assigned:
-                check = ChunkCheck([bytes.fromhex(h) for h in spec.chunk_hashes], spec.chunk_size)
-                file_key = protocol.FileKey(spec.sha256, spec.chunk_size, spec.root)
-                f = BatchFile(spec, temps[spec.download_id], self.count, file_key, check)
+                f = self.add_part(BatchFile, spec, temps[spec.download_id])
                 mine.append(f)
                 self.files.append(f)
-                self.owner.extend([len(self.files) - 1] * len(check.entries))
-                self.count += len(check.entries)
-                self.largest_chunk = max(self.largest_chunk, min(spec.size, spec.chunk_size))
         self.unresolved += len(self.files)
         self.picker = Picker(self.count)
         for peer, files in held.items():
@@ -274,32 +244,8 @@ class SmallBatch:
 
     # ------------------------------------------------------------ the JobPort of workers
 
-    def chunk(self, g: int) -> Chunk:
-        f = self.files[self.owner[g]]
-        index = g - f.first
-        size = protocol.chunk_length(f.spec.size, f.spec.chunk_size, index)
-        return Chunk(f.key, index, size, index * f.spec.chunk_size, f.check)
-
     def halted(self) -> bool:
         return self.halt.is_set() or self.stop.is_set()
-
-    def is_bad(self, source: tuple[str, int]) -> bool:
-        return source in self.bad_sources
-
-    def link(self, tls: bool, fingerprint: str | None) -> Link:
-        return self.tls.link(tls, fingerprint)
-
-    def pick(self, peer: str, *, duplicates: bool = True) -> tuple[int, bool] | None:
-        with self.lock:
-            return self.picker.pick(peer, duplicates=duplicates)
-
-    def finished(self) -> bool:
-        with self.lock:
-            return self.picker.finished
-
-    def wait_for_work(self, timeout: float) -> None:
-        with self.lock:
-            self.lock.wait(timeout)
 
     def write(self, g: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
         """A verified chunk (the batch's chunks fit the worker's buffer, so each comes
@@ -387,11 +333,6 @@ class SmallBatch:
             files = [self.files[i] for i in sorted(lost) if self._drop(self.files[i])]
         if files and not self.halted():
             self.give_back([f.spec for f in files], f"peer {peer} did not send them")
-
-    def peer_bits(self, peer: str, bits: bytes | None) -> None:
-        with self.lock:
-            self.picker.set_peer(peer, bits)
-            self.lock.notify_all()
 
     # ------------------------------------------------------------ publishing
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
-from p2pshare.services.downloader.job import DownloadJob, Shared
+from p2pshare.services.downloader.engine import Shared
+from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import fetch_manifests_now
 from p2pshare.services.downloader.progress import DurableProgress, Ledger
 from p2pshare.services.net.tls import NodeTls
