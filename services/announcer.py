@@ -22,9 +22,13 @@ from p2pshare.services.runtime import RoleContext, run_role, start_heartbeat
 
 log = logging.getLogger("p2p.announcer")
 
+# The loop sleeps until another process commits (the server bound its port, the catalog
+# moved, the listener asks for an answer) or the interval is due, and reads the node state
+# then; at most once every POLL_SECONDS however often others commit. While an announcement
+# is owed but not yet sent (a change within MIN_GAP_SECONDS, no port yet) it looks again
+# after POLL_SECONDS, or FIRST_POLL_SECONDS before the first announcement: a node should
+# be heard the moment it can be reached.
 POLL_SECONDS = 0.2
-# Until the first announcement, look for the server's port more often: a node
-# should be heard the moment it can be reached.
 FIRST_POLL_SECONDS = 0.02
 # At most one announcement per this many seconds for changes; the interval
 # announcement and the start are not held back.
@@ -53,9 +57,8 @@ class Announcer:
         self.answered_at = 0.0
         self.recorded_targets: list[str] | None = None
         # The node state is read only when another connection committed since the last
-        # read, the interval is due, or an announcement is owed: reading it on a timer
-        # several times a second would be most of what an idle announcer costs.
-        self.watch = ctx.database.watch()
+        # read, the interval is due, or an announcement is owed.
+        self.watch = ctx.watch_until_stop()
         self.owed = True  # a change seen but not yet announced (MIN_GAP_SECONDS)
 
     def targets(self) -> list[str]:
@@ -129,11 +132,11 @@ class Announcer:
             self.failing[target] = err
             log.warning("cannot announce to %s: %s", target, message)
 
-    def step(self) -> None:
-        """Announce if something calls for it now."""
+    def step(self, changed: bool) -> None:
+        """Announce if something calls for it now; `changed`: another process committed."""
         now = time.time()
         due = now - self.last_sent >= self.settings.announce_interval
-        if not (due or self.owed or self.watch.changed()):
+        if not (due or self.owed or changed):
             return
         with self.ctx.database.read() as s:
             state = dbnode.node_state(s) if s.get(dbnode.NodeState, 1) else None
@@ -150,6 +153,15 @@ class Announcer:
             self.send(state.catalog_version, state.tcp_port, time.time(), state.catalog_epoch)
             self.owed = False
 
+    def until_next_look(self) -> float:
+        """Seconds the loop may sleep unless another process commits: until the interval's
+        announcement, or a short poll while one is owed."""
+        if self.owed or not self.last_sent:
+            return POLL_SECONDS if self.last_sent else FIRST_POLL_SECONDS
+        return max(
+            FIRST_POLL_SECONDS, self.last_sent + self.settings.announce_interval - time.time()
+        )
+
 
 def run(ctx: RoleContext) -> None:
     announcer = Announcer(ctx)
@@ -162,12 +174,21 @@ def run(ctx: RoleContext) -> None:
     log.info(
         "node id %s, announcing to %s", announcer.node_id, ", ".join(targets) or "no interface yet"
     )
+    changed = True
     try:
-        while not ctx.stop.wait(POLL_SECONDS if announcer.last_sent else FIRST_POLL_SECONDS):
+        while not ctx.stop.is_set():
+            looked = time.monotonic()
             try:
-                announcer.step()
+                announcer.step(changed)
             except Exception:
                 log.exception("announce step failed; retrying")
+                announcer.owed = True  # look again soon, not at the interval
+            # Commits come in bursts (a download's progress, a boot storm's peers): one
+            # read of the node state covers every commit of the next POLL_SECONDS.
+            rest = looked + (POLL_SECONDS if announcer.last_sent else FIRST_POLL_SECONDS)
+            if ctx.stop.wait(max(0.0, rest - time.monotonic())):
+                break
+            changed = announcer.watch.wait_changed(announcer.until_next_look())
     finally:
         announcer.sock.close()
         announcer.watch.close()

@@ -25,6 +25,7 @@ from typing import NoReturn
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
 from p2pshare.db.wal import Checkpointer
+from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.hashing.chain import ChainUnavailable, check_available
 from p2pshare.services.net import identity
 from p2pshare.services.net.tls import NodeTls
@@ -64,6 +65,16 @@ class RoleContext:
                 detail=self.detail,
             )
 
+    def watch_until_stop(self) -> ChangeWatch:
+        """A watch for other processes' commits whose `wait_changed` also ends at SIGTERM,
+        so a loop can sleep on it until its next deadline instead of polling `stop`."""
+        watch = self.database.watch()
+        watch.enable_poke()
+        threading.Thread(
+            target=_poke_on_stop, args=(self.stop, watch), name="stop-poke", daemon=True
+        ).start()
+        return watch
+
     def record_settings(self, values: Mapping[str, SettingValue]) -> None:
         """Replace this role's rows in `role_settings` with `values` and the installed version.
 
@@ -74,6 +85,11 @@ class RoleContext:
         text["version"] = installed_version()
         with self.database.write() as s:
             dbnode.record_role_settings(s, self.role, text, now=time.time())
+
+
+def _poke_on_stop(stop: threading.Event, watch: ChangeWatch) -> None:
+    stop.wait()
+    watch.poke()
 
 
 def setting_text(value: SettingValue) -> str:

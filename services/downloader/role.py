@@ -17,7 +17,6 @@ from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import quick
 from p2pshare.db.schema import SchemaError
-from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.downloader.engine import Shared
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import ManifestFetcher
@@ -61,23 +60,23 @@ def run(ctx: RoleContext) -> None:
     # Before any job starts: what a crash or a cancel left behind goes now.
     sweep_temp(ctx, set())
     next_sweep = time.monotonic() + SWEEP_SECONDS
-    watch = ctx.database.watch()
-    watch.enable_poke()
+    watch = ctx.watch_until_stop()
     runner.poke = watch.poke  # a job's end wakes the loop: its slot is free
-    # SIGTERM too, from a thread asleep on the stop event (no polling).
-    threading.Thread(target=_poke_on_stop, args=(ctx, watch), name="stop-poke", daemon=True).start()
     last_poll = woke = 0.0
     try:
         while not ctx.stop.is_set():
+            # With nothing unfinished, nothing is due before the next sweep: a download
+            # queued, resumed or ended is a commit, and that wakes the watch.
+            idle = runner.idle()
+            wait = max(0.0, (next_sweep if idle else last_poll + POLL_SECONDS) - time.monotonic())
+            changed = watch.wait_changed(wait)
             # At most one look every CHECK_SECONDS, however often other roles commit.
             time.sleep(max(0.0, woke + CHECK_SECONDS - time.monotonic()))
-            wait = max(0.0, POLL_SECONDS - (time.monotonic() - last_poll))
-            changed = watch.wait_changed(wait)
             woke = time.monotonic()
             if ctx.stop.is_set():
                 break
             woken = runner.wake.is_set()
-            if not changed and not woken and time.monotonic() - last_poll < POLL_SECONDS:
+            if not changed and not woken and woke - last_poll < POLL_SECONDS:
                 continue
             runner.wake.clear()
             last_poll = time.monotonic()
@@ -96,11 +95,6 @@ def run(ctx: RoleContext) -> None:
         runner.join(STOP_GRACE_SECONDS)
         runner.pool.close()
         runner.close()
-
-
-def _poke_on_stop(ctx: RoleContext, watch: ChangeWatch) -> None:
-    ctx.stop.wait()
-    watch.poke()
 
 
 class Runner:
@@ -128,6 +122,10 @@ class Runner:
 
     def running(self) -> set[int]:
         return set(self.jobs) | self.in_batches
+
+    def idle(self) -> bool:
+        """Nothing runs and, at the last look, no download was unfinished."""
+        return not (self.jobs or self.batches) and self.mark is not None and self.mark[0] == 0
 
     def reap(self) -> None:
         for download_id, thread in list(self.jobs.items()):
@@ -157,6 +155,10 @@ class Runner:
         # many a second in a boot storm, under the GIL its download threads need).
         full = woken or now - self.read_all_at >= POLL_SECONDS
         mark = self._mark()
+        if mark is not None and mark[0] == 0:  # nothing unfinished, so nothing to read
+            self.mark = mark
+            self.not_batchable.clear()
+            return
         if not full and mark is not None and mark == self.mark:
             return
         self.mark = mark
