@@ -45,6 +45,7 @@ def run(ctx: RoleContext) -> None:
 
     from p2pshare.services.web.app import make_app
     from p2pshare.services.web.context import Web
+    from p2pshare.services.web.quiet import QuietServer
 
     sampler = RateSampler()
     web = Web(settings, ctx.database, token, sampler, settings.web_bind)
@@ -57,7 +58,7 @@ def run(ctx: RoleContext) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=int(GRACEFUL_SECONDS),
     )
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
     )
@@ -90,7 +91,7 @@ def run(ctx: RoleContext) -> None:
                 continue
             sampler.add(received, now=time.time())
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(GRACEFUL_SECONDS + 3)
         sock.close()
 
