@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from p2pshare.db import node as dbnode
 from p2pshare.db.engine import Database, SchemaError
 from p2pshare.db.wal import Checkpointer
 from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.hashing.chain import ChainUnavailable, check_available
-from p2pshare.services.net import identity
-from p2pshare.services.net.tls import NodeTls
 from p2pshare.services.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from p2pshare.services.net.tls import NodeTls
 
 log = logging.getLogger("p2p")
 
@@ -48,10 +49,18 @@ class RoleContext:
     settings: Settings
     database: Database
     stop: threading.Event
-    tls: NodeTls
+    # None in a role that speaks to no peer (the web program): it never loads the key.
+    node_tls: NodeTls | None
     started_at: float = field(default_factory=time.time)
     # What `p2pctl status` shows beside the role, e.g. "tcp 127.0.0.1:40123".
     detail: str = ""
+
+    @property
+    def tls(self) -> NodeTls:
+        """The node's TLS identity and contexts, loaded at start-up."""
+        if self.node_tls is None:
+            raise RuntimeError(f"the {self.role} role runs without the node's TLS identity")
+        return self.node_tls
 
     def beat(self) -> None:
         """Write this role's heartbeat now."""
@@ -172,8 +181,11 @@ def _heartbeat_loop(ctx: RoleContext) -> None:
         checkpointer.close()
 
 
-def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
-    """Start a role and run it until SIGTERM; exits the process with its status."""
+def run_role(role: str, body: Callable[[RoleContext], None], *, uses_tls: bool = True) -> None:
+    """Start a role and run it until SIGTERM; exits the process with its status.
+
+    uses_tls=False: the role never talks to a peer, so it loads no key (nor the
+    cryptography package, a few MB in every process that imports it)."""
     setup_logging(role)
     database: Database | None = None
     try:
@@ -181,14 +193,8 @@ def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
         settings = load_settings()
         settings.make_dirs()
         opened = database = Database.open(settings.db_path)
-        tls = NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
-    except (
-        SettingsError,
-        SchemaError,
-        StartupError,
-        ChainUnavailable,
-        identity.IdentityError,
-    ) as exc:
+        tls = load_tls(settings) if uses_tls else None
+    except (SettingsError, SchemaError, StartupError, ChainUnavailable) as exc:
         cannot_start(role, str(exc), database)
     except OSError as exc:
         cannot_start(role, f"cannot start: {exc}", database)
@@ -211,6 +217,17 @@ def run_role(role: str, body: Callable[[RoleContext], None]) -> None:
         opened.close()
     log.info("stopped")
     sys.exit(0)
+
+
+def load_tls(settings: Settings) -> NodeTls:
+    """The node's identity (made on first use) and its TLS contexts; raises StartupError."""
+    from p2pshare.services.net import identity
+    from p2pshare.services.net.tls import NodeTls
+
+    try:
+        return NodeTls(identity.load_or_create(settings.identity_dir), settings.encrypt)
+    except identity.IdentityError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def cannot_start(role: str, reason: str, database: Database | None) -> NoReturn:

@@ -97,7 +97,7 @@ def run(ctx: RoleContext) -> None:
 
 
 def main() -> None:
-    run_role("web", run)
+    run_role("web", run, uses_tls=False)
 
 
 if __name__ == "__main__":
