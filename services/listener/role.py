@@ -22,7 +22,11 @@ from p2pshare.services.runtime import RoleContext, StartupError, run_role, start
 log = logging.getLogger("p2p.listener")
 
 RECV_TIMEOUT = 0.5
+# Peers silent for P2P_PEER_TTL are expired once every EXPIRE_SHARE of the TTL (at least
+# every EXPIRE_EVERY): a peer goes at most 5 % of its TTL late, and an idle listener does
+# not open a write transaction every second to find nobody to expire.
 EXPIRE_EVERY = 1.0
+EXPIRE_SHARE = 0.05
 EXPIRE_LATEST = 5.0
 MAX_BATCH = 256
 # Node ids whose last address the proof warmer remembers: more than the peers of a LAN.
@@ -167,6 +171,7 @@ def run(ctx: RoleContext) -> None:
     writer = ListenerWriter(ctx, drops.drop)
     writer.start()
     max_age = max(3 * settings.announce_interval, 30.0)
+    expire_every = max(EXPIRE_EVERY, EXPIRE_SHARE * settings.peer_ttl)
     next_expiry = 0.0
     log.info("listening for announcements on UDP port %d", settings.udp_port)
     try:
@@ -196,7 +201,7 @@ def run(ctx: RoleContext) -> None:
             drained = len(batch) < MAX_BATCH
             if now >= next_expiry and (drained or now >= next_expiry + EXPIRE_LATEST):
                 writer.put_expire(now)
-                next_expiry = now + EXPIRE_EVERY
+                next_expiry = now + expire_every
     finally:
         sock.close()
         writer.join()
