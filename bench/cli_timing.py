@@ -113,7 +113,10 @@ def _offer(name: str, data: bytes) -> tuple[dbcatalogs.Offered, Any, list[str]]:
         "chunks_held": count,
     }
     # The manifest root, where this version of the database has one.
-    if "root" in {f.name for f in dataclasses.fields(dbcatalogs.Offered)}:
+    offered_fields = getattr(dbcatalogs.Offered, "_fields", None) or [
+        f.name for f in dataclasses.fields(dbcatalogs.Offered)
+    ]
+    if "root" in offered_fields:
         fields["root"] = protocol.manifest_root(entries)  # type: ignore[attr-defined]
     offered = dbcatalogs.Offered(**fields)
     key = getattr(offered, "key", (sha, CHUNK))

@@ -16,7 +16,7 @@ import click
 
 from p2pshare.db import quick
 from p2pshare.db.roles import ALIVE_WITHIN_SECONDS, RoleStatus
-from p2pshare.db.schema import SchemaError
+from p2pshare.db.version import SchemaError
 from p2pshare.services import node_config
 from p2pshare.services.node_config import record_path
 from p2pshare.services.settings import Settings, SettingsError, load_settings

@@ -19,7 +19,7 @@ from p2pshare.db import queueing, quick
 from p2pshare.services.units import human_bytes, plural
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
 
 @click.command()
@@ -131,7 +131,7 @@ def announce(q: queueing.Queued) -> None:
 
 
 def change_downloads(
-    ctl: Ctl, name: str, change: Callable[[Session], list[str]], verb: str, none: str
+    ctl: Ctl, name: str, change: Callable[[Connection], list[str]], verb: str, none: str
 ) -> None:
     ctl.require_running()
     with ctl.database.write(durable=True) as s:

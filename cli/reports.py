@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import click
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from p2pshare.cli.context import Ctl, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
@@ -22,7 +22,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 T = TypeVar("T")
 
 
-def fetch_report(ctl: Ctl, query: Callable[[Session], list[T]], as_json: bool) -> list[T] | None:
+def fetch_report(ctl: Ctl, query: Callable[[Connection], list[T]], as_json: bool) -> list[T] | None:
     """Rows of a report; None when they were printed as JSON already."""
     ctl.note_if_stopped()
     with ctl.database.read() as s:

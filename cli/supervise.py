@@ -25,7 +25,7 @@ import click
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
 from p2pshare.db import quick
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES
-from p2pshare.db.schema import SchemaError
+from p2pshare.db.version import SchemaError
 from p2pshare.services import node_config
 from p2pshare.services.settings import Settings, SettingsError
 

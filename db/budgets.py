@@ -10,12 +10,14 @@ them, up to P2P_PEER_MANIFEST_ROWS (a manifest that would pass it is not even as
 
 from __future__ import annotations
 
-import sqlite3
+import json
 import time
 from collections.abc import Collection, Sequence
 from typing import TypeVar
 
-from p2pshare.db.inlists import in_slices, marks
+from sqlalchemy import Connection, func, select, text, update
+
+from .schema import holdings, peers
 
 CATALOG_BUDGET = "P2P_PEER_CATALOG_ENTRIES"
 MANIFEST_BUDGET = "P2P_PEER_MANIFEST_ROWS"
@@ -24,7 +26,7 @@ T = TypeVar("T")
 
 
 def within_catalog_budget(
-    conn: sqlite3.Connection,
+    conn: Connection,
     peer_id: int,
     offered: Sequence[T],
     *,
@@ -42,60 +44,64 @@ def within_catalog_budget(
     """
     counted = 0
     if not reset:
-        row = conn.execute("SELECT catalog_entries FROM peers WHERE id = ?", (peer_id,)).fetchone()
-        counted = 0 if row is None else int(row[0])
+        found = conn.scalar(select(peers.c.catalog_entries).where(peers.c.id == peer_id))
+        counted = int(found or 0)
     if counted + len(offered) > limit:
-        (counted,) = conn.execute(
-            "SELECT count(*) FROM holdings WHERE peer_id = ?", (peer_id,)
-        ).fetchone()
+        counted = int(conn.scalar(select(func.count()).where(holdings.c.peer_id == peer_id)) or 0)
         room = max(0, limit - counted)
         if len(offered) > room:
             offered = offered[:room]
             record_over_budget(conn, peer_id, CATALOG_BUDGET, limit, now=now)
     conn.execute(
-        "UPDATE peers SET catalog_entries = ? WHERE id = ?", (counted + len(offered), peer_id)
+        update(peers).where(peers.c.id == peer_id).values(catalog_entries=counted + len(offered))
     )
     return offered
 
 
-def manifest_rows_used(conn: sqlite3.Connection, peer_ids: Collection[int]) -> dict[int, int]:
+_MANIFEST_ROWS = text(
+    "SELECT m.peer_id, sum(m.chunk_rows) FROM manifest_sources m"
+    " WHERE m.peer_id IN (SELECT value FROM json_each(:ids)) AND NOT EXISTS"
+    " (SELECT 1 FROM local_files l WHERE l.file_id = m.file_id) GROUP BY m.peer_id"
+)
+
+
+def manifest_rows_used(conn: Connection, peer_ids: Collection[int]) -> dict[int, int]:
     """Per peer, the chunk rows its manifests made this node store that no file of this
     node's own proves yet (a finished download or a shared file of that content does)."""
     used = {peer_id: 0 for peer_id in peer_ids}
-    for part in in_slices(sorted(used)):
-        for peer_id, rows in conn.execute(
-            "SELECT m.peer_id, sum(m.chunk_rows) FROM manifest_sources m"
-            f" WHERE m.peer_id IN ({marks(part)}) AND NOT EXISTS"
-            " (SELECT 1 FROM local_files l WHERE l.file_id = m.file_id) GROUP BY m.peer_id",
-            part,
-        ):
-            used[peer_id] = int(rows)
+    for peer_id, rows in conn.execute(_MANIFEST_ROWS, {"ids": json.dumps(sorted(used))}):
+        used[peer_id] = int(rows)
     return used
 
 
 def record_manifest_sources(
-    conn: sqlite3.Connection, sources: Sequence[tuple[int, int, int]], *, now: float
+    conn: Connection, sources: Sequence[tuple[int, int, int]], *, now: float
 ) -> None:
     """Charge each (file id, peer id, chunk rows) to that peer: its manifest gave the
     content its chunk hashes (inside a write transaction)."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO manifest_sources (file_id, peer_id, chunk_rows, learned_at)"
-        " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM peers WHERE id = ?)",
-        [(fid, peer_id, rows, now, peer_id) for fid, peer_id, rows in sources],
+    if not sources:
+        return
+    conn.execute(
+        text(
+            "INSERT OR IGNORE INTO manifest_sources (file_id, peer_id, chunk_rows, learned_at)"
+            " SELECT :fid, :peer, :rows, :now WHERE EXISTS (SELECT 1 FROM peers WHERE id = :peer)"
+        ),
+        [{"fid": fid, "peer": peer_id, "rows": rows, "now": now} for fid, peer_id, rows in sources],
     )
 
 
 def record_over_budget(
-    conn: sqlite3.Connection, peer_id: int, budget: str, limit: int, *, now: float
+    conn: Connection, peer_id: int, budget: str, limit: int, *, now: float
 ) -> bool:
     """Record that the peer reached `budget` (a setting's name) at `now`, beside any other
     budget it reached; returns whether it had not reached this one before (inside a write
     transaction)."""
-    row = conn.execute("SELECT over_budget FROM peers WHERE id = ?", (peer_id,)).fetchone()
+    row = conn.execute(select(peers.c.over_budget).where(peers.c.id == peer_id)).first()
     if row is None:
         return False
-    others = [p for p in (row[0] or "").split("; ") if p and not p.startswith(f"{budget} ")]
+    before = row.over_budget or ""
+    others = [p for p in before.split("; ") if p and not p.startswith(f"{budget} ")]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    text = "; ".join(sorted([*others, f"{budget} ({limit}) at {stamp}"]))
-    conn.execute("UPDATE peers SET over_budget = ? WHERE id = ?", (text, peer_id))
-    return not (row[0] or "").startswith(f"{budget} ") and f"; {budget} " not in (row[0] or "")
+    text_ = "; ".join(sorted([*others, f"{budget} ({limit}) at {stamp}"]))
+    conn.execute(update(peers).where(peers.c.id == peer_id).values(over_budget=text_))
+    return not before.startswith(f"{budget} ") and f"; {budget} " not in before

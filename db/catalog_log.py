@@ -14,7 +14,7 @@ indexer, the downloader's jobs and batches, the torrent role, p2pctl's cancels) 
 the log in the same transaction without knowing of it, and none can forget to. One
 exception, for speed: rows inserted into `local_files`, which only `db.index` does, get
 their entries from it in one statement a batch (`offer_new_local_files`): a trigger a
-row was a third of a first index's database time.
+row would cost a first index more than the rest of its database work.
 
 `node.catalog_epoch` names the log: a peer that held this node's catalog up to N under
 another epoch (this database was reset or replaced) fetches it whole again, as does one
@@ -24,11 +24,12 @@ whose N lies below `node.catalog_floor`, the newest tombstone compacted away.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from p2pshare.db.queueing import KEEPING_TEMP
+from sqlalchemy import Connection, text
+
+from .status import KEEPING_TEMP, sql_in
 
 # Tombstones kept beyond the entries still offered: enough for a peer away a while to
 # catch up by changes; past it the oldest go, and a peer further behind fetches whole.
@@ -36,7 +37,7 @@ from p2pshare.db.queueing import KEEPING_TEMP
 MIN_TOMBSTONES = 10_000
 EPOCH_HEX = 16
 
-_OFFERING = ", ".join(f"'{s}'" for s in sorted(KEEPING_TEMP))
+_OFFERING = sql_in(KEEPING_TEMP)
 
 
 def _refresh(fid: str, name: str) -> str:
@@ -73,26 +74,32 @@ def _write_if(changed: str, fid: str, name: str, have: str, gone: str) -> str:
     )
 
 
-def offer_new_local_files(conn: sqlite3.Connection, *, after_id: int) -> None:
+def offer_new_local_files(conn: Connection, *, after_id: int) -> None:
     """The catalog entries of the local_files rows inserted with ids above `after_id`: each
     offered whole, one change each unless already offered so (the same content under the
     same name in both folders), numbered on from the version (inside the caller's
     write transaction)."""
-    conn.execute(
+    _run(
+        conn,
         "INSERT INTO catalog_log (file_id, name, seq, have, removed, gone_sha256)"
         " SELECT l.file_id, l.name,"
         " (SELECT catalog_version FROM node WHERE id = 1) + row_number() OVER (ORDER BY l.id),"
-        " NULL, 0, NULL FROM local_files l WHERE l.id > ? AND NOT EXISTS (SELECT 1"
+        " NULL, 0, NULL FROM local_files l WHERE l.id > :after AND NOT EXISTS (SELECT 1"
         " FROM catalog_log c WHERE c.file_id = l.file_id AND c.name = l.name"
         " AND c.removed = 0 AND c.have IS NULL)"
         " ON CONFLICT (file_id, name) DO UPDATE SET seq = excluded.seq, have = NULL,"
         " removed = 0, gone_sha256 = NULL",
-        (after_id,),
+        after=after_id,
     )
-    conn.execute(
+    _run(
+        conn,
         "UPDATE node SET catalog_version = (SELECT max(seq) FROM catalog_log)"
-        " WHERE id = 1 AND catalog_version < (SELECT max(seq) FROM catalog_log)"
+        " WHERE id = 1 AND catalog_version < (SELECT max(seq) FROM catalog_log)",
     )
+
+
+def _run(conn: Connection, sql: str, **params: Any) -> Any:
+    return conn.execute(text(sql), params)
 
 
 def _trigger(name: str, event: str, when: str, body: str) -> str:
@@ -147,35 +154,38 @@ TRIGGERS = (
 TRIGGER_NAMES = tuple(ddl.split()[2] for ddl in TRIGGERS)
 
 
-def start(conn: sqlite3.Connection) -> None:
+def start(conn: Connection) -> None:
     """The log's triggers and epoch, the log filled with what the node offers now (inside
     the caller's schema transaction, once the table exists: a new database, or an upgrade)."""
-    conn.execute(
+    _run(
+        conn,
         "INSERT OR IGNORE INTO node (id, catalog_version, catalog_floor, announce_wanted_at,"
-        " updated_at) VALUES (1, 0, 0, 0, 0)"
+        " updated_at) VALUES (1, 0, 0, 0, 0)",
     )
-    conn.execute(
-        "UPDATE node SET catalog_epoch = ?, catalog_floor = 0 WHERE id = 1", (new_epoch(),)
-    )
+    _run(conn, "UPDATE node SET catalog_epoch = :epoch, catalog_floor = 0 WHERE id = 1",
+         epoch=new_epoch())  # fmt: skip
     for ddl in TRIGGERS:
-        conn.execute(ddl)
+        _run(conn, ddl)
     # What is offered already (an upgraded node): one entry each, numbered from the
     # version peers last heard, so the first announcement after the upgrade moves it.
-    conn.execute(
+    _run(
+        conn,
         "INSERT OR IGNORE INTO catalog_log (file_id, name, seq, have, removed)"
         " SELECT file_id, name, (SELECT catalog_version FROM node WHERE id = 1)"
-        " + row_number() OVER (ORDER BY id), NULL, 0 FROM local_files"
+        " + row_number() OVER (ORDER BY id), NULL, 0 FROM local_files",
     )
-    conn.execute(
+    _run(
+        conn,
         "INSERT OR IGNORE INTO catalog_log (file_id, name, seq, have, removed)"
         " SELECT file_id, name, (SELECT catalog_version FROM node WHERE id = 1)"
         " + (SELECT count(*) FROM local_files) + row_number() OVER (ORDER BY id), have, 0"
         f" FROM downloads WHERE file_id IS NOT NULL AND status IN ({_OFFERING})"
-        " AND bytes_done > 0"
+        " AND bytes_done > 0",
     )
-    conn.execute(
+    _run(
+        conn,
         "UPDATE node SET catalog_version = max(catalog_version,"
-        " (SELECT coalesce(max(seq), 0) FROM catalog_log)) WHERE id = 1"
+        " (SELECT coalesce(max(seq), 0) FROM catalog_log)) WHERE id = 1",
     )
 
 
@@ -193,10 +203,10 @@ class LogState:
     floor: int
 
 
-def state(conn: sqlite3.Connection) -> LogState:
-    row = conn.execute(
-        "SELECT catalog_epoch, catalog_version, catalog_floor FROM node WHERE id = 1"
-    ).fetchone()
+def state(conn: Connection) -> LogState:
+    row = _run(
+        conn, "SELECT catalog_epoch, catalog_version, catalog_floor FROM node WHERE id = 1"
+    ).first()
     if row is None or row[0] is None:
         return LogState("", 0, 0)
     return LogState(row[0], row[1], row[2])
@@ -215,9 +225,7 @@ class LogRow(NamedTuple):
     removed: bool
 
 
-def rows_after(
-    conn: sqlite3.Connection, after: int, limit: int, *, removed: bool = True
-) -> list[LogRow]:
+def rows_after(conn: Connection, after: int, limit: int, *, removed: bool = True) -> list[LogRow]:
     """The next `limit` changes after sequence number `after`, oldest first (tombstones
     left out with removed=False: a peer fetching whole has nothing to remove)."""
     return [
@@ -231,37 +239,40 @@ def rows_after(
 PageRow = tuple[int, int, str, str, int | None, int | None, str | None, bytes | None]
 
 
-def page_rows(
-    conn: sqlite3.Connection, after: int, limit: int, *, removed: bool = True
-) -> list[PageRow]:
+def page_rows(conn: Connection, after: int, limit: int, *, removed: bool = True) -> list[PageRow]:
     """rows_after as SQLite gives them, for the server's pages (thousands a page: no
     object each): (seq, removed, name, sha256, size, chunk_size, root, have); a
     tombstone's size, chunk size and root are NULL once its content is forgotten."""
     where = "" if removed else " AND c.removed = 0"
-    return conn.execute(
+    rows = _run(
+        conn,
         "SELECT c.seq, c.removed, c.name, coalesce(c.gone_sha256, f.sha256), f.size,"
         " f.chunk_size, f.root, c.have FROM catalog_log c LEFT JOIN files f ON f.id = c.file_id"
-        f" WHERE c.seq > ?{where} ORDER BY c.seq LIMIT ?",
-        (after, limit),
-    ).fetchall()
+        f" WHERE c.seq > :after{where} ORDER BY c.seq LIMIT :limit",
+        after=after,
+        limit=limit,
+    )
+    return [tuple(row) for row in rows]
 
 
-def compact(conn: sqlite3.Connection) -> int:
+def compact(conn: Connection) -> int:
     """Drop the oldest tombstones beyond max(MIN_TOMBSTONES, entries offered), raising
     the floor past them; returns how many went. Call inside a write transaction."""
     # Through the tombstones' partial index: the whole log is counted only when they
     # are many (the housekeeping calls this every few seconds).
-    dead: int = conn.execute("SELECT count(*) FROM catalog_log WHERE removed = 1").fetchone()[0]
+    dead = int(_run(conn, "SELECT count(*) FROM catalog_log WHERE removed = 1").scalar_one())
     if dead <= MIN_TOMBSTONES:
         return 0
-    live: int = conn.execute("SELECT count(*) FROM catalog_log").fetchone()[0] - dead
+    live = int(_run(conn, "SELECT count(*) FROM catalog_log").scalar_one()) - dead
     excess = dead - max(MIN_TOMBSTONES, live)
     if excess <= 0:
         return 0
-    floor = conn.execute(
-        "SELECT seq FROM catalog_log WHERE removed = 1 ORDER BY seq LIMIT 1 OFFSET ?",
-        (excess - 1,),
-    ).fetchone()[0]
-    conn.execute("DELETE FROM catalog_log WHERE removed = 1 AND seq <= ?", (floor,))
-    conn.execute("UPDATE node SET catalog_floor = max(catalog_floor, ?) WHERE id = 1", (floor,))
+    floor = _run(
+        conn,
+        "SELECT seq FROM catalog_log WHERE removed = 1 ORDER BY seq LIMIT 1 OFFSET :skip",
+        skip=excess - 1,
+    ).scalar_one()
+    _run(conn, "DELETE FROM catalog_log WHERE removed = 1 AND seq <= :floor", floor=floor)
+    _run(conn, "UPDATE node SET catalog_floor = max(catalog_floor, :floor) WHERE id = 1",
+         floor=floor)  # fmt: skip
     return excess

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 ENDED = ("done", "failed", "cancelled")
 # Rows per transaction: downloads carry a few download_sources rows each, files a
@@ -71,43 +70,43 @@ class RolledUp:
     last_day: int
 
 
-def has_old_downloads(session: Session, cutoff: float) -> bool:
+def has_old_downloads(conn: Connection, cutoff: float) -> bool:
     """Whether any ended download finished before cutoff (one probe of its index)."""
-    found = session.execute(_OLD_DOWNLOADS, {"cutoff": cutoff, "batch": 1}).first()
+    found = conn.execute(_OLD_DOWNLOADS, {"cutoff": cutoff, "batch": 1}).first()
     return found is not None
 
 
-def roll_up_downloads(session: Session, cutoff: float, batch: int = DOWNLOAD_BATCH) -> int:
+def roll_up_downloads(conn: Connection, cutoff: float, batch: int = DOWNLOAD_BATCH) -> int:
     """Move up to `batch` of the downloads that ended before cutoff into download_days,
     deleting them and their download_sources; returns how many (0: none is that old)."""
-    ids = [int(i) for i in session.scalars(_OLD_DOWNLOADS, {"cutoff": cutoff, "batch": batch})]
+    ids = [int(i) for i in conn.scalars(_OLD_DOWNLOADS, {"cutoff": cutoff, "batch": batch})]
     if not ids:
         return 0
     listed = ", ".join(str(i) for i in ids)  # integers from the database, not user text
-    session.execute(text(_ROLL_UP_DOWNLOADS.format(ids=listed)))
-    session.execute(text(f"DELETE FROM download_sources WHERE download_id IN ({listed})"))
-    session.execute(text(f"DELETE FROM downloads WHERE id IN ({listed})"))
+    conn.execute(text(_ROLL_UP_DOWNLOADS.format(ids=listed)))
+    conn.execute(text(f"DELETE FROM download_sources WHERE download_id IN ({listed})"))
+    conn.execute(text(f"DELETE FROM downloads WHERE id IN ({listed})"))
     return len(ids)
 
 
-def roll_up_requests(session: Session, cutoff: float) -> int:
+def roll_up_requests(conn: Connection, cutoff: float) -> int:
     """Move requests made before cutoff that no download row points at any more into
     request_days; returns how many."""
-    session.execute(_ROLL_UP_REQUESTS, {"cutoff": cutoff})
-    gone = session.execute(_DELETE_REQUESTS, {"cutoff": cutoff})
-    return int(gone.rowcount)  # type: ignore[attr-defined]
+    conn.execute(_ROLL_UP_REQUESTS, {"cutoff": cutoff})
+    gone = conn.execute(_DELETE_REQUESTS, {"cutoff": cutoff})
+    return int(gone.rowcount)
 
 
-def forget_files(session: Session, cutoff: float, batch: int = FILE_BATCH) -> int:
+def forget_files(conn: Connection, cutoff: float, batch: int = FILE_BATCH) -> int:
     """Delete up to `batch` `files` rows first seen before cutoff that nothing refers to
     (no peer's offer, no local file, no download row), with their chunks; returns how many."""
-    gone = session.execute(_FORGOTTEN, {"cutoff": cutoff, "batch": batch})
-    return int(gone.rowcount)  # type: ignore[attr-defined]
+    gone = conn.execute(_FORGOTTEN, {"cutoff": cutoff, "batch": batch})
+    return int(gone.rowcount)
 
 
-def rolled_up(session: Session) -> list[RolledUp]:
+def rolled_up(conn: Connection) -> list[RolledUp]:
     """Per ending, the downloads rolled up into download_days (none: an empty list)."""
-    rows = session.execute(
+    rows = conn.execute(
         text(
             "SELECT status, sum(downloads), sum(bytes), min(day), max(day) FROM download_days"
             " GROUP BY status ORDER BY status"
@@ -116,9 +115,9 @@ def rolled_up(session: Session) -> list[RolledUp]:
     return [RolledUp(s, int(n), int(b), int(d0), int(d1)) for s, n, b, d0, d1 in rows]
 
 
-def rolled_up_done(session: Session) -> int:
+def rolled_up_done(conn: Connection) -> int:
     """Finished downloads (done) no longer in `downloads`, rolled up into download_days."""
-    n = session.scalar(
+    n = conn.scalar(
         text("SELECT coalesce(sum(downloads), 0) FROM download_days WHERE status = 'done'")
     )
     return int(n or 0)

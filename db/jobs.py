@@ -3,28 +3,30 @@ start, its sources, its progress made durable, and its end."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, func, select, text, update
 
-from p2pshare.db.index import HashedFile, record_local_file
-from p2pshare.db.models import BadPeer, Chunk, Download, DownloadSource, File, Holding, Peer
-from p2pshare.db.queueing import KEEPING_TEMP, UNFINISHED
+from .index import HashedFile, record_local_files
+from .schema import chunks, downloads
+from .sources import Source, mark_bad, sources_of
+from .status import KEEPING_TEMP, UNFINISHED, Status
+
+__all__ = ["Source"]
+
+d = downloads.c
 
 
-def unfinished_downloads(session: Session) -> list[int]:
+def unfinished_downloads(conn: Connection) -> list[int]:
     """Ids of downloads to run, oldest first (queued ones and any a crash interrupted)."""
-    return list(
-        session.scalars(
-            select(Download.id).where(Download.status.in_(UNFINISHED)).order_by(Download.id)
-        )
-    )
+    return list(conn.scalars(select(d.id).where(d.status.in_(UNFINISHED)).order_by(d.id)))
 
 
-def downloads_keeping_temp(session: Session) -> set[int]:
+def downloads_keeping_temp(conn: Connection) -> set[int]:
     """Downloads whose temp file must stay."""
-    return set(session.scalars(select(Download.id).where(Download.status.in_(KEEPING_TEMP))))
+    return set(conn.scalars(select(d.id).where(d.status.in_(KEEPING_TEMP))))
 
 
 @dataclass(frozen=True)
@@ -48,64 +50,47 @@ class JobSpec:
     requested_at: float = 0.0
 
 
-def spec_of(d: Download, f: File, entries: list[str]) -> JobSpec:
-    """A job's spec from its download row, its file row and its manifest entries."""
-    return JobSpec(
-        d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, entries,
-        bytes(d.have), d.temp_path, d.saved_as, d.status, d.requested_at,
-    )  # fmt: skip
+_SPECS = text(
+    "SELECT d.id, f.id, d.name, f.sha256, f.size, f.chunk_size, f.root, d.have, d.temp_path,"
+    " d.saved_as, d.status, d.requested_at FROM downloads d JOIN files f ON f.id = d.file_id"
+    " WHERE d.id IN (SELECT value FROM json_each(:ids)) ORDER BY d.id"
+)
+_ENTRIES = text(
+    "SELECT file_id, sha256 FROM chunks WHERE file_id IN (SELECT value FROM json_each(:ids))"
+    " ORDER BY file_id, chunk_index"
+)
 
 
-def job_spec(session: Session, download_id: int) -> JobSpec | None:
-    d = session.get(Download, download_id)
-    if d is None:
-        return None
-    f = session.get(File, d.file_id)
-    assert f is not None
-    return spec_of(d, f, entries(session, f.id))
+def job_specs(conn: Connection, download_ids: Sequence[int]) -> list[JobSpec]:
+    """What each of these downloads' jobs needs, in two queries however many (a download
+    with no `files` row, a torrent's, has none)."""
+    rows = conn.execute(_SPECS, {"ids": json.dumps(sorted(set(download_ids)))}).all()
+    entries: dict[int, list[str]] = {row[1]: [] for row in rows}
+    for file_id, entry in conn.execute(_ENTRIES, {"ids": json.dumps(list(entries))}):
+        entries[file_id].append(entry)
+    return [
+        JobSpec(did, fid, name, sha, size, cs, root, entries[fid], bytes(have or b""),
+                temp, saved, status, requested)
+        for did, fid, name, sha, size, cs, root, have, temp, saved, status, requested in rows
+    ]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Source:
-    address: str
-    tcp_port: int
-    username: str
-    bitfield: bytes | None  # from the catalog; refreshed over TCP by the job
-    fingerprint: str | None = None
-    tls: bool = False
+def job_spec(conn: Connection, download_id: int) -> JobSpec | None:
+    specs = job_specs(conn, [download_id])
+    return specs[0] if specs else None
 
 
-def sources_for(session: Session, file_id: int) -> list[Source]:
-    """Live peers holding any chunk of the file, minus those marked bad for it."""
-    bad = {
-        (b.address, b.tcp_port)
-        for b in session.scalars(select(BadPeer).where(BadPeer.file_id == file_id))
-    }
-    out: dict[tuple[str, int], Source] = {}
-    for peer, holding in session.execute(
-        select(Peer, Holding)
-        .join(Holding, Holding.peer_id == Peer.id)
-        .where(Holding.file_id == file_id)
-    ):
-        key = (peer.address, peer.tcp_port)
-        if key in bad or holding.chunks_held == 0:
-            continue
-        prev = out.get(key)
-        bits = holding.bitfield
-        if prev is not None and (prev.bitfield is None or bits is not None):
-            continue  # keep the fuller holding of the two names
-        out[key] = Source(
-            peer.address, peer.tcp_port, peer.username, bits, peer.fingerprint, peer.tls
-        )
-    return list(out.values())
+def sources_for(conn: Connection, file_id: int) -> list[Source]:
+    """The usable sources of the file (db.sources): peers holding any chunk of it."""
+    return sources_of(conn, [file_id])[file_id]
 
 
-def start_job(session: Session, download_id: int, temp_path: str, *, now: float) -> None:
-    d = session.get(Download, download_id)
-    assert d is not None
-    d.temp_path = temp_path
-    if d.started_at is None:
-        d.started_at = now
+def start_job(conn: Connection, download_id: int, temp_path: str, *, now: float) -> None:
+    conn.execute(
+        update(downloads)
+        .where(d.id == download_id)
+        .values(temp_path=temp_path, started_at=func.coalesce(d.started_at, now))
+    )
 
 
 @dataclass(frozen=True)
@@ -132,69 +117,77 @@ class Progress:
     reason: str | None
 
 
-def record_progress(session: Session, download_id: int, p: Progress, *, now: float) -> str:
+def record_progress(conn: Connection, download_id: int, p: Progress, *, now: float) -> str:
     """Write a job's batch of progress; returns the download's status (a cancel shows here)."""
-    d = session.get(Download, download_id)
-    if d is None:
-        return "cancelled"
-    if d.status not in UNFINISHED:
-        return d.status
-    d.have, d.bytes_done, d.status, d.reason = p.have, p.bytes_done, p.status, p.reason
-    d.bytes_received += p.new_bytes_received
-    d.bad_chunks += p.new_bad_chunks
-    for t in p.tallies:
-        src = session.get(DownloadSource, (download_id, t.address, t.tcp_port))
-        if src is None:
-            src = DownloadSource(
-                download_id=download_id,
-                address=t.address,
-                tcp_port=t.tcp_port,
-                username=t.username,
-                chunks=0,
-                bytes=0,
-                bad_chunks=0,
-            )
-            session.add(src)
-        src.chunks += t.chunks
-        src.bytes += t.bytes
-        src.bad_chunks += t.bad_chunks
-    for address, port in p.new_bad_peers:
-        bad = session.scalar(
-            select(BadPeer).where(
-                BadPeer.address == address, BadPeer.tcp_port == port, BadPeer.file_id == d.file_id
-            )
+    row = conn.execute(select(d.status, d.file_id).where(d.id == download_id)).first()
+    if row is None:
+        return Status.CANCELLED
+    if row.status not in UNFINISHED:
+        return str(row.status)
+    conn.execute(
+        update(downloads)
+        .where(d.id == download_id)
+        .values(
+            have=p.have,
+            bytes_done=p.bytes_done,
+            status=p.status,
+            reason=p.reason,
+            bytes_received=d.bytes_received + p.new_bytes_received,
+            bad_chunks=d.bad_chunks + p.new_bad_chunks,
         )
-        if bad is None:
-            session.add(
-                BadPeer(
-                    address=address, tcp_port=port, file_id=d.file_id, bad_chunks=1, marked_at=now
-                )
-            )
-        else:
-            bad.bad_chunks += 1
-            bad.marked_at = now
-    return d.status
+    )
+    add_tallies(conn, [(download_id, t) for t in p.tallies])
+    mark_bad(conn, [(row.file_id, address, port) for address, port in p.new_bad_peers], now=now)
+    return p.status
 
 
-def set_saved_as(session: Session, download_id: int, saved_as: str) -> None:
+def add_tallies(conn: Connection, tallies: Sequence[tuple[int, SourceTally]]) -> None:
+    """Add each source's chunks and bytes to `download_sources`: a row a retry left is
+    added to, else one is inserted."""
+    if not tallies:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO download_sources"
+            " (download_id, address, tcp_port, username, chunks, bytes, bad_chunks)"
+            " VALUES (:download_id, :address, :tcp_port, :username, :chunks, :bytes, :bad)"
+            " ON CONFLICT (download_id, address, tcp_port) DO UPDATE SET"
+            " chunks = chunks + excluded.chunks, bytes = bytes + excluded.bytes,"
+            " bad_chunks = bad_chunks + excluded.bad_chunks"
+        ),
+        [
+            {
+                "download_id": i,
+                "address": t.address,
+                "tcp_port": t.tcp_port,
+                "username": t.username,
+                "chunks": t.chunks,
+                "bytes": t.bytes,
+                "bad": t.bad_chunks,
+            }
+            for i, t in tallies
+        ],  # fmt: skip
+    )
+
+
+def set_saved_as(conn: Connection, download_id: int, saved_as: str) -> None:
     """Remember where the file is about to be published, so a crash mid-publish resumes there."""
-    d = session.get(Download, download_id)
-    assert d is not None
-    d.saved_as = saved_as
+    conn.execute(update(downloads).where(d.id == download_id).values(saved_as=saved_as))
 
 
-def hold_download(session: Session, download_id: int, reason: str) -> None:
+def hold_download(conn: Connection, download_id: int, reason: str) -> None:
     """Pause a whole, verified download the node cannot publish yet (its folder full or
-    unwritable): its temp file stays, and `p2pctl resume` publishes it once fixed."""
-    d = session.get(Download, download_id)
-    assert d is not None
-    if d.status not in UNFINISHED:
-        return  # cancelled or paused by the user meanwhile; keep their word
-    d.status, d.reason, d.saved_as = "paused", reason, None
+    unwritable): its temp file stays, and `p2pctl resume` publishes it once fixed. One
+    cancelled or paused by the user meanwhile keeps their word."""
+    conn.execute(
+        update(downloads)
+        .where(d.id == download_id, d.status.in_(UNFINISHED))
+        .values(status=Status.PAUSED, reason=reason, saved_as=None)
+    )
 
 
 def finish_download(
-    session: Session,
+    conn: Connection,
     download_id: int,
     *,
     status: str,
@@ -203,25 +196,28 @@ def finish_download(
     published: tuple[str, HashedFile] | None = None,
 ) -> None:
     """End a download: done (then shared from the download folder), failed or cancelled."""
-    d = session.get(Download, download_id)
-    assert d is not None
-    if d.status not in UNFINISHED and status != "done":
-        return  # cancelled meanwhile; keep the user's word
-    d.status, d.reason, d.finished_at = status, reason, now
-    d.temp_path = None
-    if status != "done":
-        d.saved_as = None  # a name chosen for it before publishing failed is not its
+    ending = update(downloads).where(d.id == download_id)
+    if status != Status.DONE:
+        # Cancelled meanwhile: keep the user's word. A name chosen for it before
+        # publishing failed is not its.
+        ending = ending.where(d.status.in_(UNFINISHED)).values(saved_as=None)
+    values: dict[str, object] = {
+        "status": status, "reason": reason, "finished_at": now, "temp_path": None
+    }  # fmt: skip
     if published is not None:
         name, hashed = published
-        d.saved_as = name
-        d.bytes_done = d.size
-        record_local_file(session, "download", name, hashed, now=now)
+        values.update(saved_as=name, bytes_done=d.size)
+    conn.execute(ending.values(**values))
+    if published is not None:
+        record_local_files(conn, "download", [published], now=now)
 
 
-def entries(session: Session, file_id: int) -> list[str]:
+def entries(conn: Connection, file_id: int) -> list[str]:
     """A file's manifest entries (hex), in chunk order."""
     return list(
-        session.scalars(
-            select(Chunk.sha256).where(Chunk.file_id == file_id).order_by(Chunk.chunk_index)
+        conn.scalars(
+            select(chunks.c.sha256)
+            .where(chunks.c.file_id == file_id)
+            .order_by(chunks.c.chunk_index)
         )
     )

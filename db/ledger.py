@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, func, select, text
 
-from p2pshare.db.models import BadPeer, Upload, UploadDay, UploadTotal
+from .schema import upload_days, uploads
+from .schema import upload_totals as totals_table
+from .sources import expire_bad_peers
+
+__all__ = ["expire_bad_peers"]
+
+up, ud = uploads.c, upload_days.c
 
 DAY_SECONDS = 86400
 # Rows per rollup transaction: about 50 ms of work on a slow disk, so a writer
@@ -63,9 +68,9 @@ def day_start(ts: float) -> int:
     return int(ts // DAY_SECONDS) * DAY_SECONDS
 
 
-def add_to_totals(session: Session, chunks: int, nbytes: int) -> None:
+def add_to_totals(conn: Connection, chunks: int, nbytes: int) -> None:
     """Count newly recorded uploads into the lifetime totals."""
-    session.execute(
+    conn.execute(
         text(
             "INSERT INTO upload_totals (id, chunks, bytes) VALUES (1, :c, :b)"
             " ON CONFLICT (id) DO UPDATE SET chunks = chunks + :c, bytes = bytes + :b"
@@ -74,41 +79,35 @@ def add_to_totals(session: Session, chunks: int, nbytes: int) -> None:
     )
 
 
-def upload_totals(session: Session) -> Totals:
+def upload_totals(conn: Connection) -> Totals:
     """Lifetime chunks and bytes served: one row, whatever the ledgers hold."""
-    row = session.get(UploadTotal, 1)
+    t = totals_table.c
+    row = conn.execute(select(t.chunks, t.bytes).where(t.id == 1)).first()
     return Totals(0, 0) if row is None else Totals(row.chunks, row.bytes)
 
 
-def roll_up_batch(session: Session, cutoff: float, batch: int = ROLLUP_BATCH) -> int:
+def roll_up_batch(conn: Connection, cutoff: float, batch: int = ROLLUP_BATCH) -> int:
     """Move up to about `batch` of the oldest uploads rows before `cutoff` into
     upload_days; returns how many rows it moved (0: nothing is older than cutoff)."""
     # The batch ends at the `at` of its last row, found on ix_uploads_at; rows sharing
     # that time join the batch, so both statements below see exactly the same rows.
-    bound = session.scalar(
-        select(Upload.at).where(Upload.at < cutoff).order_by(Upload.at).offset(batch - 1).limit(1)
+    bound = conn.scalar(
+        select(up.at).where(up.at < cutoff).order_by(up.at).offset(batch - 1).limit(1)
     )
     if bound is None:
         bound = cutoff
     params = {"cutoff": cutoff, "bound": bound}
-    session.execute(_ROLL_UP, params)
-    moved = session.execute(delete(Upload).where(Upload.at < cutoff, Upload.at <= bound))
-    return int(moved.rowcount)  # type: ignore[attr-defined]
+    conn.execute(_ROLL_UP, params)
+    moved = conn.execute(delete(uploads).where(up.at < cutoff, up.at <= bound))
+    return int(moved.rowcount)
 
 
-def has_rows_before(session: Session, cutoff: float) -> bool:
+def has_rows_before(conn: Connection, cutoff: float) -> bool:
     """Whether any uploads row is older than cutoff (one probe of ix_uploads_at)."""
-    return session.scalar(select(Upload.id).where(Upload.at < cutoff).limit(1)) is not None
+    return conn.scalar(select(up.id).where(up.at < cutoff).limit(1)) is not None
 
 
-def expire_bad_peers(session: Session, cutoff: float) -> int:
-    """Forgive peers marked bad before cutoff (a file's bad sender may have been fixed or
-    replaced by then); returns how many marks went."""
-    result = session.execute(delete(BadPeer).where(BadPeer.marked_at < cutoff))
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def uploads_since(session: Session, since: float) -> list[UploadSum]:
+def uploads_since(conn: Connection, since: float) -> list[UploadSum]:
     """Per peer and file, what was served from the start of the UTC day of `since` on:
     recent per-chunk rows and rolled-up days together, most bytes first."""
     first = day_start(since)
@@ -127,35 +126,35 @@ def uploads_since(session: Session, since: float) -> list[UploadSum]:
         acc[3] = min(acc[3], d0)
         acc[4] = max(acc[4], t)
 
-    recent = session.execute(
+    recent = conn.execute(
         select(
-            Upload.peer_address,
-            Upload.name,
-            Upload.sha256,
+            up.peer_address,
+            up.name,
+            up.sha256,
             func.count(),
-            func.sum(Upload.bytes),
-            func.sum(Upload.seconds),
-            func.min(Upload.at),
-            func.max(Upload.at),
+            func.sum(up.bytes),
+            func.sum(up.seconds),
+            func.min(up.at),
+            func.max(up.at),
         )
-        .where(Upload.at >= first)
-        .group_by(Upload.peer_address, Upload.name, Upload.sha256)
+        .where(up.at >= first)
+        .group_by(up.peer_address, up.name, up.sha256)
     )
     for peer, name, sha, chunks, nbytes, secs, t0, t1 in recent:
         add((peer, name, sha), chunks, nbytes, secs, day_start(t0), t1)
-    days = session.execute(
+    days = conn.execute(
         select(
-            UploadDay.peer_address,
-            UploadDay.name,
-            UploadDay.sha256,
-            func.sum(UploadDay.chunks),
-            func.sum(UploadDay.bytes),
-            func.sum(UploadDay.seconds),
-            func.min(UploadDay.day),
-            func.max(UploadDay.day),
+            ud.peer_address,
+            ud.name,
+            ud.sha256,
+            func.sum(ud.chunks),
+            func.sum(ud.bytes),
+            func.sum(ud.seconds),
+            func.min(ud.day),
+            func.max(ud.day),
         )
-        .where(UploadDay.day >= first)
-        .group_by(UploadDay.peer_address, UploadDay.name, UploadDay.sha256)
+        .where(ud.day >= first)
+        .group_by(ud.peer_address, ud.name, ud.sha256)
     )
     for peer, name, sha, chunks, nbytes, secs, d0, d1 in days:
         add((peer, name, sha), chunks, nbytes, secs, d0, d1 + DAY_SECONDS)

@@ -6,12 +6,16 @@ its whole manifest (its only entry is the file's SHA-256)."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from p2pshare.db.inlists import in_slices, marks
-from p2pshare.db.values import ContentKey
+from sqlalchemy import Connection, text
+
+from .local_index import INSERT_CHUNKS as _INSERT_CHUNKS
+from .sources import USABLE, mark_bad
+from .status import Status
+from .values import ContentKey
 
 
 @dataclass(frozen=True)
@@ -36,36 +40,31 @@ class Holder:
     peer_id: int = 0  # whose budget its manifests count against
 
 
-def unhashed(conn: sqlite3.Connection, file_ids: Sequence[int]) -> list[Unhashed]:
+_UNHASHED = text(
+    "SELECT f.id, f.sha256, f.chunk_size, f.root, f.size, f.chunk_count FROM files f"
+    " WHERE f.id IN (SELECT value FROM json_each(:ids)) AND f.chunk_count > 0 AND NOT EXISTS"
+    " (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0) ORDER BY f.id"
+)
+_HOLDERS = text(
+    "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls, p.username, p.id"
+    " FROM holdings h JOIN peers p ON p.id = h.peer_id"
+    f" WHERE h.file_id IN (SELECT value FROM json_each(:ids)) AND {USABLE}"
+    " ORDER BY p.last_seen DESC"
+)
+
+
+def unhashed(conn: Connection, file_ids: Sequence[int]) -> list[Unhashed]:
     """Of these contents, those with chunks but no chunk hashes here."""
-    out: list[Unhashed] = []
-    for part in in_slices(sorted(set(file_ids))):
-        out.extend(
-            Unhashed(fid, (sha, cs, root), size, count)
-            for fid, sha, cs, root, size, count in conn.execute(
-                "SELECT f.id, f.sha256, f.chunk_size, f.root, f.size, f.chunk_count FROM files f"
-                f" WHERE f.id IN ({marks(part)}) AND f.chunk_count > 0 AND NOT EXISTS"
-                " (SELECT 1 FROM chunks c WHERE c.file_id = f.id AND c.chunk_index = 0)",
-                part,
-            )
-        )
-    return out
+    rows = conn.execute(_UNHASHED, {"ids": json.dumps(sorted(set(file_ids)))})
+    return [Unhashed(fid, (sha, cs, root), size, count) for fid, sha, cs, root, size, count in rows]
 
 
-def holders(conn: sqlite3.Connection, file_ids: Sequence[int]) -> dict[int, list[Holder]]:
-    """Per content, the live peers offering any of it, minus those marked bad for it."""
+def holders(conn: Connection, file_ids: Sequence[int]) -> dict[int, list[Holder]]:
+    """Per content, its usable sources (db.sources), as the downloader reaches them."""
     out: dict[int, list[Holder]] = {fid: [] for fid in file_ids}
-    for part in in_slices(sorted(set(file_ids))):
-        for fid, address, port, fingerprint, tls, username, peer_id in conn.execute(
-            "SELECT DISTINCT h.file_id, p.address, p.tcp_port, p.fingerprint, p.tls, p.username,"
-            " p.id"
-            " FROM holdings h JOIN peers p ON p.id = h.peer_id"
-            f" WHERE h.file_id IN ({marks(part)}) AND NOT EXISTS (SELECT 1 FROM bad_peers b"
-            " WHERE b.file_id = h.file_id AND b.address = p.address AND b.tcp_port = p.tcp_port)"
-            " ORDER BY p.last_seen DESC",
-            part,
-        ):
-            out[fid].append(Holder(address, port, fingerprint, bool(tls), username, peer_id))
+    rows = conn.execute(_HOLDERS, {"ids": json.dumps(sorted(set(file_ids)))})
+    for fid, address, port, fingerprint, tls, username, peer_id in rows:
+        out[fid].append(Holder(address, port, fingerprint, bool(tls), username, peer_id))
     return out
 
 
@@ -78,28 +77,23 @@ def one_chunk_entries(content: Unhashed) -> list[str] | None:
     return [sha]
 
 
-def mark_liars(
-    conn: sqlite3.Connection, liars: Sequence[tuple[int, str, int]], *, now: float
-) -> None:
+def mark_liars(conn: Connection, liars: Sequence[tuple[int, str, int]], *, now: float) -> None:
     """Mark each (file id, address, port) bad for that file: it sent a manifest that does
     not hash to the root it offered (inside a write transaction)."""
-    conn.executemany(
-        "INSERT INTO bad_peers (address, tcp_port, file_id, bad_chunks, marked_at)"
-        " VALUES (?, ?, ?, 1, ?) ON CONFLICT (address, tcp_port, file_id) DO UPDATE SET"
-        " bad_chunks = bad_chunks + 1, marked_at = excluded.marked_at",
-        [(address, port, fid, now) for fid, address, port in liars],
-    )
+    mark_bad(conn, liars, now=now)
 
 
-def note_waiting(conn: sqlite3.Connection, file_ids: Sequence[int], reason: str) -> None:
+_NOTE = text(
+    "UPDATE downloads SET reason = :reason WHERE file_id IN (SELECT value FROM json_each(:ids))"
+    " AND status = :queued AND reason IS NOT :reason"
+)
+
+
+def note_waiting(conn: Connection, file_ids: Sequence[int], reason: str) -> None:
     """Say why queued downloads of these contents have not started: their manifest did not
     come (inside a write transaction); `history` and `p2pctl download` show it."""
-    for part in in_slices(sorted(set(file_ids))):
-        conn.execute(
-            f"UPDATE downloads SET reason = ? WHERE file_id IN ({marks(part)})"
-            " AND status = 'queued' AND reason IS NOT ?",
-            [reason, *part, reason],
-        )
+    ids = json.dumps(sorted(set(file_ids)))
+    conn.execute(_NOTE, {"reason": reason, "ids": ids, "queued": Status.QUEUED})
 
 
 def manifest_rows(
@@ -116,36 +110,28 @@ def manifest_rows(
             yield content, 0, entries[0]
 
 
-def record_manifest_rows(
-    conn: sqlite3.Connection, rows: Sequence[tuple[Unhashed, int, str]]
-) -> None:
+def record_manifest_rows(conn: Connection, rows: Sequence[tuple[Unhashed, int, str]]) -> None:
     """Record chunk hashes of manifests that proved their roots (inside a write
     transaction); a content hashed meanwhile keeps what it has."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO chunks (file_id, chunk_index, size, sha256) VALUES (?, ?, ?, ?)",
-        ((c.file_id, i, min(c.key[1], c.size - i * c.key[1]), e) for c, i, e in rows),
-    )
+    chunk_rows = [(c.file_id, i, min(c.key[1], c.size - i * c.key[1]), e) for c, i, e in rows]
+    if chunk_rows:
+        conn.execute(_INSERT_CHUNKS, {"rows": json.dumps(chunk_rows)})
 
 
-def note_unreachable(conn: sqlite3.Connection, reasons: dict[int, str]) -> None:
+def note_unreachable(conn: Connection, reasons: dict[int, str]) -> None:
     """Say on the queued downloads of these contents why they have not started: no peer
     offering them answered for the manifest (inside a write transaction)."""
-    conn.executemany(
-        "UPDATE downloads SET reason = ? WHERE file_id = ? AND status = 'queued'"
-        " AND reason IS NOT ?",
-        ((why, fid, why) for fid, why in reasons.items()),
-    )
+    for fid, why in reasons.items():
+        note_waiting(conn, [fid], why)
 
 
-def queued_for(conn: sqlite3.Connection, file_ids: Sequence[int]) -> list[int]:
+_QUEUED_FOR = text(
+    "SELECT id FROM downloads WHERE file_id IN (SELECT value FROM json_each(:ids))"
+    " AND status = :queued ORDER BY id"
+)
+
+
+def queued_for(conn: Connection, file_ids: Sequence[int]) -> list[int]:
     """The queued downloads of these contents."""
-    out: list[int] = []
-    for part in in_slices(sorted(set(file_ids))):
-        out.extend(
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM downloads WHERE file_id IN ({marks(part)}) AND status = 'queued'",
-                part,
-            )
-        )
-    return out
+    ids = json.dumps(sorted(set(file_ids)))
+    return list(conn.scalars(_QUEUED_FOR, {"ids": ids, "queued": Status.QUEUED}))

@@ -3,17 +3,16 @@ when silent (their catalogs are `db.catalogs`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, insert, select, text, update
 
-from p2pshare.db.engine import driver_connection
-from p2pshare.db.inlists import SLICE, in_slices, marks
-from p2pshare.db.models import Peer, RetiredNode
-from p2pshare.db.node import node_state
+from .lists import json_values
+from .node import node_state, want_announcement
+from .schema import peers, retired_nodes
 
 
 @dataclass(frozen=True)
@@ -54,25 +53,31 @@ MAX_SEQ_JUMP = 100_000
 RETIRED_KEEP_SECONDS = 24 * 3600
 
 
-def record_announce(session: Session, heard: Heard, *, now: float) -> AnnounceOutcome:
+def record_announce(conn: Connection, heard: Heard, *, now: float) -> AnnounceOutcome:
     """Create or refresh the peer; our own, a replayed or an older announcement changes nothing."""
-    return record_announces(session, [heard], now=now)[0]
+    return record_announces(conn, [heard], now=now)[0]
 
 
 def record_announces(
-    session: Session, heards: Sequence[Heard], *, now: float
+    conn: Connection, heards: Sequence[Heard], *, now: float
 ) -> list[AnnounceOutcome]:
     """record_announce for each of many announcements, in order, with one lookup of the
     peers they name (a boot storm or a steady round of 1,000 peers is a few statements)."""
-    state = node_state(session)
-    batch = _Batch(session, [h for h in heards if h.node_id != state.node_id])
-    out = [OWN if h.node_id == state.node_id else batch.record(h, now) for h in heards]
+    own = node_state(conn).node_id
+    batch = _Batch(conn, [h for h in heards if h.node_id != own])
+    out = [OWN if h.node_id == own else batch.record(h, now) for h in heards]
     batch.write()
     if batch.created:
-        state.announce_wanted_at = now  # the announcer answers newcomers at once
+        want_announcement(conn, now=now)  # the announcer answers newcomers at once
     return out
 
 
+_LISTED = "(SELECT value FROM json_each(:listed))"
+# Peers whose (address, second column) is one of the pairs listed.
+_PAIR_LISTED = (
+    "EXISTS (SELECT 1 FROM json_each(:listed) e"
+    " WHERE e.value->>0 = peers.address AND e.value->>1 = peers.{})"
+)
 _PEER_COLUMNS = (
     "id, node_id, username, address, tcp_port, catalog_version, announce_seq, catalog_synced,"
     " fingerprint, tls, catalog_epoch"
@@ -102,59 +107,45 @@ class _Batch:
     """What record_announces looks up, read once for all of its announcements and kept
     up to date as it goes; peers refreshed are written back together at the end (`write`).
 
-    Plain sqlite3 on the session's connection, whose pending ORM changes are flushed
-    first; any Peer or RetiredNode the session holds is expired once the batch is written."""
+    Each lookup is one statement, its list one JSON parameter."""
 
-    def __init__(self, session: Session, heards: Sequence[Heard]) -> None:
-        self.session = session
-        self.conn = driver_connection(session)
+    def __init__(self, conn: Connection, heards: Sequence[Heard]) -> None:
+        self.conn = conn
         self.created = 0
-        self.touched = False  # rows changed behind the session's back
         self.gone: set[int] = set()  # ids of the peers a restart replaced in this batch
         ids = sorted({h.node_id for h in heards})
         self.peers: dict[str, _Row] = {}
-        for part in in_slices(ids):
-            query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id IN ({marks(part)})"
-            for row in self.conn.execute(query, part):
-                self.peers[row[1]] = _Row(row)
+        query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id IN {_LISTED}"
+        for row in self._run(query, listed=json.dumps(ids)):
+            self.peers[row[1]] = _Row(row)
         unknown = [n for n in ids if n not in self.peers]
         # node id -> (last_seq, replaced)
         self.retired: dict[str, tuple[int, bool]] = {}
-        for part in in_slices(unknown):
-            query = (
-                "SELECT node_id, last_seq, replaced FROM retired_nodes"
-                f" WHERE node_id IN ({marks(part)})"
-            )
-            for node_id, last_seq, replaced in self.conn.execute(query, part):
-                self.retired[node_id] = (last_seq, bool(replaced))
+        query = f"SELECT node_id, last_seq, replaced FROM retired_nodes WHERE node_id IN {_LISTED}"
+        for node_id, last_seq, replaced in self._run(query, listed=json.dumps(unknown)):
+            self.retired[node_id] = (last_seq, bool(replaced))
         # Peers at the endpoints where new node ids announce (a restart there replaces them).
         new = set(unknown)
         ends = sorted({(h.address, h.tcp_port) for h in heards if h.node_id in new})
         self.at: dict[tuple[str, int], list[_Row]] = {end: [] for end in ends}
-        for some in in_slices(ends, SLICE // 2):
-            pairs = ",".join("(?, ?)" for _ in some)
-            query = (
-                f"SELECT {_PEER_COLUMNS} FROM peers WHERE (address, tcp_port) IN (VALUES {pairs})"
-            )
-            for row in self.conn.execute(query, [v for end in some for v in end]):
-                peer = self.peers.get(row[1]) or _Row(row)
-                self.at[(peer.address, peer.tcp_port)].append(peer)
+        query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE {_PAIR_LISTED.format('tcp_port')}"
+        for row in self._run(query, listed=json.dumps(ends)):
+            peer = self.peers.get(row[1]) or _Row(row)
+            self.at[(peer.address, peer.tcp_port)].append(peer)
         # And the peers with their address and certificate: a restart with P2P_TCP_PORT=0
         # takes another port, and its old self would offer its files from a closed one
-        # until the TTL (issue 36: "3 peers" and refused connections for 3 minutes).
+        # until the TTL (listed as one more peer, refusing connections).
         selves = sorted(
             {(h.address, h.fingerprint) for h in heards if h.node_id in new and h.fingerprint}
         )
         self.twins: dict[tuple[str, str], list[_Row]] = {key: [] for key in selves}
-        for group in in_slices(selves, SLICE // 2):
-            pairs = ",".join("(?, ?)" for _ in group)
-            query = (
-                f"SELECT {_PEER_COLUMNS} FROM peers"
-                f" WHERE (address, fingerprint) IN (VALUES {pairs})"
-            )
-            for row in self.conn.execute(query, [v for key in group for v in key]):
-                peer = self.peers.get(row[1]) or _Row(row)
-                self.twins[(peer.address, peer.fingerprint)].append(peer)
+        query = f"SELECT {_PEER_COLUMNS} FROM peers WHERE {_PAIR_LISTED.format('fingerprint')}"
+        for row in self._run(query, listed=json.dumps(selves)):
+            peer = self.peers.get(row[1]) or _Row(row)
+            self.twins[(peer.address, peer.fingerprint)].append(peer)
+
+    def _run(self, sql: str, **params: Any) -> Any:
+        return self.conn.execute(text(sql), params)
 
     def record(self, heard: Heard, now: float) -> AnnounceOutcome:
         peer = self.peers.get(heard.node_id)
@@ -182,9 +173,8 @@ class _Batch:
             if heard.seq <= last_seq:
                 return _refused(f"replayed announcement (seq {heard.seq}) of an expired peer")
             # An expired peer back after an outage.
-            conn.execute("DELETE FROM retired_nodes WHERE node_id = ?", (heard.node_id,))
+            self._run("DELETE FROM retired_nodes WHERE node_id = :node", node=heard.node_id)
             del self.retired[heard.node_id]
-        self.touched = True
         # A node restarted on the same endpoint, or from the same address with the same
         # certificate, is the same machine with a new id: its old self and everything
         # that offered goes now, not after the TTL. Only when the announcement proves
@@ -214,39 +204,35 @@ class _Batch:
             None,
         )
         synced, epoch = (heir.catalog_synced, heir.catalog_epoch) if heir else (-1, None)
-        cur = conn.execute(
-            "INSERT INTO peers (node_id, username, address, tcp_port, catalog_version,"
-            " announce_seq, catalog_synced, catalog_epoch, fingerprint, tls, first_seen,"
-            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (heard.node_id, heard.username, heard.address, heard.tcp_port,
-             heard.catalog_version, heard.seq, synced, epoch, heard.fingerprint, heard.tls,
-             now, now),
-        )  # fmt: skip
-        assert cur.lastrowid is not None
-        if heir is not None:
-            conn.execute(
-                "UPDATE holdings SET peer_id = ? WHERE peer_id = ?", (cur.lastrowid, heir.id)
+        new_id = conn.execute(
+            insert(peers).values(
+                node_id=heard.node_id, username=heard.username, address=heard.address,
+                tcp_port=heard.tcp_port, catalog_version=heard.catalog_version,
+                announce_seq=heard.seq, catalog_synced=synced, catalog_epoch=epoch,
+                fingerprint=heard.fingerprint, tls=heard.tls, first_seen=now, last_seen=now,
             )
+        ).lastrowid  # fmt: skip
+        assert new_id is not None
+        if heir is not None:
+            self._run("UPDATE holdings SET peer_id = :new WHERE peer_id = :old",
+                      new=new_id, old=heir.id)  # fmt: skip
             # Its catalog's count goes with its holdings: a restart is no fresh budget.
-            conn.execute(
+            self._run(
                 "UPDATE peers SET (catalog_entries, over_budget) = (SELECT catalog_entries,"
-                " over_budget FROM peers WHERE id = ?) WHERE id = ?",
-                (heir.id, cur.lastrowid),
+                " over_budget FROM peers WHERE id = :old) WHERE id = :new",
+                old=heir.id,
+                new=new_id,
             )
         for old in olds.values():
             if old.id in self.gone:
                 continue
             self.gone.add(old.id)
-            conn.execute(
-                "INSERT OR REPLACE INTO retired_nodes (node_id, retired_at, last_seq, replaced)"
-                " VALUES (?, ?, ?, 1)",
-                (old.node_id, now, old.announce_seq),
-            )
+            _retire(conn, [(old.node_id, old.announce_seq)], now=now, replaced=True)
             self.retired[old.node_id] = (old.announce_seq, True)
-            conn.execute("DELETE FROM peers WHERE id = ?", (old.id,))  # holdings cascade
+            self._run("DELETE FROM peers WHERE id = :id", id=old.id)  # holdings cascade
             self.peers.pop(old.node_id, None)
         peer = _Row(
-            (cur.lastrowid, heard.node_id, heard.username, heard.address, heard.tcp_port,
+            (new_id, heard.node_id, heard.username, heard.address, heard.tcp_port,
              heard.catalog_version, heard.seq, synced, heard.fingerprint, heard.tls, epoch),
         )  # fmt: skip
         here[:] = [p for p in here if p.id not in self.gone] + [peer]
@@ -258,33 +244,43 @@ class _Batch:
         return AnnounceOutcome(peer.id, True, needs)
 
     def write(self) -> None:
-        """Write back the peers refreshed, in one statement, and expire what the session
-        held of the rows changed."""
+        """Write back the peers refreshed, in one statement."""
         changed = [
-            (p.address, p.tcp_port, p.catalog_version, p.announce_seq, p.last_seen, p.id)
+            {"address": p.address, "port": p.tcp_port, "version": p.catalog_version,
+             "seq": p.announce_seq, "seen": p.last_seen, "id": p.id}
             for p in self.peers.values()
             if p.last_seen is not None
-        ]
+        ]  # fmt: skip
         if changed:
-            self.conn.executemany(
-                "UPDATE peers SET address = ?, tcp_port = ?, catalog_version = ?,"
-                " announce_seq = ?, last_seen = ? WHERE id = ?",
+            self.conn.execute(
+                text(
+                    "UPDATE peers SET address = :address, tcp_port = :port,"
+                    " catalog_version = :version, announce_seq = :seq, last_seen = :seen"
+                    " WHERE id = :id"
+                ),
                 changed,
             )
-        moved = [(p.id,) for p in self.peers.values() if p.moved]
+        moved = [p.id for p in self.peers.values() if p.moved]
         if moved:
-            self.conn.executemany(
-                "UPDATE peers SET catalog_synced = -1, catalog_epoch = NULL WHERE id = ?", moved
+            self.conn.execute(
+                update(peers)
+                .where(peers.c.id.in_(json_values(moved)))
+                .values(catalog_synced=-1, catalog_epoch=None)
             )
-        if changed or self.touched:
-            _expire_cached(self.session, (Peer, RetiredNode))
 
 
-def _expire_cached(session: Session, models: tuple[type[Any], ...]) -> None:
-    """Expire the session's objects of these models: rows changed through the driver
-    connection are newer than what it holds."""
-    for obj in [o for o in session.identity_map.values() if isinstance(o, models)]:
-        session.expire(obj)
+def _retire(
+    conn: Connection, olds: Sequence[tuple[str, int]], *, now: float, replaced: bool
+) -> None:
+    """Remember these (node id, last sequence number) as gone: expired, or replaced by a
+    restart (then that id can never speak again)."""
+    conn.execute(
+        text(
+            "INSERT OR REPLACE INTO retired_nodes (node_id, retired_at, last_seq, replaced)"
+            " VALUES (:node, :now, :seq, :replaced)"
+        ),
+        [{"node": n, "now": now, "seq": seq, "replaced": replaced} for n, seq in olds],
+    )
 
 
 def _update(peer: _Row, heard: Heard, now: float) -> AnnounceOutcome:
@@ -325,20 +321,20 @@ def _refused(reason: str) -> AnnounceOutcome:
     return AnnounceOutcome(None, False, False, refused=reason)
 
 
-def expire_peers(session: Session, *, now: float, ttl: float) -> list[str]:
+def expire_peers(conn: Connection, *, now: float, ttl: float) -> list[str]:
     """Forget peers silent for `ttl` seconds, with all they offered. Returns their names."""
-    session.execute(delete(RetiredNode).where(RetiredNode.retired_at < now - RETIRED_KEEP_SECONDS))
-    gone = list(session.scalars(select(Peer).where(Peer.last_seen < now - ttl)))
-    for peer in gone:
-        session.merge(
-            RetiredNode(
-                node_id=peer.node_id, retired_at=now, last_seq=peer.announce_seq, replaced=False
-            )
-        )
-        session.delete(peer)
-    return [f"{p.username} ({p.address}:{p.tcp_port})" for p in gone]
+    r, p = retired_nodes.c, peers.c
+    conn.execute(delete(retired_nodes).where(r.retired_at < now - RETIRED_KEEP_SECONDS))
+    silent = p.last_seen < now - ttl
+    gone = conn.execute(
+        select(p.node_id, p.announce_seq, p.username, p.address, p.tcp_port).where(silent)
+    ).all()
+    if gone:
+        _retire(conn, [(g.node_id, g.announce_seq) for g in gone], now=now, replaced=False)
+        conn.execute(delete(peers).where(silent))  # holdings cascade
+    return [f"{g.username} ({g.address}:{g.tcp_port})" for g in gone]
 
 
-def live_node_ids(session: Session) -> set[str]:
+def live_node_ids(conn: Connection) -> set[str]:
     """The node ids of every peer still known."""
-    return set(session.scalars(select(Peer.node_id)))
+    return set(conn.scalars(select(peers.c.node_id)))

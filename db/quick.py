@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pshare.db import roles as dbroles
-from p2pshare.db.schema import SCHEMA_VERSION, SchemaError
+from p2pshare.db.version import SCHEMA_VERSION, SchemaError
 from p2pshare.db.wal import WAL_SIZE_LIMIT, Sizes, sizes
 
 # Writers hold the lock for milliseconds; 30 s is a wait no healthy node reaches.

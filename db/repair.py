@@ -3,14 +3,14 @@ download that fetches it again (services/server/repair.py decides when)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
-from p2pshare.db import index as dbindex
-from p2pshare.db.engine import driver_connection
-from p2pshare.db.inlists import in_slices, marks
+from . import index as dbindex
+from .status import Status
 
 
 @dataclass(frozen=True)
@@ -24,44 +24,44 @@ class Published:
     finished_at: float
 
 
-def published_downloads(session: Session, names: Sequence[str]) -> dict[str, Published]:
+_PUBLISHED = text(
+    "SELECT d.id, d.saved_as, d.size, d.sha256, d.finished_at FROM downloads d"
+    " WHERE d.status = :done AND d.saved_as IN (SELECT value FROM json_each(:names))"
+    " AND d.file_id IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM torrent_downloads t WHERE t.download_id = d.id)"
+)
+_REFETCH = text(
+    "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
+    " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
+    " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
+    " SELECT d.request_id, d.file_id, d.name, d.sha256, d.size, :queued, d.pinned, NULL,"
+    " :now, NULL, NULL, 0, 0, 0, zeroblob((f.chunk_count + 7) / 8), NULL, NULL, NULL,"
+    " d.offered_by"
+    " FROM downloads d JOIN files f ON f.id = d.file_id WHERE d.id = :id"
+)
+
+
+def published_downloads(conn: Connection, names: Sequence[str]) -> dict[str, Published]:
     """The done downloads (p2pshare ones: a torrent's publishing is its role's) published
     under these names in the download folder, by name."""
-    conn = driver_connection(session)
-    out: dict[str, Published] = {}
-    for part in in_slices(list(names)):
-        for row in conn.execute(
-            "SELECT d.id, d.saved_as, d.size, d.sha256, d.finished_at FROM downloads d"
-            f" WHERE d.status = 'done' AND d.saved_as IN ({marks(part)})"
-            " AND d.file_id IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM torrent_downloads t WHERE t.download_id = d.id)",
-            part,
-        ):
-            out[row[1]] = Published(row[0], row[1], row[2], row[3], row[4] or 0.0)
-    return out
+    rows = conn.execute(_PUBLISHED, {"done": Status.DONE, "names": json.dumps(list(names))})
+    return {row[1]: Published(row[0], row[1], row[2], row[3], row[4] or 0.0) for row in rows}
 
 
-def refetch_damaged(session: Session, published: Published, why: str, *, now: float) -> int:
+def refetch_damaged(conn: Connection, published: Published, why: str, *, now: float) -> int:
     """The download failed with `why` (its file is no longer offered) and a new one, queued
     in the same request, fetches the same content again. Returns the new download's id."""
-    conn = driver_connection(session)
-    cur = conn.execute(
-        "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
-        " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
-        " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
-        " SELECT d.request_id, d.file_id, d.name, d.sha256, d.size, 'queued', d.pinned, NULL,"
-        " ?, NULL, NULL, 0, 0, 0, zeroblob((f.chunk_count + 7) / 8), NULL, NULL, NULL,"
-        " d.offered_by"
-        " FROM downloads d JOIN files f ON f.id = d.file_id WHERE d.id = ?",
-        (now, published.download_id),
-    )
-    new_id = cur.lastrowid
+    params = {"queued": Status.QUEUED, "now": now, "id": published.download_id}
+    new_id = conn.execute(_REFETCH, params).lastrowid
     assert new_id is not None
     conn.execute(
-        "UPDATE downloads SET status = 'failed', reason = ? WHERE id = ?",
-        (f"{why}; fetching it again as download {new_id}", published.download_id),
+        text("UPDATE downloads SET status = :failed, reason = :reason WHERE id = :id"),
+        {
+            "failed": Status.FAILED,
+            "reason": f"{why}; fetching it again as download {new_id}",
+            "id": published.download_id,
+        },
     )
-    session.expire_all()  # rows changed under the session
-    dbindex.remove_local_files(session, "download", [published.saved_as])
-    dbindex.delete_orphan_files(session)  # (the catalog log's triggers record the change)
+    dbindex.remove_local_files(conn, "download", [published.saved_as])
+    dbindex.delete_orphan_files(conn)  # (the catalog log's triggers record the change)
     return new_id

@@ -5,24 +5,28 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, distinct, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Integer, distinct, func, select
 
 from p2pshare.db import history, listing
+from p2pshare.db.driver import driver_connection
 from p2pshare.db.ledger import upload_totals
 from p2pshare.db.listing import FileRow, PeerRow, link_state, matches
-from p2pshare.db.models import (
-    Download,
-    DownloadSource,
-    File,
-    Holding,
-    LocalFile,
-    Peer,
-    Upload,
-)
+from p2pshare.db.lists import json_values
 from p2pshare.db.quick import Counts
+from p2pshare.db.schema import (
+    download_sources,
+    downloads,
+    files,
+    holdings,
+    local_files,
+    peers,
+    uploads,
+)
+from p2pshare.db.status import UNFINISHED, Status
 
 __all__ = ["Counts", "FileRow", "PeerRow", "counts", "link_state", "matches"]
+
+lf, f, d, src, up = local_files.c, files.c, downloads.c, download_sources.c, uploads.c
 
 
 @dataclass(frozen=True)
@@ -57,63 +61,59 @@ class UploadRow:
     seconds: float
 
 
-RUNNING_STATUSES = ("queued", "active", "waiting")
-
-
-def counts(session: Session) -> Counts:
-    shared = session.execute(select(func.count(), func.coalesce(func.sum(LocalFile.size), 0))).one()
+def counts(conn: Connection) -> Counts:
+    shared = conn.execute(select(func.count(), func.coalesce(func.sum(lf.size), 0))).one()
     network = (
-        session.scalar(
-            select(func.count(distinct(File.sha256))).join(Holding, Holding.file_id == File.id)
+        conn.scalar(
+            select(func.count(distinct(f.sha256))).join(holdings, holdings.c.file_id == f.id)
         )
         or 0
     )
-    peers = session.scalar(select(func.count()).select_from(Peer)) or 0
-    running = session.scalar(select(func.count()).where(Download.status.in_(RUNNING_STATUSES))) or 0
-    done = session.scalar(select(func.count()).where(Download.status == "done")) or 0
-    done += history.rolled_up_done(session)  # rolled up past the horizon, still done
-    up = upload_totals(session)  # one row kept as uploads are recorded, not a sum of them
-    return Counts(shared[0], shared[1], network, peers, running, done, up.chunks, up.bytes)
+    known = conn.scalar(select(func.count()).select_from(peers)) or 0
+    running = conn.scalar(select(func.count()).where(d.status.in_(UNFINISHED))) or 0
+    done = conn.scalar(select(func.count()).where(d.status == Status.DONE)) or 0
+    done += history.rolled_up_done(conn)  # rolled up past the horizon, still done
+    up = upload_totals(conn)  # one row kept as uploads are recorded, not a sum of them
+    return Counts(shared[0], shared[1], network, known, running, done, up.chunks, up.bytes)
 
 
-def driver(session: Session) -> sqlite3.Connection:
-    """The session's own sqlite3 connection, for `db.listing`'s plain SQL in the same
+def driver(conn: Connection) -> sqlite3.Connection:
+    """The connection's own sqlite3 connection, for `db.listing`'s plain SQL in the same
     transaction."""
-    conn = session.connection().connection.driver_connection
-    assert isinstance(conn, sqlite3.Connection)
-    return conn
+    return driver_connection(conn)
 
 
-def list_peers(session: Session, *, limit: int | None = None, offset: int = 0) -> list[PeerRow]:
+def list_peers(conn: Connection, *, limit: int | None = None, offset: int = 0) -> list[PeerRow]:
     """Live peers, most recently heard first (see `db.listing.iter_peers`)."""
-    return list(listing.iter_peers(driver(session), limit=limit, offset=offset))
+    return list(listing.iter_peers(driver(conn), limit=limit, offset=offset))
 
 
 def list_files(
-    session: Session, pattern: str | None = None, *, limit: int | None = None, offset: int = 0
+    conn: Connection, pattern: str | None = None, *, limit: int | None = None, offset: int = 0
 ) -> list[FileRow]:
     """Files shared here and known on the network, one row per (name, SHA-256); offers of
     one content under several manifest roots (a liar's among them) are one row (see
     `db.listing.iter_files`)."""
-    return list(listing.iter_files(driver(session), pattern, limit=limit, offset=offset))
+    return list(listing.iter_files(driver(conn), pattern, limit=limit, offset=offset))
 
 
-def list_downloads(session: Session, limit: int | None = None) -> list[DownloadRow]:
+def list_downloads(conn: Connection, limit: int | None = None) -> list[DownloadRow]:
     """Every download, newest first, with the peers it used (by address and by name)."""
-    query = select(Download).order_by(Download.id.desc())
+    query = select(downloads).order_by(d.id.desc())
     if limit:
         query = query.limit(limit)
-    downloads = list(session.scalars(query))
-    peers: dict[int, list[str]] = {}
+    rows = list(conn.execute(query))
+    by_peer: dict[int, list[str]] = {}
     names: dict[int, list[str]] = {}
-    if downloads:
-        for src in session.scalars(
-            select(DownloadSource)
-            .where(DownloadSource.download_id.in_([d.id for d in downloads]))
-            .order_by(DownloadSource.bytes.desc(), DownloadSource.address, DownloadSource.tcp_port)
+    if rows:
+        for source in conn.execute(
+            select(src.download_id, src.address, src.tcp_port, src.username)
+            .where(src.download_id.in_(json_values(r.id for r in rows)))
+            .order_by(src.bytes.desc(), src.address, src.tcp_port)
         ):
-            peers.setdefault(src.download_id, []).append(f"{src.address}:{src.tcp_port}")
-            names.setdefault(src.download_id, []).append(src.username)
+            address = f"{source.address}:{source.tcp_port}"
+            by_peer.setdefault(source.download_id, []).append(address)
+            names.setdefault(source.download_id, []).append(source.username)
     return [
         DownloadRow(
             d.id,
@@ -129,18 +129,18 @@ def list_downloads(session: Session, limit: int | None = None) -> list[DownloadR
             d.bad_chunks,
             d.saved_as,
             d.sha256,
-            peers.get(d.id, []),
+            by_peer.get(d.id, []),
             names.get(d.id, []),
             d.request_id,
             d.switched,
         )
-        for d in downloads
+        for d in rows
     ]
 
 
-def list_uploads(session: Session, limit: int = 100) -> list[UploadRow]:
+def list_uploads(conn: Connection, limit: int = 100) -> list[UploadRow]:
     """The most recent served chunks, newest first."""
-    rows = session.scalars(select(Upload).order_by(Upload.id.desc()).limit(limit))
+    rows = conn.execute(select(uploads).order_by(up.id.desc()).limit(limit))
     return [
         UploadRow(u.at, u.peer_address, u.name, u.sha256, u.chunk_index, u.bytes, u.seconds)
         for u in rows
@@ -162,46 +162,42 @@ class LocalFileRow:
 
 # The columns of a LocalFileRow, in its order.
 LOCAL_FILE_COLUMNS = (
-    LocalFile.root,
-    LocalFile.name,
-    LocalFile.size,
-    File.sha256,
-    LocalFile.mtime_ns,
-    LocalFile.ctime_ns,
-    LocalFile.inode,
+    lf.root,
+    lf.name,
+    lf.size,
+    f.sha256,
+    lf.mtime_ns,
+    lf.ctime_ns,
+    lf.inode,
 )
 
 
-def list_local_files(session: Session) -> list[LocalFileRow]:
+def list_local_files(conn: Connection) -> list[LocalFileRow]:
     """Every indexed file of the share and download folders, by root then name."""
-    rows = session.execute(
-        select(*LOCAL_FILE_COLUMNS)
-        .join(File, File.id == LocalFile.file_id)
-        .order_by(LocalFile.root, LocalFile.name)
+    rows = conn.execute(
+        select(*LOCAL_FILE_COLUMNS).join(files, f.id == lf.file_id).order_by(lf.root, lf.name)
     )
     return [LocalFileRow(*row) for row in rows]
 
 
-def local_file(session: Session, root: str, name: str) -> LocalFileRow | None:
+def local_file(conn: Connection, root: str, name: str) -> LocalFileRow | None:
     """The indexed file `name` under `root`, or None when the index holds no such file."""
-    row = session.execute(
+    row = conn.execute(
         select(*LOCAL_FILE_COLUMNS)
-        .join(File, File.id == LocalFile.file_id)
-        .where(LocalFile.root == root, LocalFile.name == name)
+        .join(files, f.id == lf.file_id)
+        .where(lf.root == root, lf.name == name)
     ).first()
     return None if row is None else LocalFileRow(*row)
 
 
-def upload_buckets(session: Session, *, since: float, bucket_seconds: float) -> dict[int, int]:
+def upload_buckets(conn: Connection, *, since: float, bucket_seconds: float) -> dict[int, int]:
     """Bytes served per time bucket since `since`: bucket number (0 at `since`) -> bytes."""
-    bucket = func.cast((Upload.at - since) / bucket_seconds, Integer)
-    rows = session.execute(
-        select(bucket, func.sum(Upload.bytes)).where(Upload.at >= since).group_by(bucket)
-    )
+    bucket = func.cast((up.at - since) / bucket_seconds, Integer)
+    rows = conn.execute(select(bucket, func.sum(up.bytes)).where(up.at >= since).group_by(bucket))
     return {int(b): int(n) for b, n in rows}
 
 
-def received_bytes(session: Session) -> dict[int, int]:
+def received_bytes(conn: Connection) -> dict[int, int]:
     """Every byte received so far by each unfinished or recent download: id -> bytes."""
-    rows = session.execute(select(Download.id, Download.bytes_received))
+    rows = conn.execute(select(d.id, d.bytes_received))
     return {int(i): int(n) for i, n in rows}

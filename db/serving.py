@@ -6,14 +6,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, exists, func, insert, select
 
-from p2pshare.db.downloads import KEEPING_TEMP
-from p2pshare.db.index import ContentKey, Stamp
-from p2pshare.db.inlists import in_slices
-from p2pshare.db.ledger import add_to_totals
-from p2pshare.db.models import Chunk, Download, File, LocalFile, Upload
+from .index import ContentKey, Stamp
+from .inlists import in_slices
+from .ledger import add_to_totals
+from .schema import chunks, downloads, files, local_files, uploads
+from .status import KEEPING_TEMP
+
+lf, f, d, ch = local_files.c, files.c, downloads.c, chunks.c
 
 T = TypeVar("T")
 
@@ -47,18 +48,16 @@ class ByteSource:
     name: str
 
 
-def offers(session: Session) -> list[Offer]:
+def offers(conn: Connection) -> list[Offer]:
     """Everything this node offers: shared files, finished and in-progress downloads."""
-    rows = session.execute(
-        select(LocalFile.name, File.sha256, File.chunk_size, File.root, File.size).join(
-            File, File.id == LocalFile.file_id
-        )
+    rows = conn.execute(
+        select(lf.name, f.sha256, f.chunk_size, f.root, f.size).join(files, f.id == lf.file_id)
     )
     out = [Offer(name, sha, cs, root, size, None) for name, sha, cs, root, size in rows]
-    partial = session.execute(
-        select(Download.name, File.sha256, File.chunk_size, File.root, File.size, Download.have)
-        .join(File, File.id == Download.file_id)
-        .where(Download.status.in_(OFFERING_STATUSES), Download.bytes_done > 0)
+    partial = conn.execute(
+        select(d.name, f.sha256, f.chunk_size, f.root, f.size, d.have)
+        .join(files, f.id == d.file_id)
+        .where(d.status.in_(OFFERING_STATUSES), d.bytes_done > 0)
     )
     out.extend(
         Offer(name, sha, cs, root, size, bytes(have)) for name, sha, cs, root, size, have in partial
@@ -66,56 +65,54 @@ def offers(session: Session) -> list[Offer]:
     return out
 
 
-def byte_sources(session: Session, key: ContentKey) -> list[ByteSource]:
+def byte_sources(conn: Connection, key: ContentKey) -> list[ByteSource]:
     """Where this node holds the file's bytes; whole local files first.
 
     A partial download is offered only under the root it verified its chunks with.
     """
-    return byte_sources_many(session, [key])[key]
+    return byte_sources_many(conn, [key])[key]
 
 
 def byte_sources_many(
-    session: Session, keys: Iterable[ContentKey]
+    conn: Connection, keys: Iterable[ContentKey]
 ) -> dict[ContentKey, list[ByteSource]]:
     """byte_sources of every key at once, in three statements per 500 keys (the chunk server
     looks up a batch of pipelined requests this way); an unknown key maps to []."""
     out: dict[ContentKey, list[ByteSource]] = {key: [] for key in keys}
     files: dict[int, tuple[ContentKey, int]] = {}  # files.id -> (key, size)
     for shas in in_slices(sorted({sha for sha, _, _ in out})):
-        for fid, sha, chunk_size, root, size in session.execute(
-            select(File.id, File.sha256, File.chunk_size, File.root, File.size).where(
-                File.sha256.in_(shas)
-            )
+        for fid, sha, chunk_size, root, size in conn.execute(
+            select(f.id, f.sha256, f.chunk_size, f.root, f.size).where(f.sha256.in_(shas))
         ):
             if (sha, chunk_size, root) in out:
                 files[fid] = ((sha, chunk_size, root), size)
     ids = sorted(files)
     for part in in_slices(ids):
-        for fid, where, name, size, mtime_ns, ctime_ns, inode in session.execute(
+        for fid, where, name, size, mtime_ns, ctime_ns, inode in conn.execute(
             select(
-                LocalFile.file_id,
-                LocalFile.root,
-                LocalFile.name,
-                LocalFile.size,
-                LocalFile.mtime_ns,
-                LocalFile.ctime_ns,
-                LocalFile.inode,
+                lf.file_id,
+                lf.root,
+                lf.name,
+                lf.size,
+                lf.mtime_ns,
+                lf.ctime_ns,
+                lf.inode,
             )
-            .where(LocalFile.file_id.in_(part))
-            .order_by(LocalFile.id)
+            .where(lf.file_id.in_(part))
+            .order_by(lf.id)
         ):
             stamp = Stamp(size, mtime_ns, ctime_ns, inode)
             out[files[fid][0]].append(ByteSource(where, name, size, stamp, None, name))
     for part in in_slices(ids):
-        for held_id, temp_path, have, name in session.execute(
-            select(Download.file_id, Download.temp_path, Download.have, Download.name)
+        for held_id, temp_path, have, name in conn.execute(
+            select(d.file_id, d.temp_path, d.have, d.name)
             .where(
-                Download.file_id.in_(part),
-                Download.status.in_(OFFERING_STATUSES),
-                Download.bytes_done > 0,
-                Download.temp_path.is_not(None),
+                d.file_id.in_(part),
+                d.status.in_(OFFERING_STATUSES),
+                d.bytes_done > 0,
+                d.temp_path.is_not(None),
             )
-            .order_by(Download.id)
+            .order_by(d.id)
         ):
             assert held_id is not None  # IN (...) matched it
             key, size = files[held_id]
@@ -123,56 +120,56 @@ def byte_sources_many(
     return out
 
 
-def all_byte_sources(session: Session, limit: int) -> dict[ContentKey, list[ByteSource]] | None:
+def all_byte_sources(conn: Connection, limit: int) -> dict[ContentKey, list[ByteSource]] | None:
     """byte_sources of everything this node offers, in three statements (so a server that
     serves many small files looks each one up in memory), in the order byte_sources
     gives; None when it shares more than `limit` files."""
-    count = session.scalar(select(func.count()).select_from(LocalFile)) or 0
+    count = conn.scalar(select(func.count()).select_from(local_files)) or 0
     if count > limit:
         return None
     out: dict[ContentKey, list[ByteSource]] = {}
-    for sha, chunk_size, root, where, name, size, mtime_ns, ctime_ns, inode in session.execute(
+    for sha, chunk_size, root, where, name, size, mtime_ns, ctime_ns, inode in conn.execute(
         select(
-            File.sha256,
-            File.chunk_size,
-            File.root,
-            LocalFile.root,
-            LocalFile.name,
-            LocalFile.size,
-            LocalFile.mtime_ns,
-            LocalFile.ctime_ns,
-            LocalFile.inode,
+            f.sha256,
+            f.chunk_size,
+            f.root,
+            lf.root,
+            lf.name,
+            lf.size,
+            lf.mtime_ns,
+            lf.ctime_ns,
+            lf.inode,
         )
-        .join(File, File.id == LocalFile.file_id)
-        .order_by(LocalFile.id)
+        .join(files, f.id == lf.file_id)
+        .order_by(lf.id)
     ):
         stamp = Stamp(size, mtime_ns, ctime_ns, inode)
         source = ByteSource(where, name, size, stamp, None, name)
         out.setdefault((sha, chunk_size, root), []).append(source)
-    for sha, chunk_size, root, size, temp_path, have, name in session.execute(
+    for sha, chunk_size, root, size, temp_path, have, name in conn.execute(
         select(
-            File.sha256,
-            File.chunk_size,
-            File.root,
-            File.size,
-            Download.temp_path,
-            Download.have,
-            Download.name,
+            f.sha256,
+            f.chunk_size,
+            f.root,
+            f.size,
+            d.temp_path,
+            d.have,
+            d.name,
         )
-        .join(File, File.id == Download.file_id)
+        .join(files, f.id == d.file_id)
         .where(
-            Download.status.in_(OFFERING_STATUSES),
-            Download.bytes_done > 0,
-            Download.temp_path.is_not(None),
+            d.status.in_(OFFERING_STATUSES),
+            d.bytes_done > 0,
+            d.temp_path.is_not(None),
         )
-        .order_by(Download.id)
+        .order_by(d.id)
     ):
         source = ByteSource(None, str(temp_path), size, None, bytes(have), name)
         out.setdefault((sha, chunk_size, root), []).append(source)
     return out
 
 
-def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKey, list[str]]:
+def chunk_hashes(conn: Connection, keys: Iterable[ContentKey]) -> dict[ContentKey, list[str]]:
     """The manifest entries, in order, of each file this node offers and knows completely,
     in bulk. A manifest only learned from a peer is not served: nothing but bytes this
     node verified under it (a file of its own, a download's verified chunks) vouches for
@@ -182,11 +179,11 @@ def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKe
     out: dict[ContentKey, list[str]] = {}
     counts: dict[ContentKey, int] = {}
     for part in in_slices(shas):
-        rows = session.execute(
-            select(File.sha256, File.chunk_size, File.root, File.chunk_count, Chunk.sha256)
-            .outerjoin(Chunk, Chunk.file_id == File.id)
-            .where(File.sha256.in_(part), _offered_here())
-            .order_by(File.id, Chunk.chunk_index)
+        rows = conn.execute(
+            select(f.sha256, f.chunk_size, f.root, f.chunk_count, ch.sha256)
+            .outerjoin(chunks, ch.file_id == f.id)
+            .where(f.sha256.in_(part), _offered_here())
+            .order_by(f.id, ch.chunk_index)
         )
         for sha, cs, root, count, chunk_sha in rows:
             key = (sha, cs, root)
@@ -200,10 +197,10 @@ def chunk_hashes(session: Session, keys: Iterable[ContentKey]) -> dict[ContentKe
 
 def _offered_here() -> ColumnElement[bool]:
     """True for a `files` row this node offers: a local file, or a download's verified chunks."""
-    return exists().where(LocalFile.file_id == File.id) | exists().where(
-        Download.file_id == File.id,
-        Download.status.in_(OFFERING_STATUSES),
-        Download.bytes_done > 0,
+    return exists().where(lf.file_id == f.id) | exists().where(
+        d.file_id == f.id,
+        d.status.in_(OFFERING_STATUSES),
+        d.bytes_done > 0,
     )
 
 
@@ -219,7 +216,7 @@ class ServedChunk:
     seconds: float
 
 
-def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
+def record_uploads(conn: Connection, served: Iterable[ServedChunk]) -> None:
     """One row per served chunk, in one executemany (no ORM objects: the server records
     thousands of chunks per GiB)."""
     rows = [
@@ -236,5 +233,5 @@ def record_uploads(session: Session, served: Iterable[ServedChunk]) -> None:
         for s in served
     ]
     if rows:
-        session.execute(insert(Upload), rows)
-        add_to_totals(session, len(rows), sum(r["bytes"] for r in rows))  # type: ignore[misc]
+        conn.execute(insert(uploads), rows)
+        add_to_totals(conn, len(rows), sum(r["bytes"] for r in rows))  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""Queries behind BitTorrent (issue 24): the files a torrent is made of, cached piece
+"""Queries behind BitTorrent: the files a torrent is made of, cached piece
 hashes per file content, the torrents made here and what p2p-torrent should seed, and
 the BitTorrent downloads it runs (queued in plain sqlite3 by `db.torrent_queue`)."""
 
@@ -7,31 +7,31 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, Connection, Row, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.orm import Session
 
-from p2pshare.db.downloads import (
-    KEEPING_TEMP,
-    UNFINISHED,
-    AmbiguousName,
-    Candidate,
-    UnknownName,
-    offer_peers,
+from .downloads import AmbiguousName, Candidate, UnknownName, offer_peers
+from .index import HashedFile, Stamp, record_local_files
+from .jobs import entries
+from .names import in_folder, matches, same_name
+from .schema import (
+    downloads,
+    files,
+    local_files,
+    torrent_downloads,
+    torrent_pieces,
 )
-from p2pshare.db.index import HashedFile, Stamp, record_local_files
-from p2pshare.db.models import (
-    BadPeer,
-    Chunk,
-    Download,
-    File,
-    LocalFile,
-    Torrent,
-    TorrentDownload,
-    TorrentPieces,
+from .schema import (
+    torrents as torrents_table,
 )
-from p2pshare.db.names import in_folder, matches, same_name
+from .sources import mark_bad
+from .status import KEEPING_TEMP, UNFINISHED, Status
+
+lf, f, d, td, tp = (
+    local_files.c, files.c, downloads.c, torrent_downloads.c, torrent_pieces.c
+)  # fmt: skip
 
 # Roots in the order a name found in both is taken from.
 ROOTS = ("share", "download")
@@ -66,17 +66,17 @@ class TorrentRow:
     metainfo: bytes
 
 
-def _held(session: Session) -> list[HeldFile]:
-    rows = session.execute(
+def _held(conn: Connection) -> list[HeldFile]:
+    rows = conn.execute(
         select(
-            LocalFile.root,
-            LocalFile.name,
-            File.sha256,
-            LocalFile.size,
-            LocalFile.mtime_ns,
-            LocalFile.ctime_ns,
-            LocalFile.inode,
-        ).join(File, File.id == LocalFile.file_id)
+            lf.root,
+            lf.name,
+            f.sha256,
+            lf.size,
+            lf.mtime_ns,
+            lf.ctime_ns,
+            lf.inode,
+        ).join(files, f.id == lf.file_id)
     )
     return [
         HeldFile(root, name, sha, Stamp(size, mtime, ctime, inode))
@@ -84,12 +84,12 @@ def _held(session: Session) -> list[HeldFile]:
     ]
 
 
-def held_files(session: Session, pattern: str) -> list[HeldFile]:
+def held_files(conn: Connection, pattern: str) -> list[HeldFile]:
     """The files NAME means among those this node holds, as `p2pctl download` reads names:
     a folder (`album/`: every file under it, from one root), an exact name, else a
     substring or glob; NAME@SHA256PREFIX picks one content. Raises UnknownName,
     AmbiguousName (several contents; its candidates have peers=0)."""
-    held = _held(session)
+    held = _held(conn)
     if pattern.endswith("/"):
         for root in ROOTS:
             found = sorted(
@@ -118,16 +118,16 @@ def held_files(session: Session, pattern: str) -> list[HeldFile]:
     return [next(iter(by_sha.values()))]
 
 
-def cached_pieces(session: Session, keys: Iterable[PiecesKey]) -> dict[PiecesKey, bytes]:
+def cached_pieces(conn: Connection, keys: Iterable[PiecesKey]) -> dict[PiecesKey, bytes]:
     """The cached hashes among `keys`."""
     out: dict[PiecesKey, bytes] = {}
     for key in set(keys):
-        hashes = session.scalar(
-            select(TorrentPieces.hashes).where(
-                TorrentPieces.sha256 == key.sha256,
-                TorrentPieces.kind == key.kind,
-                TorrentPieces.piece_size == key.piece_size,
-                TorrentPieces.phase == key.phase,
+        hashes = conn.scalar(
+            select(tp.hashes).where(
+                tp.sha256 == key.sha256,
+                tp.kind == key.kind,
+                tp.piece_size == key.piece_size,
+                tp.phase == key.phase,
             )
         )
         if hashes is not None:
@@ -135,11 +135,11 @@ def cached_pieces(session: Session, keys: Iterable[PiecesKey]) -> dict[PiecesKey
     return out
 
 
-def store_pieces(session: Session, computed: dict[PiecesKey, bytes], *, now: float) -> None:
+def store_pieces(conn: Connection, computed: dict[PiecesKey, bytes], *, now: float) -> None:
     """Cache hashes computed for file contents (a concurrent maker's equal row stays)."""
     for key, hashes in computed.items():
-        session.execute(
-            insert(TorrentPieces)
+        conn.execute(
+            insert(torrent_pieces)
             .values(
                 sha256=key.sha256,
                 kind=key.kind,
@@ -152,15 +152,15 @@ def store_pieces(session: Session, computed: dict[PiecesKey, bytes], *, now: flo
         )
 
 
-def drop_unused_pieces(session: Session) -> int:
+def drop_unused_pieces(conn: Connection) -> int:
     """Forget hashes of contents this node no longer holds (the file changed or went)."""
-    held = select(File.sha256).join(LocalFile, LocalFile.file_id == File.id)
-    result = session.execute(delete(TorrentPieces).where(TorrentPieces.sha256.not_in(held)))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    held = select(f.sha256).join(local_files, lf.file_id == f.id)
+    result = conn.execute(delete(torrent_pieces).where(tp.sha256.not_in(held)))
+    return int(result.rowcount)
 
 
 def record_torrent(
-    session: Session,
+    conn: Connection,
     *,
     info_hash: str,
     name: str,
@@ -171,17 +171,20 @@ def record_torrent(
     now: float,
 ) -> int:
     """Remember a torrent made here (the same info-hash again replaces it); returns its id."""
-    row = session.scalar(select(Torrent).where(Torrent.info_hash == info_hash))
-    if row is None:
-        row = Torrent(info_hash=info_hash)
-        session.add(row)
-    row.name, row.root, row.format = name, root, format
-    row.files, row.metainfo, row.created_at = json.dumps(files), metainfo, now
-    session.flush()
-    return row.id
+    values = {
+        "name": name, "root": root, "format": format, "files": json.dumps(files),
+        "metainfo": metainfo, "created_at": now,
+    }  # fmt: skip
+    conn.execute(
+        insert(torrents_table)
+        .values(info_hash=info_hash, **values)
+        .on_conflict_do_update(index_elements=[torrents_table.c.info_hash], set_=values)
+    )
+    t = torrents_table.c
+    return int(conn.execute(select(t.id).where(t.info_hash == info_hash)).scalar_one())
 
 
-def torrents(session: Session) -> list[TorrentRow]:
+def torrents(conn: Connection) -> list[TorrentRow]:
     """Every torrent made here."""
     return [
         TorrentRow(
@@ -193,13 +196,13 @@ def torrents(session: Session) -> list[TorrentRow]:
             [(n, s) for n, s in json.loads(t.files)],
             bytes(t.metainfo),
         )
-        for t in session.scalars(select(Torrent).order_by(Torrent.id))
+        for t in conn.execute(select(torrents_table).order_by(torrents_table.c.id))
     ]
 
 
-def held_by_name(session: Session) -> dict[tuple[str, str], HeldFile]:
+def held_by_name(conn: Connection) -> dict[tuple[str, str], HeldFile]:
     """Every file this node holds, by (root, name)."""
-    return {(f.root, f.name): f for f in _held(session)}
+    return {(f.root, f.name): f for f in _held(conn)}
 
 
 # ------------------------------------------------------------ downloads p2p-torrent runs
@@ -219,42 +222,42 @@ class TorrentJob:
     peers: list[str]
 
 
-def torrent_jobs(session: Session) -> list[TorrentJob]:
+def torrent_jobs(conn: Connection) -> list[TorrentJob]:
     """BitTorrent downloads that keep their temp folder (unfinished or paused), oldest first."""
-    rows = session.execute(
-        select(Download, TorrentDownload)
-        .join(TorrentDownload, TorrentDownload.download_id == Download.id)
-        .where(Download.status.in_(KEEPING_TEMP))
-        .order_by(Download.id)
+    rows = conn.execute(
+        select(d.id, d.status, d.name, d.size, td.info_hash, td.magnet, td.metainfo, td.peers)
+        .join(torrent_downloads, td.download_id == d.id)
+        .where(d.status.in_(KEEPING_TEMP))
+        .order_by(d.id)
     )
     return [
         TorrentJob(
-            d.id,
-            d.status,
-            d.name,
-            d.size,
-            t.info_hash,
-            t.magnet,
-            None if t.metainfo is None else bytes(t.metainfo),
-            list(json.loads(t.peers)),
+            did, status, name, size, info_hash, magnet,
+            None if metainfo is None else bytes(metainfo), list(json.loads(peers)),
         )
-        for d, t in rows
-    ]
+        for did, status, name, size, info_hash, magnet, metainfo, peers in rows
+    ]  # fmt: skip
 
 
-def start_torrent_job(session: Session, download_id: int, temp_path: str, *, now: float) -> None:
+def _unfinished(download_id: int) -> ColumnElement[bool]:
+    return (d.id == download_id) & d.status.in_(UNFINISHED)
+
+
+def start_torrent_job(conn: Connection, download_id: int, temp_path: str, *, now: float) -> None:
     """p2p-torrent took the download: where it fetches into, and since when."""
-    d = session.get(Download, download_id)
-    if d is None or d.status not in UNFINISHED:
-        return
-    d.temp_path = temp_path
-    d.status = "active"
-    if d.started_at is None:
-        d.started_at = now
+    conn.execute(
+        update(downloads)
+        .where(_unfinished(download_id))
+        .values(
+            temp_path=temp_path,
+            status=Status.ACTIVE,
+            started_at=func.coalesce(d.started_at, now),
+        )
+    )
 
 
 def record_torrent_metadata(
-    session: Session,
+    conn: Connection,
     download_id: int,
     *,
     name: str,
@@ -264,18 +267,18 @@ def record_torrent_metadata(
     metainfo: bytes | None,
 ) -> None:
     """What a torrent holds, once known (a magnet's metadata arrived from peers)."""
-    d = session.get(Download, download_id)
-    t = session.get(TorrentDownload, download_id)
-    if d is None or t is None:
+    found = conn.scalar(select(td.download_id).where(td.download_id == download_id))
+    if found is None:
         return
-    d.name, d.size = name, size
-    t.files, t.piece_size = files, piece_size
+    conn.execute(update(downloads).where(d.id == download_id).values(name=name, size=size))
+    values: dict[str, object] = {"files": files, "piece_size": piece_size}
     if metainfo is not None:
-        t.metainfo = metainfo
+        values["metainfo"] = metainfo
+    conn.execute(update(torrent_downloads).where(td.download_id == download_id).values(values))
 
 
 def finish_torrent_job(
-    session: Session,
+    conn: Connection,
     download_id: int,
     *,
     status: str,
@@ -287,19 +290,24 @@ def finish_torrent_job(
     """End a BitTorrent download: done (its files indexed in the download folder, so the
     node shares them; a one-file torrent's row then points at its content), failed or
     cancelled. A cancel that came first stays, unless the files were already published."""
-    d = session.get(Download, download_id)
-    if d is None:
+    ending = update(downloads).where(d.id == download_id)
+    if status != Status.DONE:
+        ending = ending.where(d.status.in_(UNFINISHED))
+    values: dict[str, object] = {
+        "status": status, "reason": reason, "finished_at": now, "temp_path": None
+    }  # fmt: skip
+    if status == Status.DONE:
+        values.update(saved_as=saved_as, bytes_done=d.size)
+    if conn.execute(ending.values(values)).rowcount == 0 or status != Status.DONE:
         return
-    if d.status not in UNFINISHED and status != "done":
-        return
-    d.status, d.reason, d.finished_at, d.temp_path = status, reason, now, None
-    if status != "done":
-        return
-    d.saved_as, d.bytes_done = saved_as, d.size
-    ids = record_local_files(session, "download", list(published), now=now)
+    ids = record_local_files(conn, "download", list(published), now=now)
     if len(published) == 1:
         hashed = published[0][1]
-        d.file_id, d.sha256 = ids[hashed.key], hashed.sha256
+        conn.execute(
+            update(downloads)
+            .where(d.id == download_id)
+            .values(file_id=ids[hashed.key], sha256=hashed.sha256)
+        )
 
 
 # ------------------------------------------------------------ p2pshare peers holding its files
@@ -318,78 +326,64 @@ class LanOffer:
     peers: int  # live peers offering it, not counting bad ones
 
 
-def lan_offer(session: Session, sha256: str, size: int) -> LanOffer | None:
+def lan_offer(conn: Connection, sha256: str, size: int) -> LanOffer | None:
     """The offer of this content (SHA-256 and size) that most p2pshare peers make, not
     counting peers marked bad for it, among those whose manifest is known here; None when
     no peer offers it."""
-    offers = offer_peers(session, {sha256})[sha256]
+    offers = offer_peers(conn, {sha256})[sha256]
     for fid, peers in sorted(offers.items(), key=lambda kv: (-kv[1], kv[0])):
-        f = session.get(File, fid)
-        if peers == 0 or f is None or f.size != size:
+        row = _file(conn, fid)
+        if peers == 0 or row is None or row.size != size:
             continue
-        entries = list(
-            session.scalars(
-                select(Chunk.sha256).where(Chunk.file_id == fid).order_by(Chunk.chunk_index)
-            )
-        )
-        if len(entries) == f.chunk_count:
-            return LanOffer(fid, f.sha256, f.size, f.chunk_size, f.root, entries, peers)
+        hashes = entries(conn, fid)
+        if len(hashes) == row.chunk_count:
+            return LanOffer(fid, row.sha256, row.size, row.chunk_size, row.root, hashes, peers)
     return None
 
 
-def lan_unhashed(session: Session, wanted: Iterable[tuple[str, int]]) -> set[int]:
+def _file(conn: Connection, file_id: int) -> Row[Any] | None:
+    return conn.execute(select(files).where(f.id == file_id)).first()
+
+
+def lan_unhashed(conn: Connection, wanted: Iterable[tuple[str, int]]) -> set[int]:
     """The offers of these contents (SHA-256, size) that live peers make but whose manifest
     is not here yet (manifests come when a download needs one): fetch these first."""
     lacking: set[int] = set()
     shas = {sha for sha, _ in wanted}
     sizes = dict(wanted)
-    for sha, offers in offer_peers(session, shas).items():
+    for sha, offers in offer_peers(conn, shas).items():
         for fid, peers in offers.items():
-            f = session.get(File, fid)
-            if peers == 0 or f is None or f.size != sizes[sha] or f.chunk_count == 0:
+            row = _file(conn, fid)
+            if peers == 0 or row is None or row.size != sizes[sha] or row.chunk_count == 0:
                 continue
-            if session.scalar(select(Chunk.file_id).where(Chunk.file_id == fid).limit(1)) is None:
+            if not entries(conn, fid):
                 lacking.add(fid)
     return lacking
 
 
-def lan_offers(session: Session, wanted: Iterable[tuple[str, int]]) -> dict[str, LanOffer]:
+def lan_offers(conn: Connection, wanted: Iterable[tuple[str, int]]) -> dict[str, LanOffer]:
     """lan_offer for each (SHA-256, size), by SHA-256; contents no peer offers left out."""
     out = {}
     for sha256, size in set(wanted):
-        offer = lan_offer(session, sha256, size)
+        offer = lan_offer(conn, sha256, size)
         if offer is not None:
             out[sha256] = offer
     return out
 
 
-def record_torrent_source(session: Session, download_id: int, note: str) -> bytes:
+def record_torrent_source(conn: Connection, download_id: int, note: str) -> bytes:
     """Say on an unfinished BitTorrent download where it is being fetched from (its
     `reason`, which p2pctl download, status and history show); returns its `have`."""
-    d = session.get(Download, download_id)
-    if d is None:
+    have = conn.scalar(select(d.have).where(d.id == download_id))
+    if have is None:
         return b""
-    if d.status in UNFINISHED:
-        d.reason = note
-    return bytes(d.have)
+    conn.execute(update(downloads).where(_unfinished(download_id)).values(reason=note))
+    return bytes(have)
 
 
 def mark_lan_bad(
-    session: Session, file_id: int, peers: Sequence[tuple[str, int]], *, now: float
+    conn: Connection, file_id: int, peers: Sequence[tuple[str, int]], *, now: float
 ) -> None:
     """Peers whose chunk of this offer failed verification while a torrent's file was
     fetched from them: avoided for it, as a plain download records them."""
-    for address, port in peers:
-        bad = session.scalar(
-            select(BadPeer).where(
-                BadPeer.address == address, BadPeer.tcp_port == port, BadPeer.file_id == file_id
-            )
-        )
-        if bad is None:
-            session.add(
-                BadPeer(address=address, tcp_port=port, file_id=file_id, bad_chunks=1,
-                        marked_at=now)
-            )  # fmt: skip
-        else:
-            bad.bad_chunks += 1
-            bad.marked_at = now
+    mark_bad(conn, [(file_id, address, port) for address, port in peers], now=now)

@@ -139,7 +139,7 @@ class Announcer:
         if not (due or self.owed or changed):
             return
         with self.ctx.database.read() as s:
-            state = dbnode.node_state(s) if s.get(dbnode.NodeState, 1) else None
+            state = dbnode.node_state_if_any(s)
         if state is None or state.tcp_port is None:
             self.owed = True  # the server has not bound its port yet: look again
             return

@@ -18,7 +18,6 @@ P2P_WAIT_TIMEOUT, as a download waiting for a chunk does.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,8 +30,7 @@ from p2pshare.db import budgets as dbbudgets
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import offer_switch as dbswitch
-from p2pshare.db import quick
-from p2pshare.db.engine import Database, driver_connection
+from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.downloader.worker import talk_error
 from p2pshare.services.net.client import PeerClient
@@ -68,7 +66,6 @@ class ManifestFetcher:
         self.wanted: set[int] = set()  # file ids
         self.not_before: dict[int, float] = {}  # file id -> monotonic time of its next try
         self.failing_since: dict[int, float] = {}  # file id -> when no peer first answered
-        self.conn: sqlite3.Connection | None = None  # the thread's own, for reading
         self.thread = threading.Thread(target=self._loop, name="manifests", daemon=True)
         self.thread.start()
 
@@ -115,7 +112,7 @@ class ManifestFetcher:
             return False
         database = self.ctx.database
         with database.read() as s:
-            stuck = dbmanifests.queued_for(driver_connection(s), sorted(missed))
+            stuck = dbmanifests.queued_for(s, sorted(missed))
         moved = False
         for download_id in stuck:
             with database.read() as s:
@@ -147,11 +144,10 @@ class ManifestFetcher:
         timeout = self.ctx.settings.wait_timeout
         over = {fid for fid in why if now - self.failing_since[fid] > timeout}
         with self.ctx.database.write() as s:
-            conn = driver_connection(s)
-            dbmanifests.note_unreachable(conn, {f: w for f, w in why.items() if f not in over})
+            dbmanifests.note_unreachable(s, {f: w for f, w in why.items() if f not in over})
             for fid in sorted(over):
                 reason = f"{why[fid]} for {timeout:.0f} s"
-                for did in dbmanifests.queued_for(conn, [fid]):
+                for did in dbmanifests.queued_for(s, [fid]):
                     dbjobs.finish_download(s, did, status="failed", reason=reason, now=now)
         for fid in over:
             self.failing_since.pop(fid, None)
@@ -159,10 +155,8 @@ class ManifestFetcher:
 
     def _round(self, due: set[int], why: dict[int, str]) -> set[int]:
         """Try once for every content due; returns those whose manifest is here now."""
-        if self.conn is None:
-            self.conn = quick.connect(self.ctx.database.path)
         return fetch_manifests(
-            self.conn, self.ctx.database, self.ctx.settings, self.ctx.tls, due, self.ctx.stop, why
+            self.ctx.database, self.ctx.settings, self.ctx.tls, due, self.ctx.stop, why
         )
 
 
@@ -173,17 +167,12 @@ def fetch_manifests_now(
     file_ids: set[int],
     stop: threading.Event,
 ) -> set[int]:
-    """fetch_manifests on a read connection of its own, for a caller that has none (a job
-    moving to another offer, the torrent role's LAN copy)."""
-    conn = quick.connect(database.path)
-    try:
-        return fetch_manifests(conn, database, settings, tls, file_ids, stop)
-    finally:
-        conn.close()
+    """fetch_manifests for a caller outside the fetcher's thread (a job moving to another
+    offer, the torrent role's LAN copy)."""
+    return fetch_manifests(database, settings, tls, file_ids, stop)
 
 
 def fetch_manifests(
-    conn: sqlite3.Connection,
     database: Database,
     settings: Settings,
     tls: NodeTls,
@@ -193,9 +182,9 @@ def fetch_manifests(
 ) -> set[int]:
     """Fetch (or derive) and record the manifests these contents lack, from the peers that
     offer them, within each peer's P2P_PEER_MANIFEST_ROWS; returns the contents whose
-    manifest is here now. `conn` reads. `why` gets, for a content no peer could be asked,
+    manifest is here now. `why` gets, for a content no peer could be asked,
     the peers that could not and why."""
-    with quick.reading(conn):
+    with database.read() as conn:
         missing = dbmanifests.unhashed(conn, sorted(file_ids))
         holders = dbmanifests.holders(conn, [c.file_id for c in missing])
         used = dbbudgets.manifest_rows_used(
@@ -253,14 +242,14 @@ def fetch_manifests(
             # A peer whose manifest does not prove the root it offered lies about that
             # file: marked bad for it, as a peer sending a bad chunk is, so the download
             # may move to another offer rather than wait on it.
-            dbmanifests.mark_liars(driver_connection(s), liars, now=now)
+            dbmanifests.mark_liars(s, liars, now=now)
             if missed:
-                dbmanifests.note_waiting(driver_connection(s), missed, WAITING_REASON)
+                dbmanifests.note_waiting(s, missed, WAITING_REASON)
             newly = [
                 holder
                 for peer_id, holder in sorted(plan.over_peers.items())
                 if dbbudgets.record_over_budget(
-                    driver_connection(s),
+                    s,
                     peer_id,
                     dbbudgets.MANIFEST_BUDGET,
                     settings.peer_manifest_rows,
@@ -339,8 +328,8 @@ def _record(
             (c.file_id, source[c], len(found[c])) for c, i, _ in batch if i == 0 and c in source
         ]
         with database.write() as s:
-            dbmanifests.record_manifest_rows(driver_connection(s), batch)
-            dbbudgets.record_manifest_sources(driver_connection(s), sources, now=now)
+            dbmanifests.record_manifest_rows(s, batch)
+            dbbudgets.record_manifest_sources(s, sources, now=now)
 
 
 def _name(holder: dbmanifests.Holder) -> str:

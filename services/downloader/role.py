@@ -8,15 +8,14 @@ back here as a job.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import quick
-from p2pshare.db.schema import SchemaError
 from p2pshare.services.downloader.engine import Shared
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import ManifestFetcher
@@ -94,7 +93,6 @@ def run(ctx: RoleContext) -> None:
         watch.close()
         runner.join(STOP_GRACE_SECONDS)
         runner.pool.close()
-        runner.close()
 
 
 class Runner:
@@ -114,7 +112,6 @@ class Runner:
         self.looked_for_big = 0.0
         self.read_all_at = 0.0
         self.mark: tuple[int, int, int] | None = None  # unfinished downloads at the last read
-        self.conn: sqlite3.Connection | None = None  # for the mark: no SQLAlchemy
 
     def _woken(self) -> None:
         self.wake.set()
@@ -196,15 +193,10 @@ class Runner:
         """dbbatch.unfinished_mark, or None when it cannot be read (the full read then
         runs, and its own query says what is wrong)."""
         try:
-            if self.conn is None:
-                self.conn = quick.connect(self.ctx.database.path)
-            return dbbatch.unfinished_mark(self.conn)
-        except (sqlite3.Error, SchemaError):
+            with self.ctx.database.read() as s:
+                return dbbatch.unfinished_mark(s)
+        except SQLAlchemyError:
             return None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
 
     def _start_batch(self, download_ids: list[int]) -> None:
         batch = SmallBatch(download_ids, self.shared, self.pool)

@@ -15,7 +15,6 @@ many times during a boot storm, costs nothing more.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -23,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from p2pshare.db import catalogs as dbcatalogs
-from p2pshare.db import quick
 from p2pshare.services import protocol
 from p2pshare.services.net.client import PeerClient
 from p2pshare.services.runtime import RoleContext
@@ -96,7 +94,6 @@ class CatalogFetcher:
         # goes on from there, not from what the database holds while pages still queue.
         self.handed: dict[str, tuple[str | None, int]] = {}
         self.threads: list[threading.Thread] = []
-        self.local = threading.local()  # each fetch thread's read connection
 
     def start(self) -> None:
         for i in range(FETCH_THREADS):
@@ -164,20 +161,8 @@ class CatalogFetcher:
 
     # ------------------------------------------------------------ threads
 
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read connection to the node database, opened at first use."""
-        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = quick.connect(self.ctx.database.path)
-        return conn
-
     def _loop(self) -> None:
-        try:
-            self._fetch_while_running()
-        finally:
-            conn = getattr(self.local, "conn", None)
-            if conn is not None:
-                conn.close()
+        self._fetch_while_running()
 
     def _fetch_while_running(self) -> None:
         while not self.ctx.stop.is_set():
@@ -278,14 +263,8 @@ class CatalogFetcher:
             handed = self.handed.get(wanted.node_id)
         if handed is not None:
             return handed
-        with quick.reading(self._reader()) as conn:
-            row = conn.execute(
-                "SELECT catalog_epoch, catalog_synced FROM peers WHERE id = ? AND node_id = ?",
-                (wanted.peer_id, wanted.node_id),
-            ).fetchone()
-        if row is None or row[0] is None or row[1] < 0:
-            return None, 0
-        return row[0], row[1]
+        with self.ctx.database.read() as conn:
+            return dbcatalogs.held_of(conn, wanted.peer_id, wanted.node_id)
 
 
 def _offered(entries: list[protocol.CatalogEntry]) -> list[dbcatalogs.Offered]:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from p2pshare.db import catalogs as dbcatalogs
 from p2pshare.db import peers as dbpeers
@@ -260,7 +260,7 @@ class ListenerWriter:
         self._after(after)
         return time.monotonic() - started
 
-    def _step(self, s: Session, job: Job, started: float, after: After) -> bool:
+    def _step(self, s: Connection, job: Job, started: float, after: After) -> bool:
         """Do (part of) a job inside the transaction; False if it is not finished."""
         if isinstance(job, Heard):
             return self._record_heard(s, job, started, after)
@@ -277,7 +277,7 @@ class ListenerWriter:
             return True
         return self._apply(s, job, after)
 
-    def _record_heard(self, s: Session, job: Heard, started: float, after: After) -> bool:
+    def _record_heard(self, s: Connection, job: Heard, started: float, after: After) -> bool:
         waiting = len(job.items)
         try:
             self._record_some(s, job, started, after, time.time())
@@ -288,7 +288,7 @@ class ListenerWriter:
         return not job.items
 
     def _record_some(
-        self, s: Session, job: Heard, started: float, after: After, now: float
+        self, s: Connection, job: Heard, started: float, after: After, now: float
     ) -> None:
         while job.items:
             if time.monotonic() - started >= TX_BUDGET and after.announced:
@@ -333,7 +333,7 @@ class ListenerWriter:
                         )
                     )
 
-    def _apply(self, s: Session, job: Apply, after: After) -> bool:
+    def _apply(self, s: Connection, job: Apply, after: After) -> bool:
         fetched = job.catalog
         try:
             applied = dbcatalogs.apply_page(

@@ -1,34 +1,18 @@
-"""Bitfields: which chunks a peer holds, one bit a chunk, most significant first."""
+"""Bitfields on the wire: the helpers live with the database (`db.bitfield`), which stores
+them too; what the protocol adds is the check of a peer's bitfield."""
 
 from __future__ import annotations
 
+from p2pshare.db.bitfield import (
+    bitfield_count,
+    bitfield_empty,
+    bitfield_has,
+    bitfield_indices,
+    bitfield_set,
+)
 from p2pshare.services.protocol.limits import MalformedMessage
 
-# ---------------------------------------------------------------- bitfields
-
-
-def bitfield_empty(count: int) -> bytearray:
-    return bytearray((count + 7) // 8)
-
-
-def bitfield_set(bits: bytearray, index: int) -> None:
-    bits[index >> 3] |= 0x80 >> (index & 7)
-
-
-def bitfield_has(bits: bytes | bytearray | None, index: int) -> bool:
-    """Bit `index` of a bitfield; None means every bit is set."""
-    if bits is None:
-        return True
-    byte = index >> 3
-    return byte < len(bits) and bool(bits[byte] & (0x80 >> (index & 7)))
-
-
-def bitfield_count(bits: bytes | bytearray) -> int:
-    return sum(bin(b).count("1") for b in bits)
-
-
-def bitfield_indices(bits: bytes | bytearray | None, count: int) -> list[int]:
-    return [i for i in range(count) if bitfield_has(bits, i)]
+__all__ = ["bitfield_count", "bitfield_empty", "bitfield_has", "bitfield_indices", "bitfield_set"]
 
 
 def _check_bitfield(bits: bytes, count: int) -> None:

@@ -13,17 +13,18 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
+from sqlalchemy import Connection
+
 from p2pshare.db import catalog_log
 from p2pshare.db import index as dbindex
 from p2pshare.db import node as dbnode
 from p2pshare.db import serving as dbserving
-from p2pshare.db.engine import Database, driver_connection
+from p2pshare.db.engine import Database
 from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.net.tls import NodeTls
@@ -309,8 +310,7 @@ class ChunkServer:
         return await asyncio.to_thread(self._next_page, last)
 
     def _first_page(self, req: protocol.ChangesRequest) -> tuple[PageSent, bytes]:
-        with self.database.read() as s:
-            conn = driver_connection(s)
+        with self.database.read() as conn:
             log_now = catalog_log.state(conn)
             # Changes answer only a peer that holds this very log up to a point it still
             # covers; any other gets the whole catalog (a reset).
@@ -320,8 +320,7 @@ class ChunkServer:
         return page
 
     def _next_page(self, last: PageSent) -> tuple[PageSent, bytes]:
-        with self.database.read() as s:
-            conn = driver_connection(s)
+        with self.database.read() as conn:
             log_now = catalog_log.state(conn)
             if log_now.epoch != last.epoch:
                 raise Refusal("this node's catalog log was replaced; ask again")
@@ -331,7 +330,7 @@ class ChunkServer:
 
     @staticmethod
     def _page(
-        conn: sqlite3.Connection, log_now: catalog_log.LogState, after: int, reset: bool
+        conn: Connection, log_now: catalog_log.LogState, after: int, reset: bool
     ) -> tuple[PageSent, bytes]:
         # Whole, there is nothing to remove: tombstones are left out.
         rows = catalog_log.page_rows(conn, after, protocol.PAGE_ENTRIES, removed=not reset)

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from p2pshare.db import catalog_log, history, ledger
-from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database, driver_connection
+from p2pshare.db.engine import BUSY_TIMEOUT_MS, Database
 
 log = logging.getLogger("p2p.housekeeping")
 
@@ -56,7 +56,7 @@ class Housekeeping:
             log.info("forgave %d bad-peer marks older than %d days", forgiven, self.history_days)
         moved += self.roll_up_history(cutoff)
         with self.database.write() as s:
-            compacted = catalog_log.compact(driver_connection(s))
+            compacted = catalog_log.compact(s)
         if compacted:
             log.info("compacted %d removed entries out of the catalog log", compacted)
         if moved:
@@ -94,7 +94,7 @@ class Housekeeping:
             )
         return downloads + requests + files
 
-    def _in_batches(self, batch: Callable[[Session, float], int], cutoff: float) -> int:
+    def _in_batches(self, batch: Callable[[Connection, float], int], cutoff: float) -> int:
         """Run one batch a short transaction until it finds nothing more (or the role
         stops), leaving the lock to other writers between two; returns rows moved."""
         total = 0

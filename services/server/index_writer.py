@@ -2,8 +2,8 @@
 
 A thread cannot do it: SQLite releases the GIL for each row's step only, so a writer
 thread and the hashing thread hand the GIL back and forth thousands of times a second and
-run one after the other. A process of its own (plain sqlite3, its own connection, the same
-write transactions and commits as the role would make) writes a batch while the role
+run one after the other. A process of its own (its own connection, the same write
+transactions and commits as the role would make) writes a batch while the role
 hashes the next; the role waits for each commit before it goes on, so what is offered and
 when it is durable (served.py) are exactly as without it.
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from p2pshare.db import quick
+from p2pshare.db.engine import Database
 from p2pshare.db.local_index import BATCH_CACHE_KIB, record_local_rows
 from p2pshare.db.values import HashedFile
 
@@ -76,10 +76,7 @@ class WriterProcess:
 
 def serve(db_path: Path, requests: BinaryIO, replies: BinaryIO) -> None:
     """Record each batch read from `requests` and reply, until `requests` ends."""
-    conn = quick.connect(db_path)
-    # Its one connection keeps the large page cache between batches (see _roomy_cache):
-    # the next batch lands on the same b-tree pages.
-    conn.execute(f"PRAGMA cache_size=-{BATCH_CACHE_KIB}")
+    database = Database.open_existing(db_path)
     try:
         while True:
             try:
@@ -88,14 +85,17 @@ def serve(db_path: Path, requests: BinaryIO, replies: BinaryIO) -> None:
                 return
             reply: str | None = None
             try:
-                with quick.writing(conn):
+                with database.write() as conn:
+                    # Its one pooled connection keeps the large page cache between
+                    # batches (see _roomy_cache): the next lands on the same b-tree pages.
+                    conn.exec_driver_sql(f"PRAGMA cache_size=-{BATCH_CACHE_KIB}")
                     record_local_rows(conn, root, batch, now=now)
             except Exception as exc:  # told to the role, which logs it and scans again
                 reply = f"{type(exc).__name__}: {exc}"
             pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
     finally:
-        conn.close()
+        database.close()
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from p2pshare.db import budgets
 from p2pshare.db import index as dbindex
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import serving as dbserving
-from p2pshare.db.engine import Database, driver_connection
+from p2pshare.db.engine import Database
 from p2pshare.services import protocol
 from p2pshare.services.downloader import manifests as fetch
 from p2pshare.services.settings import SettingsError, load_settings
@@ -22,7 +22,7 @@ CS = 16384
 
 def add_peer(db: Database, peer_id: int) -> None:
     with db.write() as s:
-        driver_connection(s).execute(
+        s.exec_driver_sql(
             "INSERT INTO peers (id, node_id, username, address, tcp_port, catalog_version,"
             " announce_seq, catalog_synced, tls, first_seen, last_seen)"
             " VALUES (?, ?, ?, '127.0.0.2', ?, 1, 1, -1, 0, 0, 0)",
@@ -32,15 +32,15 @@ def add_peer(db: Database, peer_id: int) -> None:
 
 def hold(db: Database, peer_id: int, count: int) -> None:
     with db.write() as s:
-        conn = driver_connection(s)
+        conn = s
         for i in range(count):
             sha = hashlib.sha256(f"{peer_id}-{i}".encode()).hexdigest()
-            cur = conn.execute(
+            cur = conn.exec_driver_sql(
                 "INSERT INTO files (sha256, size, chunk_size, root, chunk_count, first_seen)"
                 " VALUES (?, 10, ?, ?, 1, 0)",
                 (sha, CS, protocol.one_chunk_root(sha)),
             )
-            conn.execute(
+            conn.exec_driver_sql(
                 "INSERT INTO holdings (peer_id, file_id, name, chunks_held) VALUES (?, ?, ?, 1)",
                 (peer_id, cur.lastrowid, f"f{i}"),
             )
@@ -53,8 +53,8 @@ def test_a_page_past_the_catalog_budget_keeps_what_fits_and_records_the_peer(
     add_peer(db, 2)
     hold(db, 1, 8)
     with db.write() as s:
-        conn = driver_connection(s)
-        conn.execute("UPDATE peers SET catalog_entries = 8 WHERE id = 1")
+        conn = s
+        conn.exec_driver_sql("UPDATE peers SET catalog_entries = 8 WHERE id = 1")
         kept = budgets.within_catalog_budget(
             conn, 1, list(range(5)), reset=False, limit=10, now=0.0
         )
@@ -68,7 +68,7 @@ def test_a_page_past_the_catalog_budget_keeps_what_fits_and_records_the_peer(
     # A reset starts the count again; the count is from above, so the exact one is taken
     # only once it passes the budget (here 8 held + 10 > 12: counted, and room for 4).
     with db.write() as s:
-        conn = driver_connection(s)
+        conn = s
         assert (
             budgets.within_catalog_budget(conn, 1, [1] * 10, reset=True, limit=12, now=0)
             == [1] * 10
@@ -82,7 +82,7 @@ def test_a_page_past_the_catalog_budget_keeps_what_fits_and_records_the_peer(
 def test_over_budget_names_each_budget_once_with_its_latest_time(db: Database) -> None:
     add_peer(db, 1)
     with db.write() as s:
-        conn = driver_connection(s)
+        conn = s
         first = budgets.record_over_budget(conn, 1, budgets.MANIFEST_BUDGET, 5, now=0.0)
         again = budgets.record_over_budget(conn, 1, budgets.MANIFEST_BUDGET, 5, now=60.0)
         other = budgets.record_over_budget(conn, 1, budgets.CATALOG_BUDGET, 7, now=0.0)
@@ -103,14 +103,14 @@ def test_manifest_rows_count_until_a_file_of_our_own_proves_them(db: Database) -
         ids = dbindex.ensure_files(s, [content, hashed(2)], now=0.0)
         file_a, file_b = ids[content.key], ids[hashed(2).key]
         budgets.record_manifest_sources(
-            driver_connection(s), [(file_a, 1, 4), (file_b, 1, 4), (file_b, 2, 4)], now=0.0
+            s, [(file_a, 1, 4), (file_b, 1, 4), (file_b, 2, 4)], now=0.0
         )
     with db.read() as s:
-        assert budgets.manifest_rows_used(driver_connection(s), [1, 2, 3]) == {1: 8, 2: 0, 3: 0}
+        assert budgets.manifest_rows_used(s, [1, 2, 3]) == {1: 8, 2: 0, 3: 0}
     with db.write() as s:
         dbindex.record_local_files(s, "download", [("a.bin", content)], now=1.0)
     with db.read() as s:
-        assert budgets.manifest_rows_used(driver_connection(s), [1]) == {1: 4}
+        assert budgets.manifest_rows_used(s, [1]) == {1: 4}
 
 
 def test_a_manifest_learned_from_a_peer_is_not_served_as_our_own(db: Database) -> None:
@@ -143,7 +143,7 @@ def test_budget_settings_take_a_positive_count(tmp_path: Path, name: str) -> Non
 
 def db_rows(db: Database, query: str) -> list[tuple[object, ...]]:
     with db.read() as s:
-        return list(driver_connection(s).execute(query))
+        return list(s.exec_driver_sql(query))
 
 
 def content(file_id: int, chunks: int) -> dbmanifests.Unhashed:

@@ -4,14 +4,13 @@ offers is one row with a new sequence number, and nothing else moves it."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 
 import pytest
 
 from p2pshare.db import catalog_log
 from p2pshare.db import index as dbindex
-from p2pshare.db.engine import Database, driver_connection
+from p2pshare.db.engine import Database
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 
@@ -28,19 +27,13 @@ def hashed(label: str, chunks: int = 1) -> HashedFile:
 
 def log_rows(db: Database) -> list[tuple[str, bool, bool]]:
     """(name, removed, whole) of every row, oldest change first."""
-    conn = sqlite3.connect(db.path)
-    try:
+    with db.read() as conn:
         return [(r.name, r.removed, r.have is None) for r in catalog_log.rows_after(conn, 0, 100)]
-    finally:
-        conn.close()
 
 
 def state(db: Database) -> catalog_log.LogState:
-    conn = sqlite3.connect(db.path)
-    try:
+    with db.read() as conn:
         return catalog_log.state(conn)
-    finally:
-        conn.close()
 
 
 def test_each_change_is_one_row_at_a_new_version(db: Database) -> None:
@@ -66,9 +59,8 @@ def test_each_change_is_one_row_at_a_new_version(db: Database) -> None:
         dbindex.delete_orphan_files(s)
     assert log_rows(db) == [("b.txt", False, True), ("a.txt", True, True), ("a.txt", False, True)]
     assert state(db).version == 4
-    conn = sqlite3.connect(db.path)
-    gone = [r for r in catalog_log.rows_after(conn, 0, 100) if r.removed]
-    conn.close()
+    with db.read() as conn:
+        gone = [r for r in catalog_log.rows_after(conn, 0, 100) if r.removed]
     # The tombstone names what went, though its content's files row is gone.
     assert [(g.name, g.sha256) for g in gone] == [("a.txt", hashed("a").sha256)]
 
@@ -84,7 +76,7 @@ def test_tombstones_are_compacted_past_their_bound_and_the_floor_rises(
         dbindex.remove_local_files(s, "share", names[:6])
     # 2 offered, 6 tombstones: 3 kept (max(3, 2)), the 3 oldest go.
     with db.write() as s:
-        assert catalog_log.compact(driver_connection(s)) == 3
+        assert catalog_log.compact(s) == 3
     after = state(db)
     assert after.floor == 8 + 3  # the last tombstone compacted
     assert [(n, gone) for n, gone, _ in log_rows(db)] == [
@@ -95,7 +87,7 @@ def test_tombstones_are_compacted_past_their_bound_and_the_floor_rises(
         ("f5", True),
     ]
     with db.write() as s:
-        assert catalog_log.compact(driver_connection(s)) == 0
+        assert catalog_log.compact(s) == 0
 
 
 def test_a_new_database_is_a_new_log(tmp_path) -> None:

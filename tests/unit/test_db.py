@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Connection, Row, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from p2pshare.db import catalog_log
@@ -23,8 +23,7 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import reports as dbreports
-from p2pshare.db.engine import SCHEMA_VERSION, ChangeWatch, Database, SchemaError, driver_connection
-from p2pshare.db.models import BadPeer, Chunk, Download, Peer, RetiredNode
+from p2pshare.db.engine import SCHEMA_VERSION, ChangeWatch, Database, SchemaError
 from p2pshare.db.node import (
     node_state,
     record_heartbeat,
@@ -32,6 +31,7 @@ from p2pshare.db.node import (
     role_settings,
     set_node_id,
 )
+from p2pshare.db.schema import bad_peers, chunks, downloads, peers, retired_nodes
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
 
@@ -40,6 +40,13 @@ NOW = 1_700_000_000.0
 NODE_A = "a" * 32
 NODE_B = "b" * 32
 OWN = "0" * 32
+
+
+def row_of(conn: Connection, table: Table, row_id: int) -> Row[Any]:
+    """One row of `table` by its id, as it stands in this transaction."""
+    found = conn.execute(select(table).where(table.c.id == row_id)).first()
+    assert found is not None
+    return found
 
 
 def sql(path: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -112,14 +119,12 @@ def test_change_watch_that_cannot_read_says_nothing_changed(tmp_path: Path) -> N
 
 def test_foreign_keys_are_enforced(db: Database) -> None:
     with pytest.raises(IntegrityError), db.write() as s:
-        s.add(Chunk(file_id=12345, chunk_index=0, size=1, sha256="0" * 64))
-        s.flush()
+        s.execute(insert(chunks).values(file_id=12345, chunk_index=0, size=1, sha256="0" * 64))
 
 
 def test_failed_write_rolls_back(db: Database, db_path: Path) -> None:
     with pytest.raises(RuntimeError), db.write() as s:
         record_heartbeat(s, "server", pid=1, started_at=NOW, now=NOW)
-        s.flush()
         raise RuntimeError("boom")
     assert sql(db_path, "SELECT count(*) FROM heartbeats") == [(0,)]
 
@@ -426,17 +431,17 @@ def test_record_announces_in_one_batch_agrees_with_one_at_a_time(
     assert [(r[0], r[3], r[4]) for r in rows] == [(NODE_B, 5003, 2), ("c" * 32, 5001, 1)]
 
 
-def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
+def test_a_batch_of_new_peers_gets_their_own_ids_and_the_transaction_sees_the_writes(
     db: Database, db_path: Path
 ) -> None:
-    """Peers are written in plain SQL: each outcome names its own row, and ORM objects the
-    session held before (here a Peer and a RetiredNode) show what the batch wrote."""
+    """Peers are written in bulk: each outcome names its own row, and reads in the same
+    transaction (here of a peer and a retired node) show what the batch wrote."""
     with db.write() as s:
         first = dbpeers.record_announce(
             s, heard(NODE_A, seq=1, port=5001, cert=CERT, proven=True), now=NOW
         )
     with db.write() as s:
-        held = s.get(Peer, first.peer_id)
+        held = row_of(s, peers, first.peer_id)
         assert held is not None and held.announce_seq == 1
         nodes = [f"{i:032x}" for i in range(1, 301)]
         batch = [heard(n, seq=1, port=6000 + i, user=f"u{i}") for i, n in enumerate(nodes)]
@@ -446,9 +451,9 @@ def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
         ]
         outcomes = dbpeers.record_announces(s, batch, now=NOW + 5)
         # NODE_A moved to 5009 and NODE_B restarted there: A is replaced, in this session too.
-        retired = s.get(RetiredNode, NODE_A)
+        retired = s.execute(select(retired_nodes).where(retired_nodes.c.node_id == NODE_A)).first()
         assert retired is not None and retired.replaced and retired.last_seq == 7
-        assert s.scalar(select(Peer.id).where(Peer.node_id == NODE_A)) is None
+        assert s.scalar(select(peers.c.id).where(peers.c.node_id == NODE_A)) is None
     ids = dict(sql(db_path, "SELECT node_id, id FROM peers"))
     assert [o.peer_id for o in outcomes[:300]] == [ids[n] for n in nodes]
     assert all(o.new and o.needs_catalog for o in outcomes[:300])
@@ -458,10 +463,11 @@ def test_a_batch_of_new_peers_gets_their_own_ids_and_a_session_sees_the_writes(
     with db.write() as s:
         again = dbpeers.record_announce(s, heard(NODE_A, seq=8, port=5009, cert=CERT), now=NOW + 6)
         assert again.refused is not None and "restart replaced" in again.refused
-        peer = s.get(Peer, ids[nodes[0]])
+        peer = row_of(s, peers, ids[nodes[0]])
         assert peer is not None and peer.tcp_port == 6000
         move = heard(nodes[0], seq=2, port=7000, user="u0")
         assert dbpeers.record_announce(s, move, now=NOW + 6).peer_id == peer.id
+        peer = row_of(s, peers, peer.id)
         assert (peer.tcp_port, peer.announce_seq, peer.last_seen) == (7000, 2, NOW + 6)
 
 
@@ -683,7 +689,7 @@ def test_remove_local_files_deletes_in_slices_and_orphans_go(
     ]
     monkeypatch.setattr(catalog_log, "MIN_TOMBSTONES", 0)
     with db.write() as s:
-        assert catalog_log.compact(driver_connection(s)) == 1100
+        assert catalog_log.compact(s) == 1100
     assert sql(db_path, "SELECT count(*) FROM files") == [(0,)]
     assert sql(db_path, "SELECT count(*) FROM chunks") == [(0,)]
 
@@ -895,8 +901,7 @@ def test_migrated_database_takes_v2_content(tmp_path: Path) -> None:
         data = data_of(20, 3 * CS + 5)
         # Foreign keys still point at the rebuilt `files`: a chunk of no file is refused.
         with pytest.raises(IntegrityError), database.write() as s:
-            s.add(Chunk(file_id=12345, chunk_index=0, size=1, sha256="0" * 64))
-            s.flush()
+            s.execute(insert(chunks).values(file_id=12345, chunk_index=0, size=1, sha256="0" * 64))
         with database.write() as s:
             peer_id = dbpeers.record_announce(s, heard(seq=8, cv=4), now=NOW).peer_id
             assert peer_id is not None
@@ -973,7 +978,7 @@ def offer(
 def mark_bad(db: Database, download_id: int, *peers: tuple[str, int]) -> None:
     """What a job records when a peer's chunk fails verification."""
     with db.write() as s:
-        d = s.get(Download, download_id)
+        d = row_of(s, downloads, download_id)
         assert d is not None
         dbjobs.record_progress(
             s,
@@ -1093,8 +1098,10 @@ def test_switch_offer_without_a_usable_other_offer_changes_nothing(db: Database)
     # Another offer whose only peer is bad for it.
     honest_file = offer(db, NODE_B, HONEST[0], "movie.mkv", honest)
     with db.write() as s:
-        s.add(
-            BadPeer(address=HONEST[0][0], tcp_port=HONEST[0][1], file_id=honest_file, marked_at=NOW)
+        s.execute(
+            insert(bad_peers).values(
+                address=HONEST[0][0], tcp_port=HONEST[0][1], file_id=honest_file, marked_at=NOW
+            )
         )
     with db.write() as s:
         assert dbswitch.switch_offer(s, did) is None
@@ -1143,14 +1150,22 @@ def test_find_candidates_gives_one_candidate_per_sha_the_offer_most_good_peers_m
     # Both honest peers turn out bad for their offer: the other one is all that is left.
     with db.write() as s:
         for address, port in HONEST:
-            s.add(BadPeer(address=address, tcp_port=port, file_id=honest_file, marked_at=NOW))
+            s.execute(
+                insert(bad_peers).values(
+                    address=address, tcp_port=port, file_id=honest_file, marked_at=NOW
+                )
+            )
     with db.read() as s:
         assert dbdl.find_candidates(s, "movie") == [
             dbdl.Candidate(liar_file, "movie-copy.mkv", MOVIE_SHA, len(MOVIE), 1)
         ]
     # Every offer's peers bad: the content is still a candidate, with no peer to count.
     with db.write() as s:
-        s.add(BadPeer(address=LIAR[0], tcp_port=LIAR[1], file_id=liar_file, marked_at=NOW))
+        s.execute(
+            insert(bad_peers).values(
+                address=LIAR[0], tcp_port=LIAR[1], file_id=liar_file, marked_at=NOW
+            )
+        )
     with db.read() as s:
         [candidate] = dbdl.find_candidates(s, "movie")
     assert (candidate.sha256, candidate.peers) == (MOVIE_SHA, 0)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from p2pshare.db import index as dbindex
 from p2pshare.db.engine import Database
-from p2pshare.db.models import Download
+from p2pshare.db.schema import downloads
 from p2pshare.db.values import Stamp
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
@@ -363,8 +364,8 @@ def test_a_file_a_download_is_publishing_is_left_to_the_downloader(node: Node) -
     it again and bump the catalog (a folder of 10,000 files did, a few hundred times)."""
     got = write(node.settings.download_dir / "album" / "a.bin", b"arriving")
     with node.database.write() as s:
-        s.add(
-            Download(
+        s.execute(
+            insert(downloads).values(
                 name="album/a.bin",
                 sha256=sha(got),
                 size=len(got),
@@ -419,7 +420,7 @@ def test_share_dir_equal_to_home_never_indexes_the_nodes_own_files(tmp_path: Pat
         write(n.settings.log_dir / "server.log", b"log")
         got = write(n.settings.download_dir / "got.bin", b"got")
         with n.database.write() as s:  # the WAL file exists while a writer is connected
-            s.connection()
+            s.exec_driver_sql("SELECT 1")
         assert (tmp_path / "p2p.db").exists() and (tmp_path / "p2p.db-wal").exists()
 
         n.step()

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
 from test_db import sql
 
 from p2pshare.db import catalog_log, ledger, quick
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.models import BadPeer, File
+from p2pshare.db.schema import bad_peers, files
 from p2pshare.db.wal import Checkpointer, sizes
 from p2pshare.services.server.housekeeping import Housekeeping
 
@@ -142,11 +143,17 @@ def test_uploads_since_answers_from_both_tables(database: Database) -> None:
 
 def test_bad_peers_are_forgiven_after_the_horizon(database: Database) -> None:
     with database.write() as s:
-        f = File(sha256="c" * 64, size=1, chunk_size=16384, root="", chunk_count=1, first_seen=NOW)
-        s.add(f)
-        s.flush()
-        s.add(BadPeer(address="127.0.0.9", tcp_port=1, file_id=f.id, marked_at=NOW - 31 * DAY))
-        s.add(BadPeer(address="127.0.0.8", tcp_port=1, file_id=f.id, marked_at=NOW - 29 * DAY))
+        fid = s.execute(
+            insert(files).values(
+                sha256="c" * 64, size=1, chunk_size=16384, root="", chunk_count=1, first_seen=NOW
+            )
+        ).lastrowid
+        for address, days in (("127.0.0.9", 31), ("127.0.0.8", 29)):
+            s.execute(
+                insert(bad_peers).values(
+                    address=address, tcp_port=1, file_id=fid, marked_at=NOW - days * DAY
+                )
+            )
     with database.write() as s:
         assert ledger.expire_bad_peers(s, ledger.horizon(NOW, 30)) == 1
     assert sql(database.path, "SELECT address FROM bad_peers") == [("127.0.0.8",)]

@@ -9,6 +9,7 @@ import unicodedata
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 from test_db import CS, NODE_A, NODE_B, NODE_C, NOW, data_of, heard, sql
 
 from p2pshare.db import catalogs as dbcatalogs
@@ -19,9 +20,10 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
-from p2pshare.db.engine import Database, driver_connection
-from p2pshare.db.models import BadPeer
+from p2pshare.db.driver import driver_connection
+from p2pshare.db.engine import Database
 from p2pshare.db.queueing import json_list
+from p2pshare.db.schema import bad_peers
 from p2pshare.services import protocol
 from p2pshare.services.hashing.chain import manifest_entries
 
@@ -674,7 +676,7 @@ def test_request_progress_sums_what_follow_states_lists(
     assert (got.size, got.bytes_done) == (sum(r.size for r in rows), 2 * CS)
     assert (got.peers, got.waiting) == (1, None)
     with db.write() as s:
-        driver_connection(s).execute(
+        s.exec_driver_sql(
             "UPDATE downloads SET status = 'waiting', reason = 'no peer' WHERE id = ?", (a,)
         )
     with db.read() as s:
@@ -878,8 +880,8 @@ def test_a_bad_peers_version_is_not_followed(db: Database) -> None:
     did = queue(db, "movie.mkv").downloads[0]
     rewritten(db, SAME_START)
     with db.write() as s:
-        s.add(
-            BadPeer(
+        s.execute(
+            insert(bad_peers).values(
                 address=PEER_A[0],
                 tcp_port=PEER_A[1],
                 file_id=file_id(db, SAME_START),
@@ -902,8 +904,10 @@ def test_a_bad_peer_of_the_old_content_does_not_hold_the_download_back(db: Datab
     catalog(db, NODE_A, PEER_A, {"movie.mkv": V1})
     did = queue(db, "movie.mkv").downloads[0]
     with db.write() as s:
-        s.add(
-            BadPeer(address=PEER_A[0], tcp_port=PEER_A[1], file_id=file_id(db, V1), marked_at=NOW)
+        s.execute(
+            insert(bad_peers).values(
+                address=PEER_A[0], tcp_port=PEER_A[1], file_id=file_id(db, V1), marked_at=NOW
+            )
         )
     catalog(db, NODE_B, PEER_B, {"movie.mkv": ALL_NEW}, fingerprint=certificate(NODE_A))
     with db.write() as s:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+from sqlalchemy import insert
+
 from p2pshare.db import index as dbindex
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
-from p2pshare.db.models import Download
+from p2pshare.db.schema import downloads
 from p2pshare.services import protocol
 
 CS = 16384
@@ -38,8 +40,8 @@ def test_byte_sources_of_many_keys_at_once_match_one_at_a_time(db: Database) -> 
         ids = dbindex.ensure_files(s, [a, c], now=1.0)
         # c: only a download in progress holds part of it; a: also one, beside its files.
         for name, content, bits in (("c.bin", c, b"\x40"), ("a-part.bin", a, b"\x80")):
-            s.add(
-                Download(
+            s.execute(
+                insert(downloads).values(
                     file_id=ids[content.key],
                     name=name,
                     sha256=content.sha256,

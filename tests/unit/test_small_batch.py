@@ -13,7 +13,6 @@ from test_requests import PEER_A, PEER_B, catalog, hashed, sha
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db import quick
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
 from p2pshare.services.downloader.pool import PeerPool
@@ -87,27 +86,30 @@ def test_the_unfinished_mark_moves_when_the_queue_does_not_when_a_download_runs(
     """The downloader rereads its queue when this mark moves: a download queued, resumed,
     cancelled or ended moves it; one going active, or any other table changing, does not."""
     catalog(db, "node-a", PEER_A, folder(3))
-    conn = quick.connect(db.path)
-    try:
-        empty = dbbatch.unfinished_mark(conn)
-        ids = queue_folder(db)
-        queued = dbbatch.unfinished_mark(conn)
-        assert empty == (0, 0, 0) and queued == (3, max(ids), sum(ids))
 
-        def set_status(download_id: int, status: str) -> tuple[int, int, int]:
-            with quick.writing(conn):
-                conn.execute("UPDATE downloads SET status = ? WHERE id = ?", (status, download_id))
+    def mark() -> tuple[int, int, int]:
+        with db.read() as conn:
             return dbbatch.unfinished_mark(conn)
 
-        assert set_status(ids[0], "active") == queued
-        assert set_status(ids[0], "waiting") == queued
-        catalog(db, "node-b", PEER_B, folder(5))  # peers and holdings change: no move
-        assert dbbatch.unfinished_mark(conn) == queued
-        assert set_status(ids[0], "paused") != queued
-        assert set_status(ids[0], "queued") == queued
-        assert set_status(ids[1], "done") not in (queued, empty)
-    finally:
-        conn.close()
+    empty = mark()
+    ids = queue_folder(db)
+    queued = mark()
+    assert empty == (0, 0, 0) and queued == (3, max(ids), sum(ids))
+
+    def set_status(download_id: int, status: str) -> tuple[int, int, int]:
+        with db.write() as conn:
+            conn.exec_driver_sql(
+                "UPDATE downloads SET status = ? WHERE id = ?", (status, download_id)
+            )
+        return mark()
+
+    assert set_status(ids[0], "active") == queued
+    assert set_status(ids[0], "waiting") == queued
+    catalog(db, "node-b", PEER_B, folder(5))  # peers and holdings change: no move
+    assert mark() == queued
+    assert set_status(ids[0], "paused") != queued
+    assert set_status(ids[0], "queued") == queued
+    assert set_status(ids[1], "done") not in (queued, empty)
 
 
 def test_sources_leave_out_bad_peers_per_file(db: Database) -> None:
