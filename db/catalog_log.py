@@ -37,7 +37,7 @@ from .status import KEEPING_TEMP, sql_in
 MIN_TOMBSTONES = 10_000
 EPOCH_HEX = 16
 
-_OFFERING = sql_in(KEEPING_TEMP)
+_OFFERING = sql_in(tuple(sorted(KEEPING_TEMP)))  # the order the triggers were made with
 
 
 def _refresh(fid: str, name: str) -> str:
