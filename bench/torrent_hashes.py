@@ -51,7 +51,7 @@ def main() -> None:
         print(f"{args.size_mib} MiB on {args.dir}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
         for rep in range(args.reps):
             with database.write() as s:  # a cold cache every repetition
-                s.connection().exec_driver_sql("DELETE FROM torrent_pieces")
+                s.exec_driver_sql("DELETE FROM torrent_pieces")
             rows = []
             for label in ("first (hash + cache)", "again (cached)"):
                 c0, w0 = cpu(resource.RUSAGE_SELF), time.perf_counter()
