@@ -22,6 +22,7 @@ from pathlib import Path
 # (linux/magic.h). tmpfs and ramfs keep nothing across a power cut whatever is called;
 # a batch there keeps its one cheap syncfs. Anything not named here (FUSE's 0x65735546,
 # NFS, SMB, ...) is synced file by file.
+TMPFS_MAGIC = 0x01021994
 SYNCFS_HONOURED = {
     0xEF53: "ext2/3/4",
     0x58465342: "xfs",
@@ -30,7 +31,7 @@ SYNCFS_HONOURED = {
     0x2FC12FC1: "zfs",
     0xCA451A4E: "bcachefs",
     0x794C7630: "overlayfs",  # syncs its upper file system (ovl_sync_fs, Linux 4.19+)
-    0x01021994: "tmpfs",
+    TMPFS_MAGIC: "tmpfs",
     0x858458F6: "ramfs",
 }
 FUSE_SUPER_MAGIC = 0x65735546

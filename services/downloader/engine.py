@@ -3,24 +3,19 @@
 A download is a set of files, their chunks laid end to end (a big file is a set of one).
 Peer workers (worker.py), one a connection, pick chunks through the pure `Picker`, ask
 for them pipelined, verify each against its manifest entry, and hand it to the download
-(`write`). What a download does with a verified chunk, how many connections it opens,
-how many chunks are in flight and when its files are published is its policy, a
-subclass of `Download`:
-
-- `job.DownloadJob`: one big file. Two connections a source while there are few,
-  holdings exchanged and refreshed, chunks written into the temp file in place, made
-  durable and recorded every flush, published when the last is durable; it waits for
-  sources, retries them, and moves to another offer when every one is gone.
-- `small_batch.SmallBatch`: hundreds of small files. One pooled connection a source,
-  each file asked of one source, held whole and written once, published and recorded
-  in groups; whatever it cannot finish simply it gives back to be run as a job.
+(`write`). How many connections it opens, how many chunks are in flight, what a verified
+chunk becomes and when files are published is its policy, a subclass of `Download`:
+`job.DownloadJob` for one big file (written in place, durable every flush, published
+when whole; it waits, retries and moves to another offer), `small_batch.SmallBatch` for
+hundreds of small ones (held whole, written once, published in groups; what it cannot
+finish simply it gives back to be run as a job).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
@@ -59,7 +54,7 @@ class Part:
 P = TypeVar("P", bound=Part)
 
 
-class Download:
+class Download(Generic[P]):
     """What every policy shares: the files, the picker over their chunks, the sources
     found lying, and the calls of `port.JobPort` that do not depend on the policy."""
 
@@ -67,7 +62,11 @@ class Download:
     # is enough (each source holds its files whole).
     have_key: tuple[protocol.FileKey, int] | None = None
 
-    def __init__(self, shared: Shared, pipeline: Pipeline, label: str) -> None:
+    def __init__(
+        self, shared: Shared, pipeline: Pipeline, label: str, download_ids: list[int]
+    ) -> None:
+        self.download_ids = download_ids
+        self.left_over: set[int] = set()  # downloads it gives back, to be run as jobs
         self.settings = shared.settings
         self.network_key = shared.settings.network_key
         self.database = shared.database
@@ -77,12 +76,16 @@ class Download:
         self.label = label
         self.lock = threading.Condition()
         self.halt = threading.Event()  # this download is ending, for any reason
-        self.parts: list[Part] = []
+        self.parts: list[P] = []
         self.owner: list[int] = []  # chunk -> its file's place in `parts`
         self.count = 0
         self.largest_chunk = 0
         self.picker = Picker(0)
         self.bad_sources: set[tuple[str, int]] = set()
+
+    def run(self) -> None:
+        """Run to the end: every file published, failed, given back, or left resumable."""
+        raise NotImplementedError
 
     def add_part(self, part_type: type[P], spec: dbjobs.JobSpec, *args: object) -> P:
         """Append a file (a `part_type` made of spec, first, key, check and `args`)."""
@@ -124,6 +127,12 @@ class Download:
     def wait_for_work(self, timeout: float) -> None:
         with self.lock:
             self.lock.wait(timeout)
+
+    def peer_lost(self, peer: str, pending: list[int]) -> None:
+        with self.lock:
+            for g in pending:
+                self.picker.release(peer, g)
+            self.lock.notify_all()
 
     def peer_bits(self, peer: str, bits: bytes | None) -> None:
         with self.lock:

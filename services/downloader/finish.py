@@ -59,19 +59,7 @@ class Finisher:
 
     def record_done(self, final: Path) -> None:
         spec = self.spec
-        st = final.stat()  # after the temp name is gone: unlinking it moves ctime
-        count = protocol.chunk_count(spec.size, spec.chunk_size)
-        hashed = HashedFile(
-            st.st_size,
-            st.st_mtime_ns,
-            spec.sha256,
-            spec.chunk_size,
-            spec.chunk_hashes,
-            [protocol.chunk_length(spec.size, spec.chunk_size, i) for i in range(count)],
-            spec.root,
-            ctime_ns=st.st_ctime_ns,
-            inode=st.st_ino,
-        )
+        hashed = hashed_file(spec, final.stat())
         with self.database.write(durable=True) as s:  # "done" is what p2pctl reports next
             dbjobs.finish_download(
                 s,
@@ -127,6 +115,17 @@ class Finisher:
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.settings.download_dir.resolve()).as_posix()
+
+
+def hashed_file(spec: dbjobs.JobSpec, st: os.stat_result) -> HashedFile:
+    """A published file as the index records it; `st` taken after the temp name is gone
+    (unlinking it moves ctime)."""
+    count = protocol.chunk_count(spec.size, spec.chunk_size)
+    return HashedFile(
+        st.st_size, st.st_mtime_ns, spec.sha256, spec.chunk_size, spec.chunk_hashes,
+        [protocol.chunk_length(spec.size, spec.chunk_size, i) for i in range(count)],
+        spec.root, ctime_ns=st.st_ctime_ns, inode=st.st_ino,
+    )  # fmt: skip
 
 
 def _sha256_of(path: Path) -> str:

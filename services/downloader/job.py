@@ -49,12 +49,13 @@ FEW_SOURCES_CONNECTIONS = 2
 __all__ = ["DownloadJob", "JobFailed"]
 
 
-class DownloadJob(Download):
+class DownloadJob(Download[Part]):
     """A download of one big file (see engine.py); its peer workers see it only as a
     `port.JobPort`."""
 
     def __init__(self, spec: dbjobs.JobSpec, shared: Shared) -> None:
-        super().__init__(shared, ONE_FILE, f"download {spec.download_id}")
+        did = spec.download_id
+        super().__init__(shared, ONE_FILE, f"download {did}", [did])
         settings = self.settings
         self.spec = spec
         self.wait_timeout = settings.wait_timeout
@@ -342,12 +343,6 @@ class DownloadJob(Download):
             peer,
         )
         return True
-
-    def peer_lost(self, peer: str, pending: list[int]) -> None:
-        with self.lock:
-            for index in pending:
-                self.picker.release(peer, index)
-            self.lock.notify_all()
 
     # ------------------------------------------------------------ the end
 

@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
-from p2pshare.services.downloader.engine import Shared
+from p2pshare.services.downloader.engine import Download, Shared
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import ManifestFetcher
 from p2pshare.services.downloader.pool import PeerPool
@@ -86,7 +87,8 @@ def run(ctx: RoleContext) -> None:
                 next_sweep = time.monotonic() + SWEEP_SECONDS
             runner.start_waiting(woken)
             ctx.detail = (
-                f"{len(runner.jobs)} running, {len(runner.in_batches)} in batches, "
+                f"{runner.count(DownloadJob)} running, "
+                f"{len(runner.running()) - runner.count(DownloadJob)} in batches, "
                 f"{ctx.database.write_count} db writes"
             )
     finally:
@@ -96,14 +98,12 @@ def run(ctx: RoleContext) -> None:
 
 
 class Runner:
-    """The running jobs and batches, and which downloads go to which."""
+    """The running downloads (jobs and batches), and which downloads go to which."""
 
     def __init__(self, ctx: RoleContext) -> None:
         self.ctx = ctx
         self.shared = Shared(ctx.settings, ctx.database, ctx.stop, ctx.tls)
-        self.jobs: dict[int, threading.Thread] = {}
-        self.batches: list[tuple[threading.Thread, SmallBatch]] = []
-        self.in_batches: set[int] = set()
+        self.downloads: list[tuple[threading.Thread, Download[Any]]] = []
         self.not_batchable: set[int] = set()  # a batch gave them back: full jobs run them
         self.pool = PeerPool()
         self.manifests = ManifestFetcher(ctx, self._woken)
@@ -118,25 +118,24 @@ class Runner:
         self.poke()
 
     def running(self) -> set[int]:
-        return set(self.jobs) | self.in_batches
+        return {i for _, download in self.downloads for i in download.download_ids}
+
+    def count(self, policy: type[Download[Any]]) -> int:
+        return sum(isinstance(download, policy) for _, download in self.downloads)
 
     def idle(self) -> bool:
         """Nothing runs and, at the last look, no download was unfinished."""
-        return not (self.jobs or self.batches) and self.mark is not None and self.mark[0] == 0
+        return not self.downloads and self.mark is not None and self.mark[0] == 0
 
     def reap(self) -> None:
-        for download_id, thread in list(self.jobs.items()):
+        for thread, download in list(self.downloads):
             if not thread.is_alive():
-                del self.jobs[download_id]
-        for thread, batch in list(self.batches):
-            if not thread.is_alive():
-                self.batches.remove((thread, batch))
-                self.in_batches.difference_update(batch.download_ids)
-                self.not_batchable.update(batch.left_over)
+                self.downloads.remove((thread, download))
+                self.not_batchable.update(download.left_over)
 
     def start_waiting(self, woken: bool) -> None:
-        batch_slot = len(self.batches) < MAX_BATCHES
-        job_slot = len(self.jobs) < MAX_ACTIVE
+        batch_slot = self.count(SmallBatch) < MAX_BATCHES
+        job_slot = self.count(DownloadJob) < MAX_ACTIVE
         if not (batch_slot or job_slot):
             return  # nothing could start: spare the query, which grows with the queue
         now = time.monotonic()
@@ -182,12 +181,15 @@ class Runner:
             and r.download_id not in self.not_batchable
         ]
         if small and batch_slot:
-            self._start_batch(small[:BATCH_FILES])
+            self._start(SmallBatch(small[:BATCH_FILES], self.shared, self.pool))
         if job_slot:
             batched = set(small)
             big = [r.download_id for r in waiting if r.download_id not in batched]
-            for download_id in big[: MAX_ACTIVE - len(self.jobs)]:
-                self.jobs[download_id] = self._start_job(download_id)
+            for download_id in big[: MAX_ACTIVE - self.count(DownloadJob)]:
+                with self.ctx.database.read() as s:
+                    spec = dbjobs.job_spec(s, download_id)
+                assert spec is not None
+                self._start(DownloadJob(spec, self.shared))
 
     def _mark(self) -> tuple[int, int, int] | None:
         """dbbatch.unfinished_mark, or None when it cannot be read (the full read then
@@ -198,41 +200,21 @@ class Runner:
         except SQLAlchemyError:
             return None
 
-    def _start_batch(self, download_ids: list[int]) -> None:
-        batch = SmallBatch(download_ids, self.shared, self.pool)
-        thread = threading.Thread(
-            target=self._then_wake(batch.run), name="small-batch", daemon=True
-        )
-        self.batches.append((thread, batch))
-        self.in_batches.update(download_ids)
-        thread.start()
-
-    def _start_job(self, download_id: int) -> threading.Thread:
-        ctx = self.ctx
-        with ctx.database.read() as s:
-            spec = dbjobs.job_spec(s, download_id)
-        assert spec is not None
-        job = DownloadJob(spec, self.shared)
-        thread = threading.Thread(
-            target=self._then_wake(job.run), name=f"download-{download_id}", daemon=True
-        )
-        thread.start()
-        return thread
-
-    def _then_wake(self, run: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:
+    def _start(self, download: Download[Any]) -> None:
+        def run() -> None:
             try:
-                run()
-            finally:
+                download.run()
+            finally:  # its slot is free
                 self.wake.set()
                 self.poke()
 
-        return wrapped
+        thread = threading.Thread(target=run, name=download.label, daemon=True)
+        self.downloads.append((thread, download))
+        thread.start()
 
     def join(self, grace: float) -> None:
         deadline = time.monotonic() + grace
-        threads = [*self.jobs.values(), *(t for t, _ in self.batches)]
-        for thread in threads:
+        for thread, _ in self.downloads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
 
 

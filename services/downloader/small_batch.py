@@ -1,10 +1,7 @@
-"""Many small files at once: one batch fetches hundreds of downloads of a few chunks.
-
-A download job (job.py) is built for a big file: a connection or two per source, a
-holdings exchange, progress flushes, a publish with its own fsyncs and transactions.
-For a file of a few KiB all of that is the whole cost. A batch runs the same peer
-workers (worker.py) with another policy:
-- it reads every download's spec and sources in one query each, and starts them all in
+"""Many small files at once: the engine's policy (engine.py) for hundreds of downloads
+of a few chunks, where a job's connections, holdings exchange, progress flushes and
+one-file publish would be the whole cost of each. A batch
+- reads every download's spec and sources in one query each, and starts them all in
   one transaction;
 - each file is asked of one source (the bytes spread evenly), over one connection a
   source kept in the role's PeerPool for the next batch, many requests pipelined in
@@ -32,7 +29,6 @@ from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
-from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.durable import (
     folders_up_to,
@@ -42,7 +38,7 @@ from p2pshare.services.downloader.durable import (
     write_file,
 )
 from p2pshare.services.downloader.engine import Download, Part, Shared
-from p2pshare.services.downloader.finish import JobFailed
+from p2pshare.services.downloader.finish import JobFailed, hashed_file
 from p2pshare.services.downloader.job import check_download_folder
 from p2pshare.services.downloader.picker import Picker
 from p2pshare.services.downloader.pool import PeerPool
@@ -71,10 +67,6 @@ PIPELINE_CHUNKS = 64
 PIPELINE_BYTES = 4 * 1024 * 1024
 
 
-class Stopped(Exception):
-    """The role is stopping: leave what is not published for the next start."""
-
-
 def batchable(chunks: int, size: int) -> bool:
     """Can a batch run this download (a file of a few chunks, small enough to hold whole)?"""
     return chunks <= SMALL_MAX_CHUNKS and size <= SMALL_MAX
@@ -92,26 +84,14 @@ class BatchFile(Part):
     ready: bool = False
 
 
-@dataclass
-class Ready:
-    """A file verified and written into its temp file, not yet durable nor published."""
-
-    spec: dbjobs.JobSpec
-    temp: str
-    source: dbjobs.SourceTally | None
-
-
-class SmallBatch(Download):
+class SmallBatch(Download[BatchFile]):
     """Runs a batch of small downloads to the end (see the module's docstring); its peer
     workers see it as a `port.JobPort` over the chunks of all its files."""
 
     def __init__(self, download_ids: list[int], shared: Shared, pool: PeerPool) -> None:
         pipeline = Pipeline(PIPELINE_BYTES, 1, PIPELINE_CHUNKS, pool)
-        super().__init__(shared, pipeline, "a batch of small downloads")
-        self.download_ids = download_ids
-        self.left_over: set[int] = set()  # for full jobs
-        self.files: list[BatchFile] = []
-        self.ready: list[Ready] = []  # under lock
+        super().__init__(shared, pipeline, "a batch of small downloads", download_ids)
+        self.ready: list[BatchFile] = []  # verified and in their temp files, under lock
         self.unresolved = 0  # files neither ready nor given back, under lock
         self.usernames: dict[tuple[str, int], str] = {}
         self._download_root: str | None = None  # resolved once a batch, ending in "/"
@@ -122,8 +102,6 @@ class SmallBatch(Download):
     def run(self) -> None:
         try:
             self._run()
-        except Stopped:
-            pass
         except Exception:
             log.exception("a batch of %d small downloads failed", len(self.download_ids))
             self.left_over.update(self.download_ids)
@@ -193,10 +171,8 @@ class SmallBatch(Download):
             self.usernames[key] = src.username
             mine = held[peer_id(key)] = []
             for spec in assigned:
-                f = self.add_part(BatchFile, spec, temps[spec.download_id])
-                mine.append(f)
-                self.files.append(f)
-        self.unresolved += len(self.files)
+                mine.append(self.add_part(BatchFile, spec, temps[spec.download_id]))
+        self.unresolved = sum(not f.ready for f in self.parts)
         self.picker = Picker(self.count)
         for peer, files in held.items():
             bits = protocol.bitfield_empty(self.count)
@@ -217,7 +193,9 @@ class SmallBatch(Download):
         except OSError as exc:
             self.cannot_write(spec, exc)
             return
-        self.ready.append(Ready(spec, temp, None))
+        empty = self.add_part(BatchFile, spec, temp)
+        empty.ready = True
+        self.ready.append(empty)
 
     def give_back(self, specs: list[dbjobs.JobSpec], why: str) -> None:
         """Downloads this batch will not finish: the full job runs them."""
@@ -244,15 +222,12 @@ class SmallBatch(Download):
 
     # ------------------------------------------------------------ the JobPort of workers
 
-    def halted(self) -> bool:
-        return self.halt.is_set() or self.stop.is_set()
-
     def write(self, g: int, data: memoryview, offset: int, then: Verdict | None = None) -> bool:
         """A verified chunk (the batch's chunks fit the worker's buffer, so each comes
         whole with its verdict): kept until its file is whole, which is then written
         once, from this worker's thread."""
         with self.lock:
-            f = self.files[self.owner[g]]
+            f = self.parts[self.owner[g]]
             keep = not (f.dropped or self.halted() or self.picker.is_done(g))
             chunks = len(f.check.entries)
             if keep and chunks > 1:
@@ -274,15 +249,11 @@ class SmallBatch(Download):
                 self._drop(f)
             self.cannot_write(f.spec, exc)
             return False
-        assert f.source is not None
-        tally = dbjobs.SourceTally(
-            *f.source, self.usernames.get(f.source, ""), chunks, f.spec.size, 0
-        )
         with self.lock:
             f.data = None
             f.ready = True
             self.unresolved -= 1
-            self.ready.append(Ready(f.spec, f.temp, tally))
+            self.ready.append(f)
             if len(self.ready) >= GROUP_FILES or not self.unresolved:
                 self.lock.notify_all()
         return True
@@ -293,12 +264,12 @@ class SmallBatch(Download):
         """Runs under the lock, inside `write`: the chunk is kept (`on_disk`) or dropped."""
         if on_disk:
             self.picker.complete(peer, g)
-            self.files[self.owner[g]].source = key
+            self.parts[self.owner[g]].source = key
         else:
             self.picker.release(peer, g)
 
     def chunk_bad(self, peer: str, key: tuple[str, int], g: int, size: int) -> bool:
-        f = self.files[self.owner[g]]
+        f = self.parts[self.owner[g]]
         bad = dbjobs.SourceTally(*key, self.usernames.get(key, ""), 0, size, 1)
         with self.database.write() as s:
             dbbatch.record_bad(s, f.spec.download_id, bad, now=time.time())
@@ -315,7 +286,7 @@ class SmallBatch(Download):
         return False  # its other files may still come from it
 
     def chunk_refused(self, peer: str, g: int, why: str) -> bool:
-        f = self.files[self.owner[g]]
+        f = self.parts[self.owner[g]]
         with self.lock:
             self.picker.release(peer, g)
             dropped = self._drop(f)
@@ -325,12 +296,11 @@ class SmallBatch(Download):
 
     def peer_lost(self, peer: str, pending: list[int]) -> None:
         """A source's worker ended: what it did not send goes to full jobs."""
+        super().peer_lost(peer, pending)
         with self.lock:
-            for g in pending:
-                self.picker.release(peer, g)
             self.picker.drop_peer(peer)
             lost = {self.owner[g] for g in self.picker.unavailable()}
-            files = [self.files[i] for i in sorted(lost) if self._drop(self.files[i])]
+            files = [self.parts[i] for i in sorted(lost) if self._drop(self.parts[i])]
         if files and not self.halted():
             self.give_back([f.spec for f in files], f"peer {peer} did not send them")
 
@@ -347,20 +317,18 @@ class SmallBatch(Download):
                 )
                 group, self.ready = self.ready, []
                 # Workers all ended with files unresolved: a bug's safety net.
-                left = [] if any(w.is_alive() for w in workers) else self._drop_unresolved()
+                alive = any(w.is_alive() for w in workers)
+                left = [] if alive else [f.spec for f in self.parts if self._drop(f)]
                 finished = not self.unresolved
             if self.stop.is_set():
-                raise Stopped
+                return  # what is not published is left for the next start
             self.give_back(left, "their source's connection ended")
             if group:
                 self._publish(group)
             if finished and not group:
                 return
 
-    def _drop_unresolved(self) -> list[dbjobs.JobSpec]:
-        return [f.spec for f in self.files if self._drop(f)]
-
-    def _publish(self, group: list[Ready]) -> None:
+    def _publish(self, group: list[BatchFile]) -> None:
         """Durable, then named, then linked, then durable again, then recorded: the order
         Finisher.publish keeps for one file, paid once for the whole group (a file at a
         time where the file system does not honour syncfs: durable.py)."""
@@ -395,7 +363,7 @@ class SmallBatch(Download):
         with self.database.write(durable=True) as s:  # before the links: see Finisher.publish
             names = {i: self._relative(n) for i, (_, n) in chosen.items()}
             recorded = dbbatch.set_saved_as_many(s, names)
-        published: list[tuple[Ready, str]] = []
+        published: list[tuple[BatchFile, str]] = []
         for item in group:
             if item.spec.download_id not in recorded:
                 if item.spec.download_id not in failed:  # paused or cancelled meanwhile
@@ -429,7 +397,7 @@ class SmallBatch(Download):
                 )
         log.info("%d small file(s) published, %d failed", len(done), len(failed))
 
-    def _publish_alone(self, item: Ready, folder: str) -> str | None:
+    def _publish_alone(self, item: BatchFile, folder: str) -> str | None:
         """The name was taken meanwhile, or the download folder is on another filesystem:
         the one-file path, with its own choice of name, copy and fsyncs."""
 
@@ -444,18 +412,13 @@ class SmallBatch(Download):
             self.give_back([item.spec], str(exc))
             return None
 
-    def _fetched(self, item: Ready, final: str) -> dbbatch.Fetched:
-        spec = item.spec
-        st = os.stat(final)  # after the temp name is gone: unlinking it moves ctime
-        sizes = [
-            protocol.chunk_length(spec.size, spec.chunk_size, i)
-            for i in range(protocol.chunk_count(spec.size, spec.chunk_size))
-        ]
-        hashed = HashedFile(
-            st.st_size, st.st_mtime_ns, spec.sha256, spec.chunk_size, spec.chunk_hashes,
-            sizes, spec.root, ctime_ns=st.st_ctime_ns, inode=st.st_ino,
-        )  # fmt: skip
-        return dbbatch.Fetched(spec.download_id, self._relative(final), hashed, item.source)
+    def _fetched(self, item: BatchFile, final: str) -> dbbatch.Fetched:
+        src, size = item.source, item.spec.size
+        tally = None  # an empty file, fetched from nobody
+        if src is not None:
+            tally = dbjobs.SourceTally(*src, self.usernames.get(src, ""), item.got, size, 0)
+        hashed = hashed_file(item.spec, os.stat(final))
+        return dbbatch.Fetched(item.spec.download_id, self._relative(final), hashed, tally)
 
     def _relative(self, path: str) -> str:
         """A published file's name under the download folder, '/'-separated (safe_folder

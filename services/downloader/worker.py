@@ -144,15 +144,13 @@ class PeerWorker(threading.Thread):
             client, reused = pool.take(pool_key, connect)
             try:
                 self._talk(client)
-            except (OSError, protocol.ProtocolError):
+            except BaseException as exc:
                 client.close()
                 # A pooled connection the peer closed while idle fails before its first
                 # answer: once more on a new one, asking again for what was asked.
-                if attempt == 0 and reused and not self.answered:
+                talk = isinstance(exc, (OSError, protocol.ProtocolError))
+                if talk and attempt == 0 and reused and not self.answered:
                     continue
-                raise
-            except BaseException:
-                client.close()
                 raise
             if self.pending:
                 client.close()
@@ -227,23 +225,16 @@ class PeerWorker(threading.Thread):
             return size
         self.answered += 1
         verified = partial(job.chunk_verified, self.peer, self.key, g, size)
-        if size <= len(self.buf):
-            view = self.buf[:size]
-            client.read_exact_into(view)
-            if self._verdict(g, size, chunk.check.verify(chunk.index, view)):
-                job.write(g, view, chunk.offset, verified)
-            return size
-        hasher = chunk.check.start(chunk.index)
-        if duplicate:
+        if size <= len(self.buf) or duplicate:
             # An endgame copy of a chunk larger than the buffer is held back whole and
             # written only once verified, so it can never mix with the pieces the first
             # peer's copy is writing into the same place.
-            whole = memoryview(bytearray(size))
+            whole = self.buf[:size] if size <= len(self.buf) else memoryview(bytearray(size))
             client.read_exact_into(whole)
-            hasher.update(whole)
-            if self._verdict(g, size, chunk.check.matches(chunk.index, hasher)):
+            if self._verdict(g, size, chunk.check.verify(chunk.index, whole)):
                 job.write(g, whole, chunk.offset, verified)
             return size
+        hasher = chunk.check.start(chunk.index)
         got = 0
         while True:
             view = self.buf[: min(len(self.buf), size - got)]
