@@ -135,15 +135,25 @@ class ChangeWatch:
         SQLite publishes a commit in the WAL index (shared memory, which raises no event)
         just after its last write, and a busy machine can hold the writer between the two;
         a big transaction writes pages before it commits. So look again at growing
-        intervals, and stop at a poke."""
+        intervals, and stop at a poke, or when the WAL is empty: a checkpoint truncated it
+        (which every role's runs when the node is quiet, an event without a commit), and a
+        commit still to come writes to it again first, which is an event of its own."""
         pause = SETTLE_FIRST_SECONDS
         while True:
             if self.changed():
                 return True, poked
             if poked or pause > SETTLE_LAST_SECONDS or time.monotonic() + pause >= deadline:
                 return False, poked
+            if self._wal_empty():  # a commit it held was published before it was emptied
+                return self.changed(), poked
             poked = self._sleep(pause, None)
             pause *= 2
+
+    def _wal_empty(self) -> bool:
+        try:
+            return os.stat(f"{self.path}-wal").st_size == 0
+        except OSError:  # no WAL: nothing written since the last close
+            return True
 
     def _sleep(self, seconds: float, fd: int | None) -> bool:
         """Until `fd` is readable, a poke or `seconds`; whether it was a poke."""
