@@ -76,18 +76,22 @@ def runnable_downloads(
     ]
 
 
+# Built once: the idle downloader runs it at every commit of any role, and building the
+# statement cost three times what running it does.
+_UNFINISHED_MARK = select(
+    func.count(),
+    func.coalesce(func.max(downloads.c.id), 0),
+    func.coalesce(func.sum(downloads.c.id), 0),
+).where(downloads.c.status.in_(UNFINISHED))
+
+
 def unfinished_mark(conn: Connection) -> tuple[int, int, int]:
     """A cheap summary of which downloads are unfinished (count, highest id, sum of ids): it
     changes whenever a download is queued, resumed or ends, and not when one only goes
     from queued to active or records progress, so the downloader rereads its queue when
     this moves rather than after every commit of any role (a boot storm: the listener's
     twenty a second)."""
-    d = downloads.c
-    row = conn.execute(
-        select(
-            func.count(), func.coalesce(func.max(d.id), 0), func.coalesce(func.sum(d.id), 0)
-        ).where(d.status.in_(UNFINISHED))
-    ).one()
+    row = conn.execute(_UNFINISHED_MARK).one()
     return int(row[0]), int(row[1]), int(row[2])
 
 
