@@ -242,14 +242,13 @@ def run(
 def query_plans(db_path: Path) -> dict[str, str]:
     """EXPLAIN QUERY PLAN of every query the listings and `status` make, on this database:
     each table is read through an index, and only what a page shows is sorted."""
-    import sqlite3
+    from sqlalchemy import text
 
     from p2pshare.db import listing
-    from p2pshare.db.quick import COUNT_QUERIES
+    from p2pshare.db.reports import COUNT_QUERIES
 
-    conn = listing.prepare(sqlite3.connect(db_path))
     page = listing.page_params(None, 100, 0)
-    queries: dict[str, tuple[str, dict[str, Any]]] = {
+    queries: dict[str, tuple[Any, dict[str, Any]]] = {
         "files (offers)": listing.files_queries(None)["held"],
         "files (shared here)": listing.files_queries(None)["here"],
         "files PATTERN": listing.files_queries("peer0500/*")["held"],
@@ -257,13 +256,20 @@ def query_plans(db_path: Path) -> dict[str, str]:
         "peers (a page)": (listing.PEERS_SQL, page),
         **{f"status: {name}": (q, {}) for name, q in COUNT_QUERIES.items()},
     }
+    database = Database.open_existing(db_path)
     try:
-        return {
-            name: " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-            for name, (sql, params) in queries.items()
-        }
+        with database.read() as conn:
+            return {
+                name: " | ".join(
+                    r[3]
+                    for r in conn.execute(
+                        text(f"EXPLAIN QUERY PLAN {getattr(sql, 'text', sql)}"), params
+                    )
+                )
+                for name, (sql, params) in queries.items()
+            }
     finally:
-        conn.close()
+        database.close()
 
 
 def count_rows(out: str) -> int:
@@ -292,7 +298,7 @@ def run_ledger(root: Path, rows: int, reps: int = REPS) -> dict[str, Any]:
     """
     import sqlite3
 
-    from p2pshare.db.quick import COUNT_QUERIES
+    from p2pshare.db.reports import COUNT_QUERIES
     from p2pshare.services.server.housekeeping import Housekeeping
 
     home = root / "ledger"

@@ -1,20 +1,19 @@
 """What every p2pctl command needs: settings, the node's database, typed user errors.
 
 Imports stay light: SQLAlchemy is imported only by a command that opens the database
-through it (`Ctl.database`), never for `--help` or `status`.
+(`Ctl.database`), never for `--help`.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import click
 
-from p2pshare.db import quick
 from p2pshare.db.roles import ALIVE_WITHIN_SECONDS, RoleStatus
 from p2pshare.db.version import SchemaError
 from p2pshare.services import node_config
@@ -22,6 +21,8 @@ from p2pshare.services.node_config import record_path
 from p2pshare.services.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from p2pshare.db.engine import Database
 
 START_HINT = "start it with p2pctl start"
@@ -48,7 +49,8 @@ def no_database(exc: SchemaError) -> UserError:
 class Ctl:
     _settings: Settings | None = None
     _database: Database | None = None
-    _quick: sqlite3.Connection | None = None
+    _reading: Connection | None = None
+    _open: ExitStack = field(default_factory=ExitStack)
     # The variables this shell sets differently from the node's record.
     shell_differs: list[str] = field(default_factory=list)
     # Whether resolving the settings says so on stderr (status shows it its own way).
@@ -97,18 +99,18 @@ class Ctl:
                 raise no_database(exc) from None
         return self._database
 
-    @property
-    def quick(self) -> sqlite3.Connection:
-        """A plain sqlite3 connection (no SQLAlchemy) for the quick reads of `db.quick`."""
-        if self._quick is None:
-            try:
-                self._quick = quick.connect(self.settings.db_path)
-            except SchemaError as exc:
-                raise no_database(exc) from None
-        return self._quick
+    def reading(self) -> Connection:
+        """A read transaction that lasts until the command ends: a report that prints its
+        rows as SQLite gives them reads them all from one snapshot."""
+        if self._reading is None:
+            self._reading = self._open.enter_context(self.database.read())
+        return self._reading
 
     def role_statuses(self) -> list[RoleStatus]:
-        return quick.role_statuses(self.quick, now=time.time())
+        from p2pshare.db import reports
+
+        with self.database.read() as conn:
+            return reports.role_statuses(conn, now=time.time())
 
     def not_running(self) -> str:
         return (
@@ -130,10 +132,9 @@ class Ctl:
             click.echo(f"note: {self.not_running()}; showing what its database holds", err=True)
 
     def close(self) -> None:
+        self._open.close()
         if self._database is not None:
             self._database.close()
-        if self._quick is not None:
-            self._quick.close()
 
 
 pass_ctl = click.make_pass_decorator(Ctl)

@@ -1,9 +1,8 @@
 """p2pctl download, pause, resume and cancel: requests written to the database, and
 following them to their end.
 
-`download` queues and follows in plain sqlite3 (`db.queueing`, `db.quick`): importing
-SQLAlchemy's ORM would cost more of its start than a small file takes to download.
-pause, resume and cancel import the ORM queries when they run.
+`download` queues (`db.queueing`) in one durable write and follows (`cli/follow.py`);
+pause, resume and cancel change the queue (`db.requests`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
-from p2pshare.db import queueing, quick
+from p2pshare.db import queueing
 from p2pshare.services.units import human_bytes, plural
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def download(ctl: Ctl, name: str, every: bool, no_wait: bool, peers: tuple[str, 
         raise UserError("--peer names a BitTorrent peer: give it with a magnet link or .torrent")
     require_downloader(ctl)
     try:  # every refusal leaves the transaction, so it writes nothing
-        with quick.writing(ctl.quick, durable=True) as conn:
+        with ctl.database.write(durable=True) as conn:
             queued = queueing.queue_request(conn, name, every=every, now=time.time())
     except queueing.AmbiguousName as exc:
         show_candidates(exc.candidates)

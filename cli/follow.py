@@ -1,6 +1,6 @@
 """Following a download request with one progress bar until every file in it has ended.
 
-Plain sqlite3 (`db.queueing`, `db.quick`), no SQLAlchemy: see cli/download.py.
+Each poll is one short read (`db.following`, `db.reports`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
-from p2pshare.db import following, queueing, quick
+from p2pshare.db import following, queueing, reports
 from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.units import plural
 
@@ -120,9 +120,10 @@ def _poll_watched(
     while True:
         last, cpu = time.monotonic(), time.thread_time()
         watch.changed()  # what the queries below see is what the next change is against
-        with quick.reading(ctl.quick) as conn:
+        with ctl.database.read() as conn:
             progress = following.request_progress(conn, ids)
-            roles = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
+            beats = reports.role_statuses(conn, now=time.time(), with_web=True)
+            roles = {r.role: r for r in beats}
             ended = all(s in (*ENDED, "paused") for s in progress.counts)
             if ended:  # the rows, once, for the report
                 states = following.follow_states(conn, queued.downloads)

@@ -1,10 +1,9 @@
 """p2pctl files and p2pctl peers: the listings that grow with the network.
 
-They read through `db.listing` in plain sqlite3 (no SQLAlchemy import, as `status`),
-whose rows come in name order as SQLite reads its index, and print them as they come:
-`--limit`/`--offset` show one page (the table then says which rows of how many),
-`--jsonl` streams one JSON object a line, and `--json` prints the whole list at once,
-formatted by the C encoder.
+They read through `db.listing`, in one read transaction (`Ctl.reading`), whose rows come
+in name order as SQLite reads its index, and print them as they come: `--limit`/`--offset`
+show one page (the table then says which rows of how many), `--jsonl` streams one JSON
+object a line, and `--json` prints the whole list at once, formatted by the C encoder.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def files(
     """Files shared here and on the network; PATTERN is a substring or a glob."""
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
-    conn = ctl.quick
+    conn = ctl.reading()
     if kind == "table":
         page, n = listing.files_page(conn, pattern, limit=limit or TABLE_ROWS, offset=offset)
         rows: Iterator[listing.FileRow] = iter(page)
@@ -149,7 +148,7 @@ def peers(ctl: Ctl, limit: int | None, offset: int, as_json: bool, as_jsonl: boo
     """Peers heard on the network."""
     kind = _format(as_json, as_jsonl)
     ctl.note_if_stopped()
-    conn = ctl.quick
+    conn = ctl.reading()
     table = kind == "table" and limit is None
     rows = listing.iter_peers(conn, limit=TABLE_ROWS if table else limit, offset=offset)
     if _emit_rows(kind, rows):

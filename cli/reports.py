@@ -15,7 +15,8 @@ from p2pshare.cli.context import Ctl, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import history as history_db
 from p2pshare.db import ledger, reports
-from p2pshare.db.queueing import PAUSED_BY_USER, UNFINISHED
+from p2pshare.db.queueing import PAUSED_BY_USER
+from p2pshare.db.status import UNFINISHED
 from p2pshare.services.units import duration, human_bytes, rate, when
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

@@ -1,7 +1,7 @@
 """p2pctl status: the node's settings, roles, counts and database sizes.
 
-Read in plain sqlite3 (`db.quick`) so that the command most often run stays quick: no
-SQLAlchemy import, and every count a single row or an index lookup.
+Every count is a single row or an index lookup (`db.reports.status_facts`), so the
+command most often run stays quick however large the node's history.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 from p2pshare.cli import node_settings
 from p2pshare.cli.context import START_HINT, Ctl, NodeNotRunning, pass_ctl
 from p2pshare.cli.render import emit_json, emit_table
-from p2pshare.db import quick
+from p2pshare.db import reports
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES, START_ERROR, RoleStatus
 from p2pshare.services.node_config import record_path
 from p2pshare.services.protocol import short_fingerprint
@@ -31,7 +31,8 @@ def status(ctl: Ctl, as_json: bool) -> None:
     ctl.note_shell = False  # the note line below says it
     shell = ctl.settings
     now = time.time()
-    facts = quick.status_facts(ctl.quick, shell.db_path, now=now)
+    with ctl.database.read() as conn:
+        facts = reports.status_facts(conn, shell.db_path, now=now)
     state, recorded, counts = facts.node, facts.recorded, facts.counts
     roles = every_program(facts.roles, recorded)
     node = node_settings.from_recorded(recorded) if recorded else node_settings.from_shell(shell)

@@ -23,7 +23,6 @@ from pathlib import Path
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError, pass_ctl
-from p2pshare.db import quick
 from p2pshare.db.roles import OPTIONAL_ROLES, ROLES
 from p2pshare.db.version import SchemaError
 from p2pshare.services import node_config
@@ -210,7 +209,10 @@ def start_node(ctl: Ctl, plan: node_config.StartPlan) -> None:
     def settled() -> bool:
         if not settings.db_path.is_file():
             return False
-        running, failures = quick.started_since(ctl.quick, started_at - 1)
+        from p2pshare.db import reports
+
+        with ctl.database.read() as conn:
+            running, failures = reports.started_since(conn, started_at - 1)
         failed.update(failures)
         return bool(failed) or set(PROGRAMS) <= running
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
-from p2pshare.db import queueing, quick
+from p2pshare.db import queueing, reports
 from p2pshare.db import torrent_queue as tq
 from p2pshare.services.torrent import hints
 from p2pshare.services.torrent import metainfo as mi
@@ -69,7 +69,7 @@ def lan_words(ctl: Ctl, req: tq.TorrentRequest) -> str:
     found = hints_for(req)
     if not found.files:
         return ""
-    with quick.reading(ctl.quick) as conn:
+    with ctl.database.read() as conn:
         held = tq.offered_on_lan(conn, [(h.sha256, h.size) for h in found.files])
     return f"; {held} of {len(found.files)} files held by p2pshare peers" if held else ""
 
@@ -106,8 +106,8 @@ def request_for(name: str, peers: list[str]) -> tq.TorrentRequest:
 def require_torrent_role(ctl: Ctl) -> None:
     """p2p-torrent runs and can fetch. Raises NodeNotRunning, UserError."""
     roles = {r.role: r for r in ctl.require_running()}
-    with quick.reading(ctl.quick) as conn:
-        beats = {r.role: r for r in quick.role_statuses(conn, now=time.time(), with_web=True)}
+    with ctl.database.read() as conn:
+        beats = {r.role: r for r in reports.role_statuses(conn, now=time.time(), with_web=True)}
         state = tq.torrent_role_state(conn)
     role = beats.get("torrent") or roles.get("torrent")
     if role is None or not role.alive:
@@ -126,7 +126,7 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
     req = request_for(name, [check_peer(p) for p in peers])
     require_torrent_role(ctl)
     try:
-        with quick.writing(ctl.quick, durable=True) as conn:
+        with ctl.database.write(durable=True) as conn:
             queued = tq.queue_torrent(conn, req, now=time.time())
     except tq.AlreadyFetched as exc:
         click.echo(f"already here: {ctl.settings.download_dir / exc.saved_as}")
@@ -156,7 +156,7 @@ def download_torrent(ctl: Ctl, name: str, peers: tuple[str, ...], no_wait: bool)
         ),  # fmt: skip
         role="torrent",
     )
-    with quick.reading(ctl.quick) as conn:
+    with ctl.database.read() as conn:
         note = tq.done_note(conn, queued.download_id)
     if note:
         click.echo(note)  # where it came from: p2pshare peers, BitTorrent or both

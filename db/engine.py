@@ -26,9 +26,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import QueuePool
 
 from . import catalog_log
-from .driver import driver_connection
 from .migrations import MIGRATIONS
-from .quick import BUSY_TIMEOUT_MS, FULL, NORMAL, configure
+from .pragmas import BUSY_TIMEOUT_MS, FULL, NORMAL, configure
 from .schema import METADATA, SCHEMA_VERSION, SchemaError
 from .watch import ChangeWatch
 
@@ -38,7 +37,6 @@ __all__ = [
     "ChangeWatch",
     "Database",
     "SchemaError",
-    "driver_connection",
     "ensure_schema",
     "make_engine",
 ]
@@ -61,10 +59,7 @@ def make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # The same set-up as p2pctl's plain connections; SQLAlchemy's "begin" event
-        # below emits BEGIN itself, so we choose IMMEDIATE or DEFERRED.
         configure(dbapi_conn)
-        dbapi_conn.create_function("p2p_unhex", 1, _unhex, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -81,12 +76,6 @@ def make_engine(path: Path) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-def _unhex(value: str | None) -> bytes | None:
-    """SQL p2p_unhex(text): the bytes a hex string spells (SQLite's own unhex() is newer
-    than some systems' SQLite); for blobs passed inside one JSON parameter."""
-    return None if value is None else bytes.fromhex(value)
 
 
 def outside_transaction(conn: Connection, pragma: str) -> list[Any]:

@@ -1,17 +1,20 @@
-"""Following downloads, in plain sqlite3: what `p2pctl download` shows while it follows a
-request (and the web page through `db.requests`), without importing SQLAlchemy.
+"""Following downloads: what `p2pctl download` shows while it follows a request (and the
+web page through `db.requests`).
 
 While it follows, `p2pctl` asks for `request_progress`: a few aggregates, one row per
-status, whatever the number of files. Reading every file's row on every poll cost
-`p2pctl download` of 10,000 files 2.1 CPU-s; `follow_states` is read once, at the end.
+status, whatever the number of files; reading every file's row on every poll would cost
+a request of many files more than its downloads. `follow_states` is read once, at the end.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+
 from p2pshare.db.queueing import json_list
+
+from .sql import run
 
 
 @dataclass(frozen=True)
@@ -44,22 +47,25 @@ class RequestProgress:
 _IDS = "SELECT value FROM json_each(?)"
 
 
-def request_progress(conn: sqlite3.Connection, ids_json: str) -> RequestProgress:
+def request_progress(conn: Connection, ids_json: str) -> RequestProgress:
     """The aggregates of the downloads whose ids `ids_json` (`queueing.json_list`) lists."""
     counts, size, done = {}, 0, 0
-    for status, n, total, got in conn.execute(
+    for status, n, total, got in run(
+        conn,
         "SELECT status, count(*), sum(size), sum(bytes_done) FROM downloads"
         f" WHERE id IN ({_IDS}) GROUP BY status",
         (ids_json,),
     ):
         counts[status] = n
         size, done = size + total, done + got
-    (peers,) = conn.execute(
+    (peers,) = run(
+        conn,
         "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM download_sources"
         f" WHERE download_id IN ({_IDS}) AND chunks > 0 GROUP BY download_id)",
         (ids_json,),
     ).fetchone()
-    waiting = conn.execute(
+    waiting = run(
+        conn,
         f"SELECT name, reason FROM downloads WHERE id IN ({_IDS}) AND (status = 'waiting'"
         # a queued one with a reason has not started: no peer could give its manifest
         " OR (status = 'queued' AND reason IS NOT NULL))"
@@ -69,11 +75,12 @@ def request_progress(conn: sqlite3.Connection, ids_json: str) -> RequestProgress
     return RequestProgress(counts, size, done, peers, tuple(waiting) if waiting else None)
 
 
-def follow_states(conn: sqlite3.Connection, download_ids: list[int]) -> list[FollowState]:
+def follow_states(conn: Connection, download_ids: list[int]) -> list[FollowState]:
     """What `p2pctl download` shows while it follows a request, in the order given."""
     ids = json_list(download_ids)
     peers = dict(
-        conn.execute(
+        run(
+            conn,
             "SELECT download_id, count(*) FROM download_sources"
             " WHERE download_id IN (SELECT value FROM json_each(?)) AND chunks > 0"
             " GROUP BY download_id",
@@ -82,7 +89,8 @@ def follow_states(conn: sqlite3.Connection, download_ids: list[int]) -> list[Fol
     )
     rows = {
         row[0]: row
-        for row in conn.execute(
+        for row in run(
+            conn,
             "SELECT id, name, size, status, reason, bytes_done, saved_as FROM downloads"
             " WHERE id IN (SELECT value FROM json_each(?))",
             (ids,),

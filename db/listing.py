@@ -1,11 +1,7 @@
-"""The large listings, `p2pctl files` and `p2pctl peers` and the web page's tables, in
-plain sqlite3: one SQL statement each, grouped, counted, sorted and paged by SQLite, so a
-page costs what it shows and no offer becomes a Python object unless it is printed.
-
-Plain sqlite3 rather than SQLAlchemy for the same reason as `db.quick`: importing
-SQLAlchemy costs more than the query. The web program passes its session's own
-connection (`driver(session)`), so its reads stay in one transaction. The query plans
-are checked by bench/cli_timing.py (every table is read through an index).
+"""The large listings, `p2pctl files` and `p2pctl peers` and the web page's tables: one
+SQL statement each, grouped, counted, sorted and paged by SQLite, so a page costs what it
+shows and no offer becomes a Python object unless it is printed. The query plans are
+checked by bench/cli_timing.py (every table is read through an index).
 """
 
 from __future__ import annotations
@@ -13,12 +9,13 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import sqlite3
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from p2pshare.db.inlists import in_slices, marks
+from sqlalchemy import Connection, TextClause, text
+
 from p2pshare.db.names import like_prefilter, matches, name_ranges
 
 __all__ = [
@@ -72,10 +69,6 @@ class FileRow:
     complete_peers: int
 
 
-def _sql_matches(name: str, pattern: str) -> int:
-    return int(matches(name, pattern))
-
-
 # One row per (name, SHA-256): offers of one content under several manifest roots (a
 # liar's among them) are one row, and a name shared here and offered by peers too is
 # one row. SQLite reads the offers in name order off ix_holdings_name, as ranges
@@ -115,11 +108,11 @@ def _matching(column: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _files_sql(template: str, ranges: int) -> str:
+def _files_sql(template: str, ranges: int) -> TextClause:
     # One range (every name, or one prefix in one case) is read in index order, with no
     # sort; several are read one after another, and their (few) rows sorted.
     one = ranges == 1
-    return template.format(
+    sql = template.format(
         ranges=", ".join(f"(:low{i}, :high{i})" for i in range(ranges)),
         holdings="holdings h" if one else "r CROSS JOIN holdings h",
         low=":low0" if one else "r.low",
@@ -127,10 +120,11 @@ def _files_sql(template: str, ranges: int) -> str:
         held=_matching("h.name"),
         here=_matching("l.name"),
     )
+    return text(sql)
 
 
 class Query(NamedTuple):
-    sql: str
+    sql: TextClause
     params: dict[str, object]
 
 
@@ -176,23 +170,17 @@ def _merged(held: Iterable[_Offer], here: Iterable[_Offer]) -> Iterator[FileRow]
 
 # Most recently heard first (ix_peers_last_seen, whose entries end in the rowid: no
 # sort); the files and bad marks of only the rows on the page, each an index range.
-PEERS_SQL = """
+PEERS_SQL = text("""
 SELECT p.username, p.address, p.tcp_port,
        (SELECT count(DISTINCT h.file_id) FROM holdings h WHERE h.peer_id = p.id),
        p.last_seen,
        (SELECT count(*) FROM bad_peers b WHERE b.address = p.address AND b.tcp_port = p.tcp_port),
        p.node_id, p.fingerprint, p.tls, p.catalog_version, p.catalog_synced, p.over_budget
-FROM peers p ORDER BY p.last_seen DESC, p.id DESC LIMIT :limit OFFSET :offset"""
-COUNT_PEERS_SQL = "SELECT count(*) FROM peers"
-OWN_ENCRYPT_SQL = "SELECT value FROM role_settings WHERE role = 'listener' AND name = 'encrypt'"
-
-
-def prepare(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """Teach the connection `p2p_matches(name, pattern)`: `matches` itself, so a pattern
-    means exactly what it means to `p2pctl download` (Unicode case folding, fnmatch's
-    brackets), which SQLite's LIKE and GLOB do not."""
-    conn.create_function("p2p_matches", 2, _sql_matches, deterministic=True)
-    return conn
+FROM peers p ORDER BY p.last_seen DESC, p.id DESC LIMIT :limit OFFSET :offset""")
+COUNT_PEERS_SQL = text("SELECT count(*) FROM peers")
+OWN_ENCRYPT_SQL = text(
+    "SELECT value FROM role_settings WHERE role = 'listener' AND name = 'encrypt'"
+)
 
 
 def page_params(pattern: str | None, limit: int | None, offset: int) -> dict[str, object]:
@@ -206,7 +194,7 @@ def page_params(pattern: str | None, limit: int | None, offset: int) -> dict[str
 
 
 def iter_files(
-    conn: sqlite3.Connection,
+    conn: Connection,
     pattern: str | None = None,
     *,
     limit: int | None = None,
@@ -215,42 +203,39 @@ def iter_files(
     """Files shared here and known on the network, one row per (name, SHA-256), by name
     then SHA-256; PATTERN as `matches` reads it; rows made as they are consumed."""
     queries = files_queries(pattern)
-    conn = prepare(conn)
     held, here = (conn.execute(*queries[kind]) for kind in ("held", "here"))
     end = None if limit is None else offset + limit
     yield from itertools.islice(_merged(held, here), offset, end)
 
 
 def files_page(
-    conn: sqlite3.Connection, pattern: str | None, *, limit: int, offset: int = 0
+    conn: Connection, pattern: str | None, *, limit: int, offset: int = 0
 ) -> tuple[list[FileRow], int]:
     """One page of `iter_files` and how many rows there are in all."""
     return list(iter_files(conn, pattern, limit=limit, offset=offset)), count_files(conn, pattern)
 
 
-def count_files(conn: sqlite3.Connection, pattern: str | None = None) -> int:
+def count_files(conn: Connection, pattern: str | None = None) -> int:
     """How many rows `iter_files` gives without a limit."""
-    row = prepare(conn).execute(*files_queries(pattern)["count"]).fetchone()
-    return int(row[0])
+    return int(conn.execute(*files_queries(pattern)["count"]).scalar_one())
 
 
-def name_versions(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+_NAMED = "name IN (SELECT value FROM json_each(:names))"
+_NAME_VERSIONS = text(
+    "SELECT k.name, count(DISTINCT f.sha256) FROM ("
+    f"SELECT name, file_id FROM holdings WHERE {_NAMED} UNION "
+    f"SELECT name, file_id FROM local_files WHERE {_NAMED}"
+    ") k JOIN files f ON f.id = k.file_id GROUP BY k.name"
+)
+
+
+def name_versions(conn: Connection, names: list[str]) -> dict[str, int]:
     """For each name, how many different contents (SHA-256s) it is listed with."""
-    out: dict[str, int] = {}
-    for part in in_slices(sorted(set(names))):
-        query = (
-            "SELECT k.name, count(DISTINCT f.sha256) FROM ("
-            f"SELECT name, file_id FROM holdings WHERE name IN ({marks(part)}) UNION "
-            f"SELECT name, file_id FROM local_files WHERE name IN ({marks(part)})"
-            ") k JOIN files f ON f.id = k.file_id GROUP BY k.name"
-        )
-        out.update((name, int(n)) for name, n in conn.execute(query, [*part, *part]))
-    return out
+    rows = conn.execute(_NAME_VERSIONS, {"names": json.dumps(sorted(set(names)))})
+    return {name: int(n) for name, n in rows}
 
 
-def iter_peers(
-    conn: sqlite3.Connection, *, limit: int | None = None, offset: int = 0
-) -> Iterator[PeerRow]:
+def iter_peers(conn: Connection, *, limit: int | None = None, offset: int = 0) -> Iterator[PeerRow]:
     """Live peers, most recently heard first, with how many files each offers and for how
     many it is marked bad."""
     found = conn.execute(OWN_ENCRYPT_SQL).fetchone()
@@ -275,19 +260,21 @@ def iter_peers(
         )
 
 
-def count_peers(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(COUNT_PEERS_SQL).fetchone()[0])
+def count_peers(conn: Connection) -> int:
+    return int(conn.execute(COUNT_PEERS_SQL).scalar_one())
 
 
-def shared_usernames(conn: sqlite3.Connection) -> dict[str, list[str]]:
+def shared_usernames(conn: Connection) -> dict[str, list[str]]:
     """Names that more than one machine announces (by address): name -> addresses. A
     name is what `history` and the page show a source by, so two machines under one
     name would look like one."""
     rows = conn.execute(
-        "SELECT username, group_concat(address, ', ') FROM"
-        " (SELECT DISTINCT username, address FROM peers ORDER BY username, address)"
-        " GROUP BY username HAVING count(*) > 1"
-    ).fetchall()
+        text(
+            "SELECT username, group_concat(address, ', ') FROM"
+            " (SELECT DISTINCT username, address FROM peers ORDER BY username, address)"
+            " GROUP BY username HAVING count(*) > 1"
+        )
+    )
     return {name: addresses.split(", ") for name, addresses in rows}
 
 

@@ -1,26 +1,22 @@
-"""Queueing downloads and following them, in plain sqlite3: the queries behind
-`p2pctl download`, which would otherwise spend most of its time importing SQLAlchemy
-(0.3 s of a 0.45 s start, where the download of a small file takes 0.04 s).
-
-The one place these queries live. The ORM callers (the web page, the downloader's
-`switch_offer`) reach them through thin Session adapters in `db.downloads` and
-`db.requests`, which run them on the session's own connection and transaction.
-Functions take a connection inside a transaction and never commit; the caller owns it
-(`quick.writing`, `Database.write`).
+"""Queueing downloads: the queries behind `p2pctl download`, the web page and the torrent
+role's LAN copies (naming what to fetch, queueing it once). Functions take a connection
+inside a transaction and never commit; the caller owns it (`Database.write`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import sqlite3
 from dataclasses import dataclass
+
+from sqlalchemy import Connection
 
 from p2pshare.db.names import fold, in_folder, matches, same_name
 
-UNFINISHED = ("queued", "active", "waiting")
-# Downloads whose temp file and verified chunks stay: unfinished ones and paused ones.
-KEEPING_TEMP = (*UNFINISHED, "paused")
+from .sources import USABLE
+from .sql import run
+from .status import KEEPING_TEMP, sql_in
+
 # A typo's "did you mean" looks through at most this many names (difflib, ~10 us each).
 SUGGEST_FROM = 20_000
 # The reason of a download `p2pctl pause` paused (the node pauses one too: see db.jobs).
@@ -84,13 +80,13 @@ def json_list(values: object) -> str:
     return json.dumps(values)
 
 
-_KEEPING_TEMP_SQL = ", ".join(f"'{s}'" for s in KEEPING_TEMP)
+_KEEPING_TEMP_SQL = sql_in(KEEPING_TEMP)
 
 
 # ------------------------------------------------------------ naming what to fetch
 
 
-def find_candidates(conn: sqlite3.Connection, pattern: str) -> list[Candidate]:
+def find_candidates(conn: Connection, pattern: str) -> list[Candidate]:
     """Files on the network matching NAME, a substring or glob, or NAME@sha256-prefix.
 
     An exact name wins over substring matches. One candidate per SHA-256: of the
@@ -98,9 +94,10 @@ def find_candidates(conn: sqlite3.Connection, pattern: str) -> list[Candidate]:
     """
     name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
     sha_prefix = sha_prefix.lower()
-    rows: list[tuple[str, int, str, int, int]] = conn.execute(
+    rows: list[tuple[str, int, str, int, int]] = run(
+        conn,
         "SELECT h.name, f.id, f.sha256, f.size, count(DISTINCT h.peer_id)"
-        " FROM holdings h JOIN files f ON f.id = h.file_id GROUP BY h.name, f.id"
+        " FROM holdings h JOIN files f ON f.id = h.file_id GROUP BY h.name, f.id",
     ).fetchall()
     rows = [r for r in rows if r[2].startswith(sha_prefix)] if sha_prefix else rows
     exact = [r for r in rows if same_name(r[0], name_part)]
@@ -116,35 +113,31 @@ def find_candidates(conn: sqlite3.Connection, pattern: str) -> list[Candidate]:
     return sorted(out, key=lambda c: (c.name, c.sha256))
 
 
-def _file_size(conn: sqlite3.Connection, file_id: int) -> int:
-    row = conn.execute("SELECT size FROM files WHERE id = ?", (file_id,)).fetchone()
+def _file_size(conn: Connection, file_id: int) -> int:
+    row = run(conn, "SELECT size FROM files WHERE id = ?", (file_id,)).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def offer_peers(conn: sqlite3.Connection, shas: set[str]) -> dict[str, dict[int, int]]:
-    """Per SHA-256, the peers offering each of its `files` rows, not counting bad ones."""
+def offer_peers(conn: Connection, shas: set[str]) -> dict[str, dict[int, int]]:
+    """Per SHA-256, how many usable sources (db.sources) offer each of its `files` rows."""
     out: dict[str, dict[int, int]] = {sha: {} for sha in shas}
-    for sha, fid, peers in conn.execute(
+    for sha, fid, peers in run(
+        conn,
         "SELECT f.sha256, f.id, count(DISTINCT h.peer_id) FROM files f"
         " JOIN holdings h ON h.file_id = f.id JOIN peers p ON p.id = h.peer_id"
-        " WHERE f.sha256 IN (SELECT value FROM json_each(?))"
-        # as sources_for: a peer holding nothing is no source
-        " AND h.chunks_held > 0"
-        " AND NOT EXISTS (SELECT 1 FROM bad_peers b WHERE b.file_id = f.id"
-        " AND b.address = p.address AND b.tcp_port = p.tcp_port)"
-        " GROUP BY f.id",
+        f" WHERE f.sha256 IN (SELECT value FROM json_each(?)) AND {USABLE} GROUP BY f.id",
         (json_list(sorted(shas)),),
     ):
         out[sha][fid] = peers
     for sha, offers in out.items():
         if not offers:  # every offer's peers are bad: keep the candidate, it will wait
-            for (fid,) in conn.execute("SELECT id FROM files WHERE sha256 = ?", (sha,)):
+            for (fid,) in run(conn, "SELECT id FROM files WHERE sha256 = ?", (sha,)):
                 offers[fid] = 0
     return out
 
 
-def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
+def resolve_name(conn: Connection, pattern: str) -> Candidate:
     """The one file NAME means. Raises UnknownName, AmbiguousName."""
     candidates = find_candidates(conn, pattern)
     if not candidates:
@@ -167,13 +160,11 @@ def resolve_name(conn: sqlite3.Connection, pattern: str) -> Candidate:
     return candidates[0]
 
 
-def close_names(conn: sqlite3.Connection, typed: str) -> list[str]:
+def close_names(conn: Connection, typed: str) -> list[str]:
     """Up to three names offered that look like a typo of `typed` (any case, NFC); none
     on a network offering more than SUGGEST_FROM names, where looking would cost more
     than the answer is worth."""
-    rows = conn.execute(
-        "SELECT DISTINCT name FROM holdings LIMIT ?", (SUGGEST_FROM + 1,)
-    ).fetchall()
+    rows = run(conn, "SELECT DISTINCT name FROM holdings LIMIT ?", (SUGGEST_FROM + 1,)).fetchall()
     if len(rows) > SUGGEST_FROM or any(ch in typed for ch in "*?["):
         return []
     by_folded = {fold(name): name for (name,) in rows}
@@ -182,11 +173,12 @@ def close_names(conn: sqlite3.Connection, typed: str) -> list[str]:
     return list(dict.fromkeys(by_folded.get(f) or base[f] for f in found))
 
 
-def _held_here(conn: sqlite3.Connection, shas: set[str]) -> set[str]:
+def _held_here(conn: Connection, shas: set[str]) -> set[str]:
     """Which of these contents this node shares (under any name)."""
     return {
         row[0]
-        for row in conn.execute(
+        for row in run(
+            conn,
             "SELECT DISTINCT f.sha256 FROM local_files lf JOIN files f ON f.id = lf.file_id"
             " WHERE f.sha256 IN (SELECT value FROM json_each(?))",
             (json_list(sorted(shas)),),
@@ -198,7 +190,7 @@ def _held_here(conn: sqlite3.Connection, shas: set[str]) -> set[str]:
 
 
 def queue_download(
-    conn: sqlite3.Connection,
+    conn: Connection,
     candidate: Candidate,
     *,
     now: float,
@@ -212,7 +204,8 @@ def queue_download(
     again after the seeder rewrote the file, it is the download that follows the name.
     Raises AlreadyHere when this node already shares that content.
     """
-    local = conn.execute(
+    local = run(
+        conn,
         "SELECT lf.root, lf.name FROM local_files lf JOIN files f ON f.id = lf.file_id"
         " WHERE f.sha256 = ? ORDER BY lf.id LIMIT 1",
         (candidate.sha256,),
@@ -230,7 +223,7 @@ def queue_download(
 
 
 def _reuse_or_queue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     candidate: Candidate,
     same: str,
     params: tuple[str, ...],
@@ -243,7 +236,8 @@ def _reuse_or_queue(
     `downloads`, with its `params`) matches, else a new one for the candidate; returns
     (download id, whether it is new). Asking with NAME@SHA pins a reused one: the later
     "this version" wins."""
-    existing = conn.execute(
+    existing = run(
+        conn,
         f"SELECT id, pinned FROM downloads WHERE {same}"
         f" AND status IN ({_KEEPING_TEMP_SQL}) ORDER BY id LIMIT 1",
         params,
@@ -251,13 +245,13 @@ def _reuse_or_queue(
     if existing is not None:
         did, was_pinned = existing
         if pinned and not was_pinned:
-            conn.execute("UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
+            run(conn, "UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
         return int(did), False
     return _new_download(conn, candidate, request_id=request_id, pinned=pinned, now=now), True
 
 
 def _new_download(
-    conn: sqlite3.Connection,
+    conn: Connection,
     candidate: Candidate,
     *,
     request_id: int | None,
@@ -265,9 +259,7 @@ def _new_download(
     now: float,
 ) -> int:
     """A queued `downloads` row for the candidate; returns its id."""
-    row = conn.execute(
-        "SELECT chunk_count FROM files WHERE id = ?", (candidate.file_id,)
-    ).fetchone()
+    row = run(conn, "SELECT chunk_count FROM files WHERE id = ?", (candidate.file_id,)).fetchone()
     assert row is not None
     return _insert_download(conn, candidate, int(row[0]), request_id, pinned, now)
 
@@ -284,7 +276,7 @@ OFFERED_BY_SQL = (
 
 
 def _insert_download(
-    conn: sqlite3.Connection,
+    conn: Connection,
     candidate: Candidate,
     chunk_count: int,
     request_id: int | None,
@@ -293,7 +285,8 @@ def _insert_download(
 ) -> int:
     """Insert a queued `downloads` row (every column given: the models' defaults live in
     Python); returns its id."""
-    cur = conn.execute(
+    cur = run(
+        conn,
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
         " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
@@ -313,11 +306,11 @@ def _insert_download(
         ),
     )
     assert cur.lastrowid is not None
-    return cur.lastrowid
+    return int(cur.lastrowid)
 
 
 def _queue_many(
-    conn: sqlite3.Connection,
+    conn: Connection,
     chosen: list[Candidate],
     request_id: int,
     *,
@@ -330,13 +323,15 @@ def _queue_many(
     queue and one of the files however many: looking each file up on its own read the
     whole queue a file, and 10,000 files held the write lock for seconds."""
     running: dict[tuple[str, str], tuple[int, bool]] = {}
-    for did, name, sha256, was_pinned in conn.execute(
+    for did, name, sha256, was_pinned in run(
+        conn,
         f"SELECT id, name, sha256, pinned FROM downloads WHERE status IN ({_KEEPING_TEMP_SQL})"
-        " ORDER BY id DESC"  # the oldest last, so it wins
+        " ORDER BY id DESC",  # the oldest last, so it wins
     ):
         running[(name, sha256)] = (int(did), bool(was_pinned))
     counts = dict(
-        conn.execute(
+        run(
+            conn,
             "SELECT id, chunk_count FROM files WHERE id IN (SELECT value FROM json_each(?))",
             (json_list(sorted({c.file_id for c in chosen})),),
         ).fetchall()
@@ -347,7 +342,7 @@ def _queue_many(
         if found is not None:
             did, was_pinned = found
             if pinned and not was_pinned:  # asked with NAME@SHA: the later "this version" wins
-                conn.execute("UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
+                run(conn, "UPDATE downloads SET pinned = 1 WHERE id = ?", (did,))
             ids.append(did)
             continue
         ids.append(_insert_download(conn, c, counts[c.file_id], request_id, pinned, now))
@@ -362,7 +357,7 @@ def request_kind(pattern: str, *, every: bool) -> str:
     return "glob" if every else "file"
 
 
-def queue_request(conn: sqlite3.Connection, pattern: str, *, every: bool, now: float) -> Queued:
+def queue_request(conn: Connection, pattern: str, *, every: bool, now: float) -> Queued:
     """Queue what PATTERN names: one file (NAME, NAME@SHA), a folder (`NAME/`) or, with
     `every`, every file the name, substring or glob matches.
 
@@ -377,7 +372,8 @@ def queue_request(conn: sqlite3.Connection, pattern: str, *, every: bool, now: f
         chosen = [resolve_name(conn, pattern)]
     else:
         chosen, skipped = _many(conn, pattern, kind)
-    cur = conn.execute(
+    cur = run(
+        conn,
         "INSERT INTO requests (pattern, kind, requested_at, files, already_here)"
         " VALUES (?, ?, ?, 0, ?)",
         (pattern, kind, now, len(skipped)),
@@ -389,11 +385,11 @@ def queue_request(conn: sqlite3.Connection, pattern: str, *, every: bool, now: f
         ids, new = [did], int(fresh)
     else:  # smallest first: many small files are not stuck behind one large one
         ids, new = _queue_many(conn, chosen, request_id, pinned=pinned, now=now)
-    conn.execute("UPDATE requests SET files = ? WHERE id = ?", (new, request_id))
+    run(conn, "UPDATE requests SET files = ? WHERE id = ?", (new, request_id))
     return Queued(request_id, pattern, kind, ids, new, skipped, sum(c.size for c in chosen), chosen)
 
 
-def _many(conn: sqlite3.Connection, pattern: str, kind: str) -> tuple[list[Candidate], list[str]]:
+def _many(conn: Connection, pattern: str, kind: str) -> tuple[list[Candidate], list[str]]:
     """The files a folder or glob covers, smallest first, and the names already here."""
     name_part, _, sha_prefix = pattern.rpartition("@") if "@" in pattern else (pattern, "", "")
     offered = offered_files(conn, name_part, folder=kind == "folder")
@@ -414,8 +410,9 @@ def _many(conn: sqlite3.Connection, pattern: str, kind: str) -> tuple[list[Candi
             several,
         )
     here = set(
-        conn.execute(
-            "SELECT lf.name, f.sha256 FROM local_files lf JOIN files f ON f.id = lf.file_id"
+        tuple(row)
+        for row in run(
+            conn, "SELECT lf.name, f.sha256 FROM local_files lf JOIN files f ON f.id = lf.file_id"
         ).fetchall()
     )
     skipped = sorted(c.name for c in offered if (c.name, c.sha256) in here)
@@ -423,11 +420,11 @@ def _many(conn: sqlite3.Connection, pattern: str, kind: str) -> tuple[list[Candi
     return sorted(wanted, key=lambda c: (c.size, c.name)), skipped
 
 
-def offered_files(conn: sqlite3.Connection, pattern: str, *, folder: bool) -> list[Candidate]:
+def offered_files(conn: Connection, pattern: str, *, folder: bool) -> list[Candidate]:
     """One candidate per (name, SHA-256) the network offers under a folder (`pattern` ends
     in '/': names starting with it) or matching a substring or glob."""
-    rows: list[tuple[str, str]] = conn.execute(
-        "SELECT DISTINCT h.name, f.sha256 FROM holdings h JOIN files f ON f.id = h.file_id"
+    rows: list[tuple[str, str]] = run(
+        conn, "SELECT DISTINCT h.name, f.sha256 FROM holdings h JOIN files f ON f.id = h.file_id"
     ).fetchall()
     if folder:
         chosen = {(n, sha) for n, sha in rows if in_folder(n, pattern)}
@@ -436,7 +433,8 @@ def offered_files(conn: sqlite3.Connection, pattern: str, *, folder: bool) -> li
     offers = offer_peers(conn, {sha for _, sha in chosen})
     best = {sha: max(o.items(), key=lambda kv: (kv[1], -kv[0])) for sha, o in offers.items()}
     sizes = dict(
-        conn.execute(
+        run(
+            conn,
             "SELECT id, size FROM files WHERE id IN (SELECT value FROM json_each(?))",
             (json_list(sorted({fid for fid, _ in best.values()})),),
         ).fetchall()

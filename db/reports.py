@@ -1,18 +1,20 @@
-"""Read-only queries behind p2pctl's reports. Each returns plain dataclasses."""
+"""Read-only queries behind the reports: `p2pctl status`, `history`, `uploads`, `files`,
+`peers` and the web page's tables. Each returns plain dataclasses. Every count `status`
+shows is a single row or an index lookup, never a scan of a ledger (bench/cli_timing.py
+prints their query plans)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Connection, Integer, distinct, func, select
 
 from p2pshare.db import history, listing
-from p2pshare.db.driver import driver_connection
+from p2pshare.db import roles as dbroles
 from p2pshare.db.ledger import upload_totals
 from p2pshare.db.listing import FileRow, PeerRow, link_state, matches
 from p2pshare.db.lists import json_values
-from p2pshare.db.quick import Counts
 from p2pshare.db.schema import (
     download_sources,
     downloads,
@@ -22,9 +24,11 @@ from p2pshare.db.schema import (
     peers,
     uploads,
 )
-from p2pshare.db.status import UNFINISHED, Status
+from p2pshare.db.sql import run
+from p2pshare.db.status import UNFINISHED, Status, sql_in
+from p2pshare.db.wal import Sizes, sizes
 
-__all__ = ["Counts", "FileRow", "PeerRow", "counts", "link_state", "matches"]
+__all__ = ["FileRow", "PeerRow", "link_state", "matches"]
 
 lf, f, d, src, up = local_files.c, files.c, downloads.c, download_sources.c, uploads.c
 
@@ -77,15 +81,9 @@ def counts(conn: Connection) -> Counts:
     return Counts(shared[0], shared[1], network, known, running, done, up.chunks, up.bytes)
 
 
-def driver(conn: Connection) -> sqlite3.Connection:
-    """The connection's own sqlite3 connection, for `db.listing`'s plain SQL in the same
-    transaction."""
-    return driver_connection(conn)
-
-
 def list_peers(conn: Connection, *, limit: int | None = None, offset: int = 0) -> list[PeerRow]:
     """Live peers, most recently heard first (see `db.listing.iter_peers`)."""
-    return list(listing.iter_peers(driver(conn), limit=limit, offset=offset))
+    return list(listing.iter_peers(conn, limit=limit, offset=offset))
 
 
 def list_files(
@@ -94,7 +92,7 @@ def list_files(
     """Files shared here and known on the network, one row per (name, SHA-256); offers of
     one content under several manifest roots (a liar's among them) are one row (see
     `db.listing.iter_files`)."""
-    return list(listing.iter_files(driver(conn), pattern, limit=limit, offset=offset))
+    return list(listing.iter_files(conn, pattern, limit=limit, offset=offset))
 
 
 def list_downloads(conn: Connection, limit: int | None = None) -> list[DownloadRow]:
@@ -201,3 +199,107 @@ def received_bytes(conn: Connection) -> dict[int, int]:
     """Every byte received so far by each unfinished or recent download: id -> bytes."""
     rows = conn.execute(select(d.id, d.bytes_received))
     return {int(i): int(n) for i, n in rows}
+
+
+# ------------------------------------------------------------ p2pctl status
+
+
+COUNT_QUERIES = {
+    "shared": "SELECT count(*), coalesce(sum(size), 0) FROM local_files",
+    # Contents offered on the network, read off ix_holdings_file alone: a distinct
+    # SHA-256 would join every offer to `files`, which costs far more at a million
+    # offers; the two differ only by a content offered under two roots, a liar's (the
+    # web page's `counts` counts it once).
+    "network": "SELECT count(*), 0 FROM (SELECT DISTINCT file_id FROM holdings)",
+    "peers": "SELECT count(*), 0 FROM peers",
+    "running": f"SELECT count(*), 0 FROM downloads WHERE status IN ({sql_in(UNFINISHED)})",
+    # Finished downloads rolled up past the history horizon still count (download_days
+    # holds a row per day and ending, so its sum stays a few hundred rows at most).
+    "done": (
+        f"SELECT (SELECT count(*) FROM downloads WHERE status = '{Status.DONE}')"
+        " + (SELECT coalesce(sum(downloads), 0) FROM download_days"
+        f" WHERE status = '{Status.DONE}'), 0"
+    ),
+    "uploads": "SELECT chunks, bytes FROM upload_totals WHERE id = 1",
+}
+
+
+@dataclass(frozen=True)
+class Counts:
+    shared_files: int
+    shared_bytes: int
+    network_files: int
+    peers: int
+    downloads_running: int
+    downloads_done: int
+    uploads: int
+    uploaded_bytes: int
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    tcp_port: int | None
+    node_id: str | None
+    catalog_version: int
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    roles: list[dbroles.RoleStatus]
+    node: NodeRow | None
+    recorded: dict[str, dict[str, str]]
+    counts: Counts
+    sizes: Sizes
+
+
+def role_statuses(
+    conn: Connection, *, now: float, with_web: bool = False
+) -> list[dbroles.RoleStatus]:
+    """The four roles; with_web, p2p-web and p2p-torrent too when each has a heartbeat row
+    (it runs, or died without clearing it): a node without them is not missing anything."""
+    rows = [
+        tuple(r) for r in run(conn, "SELECT role, pid, started_at, beat_at, detail FROM heartbeats")
+    ]
+    beating = {row[0] for row in rows}
+    extra = tuple(r for r in dbroles.OPTIONAL_ROLES if with_web and r in beating)
+    return dbroles.statuses(rows, now=now, roles=(*dbroles.ROLES, *extra))
+
+
+def status_counts(conn: Connection) -> Counts:
+    """What `p2pctl status` counts, each one index lookup or row."""
+    values: list[int] = []
+    for query in COUNT_QUERIES.values():
+        row = run(conn, query).fetchone() or (0, 0)
+        values.append(int(row[0] or 0))
+        values.append(int(row[1] or 0))
+    shared, shared_bytes, network, _, peers, _, running, _, done, _, up, up_bytes = values
+    return Counts(shared, shared_bytes, network, peers, running, done, up, up_bytes)
+
+
+def status_facts(conn: Connection, path: Path, *, now: float) -> StatusFacts:
+    """Everything `p2pctl status` shows, inside the caller's read transaction."""
+    roles = role_statuses(conn, now=now, with_web=True)
+    found = run(conn, "SELECT tcp_port, node_id, catalog_version FROM node WHERE id = 1").first()
+    node = NodeRow(found[0], found[1], int(found[2])) if found else None
+    recorded: dict[str, dict[str, str]] = {}
+    for role, name, value in run(
+        conn, "SELECT role, name, value FROM role_settings ORDER BY role, name"
+    ):
+        recorded.setdefault(role, {})[name] = value
+    return StatusFacts(roles, node, recorded, status_counts(conn), sizes(path))
+
+
+def started_since(conn: Connection, since: float) -> tuple[set[str], dict[str, str]]:
+    """The programs that began beating after `since`, and those that recorded since
+    then why they cannot start (program -> its sentence): what `p2pctl start` waits on."""
+    query = "SELECT role FROM heartbeats WHERE started_at >= ?"
+    beating = {row[0] for row in run(conn, query, (since,))}
+    failed = {
+        role: value
+        for role, value in run(
+            conn,
+            "SELECT role, value FROM role_settings WHERE name = ? AND recorded_at >= ?",
+            (dbroles.START_ERROR, since),
+        )
+    }
+    return beating - set(failed), failed

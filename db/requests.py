@@ -1,5 +1,6 @@
 """What p2pctl asks of the downloader: one file, a folder or a glob as one request, each
-file it covers its own `downloads` row; and pausing, resuming and cancelling them."""
+file it covers its own `downloads` row (queued by `db.queueing`); and pausing, resuming
+and cancelling them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from p2pshare.db import following, queueing
-from p2pshare.db.driver import driver_connection
-from p2pshare.db.following import FollowState
+from p2pshare.db.following import FollowState, follow_states
 from p2pshare.db.names import in_folder, matches
 from p2pshare.db.queueing import (
     PAUSED_BY_USER,
@@ -17,6 +16,7 @@ from p2pshare.db.queueing import (
     Queued,
     SeveralVersions,
     UnknownName,
+    queue_request,
     request_kind,
 )
 from p2pshare.db.schema import downloads
@@ -28,14 +28,10 @@ __all__ = [
     "Queued",
     "SeveralVersions",
     "UnknownName",
+    "follow_states",
     "queue_request",
     "request_kind",
 ]
-
-
-def queue_request(conn: Connection, pattern: str, *, every: bool, now: float) -> Queued:
-    """`queueing.queue_request` inside the connection's transaction."""
-    return queueing.queue_request(driver_connection(conn), pattern, every=every, now=now)
 
 
 # ------------------------------------------------------------ pause, resume, cancel
@@ -100,11 +96,3 @@ def cancel_downloads(conn: Connection, pattern: str, *, now: float) -> list[str]
         finished_at=now,
         temp_path=None,
     )
-
-
-# ------------------------------------------------------------ following
-
-
-def follow_states(conn: Connection, download_ids: list[int]) -> list[FollowState]:
-    """`following.follow_states` inside the connection's transaction."""
-    return following.follow_states(driver_connection(conn), download_ids)

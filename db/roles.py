@@ -1,5 +1,5 @@
-"""Which roles are alive, from their heartbeats: pure code, no SQLAlchemy, so the quick
-read path of p2pctl (`db.quick`) shares it with the ORM one (`db.node`)."""
+"""Which roles are alive, from their heartbeats: pure code, shared by `db.node` (the roles)
+and `db.reports` (p2pctl status, the web page)."""
 
 from __future__ import annotations
 

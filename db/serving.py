@@ -9,8 +9,8 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Connection, exists, func, insert, select
 
 from .index import ContentKey, Stamp
-from .inlists import in_slices
 from .ledger import add_to_totals
+from .lists import json_values
 from .schema import chunks, downloads, files, local_files, uploads
 from .status import KEEPING_TEMP
 
@@ -76,47 +76,37 @@ def byte_sources(conn: Connection, key: ContentKey) -> list[ByteSource]:
 def byte_sources_many(
     conn: Connection, keys: Iterable[ContentKey]
 ) -> dict[ContentKey, list[ByteSource]]:
-    """byte_sources of every key at once, in three statements per 500 keys (the chunk server
-    looks up a batch of pipelined requests this way); an unknown key maps to []."""
+    """byte_sources of every key at once, in three statements (the chunk server looks up a
+    batch of pipelined requests this way); an unknown key maps to []."""
     out: dict[ContentKey, list[ByteSource]] = {key: [] for key in keys}
     files: dict[int, tuple[ContentKey, int]] = {}  # files.id -> (key, size)
-    for shas in in_slices(sorted({sha for sha, _, _ in out})):
-        for fid, sha, chunk_size, root, size in conn.execute(
-            select(f.id, f.sha256, f.chunk_size, f.root, f.size).where(f.sha256.in_(shas))
-        ):
-            if (sha, chunk_size, root) in out:
-                files[fid] = ((sha, chunk_size, root), size)
-    ids = sorted(files)
-    for part in in_slices(ids):
-        for fid, where, name, size, mtime_ns, ctime_ns, inode in conn.execute(
-            select(
-                lf.file_id,
-                lf.root,
-                lf.name,
-                lf.size,
-                lf.mtime_ns,
-                lf.ctime_ns,
-                lf.inode,
-            )
-            .where(lf.file_id.in_(part))
-            .order_by(lf.id)
-        ):
-            stamp = Stamp(size, mtime_ns, ctime_ns, inode)
-            out[files[fid][0]].append(ByteSource(where, name, size, stamp, None, name))
-    for part in in_slices(ids):
-        for held_id, temp_path, have, name in conn.execute(
-            select(d.file_id, d.temp_path, d.have, d.name)
-            .where(
-                d.file_id.in_(part),
-                d.status.in_(OFFERING_STATUSES),
-                d.bytes_done > 0,
-                d.temp_path.is_not(None),
-            )
-            .order_by(d.id)
-        ):
-            assert held_id is not None  # IN (...) matched it
-            key, size = files[held_id]
-            out[key].append(ByteSource(None, str(temp_path), size, None, bytes(have), name))
+    shas = json_values(sorted({sha for sha, _, _ in out}))
+    for fid, sha, chunk_size, root, size in conn.execute(
+        select(f.id, f.sha256, f.chunk_size, f.root, f.size).where(f.sha256.in_(shas))
+    ):
+        if (sha, chunk_size, root) in out:
+            files[fid] = ((sha, chunk_size, root), size)
+    ids = json_values(sorted(files))
+    for fid, where, name, size, mtime_ns, ctime_ns, inode in conn.execute(
+        select(lf.file_id, lf.root, lf.name, lf.size, lf.mtime_ns, lf.ctime_ns, lf.inode)
+        .where(lf.file_id.in_(ids))
+        .order_by(lf.id)
+    ):
+        stamp = Stamp(size, mtime_ns, ctime_ns, inode)
+        out[files[fid][0]].append(ByteSource(where, name, size, stamp, None, name))
+    for held_id, temp_path, have, name in conn.execute(
+        select(d.file_id, d.temp_path, d.have, d.name)
+        .where(
+            d.file_id.in_(ids),
+            d.status.in_(OFFERING_STATUSES),
+            d.bytes_done > 0,
+            d.temp_path.is_not(None),
+        )
+        .order_by(d.id)
+    ):
+        assert held_id is not None  # IN (...) matched it
+        key, size = files[held_id]
+        out[key].append(ByteSource(None, str(temp_path), size, None, bytes(have), name))
     return out
 
 
@@ -178,20 +168,19 @@ def chunk_hashes(conn: Connection, keys: Iterable[ContentKey]) -> dict[ContentKe
     shas = sorted({sha for sha, _, _ in wanted})
     out: dict[ContentKey, list[str]] = {}
     counts: dict[ContentKey, int] = {}
-    for part in in_slices(shas):
-        rows = conn.execute(
-            select(f.sha256, f.chunk_size, f.root, f.chunk_count, ch.sha256)
-            .outerjoin(chunks, ch.file_id == f.id)
-            .where(f.sha256.in_(part), _offered_here())
-            .order_by(f.id, ch.chunk_index)
-        )
-        for sha, cs, root, count, chunk_sha in rows:
-            key = (sha, cs, root)
-            if key in wanted:
-                counts[key] = count
-                hashes = out.setdefault(key, [])
-                if chunk_sha is not None:
-                    hashes.append(chunk_sha)
+    rows = conn.execute(
+        select(f.sha256, f.chunk_size, f.root, f.chunk_count, ch.sha256)
+        .outerjoin(chunks, ch.file_id == f.id)
+        .where(f.sha256.in_(json_values(shas)), _offered_here())
+        .order_by(f.id, ch.chunk_index)
+    )
+    for sha, cs, root, count, chunk_sha in rows:
+        key = (sha, cs, root)
+        if key in wanted:
+            counts[key] = count
+            hashes = out.setdefault(key, [])
+            if chunk_sha is not None:
+                hashes.append(chunk_sha)
     return {k: v for k, v in out.items() if len(v) == counts[k]}
 
 

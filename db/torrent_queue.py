@@ -1,5 +1,5 @@
-"""Queueing BitTorrent downloads (issue 24), in plain sqlite3 as `db.queueing` is, for
-`p2pctl download 'magnet:?...'` and `p2pctl download file.torrent`.
+"""Queueing BitTorrent downloads, for `p2pctl download 'magnet:?...'` and
+`p2pctl download file.torrent`.
 
 A torrent is one `downloads` row (its name, size, status and progress, as any download
 has; `file_id` NULL until it is done) with a `torrent_downloads` row beside it (info-hash,
@@ -11,12 +11,15 @@ to their `files` row). Functions take a connection inside a transaction and neve
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
-from p2pshare.db.queueing import KEEPING_TEMP
+from sqlalchemy import Connection
 
-_KEEPING_TEMP_SQL = ", ".join(f"'{s}'" for s in KEEPING_TEMP)
+from .sources import USABLE
+from .sql import run
+from .status import KEEPING_TEMP, sql_in
+
+_KEEPING_TEMP_SQL = sql_in(KEEPING_TEMP)
 
 
 @dataclass(frozen=True)
@@ -52,44 +55,48 @@ class AlreadyFetched(Exception):
         self.saved_as = saved_as
 
 
-def fetched_before(conn: sqlite3.Connection, info_hash: str) -> str | None:
+def fetched_before(conn: Connection, info_hash: str) -> str | None:
     """Where a finished download of this info-hash lies, while the index still holds it."""
-    for (saved_as,) in conn.execute(
+    for (saved_as,) in run(
+        conn,
         "SELECT d.saved_as FROM torrent_downloads t JOIN downloads d ON d.id = t.download_id"
         " WHERE t.info_hash = ? AND d.status = 'done' AND d.saved_as IS NOT NULL"
         " ORDER BY d.id DESC",
         (info_hash,),
     ):
         if saved_as.endswith("/"):  # a folder torrent: any of its files still there
-            held = conn.execute(
+            held = run(
+                conn,
                 "SELECT 1 FROM local_files WHERE root = 'download'"
                 " AND substr(name, 1, ?) = ? LIMIT 1",
                 (len(saved_as), saved_as),
             ).fetchone()
         else:
-            held = conn.execute(
-                "SELECT 1 FROM local_files WHERE root = 'download' AND name = ?", (saved_as,)
+            held = run(
+                conn, "SELECT 1 FROM local_files WHERE root = 'download' AND name = ?", (saved_as,)
             ).fetchone()
         if held is not None:
             return str(saved_as)
     return None
 
 
-def queue_torrent(conn: sqlite3.Connection, req: TorrentRequest, *, now: float) -> QueuedTorrent:
+def queue_torrent(conn: Connection, req: TorrentRequest, *, now: float) -> QueuedTorrent:
     """Queue a torrent, or reuse the unfinished (or paused) download of the same
     info-hash, adding the peers named now to it. Raises AlreadyFetched when it was
     downloaded here before and is still in the download folder."""
     here = fetched_before(conn, req.info_hash)
     if here is not None:
         raise AlreadyFetched(here)
-    cur = conn.execute(
+    cur = run(
+        conn,
         "INSERT INTO requests (pattern, kind, requested_at, files, already_here)"
         " VALUES (?, 'torrent', ?, 0, 0)",
         (req.pattern, now),
     )
     request_id = cur.lastrowid
     assert request_id is not None
-    existing = conn.execute(
+    existing = run(
+        conn,
         "SELECT d.id, d.name, d.size, t.peers FROM torrent_downloads t"
         " JOIN downloads d ON d.id = t.download_id"
         f" WHERE t.info_hash = ? AND d.status IN ({_KEEPING_TEMP_SQL}) ORDER BY d.id LIMIT 1",
@@ -98,12 +105,14 @@ def queue_torrent(conn: sqlite3.Connection, req: TorrentRequest, *, now: float) 
     if existing is not None:
         did, name, size, peers_json = existing
         peers = list(dict.fromkeys([*json.loads(peers_json), *req.peers]))
-        conn.execute(
+        run(
+            conn,
             "UPDATE torrent_downloads SET peers = ? WHERE download_id = ?",
             (json.dumps(peers), did),
         )
         return QueuedTorrent(request_id, int(did), False, str(name), int(size))
-    cur = conn.execute(
+    cur = run(
+        conn,
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
         " bad_chunks, have, temp_path, saved_as, switched)"
@@ -113,7 +122,8 @@ def queue_torrent(conn: sqlite3.Connection, req: TorrentRequest, *, now: float) 
     )
     did = cur.lastrowid
     assert did is not None
-    conn.execute(
+    run(
+        conn,
         "INSERT INTO torrent_downloads (download_id, info_hash, magnet, metainfo, peers,"
         " files, piece_size) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -126,35 +136,35 @@ def queue_torrent(conn: sqlite3.Connection, req: TorrentRequest, *, now: float) 
             req.piece_size,
         ),
     )
-    conn.execute("UPDATE requests SET files = 1 WHERE id = ?", (request_id,))
+    run(conn, "UPDATE requests SET files = 1 WHERE id = ?", (request_id,))
     return QueuedTorrent(request_id, did, True, req.name, req.size)
 
 
-def torrent_role_state(conn: sqlite3.Connection) -> dict[str, str]:
+def torrent_role_state(conn: Connection) -> dict[str, str]:
     """What p2p-torrent recorded about itself (role_settings): available, serving, port..."""
     return {
         name: value
-        for name, value in conn.execute(
-            "SELECT name, value FROM role_settings WHERE role = 'torrent'"
-        )
+        for name, value in run(conn, "SELECT name, value FROM role_settings WHERE role = 'torrent'")
     }
 
 
-def done_note(conn: sqlite3.Connection, download_id: int) -> str | None:
+def done_note(conn: Connection, download_id: int) -> str | None:
     """What a finished torrent download says of its sources (p2pshare peers, BitTorrent)."""
-    row = conn.execute(
-        "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
+    row = run(
+        conn, "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
     ).fetchone()
     return None if row is None or not row[0] else str(row[0])
 
 
-def offered_on_lan(conn: sqlite3.Connection, wanted: list[tuple[str, int]]) -> int:
-    """How many of these contents (SHA-256, size) some p2pshare peer offers now."""
+def offered_on_lan(conn: Connection, wanted: list[tuple[str, int]]) -> int:
+    """How many of these contents (SHA-256, size) some usable source (db.sources) offers."""
     found = 0
     for sha256, size in wanted:
-        row = conn.execute(
+        row = run(
+            conn,
             "SELECT 1 FROM files f JOIN holdings h ON h.file_id = f.id"
-            " WHERE f.sha256 = ? AND f.size = ? AND h.chunks_held > 0 LIMIT 1",
+            f" JOIN peers p ON p.id = h.peer_id WHERE f.sha256 = ? AND f.size = ? AND {USABLE}"
+            " LIMIT 1",
             (sha256, size),
         ).fetchone()
         found += row is not None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2pshare.db.quick import BUSY_TIMEOUT_MS
+from p2pshare.db.pragmas import BUSY_TIMEOUT_MS
 
 # Without inotify, how often `wait_changed` reads the change counter.
 POLL_SECONDS = 0.01

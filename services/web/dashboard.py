@@ -61,7 +61,7 @@ def view(
         roles = dbnode.role_statuses(s, now=now)
         recorded = dbnode.role_settings(s)
         counts = reports.counts(s)
-        conn = reports.driver(s)
+        conn = s
         peers = list(listing.iter_peers(conn, limit=PEER_ROWS))
         peers_total = listing.count_peers(conn)
         files, files_total = listing.files_page(conn, query or None, limit=FILE_ROWS)

@@ -1,4 +1,4 @@
-"""p2pctl files and peers page and stream (--limit, --offset, --jsonl) without SQLAlchemy;
+"""p2pctl files and peers page and stream (--limit, --offset, --jsonl) without the ORM;
 history and status stay honest once old downloads are rolled up past the horizon."""
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("args", [["files"], ["files", "--json"], ["peers", "--jsonl"]])
-def test_listings_import_no_sqlalchemy(node: Path, args: list[str]) -> None:
-    assert imported(node, *args) == "[]"
+def test_listings_import_no_orm(node: Path, args: list[str]) -> None:
+    assert imported(node, *args, what="ORM") == "[]"
 
 
 def test_files_page_by_page(node: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from p2pshare.db import quick
 from p2pshare.db.engine import Database
+from p2pshare.db.pragmas import FULL, NORMAL
 from p2pshare.services.downloader import durable
 from p2pshare.services.server.served import ServedDurably
 
@@ -29,33 +29,35 @@ def test_a_durable_write_is_full_and_the_next_plain_one_normal_again(db: Databas
     # One pooled connection serves them all in turn, so a level left behind would show.
     for _ in range(3):
         with db.write(durable=True) as s:
-            assert level(s) == quick.FULL
+            assert level(s) == FULL
         with db.write() as s:
-            assert level(s) == quick.NORMAL
+            assert level(s) == NORMAL
         with db.read() as s:
-            assert level(s) == quick.NORMAL
+            assert level(s) == NORMAL
 
 
 def test_a_failed_durable_write_leaves_the_connection_normal(db: Database) -> None:
     with pytest.raises(RuntimeError), db.write(durable=True) as s:
         raise RuntimeError("refused")
     with db.write() as s:
-        assert level(s) == quick.NORMAL
+        assert level(s) == NORMAL
 
 
 def test_p2pctl_durable_writing_is_full_then_normal(db: Database, tmp_path: Path) -> None:
-    conn = quick.connect(tmp_path / "p2p.db")
+    ctl_db = Database.open_existing(tmp_path / "p2p.db")  # as p2pctl opens it
     try:
-        with quick.writing(conn, durable=True) as c:
-            assert level(c) == quick.FULL
-        assert level(conn) == quick.NORMAL
-        with quick.writing(conn) as c:
-            assert level(c) == quick.NORMAL
-        with pytest.raises(RuntimeError), quick.writing(conn, durable=True):
+        with ctl_db.write(durable=True) as c:
+            assert level(c) == FULL
+        with ctl_db.read() as c:
+            assert level(c) == NORMAL
+        with ctl_db.write() as c:
+            assert level(c) == NORMAL
+        with pytest.raises(RuntimeError), ctl_db.write(durable=True):
             raise RuntimeError("refused")
-        assert level(conn) == quick.NORMAL
+        with ctl_db.read() as c:
+            assert level(c) == NORMAL
     finally:
-        conn.close()
+        ctl_db.close()
 
 
 def _mount_type(folder: str) -> str:

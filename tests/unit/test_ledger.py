@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import insert
 from test_db import sql
 
-from p2pshare.db import catalog_log, ledger, quick
+from p2pshare.db import catalog_log, ledger, reports
 from p2pshare.db import serving as dbserving
 from p2pshare.db.engine import Database
 from p2pshare.db.schema import bad_peers, files
@@ -98,11 +98,8 @@ def test_rollup_keeps_every_chunk_and_byte(database: Database) -> None:
     with database.read() as s:
         totals = ledger.upload_totals(s)
     assert totals == ledger.Totals(len(chunks), sum(c.bytes for c in chunks))
-    conn = quick.connect(path)
-    try:
-        counts = quick.counts(conn)
-    finally:
-        conn.close()
+    with database.read() as s:
+        counts = reports.status_counts(s)
     assert (counts.uploads, counts.uploaded_bytes) == (totals.chunks, totals.bytes)
 
 

@@ -13,12 +13,13 @@ import random
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Connection, TextClause, text
 
 from p2pshare.cli import render
 from p2pshare.db import listing, names
@@ -169,18 +170,30 @@ def reference_files(conn: sqlite3.Connection, pattern: str | None) -> list[FileR
     return [merged[k] for k in sorted(merged)]
 
 
+@contextmanager
+def reading(db_path: Path) -> Iterator[Connection]:
+    """A read transaction on the database as the node and p2pctl open it."""
+    database = Database.open_existing(db_path)
+    try:
+        with database.read() as conn:
+            yield conn
+    finally:
+        database.close()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_files_are_the_rows_the_python_gave(db_path: Path, seed: int) -> None:
     seed_network(db_path, random.Random(seed))
     conn = sqlite3.connect(db_path)
-    for pattern in PATTERNS:
-        want = reference_files(conn, pattern)
-        got = list(listing.iter_files(conn, pattern))
-        assert got == want, pattern
-        assert listing.count_files(conn, pattern) == len(want)
-    # The listing is not trivially everything or nothing.
-    assert len(reference_files(conn, None)) > 10 and reference_files(conn, "zzz") == []
-    assert [r.name for r in listing.iter_files(conn, "k")]  # the Kelvin sign folds to 'k'
+    with reading(db_path) as core:
+        for pattern in PATTERNS:
+            want = reference_files(conn, pattern)
+            got = list(listing.iter_files(core, pattern))
+            assert got == want, pattern
+            assert listing.count_files(core, pattern) == len(want)
+        # The listing is not trivially everything or nothing.
+        assert len(reference_files(conn, None)) > 10 and reference_files(conn, "zzz") == []
+        assert [r.name for r in listing.iter_files(core, "k")]  # the Kelvin sign folds to 'k'
     conn.close()
 
 
@@ -214,7 +227,11 @@ def test_an_anchored_glob_reads_a_few_ranges() -> None:
 
 def test_pages_add_up_to_the_whole(db_path: Path) -> None:
     seed_network(db_path, random.Random(4))
-    conn = sqlite3.connect(db_path)
+    with reading(db_path) as conn:
+        pages_add_up(conn)
+
+
+def pages_add_up(conn: Connection) -> None:
     whole = list(listing.iter_files(conn))
     pages: list[FileRow] = []
     for offset in range(0, len(whole) + 7, 7):
@@ -232,23 +249,26 @@ def test_pages_add_up_to_the_whole(db_path: Path) -> None:
     # Files and bad marks per peer, as the old GROUP BY subqueries counted them.
     for p in peers:
         pid = int(p.node_id, 16)
-        (files,) = conn.execute(
+        files = conn.exec_driver_sql(
             "SELECT count(DISTINCT file_id) FROM holdings WHERE peer_id = ?", (pid,)
-        ).fetchone()
-        (bad,) = conn.execute(
+        ).scalar_one()
+        bad = conn.exec_driver_sql(
             "SELECT count(*) FROM bad_peers WHERE tcp_port = ?", (p.tcp_port,)
-        ).fetchone()
+        ).scalar_one()
         assert (p.files, p.bad_files, p.link) == (files, bad, "tls" if p.tls else "clear")
-    conn.close()
 
 
 def test_query_plans_use_the_indexes(db_path: Path) -> None:
     seed_network(db_path, random.Random(5), peers=200)
-    conn = listing.prepare(sqlite3.connect(db_path))
-    conn.execute("ANALYZE")
+    with reading(db_path) as conn:
+        conn.exec_driver_sql("ANALYZE")
+        plans_use_the_indexes(conn)
 
-    def plan(sql: str, params: dict[str, object]) -> str:
-        return " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+def plans_use_the_indexes(conn: Connection) -> None:
+    def plan(sql: TextClause, params: dict[str, object]) -> str:
+        explain = text(f"EXPLAIN QUERY PLAN {sql.text}")
+        return " | ".join(r[3] for r in conn.execute(explain, params))
 
     page = listing.page_params(None, 100, 0)
     every = listing.files_queries(None)
@@ -266,7 +286,6 @@ def test_query_plans_use_the_indexes(db_path: Path) -> None:
     peers = plan(listing.PEERS_SQL, page)
     assert "ix_peers_last_seen" in peers, peers
     assert "TEMP B-TREE" not in peers, peers  # no sort of every peer for one page
-    conn.close()
 
 
 @pytest.mark.parametrize(

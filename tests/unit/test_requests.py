@@ -20,7 +20,6 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db import peers as dbpeers
 from p2pshare.db import requests as dbreq
-from p2pshare.db.driver import driver_connection
 from p2pshare.db.engine import Database
 from p2pshare.db.queueing import json_list
 from p2pshare.db.schema import bad_peers
@@ -670,7 +669,7 @@ def test_request_progress_sums_what_follow_states_lists(
             now=NOW,
         )
     with db.read() as s:
-        got = following.request_progress(driver_connection(s), ids)
+        got = following.request_progress(s, ids)
         rows = dbreq.follow_states(s, [done, 99999, a, cover])
     assert got.counts == {"done": 1, "active": 1, "queued": 1} and got.downloads == len(rows)
     assert (got.size, got.bytes_done) == (sum(r.size for r in rows), 2 * CS)
@@ -680,7 +679,7 @@ def test_request_progress_sums_what_follow_states_lists(
             "UPDATE downloads SET status = 'waiting', reason = 'no peer' WHERE id = ?", (a,)
         )
     with db.read() as s:
-        got = following.request_progress(driver_connection(s), ids)
+        got = following.request_progress(s, ids)
     assert got.counts == {"done": 1, "waiting": 1, "queued": 1}
     assert got.waiting == ("a.bin", "no peer")
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pshare.db import batch as dbbatch
-from p2pshare.db import history, quick
+from p2pshare.db import history
 from p2pshare.db import torrent_queue as tq
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
@@ -226,12 +226,8 @@ def queue(db: Database, info_hash: str, peers: list[str], name: str = "x.bin") -
     req = tq.TorrentRequest(
         f"magnet:?xt=urn:btih:{info_hash}", info_hash, name, 0, "magnet:?", None, peers, None, None
     )
-    conn = quick.connect(db.path)
-    try:
-        with quick.writing(conn) as c:
-            return tq.queue_torrent(c, req, now=1000.0)
-    finally:
-        conn.close()
+    with db.write() as c:
+        return tq.queue_torrent(c, req, now=1000.0)
 
 
 def test_the_same_info_hash_is_one_download_and_peers_add_up(database: Database) -> None:
