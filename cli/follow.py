@@ -13,6 +13,7 @@ import click
 
 from p2pshare.cli.context import Ctl, NodeNotRunning, UserError
 from p2pshare.db import following, queueing, reports
+from p2pshare.db.status import ENDED, Status
 from p2pshare.db.watch import ChangeWatch
 from p2pshare.services.units import plural
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 # from the downloader it is waiting for.
 QUERY_PAUSE = 9.0
 MAX_POLL_SECONDS = 1.0
-ENDED = ("done", "failed", "cancelled")
 
 
 class Interrupted(UserError):
@@ -124,7 +124,7 @@ def _poll_watched(
             progress = following.request_progress(conn, ids)
             beats = reports.role_statuses(conn, now=time.time(), with_web=True)
             roles = {r.role: r for r in beats}
-            ended = all(s in (*ENDED, "paused") for s in progress.counts)
+            ended = all(s in (*ENDED, Status.PAUSED) for s in progress.counts)
             if ended:  # the rows, once, for the report
                 states = following.follow_states(conn, queued.downloads)
         # CPU time, not wall: on a busy machine a preempted round must not stretch the pause.
@@ -149,7 +149,9 @@ def _show(bar: tqdm, progress: following.RequestProgress, single: bool, files: i
         bar.total = progress.size
     bar.update(progress.bytes_done - bar.n)
     if not single:
-        bar.set_description_str(f"{progress.counts.get('done', 0)}/{files} files", refresh=False)
+        bar.set_description_str(
+            f"{progress.counts.get(Status.DONE, 0)}/{files} files", refresh=False
+        )
     note = ""
     if progress.waiting:
         name, reason = progress.waiting
@@ -171,25 +173,27 @@ def _report(ctl: Ctl, queued: queueing.Queued, states: list[following.FollowStat
     folder = ctl.settings.download_dir
     if queued.kind in SINGLE:
         st = states[0]
-        if st.status == "done":
+        if st.status == Status.DONE:
             click.echo(f"saved as {folder / (st.saved_as or st.name)}")
             return
-        if st.status == "paused" and st.reason and st.reason != queueing.PAUSED_BY_USER:
+        if st.status == Status.PAUSED and st.reason and st.reason != queueing.PAUSED_BY_USER:
             raise Paused(f"download paused: {st.reason}")  # the node's reason says what next
-        if st.status == "paused":
+        if st.status == Status.PAUSED:
             raise Paused(f"download paused; p2pctl resume {st.id} continues it")
         raise UserError(f"download {st.status}: {st.reason or 'no reason recorded'}")
     for st in states:
-        if st.status != "done":
+        if st.status != Status.DONE:
             click.echo(f"{st.status}: {st.name}: {st.reason or 'no reason recorded'}", err=True)
     counts = Counter(st.status for st in states)
     here = f" ({len(queued.already_here)} already here)" if queued.already_here else ""
     where = f" under {folder / queued.pattern}" if queued.kind == "folder" else ""
-    arrived = f"{counts['done']} of {plural(len(states), 'file')} arrived{where}{here}"
-    if counts["done"] == len(states):
+    arrived = f"{counts[Status.DONE]} of {plural(len(states), 'file')} arrived{where}{here}"
+    if counts[Status.DONE] == len(states):
         click.echo(arrived)
         return
-    missing = ", ".join(f"{counts[s]} {s}" for s in ("failed", "cancelled", "paused") if counts[s])
-    if counts["paused"] and not counts["failed"] and not counts["cancelled"]:
+    missing = ", ".join(
+        f"{counts[s]} {s}" for s in (Status.FAILED, Status.CANCELLED, Status.PAUSED) if counts[s]
+    )
+    if counts[Status.PAUSED] and not counts[Status.FAILED] and not counts[Status.CANCELLED]:
         raise Paused(f"{arrived}; {missing}: p2pctl resume {queued.pattern!r} continues them")
     raise UserError(f"{arrived}; {missing}")

@@ -16,7 +16,7 @@ from p2pshare.cli.render import emit_json, emit_table
 from p2pshare.db import history as history_db
 from p2pshare.db import ledger, reports
 from p2pshare.db.queueing import PAUSED_BY_USER
-from p2pshare.db.status import UNFINISHED
+from p2pshare.db.status import KEEPING_TEMP, Status
 from p2pshare.services.units import duration, human_bytes, rate, when
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -86,7 +86,7 @@ def status_words(d: reports.DownloadRow) -> str:
     """`active 42%: why`: how far an unfinished download is, and its reason unless it
     only repeats the status (`paused: paused by the user`)."""
     words = d.status
-    if d.status in (*UNFINISHED, "paused") and d.size:
+    if d.status in KEEPING_TEMP and d.size:
         words += f" {100 * d.bytes_done // d.size}%"
     if d.reason and d.reason != PAUSED_BY_USER:
         words += f": {d.reason}"
@@ -99,7 +99,8 @@ def rolled_up_words(older: list[history_db.RolledUp]) -> str:
     first = min(r.first_day for r in older)
     last = max(r.last_day for r in older) + ledger.DAY_SECONDS
     parts = [
-        f"{r.status} {r.downloads}" + (f" ({human_bytes(r.bytes)})" if r.status == "done" else "")
+        f"{r.status} {r.downloads}"
+        + (f" ({human_bytes(r.bytes)})" if r.status == Status.DONE else "")
         for r in older
     ]
     return (

@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from p2pshare.db.queueing import json_list
 
 from .sql import run
+from .status import Status
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ def request_progress(conn: Connection, ids_json: str) -> RequestProgress:
     ).fetchone()
     waiting = run(
         conn,
-        f"SELECT name, reason FROM downloads WHERE id IN ({_IDS}) AND (status = 'waiting'"
+        f"SELECT name, reason FROM downloads WHERE id IN ({_IDS}) AND (status = '{Status.WAITING}'"
         # a queued one with a reason has not started: no peer could give its manifest
-        " OR (status = 'queued' AND reason IS NOT NULL))"
+        f" OR (status = '{Status.QUEUED}' AND reason IS NOT NULL))"
         " ORDER BY id LIMIT 1",
         (ids_json,),
     ).fetchone()

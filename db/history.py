@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-ENDED = ("done", "failed", "cancelled")
+from .status import ENDED, Status, sql_in
+
 # Rows per transaction: downloads carry a few download_sources rows each, files a
 # manifest of up to a few thousand chunks, so these are a few milliseconds each.
 DOWNLOAD_BATCH = 500
@@ -23,7 +24,7 @@ FILE_BATCH = 100
 
 _OLD_DOWNLOADS = text(
     "SELECT id FROM downloads WHERE finished_at < :cutoff"
-    " AND status IN ('done', 'failed', 'cancelled') ORDER BY finished_at LIMIT :batch"
+    f" AND status IN ({sql_in(ENDED)}) ORDER BY finished_at LIMIT :batch"
 )
 _ROLL_UP_DOWNLOADS = (
     "INSERT INTO download_days"
@@ -118,6 +119,8 @@ def rolled_up(conn: Connection) -> list[RolledUp]:
 def rolled_up_done(conn: Connection) -> int:
     """Finished downloads (done) no longer in `downloads`, rolled up into download_days."""
     n = conn.scalar(
-        text("SELECT coalesce(sum(downloads), 0) FROM download_days WHERE status = 'done'")
+        text(
+            f"SELECT coalesce(sum(downloads), 0) FROM download_days WHERE status = '{Status.DONE}'"
+        )
     )
     return int(n or 0)

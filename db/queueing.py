@@ -15,7 +15,7 @@ from p2pshare.db.names import fold, in_folder, matches, same_name
 
 from .sources import USABLE
 from .sql import run
-from .status import KEEPING_TEMP, sql_in
+from .status import KEEPING_TEMP, Status, sql_in
 
 # A typo's "did you mean" looks through at most this many names (difflib, ~10 us each).
 SUGGEST_FROM = 20_000
@@ -290,8 +290,8 @@ def _insert_download(
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
         " bad_chunks, have, temp_path, saved_as, switched, offered_by)"
-        " VALUES (?, ?, ?, ?, ?, 'queued', ?, NULL, ?, NULL, NULL, 0, 0, 0, ?, NULL, NULL, NULL,"
-        f" ({OFFERED_BY_SQL}))",
+        f" VALUES (?, ?, ?, ?, ?, '{Status.QUEUED}', ?, NULL, ?, NULL, NULL, 0, 0, 0, ?,"
+        f" NULL, NULL, NULL, ({OFFERED_BY_SQL}))",
         (
             request_id,
             candidate.file_id,

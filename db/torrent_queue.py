@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from .sources import USABLE
 from .sql import run
-from .status import KEEPING_TEMP, sql_in
+from .status import KEEPING_TEMP, Status, sql_in
 
 _KEEPING_TEMP_SQL = sql_in(KEEPING_TEMP)
 
@@ -60,7 +60,7 @@ def fetched_before(conn: Connection, info_hash: str) -> str | None:
     for (saved_as,) in run(
         conn,
         "SELECT d.saved_as FROM torrent_downloads t JOIN downloads d ON d.id = t.download_id"
-        " WHERE t.info_hash = ? AND d.status = 'done' AND d.saved_as IS NOT NULL"
+        f" WHERE t.info_hash = ? AND d.status = '{Status.DONE}' AND d.saved_as IS NOT NULL"
         " ORDER BY d.id DESC",
         (info_hash,),
     ):
@@ -116,8 +116,8 @@ def queue_torrent(conn: Connection, req: TorrentRequest, *, now: float) -> Queue
         "INSERT INTO downloads (request_id, file_id, name, sha256, size, status, pinned,"
         " reason, requested_at, started_at, finished_at, bytes_done, bytes_received,"
         " bad_chunks, have, temp_path, saved_as, switched)"
-        " VALUES (?, NULL, ?, '', ?, 'queued', 0, NULL, ?, NULL, NULL, 0, 0, 0, X'', NULL,"
-        " NULL, NULL)",
+        f" VALUES (?, NULL, ?, '', ?, '{Status.QUEUED}', 0, NULL, ?, NULL, NULL, 0, 0, 0, X'',"
+        " NULL, NULL, NULL)",
         (request_id, req.name, req.size, now),
     )
     did = cur.lastrowid
@@ -151,7 +151,9 @@ def torrent_role_state(conn: Connection) -> dict[str, str]:
 def done_note(conn: Connection, download_id: int) -> str | None:
     """What a finished torrent download says of its sources (p2pshare peers, BitTorrent)."""
     row = run(
-        conn, "SELECT reason FROM downloads WHERE id = ? AND status = 'done'", (download_id,)
+        conn,
+        f"SELECT reason FROM downloads WHERE id = ? AND status = '{Status.DONE}'",
+        (download_id,),
     ).fetchone()
     return None if row is None or not row[0] else str(row[0])
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db.engine import Database
+from p2pshare.db.status import Status
 from p2pshare.db.values import HashedFile
 from p2pshare.services import protocol
 from p2pshare.services.downloader.publish import PublishError, publish, safe_destination
@@ -64,7 +65,7 @@ class Finisher:
             dbjobs.finish_download(
                 s,
                 spec.download_id,
-                status="done",
+                status=Status.DONE,
                 reason=None,
                 now=time.time(),
                 published=(self._relative(final), hashed),

@@ -20,6 +20,7 @@ import time
 from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import offer_switch as dbswitch
+from p2pshare.db.status import Status
 from p2pshare.services import protocol
 from p2pshare.services.downloader.engine import Download, Part, Shared
 from p2pshare.services.downloader.finish import CannotPublish, Finisher, JobFailed
@@ -111,10 +112,10 @@ class DownloadJob(Download[Part]):
         except CannotPublish as exc:
             self._hold(str(exc))
         except JobFailed as exc:
-            self._end("failed", str(exc))
+            self._end(Status.FAILED, str(exc))
         except Exception as exc:
             log.exception("download %d crashed", spec.download_id)
-            self._end("failed", f"internal error: {exc}")
+            self._end(Status.FAILED, f"internal error: {exc}")
         finally:
             self._halt_workers()
             if self.fd >= 0:
@@ -168,7 +169,7 @@ class DownloadJob(Download[Part]):
                     lambda: self.picker.finished or self.stop.is_set(), FLUSH_SECONDS
                 )
             status = self._flush(now)
-            if status == "paused":
+            if status == Status.PAUSED:
                 log.info("download %d paused", self.spec.download_id)
                 return False  # the temp file and its verified chunks stay for the resume
             if status not in dbdl.UNFINISHED:
@@ -221,7 +222,7 @@ class DownloadJob(Download[Part]):
         if not missing and (usable or not blocked):
             self.waiting_since = None
             # Still named while others serve: a peer with another key is worth knowing of.
-            return "active", cannot_talk(blocked) if blocked else None
+            return Status.ACTIVE, cannot_talk(blocked) if blocked else None
         if self.waiting_since is None:
             self.waiting_since = now
         if not self.sources:
@@ -236,7 +237,7 @@ class DownloadJob(Download[Part]):
             )
         if now - self.waiting_since > self.wait_timeout:
             raise JobFailed(f"{reason} for {self.wait_timeout:.0f} s")
-        return ("waiting" if self.picker.in_flight() == 0 else "active"), reason
+        return (Status.WAITING if self.picker.in_flight() == 0 else Status.ACTIVE), reason
 
     def _unreachable(self) -> dict[tuple[str, int], str]:
         """Sources whose last connection failed (refused, another key, another

@@ -31,6 +31,7 @@ from p2pshare.db import jobs as dbjobs
 from p2pshare.db import manifests as dbmanifests
 from p2pshare.db import offer_switch as dbswitch
 from p2pshare.db.engine import Database
+from p2pshare.db.status import Status
 from p2pshare.services import protocol
 from p2pshare.services.downloader.worker import talk_error
 from p2pshare.services.net.client import PeerClient
@@ -123,7 +124,7 @@ class ManifestFetcher:
                 change = dbswitch.switch_offer(s, download_id)
                 if change is not None and change.ended:  # NAME@SHA: that version or nothing
                     dbjobs.finish_download(
-                        s, download_id, status="failed", reason=change.reason, now=time.time()
+                        s, download_id, status=Status.FAILED, reason=change.reason, now=time.time()
                     )
             if change is not None:
                 log.warning("download %d: %s", download_id, change.reason)
@@ -148,7 +149,7 @@ class ManifestFetcher:
             for fid in sorted(over):
                 reason = f"{why[fid]} for {timeout:.0f} s"
                 for did in dbmanifests.queued_for(s, [fid]):
-                    dbjobs.finish_download(s, did, status="failed", reason=reason, now=now)
+                    dbjobs.finish_download(s, did, status=Status.FAILED, reason=reason, now=now)
         for fid in over:
             self.failing_since.pop(fid, None)
         return over

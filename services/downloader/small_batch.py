@@ -29,6 +29,7 @@ from pathlib import Path
 
 from p2pshare.db import batch as dbbatch
 from p2pshare.db import jobs as dbjobs
+from p2pshare.db.status import Status
 from p2pshare.services import protocol
 from p2pshare.services.downloader.durable import (
     folders_up_to,
@@ -388,7 +389,7 @@ class SmallBatch(Download[BatchFile]):
         with self.database.write(durable=True) as s:
             dbbatch.finish_batch(s, done, now=now)
             for download_id, reason in failed.items():
-                dbjobs.finish_download(s, download_id, status="failed", reason=reason, now=now)
+                dbjobs.finish_download(s, download_id, status=Status.FAILED, reason=reason, now=now)
         for item in group:
             if item.spec.download_id in failed:
                 _unlink(item.temp)

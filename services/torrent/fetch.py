@@ -29,6 +29,7 @@ from p2pshare.db import downloads as dbdl
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
+from p2pshare.db.status import Status
 from p2pshare.db.values import HashedFile
 from p2pshare.services.downloader.publish import PublishError
 from p2pshare.services.hashing.files import FileChanged
@@ -128,7 +129,7 @@ class Fetcher:
             return
         for did in list(self.fetching):
             job = jobs.get(did)
-            if job is None or job.status == "paused":
+            if job is None or job.status == Status.PAUSED:
                 self.drop(did, keep=job is not None)
                 continue
             f = self.fetching[did]
@@ -216,7 +217,9 @@ class Fetcher:
         if f is not None:
             self.session.remove_torrent(f.handle)
         with self.database.write() as s:
-            dbt.finish_torrent_job(s, download_id, status="failed", reason=reason, now=time.time())
+            dbt.finish_torrent_job(
+                s, download_id, status=Status.FAILED, reason=reason, now=time.time()
+            )
         shutil.rmtree(temp_folder(self.settings, download_id), ignore_errors=True)
 
     # ------------------------------------------------------------ p2pshare peers first
@@ -254,7 +257,7 @@ class Fetcher:
         # Durable before the temp folder goes: its links are how a resume after a power
         # cut would know the files are published already (publish_tree).
         with self.database.write(durable=True) as s:
-            dbt.finish_torrent_job(s, did, status="done", reason=note, now=time.time(),
+            dbt.finish_torrent_job(s, did, status=Status.DONE, reason=note, now=time.time(),
                                    saved_as=saved_as, published=published)  # fmt: skip
         shutil.rmtree(run.temp, ignore_errors=True)
         log.info("finished %s (download %d) %s: saved as %s", meta.name, did, note, saved_as)
@@ -338,11 +341,11 @@ class Fetcher:
         failures, f.hash_failures = f.hash_failures, 0
         peers = int(st.num_peers)
         if not st.has_metadata:
-            state, reason = "waiting", f"fetching the torrent's metadata ({peers} peers)"
+            state, reason = Status.WAITING, f"fetching the torrent's metadata ({peers} peers)"
         elif peers == 0:
-            state, reason = "waiting", "no BitTorrent peer connected yet"
+            state, reason = Status.WAITING, "no BitTorrent peer connected yet"
         else:
-            state, reason = "active", None
+            state, reason = Status.ACTIVE, None
         progress = dbjobs.Progress(
             b"", int(st.total_wanted_done), new_received, failures, tallies, [], state, reason
         )
@@ -389,7 +392,7 @@ class Fetcher:
             return
         with self.database.write(durable=True) as s:  # before the temp folder goes, as above
             dbt.finish_torrent_job(
-                s, did, status="done", reason=self.lan.source_note(did, len(published)),
+                s, did, status=Status.DONE, reason=self.lan.source_note(did, len(published)),
                 now=time.time(), saved_as=saved_as, published=published,
             )  # fmt: skip
         shutil.rmtree(f.temp, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from p2pshare.db import jobs as dbjobs
 from p2pshare.db import torrents as dbt
 from p2pshare.db.engine import Database
+from p2pshare.db.status import Status
 from p2pshare.services.downloader.engine import Shared
 from p2pshare.services.downloader.job import DownloadJob
 from p2pshare.services.downloader.manifests import fetch_manifests_now
@@ -47,7 +48,7 @@ def lan_spec(
     """The download job of one torrent file from p2pshare peers, on the torrent's row."""
     return dbjobs.JobSpec(
         download_id, offer.file_id, hint.path, offer.sha256, offer.size, offer.chunk_size,
-        offer.root, offer.entries, have, None, None, "active",
+        offer.root, offer.entries, have, None, None, Status.ACTIVE,
     )  # fmt: skip
 
 

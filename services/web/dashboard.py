@@ -12,6 +12,7 @@ from p2pshare.db import listing, reports
 from p2pshare.db import node as dbnode
 from p2pshare.db import requests as dbreq
 from p2pshare.db.engine import Database
+from p2pshare.db.status import Status
 from p2pshare.services.web import chart
 from p2pshare.services.web.sampler import RateSampler
 
@@ -118,10 +119,12 @@ def view(
 
 
 def _progress(d: reports.DownloadRow, peers: int, sampler: RateSampler, now: float) -> Progress:
-    rate = sampler.rate(d.id, now=now) if d.status == "active" else None
+    rate = sampler.rate(d.id, now=now) if d.status == Status.ACTIVE else None
     left = max(0, d.size - d.bytes_done)
     eta = left / rate if rate else None
-    percent = 100 if d.size == 0 or d.status == "done" else min(100, d.bytes_done * 100 // d.size)
+    percent = (
+        100 if d.size == 0 or d.status == Status.DONE else min(100, d.bytes_done * 100 // d.size)
+    )
     sources = list(dict.fromkeys(n or a for n, a in zip(d.peer_names, d.peers, strict=True)))
     return Progress(
         d.id,
