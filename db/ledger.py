@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy import Connection, delete, select, text
 
 from .schema import upload_days, uploads
 from .schema import upload_totals as totals_table
@@ -107,59 +107,27 @@ def has_rows_before(conn: Connection, cutoff: float) -> bool:
     return conn.scalar(select(up.id).where(up.at < cutoff).limit(1)) is not None
 
 
+# Per peer and file: recent per-chunk rows and rolled-up days, summed together.
+_SERVED_SINCE = text(
+    "SELECT peer_address, name, sha256, sum(chunks), sum(bytes), sum(seconds),"
+    " min(first_day), max(last_at) FROM ("
+    " SELECT peer_address, name, sha256, count(*) AS chunks, sum(bytes) AS bytes,"
+    " sum(seconds) AS seconds, CAST(min(at) / 86400 AS INTEGER) * 86400 AS first_day,"
+    " max(at) AS last_at FROM uploads WHERE at >= :first GROUP BY 1, 2, 3"
+    " UNION ALL"
+    " SELECT peer_address, name, sha256, sum(chunks), sum(bytes), sum(seconds), min(day),"
+    " max(day) + 86400 FROM upload_days WHERE day >= :first GROUP BY 1, 2, 3"
+    ") GROUP BY 1, 2, 3"
+)
+
+
 def uploads_since(conn: Connection, since: float) -> list[UploadSum]:
     """Per peer and file, what was served from the start of the UTC day of `since` on:
     recent per-chunk rows and rolled-up days together, most bytes first."""
-    first = day_start(since)
-    sums: dict[tuple[str, str, str], list[float]] = {}
-
-    def add(
-        key: tuple[str, str, str], chunks: int, nbytes: int, secs: float, d0: int, t: float
-    ) -> None:
-        acc = sums.get(key)
-        if acc is None:
-            sums[key] = [chunks, nbytes, secs, d0, t]
-            return
-        acc[0] += chunks
-        acc[1] += nbytes
-        acc[2] += secs
-        acc[3] = min(acc[3], d0)
-        acc[4] = max(acc[4], t)
-
-    recent = conn.execute(
-        select(
-            up.peer_address,
-            up.name,
-            up.sha256,
-            func.count(),
-            func.sum(up.bytes),
-            func.sum(up.seconds),
-            func.min(up.at),
-            func.max(up.at),
-        )
-        .where(up.at >= first)
-        .group_by(up.peer_address, up.name, up.sha256)
-    )
-    for peer, name, sha, chunks, nbytes, secs, t0, t1 in recent:
-        add((peer, name, sha), chunks, nbytes, secs, day_start(t0), t1)
-    days = conn.execute(
-        select(
-            ud.peer_address,
-            ud.name,
-            ud.sha256,
-            func.sum(ud.chunks),
-            func.sum(ud.bytes),
-            func.sum(ud.seconds),
-            func.min(ud.day),
-            func.max(ud.day),
-        )
-        .where(ud.day >= first)
-        .group_by(ud.peer_address, ud.name, ud.sha256)
-    )
-    for peer, name, sha, chunks, nbytes, secs, d0, d1 in days:
-        add((peer, name, sha), chunks, nbytes, secs, d0, d1 + DAY_SECONDS)
     out = [
-        UploadSum(peer, name, sha, int(a[0]), int(a[1]), float(a[2]), int(a[3]), float(a[4]))
-        for (peer, name, sha), a in sums.items()
+        UploadSum(peer, name, sha, int(chunks), int(nbytes), float(secs), int(d0), float(t1))
+        for peer, name, sha, chunks, nbytes, secs, d0, t1 in conn.execute(
+            _SERVED_SINCE, {"first": day_start(since)}
+        )
     ]
     return sorted(out, key=lambda u: (-u.bytes, u.peer_address, u.name))
