@@ -227,7 +227,7 @@ def apply_catalog(
 
     Entries whose content is new here but came without a manifest (the caller passes
     only manifests that proved their root), or whose size contradicts what we already
-    know of that content, are left out. Written in bulk: a 10,000-file catalog is a few statements.
+    know of that content, are left out. Written in bulk: a catalog is a few statements.
     """
     owner = conn.scalar(select(peers.c.node_id).where(peers.c.id == peer_id))
     if owner is None or (node_id is not None and owner != node_id):

@@ -22,7 +22,7 @@ __all__ = ["expire_bad_peers"]
 up, ud = uploads.c, upload_days.c
 
 DAY_SECONDS = 86400
-# Rows per rollup transaction: about 50 ms of work on a slow disk, so a writer
+# Rows per rollup transaction: a short transaction even on a slow disk, so a writer
 # waiting behind one never notices.
 ROLLUP_BATCH = 5000
 

@@ -1,4 +1,4 @@
-"""Manifests fetched when a download needs them (issue 34): which contents lack their
+"""Manifests fetched when a download needs them: which contents lack their
 chunk hashes, who offers them, and the chunk hashes recorded once a manifest proved its
 root. A catalog entry brings a content's key and size only; for a one-chunk file that is
 its whole manifest (its only entry is the file's SHA-256)."""

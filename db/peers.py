@@ -85,8 +85,8 @@ _PEER_COLUMNS = (
 
 
 class _Row:
-    """A `peers` row as a batch reads and changes it (plain values: an ORM object and a
-    flush for each of a boot storm's 1,000 new peers were most of the listener's writes)."""
+    """A `peers` row as a batch reads and changes it (plain values, written back together:
+    a boot storm brings a thousand new peers at once)."""
 
     __slots__ = (
         "id", "node_id", "username", "address", "tcp_port", "catalog_version",

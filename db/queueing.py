@@ -17,7 +17,7 @@ from .sources import USABLE
 from .sql import run
 from .status import KEEPING_TEMP, Status, sql_in
 
-# A typo's "did you mean" looks through at most this many names (difflib, ~10 us each).
+# A typo's "did you mean" looks through at most this many names (difflib compares each).
 SUGGEST_FROM = 20_000
 # The reason of a download `p2pctl pause` paused (the node pauses one too: see db.jobs).
 PAUSED_BY_USER = "paused by the user"
@@ -321,7 +321,7 @@ def _queue_many(
     the same content under the same name: each name of the tree arrives, none twice.
     Returns (download ids in the order of `chosen`, how many are new). One read of the
     queue and one of the files however many: looking each file up on its own read the
-    whole queue a file, and 10,000 files held the write lock for seconds."""
+    whole queue a file, and a large folder held the write lock for long."""
     running: dict[tuple[str, str], tuple[int, bool]] = {}
     for did, name, sha256, was_pinned in run(
         conn,

@@ -206,8 +206,8 @@ class ServedChunk:
 
 
 def record_uploads(conn: Connection, served: Iterable[ServedChunk]) -> None:
-    """One row per served chunk, in one executemany (no ORM objects: the server records
-    thousands of chunks per GiB)."""
+    """One row per served chunk, in one executemany (the server records thousands of chunks
+    per GiB)."""
     rows = [
         {
             "at": s.at,
