@@ -13,6 +13,7 @@ from sqlalchemy import Connection, delete, insert, select, text, update
 
 from .budgets import within_catalog_budget
 from .index import ContentKey, HashedFile, orphan_file
+from .lists import json_fields
 from .local_index import ensure_contents
 from .schema import files, holdings, peers
 
@@ -128,8 +129,8 @@ def apply_page(
 # have as hex or null, chunks_held], ...]. One statement whatever the page's size, with
 # no per-entry parameters for Python to convert.
 _PAGE_INTO_TEMP = text(
-    "INSERT INTO temp.page_offers SELECT value->>0, value->>1, value->>2, value->>3,"
-    " value->>4, p2p_unhex(value->>5), value->>6 FROM json_each(:page)"
+    f"INSERT INTO temp.page_offers SELECT {json_fields(5)},"
+    " p2p_unhex(json_extract(value, '$[5]')), json_extract(value, '$[6]') FROM json_each(:page)"
 )
 
 

@@ -11,6 +11,12 @@ from collections.abc import Iterable
 from sqlalchemy import BindParameter, TextualSelect, bindparam, column, text
 
 
+def json_fields(count: int, source: str = "value") -> str:
+    """The first `count` items of each JSON array `source` (a `json_each` row's value), as
+    SQL columns: for rows passed as one JSON parameter."""
+    return ", ".join(f"json_extract({source}, '$[{i}]')" for i in range(count))
+
+
 def json_values(values: Iterable[object]) -> TextualSelect:
     """SELECT value FROM json_each(the values as JSON), for `column.in_(...)`."""
     param: BindParameter[str] = bindparam("values", json.dumps(list(values)), unique=True)

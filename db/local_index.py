@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, text
 
 from . import catalog_log
+from .lists import json_fields
 from .values import ContentKey, HashedFile
 
 # A batch of at least ROOMY_ROWS files is recorded with BATCH_CACHE_KIB of page cache.
@@ -24,14 +25,13 @@ BATCH_CACHE_KIB = 32 * 1024
 
 _INSERT_FILES = text(
     "INSERT INTO files (id, sha256, size, chunk_size, root, chunk_count, first_seen)"
-    " SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, :now"
-    " FROM json_each(:rows)"
+    f" SELECT {json_fields(6)}, :now FROM json_each(:rows)"
 )
 # INSERT OR IGNORE: a manifest written in several transactions has its rows but the
 # first until its last one, and counts as unhashed until then.
 INSERT_CHUNKS = text(
     "INSERT OR IGNORE INTO chunks (file_id, chunk_index, size, sha256)"
-    " SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(:rows)"
+    f" SELECT {json_fields(4)} FROM json_each(:rows)"
 )
 _FILE_IDS = text(
     "SELECT sha256, chunk_size, root, id FROM files"
@@ -133,7 +133,7 @@ def _roomy_cache(conn: Connection, rows: int) -> Iterator[None]:
 
 _LOCAL_ROWS = (
     "INSERT INTO local_files (root, name, file_id, size, mtime_ns, ctime_ns, inode, indexed_at)"
-    " SELECT :root, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, :now"
+    f" SELECT :root, {json_fields(6)}, :now"
     " FROM json_each(:rows) WHERE true ON CONFLICT (root, name)"
 )
 _INSERT_NEW_LOCAL = text(f"{_LOCAL_ROWS} DO NOTHING")

@@ -76,7 +76,8 @@ _LISTED = "(SELECT value FROM json_each(:listed))"
 # Peers whose (address, second column) is one of the pairs listed.
 _PAIR_LISTED = (
     "EXISTS (SELECT 1 FROM json_each(:listed) e"
-    " WHERE e.value->>0 = peers.address AND e.value->>1 = peers.{})"
+    " WHERE json_extract(e.value, '$[0]') = peers.address"
+    " AND json_extract(e.value, '$[1]') = peers.{})"
 )
 _PEER_COLUMNS = (
     "id, node_id, username, address, tcp_port, catalog_version, announce_seq, catalog_synced,"
